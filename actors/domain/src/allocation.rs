@@ -1,0 +1,153 @@
+//! Warehouse choice per line: the buyer's choice if given; else the warehouse that can fill the
+//! whole line fastest for the requested delivery speed; else the nearest with stock; a line is
+//! split across warehouses only when the order allows split shipments.
+
+use crate::catalog::Catalog;
+use crate::geo::GeoPoint;
+use crate::ids::{Sku, WarehouseId};
+use crate::order::Allocation;
+use crate::validation::{PricedLine, Problem, ProblemCode, WarehouseQty};
+use crate::warehouse::Warehouse;
+use std::collections::HashMap;
+
+/// Free stock per warehouse and SKU, as the warehouses reported it just before planning.
+pub type Availability = HashMap<WarehouseId, HashMap<Sku, u64>>;
+
+pub struct PlanInput<'a> {
+    pub catalog: &'a Catalog,
+    pub warehouses: &'a [Warehouse],
+    pub ship_to: GeoPoint,
+    pub delivery_speed: Option<&'a str>,
+    pub allow_split: bool,
+}
+
+/// The stock each planned line takes, per warehouse, in stock units (kits as components).
+pub type StockDemand = HashMap<WarehouseId, Vec<(Sku, u64)>>;
+
+/// Plans every line. Availability is consumed as lines are planned, so two lines of one SKU
+/// cannot both count the same units. Returns allocations per line (same order as `lines`).
+pub fn plan(
+    input: &PlanInput<'_>,
+    lines: &[PricedLine],
+    mut available: Availability,
+) -> Result<Vec<Vec<Allocation>>, Vec<Problem>> {
+    let order = preference(input);
+    let mut plans = Vec::with_capacity(lines.len());
+    let mut problems = Vec::new();
+    for line in lines {
+        let Some(item) = input.catalog.get(&line.sku) else {
+            problems.push(
+                Problem::new(ProblemCode::UnknownSku, "not in the catalog").line(line.line_no),
+            );
+            continue;
+        };
+        let per_unit = item.stock_demand(1);
+        let fillable = |avail: &Availability, w: &WarehouseId| -> u64 {
+            let stock = avail.get(w);
+            per_unit
+                .iter()
+                .map(|(sku, q)| stock.and_then(|s| s.get(sku)).copied().unwrap_or(0) / q.max(&1))
+                .min()
+                .unwrap_or(0)
+        };
+        let qty = u64::from(line.qty);
+        let candidates: Vec<&WarehouseId> = match &line.requested_warehouse {
+            Some(w) => vec![w],
+            None => order.iter().collect(),
+        };
+        let whole = candidates.iter().find(|w| fillable(&available, w) >= qty);
+        let mut allocs: Vec<(WarehouseId, u64)> = Vec::new();
+        if let Some(w) = whole {
+            allocs.push(((*w).clone(), qty));
+        } else if input.allow_split && line.requested_warehouse.is_none() {
+            let mut left = qty;
+            for w in &candidates {
+                let take = fillable(&available, w).min(left);
+                if take > 0 {
+                    allocs.push(((*w).clone(), take));
+                    left -= take;
+                }
+                if left == 0 {
+                    break;
+                }
+            }
+            if left > 0 {
+                allocs.clear();
+            }
+        }
+        if allocs.is_empty() {
+            let mut p = Problem::new(
+                ProblemCode::OutOfStock,
+                format!("not enough {} for {} {}", line.sku, line.qty, line.uom),
+            )
+            .line(line.line_no)
+            .sku(line.sku.as_str());
+            p.available = order
+                .iter()
+                .map(|w| WarehouseQty {
+                    warehouse: w.clone(),
+                    qty: fillable(&available, w),
+                })
+                .collect();
+            problems.push(p);
+            continue;
+        }
+        for (w, units) in &allocs {
+            let stock = available.entry(w.clone()).or_default();
+            for (sku, q) in &per_unit {
+                let slot = stock.entry(sku.clone()).or_default();
+                *slot = slot.saturating_sub(q * units);
+            }
+        }
+        plans.push(
+            allocs
+                .into_iter()
+                .map(|(warehouse, units)| Allocation {
+                    warehouse,
+                    // `units <= line.qty`, which is a u32.
+                    qty: u32::try_from(units).unwrap_or(line.qty),
+                    shipped: false,
+                })
+                .collect(),
+        );
+    }
+    if problems.is_empty() {
+        Ok(plans)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Stock units each warehouse must hold for these allocations.
+pub fn stock_demand(catalog: &Catalog, lines: &[(Sku, &[Allocation])]) -> StockDemand {
+    let mut out: StockDemand = HashMap::new();
+    for (sku, allocs) in lines {
+        let Some(item) = catalog.get(sku) else {
+            continue;
+        };
+        for a in allocs.iter().filter(|a| !a.shipped) {
+            out.entry(a.warehouse.clone())
+                .or_default()
+                .extend(item.stock_demand(a.qty));
+        }
+    }
+    out
+}
+
+/// Warehouses in order of preference: those serving the requested speed to the ship-to, fastest
+/// first, then by distance; then all others by distance.
+fn preference(input: &PlanInput<'_>) -> Vec<WarehouseId> {
+    let mut ranked: Vec<(bool, u32, f64, &WarehouseId)> = input
+        .warehouses
+        .iter()
+        .map(|w| {
+            let dist = w.location.distance_km(input.ship_to);
+            match w.days_for(input.delivery_speed, dist) {
+                Some(days) => (false, days, dist, &w.id),
+                None => (true, u32::MAX, dist, &w.id),
+            }
+        })
+        .collect();
+    ranked.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)).then(a.2.total_cmp(&b.2)));
+    ranked.into_iter().map(|r| r.3.clone()).collect()
+}

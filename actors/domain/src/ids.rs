@@ -1,0 +1,104 @@
+//! Identifiers parsed once at the edge. Code further in never re-validates them.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Longest identifier we accept anywhere (SKU, account, user, warehouse, ship-to, key).
+pub const ID_LEN_MAX: usize = 64;
+
+/// Why an identifier was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} must be 1..={ID_LEN_MAX} characters of A-Z a-z 0-9 . _ - : (got {got:?})")]
+pub struct IdError {
+    pub kind: &'static str,
+    pub got: String,
+}
+
+fn valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= ID_LEN_MAX
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn parse(s: &str) -> Result<Self, IdError> {
+                let s = s.trim();
+                if valid_id(s) {
+                    Ok(Self(s.to_owned()))
+                } else {
+                    Err(IdError { kind: $kind, got: s.chars().take(80).collect() })
+                }
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(s: String) -> Result<Self, IdError> {
+                Self::parse(&s)
+            }
+        }
+        impl From<$name> for String {
+            fn from(v: $name) -> String {
+                v.0
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A stock keeping unit code from the master catalog.
+    Sku, "sku");
+id_type!(
+    /// A customer account (one business customer).
+    AccountId, "account id");
+id_type!(
+    /// A user inside a customer account (the token's subject).
+    UserId, "user id");
+id_type!(
+    /// A warehouse.
+    WarehouseId, "warehouse id");
+id_type!(
+    /// A ship-to location of an account.
+    ShipToId, "ship-to id");
+id_type!(
+    /// A customer segment; price lists and catalog visibility hang off it.
+    Segment, "segment");
+id_type!(
+    /// An order id, assigned by orderd.
+    OrderId, "order id");
+id_type!(
+    /// The caller's `Idempotency-Key`.
+    IdempotencyKey, "idempotency key");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Ids accept the documented alphabet and refuse everything else without panicking.
+    #[test]
+    fn ids_parse_at_the_edge() {
+        assert_eq!(Sku::parse(" AB-12.x ").unwrap().as_str(), "AB-12.x");
+        for bad in ["", "a b", "ü", "x/y", &"a".repeat(65)] {
+            assert!(Sku::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+        let e = AccountId::parse("a b").unwrap_err();
+        assert_eq!(e.kind, "account id");
+        let json: Result<Sku, _> = serde_json::from_str("\"bad sku\"");
+        assert!(json.is_err());
+    }
+}

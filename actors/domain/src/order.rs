@@ -1,0 +1,268 @@
+//! The canonical order every channel produces, and its state machine.
+
+use crate::ids::{AccountId, OrderId, ShipToId, Sku, UserId, WarehouseId};
+use crate::money::{Money, MoneyError};
+use crate::pricing::PriceSource;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderState {
+    Draft,
+    PendingApproval,
+    Confirmed,
+    Allocated,
+    Shipped,
+    Rejected,
+    Cancelled,
+}
+
+impl OrderState {
+    pub const ALL: [OrderState; 7] = [
+        OrderState::Draft,
+        OrderState::PendingApproval,
+        OrderState::Confirmed,
+        OrderState::Allocated,
+        OrderState::Shipped,
+        OrderState::Rejected,
+        OrderState::Cancelled,
+    ];
+
+    /// The only moves DESIGN.md's state machine allows (invariant 8).
+    pub fn can_become(self, to: OrderState) -> bool {
+        use OrderState::*;
+        matches!(
+            (self, to),
+            (Draft, PendingApproval | Confirmed | Cancelled)
+                | (PendingApproval, Confirmed | Rejected)
+                | (Confirmed, Allocated | Cancelled)
+                | (Allocated, Shipped | Cancelled)
+        )
+    }
+
+    /// States whose value counts towards credit exposure (invariant 3).
+    pub fn counts_for_credit(self) -> bool {
+        matches!(
+            self,
+            OrderState::PendingApproval | OrderState::Confirmed | OrderState::Allocated
+        )
+    }
+
+    /// States that hold stock (reserved or allocated) in a warehouse.
+    pub fn holds_stock(self) -> bool {
+        self.counts_for_credit()
+    }
+
+    /// Lines, ship-to and notes may change only before allocation.
+    pub fn amendable(self) -> bool {
+        matches!(
+            self,
+            OrderState::Draft | OrderState::PendingApproval | OrderState::Confirmed
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderState::Draft => "draft",
+            OrderState::PendingApproval => "pending_approval",
+            OrderState::Confirmed => "confirmed",
+            OrderState::Allocated => "allocated",
+            OrderState::Shipped => "shipped",
+            OrderState::Rejected => "rejected",
+            OrderState::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("order {order} cannot go from {from} to {to}")]
+pub struct TransitionError {
+    pub order: OrderId,
+    pub from: &'static str,
+    pub to: &'static str,
+}
+
+/// Where an order came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    Portal,
+    Api,
+    Csv,
+    Edi,
+    Cxml,
+    Nats,
+}
+
+/// Units of a line served by one warehouse.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    pub warehouse: WarehouseId,
+    pub qty: u32,
+    pub shipped: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LineStatus {
+    Open,
+    /// Dropped by an approver; holds no stock and no credit.
+    Rejected,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderLine {
+    /// 1-based position, stable for the life of the order.
+    pub line_no: u32,
+    pub sku: Sku,
+    pub qty: u32,
+    pub uom: String,
+    pub unit_price: Money,
+    pub price_source: PriceSource,
+    pub line_total: Money,
+    pub note: Option<String>,
+    /// The buyer's choice, if any.
+    pub requested_warehouse: Option<WarehouseId>,
+    /// Assigned at submission; quantities add up to `qty` for an open submitted line.
+    pub allocations: Vec<Allocation>,
+    pub status: LineStatus,
+}
+
+impl OrderLine {
+    /// Value of the line not yet shipped (zero when rejected).
+    pub fn unshipped_value(&self) -> Result<Money, MoneyError> {
+        if self.status == LineStatus::Rejected {
+            return Ok(Money::zero(self.unit_price.currency));
+        }
+        if self.allocations.is_empty() {
+            return Ok(self.line_total);
+        }
+        let shipped: u32 = self
+            .allocations
+            .iter()
+            .filter(|a| a.shipped)
+            .map(|a| a.qty)
+            .sum();
+        if shipped == 0 {
+            return Ok(self.line_total);
+        }
+        self.unit_price.times(self.qty - shipped.min(self.qty))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    pub id: OrderId,
+    pub account: AccountId,
+    pub state: OrderState,
+    pub channel: Channel,
+    pub placed_by: UserId,
+    pub ship_to: ShipToId,
+    pub delivery_speed: Option<String>,
+    pub customer_po: Option<String>,
+    pub allow_split: bool,
+    pub lines: Vec<OrderLine>,
+    /// Sum of open lines.
+    pub total: Money,
+    /// Why the order waits for an approver (empty when none applied).
+    pub approval_reasons: Vec<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    /// Bumped on every change; part of every event so consumers can order them.
+    pub version: u32,
+}
+
+impl Order {
+    /// Moves along the state machine or refuses (invariant 8).
+    pub fn transition(&mut self, to: OrderState) -> Result<(), TransitionError> {
+        if !self.state.can_become(to) {
+            return Err(TransitionError {
+                order: self.id.clone(),
+                from: self.state.as_str(),
+                to: to.as_str(),
+            });
+        }
+        self.state = to;
+        Ok(())
+    }
+
+    pub fn open_lines(&self) -> impl Iterator<Item = &OrderLine> {
+        self.lines.iter().filter(|l| l.status == LineStatus::Open)
+    }
+
+    /// Recomputes `total` from the open lines.
+    pub fn recompute_total(&mut self) -> Result<(), MoneyError> {
+        self.total = Money::sum(
+            self.total.currency,
+            self.open_lines().map(|l| &l.line_total),
+        )?;
+        Ok(())
+    }
+
+    /// What this order adds to the account's credit exposure now.
+    pub fn exposure(&self) -> Result<Money, MoneyError> {
+        let zero = Money::zero(self.total.currency);
+        if !self.state.counts_for_credit() {
+            return Ok(zero);
+        }
+        self.lines
+            .iter()
+            .try_fold(zero, |acc, l| acc.checked_add(l.unshipped_value()?))
+    }
+
+    /// Warehouses the order has open stock in.
+    pub fn warehouses(&self) -> Vec<WarehouseId> {
+        let mut w: Vec<WarehouseId> = self
+            .open_lines()
+            .flat_map(|l| {
+                l.allocations
+                    .iter()
+                    .filter(|a| !a.shipped)
+                    .map(|a| a.warehouse.clone())
+            })
+            .collect();
+        w.sort();
+        w.dedup();
+        w
+    }
+
+    /// True when every open line is fully shipped.
+    pub fn fully_shipped(&self) -> bool {
+        self.open_lines()
+            .all(|l| !l.allocations.is_empty() && l.allocations.iter().all(|a| a.shipped))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use OrderState::*;
+
+    // Exactly the transitions of DESIGN.md are allowed; everything else is refused.
+    #[test]
+    fn state_machine_table() {
+        let allowed = [
+            (Draft, PendingApproval),
+            (Draft, Confirmed),
+            (Draft, Cancelled),
+            (PendingApproval, Confirmed),
+            (PendingApproval, Rejected),
+            (Confirmed, Allocated),
+            (Confirmed, Cancelled),
+            (Allocated, Shipped),
+            (Allocated, Cancelled),
+        ];
+        for from in OrderState::ALL {
+            for to in OrderState::ALL {
+                assert_eq!(
+                    from.can_become(to),
+                    allowed.contains(&(from, to)),
+                    "{from:?} -> {to:?}"
+                );
+            }
+        }
+        for terminal in [Shipped, Rejected, Cancelled] {
+            assert!(OrderState::ALL.iter().all(|to| !terminal.can_become(*to)));
+        }
+    }
+}

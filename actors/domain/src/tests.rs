@@ -1,0 +1,516 @@
+//! Table-driven tests across modules: every validation code, warehouse choice, credit, approval.
+
+use crate::account::{Account, ApprovalRules, Role, ShipTo, User};
+use crate::allocation::{plan, Availability, PlanInput};
+use crate::approval;
+use crate::catalog::{Catalog, CatalogItem, ItemStatus, KitComponent};
+use crate::credit;
+use crate::date::Date;
+use crate::geo::GeoPoint;
+use crate::ids::*;
+use crate::money::{Currency, Money};
+use crate::pricing::{PriceBook, PriceEntry, PriceLevel, Tier};
+use crate::validation::*;
+use crate::warehouse::{SpeedBand, Warehouse};
+use std::collections::{BTreeSet, HashMap};
+
+fn eur(s: &str) -> Money {
+    Money::parse(s, Currency::parse("EUR").unwrap(), 4).unwrap()
+}
+fn sku(s: &str) -> Sku {
+    Sku::parse(s).unwrap()
+}
+fn wid(s: &str) -> WarehouseId {
+    WarehouseId::parse(s).unwrap()
+}
+
+fn item(code: &str) -> CatalogItem {
+    CatalogItem {
+        sku: sku(code),
+        description: format!("item {code}"),
+        uom: "EA".into(),
+        pack_size: 1,
+        min_qty: 1,
+        status: ItemStatus::Active,
+        segments: BTreeSet::new(),
+        kit: vec![],
+    }
+}
+
+struct Fixture {
+    account: Account,
+    catalog: Catalog,
+    prices: PriceBook,
+    warehouses: Vec<Warehouse>,
+}
+
+fn fixture() -> Fixture {
+    let mut packed = item("PACK");
+    packed.pack_size = 6;
+    packed.min_qty = 12;
+    let mut hidden = item("HIDDEN");
+    hidden.segments.insert(Segment::parse("wholesale").unwrap());
+    let mut disc = item("OLD");
+    disc.status = ItemStatus::Discontinued;
+    let mut blocked = item("BLK");
+    blocked.status = ItemStatus::Blocked;
+    let mut kit = item("KIT");
+    kit.kit = vec![
+        KitComponent {
+            sku: sku("A"),
+            qty: 2,
+        },
+        KitComponent {
+            sku: sku("B"),
+            qty: 1,
+        },
+    ];
+    let catalog = Catalog::new(vec![
+        item("A"),
+        item("B"),
+        item("NOPRICE"),
+        packed,
+        hidden,
+        disc,
+        blocked,
+        kit,
+    ])
+    .unwrap();
+    let list = |s: &str, p: &str| PriceEntry {
+        level: PriceLevel::List,
+        sku: sku(s),
+        valid_from: None,
+        valid_to: None,
+        tiers: vec![Tier {
+            min_qty: 1,
+            unit_price: eur(p),
+        }],
+    };
+    let prices = PriceBook::new(vec![
+        list("A", "10.00"),
+        list("B", "5.00"),
+        list("PACK", "1.00"),
+        list("HIDDEN", "1.00"),
+        list("OLD", "1.00"),
+        list("BLK", "1.00"),
+        list("KIT", "20.00"),
+    ])
+    .unwrap();
+    let account = Account {
+        id: AccountId::parse("ACME").unwrap(),
+        name: "Acme".into(),
+        segment: Segment::parse("retail").unwrap(),
+        currency: Currency::parse("EUR").unwrap(),
+        credit_limit: eur("1000"),
+        open_receivables: eur("100"),
+        payment_terms: "NET30".into(),
+        ship_tos: vec![
+            ShipTo {
+                id: ShipToId::parse("BERLIN").unwrap(),
+                address: "Berlin".into(),
+                location: GeoPoint::new(52.52, 13.40).unwrap(),
+            },
+            ShipTo {
+                id: ShipToId::parse("MUNICH").unwrap(),
+                address: "Munich".into(),
+                location: GeoPoint::new(48.14, 11.58).unwrap(),
+            },
+        ],
+        users: vec![User {
+            id: UserId::parse("bob").unwrap(),
+            name: "Bob".into(),
+            roles: BTreeSet::from([Role::Buyer]),
+            spending_limit: Some(eur("200")),
+        }],
+        rules: ApprovalRules {
+            role_limits: [(Role::Buyer, eur("500"))].into(),
+            restricted_skus: BTreeSet::from([sku("B")]),
+            approve_new_ship_to: true,
+        },
+    };
+    let band = |speed: &str, km: f64, days| SpeedBand {
+        speed: speed.into(),
+        max_distance_km: km,
+        days,
+    };
+    let warehouses = vec![
+        Warehouse {
+            id: wid("BER"),
+            name: "Berlin".into(),
+            location: GeoPoint::new(52.4, 13.5).unwrap(),
+            speeds: vec![band("express", 300.0, 1), band("standard", 2000.0, 3)],
+        },
+        Warehouse {
+            id: wid("MUC"),
+            name: "Munich".into(),
+            location: GeoPoint::new(48.2, 11.6).unwrap(),
+            speeds: vec![band("express", 300.0, 1), band("standard", 2000.0, 3)],
+        },
+        Warehouse {
+            id: wid("HAM"),
+            name: "Hamburg".into(),
+            location: GeoPoint::new(53.55, 10.0).unwrap(),
+            speeds: vec![band("standard", 2000.0, 2)],
+        },
+    ];
+    Fixture {
+        account,
+        catalog,
+        prices,
+        warehouses,
+    }
+}
+
+fn ctx(f: &Fixture) -> PricingContext<'_> {
+    PricingContext {
+        account: &f.account,
+        catalog: &f.catalog,
+        prices: &f.prices,
+        warehouses: &f.warehouses,
+        today: Date::parse("2026-11-22").unwrap(),
+        lines_max: 3,
+    }
+}
+
+fn line(s: &str, qty: u32) -> LineRequest {
+    LineRequest {
+        sku: s.into(),
+        qty,
+        note: None,
+        warehouse: None,
+        quoted_unit_price: None,
+    }
+}
+
+fn req(lines: Vec<LineRequest>) -> OrderRequest {
+    OrderRequest {
+        lines,
+        ship_to: Some("BERLIN".into()),
+        ..Default::default()
+    }
+}
+
+fn codes(c: &Checked) -> Vec<(ProblemCode, Option<u32>)> {
+    c.problems.iter().map(|p| (p.code, p.line)).collect()
+}
+
+// Each catalog/quantity/price/header code, alone, on the line it concerns.
+#[test]
+fn every_validation_code_is_reported_on_its_line() {
+    use ProblemCode::*;
+    let f = fixture();
+    let quoted = LineRequest {
+        quoted_unit_price: Some("9.99".parse().unwrap()),
+        ..line("A", 1)
+    };
+    let bad_wh = LineRequest {
+        warehouse: Some("NOPE".into()),
+        ..line("A", 1)
+    };
+    let table: Vec<(OrderRequest, Vec<(ProblemCode, Option<u32>)>)> = vec![
+        (req(vec![line("ZZZ", 1)]), vec![(UnknownSku, Some(1))]),
+        (req(vec![line("bad sku", 1)]), vec![(UnknownSku, Some(1))]),
+        (req(vec![line("HIDDEN", 1)]), vec![(NotVisible, Some(1))]),
+        (req(vec![line("OLD", 1)]), vec![(Discontinued, Some(1))]),
+        (req(vec![line("BLK", 1)]), vec![(Blocked, Some(1))]),
+        (req(vec![line("PACK", 6)]), vec![(BelowMinimum, Some(1))]),
+        (
+            req(vec![line("PACK", 13)]),
+            vec![(NotPackMultiple, Some(1))],
+        ),
+        (req(vec![line("A", 0)]), vec![(InvalidQuantity, Some(1))]),
+        (req(vec![line("NOPRICE", 1)]), vec![(NoPrice, Some(1))]),
+        (req(vec![quoted]), vec![(PriceChanged, Some(1))]),
+        (req(vec![bad_wh]), vec![(UnknownWarehouse, Some(1))]),
+        (req(vec![]), vec![(EmptyOrder, None)]),
+        (req(vec![line("A", 1); 4]), vec![(TooManyLines, None)]),
+        (
+            OrderRequest {
+                ship_to: Some("PARIS".into()),
+                ..req(vec![line("A", 1)])
+            },
+            vec![(UnknownShipTo, None)],
+        ),
+        (
+            OrderRequest {
+                ship_to: None,
+                ..req(vec![line("A", 1)])
+            },
+            vec![(UnknownShipTo, None)],
+        ),
+        (
+            OrderRequest {
+                delivery_speed: Some("teleport".into()),
+                ..req(vec![line("A", 1)])
+            },
+            vec![(InvalidField, None)],
+        ),
+        // Several problems at once, on their own lines.
+        (
+            req(vec![line("A", 1), line("ZZZ", 1), line("PACK", 7)]),
+            vec![
+                (UnknownSku, Some(2)),
+                (BelowMinimum, Some(3)),
+                (NotPackMultiple, Some(3)),
+            ],
+        ),
+    ];
+    for (r, want) in table {
+        let got = ctx(&f);
+        let checked = check_order(&got, &r);
+        assert_eq!(codes(&checked), want, "request {r:?}");
+        assert!(checked.problems.iter().all(|p| !p.message.is_empty()));
+    }
+}
+
+// A clean order prices every line with its source.
+#[test]
+fn clean_order_is_priced() {
+    let f = fixture();
+    let c = check_order(&ctx(&f), &req(vec![line("A", 3), line("KIT", 1)]));
+    assert!(c.problems.is_empty(), "{:?}", c.problems);
+    assert_eq!(c.lines[0].line_total, eur("30.00"));
+    assert_eq!(c.lines[0].price_source.level, "list");
+    assert_eq!(c.total(&f.account), eur("50.00"));
+    assert_eq!(c.ship_to.unwrap().id.as_str(), "BERLIN");
+}
+
+fn avail(rows: &[(&str, &str, u64)]) -> Availability {
+    let mut a: Availability = HashMap::new();
+    for (w, s, q) in rows {
+        a.entry(wid(w)).or_default().insert(sku(s), *q);
+    }
+    a
+}
+
+fn plan_for(
+    f: &Fixture,
+    ship_to: &str,
+    speed: Option<&str>,
+    split: bool,
+    lines: Vec<LineRequest>,
+    a: Availability,
+) -> Result<Vec<Vec<(String, u32)>>, Vec<Problem>> {
+    let r = OrderRequest {
+        ship_to: Some(ship_to.into()),
+        delivery_speed: speed.map(Into::into),
+        allow_split: split,
+        lines,
+        customer_po: None,
+    };
+    let c = check_order(&ctx(f), &r);
+    assert!(c.problems.is_empty(), "{:?}", c.problems);
+    let input = PlanInput {
+        catalog: &f.catalog,
+        warehouses: &f.warehouses,
+        ship_to: c.ship_to.as_ref().unwrap().location,
+        delivery_speed: speed,
+        allow_split: split,
+    };
+    plan(&input, &c.lines, a).map(|p| {
+        p.into_iter()
+            .map(|allocs| {
+                allocs
+                    .into_iter()
+                    .map(|x| (x.warehouse.to_string(), x.qty))
+                    .collect()
+            })
+            .collect()
+    })
+}
+
+// Warehouse choice: buyer's choice, fastest for the speed, nearest with stock, split only when allowed.
+#[test]
+fn warehouse_choice() {
+    let f = fixture();
+    let all = avail(&[("BER", "A", 10), ("MUC", "A", 10), ("HAM", "A", 10)]);
+    // Express to Munich: MUC is next-day.
+    assert_eq!(
+        plan_for(
+            &f,
+            "MUNICH",
+            Some("express"),
+            false,
+            vec![line("A", 5)],
+            all.clone()
+        )
+        .unwrap(),
+        vec![vec![("MUC".into(), 5)]]
+    );
+    // Standard to Berlin: HAM is 2 days, BER and MUC 3 -> HAM wins on speed, not distance.
+    assert_eq!(
+        plan_for(
+            &f,
+            "BERLIN",
+            Some("standard"),
+            false,
+            vec![line("A", 5)],
+            all.clone()
+        )
+        .unwrap(),
+        vec![vec![("HAM".into(), 5)]]
+    );
+    // Buyer's choice wins.
+    let chosen = LineRequest {
+        warehouse: Some("MUC".into()),
+        ..line("A", 5)
+    };
+    assert_eq!(
+        plan_for(
+            &f,
+            "BERLIN",
+            Some("express"),
+            false,
+            vec![chosen],
+            all.clone()
+        )
+        .unwrap(),
+        vec![vec![("MUC".into(), 5)]]
+    );
+    // Only BER does express to Berlin and it has too little: the nearest other with stock
+    // (HAM, 255 km) beats MUC (504 km).
+    let short = avail(&[("BER", "A", 2), ("MUC", "A", 10), ("HAM", "A", 10)]);
+    assert_eq!(
+        plan_for(
+            &f,
+            "BERLIN",
+            Some("express"),
+            false,
+            vec![line("A", 5)],
+            short.clone()
+        )
+        .unwrap(),
+        vec![vec![("HAM".into(), 5)]]
+    );
+    // No speed: nearest to Berlin with stock is BER... when it has enough.
+    assert_eq!(
+        plan_for(&f, "BERLIN", None, false, vec![line("A", 2)], short.clone()).unwrap(),
+        vec![vec![("BER".into(), 2)]]
+    );
+    // Nobody can fill 15 alone: refused without split, split across by preference with it.
+    let e = plan_for(
+        &f,
+        "BERLIN",
+        Some("express"),
+        false,
+        vec![line("A", 15)],
+        short.clone(),
+    )
+    .unwrap_err();
+    assert_eq!(e[0].code, ProblemCode::OutOfStock);
+    assert_eq!(
+        e[0].available
+            .iter()
+            .map(|w| (w.warehouse.to_string(), w.qty))
+            .collect::<Vec<_>>(),
+        vec![("BER".into(), 2), ("HAM".into(), 10), ("MUC".into(), 10)]
+    );
+    assert_eq!(
+        plan_for(
+            &f,
+            "BERLIN",
+            Some("express"),
+            true,
+            vec![line("A", 15)],
+            short
+        )
+        .unwrap(),
+        vec![vec![
+            ("BER".into(), 2),
+            ("HAM".into(), 10),
+            ("MUC".into(), 3)
+        ]]
+    );
+    // Two lines of one SKU cannot count the same units.
+    let one = avail(&[("BER", "A", 5)]);
+    let e = plan_for(
+        &f,
+        "BERLIN",
+        None,
+        false,
+        vec![line("A", 3), line("A", 3)],
+        one,
+    )
+    .unwrap_err();
+    assert_eq!((e[0].code, e[0].line), (ProblemCode::OutOfStock, Some(2)));
+    // A kit is filled from its components: 2xA + 1xB per kit.
+    let kit_stock = avail(&[
+        ("BER", "A", 4),
+        ("BER", "B", 5),
+        ("MUC", "A", 100),
+        ("MUC", "B", 100),
+    ]);
+    assert_eq!(
+        plan_for(
+            &f,
+            "BERLIN",
+            None,
+            false,
+            vec![line("KIT", 2)],
+            kit_stock.clone()
+        )
+        .unwrap(),
+        vec![vec![("BER".into(), 2)]]
+    );
+    assert_eq!(
+        plan_for(&f, "BERLIN", None, false, vec![line("KIT", 3)], kit_stock).unwrap(),
+        vec![vec![("MUC".into(), 3)]]
+    );
+}
+
+// Credit: refused above the limit with the figures; exactly at the limit is fine.
+#[test]
+fn credit_check_figures() {
+    let p = credit::check(eur("1000"), eur("900"), eur("100.01")).unwrap();
+    assert_eq!(p.code, ProblemCode::CreditLimitExceeded);
+    let c = p.credit.unwrap();
+    assert_eq!(
+        (c.limit, c.exposure, c.order_amount),
+        (eur("1000"), eur("900"), eur("100.01"))
+    );
+    assert!(credit::check(eur("1000"), eur("900"), eur("100.00")).is_none());
+}
+
+// Approval rules: user limit beats role limit, restricted SKUs, first order to a ship-to.
+#[test]
+fn approval_rules() {
+    let f = fixture();
+    let bob = UserId::parse("bob").unwrap();
+    let ann = UserId::parse("ann").unwrap();
+    let buyer = BTreeSet::from([Role::Buyer]);
+    let c = check_order(&ctx(&f), &req(vec![line("A", 25)]));
+    let berlin = ShipToId::parse("BERLIN").unwrap();
+    let r = |who: &UserId, c: &Checked, used| {
+        approval::reasons(
+            &f.account,
+            &approval::Submitter {
+                user: who,
+                roles: &buyer,
+            },
+            &c.lines,
+            c.total(&f.account),
+            &berlin,
+            used,
+        )
+    };
+    assert_eq!(r(&bob, &c, true).len(), 1, "250 > bob's own 200");
+    assert!(r(&ann, &c, true).is_empty(), "250 <= buyer role's 500");
+    assert_eq!(r(&ann, &c, false).len(), 1, "first order to BERLIN");
+    let restricted = check_order(&ctx(&f), &req(vec![line("B", 1)]));
+    assert!(r(&ann, &restricted, true)[0].contains("restricted"));
+    let approver = BTreeSet::from([Role::Approver]);
+    assert!(approval::may_approve(
+        &f.account,
+        &ann,
+        &approver,
+        eur("10000")
+    ));
+    assert!(
+        !approval::may_approve(&f.account, &bob, &approver, eur("201")),
+        "bob's own limit"
+    );
+    assert!(
+        !approval::may_approve(&f.account, &ann, &buyer, eur("1")),
+        "not an approver"
+    );
+}

@@ -1,0 +1,319 @@
+//! Warehouses and their stock. `Stock` is what a WarehouseActor owns: per SKU the quantity on
+//! hand, reserved (submitted, not yet allocated) and allocated, and per order what it holds, so a
+//! release or allocation can only ever touch the order's own stock.
+
+use crate::geo::GeoPoint;
+use crate::ids::{OrderId, Sku, WarehouseId};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+
+/// Most speed bands one warehouse may declare.
+pub const SPEED_BANDS_MAX: usize = 16;
+
+/// A delivery speed a warehouse can serve within a distance: e.g. "express" within 300 km in
+/// 1 day, "standard" within 1500 km in 3 days.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpeedBand {
+    pub speed: String,
+    pub max_distance_km: f64,
+    pub days: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Warehouse {
+    pub id: WarehouseId,
+    pub name: String,
+    pub location: GeoPoint,
+    pub speeds: Vec<SpeedBand>,
+}
+
+impl Warehouse {
+    /// Days to deliver `distance_km` away at `speed` (any speed when `None`), fastest band.
+    pub fn days_for(&self, speed: Option<&str>, distance_km: f64) -> Option<u32> {
+        self.speeds
+            .iter()
+            .filter(|b| speed.is_none_or(|s| b.speed == s) && distance_km <= b.max_distance_km)
+            .map(|b| b.days)
+            .min()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockLevel {
+    pub on_hand: u64,
+    pub reserved: u64,
+    pub allocated: u64,
+}
+
+impl StockLevel {
+    pub fn available(&self) -> u64 {
+        self.on_hand.saturating_sub(self.reserved + self.allocated)
+    }
+}
+
+/// What one order holds in one warehouse.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holding {
+    pub reserved: BTreeMap<Sku, u64>,
+    pub allocated: BTreeMap<Sku, u64>,
+}
+
+impl Holding {
+    fn is_empty(&self) -> bool {
+        self.reserved.is_empty() && self.allocated.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StockError {
+    #[error("not enough {sku}: wanted {wanted}, available {available}")]
+    Shortage {
+        sku: Sku,
+        wanted: u64,
+        available: u64,
+    },
+    #[error(
+        "{sku}: on hand {on_hand} would be below the {committed} already reserved or allocated"
+    )]
+    BelowCommitted {
+        sku: Sku,
+        on_hand: u64,
+        committed: u64,
+    },
+    #[error("order {0} has nothing allocated here")]
+    NothingAllocated(OrderId),
+}
+
+/// Stock of one warehouse.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stock {
+    levels: BTreeMap<Sku, StockLevel>,
+    holdings: HashMap<OrderId, Holding>,
+}
+
+impl Stock {
+    pub fn level(&self, sku: &Sku) -> StockLevel {
+        self.levels.get(sku).copied().unwrap_or_default()
+    }
+
+    pub fn levels(&self) -> impl Iterator<Item = (&Sku, &StockLevel)> {
+        self.levels.iter()
+    }
+
+    pub fn holding(&self, order: &OrderId) -> Option<&Holding> {
+        self.holdings.get(order)
+    }
+
+    pub fn holdings(&self) -> impl Iterator<Item = (&OrderId, &Holding)> {
+        self.holdings.iter()
+    }
+
+    /// Sets on-hand (import, stock count). Refused when it would drop below what is committed.
+    pub fn set_on_hand(&mut self, sku: &Sku, on_hand: u64) -> Result<(), StockError> {
+        let level = self.levels.entry(sku.clone()).or_default();
+        let committed = level.reserved + level.allocated;
+        if on_hand < committed {
+            return Err(StockError::BelowCommitted {
+                sku: sku.clone(),
+                on_hand,
+                committed,
+            });
+        }
+        level.on_hand = on_hand;
+        Ok(())
+    }
+
+    /// Reserves all of `demand` for `order`, or nothing (the first shortage is returned).
+    pub fn reserve(&mut self, order: &OrderId, demand: &[(Sku, u64)]) -> Result<(), StockError> {
+        let mut wanted: BTreeMap<&Sku, u64> = BTreeMap::new();
+        for (sku, q) in demand {
+            *wanted.entry(sku).or_default() += q;
+        }
+        for (sku, q) in &wanted {
+            let available = self.level(sku).available();
+            if *q > available {
+                return Err(StockError::Shortage {
+                    sku: (*sku).clone(),
+                    wanted: *q,
+                    available,
+                });
+            }
+        }
+        let holding = self.holdings.entry(order.clone()).or_default();
+        for (sku, q) in wanted {
+            self.levels.entry(sku.clone()).or_default().reserved += q;
+            *holding.reserved.entry(sku.clone()).or_default() += q;
+        }
+        Ok(())
+    }
+
+    /// Releases up to `demand` of the order's reservation (never someone else's).
+    pub fn release(&mut self, order: &OrderId, demand: &[(Sku, u64)]) {
+        let Some(holding) = self.holdings.get_mut(order) else {
+            return;
+        };
+        for (sku, q) in demand {
+            if let Some(held) = holding.reserved.get_mut(sku) {
+                let take = (*q).min(*held);
+                *held -= take;
+                if *held == 0 {
+                    holding.reserved.remove(sku);
+                }
+                if let Some(level) = self.levels.get_mut(sku) {
+                    level.reserved -= take;
+                }
+            }
+        }
+        if holding.is_empty() {
+            self.holdings.remove(order);
+        }
+    }
+
+    /// Releases everything the order holds here, reserved or allocated (cancel, reject).
+    pub fn release_all(&mut self, order: &OrderId) {
+        let Some(holding) = self.holdings.remove(order) else {
+            return;
+        };
+        for (sku, q) in holding.reserved {
+            if let Some(level) = self.levels.get_mut(&sku) {
+                level.reserved -= q;
+            }
+        }
+        for (sku, q) in holding.allocated {
+            if let Some(level) = self.levels.get_mut(&sku) {
+                level.allocated -= q;
+            }
+        }
+    }
+
+    /// Moves the order's whole reservation to allocated (confirmation).
+    pub fn allocate(&mut self, order: &OrderId) {
+        let Some(holding) = self.holdings.get_mut(order) else {
+            return;
+        };
+        for (sku, q) in std::mem::take(&mut holding.reserved) {
+            if let Some(level) = self.levels.get_mut(&sku) {
+                level.reserved -= q;
+                level.allocated += q;
+            }
+            *holding.allocated.entry(sku).or_default() += q;
+        }
+    }
+
+    /// Ships what the order has allocated here: on-hand and allocated both go down. Returns the
+    /// SKUs touched with their new on-hand, for persisting.
+    pub fn ship(&mut self, order: &OrderId) -> Result<Vec<(Sku, u64)>, StockError> {
+        let allocated = match self.holdings.get(order) {
+            Some(h) if !h.allocated.is_empty() => h.allocated.clone(),
+            _ => return Err(StockError::NothingAllocated(order.clone())),
+        };
+        let mut touched = Vec::with_capacity(allocated.len());
+        for (sku, q) in allocated {
+            let level = self.levels.entry(sku.clone()).or_default();
+            level.allocated -= q;
+            level.on_hand -= q;
+            touched.push((sku, level.on_hand));
+        }
+        if let Some(h) = self.holdings.get_mut(order) {
+            h.allocated.clear();
+            if h.is_empty() {
+                self.holdings.remove(order);
+            }
+        }
+        Ok(touched)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::invariants::stock_is_conserved;
+
+    fn sku(s: &str) -> Sku {
+        Sku::parse(s).unwrap()
+    }
+    fn oid(s: &str) -> OrderId {
+        OrderId::parse(s).unwrap()
+    }
+
+    // Reserve is all-or-nothing; release, allocate and ship touch only the order's own stock.
+    #[test]
+    fn stock_lifecycle() {
+        let mut st = Stock::default();
+        st.set_on_hand(&sku("A"), 10).unwrap();
+        st.set_on_hand(&sku("B"), 1).unwrap();
+        let err = st
+            .reserve(&oid("o1"), &[(sku("A"), 5), (sku("B"), 2)])
+            .unwrap_err();
+        assert_eq!(
+            err,
+            StockError::Shortage {
+                sku: sku("B"),
+                wanted: 2,
+                available: 1
+            }
+        );
+        assert_eq!(
+            st.level(&sku("A")).reserved,
+            0,
+            "nothing reserved after a shortage"
+        );
+        st.reserve(&oid("o1"), &[(sku("A"), 5)]).unwrap();
+        st.reserve(&oid("o2"), &[(sku("A"), 5)]).unwrap();
+        assert!(st.reserve(&oid("o3"), &[(sku("A"), 1)]).is_err());
+        st.release(&oid("o3"), &[(sku("A"), 5)]); // holds nothing: no effect
+        assert_eq!(st.level(&sku("A")).reserved, 10);
+        st.allocate(&oid("o1"));
+        assert_eq!(
+            st.level(&sku("A")),
+            StockLevel {
+                on_hand: 10,
+                reserved: 5,
+                allocated: 5
+            }
+        );
+        assert_eq!(st.ship(&oid("o1")).unwrap(), vec![(sku("A"), 5)]);
+        assert_eq!(
+            st.level(&sku("A")),
+            StockLevel {
+                on_hand: 5,
+                reserved: 5,
+                allocated: 0
+            }
+        );
+        assert!(matches!(
+            st.set_on_hand(&sku("A"), 4),
+            Err(StockError::BelowCommitted { .. })
+        ));
+        st.release_all(&oid("o2"));
+        assert_eq!(st.level(&sku("A")).available(), 5);
+        assert!(st.ship(&oid("o2")).is_err());
+        assert!(stock_is_conserved(&st).is_ok());
+    }
+
+    // Speed bands: the fastest band that covers the distance.
+    #[test]
+    fn days_for_speed_and_distance() {
+        let w = Warehouse {
+            id: WarehouseId::parse("W").unwrap(),
+            name: "W".into(),
+            location: GeoPoint::new(0.0, 0.0).unwrap(),
+            speeds: vec![
+                SpeedBand {
+                    speed: "express".into(),
+                    max_distance_km: 300.0,
+                    days: 1,
+                },
+                SpeedBand {
+                    speed: "standard".into(),
+                    max_distance_km: 2000.0,
+                    days: 3,
+                },
+            ],
+        };
+        assert_eq!(w.days_for(Some("express"), 100.0), Some(1));
+        assert_eq!(w.days_for(Some("express"), 400.0), None);
+        assert_eq!(w.days_for(None, 400.0), Some(3));
+        assert_eq!(w.days_for(Some("standard"), 100.0), Some(3));
+    }
+}
