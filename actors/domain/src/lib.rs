@@ -18,6 +18,7 @@ pub mod invariants;
 pub mod money;
 pub mod order;
 pub mod pricing;
+pub mod rejection;
 pub mod validation;
 pub mod warehouse;
 

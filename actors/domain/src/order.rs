@@ -120,6 +120,10 @@ pub struct OrderLine {
     pub unit_price: Money,
     pub price_source: PriceSource,
     pub line_total: Money,
+    /// A kit's components at the time of ordering (empty for a plain item), so stock held for
+    /// the line can be recomputed even after the catalog changed.
+    #[serde(default)]
+    pub components: Vec<crate::catalog::KitComponent>,
     pub note: Option<String>,
     /// The buyer's choice, if any.
     pub requested_warehouse: Option<WarehouseId>,
@@ -129,6 +133,18 @@ pub struct OrderLine {
 }
 
 impl OrderLine {
+    /// Stock units `units` of this line take: the item itself, or its kit components.
+    pub fn stock_demand(&self, units: u32) -> Vec<(Sku, u64)> {
+        if self.components.is_empty() {
+            vec![(self.sku.clone(), u64::from(units))]
+        } else {
+            self.components
+                .iter()
+                .map(|c| (c.sku.clone(), u64::from(c.qty) * u64::from(units)))
+                .collect()
+        }
+    }
+
     /// Value of the line not yet shipped (zero when rejected).
     pub fn unshipped_value(&self) -> Result<Money, MoneyError> {
         if self.status == LineStatus::Rejected {
@@ -224,6 +240,22 @@ impl Order {
         w.sort();
         w.dedup();
         w
+    }
+
+    /// Stock this order holds (unshipped, open lines) per warehouse.
+    pub fn stock_demand(&self) -> std::collections::BTreeMap<WarehouseId, Vec<(Sku, u64)>> {
+        let mut out: std::collections::BTreeMap<WarehouseId, Vec<(Sku, u64)>> = Default::default();
+        if !self.state.holds_stock() {
+            return out;
+        }
+        for l in self.open_lines() {
+            for a in l.allocations.iter().filter(|a| !a.shipped) {
+                out.entry(a.warehouse.clone())
+                    .or_default()
+                    .extend(l.stock_demand(a.qty));
+            }
+        }
+        out
     }
 
     /// True when every open line is fully shipped.

@@ -1,0 +1,422 @@
+//! AccountActor: one per customer account. It serializes every change to the account's cart,
+//! orders and credit, so no locks guard account data. A handler decides with pure domain code,
+//! appends the result to the journal, waits for the group commit, then replies.
+//!
+//! It stops itself when idle and is rebuilt from the journal on its next message.
+
+use crate::audit::Caller;
+use crate::catalog::CatalogStore;
+use crate::ordering::{self, Amendment, Placed, Preview};
+use crate::records::{self, IdempotencyRecord};
+use crate::Limits;
+use orderd_domain::account::Account;
+use orderd_domain::cart::Cart;
+use orderd_domain::ids::{AccountId, IdempotencyKey, OrderId, Sku, WarehouseId};
+use orderd_domain::money::Money;
+use orderd_domain::order::{Channel, Order, OrderState};
+use orderd_domain::rejection::Rejection;
+use orderd_domain::validation::OrderRequest;
+use orderd_domain::Decimal;
+use orderd_storage::Journal;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Instant;
+
+pub type Reply<T> = RpcReplyPort<Result<T, Rejection>>;
+
+pub enum AccountMsg {
+    GetCart {
+        reply: RpcReplyPort<Cart>,
+    },
+    CartAdd {
+        caller: Caller,
+        sku: Sku,
+        qty: u32,
+        note: Option<String>,
+        warehouse: Option<WarehouseId>,
+        reply: Reply<Cart>,
+    },
+    CartUpdate {
+        caller: Caller,
+        line: u32,
+        qty: Option<u32>,
+        note: Option<Option<String>>,
+        reply: Reply<Cart>,
+    },
+    CartRemove {
+        caller: Caller,
+        line: u32,
+        reply: Reply<Cart>,
+    },
+    /// Validate an order request (or the cart, when `from_cart`) without changing anything.
+    Validate {
+        caller: Caller,
+        req: OrderRequest,
+        from_cart: bool,
+        reply: Reply<Preview>,
+    },
+    Place {
+        caller: Caller,
+        key: Option<IdempotencyKey>,
+        req: OrderRequest,
+        from_cart: bool,
+        channel: Channel,
+        submit: bool,
+        reply: Reply<Placed>,
+    },
+    Submit {
+        caller: Caller,
+        order: OrderId,
+        reply: Reply<Order>,
+    },
+    Approve {
+        caller: Caller,
+        order: OrderId,
+        reject_lines: Vec<u32>,
+        reply: Reply<Order>,
+    },
+    Reject {
+        caller: Caller,
+        order: OrderId,
+        lines: Vec<u32>,
+        reason: Option<String>,
+        reply: Reply<Order>,
+    },
+    Cancel {
+        caller: Caller,
+        order: OrderId,
+        reply: Reply<Order>,
+    },
+    Amend {
+        caller: Caller,
+        order: OrderId,
+        patch: Amendment,
+        reply: Reply<Order>,
+    },
+    Ship {
+        caller: Caller,
+        order: OrderId,
+        warehouse: WarehouseId,
+        reply: Reply<Order>,
+    },
+    GetOrder {
+        order: OrderId,
+        reply: RpcReplyPort<Option<Order>>,
+    },
+    ListOrders {
+        state: Option<OrderState>,
+        before: Option<OrderId>,
+        limit: usize,
+        reply: RpcReplyPort<Vec<Order>>,
+    },
+    Credit {
+        reply: RpcReplyPort<CreditView>,
+    },
+    GetAccount {
+        reply: RpcReplyPort<Account>,
+    },
+    /// Replace the master data (import). Receivables come from the import too.
+    PutAccount {
+        caller: Caller,
+        account: Box<Account>,
+        reply: Reply<Account>,
+    },
+    SetCredit {
+        caller: Caller,
+        credit_limit: Option<Decimal>,
+        open_receivables: Option<Decimal>,
+        reply: Reply<CreditView>,
+    },
+    /// Timer: stop when idle long enough.
+    IdleTick,
+}
+
+/// Credit figures of an account, recomputed from its orders.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CreditView {
+    pub credit_limit: Money,
+    pub open_receivables: Money,
+    pub exposure: Money,
+    /// Limit minus exposure; negative when an operator lowered the limit below exposure.
+    pub available: Decimal,
+}
+
+pub struct AccountArgs {
+    pub id: AccountId,
+    pub journal: Journal,
+    pub catalog: CatalogStore,
+    pub limits: Limits,
+    /// Called when idle: returns true when the directory forgot this account and it may stop.
+    pub retire: Box<dyn Fn() -> bool + Send + Sync>,
+}
+
+/// The bounded, persisted map of recent idempotency keys.
+#[derive(Default)]
+pub struct IdempotencyMap {
+    pub by_key: HashMap<IdempotencyKey, IdempotencyRecord>,
+    pub oldest_first: VecDeque<IdempotencyKey>,
+    pub next_n: u64,
+}
+
+pub struct AccountState {
+    pub account: Account,
+    pub cart: Cart,
+    pub orders: BTreeMap<OrderId, Order>,
+    pub idempotency: IdempotencyMap,
+    pub journal: Journal,
+    pub catalog: CatalogStore,
+    pub limits: Limits,
+    last_activity: Instant,
+    retire: Box<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl AccountState {
+    pub fn credit(&self) -> CreditView {
+        let exposure = self.exposure();
+        CreditView {
+            credit_limit: self.account.credit_limit,
+            open_receivables: self.account.open_receivables,
+            exposure,
+            available: self.account.credit_limit.amount - exposure.amount,
+        }
+    }
+
+    /// Receivables plus every open order, recomputed (never accumulated, so it cannot drift).
+    pub fn exposure(&self) -> Money {
+        orderd_domain::credit::exposure(self.account.open_receivables, self.orders.values())
+            // Bounded amounts: overflow would need ~10^28 of a currency.
+            .unwrap_or(self.account.credit_limit)
+    }
+}
+
+pub struct AccountActor;
+
+impl Actor for AccountActor {
+    type Msg = AccountMsg;
+    type State = AccountState;
+    type Arguments = AccountArgs;
+
+    async fn pre_start(
+        &self,
+        me: ActorRef<AccountMsg>,
+        args: AccountArgs,
+    ) -> Result<AccountState, ActorProcessingErr> {
+        let journal = args.journal.clone();
+        let id = args.id.clone();
+        // Loading scans the journal: keep it off the async workers.
+        let loaded = tokio::task::spawn_blocking(move || load(&journal, &id)).await??;
+        let (account, cart, orders, idempotency) = loaded;
+        let period = std::time::Duration::from_millis(args.limits.account_idle_ms.max(100) / 2);
+        me.send_interval(period, || AccountMsg::IdleTick);
+        tracing::debug!(account.id = %args.id, orders = orders.len(), "account started");
+        Ok(AccountState {
+            account,
+            cart,
+            orders,
+            idempotency,
+            journal: args.journal,
+            catalog: args.catalog,
+            limits: args.limits,
+            last_activity: Instant::now(),
+            retire: args.retire,
+        })
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<AccountMsg>,
+        msg: AccountMsg,
+        st: &mut AccountState,
+    ) -> Result<(), ActorProcessingErr> {
+        if !matches!(msg, AccountMsg::IdleTick) {
+            st.last_activity = Instant::now();
+        }
+        match msg {
+            AccountMsg::GetCart { reply } => drop(reply.send(st.cart.clone())),
+            AccountMsg::CartAdd {
+                caller,
+                sku,
+                qty,
+                note,
+                warehouse,
+                reply,
+            } => {
+                let r = ordering::cart_change(st, &caller, "cart.add", |c| {
+                    c.add(sku, qty, note, warehouse).map(|_| ())
+                })
+                .await?;
+                let _ = reply.send(r);
+            }
+            AccountMsg::CartUpdate {
+                caller,
+                line,
+                qty,
+                note,
+                reply,
+            } => {
+                let r = ordering::cart_change(st, &caller, "cart.update", |c| {
+                    c.update(line, qty, note)
+                })
+                .await?;
+                let _ = reply.send(r);
+            }
+            AccountMsg::CartRemove {
+                caller,
+                line,
+                reply,
+            } => {
+                let r =
+                    ordering::cart_change(st, &caller, "cart.remove", |c| c.remove(line)).await?;
+                let _ = reply.send(r);
+            }
+            AccountMsg::Validate {
+                caller,
+                req,
+                from_cart,
+                reply,
+            } => {
+                let r = ordering::validate(st, &caller, req, from_cart).await?;
+                let _ = reply.send(r);
+            }
+            AccountMsg::Place {
+                caller,
+                key,
+                req,
+                from_cart,
+                channel,
+                submit,
+                reply,
+            } => {
+                let r = ordering::place(st, &caller, key, req, from_cart, channel, submit).await?;
+                let _ = reply.send(r);
+            }
+            AccountMsg::Submit {
+                caller,
+                order,
+                reply,
+            } => {
+                let r = ordering::submit_draft(st, &caller, &order).await?;
+                let _ = reply.send(r);
+            }
+            AccountMsg::Approve {
+                caller,
+                order,
+                reject_lines,
+                reply,
+            } => {
+                let r = ordering::approve(st, &caller, &order, &reject_lines).await?;
+                let _ = reply.send(r);
+            }
+            AccountMsg::Reject {
+                caller,
+                order,
+                lines,
+                reason,
+                reply,
+            } => {
+                let r = ordering::reject(st, &caller, &order, &lines, reason).await?;
+                let _ = reply.send(r);
+            }
+            AccountMsg::Cancel {
+                caller,
+                order,
+                reply,
+            } => {
+                let r = ordering::cancel(st, &caller, &order).await?;
+                let _ = reply.send(r);
+            }
+            AccountMsg::Amend {
+                caller,
+                order,
+                patch,
+                reply,
+            } => {
+                let r = ordering::amend(st, &caller, &order, patch).await?;
+                let _ = reply.send(r);
+            }
+            AccountMsg::Ship {
+                caller,
+                order,
+                warehouse,
+                reply,
+            } => {
+                let r = ordering::ship(st, &caller, &order, &warehouse).await?;
+                let _ = reply.send(r);
+            }
+            AccountMsg::GetOrder { order, reply } => {
+                drop(reply.send(st.orders.get(&order).cloned()))
+            }
+            AccountMsg::ListOrders {
+                state,
+                before,
+                limit,
+                reply,
+            } => {
+                let list = st
+                    .orders
+                    .values()
+                    .rev()
+                    .filter(|o| before.as_ref().is_none_or(|b| &o.id < b))
+                    .filter(|o| state.is_none_or(|s| o.state == s))
+                    .take(limit)
+                    .cloned()
+                    .collect();
+                let _ = reply.send(list);
+            }
+            AccountMsg::Credit { reply } => drop(reply.send(st.credit())),
+            AccountMsg::GetAccount { reply } => drop(reply.send(st.account.clone())),
+            AccountMsg::PutAccount {
+                caller,
+                account,
+                reply,
+            } => {
+                let r = ordering::put_account(st, &caller, *account).await?;
+                let _ = reply.send(r);
+            }
+            AccountMsg::SetCredit {
+                caller,
+                credit_limit,
+                open_receivables,
+                reply,
+            } => {
+                let r = ordering::set_credit(st, &caller, credit_limit, open_receivables).await?;
+                let _ = reply.send(r);
+            }
+            AccountMsg::IdleTick => {
+                let idle =
+                    st.last_activity.elapsed().as_millis() >= u128::from(st.limits.account_idle_ms);
+                if idle && (st.retire)() {
+                    tracing::debug!(account.id = %st.account.id, "account idle, stopping");
+                    me.stop(Some("idle".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+type Loaded = (Account, Cart, BTreeMap<OrderId, Order>, IdempotencyMap);
+
+fn load(journal: &Journal, id: &AccountId) -> Result<Loaded, ActorProcessingErr> {
+    let account: Account = records::load_one(journal, &records::account_key(id))?
+        .ok_or_else(|| format!("account {id} has no master record"))?;
+    let cart: Cart = records::load_one(journal, &records::cart_key(id))?.unwrap_or_default();
+    let orders: BTreeMap<OrderId, Order> =
+        records::load_all::<Order>(journal, &records::order_prefix(id))?
+            .into_iter()
+            .map(|o| (o.id.clone(), o))
+            .collect();
+    let mut keys: Vec<IdempotencyRecord> =
+        records::load_all(journal, &records::idempotency_prefix(id))?;
+    keys.sort_by_key(|k| k.n);
+    let mut idempotency = IdempotencyMap {
+        next_n: keys.last().map_or(0, |k| k.n + 1),
+        ..Default::default()
+    };
+    for k in keys {
+        idempotency.oldest_first.push_back(k.key.clone());
+        idempotency.by_key.insert(k.key.clone(), k);
+    }
+    Ok((account, cart, orders, idempotency))
+}

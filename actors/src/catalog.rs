@@ -1,0 +1,132 @@
+//! Read-mostly master data as one immutable snapshot (catalog, price book, warehouses and
+//! their handles), swapped whole on import so readers never lock.
+
+use crate::audit::{AuditEntry, Caller};
+use crate::records;
+use crate::warehouse::WarehouseHandle;
+use crate::ActorError;
+use arc_swap::ArcSwap;
+use orderd_domain::catalog::{Catalog, CatalogItem};
+use orderd_domain::ids::WarehouseId;
+use orderd_domain::pricing::{PriceBook, PriceEntry};
+use orderd_domain::warehouse::Warehouse;
+use orderd_storage::{Batch, Journal};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+#[derive(Default)]
+pub struct Snapshot {
+    pub catalog: Catalog,
+    pub prices: PriceBook,
+    pub warehouses: Vec<Warehouse>,
+    pub handles: BTreeMap<WarehouseId, WarehouseHandle>,
+}
+
+#[derive(Clone, Default)]
+pub struct CatalogStore(Arc<ArcSwap<Snapshot>>);
+
+impl CatalogStore {
+    pub fn new(s: Snapshot) -> CatalogStore {
+        CatalogStore(Arc::new(ArcSwap::from_pointee(s)))
+    }
+
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.0.load_full()
+    }
+
+    fn replace(&self, f: impl Fn(&Snapshot) -> Snapshot) {
+        // rcu retries `f` if another swap happened meanwhile, so nothing is lost.
+        self.0.rcu(|cur| Arc::new(f(cur)));
+    }
+}
+
+/// Replaces the whole catalog: items not in `items` are removed. Durable before it is visible.
+pub async fn import_catalog(
+    store: &CatalogStore,
+    journal: &Journal,
+    caller: &Caller,
+    items: Vec<CatalogItem>,
+) -> Result<Result<usize, Vec<String>>, ActorError> {
+    let catalog = match Catalog::new(items.clone()) {
+        Ok(c) => c,
+        Err(errs) => return Ok(Err(errs.into_iter().map(|e| e.to_string()).collect())),
+    };
+    let mut batch = Batch::default();
+    let old: Vec<(Vec<u8>, Vec<u8>)> = journal.scan_prefix(records::CATALOG.as_bytes())?;
+    for (k, _) in old {
+        batch.remove(k);
+    }
+    for item in &items {
+        batch.put(records::catalog_key(&item.sku), records::encode(item));
+    }
+    let digest = records::encode(&items);
+    batch
+        .audit
+        .push(AuditEntry::new(caller, None, "catalog.import", &digest).draft("catalog"));
+    journal.submit(batch).await?;
+    let n = catalog.len();
+    store.replace(|cur| Snapshot {
+        catalog: catalog.clone(),
+        prices: cur.prices.clone(),
+        warehouses: cur.warehouses.clone(),
+        handles: cur.handles.clone(),
+    });
+    Ok(Ok(n))
+}
+
+/// Replaces the whole price book.
+pub async fn import_prices(
+    store: &CatalogStore,
+    journal: &Journal,
+    caller: &Caller,
+    entries: Vec<PriceEntry>,
+) -> Result<Result<usize, Vec<String>>, ActorError> {
+    let book = match PriceBook::new(entries.clone()) {
+        Ok(b) => b,
+        Err(errs) => return Ok(Err(errs.into_iter().map(|e| e.to_string()).collect())),
+    };
+    let mut batch = Batch::default();
+    for (k, _) in journal.scan_prefix(records::PRICE.as_bytes())? {
+        batch.remove(k);
+    }
+    for (i, e) in entries.iter().enumerate() {
+        batch.put(format!("{}{i:08}", records::PRICE), records::encode(e));
+    }
+    batch.audit.push(
+        AuditEntry::new(caller, None, "prices.import", &records::encode(&entries)).draft("prices"),
+    );
+    journal.submit(batch).await?;
+    let n = entries.len();
+    store.replace(|cur| Snapshot {
+        catalog: cur.catalog.clone(),
+        prices: book.clone(),
+        warehouses: cur.warehouses.clone(),
+        handles: cur.handles.clone(),
+    });
+    Ok(Ok(n))
+}
+
+/// Reads the stored catalog and price book.
+pub fn load_master(journal: &Journal) -> Result<(Catalog, PriceBook, Vec<Warehouse>), ActorError> {
+    let items: Vec<CatalogItem> = records::load_all(journal, records::CATALOG)?;
+    let catalog = Catalog::new(items)
+        .map_err(|e| ActorError::Invariant(format!("stored catalog is invalid: {e:?}")))?;
+    let prices: Vec<PriceEntry> = records::load_all(journal, records::PRICE)?;
+    let prices = PriceBook::new(prices)
+        .map_err(|e| ActorError::Invariant(format!("stored prices are invalid: {e:?}")))?;
+    let warehouses: Vec<Warehouse> = records::load_all(journal, records::WAREHOUSE)?;
+    Ok((catalog, prices, warehouses))
+}
+
+pub(crate) fn set_warehouses(
+    store: &CatalogStore,
+    warehouses: Vec<Warehouse>,
+    handles: BTreeMap<WarehouseId, WarehouseHandle>,
+) {
+    store.replace(|cur| Snapshot {
+        catalog: cur.catalog.clone(),
+        prices: cur.prices.clone(),
+        warehouses: warehouses.clone(),
+        handles: handles.clone(),
+    });
+}

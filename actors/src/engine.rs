@@ -1,0 +1,298 @@
+//! The engine: rebuilds every actor's state from the journal at start and hands out the typed
+//! handles the API and daemon use.
+
+use crate::account::AccountMsg;
+use crate::audit::{AuditEntry, Caller};
+use crate::catalog::{self, CatalogStore, Snapshot};
+use crate::directory::Directory;
+use crate::records;
+use crate::warehouse::{WarehouseArgs, WarehouseHandle};
+use crate::{ActorError, Limits};
+use orderd_domain::account::Account;
+use orderd_domain::catalog::CatalogItem;
+use orderd_domain::ids::{AccountId, OrderId, Sku, WarehouseId};
+use orderd_domain::invariants::stock_is_conserved;
+use orderd_domain::order::{Order, OrderState};
+use orderd_domain::pricing::PriceEntry;
+use orderd_domain::rejection::Rejection;
+use orderd_domain::warehouse::{StockError, Warehouse};
+use orderd_storage::{Batch, Journal};
+use ractor::RpcReplyPort;
+use std::collections::{BTreeMap, BTreeSet};
+
+type Holdings = Vec<(OrderId, AccountId, Vec<(Sku, u64)>, Vec<(Sku, u64)>)>;
+
+#[derive(Clone)]
+pub struct Engine {
+    pub journal: Journal,
+    pub catalog: CatalogStore,
+    pub accounts: Directory,
+    pub limits: Limits,
+    import_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Engine {
+    /// Loads master data, rebuilds every warehouse's stock from the stored on-hand figures and
+    /// the open orders, and starts the account directory (accounts start lazily).
+    pub async fn start(journal: Journal, limits: Limits) -> Result<Engine, ActorError> {
+        let j = journal.clone();
+        let (master, orders, accounts) =
+            tokio::task::spawn_blocking(move || -> Result<_, ActorError> {
+                let master = catalog::load_master(&j)?;
+                let orders: Vec<Order> = records::load_all(&j, records::ORDER)?;
+                let accounts: BTreeSet<AccountId> =
+                    records::load_all::<Account>(&j, records::ACCOUNT)?
+                        .into_iter()
+                        .map(|a| a.id)
+                        .collect();
+                Ok((master, orders, accounts))
+            })
+            .await
+            .map_err(|e| ActorError::Start(e.to_string()))??;
+        let (cat, prices, warehouses) = master;
+        let mut holdings: BTreeMap<WarehouseId, Holdings> = BTreeMap::new();
+        for o in orders.iter().filter(|o| o.state.holds_stock()) {
+            for (w, demand) in o.stock_demand() {
+                let (reserved, allocated) = if o.state == OrderState::Allocated {
+                    (vec![], demand)
+                } else {
+                    (demand, vec![])
+                };
+                holdings.entry(w).or_default().push((
+                    o.id.clone(),
+                    o.account.clone(),
+                    reserved,
+                    allocated,
+                ));
+            }
+        }
+        let mut handles = BTreeMap::new();
+        for w in &warehouses {
+            let handle = spawn_warehouse(
+                &journal,
+                w.clone(),
+                holdings.remove(&w.id).unwrap_or_default(),
+                &limits,
+            )
+            .await?;
+            handles.insert(w.id.clone(), handle);
+        }
+        if let Some((w, _)) = holdings.into_iter().next() {
+            return Err(ActorError::Invariant(format!(
+                "open orders hold stock in unknown warehouse {w}"
+            )));
+        }
+        tracing::info!(
+            skus = cat.len(),
+            warehouses = warehouses.len(),
+            accounts = accounts.len(),
+            orders = orders.len(),
+            "state rebuilt from the journal"
+        );
+        let store = CatalogStore::new(Snapshot {
+            catalog: cat,
+            prices,
+            warehouses,
+            handles,
+        });
+        let accounts =
+            Directory::start(journal.clone(), store.clone(), limits.clone(), accounts).await?;
+        Ok(Engine {
+            journal,
+            catalog: store,
+            accounts,
+            limits,
+            import_lock: Default::default(),
+        })
+    }
+
+    /// Sends a request to an account's actor.
+    pub async fn account<T: Send + 'static>(
+        &self,
+        account: &AccountId,
+        build: impl FnOnce(RpcReplyPort<T>) -> AccountMsg,
+    ) -> Result<T, ActorError> {
+        self.accounts.call(account, build).await
+    }
+
+    pub fn warehouse(&self, id: &WarehouseId) -> Option<WarehouseHandle> {
+        self.catalog.load().handles.get(id).cloned()
+    }
+
+    pub async fn import_catalog(
+        &self,
+        caller: &Caller,
+        items: Vec<CatalogItem>,
+    ) -> Result<Result<usize, Vec<String>>, ActorError> {
+        let _one = self.import_lock.lock().await;
+        catalog::import_catalog(&self.catalog, &self.journal, caller, items).await
+    }
+
+    pub async fn import_prices(
+        &self,
+        caller: &Caller,
+        entries: Vec<PriceEntry>,
+    ) -> Result<Result<usize, Vec<String>>, ActorError> {
+        let _one = self.import_lock.lock().await;
+        catalog::import_prices(&self.catalog, &self.journal, caller, entries).await
+    }
+
+    /// Creates or updates warehouses; new ones start with no stock.
+    pub async fn import_warehouses(
+        &self,
+        caller: &Caller,
+        list: Vec<Warehouse>,
+    ) -> Result<usize, ActorError> {
+        let _one = self.import_lock.lock().await;
+        let mut batch = Batch::default();
+        for w in &list {
+            batch.put(records::warehouse_key(&w.id), records::encode(w));
+        }
+        batch.audit.push(
+            AuditEntry::new(caller, None, "warehouses.import", &records::encode(&list))
+                .draft("warehouses"),
+        );
+        self.journal.submit(batch).await?;
+        let snap = self.catalog.load();
+        let mut all: BTreeMap<WarehouseId, Warehouse> = snap
+            .warehouses
+            .iter()
+            .map(|w| (w.id.clone(), w.clone()))
+            .collect();
+        let mut handles = snap.handles.clone();
+        for w in list {
+            if !handles.contains_key(&w.id) {
+                handles.insert(
+                    w.id.clone(),
+                    spawn_warehouse(&self.journal, w.clone(), vec![], &self.limits).await?,
+                );
+            }
+            all.insert(w.id.clone(), w);
+        }
+        let n = all.len();
+        catalog::set_warehouses(&self.catalog, all.into_values().collect(), handles);
+        Ok(n)
+    }
+
+    /// Sets on-hand per warehouse and SKU. Per warehouse all rows or none; every refused row
+    /// is reported.
+    pub async fn set_stock(
+        &self,
+        caller: &Caller,
+        rows: Vec<(WarehouseId, Sku, u64)>,
+    ) -> Result<Result<usize, Vec<String>>, ActorError> {
+        let mut by_wh: BTreeMap<WarehouseId, Vec<(Sku, u64)>> = BTreeMap::new();
+        let mut errors = vec![];
+        for (w, s, q) in rows {
+            if self.warehouse(&w).is_none() {
+                errors.push(format!("warehouse {w} does not exist"));
+                continue;
+            }
+            by_wh.entry(w).or_default().push((s, q));
+        }
+        if !errors.is_empty() {
+            return Ok(Err(errors));
+        }
+        let mut n = 0;
+        for (w, rows) in by_wh {
+            let count = rows.len();
+            let handle = self.warehouse(&w).ok_or(ActorError::Gone)?;
+            match handle.set_stock(rows, caller.clone()).await? {
+                Ok(ticket) => {
+                    ticket.await?;
+                    n += count;
+                }
+                Err(errs) => errors.extend(errs.iter().map(|e: &StockError| format!("{w}: {e}"))),
+            }
+        }
+        Ok(if errors.is_empty() {
+            Ok(n)
+        } else {
+            Err(errors)
+        })
+    }
+
+    pub async fn put_account(
+        &self,
+        caller: &Caller,
+        account: Account,
+    ) -> Result<Result<Account, Rejection>, ActorError> {
+        self.accounts.put_account(caller, account).await
+    }
+
+    /// The audit records of one order, oldest first.
+    pub fn history(
+        &self,
+        order: &OrderId,
+        limit: usize,
+    ) -> Result<Vec<(u64, AuditEntry)>, ActorError> {
+        self.journal
+            .audit_for_subject(order.as_str().as_bytes(), limit)?
+            .into_iter()
+            .map(|r| {
+                serde_json::from_slice(&r.payload)
+                    .map(|e| (r.seq, e))
+                    .map_err(|e| {
+                        ActorError::Invariant(format!(
+                            "audit record {} is not an entry: {e}",
+                            r.seq
+                        ))
+                    })
+            })
+            .collect()
+    }
+
+    /// Checks invariant 2 in every warehouse (tests and chaos runs call this).
+    pub async fn check_stock(&self) -> Result<(), String> {
+        for (id, h) in &self.catalog.load().handles {
+            let stock = h.snapshot().await.map_err(|e| e.to_string())?;
+            stock_is_conserved(&stock).map_err(|e| format!("warehouse {id}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Stops every actor and closes the journal after its last flush.
+    pub async fn shutdown(&self) -> Result<(), ActorError> {
+        self.accounts.stop_all();
+        for h in self.catalog.load().handles.values() {
+            h.stop();
+        }
+        let j = self.journal.clone();
+        tokio::task::spawn_blocking(move || j.close())
+            .await
+            .map_err(|e| ActorError::Start(e.to_string()))??;
+        Ok(())
+    }
+}
+
+async fn spawn_warehouse(
+    journal: &Journal,
+    w: Warehouse,
+    holdings: Holdings,
+    limits: &Limits,
+) -> Result<WarehouseHandle, ActorError> {
+    let j = journal.clone();
+    let prefix = records::stock_prefix(&w.id);
+    let on_hand = tokio::task::spawn_blocking(move || -> Result<Vec<(Sku, u64)>, ActorError> {
+        j.scan_prefix(prefix.as_bytes())?
+            .into_iter()
+            .map(|(k, v)| {
+                let sku = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                let sku = Sku::parse(&sku).map_err(|e| ActorError::Invariant(e.to_string()))?;
+                Ok((sku, records::decode(&k, &v)?))
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| ActorError::Start(e.to_string()))??;
+    WarehouseHandle::spawn(
+        WarehouseArgs {
+            warehouse: w,
+            journal: journal.clone(),
+            on_hand,
+            holdings,
+        },
+        limits,
+    )
+    .await
+}

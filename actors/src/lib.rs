@@ -1,0 +1,122 @@
+//! orderd's actors: one AccountActor per customer account (cart, orders, credit), one
+//! WarehouseActor per warehouse (stock), the directory that starts, bounds and supervises
+//! accounts, and the `Engine` that rebuilds all of it from the journal at start.
+//!
+//! Depends on the domain (rules) and storage (journal). Must not depend on axum, HTTP or NATS:
+//! other crates use the typed handles here and never build actor messages themselves.
+
+pub mod account;
+pub mod audit;
+pub mod catalog;
+pub mod directory;
+pub mod engine;
+pub mod events;
+pub mod ordering;
+pub mod records;
+pub mod warehouse;
+
+pub use engine::Engine;
+
+use orderd_storage::StorageError;
+use ractor::rpc::CallResult;
+use ractor::{ActorRef, RpcReplyPort};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Every bound of the actor layer, from the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// How long a caller waits for an actor's answer.
+    pub call_timeout_ms: u64,
+    /// Requests in flight for one account; above it: busy (HTTP 429).
+    pub account_inflight_max: usize,
+    /// Requests in flight in the whole daemon; above it: busy (HTTP 503).
+    pub inflight_total_max: usize,
+    /// An account actor idle this long stops; it is rebuilt on its next message.
+    pub account_idle_ms: u64,
+    /// Lines per order (at most `orderd_domain::validation::ORDER_LINES_MAX`).
+    pub order_lines_max: usize,
+    /// Idempotency keys remembered per account; the oldest is forgotten beyond it.
+    pub idempotency_keys_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            call_timeout_ms: 10_000,
+            account_inflight_max: 64,
+            inflight_total_max: 8_192,
+            account_idle_ms: 300_000,
+            order_lines_max: 500,
+            idempotency_keys_max: 10_000,
+        }
+    }
+}
+
+impl Limits {
+    /// Every bad value, not only the first.
+    pub fn validate(&self) -> Vec<String> {
+        let mut errs = vec![];
+        let max = orderd_domain::validation::ORDER_LINES_MAX;
+        if self.order_lines_max == 0 || self.order_lines_max > max {
+            errs.push(format!("limits.order_lines_max must be 1..={max}"));
+        }
+        for (name, v) in [
+            ("call_timeout_ms", self.call_timeout_ms as usize),
+            ("account_inflight_max", self.account_inflight_max),
+            ("inflight_total_max", self.inflight_total_max),
+            ("account_idle_ms", self.account_idle_ms as usize),
+            ("idempotency_keys_max", self.idempotency_keys_max),
+        ] {
+            if v == 0 {
+                errs.push(format!("limits.{name} must be above 0"));
+            }
+        }
+        if self.account_inflight_max > self.inflight_total_max {
+            errs.push(
+                "limits.account_inflight_max must not exceed limits.inflight_total_max".into(),
+            );
+        }
+        errs
+    }
+}
+
+/// Which bound refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusyScope {
+    Account,
+    Daemon,
+}
+
+/// Real failures of the actor layer (business refusals are `Rejection` values instead).
+#[derive(Debug, thiserror::Error)]
+pub enum ActorError {
+    #[error("too many requests in flight ({0:?})")]
+    Busy(BusyScope),
+    #[error("no answer within the call timeout")]
+    Timeout,
+    #[error("the actor stopped before answering")]
+    Gone,
+    #[error("no such account")]
+    NoSuchAccount,
+    #[error("starting an actor failed: {0}")]
+    Start(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("invariant broken: {0}")]
+    Invariant(String),
+}
+
+/// `call` with a timeout, mapping ractor's outcomes to ours.
+pub(crate) async fn call<M: ractor::Message, T: Send + 'static>(
+    actor: &ActorRef<M>,
+    timeout: Duration,
+    build: impl FnOnce(RpcReplyPort<T>) -> M,
+) -> Result<T, ActorError> {
+    match actor.call(build, Some(timeout)).await {
+        Ok(CallResult::Success(t)) => Ok(t),
+        Ok(CallResult::Timeout) => Err(ActorError::Timeout),
+        Ok(CallResult::SenderError) | Err(_) => Err(ActorError::Gone),
+    }
+}

@@ -1,0 +1,1122 @@
+//! The flows an AccountActor runs: evaluate an order (catalog, prices, stock plan, credit,
+//! approval), hold stock, write one atomic batch, wait for its flush, then update memory.
+//!
+//! Two rules keep memory and storage consistent across crashes:
+//! - stock is *grown* (reserved) before the write and *shrunk* (released) after it, so the
+//!   warehouses never hold less than the durable orders need;
+//! - the account's memory changes only after the write is durable.
+//!
+//! Each flow returns `Result<Result<T, Rejection>, ActorError>`: the inner result is the
+//! business outcome for the caller; the outer error means storage or a warehouse failed and the
+//! actor must stop (it is rebuilt from the journal on its next message).
+
+use crate::account::{AccountState, CreditView};
+use crate::audit::{today, AuditEntry, Caller};
+use crate::catalog::Snapshot;
+use crate::events::order_event;
+use crate::records::{self, IdempotencyRecord};
+use crate::ActorError;
+use orderd_domain::account::{Account, Role};
+use orderd_domain::allocation::{plan, Availability, PlanInput};
+use orderd_domain::approval::{self, Submitter};
+use orderd_domain::cart::{Cart, CartError};
+use orderd_domain::ids::{IdempotencyKey, OrderId, ShipToId, Sku, WarehouseId};
+use orderd_domain::money::Money;
+use orderd_domain::order::{Allocation, Channel, LineStatus, Order, OrderLine, OrderState};
+use orderd_domain::rejection::Rejection;
+use orderd_domain::validation::{
+    check_order, Checked, LineRequest, OrderRequest, PricingContext, Problem, ProblemCode,
+};
+use orderd_domain::{credit, Decimal};
+use orderd_storage::Batch;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+
+type Flow<T> = Result<Result<T, Rejection>, ActorError>;
+/// Stock per warehouse, in stock units (kits as components).
+type Demand = BTreeMap<WarehouseId, Vec<(Sku, u64)>>;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Placed {
+    pub order: Order,
+    /// True when an earlier request with the same idempotency key created it.
+    pub replayed: bool,
+}
+
+/// What submitting would do, without doing it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Preview {
+    pub valid: bool,
+    pub problems: Vec<Problem>,
+    pub total: Money,
+    pub approval_reasons: Vec<String>,
+    pub lines: Vec<OrderLine>,
+}
+
+/// Changes to an order before allocation. Absent fields stay as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Amendment {
+    pub lines: Option<Vec<LineRequest>>,
+    pub ship_to: Option<String>,
+    pub delivery_speed: Option<String>,
+    pub customer_po: Option<String>,
+    pub allow_split: Option<bool>,
+}
+
+struct Evaluation {
+    checked: Checked,
+    allocations: Option<Vec<Vec<Allocation>>>,
+    problems: Vec<Problem>,
+    total: Money,
+    approval_reasons: Vec<String>,
+}
+
+// ---- cart -------------------------------------------------------------------------------
+
+pub async fn cart_change(
+    st: &mut AccountState,
+    caller: &Caller,
+    action: &str,
+    change: impl FnOnce(&mut Cart) -> Result<(), CartError>,
+) -> Flow<Cart> {
+    let mut cart = st.cart.clone();
+    if let Err(e) = change(&mut cart) {
+        return Ok(Err(e.into()));
+    }
+    if let Some(bad) = cart.lines.iter().find_map(|l| sku_problem(st, &l.sku)) {
+        return Ok(Err(Rejection::Invalid(vec![bad])));
+    }
+    let bytes = records::encode(&cart);
+    let mut batch = Batch::default();
+    batch.audit.push(
+        AuditEntry::new(caller, Some(&st.account.id), action, &bytes)
+            .draft(&format!("cart:{}", st.account.id)),
+    );
+    batch.put(records::cart_key(&st.account.id), bytes);
+    st.journal.submit(batch).await?;
+    st.cart = cart;
+    Ok(Ok(st.cart.clone()))
+}
+
+/// A cart may only hold SKUs the account can see.
+fn sku_problem(st: &AccountState, sku: &Sku) -> Option<Problem> {
+    let snap = st.catalog.load();
+    match snap.catalog.get(sku) {
+        Some(item) if item.visible_to(&st.account.segment) => None,
+        _ => Some(
+            Problem::new(
+                ProblemCode::UnknownSku,
+                format!("{sku} is not in the catalog"),
+            )
+            .sku(sku.as_str()),
+        ),
+    }
+}
+
+// ---- evaluation -------------------------------------------------------------------------
+
+async fn evaluate(
+    st: &AccountState,
+    caller: &Caller,
+    req: &OrderRequest,
+    exclude: Option<&Order>,
+) -> Result<Evaluation, ActorError> {
+    let snap = st.catalog.load();
+    let ctx = PricingContext {
+        account: &st.account,
+        catalog: &snap.catalog,
+        prices: &snap.prices,
+        warehouses: &snap.warehouses,
+        today: today(),
+        lines_max: st.limits.order_lines_max,
+    };
+    let checked = check_order(&ctx, req);
+    let mut problems = checked.problems.clone();
+    let mut allocations = None;
+    if let (Some(ship_to), false) = (&checked.ship_to, checked.lines.is_empty()) {
+        let available = availability(&snap, &checked, exclude).await?;
+        let input = PlanInput {
+            catalog: &snap.catalog,
+            warehouses: &snap.warehouses,
+            ship_to: ship_to.location,
+            delivery_speed: req.delivery_speed.as_deref(),
+            allow_split: req.allow_split,
+        };
+        match plan(&input, &checked.lines, available) {
+            Ok(p) => allocations = Some(p),
+            Err(mut p) => problems.append(&mut p),
+        }
+    }
+    let total = checked.total(&st.account);
+    let others = st
+        .orders
+        .values()
+        .filter(|o| exclude.is_none_or(|x| x.id != o.id));
+    let exposure = credit::exposure(st.account.open_receivables, others)
+        .map_err(|e| ActorError::Invariant(e.to_string()))?;
+    problems.extend(credit::check(st.account.credit_limit, exposure, total));
+    let approval_reasons = match &checked.ship_to {
+        Some(s) => {
+            let used = st.orders.values().any(|o| {
+                o.ship_to == s.id
+                    && !matches!(
+                        o.state,
+                        OrderState::Draft | OrderState::Cancelled | OrderState::Rejected
+                    )
+                    && exclude.is_none_or(|x| x.id != o.id)
+            });
+            let who = Submitter {
+                user: &caller.user,
+                roles: &caller.roles,
+            };
+            approval::reasons(&st.account, &who, &checked.lines, total, &s.id, used)
+        }
+        None => vec![],
+    };
+    Ok(Evaluation {
+        checked,
+        allocations,
+        problems,
+        total,
+        approval_reasons,
+    })
+}
+
+/// Free stock for the order's SKUs in every warehouse, plus what `exclude` already holds
+/// (an amended order may reuse its own reservation).
+async fn availability(
+    snap: &Snapshot,
+    checked: &Checked,
+    exclude: Option<&Order>,
+) -> Result<Availability, ActorError> {
+    let mut skus: Vec<Sku> = checked
+        .lines
+        .iter()
+        .filter_map(|l| snap.catalog.get(&l.sku))
+        .flat_map(|item| item.stock_demand(1).into_iter().map(|(s, _)| s))
+        .collect();
+    skus.sort();
+    skus.dedup();
+    let mut out: Availability = HashMap::new();
+    for (id, handle) in &snap.handles {
+        out.insert(id.clone(), handle.availability(skus.clone()).await?);
+    }
+    if let Some(order) = exclude {
+        for (w, demand) in order.stock_demand() {
+            let stock = out.entry(w).or_default();
+            for (sku, q) in demand {
+                *stock.entry(sku).or_default() += q;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn build_lines(
+    snap: &Snapshot,
+    checked: &Checked,
+    allocations: Option<Vec<Vec<Allocation>>>,
+) -> Vec<OrderLine> {
+    let mut allocations = allocations.unwrap_or_default().into_iter();
+    checked
+        .lines
+        .iter()
+        .map(|l| OrderLine {
+            line_no: l.line_no,
+            sku: l.sku.clone(),
+            qty: l.qty,
+            uom: l.uom.clone(),
+            unit_price: l.unit_price,
+            price_source: l.price_source.clone(),
+            line_total: l.line_total,
+            components: snap
+                .catalog
+                .get(&l.sku)
+                .map(|i| i.kit.clone())
+                .unwrap_or_default(),
+            note: l.note.clone(),
+            requested_warehouse: l.requested_warehouse.clone(),
+            allocations: allocations.next().unwrap_or_default(),
+            status: LineStatus::Open,
+        })
+        .collect()
+}
+
+// ---- stock --------------------------------------------------------------------------------
+
+/// Per warehouse and SKU, how much `new` needs beyond `old` (grow) and below it (shrink).
+fn deltas(old: &Demand, new: &Demand) -> (Demand, Demand) {
+    let totals = |d: &Demand| -> BTreeMap<(WarehouseId, Sku), u64> {
+        let mut m = BTreeMap::new();
+        for (w, v) in d {
+            for (s, q) in v {
+                *m.entry((w.clone(), s.clone())).or_default() += q;
+            }
+        }
+        m
+    };
+    let (o, n) = (totals(old), totals(new));
+    let (mut grow, mut shrink) = (Demand::new(), Demand::new());
+    for key in o.keys().chain(n.keys()) {
+        let (a, b) = (
+            o.get(key).copied().unwrap_or(0),
+            n.get(key).copied().unwrap_or(0),
+        );
+        let (w, s) = key.clone();
+        if b > a {
+            grow.entry(w).or_default().push((s, b - a));
+        } else if a > b {
+            shrink.entry(w).or_default().push((s, a - b));
+        }
+    }
+    for v in grow.values_mut().chain(shrink.values_mut()) {
+        v.dedup();
+    }
+    (grow, shrink)
+}
+
+/// Reserves `grow` in every warehouse, or nothing: a shortage (stock taken since planning)
+/// releases what was reserved and comes back as an `out_of_stock` problem.
+async fn reserve(
+    st: &AccountState,
+    order: &OrderId,
+    grow: &Demand,
+) -> Result<Result<(), Problem>, ActorError> {
+    let snap = st.catalog.load();
+    let mut done: Vec<&WarehouseId> = Vec::new();
+    for (w, demand) in grow {
+        let handle = snap
+            .handles
+            .get(w)
+            .ok_or_else(|| ActorError::Invariant(format!("no warehouse {w}")))?;
+        match handle
+            .reserve(order.clone(), st.account.id.clone(), demand.clone())
+            .await?
+        {
+            Ok(()) => done.push(w),
+            Err(e) => {
+                for w in done {
+                    if let Some(h) = snap.handles.get(w) {
+                        h.release(order.clone(), grow[w].clone())?;
+                    }
+                }
+                return Ok(Err(Problem::new(
+                    ProblemCode::OutOfStock,
+                    format!("stock changed while submitting: {e} in {w}"),
+                )));
+            }
+        }
+    }
+    Ok(Ok(()))
+}
+
+fn release(st: &AccountState, order: &OrderId, shrink: &Demand) -> Result<(), ActorError> {
+    let snap = st.catalog.load();
+    for (w, demand) in shrink {
+        if let Some(h) = snap.handles.get(w) {
+            h.release(order.clone(), demand.clone())?;
+        }
+    }
+    Ok(())
+}
+
+fn for_each_warehouse(
+    st: &AccountState,
+    ws: &[WarehouseId],
+    f: impl Fn(&crate::warehouse::WarehouseHandle) -> Result<(), ActorError>,
+) -> Result<(), ActorError> {
+    let snap = st.catalog.load();
+    ws.iter()
+        .filter_map(|w| snap.handles.get(w))
+        .try_for_each(f)
+}
+
+// ---- writing ------------------------------------------------------------------------------
+
+/// The batch for a change of `order`: the record, its audit entry and its event.
+fn order_batch(
+    caller: &Caller,
+    order: &Order,
+    action: &str,
+    from: Option<OrderState>,
+    transitions: &[&'static str],
+) -> Batch {
+    let bytes = records::encode(order);
+    let mut entry = AuditEntry::new(caller, Some(&order.account), action, &bytes);
+    entry.order = Some(order.id.to_string());
+    entry.from = from.map(|s| s.as_str().to_owned());
+    entry.to = Some(order.state.as_str().to_owned());
+    let mut batch = Batch::default();
+    batch.put(records::order_key(&order.account, &order.id), bytes);
+    batch.audit.push(entry.draft(order.id.as_str()));
+    batch.events.push(order_event(order, transitions));
+    batch
+}
+
+fn touch(order: &mut Order) {
+    order.version += 1;
+    order.updated_at = crate::audit::now_rfc3339();
+}
+
+fn find(st: &AccountState, id: &OrderId) -> Result<Order, Rejection> {
+    st.orders
+        .get(id)
+        .cloned()
+        .ok_or_else(|| Rejection::NotFound(format!("order {id}")))
+}
+
+/// Moves `order` to PendingApproval, or to Confirmed and on to Allocated.
+fn route(order: &mut Order, reasons: Vec<String>) -> Result<Vec<&'static str>, Rejection> {
+    if reasons.is_empty() {
+        order.transition(OrderState::Confirmed)?;
+        order.transition(OrderState::Allocated)?;
+        Ok(vec!["confirmed", "allocated"])
+    } else {
+        order.transition(OrderState::PendingApproval)?;
+        order.approval_reasons = reasons;
+        Ok(vec!["pending_approval"])
+    }
+}
+
+// ---- flows --------------------------------------------------------------------------------
+
+pub async fn validate(
+    st: &AccountState,
+    caller: &Caller,
+    req: OrderRequest,
+    from_cart: bool,
+) -> Flow<Preview> {
+    let req = if from_cart {
+        st.cart.to_request(req)
+    } else {
+        req
+    };
+    let ev = evaluate(st, caller, &req, None).await?;
+    let snap = st.catalog.load();
+    let lines = build_lines(&snap, &ev.checked, ev.allocations);
+    Ok(Ok(Preview {
+        valid: ev.problems.is_empty(),
+        problems: ev.problems,
+        total: ev.total,
+        approval_reasons: ev.approval_reasons,
+        lines,
+    }))
+}
+
+fn request_digest(req: &OrderRequest, from_cart: bool, submit: bool, channel: Channel) -> [u8; 32] {
+    Sha256::digest(records::encode(&(req, from_cart, submit, channel))).into()
+}
+
+pub async fn place(
+    st: &mut AccountState,
+    caller: &Caller,
+    key: Option<IdempotencyKey>,
+    req: OrderRequest,
+    from_cart: bool,
+    channel: Channel,
+    submit: bool,
+) -> Flow<crate::ordering::Placed> {
+    let digest = request_digest(&req, from_cart, submit, channel);
+    if let Some(k) = &key {
+        if let Some(rec) = st.idempotency.by_key.get(k) {
+            if rec.request_digest != digest {
+                return Ok(Err(Rejection::IdempotencyMismatch(k.to_string())));
+            }
+            let order = st.orders.get(&rec.order).cloned().ok_or_else(|| {
+                ActorError::Invariant(format!(
+                    "idempotency key {k} names missing order {}",
+                    rec.order
+                ))
+            })?;
+            return Ok(Ok(Placed {
+                order,
+                replayed: true,
+            }));
+        }
+    }
+    let req = if from_cart {
+        st.cart.to_request(req)
+    } else {
+        req
+    };
+    let id = OrderId::parse(&uuid::Uuid::now_v7().to_string())
+        .map_err(|e| ActorError::Invariant(e.to_string()))?;
+    let (mut order, transitions) = if submit {
+        let ev = evaluate(st, caller, &req, None).await?;
+        if !ev.problems.is_empty() {
+            return Ok(Err(Rejection::Invalid(ev.problems)));
+        }
+        let mut order = new_order(
+            st,
+            caller,
+            id.clone(),
+            &req,
+            &ev.checked,
+            ev.allocations,
+            ev.total,
+            channel,
+        );
+        let transitions = match route(&mut order, ev.approval_reasons) {
+            Ok(t) => t,
+            Err(e) => return Ok(Err(e)),
+        };
+        if let Err(p) = reserve(st, &id, &order.stock_demand()).await? {
+            return Ok(Err(Rejection::Invalid(vec![p])));
+        }
+        (order, transitions)
+    } else {
+        let snap = st.catalog.load();
+        let ctx = PricingContext {
+            account: &st.account,
+            catalog: &snap.catalog,
+            prices: &snap.prices,
+            warehouses: &snap.warehouses,
+            today: today(),
+            lines_max: st.limits.order_lines_max,
+        };
+        let checked = check_order(&ctx, &req);
+        if !checked.problems.is_empty() {
+            return Ok(Err(Rejection::Invalid(checked.problems)));
+        }
+        let total = checked.total(&st.account);
+        (
+            new_order(st, caller, id.clone(), &req, &checked, None, total, channel),
+            vec!["draft"],
+        )
+    };
+    order.version = 1;
+    let mut batch = order_batch(
+        caller,
+        &order,
+        if submit { "order.place" } else { "order.draft" },
+        None,
+        &transitions,
+    );
+    let evicted = key
+        .as_ref()
+        .and_then(|k| remember_key(st, &mut batch, k, digest, &id));
+    if from_cart {
+        batch.put(
+            records::cart_key(&st.account.id),
+            records::encode(&Cart {
+                lines: vec![],
+                next_id: st.cart.next_id,
+            }),
+        );
+    }
+    if let Err(e) = st.journal.submit(batch).await {
+        for_each_warehouse(st, &order.warehouses(), |h| h.release_all(id.clone()))?;
+        return Err(e.into());
+    }
+    if order.state == OrderState::Allocated {
+        for_each_warehouse(st, &order.warehouses(), |h| h.allocate(id.clone()))?;
+    }
+    if let Some(k) = key {
+        apply_key(st, k, digest, &id, evicted);
+    }
+    if from_cart {
+        st.cart.clear();
+    }
+    order = commit_order(st, order);
+    debug_assert_credit(st);
+    Ok(Ok(Placed {
+        order,
+        replayed: false,
+    }))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn new_order(
+    st: &AccountState,
+    caller: &Caller,
+    id: OrderId,
+    req: &OrderRequest,
+    checked: &Checked,
+    allocations: Option<Vec<Vec<Allocation>>>,
+    total: Money,
+    channel: Channel,
+) -> Order {
+    let snap = st.catalog.load();
+    let now = crate::audit::now_rfc3339();
+    Order {
+        id,
+        account: st.account.id.clone(),
+        state: OrderState::Draft,
+        channel,
+        placed_by: caller.user.clone(),
+        ship_to: checked
+            .ship_to
+            .as_ref()
+            .map(|s| s.id.clone())
+            .unwrap_or_else(|| ShipToId::parse("none").expect("valid id")),
+        delivery_speed: req.delivery_speed.clone(),
+        customer_po: req.customer_po.clone(),
+        allow_split: req.allow_split,
+        lines: build_lines(&snap, checked, allocations),
+        total,
+        approval_reasons: vec![],
+        created_at: now.clone(),
+        updated_at: now,
+        version: 0,
+    }
+}
+
+/// Adds the key's record to the batch, evicting the oldest beyond the limit. Returns the
+/// evicted key, so memory can follow once the batch is durable.
+fn remember_key(
+    st: &AccountState,
+    batch: &mut Batch,
+    key: &IdempotencyKey,
+    digest: [u8; 32],
+    order: &OrderId,
+) -> Option<IdempotencyKey> {
+    let rec = IdempotencyRecord {
+        key: key.clone(),
+        request_digest: digest,
+        order: order.clone(),
+        n: st.idempotency.next_n,
+    };
+    batch.put(
+        records::idempotency_key(&st.account.id, key),
+        records::encode(&rec),
+    );
+    let evict = (st.idempotency.by_key.len() >= st.limits.idempotency_keys_max)
+        .then(|| st.idempotency.oldest_first.front().cloned())
+        .flatten();
+    if let Some(old) = &evict {
+        batch.remove(records::idempotency_key(&st.account.id, old));
+    }
+    evict
+}
+
+fn apply_key(
+    st: &mut AccountState,
+    key: IdempotencyKey,
+    digest: [u8; 32],
+    order: &OrderId,
+    evicted: Option<IdempotencyKey>,
+) {
+    let m = &mut st.idempotency;
+    if let Some(old) = evicted {
+        m.by_key.remove(&old);
+        m.oldest_first.pop_front();
+    }
+    m.by_key.insert(
+        key.clone(),
+        IdempotencyRecord {
+            key: key.clone(),
+            request_digest: digest,
+            order: order.clone(),
+            n: m.next_n,
+        },
+    );
+    m.oldest_first.push_back(key);
+    m.next_n += 1;
+    debug_assert!(m.by_key.len() <= st.limits.idempotency_keys_max.max(1));
+}
+
+fn commit_order(st: &mut AccountState, order: Order) -> Order {
+    st.orders.insert(order.id.clone(), order.clone());
+    order
+}
+
+fn debug_assert_credit(st: &AccountState) {
+    debug_assert!(
+        st.exposure().amount <= st.account.credit_limit.amount
+            || st.account.open_receivables.amount > st.account.credit_limit.amount,
+        "invariant 3: exposure {} above limit {}",
+        st.exposure(),
+        st.account.credit_limit
+    );
+}
+
+pub async fn submit_draft(st: &mut AccountState, caller: &Caller, id: &OrderId) -> Flow<Order> {
+    let mut order = match find(st, id) {
+        Ok(o) => o,
+        Err(e) => return Ok(Err(e)),
+    };
+    if order.state != OrderState::Draft {
+        return Ok(Err(Rejection::Conflict(format!(
+            "order {id} is {}, only a draft can be submitted",
+            order.state.as_str()
+        ))));
+    }
+    let req = request_of(&order, &Amendment::default());
+    let ev = evaluate(st, caller, &req, None).await?;
+    if !ev.problems.is_empty() {
+        return Ok(Err(Rejection::Invalid(ev.problems)));
+    }
+    let snap = st.catalog.load();
+    order.lines = build_lines(&snap, &ev.checked, ev.allocations);
+    order.total = ev.total;
+    let transitions = match route(&mut order, ev.approval_reasons) {
+        Ok(t) => t,
+        Err(e) => return Ok(Err(e)),
+    };
+    if let Err(p) = reserve(st, id, &order.stock_demand()).await? {
+        return Ok(Err(Rejection::Invalid(vec![p])));
+    }
+    touch(&mut order);
+    let batch = order_batch(
+        caller,
+        &order,
+        "order.submit",
+        Some(OrderState::Draft),
+        &transitions,
+    );
+    if let Err(e) = st.journal.submit(batch).await {
+        for_each_warehouse(st, &order.warehouses(), |h| h.release_all(id.clone()))?;
+        return Err(e.into());
+    }
+    if order.state == OrderState::Allocated {
+        for_each_warehouse(st, &order.warehouses(), |h| h.allocate(id.clone()))?;
+    }
+    Ok(Ok(commit_order(st, order)))
+}
+
+/// Marks `lines` rejected; returns the stock they held (to release once durable).
+fn reject_lines(order: &mut Order, lines: &[u32]) -> Result<Demand, Rejection> {
+    let mut freed = Demand::new();
+    for n in lines {
+        let line = order
+            .lines
+            .iter_mut()
+            .find(|l| l.line_no == *n && l.status == LineStatus::Open)
+            .ok_or_else(|| Rejection::NotFound(format!("open line {n}")))?;
+        line.status = LineStatus::Rejected;
+        for a in &line.allocations {
+            freed
+                .entry(a.warehouse.clone())
+                .or_default()
+                .extend(line.stock_demand(a.qty));
+        }
+    }
+    order
+        .recompute_total()
+        .map_err(|e| Rejection::Conflict(e.to_string()))?;
+    Ok(freed)
+}
+
+pub async fn approve(
+    st: &mut AccountState,
+    caller: &Caller,
+    id: &OrderId,
+    reject: &[u32],
+) -> Flow<Order> {
+    let mut order = match find(st, id) {
+        Ok(o) => o,
+        Err(e) => return Ok(Err(e)),
+    };
+    if order.state != OrderState::PendingApproval {
+        return Ok(Err(Rejection::Conflict(format!(
+            "order {id} is {}, not pending approval",
+            order.state.as_str()
+        ))));
+    }
+    let freed = match reject_lines(&mut order, reject) {
+        Ok(f) => f,
+        Err(e) => return Ok(Err(e)),
+    };
+    if !approval::may_approve(&st.account, &caller.user, &caller.roles, order.total) {
+        return Ok(Err(Rejection::Forbidden(format!(
+            "approving {} needs an approver whose spending limit covers it",
+            order.total
+        ))));
+    }
+    let transitions = if order.open_lines().next().is_none() {
+        order
+            .transition(OrderState::Rejected)
+            .map(|_| vec!["rejected"])
+    } else {
+        order
+            .transition(OrderState::Confirmed)
+            .and_then(|_| order.transition(OrderState::Allocated))
+            .map(|_| vec!["confirmed", "allocated"])
+    };
+    let transitions = match transitions {
+        Ok(t) => t,
+        Err(e) => return Ok(Err(e.into())),
+    };
+    touch(&mut order);
+    st.journal
+        .submit(order_batch(
+            caller,
+            &order,
+            "order.approve",
+            Some(OrderState::PendingApproval),
+            &transitions,
+        ))
+        .await?;
+    release(st, id, &freed)?;
+    match order.state {
+        OrderState::Allocated => {
+            for_each_warehouse(st, &order.warehouses(), |h| h.allocate(id.clone()))?
+        }
+        _ => for_each_warehouse(st, &freed.keys().cloned().collect::<Vec<_>>(), |h| {
+            h.release_all(id.clone())
+        })?,
+    }
+    Ok(Ok(commit_order(st, order)))
+}
+
+pub async fn reject(
+    st: &mut AccountState,
+    caller: &Caller,
+    id: &OrderId,
+    lines: &[u32],
+    reason: Option<String>,
+) -> Flow<Order> {
+    let mut order = match find(st, id) {
+        Ok(o) => o,
+        Err(e) => return Ok(Err(e)),
+    };
+    if !caller.has(Role::Approver) {
+        return Ok(Err(Rejection::Forbidden(
+            "only an approver may reject".into(),
+        )));
+    }
+    if order.state != OrderState::PendingApproval {
+        return Ok(Err(Rejection::Conflict(format!(
+            "order {id} is {}, not pending approval",
+            order.state.as_str()
+        ))));
+    }
+    let held = order.warehouses();
+    let all: Vec<u32> = order.open_lines().map(|l| l.line_no).collect();
+    let freed = match reject_lines(&mut order, if lines.is_empty() { &all } else { lines }) {
+        Ok(f) => f,
+        Err(e) => return Ok(Err(e)),
+    };
+    let whole = order.open_lines().next().is_none();
+    if whole {
+        if let Err(e) = order.transition(OrderState::Rejected) {
+            return Ok(Err(e.into()));
+        }
+    }
+    if let Some(r) = reason {
+        order.approval_reasons.push(format!(
+            "rejected: {}",
+            r.chars().take(200).collect::<String>()
+        ));
+    }
+    touch(&mut order);
+    let transitions: &[&'static str] = if whole { &["rejected"] } else { &[] };
+    st.journal
+        .submit(order_batch(
+            caller,
+            &order,
+            "order.reject",
+            Some(OrderState::PendingApproval),
+            transitions,
+        ))
+        .await?;
+    if whole {
+        for_each_warehouse(st, &held, |h| h.release_all(id.clone()))?;
+    } else {
+        release(st, id, &freed)?;
+    }
+    Ok(Ok(commit_order(st, order)))
+}
+
+pub async fn cancel(st: &mut AccountState, caller: &Caller, id: &OrderId) -> Flow<Order> {
+    let mut order = match find(st, id) {
+        Ok(o) => o,
+        Err(e) => return Ok(Err(e)),
+    };
+    if order
+        .lines
+        .iter()
+        .flat_map(|l| &l.allocations)
+        .any(|a| a.shipped)
+    {
+        return Ok(Err(Rejection::Conflict(format!(
+            "order {id} is partly shipped and can no longer be cancelled"
+        ))));
+    }
+    let held = order.warehouses();
+    let from = order.state;
+    if let Err(e) = order.transition(OrderState::Cancelled) {
+        return Ok(Err(e.into()));
+    }
+    touch(&mut order);
+    st.journal
+        .submit(order_batch(
+            caller,
+            &order,
+            "order.cancel",
+            Some(from),
+            &["cancelled"],
+        ))
+        .await?;
+    for_each_warehouse(st, &held, |h| h.release_all(id.clone()))?;
+    Ok(Ok(commit_order(st, order)))
+}
+
+/// The request an order would be placed with, with `patch` applied.
+fn request_of(order: &Order, patch: &Amendment) -> OrderRequest {
+    OrderRequest {
+        lines: patch.lines.clone().unwrap_or_else(|| {
+            order
+                .open_lines()
+                .map(|l| LineRequest {
+                    sku: l.sku.to_string(),
+                    qty: l.qty,
+                    note: l.note.clone(),
+                    warehouse: l.requested_warehouse.as_ref().map(|w| w.to_string()),
+                    quoted_unit_price: None,
+                })
+                .collect()
+        }),
+        ship_to: Some(
+            patch
+                .ship_to
+                .clone()
+                .unwrap_or_else(|| order.ship_to.to_string()),
+        ),
+        delivery_speed: patch
+            .delivery_speed
+            .clone()
+            .or_else(|| order.delivery_speed.clone()),
+        customer_po: patch
+            .customer_po
+            .clone()
+            .or_else(|| order.customer_po.clone()),
+        allow_split: patch.allow_split.unwrap_or(order.allow_split),
+    }
+}
+
+pub async fn amend(
+    st: &mut AccountState,
+    caller: &Caller,
+    id: &OrderId,
+    patch: Amendment,
+) -> Flow<Order> {
+    let old = match find(st, id) {
+        Ok(o) => o,
+        Err(e) => return Ok(Err(e)),
+    };
+    if !old.state.amendable() {
+        return Ok(Err(Rejection::Conflict(format!(
+            "order {id} is {}: only orders not yet allocated can be amended",
+            old.state.as_str()
+        ))));
+    }
+    let req = request_of(&old, &patch);
+    let mut order = old.clone();
+    if old.state == OrderState::Draft {
+        let snap = st.catalog.load();
+        let ctx = PricingContext {
+            account: &st.account,
+            catalog: &snap.catalog,
+            prices: &snap.prices,
+            warehouses: &snap.warehouses,
+            today: today(),
+            lines_max: st.limits.order_lines_max,
+        };
+        let checked = check_order(&ctx, &req);
+        if !checked.problems.is_empty() {
+            return Ok(Err(Rejection::Invalid(checked.problems)));
+        }
+        order.total = checked.total(&st.account);
+        order.lines = build_lines(&snap, &checked, None);
+        order.ship_to = checked.ship_to.map(|s| s.id).unwrap_or(order.ship_to);
+    } else {
+        let ev = evaluate(st, caller, &req, Some(&old)).await?;
+        if !ev.problems.is_empty() {
+            return Ok(Err(Rejection::Invalid(ev.problems)));
+        }
+        let snap = st.catalog.load();
+        order.total = ev.total;
+        order.ship_to = ev
+            .checked
+            .ship_to
+            .as_ref()
+            .map(|s| s.id.clone())
+            .unwrap_or(order.ship_to);
+        order.lines = build_lines(&snap, &ev.checked, ev.allocations);
+    }
+    order.delivery_speed = req.delivery_speed;
+    order.customer_po = req.customer_po;
+    order.allow_split = req.allow_split;
+    let (grow, shrink) = deltas(&old.stock_demand(), &order.stock_demand());
+    if let Err(p) = reserve(st, id, &grow).await? {
+        return Ok(Err(Rejection::Invalid(vec![p])));
+    }
+    touch(&mut order);
+    if let Err(e) = st
+        .journal
+        .submit(order_batch(
+            caller,
+            &order,
+            "order.amend",
+            Some(old.state),
+            &[],
+        ))
+        .await
+    {
+        release(st, id, &grow)?;
+        return Err(e.into());
+    }
+    release(st, id, &shrink)?;
+    debug_assert_credit(st);
+    Ok(Ok(commit_order(st, order)))
+}
+
+pub async fn ship(
+    st: &mut AccountState,
+    caller: &Caller,
+    id: &OrderId,
+    warehouse: &WarehouseId,
+) -> Flow<Order> {
+    let mut order = match find(st, id) {
+        Ok(o) => o,
+        Err(e) => return Ok(Err(e)),
+    };
+    if order.state != OrderState::Allocated {
+        return Ok(Err(Rejection::Conflict(format!(
+            "order {id} is {}, only allocated orders ship",
+            order.state.as_str()
+        ))));
+    }
+    let mut value = Money::zero(st.account.currency);
+    for line in order
+        .lines
+        .iter_mut()
+        .filter(|l| l.status == LineStatus::Open)
+    {
+        for a in line
+            .allocations
+            .iter_mut()
+            .filter(|a| &a.warehouse == warehouse && !a.shipped)
+        {
+            a.shipped = true;
+            value = value
+                .checked_add(
+                    line.unit_price
+                        .times(a.qty)
+                        .map_err(|e| ActorError::Invariant(e.to_string()))?,
+                )
+                .map_err(|e| ActorError::Invariant(e.to_string()))?;
+        }
+    }
+    if value.amount.is_zero()
+        && !order
+            .lines
+            .iter()
+            .flat_map(|l| &l.allocations)
+            .any(|a| &a.warehouse == warehouse)
+    {
+        return Ok(Err(Rejection::Conflict(format!(
+            "order {id} has nothing to ship from {warehouse}"
+        ))));
+    }
+    let mut transitions = vec![];
+    if order.fully_shipped() {
+        if let Err(e) = order.transition(OrderState::Shipped) {
+            return Ok(Err(e.into()));
+        }
+        transitions.push("shipped");
+    }
+    touch(&mut order);
+    // Shipped goods are invoiced: their value moves from open orders to receivables, so
+    // exposure stays the same until the customer pays.
+    let mut account = st.account.clone();
+    account.open_receivables = account
+        .open_receivables
+        .checked_add(value)
+        .map_err(|e| ActorError::Invariant(e.to_string()))?;
+    let mut batch = order_batch(
+        caller,
+        &order,
+        "order.ship",
+        Some(OrderState::Allocated),
+        &transitions,
+    );
+    batch.put(records::account_key(&account.id), records::encode(&account));
+    let snap = st.catalog.load();
+    let handle = snap
+        .handles
+        .get(warehouse)
+        .ok_or_else(|| ActorError::Invariant(format!("no warehouse {warehouse}")))?;
+    let ticket = match handle.ship(id.clone(), batch).await? {
+        Ok(t) => t,
+        Err(e) => return Ok(Err(Rejection::Conflict(e.to_string()))),
+    };
+    ticket.await?;
+    st.account = account;
+    Ok(Ok(commit_order(st, order)))
+}
+
+fn account_batch(caller: &Caller, account: &Account, action: &str) -> Batch {
+    let bytes = records::encode(account);
+    let mut batch = Batch::default();
+    batch.audit.push(
+        AuditEntry::new(caller, Some(&account.id), action, &bytes)
+            .draft(&format!("account:{}", account.id)),
+    );
+    batch.put(records::account_key(&account.id), bytes);
+    batch
+}
+
+/// Writes a new account's master record (the account has no actor yet).
+pub fn create_account_batch(caller: &Caller, account: &Account) -> Batch {
+    account_batch(caller, account, "account.create")
+}
+
+pub async fn put_account(
+    st: &mut AccountState,
+    caller: &Caller,
+    account: Account,
+) -> Flow<Account> {
+    if account.id != st.account.id {
+        return Ok(Err(Rejection::Conflict("account id cannot change".into())));
+    }
+    if account.currency != st.account.currency
+        && st.orders.values().any(|o| o.state.counts_for_credit())
+    {
+        return Ok(Err(Rejection::Conflict(
+            "currency cannot change while orders are open".into(),
+        )));
+    }
+    st.journal
+        .submit(account_batch(caller, &account, "account.update"))
+        .await?;
+    st.account = account;
+    Ok(Ok(st.account.clone()))
+}
+
+pub async fn set_credit(
+    st: &mut AccountState,
+    caller: &Caller,
+    limit: Option<Decimal>,
+    receivables: Option<Decimal>,
+) -> Flow<CreditView> {
+    let mut account = st.account.clone();
+    let cur = account.currency;
+    let money = |d: Decimal, field: &str| {
+        Money::new(d, cur, orderd_domain::money::MONEY_SCALE)
+            .map_err(|e| Problem::new(ProblemCode::InvalidField, e.to_string()).field(field))
+    };
+    let mut problems = vec![];
+    if let Some(l) = limit {
+        match money(l, "credit_limit") {
+            Ok(m) => account.credit_limit = m,
+            Err(p) => problems.push(p),
+        }
+    }
+    if let Some(r) = receivables {
+        match money(r, "open_receivables") {
+            Ok(m) => account.open_receivables = m,
+            Err(p) => problems.push(p),
+        }
+    }
+    if !problems.is_empty() {
+        return Ok(Err(Rejection::Invalid(problems)));
+    }
+    st.journal
+        .submit(account_batch(caller, &account, "account.credit"))
+        .await?;
+    st.account = account;
+    Ok(Ok(st.credit()))
+}

@@ -1,0 +1,346 @@
+//! WarehouseActor: owns one warehouse's stock in memory (on hand, reserved, allocated, and what
+//! each order holds). Reservations and allocations are not written by the warehouse: they are
+//! derived from the orders, which the account writes durably, and rebuilt from them at start.
+//! On-hand changes (shipments, stock imports) are written by the warehouse itself, in message
+//! order, so two writers can never interleave on one SKU.
+//!
+//! Warehouses never call accounts (invariant of the concurrency model: no cycles, no deadlock).
+
+use crate::audit::{AuditEntry, Caller};
+use crate::records::{self, stock_key};
+use crate::{call, ActorError, Limits};
+use orderd_domain::ids::{AccountId, OrderId, Sku, WarehouseId};
+use orderd_domain::invariants::stock_is_conserved;
+use orderd_domain::warehouse::{Stock, StockError, StockLevel, Warehouse};
+use orderd_storage::{Batch, Journal, Ticket};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use std::collections::HashMap;
+use std::time::Duration;
+
+pub enum WarehouseMsg {
+    /// Free units per SKU (absent SKUs: 0).
+    Availability {
+        skus: Vec<Sku>,
+        reply: RpcReplyPort<HashMap<Sku, u64>>,
+    },
+    /// Full levels for display.
+    Levels {
+        skus: Vec<Sku>,
+        reply: RpcReplyPort<Vec<(Sku, StockLevel)>>,
+    },
+    /// Reserve all of `demand` for the order, or nothing.
+    Reserve {
+        order: OrderId,
+        account: AccountId,
+        demand: Vec<(Sku, u64)>,
+        reply: RpcReplyPort<Result<(), StockError>>,
+    },
+    /// Release part of the order's reservation.
+    Release {
+        order: OrderId,
+        demand: Vec<(Sku, u64)>,
+    },
+    /// Release everything the order holds (cancel, reject).
+    ReleaseAll { order: OrderId },
+    /// Reserved -> allocated for the order (after its confirmation is durable).
+    Allocate { order: OrderId },
+    /// Ship what the order has allocated here: the account's part of the write comes in
+    /// `batch`; the warehouse adds the new on-hand figures and submits it as one atomic write.
+    Ship {
+        order: OrderId,
+        batch: Batch,
+        reply: RpcReplyPort<Result<Ticket, StockError>>,
+    },
+    /// Set on-hand for several SKUs (import, stock count): all rows or none.
+    SetStock {
+        rows: Vec<(Sku, u64)>,
+        caller: Caller,
+        reply: RpcReplyPort<Result<Ticket, Vec<StockError>>>,
+    },
+    /// The account an order held here belongs to (for the warehouse role's ship call).
+    Owner {
+        order: OrderId,
+        reply: RpcReplyPort<Option<AccountId>>,
+    },
+    /// A copy of the stock, for invariant checks.
+    Snapshot { reply: RpcReplyPort<Stock> },
+}
+
+pub struct WarehouseArgs {
+    pub warehouse: Warehouse,
+    pub journal: Journal,
+    pub on_hand: Vec<(Sku, u64)>,
+    /// Rebuilt from open orders: (order, account, reserved demand, allocated demand).
+    pub holdings: Vec<(OrderId, AccountId, Vec<(Sku, u64)>, Vec<(Sku, u64)>)>,
+}
+
+pub struct WarehouseState {
+    warehouse: Warehouse,
+    journal: Journal,
+    stock: Stock,
+    owners: HashMap<OrderId, AccountId>,
+}
+
+pub struct WarehouseActor;
+
+impl Actor for WarehouseActor {
+    type Msg = WarehouseMsg;
+    type State = WarehouseState;
+    type Arguments = WarehouseArgs;
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<Self::Msg>,
+        args: WarehouseArgs,
+    ) -> Result<WarehouseState, ActorProcessingErr> {
+        let mut stock = Stock::default();
+        let mut owners = HashMap::new();
+        for (sku, q) in &args.on_hand {
+            stock.set_on_hand(sku, *q)?;
+        }
+        for (order, account, reserved, allocated) in args.holdings {
+            // Stored state satisfied invariant 2 when it was written; if it does not now, the
+            // store is damaged and starting would hide it.
+            stock
+                .reserve(&order, &allocated)
+                .map_err(|e| format!("warehouse {}: rebuilding {order}: {e}", args.warehouse.id))?;
+            stock.allocate(&order);
+            stock
+                .reserve(&order, &reserved)
+                .map_err(|e| format!("warehouse {}: rebuilding {order}: {e}", args.warehouse.id))?;
+            owners.insert(order, account);
+        }
+        stock_is_conserved(&stock)?;
+        Ok(WarehouseState {
+            warehouse: args.warehouse,
+            journal: args.journal,
+            stock,
+            owners,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _me: ActorRef<Self::Msg>,
+        msg: WarehouseMsg,
+        st: &mut WarehouseState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            WarehouseMsg::Availability { skus, reply } => {
+                let _ = reply.send(
+                    skus.into_iter()
+                        .map(|s| {
+                            let a = st.stock.level(&s).available();
+                            (s, a)
+                        })
+                        .collect(),
+                );
+            }
+            WarehouseMsg::Levels { skus, reply } => {
+                let _ = reply.send(
+                    skus.into_iter()
+                        .map(|s| {
+                            let l = st.stock.level(&s);
+                            (s, l)
+                        })
+                        .collect(),
+                );
+            }
+            WarehouseMsg::Reserve {
+                order,
+                account,
+                demand,
+                reply,
+            } => {
+                let r = st.stock.reserve(&order, &demand);
+                if r.is_ok() {
+                    st.owners.insert(order, account);
+                }
+                let _ = reply.send(r);
+            }
+            WarehouseMsg::Release { order, demand } => {
+                st.stock.release(&order, &demand);
+                st.forget_if_done(&order);
+            }
+            WarehouseMsg::ReleaseAll { order } => {
+                st.stock.release_all(&order);
+                st.forget_if_done(&order);
+            }
+            WarehouseMsg::Allocate { order } => st.stock.allocate(&order),
+            WarehouseMsg::Ship {
+                order,
+                mut batch,
+                reply,
+            } => {
+                let r = st.stock.ship(&order).map(|touched| {
+                    for (sku, on_hand) in touched {
+                        batch.put(stock_key(&st.warehouse.id, &sku), records::encode(&on_hand));
+                    }
+                    st.forget_if_done(&order);
+                    st.journal.submit(batch)
+                });
+                let _ = reply.send(r);
+            }
+            WarehouseMsg::SetStock {
+                rows,
+                caller,
+                reply,
+            } => {
+                let _ = reply.send(st.set_stock(rows, &caller));
+            }
+            WarehouseMsg::Owner { order, reply } => {
+                let _ = reply.send(st.owners.get(&order).cloned());
+            }
+            WarehouseMsg::Snapshot { reply } => {
+                let _ = reply.send(st.stock.clone());
+            }
+        }
+        debug_assert!(
+            stock_is_conserved(&st.stock).is_ok(),
+            "{:?}",
+            stock_is_conserved(&st.stock)
+        );
+        Ok(())
+    }
+}
+
+impl WarehouseState {
+    fn forget_if_done(&mut self, order: &OrderId) {
+        if self.stock.holding(order).is_none() {
+            self.owners.remove(order);
+        }
+    }
+
+    fn set_stock(
+        &mut self,
+        rows: Vec<(Sku, u64)>,
+        caller: &Caller,
+    ) -> Result<Ticket, Vec<StockError>> {
+        let mut next = self.stock.clone();
+        let errors: Vec<StockError> = rows
+            .iter()
+            .filter_map(|(sku, q)| next.set_on_hand(sku, *q).err())
+            .collect();
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut batch = Batch::default();
+        for (sku, q) in &rows {
+            batch.put(stock_key(&self.warehouse.id, sku), records::encode(q));
+        }
+        let digest = records::encode(&rows);
+        let mut entry = AuditEntry::new(caller, None, "stock.set", &digest);
+        entry.to = Some(format!("{} rows", rows.len()));
+        batch
+            .audit
+            .push(entry.draft(&format!("warehouse:{}", self.warehouse.id)));
+        self.stock = next;
+        Ok(self.journal.submit(batch))
+    }
+}
+
+/// Typed handle: the only way other crates talk to a warehouse.
+#[derive(Clone)]
+pub struct WarehouseHandle {
+    pub id: WarehouseId,
+    actor: ActorRef<WarehouseMsg>,
+    timeout: Duration,
+}
+
+impl WarehouseHandle {
+    pub async fn spawn(
+        args: WarehouseArgs,
+        limits: &Limits,
+    ) -> Result<WarehouseHandle, ActorError> {
+        let id = args.warehouse.id.clone();
+        let (actor, _) = Actor::spawn(None, WarehouseActor, args)
+            .await
+            .map_err(|e| ActorError::Start(format!("warehouse {id}: {e}")))?;
+        Ok(WarehouseHandle {
+            id,
+            actor,
+            timeout: Duration::from_millis(limits.call_timeout_ms),
+        })
+    }
+
+    pub async fn availability(&self, skus: Vec<Sku>) -> Result<HashMap<Sku, u64>, ActorError> {
+        call(&self.actor, self.timeout, |reply| {
+            WarehouseMsg::Availability { skus, reply }
+        })
+        .await
+    }
+    pub async fn levels(&self, skus: Vec<Sku>) -> Result<Vec<(Sku, StockLevel)>, ActorError> {
+        call(&self.actor, self.timeout, |reply| WarehouseMsg::Levels {
+            skus,
+            reply,
+        })
+        .await
+    }
+    pub async fn reserve(
+        &self,
+        order: OrderId,
+        account: AccountId,
+        demand: Vec<(Sku, u64)>,
+    ) -> Result<Result<(), StockError>, ActorError> {
+        call(&self.actor, self.timeout, |reply| WarehouseMsg::Reserve {
+            order,
+            account,
+            demand,
+            reply,
+        })
+        .await
+    }
+    pub fn release(&self, order: OrderId, demand: Vec<(Sku, u64)>) -> Result<(), ActorError> {
+        self.cast(WarehouseMsg::Release { order, demand })
+    }
+    pub fn release_all(&self, order: OrderId) -> Result<(), ActorError> {
+        self.cast(WarehouseMsg::ReleaseAll { order })
+    }
+    pub fn allocate(&self, order: OrderId) -> Result<(), ActorError> {
+        self.cast(WarehouseMsg::Allocate { order })
+    }
+    pub async fn ship(
+        &self,
+        order: OrderId,
+        batch: Batch,
+    ) -> Result<Result<Ticket, StockError>, ActorError> {
+        call(&self.actor, self.timeout, |reply| WarehouseMsg::Ship {
+            order,
+            batch,
+            reply,
+        })
+        .await
+    }
+    pub async fn set_stock(
+        &self,
+        rows: Vec<(Sku, u64)>,
+        caller: Caller,
+    ) -> Result<Result<Ticket, Vec<StockError>>, ActorError> {
+        call(&self.actor, self.timeout, |reply| WarehouseMsg::SetStock {
+            rows,
+            caller,
+            reply,
+        })
+        .await
+    }
+    pub async fn owner(&self, order: OrderId) -> Result<Option<AccountId>, ActorError> {
+        call(&self.actor, self.timeout, |reply| WarehouseMsg::Owner {
+            order,
+            reply,
+        })
+        .await
+    }
+    pub async fn snapshot(&self) -> Result<Stock, ActorError> {
+        call(&self.actor, self.timeout, |reply| WarehouseMsg::Snapshot {
+            reply,
+        })
+        .await
+    }
+    pub fn stop(&self) {
+        self.actor.stop(None);
+    }
+
+    fn cast(&self, msg: WarehouseMsg) -> Result<(), ActorError> {
+        self.actor.cast(msg).map_err(|_| ActorError::Gone)
+    }
+}
