@@ -1,0 +1,161 @@
+//! `ApiError`: every failure a client can see, as RFC 9457 problem+json with a stable `code`.
+//! The internal cause of a 5xx is logged once, here, and never sent to the client.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use orderd_actors::{ActorError, BusyScope};
+use orderd_domain::rejection::Rejection;
+use orderd_domain::validation::Problem;
+use serde::Serialize;
+
+/// Seconds a client should wait after 429/503.
+pub const RETRY_AFTER_S: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{detail}")]
+    BadRequest { code: &'static str, detail: String },
+    #[error("the request has {} problem(s)", .0.len())]
+    Invalid(Vec<Problem>),
+    #[error("{0}")]
+    IdempotencyMismatch(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("too many requests for this account")]
+    TooManyRequests,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ProblemBody {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    pub code: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
+    pub problems: Vec<Problem>,
+}
+
+impl ApiError {
+    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> ApiError {
+        ApiError::BadRequest {
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
+            ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+            ApiError::IdempotencyMismatch(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+            }
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "account_busy"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.parts();
+        let detail = match &self {
+            ApiError::Internal(cause) => {
+                tracing::error!(error = %cause, "request failed");
+                "an internal error occurred; it has been logged".to_owned()
+            }
+            ApiError::Unavailable(cause) => {
+                tracing::warn!(reason = %cause, "answering 503");
+                cause.clone()
+            }
+            other => other.to_string(),
+        };
+        let problems = match self {
+            ApiError::Invalid(p) => p,
+            _ => vec![],
+        };
+        let body = ProblemBody {
+            kind: format!("urn:orderd:problem:{code}"),
+            title: status.canonical_reason().unwrap_or("error").to_owned(),
+            status: status.as_u16(),
+            detail,
+            code: code.to_owned(),
+            problems,
+        };
+        let mut resp = (status, axum::Json(body)).into_response();
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if matches!(
+            status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+        }
+        resp
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(r: Rejection) -> ApiError {
+        match r {
+            Rejection::Invalid(p) => ApiError::Invalid(p),
+            Rejection::NotFound(what) => ApiError::NotFound(format!("{what} not found")),
+            Rejection::Transition(t) => ApiError::Conflict(t.to_string()),
+            Rejection::Forbidden(why) => ApiError::Forbidden(why),
+            Rejection::IdempotencyMismatch(k) => ApiError::IdempotencyMismatch(format!(
+                "Idempotency-Key {k} was already used with a different request body"
+            )),
+            Rejection::Cart(e @ orderd_domain::cart::CartError::NoSuchLine(_)) => {
+                ApiError::NotFound(e.to_string())
+            }
+            Rejection::Cart(e) => ApiError::Invalid(vec![Problem::new(
+                orderd_domain::validation::ProblemCode::InvalidField,
+                e.to_string(),
+            )]),
+            Rejection::Conflict(why) => ApiError::Conflict(why),
+        }
+    }
+}
+
+impl From<ActorError> for ApiError {
+    fn from(e: ActorError) -> ApiError {
+        match e {
+            ActorError::Busy(BusyScope::Account) => ApiError::TooManyRequests,
+            ActorError::Busy(BusyScope::Daemon) => ApiError::Unavailable("orderd is at its in-flight limit; retry shortly".into()),
+            ActorError::NoSuchAccount => ApiError::NotFound("account not found".into()),
+            ActorError::Timeout => ApiError::Unavailable("no answer within the call timeout; the request may still complete, retry with the same Idempotency-Key".into()),
+            ActorError::Gone => ApiError::Unavailable("the account was restarting; retry with the same Idempotency-Key".into()),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// Lets handlers write `engine_call.await??`.
+pub type ApiResult<T> = Result<T, ApiError>;

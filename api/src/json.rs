@@ -1,0 +1,59 @@
+//! JSON in and out: a body extractor whose errors are problem+json, and the per-route body
+//! limit (JSON bodies are smaller than CSV imports).
+
+use crate::error::ApiError;
+use axum::extract::{FromRequest, Request};
+use axum::http::header::CONTENT_LENGTH;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+
+/// Like `axum::Json`, but a bad body is a 400 problem naming what is wrong.
+pub struct Json<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Json<T>, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Json(v)),
+            Err(e) => Err(ApiError::bad_request("malformed_body", e.body_text())),
+        }
+    }
+}
+
+/// An optional body: empty means `None`; anything else must be valid JSON.
+impl<S: Send + Sync, T: DeserializeOwned> axum::extract::OptionalFromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Option<Json<T>>, ApiError> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::bad_request("malformed_body", e.body_text()))?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        serde_json::from_slice(&bytes)
+            .map(|v| Some(Json(v)))
+            .map_err(|e| ApiError::bad_request("malformed_body", format!("invalid JSON body: {e}")))
+    }
+}
+
+/// Refuses JSON bodies above `max` by their declared length before reading them; streamed
+/// bodies are capped by the route's `DefaultBodyLimit`.
+pub async fn limit_json_body(req: Request, next: Next, max: usize) -> Response {
+    let is_import = req.uri().path().starts_with("/v1/admin/import/");
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if !is_import && declared.is_some_and(|n| n > max) {
+        return ApiError::bad_request(
+            "body_too_large",
+            format!("the body is larger than {max} bytes"),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}

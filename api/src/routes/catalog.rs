@@ -1,0 +1,169 @@
+//! Catalog search and item detail, with the caller's own price tiers and availability per
+//! warehouse. Only what the caller's segment may see.
+
+use super::ACCOUNT_ROLES;
+use crate::auth::Auth;
+use crate::error::{ApiError, ApiResult};
+use crate::ApiState;
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use orderd_actors::account::AccountMsg;
+use orderd_actors::audit::today;
+use orderd_domain::account::Account;
+use orderd_domain::catalog::CatalogItem;
+use orderd_domain::ids::{Sku, WarehouseId};
+use orderd_domain::pricing::Tier;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(search))
+        .routes(routes!(item))
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct SearchQuery {
+    /// SKU prefix or words of the description.
+    pub q: Option<String>,
+    pub limit: Option<usize>,
+    /// The last SKU of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ItemView {
+    #[schema(value_type = Object)]
+    pub item: CatalogItem,
+    /// The price level that applies to the caller today, and its tiers.
+    pub price_level: Option<String>,
+    #[schema(value_type = Vec<Object>)]
+    pub tiers: Vec<Tier>,
+    /// Free units per warehouse (kits: how many whole kits).
+    pub available: BTreeMap<String, u64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SearchPage {
+    pub items: Vec<ItemView>,
+    pub next_cursor: Option<String>,
+}
+
+/// Search the catalog (buyer, approver, account_admin).
+#[utoipa::path(get, path = "/v1/catalog", tag = "catalog", params(SearchQuery),
+    responses((status = 200, body = SearchPage)), security(("bearer" = [])))]
+async fn search(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Query(q): Query<SearchQuery>,
+) -> ApiResult<Json<SearchPage>> {
+    auth.require(ACCOUNT_ROLES)?;
+    let account = account_of(&s, &auth).await?;
+    let limit = q.limit.unwrap_or(50).clamp(1, s.limits.page_max);
+    let after = q
+        .cursor
+        .as_deref()
+        .map(Sku::parse)
+        .transpose()
+        .map_err(|e| ApiError::bad_request("invalid_cursor", e.to_string()))?;
+    let snap = s.engine.catalog.load();
+    let items: Vec<CatalogItem> = snap
+        .catalog
+        .search(
+            &account.segment,
+            q.q.as_deref().unwrap_or(""),
+            after.as_ref(),
+            limit,
+        )
+        .into_iter()
+        .cloned()
+        .collect();
+    let next_cursor = (items.len() == limit)
+        .then(|| items.last().map(|i| i.sku.to_string()))
+        .flatten();
+    let items = views(&s, &account, items).await?;
+    Ok(Json(SearchPage { items, next_cursor }))
+}
+
+/// One catalog item (buyer, approver, account_admin). 404 when not visible to the caller.
+#[utoipa::path(get, path = "/v1/catalog/{sku}", tag = "catalog", params(("sku" = String, Path)),
+    responses((status = 200, body = ItemView), (status = 404)), security(("bearer" = [])))]
+async fn item(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Path(sku): Path<String>,
+) -> ApiResult<Json<ItemView>> {
+    auth.require(ACCOUNT_ROLES)?;
+    let account = account_of(&s, &auth).await?;
+    let not_found = || ApiError::NotFound(format!("SKU {sku} not found"));
+    let sku = Sku::parse(&sku).map_err(|_| not_found())?;
+    let item = s
+        .engine
+        .catalog
+        .load()
+        .catalog
+        .get(&sku)
+        .filter(|i| i.visible_to(&account.segment))
+        .cloned()
+        .ok_or_else(not_found)?;
+    let mut v = views(&s, &account, vec![item]).await?;
+    v.pop().map(Json).ok_or_else(not_found)
+}
+
+async fn account_of(s: &ApiState, auth: &Auth) -> ApiResult<Account> {
+    let id = auth.account()?;
+    Ok(s.engine
+        .account(id, |reply| AccountMsg::GetAccount { reply })
+        .await?)
+}
+
+async fn views(
+    s: &ApiState,
+    account: &Account,
+    items: Vec<CatalogItem>,
+) -> ApiResult<Vec<ItemView>> {
+    let snap = s.engine.catalog.load();
+    let mut skus: Vec<Sku> = items
+        .iter()
+        .flat_map(|i| i.stock_demand(1).into_iter().map(|(s, _)| s))
+        .collect();
+    skus.sort();
+    skus.dedup();
+    let mut free: BTreeMap<WarehouseId, std::collections::HashMap<Sku, u64>> = BTreeMap::new();
+    for (id, h) in &snap.handles {
+        free.insert(id.clone(), h.availability(skus.clone()).await?);
+    }
+    let day = today();
+    Ok(items
+        .into_iter()
+        .map(|item| {
+            let entry = snap.prices.entry_for(
+                &item.sku,
+                &account.id,
+                &account.segment,
+                account.currency,
+                day,
+            );
+            let per_unit = item.stock_demand(1);
+            let available = free
+                .iter()
+                .map(|(w, stock)| {
+                    let units = per_unit
+                        .iter()
+                        .map(|(sku, q)| stock.get(sku).copied().unwrap_or(0) / q.max(&1))
+                        .min()
+                        .unwrap_or(0);
+                    (w.to_string(), units)
+                })
+                .collect();
+            ItemView {
+                price_level: entry.map(|e| e.level.name().to_owned()),
+                tiers: entry.map(|e| e.tiers.clone()).unwrap_or_default(),
+                available,
+                item,
+            }
+        })
+        .collect())
+}

@@ -1,0 +1,535 @@
+//! Orders: place (from the cart or with lines), list, read, history, submit a draft, approve,
+//! reject, cancel, amend, ship. The account is the token's; another account's order id gives
+//! the same 404 as an id that does not exist.
+
+use super::ACCOUNT_ROLES;
+use crate::auth::Auth;
+use crate::error::{ApiError, ApiResult};
+use crate::json::Json;
+use crate::ApiState;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use orderd_actors::account::AccountMsg;
+use orderd_actors::audit::AuditEntry;
+use orderd_actors::ordering::{Amendment, Preview};
+use orderd_domain::account::Role;
+use orderd_domain::ids::{AccountId, IdempotencyKey, OrderId, WarehouseId};
+use orderd_domain::order::{Channel, Order, OrderState};
+use orderd_domain::validation::{LineRequest, OrderRequest};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(place, list))
+        .routes(routes!(validate_order))
+        .routes(routes!(get_order, amend))
+        .routes(routes!(history))
+        .routes(routes!(submit))
+        .routes(routes!(approve))
+        .routes(routes!(reject))
+        .routes(routes!(cancel))
+        .routes(routes!(ship))
+}
+
+/// The order fields besides its lines.
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrderHeader {
+    pub ship_to: Option<String>,
+    pub delivery_speed: Option<String>,
+    pub customer_po: Option<String>,
+    #[serde(default)]
+    pub allow_split: bool,
+}
+
+impl OrderHeader {
+    pub fn into_request(self, lines: Vec<LineRequest>) -> OrderRequest {
+        OrderRequest {
+            lines,
+            ship_to: self.ship_to,
+            delivery_speed: self.delivery_speed,
+            customer_po: self.customer_po,
+            allow_split: self.allow_split,
+        }
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LineBody {
+    pub sku: String,
+    pub qty: u32,
+    pub note: Option<String>,
+    pub warehouse: Option<String>,
+    /// The unit price the buyer saw; refused as `price_changed` when it no longer holds.
+    #[schema(value_type = Option<String>)]
+    pub quoted_unit_price: Option<orderd_domain::Decimal>,
+}
+
+impl From<LineBody> for LineRequest {
+    fn from(l: LineBody) -> LineRequest {
+        LineRequest {
+            sku: l.sku,
+            qty: l.qty,
+            note: l.note,
+            warehouse: l.warehouse,
+            quoted_unit_price: l.quoted_unit_price,
+        }
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceBody {
+    /// The lines; absent means "the cart".
+    pub lines: Option<Vec<LineBody>>,
+    pub ship_to: Option<String>,
+    pub delivery_speed: Option<String>,
+    pub customer_po: Option<String>,
+    #[serde(default)]
+    pub allow_split: bool,
+    /// `false` saves a draft (no stock held, no credit used). Default `true`.
+    pub submit: Option<bool>,
+    /// Channel that produced the order (portal backends: `api`). Default `api`.
+    #[schema(value_type = Option<String>)]
+    pub channel: Option<Channel>,
+}
+
+/// An order as the API returns it.
+#[derive(Serialize, ToSchema)]
+#[schema(value_type = Object)]
+pub struct OrderBody(pub Order);
+
+#[derive(Serialize, ToSchema)]
+#[schema(value_type = Object)]
+pub struct PreviewBody(pub Preview);
+
+fn order_id(s: &str) -> ApiResult<OrderId> {
+    OrderId::parse(s).map_err(|_| ApiError::NotFound(format!("order {s} not found")))
+}
+
+/// Place an order with an `Idempotency-Key` header: 201 with the order, or 422 with every
+/// problem (buyer, approver, account_admin).
+#[utoipa::path(post, path = "/v1/orders", tag = "orders", request_body = PlaceBody,
+    params(("Idempotency-Key" = Option<String>, Header, description = "same key + same body returns the first answer; a different body is refused")),
+    responses((status = 201, body = OrderBody), (status = 200, description = "replayed: the key was used before with this body", body = OrderBody), (status = 422), (status = 429), (status = 503)),
+    security(("bearer" = [])))]
+async fn place(
+    State(s): State<ApiState>,
+    auth: Auth,
+    headers: HeaderMap,
+    Json(b): Json<PlaceBody>,
+) -> ApiResult<Response> {
+    let caller = auth.require(ACCOUNT_ROLES)?.clone();
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| IdempotencyKey::parse(v).ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_idempotency_key",
+                        "Idempotency-Key must be 1..=64 characters of A-Z a-z 0-9 . _ - :",
+                    )
+                })?,
+        ),
+    };
+    let from_cart = b.lines.is_none();
+    let req = OrderRequest {
+        lines: b
+            .lines
+            .unwrap_or_default()
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+        ship_to: b.ship_to,
+        delivery_speed: b.delivery_speed,
+        customer_po: b.customer_po,
+        allow_split: b.allow_split,
+    };
+    let (submit, channel) = (b.submit.unwrap_or(true), b.channel.unwrap_or(Channel::Api));
+    let placed = s
+        .engine
+        .account(auth.account()?, |reply| AccountMsg::Place {
+            caller,
+            key,
+            req,
+            from_cart,
+            channel,
+            submit,
+            reply,
+        })
+        .await??;
+    let status = if placed.replayed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let mut resp = (status, axum::Json(OrderBody(placed.order))).into_response();
+    if placed.replayed {
+        resp.headers_mut().insert(
+            "idempotent-replayed",
+            axum::http::HeaderValue::from_static("true"),
+        );
+    }
+    Ok(resp)
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ValidateBody {
+    pub lines: Vec<LineBody>,
+    pub ship_to: Option<String>,
+    pub delivery_speed: Option<String>,
+    pub customer_po: Option<String>,
+    #[serde(default)]
+    pub allow_split: bool,
+}
+
+/// Validate an order without placing it: every problem, nothing changed (buyer, approver, account_admin).
+#[utoipa::path(post, path = "/v1/orders/validate", tag = "orders", request_body = ValidateBody,
+    responses((status = 200, body = PreviewBody)), security(("bearer" = [])))]
+async fn validate_order(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Json(b): Json<ValidateBody>,
+) -> ApiResult<axum::Json<PreviewBody>> {
+    let caller = auth.require(ACCOUNT_ROLES)?.clone();
+    let req = OrderRequest {
+        lines: b.lines.into_iter().map(Into::into).collect(),
+        ship_to: b.ship_to,
+        delivery_speed: b.delivery_speed,
+        customer_po: b.customer_po,
+        allow_split: b.allow_split,
+    };
+    let preview = s
+        .engine
+        .account(auth.account()?, |reply| AccountMsg::Validate {
+            caller,
+            req,
+            from_cart: false,
+            reply,
+        })
+        .await??;
+    Ok(axum::Json(PreviewBody(preview)))
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct ListQuery {
+    pub state: Option<String>,
+    pub limit: Option<usize>,
+    /// The last order id of the previous page (newest first).
+    pub cursor: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OrderPage {
+    #[schema(value_type = Vec<Object>)]
+    pub orders: Vec<Order>,
+    pub next_cursor: Option<String>,
+}
+
+/// The account's orders, newest first (buyer, approver, account_admin).
+#[utoipa::path(get, path = "/v1/orders", tag = "orders", params(ListQuery), responses((status = 200, body = OrderPage)), security(("bearer" = [])))]
+async fn list(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<axum::Json<OrderPage>> {
+    auth.require(ACCOUNT_ROLES)?;
+    let state = match q.state.as_deref() {
+        None => None,
+        Some(name) => Some(
+            OrderState::ALL
+                .into_iter()
+                .find(|st| st.as_str() == name)
+                .ok_or_else(|| {
+                    ApiError::bad_request("invalid_state", format!("unknown state {name:?}"))
+                })?,
+        ),
+    };
+    let before = q
+        .cursor
+        .as_deref()
+        .map(OrderId::parse)
+        .transpose()
+        .map_err(|e| ApiError::bad_request("invalid_cursor", e.to_string()))?;
+    let limit = q.limit.unwrap_or(50).clamp(1, s.limits.page_max);
+    let orders: Vec<Order> = s
+        .engine
+        .account(auth.account()?, |reply| AccountMsg::ListOrders {
+            state,
+            before,
+            limit,
+            reply,
+        })
+        .await?;
+    let next_cursor = (orders.len() == limit)
+        .then(|| orders.last().map(|o| o.id.to_string()))
+        .flatten();
+    Ok(axum::Json(OrderPage {
+        orders,
+        next_cursor,
+    }))
+}
+
+async fn fetch(s: &ApiState, account: &AccountId, id: &OrderId) -> ApiResult<Order> {
+    let id2 = id.clone();
+    s.engine
+        .account(account, |reply| AccountMsg::GetOrder { order: id2, reply })
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("order {id} not found")))
+}
+
+/// One order (buyer, approver, account_admin).
+#[utoipa::path(get, path = "/v1/orders/{id}", tag = "orders", params(("id" = String, Path)), responses((status = 200, body = OrderBody), (status = 404)), security(("bearer" = [])))]
+async fn get_order(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<OrderBody>> {
+    auth.require(ACCOUNT_ROLES)?;
+    Ok(axum::Json(OrderBody(
+        fetch(&s, auth.account()?, &order_id(&id)?).await?,
+    )))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct HistoryEntry {
+    pub seq: u64,
+    #[schema(value_type = Object)]
+    pub entry: AuditEntry,
+}
+
+/// The order's audit trail: who did what, from where, when (buyer, approver, account_admin).
+#[utoipa::path(get, path = "/v1/orders/{id}/history", tag = "orders", params(("id" = String, Path)), responses((status = 200, body = Vec<HistoryEntry>), (status = 404)), security(("bearer" = [])))]
+async fn history(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<Vec<HistoryEntry>>> {
+    auth.require(ACCOUNT_ROLES)?;
+    let id = order_id(&id)?;
+    fetch(&s, auth.account()?, &id).await?; // tenancy: the order must be this account's
+    let engine = s.engine.clone();
+    let limit = s.limits.page_max * 10;
+    let entries = tokio::task::spawn_blocking(move || engine.history(&id, limit))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok(axum::Json(
+        entries
+            .into_iter()
+            .map(|(seq, entry)| HistoryEntry { seq, entry })
+            .collect(),
+    ))
+}
+
+/// Submit a draft (buyer, approver, account_admin).
+#[utoipa::path(post, path = "/v1/orders/{id}/submit", tag = "orders", params(("id" = String, Path)), responses((status = 200, body = OrderBody), (status = 404), (status = 409), (status = 422)), security(("bearer" = [])))]
+async fn submit(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<OrderBody>> {
+    let caller = auth.require(ACCOUNT_ROLES)?.clone();
+    let order = order_id(&id)?;
+    Ok(axum::Json(OrderBody(
+        s.engine
+            .account(auth.account()?, |reply| AccountMsg::Submit {
+                caller,
+                order,
+                reply,
+            })
+            .await??,
+    )))
+}
+
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApproveBody {
+    /// Lines to drop while approving the rest.
+    #[serde(default)]
+    pub reject_lines: Vec<u32>,
+}
+
+/// Approve a pending order, optionally dropping some lines (approver).
+#[utoipa::path(post, path = "/v1/orders/{id}/approve", tag = "orders", params(("id" = String, Path)), request_body = ApproveBody, responses((status = 200, body = OrderBody), (status = 403), (status = 404), (status = 409)), security(("bearer" = [])))]
+async fn approve(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    body: Option<Json<ApproveBody>>,
+) -> ApiResult<axum::Json<OrderBody>> {
+    let caller = auth.require(&[Role::Approver])?.clone();
+    let order = order_id(&id)?;
+    let reject_lines = body.map(|Json(b)| b.reject_lines).unwrap_or_default();
+    Ok(axum::Json(OrderBody(
+        s.engine
+            .account(auth.account()?, |reply| AccountMsg::Approve {
+                caller,
+                order,
+                reject_lines,
+                reply,
+            })
+            .await??,
+    )))
+}
+
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RejectBody {
+    /// Lines to reject; empty or absent rejects the whole order.
+    #[serde(default)]
+    pub lines: Vec<u32>,
+    pub reason: Option<String>,
+}
+
+/// Reject a pending order, or some of its lines (approver).
+#[utoipa::path(post, path = "/v1/orders/{id}/reject", tag = "orders", params(("id" = String, Path)), request_body = RejectBody, responses((status = 200, body = OrderBody), (status = 403), (status = 404), (status = 409)), security(("bearer" = [])))]
+async fn reject(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    body: Option<Json<RejectBody>>,
+) -> ApiResult<axum::Json<OrderBody>> {
+    let caller = auth.require(&[Role::Approver])?.clone();
+    let order = order_id(&id)?;
+    let b = body.map(|Json(b)| b).unwrap_or_default();
+    Ok(axum::Json(OrderBody(
+        s.engine
+            .account(auth.account()?, |reply| AccountMsg::Reject {
+                caller,
+                order,
+                lines: b.lines,
+                reason: b.reason,
+                reply,
+            })
+            .await??,
+    )))
+}
+
+/// Cancel an order that is not shipped; releases its stock and credit (buyer, approver, account_admin).
+#[utoipa::path(post, path = "/v1/orders/{id}/cancel", tag = "orders", params(("id" = String, Path)), responses((status = 200, body = OrderBody), (status = 404), (status = 409)), security(("bearer" = [])))]
+async fn cancel(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<OrderBody>> {
+    let caller = auth.require(ACCOUNT_ROLES)?.clone();
+    let order = order_id(&id)?;
+    Ok(axum::Json(OrderBody(
+        s.engine
+            .account(auth.account()?, |reply| AccountMsg::Cancel {
+                caller,
+                order,
+                reply,
+            })
+            .await??,
+    )))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AmendBody {
+    /// Replaces all lines when present.
+    pub lines: Option<Vec<LineBody>>,
+    pub ship_to: Option<String>,
+    pub delivery_speed: Option<String>,
+    pub customer_po: Option<String>,
+    pub allow_split: Option<bool>,
+}
+
+/// Amend an order before allocation; it is validated again in full (buyer, approver, account_admin).
+#[utoipa::path(patch, path = "/v1/orders/{id}", tag = "orders", params(("id" = String, Path)), request_body = AmendBody, responses((status = 200, body = OrderBody), (status = 404), (status = 409), (status = 422)), security(("bearer" = [])))]
+async fn amend(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    Json(b): Json<AmendBody>,
+) -> ApiResult<axum::Json<OrderBody>> {
+    let caller = auth.require(ACCOUNT_ROLES)?.clone();
+    let order = order_id(&id)?;
+    let patch = Amendment {
+        lines: b.lines.map(|l| l.into_iter().map(Into::into).collect()),
+        ship_to: b.ship_to,
+        delivery_speed: b.delivery_speed,
+        customer_po: b.customer_po,
+        allow_split: b.allow_split,
+    };
+    Ok(axum::Json(OrderBody(
+        s.engine
+            .account(auth.account()?, |reply| AccountMsg::Amend {
+                caller,
+                order,
+                patch,
+                reply,
+            })
+            .await??,
+    )))
+}
+
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShipBody {
+    /// Operators only: the warehouse shipping (a warehouse token ships from its own).
+    pub warehouse: Option<String>,
+    /// Operators only: the order's account.
+    pub account: Option<String>,
+}
+
+/// Confirm shipment of what one warehouse holds for the order (warehouse, operator).
+#[utoipa::path(post, path = "/v1/orders/{id}/ship", tag = "orders", params(("id" = String, Path)), request_body = ShipBody, responses((status = 200, body = OrderBody), (status = 404), (status = 409)), security(("bearer" = [])))]
+async fn ship(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    body: Option<Json<ShipBody>>,
+) -> ApiResult<axum::Json<OrderBody>> {
+    let caller = auth.require(&[Role::Warehouse, Role::Operator])?.clone();
+    let order = order_id(&id)?;
+    let b = body.map(|Json(b)| b).unwrap_or_default();
+    let not_found = || ApiError::NotFound(format!("order {id} not found"));
+    let (warehouse, account) =
+        if let (true, Some(w)) = (caller.has(Role::Warehouse), caller.warehouse.clone()) {
+            // A warehouse sees only orders holding stock in it.
+            let handle = s.engine.warehouse(&w).ok_or_else(not_found)?;
+            let account = handle.owner(order.clone()).await?.ok_or_else(not_found)?;
+            (w, account)
+        } else {
+            let w = b
+                .warehouse
+                .as_deref()
+                .map(WarehouseId::parse)
+                .transpose()
+                .map_err(|e| ApiError::bad_request("invalid_field", e.to_string()))?;
+            let a = b
+                .account
+                .as_deref()
+                .map(AccountId::parse)
+                .transpose()
+                .map_err(|e| ApiError::bad_request("invalid_field", e.to_string()))?;
+            match (w, a) {
+                (Some(w), Some(a)) => (w, a),
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "missing_field",
+                        "an operator names the warehouse and the account",
+                    ))
+                }
+            }
+        };
+    Ok(axum::Json(OrderBody(
+        s.engine
+            .account(&account, |reply| AccountMsg::Ship {
+                caller,
+                order,
+                warehouse,
+                reply,
+            })
+            .await??,
+    )))
+}

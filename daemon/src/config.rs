@@ -1,0 +1,218 @@
+//! Configuration: defaults in code, then the config file (TOML), then `ORDERD_*` environment
+//! variables, then command-line flags. `validate` reports every bad value at once.
+//!
+//! Any setting can come from the environment: `ORDERD_LISTEN=0.0.0.0:8080`,
+//! `ORDERD_LIMITS__CALL_TIMEOUT_MS=2000` (a double underscore descends into a table), and
+//! values are read as TOML where they parse (`ORDERD_TRUSTED_PROXIES='["10.0.0.1"]'`), else as
+//! plain strings.
+
+use orderd_actors::Limits;
+use orderd_api::ApiLimits;
+use orderd_storage::JournalConfig;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+pub const ENV_PREFIX: &str = "ORDERD_";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on; port 0 picks a free port (the bound address is logged).
+    pub listen: SocketAddr,
+    /// Where the journal (sled) and the development signing key live.
+    pub data_dir: PathBuf,
+    /// Load the demo data set when the store is empty.
+    pub demo_data: bool,
+    /// Mount `POST /v1/dev/token`. Development only: it signs tokens for anyone who asks.
+    pub dev_signin: bool,
+    /// Peers whose X-Forwarded-For header is believed for the audit log's client IP.
+    pub trusted_proxies: Vec<IpAddr>,
+    /// "text" or "json".
+    pub log_format: String,
+    /// How long shutdown waits for in-flight requests before closing the journal.
+    pub shutdown_grace_ms: u64,
+    /// Interval of the outbox relay when idle.
+    pub outbox_poll_ms: u64,
+    pub limits: Limits,
+    pub api: ApiLimits,
+    pub storage: StorageSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSettings {
+    pub commit_batch_max: usize,
+    pub queue_max: usize,
+    pub cache_capacity_bytes: u64,
+}
+
+impl Default for StorageSettings {
+    fn default() -> StorageSettings {
+        let d = JournalConfig::default();
+        StorageSettings {
+            commit_batch_max: d.commit_batch_max,
+            queue_max: d.queue_max,
+            cache_capacity_bytes: d.cache_capacity_bytes,
+        }
+    }
+}
+
+impl StorageSettings {
+    pub fn journal(&self) -> JournalConfig {
+        JournalConfig {
+            commit_batch_max: self.commit_batch_max,
+            queue_max: self.queue_max,
+            cache_capacity_bytes: self.cache_capacity_bytes,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            demo_data: true,
+            dev_signin: true,
+            trusted_proxies: vec![],
+            log_format: "text".into(),
+            shutdown_grace_ms: 10_000,
+            outbox_poll_ms: 50,
+            limits: Limits::default(),
+            api: ApiLimits::default(),
+            storage: StorageSettings::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file: {0}")]
+    File(String),
+    #[error("environment variable {var}: {reason}")]
+    Env { var: String, reason: String },
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+impl Config {
+    /// Parses the file text, overlays `ORDERD_*` variables, then validates.
+    pub fn load(file_text: &str, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = file_text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::File(e.to_string()))?;
+        let mut vars: Vec<(&String, &String)> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        vars.sort();
+        for (var, value) in vars {
+            let path: Vec<String> = var[ENV_PREFIX.len()..]
+                .split("__")
+                .map(|p| p.to_ascii_lowercase())
+                .collect();
+            overlay(&mut table, &path, value).map_err(|reason| ConfigError::Env {
+                var: var.clone(),
+                reason,
+            })?;
+        }
+        let config: Config = table
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(vec![e.to_string()]))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errs = self.limits.validate();
+        if let Err(e) = self.storage.journal().validate() {
+            errs.push(format!("storage: {e}"));
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            errs.push(format!(
+                "log_format must be text or json, got {:?}",
+                self.log_format
+            ));
+        }
+        if self.api.body_max_bytes == 0 || self.api.page_max == 0 || self.api.import_rows_max == 0 {
+            errs.push("api limits must be above 0".into());
+        }
+        if self.outbox_poll_ms == 0 {
+            errs.push("outbox_poll_ms must be above 0".into());
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errs))
+        }
+    }
+}
+
+fn overlay(table: &mut toml::Table, path: &[String], raw: &str) -> Result<(), String> {
+    let (last, parents) = path.split_last().ok_or("empty name")?;
+    let mut t = table;
+    for p in parents {
+        t = t
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(Default::default()))
+            .as_table_mut()
+            .ok_or(format!("{p} is not a table"))?;
+    }
+    // A TOML literal (number, bool, array) when it parses as one; otherwise a plain string.
+    let value = format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut v| v.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
+    t.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    // Defaults, file, then environment; nested keys and typed values.
+    #[test]
+    fn file_then_environment() {
+        let c = Config::load("", &env(&[])).unwrap();
+        assert_eq!(c.listen.port(), 8080);
+        let file = "listen = \"127.0.0.1:9000\"\n[limits]\ncall_timeout_ms = 1234\n";
+        let c = Config::load(
+            file,
+            &env(&[
+                ("ORDERD_LIMITS__ACCOUNT_INFLIGHT_MAX", "7"),
+                ("ORDERD_DATA_DIR", "/tmp/x"),
+                ("ORDERD_TRUSTED_PROXIES", "[\"10.0.0.1\"]"),
+                ("OTHER", "1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.limits.call_timeout_ms, 1234);
+        assert_eq!(c.limits.account_inflight_max, 7);
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.trusted_proxies.len(), 1);
+    }
+
+    // Every bad value is reported, not only the first; unknown keys are refused.
+    #[test]
+    fn every_bad_value_is_reported() {
+        let file = "log_format = \"xml\"\n[limits]\ncall_timeout_ms = 0\norder_lines_max = 0\n";
+        let Err(ConfigError::Invalid(errs)) = Config::load(file, &env(&[])) else {
+            panic!("should be invalid")
+        };
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert!(Config::load("nonsense = 1", &env(&[])).is_err());
+        assert!(Config::load("", &env(&[("ORDERD_LISTEN", "not an address")])).is_err());
+    }
+}

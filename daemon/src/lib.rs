@@ -1,0 +1,120 @@
+//! The orderd daemon: configuration, startup wiring (journal -> engine -> API), the outbox relay,
+//! the development sign-in key, demo data, and graceful shutdown. `main.rs` only parses the
+//! command line, sets up logging and signals, and calls into here.
+//!
+//! May depend on every other crate of the workspace; nothing depends on it.
+
+pub mod config;
+pub mod demo;
+pub mod outbox;
+
+use anyhow::Context;
+use config::Config;
+use orderd_actors::Engine;
+use orderd_api::auth::Authenticator;
+use orderd_api::ApiState;
+use orderd_storage::Journal;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Length of the development signing key.
+pub const DEV_KEY_LEN: usize = 32;
+
+/// Opens the journal under `data_dir/journal`.
+pub fn open_journal(config: &Config) -> anyhow::Result<Journal> {
+    let dir = config.data_dir.join("journal");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Journal::open(&dir, &config.storage.journal())
+        .with_context(|| format!("opening the journal at {}", dir.display()))
+}
+
+/// Starts the engine on the journal, loading demo data into an empty store when configured.
+pub async fn start_engine(config: &Config, journal: Journal) -> anyhow::Result<Engine> {
+    let engine = Engine::start(journal, config.limits.clone())
+        .await
+        .context("rebuilding state from the journal")?;
+    if config.demo_data
+        && engine.accounts.accounts().is_empty()
+        && engine.catalog.load().catalog.is_empty()
+    {
+        demo::load(&engine).await.context("loading demo data")?;
+    }
+    Ok(engine)
+}
+
+/// Serves until `shutdown` resolves, then drains requests, flushes and closes the journal.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let journal = open_journal(&config)?;
+    let engine = start_engine(&config, journal.clone()).await?;
+    let auth = if config.dev_signin {
+        tracing::warn!("DEVELOPMENT SIGN-IN IS ON: POST /v1/dev/token signs a token for any account, user and role. Never expose this daemon like this.");
+        Authenticator::dev(&dev_key(&config.data_dir)?)
+    } else {
+        // Until an identity provider is configured, a key nobody knows: every token is refused.
+        Authenticator::dev(&random_key()?)
+    };
+    let state = ApiState {
+        engine: engine.clone(),
+        auth: Arc::new(auth),
+        trusted_proxies: Arc::new(config.trusted_proxies.clone()),
+        limits: config.api.clone(),
+        dev_signin: config.dev_signin,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let relay = tokio::spawn(outbox::relay(
+        journal.clone(),
+        outbox::Bus::new(),
+        Duration::from_millis(config.outbox_poll_ms),
+        stop_rx,
+    ));
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "orderd listening");
+    let app = orderd_api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+    server.await.context("serving HTTP")?;
+    tracing::info!("shutting down: stopping actors and flushing the journal");
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_millis(config.shutdown_grace_ms), relay).await;
+    engine.shutdown().await.context("closing the journal")?;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+/// The development signing key, created on first start (mode 0600) so tokens survive restarts.
+fn dev_key(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
+    let path = data_dir.join("dev-signing.key");
+    if let Ok(key) = std::fs::read(&path) {
+        anyhow::ensure!(
+            key.len() == DEV_KEY_LEN,
+            "{} is damaged: delete it to make a new one",
+            path.display()
+        );
+        return Ok(key);
+    }
+    let key = random_key()?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    std::io::Write::write_all(
+        &mut opts
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?,
+        &key,
+    )?;
+    Ok(key)
+}
+
+fn random_key() -> anyhow::Result<Vec<u8>> {
+    let mut key = vec![0u8; DEV_KEY_LEN];
+    getrandom::fill(&mut key)
+        .map_err(|e| anyhow::anyhow!("no randomness for the signing key: {e}"))?;
+    Ok(key)
+}

@@ -1,0 +1,205 @@
+//! `orderd`: parse the command line, set up logging and signals, call the library.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use orderd::config::Config;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "orderd", version, about = "B2B order processing daemon")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Args, Default)]
+struct Common {
+    /// Config file (TOML). Every setting can also be an ORDERD_* environment variable.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Data directory (journal, dev signing key).
+    #[arg(long = "data")]
+    data: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (the default with no arguments).
+    Serve {
+        #[command(flatten)]
+        common: Common,
+        /// Listen address, e.g. 127.0.0.1:8080 (port 0 picks a free one).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Do not load the demo data set into an empty store.
+        #[arg(long)]
+        no_demo: bool,
+        /// Log as JSON lines.
+        #[arg(long)]
+        log_json: bool,
+    },
+    /// Import a CSV file of KIND (catalog, prices, accounts, ship_tos, users, warehouses, stock)
+    /// into the data directory (the daemon must not be running on it).
+    Import {
+        kind: String,
+        file: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        action: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk the hash chain; exit 1 naming the first bad sequence number.
+    Verify {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+fn load_config(common: &Common) -> anyhow::Result<Config> {
+    let text = match &common.config {
+        Some(p) => {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
+        }
+        None => String::new(),
+    };
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let mut config = Config::load(&text, &env)?;
+    if let Some(d) = &common.data {
+        config.data_dir = d.clone();
+    }
+    Ok(config)
+}
+
+fn init_logging(json: bool) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("ORDERD_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    match real_main() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("orderd: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<std::process::ExitCode> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command.unwrap_or(Command::Serve {
+        common: Common::default(),
+        listen: None,
+        no_demo: false,
+        log_json: false,
+    }) {
+        Command::Serve {
+            common,
+            listen,
+            no_demo,
+            log_json,
+        } => {
+            let mut config = load_config(&common)?;
+            if let Some(l) = listen {
+                config.listen = l;
+            }
+            config.demo_data &= !no_demo;
+            init_logging(log_json || config.log_format == "json");
+            rt.block_on(async {
+                let listener = tokio::net::TcpListener::bind(config.listen)
+                    .await
+                    .with_context(|| format!("binding {}", config.listen))?;
+                orderd::run(config, listener, shutdown_signal()).await
+            })?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Import { kind, file, common } => {
+            let config = load_config(&common)?;
+            init_logging(false);
+            let kind = orderd_api::import_csv::Kind::parse(&kind).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "unknown kind {kind:?}; known: {}",
+                    orderd_api::import_csv::Kind::names()
+                )
+            })?;
+            let csv =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            rt.block_on(async {
+                let journal = orderd::open_journal(&config)?;
+                let engine = orderd_actors::Engine::start(journal, config.limits.clone()).await?;
+                let caller = orderd_actors::audit::Caller::system();
+                let result = orderd_api::import_csv::import(
+                    &engine,
+                    &caller,
+                    kind,
+                    &csv,
+                    config.api.import_rows_max,
+                )
+                .await;
+                engine.shutdown().await?;
+                match result {
+                    Ok(n) => {
+                        println!("imported {n} {} rows", kind.name());
+                        Ok(std::process::ExitCode::SUCCESS)
+                    }
+                    Err(errors) => {
+                        for e in errors {
+                            eprintln!("{e}");
+                        }
+                        Ok(std::process::ExitCode::from(1))
+                    }
+                }
+            })
+        }
+        Command::Audit {
+            action: AuditCommand::Verify { common },
+        } => {
+            let config = load_config(&common)?;
+            let dir = config.data_dir.join("journal");
+            match orderd_storage::Journal::verify_dir(&dir) {
+                Ok(report) => {
+                    println!(
+                        "audit log intact: {} records, head seq {}",
+                        report.records, report.head_seq
+                    );
+                    Ok(std::process::ExitCode::SUCCESS)
+                }
+                Err(orderd_storage::StorageError::ChainBroken { seq, reason }) => {
+                    println!("audit log BROKEN at seq {seq}: {reason}");
+                    Ok(std::process::ExitCode::from(1))
+                }
+                Err(e) => Err(anyhow::anyhow!("verifying {}: {e}", dir.display())),
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("signal received");
+}

@@ -1,0 +1,744 @@
+//! orderd-storage: the durable journal of orderd on sled.
+//!
+//! It stores user key/values, a hash-chained audit log and an outbox of events, and writes a
+//! state change, its audit records and its outbox events in ONE atomic sled batch (DESIGN
+//! invariant 4). Writers [`Journal::submit`] a [`Batch`] and get a [`Ticket`]; one committer
+//! thread applies every batch that arrived meanwhile as one group, flushes once, and only then
+//! resolves the tickets (group commit: an acknowledged write survives `kill -9`).
+//!
+//! It knows records, keys and bytes, never orders: it must not depend on orderd-domain or on
+//! any crate above it (actors, api, daemon), nor on a tokio runtime (only `tokio::sync`).
+//!
+//! Layout of the keys: [`layout`]. Audit hashing, record format and verification:
+//! [`audit_chain`].
+
+pub mod audit_chain;
+mod commit_queue;
+pub mod layout;
+mod sync;
+
+use std::future::Future;
+use std::ops::Range;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::PoisonError;
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+pub use audit_chain::{AuditHead, AuditRecord, AuditReport};
+use commit_queue::{CommitQueue, PushError};
+
+/// Default [`JournalConfig::commit_batch_max`].
+pub const DEFAULT_COMMIT_BATCH_MAX: usize = 1024;
+/// Default [`JournalConfig::queue_max`].
+pub const DEFAULT_QUEUE_MAX: usize = 65_536;
+/// Default [`JournalConfig::cache_capacity_bytes`]: 256 MiB.
+pub const DEFAULT_CACHE_CAPACITY_BYTES: u64 = 256 * 1024 * 1024;
+/// How long [`Journal::open`] keeps retrying while the directory's sled lock is held. sled
+/// releases the lock only when its background I/O threads let go of the files, a moment after
+/// the previous `Db` in this process was dropped; another process holding it fails after this.
+pub const OPEN_LOCK_WAIT_MAX_MS: u64 = 2_000;
+/// Pause between those retries.
+const OPEN_LOCK_RETRY_MS: u64 = 10;
+/// Most outbox keys removed per sled batch by [`Journal::outbox_remove_through`], so removing a
+/// long backlog does not build one huge batch in memory.
+pub const OUTBOX_REMOVE_CHUNK_MAX: usize = 4096;
+
+// A group can never be larger than the queue it is taken from.
+const _: () = assert!(DEFAULT_COMMIT_BATCH_MAX <= DEFAULT_QUEUE_MAX);
+
+/// Real failures of the journal. Business outcomes never travel here.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StorageError {
+    /// sled failed (disk, or sled's own corruption detection).
+    #[error("storage i/o: {0}")]
+    Io(#[from] sled::Error),
+    /// A stored value or key cannot be decoded.
+    #[error("corrupt value at {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+    /// The audit chain fails verification; `seq` is the first bad record.
+    #[error("audit chain broken at seq {seq}: {reason}")]
+    ChainBroken { seq: u64, reason: String },
+    /// More than `queue_max` requests are already waiting for the committer.
+    #[error("journal overloaded: the commit queue is full")]
+    Overloaded,
+    /// The journal was closed (or its committer stopped) before the request was committed.
+    #[error("journal closed")]
+    Closed,
+    /// A configuration value or a batch is outside the named limits (e.g. an audit subject
+    /// longer than `layout::AUDIT_SUBJECT_LEN_MAX`). Nothing was written.
+    #[error("invalid storage request: {reason}")]
+    Invalid { reason: String },
+}
+
+/// Limits and sled tuning of a [`Journal`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalConfig {
+    /// Most requests applied and flushed as one group (at least 1).
+    pub commit_batch_max: usize,
+    /// Most requests waiting for the committer (at least 1); beyond it `submit` answers
+    /// `StorageError::Overloaded` at once.
+    pub queue_max: usize,
+    /// sled's page cache size in bytes.
+    pub cache_capacity_bytes: u64,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            commit_batch_max: DEFAULT_COMMIT_BATCH_MAX,
+            queue_max: DEFAULT_QUEUE_MAX,
+            cache_capacity_bytes: DEFAULT_CACHE_CAPACITY_BYTES,
+        }
+    }
+}
+
+impl JournalConfig {
+    /// Reports every bad value at once as `StorageError::Invalid`.
+    pub fn validate(&self) -> Result<(), StorageError> {
+        let mut problems = Vec::new();
+        if self.commit_batch_max == 0 {
+            problems.push("commit_batch_max must be at least 1");
+        }
+        if self.queue_max == 0 {
+            problems.push("queue_max must be at least 1");
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(StorageError::Invalid {
+                reason: problems.join("; "),
+            })
+        }
+    }
+}
+
+/// One atomic unit of work: everything in it is stored together or not at all.
+/// Within a batch, `removes` are applied after `puts`; batches apply in submit order.
+#[derive(Default, Debug, Clone)]
+pub struct Batch {
+    pub puts: Vec<(Vec<u8>, Vec<u8>)>,
+    pub removes: Vec<Vec<u8>>,
+    /// Appended to the hash chain, in this order.
+    pub audit: Vec<AuditDraft>,
+    /// Appended to the outbox, in this order.
+    pub events: Vec<Vec<u8>>,
+}
+
+impl Batch {
+    pub fn put(&mut self, k: impl Into<Vec<u8>>, v: impl Into<Vec<u8>>) {
+        self.puts.push((k.into(), v.into()));
+    }
+
+    pub fn remove(&mut self, k: impl Into<Vec<u8>>) {
+        self.removes.push(k.into());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.puts.is_empty()
+            && self.removes.is_empty()
+            && self.audit.is_empty()
+            && self.events.is_empty()
+    }
+
+    fn validate(&self) -> Result<(), StorageError> {
+        for draft in &self.audit {
+            // Builds the index prefix only to reuse its length check.
+            layout::subject_index_prefix(&draft.subject)?;
+        }
+        Ok(())
+    }
+}
+
+/// An audit record before the journal gives it a seq and a hash.
+#[derive(Debug, Clone)]
+pub struct AuditDraft {
+    /// What the record is about (e.g. an order id); indexed for [`Journal::audit_for_subject`].
+    /// At most `layout::AUDIT_SUBJECT_LEN_MAX` bytes.
+    pub subject: Vec<u8>,
+    pub payload: Vec<u8>,
+}
+
+/// The seqs a committed batch received (empty ranges when it had no audit records or events).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub audit_seqs: Range<u64>,
+    pub event_seqs: Range<u64>,
+}
+
+/// One outbox event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEvent {
+    pub seq: u64,
+    pub payload: Vec<u8>,
+}
+
+/// A snapshot of the committer's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Groups flushed successfully.
+    pub groups: u64,
+    /// Batches in those groups.
+    pub batches: u64,
+    /// Time spent inside `flush`, summed.
+    pub flush_nanos_total: u64,
+    /// Most batches ever committed by one flush.
+    pub largest_group: u64,
+}
+
+/// Resolves once the batch is durable (after the flush that covers it), or with the error that
+/// stopped it. Dropping it does not cancel the write.
+#[derive(Debug)]
+pub struct Ticket(oneshot::Receiver<Result<Committed, StorageError>>);
+
+impl Ticket {
+    fn ready(result: Result<Committed, StorageError>) -> Ticket {
+        let (tx, rx) = oneshot::channel();
+        // The receiver is alive right here, so the send cannot fail.
+        let _ = tx.send(result);
+        Ticket(rx)
+    }
+}
+
+impl Future for Ticket {
+    type Output = Result<Committed, StorageError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // A dropped sender means the committer went away without answering.
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|received| received.unwrap_or(Err(StorageError::Closed)))
+    }
+}
+
+/// The journal handle; clones share one database and one committer thread. Dropping the last
+/// handle closes it like [`Journal::close`] (blocking until accepted batches are committed).
+///
+/// Reads (`get`, `scan_prefix`, `audit_*`, `outbox_*`, `verify_audit`) call sled directly and
+/// may block on disk, so async callers should run them where blocking is allowed. They see
+/// applied batches, which can be a moment ahead of the flush that acknowledges them.
+#[derive(Clone)]
+pub struct Journal {
+    inner: std::sync::Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    queue: sync::Arc<CommitQueue<Request>>,
+    committer: std::sync::Mutex<Option<JoinHandle<()>>>,
+    shared: std::sync::Arc<Shared>,
+}
+
+/// What the committer publishes for readers.
+#[derive(Default)]
+struct Shared {
+    groups: AtomicU64,
+    batches: AtomicU64,
+    flush_nanos_total: AtomicU64,
+    largest_group: AtomicU64,
+    /// The head of the chain as of the last successful flush.
+    durable_head: std::sync::Mutex<AuditHead>,
+}
+
+struct Request {
+    batch: Batch,
+    reply: oneshot::Sender<Result<Committed, StorageError>>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("queued", &self.inner.queue.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Journal {
+    /// Opens (or creates) the journal in the directory `path` and starts its committer.
+    ///
+    /// Fails with `Invalid` for a bad config, `Io` when sled cannot open the directory, and
+    /// `ChainBroken`/`Corrupt` when the last audit record does not match the meta head or the
+    /// meta keys cannot be decoded (the full walk is [`Journal::verify_audit`]).
+    pub fn open(path: &Path, config: &JournalConfig) -> Result<Journal, StorageError> {
+        config.validate()?;
+        let db = open_retrying_lock(&sled_config(config).path(path))?;
+        Journal::start(db, config)
+    }
+
+    /// A journal in a temporary sled database that is deleted when the last handle drops.
+    /// Same code path as `open`, for fast tests.
+    pub fn temporary(config: &JournalConfig) -> Result<Journal, StorageError> {
+        config.validate()?;
+        let db = sled_config(config).temporary(true).open()?;
+        Journal::start(db, config)
+    }
+
+    /// Walks the whole audit chain of the journal in `path` without starting a committer, so a
+    /// store that `open` refuses (its tail does not match the head) can still be examined.
+    /// Reports the first bad sequence number as `ChainBroken`.
+    pub fn verify_dir(path: &Path) -> Result<AuditReport, StorageError> {
+        if !path.is_dir() {
+            return Err(StorageError::Invalid {
+                reason: format!("{} is not a directory", path.display()),
+            });
+        }
+        let db = open_retrying_lock(&sled_config(&JournalConfig::default()).path(path))?;
+        audit_chain::verify_tree(&db)
+    }
+
+    fn start(db: sled::Db, config: &JournalConfig) -> Result<Journal, StorageError> {
+        let chain = ChainState::load(&db)?;
+        let shared = std::sync::Arc::new(Shared {
+            durable_head: std::sync::Mutex::new(chain.head),
+            ..Shared::default()
+        });
+        let queue = sync::Arc::new(CommitQueue::new(config.queue_max));
+        let mut committer = Committer {
+            db: db.clone(),
+            chain,
+            shared: shared.clone(),
+        };
+        let committer_queue = queue.clone();
+        let group_max = config.commit_batch_max;
+        let handle = std::thread::Builder::new()
+            .name("orderd-commit".to_owned())
+            .spawn(move || committer.run(&committer_queue, group_max))
+            .map_err(|e| StorageError::Io(sled::Error::Io(e)))?;
+        Ok(Journal {
+            inner: std::sync::Arc::new(Inner {
+                db,
+                queue,
+                committer: std::sync::Mutex::new(Some(handle)),
+                shared,
+            }),
+        })
+    }
+
+    /// Enqueues `batch` without blocking or awaiting. Batches are applied in submit order. The
+    /// ticket resolves only after the sled flush that covers this batch has returned; at once
+    /// with `Overloaded` when `queue_max` requests are already waiting, `Closed` after `close`,
+    /// or `Invalid` when an audit subject is too long.
+    pub fn submit(&self, batch: Batch) -> Ticket {
+        if let Err(e) = batch.validate() {
+            return Ticket::ready(Err(e));
+        }
+        let (reply, rx) = oneshot::channel();
+        match self.inner.queue.push(Request { batch, reply }) {
+            Ok(()) => Ticket(rx),
+            Err(PushError::Full(_)) => Ticket::ready(Err(StorageError::Overloaded)),
+            Err(PushError::Closed(_)) => Ticket::ready(Err(StorageError::Closed)),
+        }
+    }
+
+    /// The value of a user key.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self
+            .inner
+            .db
+            .get(layout::data_key(key))?
+            .map(|value| value.to_vec()))
+    }
+
+    /// Every user key starting with `prefix` (keys returned without the internal prefix), in key
+    /// order. Unbounded: callers choose prefixes that select a bounded set (one account, say).
+    // The agreed public signature; an alias would only hide what callers get back.
+    #[allow(clippy::type_complexity)]
+    pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        self.inner
+            .db
+            .scan_prefix(layout::data_key(prefix))
+            .map(|item| {
+                let (key, value) = item?;
+                Ok((key[1..].to_vec(), value.to_vec()))
+            })
+            .collect()
+    }
+
+    /// Up to `limit` audit records about `subject`, in seq order.
+    pub fn audit_for_subject(
+        &self,
+        subject: &[u8],
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, StorageError> {
+        // No record can have a subject longer than the limit, so there is nothing to find.
+        let Ok(prefix) = layout::subject_index_prefix(subject) else {
+            return Ok(Vec::new());
+        };
+        let mut records = Vec::new();
+        for item in self.inner.db.scan_prefix(&prefix).take(limit) {
+            let (key, _) = item?;
+            let corrupt = |reason: &str| StorageError::Corrupt {
+                key: layout::describe_key(&key),
+                reason: reason.to_owned(),
+            };
+            let seq = (key.len() == prefix.len() + layout::SEQ_LEN)
+                .then(|| layout::seq_of_key(&key))
+                .flatten()
+                .ok_or_else(|| corrupt("undecodable subject index key"))?;
+            let value = self
+                .inner
+                .db
+                .get(layout::audit_key(seq))?
+                .ok_or_else(|| corrupt("index points at a missing audit record"))?;
+            let record = audit_chain::decode_record(seq, &value)?;
+            if record.subject != subject {
+                return Err(corrupt("index points at a record about another subject"));
+            }
+            records.push(record);
+        }
+        Ok(records)
+    }
+
+    /// Up to `limit` audit records with seq > `after_seq`, in seq order.
+    pub fn audit_after(
+        &self,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, StorageError> {
+        self.seq_range_after(layout::AUDIT, after_seq, limit)?
+            .into_iter()
+            .map(|(seq, value)| audit_chain::decode_record(seq, &value))
+            .collect()
+    }
+
+    /// The head of the audit chain as of the last successful flush: seq 0 and a zero hash when
+    /// the log is empty. Publishing it elsewhere anchors the chain against a full rewrite.
+    pub fn audit_head(&self) -> AuditHead {
+        *self
+            .inner
+            .shared
+            .durable_head
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Walks the whole audit log (see [`audit_chain::verify_tree`]): `ChainBroken { seq }` names
+    /// the first bad record. Safe to run while writers commit.
+    pub fn verify_audit(&self) -> Result<AuditReport, StorageError> {
+        audit_chain::verify_tree(&self.inner.db)
+    }
+
+    /// Up to `limit` outbox events with seq > `after_seq`, in seq order.
+    pub fn outbox_after(
+        &self,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<OutboxEvent>, StorageError> {
+        Ok(self
+            .seq_range_after(layout::OUTBOX, after_seq, limit)?
+            .into_iter()
+            .map(|(seq, payload)| OutboxEvent { seq, payload })
+            .collect())
+    }
+
+    /// Deletes every outbox event with seq <= `seq` and returns how many were deleted. Not
+    /// flushed: after a crash some may come back, and redelivery is allowed (consumers
+    /// deduplicate by seq). Event seqs are never reused, also once the outbox is empty.
+    pub fn outbox_remove_through(&self, seq: u64) -> Result<usize, StorageError> {
+        let db = &self.inner.db;
+        let mut removed = 0usize;
+        loop {
+            let mut batch = sled::Batch::default();
+            let mut chunk = 0usize;
+            for item in db
+                .range(layout::outbox_key(0)..=layout::outbox_key(seq))
+                .keys()
+                .take(OUTBOX_REMOVE_CHUNK_MAX)
+            {
+                batch.remove(item?);
+                chunk += 1;
+            }
+            if chunk == 0 {
+                return Ok(removed);
+            }
+            db.apply_batch(batch)?;
+            removed = removed.saturating_add(chunk);
+        }
+    }
+
+    /// A snapshot of the committer's counters.
+    pub fn stats(&self) -> CommitStats {
+        let shared = &self.inner.shared;
+        CommitStats {
+            groups: shared.groups.load(Ordering::Relaxed),
+            batches: shared.batches.load(Ordering::Relaxed),
+            flush_nanos_total: shared.flush_nanos_total.load(Ordering::Relaxed),
+            largest_group: shared.largest_group.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops accepting batches (later `submit`s resolve `Closed`), lets the committer commit
+    /// everything already accepted, joins its thread and flushes once more. Blocks until then,
+    /// so async callers should call it where blocking is allowed. Idempotent; reads keep working
+    /// until the last handle is dropped.
+    pub fn close(&self) -> Result<(), StorageError> {
+        self.inner.queue.close();
+        let handle = self
+            .inner
+            .committer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(handle) = handle {
+            if handle.join().is_err() {
+                tracing::error!("journal committer thread panicked");
+                return Err(StorageError::Closed);
+            }
+        }
+        self.inner.db.flush()?;
+        Ok(())
+    }
+
+    /// `(seq, value)` of up to `limit` keys `prefix`+seq with seq > `after_seq`.
+    fn seq_range_after(
+        &self,
+        prefix: u8,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        let Some(first) = after_seq.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let start = layout::seq_key(prefix, first);
+        let mut out = Vec::new();
+        for item in self
+            .inner
+            .db
+            .range(&start[..]..&layout::prefix_end(prefix)[..])
+            .take(limit)
+        {
+            let (key, value) = item?;
+            let seq = (key.len() == start.len())
+                .then(|| layout::seq_of_key(&key))
+                .flatten()
+                .ok_or_else(|| StorageError::Corrupt {
+                    key: layout::describe_key(&key),
+                    reason: "undecodable seq key".to_owned(),
+                })?;
+            out.push((seq, value.to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle is gone: commit what was accepted and stop the thread, so tickets
+        // still resolve and the thread does not outlive the database.
+        self.queue.close();
+        let handle = self
+            .committer
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Opens sled, waiting up to [`OPEN_LOCK_WAIT_MAX_MS`] for a just-closed journal on the same
+/// directory to release its file lock.
+fn open_retrying_lock(config: &sled::Config) -> Result<sled::Db, StorageError> {
+    let deadline = Instant::now() + Duration::from_millis(OPEN_LOCK_WAIT_MAX_MS);
+    loop {
+        match config.open() {
+            // sled 0.34 reports a held lock only as this `Other` I/O error text.
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(OPEN_LOCK_RETRY_MS));
+            }
+            result => return Ok(result?),
+        }
+    }
+}
+
+/// sled settings, all explicit (STYLE 4).
+fn sled_config(config: &JournalConfig) -> sled::Config {
+    sled::Config::new()
+        .cache_capacity(config.cache_capacity_bytes)
+        // Favour write throughput over disk space: the journal is append-heavy.
+        .mode(sled::Mode::HighThroughput)
+        // The committer flushes once per group; a timer flush would add fsyncs that acknowledge
+        // nothing and compete with the group flush.
+        .flush_every_ms(None)
+        .use_compression(false)
+}
+
+/// The committer's view of the counters it assigns next.
+#[derive(Debug, Clone, Copy)]
+struct ChainState {
+    head: AuditHead,
+    event_seq: u64,
+}
+
+impl ChainState {
+    /// Reads the meta keys and checks they agree with the stored tail.
+    fn load(tree: &sled::Tree) -> Result<ChainState, StorageError> {
+        let head = audit_chain::check_tail(tree)?;
+        let event_seq = match tree.get(layout::META_EVENT_SEQ)? {
+            None => 0,
+            Some(value) => layout::decode_event_seq(&value)?,
+        };
+        if let Some(last) = tree.scan_prefix([layout::OUTBOX]).keys().next_back() {
+            let last = last?;
+            let seq = layout::seq_of_key(&last).unwrap_or(u64::MAX);
+            if last.len() != 1 + layout::SEQ_LEN || seq > event_seq {
+                return Err(StorageError::Corrupt {
+                    key: layout::describe_key(&last),
+                    reason: format!("outbox key beyond the last assigned event seq {event_seq}"),
+                });
+            }
+        }
+        Ok(ChainState { head, event_seq })
+    }
+}
+
+struct Committer {
+    db: sled::Db,
+    chain: ChainState,
+    shared: std::sync::Arc<Shared>,
+}
+
+impl Committer {
+    fn run(&mut self, queue: &CommitQueue<Request>, group_max: usize) {
+        /// If this thread ends for any reason (including a panic), refuse new writers and drop
+        /// the waiting ones, so their tickets resolve `Closed` instead of hanging.
+        struct CloseOnExit<'a>(&'a CommitQueue<Request>);
+        impl Drop for CloseOnExit<'_> {
+            fn drop(&mut self) {
+                drop(self.0.close_and_take_all());
+            }
+        }
+        let _close_on_exit = CloseOnExit(queue);
+        commit_queue::run_committer(
+            queue,
+            group_max,
+            |group| self.commit_group(group),
+            complete_group,
+        );
+    }
+
+    /// Applies the group as one sled batch and flushes once. On failure the chain state is
+    /// reloaded from meta, so it never runs ahead of what the tree holds.
+    fn commit_group(&mut self, group: &mut [Request]) -> Result<Vec<Committed>, StorageError> {
+        let result = self.apply_and_flush(group);
+        if let Err(error) = &result {
+            tracing::error!(group.size = group.len(), %error, "journal group commit failed");
+            match ChainState::load(&self.db) {
+                Ok(chain) => self.chain = chain,
+                Err(reload) => tracing::error!(%reload, "journal chain state reload failed"),
+            }
+        }
+        result
+    }
+
+    fn apply_and_flush(&mut self, group: &mut [Request]) -> Result<Vec<Committed>, StorageError> {
+        let (batch, committed, next) = build_group(self.chain, group)?;
+        self.db.apply_batch(batch)?;
+        let flush_started = Instant::now();
+        self.db.flush()?;
+        let flush_nanos = u64::try_from(flush_started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.chain = next;
+        self.publish(group.len(), flush_nanos);
+        Ok(committed)
+    }
+
+    fn publish(&self, group_len: usize, flush_nanos: u64) {
+        let group_len = u64::try_from(group_len).unwrap_or(u64::MAX);
+        let shared = &self.shared;
+        shared.groups.fetch_add(1, Ordering::Relaxed);
+        shared.batches.fetch_add(group_len, Ordering::Relaxed);
+        shared
+            .flush_nanos_total
+            .fetch_add(flush_nanos, Ordering::Relaxed);
+        shared.largest_group.fetch_max(group_len, Ordering::Relaxed);
+        *shared
+            .durable_head
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = self.chain.head;
+    }
+}
+
+/// Builds ONE sled batch for the whole group, assigning audit and event seqs in submit order,
+/// plus the meta keys that record the new head. Returns the batch, each request's seqs, and the
+/// chain state to adopt once the batch is durable. Moves the payloads out of the requests.
+fn build_group(
+    mut chain: ChainState,
+    group: &mut [Request],
+) -> Result<(sled::Batch, Vec<Committed>, ChainState), StorageError> {
+    let exhausted = || StorageError::Invalid {
+        reason: "sequence numbers exhausted".to_owned(),
+    };
+    let mut out = sled::Batch::default();
+    let mut committed = Vec::with_capacity(group.len());
+    for request in group.iter_mut() {
+        let batch = std::mem::take(&mut request.batch);
+        for (key, value) in batch.puts {
+            out.insert(layout::data_key(&key), value);
+        }
+        for key in batch.removes {
+            out.remove(layout::data_key(&key));
+        }
+        let audit_first = chain.head.seq.checked_add(1).ok_or_else(exhausted)?;
+        for draft in batch.audit {
+            if chain.head.seq == u64::MAX {
+                return Err(exhausted());
+            }
+            let record = audit_chain::next_record(&chain.head, draft.subject, draft.payload);
+            // Check each link on the way in (STYLE 7); verify_audit checks it again on the way out.
+            debug_assert_eq!(record.prev_hash, chain.head.hash);
+            debug_assert_eq!(audit_chain::audit_chain_links(&chain.head, &record), Ok(()));
+            out.insert(
+                layout::subject_index_key(&record.subject, record.seq)?,
+                &[] as &[u8],
+            );
+            out.insert(
+                &layout::audit_key(record.seq)[..],
+                audit_chain::encode_record(&record),
+            );
+            chain.head = AuditHead {
+                seq: record.seq,
+                hash: record.hash,
+            };
+        }
+        let event_first = chain.event_seq.checked_add(1).ok_or_else(exhausted)?;
+        for payload in batch.events {
+            chain.event_seq = chain.event_seq.checked_add(1).ok_or_else(exhausted)?;
+            out.insert(&layout::outbox_key(chain.event_seq)[..], payload);
+        }
+        committed.push(Committed {
+            audit_seqs: audit_first..chain.head.seq.checked_add(1).ok_or_else(exhausted)?,
+            event_seqs: event_first..chain.event_seq.checked_add(1).ok_or_else(exhausted)?,
+        });
+    }
+    out.insert(
+        layout::META_AUDIT_HEAD,
+        &layout::encode_audit_head(chain.head.seq, &chain.head.hash)[..],
+    );
+    out.insert(layout::META_EVENT_SEQ, &chain.event_seq.to_be_bytes()[..]);
+    Ok((out, committed, chain))
+}
+
+/// Answers every request of a group, after its flush returned (or failed).
+fn complete_group(group: Vec<Request>, outcome: Result<Vec<Committed>, StorageError>) {
+    // A send fails only when the ticket was dropped; the write stands either way.
+    match outcome {
+        Ok(committed) => {
+            for (request, committed) in group.into_iter().zip(committed) {
+                let _ = request.reply.send(Ok(committed));
+            }
+        }
+        Err(error) => {
+            for request in group {
+                let _ = request.reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
