@@ -87,6 +87,39 @@ pub async fn run(
     Ok(())
 }
 
+/// Rebuilds state from the data directory (the daemon must not be running on it) and lists
+/// every broken invariant: 2 (stock), 3 (credit), 5 (audit chain).
+pub async fn check(config: &Config) -> anyhow::Result<Vec<String>> {
+    let dir = config.data_dir.join("journal");
+    let mut problems = vec![];
+    if let Err(e) = Journal::verify_dir(&dir) {
+        problems.push(format!("audit chain: {e}"));
+        return Ok(problems);
+    }
+    let journal = open_journal(config)?;
+    // Starting rebuilds every warehouse from the orders and refuses over-allocated stock.
+    let engine = match Engine::start(journal.clone(), config.limits.clone()).await {
+        Ok(e) => e,
+        Err(e) => {
+            problems.push(format!("rebuild: {e}"));
+            journal.close()?;
+            return Ok(problems);
+        }
+    };
+    if let Err(e) = engine.check_stock().await {
+        problems.push(format!("stock: {e}"));
+    }
+    for account in engine.accounts.accounts() {
+        let credit = engine.account(&account, |reply| orderd_actors::account::AccountMsg::Credit { reply }).await?;
+        let orders_exposure = credit.exposure.amount - credit.open_receivables.amount;
+        if orders_exposure > orderd_domain::Decimal::ZERO && credit.exposure.amount > credit.credit_limit.amount {
+            problems.push(format!("credit: account {account} exposure {} above limit {}", credit.exposure, credit.credit_limit));
+        }
+    }
+    engine.shutdown().await?;
+    Ok(problems)
+}
+
 /// The development signing key, created on first start (mode 0600) so tokens survive restarts.
 fn dev_key(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
     let path = data_dir.join("dev-signing.key");

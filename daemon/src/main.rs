@@ -48,6 +48,12 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Rebuild all state from the data directory and check the invariants (stock never
+    /// over-allocated, credit within limits, audit chain intact); exit 1 naming what is broken.
+    Check {
+        #[command(flatten)]
+        common: Common,
+    },
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
