@@ -110,10 +110,19 @@ pub async fn check(config: &Config) -> anyhow::Result<Vec<String>> {
         problems.push(format!("stock: {e}"));
     }
     for account in engine.accounts.accounts() {
-        let credit = engine.account(&account, |reply| orderd_actors::account::AccountMsg::Credit { reply }).await?;
+        let credit = engine
+            .account(&account, |reply| {
+                orderd_actors::account::AccountMsg::Credit { reply }
+            })
+            .await?;
         let orders_exposure = credit.exposure.amount - credit.open_receivables.amount;
-        if orders_exposure > orderd_domain::Decimal::ZERO && credit.exposure.amount > credit.credit_limit.amount {
-            problems.push(format!("credit: account {account} exposure {} above limit {}", credit.exposure, credit.credit_limit));
+        if orders_exposure > orderd_domain::Decimal::ZERO
+            && credit.exposure.amount > credit.credit_limit.amount
+        {
+            problems.push(format!(
+                "credit: account {account} exposure {} above limit {}",
+                credit.exposure, credit.credit_limit
+            ));
         }
     }
     engine.shutdown().await?;

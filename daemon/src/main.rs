@@ -177,6 +177,20 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
                 }
             })
         }
+        Command::Check { common } => {
+            let config = load_config(&common)?;
+            init_logging(false);
+            let problems = rt.block_on(orderd::check(&config))?;
+            for p in &problems {
+                println!("BROKEN: {p}");
+            }
+            if problems.is_empty() {
+                println!("all invariants hold");
+                Ok(std::process::ExitCode::SUCCESS)
+            } else {
+                Ok(std::process::ExitCode::from(1))
+            }
+        }
         Command::Audit {
             action: AuditCommand::Verify { common },
         } => {
