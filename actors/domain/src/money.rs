@@ -70,9 +70,10 @@ pub struct Money {
 }
 
 impl Money {
+    /// Zero with cents (`0.00`).
     pub fn zero(currency: Currency) -> Money {
         Money {
-            amount: Decimal::ZERO,
+            amount: Decimal::new(0, MONEY_SCALE),
             currency,
         }
     }
@@ -101,10 +102,13 @@ impl Money {
 
     pub fn checked_add(self, other: Money) -> Result<Money, MoneyError> {
         self.same_currency(other)?;
-        let amount = self
+        let mut amount = self
             .amount
             .checked_add(other.amount)
             .ok_or(MoneyError::Overflow)?;
+        // Keep the finer scale: 0.00 + 0 is "0.00", not "0" (rust_decimal hands back the
+        // other operand unchanged when one of them is zero).
+        amount.rescale(self.amount.scale().max(other.amount.scale()));
         Ok(Money {
             amount,
             currency: self.currency,
@@ -178,6 +182,10 @@ mod tests {
         let a = Money::parse("0.10", eur(), 2).unwrap();
         let b = Money::parse("0.20", eur(), 2).unwrap();
         assert_eq!(a.checked_add(b).unwrap().amount.to_string(), "0.30");
+        let zero = Money::zero(eur());
+        assert_eq!(zero.checked_add(zero).unwrap().amount.to_string(), "0.00");
+        let whole = Money::parse("0", eur(), 2).unwrap();
+        assert_eq!(whole.checked_add(zero).unwrap().amount.to_string(), "0.00");
         assert!(matches!(
             Money::parse("1.234", eur(), 2),
             Err(MoneyError::Scale { .. })

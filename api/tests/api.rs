@@ -1,0 +1,856 @@
+//! The HTTP API driven through `router()` with `tower::ServiceExt::oneshot`: no sockets. Each
+//! test builds an engine on a temporary journal and seeds it through the CSV imports.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use orderd_actors::audit::Caller;
+use orderd_actors::{Engine, Limits};
+use orderd_api::auth::Authenticator;
+use orderd_api::import_csv::{import, Kind};
+use orderd_api::{router, ApiLimits, ApiState};
+use orderd_storage::{Journal, JournalConfig};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use tower::ServiceExt;
+
+const CATALOG: &str = "sku,description,uom,pack_size,min_qty,status,segments,kit
+BOLT,Hex bolt M8,EA,1,1,active,,
+NUT,Hex nut M8,EA,10,10,active,,
+PIPE,Copper pipe,M,1,1,active,wholesale,
+OLD,Old bolt,EA,1,1,discontinued,,
+KIT,Bolt kit,KIT,1,1,active,,BOLT*2;NUT*2
+";
+const PRICES: &str = "level,owner,sku,currency,valid_from,valid_to,tiers
+list,,BOLT,EUR,,,1:10.00;10:9.00
+list,,NUT,EUR,,,1:1.00
+list,,PIPE,EUR,,,1:5.00
+list,,OLD,EUR,,,1:1.00
+list,,KIT,EUR,,,1:30.00
+contract,A,BOLT,EUR,,,1:8.00
+";
+const WAREHOUSES: &str = "id,name,lat,lon,speeds
+BER,Berlin,52.5,13.4,express:300:1;standard:2000:3
+MUC,Munich,48.1,11.6,express:300:1;standard:2000:3
+";
+const STOCK: &str = "warehouse,sku,on_hand
+BER,BOLT,100
+MUC,BOLT,100
+BER,NUT,1000
+BER,PIPE,10
+";
+const ACCOUNTS: &str = "id,name,segment,currency,credit_limit,open_receivables,payment_terms,buyer_limit,approver_limit,restricted_skus,approve_new_ship_to
+A,Alpha,retail,EUR,5000.00,0.00,NET30,500.00,,,false
+B,Beta,retail,EUR,5000.00,0.00,NET30,,,,false
+";
+const SHIP_TOS: &str = "account,id,address,lat,lon
+A,HQ,Berlin,52.52,13.40
+B,HQ,Munich,48.14,11.58
+";
+
+struct Api {
+    state: ApiState,
+}
+
+async fn api() -> Api {
+    let journal = Journal::temporary(&JournalConfig::default()).unwrap();
+    let engine = Engine::start(journal, Limits::default()).await.unwrap();
+    let sys = Caller::system();
+    for (kind, csv) in [
+        (Kind::Catalog, CATALOG),
+        (Kind::Prices, PRICES),
+        (Kind::Warehouses, WAREHOUSES),
+        (Kind::Stock, STOCK),
+        (Kind::Accounts, ACCOUNTS),
+        (Kind::ShipTos, SHIP_TOS),
+    ] {
+        import(&engine, &sys, kind, csv.as_bytes(), 1000)
+            .await
+            .unwrap_or_else(|e| panic!("{kind:?}: {e:?}"));
+    }
+    let state = ApiState {
+        engine,
+        auth: Arc::new(Authenticator::dev(&[7u8; 32])),
+        trusted_proxies: Arc::new(vec![]),
+        limits: ApiLimits::default(),
+        dev_signin: true,
+    };
+    Api { state }
+}
+
+struct Resp {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Value,
+}
+
+impl Api {
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        extra: &[(&str, &str)],
+    ) -> Resp {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        for (k, v) in extra {
+            req = req.header(*k, *v);
+        }
+        let req = match body {
+            Some(b) => req
+                .header("content-type", "application/json")
+                .body(Body::from(b.to_string())),
+            None => req.body(Body::empty()),
+        }
+        .unwrap();
+        let resp = router(self.state.clone()).oneshot(req).await.unwrap();
+        let (parts, body) = resp.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
+        Resp {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    async fn token(
+        &self,
+        account: Option<&str>,
+        user: &str,
+        roles: &[&str],
+        warehouse: Option<&str>,
+    ) -> String {
+        let r = self.call("POST", "/v1/dev/token", None, Some(json!({"account": account, "user": user, "roles": roles, "warehouse": warehouse})), &[]).await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        r.body["access_token"].as_str().unwrap().to_owned()
+    }
+
+    async fn place(&self, token: &str, key: &str, body: Value) -> Resp {
+        self.call(
+            "POST",
+            "/v1/orders",
+            Some(token),
+            Some(body),
+            &[("idempotency-key", key)],
+        )
+        .await
+    }
+}
+
+fn codes(r: &Resp) -> Vec<String> {
+    r.body["problems"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| p["code"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+// Every /v1 route refuses a missing or forged token with 401 and WWW-Authenticate.
+#[tokio::test]
+async fn tokens_are_required_and_verified() {
+    let api = api().await;
+    for (m, uri) in [
+        ("GET", "/v1/cart"),
+        ("GET", "/v1/orders"),
+        ("GET", "/v1/credit"),
+        ("GET", "/v1/catalog"),
+        ("POST", "/v1/orders"),
+    ] {
+        let r = api.call(m, uri, None, None, &[]).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{m} {uri}");
+        assert!(r.headers.get("www-authenticate").is_some());
+        assert_eq!(r.headers["content-type"], "application/problem+json");
+    }
+    let good = api.token(Some("A"), "ann", &["buyer"], None).await;
+    let forged = format!("{}x", &good[..good.len() - 1]);
+    assert_eq!(
+        api.call("GET", "/v1/cart", Some(&forged), None, &[])
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    let other_key = Authenticator::dev(&[9u8; 32]);
+    let claims = orderd_api::auth::Claims {
+        iss: "orderd-dev".into(),
+        aud: "orderd".into(),
+        sub: "ann".into(),
+        exp: u64::MAX / 2,
+        iat: 0,
+        account_id: Some("A".into()),
+        roles: vec!["buyer".into()],
+        warehouse_id: None,
+    };
+    let foreign = other_key.issue(&claims).unwrap();
+    assert_eq!(
+        api.call("GET", "/v1/cart", Some(&foreign), None, &[])
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    // The dev sign-in refuses unknown accounts and roles.
+    let r = api
+        .call(
+            "POST",
+            "/v1/dev/token",
+            None,
+            Some(json!({"account":"NOPE","user":"x","roles":["buyer"]})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = api
+        .call(
+            "POST",
+            "/v1/dev/token",
+            None,
+            Some(json!({"account":"A","user":"x","roles":["king"]})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+}
+
+// A token of account B gets 404 for every order, cart and credit route of account A.
+#[tokio::test]
+async fn tenancy_cannot_be_crossed() {
+    let api = api().await;
+    let a = api
+        .token(Some("A"), "ann", &["buyer", "approver"], None)
+        .await;
+    let b = api
+        .token(
+            Some("B"),
+            "bea",
+            &["buyer", "approver", "account_admin"],
+            None,
+        )
+        .await;
+    let r = api
+        .place(&a, "k1", json!({"lines":[{"sku":"BOLT","qty":1}]}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    api.call(
+        "POST",
+        "/v1/cart/lines",
+        Some(&a),
+        Some(json!({"sku":"BOLT","qty":3})),
+        &[],
+    )
+    .await;
+    for (m, path, body) in [
+        ("GET", format!("/v1/orders/{id}"), None),
+        ("GET", format!("/v1/orders/{id}/history"), None),
+        ("POST", format!("/v1/orders/{id}/approve"), None),
+        ("POST", format!("/v1/orders/{id}/reject"), None),
+        ("POST", format!("/v1/orders/{id}/cancel"), None),
+        ("POST", format!("/v1/orders/{id}/submit"), None),
+        (
+            "PATCH",
+            format!("/v1/orders/{id}"),
+            Some(json!({"customer_po":"x"})),
+        ),
+        ("PATCH", "/v1/cart/lines/1".into(), Some(json!({"qty":9}))),
+        ("DELETE", "/v1/cart/lines/1".into(), None),
+    ] {
+        let r = api.call(m, &path, Some(&b), body, &[]).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{m} {path}: {:?}", r.body);
+    }
+    let list = api.call("GET", "/v1/orders", Some(&b), None, &[]).await;
+    assert!(list.body["orders"].as_array().unwrap().is_empty());
+    let cart = api.call("GET", "/v1/cart", Some(&b), None, &[]).await;
+    assert!(cart.body["lines"].as_array().unwrap().is_empty());
+    let credit_b = api.call("GET", "/v1/credit", Some(&b), None, &[]).await;
+    assert_eq!(credit_b.body["exposure"]["amount"], "0.00");
+    // A still sees its own order and cart untouched.
+    assert_eq!(
+        api.call("GET", &format!("/v1/orders/{id}"), Some(&a), None, &[])
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.call("GET", "/v1/cart", Some(&a), None, &[]).await.body["lines"][0]["qty"],
+        3
+    );
+}
+
+// Same key + same body replays the first answer; a different body is refused with 422.
+#[tokio::test]
+async fn idempotency_keys() {
+    let api = api().await;
+    let a = api.token(Some("A"), "ann", &["buyer"], None).await;
+    let body = json!({"lines":[{"sku":"BOLT","qty":2}],"customer_po":"PO-1"});
+    let first = api.place(&a, "same", body.clone()).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let again = api.place(&a, "same", body).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    assert_eq!(again.body["id"], first.body["id"]);
+    let other = api
+        .place(&a, "same", json!({"lines":[{"sku":"BOLT","qty":3}]}))
+        .await;
+    assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(other.body["code"], "idempotency_key_reused");
+    let list = api.call("GET", "/v1/orders", Some(&a), None, &[]).await;
+    assert_eq!(
+        list.body["orders"].as_array().unwrap().len(),
+        1,
+        "only one order was created"
+    );
+    let bad = api
+        .place(&a, "has space", json!({"lines":[{"sku":"BOLT","qty":1}]}))
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+}
+
+// A bad order lists every problem at once, each on its line, and changes nothing.
+#[tokio::test]
+async fn validation_lists_every_problem() {
+    let api = api().await;
+    let a = api.token(Some("A"), "ann", &["buyer"], None).await;
+    let before = api
+        .call("GET", "/v1/catalog/BOLT", Some(&a), None, &[])
+        .await
+        .body["available"]
+        .clone();
+    let r = api
+        .place(&a, "v1", json!({"lines":[{"sku":"BOLT","qty":1},{"sku":"NOPE","qty":1},{"sku":"NUT","qty":15},{"sku":"OLD","qty":1},{"sku":"PIPE","qty":1},{"sku":"BOLT","qty":1000}],"ship_to":"HQ"}))
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.headers["content-type"], "application/problem+json");
+    // 1000 x 8.00 also exceeds the 5000.00 limit: credit is checked too, on no line.
+    assert_eq!(
+        codes(&r),
+        [
+            "unknown_sku",
+            "not_pack_multiple",
+            "discontinued",
+            "not_visible",
+            "out_of_stock",
+            "credit_limit_exceeded"
+        ],
+        "{:?}",
+        r.body
+    );
+    let lines: Vec<Option<u64>> = r.body["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["line"].as_u64())
+        .collect();
+    assert_eq!(lines, [Some(2), Some(3), Some(4), Some(5), Some(6), None]);
+    let oos = &r.body["problems"][4]["available"];
+    assert_eq!(
+        oos.as_array().unwrap().len(),
+        2,
+        "availability per warehouse: {oos:?}"
+    );
+    assert_eq!(
+        api.call("GET", "/v1/catalog/BOLT", Some(&a), None, &[])
+            .await
+            .body["available"],
+        before
+    );
+    let empty = api.place(&a, "v2", json!({"lines":[]})).await;
+    assert_eq!(codes(&empty), ["empty_order"]);
+    let malformed = api
+        .call(
+            "POST",
+            "/v1/orders",
+            Some(&a),
+            Some(json!({"lines":"nope"})),
+            &[],
+        )
+        .await;
+    assert_eq!(malformed.status, StatusCode::BAD_REQUEST);
+    assert_eq!(malformed.body["code"], "malformed_body");
+    // Validate says the same without placing anything.
+    let v = api
+        .call(
+            "POST",
+            "/v1/orders/validate",
+            Some(&a),
+            Some(json!({"lines":[{"sku":"NOPE","qty":1}]})),
+            &[],
+        )
+        .await;
+    assert_eq!(v.body["valid"], false);
+    assert_eq!(v.body["problems"][0]["code"], "unknown_sku");
+}
+
+// Cart -> validate -> order from cart (contract price) -> cart emptied; credit follows.
+#[tokio::test]
+async fn cart_to_order_with_contract_price() {
+    let api = api().await;
+    let a = api.token(Some("A"), "ann", &["buyer"], None).await;
+    let r = api
+        .call(
+            "POST",
+            "/v1/cart/lines",
+            Some(&a),
+            Some(json!({"sku":"BOLT","qty":5})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let r = api
+        .call(
+            "POST",
+            "/v1/cart/lines",
+            Some(&a),
+            Some(json!({"sku":"NOPE","qty":5})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let line = api.call("GET", "/v1/cart", Some(&a), None, &[]).await.body["lines"][0]["id"]
+        .as_u64()
+        .unwrap();
+    let r = api
+        .call(
+            "PATCH",
+            &format!("/v1/cart/lines/{line}"),
+            Some(&a),
+            Some(json!({"qty":10,"note":"urgent"})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.body["lines"][0]["qty"], 10);
+    let v = api
+        .call("POST", "/v1/cart/validate", Some(&a), None, &[])
+        .await;
+    assert_eq!(v.body["valid"], true, "{:?}", v.body);
+    assert_eq!(
+        v.body["total"]["amount"], "80.00",
+        "contract price 8.00 beats list tiers"
+    );
+    assert_eq!(v.body["lines"][0]["price_source"]["level"], "contract");
+    let o = api.place(&a, "c1", json!({"ship_to":"HQ"})).await;
+    assert_eq!(o.status, StatusCode::CREATED, "{:?}", o.body);
+    assert_eq!(o.body["state"], "allocated");
+    assert_eq!(o.body["lines"][0]["note"], "urgent");
+    assert!(
+        api.call("GET", "/v1/cart", Some(&a), None, &[]).await.body["lines"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let credit = api.call("GET", "/v1/credit", Some(&a), None, &[]).await;
+    assert_eq!(credit.body["exposure"]["amount"], "80.00");
+    assert_eq!(credit.body["available"], "4920.00");
+}
+
+// Approval: above the buyer's limit -> pending; only an approver approves; a warehouse ships;
+// shipped value moves to receivables; the history records each step.
+#[tokio::test]
+async fn approval_and_shipment() {
+    let api = api().await;
+    let buyer = api.token(Some("A"), "ann", &["buyer"], None).await;
+    let approver = api.token(Some("A"), "pat", &["approver"], None).await;
+    // 70 x 8.00 + 20 x 1.00 = 580.00, above the buyer role's 500.00.
+    let o = api
+        .place(
+            &buyer,
+            "p1",
+            json!({"lines":[{"sku":"BOLT","qty":70},{"sku":"NUT","qty":20}]}),
+        )
+        .await;
+    assert_eq!(o.body["state"], "pending_approval", "{:?}", o.body);
+    let id = o.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        api.call(
+            "POST",
+            &format!("/v1/orders/{id}/approve"),
+            Some(&buyer),
+            None,
+            &[]
+        )
+        .await
+        .status,
+        StatusCode::FORBIDDEN
+    );
+    let r = api
+        .call(
+            "POST",
+            &format!("/v1/orders/{id}/approve"),
+            Some(&approver),
+            Some(json!({"reject_lines":[2]})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["state"], "allocated");
+    assert_eq!(r.body["lines"][1]["status"], "rejected");
+    assert_eq!(r.body["total"]["amount"], "560.00");
+    let wh = r.body["lines"][0]["allocations"][0]["warehouse"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let other_wh = if wh == "BER" { "MUC" } else { "BER" };
+    let wrong = api.token(None, "w2", &["warehouse"], Some(other_wh)).await;
+    assert_eq!(
+        api.call(
+            "POST",
+            &format!("/v1/orders/{id}/ship"),
+            Some(&wrong),
+            None,
+            &[]
+        )
+        .await
+        .status,
+        StatusCode::NOT_FOUND
+    );
+    let warehouse = api.token(None, "w1", &["warehouse"], Some(&wh)).await;
+    let before = api
+        .call("GET", "/v1/credit", Some(&buyer), None, &[])
+        .await
+        .body;
+    let s = api
+        .call(
+            "POST",
+            &format!("/v1/orders/{id}/ship"),
+            Some(&warehouse),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(s.body["state"], "shipped", "{:?}", s.body);
+    let after = api
+        .call("GET", "/v1/credit", Some(&buyer), None, &[])
+        .await
+        .body;
+    assert_eq!(
+        before["exposure"], after["exposure"],
+        "shipping moves value from orders to receivables"
+    );
+    assert_eq!(after["open_receivables"]["amount"], "560.00");
+    assert_eq!(
+        api.call(
+            "POST",
+            &format!("/v1/orders/{id}/cancel"),
+            Some(&buyer),
+            None,
+            &[]
+        )
+        .await
+        .status,
+        StatusCode::CONFLICT
+    );
+    let h = api
+        .call(
+            "GET",
+            &format!("/v1/orders/{id}/history"),
+            Some(&buyer),
+            None,
+            &[],
+        )
+        .await;
+    let actions: Vec<&str> = h
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["entry"]["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["order.place", "order.approve", "order.ship"]);
+    assert_eq!(h.body[1]["entry"]["user"], "pat");
+    assert_eq!(h.body[2]["entry"]["to"], "shipped");
+}
+
+// Rejection per line keeps the order pending; rejecting the rest rejects it; amendments are
+// re-validated and refused after allocation.
+#[tokio::test]
+async fn reject_and_amend() {
+    let api = api().await;
+    let buyer = api.token(Some("A"), "ann", &["buyer"], None).await;
+    let approver = api.token(Some("A"), "pat", &["approver"], None).await;
+    let o = api
+        .place(
+            &buyer,
+            "r1",
+            json!({"lines":[{"sku":"BOLT","qty":40},{"sku":"BOLT","qty":40}]}),
+        )
+        .await;
+    assert_eq!(o.body["state"], "pending_approval");
+    let id = o.body["id"].as_str().unwrap().to_owned();
+    let am = api
+        .call(
+            "PATCH",
+            &format!("/v1/orders/{id}"),
+            Some(&buyer),
+            Some(json!({"lines":[{"sku":"BOLT","qty":1000}]})),
+            &[],
+        )
+        .await;
+    assert_eq!(
+        am.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "more than all stock: {:?}",
+        am.body
+    );
+    let am = api.call("PATCH", &format!("/v1/orders/{id}"), Some(&buyer), Some(json!({"lines":[{"sku":"BOLT","qty":60},{"sku":"BOLT","qty":40}],"customer_po":"PO-9"})), &[]).await;
+    assert_eq!(am.status, StatusCode::OK, "{:?}", am.body);
+    assert_eq!(am.body["customer_po"], "PO-9");
+    assert_eq!(am.body["version"], 2);
+    let r = api
+        .call(
+            "POST",
+            &format!("/v1/orders/{id}/reject"),
+            Some(&approver),
+            Some(json!({"lines":[1],"reason":"too many"})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.body["state"], "pending_approval");
+    assert_eq!(r.body["total"]["amount"], "320.00");
+    let r = api
+        .call(
+            "POST",
+            &format!("/v1/orders/{id}/reject"),
+            Some(&approver),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.body["state"], "rejected");
+    let small = api
+        .place(&buyer, "r2", json!({"lines":[{"sku":"BOLT","qty":1}]}))
+        .await;
+    let sid = small.body["id"].as_str().unwrap();
+    let am = api
+        .call(
+            "PATCH",
+            &format!("/v1/orders/{sid}"),
+            Some(&buyer),
+            Some(json!({"customer_po":"x"})),
+            &[],
+        )
+        .await;
+    assert_eq!(am.status, StatusCode::CONFLICT);
+    let c = api
+        .call(
+            "POST",
+            &format!("/v1/orders/{sid}/cancel"),
+            Some(&buyer),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(c.body["state"], "cancelled");
+    let credit = api.call("GET", "/v1/credit", Some(&buyer), None, &[]).await;
+    assert_eq!(
+        credit.body["exposure"]["amount"], "0.00",
+        "rejected and cancelled orders hold no credit: {:?}",
+        credit.body
+    );
+}
+
+// Credit: the operator lowers the limit; the next order is refused with the figures.
+#[tokio::test]
+async fn credit_limit_is_enforced() {
+    let api = api().await;
+    let buyer = api.token(Some("B"), "bea", &["buyer"], None).await;
+    let op = api.token(None, "ops", &["operator"], None).await;
+    assert_eq!(
+        api.call(
+            "PUT",
+            "/v1/admin/accounts/B/credit",
+            Some(&buyer),
+            Some(json!({"credit_limit":"1"})),
+            &[]
+        )
+        .await
+        .status,
+        StatusCode::FORBIDDEN
+    );
+    let r = api
+        .call(
+            "PUT",
+            "/v1/admin/accounts/B/credit",
+            Some(&op),
+            Some(json!({"credit_limit":"100.00","open_receivables":"50.00"})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let o = api
+        .place(&buyer, "c1", json!({"lines":[{"sku":"BOLT","qty":6}]}))
+        .await;
+    assert_eq!(codes(&o), ["credit_limit_exceeded"]);
+    let c = &o.body["problems"][0]["credit"];
+    assert_eq!(
+        (
+            c["limit"]["amount"].as_str(),
+            c["exposure"]["amount"].as_str(),
+            c["order_amount"]["amount"].as_str()
+        ),
+        (Some("100.00"), Some("50.00"), Some("60.00"))
+    );
+    assert_eq!(
+        api.place(&buyer, "c2", json!({"lines":[{"sku":"BOLT","qty":5}]}))
+            .await
+            .status,
+        StatusCode::CREATED,
+        "exactly at the limit"
+    );
+    let bad = api
+        .call(
+            "PUT",
+            "/v1/admin/accounts/B/credit",
+            Some(&op),
+            Some(json!({"credit_limit":"-5"})),
+            &[],
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        api.call(
+            "PUT",
+            "/v1/admin/accounts/NOPE/credit",
+            Some(&op),
+            Some(json!({"credit_limit":"5"})),
+            &[]
+        )
+        .await
+        .status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+// Catalog search: only what the segment sees, with the caller's tiers and availability.
+#[tokio::test]
+async fn catalog_search_and_visibility() {
+    let api = api().await;
+    let a = api.token(Some("A"), "ann", &["buyer"], None).await;
+    let r = api
+        .call("GET", "/v1/catalog?q=bolt", Some(&a), None, &[])
+        .await;
+    let skus: Vec<&str> = r.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["item"]["sku"].as_str().unwrap())
+        .collect();
+    assert_eq!(skus, ["BOLT", "KIT", "OLD"]);
+    let bolt = &r.body["items"][0];
+    assert_eq!(bolt["price_level"], "contract");
+    assert_eq!(bolt["available"]["BER"], 100);
+    assert_eq!(
+        r.body["items"][1]["available"]["BER"], 50,
+        "kits: whole kits from components"
+    );
+    assert_eq!(
+        api.call("GET", "/v1/catalog/PIPE", Some(&a), None, &[])
+            .await
+            .status,
+        StatusCode::NOT_FOUND,
+        "wholesale only"
+    );
+    let page = api
+        .call("GET", "/v1/catalog?limit=2", Some(&a), None, &[])
+        .await;
+    assert_eq!(page.body["next_cursor"], "KIT");
+    let next = api
+        .call("GET", "/v1/catalog?limit=2&cursor=KIT", Some(&a), None, &[])
+        .await;
+    assert_eq!(next.body["items"][0]["item"]["sku"], "NUT");
+}
+
+// Imports are operator-only, all-or-nothing, and list every bad row.
+#[tokio::test]
+async fn csv_imports() {
+    let api = api().await;
+    let op = api.token(None, "ops", &["operator"], None).await;
+    let buyer = api.token(Some("A"), "ann", &["buyer"], None).await;
+    let send = |token: &str, kind: &str, csv: &str| {
+        let req = Request::builder()
+            .method("POST")
+            .uri(format!("/v1/admin/import/{kind}"))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "text/csv")
+            .body(Body::from(csv.to_owned()))
+            .unwrap();
+        router(api.state.clone()).oneshot(req)
+    };
+    assert_eq!(
+        send(&buyer, "stock", STOCK).await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    let bad = send(
+        &op,
+        "stock",
+        "warehouse,sku,on_hand\nBER,BOLT,x\nNOWH,BOLT,1\nBER,BOLT,5\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value =
+        serde_json::from_slice(&bad.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(
+        body["problems"].as_array().unwrap().len(),
+        1,
+        "parse errors first: {body:?}"
+    );
+    assert!(body["problems"][0]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("line 2:"));
+    let ok = send(&op, "stock", "warehouse,sku,on_hand\nBER,BOLT,7\n")
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    let r = api
+        .call("GET", "/v1/catalog/BOLT", Some(&buyer), None, &[])
+        .await;
+    assert_eq!(r.body["available"]["BER"], 7);
+    assert_eq!(
+        send(&op, "nonsense", "a\n1\n").await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+}
+
+// The OpenAPI document lists every route with its methods.
+#[tokio::test]
+async fn openapi_lists_routes() {
+    let api = api().await;
+    let r = api.call("GET", "/openapi.json", None, None, &[]).await;
+    let paths = r.body["paths"].as_object().unwrap();
+    for p in [
+        "/v1/orders",
+        "/v1/orders/{id}",
+        "/v1/orders/{id}/approve",
+        "/v1/orders/{id}/ship",
+        "/v1/cart/lines/{line}",
+        "/v1/catalog",
+        "/v1/credit",
+        "/v1/admin/import/{kind}",
+        "/v1/dev/token",
+        "/healthz",
+        "/readyz",
+    ] {
+        assert!(
+            paths.contains_key(p),
+            "{p} missing from {:?}",
+            paths.keys().collect::<Vec<_>>()
+        );
+    }
+    assert!(paths["/v1/orders/{id}"].get("patch").is_some());
+    assert_eq!(
+        api.call("GET", "/healthz", None, None, &[]).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.call("GET", "/readyz", None, None, &[]).await.status,
+        StatusCode::OK
+    );
+}
