@@ -6,7 +6,7 @@ use crate::audit::{AuditEntry, Caller};
 use crate::catalog::{self, CatalogStore, Snapshot};
 use crate::directory::Directory;
 use crate::records;
-use crate::warehouse::{WarehouseArgs, WarehouseHandle};
+use crate::warehouse::{RebuiltHolding, WarehouseArgs, WarehouseHandle};
 use crate::{ActorError, Limits};
 use orderd_domain::account::Account;
 use orderd_domain::catalog::CatalogItem;
@@ -20,7 +20,7 @@ use orderd_storage::{Batch, Journal};
 use ractor::RpcReplyPort;
 use std::collections::{BTreeMap, BTreeSet};
 
-type Holdings = Vec<(OrderId, AccountId, Vec<(Sku, u64)>, Vec<(Sku, u64)>)>;
+type Holdings = Vec<RebuiltHolding>;
 
 #[derive(Clone)]
 pub struct Engine {
@@ -58,12 +58,12 @@ impl Engine {
                 } else {
                     (demand, vec![])
                 };
-                holdings.entry(w).or_default().push((
-                    o.id.clone(),
-                    o.account.clone(),
+                holdings.entry(w).or_default().push(RebuiltHolding {
+                    order: o.id.clone(),
+                    account: o.account.clone(),
                     reserved,
                     allocated,
-                ));
+                });
             }
         }
         let mut handles = BTreeMap::new();

@@ -62,14 +62,14 @@ impl Limits {
         if self.order_lines_max == 0 || self.order_lines_max > max {
             errs.push(format!("limits.order_lines_max must be 1..={max}"));
         }
-        for (name, v) in [
-            ("call_timeout_ms", self.call_timeout_ms as usize),
-            ("account_inflight_max", self.account_inflight_max),
-            ("inflight_total_max", self.inflight_total_max),
-            ("account_idle_ms", self.account_idle_ms as usize),
-            ("idempotency_keys_max", self.idempotency_keys_max),
+        for (name, zero) in [
+            ("call_timeout_ms", self.call_timeout_ms == 0),
+            ("account_inflight_max", self.account_inflight_max == 0),
+            ("inflight_total_max", self.inflight_total_max == 0),
+            ("account_idle_ms", self.account_idle_ms == 0),
+            ("idempotency_keys_max", self.idempotency_keys_max == 0),
         ] {
-            if v == 0 {
+            if zero {
                 errs.push(format!("limits.{name} must be above 0"));
             }
         }

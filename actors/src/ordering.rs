@@ -1094,21 +1094,21 @@ pub async fn set_credit(
 ) -> Flow<CreditView> {
     let mut account = st.account.clone();
     let cur = account.currency;
-    let money = |d: Decimal, field: &str| {
-        Money::new(d, cur, orderd_domain::money::MONEY_SCALE)
-            .map_err(|e| Problem::new(ProblemCode::InvalidField, e.to_string()).field(field))
-    };
     let mut problems = vec![];
-    if let Some(l) = limit {
-        match money(l, "credit_limit") {
-            Ok(m) => account.credit_limit = m,
-            Err(p) => problems.push(p),
-        }
-    }
-    if let Some(r) = receivables {
-        match money(r, "open_receivables") {
-            Ok(m) => account.open_receivables = m,
-            Err(p) => problems.push(p),
+    for (value, field, slot) in [
+        (limit, "credit_limit", &mut account.credit_limit),
+        (
+            receivables,
+            "open_receivables",
+            &mut account.open_receivables,
+        ),
+    ] {
+        match value.map(|d| Money::new(d, cur, orderd_domain::money::MONEY_SCALE)) {
+            None => {}
+            Some(Ok(m)) => *slot = m,
+            Some(Err(e)) => {
+                problems.push(Problem::new(ProblemCode::InvalidField, e.to_string()).field(field))
+            }
         }
     }
     if !problems.is_empty() {

@@ -70,8 +70,16 @@ pub struct WarehouseArgs {
     pub warehouse: Warehouse,
     pub journal: Journal,
     pub on_hand: Vec<(Sku, u64)>,
-    /// Rebuilt from open orders: (order, account, reserved demand, allocated demand).
-    pub holdings: Vec<(OrderId, AccountId, Vec<(Sku, u64)>, Vec<(Sku, u64)>)>,
+    /// Rebuilt from the open orders.
+    pub holdings: Vec<RebuiltHolding>,
+}
+
+/// What one open order holds in this warehouse, as derived from the stored order.
+pub struct RebuiltHolding {
+    pub order: OrderId,
+    pub account: AccountId,
+    pub reserved: Vec<(Sku, u64)>,
+    pub allocated: Vec<(Sku, u64)>,
 }
 
 pub struct WarehouseState {
@@ -98,17 +106,19 @@ impl Actor for WarehouseActor {
         for (sku, q) in &args.on_hand {
             stock.set_on_hand(sku, *q)?;
         }
-        for (order, account, reserved, allocated) in args.holdings {
+        for h in args.holdings {
             // Stored state satisfied invariant 2 when it was written; if it does not now, the
             // store is damaged and starting would hide it.
-            stock
-                .reserve(&order, &allocated)
-                .map_err(|e| format!("warehouse {}: rebuilding {order}: {e}", args.warehouse.id))?;
-            stock.allocate(&order);
-            stock
-                .reserve(&order, &reserved)
-                .map_err(|e| format!("warehouse {}: rebuilding {order}: {e}", args.warehouse.id))?;
-            owners.insert(order, account);
+            let damaged = |e: StockError| {
+                format!(
+                    "warehouse {}: rebuilding {}: {e}",
+                    args.warehouse.id, h.order
+                )
+            };
+            stock.reserve(&h.order, &h.allocated).map_err(damaged)?;
+            stock.allocate(&h.order);
+            stock.reserve(&h.order, &h.reserved).map_err(damaged)?;
+            owners.insert(h.order, h.account);
         }
         stock_is_conserved(&stock)?;
         Ok(WarehouseState {

@@ -34,6 +34,10 @@ fn id<T>(parse: fn(&str) -> Result<T, orderd_domain::ids::IdError>, s: &str) -> 
     parse(s).expect("demo ids are valid")
 }
 
+fn euros(whole: i64) -> Money {
+    eur(whole * 100)
+}
+
 fn eur(cents: i64) -> Money {
     Money {
         amount: Decimal::new(cents, 2),
@@ -239,8 +243,8 @@ fn accounts() -> Vec<Account> {
             name: (*name).into(),
             segment: id(Segment::parse, segment),
             currency: Currency::parse("EUR").expect("valid"),
-            credit_limit: eur(limit * 100),
-            open_receivables: eur(limit * 10), // 10% of the limit already invoiced
+            credit_limit: euros(*limit),
+            open_receivables: euros(limit / 10), // 10% of the limit already invoiced
             payment_terms: "NET30".into(),
             ship_tos: cities
                 .iter()
@@ -254,7 +258,7 @@ fn accounts() -> Vec<Account> {
                 })
                 .collect(),
             users: [
-                ("alice", "Alice Buyer", &[Role::Buyer][..], Some(2_000_00)),
+                ("alice", "Alice Buyer", &[Role::Buyer][..], Some(2_000)),
                 (
                     "bob",
                     "Bob Approver",
@@ -273,11 +277,11 @@ fn accounts() -> Vec<Account> {
                 id: id(UserId::parse, u),
                 name: (*n).into(),
                 roles: roles.iter().copied().collect(),
-                spending_limit: limit.map(eur),
+                spending_limit: limit.map(euros),
             })
             .collect(),
             rules: ApprovalRules {
-                role_limits: [(Role::Buyer, eur(5_000_00))].into(),
+                role_limits: [(Role::Buyer, euros(5_000))].into(),
                 restricted_skus: [id(Sku::parse, &sku_code(6))].into(),
                 approve_new_ship_to: false,
             },

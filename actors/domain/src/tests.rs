@@ -190,7 +190,10 @@ fn req(lines: Vec<LineRequest>) -> OrderRequest {
     }
 }
 
-fn codes(c: &Checked) -> Vec<(ProblemCode, Option<u32>)> {
+/// A problem's code and line.
+type Coded = (ProblemCode, Option<u32>);
+
+fn codes(c: &Checked) -> Vec<Coded> {
     c.problems.iter().map(|p| (p.code, p.line)).collect()
 }
 
@@ -207,7 +210,7 @@ fn every_validation_code_is_reported_on_its_line() {
         warehouse: Some("NOPE".into()),
         ..line("A", 1)
     };
-    let table: Vec<(OrderRequest, Vec<(ProblemCode, Option<u32>)>)> = vec![
+    let table: Vec<(OrderRequest, Vec<Coded>)> = vec![
         (req(vec![line("ZZZ", 1)]), vec![(UnknownSku, Some(1))]),
         (req(vec![line("bad sku", 1)]), vec![(UnknownSku, Some(1))]),
         (req(vec![line("HIDDEN", 1)]), vec![(NotVisible, Some(1))]),

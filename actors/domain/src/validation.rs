@@ -328,7 +328,7 @@ fn check_line(
                 ),
             ));
         }
-        if qty % item.pack_size != 0 {
+        if !qty.is_multiple_of(item.pack_size) {
             problems.push(p(
                 ProblemCode::NotPackMultiple,
                 format!(
