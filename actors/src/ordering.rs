@@ -116,12 +116,9 @@ fn sku_problem(st: &AccountState, sku: &Sku) -> Option<Problem> {
 
 // ---- evaluation -------------------------------------------------------------------------
 
-async fn evaluate(
-    st: &AccountState,
-    caller: &Caller,
-    req: &OrderRequest,
-    exclude: Option<&Order>,
-) -> Result<Evaluation, ActorError> {
+/// Catalog, visibility, quantity and price checks against today's snapshot. Alone, this is what
+/// a draft needs (it holds no stock and no credit); `evaluate` adds stock, credit and approval.
+fn check_catalog(st: &AccountState, req: &OrderRequest) -> Checked {
     let snap = st.catalog.load();
     let ctx = PricingContext {
         account: &st.account,
@@ -131,7 +128,17 @@ async fn evaluate(
         today: today(),
         lines_max: st.limits.order_lines_max,
     };
-    let checked = check_order(&ctx, req);
+    check_order(&ctx, req)
+}
+
+async fn evaluate(
+    st: &AccountState,
+    caller: &Caller,
+    req: &OrderRequest,
+    exclude: Option<&Order>,
+) -> Result<Evaluation, ActorError> {
+    let snap = st.catalog.load();
+    let checked = check_catalog(st, req);
     let mut problems = checked.problems.clone();
     let mut allocations = None;
     if let (Some(ship_to), false) = (&checked.ship_to, checked.lines.is_empty()) {
@@ -258,7 +265,9 @@ fn deltas(old: &Demand, new: &Demand) -> (Demand, Demand) {
     };
     let (o, n) = (totals(old), totals(new));
     let (mut grow, mut shrink) = (Demand::new(), Demand::new());
-    for key in o.keys().chain(n.keys()) {
+    // Each key once: a key in both maps visited twice would grow or shrink it twice.
+    let keys: std::collections::BTreeSet<_> = o.keys().chain(n.keys()).collect();
+    for key in keys {
         let (a, b) = (
             o.get(key).copied().unwrap_or(0),
             n.get(key).copied().unwrap_or(0),
@@ -269,9 +278,6 @@ fn deltas(old: &Demand, new: &Demand) -> (Demand, Demand) {
         } else if a > b {
             shrink.entry(w).or_default().push((s, a - b));
         }
-    }
-    for v in grow.values_mut().chain(shrink.values_mut()) {
-        v.dedup();
     }
     (grow, shrink)
 }
@@ -466,16 +472,7 @@ pub async fn place(
         }
         (order, transitions)
     } else {
-        let snap = st.catalog.load();
-        let ctx = PricingContext {
-            account: &st.account,
-            catalog: &snap.catalog,
-            prices: &snap.prices,
-            warehouses: &snap.warehouses,
-            today: today(),
-            lines_max: st.limits.order_lines_max,
-        };
-        let checked = check_order(&ctx, &req);
+        let checked = check_catalog(st, &req);
         if !checked.problems.is_empty() {
             return Ok(Err(Rejection::Invalid(checked.problems)));
         }
@@ -905,21 +902,12 @@ pub async fn amend(
     let req = request_of(&old, &patch);
     let mut order = old.clone();
     if old.state == OrderState::Draft {
-        let snap = st.catalog.load();
-        let ctx = PricingContext {
-            account: &st.account,
-            catalog: &snap.catalog,
-            prices: &snap.prices,
-            warehouses: &snap.warehouses,
-            today: today(),
-            lines_max: st.limits.order_lines_max,
-        };
-        let checked = check_order(&ctx, &req);
+        let checked = check_catalog(st, &req);
         if !checked.problems.is_empty() {
             return Ok(Err(Rejection::Invalid(checked.problems)));
         }
         order.total = checked.total(&st.account);
-        order.lines = build_lines(&snap, &checked, None);
+        order.lines = build_lines(&st.catalog.load(), &checked, None);
         order.ship_to = checked.ship_to.map(|s| s.id).unwrap_or(order.ship_to);
     } else {
         let ev = evaluate(st, caller, &req, Some(&old)).await?;

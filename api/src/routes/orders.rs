@@ -10,8 +10,9 @@ use crate::ApiState;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use orderd_actors::account::AccountMsg;
+use orderd_actors::account::{AccountMsg, Reply};
 use orderd_actors::audit::AuditEntry;
+use orderd_actors::audit::Caller;
 use orderd_actors::ordering::{Amendment, Preview};
 use orderd_domain::account::Role;
 use orderd_domain::ids::{AccountId, IdempotencyKey, OrderId, WarehouseId};
@@ -277,6 +278,24 @@ async fn list(
     }))
 }
 
+/// Runs one change of an order of the caller's account, as a caller with one of `roles`, and
+/// answers with the changed order.
+async fn change(
+    s: &ApiState,
+    auth: &Auth,
+    roles: &[Role],
+    id: &str,
+    build: impl FnOnce(Caller, OrderId, Reply<Order>) -> AccountMsg,
+) -> ApiResult<axum::Json<OrderBody>> {
+    let caller = auth.require(roles)?.clone();
+    let order = order_id(id)?;
+    let changed = s
+        .engine
+        .account(auth.account()?, |reply| build(caller, order, reply))
+        .await??;
+    Ok(axum::Json(OrderBody(changed)))
+}
+
 async fn fetch(s: &ApiState, account: &AccountId, id: &OrderId) -> ApiResult<Order> {
     let id2 = id.clone();
     s.engine
@@ -335,17 +354,14 @@ async fn submit(
     auth: Auth,
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<OrderBody>> {
-    let caller = auth.require(ACCOUNT_ROLES)?.clone();
-    let order = order_id(&id)?;
-    Ok(axum::Json(OrderBody(
-        s.engine
-            .account(auth.account()?, |reply| AccountMsg::Submit {
-                caller,
-                order,
-                reply,
-            })
-            .await??,
-    )))
+    change(&s, &auth, ACCOUNT_ROLES, &id, |caller, order, reply| {
+        AccountMsg::Submit {
+            caller,
+            order,
+            reply,
+        }
+    })
+    .await
 }
 
 #[derive(Deserialize, Default, ToSchema)]
@@ -364,19 +380,16 @@ async fn approve(
     Path(id): Path<String>,
     body: Option<Json<ApproveBody>>,
 ) -> ApiResult<axum::Json<OrderBody>> {
-    let caller = auth.require(&[Role::Approver])?.clone();
-    let order = order_id(&id)?;
     let reject_lines = body.map(|Json(b)| b.reject_lines).unwrap_or_default();
-    Ok(axum::Json(OrderBody(
-        s.engine
-            .account(auth.account()?, |reply| AccountMsg::Approve {
-                caller,
-                order,
-                reject_lines,
-                reply,
-            })
-            .await??,
-    )))
+    change(&s, &auth, &[Role::Approver], &id, |caller, order, reply| {
+        AccountMsg::Approve {
+            caller,
+            order,
+            reject_lines,
+            reply,
+        }
+    })
+    .await
 }
 
 #[derive(Deserialize, Default, ToSchema)]
@@ -396,20 +409,17 @@ async fn reject(
     Path(id): Path<String>,
     body: Option<Json<RejectBody>>,
 ) -> ApiResult<axum::Json<OrderBody>> {
-    let caller = auth.require(&[Role::Approver])?.clone();
-    let order = order_id(&id)?;
     let b = body.map(|Json(b)| b).unwrap_or_default();
-    Ok(axum::Json(OrderBody(
-        s.engine
-            .account(auth.account()?, |reply| AccountMsg::Reject {
-                caller,
-                order,
-                lines: b.lines,
-                reason: b.reason,
-                reply,
-            })
-            .await??,
-    )))
+    change(&s, &auth, &[Role::Approver], &id, |caller, order, reply| {
+        AccountMsg::Reject {
+            caller,
+            order,
+            lines: b.lines,
+            reason: b.reason,
+            reply,
+        }
+    })
+    .await
 }
 
 /// Cancel an order that is not shipped; releases its stock and credit (buyer, approver, account_admin).
@@ -419,17 +429,14 @@ async fn cancel(
     auth: Auth,
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<OrderBody>> {
-    let caller = auth.require(ACCOUNT_ROLES)?.clone();
-    let order = order_id(&id)?;
-    Ok(axum::Json(OrderBody(
-        s.engine
-            .account(auth.account()?, |reply| AccountMsg::Cancel {
-                caller,
-                order,
-                reply,
-            })
-            .await??,
-    )))
+    change(&s, &auth, ACCOUNT_ROLES, &id, |caller, order, reply| {
+        AccountMsg::Cancel {
+            caller,
+            order,
+            reply,
+        }
+    })
+    .await
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -451,8 +458,6 @@ async fn amend(
     Path(id): Path<String>,
     Json(b): Json<AmendBody>,
 ) -> ApiResult<axum::Json<OrderBody>> {
-    let caller = auth.require(ACCOUNT_ROLES)?.clone();
-    let order = order_id(&id)?;
     let patch = Amendment {
         lines: b.lines.map(|l| l.into_iter().map(Into::into).collect()),
         ship_to: b.ship_to,
@@ -460,16 +465,15 @@ async fn amend(
         customer_po: b.customer_po,
         allow_split: b.allow_split,
     };
-    Ok(axum::Json(OrderBody(
-        s.engine
-            .account(auth.account()?, |reply| AccountMsg::Amend {
-                caller,
-                order,
-                patch,
-                reply,
-            })
-            .await??,
-    )))
+    change(&s, &auth, ACCOUNT_ROLES, &id, |caller, order, reply| {
+        AccountMsg::Amend {
+            caller,
+            order,
+            patch,
+            reply,
+        }
+    })
+    .await
 }
 
 #[derive(Deserialize, Default, ToSchema)]
