@@ -46,6 +46,8 @@ pub struct StorageSettings {
     pub commit_batch_max: usize,
     pub queue_max: usize,
     pub cache_capacity_bytes: u64,
+    /// fdatasync sled's data file after every group flush (power-loss durability).
+    pub sync_data: bool,
 }
 
 impl Default for StorageSettings {
@@ -55,6 +57,7 @@ impl Default for StorageSettings {
             commit_batch_max: d.commit_batch_max,
             queue_max: d.queue_max,
             cache_capacity_bytes: d.cache_capacity_bytes,
+            sync_data: d.sync_data,
         }
     }
 }
@@ -65,6 +68,7 @@ impl StorageSettings {
             commit_batch_max: self.commit_batch_max,
             queue_max: self.queue_max,
             cache_capacity_bytes: self.cache_capacity_bytes,
+            sync_data: self.sync_data,
         }
     }
 }

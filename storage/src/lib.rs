@@ -85,6 +85,12 @@ pub struct JournalConfig {
     pub queue_max: usize,
     /// sled's page cache size in bytes.
     pub cache_capacity_bytes: u64,
+    /// After each group's sled flush, also `fdatasync` sled's data file. sled 0.34.7's flush
+    /// only calls `sync_file_range`, which survives a killed process but neither flushes the
+    /// drive's write cache nor the file size, so without this a power loss can lose
+    /// acknowledged writes. Costs one fdatasync per group (about 0.2 ms median on the team's
+    /// machines), shared by every writer of the group.
+    pub sync_data: bool,
 }
 
 impl Default for JournalConfig {
@@ -93,6 +99,7 @@ impl Default for JournalConfig {
             commit_batch_max: DEFAULT_COMMIT_BATCH_MAX,
             queue_max: DEFAULT_QUEUE_MAX,
             cache_capacity_bytes: DEFAULT_CACHE_CAPACITY_BYTES,
+            sync_data: true,
         }
     }
 }
@@ -266,7 +273,15 @@ impl Journal {
     pub fn open(path: &Path, config: &JournalConfig) -> Result<Journal, StorageError> {
         config.validate()?;
         let db = open_retrying_lock(&sled_config(config).path(path))?;
-        Journal::start(db, config)
+        // sled keeps its log in the file `db`; syncing any descriptor of it syncs the file.
+        let data_file = match config.sync_data {
+            true => Some(
+                std::fs::File::open(path.join("db"))
+                    .map_err(|e| StorageError::Io(sled::Error::Io(e)))?,
+            ),
+            false => None,
+        };
+        Journal::start(db, config, data_file)
     }
 
     /// A journal in a temporary sled database that is deleted when the last handle drops.
@@ -274,7 +289,8 @@ impl Journal {
     pub fn temporary(config: &JournalConfig) -> Result<Journal, StorageError> {
         config.validate()?;
         let db = sled_config(config).temporary(true).open()?;
-        Journal::start(db, config)
+        // Nothing to sync for a store that is deleted on drop.
+        Journal::start(db, config, None)
     }
 
     /// Walks the whole audit chain of the journal in `path` without starting a committer, so a
@@ -290,7 +306,11 @@ impl Journal {
         audit_chain::verify_tree(&db)
     }
 
-    fn start(db: sled::Db, config: &JournalConfig) -> Result<Journal, StorageError> {
+    fn start(
+        db: sled::Db,
+        config: &JournalConfig,
+        data_file: Option<std::fs::File>,
+    ) -> Result<Journal, StorageError> {
         let chain = ChainState::load(&db)?;
         let shared = std::sync::Arc::new(Shared {
             durable_head: std::sync::Mutex::new(chain.head),
@@ -299,6 +319,7 @@ impl Journal {
         let queue = sync::Arc::new(CommitQueue::new(config.queue_max));
         let mut committer = Committer {
             db: db.clone(),
+            data_file,
             chain,
             shared: shared.clone(),
         };
@@ -602,6 +623,8 @@ impl ChainState {
 
 struct Committer {
     db: sled::Db,
+    /// sled's data file, fdatasync'ed after each flush when `sync_data` is on.
+    data_file: Option<std::fs::File>,
     chain: ChainState,
     shared: std::sync::Arc<Shared>,
 }
@@ -644,6 +667,10 @@ impl Committer {
         self.db.apply_batch(batch)?;
         let flush_started = Instant::now();
         self.db.flush()?;
+        if let Some(f) = &self.data_file {
+            f.sync_data()
+                .map_err(|e| StorageError::Io(sled::Error::Io(e)))?;
+        }
         let flush_nanos = u64::try_from(flush_started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.chain = next;
         self.publish(group.len(), flush_nanos);
