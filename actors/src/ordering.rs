@@ -341,14 +341,28 @@ fn for_each_warehouse(
 // ---- writing ------------------------------------------------------------------------------
 
 /// The batch for a change of `order`: the record, its audit entry and its event.
+///
+/// Refused (as `too_many_lines`) when the record or its event would exceed what one journal
+/// value may hold: checked before any stock is held, so nothing needs undoing.
 fn order_batch(
     caller: &Caller,
     order: &Order,
     action: &str,
     from: Option<OrderState>,
     transitions: &[&'static str],
-) -> Batch {
+) -> Result<Batch, Rejection> {
     let bytes = records::encode(order);
+    let event = order_event(order, transitions);
+    let size = bytes.len().max(event.len());
+    if size > orderd_storage::VALUE_BYTES_MAX {
+        return Err(Rejection::Invalid(vec![Problem::new(
+            ProblemCode::TooManyLines,
+            format!(
+                "the order is too large to store ({size} bytes, at most {}): split it into several orders",
+                orderd_storage::VALUE_BYTES_MAX
+            ),
+        )]));
+    }
     let mut entry = AuditEntry::new(caller, Some(&order.account), action, &bytes);
     entry.order = Some(order.id.to_string());
     entry.from = from.map(|s| s.as_str().to_owned());
@@ -356,8 +370,8 @@ fn order_batch(
     let mut batch = Batch::default();
     batch.put(records::order_key(&order.account, &order.id), bytes);
     batch.audit.push(entry.draft(order.id.as_str()));
-    batch.events.push(order_event(order, transitions));
-    batch
+    batch.events.push(event);
+    Ok(batch)
 }
 
 fn touch(order: &mut Order) {
@@ -467,9 +481,6 @@ pub async fn place(
             Ok(t) => t,
             Err(e) => return Ok(Err(e)),
         };
-        if let Err(p) = reserve(st, &id, &order.stock_demand()).await? {
-            return Ok(Err(Rejection::Invalid(vec![p])));
-        }
         (order, transitions)
     } else {
         let checked = check_catalog(st, &req);
@@ -483,13 +494,14 @@ pub async fn place(
         )
     };
     order.version = 1;
-    let mut batch = order_batch(
-        caller,
-        &order,
-        if submit { "order.place" } else { "order.draft" },
-        None,
-        &transitions,
-    );
+    let action = if submit { "order.place" } else { "order.draft" };
+    let mut batch = match order_batch(caller, &order, action, None, &transitions) {
+        Ok(b) => b,
+        Err(r) => return Ok(Err(r)),
+    };
+    if let Err(p) = reserve(st, &id, &order.stock_demand()).await? {
+        return Ok(Err(Rejection::Invalid(vec![p])));
+    }
     let evicted = key
         .as_ref()
         .and_then(|k| remember_key(st, &mut batch, k, digest, &id));
@@ -651,17 +663,20 @@ pub async fn submit_draft(st: &mut AccountState, caller: &Caller, id: &OrderId) 
         Ok(t) => t,
         Err(e) => return Ok(Err(e)),
     };
-    if let Err(p) = reserve(st, id, &order.stock_demand()).await? {
-        return Ok(Err(Rejection::Invalid(vec![p])));
-    }
     touch(&mut order);
-    let batch = order_batch(
+    let batch = match order_batch(
         caller,
         &order,
         "order.submit",
         Some(OrderState::Draft),
         &transitions,
-    );
+    ) {
+        Ok(b) => b,
+        Err(r) => return Ok(Err(r)),
+    };
+    if let Err(p) = reserve(st, id, &order.stock_demand()).await? {
+        return Ok(Err(Rejection::Invalid(vec![p])));
+    }
     if let Err(e) = st.journal.submit(batch).await {
         for_each_warehouse(st, &order.warehouses(), |h| h.release_all(id.clone()))?;
         return Err(e.into());
@@ -736,15 +751,17 @@ pub async fn approve(
         Err(e) => return Ok(Err(e.into())),
     };
     touch(&mut order);
-    st.journal
-        .submit(order_batch(
-            caller,
-            &order,
-            "order.approve",
-            Some(OrderState::PendingApproval),
-            &transitions,
-        ))
-        .await?;
+    let batch = match order_batch(
+        caller,
+        &order,
+        "order.approve",
+        Some(OrderState::PendingApproval),
+        &transitions,
+    ) {
+        Ok(b) => b,
+        Err(r) => return Ok(Err(r)),
+    };
+    st.journal.submit(batch).await?;
     release(st, id, &freed)?;
     match order.state {
         OrderState::Allocated => {
@@ -799,15 +816,17 @@ pub async fn reject(
     }
     touch(&mut order);
     let transitions: &[&'static str] = if whole { &["rejected"] } else { &[] };
-    st.journal
-        .submit(order_batch(
-            caller,
-            &order,
-            "order.reject",
-            Some(OrderState::PendingApproval),
-            transitions,
-        ))
-        .await?;
+    let batch = match order_batch(
+        caller,
+        &order,
+        "order.reject",
+        Some(OrderState::PendingApproval),
+        transitions,
+    ) {
+        Ok(b) => b,
+        Err(r) => return Ok(Err(r)),
+    };
+    st.journal.submit(batch).await?;
     if whole {
         for_each_warehouse(st, &held, |h| h.release_all(id.clone()))?;
     } else {
@@ -837,15 +856,11 @@ pub async fn cancel(st: &mut AccountState, caller: &Caller, id: &OrderId) -> Flo
         return Ok(Err(e.into()));
     }
     touch(&mut order);
-    st.journal
-        .submit(order_batch(
-            caller,
-            &order,
-            "order.cancel",
-            Some(from),
-            &["cancelled"],
-        ))
-        .await?;
+    let batch = match order_batch(caller, &order, "order.cancel", Some(from), &["cancelled"]) {
+        Ok(b) => b,
+        Err(r) => return Ok(Err(r)),
+    };
+    st.journal.submit(batch).await?;
     for_each_warehouse(st, &held, |h| h.release_all(id.clone()))?;
     Ok(Ok(commit_order(st, order)))
 }
@@ -928,21 +943,15 @@ pub async fn amend(
     order.customer_po = req.customer_po;
     order.allow_split = req.allow_split;
     let (grow, shrink) = deltas(&old.stock_demand(), &order.stock_demand());
+    touch(&mut order);
+    let batch = match order_batch(caller, &order, "order.amend", Some(old.state), &[]) {
+        Ok(b) => b,
+        Err(r) => return Ok(Err(r)),
+    };
     if let Err(p) = reserve(st, id, &grow).await? {
         return Ok(Err(Rejection::Invalid(vec![p])));
     }
-    touch(&mut order);
-    if let Err(e) = st
-        .journal
-        .submit(order_batch(
-            caller,
-            &order,
-            "order.amend",
-            Some(old.state),
-            &[],
-        ))
-        .await
-    {
+    if let Err(e) = st.journal.submit(batch).await {
         release(st, id, &grow)?;
         return Err(e.into());
     }
@@ -1014,13 +1023,16 @@ pub async fn ship(
         .open_receivables
         .checked_add(value)
         .map_err(|e| ActorError::Invariant(e.to_string()))?;
-    let mut batch = order_batch(
+    let mut batch = match order_batch(
         caller,
         &order,
         "order.ship",
         Some(OrderState::Allocated),
         &transitions,
-    );
+    ) {
+        Ok(b) => b,
+        Err(r) => return Ok(Err(r)),
+    };
     batch.put(records::account_key(&account.id), records::encode(&account));
     let snap = st.catalog.load();
     let handle = snap

@@ -42,6 +42,16 @@ pub const DEFAULT_CACHE_CAPACITY_BYTES: u64 = 256 * 1024 * 1024;
 /// releases the lock only when its background I/O threads let go of the files, a moment after
 /// the previous `Db` in this process was dropped; another process holding it fails after this.
 pub const OPEN_LOCK_WAIT_MAX_MS: u64 = 2_000;
+/// sled's log segment size. sled stores a value larger than a quarter of a segment as a separate
+/// blob file and never syncs those, so segments are large enough for every value we allow.
+pub const SLED_SEGMENT_BYTES: usize = 8 << 20;
+/// The largest value one record may have; `submit` refuses larger ones. Half of sled's inline
+/// limit (a quarter segment), leaving room for sled's own headers.
+pub const VALUE_BYTES_MAX: usize = SLED_SEGMENT_BYTES / 8;
+const _: () = assert!(
+    VALUE_BYTES_MAX * 4 < SLED_SEGMENT_BYTES,
+    "values must stay inline in sled's log"
+);
 /// Pause between those retries.
 const OPEN_LOCK_RETRY_MS: u64 = 10;
 /// Most outbox keys removed per sled batch by [`Journal::outbox_remove_through`], so removing a
@@ -156,6 +166,19 @@ impl Batch {
         for draft in &self.audit {
             // Builds the index prefix only to reuse its length check.
             layout::subject_index_prefix(&draft.subject)?;
+        }
+        let values = self
+            .puts
+            .iter()
+            .map(|(_, v)| v)
+            .chain(self.events.iter())
+            .chain(self.audit.iter().map(|a| &a.payload));
+        if let Some(big) = values.map(Vec::len).find(|n| *n > VALUE_BYTES_MAX) {
+            return Err(StorageError::Invalid {
+                reason: format!(
+                    "a value of {big} bytes is above the {VALUE_BYTES_MAX} bytes a record may have"
+                ),
+            });
         }
         Ok(())
     }
@@ -304,6 +327,13 @@ impl Journal {
         }
         let db = open_retrying_lock(&sled_config(&JournalConfig::default()).path(path))?;
         audit_chain::verify_tree(&db)
+    }
+
+    /// Opens the journal's sled database in `path` directly, with the settings it was created
+    /// with and no committer: for tools and tamper tests that must read or edit raw records.
+    /// Never write through it while a journal is open on the same directory.
+    pub fn open_raw(path: &Path) -> Result<sled::Db, StorageError> {
+        open_retrying_lock(&sled_config(&JournalConfig::default()).path(path))
     }
 
     fn start(
@@ -590,6 +620,7 @@ fn sled_config(config: &JournalConfig) -> sled::Config {
         // nothing and compete with the group flush.
         .flush_every_ms(None)
         .use_compression(false)
+        .segment_size(SLED_SEGMENT_BYTES)
 }
 
 /// The committer's view of the counters it assigns next.

@@ -51,7 +51,7 @@ fn chain_broken_at(result: Result<impl std::fmt::Debug, StorageError>) -> u64 {
 fn raw_open(dir: &Path) -> sled::Db {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        match sled::open(dir) {
+        match Journal::open_raw(dir) {
             Ok(db) => return db,
             Err(e) if Instant::now() < deadline && e.to_string().contains("lock") => {
                 std::thread::sleep(Duration::from_millis(10));
@@ -559,4 +559,33 @@ fn invalid_config_is_refused() {
         }
         other => panic!("expected Invalid, got {other:?}"),
     }
+}
+
+// A value too large to stay inline in sled's synced log is refused (sled would write it as a
+// blob file it never syncs); the largest allowed value is stored and read back.
+#[tokio::test]
+async fn values_above_the_inline_limit_are_refused() {
+    let journal = Journal::temporary(&JournalConfig::default()).expect("journal");
+    let mut huge = audited("s", "huge");
+    huge.put("k/big", vec![1u8; orderd_storage::VALUE_BYTES_MAX + 1]);
+    assert!(matches!(
+        journal.submit(huge).await,
+        Err(StorageError::Invalid { .. })
+    ));
+    assert_eq!(journal.get(b"k/big").expect("get"), None);
+    assert_eq!(
+        journal.audit_head().seq,
+        0,
+        "nothing of the refused batch was written"
+    );
+    let mut largest = audited("s", "largest");
+    largest.put("k/max", vec![2u8; orderd_storage::VALUE_BYTES_MAX]);
+    journal
+        .submit(largest)
+        .await
+        .expect("the largest allowed value is stored");
+    assert_eq!(
+        journal.get(b"k/max").expect("get").map(|v| v.len()),
+        Some(orderd_storage::VALUE_BYTES_MAX)
+    );
 }
