@@ -12,7 +12,9 @@ use std::collections::HashMap;
 pub const TIERS_MAX: usize = 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(tag = "level", content = "owner", rename_all = "snake_case")]
+// Externally tagged (serde's default): journal records are postcard, which cannot decode the
+// adjacently tagged form (`tag`/`content`), so a daemon could not restart on its own data.
+#[serde(rename_all = "snake_case")]
 pub enum PriceLevel {
     /// The account's own contract.
     Contract(AccountId),
