@@ -88,9 +88,12 @@ fn load_config(common: &Common) -> anyhow::Result<Config> {
 fn init_logging(json: bool) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("ORDERD_LOG").unwrap_or_else(|_| "info".into());
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never in files or pipes.
+        .with_ansi(std::io::stderr().is_terminal());
     if json {
         builder.json().init();
     } else {

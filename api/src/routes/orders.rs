@@ -422,7 +422,8 @@ async fn reject(
     .await
 }
 
-/// Cancel an order that is not shipped; releases its stock and credit (buyer, approver, account_admin).
+/// Cancel a draft, confirmed or allocated order with nothing shipped yet; releases its stock and
+/// credit. A pending order is rejected by an approver instead (buyer, approver, account_admin).
 #[utoipa::path(post, path = "/v1/orders/{id}/cancel", tag = "orders", params(("id" = String, Path)), responses((status = 200, body = OrderBody), (status = 404), (status = 409)), security(("bearer" = [])))]
 async fn cancel(
     State(s): State<ApiState>,

@@ -1,0 +1,343 @@
+//! The daemon's life from the outside: graceful shutdown and restart, refusing bad
+//! configuration, tenancy (DESIGN invariant 7), the approval flow with credit, and admission
+//! control (429 + Retry-After).
+
+use crate::env::{decimal, str_field, warehouses_of, TestEnv, BIN};
+use orderd_chaos::{DaemonSpec, Harness, Reply, RoundEnd, Scenario};
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+/// Load before the graceful stop.
+const LOAD_BEFORE_SIGTERM: Duration = Duration::from_millis(1_500);
+/// How long a daemon with a bad configuration may take to give up.
+const BAD_CONFIG_EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Concurrent placements per burst in the 429 test.
+const BURST_REQUESTS: usize = 24;
+/// How long the 429 test keeps sending bursts before it gives up on seeing one.
+const BUSY_DEADLINE: Duration = Duration::from_secs(20);
+
+// Four clients place, approve, reject, ship and cancel; SIGTERM arrives while they keep
+// sending. The daemon must answer what it accepted and exit 0; after a restart every
+// acknowledged order must be there as acknowledged and no order may exist that nobody placed.
+// Then, with nothing in flight, a second SIGTERM and restart must change nothing at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_zero_and_keeps_everything() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut sc = Scenario::new(BIN, dir.path(), 11);
+    sc.workers = 4;
+    let mut h = Harness::start(&sc).await.expect("starting");
+    let status = h
+        .run_load(LOAD_BEFORE_SIGTERM, RoundEnd::Terminate)
+        .await
+        .expect("load");
+    assert!(
+        matches!(status, Some(s) if s.success()),
+        "SIGTERM gave {status:?}"
+    );
+    h.restart().await.expect("restarting");
+    h.verify().await.expect("verifying");
+    assert!(h.report.violations.is_empty(), "{:#?}", h.report.violations);
+    let stats = h.stats();
+    assert!(stats.placed > 0, "nothing placed: {stats:?}");
+    let verified = h.report.orders_verified;
+    assert!(verified >= stats.placed);
+    let resent = h.report.resent_fresh + h.report.resent_replayed + h.report.resent_refused;
+
+    let status = h.terminate().await.expect("stopping");
+    assert!(status.success(), "SIGTERM gave {status}");
+    h.restart().await.expect("restarting");
+    h.verify().await.expect("verifying");
+    assert!(h.report.violations.is_empty(), "{:#?}", h.report.violations);
+    let resent_again = h.report.resent_fresh + h.report.resent_replayed + h.report.resent_refused;
+    assert_eq!(resent_again, resent, "nothing was left to send again");
+    assert!(h.report.orders_verified > verified);
+}
+
+// A zero call timeout and an unknown log format are both reported, by name, before the daemon
+// binds anything, and it exits non-zero; so is an unknown setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configuration_is_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let spec = DaemonSpec::new(BIN, dir.path())
+        .with_env("ORDERD_LIMITS__CALL_TIMEOUT_MS", "0")
+        .with_env("ORDERD_LOG_FORMAT", "xml");
+    let unknown = DaemonSpec::new(BIN, dir.path()).with_env("ORDERD_LIMITS__NO_SUCH_LIMIT", "3");
+    let (bad, unknown) = tokio::task::spawn_blocking(move || {
+        let args = ["serve", "--listen", "127.0.0.1:0"];
+        (
+            spec.run(args, BAD_CONFIG_EXIT_TIMEOUT),
+            unknown.run(args, BAD_CONFIG_EXIT_TIMEOUT),
+        )
+    })
+    .await
+    .expect("tool task");
+    let bad = bad.expect("orderd should exit by itself");
+    assert!(matches!(bad.code(), Some(c) if c != 0), "{bad}");
+    assert!(
+        bad.stderr
+            .contains("limits.call_timeout_ms must be above 0"),
+        "{bad}"
+    );
+    assert!(
+        bad.stderr.contains("log_format must be text or json"),
+        "{bad}"
+    );
+    let unknown = unknown.expect("orderd should exit by itself");
+    assert!(matches!(unknown.code(), Some(c) if c != 0), "{unknown}");
+    assert!(unknown.stderr.contains("no_such_limit"), "{unknown}");
+}
+
+fn is_not_found(r: &Reply) -> bool {
+    r.status == 404 && r.code() == Some("not_found")
+}
+
+// ACME has an order and a cart line. Tokens of BAUHAUS (buyer, approver, account admin) get the
+// same 404 as for a made-up id when they read, approve, reject, cancel, submit, amend or ask for
+// the history of ACME's order, whatever they put in the query string; their lists, cart and
+// credit only ever show BAUHAUS. An operator naming the wrong account cannot ship it either.
+// ACME's order is unchanged by all of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_accounts_order_is_invisible_and_untouchable() {
+    let env = TestEnv::start().await;
+    let acme = env.token("ACME", "alice", &["buyer"]).await;
+    let intruder = env
+        .token("BAUHAUS", "bob", &["buyer", "approver", "account_admin"])
+        .await;
+    let r = env
+        .place(&acme, "tenancy-1", &[("BOLT-0010", 3)], "BERLIN")
+        .await;
+    assert_eq!(r.status, 201, "{r}");
+    let order = r.body.clone();
+    let id = str_field(&order, "id").to_owned();
+    let r = env
+        .post(
+            &acme,
+            "/v1/cart/lines",
+            json!({"sku": "BOLT-0010", "qty": 2}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r}");
+
+    // The same answer as for an order that does not exist at all.
+    let made_up = "01900000-0000-7000-8000-000000000000";
+    let ghost = env.get(&intruder, &format!("/v1/orders/{made_up}")).await;
+    assert!(is_not_found(&ghost), "{ghost}");
+    let api = env.api();
+    let attempts = [
+        api.get(&intruder, &format!("/v1/orders/{id}")).await,
+        api.get(&intruder, &format!("/v1/orders/{id}?account=ACME"))
+            .await,
+        api.get(&intruder, &format!("/v1/orders/{id}/history"))
+            .await,
+        api.post(&intruder, &format!("/v1/orders/{id}/approve"), &json!({}))
+            .await,
+        api.post(&intruder, &format!("/v1/orders/{id}/reject"), &json!({}))
+            .await,
+        api.post(&intruder, &format!("/v1/orders/{id}/cancel"), &json!({}))
+            .await,
+        api.post(&intruder, &format!("/v1/orders/{id}/submit"), &json!({}))
+            .await,
+        api.patch(
+            &intruder,
+            &format!("/v1/orders/{id}"),
+            &json!({"customer_po": "mine now"}),
+        )
+        .await,
+    ];
+    for r in attempts {
+        let r = r.expect("request");
+        assert!(is_not_found(&r), "{r}");
+    }
+    let operator = api.operator_token().await.expect("token");
+    let r = env
+        .post(
+            &operator,
+            &format!("/v1/orders/{id}/ship"),
+            json!({"warehouse": "BER", "account": "BAUHAUS"}),
+        )
+        .await;
+    assert!(is_not_found(&r), "{r}");
+
+    for path in ["/v1/orders?limit=200", "/v1/orders?limit=200&account=ACME"] {
+        let r = env.get(&intruder, path).await;
+        assert_eq!(r.status, 200, "{r}");
+        let orders = r.body["orders"].as_array().unwrap_or_else(|| panic!("{r}"));
+        assert!(
+            orders.iter().all(|o| o["account"] == "BAUHAUS"),
+            "{path}: {r}"
+        );
+    }
+    let r = env.get(&intruder, "/v1/cart").await;
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(r.body["lines"], json!([]), "BAUHAUS sees ACME's cart: {r}");
+    let r = env
+        .post(
+            &intruder,
+            "/v1/cart/lines",
+            json!({"sku": "NUT-0021", "qty": 7}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r}");
+    let r = env.get(&acme, "/v1/cart").await;
+    let skus: Vec<&Value> = r.body["lines"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"))
+        .iter()
+        .map(|l| &l["sku"])
+        .collect();
+    assert_eq!(skus, [&json!("BOLT-0010")], "ACME's cart changed: {r}");
+
+    let credit = env.get(&intruder, "/v1/credit").await;
+    assert_eq!(credit.status, 200, "{credit}");
+    assert_eq!(
+        decimal(&credit.body["credit_limit"]),
+        "100000".parse().unwrap()
+    );
+    // BAUHAUS has no orders: its exposure is its receivables, untouched by ACME's order.
+    assert_eq!(
+        decimal(&credit.body["exposure"]),
+        decimal(&credit.body["open_receivables"]),
+        "{credit}"
+    );
+    let after = env.get(&acme, &format!("/v1/orders/{id}")).await;
+    assert_eq!(after.status, 200, "{after}");
+    assert_eq!(after.body, order, "ACME's order changed");
+}
+
+// Alice (spending limit 2000 EUR) places a 700-unit order: it waits for approval and already
+// counts towards credit exposure. Bob approves it (allocated), the Munich warehouse cannot see
+// it, the warehouse holding it ships it (shipped). Exposure stays the same after shipment
+// because the value moves to open receivables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_order_is_approved_then_shipped_and_credit_follows() {
+    let env = TestEnv::start().await;
+    let alice = env.token("ACME", "alice", &["buyer"]).await;
+    let bob = env.token("ACME", "bob", &["buyer", "approver"]).await;
+    let before = env.get(&alice, "/v1/credit").await.body;
+
+    let r = env
+        .place(&alice, "big-1", &[("BOLT-0010", 700)], "BERLIN")
+        .await;
+    assert_eq!(r.status, 201, "{r}");
+    assert_eq!(str_field(&r.body, "state"), "pending_approval", "{r}");
+    assert!(
+        !r.body["approval_reasons"]
+            .as_array()
+            .is_none_or(|a| a.is_empty()),
+        "{r}"
+    );
+    let id = str_field(&r.body, "id").to_owned();
+    let total = decimal(&r.body["total"]);
+    assert!(total > "2000".parse().unwrap(), "{r}");
+    let placed = env.get(&alice, "/v1/credit").await.body;
+    assert_eq!(
+        decimal(&placed["exposure"]),
+        decimal(&before["exposure"]) + total,
+        "{placed}"
+    );
+
+    // Alice is not an approver.
+    let r = env
+        .post(&alice, &format!("/v1/orders/{id}/approve"), json!({}))
+        .await;
+    assert_eq!(r.status, 403, "{r}");
+    let r = env
+        .post(&bob, &format!("/v1/orders/{id}/approve"), json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(str_field(&r.body, "state"), "allocated", "{r}");
+    assert_eq!(r.body["version"], 2, "{r}");
+    let approved = env.get(&alice, "/v1/credit").await.body;
+    assert_eq!(approved["exposure"], placed["exposure"], "{approved}");
+
+    let warehouses = warehouses_of(&r.body);
+    assert_eq!(warehouses.len(), 1, "{r}");
+    let other = if warehouses[0] == "MUC" { "HAM" } else { "MUC" };
+    let r = env
+        .post(
+            &env.warehouse_token(other).await,
+            &format!("/v1/orders/{id}/ship"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 404, "{other} holds nothing of it: {r}");
+    let r = env
+        .post(
+            &env.warehouse_token(&warehouses[0]).await,
+            &format!("/v1/orders/{id}/ship"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(str_field(&r.body, "state"), "shipped", "{r}");
+    assert_eq!(r.body["version"], 3, "{r}");
+
+    let shipped = env.get(&alice, "/v1/credit").await.body;
+    assert_eq!(
+        decimal(&shipped["exposure"]),
+        decimal(&placed["exposure"]),
+        "{shipped}"
+    );
+    assert_eq!(
+        decimal(&shipped["open_receivables"]),
+        decimal(&before["open_receivables"]) + total,
+        "{shipped}"
+    );
+    let r = env.get(&alice, &format!("/v1/orders/{id}")).await;
+    assert_eq!(str_field(&r.body, "state"), "shipped", "{r}");
+}
+
+// With at most one request in flight per account, bursts of concurrent placements for one
+// account get some 429s, each with Retry-After and the account_busy code. Every 201 is a real
+// order, and the 429s created nothing: the account's orders are exactly the 201s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_over_its_inflight_limit_gets_429() {
+    let env = TestEnv::start_with(&[("ORDERD_LIMITS__ACCOUNT_INFLIGHT_MAX", "1")]).await;
+    let token = env.token("ACME", "bob", &["buyer", "approver"]).await;
+    let body = json!({"lines": [{"sku": "NUT-0021", "qty": 1}], "ship_to": "BERLIN"});
+    let mut created = BTreeSet::new();
+    let mut busy = 0;
+    let deadline = Instant::now() + BUSY_DEADLINE;
+    let mut burst = 0;
+    while busy == 0 && Instant::now() < deadline {
+        burst += 1;
+        let tasks: Vec<_> = (0..BURST_REQUESTS)
+            .map(|i| {
+                let (api, token, body) = (env.api().clone(), token.clone(), body.clone());
+                tokio::spawn(
+                    async move { api.place(&token, &format!("busy-{burst}-{i}"), &body).await },
+                )
+            })
+            .collect();
+        for t in tasks {
+            let r = t.await.expect("task").expect("request");
+            match r.status {
+                201 => {
+                    created.insert(str_field(&r.body, "id").to_owned());
+                }
+                429 => {
+                    busy += 1;
+                    assert!(r.retry_after.is_some(), "429 without Retry-After: {r}");
+                    assert_eq!(r.code(), Some("account_busy"), "{r}");
+                }
+                _ => panic!("unexpected answer: {r}"),
+            }
+        }
+    }
+    assert!(busy > 0, "no 429 in {burst} bursts of {BURST_REQUESTS}");
+    assert!(!created.is_empty(), "nothing got through");
+    let listed: BTreeSet<String> = env
+        .api()
+        .list_all_orders(&token, 200, 100)
+        .await
+        .expect("listing")
+        .iter()
+        .map(|o| str_field(o, "id").to_owned())
+        .collect();
+    assert_eq!(listed, created, "orders differ from the 201s");
+    for id in &created {
+        let r = env.get(&token, &format!("/v1/orders/{id}")).await;
+        assert_eq!(r.status, 200, "{r}");
+    }
+}

@@ -1,0 +1,13 @@
+//! Black-box tests of the built `orderd` binary: it is started as a process on a temporary
+//! data directory and driven over HTTP, signals and its CLI, like an operator would.
+//!
+//! - `crash`: SIGKILL under concurrent load; every acknowledged order survives (invariant 1).
+//! - `audit`: `orderd audit verify` finds each kind of tampering at the right seq (invariant
+//!   5); the order history shows who did what, from where, when.
+//! - `lifecycle`: graceful shutdown, configuration errors, tenancy (invariant 7), the approval
+//!   flow with credit, and 429 when an account is over its in-flight limit.
+
+mod audit;
+mod crash;
+mod env;
+mod lifecycle;
