@@ -6,6 +6,7 @@
 
 use crate::audit::Caller;
 use crate::catalog::CatalogStore;
+use crate::order_book::OrderBook;
 use crate::ordering::{self, Amendment, Placed, Preview};
 use crate::records::{self, IdempotencyRecord};
 use crate::Limits;
@@ -20,7 +21,7 @@ use orderd_domain::Decimal;
 use orderd_storage::Journal;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 pub type Reply<T> = RpcReplyPort<Result<T, Rejection>>;
@@ -162,7 +163,7 @@ pub struct IdempotencyMap {
 pub struct AccountState {
     pub account: Account,
     pub cart: Cart,
-    pub orders: BTreeMap<OrderId, Order>,
+    pub orders: OrderBook,
     pub idempotency: IdempotencyMap,
     pub journal: Journal,
     pub catalog: CatalogStore,
@@ -182,10 +183,17 @@ impl AccountState {
         }
     }
 
-    /// Receivables plus every open order, recomputed (never accumulated, so it cannot drift).
+    /// Receivables plus the open orders. The orders' part is updated on every order change
+    /// (and checked against a full recomputation in debug builds).
     pub fn exposure(&self) -> Money {
-        orderd_domain::credit::exposure(self.account.open_receivables, self.orders.values())
-            // Bounded amounts: overflow would need ~10^28 of a currency.
+        let orders = Money {
+            amount: self.orders.open_exposure(),
+            currency: self.account.currency,
+        };
+        // Bounded amounts: overflow would need ~10^28 of a currency.
+        self.account
+            .open_receivables
+            .checked_add(orders)
             .unwrap_or(self.account.credit_limit)
     }
 }
@@ -396,17 +404,16 @@ impl Actor for AccountActor {
     }
 }
 
-type Loaded = (Account, Cart, BTreeMap<OrderId, Order>, IdempotencyMap);
+type Loaded = (Account, Cart, OrderBook, IdempotencyMap);
 
 fn load(journal: &Journal, id: &AccountId) -> Result<Loaded, ActorProcessingErr> {
     let account: Account = records::load_one(journal, &records::account_key(id))?
         .ok_or_else(|| format!("account {id} has no master record"))?;
     let cart: Cart = records::load_one(journal, &records::cart_key(id))?.unwrap_or_default();
-    let orders: BTreeMap<OrderId, Order> =
-        records::load_all::<Order>(journal, &records::order_prefix(id))?
-            .into_iter()
-            .map(|o| (o.id.clone(), o))
-            .collect();
+    let orders = OrderBook::new(records::load_all::<Order>(
+        journal,
+        &records::order_prefix(id),
+    )?);
     let mut keys: Vec<IdempotencyRecord> =
         records::load_all(journal, &records::idempotency_prefix(id))?;
     keys.sort_by_key(|k| k.n);

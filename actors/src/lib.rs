@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod directory;
 pub mod engine;
 pub mod events;
+pub mod order_book;
 pub mod ordering;
 pub mod records;
 pub mod warehouse;

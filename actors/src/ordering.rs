@@ -156,23 +156,22 @@ async fn evaluate(
         }
     }
     let total = checked.total(&st.account);
-    let others = st
-        .orders
-        .values()
-        .filter(|o| exclude.is_none_or(|x| x.id != o.id));
-    let exposure = credit::exposure(st.account.open_receivables, others)
+    // Exposure without the order being amended (its new amount is `total`).
+    let own = match exclude {
+        Some(o) => o
+            .exposure()
+            .map_err(|e| ActorError::Invariant(e.to_string()))?,
+        None => Money::zero(st.account.currency),
+    };
+    let exposure = st
+        .exposure()
+        .checked_sub(own)
         .map_err(|e| ActorError::Invariant(e.to_string()))?;
     problems.extend(credit::check(st.account.credit_limit, exposure, total));
     let approval_reasons = match &checked.ship_to {
         Some(s) => {
-            let used = st.orders.values().any(|o| {
-                o.ship_to == s.id
-                    && !matches!(
-                        o.state,
-                        OrderState::Draft | OrderState::Cancelled | OrderState::Rejected
-                    )
-                    && exclude.is_none_or(|x| x.id != o.id)
-            });
+            // An amended order is not yet confirmed, so it never counts as the earlier order.
+            let used = st.orders.ship_to_confirmed(&s.id);
             let who = Submitter {
                 user: &caller.user,
                 roles: &caller.roles,
@@ -528,7 +527,7 @@ pub async fn place(
         st.cart.clear();
     }
     order = commit_order(st, order);
-    debug_assert_credit(st);
+    debug_assert_credit(st, &order);
     Ok(Ok(Placed {
         order,
         replayed: false,
@@ -626,13 +625,16 @@ fn apply_key(
 }
 
 fn commit_order(st: &mut AccountState, order: Order) -> Order {
-    st.orders.insert(order.id.clone(), order.clone());
+    st.orders.put(order.clone());
     order
 }
 
-fn debug_assert_credit(st: &AccountState) {
+/// Invariant 3 after accepting `order`. Only an order that counts for credit passed the credit
+/// check: a draft did not, and an operator may have moved the limit below exposure meanwhile.
+fn debug_assert_credit(st: &AccountState, order: &Order) {
     debug_assert!(
-        st.exposure().amount <= st.account.credit_limit.amount
+        !order.state.counts_for_credit()
+            || st.exposure().amount <= st.account.credit_limit.amount
             || st.account.open_receivables.amount > st.account.credit_limit.amount,
         "invariant 3: exposure {} above limit {}",
         st.exposure(),
@@ -956,8 +958,9 @@ pub async fn amend(
         return Err(e.into());
     }
     release(st, id, &shrink)?;
-    debug_assert_credit(st);
-    Ok(Ok(commit_order(st, order)))
+    let order = commit_order(st, order);
+    debug_assert_credit(st, &order);
+    Ok(Ok(order))
 }
 
 pub async fn ship(

@@ -1,0 +1,80 @@
+//! An account's orders, with what is derived from them kept current on every change: the credit
+//! exposure of its open orders and the ship-tos it has already had an order confirmed to. Both
+//! would otherwise cost a pass over the account's whole history on every request.
+
+use orderd_domain::ids::{OrderId, ShipToId};
+use orderd_domain::order::{Order, OrderState};
+use orderd_domain::Decimal;
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Default)]
+pub struct OrderBook {
+    by_id: BTreeMap<OrderId, Order>,
+    /// Sum of `Order::exposure` over every order (zero for those that do not count).
+    open_exposure: Decimal,
+    /// Ship-tos with at least one confirmed order: the "first order to a new ship-to"
+    /// approval rule no longer applies to them.
+    confirmed_ship_tos: BTreeSet<ShipToId>,
+}
+
+impl OrderBook {
+    pub fn new(orders: impl IntoIterator<Item = Order>) -> OrderBook {
+        let mut book = OrderBook::default();
+        for o in orders {
+            book.put(o);
+        }
+        book
+    }
+
+    pub fn get(&self, id: &OrderId) -> Option<&Order> {
+        self.by_id.get(id)
+    }
+
+    /// Oldest first (ids are time-ordered UUIDv7).
+    pub fn values(&self) -> impl DoubleEndedIterator<Item = &Order> {
+        self.by_id.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// What the open orders add to the account's credit exposure.
+    pub fn open_exposure(&self) -> Decimal {
+        self.open_exposure
+    }
+
+    pub fn ship_to_confirmed(&self, ship_to: &ShipToId) -> bool {
+        self.confirmed_ship_tos.contains(ship_to)
+    }
+
+    /// Inserts or replaces an order and updates what is derived from it.
+    pub fn put(&mut self, order: Order) {
+        let old = self
+            .by_id
+            .get(&order.id)
+            .map_or(Decimal::ZERO, contribution);
+        self.open_exposure += contribution(&order) - old;
+        if matches!(
+            order.state,
+            OrderState::Confirmed | OrderState::Allocated | OrderState::Shipped
+        ) {
+            self.confirmed_ship_tos.insert(order.ship_to.clone());
+        }
+        self.by_id.insert(order.id.clone(), order);
+        debug_assert_eq!(
+            self.open_exposure,
+            self.by_id.values().map(contribution).sum::<Decimal>(),
+            "incremental exposure drifted from the recomputed one"
+        );
+    }
+}
+
+/// An order's exposure; amounts are bounded (quantity and price limits), so it cannot overflow.
+fn contribution(order: &Order) -> Decimal {
+    order.exposure().map(|m| m.amount).unwrap_or(Decimal::ZERO)
+}
