@@ -52,6 +52,11 @@ pub struct AuditEntry {
     pub order: Option<String>,
     pub from: Option<String>,
     pub to: Option<String>,
+    /// Every state the order moved through, in order, ending with `to` (one request may make
+    /// several moves, e.g. pending_approval -> confirmed -> allocated). Empty when the state
+    /// did not change. With `from`, each step is one move of the state machine (invariant 8).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub path: Vec<String>,
     pub digest: String,
 }
 
@@ -72,6 +77,7 @@ impl AuditEntry {
             order: None,
             from: None,
             to: None,
+            path: vec![],
             digest: hex::encode(Sha256::digest(changed)),
         }
     }

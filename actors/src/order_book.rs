@@ -5,16 +5,17 @@
 use orderd_domain::ids::{OrderId, ShipToId};
 use orderd_domain::order::{Order, OrderState};
 use orderd_domain::Decimal;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 #[derive(Default)]
 pub struct OrderBook {
     by_id: BTreeMap<OrderId, Order>,
     /// Sum of `Order::exposure` over every order (zero for those that do not count).
     open_exposure: Decimal,
-    /// Ship-tos with at least one confirmed order: the "first order to a new ship-to"
-    /// approval rule no longer applies to them.
-    confirmed_ship_tos: BTreeSet<ShipToId>,
+    /// Per ship-to, how many orders are confirmed, allocated or shipped to it now: the "first
+    /// order to a new ship-to" approval rule no longer applies while there is one (the same
+    /// answer a rescan of the orders gives, so a rebuilt actor decides alike).
+    confirmed_ship_tos: BTreeMap<ShipToId, usize>,
 }
 
 impl OrderBook {
@@ -49,7 +50,7 @@ impl OrderBook {
     }
 
     pub fn ship_to_confirmed(&self, ship_to: &ShipToId) -> bool {
-        self.confirmed_ship_tos.contains(ship_to)
+        self.confirmed_ship_tos.contains_key(ship_to)
     }
 
     /// Inserts or replaces an order and updates what is derived from it.
@@ -59,11 +60,19 @@ impl OrderBook {
             .get(&order.id)
             .map_or(Decimal::ZERO, contribution);
         self.open_exposure += contribution(&order) - old;
-        if matches!(
-            order.state,
-            OrderState::Confirmed | OrderState::Allocated | OrderState::Shipped
-        ) {
-            self.confirmed_ship_tos.insert(order.ship_to.clone());
+        if let Some(prev) = self.by_id.get(&order.id).filter(|o| confirmed(o)) {
+            if let Some(n) = self.confirmed_ship_tos.get_mut(&prev.ship_to) {
+                *n -= 1;
+                if *n == 0 {
+                    self.confirmed_ship_tos.remove(&prev.ship_to);
+                }
+            }
+        }
+        if confirmed(&order) {
+            *self
+                .confirmed_ship_tos
+                .entry(order.ship_to.clone())
+                .or_default() += 1;
         }
         self.by_id.insert(order.id.clone(), order);
         debug_assert_eq!(
@@ -77,4 +86,11 @@ impl OrderBook {
 /// An order's exposure; amounts are bounded (quantity and price limits), so it cannot overflow.
 fn contribution(order: &Order) -> Decimal {
     order.exposure().map(|m| m.amount).unwrap_or(Decimal::ZERO)
+}
+
+fn confirmed(order: &Order) -> bool {
+    matches!(
+        order.state,
+        OrderState::Confirmed | OrderState::Allocated | OrderState::Shipped
+    )
 }

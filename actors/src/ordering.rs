@@ -366,6 +366,11 @@ fn order_batch(
     entry.order = Some(order.id.to_string());
     entry.from = from.map(|s| s.as_str().to_owned());
     entry.to = Some(order.state.as_str().to_owned());
+    entry.path = transitions
+        .iter()
+        .filter(|s| **s != "draft" || from.is_some())
+        .map(|s| (*s).to_owned())
+        .collect();
     let mut batch = Batch::default();
     batch.put(records::order_key(&order.account, &order.id), bytes);
     batch.audit.push(entry.draft(order.id.as_str()));
