@@ -15,6 +15,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 pub const ENV_PREFIX: &str = "ORDERD_";
+/// `ORDERD_*` variables that are not settings: `ORDERD_LOG` is the log filter, and the chaos
+/// harness's seed is read by the harness.
+pub const NOT_SETTINGS: &[&str] = &["ORDERD_LOG", "ORDERD_CHAOS_SEED"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -109,7 +112,7 @@ impl Config {
             .map_err(|e: toml::de::Error| ConfigError::File(e.to_string()))?;
         let mut vars: Vec<(&String, &String)> = env
             .iter()
-            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !NOT_SETTINGS.contains(&k.as_str()))
             .collect();
         vars.sort();
         for (var, value) in vars {
@@ -198,6 +201,7 @@ mod tests {
                 ("ORDERD_DATA_DIR", "/tmp/x"),
                 ("ORDERD_TRUSTED_PROXIES", "[\"10.0.0.1\"]"),
                 ("OTHER", "1"),
+                ("ORDERD_LOG", "debug"), // the log filter, not a setting
             ]),
         )
         .unwrap();
