@@ -1,0 +1,850 @@
+//! `orderd-bench`: the capture benchmark.
+//!
+//! 1. Searches the highest rate of `POST /v1/orders` that orderd sustains (p99 capture latency
+//!    within the limit, almost no failures, the target rate achieved), open loop, with a mix of
+//!    order sizes; and the same for the HTTP ceiling (a bare axum server that only parses the
+//!    body), searches interleaved so both see the same machine.
+//! 2. Runs both at `--load-pct` % of their sustained max, several times, and reports medians.
+//! 3. Measures CPU per order for 1-line and 100-line orders at fixed rates, per thread group of
+//!    the daemon, and runs the same daemon repeatedly to show the effect of stored state.
+//! 4. Writes `report.json` and `report.md` to `--out`.
+//!
+//! `--quick` does all of it with short steps and one search in well under two minutes, so the
+//! test script can keep the benchmark from rotting. `orderd-bench ceiling` (hidden) is the
+//! ceiling server the benchmark spawns.
+
+mod findings;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use hyper::header::HeaderValue;
+use hyper::StatusCode;
+use orderd_benches::loadgen::{self, Criteria, RequestSource, StepConfig, StepResult};
+use orderd_benches::report::{
+    self, AgingPoint, CostRow, IssueCheck, Machine, Report, RunFigures, Setup, StepRecord,
+    TargetSummary, Timings,
+};
+use orderd_benches::search::RateSearch;
+use orderd_benches::server::{self, Ceiling, Daemon};
+use orderd_benches::workload::{BodyPool, Dataset, Mix, OrderSource};
+use orderd_benches::{ceiling, round_u64};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What the issue asks of orderd.
+pub const SUSTAINED_REQUIRED: u64 = 10_000;
+/// Bodies built per order size before the run.
+const BODIES_PER_CLASS: usize = 2_048;
+/// Length of the ceiling's stand-in bearer header until an orderd token is seen (a dev token
+/// with its `Bearer ` prefix is about this long).
+const FAKE_TOKEN_LEN: usize = 300;
+/// Lowest and highest rate a search tries.
+const RATE_MIN: u64 = 100;
+const RATE_MAX: u64 = 400_000;
+
+#[derive(Parser)]
+#[command(
+    name = "orderd-bench",
+    about = "Open-loop capture benchmark of orderd against the bare-HTTP ceiling",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP ceiling (the benchmark starts this itself) and print `listening ADDR`.
+    #[command(hide = true)]
+    Ceiling {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct RunArgs {
+    /// The orderd binary (default: `orderd` next to this binary).
+    #[arg(long)]
+    orderd: Option<PathBuf>,
+    /// Where report.json and report.md go.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// Short steps, one search, one run: well under two minutes.
+    #[arg(long)]
+    quick: bool,
+    /// Parent of the daemons' data directories (must be a real disk: fsync is measured).
+    #[arg(long)]
+    data_root: Option<PathBuf>,
+    /// Order sizes and their weights: LINES:PERCENT,...
+    #[arg(long, default_value = "1:70,10:25,100:5")]
+    mix: String,
+    #[arg(long, default_value_t = 2_000)]
+    skus: usize,
+    #[arg(long, default_value_t = 500)]
+    accounts: usize,
+    /// Keep-alive connections of the load generator.
+    #[arg(long, default_value_t = 512)]
+    connections: usize,
+    /// Threads of the load generator's runtime (1: a current-thread runtime). With one
+    /// thread the generator itself tops out near 25,000 requests/s on two cores and would
+    /// cap the ceiling; with two it reaches about 40,000.
+    #[arg(long, default_value_t = 2)]
+    client_threads: usize,
+    #[arg(long, default_value_t = 25.0)]
+    p99_max_ms: f64,
+    #[arg(long, default_value_t = 0.1)]
+    error_max_pct: f64,
+    #[arg(long, default_value_t = 95.0)]
+    achieved_min_pct: f64,
+    /// The runs' rate, in percent of the sustained max.
+    #[arg(long, default_value_t = 80)]
+    load_pct: u32,
+    /// Searches per target (default: 3; quick: 1).
+    #[arg(long)]
+    searches: Option<usize>,
+    /// Runs per target at the load rate (default: 3; quick: 1).
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Extra runs on the last run's daemon, to show the effect of stored orders (default: 2;
+    /// quick: 0).
+    #[arg(long)]
+    aging_runs: Option<usize>,
+    /// First rate of the first search.
+    #[arg(long, default_value_t = 2_000)]
+    start_rate: u64,
+    /// Use one orderd for every step instead of a fresh one per step (quick: always).
+    #[arg(long)]
+    reuse_daemon: bool,
+    /// Only orderd (no ceiling).
+    #[arg(long)]
+    skip_ceiling: bool,
+    /// Other processes may use this many cores during a step; a failing step above it is
+    /// repeated (up to --noise-retries times) once the machine is quiet again.
+    #[arg(long, default_value_t = 0.25)]
+    noise_max_cores: f64,
+    /// (default: 2; quick: 0)
+    #[arg(long)]
+    noise_retries: Option<usize>,
+    /// Instead of the benchmark: run orderd at this rate with the mix for --fixed-secs (for
+    /// profiling the daemon from outside, e.g. with perf).
+    #[arg(long)]
+    fixed_rate: Option<u64>,
+    #[arg(long, default_value_t = 30)]
+    fixed_secs: u64,
+    /// The target of --fixed-rate: orderd or ceiling.
+    #[arg(long, default_value = "orderd")]
+    fixed_target: String,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+/// Durations and search shape of a mode.
+struct Profile {
+    search_warmup: Duration,
+    search_window: Duration,
+    run_warmup: Duration,
+    run_window: Duration,
+    cost_window: Duration,
+    drain_max: Duration,
+    settle_max: Duration,
+    resolution: f64,
+    steps_max: usize,
+    searches: usize,
+    runs: usize,
+    aging_runs: usize,
+    noise_retries: usize,
+}
+
+impl Profile {
+    fn of(a: &RunArgs) -> Profile {
+        let s = Duration::from_secs;
+        let base = if a.quick {
+            Profile {
+                search_warmup: s(1),
+                search_window: s(2),
+                run_warmup: s(1),
+                run_window: s(3),
+                cost_window: s(2),
+                drain_max: s(2),
+                settle_max: s(1),
+                resolution: 0.3,
+                steps_max: 6,
+                searches: 1,
+                runs: 1,
+                aging_runs: 0,
+                noise_retries: 0,
+            }
+        } else {
+            Profile {
+                search_warmup: s(2),
+                search_window: s(6),
+                run_warmup: s(2),
+                run_window: s(10),
+                cost_window: s(6),
+                drain_max: s(5),
+                settle_max: s(10),
+                resolution: 0.05,
+                steps_max: 14,
+                searches: 3,
+                runs: 3,
+                aging_runs: 2,
+                noise_retries: 2,
+            }
+        };
+        Profile {
+            searches: a.searches.unwrap_or(base.searches).max(1),
+            runs: a.runs.unwrap_or(base.runs).max(1),
+            aging_runs: a.aging_runs.unwrap_or(base.aging_runs),
+            noise_retries: a.noise_retries.unwrap_or(base.noise_retries),
+            ..base
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Which {
+    Orderd,
+    Ceiling,
+}
+
+impl Which {
+    fn name(self) -> &'static str {
+        match self {
+            Which::Orderd => "orderd",
+            Which::Ceiling => "ceiling",
+        }
+    }
+}
+
+struct Bench {
+    args: RunArgs,
+    profile: Profile,
+    bin: PathBuf,
+    data_root: PathBuf,
+    dataset: Dataset,
+    pool: Arc<BodyPool>,
+    criteria: Criteria,
+    env: Vec<(String, String)>,
+    ceiling: Option<Ceiling>,
+    shared_daemon: Option<Daemon>,
+    /// Tokens of the same length as orderd's, for the ceiling (which ignores them).
+    ceiling_tokens: Vec<HeaderValue>,
+    steps: Vec<StepRecord>,
+    step_no: u64,
+    setup_times: Vec<f64>,
+    log_warnings: u64,
+    log_errors: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(Command::Ceiling { listen }) = cli.command {
+        return serve_ceiling(listen);
+    }
+    let args = cli.run;
+    let rt = if args.client_threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.client_threads)
+            .enable_all()
+            .build()?
+    };
+    rt.block_on(run(args))
+}
+
+fn serve_ceiling(listen: SocketAddr) -> anyhow::Result<()> {
+    // The benchmark holds our stdin open; end with it (see `server::Ceiling`).
+    std::thread::spawn(|| {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        std::process::exit(0);
+    });
+    // Same runtime shape as orderd's: multi-threaded, one worker per core.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        println!("listening {}", listener.local_addr()?);
+        std::io::Write::flush(&mut std::io::stdout())?;
+        ceiling::serve(listener).await?;
+        Ok(())
+    })
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let profile = Profile::of(&args);
+    let bin = match &args.orderd {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("this binary has no directory")?
+            .join("orderd"),
+    };
+    anyhow::ensure!(
+        bin.is_file(),
+        "no orderd binary at {} (build it with `cargo build --release -p orderd`, or pass --orderd)",
+        bin.display()
+    );
+    let dataset = Dataset {
+        skus: args.skus,
+        accounts: args.accounts.max(1),
+    };
+    let mix = Mix::parse(&args.mix, dataset.skus).map_err(|e| anyhow::anyhow!("--mix: {e}"))?;
+    let pool = Arc::new(BodyPool::build(&dataset, &mix, BODIES_PER_CLASS, args.seed));
+    let criteria = Criteria {
+        p99_max_ms: args.p99_max_ms,
+        error_max_ratio: args.error_max_pct / 100.0,
+        achieved_min_ratio: args.achieved_min_pct / 100.0,
+    };
+    // Generous bounds: the benchmark measures latency, not admission control. The open loop
+    // never has more than `connections` requests in flight anyway.
+    let inflight_total = (args.connections * 8).max(8_192);
+    let env = vec![
+        (
+            "ORDERD_LIMITS__INFLIGHT_TOTAL_MAX".to_owned(),
+            inflight_total.to_string(),
+        ),
+        (
+            "ORDERD_LIMITS__ACCOUNT_INFLIGHT_MAX".to_owned(),
+            inflight_total.to_string(),
+        ),
+    ];
+    // Not ORDERD_LOG: `Config::load` reads every ORDERD_* variable as a setting and refuses
+    // `log`, so the daemon would not start (the default filter is info, which is what we need).
+    let data_root = args.data_root.clone().unwrap_or_else(std::env::temp_dir);
+    let mut bench = Bench {
+        profile,
+        bin,
+        data_root,
+        dataset,
+        pool,
+        criteria,
+        env,
+        ceiling: None,
+        shared_daemon: None,
+        ceiling_tokens: fake_tokens(FAKE_TOKEN_LEN),
+        steps: vec![],
+        step_no: 0,
+        setup_times: vec![],
+        log_warnings: 0,
+        log_errors: 0,
+        args,
+    };
+    let report = bench.all(started).await?;
+    report.write(&bench.args.out)?;
+    println!("{}", report.markdown());
+    eprintln!(
+        "wrote {} and {}",
+        bench.args.out.join("report.json").display(),
+        bench.args.out.join("report.md").display()
+    );
+    Ok(())
+}
+
+impl Bench {
+    fn fresh_daemons(&self) -> bool {
+        !(self.args.quick || self.args.reuse_daemon)
+    }
+
+    async fn all(&mut self, started: Instant) -> anyhow::Result<Report> {
+        if let Some(rate) = self.args.fixed_rate {
+            let pool = self.pool.clone();
+            let window = Duration::from_secs(self.args.fixed_secs);
+            let warmup = self.profile.search_warmup;
+            eprintln!("load generator pid {}", std::process::id());
+            if self.args.fixed_target == "ceiling" {
+                let c = Ceiling::start()?;
+                eprintln!("ceiling pid {} listening on {}", c.pid, c.addr);
+                self.ceiling = Some(c);
+                self.step(Which::Ceiling, "fixed", rate, pool, warmup, window)
+                    .await?;
+            } else {
+                let mut d = self.take_daemon().await?;
+                eprintln!("orderd pid {} listening on {}", d.pid, d.addr);
+                let r = self
+                    .run_on(&mut d, "fixed", rate, pool, warmup, window)
+                    .await;
+                self.retire(d);
+                r?;
+            }
+            return Ok(self.report(started, BTreeMap::new(), vec![], vec![]));
+        }
+        let with_ceiling = !self.args.skip_ceiling;
+        if with_ceiling {
+            self.ceiling = Some(Ceiling::start()?);
+        }
+        // Searches, interleaved so both targets see the same machine. Later searches start
+        // near the first result and grow more gently.
+        let mut found: BTreeMap<&str, Vec<Option<u64>>> = BTreeMap::new();
+        for n in 1..=self.profile.searches {
+            for which in [Which::Orderd, Which::Ceiling] {
+                if which == Which::Ceiling && !with_ceiling {
+                    continue;
+                }
+                let first = found
+                    .get(which.name())
+                    .and_then(|v| v.first().copied().flatten());
+                let (start, growth) = match first {
+                    Some(f) => (round_u64(f as f64 * 0.85), 1.1),
+                    None => (self.args.start_rate, 2.0),
+                };
+                let best = self
+                    .search(which, &format!("search {n}"), start, growth)
+                    .await?;
+                eprintln!("== {} search {n}: sustained max {best:?}", which.name());
+                found.entry(which.name()).or_default().push(best);
+            }
+        }
+        let mut targets = BTreeMap::new();
+        for (name, searches) in &found {
+            let values: Vec<f64> = searches.iter().map(|s| s.unwrap_or(0) as f64).collect();
+            let sustained_max = Some(round_u64(report::median(&values))).filter(|m| *m > 0);
+            let load_rate = round_u64(
+                sustained_max.unwrap_or(RATE_MIN) as f64 * f64::from(self.args.load_pct) / 100.0,
+            )
+            .max(1);
+            targets.insert(
+                (*name).to_owned(),
+                TargetSummary {
+                    searches: searches.clone(),
+                    sustained_max,
+                    load_rate,
+                    runs: vec![],
+                    median: RunFigures::default(),
+                },
+            );
+        }
+        // Runs at the load rate; the last orderd daemon is kept for the aging runs.
+        let mut aging = vec![];
+        let mut kept: Option<Daemon> = None;
+        for r in 1..=self.profile.runs {
+            for which in [Which::Orderd, Which::Ceiling] {
+                let Some(rate) = targets.get(which.name()).map(|t| t.load_rate) else {
+                    continue;
+                };
+                let phase = format!("run {r} at {}%", self.args.load_pct);
+                let pool = self.pool.clone();
+                let (warmup, window) = (self.profile.run_warmup, self.profile.run_window);
+                let result = if which == Which::Orderd && r == self.profile.runs {
+                    let mut d = self.take_daemon().await?;
+                    let res = self
+                        .run_on(&mut d, &phase, rate, pool, warmup, window)
+                        .await;
+                    kept = Some(d);
+                    res?
+                } else {
+                    self.step(which, &phase, rate, pool, warmup, window).await?
+                };
+                if let Some(t) = targets.get_mut(which.name()) {
+                    t.runs.push(RunFigures::of(&result));
+                }
+            }
+        }
+        if let Some(mut d) = kept.take() {
+            let rate = targets.get("orderd").map_or(RATE_MIN, |t| t.load_rate);
+            for a in 1..=self.profile.aging_runs {
+                let before = d.orders_stored;
+                let pool = self.pool.clone();
+                let (warmup, window) = (self.profile.run_warmup, self.profile.run_window);
+                let r = self
+                    .run_on(&mut d, &format!("aging {a}"), rate, pool, warmup, window)
+                    .await?;
+                aging.push(AgingPoint {
+                    orders_stored_before: before,
+                    figures: RunFigures::of(&r),
+                });
+            }
+            self.give_back(d);
+        }
+        for t in targets.values_mut() {
+            t.median = RunFigures::median(&t.runs);
+        }
+        let costs = self.costs(&targets).await?;
+        if let Some(d) = self.shared_daemon.take() {
+            self.retire(d);
+        }
+        Ok(self.report(started, targets, costs, aging))
+    }
+
+    async fn search(
+        &mut self,
+        which: Which,
+        phase: &str,
+        start: u64,
+        growth: f64,
+    ) -> anyhow::Result<Option<u64>> {
+        let mut s = RateSearch::new(start, growth, RATE_MIN, RATE_MAX, self.profile.resolution);
+        s.steps_max = self.profile.steps_max;
+        while let Some(rate) = s.next() {
+            let pool = self.pool.clone();
+            let (warmup, window) = (self.profile.search_warmup, self.profile.search_window);
+            let r = self.step(which, phase, rate, pool, warmup, window).await?;
+            s.record(rate, r.verdict.pass);
+        }
+        Ok(s.best())
+    }
+
+    /// Fixed-rate runs with only 1-line and only N-line orders (N: the largest size of the
+    /// mix), against both targets at the same rates: CPU per order, per thread group.
+    async fn costs(
+        &mut self,
+        targets: &BTreeMap<String, TargetSummary>,
+    ) -> anyhow::Result<Vec<CostRow>> {
+        let sustained = targets
+            .get("orderd")
+            .and_then(|t| t.sustained_max)
+            .unwrap_or(1_000) as f64;
+        let mean_lines = self.pool.mix.mean_lines();
+        let largest = self
+            .pool
+            .mix
+            .classes
+            .iter()
+            .map(|c| c.lines)
+            .max()
+            .unwrap_or(1);
+        let mut sizes = vec![1];
+        if largest > 1 {
+            sizes.push(largest);
+        }
+        let mut rows = vec![];
+        for lines in sizes {
+            // Half the sustained max, scaled so both sizes carry about the same lines per second.
+            let rate = round_u64(0.5 * sustained * mean_lines.max(1.0) / lines as f64)
+                .max(50)
+                .min(round_u64(0.5 * sustained).max(50));
+            let pool = Arc::new(BodyPool::build(
+                &self.dataset,
+                &Mix::single(lines),
+                BODIES_PER_CLASS / 4,
+                self.args.seed ^ 0xC057,
+            ));
+            let body_bytes = pool.mean_body_bytes();
+            for which in [Which::Orderd, Which::Ceiling] {
+                if which == Which::Ceiling && self.ceiling.is_none() {
+                    continue;
+                }
+                let (warmup, window) = (self.profile.search_warmup, self.profile.cost_window);
+                let r = self
+                    .step(
+                        which,
+                        &format!("cost {lines}-line"),
+                        rate,
+                        pool.clone(),
+                        warmup,
+                        window,
+                    )
+                    .await?;
+                rows.push(findings::cost_row(which.name(), lines, body_bytes, &r));
+            }
+        }
+        Ok(rows)
+    }
+
+    async fn start_daemon(&mut self) -> anyhow::Result<Daemon> {
+        let d = Daemon::start(&self.bin, &self.data_root, &self.env, &self.dataset).await?;
+        self.setup_times.push(d.setup_s);
+        if let Some(len) = d.tokens.first().map(String::len) {
+            self.ceiling_tokens = fake_tokens(len);
+        }
+        Ok(d)
+    }
+
+    /// The shared daemon (reuse mode) or a fresh one.
+    async fn take_daemon(&mut self) -> anyhow::Result<Daemon> {
+        match self.shared_daemon.take() {
+            Some(d) if !self.fresh_daemons() => Ok(d),
+            Some(d) => {
+                self.retire(d);
+                self.start_daemon().await
+            }
+            None => self.start_daemon().await,
+        }
+    }
+
+    /// Keeps the daemon for the next step (reuse mode) or stops it.
+    fn give_back(&mut self, d: Daemon) {
+        if self.fresh_daemons() {
+            self.retire(d);
+        } else {
+            self.shared_daemon = Some(d);
+        }
+    }
+
+    fn retire(&mut self, d: Daemon) {
+        let log = d.log();
+        self.log_warnings += log.warnings;
+        self.log_errors += log.errors;
+        if log.errors > 0 {
+            eprintln!("orderd logged errors; last lines:");
+            for l in log.lines.iter().rev().take(5).rev() {
+                eprintln!("  {l}");
+            }
+        }
+    }
+
+    async fn step(
+        &mut self,
+        which: Which,
+        phase: &str,
+        rate: u64,
+        pool: Arc<BodyPool>,
+        warmup: Duration,
+        window: Duration,
+    ) -> anyhow::Result<StepResult> {
+        match which {
+            Which::Orderd => {
+                let mut d = self.take_daemon().await?;
+                let r = self.run_on(&mut d, phase, rate, pool, warmup, window).await;
+                self.give_back(d);
+                r
+            }
+            Which::Ceiling => {
+                let (addr, pid) = {
+                    let c = self.ceiling.as_ref().context("no ceiling server")?;
+                    (c.addr, c.pid)
+                };
+                let source = OrderSource {
+                    pool,
+                    tokens: self.ceiling_tokens.clone(),
+                    key_prefix: "b".to_owned(),
+                    seed: self.args.seed,
+                };
+                self.measure(
+                    Which::Ceiling,
+                    phase,
+                    addr,
+                    pid,
+                    Arc::new(source),
+                    rate,
+                    warmup,
+                    window,
+                )
+                .await
+            }
+        }
+    }
+
+    async fn run_on(
+        &mut self,
+        d: &mut Daemon,
+        phase: &str,
+        rate: u64,
+        pool: Arc<BodyPool>,
+        warmup: Duration,
+        window: Duration,
+    ) -> anyhow::Result<StepResult> {
+        let tokens = d
+            .tokens
+            .iter()
+            .map(|t| HeaderValue::from_str(t))
+            .collect::<Result<Vec<_>, _>>()?;
+        let source = OrderSource {
+            pool,
+            tokens,
+            key_prefix: "b".to_owned(),
+            seed: self.args.seed,
+        };
+        let r = self
+            .measure(
+                Which::Orderd,
+                phase,
+                d.addr,
+                d.pid,
+                Arc::new(source),
+                rate,
+                warmup,
+                window,
+            )
+            .await?;
+        // Everything sent that did not fail was stored (warm-up included).
+        let sent = round_u64(rate as f64 * (warmup + window).as_secs_f64());
+        d.orders_stored += sent.saturating_sub(r.error_count());
+        Ok(r)
+    }
+
+    #[allow(clippy::too_many_arguments)] // one step's whole description; a struct would only rename it
+    async fn measure(
+        &mut self,
+        which: Which,
+        phase: &str,
+        addr: SocketAddr,
+        pid: u32,
+        source: Arc<dyn RequestSource>,
+        rate: u64,
+        warmup: Duration,
+        window: Duration,
+    ) -> anyhow::Result<StepResult> {
+        let mix = source.class_labels().join("+");
+        let cfg = StepConfig {
+            rate,
+            warmup,
+            duration: window,
+            connections: self.args.connections,
+            drain_max: self.profile.drain_max,
+            expect: StatusCode::CREATED,
+            seq_base: 0,
+            disk: Some(self.data_root.clone()),
+        };
+        let mut attempt = 0;
+        let r = loop {
+            self.step_no += 1;
+            attempt += 1;
+            // Every attempt has its own numbers: a repeated step must not replay its keys.
+            let cfg = StepConfig {
+                seq_base: self.step_no << 32,
+                ..cfg.clone()
+            };
+            let (waited, quiet) =
+                server::settle(pid, self.args.noise_max_cores, self.profile.settle_max).await;
+            if !quiet {
+                eprintln!(
+                    "machine not quiet after {:.1} s (other processes busy); measuring anyway",
+                    waited.as_secs_f64()
+                );
+            }
+            let r =
+                loadgen::run_step(addr, source.clone(), &cfg, &self.criteria, Some(pid)).await?;
+            let noisy = r.other_cores.unwrap_or(0.0) > self.args.noise_max_cores;
+            if r.verdict.pass || !noisy || attempt > self.profile.noise_retries {
+                break r;
+            }
+            eprintln!(
+                "[{} {phase}] {rate}/s failed with {:.2} cores of other processes; repeating",
+                which.name(),
+                r.other_cores.unwrap_or(0.0)
+            );
+            self.steps.push(StepRecord {
+                target: which.name().to_owned(),
+                phase: format!("{phase} (noisy, repeated)"),
+                mix: label(&mix),
+                result: r,
+            });
+        };
+        eprintln!(
+            "[{} {phase}] {rate}/s: achieved {:.0}/s, p50 {:.2} p99 {:.2} p999 {:.2} ms, failed {}, server {:.2} cores, loadgen {:.2} cores, others {:.2} cores -> {}",
+            which.name(),
+            r.achieved_rate,
+            r.latency.p50_ms,
+            r.latency.p99_ms,
+            r.latency.p999_ms,
+            r.error_count(),
+            r.server_cpu.as_ref().map_or(0.0, |c| c.cores()),
+            r.loadgen_cpu.as_ref().map_or(0.0, |c| c.cores()),
+            r.other_cores.unwrap_or(0.0),
+            if r.verdict.pass {
+                "pass".to_owned()
+            } else {
+                format!("FAIL ({})", r.verdict.reasons.join("; "))
+            }
+        );
+        self.steps.push(StepRecord {
+            target: which.name().to_owned(),
+            phase: phase.to_owned(),
+            mix: label(&mix),
+            result: r.clone(),
+        });
+        Ok(r)
+    }
+
+    fn report(
+        &self,
+        started: Instant,
+        targets: BTreeMap<String, TargetSummary>,
+        costs: Vec<CostRow>,
+        aging: Vec<AgingPoint>,
+    ) -> Report {
+        let p = &self.profile;
+        let orderd_max = targets.get("orderd").and_then(|t| t.sustained_max);
+        let ceiling_max = targets.get("ceiling").and_then(|t| t.sustained_max);
+        let issue = IssueCheck {
+            sustained_required: SUSTAINED_REQUIRED,
+            p99_required_ms: self.args.p99_max_ms,
+            sustained_met: orderd_max.is_some_and(|m| m >= SUSTAINED_REQUIRED),
+            p99_at_load_met: targets.get("orderd").is_some_and(|t| {
+                !t.runs.is_empty() && t.median.p99_ms < self.args.p99_max_ms && t.median.errors == 0
+            }),
+            ceiling_goal_rate: ceiling_max.map(|c| c as f64 / 2.0),
+        };
+        let cost_fits = findings::fits(&costs);
+        let mut report = Report {
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+            mode: if self.args.quick { "quick" } else { "full" }.to_owned(),
+            unix_time: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            elapsed_s: started.elapsed().as_secs_f64(),
+            machine: Machine::read(),
+            setup: Setup {
+                dataset: self.dataset.clone(),
+                mix: self.pool.mix.clone(),
+                mix_description: self.pool.mix.describe(),
+                mean_lines_per_order: self.pool.mix.mean_lines(),
+                body_bytes_per_class: self
+                    .pool
+                    .mix
+                    .classes
+                    .iter()
+                    .map(|c| c.lines)
+                    .zip(self.pool.class_body_bytes())
+                    .collect(),
+                mean_body_bytes: self.pool.mean_body_bytes(),
+                connections: self.args.connections,
+                client_threads: self.args.client_threads.max(1),
+                daemon_env: self.env.clone(),
+                fresh_daemon_per_step: self.fresh_daemons(),
+                daemon_setup_s: report::median(&self.setup_times),
+                ceiling: "separate process (this binary's `ceiling` subcommand), multi-threaded tokio runtime with one worker per core like orderd; axum 0.8, `Json<PlaceBody>` with orderd's body shape, answers 201 + a small JSON body".to_owned(),
+                timings: Timings {
+                    search_warmup_s: p.search_warmup.as_secs_f64(),
+                    search_window_s: p.search_window.as_secs_f64(),
+                    run_warmup_s: p.run_warmup.as_secs_f64(),
+                    run_window_s: p.run_window.as_secs_f64(),
+                    drain_max_s: p.drain_max.as_secs_f64(),
+                },
+                criteria: self.criteria.clone(),
+                load_pct: self.args.load_pct,
+            },
+            sustained_ratio: orderd_max
+                .zip(ceiling_max)
+                .map(|(o, c)| o as f64 / c.max(1) as f64),
+            issue,
+            costs,
+            cost_fits,
+            aging,
+            findings: vec![],
+            daemon_log_warnings: self.log_warnings,
+            daemon_log_errors: self.log_errors,
+            steps: self.steps.clone(),
+            targets,
+        };
+        report.findings = findings::findings(&report, &self.steps);
+        report
+    }
+}
+
+/// `Bearer xxx...` values of `len` characters: the ceiling ignores them, but the requests it
+/// gets are as large as orderd's.
+fn fake_tokens(len: usize) -> Vec<HeaderValue> {
+    let fake = format!("Bearer {}", "x".repeat(len.saturating_sub(7)));
+    vec![HeaderValue::from_str(&fake).expect("ASCII is a valid header value"); 16]
+}
+
+fn label(classes: &str) -> String {
+    if classes.contains('+') {
+        "mix".to_owned()
+    } else {
+        classes.to_owned()
+    }
+}

@@ -1,0 +1,311 @@
+//! The processes under test: the real `orderd serve` binary on a fresh data directory (loaded
+//! with the benchmark's data set through the API), and the ceiling server (this binary's
+//! hidden `ceiling` subcommand). Both listen on 127.0.0.1 port 0 and report the bound address.
+
+use crate::loadgen::{self, Conn};
+use crate::procstat;
+use crate::workload::Dataset;
+use anyhow::{bail, Context};
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::{Request, StatusCode};
+use std::collections::VecDeque;
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a server may take to report its address.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Log lines of the daemon kept for error messages.
+const LOG_TAIL_MAX: usize = 50;
+
+/// What the daemon logged, beyond the start line.
+#[derive(Debug, Default, Clone)]
+pub struct LogTail {
+    pub lines: VecDeque<String>,
+    pub warnings: u64,
+    pub errors: u64,
+}
+
+/// A running `orderd serve`; killed (and its data directory deleted) on drop.
+pub struct Daemon {
+    child: Child,
+    pub pid: u32,
+    pub addr: SocketAddr,
+    pub log: Arc<Mutex<LogTail>>,
+    /// Buyer bearer tokens (`Bearer ...`), one per account, in account order.
+    pub tokens: Vec<String>,
+    /// Orders this daemon has stored so far (estimated by the benchmark).
+    pub orders_stored: u64,
+    /// Seconds from spawn to the data set loaded and tokens issued.
+    pub setup_s: f64,
+    _data: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Starts `bin` on a new directory under `data_root` with `env` added (every inherited
+    /// `ORDERD_*` variable is removed first), then imports `dataset` and issues tokens.
+    pub async fn start(
+        bin: &Path,
+        data_root: &Path,
+        env: &[(String, String)],
+        dataset: &Dataset,
+    ) -> anyhow::Result<Daemon> {
+        let started = Instant::now();
+        let data = tempfile::Builder::new()
+            .prefix("orderd-bench-")
+            .tempdir_in(data_root)
+            .with_context(|| format!("creating a data directory under {}", data_root.display()))?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("serve")
+            .arg("--data")
+            .arg(data.path())
+            .args(["--listen", "127.0.0.1:0", "--log-json", "--no-demo"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("ORDERD_")) {
+            cmd.env_remove(k);
+        }
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let stderr = child.stderr.take().context("no stderr pipe")?;
+        let log = Arc::new(Mutex::new(LogTail::default()));
+        let (tx, rx) = mpsc::channel();
+        let tail = log.clone();
+        std::thread::spawn(move || read_log(stderr, &tail, &tx));
+        let addr = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let lines = log.lock().map(|l| l.lines.clone()).unwrap_or_default();
+                bail!(
+                    "{} did not report `orderd listening` within {START_TIMEOUT:?}; its log:\n{}",
+                    bin.display(),
+                    lines.into_iter().collect::<Vec<_>>().join("\n")
+                );
+            }
+        };
+        let mut daemon = Daemon {
+            pid: child.id(),
+            child,
+            addr,
+            log,
+            tokens: vec![],
+            orders_stored: 0,
+            setup_s: 0.0,
+            _data: data,
+        };
+        daemon.tokens = load_dataset(addr, dataset)
+            .await
+            .with_context(|| format!("loading the data set into orderd at {addr}"))?;
+        daemon.setup_s = started.elapsed().as_secs_f64();
+        Ok(daemon)
+    }
+
+    pub fn log(&self) -> LogTail {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SIGKILL: the data directory is thrown away anyway.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Follows the daemon's JSON log: sends the bound address once, keeps a tail, counts
+/// warnings and errors.
+fn read_log(
+    stderr: std::process::ChildStderr,
+    tail: &Mutex<LogTail>,
+    tx: &mpsc::Sender<SocketAddr>,
+) {
+    // Warnings before the start line (the dev sign-in warning) are expected: not counted.
+    let mut listening = false;
+    for line in std::io::BufReader::new(stderr).lines() {
+        let Ok(line) = line else { break };
+        let parsed: Option<serde_json::Value> = serde_json::from_str(&line).ok();
+        if let Some(v) = &parsed {
+            if v["fields"]["message"] == "orderd listening" {
+                listening = true;
+                if let Some(addr) = v["fields"]["addr"].as_str().and_then(|a| a.parse().ok()) {
+                    let _ = tx.send(addr);
+                }
+            }
+        }
+        let level = parsed
+            .as_ref()
+            .and_then(|v| v["level"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let Ok(mut t) = tail.lock() else { break };
+        match level.as_str() {
+            "WARN" if listening => t.warnings += 1,
+            "ERROR" => t.errors += 1,
+            _ => {}
+        }
+        t.lines.push_back(line);
+        if t.lines.len() > LOG_TAIL_MAX {
+            t.lines.pop_front();
+        }
+    }
+}
+
+async fn request(
+    conn: &mut Conn,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    content_type: &str,
+    body: Bytes,
+) -> anyhow::Result<(StatusCode, Bytes)> {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(HOST, "orderd-bench")
+        .header(CONTENT_TYPE, content_type);
+    if let Some(t) = token {
+        req = req.header(AUTHORIZATION, t);
+    }
+    Ok(loadgen::call(conn, req.body(Full::new(body))?).await?)
+}
+
+async fn dev_token(conn: &mut Conn, claims: serde_json::Value) -> anyhow::Result<String> {
+    let (status, body) = request(
+        conn,
+        "POST",
+        "/v1/dev/token",
+        None,
+        "application/json",
+        Bytes::from(claims.to_string()),
+    )
+    .await?;
+    if status != StatusCode::OK {
+        bail!(
+            "POST /v1/dev/token {claims}: {status} {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body)?;
+    let token = v["access_token"]
+        .as_str()
+        .context("no access_token in the answer")?;
+    Ok(format!("Bearer {token}"))
+}
+
+/// Imports the data set as an operator and returns one buyer token per account.
+async fn load_dataset(addr: SocketAddr, dataset: &Dataset) -> anyhow::Result<Vec<String>> {
+    let mut conn = loadgen::connect(addr).await?;
+    let operator = dev_token(
+        &mut conn,
+        serde_json::json!({"user": "bench", "roles": ["operator"]}),
+    )
+    .await?;
+    for (kind, csv) in dataset.imports() {
+        let path = format!("/v1/admin/import/{kind}");
+        let (status, body) = request(
+            &mut conn,
+            "POST",
+            &path,
+            Some(&operator),
+            "text/csv",
+            Bytes::from(csv),
+        )
+        .await?;
+        if status != StatusCode::OK {
+            bail!("POST {path}: {status} {}", String::from_utf8_lossy(&body));
+        }
+    }
+    let mut tokens = Vec::with_capacity(dataset.accounts);
+    for i in 0..dataset.accounts {
+        let claims = serde_json::json!({
+            "account": Dataset::account(i), "user": "bench-buyer", "roles": ["buyer"]
+        });
+        tokens.push(dev_token(&mut conn, claims).await?);
+    }
+    Ok(tokens)
+}
+
+/// The ceiling server as a child process of this binary; killed on drop.
+pub struct Ceiling {
+    child: Child,
+    _stdin: Option<std::process::ChildStdin>,
+    pub pid: u32,
+    pub addr: SocketAddr,
+}
+
+impl Ceiling {
+    pub fn start() -> anyhow::Result<Ceiling> {
+        let exe = std::env::current_exe().context("finding this binary")?;
+        // Its stdin is a pipe it watches: when this process ends, however it ends, the pipe
+        // closes and the ceiling exits instead of lingering.
+        let mut child = Command::new(exe)
+            .args(["ceiling", "--listen", "127.0.0.1:0"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting the ceiling server")?;
+        let stdout = child.stdout.take().context("no stdout pipe")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut first = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut first);
+            let _ = tx.send(first);
+        });
+        let line = rx.recv_timeout(START_TIMEOUT).unwrap_or_default();
+        let Some(addr) = line
+            .trim()
+            .strip_prefix("listening ")
+            .and_then(|a| a.parse().ok())
+        else {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the ceiling server did not report its address (got {line:?})");
+        };
+        Ok(Ceiling {
+            pid: child.id(),
+            _stdin: child.stdin.take(),
+            child,
+            addr,
+        })
+    }
+}
+
+impl Drop for Ceiling {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `pid` uses under 5 % of a core over 500 ms (work left from an earlier step is
+/// done) and every other process together uses under `others_max` cores (the machine is
+/// quiet), at most `max`. Returns how long it took and whether it got quiet.
+pub async fn settle(pid: u32, others_max: f64, max: Duration) -> (Duration, bool) {
+    let started = Instant::now();
+    while started.elapsed() < max {
+        let (Ok(a), Ok(ma)) = (procstat::sample(Some(pid)), procstat::machine()) else {
+            break;
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (Ok(b), Ok(mb)) = (procstat::sample(Some(pid)), procstat::machine()) else {
+            break;
+        };
+        let server = procstat::delta(&a, &b).cores();
+        let busy = procstat::machine_cores(&ma, &mb).0;
+        if server < 0.05 && busy - server < others_max {
+            return (started.elapsed(), true);
+        }
+    }
+    (started.elapsed(), false)
+}
