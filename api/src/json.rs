@@ -17,6 +17,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     async fn from_request(req: Request, state: &S) -> Result<Json<T>, ApiError> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(Json(v)),
+            Err(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::bad_request("body_too_large", e.body_text()))
+            }
             Err(e) => Err(ApiError::bad_request("malformed_body", e.body_text())),
         }
     }
@@ -39,8 +42,9 @@ impl<S: Send + Sync, T: DeserializeOwned> axum::extract::OptionalFromRequest<S> 
     }
 }
 
-/// Refuses JSON bodies above `max` by their declared length before reading them; streamed
-/// bodies are capped by the route's `DefaultBodyLimit`.
+/// Refuses JSON bodies above `max`: at once by their declared length, and a body without one
+/// (chunked) is cut off while it is read, so reading it fails instead of buffering more.
+/// CSV imports have their own, larger limit (the router's `DefaultBodyLimit`).
 pub async fn limit_json_body(req: Request, next: Next, max: usize) -> Response {
     let is_import = req.uri().path().starts_with("/v1/admin/import/");
     let declared = req
@@ -55,5 +59,9 @@ pub async fn limit_json_body(req: Request, next: Next, max: usize) -> Response {
         )
         .into_response();
     }
+    if is_import {
+        return next.run(req).await;
+    }
+    let req = req.map(|body| axum::body::Body::new(http_body_util::Limited::new(body, max)));
     next.run(req).await
 }

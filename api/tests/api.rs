@@ -854,3 +854,50 @@ async fn openapi_lists_routes() {
         StatusCode::OK
     );
 }
+
+// A JSON body above the limit is refused whether it declares its length or streams without one.
+#[tokio::test]
+async fn oversized_json_bodies_are_refused() {
+    let api = api().await;
+    let a = api.token(Some("A"), "ann", &["buyer"], None).await;
+    let big = format!(
+        "{{\"lines\":[],\"customer_po\":\"{}\"}}",
+        "x".repeat(2 << 20)
+    );
+    let declared = api
+        .call(
+            "POST",
+            "/v1/orders",
+            Some(&a),
+            Some(serde_json::from_str(&big).unwrap()),
+            &[],
+        )
+        .await;
+    assert_eq!(declared.status, StatusCode::BAD_REQUEST);
+    assert_eq!(declared.body["code"], "body_too_large");
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = big
+        .into_bytes()
+        .chunks(64 << 10)
+        .map(|c| Ok(c.to_vec()))
+        .collect();
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/orders")
+        .header("authorization", format!("Bearer {a}"))
+        .header("content-type", "application/json")
+        .body(Body::from_stream(futures_stream(chunks)))
+        .unwrap();
+    assert!(req.headers().get("content-length").is_none());
+    let resp = router(api.state.clone()).oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let body: Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["code"], "body_too_large", "{body:?}");
+}
+
+/// A body stream of the given chunks, without a declared length.
+fn futures_stream(
+    chunks: Vec<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    futures_util::stream::iter(chunks)
+}
