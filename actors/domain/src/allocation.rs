@@ -21,9 +21,6 @@ pub struct PlanInput<'a> {
     pub allow_split: bool,
 }
 
-/// The stock each planned line takes, per warehouse, in stock units (kits as components).
-pub type StockDemand = HashMap<WarehouseId, Vec<(Sku, u64)>>;
-
 /// Plans every line. Availability is consumed as lines are planned, so two lines of one SKU
 /// cannot both count the same units. Returns allocations per line (same order as `lines`).
 pub fn plan(
@@ -116,22 +113,6 @@ pub fn plan(
     } else {
         Err(problems)
     }
-}
-
-/// Stock units each warehouse must hold for these allocations.
-pub fn stock_demand(catalog: &Catalog, lines: &[(Sku, &[Allocation])]) -> StockDemand {
-    let mut out: StockDemand = HashMap::new();
-    for (sku, allocs) in lines {
-        let Some(item) = catalog.get(sku) else {
-            continue;
-        };
-        for a in allocs.iter().filter(|a| !a.shipped) {
-            out.entry(a.warehouse.clone())
-                .or_default()
-                .extend(item.stock_demand(a.qty));
-        }
-    }
-    out
 }
 
 /// Warehouses in order of preference: those serving the requested speed to the ship-to, fastest
