@@ -6,7 +6,9 @@ use crate::records;
 use crate::warehouse::WarehouseHandle;
 use crate::ActorError;
 use arc_swap::ArcSwap;
+use orderd_domain::allocation::Availability;
 use orderd_domain::catalog::{Catalog, CatalogItem};
+use orderd_domain::ids::Sku;
 use orderd_domain::ids::WarehouseId;
 use orderd_domain::pricing::{PriceBook, PriceEntry};
 use orderd_domain::warehouse::Warehouse;
@@ -20,6 +22,27 @@ pub struct Snapshot {
     pub prices: PriceBook,
     pub warehouses: Vec<Warehouse>,
     pub handles: BTreeMap<WarehouseId, WarehouseHandle>,
+}
+
+impl Snapshot {
+    /// Free stock, per warehouse, of every SKU these items are held as (a kit as its
+    /// components), asked of each warehouse once.
+    pub async fn free_stock<'a>(
+        &self,
+        items: impl IntoIterator<Item = &'a CatalogItem>,
+    ) -> Result<Availability, ActorError> {
+        let mut skus: Vec<Sku> = items
+            .into_iter()
+            .flat_map(|item| item.stock_demand(1).into_iter().map(|(s, _)| s))
+            .collect();
+        skus.sort();
+        skus.dedup();
+        let mut out = Availability::new();
+        for (id, handle) in &self.handles {
+            out.insert(id.clone(), handle.availability(skus.clone()).await?);
+        }
+        Ok(out)
+    }
 }
 
 #[derive(Clone, Default)]

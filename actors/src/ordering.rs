@@ -31,7 +31,7 @@ use orderd_domain::{credit, Decimal};
 use orderd_storage::Batch;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 type Flow<T> = Result<Result<T, Rejection>, ActorError>;
 /// Stock per warehouse, in stock units (kits as components).
@@ -196,18 +196,11 @@ async fn availability(
     checked: &Checked,
     exclude: Option<&Order>,
 ) -> Result<Availability, ActorError> {
-    let mut skus: Vec<Sku> = checked
+    let items = checked
         .lines
         .iter()
-        .filter_map(|l| snap.catalog.get(&l.sku))
-        .flat_map(|item| item.stock_demand(1).into_iter().map(|(s, _)| s))
-        .collect();
-    skus.sort();
-    skus.dedup();
-    let mut out: Availability = HashMap::new();
-    for (id, handle) in &snap.handles {
-        out.insert(id.clone(), handle.availability(skus.clone()).await?);
-    }
+        .filter_map(|l| snap.catalog.get(&l.sku));
+    let mut out = snap.free_stock(items).await?;
     if let Some(order) = exclude {
         for (w, demand) in order.stock_demand() {
             let stock = out.entry(w).or_default();

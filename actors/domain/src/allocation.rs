@@ -21,6 +21,16 @@ pub struct PlanInput<'a> {
     pub allow_split: bool,
 }
 
+/// Whole units of an item that `free` stock can make: `per_unit` is the item's stock demand
+/// for one unit (itself, or a kit's components), so a kit counts the fewest any component allows.
+pub fn whole_units(per_unit: &[(Sku, u64)], free: Option<&HashMap<Sku, u64>>) -> u64 {
+    per_unit
+        .iter()
+        .map(|(sku, q)| free.and_then(|s| s.get(sku)).copied().unwrap_or(0) / (*q).max(1))
+        .min()
+        .unwrap_or(0)
+}
+
 /// Plans every line. Availability is consumed as lines are planned, so two lines of one SKU
 /// cannot both count the same units. Returns allocations per line (same order as `lines`).
 pub fn plan(
@@ -39,14 +49,7 @@ pub fn plan(
             continue;
         };
         let per_unit = item.stock_demand(1);
-        let fillable = |avail: &Availability, w: &WarehouseId| -> u64 {
-            let stock = avail.get(w);
-            per_unit
-                .iter()
-                .map(|(sku, q)| stock.and_then(|s| s.get(sku)).copied().unwrap_or(0) / q.max(&1))
-                .min()
-                .unwrap_or(0)
-        };
+        let fillable = |avail: &Availability, w: &WarehouseId| whole_units(&per_unit, avail.get(w));
         let qty = u64::from(line.qty);
         let candidates: Vec<&WarehouseId> = match &line.requested_warehouse {
             Some(w) => vec![w],

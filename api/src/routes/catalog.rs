@@ -10,8 +10,9 @@ use axum::Json;
 use orderd_actors::account::AccountMsg;
 use orderd_actors::audit::today;
 use orderd_domain::account::Account;
+use orderd_domain::allocation::whole_units;
 use orderd_domain::catalog::CatalogItem;
-use orderd_domain::ids::{Sku, WarehouseId};
+use orderd_domain::ids::Sku;
 use orderd_domain::pricing::Tier;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -125,16 +126,7 @@ async fn views(
     items: Vec<CatalogItem>,
 ) -> ApiResult<Vec<ItemView>> {
     let snap = s.engine.catalog.load();
-    let mut skus: Vec<Sku> = items
-        .iter()
-        .flat_map(|i| i.stock_demand(1).into_iter().map(|(s, _)| s))
-        .collect();
-    skus.sort();
-    skus.dedup();
-    let mut free: BTreeMap<WarehouseId, std::collections::HashMap<Sku, u64>> = BTreeMap::new();
-    for (id, h) in &snap.handles {
-        free.insert(id.clone(), h.availability(skus.clone()).await?);
-    }
+    let free = snap.free_stock(&items).await?;
     let day = today();
     Ok(items
         .into_iter()
@@ -149,14 +141,7 @@ async fn views(
             let per_unit = item.stock_demand(1);
             let available = free
                 .iter()
-                .map(|(w, stock)| {
-                    let units = per_unit
-                        .iter()
-                        .map(|(sku, q)| stock.get(sku).copied().unwrap_or(0) / q.max(&1))
-                        .min()
-                        .unwrap_or(0);
-                    (w.to_string(), units)
-                })
+                .map(|(w, stock)| (w.to_string(), whole_units(&per_unit, Some(stock))))
                 .collect();
             ItemView {
                 price_level: entry.map(|e| e.level.name().to_owned()),
