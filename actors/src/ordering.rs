@@ -434,10 +434,11 @@ pub async fn place(
     channel: Channel,
     submit: bool,
 ) -> Flow<crate::ordering::Placed> {
-    let digest = request_digest(&req, from_cart, submit, channel);
-    if let Some(k) = &key {
+    // The request's digest matters only to remember or compare a key: no key, no hashing.
+    let key = key.map(|k| (k, request_digest(&req, from_cart, submit, channel)));
+    if let Some((k, digest)) = &key {
         if let Some(rec) = st.idempotency.by_key.get(k) {
-            if rec.request_digest != digest {
+            if rec.request_digest != *digest {
                 return Ok(Err(Rejection::IdempotencyMismatch(k.to_string())));
             }
             let order = st.orders.get(&rec.order).cloned().ok_or_else(|| {
@@ -501,7 +502,7 @@ pub async fn place(
     }
     let evicted = key
         .as_ref()
-        .and_then(|k| remember_key(st, &mut batch, k, digest, &id));
+        .and_then(|(k, digest)| remember_key(st, &mut batch, k, *digest, &id));
     if from_cart {
         batch.put(
             records::cart_key(&st.account.id),
@@ -518,7 +519,7 @@ pub async fn place(
     if order.state == OrderState::Allocated {
         for_each_warehouse(st, &order.warehouses(), |h| h.allocate(id.clone()))?;
     }
-    if let Some(k) = key {
+    if let Some((k, digest)) = key {
         apply_key(st, k, digest, &id, evicted);
     }
     if from_cart {
