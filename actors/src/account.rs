@@ -8,13 +8,13 @@ use crate::audit::Caller;
 use crate::catalog::CatalogStore;
 use crate::order_book::OrderBook;
 use crate::ordering::{self, Amendment, Placed, Preview};
-use crate::records::{self, IdempotencyRecord};
+use crate::records;
 use crate::Limits;
 use orderd_domain::account::Account;
 use orderd_domain::cart::Cart;
 use orderd_domain::ids::{AccountId, IdempotencyKey, OrderId, Sku, WarehouseId};
 use orderd_domain::money::Money;
-use orderd_domain::order::{Channel, Order, OrderState};
+use orderd_domain::order::{Channel, Order, OrderState, PlacedWith, RequestDigest};
 use orderd_domain::rejection::Rejection;
 use orderd_domain::validation::OrderRequest;
 use orderd_domain::Decimal;
@@ -152,12 +152,54 @@ pub struct AccountArgs {
     pub retire: Box<dyn Fn() -> bool + Send + Sync>,
 }
 
-/// The bounded, persisted map of recent idempotency keys.
+/// The account's most recent idempotency keys, at most `limits.idempotency_keys_max`, oldest
+/// first. Not stored on its own: each key is part of the order it placed
+/// ([`Order::idempotency`]), and the map is rebuilt from the orders.
 #[derive(Default)]
 pub struct IdempotencyMap {
-    pub by_key: HashMap<IdempotencyKey, IdempotencyRecord>,
-    pub oldest_first: VecDeque<IdempotencyKey>,
-    pub next_n: u64,
+    by_key: HashMap<IdempotencyKey, (RequestDigest, OrderId)>,
+    oldest_first: VecDeque<IdempotencyKey>,
+}
+
+impl IdempotencyMap {
+    /// The newest `limit` keys of `orders`. Order ids are UUIDv7, so their order is the order
+    /// in which the orders were placed.
+    pub fn from_orders<'a>(orders: impl Iterator<Item = &'a Order>, limit: usize) -> Self {
+        let mut placed: Vec<(&OrderId, &PlacedWith)> = orders
+            .filter_map(|o| o.idempotency.as_ref().map(|p| (&o.id, p)))
+            .collect();
+        placed.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        let mut map = IdempotencyMap::default();
+        for (order, p) in placed.into_iter().rev().take(limit).rev() {
+            map.remember(p.key.clone(), p.request_digest, order.clone(), limit);
+        }
+        map
+    }
+
+    /// The digest of the request that used `key`, and the order it placed.
+    pub fn get(&self, key: &IdempotencyKey) -> Option<&(RequestDigest, OrderId)> {
+        self.by_key.get(key)
+    }
+
+    /// Remembers a key that just placed `order`, forgetting the oldest beyond `limit`.
+    pub fn remember(
+        &mut self,
+        key: IdempotencyKey,
+        digest: RequestDigest,
+        order: OrderId,
+        limit: usize,
+    ) {
+        if self.by_key.insert(key.clone(), (digest, order)).is_none() {
+            self.oldest_first.push_back(key);
+        }
+        while self.by_key.len() > limit.max(1) {
+            match self.oldest_first.pop_front() {
+                Some(old) => self.by_key.remove(&old),
+                None => break,
+            };
+        }
+        debug_assert_eq!(self.by_key.len(), self.oldest_first.len());
+    }
 }
 
 pub struct AccountState {
@@ -214,7 +256,9 @@ impl Actor for AccountActor {
         let id = args.id.clone();
         // Loading scans the journal: keep it off the async workers.
         let loaded = tokio::task::spawn_blocking(move || load(&journal, &id)).await??;
-        let (account, cart, orders, idempotency) = loaded;
+        let (account, cart, orders) = loaded;
+        let idempotency =
+            IdempotencyMap::from_orders(orders.values(), args.limits.idempotency_keys_max);
         let period = std::time::Duration::from_millis(args.limits.account_idle_ms.max(100) / 2);
         me.send_interval(period, || AccountMsg::IdleTick);
         tracing::debug!(account.id = %args.id, orders = orders.len(), "account started");
@@ -404,7 +448,7 @@ impl Actor for AccountActor {
     }
 }
 
-type Loaded = (Account, Cart, OrderBook, IdempotencyMap);
+type Loaded = (Account, Cart, OrderBook);
 
 fn load(journal: &Journal, id: &AccountId) -> Result<Loaded, ActorProcessingErr> {
     let account: Account = records::load_one(journal, &records::account_key(id))?
@@ -414,16 +458,5 @@ fn load(journal: &Journal, id: &AccountId) -> Result<Loaded, ActorProcessingErr>
         journal,
         &records::order_prefix(id),
     )?);
-    let mut keys: Vec<IdempotencyRecord> =
-        records::load_all(journal, &records::idempotency_prefix(id))?;
-    keys.sort_by_key(|k| k.n);
-    let mut idempotency = IdempotencyMap {
-        next_n: keys.last().map_or(0, |k| k.n + 1),
-        ..Default::default()
-    };
-    for k in keys {
-        idempotency.oldest_first.push_back(k.key.clone());
-        idempotency.by_key.insert(k.key.clone(), k);
-    }
-    Ok((account, cart, orders, idempotency))
+    Ok((account, cart, orders))
 }

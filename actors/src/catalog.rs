@@ -26,11 +26,8 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Free stock, per warehouse, of every SKU these items are held as (a kit as its
-    /// components), asked of each warehouse once.
-    pub async fn free_stock<'a>(
-        &self,
-        items: impl IntoIterator<Item = &'a CatalogItem>,
-    ) -> Result<Availability, ActorError> {
+    /// components), read from each warehouse's shared view (no message).
+    pub fn free_stock<'a>(&self, items: impl IntoIterator<Item = &'a CatalogItem>) -> Availability {
         let mut skus: Vec<Sku> = items
             .into_iter()
             .flat_map(|item| item.stock_demand(1).into_iter().map(|(s, _)| s))
@@ -39,9 +36,9 @@ impl Snapshot {
         skus.dedup();
         let mut out = Availability::new();
         for (id, handle) in &self.handles {
-            out.insert(id.clone(), handle.availability(skus.clone()).await?);
+            out.insert(id.clone(), handle.free(&skus));
         }
-        Ok(out)
+        out
     }
 }
 

@@ -291,6 +291,7 @@ async fn spawn_warehouse(
             journal: journal.clone(),
             on_hand,
             holdings,
+            free: Default::default(),
         },
         limits,
     )

@@ -1,53 +1,129 @@
-//! Events written to the outbox with every order change: CloudEvents 1.0 JSON. The per-order
-//! `sequence` is the order's version, so consumers can order and deduplicate.
+//! Events written to the outbox with every order change.
+//!
+//! The journal stores each event compactly ([`OrderChanged`], postcard): what changed and no
+//! more, because every stored byte is written and flushed on the capture path. The outbox relay
+//! renders it as a CloudEvents 1.0 JSON document ([`render`]) when it hands it on. The event id
+//! is `<order>.<sequence>`, where the per-order `sequence` is the order's version, so the same
+//! change always renders with the same id and consumers can order and deduplicate by it.
 
-use orderd_domain::order::Order;
-use serde::Serialize;
+use orderd_domain::ids::{AccountId, OrderId, Sku};
+use orderd_domain::money::Money;
+use orderd_domain::order::{Allocation, LineStatus, Order, OrderState};
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Serialize)]
-pub struct CloudEvent<'a, T: Serialize> {
-    pub specversion: &'static str,
-    pub id: String,
-    pub source: &'static str,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub subject: String,
+/// The stored form of an order event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderChanged {
+    pub account: AccountId,
+    pub order: OrderId,
+    /// The state after the change.
+    pub state: OrderState,
+    /// The order's version after the change: 1 for a new order, +1 per change.
+    pub sequence: u32,
+    /// Every state the order moved through in this change, in order (empty: no move).
+    pub transitions: Vec<String>,
+    /// When the change was made (RFC 3339).
     pub time: String,
-    pub datacontenttype: &'static str,
-    pub data: &'a T,
+    pub total: Money,
+    pub lines: Vec<LineChanged>,
 }
 
-#[derive(Debug, Serialize)]
-pub struct OrderEventData<'a> {
-    pub account: &'a str,
-    pub order: &'a str,
-    pub state: &'static str,
-    pub sequence: u32,
-    pub transitions: &'a [&'static str],
-    pub total: &'a orderd_domain::money::Money,
-    pub lines: &'a [orderd_domain::order::OrderLine],
+/// A line as an event shows it: what a warehouse or a customer system acts on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineChanged {
+    pub line_no: u32,
+    pub sku: Sku,
+    pub qty: u32,
+    pub status: LineStatus,
+    pub line_total: Money,
+    pub allocations: Vec<Allocation>,
 }
 
 /// The outbox payload for a change of `order` (after the change).
 pub fn order_event(order: &Order, transitions: &[&'static str]) -> Vec<u8> {
-    let data = OrderEventData {
-        account: order.account.as_str(),
-        order: order.id.as_str(),
-        state: order.state.as_str(),
+    crate::records::encode(&OrderChanged {
+        account: order.account.clone(),
+        order: order.id.clone(),
+        state: order.state,
         sequence: order.version,
-        transitions,
-        total: &order.total,
-        lines: &order.lines,
-    };
+        transitions: transitions.iter().map(|t| (*t).to_owned()).collect(),
+        time: order.updated_at.clone(),
+        total: order.total,
+        lines: order
+            .lines
+            .iter()
+            .map(|l| LineChanged {
+                line_no: l.line_no,
+                sku: l.sku.clone(),
+                qty: l.qty,
+                status: l.status,
+                line_total: l.line_total,
+                allocations: l.allocations.clone(),
+            })
+            .collect(),
+    })
+}
+
+#[derive(Debug, Serialize)]
+struct CloudEvent<'a> {
+    specversion: &'static str,
+    id: String,
+    source: &'static str,
+    #[serde(rename = "type")]
+    kind: String,
+    subject: String,
+    time: &'a str,
+    datacontenttype: &'static str,
+    data: &'a OrderChanged,
+}
+
+/// Decodes a stored event.
+pub fn decode(payload: &[u8]) -> Result<OrderChanged, orderd_storage::StorageError> {
+    crate::records::decode(b"outbox event", payload)
+}
+
+/// The CloudEvents 1.0 JSON document of a stored event.
+pub fn render(event: &OrderChanged) -> Vec<u8> {
     let ev = CloudEvent {
         specversion: "1.0",
-        id: uuid::Uuid::now_v7().to_string(),
+        id: format!("{}.{}", event.order, event.sequence),
         source: "orderd",
-        kind: format!("orderd.order.{}", order.state.as_str()),
-        subject: format!("orders/{}/{}", order.account, order.id),
-        time: crate::audit::now_rfc3339(),
+        kind: format!("orderd.order.{}", event.state.as_str()),
+        subject: format!("orders/{}/{}", event.account, event.order),
+        time: &event.time,
         datacontenttype: "application/json",
-        data: &data,
+        data: event,
     };
     serde_json::to_vec(&ev).expect("plain data always encodes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // What is stored is what renders: the rendered JSON carries every field of the change, and
+    // the id is stable for the same change.
+    #[test]
+    fn stored_event_renders_as_cloudevent() {
+        let ev = OrderChanged {
+            account: AccountId::parse("ACME").unwrap(),
+            order: OrderId::parse("o-1").unwrap(),
+            state: OrderState::Allocated,
+            sequence: 3,
+            transitions: vec!["confirmed".into(), "allocated".into()],
+            time: "2026-11-22T10:00:00Z".into(),
+            total: Money::zero(orderd_domain::money::Currency::parse("EUR").unwrap()),
+            lines: vec![],
+        };
+        let stored = crate::records::encode(&ev);
+        let back = decode(&stored).unwrap();
+        assert_eq!(back, ev);
+        let json: serde_json::Value = serde_json::from_slice(&render(&back)).unwrap();
+        assert_eq!(json["id"], "o-1.3");
+        assert_eq!(json["type"], "orderd.order.allocated");
+        assert_eq!(json["subject"], "orders/ACME/o-1");
+        assert_eq!(json["data"]["sequence"], 3);
+        assert_eq!(json["data"]["transitions"][1], "allocated");
+        assert_eq!(render(&back), render(&ev));
+    }
 }

@@ -14,7 +14,7 @@ use crate::account::{AccountState, CreditView};
 use crate::audit::{today, AuditEntry, Caller};
 use crate::catalog::Snapshot;
 use crate::events::order_event;
-use crate::records::{self, IdempotencyRecord};
+use crate::records;
 use crate::ActorError;
 use orderd_domain::account::{Account, Role};
 use orderd_domain::allocation::{plan, Availability, PlanInput};
@@ -22,7 +22,9 @@ use orderd_domain::approval::{self, Submitter};
 use orderd_domain::cart::{Cart, CartError};
 use orderd_domain::ids::{IdempotencyKey, OrderId, ShipToId, Sku, WarehouseId};
 use orderd_domain::money::Money;
-use orderd_domain::order::{Allocation, Channel, LineStatus, Order, OrderLine, OrderState};
+use orderd_domain::order::{
+    Allocation, Channel, LineStatus, Order, OrderLine, OrderState, PlacedWith, RequestDigest,
+};
 use orderd_domain::rejection::Rejection;
 use orderd_domain::validation::{
     check_order, Checked, LineRequest, OrderRequest, PricingContext, Problem, ProblemCode,
@@ -142,7 +144,7 @@ async fn evaluate(
     let mut problems = checked.problems.clone();
     let mut allocations = None;
     if let (Some(ship_to), false) = (&checked.ship_to, checked.lines.is_empty()) {
-        let available = availability(&snap, &checked, exclude).await?;
+        let available = availability(&snap, &checked, exclude);
         let input = PlanInput {
             catalog: &snap.catalog,
             warehouses: &snap.warehouses,
@@ -191,16 +193,12 @@ async fn evaluate(
 
 /// Free stock for the order's SKUs in every warehouse, plus what `exclude` already holds
 /// (an amended order may reuse its own reservation).
-async fn availability(
-    snap: &Snapshot,
-    checked: &Checked,
-    exclude: Option<&Order>,
-) -> Result<Availability, ActorError> {
+fn availability(snap: &Snapshot, checked: &Checked, exclude: Option<&Order>) -> Availability {
     let items = checked
         .lines
         .iter()
         .filter_map(|l| snap.catalog.get(&l.sku));
-    let mut out = snap.free_stock(items).await?;
+    let mut out = snap.free_stock(items);
     if let Some(order) = exclude {
         for (w, demand) in order.stock_demand() {
             let stock = out.entry(w).or_default();
@@ -209,7 +207,7 @@ async fn availability(
             }
         }
     }
-    Ok(out)
+    out
 }
 
 fn build_lines(
@@ -276,10 +274,13 @@ fn deltas(old: &Demand, new: &Demand) -> (Demand, Demand) {
 
 /// Reserves `grow` in every warehouse, or nothing: a shortage (stock taken since planning)
 /// releases what was reserved and comes back as an `out_of_stock` problem.
-async fn reserve(
+/// Takes `grow` for the order in every warehouse, all or nothing: reserved, or with `allocate`
+/// allocated at once (an order confirmed by this change).
+async fn hold(
     st: &AccountState,
     order: &OrderId,
     grow: &Demand,
+    allocate: bool,
 ) -> Result<Result<(), Problem>, ActorError> {
     let snap = st.catalog.load();
     let mut done: Vec<&WarehouseId> = Vec::new();
@@ -289,7 +290,12 @@ async fn reserve(
             .get(w)
             .ok_or_else(|| ActorError::Invariant(format!("no warehouse {w}")))?;
         match handle
-            .reserve(order.clone(), st.account.id.clone(), demand.clone())
+            .hold(
+                order.clone(),
+                st.account.id.clone(),
+                demand.clone(),
+                allocate,
+            )
             .await?
         {
             Ok(()) => done.push(w),
@@ -421,8 +427,13 @@ pub async fn validate(
     }))
 }
 
-fn request_digest(req: &OrderRequest, from_cart: bool, submit: bool, channel: Channel) -> [u8; 32] {
-    Sha256::digest(records::encode(&(req, from_cart, submit, channel))).into()
+fn request_digest(
+    req: &OrderRequest,
+    from_cart: bool,
+    submit: bool,
+    channel: Channel,
+) -> RequestDigest {
+    RequestDigest(Sha256::digest(records::encode(&(req, from_cart, submit, channel))).into())
 }
 
 pub async fn place(
@@ -435,16 +446,19 @@ pub async fn place(
     submit: bool,
 ) -> Flow<crate::ordering::Placed> {
     // The request's digest matters only to remember or compare a key: no key, no hashing.
-    let key = key.map(|k| (k, request_digest(&req, from_cart, submit, channel)));
-    if let Some((k, digest)) = &key {
-        if let Some(rec) = st.idempotency.by_key.get(k) {
-            if rec.request_digest != *digest {
-                return Ok(Err(Rejection::IdempotencyMismatch(k.to_string())));
+    let key = key.map(|key| PlacedWith {
+        request_digest: request_digest(&req, from_cart, submit, channel),
+        key,
+    });
+    if let Some(p) = &key {
+        if let Some((digest, placed)) = st.idempotency.get(&p.key) {
+            if *digest != p.request_digest {
+                return Ok(Err(Rejection::IdempotencyMismatch(p.key.to_string())));
             }
-            let order = st.orders.get(&rec.order).cloned().ok_or_else(|| {
+            let order = st.orders.get(placed).cloned().ok_or_else(|| {
                 ActorError::Invariant(format!(
-                    "idempotency key {k} names missing order {}",
-                    rec.order
+                    "idempotency key {} names missing order {placed}",
+                    p.key
                 ))
             })?;
             return Ok(Ok(Placed {
@@ -492,17 +506,16 @@ pub async fn place(
         )
     };
     order.version = 1;
+    order.idempotency = key;
     let action = if submit { "order.place" } else { "order.draft" };
     let mut batch = match order_batch(caller, &order, action, None, &transitions) {
         Ok(b) => b,
         Err(r) => return Ok(Err(r)),
     };
-    if let Err(p) = reserve(st, &id, &order.stock_demand()).await? {
+    let allocate = order.state == OrderState::Allocated;
+    if let Err(p) = hold(st, &id, &order.stock_demand(), allocate).await? {
         return Ok(Err(Rejection::Invalid(vec![p])));
     }
-    let evicted = key
-        .as_ref()
-        .and_then(|(k, digest)| remember_key(st, &mut batch, k, *digest, &id));
     if from_cart {
         batch.put(
             records::cart_key(&st.account.id),
@@ -516,11 +529,10 @@ pub async fn place(
         for_each_warehouse(st, &order.warehouses(), |h| h.release_all(id.clone()))?;
         return Err(e.into());
     }
-    if order.state == OrderState::Allocated {
-        for_each_warehouse(st, &order.warehouses(), |h| h.allocate(id.clone()))?;
-    }
-    if let Some((k, digest)) = key {
-        apply_key(st, k, digest, &id, evicted);
+    if let Some(p) = &order.idempotency {
+        let limit = st.limits.idempotency_keys_max;
+        st.idempotency
+            .remember(p.key.clone(), p.request_digest, id.clone(), limit);
     }
     if from_cart {
         st.cart.clear();
@@ -566,61 +578,8 @@ fn new_order(
         created_at: now.clone(),
         updated_at: now,
         version: 0,
+        idempotency: None,
     }
-}
-
-/// Adds the key's record to the batch, evicting the oldest beyond the limit. Returns the
-/// evicted key, so memory can follow once the batch is durable.
-fn remember_key(
-    st: &AccountState,
-    batch: &mut Batch,
-    key: &IdempotencyKey,
-    digest: [u8; 32],
-    order: &OrderId,
-) -> Option<IdempotencyKey> {
-    let rec = IdempotencyRecord {
-        key: key.clone(),
-        request_digest: digest,
-        order: order.clone(),
-        n: st.idempotency.next_n,
-    };
-    batch.put(
-        records::idempotency_key(&st.account.id, key),
-        records::encode(&rec),
-    );
-    let evict = (st.idempotency.by_key.len() >= st.limits.idempotency_keys_max)
-        .then(|| st.idempotency.oldest_first.front().cloned())
-        .flatten();
-    if let Some(old) = &evict {
-        batch.remove(records::idempotency_key(&st.account.id, old));
-    }
-    evict
-}
-
-fn apply_key(
-    st: &mut AccountState,
-    key: IdempotencyKey,
-    digest: [u8; 32],
-    order: &OrderId,
-    evicted: Option<IdempotencyKey>,
-) {
-    let m = &mut st.idempotency;
-    if let Some(old) = evicted {
-        m.by_key.remove(&old);
-        m.oldest_first.pop_front();
-    }
-    m.by_key.insert(
-        key.clone(),
-        IdempotencyRecord {
-            key: key.clone(),
-            request_digest: digest,
-            order: order.clone(),
-            n: m.next_n,
-        },
-    );
-    m.oldest_first.push_back(key);
-    m.next_n += 1;
-    debug_assert!(m.by_key.len() <= st.limits.idempotency_keys_max.max(1));
 }
 
 fn commit_order(st: &mut AccountState, order: Order) -> Order {
@@ -675,15 +634,13 @@ pub async fn submit_draft(st: &mut AccountState, caller: &Caller, id: &OrderId) 
         Ok(b) => b,
         Err(r) => return Ok(Err(r)),
     };
-    if let Err(p) = reserve(st, id, &order.stock_demand()).await? {
+    let allocate = order.state == OrderState::Allocated;
+    if let Err(p) = hold(st, id, &order.stock_demand(), allocate).await? {
         return Ok(Err(Rejection::Invalid(vec![p])));
     }
     if let Err(e) = st.journal.submit(batch).await {
         for_each_warehouse(st, &order.warehouses(), |h| h.release_all(id.clone()))?;
         return Err(e.into());
-    }
-    if order.state == OrderState::Allocated {
-        for_each_warehouse(st, &order.warehouses(), |h| h.allocate(id.clone()))?;
     }
     Ok(Ok(commit_order(st, order)))
 }
@@ -949,7 +906,7 @@ pub async fn amend(
         Ok(b) => b,
         Err(r) => return Ok(Err(r)),
     };
-    if let Err(p) = reserve(st, id, &grow).await? {
+    if let Err(p) = hold(st, id, &grow, false).await? {
         return Ok(Err(Rejection::Invalid(vec![p])));
     }
     if let Err(e) = st.journal.submit(batch).await {

@@ -5,22 +5,20 @@
 //! |-----------------------------|-------------------------|
 //! | `acct/<account>`            | `Account`               |
 //! | `cart/<account>`            | `Cart`                  |
-//! | `ord/<account>/<order>`     | `Order`                 |
-//! | `idem/<account>/<key>`      | `IdempotencyRecord`     |
+//! | `ord/<account>/<order>`     | `Order` (with its Idempotency-Key, if any) |
 //! | `wh/<warehouse>`            | `Warehouse`             |
 //! | `stock/<warehouse>/<sku>`   | on hand, `u64`          |
 //! | `cat/<sku>`                 | `CatalogItem`           |
 //! | `price/<n>`                 | `PriceEntry`            |
 //! | `meta/<name>`               | daemon metadata         |
 
-use orderd_domain::ids::{AccountId, IdempotencyKey, OrderId, Sku, WarehouseId};
+use orderd_domain::ids::{AccountId, OrderId, Sku, WarehouseId};
 use orderd_storage::StorageError;
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{de::DeserializeOwned, Serialize};
 
 pub const ACCOUNT: &str = "acct/";
 pub const CART: &str = "cart/";
 pub const ORDER: &str = "ord/";
-pub const IDEMPOTENCY: &str = "idem/";
 pub const WAREHOUSE: &str = "wh/";
 pub const STOCK: &str = "stock/";
 pub const CATALOG: &str = "cat/";
@@ -39,12 +37,6 @@ pub fn order_prefix(a: &AccountId) -> String {
 pub fn order_key(a: &AccountId, o: &OrderId) -> String {
     format!("{ORDER}{a}/{o}")
 }
-pub fn idempotency_prefix(a: &AccountId) -> String {
-    format!("{IDEMPOTENCY}{a}/")
-}
-pub fn idempotency_key(a: &AccountId, k: &IdempotencyKey) -> String {
-    format!("{IDEMPOTENCY}{a}/{k}")
-}
 pub fn warehouse_key(w: &WarehouseId) -> String {
     format!("{WAREHOUSE}{w}")
 }
@@ -56,16 +48,6 @@ pub fn stock_key(w: &WarehouseId, s: &Sku) -> String {
 }
 pub fn catalog_key(s: &Sku) -> String {
     format!("{CATALOG}{s}")
-}
-
-/// What a used idempotency key remembers: the request's digest and the order it created.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IdempotencyRecord {
-    pub key: IdempotencyKey,
-    pub request_digest: [u8; 32],
-    pub order: OrderId,
-    /// Insertion counter, for evicting the oldest beyond the per-account limit.
-    pub n: u64,
 }
 
 pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {

@@ -5,6 +5,11 @@
 //! order, so two writers can never interleave on one SKU.
 //!
 //! Warehouses never call accounts (invariant of the concurrency model: no cycles, no deadlock).
+//!
+//! Free units per SKU are also published in a shared [`FreeStock`] view after every change, so
+//! accounts plan an order without a round trip per warehouse. The view can be a moment behind;
+//! that is safe because the one message that takes stock ([`WarehouseHandle::hold`]) checks
+//! again inside the actor and refuses all of it when stock ran out in between.
 
 use crate::audit::{AuditEntry, Caller};
 use crate::records::{self, stock_key};
@@ -15,24 +20,54 @@ use orderd_domain::warehouse::{Stock, StockError, StockLevel, Warehouse};
 use orderd_storage::{Batch, Journal, Ticket};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
+/// Free units (on hand - reserved - allocated) per SKU of one warehouse, written only by its
+/// actor after each change and read by anyone. SKUs never stocked are absent (0 free).
+#[derive(Debug, Default)]
+pub struct FreeStock(RwLock<HashMap<Sku, u64>>);
+
+impl FreeStock {
+    /// Free units of each SKU (0 for unknown ones).
+    pub fn of<'a>(&self, skus: impl IntoIterator<Item = &'a Sku>) -> HashMap<Sku, u64> {
+        let free = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        skus.into_iter()
+            .map(|s| (s.clone(), free.get(s).copied().unwrap_or(0)))
+            .collect()
+    }
+
+    /// Whether the view shows exactly the free units of `stock` (checked after every message in
+    /// debug builds).
+    fn agrees_with(&self, stock: &Stock) -> bool {
+        let free = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        stock
+            .levels()
+            .all(|(s, l)| free.get(s).copied().unwrap_or(0) == l.available())
+    }
+
+    /// Copies the current free units of `skus` from the authoritative `stock`.
+    fn publish<'a>(&self, stock: &Stock, skus: impl IntoIterator<Item = &'a Sku>) {
+        let mut free = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        for sku in skus {
+            free.insert(sku.clone(), stock.level(sku).available());
+        }
+    }
+}
+
 pub enum WarehouseMsg {
-    /// Free units per SKU (absent SKUs: 0).
-    Availability {
-        skus: Vec<Sku>,
-        reply: RpcReplyPort<HashMap<Sku, u64>>,
-    },
     /// Full levels for display.
     Levels {
         skus: Vec<Sku>,
         reply: RpcReplyPort<Vec<(Sku, StockLevel)>>,
     },
-    /// Reserve all of `demand` for the order, or nothing.
-    Reserve {
+    /// Reserve all of `demand` for the order, or nothing; with `allocate`, move the order's
+    /// whole reservation on to allocated in the same step (an order confirmed at once).
+    Hold {
         order: OrderId,
         account: AccountId,
         demand: Vec<(Sku, u64)>,
+        allocate: bool,
         reply: RpcReplyPort<Result<(), StockError>>,
     },
     /// Release part of the order's reservation.
@@ -72,6 +107,8 @@ pub struct WarehouseArgs {
     pub on_hand: Vec<(Sku, u64)>,
     /// Rebuilt from the open orders.
     pub holdings: Vec<RebuiltHolding>,
+    /// The shared view this actor keeps up to date.
+    pub free: Arc<FreeStock>,
 }
 
 /// What one open order holds in this warehouse, as derived from the stored order.
@@ -87,6 +124,7 @@ pub struct WarehouseState {
     journal: Journal,
     stock: Stock,
     owners: HashMap<OrderId, AccountId>,
+    free: Arc<FreeStock>,
 }
 
 pub struct WarehouseActor;
@@ -121,11 +159,14 @@ impl Actor for WarehouseActor {
             owners.insert(h.order, h.account);
         }
         stock_is_conserved(&stock)?;
+        let skus: Vec<Sku> = stock.levels().map(|(s, _)| s.clone()).collect();
+        args.free.publish(&stock, &skus);
         Ok(WarehouseState {
             warehouse: args.warehouse,
             journal: args.journal,
             stock,
             owners,
+            free: args.free,
         })
     }
 
@@ -136,16 +177,6 @@ impl Actor for WarehouseActor {
         st: &mut WarehouseState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            WarehouseMsg::Availability { skus, reply } => {
-                let _ = reply.send(
-                    skus.into_iter()
-                        .map(|s| {
-                            let a = st.stock.level(&s).available();
-                            (s, a)
-                        })
-                        .collect(),
-                );
-            }
             WarehouseMsg::Levels { skus, reply } => {
                 let _ = reply.send(
                     skus.into_iter()
@@ -156,26 +187,45 @@ impl Actor for WarehouseActor {
                         .collect(),
                 );
             }
-            WarehouseMsg::Reserve {
+            WarehouseMsg::Hold {
                 order,
                 account,
                 demand,
+                allocate,
                 reply,
             } => {
                 let r = st.stock.reserve(&order, &demand);
                 if r.is_ok() {
+                    if allocate {
+                        st.stock.allocate(&order);
+                    }
+                    st.free.publish(&st.stock, demand.iter().map(|(s, _)| s));
                     st.owners.insert(order, account);
                 }
                 let _ = reply.send(r);
             }
             WarehouseMsg::Release { order, demand } => {
                 st.stock.release(&order, &demand);
+                st.free.publish(&st.stock, demand.iter().map(|(s, _)| s));
                 st.forget_if_done(&order);
             }
             WarehouseMsg::ReleaseAll { order } => {
+                let held: Vec<Sku> = st
+                    .stock
+                    .holding(&order)
+                    .map(|h| {
+                        h.reserved
+                            .keys()
+                            .chain(h.allocated.keys())
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 st.stock.release_all(&order);
+                st.free.publish(&st.stock, &held);
                 st.forget_if_done(&order);
             }
+            // Reserved -> allocated leaves the free units as they are.
             WarehouseMsg::Allocate { order } => st.stock.allocate(&order),
             WarehouseMsg::Ship {
                 order,
@@ -183,6 +233,7 @@ impl Actor for WarehouseActor {
                 reply,
             } => {
                 let r = st.stock.ship(&order).map(|touched| {
+                    st.free.publish(&st.stock, touched.iter().map(|(s, _)| s));
                     for (sku, on_hand) in touched {
                         batch.put(stock_key(&st.warehouse.id, &sku), records::encode(&on_hand));
                     }
@@ -209,6 +260,11 @@ impl Actor for WarehouseActor {
             stock_is_conserved(&st.stock).is_ok(),
             "{:?}",
             stock_is_conserved(&st.stock)
+        );
+        debug_assert!(
+            st.free.agrees_with(&st.stock),
+            "the shared free-stock view of {} drifted from the stock",
+            st.warehouse.id
         );
         Ok(())
     }
@@ -245,6 +301,7 @@ impl WarehouseState {
             .audit
             .push(entry.draft(&format!("warehouse:{}", self.warehouse.id)));
         self.stock = next;
+        self.free.publish(&self.stock, rows.iter().map(|(s, _)| s));
         Ok(self.journal.submit(batch))
     }
 }
@@ -254,6 +311,7 @@ impl WarehouseState {
 pub struct WarehouseHandle {
     pub id: WarehouseId,
     actor: ActorRef<WarehouseMsg>,
+    free: Arc<FreeStock>,
     timeout: Duration,
 }
 
@@ -263,21 +321,21 @@ impl WarehouseHandle {
         limits: &Limits,
     ) -> Result<WarehouseHandle, ActorError> {
         let id = args.warehouse.id.clone();
+        let free = args.free.clone();
         let (actor, _) = Actor::spawn(None, WarehouseActor, args)
             .await
             .map_err(|e| ActorError::Start(format!("warehouse {id}: {e}")))?;
         Ok(WarehouseHandle {
             id,
             actor,
+            free,
             timeout: Duration::from_millis(limits.call_timeout_ms),
         })
     }
 
-    pub async fn availability(&self, skus: Vec<Sku>) -> Result<HashMap<Sku, u64>, ActorError> {
-        call(&self.actor, self.timeout, |reply| {
-            WarehouseMsg::Availability { skus, reply }
-        })
-        .await
+    /// Free units per SKU from the shared view (no message; may be a moment behind).
+    pub fn free(&self, skus: &[Sku]) -> HashMap<Sku, u64> {
+        self.free.of(skus)
     }
     pub async fn levels(&self, skus: Vec<Sku>) -> Result<Vec<(Sku, StockLevel)>, ActorError> {
         call(&self.actor, self.timeout, |reply| WarehouseMsg::Levels {
@@ -286,16 +344,19 @@ impl WarehouseHandle {
         })
         .await
     }
-    pub async fn reserve(
+    /// Takes `demand` for the order (all or nothing): reserved, or with `allocate` allocated.
+    pub async fn hold(
         &self,
         order: OrderId,
         account: AccountId,
         demand: Vec<(Sku, u64)>,
+        allocate: bool,
     ) -> Result<Result<(), StockError>, ActorError> {
-        call(&self.actor, self.timeout, |reply| WarehouseMsg::Reserve {
+        call(&self.actor, self.timeout, |reply| WarehouseMsg::Hold {
             order,
             account,
             demand,
+            allocate,
             reply,
         })
         .await

@@ -1,5 +1,5 @@
 //! The outbox relay of the embedded default: reads committed events from the journal in order,
-//! hands them to the in-process bus and then removes them. At least once: a crash between the
+//! renders them as CloudEvents JSON, hands them to the in-process bus and then removes them. At least once: a crash between the
 //! hand-over and the removal delivers the event again, and consumers deduplicate by event id.
 //! (The NATS JetStream publisher replaces the in-process bus when `nats_url` is configured.)
 
@@ -43,8 +43,14 @@ pub async fn relay(journal: Journal, bus: Bus, poll: Duration, mut stop: watch::
                     return Ok(after);
                 };
                 for e in events {
-                    // No subscriber is not an error: the event is still durable in the audit log.
-                    let _ = b.0.send(Arc::new(e.payload));
+                    match orderd_actors::events::decode(&e.payload) {
+                        // No subscriber is not an error: the change is durable in the audit log.
+                        Ok(ev) => {
+                            let _ = b.0.send(Arc::new(orderd_actors::events::render(&ev)));
+                        }
+                        // Only a damaged store gets here; the audit log still has the change.
+                        Err(err) => tracing::error!(seq = e.seq, error = %err, "outbox event unreadable; skipped"),
+                    }
                 }
                 j.outbox_remove_through(last)?;
                 Ok(last)

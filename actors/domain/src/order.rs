@@ -1,6 +1,6 @@
 //! The canonical order every channel produces, and its state machine.
 
-use crate::ids::{AccountId, OrderId, ShipToId, Sku, UserId, WarehouseId};
+use crate::ids::{AccountId, IdempotencyKey, OrderId, ShipToId, Sku, UserId, WarehouseId};
 use crate::money::{Money, MoneyError};
 use crate::pricing::PriceSource;
 use serde::{Deserialize, Serialize};
@@ -186,6 +186,51 @@ pub struct Order {
     pub updated_at: String,
     /// Bumped on every change; part of every event so consumers can order them.
     pub version: u32,
+    /// The Idempotency-Key the order was placed with, if any. Kept in the order itself so that
+    /// remembering a key costs no write of its own.
+    pub idempotency: Option<PlacedWith>,
+}
+
+/// An Idempotency-Key and the digest of the request that used it: a retry with the same key
+/// and the same request gets this order back; the same key with another request is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacedWith {
+    pub key: IdempotencyKey,
+    pub request_digest: RequestDigest,
+}
+
+/// A SHA-256 digest: hex in JSON, 32 raw bytes in binary formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestDigest(pub [u8; 32]);
+
+impl Serialize for RequestDigest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            let hex: String = self.0.iter().map(|b| format!("{b:02x}")).collect();
+            s.serialize_str(&hex)
+        } else {
+            self.0.serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RequestDigest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let hex = String::deserialize(d)?;
+            let bad = || serde::de::Error::custom("a digest is 64 hex digits");
+            if hex.len() != 64 || !hex.is_ascii() {
+                return Err(bad());
+            }
+            let mut out = [0u8; 32];
+            for (i, byte) in out.iter_mut().enumerate() {
+                *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+            }
+            Ok(RequestDigest(out))
+        } else {
+            <[u8; 32]>::deserialize(d).map(RequestDigest)
+        }
+    }
 }
 
 impl Order {
@@ -269,6 +314,20 @@ impl Order {
 mod tests {
     use super::*;
     use OrderState::*;
+
+    // A request digest is hex in JSON and round-trips; anything but 64 hex digits is refused.
+    #[test]
+    fn request_digest_json() {
+        let d = RequestDigest(std::array::from_fn(|i| u8::try_from(i * 7).unwrap()));
+        let json = serde_json::to_string(&d).unwrap();
+        assert_eq!(json.len(), 66);
+        assert!(json.starts_with("\"00070e15"));
+        assert_eq!(serde_json::from_str::<RequestDigest>(&json).unwrap(), d);
+        let not_hex = format!("\"zz{}\"", "0".repeat(62));
+        for bad in ["\"00\"", not_hex.as_str(), "12"] {
+            assert!(serde_json::from_str::<RequestDigest>(bad).is_err(), "{bad}");
+        }
+    }
 
     // Exactly the transitions of DESIGN.md are allowed; everything else is refused.
     #[test]

@@ -19,10 +19,13 @@ pub fn parse_entry(payload: &[u8]) -> Result<AuditEntry, String> {
     serde_json::from_slice(payload).map_err(|e| format!("audit payload is not an entry: {e}"))
 }
 
-/// (order id, what the checks need) of an outbox event (CloudEvents JSON).
+/// (order id, what the checks need) of an outbox event, as rendered for consumers (CloudEvents
+/// JSON).
 fn parse_event(payload: &[u8]) -> Result<(String, EventSeen), String> {
+    let stored = orderd_actors::events::decode(payload).map_err(|e| e.to_string())?;
+    let rendered = orderd_actors::events::render(&stored);
     let json: serde_json::Value =
-        serde_json::from_slice(payload).map_err(|e| format!("event is not JSON: {e}"))?;
+        serde_json::from_slice(&rendered).map_err(|e| format!("event is not JSON: {e}"))?;
     let data = &json["data"];
     let order = data["order"]
         .as_str()
