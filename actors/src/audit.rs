@@ -1,6 +1,8 @@
-//! The audit record and outbox event every change writes, in the same atomic batch as the
-//! change itself (invariant 4). Audit payloads are JSON so `history` and `audit verify` can
-//! show them as they are; the storage chains them by hash.
+//! The audit record every change writes, in the same atomic batch as the change itself
+//! (invariant 4). The record of an order change also carries the change's outbox event
+//! ([`AuditEntry::event`]): the audit log is the outbox, read by publishers from their own
+//! cursor. Audit payloads are JSON so `history` and `audit verify` can show them as they are;
+//! the storage chains them by hash.
 
 use orderd_domain::account::Role;
 use orderd_domain::ids::{AccountId, UserId, WarehouseId};
@@ -58,6 +60,9 @@ pub struct AuditEntry {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub path: Vec<String>,
     pub digest: String,
+    /// The event this change announces (order changes only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<crate::events::OrderChanged>,
 }
 
 impl AuditEntry {
@@ -79,6 +84,7 @@ impl AuditEntry {
             to: None,
             path: vec![],
             digest: hex::encode(Sha256::digest(changed)),
+            event: None,
         }
     }
 

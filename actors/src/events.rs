@@ -1,10 +1,12 @@
-//! Events written to the outbox with every order change.
+//! The event of every order change.
 //!
-//! The journal stores each event compactly ([`OrderChanged`], postcard): what changed and no
-//! more, because every stored byte is written and flushed on the capture path. The outbox relay
-//! renders it as a CloudEvents 1.0 JSON document ([`render`]) when it hands it on. The event id
-//! is `<order>.<sequence>`, where the per-order `sequence` is the order's version, so the same
-//! change always renders with the same id and consumers can order and deduplicate by it.
+//! It is stored inside the change's audit record ([`crate::audit::AuditEntry::event`]), so the
+//! audit log is the outbox: publishers read it from their own cursor and skip records without
+//! an event. It holds what changed and no more ([`OrderChanged`]), because every stored byte is
+//! written and flushed on the capture path; [`render`] turns it into a CloudEvents 1.0 JSON
+//! document when it is handed on. The event id is `<order>.<sequence>`, where the per-order
+//! `sequence` is the order's version, so the same change always renders with the same id and
+//! consumers can order and deduplicate by it.
 
 use orderd_domain::ids::{AccountId, OrderId, Sku};
 use orderd_domain::money::Money;
@@ -39,9 +41,9 @@ pub struct LineChanged {
     pub allocations: Vec<Allocation>,
 }
 
-/// The outbox payload for a change of `order` (after the change).
-pub fn order_event(order: &Order, transitions: &[&'static str]) -> Vec<u8> {
-    crate::records::encode(&OrderChanged {
+/// The event of a change of `order` (after the change).
+pub fn order_event(order: &Order, transitions: &[&'static str]) -> OrderChanged {
+    OrderChanged {
         account: order.account.clone(),
         order: order.id.clone(),
         state: order.state,
@@ -61,7 +63,7 @@ pub fn order_event(order: &Order, transitions: &[&'static str]) -> Vec<u8> {
                 allocations: l.allocations.clone(),
             })
             .collect(),
-    })
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -77,9 +79,10 @@ struct CloudEvent<'a> {
     data: &'a OrderChanged,
 }
 
-/// Decodes a stored event.
-pub fn decode(payload: &[u8]) -> Result<OrderChanged, orderd_storage::StorageError> {
-    crate::records::decode(b"outbox event", payload)
+/// The event an audit record carries, if any. Fails only for a payload that is not an audit
+/// entry (a damaged store).
+pub fn from_audit(payload: &[u8]) -> Result<Option<OrderChanged>, serde_json::Error> {
+    serde_json::from_slice::<crate::audit::AuditEntry>(payload).map(|e| e.event)
 }
 
 /// The CloudEvents 1.0 JSON document of a stored event.
@@ -101,8 +104,8 @@ pub fn render(event: &OrderChanged) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    // What is stored is what renders: the rendered JSON carries every field of the change, and
-    // the id is stable for the same change.
+    // The event travels inside the audit entry and renders with every field of the change; the
+    // id is stable for the same change; an entry without an event has none.
     #[test]
     fn stored_event_renders_as_cloudevent() {
         let ev = OrderChanged {
@@ -115,9 +118,18 @@ mod tests {
             total: Money::zero(orderd_domain::money::Currency::parse("EUR").unwrap()),
             lines: vec![],
         };
-        let stored = crate::records::encode(&ev);
-        let back = decode(&stored).unwrap();
+        let mut entry = crate::audit::AuditEntry::new(
+            &crate::audit::Caller::system(),
+            None,
+            "order.place",
+            b"",
+        );
+        entry.event = Some(ev.clone());
+        let back = from_audit(&entry.draft("o-1").payload).unwrap().unwrap();
         assert_eq!(back, ev);
+        entry.event = None;
+        assert_eq!(from_audit(&entry.draft("o-1").payload).unwrap(), None);
+        assert!(from_audit(b"not json").is_err());
         let json: serde_json::Value = serde_json::from_slice(&render(&back)).unwrap();
         assert_eq!(json["id"], "o-1.3");
         assert_eq!(json["type"], "orderd.order.allocated");

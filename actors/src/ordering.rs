@@ -338,9 +338,9 @@ fn for_each_warehouse(
 
 // ---- writing ------------------------------------------------------------------------------
 
-/// The batch for a change of `order`: the record, its audit entry and its event.
+/// The batch for a change of `order`: the record and its audit entry, which carries the event.
 ///
-/// Refused (as `too_many_lines`) when the record or its event would exceed what one journal
+/// Refused (as `too_many_lines`) when the record or its audit entry would exceed what one journal
 /// value may hold: checked before any stock is held, so nothing needs undoing.
 fn order_batch(
     caller: &Caller,
@@ -350,17 +350,6 @@ fn order_batch(
     transitions: &[&'static str],
 ) -> Result<Batch, Rejection> {
     let bytes = records::encode(order);
-    let event = order_event(order, transitions);
-    let size = bytes.len().max(event.len());
-    if size > orderd_storage::VALUE_BYTES_MAX {
-        return Err(Rejection::Invalid(vec![Problem::new(
-            ProblemCode::TooManyLines,
-            format!(
-                "the order is too large to store ({size} bytes, at most {}): split it into several orders",
-                orderd_storage::VALUE_BYTES_MAX
-            ),
-        )]));
-    }
     let mut entry = AuditEntry::new(caller, Some(&order.account), action, &bytes);
     entry.order = Some(order.id.to_string());
     entry.from = from.map(|s| s.as_str().to_owned());
@@ -370,10 +359,21 @@ fn order_batch(
         .filter(|s| **s != "draft" || from.is_some())
         .map(|s| (*s).to_owned())
         .collect();
+    entry.event = Some(order_event(order, transitions));
+    let draft = entry.draft(order.id.as_str());
+    let size = bytes.len().max(draft.payload.len());
+    if size > orderd_storage::VALUE_BYTES_MAX {
+        return Err(Rejection::Invalid(vec![Problem::new(
+            ProblemCode::TooManyLines,
+            format!(
+                "the order is too large to store ({size} bytes, at most {}): split it into several orders",
+                orderd_storage::VALUE_BYTES_MAX
+            ),
+        )]));
+    }
     let mut batch = Batch::default();
     batch.put(records::order_key(&order.account, &order.id), bytes);
-    batch.audit.push(entry.draft(order.id.as_str()));
-    batch.events.push(event);
+    batch.audit.push(draft);
     Ok(batch)
 }
 

@@ -1,14 +1,17 @@
-//! The outbox relay of the embedded default: reads committed events from the journal in order,
-//! renders them as CloudEvents JSON, hands them to the in-process bus and then removes them. At least once: a crash between the
-//! hand-over and the removal delivers the event again, and consumers deduplicate by event id.
-//! (The NATS JetStream publisher replaces the in-process bus when `nats_url` is configured.)
+//! The outbox relay of the embedded default. The audit log is the outbox: every order change's
+//! audit record carries its event. The relay reads the log in order from its cursor, renders
+//! each event as CloudEvents JSON and hands it to the in-process bus. Nothing is deleted: the
+//! events stay in the audit log, where a reader that fell behind finds them again.
+//!
+//! The in-process bus has no subscriber that outlives the process, so the cursor starts at the
+//! head of the log and is not stored. (The NATS JetStream publisher keeps a durable cursor.)
 
 use orderd_storage::Journal;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 
-/// Events handed over per round.
+/// Audit records read per round.
 pub const RELAY_BATCH_MAX: usize = 1_000;
 /// Events the in-process bus buffers for slow subscribers (they then skip and catch up).
 pub const BUS_CAPACITY: usize = 16_384;
@@ -31,31 +34,39 @@ impl Default for Bus {
     }
 }
 
-/// Runs until `stop` changes.
+/// Hands on every event committed after `after` (an audit seq); returns the seq to continue
+/// from. Blocking (reads sled).
+pub fn relay_round(
+    journal: &Journal,
+    bus: &Bus,
+    after: u64,
+) -> Result<u64, orderd_storage::StorageError> {
+    let records = journal.audit_after(after, RELAY_BATCH_MAX)?;
+    let Some(last) = records.last().map(|r| r.seq) else {
+        return Ok(after);
+    };
+    for r in records {
+        match orderd_actors::events::from_audit(&r.payload) {
+            // No subscriber is not an error: the event stays in the audit log.
+            Ok(Some(ev)) => {
+                let _ = bus.0.send(Arc::new(orderd_actors::events::render(&ev)));
+            }
+            Ok(None) => {}
+            // Only a damaged store gets here; `orderd audit verify` names the record.
+            Err(err) => {
+                tracing::error!(seq = r.seq, error = %err, "audit record unreadable; its event is skipped")
+            }
+        }
+    }
+    Ok(last)
+}
+
+/// Runs until `stop` changes, starting after the audit head as of now.
 pub async fn relay(journal: Journal, bus: Bus, poll: Duration, mut stop: watch::Receiver<bool>) {
-    let mut after = 0;
+    let mut after = journal.audit_head().seq;
     loop {
         let (j, b) = (journal.clone(), bus.clone());
-        let round =
-            tokio::task::spawn_blocking(move || -> Result<u64, orderd_storage::StorageError> {
-                let events = j.outbox_after(after, RELAY_BATCH_MAX)?;
-                let Some(last) = events.last().map(|e| e.seq) else {
-                    return Ok(after);
-                };
-                for e in events {
-                    match orderd_actors::events::decode(&e.payload) {
-                        // No subscriber is not an error: the change is durable in the audit log.
-                        Ok(ev) => {
-                            let _ = b.0.send(Arc::new(orderd_actors::events::render(&ev)));
-                        }
-                        // Only a damaged store gets here; the audit log still has the change.
-                        Err(err) => tracing::error!(seq = e.seq, error = %err, "outbox event unreadable; skipped"),
-                    }
-                }
-                j.outbox_remove_through(last)?;
-                Ok(last)
-            })
-            .await;
+        let round = tokio::task::spawn_blocking(move || relay_round(&j, &b, after)).await;
         match round {
             Ok(Ok(last)) if last > after => {
                 after = last;
@@ -69,5 +80,62 @@ pub async fn relay(journal: Journal, bus: Bus, poll: Duration, mut stop: watch::
             _ = tokio::time::sleep(poll) => {}
             _ = stop.changed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orderd_actors::audit::{AuditEntry, Caller};
+    use orderd_actors::events::OrderChanged;
+    use orderd_domain::ids::{AccountId, OrderId};
+    use orderd_domain::money::{Currency, Money};
+    use orderd_domain::order::OrderState;
+    use orderd_storage::{Batch, JournalConfig};
+
+    fn entry(event: Option<(&str, u32)>) -> Batch {
+        let mut e = AuditEntry::new(&Caller::system(), None, "test", b"");
+        e.event = event.map(|(order, sequence)| OrderChanged {
+            account: AccountId::parse("ACME").unwrap(),
+            order: OrderId::parse(order).unwrap(),
+            state: OrderState::Confirmed,
+            sequence,
+            transitions: vec!["confirmed".into()],
+            time: "2026-11-22T10:00:00Z".into(),
+            total: Money::zero(Currency::parse("EUR").unwrap()),
+            lines: vec![],
+        });
+        let mut b = Batch::default();
+        b.audit.push(e.draft(event.map_or("other", |(o, _)| o)));
+        b
+    }
+
+    // Events go out in log order, records without one are passed over, and the next round
+    // continues after the last record read.
+    #[tokio::test]
+    async fn relays_events_in_log_order_from_the_cursor() {
+        let journal = Journal::temporary(&JournalConfig::default()).unwrap();
+        for batch in [
+            entry(Some(("o-1", 1))),
+            entry(None),
+            entry(Some(("o-1", 2))),
+        ] {
+            journal.submit(batch).await.unwrap();
+        }
+        let bus = Bus::new();
+        let mut rx = bus.subscribe();
+        assert_eq!(relay_round(&journal, &bus, 0).unwrap(), 3);
+        let ids: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|json| {
+                let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+                v["id"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        assert_eq!(ids, ["o-1.1", "o-1.2"]);
+        assert_eq!(relay_round(&journal, &bus, 3).unwrap(), 3);
+        journal.submit(entry(Some(("o-2", 1)))).await.unwrap();
+        assert_eq!(relay_round(&journal, &bus, 3).unwrap(), 4);
+        assert!(rx.try_recv().is_ok());
+        assert!(rx.try_recv().is_err());
     }
 }

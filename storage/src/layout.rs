@@ -1,8 +1,9 @@
 //! The on-disk key layout of the journal.
 //!
 //! Everything lives in sled's default tree so that one `Tree::apply_batch` is atomic across user
-//! data, audit records, the subject index, the outbox and the meta keys (DESIGN invariant 4: a
-//! state change, its audit record and its outbox event are stored together or not at all).
+//! data, audit records, the subject index and the meta keys (DESIGN invariant 4: a state change
+//! and its audit record, which also carries its outbox event, are stored together or not at
+//! all).
 //! Separate sled trees would need a multi-tree transaction, which sled 0.34 does not batch as
 //! cheaply. Every key therefore starts with a one-byte prefix:
 //!
@@ -11,8 +12,7 @@
 //! | `d`    | the caller's key, verbatim                             | the caller's value           |
 //! | `a`    | audit seq, u64 big-endian                              | see [`crate::audit_chain`]   |
 //! | `x`    | subject len u16 BE, subject, audit seq u64 BE          | empty                        |
-//! | `o`    | event seq, u64 big-endian                              | the event payload            |
-//! | `m`    | `audit_head` / `event_seq`                             | see [`META_AUDIT_HEAD`] etc. |
+//! | `m`    | `audit_head`                                           | see [`META_AUDIT_HEAD`]      |
 //!
 //! Big-endian integers make sled's byte order equal to numeric order, so range scans return
 //! records in seq order. This module is public so that offline tools (`orderd audit verify`) and
@@ -26,18 +26,12 @@ pub const DATA: u8 = b'd';
 pub const AUDIT: u8 = b'a';
 /// Prefix of the audit subject index.
 pub const SUBJECT_INDEX: u8 = b'x';
-/// Prefix of outbox events, keyed by event seq.
-pub const OUTBOX: u8 = b'o';
 /// Prefix of meta keys.
 pub const META: u8 = b'm';
 
 /// Meta key of the audit chain head. Value: seq u64 BE (8 bytes) followed by the head hash (32
 /// bytes). Absent means an empty chain (seq 0, zero hash).
 pub const META_AUDIT_HEAD: &[u8] = b"maudit_head";
-/// Meta key of the last event seq ever assigned. Value: u64 BE. It is kept apart from the outbox
-/// because delivered events are deleted, and seqs must never be reused after a restart.
-pub const META_EVENT_SEQ: &[u8] = b"mevent_seq";
-
 /// Length of an encoded [`META_AUDIT_HEAD`] value.
 pub const AUDIT_HEAD_LEN: usize = SEQ_LEN + HASH_LEN;
 /// Length of a big-endian seq.
@@ -55,11 +49,6 @@ pub fn data_key(user_key: &[u8]) -> Vec<u8> {
 /// The key of the audit record `seq`.
 pub fn audit_key(seq: u64) -> [u8; 1 + SEQ_LEN] {
     seq_key(AUDIT, seq)
-}
-
-/// The key of the outbox event `seq`.
-pub fn outbox_key(seq: u64) -> [u8; 1 + SEQ_LEN] {
-    seq_key(OUTBOX, seq)
 }
 
 /// The prefix under which every index entry of `subject` lives.
@@ -86,8 +75,8 @@ pub fn subject_index_key(subject: &[u8], seq: u64) -> Result<Vec<u8>, StorageErr
     Ok(key)
 }
 
-/// Reads the seq from a key made by [`audit_key`], [`outbox_key`] or [`subject_index_key`] (the
-/// seq is always the last 8 bytes). `None` when the key is too short.
+/// Reads the seq from a key made by [`audit_key`] or [`subject_index_key`] (the seq is always
+/// the last 8 bytes). `None` when the key is too short.
 pub fn seq_of_key(key: &[u8]) -> Option<u64> {
     let start = key.len().checked_sub(SEQ_LEN)?;
     let bytes: [u8; SEQ_LEN] = key.get(start..)?.try_into().ok()?;
@@ -117,15 +106,6 @@ pub fn decode_audit_head(value: &[u8]) -> Result<(u64, [u8; HASH_LEN]), StorageE
         .and_then(|b| b.try_into().ok())
         .ok_or_else(corrupt)?;
     Ok((u64::from_be_bytes(seq), hash))
-}
-
-/// Decodes the value of [`META_EVENT_SEQ`].
-pub fn decode_event_seq(value: &[u8]) -> Result<u64, StorageError> {
-    let bytes: [u8; SEQ_LEN] = value.try_into().map_err(|_| StorageError::Corrupt {
-        key: String::from_utf8_lossy(META_EVENT_SEQ).into_owned(),
-        reason: format!("expected {SEQ_LEN} bytes, found {}", value.len()),
-    })?;
-    Ok(u64::from_be_bytes(bytes))
 }
 
 /// The exclusive upper bound of every key with `prefix` (prefixes are single bytes below 0xff).
@@ -171,7 +151,6 @@ mod tests {
         let seqs = [1u64, 2, 255, 256, 65_536, u64::MAX];
         for pair in seqs.windows(2) {
             assert!(audit_key(pair[0]) < audit_key(pair[1]));
-            assert!(outbox_key(pair[0]) < outbox_key(pair[1]));
         }
         assert_eq!(seq_of_key(&audit_key(256)), Some(256));
         assert_eq!(seq_of_key(b"short"), None);
@@ -194,10 +173,6 @@ mod tests {
     fn bad_meta_values_are_corrupt() {
         assert!(matches!(
             decode_audit_head(&[0; 39]),
-            Err(StorageError::Corrupt { .. })
-        ));
-        assert!(matches!(
-            decode_event_seq(&[0; 7]),
             Err(StorageError::Corrupt { .. })
         ));
         let head = encode_audit_head(9, &[7; HASH_LEN]);

@@ -1,8 +1,10 @@
 //! orderd-storage: the durable journal of orderd on sled.
 //!
-//! It stores user key/values, a hash-chained audit log and an outbox of events, and writes a
-//! state change, its audit records and its outbox events in ONE atomic sled batch (DESIGN
-//! invariant 4). Writers [`Journal::submit`] a [`Batch`] and get a [`Ticket`]; one committer
+//! It stores user key/values and a hash-chained audit log, and writes a state change and its
+//! audit records in ONE atomic sled batch (DESIGN invariant 4). The audit log is also the
+//! outbox: an audit record may carry the event its change announces, and publishers read the
+//! log from their own cursor ([`Journal::audit_after`]), so an event costs no key of its own
+//! and is kept as long as the audit log (see the README's storage section). Writers [`Journal::submit`] a [`Batch`] and get a [`Ticket`]; one committer
 //! thread applies every batch that arrived meanwhile as one group, flushes once, and only then
 //! resolves the tickets (group commit: an acknowledged write survives `kill -9`).
 //!
@@ -54,9 +56,6 @@ const _: () = assert!(
 );
 /// Pause between those retries.
 const OPEN_LOCK_RETRY_MS: u64 = 10;
-/// Most outbox keys removed per sled batch by [`Journal::outbox_remove_through`], so removing a
-/// long backlog does not build one huge batch in memory.
-pub const OUTBOX_REMOVE_CHUNK_MAX: usize = 4096;
 
 // A group can never be larger than the queue it is taken from.
 const _: () = assert!(DEFAULT_COMMIT_BATCH_MAX <= DEFAULT_QUEUE_MAX);
@@ -142,8 +141,6 @@ pub struct Batch {
     pub removes: Vec<Vec<u8>>,
     /// Appended to the hash chain, in this order.
     pub audit: Vec<AuditDraft>,
-    /// Appended to the outbox, in this order.
-    pub events: Vec<Vec<u8>>,
 }
 
 impl Batch {
@@ -156,10 +153,7 @@ impl Batch {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.puts.is_empty()
-            && self.removes.is_empty()
-            && self.audit.is_empty()
-            && self.events.is_empty()
+        self.puts.is_empty() && self.removes.is_empty() && self.audit.is_empty()
     }
 
     fn validate(&self) -> Result<(), StorageError> {
@@ -171,7 +165,6 @@ impl Batch {
             .puts
             .iter()
             .map(|(_, v)| v)
-            .chain(self.events.iter())
             .chain(self.audit.iter().map(|a| &a.payload));
         if let Some(big) = values.map(Vec::len).find(|n| *n > VALUE_BYTES_MAX) {
             return Err(StorageError::Invalid {
@@ -193,18 +186,10 @@ pub struct AuditDraft {
     pub payload: Vec<u8>,
 }
 
-/// The seqs a committed batch received (empty ranges when it had no audit records or events).
+/// The seqs a committed batch received (an empty range when it had no audit records).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
     pub audit_seqs: Range<u64>,
-    pub event_seqs: Range<u64>,
-}
-
-/// One outbox event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutboxEvent {
-    pub seq: u64,
-    pub payload: Vec<u8>,
 }
 
 /// A snapshot of the committer's counters.
@@ -248,7 +233,7 @@ impl Future for Ticket {
 /// The journal handle; clones share one database and one committer thread. Dropping the last
 /// handle closes it like [`Journal::close`] (blocking until accepted batches are committed).
 ///
-/// Reads (`get`, `scan_prefix`, `audit_*`, `outbox_*`, `verify_audit`) call sled directly and
+/// Reads (`get`, `scan_prefix`, `audit_*`, `verify_audit`) call sled directly and
 /// may block on disk, so async callers should run them where blocking is allowed. They see
 /// applied batches, which can be a moment ahead of the flush that acknowledges them.
 #[derive(Clone)]
@@ -473,44 +458,6 @@ impl Journal {
         audit_chain::verify_tree(&self.inner.db)
     }
 
-    /// Up to `limit` outbox events with seq > `after_seq`, in seq order.
-    pub fn outbox_after(
-        &self,
-        after_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<OutboxEvent>, StorageError> {
-        Ok(self
-            .seq_range_after(layout::OUTBOX, after_seq, limit)?
-            .into_iter()
-            .map(|(seq, payload)| OutboxEvent { seq, payload })
-            .collect())
-    }
-
-    /// Deletes every outbox event with seq <= `seq` and returns how many were deleted. Not
-    /// flushed: after a crash some may come back, and redelivery is allowed (consumers
-    /// deduplicate by seq). Event seqs are never reused, also once the outbox is empty.
-    pub fn outbox_remove_through(&self, seq: u64) -> Result<usize, StorageError> {
-        let db = &self.inner.db;
-        let mut removed = 0usize;
-        loop {
-            let mut batch = sled::Batch::default();
-            let mut chunk = 0usize;
-            for item in db
-                .range(layout::outbox_key(0)..=layout::outbox_key(seq))
-                .keys()
-                .take(OUTBOX_REMOVE_CHUNK_MAX)
-            {
-                batch.remove(item?);
-                chunk += 1;
-            }
-            if chunk == 0 {
-                return Ok(removed);
-            }
-            db.apply_batch(batch)?;
-            removed = removed.saturating_add(chunk);
-        }
-    }
-
     /// A snapshot of the committer's counters.
     pub fn stats(&self) -> CommitStats {
         let shared = &self.inner.shared;
@@ -623,32 +570,18 @@ fn sled_config(config: &JournalConfig) -> sled::Config {
         .segment_size(SLED_SEGMENT_BYTES)
 }
 
-/// The committer's view of the counters it assigns next.
+/// The committer's view of the chain it appends to next.
 #[derive(Debug, Clone, Copy)]
 struct ChainState {
     head: AuditHead,
-    event_seq: u64,
 }
 
 impl ChainState {
-    /// Reads the meta keys and checks they agree with the stored tail.
+    /// Reads the meta head and checks it agrees with the stored tail.
     fn load(tree: &sled::Tree) -> Result<ChainState, StorageError> {
-        let head = audit_chain::check_tail(tree)?;
-        let event_seq = match tree.get(layout::META_EVENT_SEQ)? {
-            None => 0,
-            Some(value) => layout::decode_event_seq(&value)?,
-        };
-        if let Some(last) = tree.scan_prefix([layout::OUTBOX]).keys().next_back() {
-            let last = last?;
-            let seq = layout::seq_of_key(&last).unwrap_or(u64::MAX);
-            if last.len() != 1 + layout::SEQ_LEN || seq > event_seq {
-                return Err(StorageError::Corrupt {
-                    key: layout::describe_key(&last),
-                    reason: format!("outbox key beyond the last assigned event seq {event_seq}"),
-                });
-            }
-        }
-        Ok(ChainState { head, event_seq })
+        Ok(ChainState {
+            head: audit_chain::check_tail(tree)?,
+        })
     }
 }
 
@@ -724,7 +657,7 @@ impl Committer {
     }
 }
 
-/// Builds ONE sled batch for the whole group, assigning audit and event seqs in submit order,
+/// Builds ONE sled batch for the whole group, assigning audit seqs in submit order,
 /// plus the meta keys that record the new head. Returns the batch, each request's seqs, and the
 /// chain state to adopt once the batch is durable. Moves the payloads out of the requests.
 fn build_group(
@@ -766,21 +699,14 @@ fn build_group(
                 hash: record.hash,
             };
         }
-        let event_first = chain.event_seq.checked_add(1).ok_or_else(exhausted)?;
-        for payload in batch.events {
-            chain.event_seq = chain.event_seq.checked_add(1).ok_or_else(exhausted)?;
-            out.insert(&layout::outbox_key(chain.event_seq)[..], payload);
-        }
         committed.push(Committed {
             audit_seqs: audit_first..chain.head.seq.checked_add(1).ok_or_else(exhausted)?,
-            event_seqs: event_first..chain.event_seq.checked_add(1).ok_or_else(exhausted)?,
         });
     }
     out.insert(
         layout::META_AUDIT_HEAD,
         &layout::encode_audit_head(chain.head.seq, &chain.head.hash)[..],
     );
-    out.insert(layout::META_EVENT_SEQ, &chain.event_seq.to_be_bytes()[..]);
     Ok((out, committed, chain))
 }
 

@@ -1,14 +1,12 @@
 //! Black-box tests of the journal: atomic batches, seqs across restarts, reads, the audit
-//! chain (intact and tampered), the outbox, group commit under concurrency, limits and close.
+//! chain (intact and tampered), reading the log from a cursor, group commit under concurrency, limits and close.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use orderd_storage::audit_chain::{self, AuditRecord};
 use orderd_storage::layout;
-use orderd_storage::{
-    AuditDraft, AuditHead, Batch, Journal, JournalConfig, OutboxEvent, StorageError,
-};
+use orderd_storage::{AuditDraft, AuditHead, Batch, Journal, JournalConfig, StorageError};
 
 fn config() -> JournalConfig {
     JournalConfig {
@@ -81,7 +79,7 @@ fn raw_verify(dir: &Path) -> Result<orderd_storage::AuditReport, StorageError> {
     audit_chain::verify_tree(&raw_open(dir))
 }
 
-// A batch with puts, a remove, audit records and events is visible as a whole once its ticket
+// A batch with puts, a remove and audit records is visible as a whole once its ticket
 // resolves, with contiguous seqs; a batch refused at submit leaves no trace at all.
 #[tokio::test]
 async fn batch_is_atomic() {
@@ -90,7 +88,7 @@ async fn batch_is_atomic() {
     first.put("k/1", "v1");
     first.put("k/2", "v2");
     let committed = journal.submit(first).await.expect("first");
-    assert!(committed.audit_seqs.is_empty() && committed.event_seqs.is_empty());
+    assert!(committed.audit_seqs.is_empty());
 
     let mut batch = audited("order-1", "created");
     batch.put("k/1", "v1b");
@@ -99,51 +97,42 @@ async fn batch_is_atomic() {
         subject: b"order-1".to_vec(),
         payload: b"priced".to_vec(),
     });
-    batch.events = vec![b"e1".to_vec(), b"e2".to_vec()];
     let committed = journal.submit(batch).await.expect("second");
     assert_eq!(committed.audit_seqs, 1..3);
-    assert_eq!(committed.event_seqs, 1..3);
     assert_eq!(journal.get(b"k/1").expect("get"), Some(b"v1b".to_vec()));
     assert_eq!(journal.get(b"k/2").expect("get"), None);
     assert_eq!(journal.audit_after(0, 10).expect("audit").len(), 2);
-    assert_eq!(journal.outbox_after(0, 10).expect("outbox").len(), 2);
 
     let mut refused = audited(&"x".repeat(layout::AUDIT_SUBJECT_LEN_MAX + 1), "too long");
     refused.put("k/3", "v3");
-    refused.events.push(b"e3".to_vec());
     assert!(matches!(
         journal.submit(refused).await,
         Err(StorageError::Invalid { .. })
     ));
     assert_eq!(journal.get(b"k/3").expect("get"), None);
     assert_eq!(journal.audit_after(0, 10).expect("audit").len(), 2);
-    assert_eq!(journal.outbox_after(0, 10).expect("outbox").len(), 2);
     assert_eq!(journal.audit_head().seq, 2);
 }
 
-// Audit and event seqs continue contiguously after close and reopen, also when the outbox was
-// emptied before the restart (event seqs are never reused).
+// Audit seqs continue contiguously after close and reopen, and the new record links to the
+// head from before the restart.
 #[tokio::test]
 async fn seqs_contiguous_across_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let journal = Journal::open(dir.path(), &config()).expect("open");
         for i in 0..3 {
-            let mut batch = audited("s", &format!("before {i}"));
-            batch.events.push(format!("event {i}").into_bytes());
+            let batch = audited("s", &format!("before {i}"));
             journal.submit(batch).await.expect("commit");
         }
-        assert_eq!(journal.outbox_remove_through(u64::MAX).expect("remove"), 3);
         journal.close().expect("close");
     }
     let journal = Journal::open(dir.path(), &config()).expect("reopen");
     let head = journal.audit_head();
     assert_eq!(head.seq, 3);
-    let mut batch = audited("s", "after");
-    batch.events.push(b"event after".to_vec());
+    let batch = audited("s", "after");
     let committed = journal.submit(batch).await.expect("commit");
     assert_eq!(committed.audit_seqs, 4..5);
-    assert_eq!(committed.event_seqs, 4..5);
     let seqs: Vec<u64> = journal
         .audit_after(0, 100)
         .expect("audit")
@@ -156,11 +145,8 @@ async fn seqs_contiguous_across_restart() {
         head.hash
     );
     assert_eq!(
-        journal.outbox_after(0, 100).expect("outbox"),
-        vec![OutboxEvent {
-            seq: 4,
-            payload: b"event after".to_vec()
-        }]
+        journal.audit_after(3, 100).expect("after")[0].payload,
+        b"after"
     );
     assert_eq!(journal.verify_audit().expect("verify").records, 4);
 }
@@ -173,7 +159,6 @@ async fn get_and_scan_prefix() {
     for key in ["acct/2/b", "acct/1/z", "acct/1/a", "acct/10/a"] {
         batch.put(key, format!("value of {key}"));
     }
-    batch.events.push(b"event".to_vec());
     journal.submit(batch).await.expect("commit");
 
     let scanned = journal.scan_prefix(b"acct/1/").expect("scan");
@@ -399,20 +384,23 @@ async fn tamper_garbage_value_is_detected() {
     ));
 }
 
-// Outbox events come back in seq order across batches; removal through a seq deletes exactly
-// those, and later events keep counting.
+// The audit log read from a cursor (as outbox publishers do): records come back in seq order
+// across batches, pages continue where the last one ended, and nothing is beyond the head.
 #[tokio::test]
-async fn outbox_order_and_removal() {
+async fn audit_after_pages_in_seq_order() {
     let journal = Journal::temporary(&config()).expect("open");
     for chunk in [&["a", "b"][..], &["c"][..], &["d", "e", "f"][..]] {
-        let batch = Batch {
-            events: chunk.iter().map(|e| e.as_bytes().to_vec()).collect(),
-            ..Batch::default()
-        };
+        let mut batch = Batch::default();
+        for p in chunk {
+            batch.audit.push(AuditDraft {
+                subject: b"s".to_vec(),
+                payload: p.as_bytes().to_vec(),
+            });
+        }
         journal.submit(batch).await.expect("commit");
     }
-    let all = journal.outbox_after(0, 100).expect("outbox");
-    let seen: Vec<(u64, &[u8])> = all.iter().map(|e| (e.seq, e.payload.as_slice())).collect();
+    let all = journal.audit_after(0, 100).expect("all");
+    let seen: Vec<(u64, &[u8])> = all.iter().map(|r| (r.seq, r.payload.as_slice())).collect();
     assert_eq!(
         seen,
         vec![
@@ -424,22 +412,12 @@ async fn outbox_order_and_removal() {
             (6, &b"f"[..])
         ]
     );
-    assert_eq!(journal.outbox_after(2, 2).expect("page").len(), 2);
-    assert_eq!(journal.outbox_after(2, 2).expect("page")[0].seq, 3);
-    assert_eq!(journal.outbox_remove_through(3).expect("remove"), 3);
-    assert_eq!(journal.outbox_remove_through(3).expect("again"), 0);
-    assert_eq!(journal.outbox_after(0, 100).expect("outbox")[0].seq, 4);
-    assert_eq!(journal.outbox_remove_through(100).expect("rest"), 3);
-    assert!(journal.outbox_after(0, 100).expect("empty").is_empty());
-    let batch = Batch {
-        events: vec![b"g".to_vec()],
-        ..Batch::default()
-    };
-    assert_eq!(
-        journal.submit(batch).await.expect("commit").event_seqs,
-        7..8
-    );
-    assert!(journal.outbox_after(u64::MAX, 10).expect("none").is_empty());
+    let page = journal.audit_after(2, 2).expect("page");
+    assert_eq!(page.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![3, 4]);
+    let rest = journal.audit_after(4, 100).expect("rest");
+    assert_eq!(rest.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![5, 6]);
+    assert!(journal.audit_after(6, 10).expect("none").is_empty());
+    assert!(journal.audit_after(u64::MAX, 10).expect("none").is_empty());
 }
 
 // 64 concurrent writers x 50 batches on a real directory: every ticket resolves, seqs are
@@ -458,7 +436,6 @@ async fn concurrent_submitters_share_flushes() {
             for i in 0..BATCHES {
                 let mut batch = audited(&format!("w{writer}"), &format!("{i}"));
                 batch.put(format!("w{writer}/{i}"), "x");
-                batch.events.push(format!("w{writer}/{i}").into_bytes());
                 let committed = journal.submit(batch).await.expect("commit");
                 seqs.push(committed.audit_seqs.start);
             }
@@ -484,7 +461,6 @@ async fn concurrent_submitters_share_flushes() {
         journal.verify_audit().expect("verify").records,
         WRITERS * BATCHES
     );
-    assert_eq!(journal.outbox_after(0, 10_000).expect("outbox").len(), 3200);
     assert_eq!(
         journal
             .audit_for_subject(b"w7", 100)
