@@ -64,6 +64,7 @@ pub struct ApiState {
     /// The development sign-in (`POST /v1/dev/token`) is mounted only when true.
     pub dev_signin: bool,
     pub rate: Arc<rate_limit::RateLimiter>,
+    pub sessions: Arc<session::Sessions>,
 }
 
 impl ApiState {
@@ -80,9 +81,16 @@ impl ApiState {
             auth: Arc::new(auth),
             trusted_proxies: Arc::new(trusted_proxies),
             rate: Arc::new(rate_limit::RateLimiter::new(&limits.rate_limit)),
+            sessions: Arc::new(session::Sessions::new(&session::SessionSettings::default())),
             limits,
             dev_signin,
         }
+    }
+
+    /// Browser sessions with these limits.
+    pub fn with_sessions(mut self, settings: &session::SessionSettings) -> ApiState {
+        self.sessions = Arc::new(session::Sessions::new(settings));
+        self
     }
 }
 

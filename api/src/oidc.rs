@@ -39,7 +39,22 @@ pub const LEEWAY_MAX_S: u64 = 60;
 pub const ANY_ACCOUNT: &str = "*";
 const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
 
-/// Names of the claims that carry who is calling.
+/// A secret setting: its Debug output is redacted, so printing the configuration never shows it.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "\"<redacted>\""
+        })
+    }
+}
+
+/// One identity provider and what it may speak for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IssuerSettings {
@@ -57,8 +72,10 @@ pub struct IssuerSettings {
     pub warehouse_claim: String,
     /// Browser sign-in (code flow with PKCE): orderd's client at this issuer. Empty: no sign-in.
     pub client_id: String,
-    /// The client's secret (never logged).
-    pub client_secret: String,
+    /// The client's secret (never logged: its Debug is redacted).
+    pub client_secret: Secret,
+    /// Scopes asked for at sign-in.
+    pub scopes: Vec<String>,
 }
 
 impl Default for IssuerSettings {
@@ -75,7 +92,8 @@ impl Default for IssuerSettings {
             roles_claim: "roles".into(),
             warehouse_claim: "warehouse_id".into(),
             client_id: String::new(),
-            client_secret: String::new(),
+            client_secret: Secret::default(),
+            scopes: vec!["openid".into()],
         }
     }
 }
@@ -89,11 +107,12 @@ pub struct OidcSettings {
     pub issuer: String,
     pub audience: String,
     pub client_id: String,
-    pub client_secret: String,
+    pub client_secret: Secret,
     pub account_claim: String,
     pub user_claim: String,
     pub roles_claim: String,
     pub warehouse_claim: String,
+    pub scopes: Vec<String>,
     /// One entry per customer company's identity provider.
     pub issuers: Vec<IssuerSettings>,
     /// Clock skew tolerated on `exp` and `nbf` (at most 60).
@@ -117,11 +136,12 @@ impl Default for OidcSettings {
             issuer: String::new(),
             audience: String::new(),
             client_id: String::new(),
-            client_secret: String::new(),
+            client_secret: Secret::default(),
             account_claim: d.account_claim,
             user_claim: d.user_claim,
             roles_claim: d.roles_claim,
             warehouse_claim: d.warehouse_claim,
+            scopes: d.scopes,
             issuers: vec![],
             leeway_s: LEEWAY_MAX_S,
             http_timeout_ms: 5_000,
@@ -154,6 +174,7 @@ impl OidcSettings {
                 warehouse_claim: self.warehouse_claim.clone(),
                 client_id: self.client_id.clone(),
                 client_secret: self.client_secret.clone(),
+                scopes: self.scopes.clone(),
             });
         }
         out.extend(self.issuers.iter().cloned());
@@ -222,7 +243,7 @@ impl OidcSettings {
                     errs.push(format!("{at}: {name} is empty"));
                 }
             }
-            if s.client_id.is_empty() != s.client_secret.is_empty() {
+            if s.client_id.is_empty() != s.client_secret.0.is_empty() {
                 errs.push(format!("{at}: client_id and client_secret go together"));
             }
         }
@@ -343,6 +364,45 @@ impl Oidc {
                 self.refresh(i, "start-up").await;
             }
         }
+    }
+
+    /// The issuer configured as `name`.
+    pub fn issuer(&self, name: &str) -> Option<&Arc<Issuer>> {
+        self.issuers.get(name)
+    }
+
+    /// Verifies an ID token of a browser sign-in: signature by the issuer's key, `iss`, `aud`
+    /// = our client id, `exp`, and the `nonce` of this sign-in.
+    pub async fn verify_id_token(
+        &self,
+        issuer: &Issuer,
+        token: &str,
+        nonce: &str,
+    ) -> Result<(), ApiError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| unauthorized(format!("malformed ID token: {e}")))?;
+        if !ALLOWED_ALGORITHMS.contains(&header.alg)
+            || header.jku.is_some()
+            || header.x5u.is_some()
+            || header.jwk.is_some()
+        {
+            return Err(unauthorized(
+                "the ID token's algorithm or key source is not accepted",
+            ));
+        }
+        let key = self.key(issuer, header.kid.as_deref(), header.alg).await?;
+        let mut v = Validation::new(key.alg);
+        v.set_issuer(&[&issuer.settings.issuer]);
+        v.set_audience(&[&issuer.settings.client_id]);
+        v.leeway = self.limits.leeway_s.min(LEEWAY_MAX_S);
+        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &v)
+            .map_err(|e| unauthorized(format!("invalid ID token: {e}")))?
+            .claims;
+        if claims.get("nonce").and_then(Value::as_str) != Some(nonce) {
+            return Err(unauthorized("the ID token's nonce is not this sign-in's"));
+        }
+        Ok(())
     }
 
     /// The issuers in configuration order.

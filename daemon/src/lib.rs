@@ -76,7 +76,8 @@ pub async fn run(
         config.trusted_proxies.clone(),
         config.api.clone(),
         config.dev_signin_on(),
-    );
+    )
+    .with_sessions(&config.session);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let relay = tokio::spawn(outbox::relay(
         journal.clone(),

@@ -667,3 +667,197 @@ async fn mutations_are_rate_limited_per_account_and_token() {
     }
     assert_eq!(add(other).await.0, 200);
 }
+
+/// Idle timeout of browser sessions in the sign-in test.
+const SESSION_IDLE_MS: u64 = 4_000;
+
+/// A `Set-Cookie` header of `name` in an answer, if any.
+fn set_cookie(r: &reqwest::Response, name: &str) -> Option<String> {
+    r.headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(str::to_owned)
+}
+
+fn cookie_value(set_cookie: &str) -> String {
+    set_cookie
+        .split(';')
+        .next()
+        .and_then(|kv| kv.split_once('='))
+        .map(|(_, v)| v.to_owned())
+        .unwrap_or_default()
+}
+
+/// Signs `login` in through orderd's `/auth/login` as a browser would; the session cookie.
+async fn browser_sign_in(env: &TestEnv, login: &str, session: Option<&str>) -> String {
+    let base = env.api().base().to_owned();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let r = http
+        .get(format!("{base}/auth/login"))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(r.status(), 303);
+    let login_cookie = set_cookie(&r, "__Host-orderd_login").expect("login cookie");
+    let to = r.headers()[reqwest::header::LOCATION]
+        .to_str()
+        .expect("location")
+        .to_owned();
+    let callback = crate::provider::sign_in_at_provider(
+        reqwest::Url::parse(&to).expect("URL"),
+        login,
+        &format!("{base}/auth/callback"),
+    )
+    .await;
+    let mut cookies = format!("__Host-orderd_login={}", cookie_value(&login_cookie));
+    if let Some(s) = session {
+        cookies.push_str(&format!("; __Host-orderd_session={s}"));
+    }
+    let r = http
+        .get(callback.clone())
+        .header("cookie", &cookies)
+        .send()
+        .await
+        .expect("callback");
+    assert_eq!(r.status(), 303, "{:?}", r.text().await);
+    let session = set_cookie(&r, "__Host-orderd_session").expect("session cookie");
+    for attr in ["Secure", "HttpOnly", "SameSite=Lax", "Path=/"] {
+        assert!(session.contains(attr), "{session} lacks {attr}");
+    }
+    // The same answer of the provider cannot be used twice.
+    let again = http
+        .get(callback)
+        .header("cookie", &cookies)
+        .send()
+        .await
+        .expect("replay");
+    assert_eq!(again.status(), 400);
+    cookie_value(&session)
+}
+
+// A person signs in through orderd's portal: orderd sends the browser to the provider (code
+// flow with PKCE), the provider's login and consent forms are submitted, and orderd's
+// callback starts a session in a __Host- cookie (Secure, HttpOnly, SameSite=Lax). The page at
+// / shows who is signed in; a state-changing request with the cookie needs orderd's Origin; a
+// new sign-in issues a new session id and ends the old one; logout ends the session
+// server-side; an idle session ends by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_sign_in_with_sessions() {
+    let p = Provider::start(
+        &json!({"acme-carol": user(Some("ACME"), &["buyer", "account_admin"], None)}),
+        &[],
+    );
+    let secret = "portal-secret-portal-secret-portal-secret";
+    let idle = SESSION_IDLE_MS.to_string();
+    let env = TestEnv::start_with_args(
+        &[
+            ("ORDERD_OIDC__CLIENT_ID", "portal"),
+            ("ORDERD_OIDC__CLIENT_SECRET", secret),
+            ("ORDERD_OIDC__SCOPES", "[\"openid\", \"orders\"]"),
+            ("ORDERD_SESSION__IDLE_TIMEOUT_MS", &idle),
+        ],
+        &["--oidc-issuer", &p.issuer, "--oidc-audience", AUDIENCE],
+    )
+    .await;
+    let base = env.api().base().to_owned();
+    p.set_clients(&[json!({"client_id": "portal", "client_secret": secret, "redirect_uris": [format!("{base}/auth/callback")]})]).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+
+    let session = browser_sign_in(&env, "acme-carol", None).await;
+    let with = |s: &str| format!("__Host-orderd_session={s}");
+    let page = http
+        .get(format!("{base}/"))
+        .header("cookie", with(&session))
+        .send()
+        .await
+        .expect("page");
+    let html = page.text().await.expect("html");
+    assert!(
+        html.contains("acme-carol")
+            && html.contains("ACME")
+            && html.contains("buyer, account_admin"),
+        "{html}"
+    );
+    let anonymous = http
+        .get(format!("{base}/"))
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("html");
+    assert!(anonymous.contains("Not signed in"), "{anonymous}");
+    let me = http
+        .get(format!("{base}/v1/me"))
+        .header("cookie", with(&session))
+        .send()
+        .await
+        .expect("me");
+    assert_eq!(me.status(), 200);
+
+    let add = |origin: Option<&str>, s: &str| {
+        let mut req = http
+            .post(format!("{base}/v1/cart/lines"))
+            .header("cookie", with(s))
+            .json(&json!({"sku": "BOLT-0010", "qty": 1}));
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        async move { req.send().await.expect("add").status().as_u16() }
+    };
+    assert_eq!(add(None, &session).await, 403, "no Origin");
+    assert_eq!(
+        add(Some("http://evil.example"), &session).await,
+        403,
+        "foreign Origin"
+    );
+    assert_eq!(add(Some(&base), &session).await, 200, "orderd's own Origin");
+
+    // Signing in again rotates the session id; the old one is over.
+    let second = browser_sign_in(&env, "acme-carol", Some(&session)).await;
+    assert_ne!(second, session);
+    let status = |s: String| {
+        let req = http.get(format!("{base}/v1/me")).header("cookie", with(&s));
+        async move { req.send().await.expect("me").status().as_u16() }
+    };
+    assert_eq!(
+        status(session.clone()).await,
+        401,
+        "the old session must be over"
+    );
+    assert_eq!(status(second.clone()).await, 200);
+
+    // Logout needs orderd's Origin too, then ends the session on the server.
+    let out = |origin: &str| {
+        http.post(format!("{base}/auth/logout"))
+            .header("cookie", with(&second))
+            .header("origin", origin)
+            .send()
+    };
+    assert_eq!(
+        out("http://evil.example").await.expect("logout").status(),
+        403
+    );
+    let r = out(&base).await.expect("logout");
+    assert_eq!(r.status(), 303);
+    assert!(set_cookie(&r, "__Host-orderd_session").is_some_and(|c| c.contains("Max-Age=0")));
+    assert_eq!(
+        status(second).await,
+        401,
+        "logout must end the session server-side"
+    );
+
+    // An idle session ends by itself.
+    let third = browser_sign_in(&env, "acme-carol", None).await;
+    assert_eq!(status(third.clone()).await, 200);
+    tokio::time::sleep(Duration::from_millis(SESSION_IDLE_MS + 500)).await;
+    assert_eq!(status(third).await, 401, "idle session");
+}
