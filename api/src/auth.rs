@@ -2,11 +2,12 @@
 //! warehouse) plus the client IP. The account comes only from the verified token, never from
 //! the path or body.
 //!
-//! Today tokens are signed by orderd's development sign-in (HS256 with a key generated per data
-//! directory). An OIDC issuer replaces it in production; the dev sign-in is then off.
+//! Tokens come from the configured identity providers (OIDC, see `oidc.rs`) or, in the embedded
+//! default only, from orderd's development sign-in (HS256 with a key generated per data
+//! directory). Configuring an issuer turns the development sign-in off.
 
-use crate::client_ip::client_ip;
 use crate::error::ApiError;
+use crate::oidc::Oidc;
 use crate::ApiState;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -16,6 +17,7 @@ use orderd_domain::account::Role;
 use orderd_domain::ids::{AccountId, UserId, WarehouseId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 pub const DEV_ISSUER: &str = "orderd-dev";
 pub const AUDIENCE: &str = "orderd";
@@ -39,11 +41,19 @@ pub struct Claims {
     pub warehouse_id: Option<String>,
 }
 
-/// Verifies (and, in development, issues) tokens.
+/// Verifies bearer tokens: the development sign-in's own (HS256, embedded default only) or
+/// those of the configured identity providers (OIDC). Never both: configuring an issuer turns
+/// the development sign-in off.
 #[derive(Clone)]
 pub struct Authenticator {
+    dev: Option<DevSigner>,
+    oidc: Option<Arc<Oidc>>,
+}
+
+#[derive(Clone)]
+struct DevSigner {
     decoding: DecodingKey,
-    encoding: Option<EncodingKey>,
+    encoding: EncodingKey,
     validation: Validation,
 }
 
@@ -56,34 +66,95 @@ impl Authenticator {
         validation.leeway = LEEWAY_S;
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         Authenticator {
-            decoding: DecodingKey::from_secret(key),
-            encoding: Some(EncodingKey::from_secret(key)),
-            validation,
+            dev: Some(DevSigner {
+                decoding: DecodingKey::from_secret(key),
+                encoding: EncodingKey::from_secret(key),
+                validation,
+            }),
+            oidc: None,
+        }
+    }
+
+    /// Tokens of the configured identity providers only.
+    pub fn oidc(oidc: Arc<Oidc>) -> Authenticator {
+        Authenticator {
+            dev: None,
+            oidc: Some(oidc),
+        }
+    }
+
+    /// Refuses every token (no sign-in configured).
+    pub fn none() -> Authenticator {
+        Authenticator {
+            dev: None,
+            oidc: None,
         }
     }
 
     pub fn can_issue(&self) -> bool {
-        self.encoding.is_some()
+        self.dev.is_some()
+    }
+
+    /// The identity providers, when configured.
+    pub fn identity_providers(&self) -> Option<&Arc<Oidc>> {
+        self.oidc.as_ref()
     }
 
     pub fn issue(&self, claims: &Claims) -> Result<String, ApiError> {
-        let key = self
-            .encoding
+        let dev = self
+            .dev
             .as_ref()
             .ok_or_else(|| ApiError::NotFound("development sign-in is off".into()))?;
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, key)
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &dev.encoding)
             .map_err(|e| ApiError::Internal(e.to_string()))
     }
 
+    /// Verifies a development token.
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+        let dev = self
+            .dev
+            .as_ref()
+            .ok_or_else(|| ApiError::Unauthorized("invalid bearer token".into()))?;
+        jsonwebtoken::decode::<Claims>(token, &dev.decoding, &dev.validation)
             .map(|d| d.claims)
             .map_err(|e| ApiError::Unauthorized(format!("invalid bearer token: {e}")))
     }
+
+    /// The caller a bearer token stands for (401 when it is not acceptable).
+    pub async fn authenticate(&self, token: &str, ip: String) -> Result<Caller, ApiError> {
+        match (&self.oidc, &self.dev) {
+            (Some(oidc), _) => oidc.verify(token, ip).await,
+            (None, Some(_)) => caller_from_claims(&self.verify(token)?, ip),
+            (None, None) => Err(ApiError::Unauthorized(
+                "no sign-in is configured: every token is refused".into(),
+            )),
+        }
+    }
+}
+
+/// Who a verified token names, before it is checked and parsed into a caller.
+pub struct CallerClaims {
+    pub user: String,
+    pub account: Option<String>,
+    pub roles: Vec<String>,
+    pub warehouse: Option<String>,
+}
+
+/// Turns verified development claims into a caller.
+pub fn caller_from_claims(c: &Claims, ip: String) -> Result<Caller, ApiError> {
+    caller_from_parts(
+        &CallerClaims {
+            user: c.sub.clone(),
+            account: c.account_id.clone(),
+            roles: c.roles.clone(),
+            warehouse: c.warehouse_id.clone(),
+        },
+        ip,
+    )
 }
 
 /// Turns verified claims into a caller; unknown roles or malformed ids refuse the token.
-pub fn caller_from_claims(c: &Claims, ip: String) -> Result<Caller, ApiError> {
+pub fn caller_from_parts(c: &CallerClaims, ip: String) -> Result<Caller, ApiError> {
     let bad = |what: &str| ApiError::Unauthorized(format!("token has an invalid {what}"));
     let roles = c
         .roles
@@ -91,18 +162,21 @@ pub fn caller_from_claims(c: &Claims, ip: String) -> Result<Caller, ApiError> {
         .map(|r| Role::parse(r).ok_or_else(|| bad("role")))
         .collect::<Result<BTreeSet<_>, _>>()?;
     let account = c
-        .account_id
+        .account
         .as_deref()
         .map(AccountId::parse)
         .transpose()
         .map_err(|_| bad("account"))?;
     let warehouse = c
-        .warehouse_id
+        .warehouse
         .as_deref()
         .map(WarehouseId::parse)
         .transpose()
         .map_err(|_| bad("warehouse"))?;
-    let user = UserId::parse(&c.sub).map_err(|_| bad("subject"))?;
+    let user = UserId::parse(&c.user).map_err(|_| bad("subject"))?;
+    if roles.is_empty() {
+        return Err(bad("role list (it grants no orderd role)"));
+    }
     if account.is_none()
         && !roles
             .iter()
@@ -124,25 +198,35 @@ pub fn caller_from_claims(c: &Claims, ip: String) -> Result<Caller, ApiError> {
     })
 }
 
+/// The bearer token of a request, if it has an Authorization header (`Err` when malformed).
+pub fn bearer(parts: &axum::http::HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(header) = parts.get(axum::http::header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let header = header
+        .to_str()
+        .map_err(|_| ApiError::Unauthorized("Authorization must be a Bearer token".into()))?;
+    header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+        .map(|t| Some(t.trim()))
+        .ok_or_else(|| ApiError::Unauthorized("Authorization must be a Bearer token".into()))
+}
+
 /// Extractor: the verified caller of this request.
 pub struct Auth(pub Caller);
 
 impl FromRequestParts<ApiState> for Auth {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Auth, ApiError> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .ok_or_else(|| ApiError::Unauthorized("Authorization must be a Bearer token".into()))?;
-        let claims = state.auth.verify(token.trim())?;
-        let ip = client_ip(parts, &state.trusted_proxies);
-        caller_from_claims(&claims, ip).map(Auth)
+    /// The caller the access guard (`policy::guard`) verified for this request.
+    async fn from_request_parts(parts: &mut Parts, _state: &ApiState) -> Result<Auth, ApiError> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .map(Auth)
+            .ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))
     }
 }
 

@@ -29,6 +29,11 @@ pub enum ApiError {
     Conflict(String),
     #[error("too many requests for this account")]
     TooManyRequests,
+    #[error("rate limit of this {scope:?} reached; retry after {retry_after_s} s")]
+    RateLimited {
+        scope: crate::rate_limit::Scope,
+        retry_after_s: u32,
+    },
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error")]
@@ -68,6 +73,7 @@ impl ApiError {
             }
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "account_busy"),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -87,6 +93,10 @@ impl IntoResponse for ApiError {
                 cause.clone()
             }
             other => other.to_string(),
+        };
+        let retry_after = match &self {
+            ApiError::RateLimited { retry_after_s, .. } => *retry_after_s,
+            _ => RETRY_AFTER_S,
         };
         let problems = match self {
             ApiError::Invalid(p) => p,
@@ -110,7 +120,7 @@ impl IntoResponse for ApiError {
             status,
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
         ) {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S));
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
         }
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(

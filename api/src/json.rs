@@ -6,6 +6,7 @@ use axum::extract::{FromRequest, Request};
 use axum::http::header::CONTENT_LENGTH;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use orderd_domain::validation::{Problem, ProblemCode};
 use serde::de::DeserializeOwned;
 
 /// Like `axum::Json`, but a bad body is a 400 problem naming what is wrong.
@@ -20,7 +21,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
             Err(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
                 Err(ApiError::bad_request("body_too_large", e.body_text()))
             }
-            Err(e) => Err(ApiError::bad_request("malformed_body", e.body_text())),
+            Err(e) => Err(body_error(e.body_text())),
         }
     }
 }
@@ -38,7 +39,25 @@ impl<S: Send + Sync, T: DeserializeOwned> axum::extract::OptionalFromRequest<S> 
         }
         serde_json::from_slice(&bytes)
             .map(|v| Some(Json(v)))
-            .map_err(|e| ApiError::bad_request("malformed_body", format!("invalid JSON body: {e}")))
+            .map_err(|e| body_error(format!("invalid JSON body: {e}")))
+    }
+}
+
+/// A body that names a field the route does not let the caller set (an account, a price, a
+/// state, a credit limit...) is refused with 422 naming the field, never silently ignored;
+/// any other bad body is a 400.
+fn body_error(text: String) -> ApiError {
+    let unknown = text
+        .split_once("unknown field `")
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(field, _)| field.to_owned());
+    match unknown {
+        Some(field) => ApiError::Invalid(vec![Problem::new(
+            ProblemCode::InvalidField,
+            format!("the field {field:?} cannot be set here"),
+        )
+        .field(&field)]),
+        None => ApiError::bad_request("malformed_body", text),
     }
 }
 

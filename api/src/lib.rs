@@ -1,6 +1,7 @@
-//! orderd's HTTP API: axum routes under `/v1`, bearer-token auth, the tenancy guard (the
-//! account always comes from the token), RFC 9457 errors, CSV imports and the OpenAPI document
-//! generated from the route annotations.
+//! orderd's HTTP API: axum routes under `/v1`, authentication (OIDC bearer tokens, browser
+//! sessions, the development sign-in), the access policy every route passes (roles, denied by
+//! default), rate limits, the tenancy guard (the account always comes from the token), RFC 9457
+//! errors, CSV imports and the OpenAPI document generated from the route annotations.
 //!
 //! Talks to the actors' typed handles only: never to storage, never builds actor messages
 //! beyond the handle's closures.
@@ -10,7 +11,11 @@ pub mod client_ip;
 pub mod error;
 pub mod import_csv;
 pub mod json;
+pub mod oidc;
+pub mod policy;
+pub mod rate_limit;
 pub mod routes;
+pub mod session;
 
 use auth::Authenticator;
 use axum::extract::DefaultBodyLimit;
@@ -33,6 +38,8 @@ pub struct ApiLimits {
     pub import_rows_max: usize,
     /// Largest page of a list.
     pub page_max: usize,
+    /// Rate limits of sign-ins and state-changing requests.
+    pub rate_limit: rate_limit::RateLimits,
 }
 
 impl Default for ApiLimits {
@@ -42,6 +49,7 @@ impl Default for ApiLimits {
             import_body_max_bytes: 64 << 20,
             import_rows_max: 1_000_000,
             page_max: 200,
+            rate_limit: rate_limit::RateLimits::default(),
         }
     }
 }
@@ -55,6 +63,35 @@ pub struct ApiState {
     pub limits: ApiLimits,
     /// The development sign-in (`POST /v1/dev/token`) is mounted only when true.
     pub dev_signin: bool,
+    pub rate: Arc<rate_limit::RateLimiter>,
+    pub sessions: Arc<session::Sessions>,
+}
+
+impl ApiState {
+    /// State with the rate limiters of `limits`.
+    pub fn new(
+        engine: Engine,
+        auth: Authenticator,
+        trusted_proxies: Vec<IpAddr>,
+        limits: ApiLimits,
+        dev_signin: bool,
+    ) -> ApiState {
+        ApiState {
+            engine,
+            auth: Arc::new(auth),
+            trusted_proxies: Arc::new(trusted_proxies),
+            rate: Arc::new(rate_limit::RateLimiter::new(&limits.rate_limit)),
+            sessions: Arc::new(session::Sessions::new(&session::SessionSettings::default())),
+            limits,
+            dev_signin,
+        }
+    }
+
+    /// Browser sessions with these limits.
+    pub fn with_sessions(mut self, settings: &session::SessionSettings) -> ApiState {
+        self.sessions = Arc::new(session::Sessions::new(settings));
+        self
+    }
 }
 
 /// The API's routes with their OpenAPI description.
@@ -65,7 +102,8 @@ pub fn api_routes(dev_signin: bool) -> OpenApiRouter<ApiState> {
         .merge(routes::cart::routes())
         .merge(routes::orders::routes())
         .merge(routes::credit::routes())
-        .merge(routes::admin::routes());
+        .merge(routes::admin::routes())
+        .merge(routes::portal::routes());
     if dev_signin {
         r.merge(routes::dev::routes())
     } else {
@@ -95,6 +133,11 @@ pub fn router(state: ApiState) -> Router {
             "/openapi.json",
             axum::routing::get(move || async move { axum::Json((*doc).clone()) }),
         )
+        // Deny by default: every matched route passes the access guard first.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            policy::guard,
+        ))
         .route_layer(DefaultBodyLimit::max(body_limit.max(import_limit)))
         .layer(axum::middleware::from_fn(move |req, next| {
             json::limit_json_body(req, next, body_limit)

@@ -7,6 +7,8 @@
 //! plain strings.
 
 use orderd_actors::Limits;
+use orderd_api::oidc::OidcSettings;
+use orderd_api::session::SessionSettings;
 use orderd_api::ApiLimits;
 use orderd_storage::JournalConfig;
 use serde::Deserialize;
@@ -29,7 +31,9 @@ pub struct Config {
     /// Load the demo data set when the store is empty.
     pub demo_data: bool,
     /// Mount `POST /v1/dev/token`. Development only: it signs tokens for anyone who asks.
-    pub dev_signin: bool,
+    /// Unset: on in the embedded default, off when an identity provider is configured; set to
+    /// `true` together with an identity provider, start-up is refused.
+    pub dev_signin: Option<bool>,
     /// Peers whose X-Forwarded-For header is believed for the audit log's client IP.
     pub trusted_proxies: Vec<IpAddr>,
     /// "text" or "json".
@@ -41,6 +45,10 @@ pub struct Config {
     pub limits: Limits,
     pub api: ApiLimits,
     pub storage: StorageSettings,
+    /// Identity providers (OIDC): `--oidc-issuer`, `--oidc-audience`, or `[[oidc.issuers]]`.
+    pub oidc: OidcSettings,
+    /// Browser sessions (sign-in with the code flow).
+    pub session: SessionSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -82,7 +90,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./data"),
             demo_data: true,
-            dev_signin: true,
+            dev_signin: None,
             trusted_proxies: vec![],
             log_format: "text".into(),
             shutdown_grace_ms: 10_000,
@@ -90,6 +98,8 @@ impl Default for Config {
             limits: Limits::default(),
             api: ApiLimits::default(),
             storage: StorageSettings::default(),
+            oidc: OidcSettings::default(),
+            session: SessionSettings::default(),
         }
     }
 }
@@ -146,6 +156,14 @@ impl Config {
         if self.api.body_max_bytes == 0 || self.api.page_max == 0 || self.api.import_rows_max == 0 {
             errs.push("api limits must be above 0".into());
         }
+        errs.extend(self.api.rate_limit.validate());
+        errs.extend(self.oidc.validate());
+        errs.extend(self.session.validate());
+        if self.dev_signin == Some(true) && self.oidc.enabled() {
+            errs.push(
+                "dev_signin cannot be on when an identity provider is configured (oidc)".into(),
+            );
+        }
         if self.outbox_poll_ms == 0 {
             errs.push("outbox_poll_ms must be above 0".into());
         }
@@ -154,6 +172,14 @@ impl Config {
         } else {
             Err(ConfigError::Invalid(errs))
         }
+    }
+}
+
+impl Config {
+    /// Whether the development sign-in is mounted: only in the embedded default (no identity
+    /// provider), unless turned off.
+    pub fn dev_signin_on(&self) -> bool {
+        !self.oidc.enabled() && self.dev_signin.unwrap_or(true)
     }
 }
 
@@ -222,5 +248,56 @@ mod tests {
         assert_eq!(errs.len(), 3, "{errs:?}");
         assert!(Config::load("nonsense = 1", &env(&[])).is_err());
         assert!(Config::load("", &env(&[("ORDERD_LISTEN", "not an address")])).is_err());
+    }
+
+    // Identity providers from the file and the environment; the development sign-in is off
+    // with them, and asking for both is refused.
+    #[test]
+    fn identity_providers() {
+        let c = Config::load("", &env(&[])).unwrap();
+        assert!(c.dev_signin_on());
+        let file = "[oidc]\nissuer = \"https://idp.example\"\naudience = \"urn:orderd\"\n";
+        let c = Config::load(file, &env(&[])).unwrap();
+        assert!(!c.dev_signin_on());
+        assert_eq!(c.oidc.all_issuers()[0].accounts, ["*"]);
+        let c = Config::load(
+            "",
+            &env(&[(
+                "ORDERD_OIDC__ISSUERS",
+                "[{issuer = \"https://x.example\", audience = \"urn:orderd\", accounts = [\"ACME\"], roles_claim = \"groups\"}]",
+            )]),
+        )
+        .unwrap();
+        let x = &c.oidc.all_issuers()[0];
+        assert_eq!(
+            (
+                x.accounts.as_slice(),
+                x.roles_claim.as_str(),
+                x.user_claim.as_str()
+            ),
+            (&["ACME".to_owned()][..], "groups", "sub")
+        );
+        let Err(ConfigError::Invalid(errs)) = Config::load(
+            &format!("dev_signin = true\n{file}leeway_s = 61\n"),
+            &env(&[]),
+        ) else {
+            panic!("should be invalid")
+        };
+        assert!(
+            errs.iter().any(|e| e.contains("dev_signin cannot be on")),
+            "{errs:?}"
+        );
+        assert!(errs.iter().any(|e| e.contains("leeway_s")), "{errs:?}");
+        let Err(ConfigError::Invalid(errs)) = Config::load(
+            "[oidc]\nissuer = \"http://idp.example\"\naudience = \"a\"\n[[oidc.issuers]]\nissuer = \"https://y.example\"\naudience = \"a\"\n",
+            &env(&[]),
+        ) else {
+            panic!("should be invalid")
+        };
+        assert!(errs.iter().any(|e| e.contains("must be https")), "{errs:?}");
+        assert!(
+            errs.iter().any(|e| e.contains("accounts must list")),
+            "{errs:?}"
+        );
     }
 }

@@ -12,6 +12,7 @@ use anyhow::Context;
 use config::Config;
 use orderd_actors::Engine;
 use orderd_api::auth::Authenticator;
+use orderd_api::oidc::Oidc;
 use orderd_api::ApiState;
 use orderd_storage::Journal;
 use std::net::SocketAddr;
@@ -53,20 +54,30 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let journal = open_journal(&config)?;
     let engine = start_engine(&config, journal.clone()).await?;
-    let auth = if config.dev_signin {
+    let auth = if config.oidc.enabled() {
+        let oidc = Arc::new(Oidc::new(&config.oidc).map_err(anyhow::Error::msg)?);
+        for i in oidc.issuers() {
+            tracing::info!(issuer = %i.settings.issuer, accounts = ?i.settings.accounts, roles = ?i.settings.roles, "trusting identity provider");
+        }
+        // Keys are fetched now; a provider that is down is retried on requests (rate-limited).
+        let warm = oidc.clone();
+        tokio::spawn(async move { warm.warm_up().await });
+        Authenticator::oidc(oidc)
+    } else if config.dev_signin_on() {
         tracing::warn!("DEVELOPMENT SIGN-IN IS ON: POST /v1/dev/token signs a token for any account, user and role. Never expose this daemon like this.");
         Authenticator::dev(&dev_key(&config.data_dir)?)
     } else {
-        // Until an identity provider is configured, a key nobody knows: every token is refused.
-        Authenticator::dev(&random_key()?)
+        tracing::warn!("no sign-in is configured: every request that needs a role is refused");
+        Authenticator::none()
     };
-    let state = ApiState {
-        engine: engine.clone(),
-        auth: Arc::new(auth),
-        trusted_proxies: Arc::new(config.trusted_proxies.clone()),
-        limits: config.api.clone(),
-        dev_signin: config.dev_signin,
-    };
+    let state = ApiState::new(
+        engine.clone(),
+        auth,
+        config.trusted_proxies.clone(),
+        config.api.clone(),
+        config.dev_signin_on(),
+    )
+    .with_sessions(&config.session);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let relay = tokio::spawn(outbox::relay(
         journal.clone(),

@@ -39,6 +39,13 @@ enum Command {
         /// Log as JSON lines.
         #[arg(long)]
         log_json: bool,
+        /// The identity provider (OIDC issuer URL) whose access tokens are accepted; turns the
+        /// development sign-in off. Same as `oidc.issuer` in the config file.
+        #[arg(long, requires = "oidc_audience")]
+        oidc_issuer: Option<String>,
+        /// The audience orderd's access tokens carry (`oidc.audience`).
+        #[arg(long, requires = "oidc_issuer")]
+        oidc_audience: Option<String>,
     },
     /// Import a CSV file of KIND (catalog, prices, accounts, ship_tos, users, warehouses, stock)
     /// into the data directory (the daemon must not be running on it).
@@ -121,16 +128,25 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
         listen: None,
         no_demo: false,
         log_json: false,
+        oidc_issuer: None,
+        oidc_audience: None,
     }) {
         Command::Serve {
             common,
             listen,
             no_demo,
             log_json,
+            oidc_issuer,
+            oidc_audience,
         } => {
             let mut config = load_config(&common)?;
             if let Some(l) = listen {
                 config.listen = l;
+            }
+            if let (Some(issuer), Some(audience)) = (oidc_issuer, oidc_audience) {
+                config.oidc.issuer = issuer;
+                config.oidc.audience = audience;
+                config.validate()?;
             }
             config.demo_data &= !no_demo;
             init_logging(log_json || config.log_format == "json");

@@ -7,6 +7,7 @@ pub mod credit;
 pub mod dev;
 pub mod health;
 pub mod orders;
+pub mod portal;
 
 use orderd_domain::account::Role;
 

@@ -17,7 +17,7 @@ use orderd_actors::ordering::{Amendment, Preview};
 use orderd_domain::account::Role;
 use orderd_domain::ids::{AccountId, IdempotencyKey, OrderId, WarehouseId};
 use orderd_domain::order::{Channel, Order, OrderState};
-use orderd_domain::validation::{LineRequest, OrderRequest};
+use orderd_domain::validation::{LineRequest, OrderRequest, Problem, ProblemCode};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -500,6 +500,18 @@ async fn ship(
     let not_found = || ApiError::NotFound(format!("order {id} not found"));
     let (warehouse, account) =
         if let (true, Some(w)) = (caller.has(Role::Warehouse), caller.warehouse.clone()) {
+            // A warehouse ships from its own warehouse; naming another one or an account is
+            // refused, never silently ignored.
+            if let Some(field) = [("warehouse", &b.warehouse), ("account", &b.account)]
+                .into_iter()
+                .find_map(|(f, v)| v.is_some().then_some(f))
+            {
+                return Err(ApiError::Invalid(vec![Problem::new(
+                    ProblemCode::InvalidField,
+                    format!("a warehouse token cannot set {field:?}"),
+                )
+                .field(field)]));
+            }
             // A warehouse sees only orders holding stock in it.
             let handle = s.engine.warehouse(&w).ok_or_else(not_found)?;
             let account = handle.owner(order.clone()).await?.ok_or_else(not_found)?;

@@ -27,6 +27,11 @@ impl TestEnv {
 
     /// Same, with extra environment (e.g. `ORDERD_LIMITS__ACCOUNT_INFLIGHT_MAX=1`).
     pub async fn start_with(env: &[(&str, &str)]) -> TestEnv {
+        TestEnv::start_with_args(env, &[]).await
+    }
+
+    /// Same, with extra `serve` arguments (e.g. `--oidc-issuer URL`).
+    pub async fn start_with_args(env: &[(&str, &str)], args: &[&str]) -> TestEnv {
         let dir = tempfile::Builder::new()
             .prefix("orderd-it-")
             .tempdir()
@@ -35,6 +40,7 @@ impl TestEnv {
         for (k, v) in env {
             spec = spec.with_env(k, v);
         }
+        spec.serve_args = args.iter().map(|a| a.to_string()).collect();
         let mut env = TestEnv {
             daemon: None,
             api: None,

@@ -1,0 +1,687 @@
+//! OIDC resource server: bearer access tokens of configured identity providers become callers.
+//!
+//! Per issuer, orderd reads the discovery document and the JWKS it names, and keeps the keys in
+//! memory. A token is accepted only when all of this holds:
+//! - its header names an allowed algorithm (RS256, ES256, EdDSA: never `none`, never HMAC) and
+//!   no key source of its own (`jku`, `x5u`, `jwk`, `x5c`): keys come only from the JWKS;
+//! - `typ`, when present, is `at+jwt` (RFC 9068), so ID tokens and other JWTs are refused;
+//! - the signature verifies with the issuer's key of that `kid` (jsonwebtoken does the work);
+//! - `iss` is exactly the configured issuer, `aud` contains the configured audience, `exp` and
+//!   `nbf` hold within the configured leeway (at most [`LEEWAY_MAX_S`]);
+//! - the account it names is one the issuer is bound to, and every role it grants is one the
+//!   issuer may grant.
+//!
+//! An unknown `kid` triggers at most one JWKS refetch per `jwks_refetch_interval_min_ms` (all
+//! requests waiting meanwhile share it), so rotation at the provider needs no restart. When the
+//! JWKS endpoint is down the cached keys keep working; without a key nothing validates.
+
+use crate::auth::{caller_from_parts, CallerClaims};
+use crate::error::ApiError;
+use arc_swap::ArcSwap;
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse,
+};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use orderd_actors::audit::Caller;
+use orderd_domain::account::Role;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The only signature algorithms accepted.
+pub const ALLOWED_ALGORITHMS: [Algorithm; 3] =
+    [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA];
+/// The most clock skew that may be configured for `exp` and `nbf`.
+pub const LEEWAY_MAX_S: u64 = 60;
+/// Account list entry meaning "any account".
+pub const ANY_ACCOUNT: &str = "*";
+const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
+
+/// A secret setting: its Debug output is redacted, so printing the configuration never shows it.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "\"<redacted>\""
+        })
+    }
+}
+
+/// One identity provider and what it may speak for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IssuerSettings {
+    /// The issuer URL, compared exactly with `iss` (https, or http on a loopback address).
+    pub issuer: String,
+    /// Must be among the token's `aud`.
+    pub audience: String,
+    /// Accounts this issuer may speak for; `"*"` is any account.
+    pub accounts: Vec<String>,
+    /// Roles this issuer may grant; a token with any other known role is refused.
+    pub roles: Vec<String>,
+    pub account_claim: String,
+    pub user_claim: String,
+    pub roles_claim: String,
+    pub warehouse_claim: String,
+    /// Browser sign-in (code flow with PKCE): orderd's client at this issuer. Empty: no sign-in.
+    pub client_id: String,
+    /// The client's secret (never logged: its Debug is redacted).
+    pub client_secret: Secret,
+    /// Scopes asked for at sign-in.
+    pub scopes: Vec<String>,
+}
+
+impl Default for IssuerSettings {
+    fn default() -> IssuerSettings {
+        IssuerSettings {
+            issuer: String::new(),
+            audience: String::new(),
+            accounts: vec![],
+            roles: ["buyer", "approver", "account_admin"]
+                .map(String::from)
+                .to_vec(),
+            account_claim: "account_id".into(),
+            user_claim: "sub".into(),
+            roles_claim: "roles".into(),
+            warehouse_claim: "warehouse_id".into(),
+            client_id: String::new(),
+            client_secret: Secret::default(),
+            scopes: vec!["openid".into()],
+        }
+    }
+}
+
+/// The `[oidc]` settings: one issuer in short form (`--oidc-issuer`, `--oidc-audience`, bound
+/// to every account and role) and/or a list of issuers each bound to its accounts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OidcSettings {
+    /// Short form: the one identity provider (any account, any role). Empty: none.
+    pub issuer: String,
+    pub audience: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub account_claim: String,
+    pub user_claim: String,
+    pub roles_claim: String,
+    pub warehouse_claim: String,
+    pub scopes: Vec<String>,
+    /// One entry per customer company's identity provider.
+    pub issuers: Vec<IssuerSettings>,
+    /// Clock skew tolerated on `exp` and `nbf` (at most 60).
+    pub leeway_s: u64,
+    /// Timeout of one request to a provider (discovery, JWKS, token endpoint).
+    pub http_timeout_ms: u64,
+    /// An unknown `kid` refetches the JWKS at most once per this interval.
+    pub jwks_refetch_interval_min_ms: u64,
+    /// Keys older than this are refreshed in the background (removed keys stop working).
+    pub jwks_max_age_ms: u64,
+    /// Most keys kept per issuer; a larger JWKS is refused (the cached keys stay).
+    pub jwks_keys_max: usize,
+    /// Largest discovery document, JWKS or token response read.
+    pub document_bytes_max: usize,
+}
+
+impl Default for OidcSettings {
+    fn default() -> OidcSettings {
+        let d = IssuerSettings::default();
+        OidcSettings {
+            issuer: String::new(),
+            audience: String::new(),
+            client_id: String::new(),
+            client_secret: Secret::default(),
+            account_claim: d.account_claim,
+            user_claim: d.user_claim,
+            roles_claim: d.roles_claim,
+            warehouse_claim: d.warehouse_claim,
+            scopes: d.scopes,
+            issuers: vec![],
+            leeway_s: LEEWAY_MAX_S,
+            http_timeout_ms: 5_000,
+            jwks_refetch_interval_min_ms: 10_000,
+            jwks_max_age_ms: 3_600_000,
+            jwks_keys_max: 32,
+            document_bytes_max: 256 * 1024,
+        }
+    }
+}
+
+impl OidcSettings {
+    /// Whether any identity provider is configured.
+    pub fn enabled(&self) -> bool {
+        !self.issuer.is_empty() || !self.issuers.is_empty()
+    }
+
+    /// Every issuer, the short form first (bound to every account and role).
+    pub fn all_issuers(&self) -> Vec<IssuerSettings> {
+        let mut out = vec![];
+        if !self.issuer.is_empty() {
+            out.push(IssuerSettings {
+                issuer: self.issuer.clone(),
+                audience: self.audience.clone(),
+                accounts: vec![ANY_ACCOUNT.into()],
+                roles: Role::ALL.iter().map(|r| r.as_str().to_owned()).collect(),
+                account_claim: self.account_claim.clone(),
+                user_claim: self.user_claim.clone(),
+                roles_claim: self.roles_claim.clone(),
+                warehouse_claim: self.warehouse_claim.clone(),
+                client_id: self.client_id.clone(),
+                client_secret: self.client_secret.clone(),
+                scopes: self.scopes.clone(),
+            });
+        }
+        out.extend(self.issuers.iter().cloned());
+        out
+    }
+
+    /// Every bad value, named.
+    pub fn validate(&self) -> Vec<String> {
+        let mut errs = vec![];
+        if self.leeway_s > LEEWAY_MAX_S {
+            errs.push(format!("oidc.leeway_s must be at most {LEEWAY_MAX_S}"));
+        }
+        for (name, v) in [
+            ("http_timeout_ms", self.http_timeout_ms),
+            (
+                "jwks_refetch_interval_min_ms",
+                self.jwks_refetch_interval_min_ms,
+            ),
+            ("jwks_max_age_ms", self.jwks_max_age_ms),
+        ] {
+            if v == 0 {
+                errs.push(format!("oidc.{name} must be above 0"));
+            }
+        }
+        if self.jwks_keys_max == 0 || self.document_bytes_max == 0 {
+            errs.push("oidc.jwks_keys_max and oidc.document_bytes_max must be above 0".into());
+        }
+        if self.issuer.is_empty() != self.audience.is_empty() {
+            errs.push(
+                "oidc.issuer and oidc.audience go together (--oidc-issuer, --oidc-audience)".into(),
+            );
+        }
+        let mut seen = BTreeSet::new();
+        for (i, s) in self.all_issuers().iter().enumerate() {
+            let at = if s.issuer.is_empty() {
+                format!("oidc issuer #{i}")
+            } else {
+                format!("oidc issuer {}", s.issuer)
+            };
+            if !seen.insert(s.issuer.clone()) {
+                errs.push(format!("{at} is configured twice"));
+            }
+            if let Err(e) = check_issuer_url(&s.issuer) {
+                errs.push(format!("{at}: {e}"));
+            }
+            if s.audience.is_empty() {
+                errs.push(format!("{at}: audience is empty"));
+            }
+            if s.accounts.is_empty() {
+                errs.push(format!(
+                    "{at}: accounts must list the accounts it may speak for (or \"*\")"
+                ));
+            }
+            for r in &s.roles {
+                if Role::parse(r).is_none() {
+                    errs.push(format!("{at}: unknown role {r:?}"));
+                }
+            }
+            for (name, v) in [
+                ("account_claim", &s.account_claim),
+                ("user_claim", &s.user_claim),
+                ("roles_claim", &s.roles_claim),
+                ("warehouse_claim", &s.warehouse_claim),
+            ] {
+                if v.is_empty() {
+                    errs.push(format!("{at}: {name} is empty"));
+                }
+            }
+            if s.client_id.is_empty() != s.client_secret.0.is_empty() {
+                errs.push(format!("{at}: client_id and client_secret go together"));
+            }
+        }
+        errs
+    }
+}
+
+/// https, or plain http on a loopback address (tests, a provider on the same host).
+fn check_issuer_url(issuer: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(issuer).map_err(|e| format!("not a URL: {e}"))?;
+    let loopback = matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => Err("must be https (http only on a loopback address)".into()),
+    }
+}
+
+/// One verification key of an issuer.
+struct Key {
+    alg: Algorithm,
+    key: DecodingKey,
+}
+
+#[derive(Default)]
+struct KeySet {
+    by_kid: HashMap<String, Arc<Key>>,
+    fetched: Option<Instant>,
+}
+
+#[derive(Default)]
+struct RefreshState {
+    last_attempt: Option<Instant>,
+    jwks_uri: Option<String>,
+}
+
+/// What orderd learned from an issuer's discovery document.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Discovery {
+    pub issuer: String,
+    pub jwks_uri: String,
+    pub authorization_endpoint: Option<String>,
+    pub token_endpoint: Option<String>,
+}
+
+/// One configured issuer with its cached keys.
+pub struct Issuer {
+    pub settings: IssuerSettings,
+    roles: BTreeSet<Role>,
+    any_account: bool,
+    accounts: BTreeSet<String>,
+    validation: Validation,
+    keys: ArcSwap<KeySet>,
+    refresh: tokio::sync::Mutex<RefreshState>,
+    discovery: ArcSwap<Option<Discovery>>,
+}
+
+/// The identity providers orderd trusts.
+pub struct Oidc {
+    issuers: HashMap<String, Arc<Issuer>>,
+    order: Vec<String>,
+    http: reqwest::Client,
+    limits: OidcSettings,
+}
+
+#[derive(Deserialize)]
+struct IssOnly {
+    iss: Option<String>,
+}
+
+fn unauthorized(why: impl Into<String>) -> ApiError {
+    ApiError::Unauthorized(why.into())
+}
+
+impl Oidc {
+    /// From validated settings; no network yet (see [`Oidc::warm_up`]).
+    pub fn new(settings: &OidcSettings) -> Result<Oidc, String> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(settings.http_timeout_ms))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| format!("building the HTTP client: {e}"))?;
+        let mut issuers = HashMap::new();
+        let mut order = vec![];
+        for s in settings.all_issuers() {
+            let mut validation = Validation::new(Algorithm::RS256);
+            validation.set_issuer(&[&s.issuer]);
+            validation.set_audience(&[&s.audience]);
+            validation.leeway = settings.leeway_s.min(LEEWAY_MAX_S);
+            validation.validate_nbf = true;
+            validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+            let issuer = Issuer {
+                roles: s.roles.iter().filter_map(|r| Role::parse(r)).collect(),
+                any_account: s.accounts.iter().any(|a| a == ANY_ACCOUNT),
+                accounts: s.accounts.iter().cloned().collect(),
+                validation,
+                keys: ArcSwap::from_pointee(KeySet::default()),
+                refresh: tokio::sync::Mutex::new(RefreshState::default()),
+                discovery: ArcSwap::from_pointee(None),
+                settings: s.clone(),
+            };
+            order.push(s.issuer.clone());
+            issuers.insert(s.issuer.clone(), Arc::new(issuer));
+        }
+        Ok(Oidc {
+            issuers,
+            order,
+            http,
+            limits: settings.clone(),
+        })
+    }
+
+    /// Fetches every issuer's discovery document and keys once (failures are logged; requests
+    /// retry, rate-limited).
+    pub async fn warm_up(&self) {
+        for name in &self.order {
+            if let Some(i) = self.issuers.get(name) {
+                self.refresh(i, "start-up").await;
+            }
+        }
+    }
+
+    /// The issuer configured as `name`.
+    pub fn issuer(&self, name: &str) -> Option<&Arc<Issuer>> {
+        self.issuers.get(name)
+    }
+
+    /// Verifies an ID token of a browser sign-in: signature by the issuer's key, `iss`, `aud`
+    /// = our client id, `exp`, and the `nonce` of this sign-in.
+    pub async fn verify_id_token(
+        &self,
+        issuer: &Issuer,
+        token: &str,
+        nonce: &str,
+    ) -> Result<(), ApiError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| unauthorized(format!("malformed ID token: {e}")))?;
+        if !ALLOWED_ALGORITHMS.contains(&header.alg)
+            || header.jku.is_some()
+            || header.x5u.is_some()
+            || header.jwk.is_some()
+        {
+            return Err(unauthorized(
+                "the ID token's algorithm or key source is not accepted",
+            ));
+        }
+        let key = self.key(issuer, header.kid.as_deref(), header.alg).await?;
+        let mut v = Validation::new(key.alg);
+        v.set_issuer(&[&issuer.settings.issuer]);
+        v.set_audience(&[&issuer.settings.client_id]);
+        v.leeway = self.limits.leeway_s.min(LEEWAY_MAX_S);
+        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &v)
+            .map_err(|e| unauthorized(format!("invalid ID token: {e}")))?
+            .claims;
+        if claims.get("nonce").and_then(Value::as_str) != Some(nonce) {
+            return Err(unauthorized("the ID token's nonce is not this sign-in's"));
+        }
+        Ok(())
+    }
+
+    /// The issuers in configuration order.
+    pub fn issuers(&self) -> impl Iterator<Item = &Arc<Issuer>> {
+        self.order.iter().filter_map(|n| self.issuers.get(n))
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The issuer's discovery document, fetched when not known yet.
+    pub async fn discovery(&self, issuer: &Issuer) -> Result<Discovery, String> {
+        if let Some(d) = issuer.discovery.load().as_ref() {
+            return Ok(d.clone());
+        }
+        let d = self.fetch_discovery(&issuer.settings.issuer).await?;
+        issuer.discovery.store(Arc::new(Some(d.clone())));
+        Ok(d)
+    }
+
+    /// Verifies a bearer access token and maps it to a caller.
+    pub async fn verify(&self, token: &str, ip: String) -> Result<Caller, ApiError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| unauthorized(format!("malformed token: {e}")))?;
+        if header.jku.is_some()
+            || header.x5u.is_some()
+            || header.jwk.is_some()
+            || header.x5c.is_some()
+        {
+            return Err(unauthorized(
+                "the token names its own key (jku, x5u, jwk or x5c); keys come only from the issuer's JWKS",
+            ));
+        }
+        if !ALLOWED_ALGORITHMS.contains(&header.alg) {
+            return Err(unauthorized(format!(
+                "algorithm {:?} is not accepted (RS256, ES256, EdDSA)",
+                header.alg
+            )));
+        }
+        if let Some(typ) = &header.typ {
+            let t = typ.to_ascii_lowercase();
+            if t != "at+jwt" && t != "application/at+jwt" {
+                return Err(unauthorized(format!(
+                    "token type {typ:?} is not an access token (at+jwt)"
+                )));
+            }
+        }
+        // Only to pick the issuer's keys; everything is verified below against that issuer.
+        let iss = jsonwebtoken::dangerous::insecure_decode::<IssOnly>(token)
+            .ok()
+            .and_then(|d| d.claims.iss)
+            .ok_or_else(|| unauthorized("the token has no issuer"))?;
+        let issuer = self
+            .issuers
+            .get(&iss)
+            .ok_or_else(|| unauthorized("the token's issuer is not trusted"))?;
+        let key = self.key(issuer, header.kid.as_deref(), header.alg).await?;
+        let mut validation = issuer.validation.clone();
+        validation.algorithms = vec![key.alg];
+        let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation)
+            .map_err(|e| unauthorized(format!("invalid bearer token: {e}")))?
+            .claims;
+        issuer.caller(&claims, ip)
+    }
+
+    /// The key for `kid`, refetching the JWKS once (rate-limited) when it is unknown.
+    async fn key(
+        &self,
+        issuer: &Issuer,
+        kid: Option<&str>,
+        alg: Algorithm,
+    ) -> Result<Arc<Key>, ApiError> {
+        let max_age = Duration::from_millis(self.limits.jwks_max_age_ms);
+        if issuer
+            .keys
+            .load()
+            .fetched
+            .is_none_or(|t| t.elapsed() > max_age)
+        {
+            // Never fetched, or stale (keys removed at the provider must stop working). The
+            // refresh is rate-limited, and a failure keeps the cached keys.
+            self.refresh(issuer, "keys missing or older than oidc.jwks_max_age_ms")
+                .await;
+        }
+        let found = |set: &KeySet| -> Option<Arc<Key>> {
+            match kid {
+                Some(k) => set.by_kid.get(k).cloned(),
+                // Without a kid, only an issuer with a single key is unambiguous.
+                None if set.by_kid.len() == 1 => set.by_kid.values().next().cloned(),
+                None => None,
+            }
+        };
+        let key = match found(&issuer.keys.load()) {
+            Some(k) => k,
+            None => {
+                self.refresh(issuer, "unknown kid").await;
+                found(&issuer.keys.load())
+                    .ok_or_else(|| unauthorized("the token's signing key is not known"))?
+            }
+        };
+        if key.alg != alg {
+            return Err(unauthorized("the token's algorithm does not match its key"));
+        }
+        Ok(key)
+    }
+
+    /// Refetches discovery and JWKS unless another attempt happened within the minimum
+    /// interval; concurrent callers wait for the one attempt. A failure keeps the cached keys.
+    async fn refresh(&self, issuer: &Issuer, reason: &str) {
+        let mut state = issuer.refresh.lock().await;
+        let min = Duration::from_millis(self.limits.jwks_refetch_interval_min_ms);
+        if state.last_attempt.is_some_and(|t| t.elapsed() < min) {
+            return;
+        }
+        state.last_attempt = Some(Instant::now());
+        let result = async {
+            let uri = match &state.jwks_uri {
+                Some(u) => u.clone(),
+                None => {
+                    let d = self.discovery(issuer).await?;
+                    state.jwks_uri = Some(d.jwks_uri.clone());
+                    d.jwks_uri
+                }
+            };
+            self.fetch_keys(&uri).await
+        }
+        .await;
+        match result {
+            Ok(set) => {
+                tracing::info!(issuer = %issuer.settings.issuer, keys = set.by_kid.len(), reason, "JWKS loaded");
+                issuer.keys.store(Arc::new(set));
+            }
+            Err(e) => {
+                tracing::warn!(issuer = %issuer.settings.issuer, error = %e, reason, "JWKS refresh failed; the cached keys stay in use")
+            }
+        }
+    }
+
+    async fn fetch_discovery(&self, issuer: &str) -> Result<Discovery, String> {
+        let url = format!("{}{DISCOVERY_PATH}", issuer.trim_end_matches('/'));
+        let d: Discovery = serde_json::from_slice(&self.get(&url).await?)
+            .map_err(|e| format!("discovery document: {e}"))?;
+        if d.issuer != issuer {
+            return Err(format!(
+                "discovery names issuer {:?}, expected {issuer:?}",
+                d.issuer
+            ));
+        }
+        Ok(d)
+    }
+
+    async fn fetch_keys(&self, uri: &str) -> Result<KeySet, String> {
+        let set: JwkSet =
+            serde_json::from_slice(&self.get(uri).await?).map_err(|e| format!("JWKS: {e}"))?;
+        if set.keys.len() > self.limits.jwks_keys_max {
+            return Err(format!(
+                "JWKS has {} keys, above oidc.jwks_keys_max {}",
+                set.keys.len(),
+                self.limits.jwks_keys_max
+            ));
+        }
+        let mut by_kid = HashMap::new();
+        for jwk in &set.keys {
+            if let Some(k) = key_of(jwk) {
+                by_kid.insert(jwk.common.key_id.clone().unwrap_or_default(), Arc::new(k));
+            }
+        }
+        Ok(KeySet {
+            by_kid,
+            fetched: Some(Instant::now()),
+        })
+    }
+
+    /// GET with the size limit; any status but 200 is an error.
+    pub async fn get(&self, url: &str) -> Result<Vec<u8>, String> {
+        let resp = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        read_limited(resp, self.limits.document_bytes_max).await
+    }
+
+    pub fn document_bytes_max(&self) -> usize {
+        self.limits.document_bytes_max
+    }
+}
+
+/// The body of a 200 answer, at most `max` bytes.
+pub async fn read_limited(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
+    let url = resp.url().to_string();
+    if resp.status() != reqwest::StatusCode::OK {
+        return Err(format!("{url} answered {}", resp.status()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("{url}: {e}"))? {
+        if body.len() + chunk.len() > max {
+            return Err(format!(
+                "{url}: more than oidc.document_bytes_max ({max}) bytes"
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// A signing key of an allowed algorithm, or `None` (skipped: encryption keys, HMAC, unknown).
+fn key_of(jwk: &Jwk) -> Option<Key> {
+    if matches!(&jwk.common.public_key_use, Some(u) if *u != PublicKeyUse::Signature) {
+        return None;
+    }
+    let inferred = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => Algorithm::RS256,
+        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Algorithm::ES256,
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+            Algorithm::EdDSA
+        }
+        _ => return None,
+    };
+    let alg = match jwk.common.key_algorithm {
+        None => inferred,
+        Some(KeyAlgorithm::RS256) => Algorithm::RS256,
+        Some(KeyAlgorithm::ES256) => Algorithm::ES256,
+        Some(KeyAlgorithm::EdDSA) => Algorithm::EdDSA,
+        Some(_) => return None,
+    };
+    if alg != inferred {
+        return None;
+    }
+    DecodingKey::from_jwk(jwk).ok().map(|key| Key { alg, key })
+}
+
+impl Issuer {
+    /// Maps verified claims to a caller, within what this issuer may speak for.
+    fn caller(&self, claims: &Map<String, Value>, ip: String) -> Result<Caller, ApiError> {
+        let s = &self.settings;
+        let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
+        let roles: Vec<String> = match claims.get(&s.roles_claim) {
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
+            Some(Value::String(list)) => list.split_whitespace().map(str::to_owned).collect(),
+            _ => vec![],
+        };
+        // Names that are not orderd roles grant nothing (a corporate token carries other groups).
+        let roles: Vec<String> = roles
+            .into_iter()
+            .filter(|r| Role::parse(r).is_some())
+            .collect();
+        if let Some(r) = roles
+            .iter()
+            .find(|r| Role::parse(r).is_some_and(|r| !self.roles.contains(&r)))
+        {
+            return Err(unauthorized(format!(
+                "this issuer may not grant the role {r}"
+            )));
+        }
+        let account = text(&s.account_claim);
+        if let Some(a) = &account {
+            if !self.any_account && !self.accounts.contains(a) {
+                return Err(unauthorized(
+                    "this issuer may not speak for the token's account",
+                ));
+            }
+        }
+        let user = text(&s.user_claim)
+            .ok_or_else(|| unauthorized(format!("the token has no {} claim", s.user_claim)))?;
+        caller_from_parts(
+            &CallerClaims {
+                user,
+                account,
+                roles,
+                warehouse: text(&s.warehouse_claim),
+            },
+            ip,
+        )
+    }
+}

@@ -1,0 +1,134 @@
+//! Who may call what, denied by default: [`RULES`] names the access of every route, and
+//! [`guard`] enforces it before any handler runs. A route without a rule answers 403 (and a
+//! test that walks the OpenAPI document fails the build). The guard also authenticates the
+//! caller (bearer token, or the browser session with an Origin check) and applies the rate
+//! limits of sign-ins and state-changing requests.
+
+use crate::client_ip::client_ip;
+use crate::error::ApiError;
+use crate::ApiState;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use orderd_domain::account::Role;
+use sha2::{Digest, Sha256};
+
+/// The access a route needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone (health, the OpenAPI document, the portal page).
+    Public,
+    /// Anyone, counted against the per-address sign-in limit.
+    SignIn,
+    /// A caller with at least one of these roles.
+    Roles(&'static [Role]),
+}
+
+const ACCOUNT: Access = Access::Roles(crate::routes::ACCOUNT_ROLES);
+const APPROVER: Access = Access::Roles(&[Role::Approver]);
+const SHIPPING: Access = Access::Roles(&[Role::Warehouse, Role::Operator]);
+const OPERATOR: Access = Access::Roles(&[Role::Operator]);
+const ANY_ROLE: Access = Access::Roles(&Role::ALL);
+
+/// Every route and its access: (method, path as in the OpenAPI document, access).
+pub const RULES: &[(&str, &str, Access)] = &[
+    ("GET", "/", Access::Public),
+    ("GET", "/healthz", Access::Public),
+    ("GET", "/readyz", Access::Public),
+    ("GET", "/openapi.json", Access::Public),
+    ("POST", "/v1/dev/token", Access::SignIn),
+    ("GET", "/auth/login", Access::SignIn),
+    ("GET", "/auth/callback", Access::SignIn),
+    ("POST", "/auth/logout", Access::Public),
+    ("GET", "/v1/me", ANY_ROLE),
+    ("GET", "/v1/catalog", ACCOUNT),
+    ("GET", "/v1/catalog/{sku}", ACCOUNT),
+    ("GET", "/v1/cart", ACCOUNT),
+    ("POST", "/v1/cart/lines", ACCOUNT),
+    ("PATCH", "/v1/cart/lines/{line}", ACCOUNT),
+    ("DELETE", "/v1/cart/lines/{line}", ACCOUNT),
+    ("POST", "/v1/cart/validate", ACCOUNT),
+    ("GET", "/v1/orders", ACCOUNT),
+    ("POST", "/v1/orders", ACCOUNT),
+    ("POST", "/v1/orders/validate", ACCOUNT),
+    ("GET", "/v1/orders/{id}", ACCOUNT),
+    ("PATCH", "/v1/orders/{id}", ACCOUNT),
+    ("GET", "/v1/orders/{id}/history", ACCOUNT),
+    ("POST", "/v1/orders/{id}/submit", ACCOUNT),
+    ("POST", "/v1/orders/{id}/cancel", ACCOUNT),
+    ("POST", "/v1/orders/{id}/approve", APPROVER),
+    ("POST", "/v1/orders/{id}/reject", APPROVER),
+    ("POST", "/v1/orders/{id}/ship", SHIPPING),
+    ("GET", "/v1/credit", ACCOUNT),
+    ("POST", "/v1/admin/import/{kind}", OPERATOR),
+    ("PUT", "/v1/admin/accounts/{account}/credit", OPERATOR),
+    ("GET", "/v1/admin/accounts", OPERATOR),
+];
+
+/// The rule of a route, if it has one.
+pub fn rule(method: &str, path: &str) -> Option<Access> {
+    RULES
+        .iter()
+        .find(|(m, p, _)| m.eq_ignore_ascii_case(method) && *p == path)
+        .map(|(_, _, a)| *a)
+}
+
+/// Methods that change state (rate-limited; with a session cookie they need a same-origin
+/// request).
+pub fn changes_state(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// Middleware on every matched route: rule lookup, authentication, role check, rate limits.
+pub async fn guard(State(s): State<ApiState>, mut req: Request, next: Next) -> Response {
+    match admit(&s, &mut req).await {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn admit(s: &ApiState, req: &mut Request) -> Result<(), ApiError> {
+    let path = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let method = req.method().clone();
+    let Some(access) = rule(method.as_str(), &path) else {
+        tracing::error!(%method, %path, "route has no access rule: denied");
+        return Err(ApiError::Forbidden("this route has no access rule".into()));
+    };
+    let (parts, body) = std::mem::take(req).into_parts();
+    let ip = client_ip(&parts, &s.trusted_proxies);
+    *req = Request::from_parts(parts, body);
+    match access {
+        Access::Public => Ok(()),
+        Access::SignIn => s.rate.login(&ip),
+        Access::Roles(roles) => {
+            let (caller, credential) = match crate::auth::bearer(req.headers())? {
+                Some(token) => (
+                    s.auth.authenticate(token, ip).await?,
+                    hex::encode(Sha256::digest(token.as_bytes())),
+                ),
+                None => crate::session::caller_of(s, req, ip)?,
+            };
+            if !roles.iter().any(|r| caller.has(*r)) {
+                let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+                return Err(ApiError::Forbidden(format!(
+                    "this needs one of the roles: {}",
+                    names.join(", ")
+                )));
+            }
+            if changes_state(&method) {
+                let who = match &caller.account {
+                    Some(a) => format!("account:{a}"),
+                    None => format!("user:{}", caller.user),
+                };
+                s.rate.mutation(&who, &credential)?;
+            }
+            req.extensions_mut().insert(caller);
+            Ok(())
+        }
+    }
+}

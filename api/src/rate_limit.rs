@@ -1,0 +1,141 @@
+//! Rate limits (governor's GCRA): state-changing requests per account and per token, sign-ins
+//! per client address. Over a limit the answer is 429 with Retry-After.
+//!
+//! Each limiter keeps one entry per key; above `keys_max` entries it first forgets keys that are
+//! back at full allowance, and refuses new keys while it is still full.
+
+use crate::error::ApiError;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+use serde::{Deserialize, Serialize};
+use std::num::NonZeroU32;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimits {
+    /// State-changing requests per second, per account (operators and warehouses: per user).
+    pub account_mutations_per_s: u32,
+    /// Burst above that rate, per account.
+    pub account_mutations_burst: u32,
+    /// State-changing requests per second, per token or session.
+    pub token_mutations_per_s: u32,
+    pub token_mutations_burst: u32,
+    /// Sign-in attempts (`/auth/login`, `/auth/callback`, `/v1/dev/token`) per minute, per
+    /// client address.
+    pub logins_per_min: u32,
+    pub logins_burst: u32,
+    /// Most keys each limiter tracks at once.
+    pub keys_max: usize,
+}
+
+impl Default for RateLimits {
+    fn default() -> RateLimits {
+        RateLimits {
+            account_mutations_per_s: 200,
+            account_mutations_burst: 400,
+            token_mutations_per_s: 100,
+            token_mutations_burst: 200,
+            logins_per_min: 60,
+            logins_burst: 30,
+            keys_max: 100_000,
+        }
+    }
+}
+
+impl RateLimits {
+    pub fn validate(&self) -> Vec<String> {
+        let mut errs = vec![];
+        for (name, v) in [
+            ("account_mutations_per_s", self.account_mutations_per_s),
+            ("account_mutations_burst", self.account_mutations_burst),
+            ("token_mutations_per_s", self.token_mutations_per_s),
+            ("token_mutations_burst", self.token_mutations_burst),
+            ("logins_per_min", self.logins_per_min),
+            ("logins_burst", self.logins_burst),
+        ] {
+            if v == 0 {
+                errs.push(format!("api.rate_limit.{name} must be above 0"));
+            }
+        }
+        if self.keys_max == 0 {
+            errs.push("api.rate_limit.keys_max must be above 0".into());
+        }
+        errs
+    }
+}
+
+/// What a limit applies to (named in the 429's detail).
+#[derive(Debug, Clone, Copy)]
+pub enum Scope {
+    Account,
+    Token,
+    Login,
+}
+
+pub struct RateLimiter {
+    account: DefaultKeyedRateLimiter<String>,
+    token: DefaultKeyedRateLimiter<String>,
+    login: DefaultKeyedRateLimiter<String>,
+    keys_max: usize,
+}
+
+fn nz(v: u32) -> NonZeroU32 {
+    NonZeroU32::new(v).unwrap_or(NonZeroU32::MIN)
+}
+
+impl RateLimiter {
+    /// From validated limits (a zero is read as one).
+    pub fn new(l: &RateLimits) -> RateLimiter {
+        let per_s = |rate, burst| Quota::per_second(nz(rate)).allow_burst(nz(burst));
+        RateLimiter {
+            account: governor::RateLimiter::keyed(per_s(
+                l.account_mutations_per_s,
+                l.account_mutations_burst,
+            )),
+            token: governor::RateLimiter::keyed(per_s(
+                l.token_mutations_per_s,
+                l.token_mutations_burst,
+            )),
+            login: governor::RateLimiter::keyed(
+                Quota::per_minute(nz(l.logins_per_min)).allow_burst(nz(l.logins_burst)),
+            ),
+            keys_max: l.keys_max,
+        }
+    }
+
+    /// One state-changing request of `account` (or user) with `token` (a digest of it).
+    pub fn mutation(&self, account: &str, token: &str) -> Result<(), ApiError> {
+        self.check(&self.account, account, Scope::Account)?;
+        self.check(&self.token, token, Scope::Token)
+    }
+
+    /// One sign-in attempt from `client`.
+    pub fn login(&self, client: &str) -> Result<(), ApiError> {
+        self.check(&self.login, client, Scope::Login)
+    }
+
+    fn check(
+        &self,
+        limiter: &DefaultKeyedRateLimiter<String>,
+        key: &str,
+        scope: Scope,
+    ) -> Result<(), ApiError> {
+        if limiter.len() >= self.keys_max {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+            if limiter.len() >= self.keys_max {
+                return Err(ApiError::RateLimited {
+                    scope,
+                    retry_after_s: 1,
+                });
+            }
+        }
+        limiter.check_key(&key.to_owned()).map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            ApiError::RateLimited {
+                scope,
+                retry_after_s: u32::try_from(wait.as_secs().saturating_add(1)).unwrap_or(u32::MAX),
+            }
+        })
+    }
+}

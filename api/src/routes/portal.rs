@@ -1,0 +1,260 @@
+//! Who is signed in: `GET /v1/me` for programs and the small page at `/` for people (until the
+//! portal exists), plus the browser sign-in routes (`/auth/...`, see `session.rs`).
+
+use crate::auth::Auth;
+use crate::client_ip::client_ip;
+use crate::error::{ApiError, ApiResult};
+use crate::session::{
+    clear_cookie, cookie, origin, pkce_challenge, random_token, same_origin, set_cookie,
+    LOGIN_COOKIE, SESSION_COOKIE,
+};
+use crate::ApiState;
+use axum::extract::{Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use orderd_actors::audit::Caller;
+use serde::Deserialize;
+use serde::Serialize;
+use std::time::Duration;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(me))
+        .routes(routes!(page))
+        .routes(routes!(login))
+        .routes(routes!(callback))
+        .routes(routes!(logout))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Me {
+    pub user: String,
+    pub account: Option<String>,
+    pub roles: Vec<String>,
+    pub warehouse: Option<String>,
+}
+
+impl From<&Caller> for Me {
+    fn from(c: &Caller) -> Me {
+        Me {
+            user: c.user.to_string(),
+            account: c.account.as_ref().map(|a| a.to_string()),
+            roles: c.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+            warehouse: c.warehouse.as_ref().map(|w| w.to_string()),
+        }
+    }
+}
+
+/// The caller: user, account, roles, warehouse (any role).
+#[utoipa::path(get, path = "/v1/me", tag = "session", responses((status = 200, body = Me)), security(("bearer" = [])))]
+async fn me(auth: Auth) -> ApiResult<axum::Json<Me>> {
+    Ok(axum::Json(Me::from(&auth.0)))
+}
+
+/// The portal's start page: who is signed in, for which account, with which roles (public).
+#[utoipa::path(get, path = "/", tag = "session", responses((status = 200, description = "HTML page", content_type = "text/html")))]
+async fn page(State(s): State<ApiState>, headers: HeaderMap) -> Html<String> {
+    let who = crate::session::signed_in(&s, &headers);
+    // Every shown value is an id already parsed to [A-Za-z0-9._:-], so nothing needs escaping.
+    let body = match who {
+        Some(c) => {
+            let me = Me::from(&c);
+            format!(
+                "<p>Signed in as <b id=\"user\">{}</b> for account <b id=\"account\">{}</b> with roles <b id=\"roles\">{}</b>.</p>\
+                 <form method=\"post\" action=\"/auth/logout\"><button type=\"submit\">Sign out</button></form>",
+                me.user,
+                me.account.as_deref().unwrap_or("(none)"),
+                me.roles.join(", ")
+            )
+        }
+        None => {
+            "<p>Not signed in. <a href=\"/auth/login\">Sign in with your company account</a></p>"
+                .to_owned()
+        }
+    };
+    Html(format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>orderd</title></head><body><h1>orderd</h1>{body}</body></html>"
+    ))
+}
+
+fn redirect(to: &str) -> Response {
+    (StatusCode::SEE_OTHER, [(header::LOCATION, to.to_owned())]).into_response()
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct LoginQuery {
+    /// The identity provider to sign in with (its issuer URL); default: the first with a client.
+    pub issuer: Option<String>,
+}
+
+/// Start a browser sign-in: redirects to the identity provider (code flow with PKCE) (public).
+#[utoipa::path(get, path = "/auth/login", tag = "session", params(LoginQuery), responses((status = 303, description = "to the identity provider"), (status = 404, description = "no sign-in configured")))]
+async fn login(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Query(q): Query<LoginQuery>,
+) -> ApiResult<Response> {
+    let oidc = s
+        .auth
+        .identity_providers()
+        .ok_or_else(|| ApiError::NotFound("no identity provider is configured".into()))?;
+    let issuer = oidc
+        .issuers()
+        .find(|i| {
+            !i.settings.client_id.is_empty()
+                && q.issuer.as_ref().is_none_or(|w| *w == i.settings.issuer)
+        })
+        .ok_or_else(|| ApiError::NotFound("no identity provider with browser sign-in".into()))?;
+    let d = oidc
+        .discovery(issuer)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("the identity provider is unreachable: {e}")))?;
+    let endpoint = d.authorization_endpoint.ok_or_else(|| {
+        ApiError::Unavailable("the identity provider has no authorization endpoint".into())
+    })?;
+    let base = origin(&s, &headers)
+        .ok_or_else(|| ApiError::bad_request("no_host", "the request has no Host"))?;
+    let redirect_uri = format!("{base}/auth/callback");
+    let (state, nonce, verifier) = (random_token()?, random_token()?, random_token()?);
+    let mut url = reqwest::Url::parse(&endpoint)
+        .map_err(|e| ApiError::Unavailable(format!("bad authorization endpoint: {e}")))?;
+    url.query_pairs_mut()
+        .append_pair("client_id", &issuer.settings.client_id)
+        .append_pair("response_type", "code")
+        .append_pair("scope", &issuer.settings.scopes.join(" "))
+        .append_pair("redirect_uri", &redirect_uri)
+        .append_pair("state", &state)
+        .append_pair("nonce", &nonce)
+        .append_pair("code_challenge", &pkce_challenge(&verifier))
+        .append_pair("code_challenge_method", "S256")
+        .append_pair("resource", &issuer.settings.audience);
+    let ttl = Duration::from_millis(s.sessions.settings().login_pending_timeout_ms);
+    s.sessions.begin_login(
+        state.clone(),
+        issuer.settings.issuer.clone(),
+        verifier,
+        nonce,
+        redirect_uri,
+    )?;
+    let mut resp = redirect(url.as_str());
+    resp.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(LOGIN_COOKIE, &state, Some(ttl)),
+    );
+    Ok(resp)
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct CallbackQuery {
+    pub code: Option<String>,
+    pub state: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct TokenAnswer {
+    access_token: String,
+    id_token: String,
+}
+
+/// The identity provider's answer: redeems the code, starts a session, back to `/` (public).
+#[utoipa::path(get, path = "/auth/callback", tag = "session", params(CallbackQuery), responses((status = 303, description = "signed in, to /"), (status = 400), (status = 401)))]
+async fn callback(
+    State(s): State<ApiState>,
+    parts: Parts,
+    Query(q): Query<CallbackQuery>,
+) -> ApiResult<Response> {
+    let headers = &parts.headers;
+    if let Some(e) = &q.error {
+        return Err(ApiError::Unauthorized(format!(
+            "the identity provider refused the sign-in: {e}"
+        )));
+    }
+    let (Some(code), Some(state)) = (&q.code, &q.state) else {
+        return Err(ApiError::bad_request(
+            "invalid_callback",
+            "code and state are required",
+        ));
+    };
+    // The state must be this browser's sign-in (login CSRF), and usable once.
+    if cookie(headers, LOGIN_COOKIE).as_deref() != Some(state.as_str()) {
+        return Err(ApiError::bad_request(
+            "invalid_callback",
+            "this sign-in was not started in this browser",
+        ));
+    }
+    let pending = s.sessions.finish_login(state).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_callback",
+            "unknown or expired sign-in; start again",
+        )
+    })?;
+    let oidc = s
+        .auth
+        .identity_providers()
+        .ok_or_else(|| ApiError::NotFound("no identity provider is configured".into()))?;
+    let issuer = oidc
+        .issuer(&pending.issuer)
+        .ok_or_else(|| ApiError::bad_request("invalid_callback", "unknown identity provider"))?;
+    let d = oidc
+        .discovery(issuer)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("the identity provider is unreachable: {e}")))?;
+    let token_endpoint = d.token_endpoint.ok_or_else(|| {
+        ApiError::Unavailable("the identity provider has no token endpoint".into())
+    })?;
+    let resp = oidc
+        .http()
+        .post(&token_endpoint)
+        .basic_auth(
+            &issuer.settings.client_id,
+            Some(&issuer.settings.client_secret.0),
+        )
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", pending.redirect_uri.as_str()),
+            ("code_verifier", pending.verifier.as_str()),
+            ("resource", issuer.settings.audience.as_str()),
+        ])
+        .send()
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("token endpoint: {e}")))?;
+    let body = crate::oidc::read_limited(resp, oidc.document_bytes_max())
+        .await
+        .map_err(|e| ApiError::Unauthorized(format!("the code was not redeemed: {e}")))?;
+    let tokens: TokenAnswer = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::Unauthorized(format!("unexpected token answer: {e}")))?;
+    oidc.verify_id_token(issuer, &tokens.id_token, &pending.nonce)
+        .await?;
+    let ip = client_ip(&parts, &s.trusted_proxies);
+    let caller = oidc.verify(&tokens.access_token, ip).await?;
+    tracing::info!(user = %caller.user, account = ?caller.account.as_ref().map(|a| a.to_string()), "browser sign-in");
+    let previous = cookie(headers, SESSION_COOKIE);
+    let id = s.sessions.start(caller, previous.as_deref())?;
+    let mut resp = redirect("/");
+    let h = resp.headers_mut();
+    h.append(header::SET_COOKIE, set_cookie(SESSION_COOKIE, &id, None));
+    h.append(header::SET_COOKIE, clear_cookie(LOGIN_COOKIE));
+    Ok(resp)
+}
+
+/// Sign out: ends the session server-side and removes the cookie; same-origin only (public).
+#[utoipa::path(post, path = "/auth/logout", tag = "session", responses((status = 303, description = "signed out, to /"), (status = 403, description = "cross-site request")))]
+async fn logout(State(s): State<ApiState>, headers: HeaderMap) -> ApiResult<Response> {
+    if let Some(id) = cookie(&headers, SESSION_COOKIE) {
+        if !same_origin(&s, &headers) {
+            return Err(ApiError::Forbidden(
+                "cross-site request refused (Origin is not orderd's)".into(),
+            ));
+        }
+        s.sessions.end(&id);
+    }
+    let mut resp = redirect("/");
+    resp.headers_mut()
+        .append(header::SET_COOKIE, clear_cookie(SESSION_COOKIE));
+    Ok(resp)
+}
