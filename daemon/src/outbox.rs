@@ -35,13 +35,20 @@ impl Default for Bus {
 }
 
 /// Hands on every event committed after `after` (an audit seq); returns the seq to continue
-/// from. Blocking (reads sled).
+/// from. Only durable records go out (up to the head of the last flush): a record sled has
+/// applied but not yet flushed could still vanish in a crash. With nobody subscribed there is
+/// nothing to hand on, and the cursor moves to the head without reading. Blocking (reads sled).
 pub fn relay_round(
     journal: &Journal,
     bus: &Bus,
     after: u64,
 ) -> Result<u64, orderd_storage::StorageError> {
-    let records = journal.audit_after(after, RELAY_BATCH_MAX)?;
+    let durable = journal.audit_head().seq;
+    if bus.0.receiver_count() == 0 {
+        return Ok(durable.max(after));
+    }
+    let mut records = journal.audit_after(after, RELAY_BATCH_MAX)?;
+    records.retain(|r| r.seq <= durable);
     let Some(last) = records.last().map(|r| r.seq) else {
         return Ok(after);
     };
@@ -125,6 +132,7 @@ mod tests {
         let bus = Bus::new();
         let mut rx = bus.subscribe();
         assert_eq!(relay_round(&journal, &bus, 0).unwrap(), 3);
+        assert!(journal.audit_head().seq >= 3, "relayed records are durable");
         let ids: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
             .map(|json| {
                 let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
@@ -137,5 +145,9 @@ mod tests {
         assert_eq!(relay_round(&journal, &bus, 3).unwrap(), 4);
         assert!(rx.try_recv().is_ok());
         assert!(rx.try_recv().is_err());
+        // Nobody listening: the cursor jumps to the head and nothing is read.
+        drop(rx);
+        journal.submit(entry(Some(("o-3", 1)))).await.unwrap();
+        assert_eq!(relay_round(&journal, &bus, 4).unwrap(), 5);
     }
 }
