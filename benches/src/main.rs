@@ -319,6 +319,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             "ORDERD_LIMITS__ACCOUNT_INFLIGHT_MAX".to_owned(),
             inflight_total.to_string(),
         ),
+        // Setting up signs in once per account, far above the per-address sign-in limit that
+        // protects a real deployment. The mutation limits stay as configured: the mix is spread
+        // over the data set's accounts, well below them.
+        (
+            "ORDERD_API__RATE_LIMIT__LOGINS_PER_MIN".to_owned(),
+            "1000000".to_owned(),
+        ),
+        (
+            "ORDERD_API__RATE_LIMIT__LOGINS_BURST".to_owned(),
+            "100000".to_owned(),
+        ),
     ];
     // Not ORDERD_LOG: `Config::load` reads every ORDERD_* variable as a setting and refuses
     // `log`, so the daemon would not start (the default filter is info, which is what we need).
