@@ -49,6 +49,8 @@ pub struct Config {
     pub oidc: OidcSettings,
     /// Browser sessions (sign-in with the code flow).
     pub session: SessionSettings,
+    /// NATS JetStream for events (`--nats-url`); off when `nats.url` is empty.
+    pub nats: crate::publisher::NatsSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -100,6 +102,7 @@ impl Default for Config {
             storage: StorageSettings::default(),
             oidc: OidcSettings::default(),
             session: SessionSettings::default(),
+            nats: Default::default(),
         }
     }
 }
@@ -157,6 +160,7 @@ impl Config {
             errs.push("api limits must be above 0".into());
         }
         errs.extend(self.api.rate_limit.validate());
+        errs.extend(self.nats.problems());
         errs.extend(self.oidc.validate());
         errs.extend(self.session.validate());
         if self.dev_signin == Some(true) && self.oidc.enabled() {

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod demo;
 pub mod outbox;
+pub mod publisher;
 
 use anyhow::Context;
 use config::Config;
@@ -83,8 +84,16 @@ pub async fn run(
         journal.clone(),
         outbox::Bus::new(),
         Duration::from_millis(config.outbox_poll_ms),
-        stop_rx,
+        stop_rx.clone(),
     ));
+    let publisher = config.nats.enabled().then(|| {
+        tracing::info!(url = %config.nats.url, "publishing events to NATS JetStream");
+        tokio::spawn(publisher::run(
+            journal.clone(),
+            config.nats.clone(),
+            stop_rx,
+        ))
+    });
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "orderd listening");
     let app = orderd_api::router(state).into_make_service_with_connect_info::<SocketAddr>();
@@ -93,6 +102,10 @@ pub async fn run(
     tracing::info!("shutting down: stopping actors and flushing the journal");
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_millis(config.shutdown_grace_ms), relay).await;
+    if let Some(p) = publisher {
+        // Whatever is not published yet stays in the audit log for the next start.
+        let _ = tokio::time::timeout(Duration::from_millis(config.shutdown_grace_ms), p).await;
+    }
     engine.shutdown().await.context("closing the journal")?;
     tracing::info!("shutdown complete");
     Ok(())

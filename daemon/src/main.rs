@@ -46,6 +46,9 @@ enum Command {
         /// The audience orderd's access tokens carry (`oidc.audience`).
         #[arg(long, requires = "oidc_issuer")]
         oidc_audience: Option<String>,
+        /// NATS server for events (JetStream), e.g. nats://127.0.0.1:4222 (`nats.url`).
+        #[arg(long)]
+        nats_url: Option<String>,
     },
     /// Import a CSV file of KIND (catalog, prices, accounts, ship_tos, users, warehouses, stock)
     /// into the data directory (the daemon must not be running on it).
@@ -130,6 +133,7 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
         log_json: false,
         oidc_issuer: None,
         oidc_audience: None,
+        nats_url: None,
     }) {
         Command::Serve {
             common,
@@ -138,6 +142,7 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
             log_json,
             oidc_issuer,
             oidc_audience,
+            nats_url,
         } => {
             let mut config = load_config(&common)?;
             if let Some(l) = listen {
@@ -146,6 +151,10 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
             if let (Some(issuer), Some(audience)) = (oidc_issuer, oidc_audience) {
                 config.oidc.issuer = issuer;
                 config.oidc.audience = audience;
+                config.validate()?;
+            }
+            if let Some(url) = nats_url {
+                config.nats.url = url;
                 config.validate()?;
             }
             config.demo_data &= !no_demo;

@@ -6,6 +6,8 @@
 //!   5); the order history shows who did what, from where, when.
 //! - `lifecycle`: graceful shutdown, configuration errors, tenancy (invariant 7), the approval
 //!   flow with credit, and 429 when an account is over its in-flight limit.
+//! - `nats`: events on NATS JetStream, checked by nats-py; a NATS outage and a crash during it
+//!   lose nothing.
 //! - `oidc`: tokens of a real OpenID Provider (`provider`): accepted, forged ones refused, key
 //!   rotation and JWKS outages, issuers bound to their accounts, the role x route and
 //!   cross-account matrices, rate limits, browser sign-in with sessions.
@@ -14,5 +16,6 @@ mod audit;
 mod crash;
 mod env;
 mod lifecycle;
+mod nats;
 mod oidc;
 mod provider;

@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""An independent check of what orderd publishes to NATS JetStream, written against the
+official Python client (nats-py), not against orderd's code.
+
+Reads a whole stream with a durable pull consumer, acknowledging every message, until nothing
+new arrives for --idle seconds. Deduplicates by event id (the Nats-Msg-Id header must equal the
+CloudEvent's id), then checks that every order's `sequence` numbers run 1, 2, 3, ... with no gap
+and in delivery order. Prints one JSON object:
+
+  {"messages": N, "duplicates": D, "orders": {"<order>": [seq, ...]},
+   "subjects": {"<subject>": count}, "problems": ["..."]}
+
+Usage: consume.py NATS_URL STREAM DURABLE [--idle SECONDS] [--any-sequence]
+"""
+import argparse
+import asyncio
+import json
+import sys
+
+import nats
+from nats.errors import TimeoutError as NatsTimeout
+
+
+async def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("url")
+    ap.add_argument("stream")
+    ap.add_argument("durable")
+    ap.add_argument("--idle", type=float, default=2.0)
+    ap.add_argument("--any-sequence", action="store_true",
+                    help="only some changes per order are on this stream (allocations)")
+    args = ap.parse_args()
+
+    nc = await nats.connect(args.url, connect_timeout=5, max_reconnect_attempts=3)
+    js = nc.jetstream()
+    sub = await js.pull_subscribe("", durable=args.durable, stream=args.stream)
+    seen_ids = set()
+    orders = {}
+    subjects = {}
+    problems = []
+    messages = duplicates = 0
+    while True:
+        try:
+            batch = await sub.fetch(256, timeout=args.idle)
+        except NatsTimeout:
+            break
+        for msg in batch:
+            messages += 1
+            subjects[msg.subject] = subjects.get(msg.subject, 0) + 1
+            event = json.loads(msg.data)
+            msg_id = (msg.headers or {}).get("Nats-Msg-Id")
+            if msg_id != event.get("id"):
+                problems.append(f"{msg.subject}: Nats-Msg-Id {msg_id!r} != event id {event.get('id')!r}")
+            await msg.ack()
+            if event["id"] in seen_ids:
+                duplicates += 1
+                continue
+            seen_ids.add(event["id"])
+            data = event["data"]
+            if event.get("specversion") != "1.0" or event.get("type") != f"orderd.order.{data['state']}":
+                problems.append(f"{event['id']}: not a CloudEvents 1.0 orderd.order.<state> event")
+            seqs = orders.setdefault(data["order"], [])
+            expected = len(seqs) + 1
+            if data["sequence"] != expected and not args.any_sequence:
+                problems.append(f"order {data['order']}: sequence {data['sequence']} where {expected} was due")
+            seqs.append(data["sequence"])
+    await nc.close()
+    json.dump({"messages": messages, "duplicates": duplicates, "orders": orders,
+               "subjects": subjects, "problems": problems}, sys.stdout)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
