@@ -102,6 +102,7 @@ pub fn api_routes(dev_signin: bool) -> OpenApiRouter<ApiState> {
         .merge(routes::cart::routes())
         .merge(routes::orders::routes())
         .merge(routes::credit::routes())
+        .merge(routes::events::routes())
         .merge(routes::admin::routes())
         .merge(routes::portal::routes());
     if dev_signin {

@@ -29,6 +29,13 @@ const ACCOUNT: Access = Access::Roles(crate::routes::ACCOUNT_ROLES);
 const APPROVER: Access = Access::Roles(&[Role::Approver]);
 const SHIPPING: Access = Access::Roles(&[Role::Warehouse, Role::Operator]);
 const OPERATOR: Access = Access::Roles(&[Role::Operator]);
+/// The account's own events, or every account's for an operator.
+const EVENTS: Access = Access::Roles(&[
+    Role::Buyer,
+    Role::Approver,
+    Role::AccountAdmin,
+    Role::Operator,
+]);
 const ANY_ROLE: Access = Access::Roles(&Role::ALL);
 
 /// Every route and its access: (method, path as in the OpenAPI document, access).
@@ -61,6 +68,7 @@ pub const RULES: &[(&str, &str, Access)] = &[
     ("POST", "/v1/orders/{id}/reject", APPROVER),
     ("POST", "/v1/orders/{id}/ship", SHIPPING),
     ("GET", "/v1/credit", ACCOUNT),
+    ("GET", "/v1/events", EVENTS),
     ("POST", "/v1/admin/import/{kind}", OPERATOR),
     ("PUT", "/v1/admin/accounts/{account}/credit", OPERATOR),
     ("GET", "/v1/admin/accounts", OPERATOR),

@@ -5,6 +5,7 @@ pub mod cart;
 pub mod catalog;
 pub mod credit;
 pub mod dev;
+pub mod events;
 pub mod health;
 pub mod orders;
 pub mod portal;
