@@ -66,6 +66,46 @@ pub fn order_event(order: &Order, transitions: &[&'static str]) -> OrderChanged 
     }
 }
 
+/// Events the in-process bus buffers per subscriber; one that falls further behind is told it
+/// lagged and catches up from the audit log.
+pub const BUS_CAPACITY: usize = 16_384;
+
+/// A durable event as handed on in-process: its log position, its account (for filtering) and
+/// its CloudEvents JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub seq: u64,
+    pub account: AccountId,
+    pub json: Vec<u8>,
+}
+
+/// The in-process event bus: the outbox relay publishes every durable event on it in log order;
+/// server-sent-event streams (and anything else in the process) subscribe.
+#[derive(Clone)]
+pub struct EventBus(tokio::sync::broadcast::Sender<std::sync::Arc<Published>>);
+
+impl EventBus {
+    pub fn new() -> EventBus {
+        EventBus(tokio::sync::broadcast::channel(BUS_CAPACITY).0)
+    }
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<std::sync::Arc<Published>> {
+        self.0.subscribe()
+    }
+    /// Hands `event` to every subscriber (none is fine: the event stays in the audit log).
+    pub fn send(&self, event: Published) {
+        let _ = self.0.send(std::sync::Arc::new(event));
+    }
+    pub fn has_subscribers(&self) -> bool {
+        self.0.receiver_count() > 0
+    }
+}
+
+impl Default for EventBus {
+    fn default() -> EventBus {
+        EventBus::new()
+    }
+}
+
 #[derive(Debug, Serialize)]
 struct CloudEvent<'a> {
     specversion: &'static str,
@@ -83,6 +123,49 @@ struct CloudEvent<'a> {
 /// entry (a damaged store).
 pub fn from_audit(payload: &[u8]) -> Result<Option<OrderChanged>, serde_json::Error> {
     serde_json::from_slice::<crate::audit::AuditEntry>(payload).map(|e| e.event)
+}
+
+/// Durable events read from the audit log: `(log seq, event)` oldest first, and the seq to
+/// continue after (the last record read, whether it had an event for the caller or not).
+#[derive(Debug, Default)]
+pub struct EventsRead {
+    pub events: Vec<(u64, OrderChanged)>,
+    pub next: u64,
+}
+
+/// Up to `limit` durable events of `account` (every account when `None`) after log seq `after`,
+/// reading at most `scan_max` records. Durable: nothing past the head of the last group flush,
+/// which a crash could still take back. Blocking (reads sled).
+pub fn read_after(
+    journal: &orderd_storage::Journal,
+    after: u64,
+    account: Option<&AccountId>,
+    limit: usize,
+    scan_max: usize,
+) -> Result<EventsRead, orderd_storage::StorageError> {
+    let durable = journal.audit_head().seq;
+    let mut out = EventsRead {
+        events: vec![],
+        next: after,
+    };
+    for r in journal
+        .audit_after(after, scan_max)?
+        .into_iter()
+        .take_while(|r| r.seq <= durable)
+    {
+        let event = from_audit(&r.payload).map_err(|e| orderd_storage::StorageError::Corrupt {
+            key: format!("audit record {}", r.seq),
+            reason: e.to_string(),
+        })?;
+        out.next = r.seq;
+        if let Some(ev) = event.filter(|ev| account.is_none_or(|a| *a == ev.account)) {
+            out.events.push((r.seq, ev));
+            if out.events.len() >= limit {
+                break;
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The CloudEvents 1.0 JSON document of a stored event.

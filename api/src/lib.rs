@@ -40,6 +40,13 @@ pub struct ApiLimits {
     pub page_max: usize,
     /// Rate limits of sign-ins and state-changing requests.
     pub rate_limit: rate_limit::RateLimits,
+    /// Server-sent-event streams open at once (above: 503).
+    pub event_streams_max: usize,
+    /// An event stream ends after this long; the client reconnects with Last-Event-ID and
+    /// misses nothing.
+    pub event_stream_max_ms: u64,
+    /// Keep-alive comment interval of an idle event stream.
+    pub event_stream_keepalive_ms: u64,
 }
 
 impl Default for ApiLimits {
@@ -50,6 +57,9 @@ impl Default for ApiLimits {
             import_rows_max: 1_000_000,
             page_max: 200,
             rate_limit: rate_limit::RateLimits::default(),
+            event_streams_max: 10_000,
+            event_stream_max_ms: 3_600_000,
+            event_stream_keepalive_ms: 15_000,
         }
     }
 }
@@ -65,6 +75,10 @@ pub struct ApiState {
     pub dev_signin: bool,
     pub rate: Arc<rate_limit::RateLimiter>,
     pub sessions: Arc<session::Sessions>,
+    /// Durable events in log order, fed by the daemon's outbox relay (for event streams).
+    pub bus: orderd_actors::events::EventBus,
+    /// Event streams open now (bounded by `limits.event_streams_max`).
+    pub event_streams: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl ApiState {
@@ -84,6 +98,8 @@ impl ApiState {
             sessions: Arc::new(session::Sessions::new(&session::SessionSettings::default())),
             limits,
             dev_signin,
+            bus: Default::default(),
+            event_streams: Default::default(),
         }
     }
 

@@ -69,6 +69,7 @@ pub const RULES: &[(&str, &str, Access)] = &[
     ("POST", "/v1/orders/{id}/ship", SHIPPING),
     ("GET", "/v1/credit", ACCOUNT),
     ("GET", "/v1/events", EVENTS),
+    ("GET", "/v1/events/stream", EVENTS),
     ("POST", "/v1/admin/import/{kind}", OPERATOR),
     ("PUT", "/v1/admin/accounts/{account}/credit", OPERATOR),
     ("GET", "/v1/admin/accounts", OPERATOR),

@@ -108,7 +108,16 @@ impl Api {
         .unwrap();
         let resp = router(self.state.clone()).oneshot(req).await.unwrap();
         let (parts, body) = resp.into_parts();
-        let bytes = body.collect().await.unwrap().to_bytes();
+        // An event stream does not end by itself: its status and headers are the answer.
+        let streaming = parts
+            .headers
+            .get("content-type")
+            .is_some_and(|c| c.as_bytes().starts_with(b"text/event-stream"));
+        let bytes = if streaming {
+            Default::default()
+        } else {
+            body.collect().await.unwrap().to_bytes()
+        };
         let body = serde_json::from_slice(&bytes)
             .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
         Resp {

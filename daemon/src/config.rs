@@ -156,7 +156,13 @@ impl Config {
                 self.log_format
             ));
         }
-        if self.api.body_max_bytes == 0 || self.api.page_max == 0 || self.api.import_rows_max == 0 {
+        if self.api.body_max_bytes == 0
+            || self.api.page_max == 0
+            || self.api.import_rows_max == 0
+            || self.api.event_streams_max == 0
+            || self.api.event_stream_max_ms == 0
+            || self.api.event_stream_keepalive_ms == 0
+        {
             errs.push("api limits must be above 0".into());
         }
         errs.extend(self.api.rate_limit.validate());

@@ -82,7 +82,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let relay = tokio::spawn(outbox::relay(
         journal.clone(),
-        outbox::Bus::new(),
+        state.bus.clone(),
         Duration::from_millis(config.outbox_poll_ms),
         stop_rx.clone(),
     ));

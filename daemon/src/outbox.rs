@@ -1,38 +1,19 @@
-//! The outbox relay of the embedded default. The audit log is the outbox: every order change's
-//! audit record carries its event. The relay reads the log in order from its cursor, renders
-//! each event as CloudEvents JSON and hands it to the in-process bus. Nothing is deleted: the
-//! events stay in the audit log, where a reader that fell behind finds them again.
+//! The outbox relay to the in-process event bus, which feeds the portal's server-sent-event
+//! streams (with or without NATS). The audit log is the outbox: every order change's audit
+//! record carries its event. The relay reads the log in order from its cursor, renders each
+//! event as CloudEvents JSON and hands it to the bus. Nothing is deleted: the events stay in the
+//! audit log, where a reader that fell behind (or reconnects) finds them again.
 //!
 //! The in-process bus has no subscriber that outlives the process, so the cursor starts at the
 //! head of the log and is not stored. (The NATS JetStream publisher keeps a durable cursor.)
 
+use orderd_actors::events::{self, EventBus, Published};
 use orderd_storage::Journal;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
 /// Audit records read per round.
 pub const RELAY_BATCH_MAX: usize = 1_000;
-/// Events the in-process bus buffers for slow subscribers (they then skip and catch up).
-pub const BUS_CAPACITY: usize = 16_384;
-
-#[derive(Clone)]
-pub struct Bus(broadcast::Sender<Arc<Vec<u8>>>);
-
-impl Bus {
-    pub fn new() -> Bus {
-        Bus(broadcast::channel(BUS_CAPACITY).0)
-    }
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Vec<u8>>> {
-        self.0.subscribe()
-    }
-}
-
-impl Default for Bus {
-    fn default() -> Bus {
-        Bus::new()
-    }
-}
 
 /// Hands on every event committed after `after` (an audit seq); returns the seq to continue
 /// from. Only durable records go out (up to the head of the last flush): a record sled has
@@ -40,11 +21,11 @@ impl Default for Bus {
 /// nothing to hand on, and the cursor moves to the head without reading. Blocking (reads sled).
 pub fn relay_round(
     journal: &Journal,
-    bus: &Bus,
+    bus: &EventBus,
     after: u64,
 ) -> Result<u64, orderd_storage::StorageError> {
     let durable = journal.audit_head().seq;
-    if bus.0.receiver_count() == 0 {
+    if !bus.has_subscribers() {
         return Ok(durable.max(after));
     }
     let mut records = journal.audit_after(after, RELAY_BATCH_MAX)?;
@@ -53,11 +34,12 @@ pub fn relay_round(
         return Ok(after);
     };
     for r in records {
-        match orderd_actors::events::from_audit(&r.payload) {
-            // No subscriber is not an error: the event stays in the audit log.
-            Ok(Some(ev)) => {
-                let _ = bus.0.send(Arc::new(orderd_actors::events::render(&ev)));
-            }
+        match events::from_audit(&r.payload) {
+            Ok(Some(ev)) => bus.send(Published {
+                seq: r.seq,
+                json: events::render(&ev),
+                account: ev.account,
+            }),
             Ok(None) => {}
             // Only a damaged store gets here; `orderd audit verify` names the record.
             Err(err) => {
@@ -69,7 +51,12 @@ pub fn relay_round(
 }
 
 /// Runs until `stop` changes, starting after the audit head as of now.
-pub async fn relay(journal: Journal, bus: Bus, poll: Duration, mut stop: watch::Receiver<bool>) {
+pub async fn relay(
+    journal: Journal,
+    bus: EventBus,
+    poll: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut after = journal.audit_head().seq;
     loop {
         let (j, b) = (journal.clone(), bus.clone());
@@ -129,13 +116,14 @@ mod tests {
         ] {
             journal.submit(batch).await.unwrap();
         }
-        let bus = Bus::new();
+        let bus = EventBus::new();
         let mut rx = bus.subscribe();
         assert_eq!(relay_round(&journal, &bus, 0).unwrap(), 3);
         assert!(journal.audit_head().seq >= 3, "relayed records are durable");
         let ids: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
-            .map(|json| {
-                let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+            .map(|p| {
+                assert_eq!(p.account.as_str(), "ACME");
+                let v: serde_json::Value = serde_json::from_slice(&p.json).unwrap();
                 v["id"].as_str().unwrap().to_owned()
             })
             .collect();

@@ -1,15 +1,29 @@
-//! Replay of events over HTTP: every order change since a sequence number, read from the audit
-//! log (which is the outbox, so nothing a consumer missed is ever gone). Portal backends and
-//! consumers that fell behind NATS catch up here.
+//! Events over HTTP, read from the audit log (which is the outbox, so nothing a consumer missed
+//! is ever gone):
+//!
+//! - `GET /v1/events?after=SEQ`: every event since a log seq, a page at a time. Portal backends
+//!   and consumers that fell behind NATS catch up here.
+//! - `GET /v1/events/stream`: the same as server-sent events, live. With `Last-Event-ID` (the
+//!   seq of the last event received) it first replays what was missed from the log, then
+//!   follows the in-process bus; a subscriber that lags behind the bus is cut off and simply
+//!   reconnects. A stream ends after `api.event_stream_max_ms`; at most
+//!   `api.event_streams_max` are open at once (above: 503).
 
 use super::ACCOUNT_ROLES;
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
 use crate::ApiState;
 use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::stream::{self, Stream, StreamExt};
 use orderd_actors::events;
 use orderd_domain::account::Role;
+use orderd_domain::ids::AccountId;
 use serde::{Deserialize, Serialize};
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -20,7 +34,9 @@ pub const EVENTS_SCAN_MAX: usize = 10_000;
 pub const EVENTS_PAGE_DEFAULT: usize = 100;
 
 pub fn routes() -> OpenApiRouter<ApiState> {
-    OpenApiRouter::new().routes(routes!(list))
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(stream_events))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -41,6 +57,41 @@ pub struct EventPage {
     pub next: u64,
 }
 
+/// The account whose events the caller sees (`None`: every account, for an operator).
+fn scope(auth: &Auth) -> ApiResult<Option<AccountId>> {
+    if auth.0.has(Role::Operator) {
+        return Ok(None);
+    }
+    auth.require(ACCOUNT_ROLES)?;
+    Ok(Some(auth.account()?.clone()))
+}
+
+async fn read_events_async(
+    s: &ApiState,
+    after: u64,
+    account: Option<AccountId>,
+    limit: usize,
+) -> Result<EventPage, ApiError> {
+    let journal = s.engine.journal.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        events::read_after(&journal, after, account.as_ref(), limit, EVENTS_SCAN_MAX)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut page = EventPage {
+        events: Vec::with_capacity(read.events.len()),
+        next: read.next,
+    };
+    for (seq, ev) in read.events {
+        let rendered: serde_json::Value = serde_json::from_slice(&events::render(&ev))
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        page.events
+            .push(serde_json::json!({ "seq": seq, "event": rendered }));
+    }
+    Ok(page)
+}
+
 /// Events of the caller's account after a sequence number, oldest first (buyer, approver,
 /// account_admin; operator: every account).
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(EventsQuery), responses((status = 200, body = EventPage)), security(("bearer" = [])))]
@@ -49,48 +100,120 @@ async fn list(
     auth: Auth,
     Query(q): Query<EventsQuery>,
 ) -> ApiResult<axum::Json<EventPage>> {
-    let operator = auth.0.has(Role::Operator);
-    let account = if operator {
-        None
-    } else {
-        auth.require(ACCOUNT_ROLES)?;
-        Some(auth.account()?.clone())
-    };
+    let account = scope(&auth)?;
     let after = q.after.unwrap_or(0);
     let limit = q
         .limit
         .unwrap_or(EVENTS_PAGE_DEFAULT)
         .clamp(1, s.limits.page_max);
-    let journal = s.engine.journal.clone();
-    let page = tokio::task::spawn_blocking(move || -> Result<EventPage, ApiError> {
-        // Only what is durable: a record past the last flush could still vanish in a crash.
-        let durable = journal.audit_head().seq;
-        let records = journal
-            .audit_after(after, EVENTS_SCAN_MAX)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        let mut page = EventPage {
-            events: vec![],
-            next: after,
-        };
-        for r in records.into_iter().take_while(|r| r.seq <= durable) {
-            let event = events::from_audit(&r.payload)
-                .map_err(|e| ApiError::Internal(format!("audit record {}: {e}", r.seq)))?;
-            page.next = r.seq;
-            let Some(ev) = event.filter(|ev| account.as_ref().is_none_or(|a| *a == ev.account))
-            else {
-                continue;
-            };
-            let rendered: serde_json::Value = serde_json::from_slice(&events::render(&ev))
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
-            page.events
-                .push(serde_json::json!({ "seq": r.seq, "event": rendered }));
-            if page.events.len() == limit {
+    let page = read_events_async(&s, after, account, limit).await?;
+    Ok(axum::Json(page))
+}
+
+/// Counts an open event stream; dropping it (the stream ended) frees the slot.
+struct StreamSlot(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Server-sent events: the caller's account's events as they become durable (operator: every
+/// account), each with `id` = its log seq; send `Last-Event-ID` to resume after it (buyer,
+/// approver, account_admin, operator).
+#[utoipa::path(get, path = "/v1/events/stream", tag = "events", params(("Last-Event-ID" = Option<u64>, Header, description = "resume after this log seq")), responses((status = 200, description = "text/event-stream of CloudEvents")), security(("bearer" = [])))]
+async fn stream_events(
+    State(s): State<ApiState>,
+    auth: Auth,
+    headers: HeaderMap,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let account = scope(&auth)?;
+    let resume = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_last_event_id",
+                        "Last-Event-ID must be the seq of an event (an unsigned integer)",
+                    )
+                })?,
+        ),
+    };
+    let open = s.event_streams.fetch_add(1, Ordering::SeqCst);
+    let slot = StreamSlot(s.event_streams.clone());
+    if open >= s.limits.event_streams_max {
+        return Err(ApiError::Unavailable(format!(
+            "{open} event streams are open, the most allowed"
+        )));
+    }
+    // Subscribe before reading the log, so nothing falls between the replay and the live part.
+    let live = s.bus.subscribe();
+    let mut sent = s.engine.journal.audit_head().seq;
+    let mut replay = vec![];
+    if let Some(mut after) = resume {
+        // Catch up from the log, a page at a time, up to the head as of the subscription.
+        while after < sent {
+            let page = read_events_async(&s, after, account.clone(), s.limits.page_max).await?;
+            if page.next == after {
                 break;
             }
+            replay.extend(page.events);
+            after = page.next;
         }
-        Ok(page)
+        sent = after;
+    }
+    let replayed = stream::iter(
+        replay
+            .into_iter()
+            .map(|e| Ok(to_sse(&e["seq"], &e["event"]))),
+    );
+    let follow = follow_bus(live, account, sent);
+    let max = Duration::from_millis(s.limits.event_stream_max_ms);
+    let follow = follow.take_until(tokio::time::sleep(max));
+    let all = replayed.chain(follow).map(move |e| {
+        let _ = &slot; // held for as long as the stream lives
+        e
+    });
+    Ok(Sse::new(all).keep_alive(
+        KeepAlive::new().interval(Duration::from_millis(s.limits.event_stream_keepalive_ms)),
+    ))
+}
+
+fn to_sse(seq: &serde_json::Value, event: &serde_json::Value) -> Event {
+    Event::default()
+        .id(seq.to_string())
+        .event("order")
+        .data(event.to_string())
+}
+
+/// The live part: events of `account` from the bus with seq > `after`, ending when the
+/// subscriber lagged (the client reconnects with Last-Event-ID and replays from the log).
+fn follow_bus(
+    rx: tokio::sync::broadcast::Receiver<std::sync::Arc<events::Published>>,
+    account: Option<AccountId>,
+    after: u64,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    stream::unfold((rx, after), move |(mut rx, after)| {
+        let account = account.clone();
+        async move {
+            loop {
+                match rx.recv().await {
+                    Ok(p) if p.seq <= after => continue,
+                    Ok(p) if account.as_ref().is_some_and(|a| *a != p.account) => continue,
+                    Ok(p) => {
+                        let event = Event::default()
+                            .id(p.seq.to_string())
+                            .event("order")
+                            .data(String::from_utf8_lossy(&p.json));
+                        return Some((Ok(event), (rx, p.seq)));
+                    }
+                    Err(_) => return None,
+                }
+            }
+        }
     })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))??;
-    Ok(axum::Json(page))
 }

@@ -6,6 +6,7 @@
 //!   5); the order history shows who did what, from where, when.
 //! - `lifecycle`: graceful shutdown, configuration errors, tenancy (invariant 7), the approval
 //!   flow with credit, and 429 when an account is over its in-flight limit.
+//! - `events`: the server-sent-event stream, per account, resuming with Last-Event-ID.
 //! - `nats`: events on NATS JetStream, checked by nats-py; a NATS outage and a crash during it
 //!   lose nothing.
 //! - `oidc`: tokens of a real OpenID Provider (`provider`): accepted, forged ones refused, key
@@ -15,6 +16,7 @@
 mod audit;
 mod crash;
 mod env;
+mod events;
 mod lifecycle;
 mod nats;
 mod oidc;

@@ -55,6 +55,14 @@ pub async fn call(
     };
     let www_authenticate = header("www-authenticate");
     let status = r.status().as_u16();
+    // An event stream does not end by itself: its status is the answer.
+    if header("content-type").is_some_and(|c| c.starts_with("text/event-stream")) {
+        return Answer {
+            status,
+            www_authenticate,
+            body: Value::Null,
+        };
+    }
     let text = r.text().await.expect("body");
     Answer {
         status,
