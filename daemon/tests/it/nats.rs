@@ -207,17 +207,9 @@ async fn every_change_reaches_jetstream_in_order() {
     assert_eq!(str_field(&r.body, "state"), "cancelled", "{r}");
     want.insert(cancelled.clone(), 2);
     for i in 0..20 {
-        let r = env
-            .place(&bob, &format!("n-more-{i}"), &[("BOLT-0010", 1)], "BERLIN")
-            .await;
-        assert_eq!(r.status, 201, "{r}");
-        want.insert(str_field(&r.body, "id").to_owned(), 1);
+        want.insert(place_one(&env, &bob, &format!("n-more-{i}")).await, 1);
     }
-
-    let seen = await_orders(&nats, &want);
-    for (order, version) in &want {
-        assert_eq!(seen[order], (1..=*version).collect::<Vec<_>>(), "{order}");
-    }
+    assert_all_delivered(&nats, &want);
 
     let alloc = consume(&nats, "ORDERD_ALLOCATIONS", "test-alloc", true);
     assert_eq!(alloc["problems"], json!([]), "{alloc}");
@@ -263,14 +255,14 @@ async fn nats_outage_and_a_crash_lose_no_event() {
     nats.resume();
     env.restart().await;
     let bob = env.token("ACME", "bob", &["buyer", "approver"]).await;
-    let r = env
-        .place(&bob, "after-0", &[("BOLT-0010", 1)], "BERLIN")
-        .await;
-    assert_eq!(r.status, 201, "{r}");
-    want.insert(str_field(&r.body, "id").to_owned(), 1);
+    want.insert(place_one(&env, &bob, "after-0").await, 1);
+    assert_all_delivered(&nats, &want);
+}
 
-    let seen = await_orders(&nats, &want);
-    for (order, version) in &want {
+/// Every order of `want` has exactly its events 1..=version on the order stream, in order.
+fn assert_all_delivered(nats: &NatsServer, want: &BTreeMap<String, u64>) {
+    let seen = await_orders(nats, want);
+    for (order, version) in want {
         assert_eq!(seen[order], (1..=*version).collect::<Vec<_>>(), "{order}");
     }
 }
