@@ -251,14 +251,14 @@ pub async fn run(hooks: Webhooks, mut stop: watch::Receiver<bool>) {
         match hooks.endpoints().await {
             Ok(eps) => {
                 for ep in eps.into_iter().filter(|e| e.disabled.is_none()) {
-                    if !tasks.contains_key(&ep.id) {
-                        let task = tokio::spawn(endpoint_task(
+                    if let std::collections::hash_map::Entry::Vacant(slot) = tasks.entry(ep.id) {
+                        let id = slot.key().clone();
+                        slot.insert(tokio::spawn(endpoint_task(
                             hooks.clone(),
                             client.clone(),
-                            ep.id.clone(),
+                            id,
                             stop.clone(),
-                        ));
-                        tasks.insert(ep.id, task);
+                        )));
                     }
                 }
             }
