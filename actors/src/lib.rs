@@ -15,6 +15,7 @@ pub mod order_book;
 pub mod ordering;
 pub mod records;
 pub mod warehouse;
+pub mod webhooks;
 
 pub use engine::Engine;
 

@@ -79,6 +79,8 @@ pub struct ApiState {
     pub bus: orderd_actors::events::EventBus,
     /// Event streams open now (bounded by `limits.event_streams_max`).
     pub event_streams: Arc<std::sync::atomic::AtomicUsize>,
+    /// Webhook endpoints and dead letters (the daemon delivers).
+    pub webhooks: orderd_actors::webhooks::Webhooks,
 }
 
 impl ApiState {
@@ -91,6 +93,10 @@ impl ApiState {
         dev_signin: bool,
     ) -> ApiState {
         ApiState {
+            webhooks: orderd_actors::webhooks::Webhooks::new(
+                engine.journal.clone(),
+                Default::default(),
+            ),
             engine,
             auth: Arc::new(auth),
             trusted_proxies: Arc::new(trusted_proxies),
@@ -101,6 +107,12 @@ impl ApiState {
             bus: Default::default(),
             event_streams: Default::default(),
         }
+    }
+
+    /// The webhook registry the daemon delivers from (with its settings).
+    pub fn with_webhooks(mut self, webhooks: orderd_actors::webhooks::Webhooks) -> ApiState {
+        self.webhooks = webhooks;
+        self
     }
 
     /// Browser sessions with these limits.
@@ -119,6 +131,7 @@ pub fn api_routes(dev_signin: bool) -> OpenApiRouter<ApiState> {
         .merge(routes::orders::routes())
         .merge(routes::credit::routes())
         .merge(routes::events::routes())
+        .merge(routes::webhooks::routes())
         .merge(routes::admin::routes())
         .merge(routes::portal::routes());
     if dev_signin {

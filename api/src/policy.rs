@@ -36,6 +36,10 @@ const EVENTS: Access = Access::Roles(&[
     Role::AccountAdmin,
     Role::Operator,
 ]);
+/// The account's own webhook endpoints.
+const HOOKS: Access = Access::Roles(&[Role::AccountAdmin]);
+/// The account's own dead letters, or every account's for an operator.
+const DEAD_LETTERS: Access = Access::Roles(&[Role::AccountAdmin, Role::Operator]);
 const ANY_ROLE: Access = Access::Roles(&Role::ALL);
 
 /// Every route and its access: (method, path as in the OpenAPI document, access).
@@ -70,6 +74,16 @@ pub const RULES: &[(&str, &str, Access)] = &[
     ("GET", "/v1/credit", ACCOUNT),
     ("GET", "/v1/events", EVENTS),
     ("GET", "/v1/events/stream", EVENTS),
+    ("POST", "/v1/webhooks", HOOKS),
+    ("GET", "/v1/webhooks", HOOKS),
+    ("DELETE", "/v1/webhooks/{id}", HOOKS),
+    ("POST", "/v1/webhooks/{id}/rotate", HOOKS),
+    ("GET", "/v1/webhooks/dead-letters", DEAD_LETTERS),
+    (
+        "POST",
+        "/v1/webhooks/dead-letters/{id}/replay",
+        DEAD_LETTERS,
+    ),
     ("POST", "/v1/admin/import/{kind}", OPERATOR),
     ("PUT", "/v1/admin/accounts/{account}/credit", OPERATOR),
     ("GET", "/v1/admin/accounts", OPERATOR),

@@ -1190,3 +1190,104 @@ async fn fields_a_caller_may_not_set_are_refused_with_422() {
     assert_eq!(r.status, 422, "{}", r.body);
     assert_eq!(r.body["problems"][0]["field"], "account", "{}", r.body);
 }
+
+// Webhook registration: a URL resolving to loopback is refused with 422 naming the reason (the
+// default config does not allow private targets), unknown event types too; a public address
+// registers and the secret is shown once; another account's admin gets 404 for it, and only an
+// account_admin manages endpoints.
+#[tokio::test]
+async fn webhook_registration_checks_and_tenancy() {
+    let api = api().await;
+    let token = |account: &'static str, role: &'static str| {
+        let api = &api;
+        async move {
+            api.call(
+                "POST",
+                "/v1/dev/token",
+                None,
+                Some(json!({"user": "u", "account": account, "roles": [role]})),
+                &[],
+            )
+            .await
+            .body["access_token"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let (a, b, buyer) = (
+        token("A", "account_admin").await,
+        token("B", "account_admin").await,
+        token("A", "buyer").await,
+    );
+    for (url, types, field, says) in [
+        ("http://127.0.0.1:9/h", json!(["*"]), "url", "loopback"),
+        (
+            "http://169.254.169.254/h",
+            json!(["*"]),
+            "url",
+            "link-local",
+        ),
+        ("http://[::1]/h", json!(["*"]), "url", "loopback"),
+        ("ftp://93.184.215.14/h", json!(["*"]), "url", "http"),
+        (
+            "https://93.184.215.14/h",
+            json!(["orderd.order.nope"]),
+            "event_types",
+            "unknown",
+        ),
+    ] {
+        let r = api
+            .call(
+                "POST",
+                "/v1/webhooks",
+                Some(&a),
+                Some(json!({"url": url, "event_types": types})),
+                &[],
+            )
+            .await;
+        assert_eq!(r.status, 422, "{url}: {}", r.body);
+        assert_eq!(r.body["problems"][0]["field"], field, "{}", r.body);
+        assert!(
+            r.body["problems"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains(says),
+            "{}",
+            r.body
+        );
+    }
+    let body = json!({"url": "https://93.184.215.14/h", "event_types": ["orderd.order.allocated"]});
+    let r = api
+        .call(
+            "POST",
+            "/v1/webhooks",
+            Some(&buyer),
+            Some(body.clone()),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = api
+        .call("POST", "/v1/webhooks", Some(&a), Some(body), &[])
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(r.body["secret"].as_str().unwrap().starts_with("whsec_"));
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let r = api.call("GET", "/v1/webhooks", Some(&a), None, &[]).await;
+    assert_eq!(r.body["endpoints"][0]["id"], id.as_str(), "{}", r.body);
+    assert!(r.body["endpoints"][0].get("secret").is_none());
+    let r = api.call("GET", "/v1/webhooks", Some(&b), None, &[]).await;
+    assert_eq!(r.body["endpoints"], json!([]), "{}", r.body);
+    for (m, uri) in [
+        ("DELETE", format!("/v1/webhooks/{id}")),
+        ("POST", format!("/v1/webhooks/{id}/rotate")),
+    ] {
+        let r = api.call(m, &uri, Some(&b), None, &[]).await;
+        assert_eq!(r.status, 404, "{m} {uri}: {}", r.body);
+    }
+    let r = api
+        .call("DELETE", &format!("/v1/webhooks/{id}"), Some(&a), None, &[])
+        .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+}

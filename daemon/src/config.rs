@@ -51,6 +51,8 @@ pub struct Config {
     pub session: SessionSettings,
     /// NATS JetStream for events (`--nats-url`); off when `nats.url` is empty.
     pub nats: crate::publisher::NatsSettings,
+    /// Signed webhooks: delivery limits and whether private addresses are allowed.
+    pub webhooks: orderd_actors::webhooks::WebhookSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -103,6 +105,7 @@ impl Default for Config {
             oidc: OidcSettings::default(),
             session: SessionSettings::default(),
             nats: Default::default(),
+            webhooks: Default::default(),
         }
     }
 }
@@ -167,6 +170,7 @@ impl Config {
         }
         errs.extend(self.api.rate_limit.validate());
         errs.extend(self.nats.problems());
+        errs.extend(self.webhooks.problems());
         errs.extend(self.oidc.validate());
         errs.extend(self.session.validate());
         if self.dev_signin == Some(true) && self.oidc.enabled() {

@@ -8,6 +8,7 @@ pub mod config;
 pub mod demo;
 pub mod outbox;
 pub mod publisher;
+pub mod webhooks;
 
 use anyhow::Context;
 use config::Config;
@@ -78,7 +79,11 @@ pub async fn run(
         config.api.clone(),
         config.dev_signin_on(),
     )
-    .with_sessions(&config.session);
+    .with_sessions(&config.session)
+    .with_webhooks(orderd_actors::webhooks::Webhooks::new(
+        journal.clone(),
+        config.webhooks.clone(),
+    ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let relay = tokio::spawn(outbox::relay(
         journal.clone(),
@@ -86,6 +91,10 @@ pub async fn run(
         Duration::from_millis(config.outbox_poll_ms),
         stop_rx.clone(),
     ));
+    if config.webhooks.allow_private {
+        tracing::warn!("webhooks.allow_private is on: webhooks may target loopback, link-local and private addresses");
+    }
+    let hooks = tokio::spawn(webhooks::run(state.webhooks.clone(), stop_rx.clone()));
     let publisher = config.nats.enabled().then(|| {
         tracing::info!(url = %config.nats.url, "publishing events to NATS JetStream");
         tokio::spawn(publisher::run(
@@ -102,6 +111,8 @@ pub async fn run(
     tracing::info!("shutting down: stopping actors and flushing the journal");
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_millis(config.shutdown_grace_ms), relay).await;
+    // An event in flight to a webhook is sent again after the next start (same webhook-id).
+    let _ = tokio::time::timeout(Duration::from_millis(config.shutdown_grace_ms), hooks).await;
     if let Some(p) = publisher {
         // Whatever is not published yet stays in the audit log for the next start.
         let _ = tokio::time::timeout(Duration::from_millis(config.shutdown_grace_ms), p).await;

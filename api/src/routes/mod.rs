@@ -9,6 +9,7 @@ pub mod events;
 pub mod health;
 pub mod orders;
 pub mod portal;
+pub mod webhooks;
 
 use orderd_domain::account::Role;
 

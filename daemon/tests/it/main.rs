@@ -12,6 +12,8 @@
 //! - `oidc`: tokens of a real OpenID Provider (`provider`): accepted, forged ones refused, key
 //!   rotation and JWKS outages, issuers bound to their accounts, the role x route and
 //!   cross-account matrices, rate limits, browser sign-in with sessions.
+//! - `webhooks`: signed deliveries verified by the Standard Webhooks library, retries, 410,
+//!   dead letters and replay, secret rotation, a crash, tenancy.
 
 mod audit;
 mod crash;
@@ -21,3 +23,4 @@ mod lifecycle;
 mod nats;
 mod oidc;
 mod provider;
+mod webhooks;

@@ -1,0 +1,814 @@
+//! Webhook endpoints and their dead letters: the registry every change goes through.
+//!
+//! A dedicated owner rather than the AccountActor: endpoints are not part of any order's
+//! decision, and the delivery task (in the daemon) reads them constantly. Every change is
+//! serialized by one async lock, written to the journal with its audit record in one batch, and
+//! only then applied to memory, so memory never shows what the journal does not hold.
+//!
+//! | key                 | value                                            |
+//! |---------------------|--------------------------------------------------|
+//! | `hook/<id>`         | [`Endpoint`] (JSON, with its secrets)            |
+//! | `hookcur/<id>`      | the endpoint's delivery cursor: audit seq u64 BE |
+//! | `hookdl/<id>`       | [`DeadLetter`] (JSON)                            |
+//!
+//! Secrets are `whsec_` + base64 of 32 random bytes (Standard Webhooks). They are shown once at
+//! registration or rotation, never logged ([`Secret`]'s `Debug` is redacted) and never put in an
+//! audit record.
+
+use crate::audit::{AuditEntry, Caller};
+use base64::Engine as _;
+use orderd_domain::ids::AccountId;
+use orderd_domain::order::OrderState;
+use orderd_storage::{Batch, Journal, StorageError};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+const ENDPOINT: &str = "hook/";
+const CURSOR: &str = "hookcur/";
+const DEAD: &str = "hookdl/";
+/// Random bytes of a secret (Standard Webhooks: 24 to 64).
+pub const SECRET_BYTES: usize = 32;
+
+/// Every bound of webhooks, from the configuration (`webhooks.*`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Accept URLs that resolve to loopback, link-local or private addresses (tests, labs).
+    pub allow_private: bool,
+    /// Endpoints one account may register.
+    pub endpoints_per_account_max: usize,
+    /// Event types one endpoint may name.
+    pub event_types_max: usize,
+    /// Longest endpoint URL.
+    pub url_bytes_max: usize,
+    /// After a rotation the previous secret still signs for this long.
+    pub secret_overlap_ms: u64,
+    /// Connecting to a receiver.
+    pub connect_timeout_ms: u64,
+    /// One whole request (connect, send, answer headers).
+    pub request_timeout_ms: u64,
+    /// Attempts of one event before it becomes a dead letter.
+    pub attempts_max: u32,
+    /// An event still failing this long after its first attempt becomes a dead letter.
+    pub attempt_age_max_ms: u64,
+    /// First retry pause; doubled per attempt, with jitter.
+    pub backoff_base_ms: u64,
+    /// Longest retry pause from the backoff.
+    pub backoff_max_ms: u64,
+    /// Longest `Retry-After` honoured (a longer one is cut to this).
+    pub retry_after_max_ms: u64,
+    /// Dead letters kept per account (the oldest is dropped beyond it, with a warning).
+    pub dead_letters_per_account_max: usize,
+    /// Largest body sent; a larger event goes straight to the dead letters.
+    pub payload_bytes_max: usize,
+    /// Events read from the log per round of one endpoint.
+    pub batch_max: usize,
+    /// Audit records one round reads at most.
+    pub scan_max: usize,
+    /// Pause of an idle endpoint before it looks at the log again.
+    pub poll_ms: u64,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> WebhookSettings {
+        WebhookSettings {
+            allow_private: false,
+            endpoints_per_account_max: 10,
+            event_types_max: 16,
+            url_bytes_max: 2_048,
+            secret_overlap_ms: 24 * 3_600_000,
+            connect_timeout_ms: 5_000,
+            request_timeout_ms: 15_000,
+            attempts_max: 10,
+            attempt_age_max_ms: 24 * 3_600_000,
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 600_000,
+            retry_after_max_ms: 3_600_000,
+            dead_letters_per_account_max: 10_000,
+            payload_bytes_max: 256 << 10,
+            batch_max: 100,
+            scan_max: 10_000,
+            poll_ms: 100,
+        }
+    }
+}
+
+impl WebhookSettings {
+    /// Every bad value, for the configuration check.
+    pub fn problems(&self) -> Vec<String> {
+        let zero = [
+            (
+                "endpoints_per_account_max",
+                self.endpoints_per_account_max == 0,
+            ),
+            ("event_types_max", self.event_types_max == 0),
+            ("url_bytes_max", self.url_bytes_max == 0),
+            ("connect_timeout_ms", self.connect_timeout_ms == 0),
+            ("request_timeout_ms", self.request_timeout_ms == 0),
+            ("attempts_max", self.attempts_max == 0),
+            ("attempt_age_max_ms", self.attempt_age_max_ms == 0),
+            ("backoff_base_ms", self.backoff_base_ms == 0),
+            ("backoff_max_ms", self.backoff_max_ms == 0),
+            (
+                "dead_letters_per_account_max",
+                self.dead_letters_per_account_max == 0,
+            ),
+            ("payload_bytes_max", self.payload_bytes_max == 0),
+            ("batch_max", self.batch_max == 0),
+            ("scan_max", self.scan_max == 0),
+            ("poll_ms", self.poll_ms == 0),
+        ];
+        let mut out: Vec<String> = zero
+            .iter()
+            .filter(|(_, bad)| *bad)
+            .map(|(n, _)| format!("webhooks.{n} must be above 0"))
+            .collect();
+        if self.backoff_base_ms > self.backoff_max_ms {
+            out.push("webhooks.backoff_base_ms must not exceed webhooks.backoff_max_ms".into());
+        }
+        out
+    }
+}
+
+/// Why an address is refused as a webhook target (`None`: a public address).
+pub fn refused_address(ip: IpAddr) -> Option<&'static str> {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    match ip {
+        IpAddr::V4(a) if a.is_loopback() => Some("loopback"),
+        IpAddr::V4(a) if a.is_link_local() => Some("link-local"),
+        IpAddr::V4(a) if a.is_private() => Some("private"),
+        // 100.64.0.0/10 (carrier-grade NAT) is private in practice.
+        IpAddr::V4(a) if a.octets()[0] == 100 && (a.octets()[1] & 0xc0) == 64 => Some("private"),
+        IpAddr::V4(a) if a.is_unspecified() || a.is_broadcast() || a.is_multicast() => {
+            Some("not unicast")
+        }
+        IpAddr::V6(a) if a.is_loopback() => Some("loopback"),
+        IpAddr::V6(a) if a.is_unspecified() || a.is_multicast() => Some("not unicast"),
+        IpAddr::V6(a) if (a.segments()[0] & 0xffc0) == 0xfe80 => Some("link-local"),
+        IpAddr::V6(a) if (a.segments()[0] & 0xfe00) == 0xfc00 => Some("private"),
+        _ => None,
+    }
+}
+
+/// Event types an endpoint may name: `*` or `orderd.order.<state>`.
+pub fn event_type_known(t: &str) -> bool {
+    t == "*"
+        || t.strip_prefix("orderd.order.")
+            .is_some_and(|s| OrderState::ALL.iter().any(|st| st.as_str() == s))
+}
+
+/// A signing secret. `Debug` shows nothing of it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(redacted)")
+    }
+}
+
+impl Secret {
+    /// A new random secret.
+    fn generate() -> Result<Secret, WebhookError> {
+        let mut key = [0u8; SECRET_BYTES];
+        getrandom::fill(&mut key).map_err(|e| WebhookError::Random(e.to_string()))?;
+        Ok(Secret(format!(
+            "whsec_{}",
+            base64::engine::general_purpose::STANDARD.encode(key)
+        )))
+    }
+    /// The `whsec_...` text (shown to the account admin once; used to sign).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A secret that signs deliveries, until `until_ms` (Unix ms) when it was rotated out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigningKey {
+    pub secret: Secret,
+    pub until_ms: Option<u64>,
+}
+
+/// One registered endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub id: String,
+    pub account: AccountId,
+    pub url: String,
+    pub event_types: Vec<String>,
+    pub created: String,
+    /// The current secret first, then any previous one still in its overlap.
+    pub keys: Vec<SigningKey>,
+    /// Why deliveries stopped (e.g. the receiver answered 410); `None` while active.
+    pub disabled: Option<String>,
+}
+
+impl Endpoint {
+    /// Whether events of `kind` (e.g. `orderd.order.allocated`) go to this endpoint.
+    pub fn wants(&self, kind: &str) -> bool {
+        self.event_types.iter().any(|t| t == "*" || t == kind)
+    }
+    /// The secrets that sign now.
+    pub fn signing_secrets(&self, now_ms: u64) -> Vec<&Secret> {
+        self.keys
+            .iter()
+            .filter(|k| k.until_ms.is_none_or(|u| u > now_ms))
+            .map(|k| &k.secret)
+            .collect()
+    }
+    /// What the API shows (no secret).
+    pub fn view(&self) -> EndpointView {
+        EndpointView {
+            id: self.id.clone(),
+            account: self.account.clone(),
+            url: self.url.clone(),
+            event_types: self.event_types.clone(),
+            created: self.created.clone(),
+            previous_secret_until_ms: self.keys.iter().skip(1).filter_map(|k| k.until_ms).max(),
+            disabled: self.disabled.clone(),
+        }
+    }
+}
+
+/// An endpoint without its secrets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointView {
+    pub id: String,
+    pub account: AccountId,
+    pub url: String,
+    pub event_types: Vec<String>,
+    pub created: String,
+    /// Until when (Unix ms) the previous secret still signs, after a rotation.
+    pub previous_secret_until_ms: Option<u64>,
+    pub disabled: Option<String>,
+}
+
+/// An event that could not be delivered to an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub id: String,
+    pub endpoint: String,
+    pub account: AccountId,
+    /// The event id (`webhook-id`).
+    pub event_id: String,
+    pub event_type: String,
+    /// Its audit log seq.
+    pub seq: u64,
+    pub attempts: u32,
+    pub last_error: String,
+    pub failed_at: String,
+    /// A replay was asked for and not yet tried.
+    pub replay: bool,
+    /// The body as sent.
+    pub body: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("not found")]
+    NotFound,
+    #[error("{0}")]
+    Limit(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("no randomness for a secret: {0}")]
+    Random(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+#[derive(Default)]
+struct State {
+    endpoints: BTreeMap<String, Endpoint>,
+    dead: BTreeMap<String, DeadLetter>,
+}
+
+struct Inner {
+    journal: Journal,
+    settings: WebhookSettings,
+    /// Loaded on first use; every change holds the lock across its journal write.
+    state: tokio::sync::Mutex<Option<State>>,
+}
+
+/// The handle of the registry (cheap to clone).
+#[derive(Clone)]
+pub struct Webhooks(Arc<Inner>);
+
+fn now_ms() -> u64 {
+    u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+}
+
+fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
+}
+
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("plain data always encodes")
+}
+
+fn load(journal: &Journal) -> Result<State, StorageError> {
+    let mut st = State::default();
+    let corrupt = |k: &[u8], e: serde_json::Error| StorageError::Corrupt {
+        key: String::from_utf8_lossy(k).into_owned(),
+        reason: e.to_string(),
+    };
+    for (k, v) in journal.scan_prefix(ENDPOINT.as_bytes())? {
+        let e: Endpoint = serde_json::from_slice(&v).map_err(|e| corrupt(&k, e))?;
+        st.endpoints.insert(e.id.clone(), e);
+    }
+    for (k, v) in journal.scan_prefix(DEAD.as_bytes())? {
+        let d: DeadLetter = serde_json::from_slice(&v).map_err(|e| corrupt(&k, e))?;
+        st.dead.insert(d.id.clone(), d);
+    }
+    Ok(st)
+}
+
+impl Webhooks {
+    /// The registry on `journal`; nothing is read until first use.
+    pub fn new(journal: Journal, settings: WebhookSettings) -> Webhooks {
+        Webhooks(Arc::new(Inner {
+            journal,
+            settings,
+            state: tokio::sync::Mutex::new(None),
+        }))
+    }
+
+    pub fn settings(&self) -> &WebhookSettings {
+        &self.0.settings
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.0.journal
+    }
+
+    /// Runs `f` on the loaded state, under the lock.
+    async fn with<T>(
+        &self,
+        f: impl AsyncFnOnce(&Inner, &mut State) -> Result<T, WebhookError>,
+    ) -> Result<T, WebhookError> {
+        let mut guard = self.0.state.lock().await;
+        if guard.is_none() {
+            let j = self.0.journal.clone();
+            let st = tokio::task::spawn_blocking(move || load(&j))
+                .await
+                .map_err(|e| StorageError::Invalid {
+                    reason: e.to_string(),
+                })??;
+            *guard = Some(st);
+        }
+        let st = guard.as_mut().expect("loaded above");
+        f(&self.0, st).await
+    }
+
+    /// Registers an endpoint of `account`; returns it with its new secret. The URL and event
+    /// types are checked by the caller (the API), the per-account limit here. Delivery starts
+    /// with the events committed after this call.
+    pub async fn register(
+        &self,
+        caller: &Caller,
+        account: &AccountId,
+        url: String,
+        event_types: Vec<String>,
+    ) -> Result<(EndpointView, Secret), WebhookError> {
+        self.with(async |inner, st| {
+            let have = st
+                .endpoints
+                .values()
+                .filter(|e| e.account == *account)
+                .count();
+            let max = inner.settings.endpoints_per_account_max;
+            if have >= max {
+                return Err(WebhookError::Limit(format!(
+                    "an account may register at most {max} endpoints (webhooks.endpoints_per_account_max)"
+                )));
+            }
+            let secret = Secret::generate()?;
+            let ep = Endpoint {
+                id: new_id("wh"),
+                account: account.clone(),
+                url,
+                event_types,
+                created: crate::audit::now_rfc3339(),
+                keys: vec![SigningKey {
+                    secret: secret.clone(),
+                    until_ms: None,
+                }],
+                disabled: None,
+            };
+            let mut batch = Batch::default();
+            batch.put(format!("{ENDPOINT}{}", ep.id), json(&ep));
+            let head = inner.journal.audit_head().seq;
+            batch.put(format!("{CURSOR}{}", ep.id), head.to_be_bytes().to_vec());
+            audit(&mut batch, caller, &ep, "webhook.register");
+            inner.journal.submit(batch).await?;
+            let view = ep.view();
+            st.endpoints.insert(ep.id.clone(), ep);
+            Ok((view, secret))
+        })
+        .await
+    }
+
+    /// The endpoints of `account` (every account's when `None`), without secrets.
+    pub async fn list(
+        &self,
+        account: Option<&AccountId>,
+    ) -> Result<Vec<EndpointView>, WebhookError> {
+        self.with(async |_, st| {
+            Ok(st
+                .endpoints
+                .values()
+                .filter(|e| account.is_none_or(|a| *a == e.account))
+                .map(Endpoint::view)
+                .collect())
+        })
+        .await
+    }
+
+    /// Every endpoint with its secrets (for the delivery task).
+    pub async fn endpoints(&self) -> Result<Vec<Endpoint>, WebhookError> {
+        self.with(async |_, st| Ok(st.endpoints.values().cloned().collect()))
+            .await
+    }
+
+    pub async fn endpoint(&self, id: &str) -> Result<Option<Endpoint>, WebhookError> {
+        self.with(async |_, st| Ok(st.endpoints.get(id).cloned()))
+            .await
+    }
+
+    fn owned<'a>(
+        st: &'a mut State,
+        account: Option<&AccountId>,
+        id: &str,
+    ) -> Result<&'a mut Endpoint, WebhookError> {
+        st.endpoints
+            .get_mut(id)
+            .filter(|e| account.is_none_or(|a| *a == e.account))
+            .ok_or(WebhookError::NotFound)
+    }
+
+    /// Deletes an endpoint of `account`, with its cursor and dead letters.
+    pub async fn delete(
+        &self,
+        caller: &Caller,
+        account: &AccountId,
+        id: &str,
+    ) -> Result<(), WebhookError> {
+        self.with(async |inner, st| {
+            let ep = Self::owned(st, Some(account), id)?.clone();
+            let mut batch = Batch::default();
+            batch.remove(format!("{ENDPOINT}{id}"));
+            batch.remove(format!("{CURSOR}{id}"));
+            let dead: Vec<String> = st
+                .dead
+                .values()
+                .filter(|d| d.endpoint == id)
+                .map(|d| d.id.clone())
+                .collect();
+            for d in &dead {
+                batch.remove(format!("{DEAD}{d}"));
+            }
+            audit(&mut batch, caller, &ep, "webhook.delete");
+            inner.journal.submit(batch).await?;
+            st.endpoints.remove(id);
+            for d in dead {
+                st.dead.remove(&d);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// A new secret for an endpoint of `account`; the previous one keeps signing for
+    /// `webhooks.secret_overlap_ms` (older ones stop now).
+    pub async fn rotate(
+        &self,
+        caller: &Caller,
+        account: &AccountId,
+        id: &str,
+    ) -> Result<(EndpointView, Secret), WebhookError> {
+        self.with(async |inner, st| {
+            let mut ep = Self::owned(st, Some(account), id)?.clone();
+            let secret = Secret::generate()?;
+            let now = now_ms();
+            let previous = ep.keys.first().map(|k| SigningKey {
+                secret: k.secret.clone(),
+                until_ms: Some(now.saturating_add(inner.settings.secret_overlap_ms)),
+            });
+            ep.keys = std::iter::once(SigningKey {
+                secret: secret.clone(),
+                until_ms: None,
+            })
+            .chain(previous)
+            .collect();
+            let mut batch = Batch::default();
+            batch.put(format!("{ENDPOINT}{id}"), json(&ep));
+            audit(&mut batch, caller, &ep, "webhook.rotate_secret");
+            inner.journal.submit(batch).await?;
+            let view = ep.view();
+            st.endpoints.insert(ep.id.clone(), ep);
+            Ok((view, secret))
+        })
+        .await
+    }
+
+    /// Stops deliveries to an endpoint (the receiver answered 410 Gone).
+    pub async fn disable(&self, id: &str, reason: &str) -> Result<(), WebhookError> {
+        self.with(async |inner, st| {
+            let mut ep = Self::owned(st, None, id)?.clone();
+            ep.disabled = Some(reason.to_owned());
+            let mut batch = Batch::default();
+            batch.put(format!("{ENDPOINT}{id}"), json(&ep));
+            audit(&mut batch, &Caller::system(), &ep, "webhook.disable");
+            inner.journal.submit(batch).await?;
+            st.endpoints.insert(ep.id.clone(), ep);
+            Ok(())
+        })
+        .await
+    }
+
+    /// The endpoint's cursor: the last audit seq it is done with.
+    pub fn cursor(&self, id: &str) -> Result<u64, StorageError> {
+        let key = format!("{CURSOR}{id}");
+        match self.0.journal.get(key.as_bytes())? {
+            None => Ok(0),
+            Some(v) => <[u8; 8]>::try_from(v.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| StorageError::Corrupt {
+                    key,
+                    reason: format!("expected 8 bytes, found {}", v.len()),
+                }),
+        }
+    }
+
+    /// Moves the endpoint's cursor to `seq` (ignored for a deleted endpoint).
+    pub async fn store_cursor(&self, id: &str, seq: u64) -> Result<(), WebhookError> {
+        self.with(async |inner, st| {
+            if st.endpoints.contains_key(id) {
+                let mut batch = Batch::default();
+                batch.put(format!("{CURSOR}{id}"), seq.to_be_bytes().to_vec());
+                inner.journal.submit(batch).await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Stores a dead letter and moves its endpoint's cursor past it, atomically. Beyond
+    /// `webhooks.dead_letters_per_account_max` the account's oldest dead letter is dropped.
+    pub async fn dead_letter(&self, mut dl: DeadLetter) -> Result<String, WebhookError> {
+        self.with(async |inner, st| {
+            if !st.endpoints.contains_key(&dl.endpoint) {
+                return Err(WebhookError::NotFound);
+            }
+            dl.id = new_id("dl");
+            let mut batch = Batch::default();
+            batch.put(format!("{DEAD}{}", dl.id), json(&dl));
+            batch.put(
+                format!("{CURSOR}{}", dl.endpoint),
+                dl.seq.to_be_bytes().to_vec(),
+            );
+            let mine: Vec<&DeadLetter> =
+                st.dead.values().filter(|d| d.account == dl.account).collect();
+            let over = (mine.len() + 1).saturating_sub(inner.settings.dead_letters_per_account_max);
+            // Ids are time-ordered (UUIDv7), so the map's order is oldest first.
+            let dropped: Vec<String> = mine.iter().take(over).map(|d| d.id.clone()).collect();
+            for d in &dropped {
+                tracing::warn!(dead_letter.id = %d, account.id = %dl.account, "dead letter dropped: webhooks.dead_letters_per_account_max reached");
+                batch.remove(format!("{DEAD}{d}"));
+            }
+            let mut entry = AuditEntry::new(
+                &Caller::system(),
+                Some(&dl.account),
+                "webhook.dead_letter",
+                dl.event_id.as_bytes(),
+            );
+            entry.order = dl.event_id.rsplit_once('.').map(|(o, _)| o.to_owned());
+            batch.audit.push(entry.draft(&format!("webhook:{}", dl.endpoint)));
+            inner.journal.submit(batch).await?;
+            for d in dropped {
+                st.dead.remove(&d);
+            }
+            let id = dl.id.clone();
+            st.dead.insert(id.clone(), dl);
+            Ok(id)
+        })
+        .await
+    }
+
+    /// Dead letters of `account` (every account's when `None`), oldest first.
+    pub async fn dead_letters(
+        &self,
+        account: Option<&AccountId>,
+    ) -> Result<Vec<DeadLetter>, WebhookError> {
+        self.with(async |_, st| {
+            Ok(st
+                .dead
+                .values()
+                .filter(|d| account.is_none_or(|a| *a == d.account))
+                .cloned()
+                .collect())
+        })
+        .await
+    }
+
+    /// Asks for a dead letter of `account` (any account when `None`) to be sent again.
+    pub async fn request_replay(
+        &self,
+        caller: &Caller,
+        account: Option<&AccountId>,
+        id: &str,
+    ) -> Result<DeadLetter, WebhookError> {
+        self.with(async |inner, st| {
+            let mut dl = st
+                .dead
+                .get(id)
+                .filter(|d| account.is_none_or(|a| *a == d.account))
+                .cloned()
+                .ok_or(WebhookError::NotFound)?;
+            match st.endpoints.get(&dl.endpoint) {
+                Some(ep) if ep.disabled.is_some() => {
+                    return Err(WebhookError::Conflict(format!(
+                        "endpoint {} is disabled ({}); register it again",
+                        ep.id,
+                        ep.disabled.as_deref().unwrap_or_default()
+                    )))
+                }
+                Some(_) => {}
+                None => return Err(WebhookError::NotFound),
+            }
+            dl.replay = true;
+            let mut batch = Batch::default();
+            batch.put(format!("{DEAD}{id}"), json(&dl));
+            let entry = AuditEntry::new(caller, Some(&dl.account), "webhook.replay", id.as_bytes());
+            batch
+                .audit
+                .push(entry.draft(&format!("webhook:{}", dl.endpoint)));
+            inner.journal.submit(batch).await?;
+            st.dead.insert(dl.id.clone(), dl.clone());
+            Ok(dl)
+        })
+        .await
+    }
+
+    /// Dead letters of an endpoint waiting to be replayed, oldest first.
+    pub async fn replays(&self, endpoint: &str) -> Result<Vec<DeadLetter>, WebhookError> {
+        self.with(async |_, st| {
+            Ok(st
+                .dead
+                .values()
+                .filter(|d| d.endpoint == endpoint && d.replay)
+                .cloned()
+                .collect())
+        })
+        .await
+    }
+
+    /// The outcome of a replay: delivered (the dead letter goes) or failed again (it stays,
+    /// with the new error).
+    pub async fn replayed(&self, id: &str, error: Option<String>) -> Result<(), WebhookError> {
+        self.with(async |inner, st| {
+            let Some(mut dl) = st.dead.get(id).cloned() else {
+                return Ok(());
+            };
+            let mut batch = Batch::default();
+            match error {
+                None => batch.remove(format!("{DEAD}{id}")),
+                Some(e) => {
+                    dl.replay = false;
+                    dl.attempts = dl.attempts.saturating_add(1);
+                    dl.last_error = e;
+                    dl.failed_at = crate::audit::now_rfc3339();
+                    batch.put(format!("{DEAD}{id}"), json(&dl));
+                }
+            }
+            inner.journal.submit(batch).await?;
+            if dl.replay {
+                st.dead.remove(id);
+            } else {
+                st.dead.insert(dl.id.clone(), dl);
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// The audit record of a change of `ep` (its view: never a secret).
+fn audit(batch: &mut Batch, caller: &Caller, ep: &Endpoint, action: &str) {
+    let entry = AuditEntry::new(caller, Some(&ep.account), action, &json(&ep.view()));
+    batch.audit.push(entry.draft(&format!("webhook:{}", ep.id)));
+}
+
+/// Unix ms now (for signing-secret expiry).
+pub fn unix_ms() -> u64 {
+    now_ms()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orderd_storage::JournalConfig;
+
+    fn acct(a: &str) -> AccountId {
+        AccountId::parse(a).unwrap()
+    }
+
+    // Register, rotate, limits and tenancy, and all of it back after reopening the journal;
+    // secrets never show in Debug output.
+    #[tokio::test]
+    async fn registry_persists_rotates_and_bounds() {
+        let journal = Journal::temporary(&JournalConfig::default()).unwrap();
+        let settings = WebhookSettings {
+            endpoints_per_account_max: 2,
+            secret_overlap_ms: 60_000,
+            ..WebhookSettings::default()
+        };
+        let hooks = Webhooks::new(journal.clone(), settings.clone());
+        let sys = Caller::system();
+        let (a, secret) = hooks
+            .register(
+                &sys,
+                &acct("A"),
+                "https://x.example/h".into(),
+                vec!["*".into()],
+            )
+            .await
+            .unwrap();
+        assert!(secret.expose().starts_with("whsec_"));
+        assert!(!format!("{secret:?}").contains("whsec_"));
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(&secret.expose()["whsec_".len()..])
+            .unwrap();
+        assert_eq!(decoded.len(), SECRET_BYTES);
+        hooks
+            .register(
+                &sys,
+                &acct("A"),
+                "https://y.example/h".into(),
+                vec!["*".into()],
+            )
+            .await
+            .unwrap();
+        assert!(matches!(
+            hooks
+                .register(
+                    &sys,
+                    &acct("A"),
+                    "https://z.example/h".into(),
+                    vec!["*".into()]
+                )
+                .await,
+            Err(WebhookError::Limit(_))
+        ));
+        assert!(matches!(
+            hooks.rotate(&sys, &acct("B"), &a.id).await,
+            Err(WebhookError::NotFound)
+        ));
+        let (view, new) = hooks.rotate(&sys, &acct("A"), &a.id).await.unwrap();
+        assert!(view.previous_secret_until_ms.is_some());
+        let ep = hooks.endpoint(&a.id).await.unwrap().unwrap();
+        let now = unix_ms();
+        let signing: Vec<&str> = ep.signing_secrets(now).iter().map(|s| s.expose()).collect();
+        assert_eq!(signing, [new.expose(), secret.expose()]);
+        assert_eq!(ep.signing_secrets(now + 61_000).len(), 1);
+        assert!(!format!("{ep:?}").contains("whsec_"));
+        let reopened = Webhooks::new(journal, settings);
+        assert_eq!(reopened.list(Some(&acct("A"))).await.unwrap().len(), 2);
+        assert!(reopened.list(Some(&acct("B"))).await.unwrap().is_empty());
+        assert_eq!(reopened.endpoint(&a.id).await.unwrap().unwrap(), ep);
+        reopened.delete(&sys, &acct("A"), &a.id).await.unwrap();
+        assert_eq!(reopened.list(None).await.unwrap().len(), 1);
+    }
+
+    // Loopback, link-local and private ranges (also IPv4-mapped) are refused; public ones not.
+    #[test]
+    fn refused_addresses() {
+        for (ip, why) in [
+            ("127.0.0.1", Some("loopback")),
+            ("::1", Some("loopback")),
+            ("169.254.169.254", Some("link-local")),
+            ("fe80::1", Some("link-local")),
+            ("10.1.2.3", Some("private")),
+            ("172.16.0.1", Some("private")),
+            ("192.168.1.1", Some("private")),
+            ("100.64.0.1", Some("private")),
+            ("fd00::1", Some("private")),
+            ("::ffff:127.0.0.1", Some("loopback")),
+            ("0.0.0.0", Some("not unicast")),
+            ("93.184.215.14", None),
+            ("2606:4700::1111", None),
+        ] {
+            assert_eq!(refused_address(ip.parse().unwrap()), why, "{ip}");
+        }
+        assert!(event_type_known("*"));
+        assert!(event_type_known("orderd.order.allocated"));
+        assert!(!event_type_known("orderd.order.nope"));
+    }
+}

@@ -1,0 +1,262 @@
+//! Webhook endpoints and dead letters.
+//!
+//! - An account_admin registers, lists, rotates and deletes its own account's endpoints. The
+//!   secret is in the answer of the registration or rotation only.
+//! - An account_admin lists and replays its own account's dead letters; an operator every
+//!   account's.
+//!
+//! A URL must be `http` or `https` and must not resolve to a loopback, link-local or private
+//! address unless `webhooks.allow_private` is set (the delivery task checks again before every
+//! request, since DNS can change). Another account's endpoint or dead letter is a 404.
+
+use crate::auth::Auth;
+use crate::error::{ApiError, ApiResult};
+use crate::json::Json;
+use crate::ApiState;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use orderd_actors::webhooks::{self, DeadLetter, EndpointView, WebhookError};
+use orderd_domain::account::Role;
+use orderd_domain::ids::AccountId;
+use orderd_domain::validation::{Problem, ProblemCode};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+/// How long resolving an endpoint's host may take at registration.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(register, list))
+        .routes(routes!(delete))
+        .routes(routes!(rotate))
+        .routes(routes!(dead_letters))
+        .routes(routes!(replay))
+}
+
+impl From<WebhookError> for ApiError {
+    fn from(e: WebhookError) -> ApiError {
+        match e {
+            WebhookError::NotFound => ApiError::NotFound("not found".into()),
+            WebhookError::Limit(why) => {
+                ApiError::Invalid(vec![Problem::new(ProblemCode::InvalidField, why)])
+            }
+            WebhookError::Conflict(why) => ApiError::Conflict(why),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewEndpoint {
+    /// Where deliveries go (`http` or `https`).
+    pub url: String,
+    /// `*` or event types such as `orderd.order.allocated`.
+    pub event_types: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EndpointOut {
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub endpoint: EndpointView,
+    /// `whsec_...`: shown only in this answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EndpointList {
+    #[schema(value_type = Vec<Object>)]
+    pub endpoints: Vec<EndpointView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DeadLetterList {
+    #[schema(value_type = Vec<Object>)]
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+fn invalid(field: &str, message: String) -> ApiError {
+    ApiError::Invalid(vec![
+        Problem::new(ProblemCode::InvalidField, message).field(field)
+    ])
+}
+
+/// Checks a URL and where it resolves to now; the message names what is wrong.
+pub async fn check_url(url: &str, s: &webhooks::WebhookSettings) -> Result<(), String> {
+    if url.len() > s.url_bytes_max {
+        return Err(format!(
+            "the URL is longer than {} bytes (webhooks.url_bytes_max)",
+            s.url_bytes_max
+        ));
+    }
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err("the URL must be http or https".into());
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("the URL must not carry credentials".into());
+    }
+    let host = parsed
+        .host_str()
+        .ok_or("the URL has no host")?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = parsed.port_or_known_default().unwrap_or(443);
+    if s.allow_private {
+        return Ok(());
+    }
+    let addrs: Vec<std::net::SocketAddr> = tokio::time::timeout(
+        RESOLVE_TIMEOUT,
+        tokio::net::lookup_host((host.as_str(), port)),
+    )
+    .await
+    .map_err(|_| format!("resolving {host} took too long"))?
+    .map_err(|e| format!("{host} does not resolve: {e}"))?
+    .collect();
+    for a in &addrs {
+        if let Some(why) = webhooks::refused_address(a.ip()) {
+            return Err(format!(
+                "{host} resolves to {}, a {why} address; such targets are refused unless webhooks.allow_private is set",
+                a.ip()
+            ));
+        }
+    }
+    if addrs.is_empty() {
+        return Err(format!("{host} does not resolve"));
+    }
+    Ok(())
+}
+
+fn own_account(auth: &Auth) -> ApiResult<AccountId> {
+    auth.require(&[Role::AccountAdmin])?;
+    Ok(auth.account()?.clone())
+}
+
+/// Register a webhook endpoint of the caller's account; the answer holds its secret, shown
+/// only here (account_admin).
+#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = NewEndpoint,
+    responses((status = 201, body = EndpointOut), (status = 422)), security(("bearer" = [])))]
+async fn register(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Json(body): Json<NewEndpoint>,
+) -> ApiResult<(StatusCode, axum::Json<EndpointOut>)> {
+    let account = own_account(&auth)?;
+    let settings = s.webhooks.settings();
+    let mut types = body.event_types;
+    types.sort();
+    types.dedup();
+    if types.is_empty() || types.len() > settings.event_types_max {
+        return Err(invalid(
+            "event_types",
+            format!(
+                "name 1 to {} event types (webhooks.event_types_max)",
+                settings.event_types_max
+            ),
+        ));
+    }
+    if let Some(t) = types.iter().find(|t| !webhooks::event_type_known(t)) {
+        return Err(invalid(
+            "event_types",
+            format!("unknown event type {t:?}: use \"*\" or orderd.order.<state>"),
+        ));
+    }
+    check_url(&body.url, settings)
+        .await
+        .map_err(|why| invalid("url", why))?;
+    let (endpoint, secret) = s
+        .webhooks
+        .register(&auth.0, &account, body.url, types)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(EndpointOut {
+            endpoint,
+            secret: Some(secret.expose().to_owned()),
+        }),
+    ))
+}
+
+/// The caller's account's endpoints, without secrets (account_admin).
+#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks",
+    responses((status = 200, body = EndpointList)), security(("bearer" = [])))]
+async fn list(State(s): State<ApiState>, auth: Auth) -> ApiResult<axum::Json<EndpointList>> {
+    let account = own_account(&auth)?;
+    let endpoints = s.webhooks.list(Some(&account)).await?;
+    Ok(axum::Json(EndpointList { endpoints }))
+}
+
+/// Delete an endpoint of the caller's account, with its dead letters (account_admin).
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path)),
+    responses((status = 204), (status = 404)), security(("bearer" = [])))]
+async fn delete(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let account = own_account(&auth)?;
+    s.webhooks.delete(&auth.0, &account, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A new secret for an endpoint; the previous one keeps signing (both signatures are sent)
+/// for `webhooks.secret_overlap_ms` (account_admin).
+#[utoipa::path(post, path = "/v1/webhooks/{id}/rotate", tag = "webhooks", params(("id" = String, Path)),
+    responses((status = 200, body = EndpointOut), (status = 404)), security(("bearer" = [])))]
+async fn rotate(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<EndpointOut>> {
+    let account = own_account(&auth)?;
+    let (endpoint, secret) = s.webhooks.rotate(&auth.0, &account, &id).await?;
+    Ok(axum::Json(EndpointOut {
+        endpoint,
+        secret: Some(secret.expose().to_owned()),
+    }))
+}
+
+/// The account whose dead letters the caller sees (`None`: every account, for an operator).
+fn dead_letter_scope(auth: &Auth) -> ApiResult<Option<AccountId>> {
+    if auth.0.has(Role::Operator) {
+        return Ok(None);
+    }
+    own_account(auth).map(Some)
+}
+
+/// Events that could not be delivered, oldest first (account_admin: own account; operator:
+/// every account).
+#[utoipa::path(get, path = "/v1/webhooks/dead-letters", tag = "webhooks",
+    responses((status = 200, body = DeadLetterList)), security(("bearer" = [])))]
+async fn dead_letters(
+    State(s): State<ApiState>,
+    auth: Auth,
+) -> ApiResult<axum::Json<DeadLetterList>> {
+    let account = dead_letter_scope(&auth)?;
+    let dead_letters = s.webhooks.dead_letters(account.as_ref()).await?;
+    Ok(axum::Json(DeadLetterList { dead_letters }))
+}
+
+/// Send a dead letter again (once, before the endpoint's next event); delivered, it leaves
+/// the list (account_admin: own account; operator: any).
+#[utoipa::path(post, path = "/v1/webhooks/dead-letters/{id}/replay", tag = "webhooks",
+    params(("id" = String, Path)),
+    responses((status = 202), (status = 404), (status = 409)), security(("bearer" = [])))]
+async fn replay(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, axum::Json<DeadLetter>)> {
+    let account = dead_letter_scope(&auth)?;
+    let dl = s
+        .webhooks
+        .request_replay(&auth.0, account.as_ref(), &id)
+        .await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(dl)))
+}

@@ -1,0 +1,531 @@
+//! Webhook delivery (Standard Webhooks).
+//!
+//! The audit log is the outbox: one task per active endpoint reads it from the endpoint's
+//! durable cursor (`hookcur/<id>` in the journal), in log order, and sends each event the
+//! endpoint wants. The next event goes out only after the previous one was delivered (2xx) or
+//! went to the dead letters, so per endpoint the order of the log is kept, and after a crash
+//! the task resumes at its cursor (an event may then be sent twice; receivers deduplicate by
+//! `webhook-id`, which is the event id).
+//!
+//! Each request carries `webhook-id` (the event id `<order>.<sequence>`), `webhook-timestamp`
+//! (Unix seconds) and `webhook-signature`: `v1,<base64 HMAC-SHA256 of id.timestamp.body>` per
+//! secret that signs now (two, space-separated, during a rotation's overlap). Redirects are not
+//! followed; connect and request time are bounded.
+//!
+//! Failures: 2xx is success; 410 disables the endpoint (the event goes to the dead letters);
+//! anything else (other status, timeout, connection error, a refused address) is retried with
+//! exponential backoff and full jitter, or after `Retry-After` on 429 and 503, until
+//! `webhooks.attempts_max` attempts or `webhooks.attempt_age_max_ms`; then the event becomes a
+//! dead letter and the cursor moves past it. A replay asked for over the API is tried once,
+//! before the endpoint's next event.
+
+use orderd_actors::events;
+use orderd_actors::webhooks::{self, DeadLetter, Endpoint, WebhookSettings, Webhooks};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Cursor writes of an endpoint that only passes over other records: at most one per this many.
+const CURSOR_IDLE_WRITE_EVERY: u64 = 1_000;
+
+/// A DNS resolver that refuses loopback, link-local and private addresses (unless allowed),
+/// so a name that changes where it points after registration is still refused.
+struct GuardedResolver {
+    allow_private: bool,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow = self.allow_private;
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let ok: Vec<SocketAddr> = addrs
+                .into_iter()
+                .filter(|a| allow || webhooks::refused_address(a.ip()).is_none())
+                .collect();
+            if ok.is_empty() {
+                return Err(format!("{host} resolves to no allowed address").into());
+            }
+            Ok(Box::new(ok.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// The HTTP client of deliveries: no redirects, bounded connect and request time, guarded DNS.
+pub fn client(s: &WebhookSettings) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_millis(s.connect_timeout_ms))
+        .timeout(Duration::from_millis(s.request_timeout_ms))
+        .dns_resolver(Arc::new(GuardedResolver {
+            allow_private: s.allow_private,
+        }))
+        .user_agent("orderd-webhooks")
+        .build()
+}
+
+/// The `webhook-signature` value: one `v1,<sig>` per secret, space-separated.
+pub fn signature(secrets: &[&webhooks::Secret], id: &str, ts: i64, body: &[u8]) -> String {
+    secrets
+        .iter()
+        .filter_map(|s| {
+            standardwebhooks::Webhook::new(s.expose())
+                .and_then(|w| w.sign(id, ts, body))
+                .ok()
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The pause before attempt `attempt + 1` (after `attempt` failures, 1-based): the backoff
+/// `base * 2^(attempt-1)` capped at `max`, with full jitter in its upper half.
+pub fn backoff(s: &WebhookSettings, attempt: u32, random: u64) -> Duration {
+    let exp = s
+        .backoff_base_ms
+        .saturating_mul(1u64 << attempt.saturating_sub(1).min(32));
+    let cap = exp.min(s.backoff_max_ms);
+    let half = cap / 2;
+    Duration::from_millis(half + random % (cap - half + 1))
+}
+
+/// `Retry-After` as seconds or an HTTP date, relative to now.
+pub fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let v = value.trim();
+    if let Ok(s) = v.parse::<u64>() {
+        return Some(Duration::from_secs(s));
+    }
+    let at = time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc2822).ok()?;
+    let at = std::time::SystemTime::from(at);
+    Some(at.duration_since(now).unwrap_or_default())
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // Jitter only: without randomness the pause is the upper half's start, still bounded.
+    let _ = getrandom::fill(&mut b);
+    u64::from_le_bytes(b)
+}
+
+/// What one attempt came to.
+enum Attempt {
+    Delivered,
+    Gone,
+    Retry {
+        error: String,
+        after: Option<Duration>,
+    },
+}
+
+/// What an event came to.
+enum Outcome {
+    Delivered,
+    Dead { error: String, attempts: u32 },
+    Gone { attempts: u32 },
+    Stopped,
+}
+
+async fn attempt(
+    client: &reqwest::Client,
+    ep: &Endpoint,
+    id: &str,
+    body: &[u8],
+    s: &WebhookSettings,
+) -> Attempt {
+    let retry = |error: String| Attempt::Retry { error, after: None };
+    // Addresses written as IPs never meet the resolver: check them here.
+    if let Some(host) = reqwest::Url::parse(&ep.url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+    {
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+            if let Some(why) = webhooks::refused_address(ip).filter(|_| !s.allow_private) {
+                return retry(format!(
+                    "{ip} is a {why} address (webhooks.allow_private is off)"
+                ));
+            }
+        }
+    }
+    let ts = time::OffsetDateTime::now_utc().unix_timestamp();
+    let secrets = ep.signing_secrets(webhooks::unix_ms());
+    let resp = client
+        .post(&ep.url)
+        .header("content-type", "application/json")
+        .header("webhook-id", id)
+        .header("webhook-timestamp", ts.to_string())
+        .header("webhook-signature", signature(&secrets, id, ts, body))
+        .body(body.to_vec())
+        .send()
+        .await;
+    let resp = match resp {
+        Ok(r) => r,
+        Err(e) if e.is_timeout() => return retry("timed out".into()),
+        Err(e) => return retry(format!("request failed: {e}")),
+    };
+    let status = resp.status();
+    if status.is_success() {
+        return Attempt::Delivered;
+    }
+    if status == reqwest::StatusCode::GONE {
+        return Attempt::Gone;
+    }
+    let after = matches!(status.as_u16(), 429 | 503)
+        .then(|| resp.headers().get("retry-after"))
+        .flatten()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| retry_after(v, std::time::SystemTime::now()))
+        .map(|d| d.min(Duration::from_millis(s.retry_after_max_ms)));
+    Attempt::Retry {
+        error: format!("answered {status}"),
+        after,
+    }
+}
+
+/// Sends one event until it is delivered, dead or the endpoint is gone (or orderd stops).
+async fn deliver(
+    hooks: &Webhooks,
+    client: &reqwest::Client,
+    ep_id: &str,
+    id: &str,
+    body: &[u8],
+    attempts_max: u32,
+    stop: &mut watch::Receiver<bool>,
+) -> Outcome {
+    let s = hooks.settings();
+    if body.len() > s.payload_bytes_max {
+        return Outcome::Dead {
+            error: format!(
+                "the event is larger than webhooks.payload_bytes_max ({} bytes)",
+                s.payload_bytes_max
+            ),
+            attempts: 0,
+        };
+    }
+    let first = Instant::now();
+    let mut n = 0u32;
+    loop {
+        // The endpoint as of now: a rotation during retries signs with the new secrets.
+        let ep = match hooks.endpoint(ep_id).await {
+            Ok(Some(ep)) if ep.disabled.is_none() => ep,
+            _ => return Outcome::Stopped,
+        };
+        n += 1;
+        let result = tokio::select! {
+            r = attempt(client, &ep, id, body, s) => r,
+            _ = stop.changed() => return Outcome::Stopped,
+        };
+        let (error, after) = match result {
+            Attempt::Delivered => return Outcome::Delivered,
+            Attempt::Gone => return Outcome::Gone { attempts: n },
+            Attempt::Retry { error, after } => (error, after),
+        };
+        let pause = after.unwrap_or_else(|| backoff(s, n, random_u64()));
+        let too_old = first.elapsed() + pause > Duration::from_millis(s.attempt_age_max_ms);
+        tracing::warn!(endpoint.id = %ep_id, event.id = %id, attempt = n, %error, retry_in_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX), "webhook delivery failed");
+        if n >= attempts_max || too_old {
+            return Outcome::Dead { error, attempts: n };
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.changed() => return Outcome::Stopped,
+        }
+    }
+}
+
+/// Runs until `stop` changes: one task per active endpoint.
+pub async fn run(hooks: Webhooks, mut stop: watch::Receiver<bool>) {
+    let client = match client(hooks.settings()) {
+        Ok(c) => c,
+        Err(error) => {
+            tracing::error!(%error, "webhook HTTP client unavailable; no webhooks are delivered");
+            return;
+        }
+    };
+    let mut tasks: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    loop {
+        tasks.retain(|_, t| !t.is_finished());
+        match hooks.endpoints().await {
+            Ok(eps) => {
+                for ep in eps.into_iter().filter(|e| e.disabled.is_none()) {
+                    if let std::collections::hash_map::Entry::Vacant(slot) = tasks.entry(ep.id) {
+                        let id = slot.key().clone();
+                        slot.insert(tokio::spawn(endpoint_task(
+                            hooks.clone(),
+                            client.clone(),
+                            id,
+                            stop.clone(),
+                        )));
+                    }
+                }
+            }
+            Err(error) => tracing::error!(%error, "reading webhook endpoints failed; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(hooks.settings().poll_ms)) => {}
+            _ = stop.changed() => break,
+        }
+    }
+    for (_, t) in tasks {
+        let _ = t.await;
+    }
+}
+
+/// Delivers to one endpoint until it is deleted or disabled, or orderd stops.
+async fn endpoint_task(
+    hooks: Webhooks,
+    client: reqwest::Client,
+    ep_id: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    let poll = Duration::from_millis(hooks.settings().poll_ms);
+    let mut cursor = None;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        match endpoint_round(&hooks, &client, &ep_id, &mut cursor, &mut stop).await {
+            Ok(Some(true)) => continue,
+            Ok(Some(false)) => {}
+            Ok(None) => return,
+            Err(error) => {
+                tracing::error!(endpoint.id = %ep_id, %error, "webhook round failed; retrying")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(poll) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// The cursor in memory and the one stored.
+#[derive(Clone, Copy)]
+struct Cursor {
+    at: u64,
+    stored: u64,
+}
+
+/// One round: replays, then the next events. `Some(true)`: more may wait; `None`: the task ends.
+async fn endpoint_round(
+    hooks: &Webhooks,
+    client: &reqwest::Client,
+    ep_id: &str,
+    cursor: &mut Option<Cursor>,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Option<bool>, String> {
+    let Some(ep) = hooks.endpoint(ep_id).await.map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    if ep.disabled.is_some() {
+        return Ok(None);
+    }
+    for dl in hooks.replays(ep_id).await.map_err(|e| e.to_string())? {
+        let error = match deliver(
+            hooks,
+            client,
+            ep_id,
+            &dl.event_id,
+            dl.body.as_bytes(),
+            1,
+            stop,
+        )
+        .await
+        {
+            Outcome::Delivered => None,
+            Outcome::Stopped => return Ok(None),
+            Outcome::Gone { .. } => {
+                disable(hooks, ep_id).await?;
+                Some("answered 410 Gone".to_owned())
+            }
+            Outcome::Dead { error, .. } => Some(error),
+        };
+        tracing::info!(endpoint.id = %ep_id, event.id = %dl.event_id, delivered = error.is_none(), "dead letter replayed");
+        hooks
+            .replayed(&dl.id, error)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let c = match *cursor {
+        Some(c) => c,
+        None => {
+            let at = hooks.cursor(ep_id).map_err(|e| e.to_string())?;
+            *cursor.insert(Cursor { at, stored: at })
+        }
+    };
+    let s = hooks.settings();
+    let (j, account, batch, scan) = (
+        hooks.journal().clone(),
+        ep.account.clone(),
+        s.batch_max,
+        s.scan_max,
+    );
+    let read = tokio::task::spawn_blocking(move || {
+        events::read_after(&j, c.at, Some(&account), batch, scan)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    let (mut c, start) = (c, c.at);
+    for (seq, ev) in read.events {
+        let kind = format!("orderd.order.{}", ev.state.as_str());
+        if !ep.wants(&kind) {
+            c.at = seq;
+            continue;
+        }
+        let id = format!("{}.{}", ev.order, ev.sequence);
+        let body = events::render(&ev);
+        let outcome = deliver(hooks, client, ep_id, &id, &body, s.attempts_max, stop).await;
+        let dead = |error: String, attempts: u32| DeadLetter {
+            id: String::new(),
+            endpoint: ep_id.to_owned(),
+            account: ev.account.clone(),
+            event_id: id.clone(),
+            event_type: kind.clone(),
+            seq,
+            attempts,
+            last_error: error,
+            failed_at: orderd_actors::audit::now_rfc3339(),
+            replay: false,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        };
+        match outcome {
+            Outcome::Delivered => {
+                hooks
+                    .store_cursor(ep_id, seq)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Outcome::Stopped => {
+                *cursor = Some(c);
+                return Ok(None);
+            }
+            Outcome::Dead { error, attempts } => {
+                tracing::warn!(endpoint.id = %ep_id, event.id = %id, attempts, %error, "webhook event dead-lettered");
+                hooks
+                    .dead_letter(dead(error, attempts))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Outcome::Gone { attempts } => {
+                tracing::warn!(endpoint.id = %ep_id, event.id = %id, "receiver answered 410 Gone: endpoint disabled");
+                hooks
+                    .dead_letter(dead(
+                        "answered 410 Gone; endpoint disabled".into(),
+                        attempts,
+                    ))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                disable(hooks, ep_id).await?;
+                return Ok(None);
+            }
+        }
+        c = Cursor {
+            at: seq,
+            stored: seq,
+        };
+        *cursor = Some(c);
+    }
+    let moved = read.next > start;
+    c.at = c.at.max(read.next);
+    if c.at >= c.stored.saturating_add(CURSOR_IDLE_WRITE_EVERY) {
+        hooks
+            .store_cursor(ep_id, c.at)
+            .await
+            .map_err(|e| e.to_string())?;
+        c.stored = c.at;
+    }
+    *cursor = Some(c);
+    Ok(Some(moved))
+}
+
+async fn disable(hooks: &Webhooks, ep_id: &str) -> Result<(), String> {
+    hooks
+        .disable(ep_id, "the receiver answered 410 Gone")
+        .await
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Backoff doubles from the base up to the cap, with jitter in the upper half.
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_cap() {
+        let s = WebhookSettings {
+            backoff_base_ms: 100,
+            backoff_max_ms: 1_000,
+            ..WebhookSettings::default()
+        };
+        for (attempt, lo, hi) in [
+            (1, 50, 100),
+            (2, 100, 200),
+            (3, 200, 400),
+            (5, 500, 1_000),
+            (40, 500, 1_000),
+        ] {
+            for r in [0, 1, 77, u64::MAX] {
+                let ms = u64::try_from(backoff(&s, attempt, r).as_millis()).unwrap();
+                assert!((lo..=hi).contains(&ms), "attempt {attempt}: {ms} ms");
+            }
+        }
+    }
+
+    // Retry-After in seconds and as an HTTP date; garbage is ignored.
+    #[test]
+    fn retry_after_forms() {
+        let now = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(retry_after("7", now), Some(Duration::from_secs(7)));
+        let date = time::OffsetDateTime::from(now + Duration::from_secs(30))
+            .format(&time::format_description::well_known::Rfc2822)
+            .unwrap();
+        assert_eq!(retry_after(&date, now), Some(Duration::from_secs(30)));
+        assert_eq!(retry_after("soon", now), None);
+    }
+
+    // Both secrets of a rotation sign; each verifies on its own with the Standard Webhooks
+    // library, and a wrong body does not.
+    #[test]
+    fn signatures_verify_with_each_secret() {
+        use base64::Engine as _;
+        let secret = |b: u8| {
+            format!(
+                "whsec_{}",
+                base64::engine::general_purpose::STANDARD.encode([b; 32])
+            )
+        };
+        let (old, new) = (secret(1), secret(2));
+        let keys: Vec<webhooks::Secret> = [&new, &old]
+            .iter()
+            .map(|s| serde_json::from_value(serde_json::json!(s)).unwrap())
+            .collect();
+        let ts = time::OffsetDateTime::now_utc().unix_timestamp();
+        let sig = signature(&keys.iter().collect::<Vec<_>>(), "o-1.3", ts, b"{\"a\":1}");
+        assert_eq!(sig.split(' ').count(), 2);
+        assert!(sig.split(' ').all(|s| s.starts_with("v1,")));
+        let mut headers = standardwebhooks_headers("o-1.3", ts, &sig);
+        for s in [&old, &new] {
+            let wh = standardwebhooks::Webhook::new(s).unwrap();
+            wh.verify(b"{\"a\":1}", &headers).unwrap();
+            assert!(wh.verify(b"{\"a\":2}", &headers).is_err());
+        }
+        headers =
+            standardwebhooks_headers("o-1.3", ts, &signature(&[&keys[0]], "o-1.3", ts, b"{}"));
+        assert!(standardwebhooks::Webhook::new(&old)
+            .unwrap()
+            .verify(b"{}", &headers)
+            .is_err());
+    }
+
+    fn standardwebhooks_headers(id: &str, ts: i64, sig: &str) -> reqwest::header::HeaderMap {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("webhook-id", id.parse().unwrap());
+        h.insert("webhook-timestamp", ts.to_string().parse().unwrap());
+        h.insert("webhook-signature", sig.parse().unwrap());
+        h
+    }
+}

@@ -1,0 +1,379 @@
+//! Webhooks against the real binary and an independent receiver (`ops/webhooks/receiver.py`)
+//! that verifies every request with the Standard Webhooks reference library (PyPI
+//! `standardwebhooks`, installed into .venv by ops/test) and answers scripted statuses.
+
+use crate::env::{str_field, TestEnv};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long deliveries (with their retries) may take to show at the receiver.
+const DELIVERY_MAX: Duration = Duration::from_secs(60);
+
+struct Receiver {
+    child: Child,
+    port: u16,
+    http: reqwest::Client,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let python = root.join(".venv/bin/python");
+        assert!(
+            python.exists(),
+            "{} is missing: ops/test creates it and installs standardwebhooks (ops/webhooks/requirements.txt)",
+            python.display()
+        );
+        let mut child = Command::new(python)
+            .arg(root.join("ops/webhooks/receiver.py"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting the webhook receiver");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("the receiver's port line");
+        let port = line
+            .trim()
+            .strip_prefix("PORT ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "the receiver did not start (standardwebhooks missing from .venv?): {line:?}"
+                )
+            });
+        Receiver {
+            child,
+            port,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    async fn put(&self, what: &str, path: &str, body: Value) {
+        let r = self
+            .http
+            .put(self.url(&format!("/_control/{what}{path}")))
+            .json(&body)
+            .send()
+            .await
+            .expect("receiver control");
+        assert_eq!(r.status(), 204);
+    }
+
+    async fn log(&self, path: &str) -> Vec<Value> {
+        let all: Vec<Value> = self
+            .http
+            .get(self.url("/_control/log"))
+            .send()
+            .await
+            .expect("receiver log")
+            .json()
+            .await
+            .expect("log JSON");
+        all.into_iter().filter(|e| e["path"] == path).collect()
+    }
+
+    /// Ids answered 2xx at `path`, in arrival order (a delayed answer came after orderd's
+    /// request timeout: not delivered).
+    async fn delivered(&self, path: &str) -> Vec<String> {
+        self.log(path)
+            .await
+            .iter()
+            .filter(|e| {
+                e["status"]
+                    .as_u64()
+                    .is_some_and(|s| (200..300).contains(&s))
+                    && e["delay_s"] == 0
+            })
+            .map(|e| str_field(e, "id").to_owned())
+            .collect()
+    }
+
+    /// Waits until `path` got every id of `want` answered 2xx.
+    async fn await_delivered(&self, path: &str, want: &[String]) -> Vec<String> {
+        let deadline = Instant::now() + DELIVERY_MAX;
+        loop {
+            let got = self.delivered(path).await;
+            if want.iter().all(|w| got.contains(w)) {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{path}: want {want:?}, got {got:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Places a one-line order (one event: it is allocated at once); its event id.
+async fn place_one(env: &TestEnv, token: &str, key: &str) -> String {
+    let r = env.place(token, key, &[("BOLT-0010", 1)], "BERLIN").await;
+    assert_eq!(r.status, 201, "{r}");
+    format!("{}.1", str_field(&r.body, "id"))
+}
+
+async fn register(env: &TestEnv, admin: &str, url: &str) -> (String, String) {
+    let r = env
+        .post(
+            admin,
+            "/v1/webhooks",
+            json!({"url": url, "event_types": ["*"]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r}");
+    let secret = str_field(&r.body, "secret").to_owned();
+    assert!(secret.starts_with("whsec_"), "{secret}");
+    (str_field(&r.body, "id").to_owned(), secret)
+}
+
+async fn dead_letters(env: &TestEnv, token: &str, endpoint: &str) -> Vec<Value> {
+    let r = env.get(token, "/v1/webhooks/dead-letters").await;
+    assert_eq!(r.status, 200, "{r}");
+    r.body["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["endpoint"] == endpoint)
+        .cloned()
+        .collect()
+}
+
+async fn wait_for<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + DELIVERY_MAX;
+    loop {
+        if let Some(t) = f().await {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// One account, three endpoints on a scripted receiver:
+// - /flaky answers 500 then 200 (retried), then times out, then 429 with Retry-After: 2
+//   (honoured), then 200: every event arrives once answered 2xx, in log order, every request
+//   signed validly; after a secret rotation both the old and the new secret verify;
+// - /gone answers 410: the endpoint is disabled after one request, its event is a dead letter;
+// - /dead always fails: its events become dead letters, and after the receiver recovers a
+//   replay delivers each.
+// orderd is killed -9 while an event waits on a Retry-After, and the event arrives after the
+// restart. Another account's admin sees none of it (404); an operator sees every dead letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_signed_ordered_retried_and_dead_lettered() {
+    let rx = Receiver::start();
+    let mut env = TestEnv::start_with(&[
+        ("ORDERD_WEBHOOKS__ALLOW_PRIVATE", "true"),
+        ("ORDERD_WEBHOOKS__BACKOFF_BASE_MS", "100"),
+        ("ORDERD_WEBHOOKS__BACKOFF_MAX_MS", "300"),
+        ("ORDERD_WEBHOOKS__ATTEMPTS_MAX", "4"),
+        ("ORDERD_WEBHOOKS__REQUEST_TIMEOUT_MS", "1000"),
+        ("ORDERD_WEBHOOKS__CONNECT_TIMEOUT_MS", "1000"),
+        ("ORDERD_WEBHOOKS__POLL_MS", "50"),
+    ])
+    .await;
+    let admin = env.token("ACME", "ada", &["account_admin"]).await;
+    let bob = env.token("ACME", "bob", &["buyer", "approver"]).await;
+    let (flaky, old_secret) = register(&env, &admin, &rx.url("/flaky")).await;
+    let (gone, gone_secret) = register(&env, &admin, &rx.url("/gone")).await;
+    let (dead, dead_secret) = register(&env, &admin, &rx.url("/dead")).await;
+    rx.put("secrets", "/flaky", json!([old_secret])).await;
+    rx.put("secrets", "/gone", json!([gone_secret])).await;
+    rx.put("secrets", "/dead", json!([dead_secret])).await;
+    rx.put(
+        "script",
+        "/flaky",
+        json!([{"status": 500}, {"status": 200}, {"status": 200, "delay_s": 3},
+               {"status": 429, "retry_after": "2"}, {"status": 200}]),
+    )
+    .await;
+    rx.put("script", "/gone", json!([{"status": 410}])).await;
+    rx.put("script", "/dead", json!([{"status": 500}])).await;
+
+    let mut events = vec![];
+    for i in 0..4 {
+        events.push(place_one(&env, &bob, &format!("o-{i}")).await);
+    }
+    let got = rx.await_delivered("/flaky", &events).await;
+    assert_eq!(got, events, "each event once, in log order");
+    let log = rx.log("/flaky").await;
+    assert!(
+        log.iter().all(|e| e["verified"] == json!([true])),
+        "{log:?}"
+    );
+    let statuses: Vec<u64> = log.iter().map(|e| e["status"].as_u64().unwrap()).collect();
+    assert_eq!(&statuses[..5], [500, 200, 200, 429, 200], "{log:?}");
+    // 500 then 200: the same event again. The timed-out request and the 429 are retried too.
+    assert_eq!(log[0]["id"], log[1]["id"]);
+    assert_eq!(log[2]["id"], log[3]["id"]);
+    assert_eq!(log[3]["id"], log[4]["id"]);
+    let waited = log[4]["at"].as_f64().unwrap() - log[3]["at"].as_f64().unwrap();
+    assert!(waited >= 1.9, "Retry-After: 2 honoured, waited {waited} s");
+
+    // Rotation: both secrets sign (two signatures), and each verifies on its own.
+    let r = env
+        .post(&admin, &format!("/v1/webhooks/{flaky}/rotate"), json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{r}");
+    let new_secret = str_field(&r.body, "secret").to_owned();
+    assert_ne!(new_secret, old_secret);
+    rx.put("secrets", "/flaky", json!([old_secret, new_secret]))
+        .await;
+    let rotated = place_one(&env, &bob, "o-rotated").await;
+    events.push(rotated.clone());
+    rx.await_delivered("/flaky", &events).await;
+    let after: Vec<Value> = rx
+        .log("/flaky")
+        .await
+        .into_iter()
+        .filter(|e| e["id"] == rotated.as_str())
+        .collect();
+    assert!(!after.is_empty());
+    for e in &after {
+        assert_eq!(e["verified"], json!([true, true]), "{e}");
+        assert_eq!(str_field(e, "signature").split(' ').count(), 2, "{e}");
+    }
+
+    // 410: one request, the endpoint is disabled, its event is a dead letter (not replayable).
+    let list = wait_for("the 410 endpoint disabled", async || {
+        let r = env.get(&admin, "/v1/webhooks").await;
+        let eps = r.body["endpoints"].as_array().unwrap().clone();
+        eps.iter()
+            .any(|e| e["id"] == gone.as_str() && !e["disabled"].is_null())
+            .then_some(eps)
+    })
+    .await;
+    assert!(list.iter().all(|e| e.get("secret").is_none()), "{list:?}");
+    assert_eq!(rx.log("/gone").await.len(), 1);
+    let gone_dl = dead_letters(&env, &admin, &gone).await;
+    assert_eq!(gone_dl.len(), 1, "{gone_dl:?}");
+    assert_eq!(gone_dl[0]["event_id"], events[0].as_str());
+    let r = env
+        .post(
+            &admin,
+            &format!(
+                "/v1/webhooks/dead-letters/{}/replay",
+                str_field(&gone_dl[0], "id")
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 409, "{r}");
+
+    // A crash while an event waits on Retry-After: after the restart it is sent again.
+    rx.put(
+        "script",
+        "/flaky",
+        json!([{"status": 503, "retry_after": "30"}, {"status": 200}]),
+    )
+    .await;
+    let crashed = place_one(&env, &bob, "o-crash").await;
+    events.push(crashed.clone());
+    wait_for("the 503", async || {
+        rx.log("/flaky")
+            .await
+            .iter()
+            .any(|e| e["id"] == crashed.as_str())
+            .then_some(())
+    })
+    .await;
+    env.kill().await;
+    env.restart().await;
+    let admin = env.token("ACME", "ada", &["account_admin"]).await;
+    let got = rx.await_delivered("/flaky", &events).await;
+    assert_eq!(got, events, "nothing lost or reordered across the crash");
+
+    // /dead: every event a dead letter (kept across the restart); the receiver recovers and
+    // each replay delivers its event, validly signed.
+    let dls = wait_for("every /dead event dead-lettered", async || {
+        let d = dead_letters(&env, &admin, &dead).await;
+        (d.len() == events.len()).then_some(d)
+    })
+    .await;
+    let ids: Vec<&str> = dls.iter().map(|d| str_field(d, "event_id")).collect();
+    assert_eq!(ids, events.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(dls.iter().all(|d| d["attempts"] == 4), "{dls:?}");
+
+    // Tenancy: another account's admin sees and touches nothing of ACME's.
+    let other = env.token("BAUHAUS", "otto", &["account_admin"]).await;
+    let r = env.get(&other, "/v1/webhooks").await;
+    assert_eq!(r.body["endpoints"], json!([]), "{r}");
+    assert!(dead_letters(&env, &other, &dead).await.is_empty());
+    let dl0 = str_field(&dls[0], "id").to_owned();
+    for (path, method) in [
+        (format!("/v1/webhooks/dead-letters/{dl0}/replay"), "POST"),
+        (format!("/v1/webhooks/{flaky}/rotate"), "POST"),
+        (format!("/v1/webhooks/{flaky}"), "DELETE"),
+    ] {
+        let r = env
+            .api()
+            .send(
+                method.parse().unwrap(),
+                &path,
+                Some(&other),
+                None,
+                Some(&json!({})),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 404, "{method} {path}: {r}");
+    }
+    let operator = env.api().operator_token().await.unwrap();
+    assert_eq!(
+        dead_letters(&env, &operator, &dead).await.len(),
+        events.len()
+    );
+
+    rx.put("script", "/dead", json!([{"status": 200}])).await;
+    for d in &dls {
+        let r = env
+            .post(
+                &operator,
+                &format!("/v1/webhooks/dead-letters/{}/replay", str_field(d, "id")),
+                json!({}),
+            )
+            .await;
+        assert_eq!(r.status, 202, "{r}");
+    }
+    let got = rx.await_delivered("/dead", &events).await;
+    assert_eq!(got, events);
+    assert!(rx
+        .log("/dead")
+        .await
+        .iter()
+        .all(|e| e["verified"] == json!([true])));
+    wait_for("replayed dead letters gone", async || {
+        dead_letters(&env, &admin, &dead)
+            .await
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    let r = env
+        .api()
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/v1/webhooks/{dead}"),
+            Some(&admin),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 204, "{r}");
+}
