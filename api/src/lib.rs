@@ -16,6 +16,7 @@ pub mod policy;
 pub mod rate_limit;
 pub mod routes;
 pub mod session;
+pub mod telemetry;
 
 use auth::Authenticator;
 use axum::extract::DefaultBodyLimit;
@@ -40,6 +41,9 @@ pub struct ApiLimits {
     pub page_max: usize,
     /// Rate limits of sign-ins and state-changing requests.
     pub rate_limit: rate_limit::RateLimits,
+    /// A capture request slower than this is logged at WARN with its order id, account and
+    /// latency (0: never).
+    pub slow_order_log_ms: u64,
 }
 
 impl Default for ApiLimits {
@@ -50,6 +54,7 @@ impl Default for ApiLimits {
             import_rows_max: 1_000_000,
             page_max: 200,
             rate_limit: rate_limit::RateLimits::default(),
+            slow_order_log_ms: 1_000,
         }
     }
 }
@@ -103,7 +108,8 @@ pub fn api_routes(dev_signin: bool) -> OpenApiRouter<ApiState> {
         .merge(routes::orders::routes())
         .merge(routes::credit::routes())
         .merge(routes::admin::routes())
-        .merge(routes::portal::routes());
+        .merge(routes::portal::routes())
+        .merge(routes::ops::routes());
     if dev_signin {
         r.merge(routes::dev::routes())
     } else {
@@ -121,6 +127,18 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
             .into(),
     );
     doc
+}
+
+/// `GET /metrics` alone, without authentication: for a separate listen address that only
+/// Prometheus can reach (`metrics_listen`). Anything else there is 404.
+pub fn metrics_router(engine: Engine) -> Router {
+    Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let engine = engine.clone();
+            async move { routes::ops::render_metrics(&engine) }
+        }),
+    )
 }
 
 pub fn router(state: ApiState) -> Router {

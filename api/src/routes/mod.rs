@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod credit;
 pub mod dev;
 pub mod health;
+pub mod ops;
 pub mod orders;
 pub mod portal;
 
