@@ -9,9 +9,12 @@
 //! - `oidc`: tokens of a real OpenID Provider (`provider`): accepted, forged ones refused, key
 //!   rotation and JWKS outages, issuers bound to their accounts, the role x route and
 //!   cross-account matrices, rate limits, browser sign-in with sessions.
+//! - `dashboard`: the operators' live dashboard in headless Chromium under load; the metrics
+//!   listener; the per-order spans in the JSON log.
 
 mod audit;
 mod crash;
+mod dashboard;
 mod env;
 mod lifecycle;
 mod oidc;
