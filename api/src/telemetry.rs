@@ -173,8 +173,8 @@ const LATENCY_BUCKETS_S: &[f64] = &[
     2.5, 5.0, 10.0,
 ];
 const SHORT_BUCKETS_S: &[f64] = &[
-    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01,
-    0.025, 0.05, 0.1, 0.25, 1.0,
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 1.0,
 ];
 const GROUP_SIZE_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
@@ -184,7 +184,10 @@ impl Telemetry {
     fn install() -> Telemetry {
         let buckets = [
             (CAPTURE_SECONDS, LATENCY_BUCKETS_S),
-            (orderd_actors::metric_names::VALIDATION_SECONDS, SHORT_BUCKETS_S),
+            (
+                orderd_actors::metric_names::VALIDATION_SECONDS,
+                SHORT_BUCKETS_S,
+            ),
             (
                 orderd_actors::metric_names::COMMIT_FLUSH_SECONDS,
                 SHORT_BUCKETS_S,

@@ -1086,7 +1086,11 @@ async fn metrics_and_the_live_window_follow_orders() {
     let a = api.token(Some("A"), "ann", &["buyer"], None).await;
     let op = api.token(None, "olga", &["operator"], None).await;
     let ok = api
-        .place(&a, "m-1", json!({"lines":[{"sku":"BOLT","qty":1}],"channel":"edi"}))
+        .place(
+            &a,
+            "m-1",
+            json!({"lines":[{"sku":"BOLT","qty":1}],"channel":"edi"}),
+        )
         .await;
     assert_eq!(ok.status, StatusCode::CREATED, "{}", ok.body);
     let bad = api
@@ -1095,7 +1099,11 @@ async fn metrics_and_the_live_window_follow_orders() {
     assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
 
     let r = api.call("GET", "/metrics", Some(&a), None, &[]).await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN, "a buyer may not read metrics");
+    assert_eq!(
+        r.status,
+        StatusCode::FORBIDDEN,
+        "a buyer may not read metrics"
+    );
     let r = api.call("GET", "/metrics", Some(&op), None, &[]).await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.headers["content-type"]
@@ -1133,7 +1141,9 @@ async fn metrics_and_the_live_window_follow_orders() {
     assert!(edi["accepted"].as_u64().unwrap() >= 1);
     assert!(r.body["queues"]["commit_groups"].as_u64().unwrap() >= 1);
 
-    let r = api.call("GET", "/ops/dashboard", Some(&op), None, &[]).await;
+    let r = api
+        .call("GET", "/ops/dashboard", Some(&op), None, &[])
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.headers["content-security-policy"]
         .to_str()
@@ -1146,7 +1156,10 @@ async fn metrics_and_the_live_window_follow_orders() {
 #[tokio::test]
 async fn the_metrics_router_serves_only_metrics() {
     let api = api().await;
-    for (uri, status) in [("/metrics", StatusCode::OK), ("/v1/orders", StatusCode::NOT_FOUND)] {
+    for (uri, status) in [
+        ("/metrics", StatusCode::OK),
+        ("/v1/orders", StatusCode::NOT_FOUND),
+    ] {
         let req = Request::builder().uri(uri).body(Body::empty()).unwrap();
         let resp = orderd_api::metrics_router(api.state.engine.clone())
             .oneshot(req)

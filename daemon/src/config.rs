@@ -169,7 +169,10 @@ impl Config {
                 "dev_signin cannot be on when an identity provider is configured (oidc)".into(),
             );
         }
-        if self.metrics_listen.is_some_and(|m| m == self.listen && m.port() != 0) {
+        if self
+            .metrics_listen
+            .is_some_and(|m| m == self.listen && m.port() != 0)
+        {
             errs.push("metrics_listen must differ from listen".into());
         }
         if self.outbox_poll_ms == 0 {

@@ -101,8 +101,8 @@ fn load_config(common: &Common) -> anyhow::Result<Config> {
 const DEFAULT_LOG_FILTER: &str = "info,ractor=warn";
 
 fn init_logging(json: bool) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("ORDERD_LOG").unwrap_or_else(|_| DEFAULT_LOG_FILTER.into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ORDERD_LOG")
+        .unwrap_or_else(|_| DEFAULT_LOG_FILTER.into());
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -115,7 +115,7 @@ impl Harness {
                 .as_ref()
                 .map(|k| IdempotencyKey::parse(k).expect("valid key"));
             ask(engine, acct, |reply| AccountMsg::Place {
-                    span: tracing::Span::none(),
+                span: tracing::Span::none(),
                 caller: world::buyer(acct),
                 key,
                 req,

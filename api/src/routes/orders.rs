@@ -176,9 +176,16 @@ async fn place(
         .map_err(ApiError::from)
         .and_then(|r| r.map_err(ApiError::from));
     let order_id = placed.as_ref().ok().map(|p| &p.order.id);
-    capture_done(&s, &span, account, order_id, channel, started, &placed, |p| {
-        p.replayed
-    });
+    capture_done(
+        &s,
+        &span,
+        account,
+        order_id,
+        channel,
+        started,
+        &placed,
+        |p| p.replayed,
+    );
     let placed = placed?;
     let status = if placed.replayed {
         StatusCode::OK
@@ -436,7 +443,16 @@ async fn submit(
         .map_err(ApiError::from)
         .and_then(|r| r.map_err(ApiError::from));
     let channel = submitted.as_ref().map_or(Channel::Api, |o| o.channel);
-    capture_done(&s, &span, account, Some(&order), channel, started, &submitted, |_| false);
+    capture_done(
+        &s,
+        &span,
+        account,
+        Some(&order),
+        channel,
+        started,
+        &submitted,
+        |_| false,
+    );
     Ok(axum::Json(OrderBody(submitted?)))
 }
 

@@ -161,9 +161,15 @@ async fn the_dashboard_shows_live_figures_under_load() {
     .await
     .expect("driver task");
     no_console_errors(&after);
-    assert!(after["status"].as_str().unwrap().starts_with("updated"), "{after}");
+    assert!(
+        after["status"].as_str().unwrap().starts_with("updated"),
+        "{after}"
+    );
     let orders = after["orders_last_minute"].as_u64().expect("a number");
-    assert!(orders >= ORDERS as u64, "the page shows {orders} orders: {after}");
+    assert!(
+        orders >= ORDERS as u64,
+        "the page shows {orders} orders: {after}"
+    );
     assert!(after["rejected"].as_u64().unwrap() >= 1, "{after}");
     for f in ["p50", "p99", "p999"] {
         let v: f64 = after[f]
@@ -224,7 +230,11 @@ async fn an_order_can_be_followed_in_the_log_and_metrics_scraped_without_a_token
 
     let of_order = |v: &Value, name: &str| {
         let span = &v["span"];
-        let order = if name == "order" { span } else { &v["spans"][0] };
+        let order = if name == "order" {
+            span
+        } else {
+            &v["spans"][0]
+        };
         v["target"] == "orderd::order"
             && v["fields"]["message"] == "close"
             && span["name"] == name
@@ -234,7 +244,11 @@ async fn an_order_can_be_followed_in_the_log_and_metrics_scraped_without_a_token
     let closed = log_lines(&env, |v| of_order(v, "order")).await;
     assert_eq!(closed.len(), 1, "{}", env.log_tail());
     assert_eq!(closed[0]["span"]["channel"], "api");
-    assert!(closed[0]["fields"]["time.busy"].is_string(), "{}", closed[0]);
+    assert!(
+        closed[0]["fields"]["time.busy"].is_string(),
+        "{}",
+        closed[0]
+    );
     let commit = log_lines(&env, |v| of_order(v, "journal.commit")).await;
     assert_eq!(commit.len(), 1, "{}", env.log_tail());
 
