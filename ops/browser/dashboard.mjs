@@ -68,8 +68,18 @@ try {
   console.log(JSON.stringify({ phase: "before", ...before, console_errors: [...errors] }));
 
   const lines = createInterface({ input: process.stdin });
-  await new Promise((resolve) => lines.once("line", resolve));
+  // stdin closing first means the test gave up: close the browser and end.
+  const goOn = await new Promise((resolve) => {
+    lines.once("line", () => resolve(true));
+    lines.once("close", () => resolve(false));
+  });
+  if (goOn) await afterLoad(page, before, figures);
+  lines.close();
+} finally {
+  await browser.close();
+}
 
+async function afterLoad(page, before, figures) {
   try {
     await page.waitForFunction(
       (n) => Number(document.getElementById("orders-last-minute").textContent.replace(/,/g, "")) > n
@@ -82,7 +92,4 @@ try {
   await page.waitForTimeout(1200);
   const after = await figures();
   console.log(JSON.stringify({ phase: "after", ...after, console_errors: [...errors] }));
-  lines.close();
-} finally {
-  await browser.close();
 }

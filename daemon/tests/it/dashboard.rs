@@ -16,6 +16,9 @@ use std::time::Duration;
 const STEP_TIMEOUT: Duration = Duration::from_secs(20);
 /// From a request to the driver to its answer line (Chromium's start included).
 const LINE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the driver may take to close Chromium (which deletes its temporary profile) before
+/// it is killed.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Orders put through while the page watches.
 const ORDERS: usize = 20;
 
@@ -37,7 +40,8 @@ fn chromium() -> PathBuf {
 
 struct Driver {
     child: Child,
-    stdin: ChildStdin,
+    /// Closed on drop: the driver then closes the browser and exits.
+    stdin: Option<ChildStdin>,
     lines: Receiver<String>,
 }
 
@@ -74,7 +78,7 @@ impl Driver {
         });
         Driver {
             child,
-            stdin,
+            stdin: Some(stdin),
             lines,
         }
     }
@@ -96,13 +100,24 @@ impl Driver {
     }
 
     fn go_on(&mut self) {
-        writeln!(self.stdin, "load done").expect("writing to the browser driver");
-        self.stdin.flush().expect("flushing to the browser driver");
+        let stdin = self.stdin.as_mut().expect("stdin is open until drop");
+        writeln!(stdin, "load done").expect("writing to the browser driver");
+        stdin.flush().expect("flushing to the browser driver");
     }
 }
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        // Let the driver close Chromium itself (its temporary profile is removed then), and
+        // kill it only when it does not finish in time.
+        drop(self.stdin.take());
+        let deadline = std::time::Instant::now() + CLOSE_TIMEOUT;
+        while std::time::Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
