@@ -23,6 +23,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
+use tracing::Instrument;
 
 pub type Reply<T> = RpcReplyPort<Result<T, Rejection>>;
 
@@ -58,6 +59,8 @@ pub enum AccountMsg {
         reply: Reply<Preview>,
     },
     Place {
+        /// The order's span (see [`crate::ORDER_SPAN_TARGET`]); `Span::none()` when untraced.
+        span: tracing::Span,
         caller: Caller,
         key: Option<IdempotencyKey>,
         req: OrderRequest,
@@ -67,6 +70,8 @@ pub enum AccountMsg {
         reply: Reply<Placed>,
     },
     Submit {
+        /// The order's span, as in `Place`.
+        span: tracing::Span,
         caller: Caller,
         order: OrderId,
         reply: Reply<Order>,
@@ -332,6 +337,7 @@ impl Actor for AccountActor {
                 let _ = reply.send(r);
             }
             AccountMsg::Place {
+                span,
                 caller,
                 key,
                 req,
@@ -340,15 +346,20 @@ impl Actor for AccountActor {
                 submit,
                 reply,
             } => {
-                let r = ordering::place(st, &caller, key, req, from_cart, channel, submit).await?;
+                let r = ordering::place(st, &caller, key, req, from_cart, channel, submit)
+                    .instrument(span)
+                    .await?;
                 let _ = reply.send(r);
             }
             AccountMsg::Submit {
+                span,
                 caller,
                 order,
                 reply,
             } => {
-                let r = ordering::submit_draft(st, &caller, &order).await?;
+                let r = ordering::submit_draft(st, &caller, &order)
+                    .instrument(span)
+                    .await?;
                 let _ = reply.send(r);
             }
             AccountMsg::Approve {

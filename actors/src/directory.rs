@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::OnceCell;
+use tracing::Instrument;
 
 struct Slot {
     actor: OnceCell<ActorRef<AccountMsg>>,
@@ -110,6 +111,20 @@ impl Directory {
         self.0.inflight_total.load(Ordering::Acquire)
     }
 
+    /// The most requests in flight for any one account right now (a mailbox depth proxy: ractor
+    /// mailboxes have no length, and every request to an account passes its in-flight count).
+    /// Walks every started account, so it is for scrapes, not for the request path.
+    pub fn inflight_account_max(&self) -> usize {
+        self.0
+            .slots
+            .lock()
+            .expect("poisoned")
+            .values()
+            .map(|s| s.inflight.load(Ordering::Acquire))
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Sends a request to the account's actor, starting it if needed. `NotFound` when the
     /// account does not exist; `Busy` above the in-flight limits.
     pub async fn call<T: Send + 'static>(
@@ -171,8 +186,11 @@ impl Directory {
             limits: self.0.limits.clone(),
             retire: Box::new(move || weak.upgrade().is_some_and(|d| retire(&d, &retire_id))),
         };
+        // Outside the caller's span: the actor outlives the request that happened to start it,
+        // and its own span must not claim to be part of that order.
         let (actor, _) =
             Actor::spawn_linked(None, AccountActor, args, self.0.supervisor.get_cell())
+                .instrument(tracing::Span::none())
                 .await
                 .map_err(|e| ActorError::Start(format!("account {id}: {e}")))?;
         Ok(actor)

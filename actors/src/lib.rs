@@ -19,6 +19,21 @@ pub mod webhooks;
 
 pub use engine::Engine;
 
+/// The tracing target of the per-order spans (`order` from the API handler through the account
+/// actor, and its child `journal.commit`). They are DEBUG, so they cost nothing unless turned
+/// on, e.g. `ORDERD_LOG=info,orderd::order=debug`.
+pub const ORDER_SPAN_TARGET: &str = "orderd::order";
+
+/// The metrics the actors record through the `metrics` facade (static label sets only), and
+/// the journal's, re-exported so the API need not depend on storage.
+pub mod metric_names {
+    pub use orderd_storage::metric_names::*;
+    /// Histogram: seconds of one order evaluation (catalog, prices, stock plan, credit, approval).
+    pub const VALIDATION_SECONDS: &str = "orderd_validation_seconds";
+    /// Counter: orders that durably entered a state, label `to` (the state).
+    pub const ORDER_TRANSITIONS: &str = "orderd_order_transitions_total";
+}
+
 use orderd_storage::StorageError;
 use ractor::rpc::CallResult;
 use ractor::{ActorRef, RpcReplyPort};

@@ -139,6 +139,20 @@ async fn evaluate(
     req: &OrderRequest,
     exclude: Option<&Order>,
 ) -> Result<Evaluation, ActorError> {
+    let started = std::time::Instant::now();
+    let ev = evaluate_untimed(st, caller, req, exclude);
+    metrics::histogram!(crate::metric_names::VALIDATION_SECONDS)
+        .record(started.elapsed().as_secs_f64());
+    ev
+}
+
+/// Catalog, price, stock plan, credit and approval checks: pure work on the actor's state.
+fn evaluate_untimed(
+    st: &AccountState,
+    caller: &Caller,
+    req: &OrderRequest,
+    exclude: Option<&Order>,
+) -> Result<Evaluation, ActorError> {
     let snap = st.catalog.load();
     let checked = check_catalog(st, req);
     let mut problems = checked.problems.clone();
@@ -377,6 +391,19 @@ fn order_batch(
     Ok(batch)
 }
 
+/// Submits `batch` and waits for the group commit that makes it durable, inside a
+/// `journal.commit` span (a child of the order's span, so a slow commit shows up in its trace).
+async fn durable(
+    st: &AccountState,
+    batch: Batch,
+) -> Result<orderd_storage::Committed, orderd_storage::StorageError> {
+    use tracing::Instrument;
+    st.journal
+        .submit(batch)
+        .instrument(tracing::debug_span!(target: crate::ORDER_SPAN_TARGET, "journal.commit"))
+        .await
+}
+
 fn touch(order: &mut Order) {
     order.version += 1;
     order.updated_at = crate::audit::now_rfc3339();
@@ -474,6 +501,8 @@ pub async fn place(
     };
     let id = OrderId::parse(&uuid::Uuid::now_v7().to_string())
         .map_err(|e| ActorError::Invariant(e.to_string()))?;
+    // The caller's `order` span (API handler -> here -> journal commit) learns its id now.
+    tracing::Span::current().record("order.id", id.as_str());
     let (mut order, transitions) = if submit {
         let ev = evaluate(st, caller, &req, None).await?;
         if !ev.problems.is_empty() {
@@ -525,7 +554,7 @@ pub async fn place(
             }),
         );
     }
-    if let Err(e) = st.journal.submit(batch).await {
+    if let Err(e) = durable(st, batch).await {
         for_each_warehouse(st, &order.warehouses(), |h| h.release_all(id.clone()))?;
         return Err(e.into());
     }
@@ -582,9 +611,29 @@ fn new_order(
     }
 }
 
+/// Adopts the durable `order` in memory and counts the state it entered, if any.
 fn commit_order(st: &mut AccountState, order: Order) -> Order {
+    let before = st.orders.get(&order.id).map(|o| o.state);
+    if before != Some(order.state) {
+        count_state_entered(order.state);
+    }
     st.orders.put(order.clone());
     order
+}
+
+/// One counter per state with a static label set: no allocation per order.
+fn count_state_entered(state: OrderState) {
+    use crate::metric_names::ORDER_TRANSITIONS as N;
+    let counter = match state {
+        OrderState::Draft => metrics::counter!(N, "to" => "draft"),
+        OrderState::PendingApproval => metrics::counter!(N, "to" => "pending_approval"),
+        OrderState::Confirmed => metrics::counter!(N, "to" => "confirmed"),
+        OrderState::Allocated => metrics::counter!(N, "to" => "allocated"),
+        OrderState::Shipped => metrics::counter!(N, "to" => "shipped"),
+        OrderState::Rejected => metrics::counter!(N, "to" => "rejected"),
+        OrderState::Cancelled => metrics::counter!(N, "to" => "cancelled"),
+    };
+    counter.increment(1);
 }
 
 /// Invariant 3 after accepting `order`. Only an order that counts for credit passed the credit
@@ -638,7 +687,7 @@ pub async fn submit_draft(st: &mut AccountState, caller: &Caller, id: &OrderId) 
     if let Err(p) = hold(st, id, &order.stock_demand(), allocate).await? {
         return Ok(Err(Rejection::Invalid(vec![p])));
     }
-    if let Err(e) = st.journal.submit(batch).await {
+    if let Err(e) = durable(st, batch).await {
         for_each_warehouse(st, &order.warehouses(), |h| h.release_all(id.clone()))?;
         return Err(e.into());
     }

@@ -229,6 +229,7 @@ fn audit_records_walk_the_state_machine() {
             let engine = engine.clone();
             async move {
                 ask(&engine, acct, |reply| AccountMsg::Place {
+                    span: tracing::Span::none(),
                     caller: world::buyer(acct),
                     key: None,
                     req,

@@ -82,6 +82,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        crate::telemetry::global().record_error(&self);
         let (status, code) = self.parts();
         let detail = match &self {
             ApiError::Internal(cause) => {

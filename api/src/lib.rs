@@ -16,6 +16,7 @@ pub mod policy;
 pub mod rate_limit;
 pub mod routes;
 pub mod session;
+pub mod telemetry;
 
 use auth::Authenticator;
 use axum::extract::DefaultBodyLimit;
@@ -47,6 +48,9 @@ pub struct ApiLimits {
     pub event_stream_max_ms: u64,
     /// Keep-alive comment interval of an idle event stream.
     pub event_stream_keepalive_ms: u64,
+    /// A capture request slower than this is logged at WARN with its order id, account and
+    /// latency (0: never).
+    pub slow_order_log_ms: u64,
 }
 
 impl Default for ApiLimits {
@@ -60,6 +64,7 @@ impl Default for ApiLimits {
             event_streams_max: 10_000,
             event_stream_max_ms: 3_600_000,
             event_stream_keepalive_ms: 15_000,
+            slow_order_log_ms: 1_000,
         }
     }
 }
@@ -133,7 +138,8 @@ pub fn api_routes(dev_signin: bool) -> OpenApiRouter<ApiState> {
         .merge(routes::events::routes())
         .merge(routes::webhooks::routes())
         .merge(routes::admin::routes())
-        .merge(routes::portal::routes());
+        .merge(routes::portal::routes())
+        .merge(routes::ops::routes());
     if dev_signin {
         r.merge(routes::dev::routes())
     } else {
@@ -151,6 +157,18 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
             .into(),
     );
     doc
+}
+
+/// `GET /metrics` alone, without authentication: for a separate listen address that only
+/// Prometheus can reach (`metrics_listen`). Anything else there is 404.
+pub fn metrics_router(engine: Engine) -> Router {
+    Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let engine = engine.clone();
+            async move { routes::ops::render_metrics(&engine) }
+        }),
+    )
 }
 
 pub fn router(state: ApiState) -> Router {

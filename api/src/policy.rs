@@ -87,6 +87,10 @@ pub const RULES: &[(&str, &str, Access)] = &[
     ("POST", "/v1/admin/import/{kind}", OPERATOR),
     ("PUT", "/v1/admin/accounts/{account}/credit", OPERATOR),
     ("GET", "/v1/admin/accounts", OPERATOR),
+    // Operations. Prometheus without a token scrapes the separate `metrics_listen` address.
+    ("GET", "/metrics", OPERATOR),
+    ("GET", "/v1/ops/live", OPERATOR),
+    ("GET", "/ops/dashboard", OPERATOR),
 ];
 
 /// The rule of a route, if it has one.

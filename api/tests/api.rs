@@ -1291,3 +1291,105 @@ async fn webhook_registration_checks_and_tenancy() {
         .await;
     assert_eq!(r.status, 204, "{}", r.body);
 }
+
+/// The value of the first exposition line that starts with `series` (name and labels).
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
+}
+
+// Orders put through the API show up in /metrics (capture latency by channel and outcome,
+// rejections by code, states entered, group commits, in-flight gauges) and in the dashboard's
+// live window; both need the operator role. Other tests share the process's recorder, so the
+// figures are checked as lower bounds.
+#[tokio::test]
+async fn metrics_and_the_live_window_follow_orders() {
+    let api = api().await;
+    let a = api.token(Some("A"), "ann", &["buyer"], None).await;
+    let op = api.token(None, "olga", &["operator"], None).await;
+    let ok = api
+        .place(
+            &a,
+            "m-1",
+            json!({"lines":[{"sku":"BOLT","qty":1}],"channel":"edi"}),
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::CREATED, "{}", ok.body);
+    let bad = api
+        .place(&a, "m-2", json!({"lines":[{"sku":"NOPE","qty":1}]}))
+        .await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    let r = api.call("GET", "/metrics", Some(&a), None, &[]).await;
+    assert_eq!(
+        r.status,
+        StatusCode::FORBIDDEN,
+        "a buyer may not read metrics"
+    );
+    let r = api.call("GET", "/metrics", Some(&op), None, &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let text = r.body.as_str().expect("text body");
+    let series = [
+        r#"orderd_capture_seconds_count{channel="edi",outcome="accepted"}"#,
+        r#"orderd_capture_seconds_count{channel="api",outcome="rejected"}"#,
+        r#"orderd_rejections_total{code="unknown_sku"}"#,
+        r#"orderd_order_transitions_total{to="allocated"}"#,
+        "orderd_storage_commit_group_size_count",
+        "orderd_storage_commit_flush_seconds_count",
+        "orderd_validation_seconds_count",
+    ];
+    for s in series {
+        assert!(sample(text, s) >= 1.0, "{s} should count the orders");
+    }
+    // Gauges are present, and no label carries an account or order id.
+    sample(text, "orderd_inflight_requests");
+    sample(text, "orderd_account_actors_running");
+    let id = ok.body["id"].as_str().unwrap();
+    assert!(!text.contains(id) && !text.contains("\"A\""), "{text}");
+
+    let r = api.call("GET", "/v1/ops/live", Some(&a), None, &[]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = api.call("GET", "/v1/ops/live", Some(&op), None, &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["seconds"].as_array().unwrap().len(), 300);
+    assert!(r.body["last_minute"]["orders"].as_u64().unwrap() >= 1);
+    assert!(r.body["last_minute"]["p99_ms"].as_f64().unwrap() > 0.0);
+    let edi = &r.body["sources"][3];
+    assert_eq!(edi["channel"], "edi");
+    assert!(edi["accepted"].as_u64().unwrap() >= 1);
+    assert!(r.body["queues"]["commit_groups"].as_u64().unwrap() >= 1);
+
+    let r = api
+        .call("GET", "/ops/dashboard", Some(&op), None, &[])
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.headers["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("default-src 'none'"));
+    assert!(r.body.as_str().unwrap().contains("/v1/ops/live"));
+}
+
+// The separate metrics listener answers /metrics without a token, and nothing else.
+#[tokio::test]
+async fn the_metrics_router_serves_only_metrics() {
+    let api = api().await;
+    for (uri, status) in [
+        ("/metrics", StatusCode::OK),
+        ("/v1/orders", StatusCode::NOT_FOUND),
+    ] {
+        let req = Request::builder().uri(uri).body(Body::empty()).unwrap();
+        let resp = orderd_api::metrics_router(api.state.engine.clone())
+            .oneshot(req)
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status, "{uri}");
+    }
+}

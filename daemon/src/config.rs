@@ -26,6 +26,10 @@ pub const NOT_SETTINGS: &[&str] = &["ORDERD_LOG", "ORDERD_CHAOS_SEED"];
 pub struct Config {
     /// Address to listen on; port 0 picks a free port (the bound address is logged).
     pub listen: SocketAddr,
+    /// A second address serving only `GET /metrics`, without authentication, for Prometheus
+    /// (keep it on loopback or a private network). Unset: no second listener; `/metrics` on
+    /// `listen` always needs the operator role.
+    pub metrics_listen: Option<SocketAddr>,
     /// Where the journal (sled) and the development signing key live.
     pub data_dir: PathBuf,
     /// Load the demo data set when the store is empty.
@@ -92,6 +96,7 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            metrics_listen: None,
             data_dir: PathBuf::from("./data"),
             demo_data: true,
             dev_signin: None,
@@ -177,6 +182,12 @@ impl Config {
             errs.push(
                 "dev_signin cannot be on when an identity provider is configured (oidc)".into(),
             );
+        }
+        if self
+            .metrics_listen
+            .is_some_and(|m| m == self.listen && m.port() != 0)
+        {
+            errs.push("metrics_listen must differ from listen".into());
         }
         if self.outbox_poll_ms == 0 {
             errs.push("outbox_poll_ms must be above 0".into());

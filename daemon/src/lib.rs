@@ -54,8 +54,23 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Before anything records a metric, so nothing misses the recorder.
+    let telemetry = orderd_api::telemetry::global();
+    let upkeep = tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_millis(
+            orderd_api::telemetry::UPKEEP_INTERVAL_MS,
+        ));
+        loop {
+            every.tick().await;
+            telemetry.upkeep();
+        }
+    });
     let journal = open_journal(&config)?;
     let engine = start_engine(&config, journal.clone()).await?;
+    let metrics_server = match config.metrics_listen {
+        Some(addr) => Some(serve_metrics(addr, engine.clone()).await?),
+        None => None,
+    };
     let auth = if config.oidc.enabled() {
         let oidc = Arc::new(Oidc::new(&config.oidc).map_err(anyhow::Error::msg)?);
         for i in oidc.issuers() {
@@ -109,6 +124,10 @@ pub async fn run(
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
     server.await.context("serving HTTP")?;
     tracing::info!("shutting down: stopping actors and flushing the journal");
+    upkeep.abort();
+    if let Some(m) = metrics_server {
+        m.abort();
+    }
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_millis(config.shutdown_grace_ms), relay).await;
     // An event in flight to a webhook is sent again after the next start (same webhook-id).
@@ -120,6 +139,28 @@ pub async fn run(
     engine.shutdown().await.context("closing the journal")?;
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Binds `addr` and serves the unauthenticated `GET /metrics` there until aborted.
+async fn serve_metrics(
+    addr: SocketAddr,
+    engine: Engine,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding metrics_listen {addr}"))?;
+    let bound = listener.local_addr()?;
+    if bound.ip().is_loopback() {
+        tracing::info!(addr = %bound, "serving /metrics without authentication");
+    } else {
+        tracing::warn!(addr = %bound, "serving /metrics WITHOUT AUTHENTICATION on a non-loopback address: make sure only Prometheus can reach it");
+    }
+    let app = orderd_api::metrics_router(engine);
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics listener failed");
+        }
+    }))
 }
 
 /// Rebuilds state from the data directory (the daemon must not be running on it) and lists

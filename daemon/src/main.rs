@@ -33,6 +33,10 @@ enum Command {
         /// Listen address, e.g. 127.0.0.1:8080 (port 0 picks a free one).
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Also serve `GET /metrics` without authentication on this address (for Prometheus;
+        /// keep it on loopback or a private network). Same as `metrics_listen`.
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
         /// Do not load the demo data set into an empty store.
         #[arg(long)]
         no_demo: bool,
@@ -95,12 +99,20 @@ fn load_config(common: &Common) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// The log filter without `ORDERD_LOG`. ractor's own per-actor spans are left out: with span
+/// close events on, each would log a line whenever an idle account actor stops.
+const DEFAULT_LOG_FILTER: &str = "info,ractor=warn";
+
 fn init_logging(json: bool) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("ORDERD_LOG").unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ORDERD_LOG")
+        .unwrap_or_else(|_| DEFAULT_LOG_FILTER.into());
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // A span logs one line when it closes, with its time busy and idle: turning on the
+        // per-order spans (`ORDERD_LOG=info,orderd::order=debug`) gives each order's path
+        // (`order` > `journal.commit`) with order.id and account.id on every line.
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
         .with_writer(std::io::stderr)
         // Colour codes only for a person at a terminal, never in files or pipes.
         .with_ansi(std::io::stderr().is_terminal());
@@ -129,6 +141,7 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
     match cli.command.unwrap_or(Command::Serve {
         common: Common::default(),
         listen: None,
+        metrics_listen: None,
         no_demo: false,
         log_json: false,
         oidc_issuer: None,
@@ -138,6 +151,7 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
         Command::Serve {
             common,
             listen,
+            metrics_listen,
             no_demo,
             log_json,
             oidc_issuer,
@@ -147,6 +161,10 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
             let mut config = load_config(&common)?;
             if let Some(l) = listen {
                 config.listen = l;
+            }
+            if metrics_listen.is_some() {
+                config.metrics_listen = metrics_listen;
+                config.validate()?;
             }
             if let (Some(issuer), Some(audience)) = (oidc_issuer, oidc_audience) {
                 config.oidc.issuer = issuer;

@@ -42,7 +42,9 @@ async def main():
     while True:
         try:
             batch = await sub.fetch(256, timeout=args.idle)
-        except NatsTimeout:
+        # nats-py raises its own TimeoutError when nothing came at all, and asyncio's when a
+        # batch ended early; both mean the stream is idle.
+        except (NatsTimeout, asyncio.TimeoutError):
             break
         for msg in batch:
             messages += 1

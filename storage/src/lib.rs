@@ -11,6 +11,9 @@
 //! It knows records, keys and bytes, never orders: it must not depend on orderd-domain or on
 //! any crate above it (actors, api, daemon), nor on a tokio runtime (only `tokio::sync`).
 //!
+//! Metrics go through the `metrics` facade only (names in [`metric_names`]); whoever runs the
+//! journal decides whether and how they are exported.
+//!
 //! Layout of the keys: [`layout`]. Audit hashing, record format and verification:
 //! [`audit_chain`].
 
@@ -18,6 +21,18 @@ pub mod audit_chain;
 mod commit_queue;
 pub mod layout;
 mod sync;
+
+/// The metrics the journal records through the `metrics` facade (once per group, never per write).
+pub mod metric_names {
+    /// Histogram: batches (writers) committed by one group flush.
+    pub const COMMIT_GROUP_SIZE: &str = "orderd_storage_commit_group_size";
+    /// Histogram: seconds of one group's sled flush plus fdatasync.
+    pub const COMMIT_FLUSH_SECONDS: &str = "orderd_storage_commit_flush_seconds";
+    /// Histogram: seconds of applying one group's sled batch (before the flush).
+    pub const COMMIT_APPLY_SECONDS: &str = "orderd_storage_commit_apply_seconds";
+    /// Counter: groups whose commit failed.
+    pub const COMMIT_FAILURES: &str = "orderd_storage_commit_failures_total";
+}
 
 use std::future::Future;
 use std::ops::Range;
@@ -458,6 +473,11 @@ impl Journal {
         audit_chain::verify_tree(&self.inner.db)
     }
 
+    /// Batches waiting for the committer right now (at most `queue_max`).
+    pub fn queued(&self) -> usize {
+        self.inner.queue.len()
+    }
+
     /// A snapshot of the committer's counters.
     pub fn stats(&self) -> CommitStats {
         let shared = &self.inner.shared;
@@ -618,6 +638,7 @@ impl Committer {
         let result = self.apply_and_flush(group);
         if let Err(error) = &result {
             tracing::error!(group.size = group.len(), %error, "journal group commit failed");
+            metrics::counter!(metric_names::COMMIT_FAILURES).increment(1);
             match ChainState::load(&self.db) {
                 Ok(chain) => self.chain = chain,
                 Err(reload) => tracing::error!(%reload, "journal chain state reload failed"),
@@ -628,14 +649,22 @@ impl Committer {
 
     fn apply_and_flush(&mut self, group: &mut [Request]) -> Result<Vec<Committed>, StorageError> {
         let (batch, committed, next) = build_group(self.chain, group)?;
+        let apply_started = Instant::now();
         self.db.apply_batch(batch)?;
         let flush_started = Instant::now();
+        metrics::histogram!(metric_names::COMMIT_APPLY_SECONDS)
+            .record(flush_started.duration_since(apply_started).as_secs_f64());
         self.db.flush()?;
         if let Some(f) = &self.data_file {
             f.sync_data()
                 .map_err(|e| StorageError::Io(sled::Error::Io(e)))?;
         }
-        let flush_nanos = u64::try_from(flush_started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let flush_elapsed = flush_started.elapsed();
+        metrics::histogram!(metric_names::COMMIT_FLUSH_SECONDS).record(flush_elapsed.as_secs_f64());
+        // Exact for every group size the queue allows (far below 2^52).
+        #[allow(clippy::cast_precision_loss)]
+        metrics::histogram!(metric_names::COMMIT_GROUP_SIZE).record(group.len() as f64);
+        let flush_nanos = u64::try_from(flush_elapsed.as_nanos()).unwrap_or(u64::MAX);
         self.chain = next;
         self.publish(group.len(), flush_nanos);
         Ok(committed)

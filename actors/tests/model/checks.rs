@@ -132,6 +132,7 @@ impl Harness {
                 let key = IdempotencyKey::parse(k).expect("valid key");
                 let (req, from_cart, submit) = (keyed.req.clone(), keyed.from_cart, keyed.submit);
                 let real = ask(engine, acct, |reply| AccountMsg::Place {
+                    span: tracing::Span::none(),
                     caller: world::buyer(acct),
                     key: Some(key),
                     req,

@@ -115,6 +115,7 @@ impl Harness {
                 .as_ref()
                 .map(|k| IdempotencyKey::parse(k).expect("valid key"));
             ask(engine, acct, |reply| AccountMsg::Place {
+                span: tracing::Span::none(),
                 caller: world::buyer(acct),
                 key,
                 req,
@@ -202,6 +203,7 @@ impl Harness {
         let ev = self.model.evaluate(o.acct, &o.request(), None);
         let id = o.id.clone();
         let real = ask(engine, o.acct, |reply| AccountMsg::Submit {
+            span: tracing::Span::none(),
             caller: world::buyer(o.acct),
             order: id,
             reply,

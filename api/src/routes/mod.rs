@@ -7,6 +7,7 @@ pub mod credit;
 pub mod dev;
 pub mod events;
 pub mod health;
+pub mod ops;
 pub mod orders;
 pub mod portal;
 pub mod webhooks;

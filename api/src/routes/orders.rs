@@ -6,6 +6,7 @@ use super::ACCOUNT_ROLES;
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
 use crate::json::Json;
+use crate::telemetry::{self, Outcome};
 use crate::ApiState;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -19,6 +20,8 @@ use orderd_domain::ids::{AccountId, IdempotencyKey, OrderId, WarehouseId};
 use orderd_domain::order::{Channel, Order, OrderState};
 use orderd_domain::validation::{LineRequest, OrderRequest, Problem, ProblemCode};
 use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
+use tracing::Instrument;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -153,9 +156,13 @@ async fn place(
         allow_split: b.allow_split,
     };
     let (submit, channel) = (b.submit.unwrap_or(true), b.channel.unwrap_or(Channel::Api));
+    let account = auth.account()?;
+    let started = Instant::now();
+    let span = order_span(account, channel, "place");
     let placed = s
         .engine
-        .account(auth.account()?, |reply| AccountMsg::Place {
+        .account(account, |reply| AccountMsg::Place {
+            span: span.clone(),
             caller,
             key,
             req,
@@ -164,7 +171,22 @@ async fn place(
             submit,
             reply,
         })
-        .await??;
+        .instrument(span.clone())
+        .await
+        .map_err(ApiError::from)
+        .and_then(|r| r.map_err(ApiError::from));
+    let order_id = placed.as_ref().ok().map(|p| &p.order.id);
+    capture_done(
+        &s,
+        &span,
+        account,
+        order_id,
+        channel,
+        started,
+        &placed,
+        |p| p.replayed,
+    );
+    let placed = placed?;
     let status = if placed.replayed {
         StatusCode::OK
     } else {
@@ -178,6 +200,53 @@ async fn place(
         );
     }
     Ok(resp)
+}
+
+/// The span of one order through the pipeline: this handler, the account actor (which records
+/// `order.id` once it has made one) and its `journal.commit` child. DEBUG on the target
+/// `orderd::order`, so it is free unless turned on (`ORDERD_LOG=info,orderd::order=debug`).
+fn order_span(account: &AccountId, channel: Channel, route: &'static str) -> tracing::Span {
+    tracing::debug_span!(
+        target: orderd_actors::ORDER_SPAN_TARGET,
+        "order",
+        order.id = tracing::field::Empty,
+        account.id = %account,
+        channel = telemetry::channel_name(channel),
+        route,
+    )
+}
+
+/// Records a capture request's latency by channel and outcome, and logs it at WARN when it
+/// took longer than `api.slow_order_log_ms`.
+#[allow(clippy::too_many_arguments)]
+fn capture_done<T>(
+    s: &ApiState,
+    span: &tracing::Span,
+    account: &AccountId,
+    order_id: Option<&OrderId>,
+    channel: Channel,
+    started: Instant,
+    result: &ApiResult<T>,
+    replayed: impl FnOnce(&T) -> bool,
+) {
+    let elapsed = started.elapsed();
+    let outcome = Outcome::of(result, replayed);
+    telemetry::global().record_capture(channel, outcome, elapsed);
+    if let Some(id) = order_id {
+        span.record("order.id", id.as_str());
+    }
+    let slow_ms = s.limits.slow_order_log_ms;
+    if slow_ms > 0 && elapsed >= Duration::from_millis(slow_ms) {
+        tracing::warn!(
+            parent: span,
+            order.id = order_id.map(OrderId::as_str),
+            account.id = %account,
+            channel = telemetry::channel_name(channel),
+            outcome = outcome.as_str(),
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            "slow order"
+        );
+    }
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -354,14 +423,37 @@ async fn submit(
     auth: Auth,
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<OrderBody>> {
-    change(&s, &auth, ACCOUNT_ROLES, &id, |caller, order, reply| {
-        AccountMsg::Submit {
+    let caller = auth.require(ACCOUNT_ROLES)?.clone();
+    let order = order_id(&id)?;
+    let account = auth.account()?;
+    let started = Instant::now();
+    // The draft's channel is known only from the answer; until then it counts as `api`.
+    let span = order_span(account, Channel::Api, "submit");
+    span.record("order.id", order.as_str());
+    let submitted = s
+        .engine
+        .account(account, |reply| AccountMsg::Submit {
+            span: span.clone(),
             caller,
-            order,
+            order: order.clone(),
             reply,
-        }
-    })
-    .await
+        })
+        .instrument(span.clone())
+        .await
+        .map_err(ApiError::from)
+        .and_then(|r| r.map_err(ApiError::from));
+    let channel = submitted.as_ref().map_or(Channel::Api, |o| o.channel);
+    capture_done(
+        &s,
+        &span,
+        account,
+        Some(&order),
+        channel,
+        started,
+        &submitted,
+        |_| false,
+    );
+    Ok(axum::Json(OrderBody(submitted?)))
 }
 
 #[derive(Deserialize, Default, ToSchema)]

@@ -51,6 +51,14 @@ impl TestEnv {
         env
     }
 
+    /// The running daemon's last log lines (JSON).
+    pub fn log_tail(&self) -> String {
+        self.daemon
+            .as_ref()
+            .expect("the daemon is not running")
+            .log_tail()
+    }
+
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
     }

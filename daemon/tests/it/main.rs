@@ -14,9 +14,12 @@
 //!   cross-account matrices, rate limits, browser sign-in with sessions.
 //! - `webhooks`: signed deliveries verified by the Standard Webhooks library, retries, 410,
 //!   dead letters and replay, secret rotation, a crash, tenancy.
+//! - `dashboard`: the operators' live dashboard in headless Chromium under load; the metrics
+//!   listener; the per-order spans in the JSON log.
 
 mod audit;
 mod crash;
+mod dashboard;
 mod env;
 mod events;
 mod lifecycle;
