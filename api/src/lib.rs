@@ -103,6 +103,7 @@ pub fn api_routes(dev_signin: bool) -> OpenApiRouter<ApiState> {
         .merge(routes::orders::routes())
         .merge(routes::credit::routes())
         .merge(routes::admin::routes())
+        .merge(routes::users::routes())
         .merge(routes::portal::routes());
     if dev_signin {
         r.merge(routes::dev::routes())

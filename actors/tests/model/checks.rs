@@ -356,6 +356,7 @@ impl Harness {
         }
         let account = ask(engine, acct, |reply| AccountMsg::GetAccount { reply }).await?;
         let orders = ask(engine, acct, |reply| AccountMsg::ListOrders {
+            placed_by: None,
             state: None,
             before: None,
             limit: 100_000,
@@ -389,6 +390,7 @@ impl Harness {
             let id = m.id.clone();
             let got = ask(engine, acct, |reply| AccountMsg::GetOrder {
                 order: id,
+                placed_by: None,
                 reply,
             })
             .await?

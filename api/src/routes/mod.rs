@@ -8,6 +8,7 @@ pub mod dev;
 pub mod health;
 pub mod orders;
 pub mod portal;
+pub mod users;
 
 use orderd_domain::account::Role;
 

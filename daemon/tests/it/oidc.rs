@@ -389,6 +389,7 @@ fn concrete(path: &str, id: &str) -> String {
         .replace("{sku}", "BOLT-0010")
         .replace("{kind}", "catalog")
         .replace("{account}", "ACME")
+        .replace("{user}", "nobody")
 }
 
 // With real tokens for every role, every route of orderd's own /openapi.json answers 403 to a
