@@ -383,20 +383,28 @@ async fn each_issuer_speaks_only_for_its_accounts() {
 
 const ORDER_ID_PARAM: &str = "{id}";
 
+/// A user id nobody has.
+const NO_USER: &str = "nobody";
+
 fn concrete(path: &str, id: &str) -> String {
+    concrete_for(path, id, NO_USER)
+}
+
+/// `path` with the order `id` and the user `user`.
+fn concrete_for(path: &str, id: &str, user: &str) -> String {
     path.replace(ORDER_ID_PARAM, id)
+        .replace("{user}", user)
         .replace("{line}", "1")
         .replace("{sku}", "BOLT-0010")
         .replace("{kind}", "catalog")
         .replace("{account}", "ACME")
-        .replace("{user}", "nobody")
 }
 
 // With real tokens for every role, every route of orderd's own /openapi.json answers 403 to a
 // role its rule does not name and 401 without a token, and lets a named role through. Then
 // the cross-account matrix: BAUHAUS callers with every role get the same 404 for ACME's order
-// on every order route as for an id that does not exist, also for a cart line and a ship-to
-// of ACME's; a warehouse holding nothing of the order and an operator naming the wrong
+// on every order route as for an id that does not exist, also for a cart line, a user and a
+// ship-to of ACME's; a warehouse holding nothing of the order and an operator naming the wrong
 // account get 404 too. ACME's order and cart are unchanged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn role_route_and_cross_account_matrices_with_real_tokens() {
@@ -490,6 +498,17 @@ async fn role_route_and_cross_account_matrices_with_real_tokens() {
         .await;
     assert_eq!(r.status, 200, "{r}");
     let cart = env.get(&acme, "/v1/cart").await.body;
+    // A user only ACME has.
+    let admin = p.access_token("ACME-account_admin").await;
+    let r = env
+        .post(
+            &admin,
+            "/v1/account/users",
+            json!({"id": "acme-only", "name": "Only at ACME", "roles": ["buyer"]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r}");
+    let acme_users = env.get(&admin, "/v1/account/users").await.body;
     for login in [
         "BAUHAUS-buyer",
         "BAUHAUS-approver",
@@ -498,18 +517,30 @@ async fn role_route_and_cross_account_matrices_with_real_tokens() {
     ] {
         let t = p.access_token(login).await;
         for (path, item) in paths {
-            if !path.contains(ORDER_ID_PARAM) && !path.contains("{line}") {
+            if ![ORDER_ID_PARAM, "{line}", "{user}"]
+                .iter()
+                .any(|p| path.contains(p))
+            {
                 continue;
             }
             for method in item.as_object().expect("operations").keys() {
                 let m = Method::from_bytes(method.to_ascii_uppercase().as_bytes()).expect("method");
                 let sent = if path.contains("{line}") {
                     json!({"qty": 1})
+                } else if path.contains("{user}") {
+                    json!({"name": "Taken over", "roles": ["buyer"]})
                 } else {
                     json!({})
                 };
                 let body = (m != Method::GET && m != Method::DELETE).then(|| sent.clone());
-                let theirs = call(&env, m.clone(), &concrete(path, &id), &t, body.clone()).await;
+                let theirs = call(
+                    &env,
+                    m.clone(),
+                    &concrete_for(path, &id, "acme-only"),
+                    &t,
+                    body.clone(),
+                )
+                .await;
                 if theirs.status == 403 {
                     continue; // the role may not use the route at all
                 }
@@ -585,6 +616,11 @@ async fn role_route_and_cross_account_matrices_with_real_tokens() {
         env.get(&acme, "/v1/cart").await.body,
         cart,
         "ACME's cart changed"
+    );
+    assert_eq!(
+        env.get(&admin, "/v1/account/users").await.body,
+        acme_users,
+        "ACME's users changed"
     );
 }
 
