@@ -11,6 +11,7 @@ pub mod client_ip;
 pub mod error;
 pub mod import_csv;
 pub mod json;
+pub mod oauth;
 pub mod oidc;
 pub mod policy;
 pub mod rate_limit;
