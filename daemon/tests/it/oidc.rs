@@ -707,6 +707,10 @@ async fn mutations_are_rate_limited_per_account_and_token() {
 
 /// Idle timeout of browser sessions in the sign-in test.
 const SESSION_IDLE_MS: u64 = 4_000;
+/// Absolute timeout of browser sessions in the sign-in test (above the idle one).
+const SESSION_ABSOLUTE_MS: u64 = 9_000;
+/// How often the test uses a session to keep it from idling out (well below the idle timeout).
+const SESSION_KEEPALIVE: Duration = Duration::from_millis(1_000);
 
 /// A `Set-Cookie` header of `name` in an answer, if any.
 fn set_cookie(r: &reqwest::Response, name: &str) -> Option<String> {
@@ -782,7 +786,8 @@ async fn browser_sign_in(env: &TestEnv, login: &str, session: Option<&str>) -> S
 // callback starts a session in a __Host- cookie (Secure, HttpOnly, SameSite=Lax). The page at
 // / shows who is signed in; a state-changing request with the cookie needs orderd's Origin; a
 // new sign-in issues a new session id and ends the old one; logout ends the session
-// server-side; an idle session ends by itself.
+// server-side; an idle session ends by itself, and one in constant use ends at the absolute
+// timeout after its sign-in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_sign_in_with_sessions() {
     let p = Provider::start(
@@ -791,12 +796,14 @@ async fn browser_sign_in_with_sessions() {
     );
     let secret = "portal-secret-portal-secret-portal-secret";
     let idle = SESSION_IDLE_MS.to_string();
+    let absolute = SESSION_ABSOLUTE_MS.to_string();
     let env = TestEnv::start_with_args(
         &[
             ("ORDERD_OIDC__CLIENT_ID", "portal"),
             ("ORDERD_OIDC__CLIENT_SECRET", secret),
             ("ORDERD_OIDC__SCOPES", "[\"openid\", \"orders\"]"),
             ("ORDERD_SESSION__IDLE_TIMEOUT_MS", &idle),
+            ("ORDERD_SESSION__ABSOLUTE_TIMEOUT_MS", &absolute),
         ],
         &["--oidc-issuer", &p.issuer, "--oidc-audience", AUDIENCE],
     )
@@ -897,4 +904,31 @@ async fn browser_sign_in_with_sessions() {
     assert_eq!(status(third.clone()).await, 200);
     tokio::time::sleep(Duration::from_millis(SESSION_IDLE_MS + 500)).await;
     assert_eq!(status(third).await, 401, "idle session");
+
+    // A session in constant use still ends the absolute timeout after its sign-in.
+    let before = Instant::now();
+    let fourth = browser_sign_in(&env, "acme-carol", None).await;
+    let after = Instant::now();
+    let absolute = Duration::from_millis(SESSION_ABSOLUTE_MS);
+    // The session started between `before` and `after`: alive until before + absolute at
+    // least, over by after + absolute at the latest (plus a margin for this loop).
+    let margin = Duration::from_millis(500);
+    let mut ended = None;
+    while after.elapsed() < absolute + margin + SESSION_KEEPALIVE {
+        let asked = Instant::now();
+        let s = status(fourth.clone()).await;
+        if s == 401 {
+            ended = Some(asked);
+            break;
+        }
+        assert_eq!(s, 200);
+        tokio::time::sleep(SESSION_KEEPALIVE).await;
+    }
+    let ended = ended.expect("the session outlived the absolute timeout");
+    assert!(
+        ended + margin >= before + absolute,
+        "the session ended {:?} after sign-in, before the absolute timeout {absolute:?}",
+        ended - before
+    );
+    assert!(ended <= after + absolute + margin + SESSION_KEEPALIVE);
 }
