@@ -1416,7 +1416,7 @@ async fn a_buyer_sees_only_their_own_orders() {
             .collect()
     };
     let r = api.call("GET", "/v1/orders", Some(&ben), None, &[]).await;
-    assert_eq!(ids(&r), [bens.clone()]);
+    assert_eq!(ids(&r), [bens.as_str()]);
     let r = api.call("GET", "/v1/orders", Some(&ann), None, &[]).await;
     assert_eq!(ids(&r), [anns_draft.clone(), anns.clone()]);
     // Ann's orders are untouched and hers to change.
