@@ -9,10 +9,11 @@ use crate::catalog::CatalogStore;
 use crate::order_book::OrderBook;
 use crate::ordering::{self, Amendment, Placed, Preview};
 use crate::records;
+use crate::users::{self, PutMode};
 use crate::Limits;
-use orderd_domain::account::Account;
+use orderd_domain::account::{Account, User};
 use orderd_domain::cart::Cart;
-use orderd_domain::ids::{AccountId, IdempotencyKey, OrderId, Sku, WarehouseId};
+use orderd_domain::ids::{AccountId, IdempotencyKey, OrderId, Sku, UserId, WarehouseId};
 use orderd_domain::money::Money;
 use orderd_domain::order::{Channel, Order, OrderState, PlacedWith, RequestDigest};
 use orderd_domain::rejection::Rejection;
@@ -106,11 +107,15 @@ pub enum AccountMsg {
         warehouse: WarehouseId,
         reply: Reply<Order>,
     },
+    /// One order; with `placed_by`, only if that user placed it.
     GetOrder {
         order: OrderId,
+        placed_by: Option<UserId>,
         reply: RpcReplyPort<Option<Order>>,
     },
+    /// Newest first; with `placed_by`, only the orders that user placed.
     ListOrders {
+        placed_by: Option<UserId>,
         state: Option<OrderState>,
         before: Option<OrderId>,
         limit: usize,
@@ -133,6 +138,19 @@ pub enum AccountMsg {
         credit_limit: Option<Decimal>,
         open_receivables: Option<Decimal>,
         reply: Reply<CreditView>,
+    },
+    /// An account admin creates or replaces a user record.
+    PutUser {
+        caller: Caller,
+        user: User,
+        mode: PutMode,
+        reply: Reply<User>,
+    },
+    /// An account admin removes a user record.
+    DeleteUser {
+        caller: Caller,
+        user: UserId,
+        reply: Reply<()>,
     },
     /// Timer: stop when idle long enough.
     IdleTick,
@@ -407,10 +425,19 @@ impl Actor for AccountActor {
                 let r = ordering::ship(st, &caller, &order, &warehouse).await?;
                 let _ = reply.send(r);
             }
-            AccountMsg::GetOrder { order, reply } => {
-                drop(reply.send(st.orders.get(&order).cloned()))
+            AccountMsg::GetOrder {
+                order,
+                placed_by,
+                reply,
+            } => {
+                let found = st
+                    .orders
+                    .get(&order)
+                    .filter(|o| placed_by.as_ref().is_none_or(|u| &o.placed_by == u));
+                drop(reply.send(found.cloned()))
             }
             AccountMsg::ListOrders {
+                placed_by,
                 state,
                 before,
                 limit,
@@ -422,6 +449,7 @@ impl Actor for AccountActor {
                     .rev()
                     .filter(|o| before.as_ref().is_none_or(|b| &o.id < b))
                     .filter(|o| state.is_none_or(|s| o.state == s))
+                    .filter(|o| placed_by.as_ref().is_none_or(|u| &o.placed_by == u))
                     .take(limit)
                     .cloned()
                     .collect();
@@ -446,6 +474,23 @@ impl Actor for AccountActor {
                 let r = ordering::set_credit(st, &caller, credit_limit, open_receivables).await?;
                 let _ = reply.send(r);
             }
+            AccountMsg::PutUser {
+                caller,
+                user,
+                mode,
+                reply,
+            } => {
+                let r = users::put_user(st, &caller, user, mode).await?;
+                let _ = reply.send(r);
+            }
+            AccountMsg::DeleteUser {
+                caller,
+                user,
+                reply,
+            } => {
+                let r = users::delete_user(st, &caller, &user).await?;
+                let _ = reply.send(r);
+            }
             AccountMsg::IdleTick => {
                 let idle =
                     st.last_activity.elapsed().as_millis() >= u128::from(st.limits.account_idle_ms);
@@ -462,7 +507,7 @@ impl Actor for AccountActor {
 type Loaded = (Account, Cart, OrderBook);
 
 fn load(journal: &Journal, id: &AccountId) -> Result<Loaded, ActorProcessingErr> {
-    let account: Account = records::load_one(journal, &records::account_key(id))?
+    let account: Account = records::load_account(journal, id)?
         .ok_or_else(|| format!("account {id} has no master record"))?;
     let cart: Cart = records::load_one(journal, &records::cart_key(id))?.unwrap_or_default();
     let orders = OrderBook::new(records::load_all::<Order>(

@@ -30,6 +30,21 @@ impl Caller {
         self.roles.contains(&role)
     }
 
+    /// Whether this caller sees the orders `placed_by` placed. A caller who is only a buyer
+    /// sees only their own orders; approvers and account admins see all of their account's,
+    /// operators and warehouses those their routes reach.
+    pub fn sees_order_of(&self, placed_by: &UserId) -> bool {
+        self.placed_by_filter().is_none_or(|me| me == placed_by)
+    }
+
+    /// The user whose orders are all this caller may see, or `None` for every order.
+    pub fn placed_by_filter(&self) -> Option<&UserId> {
+        self.roles
+            .iter()
+            .all(|r| *r == Role::Buyer)
+            .then_some(&self.user)
+    }
+
     /// A caller for work orderd does on its own (demo seeding, recovery).
     pub fn system() -> Caller {
         Caller {
@@ -60,6 +75,9 @@ pub struct AuditEntry {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub path: Vec<String>,
     pub digest: String,
+    /// What else the change concerns (the user an account admin changed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
     /// The event this change announces (order changes only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<crate::events::OrderChanged>,
@@ -84,6 +102,7 @@ impl AuditEntry {
             to: None,
             path: vec![],
             digest: hex::encode(Sha256::digest(changed)),
+            target: None,
             event: None,
         }
     }

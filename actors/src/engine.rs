@@ -40,11 +40,10 @@ impl Engine {
             tokio::task::spawn_blocking(move || -> Result<_, ActorError> {
                 let master = catalog::load_master(&j)?;
                 let orders: Vec<Order> = records::load_all(&j, records::ORDER)?;
-                let accounts: BTreeSet<AccountId> =
-                    records::load_all::<Account>(&j, records::ACCOUNT)?
-                        .into_iter()
-                        .map(|a| a.id)
-                        .collect();
+                let accounts: BTreeSet<AccountId> = records::load_accounts(&j)?
+                    .into_iter()
+                    .map(|a| a.id)
+                    .collect();
                 Ok((master, orders, accounts))
             })
             .await

@@ -14,6 +14,7 @@ pub mod events;
 pub mod order_book;
 pub mod ordering;
 pub mod records;
+pub mod users;
 pub mod warehouse;
 pub mod webhooks;
 

@@ -120,10 +120,11 @@ fn sku_problem(st: &AccountState, sku: &Sku) -> Option<Problem> {
 
 /// Catalog, visibility, quantity and price checks against today's snapshot. Alone, this is what
 /// a draft needs (it holds no stock and no credit); `evaluate` adds stock, credit and approval.
-fn check_catalog(st: &AccountState, req: &OrderRequest) -> Checked {
+fn check_catalog(st: &AccountState, caller: &Caller, req: &OrderRequest) -> Checked {
     let snap = st.catalog.load();
     let ctx = PricingContext {
         account: &st.account,
+        user: &caller.user,
         catalog: &snap.catalog,
         prices: &snap.prices,
         warehouses: &snap.warehouses,
@@ -154,7 +155,7 @@ fn evaluate_untimed(
     exclude: Option<&Order>,
 ) -> Result<Evaluation, ActorError> {
     let snap = st.catalog.load();
-    let checked = check_catalog(st, req);
+    let checked = check_catalog(st, caller, req);
     let mut problems = checked.problems.clone();
     let mut allocations = None;
     if let (Some(ship_to), false) = (&checked.ship_to, checked.lines.is_empty()) {
@@ -409,9 +410,12 @@ fn touch(order: &mut Order) {
     order.updated_at = crate::audit::now_rfc3339();
 }
 
-fn find(st: &AccountState, id: &OrderId) -> Result<Order, Rejection> {
+/// The order `id` as `caller` may see it: a caller who is only a buyer sees the orders they
+/// placed, and another user's order is not found, like one that does not exist.
+fn find(st: &AccountState, caller: &Caller, id: &OrderId) -> Result<Order, Rejection> {
     st.orders
         .get(id)
+        .filter(|o| caller.sees_order_of(&o.placed_by))
         .cloned()
         .ok_or_else(|| Rejection::NotFound(format!("order {id}")))
 }
@@ -524,7 +528,7 @@ pub async fn place(
         };
         (order, transitions)
     } else {
-        let checked = check_catalog(st, &req);
+        let checked = check_catalog(st, caller, &req);
         if !checked.problems.is_empty() {
             return Ok(Err(Rejection::Invalid(checked.problems)));
         }
@@ -650,7 +654,7 @@ fn debug_assert_credit(st: &AccountState, order: &Order) {
 }
 
 pub async fn submit_draft(st: &mut AccountState, caller: &Caller, id: &OrderId) -> Flow<Order> {
-    let mut order = match find(st, id) {
+    let mut order = match find(st, caller, id) {
         Ok(o) => o,
         Err(e) => return Ok(Err(e)),
     };
@@ -723,7 +727,7 @@ pub async fn approve(
     id: &OrderId,
     reject: &[u32],
 ) -> Flow<Order> {
-    let mut order = match find(st, id) {
+    let mut order = match find(st, caller, id) {
         Ok(o) => o,
         Err(e) => return Ok(Err(e)),
     };
@@ -788,7 +792,7 @@ pub async fn reject(
     lines: &[u32],
     reason: Option<String>,
 ) -> Flow<Order> {
-    let mut order = match find(st, id) {
+    let mut order = match find(st, caller, id) {
         Ok(o) => o,
         Err(e) => return Ok(Err(e)),
     };
@@ -843,7 +847,7 @@ pub async fn reject(
 }
 
 pub async fn cancel(st: &mut AccountState, caller: &Caller, id: &OrderId) -> Flow<Order> {
-    let mut order = match find(st, id) {
+    let mut order = match find(st, caller, id) {
         Ok(o) => o,
         Err(e) => return Ok(Err(e)),
     };
@@ -911,7 +915,7 @@ pub async fn amend(
     id: &OrderId,
     patch: Amendment,
 ) -> Flow<Order> {
-    let old = match find(st, id) {
+    let old = match find(st, caller, id) {
         Ok(o) => o,
         Err(e) => return Ok(Err(e)),
     };
@@ -924,7 +928,7 @@ pub async fn amend(
     let req = request_of(&old, &patch);
     let mut order = old.clone();
     if old.state == OrderState::Draft {
-        let checked = check_catalog(st, &req);
+        let checked = check_catalog(st, caller, &req);
         if !checked.problems.is_empty() {
             return Ok(Err(Rejection::Invalid(checked.problems)));
         }
@@ -974,7 +978,7 @@ pub async fn ship(
     id: &OrderId,
     warehouse: &WarehouseId,
 ) -> Flow<Order> {
-    let mut order = match find(st, id) {
+    let mut order = match find(st, caller, id) {
         Ok(o) => o,
         Err(e) => return Ok(Err(e)),
     };
@@ -1041,7 +1045,10 @@ pub async fn ship(
         Ok(b) => b,
         Err(r) => return Ok(Err(r)),
     };
-    batch.put(records::account_key(&account.id), records::encode(&account));
+    batch.put(
+        records::account_key(&account.id),
+        records::encode_account(&account),
+    );
     let snap = st.catalog.load();
     let handle = snap
         .handles
@@ -1057,12 +1064,24 @@ pub async fn ship(
 }
 
 fn account_batch(caller: &Caller, account: &Account, action: &str) -> Batch {
-    let bytes = records::encode(account);
+    account_batch_for(caller, account, action, None)
+}
+
+/// The batch that stores `account` with its audit entry; `target` names what else the change
+/// concerns (a user).
+pub(crate) fn account_batch_for(
+    caller: &Caller,
+    account: &Account,
+    action: &str,
+    target: Option<String>,
+) -> Batch {
+    let bytes = records::encode_account(account);
+    let mut entry = AuditEntry::new(caller, Some(&account.id), action, &bytes);
+    entry.target = target;
     let mut batch = Batch::default();
-    batch.audit.push(
-        AuditEntry::new(caller, Some(&account.id), action, &bytes)
-            .draft(&format!("account:{}", account.id)),
-    );
+    batch
+        .audit
+        .push(entry.draft(&format!("account:{}", account.id)));
     batch.put(records::account_key(&account.id), bytes);
     batch
 }

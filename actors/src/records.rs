@@ -3,7 +3,7 @@
 //!
 //! | key                         | value                   |
 //! |-----------------------------|-------------------------|
-//! | `acct/<account>`            | `Account`               |
+//! | `acct/<account>`            | `Account` (see [`encode_account`]) |
 //! | `cart/<account>`            | `Cart`                  |
 //! | `ord/<account>/<order>`     | `Order` (with its Idempotency-Key, if any) |
 //! | `wh/<warehouse>`            | `Warehouse`             |
@@ -12,6 +12,7 @@
 //! | `price/<n>`                 | `PriceEntry`            |
 //! | `meta/<name>`               | daemon metadata         |
 
+use orderd_domain::account::Account;
 use orderd_domain::ids::{AccountId, OrderId, Sku, WarehouseId};
 use orderd_storage::StorageError;
 use serde::{de::DeserializeOwned, Serialize};
@@ -63,6 +64,111 @@ pub fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, Storag
     })
 }
 
+/// Marks an account record of the current layout: 0 can never start a record of the first
+/// layout, whose first byte is the length (1..=64) of the account id.
+const ACCOUNT_LAYOUT_TAG: u8 = 0;
+/// The current account layout: users carry their assigned ship-tos.
+const ACCOUNT_LAYOUT: u8 = 2;
+
+/// An account record: a tag, the layout version, then the postcard `Account`. Records written
+/// before users had assigned ship-tos carry no tag and are still read ([`decode_account`]).
+pub fn encode_account(account: &Account) -> Vec<u8> {
+    let mut bytes = vec![ACCOUNT_LAYOUT_TAG, ACCOUNT_LAYOUT];
+    bytes.extend(encode(account));
+    bytes
+}
+
+/// Reads an account record of either layout.
+pub fn decode_account(key: &[u8], bytes: &[u8]) -> Result<Account, StorageError> {
+    match bytes {
+        [ACCOUNT_LAYOUT_TAG, ACCOUNT_LAYOUT, rest @ ..] => decode(key, rest),
+        [ACCOUNT_LAYOUT_TAG, ..] => Err(StorageError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason: "unknown account layout".into(),
+        }),
+        _ => decode::<legacy::Account>(key, bytes).map(Into::into),
+    }
+}
+
+/// Every account record.
+pub fn load_accounts(journal: &orderd_storage::Journal) -> Result<Vec<Account>, StorageError> {
+    journal
+        .scan_prefix(ACCOUNT.as_bytes())?
+        .into_iter()
+        .map(|(k, v)| decode_account(&k, &v))
+        .collect()
+}
+
+/// One account record, if stored.
+pub fn load_account(
+    journal: &orderd_storage::Journal,
+    id: &AccountId,
+) -> Result<Option<Account>, StorageError> {
+    let key = account_key(id);
+    journal
+        .get(key.as_bytes())?
+        .map(|v| decode_account(key.as_bytes(), &v))
+        .transpose()
+}
+
+/// The first account layout, before users had assigned ship-tos.
+mod legacy {
+    use orderd_domain::account::{ApprovalRules, Role, ShipTo};
+    use orderd_domain::ids::{AccountId, Segment, UserId};
+    use orderd_domain::money::{Currency, Money};
+    use serde::Deserialize;
+    use std::collections::BTreeSet;
+
+    #[derive(Deserialize)]
+    pub struct User {
+        id: UserId,
+        name: String,
+        roles: BTreeSet<Role>,
+        spending_limit: Option<Money>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Account {
+        id: AccountId,
+        name: String,
+        segment: Segment,
+        currency: Currency,
+        credit_limit: Money,
+        open_receivables: Money,
+        payment_terms: String,
+        ship_tos: Vec<ShipTo>,
+        users: Vec<User>,
+        rules: ApprovalRules,
+    }
+
+    impl From<Account> for orderd_domain::account::Account {
+        fn from(a: Account) -> Self {
+            orderd_domain::account::Account {
+                id: a.id,
+                name: a.name,
+                segment: a.segment,
+                currency: a.currency,
+                credit_limit: a.credit_limit,
+                open_receivables: a.open_receivables,
+                payment_terms: a.payment_terms,
+                ship_tos: a.ship_tos,
+                users: a
+                    .users
+                    .into_iter()
+                    .map(|u| orderd_domain::account::User {
+                        id: u.id,
+                        name: u.name,
+                        roles: u.roles,
+                        spending_limit: u.spending_limit,
+                        ship_tos: BTreeSet::new(),
+                    })
+                    .collect(),
+                rules: a.rules,
+            }
+        }
+    }
+}
+
 /// Decodes every record under `prefix`.
 pub fn load_all<T: DeserializeOwned>(
     journal: &orderd_storage::Journal,
@@ -83,4 +189,79 @@ pub fn load_one<T: DeserializeOwned>(
         .get(key.as_bytes())?
         .map(|v| decode(key.as_bytes(), &v))
         .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orderd_domain::account::{ApprovalRules, Role, ShipTo, User};
+    use orderd_domain::geo::GeoPoint;
+    use orderd_domain::ids::{Segment, ShipToId, UserId};
+    use orderd_domain::money::{Currency, Money};
+    use std::collections::BTreeSet;
+
+    // An account stored in the first layout (users without assigned ship-tos) still reads,
+    // with no assignment; the current layout round-trips with one.
+    #[test]
+    fn account_records_of_both_layouts_read() {
+        #[derive(serde::Serialize)]
+        struct UserV1<'a>(&'a UserId, &'a str, &'a BTreeSet<Role>, Option<Money>);
+        #[derive(serde::Serialize)]
+        #[allow(clippy::type_complexity)]
+        struct AccountV1<'a>(
+            &'a AccountId,
+            &'a str,
+            &'a Segment,
+            Currency,
+            Money,
+            Money,
+            &'a str,
+            &'a [ShipTo],
+            Vec<UserV1<'a>>,
+            &'a ApprovalRules,
+        );
+        let eur = Currency::parse("EUR").unwrap();
+        let money = |v: &str| Money::parse(v, eur, 2).unwrap();
+        let hq = ShipToId::parse("HQ").unwrap();
+        let mut account = Account {
+            id: AccountId::parse("ACME").unwrap(),
+            name: "Acme".into(),
+            segment: Segment::parse("retail").unwrap(),
+            currency: eur,
+            credit_limit: money("100.00"),
+            open_receivables: money("0.00"),
+            payment_terms: "NET30".into(),
+            ship_tos: vec![ShipTo {
+                id: hq.clone(),
+                address: "Berlin".into(),
+                location: GeoPoint::new(52.5, 13.4).unwrap(),
+            }],
+            users: vec![User {
+                id: UserId::parse("ann").unwrap(),
+                name: "Ann".into(),
+                roles: BTreeSet::from([Role::Buyer]),
+                spending_limit: Some(money("5.00")),
+                ship_tos: BTreeSet::new(),
+            }],
+            rules: ApprovalRules::default(),
+        };
+        let u = &account.users[0];
+        let old = encode(&AccountV1(
+            &account.id,
+            &account.name,
+            &account.segment,
+            account.currency,
+            account.credit_limit,
+            account.open_receivables,
+            &account.payment_terms,
+            &account.ship_tos,
+            vec![UserV1(&u.id, &u.name, &u.roles, u.spending_limit)],
+            &account.rules,
+        ));
+        assert_eq!(decode_account(b"k", &old).unwrap(), account);
+        account.users[0].ship_tos.insert(hq);
+        let new = encode_account(&account);
+        assert_eq!(decode_account(b"k", &new).unwrap(), account);
+        assert!(decode_account(b"k", &[0, 9, 1]).is_err());
+    }
 }

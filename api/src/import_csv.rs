@@ -8,7 +8,7 @@
 //! | prices     | level (list/segment/contract), owner (segment or account), sku, currency, valid_from, valid_to, tiers (`1:10.00;10:9.50`) |
 //! | accounts   | id, name, segment, currency, credit_limit, open_receivables, payment_terms, buyer_limit, approver_limit, restricted_skus (`a;b`), approve_new_ship_to (true/false) |
 //! | ship_tos   | account, id, address, lat, lon                                                            |
-//! | users      | account, id, name, roles (`buyer;approver`), spending_limit                               |
+//! | users      | account, id, name, roles (`buyer;approver`), spending_limit, currency, ship_tos (`HQ;PLANT`, empty: all) |
 //! | warehouses | id, name, lat, lon, speeds (`express:300:1;standard:2000:3` = speed:max km:days)           |
 //! | stock      | warehouse, sku, on_hand                                                                   |
 
@@ -445,6 +445,9 @@ struct UserRow {
     spending_limit: String,
     #[serde(default)]
     currency: String,
+    /// Assigned ship-tos (`HQ;PLANT`); empty means all of the account's.
+    #[serde(default)]
+    ship_tos: String,
 }
 
 fn user_row(r: UserRow) -> Result<(AccountId, User), String> {
@@ -466,6 +469,10 @@ fn user_row(r: UserRow) -> Result<(AccountId, User), String> {
             name: r.name,
             roles,
             spending_limit,
+            ship_tos: list(&r.ship_tos)
+                .map(ShipToId::parse)
+                .collect::<Result<_, _>>()
+                .map_err(|e| e.to_string())?,
         },
     ))
 }

@@ -11,6 +11,7 @@ pub mod client_ip;
 pub mod error;
 pub mod import_csv;
 pub mod json;
+pub mod oauth;
 pub mod oidc;
 pub mod policy;
 pub mod rate_limit;
@@ -138,6 +139,7 @@ pub fn api_routes(dev_signin: bool) -> OpenApiRouter<ApiState> {
         .merge(routes::events::routes())
         .merge(routes::webhooks::routes())
         .merge(routes::admin::routes())
+        .merge(routes::users::routes())
         .merge(routes::portal::routes())
         .merge(routes::ops::routes());
     if dev_signin {

@@ -27,6 +27,7 @@ pub enum Access {
 
 const ACCOUNT: Access = Access::Roles(crate::routes::ACCOUNT_ROLES);
 const APPROVER: Access = Access::Roles(&[Role::Approver]);
+const ACCOUNT_ADMIN: Access = Access::Roles(&[Role::AccountAdmin]);
 const SHIPPING: Access = Access::Roles(&[Role::Warehouse, Role::Operator]);
 const OPERATOR: Access = Access::Roles(&[Role::Operator]);
 /// The account's own events, or every account's for an operator.
@@ -84,6 +85,10 @@ pub const RULES: &[(&str, &str, Access)] = &[
         "/v1/webhooks/dead-letters/{id}/replay",
         DEAD_LETTERS,
     ),
+    ("GET", "/v1/account/users", ACCOUNT_ADMIN),
+    ("POST", "/v1/account/users", ACCOUNT_ADMIN),
+    ("PUT", "/v1/account/users/{user}", ACCOUNT_ADMIN),
+    ("DELETE", "/v1/account/users/{user}", ACCOUNT_ADMIN),
     ("POST", "/v1/admin/import/{kind}", OPERATOR),
     ("PUT", "/v1/admin/accounts/{account}/credit", OPERATOR),
     ("GET", "/v1/admin/accounts", OPERATOR),

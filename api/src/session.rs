@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 pub const SESSION_COOKIE: &str = "__Host-orderd_session";
 /// The cookie binding a sign-in under way to this browser.
 pub const LOGIN_COOKIE: &str = "__Host-orderd_login";
-/// Random bytes in a session id, a state, a nonce or a PKCE verifier.
+/// Random bytes in a session id, a state or a nonce.
 const RANDOM_BYTES: usize = 32;
 
 struct Session {
@@ -52,12 +52,6 @@ pub fn random_token() -> Result<String, ApiError> {
     let mut b = [0u8; RANDOM_BYTES];
     getrandom::fill(&mut b).map_err(|e| ApiError::Internal(format!("no randomness: {e}")))?;
     Ok(hex::encode(b))
-}
-
-/// The PKCE S256 challenge of a verifier (RFC 7636).
-pub fn pkce_challenge(verifier: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

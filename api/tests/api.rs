@@ -1033,6 +1033,7 @@ pub fn path_with_params(path: &str) -> String {
         .replace("{sku}", "BOLT")
         .replace("{kind}", "catalog")
         .replace("{account}", "B")
+        .replace("{user}", "nobody")
 }
 
 // Every operation of the OpenAPI document has an access rule, and every rule names a real
@@ -1391,5 +1392,393 @@ async fn the_metrics_router_serves_only_metrics() {
             .await
             .unwrap();
         assert_eq!(resp.status(), status, "{uri}");
+    }
+}
+
+/// A dev token for account `account`, user `user` with `roles`.
+async fn token_for(api: &Api, account: &str, user: &str, roles: &[&str]) -> String {
+    api.token(Some(account), user, roles, None).await
+}
+
+fn field(r: &Resp) -> String {
+    r.body["problems"][0]["field"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+// An account admin adds, lists, changes and removes the account's users. Roles beyond the
+// account's own, fields an admin may not set, and bad values are 422 naming the field; users
+// of another account are 404 like ones that do not exist; an admin cannot lock themselves
+// out. Every change is stored and audited with who changed which user.
+#[tokio::test]
+async fn account_admin_manages_the_accounts_users() {
+    let api = api().await;
+    let admin = token_for(&api, "A", "carol", &["account_admin"]).await;
+    let b_admin = token_for(&api, "B", "bert", &["account_admin"]).await;
+    let ann = json!({"id": "ann", "name": "Ann", "roles": ["buyer"], "spending_limit": "100.00", "ship_tos": ["HQ"]});
+    let r = api
+        .call(
+            "POST",
+            "/v1/account/users",
+            Some(&admin),
+            Some(ann.clone()),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["ship_tos"], json!(["HQ"]));
+    assert_eq!(r.body["spending_limit"], "100.00");
+    let r = api
+        .call("POST", "/v1/account/users", Some(&admin), Some(ann), &[])
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    let r = api
+        .call("GET", "/v1/account/users", Some(&admin), None, &[])
+        .await;
+    assert_eq!(r.body.as_array().unwrap().len(), 1, "{}", r.body);
+    assert_eq!(r.body[0]["id"], "ann");
+
+    let ok = json!({"name": "Ann Berg", "roles": ["buyer", "approver"], "spending_limit": null, "ship_tos": []});
+    let r = api
+        .call(
+            "PUT",
+            "/v1/account/users/ann",
+            Some(&admin),
+            Some(ok.clone()),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["roles"], json!(["buyer", "approver"]));
+    assert_eq!(r.body["spending_limit"], Value::Null);
+
+    for (body, want) in [
+        (json!({"name": "A", "roles": ["operator"]}), "roles"),
+        (
+            json!({"name": "A", "roles": ["buyer", "warehouse"]}),
+            "roles",
+        ),
+        (json!({"name": "A", "roles": ["king"]}), "roles"),
+        (json!({"name": "A", "roles": []}), "roles"),
+        (json!({"name": "", "roles": ["buyer"]}), "name"),
+        (
+            json!({"name": "A", "roles": ["buyer"], "spending_limit": "-5"}),
+            "spending_limit",
+        ),
+        (
+            json!({"name": "A", "roles": ["buyer"], "ship_tos": ["NOWHERE"]}),
+            "ship_tos",
+        ),
+        (
+            json!({"name": "A", "roles": ["buyer"], "credit_limit": "9999999"}),
+            "credit_limit",
+        ),
+        (
+            json!({"name": "A", "roles": ["buyer"], "account": "B"}),
+            "account",
+        ),
+        (
+            json!({"name": "A", "roles": ["buyer"], "id": "other"}),
+            "id",
+        ),
+    ] {
+        let r = api
+            .call(
+                "PUT",
+                "/v1/account/users/ann",
+                Some(&admin),
+                Some(body.clone()),
+                &[],
+            )
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {}",
+            r.body
+        );
+        assert_eq!(r.headers["content-type"], "application/problem+json");
+        assert_eq!(field(&r), want, "{body}: {}", r.body);
+    }
+
+    // Another account's user is answered like one that does not exist, and stays unchanged.
+    for (m, body) in [("PUT", Some(ok.clone())), ("DELETE", None)] {
+        let theirs = api
+            .call(
+                m,
+                "/v1/account/users/ann",
+                Some(&b_admin),
+                body.clone(),
+                &[],
+            )
+            .await;
+        let ghost = api
+            .call(m, "/v1/account/users/ghost", Some(&b_admin), body, &[])
+            .await;
+        assert_eq!(theirs.status, StatusCode::NOT_FOUND, "{m}: {}", theirs.body);
+        assert_eq!(
+            (theirs.status, &theirs.body["code"]),
+            (ghost.status, &ghost.body["code"])
+        );
+    }
+    let r = api
+        .call("GET", "/v1/account/users", Some(&b_admin), None, &[])
+        .await;
+    assert_eq!(r.body, json!([]));
+
+    // No lock-out: an admin keeps their own account_admin role and cannot remove themselves.
+    let me = json!({"id": "carol", "name": "Carol", "roles": ["account_admin"]});
+    let r = api
+        .call("POST", "/v1/account/users", Some(&admin), Some(me), &[])
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = api
+        .call(
+            "PUT",
+            "/v1/account/users/carol",
+            Some(&admin),
+            Some(json!({"name": "Carol", "roles": ["buyer"]})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    let r = api
+        .call("DELETE", "/v1/account/users/carol", Some(&admin), None, &[])
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+
+    let r = api
+        .call("DELETE", "/v1/account/users/ann", Some(&admin), None, &[])
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let r = api
+        .call("DELETE", "/v1/account/users/ann", Some(&admin), None, &[])
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+
+    // Stored (read back from the journal, not the actor's memory) and audited.
+    let engine = &api.state.engine;
+    let a = orderd_domain::ids::AccountId::parse("A").unwrap();
+    let stored = orderd_actors::records::load_account(&engine.journal, &a)
+        .unwrap()
+        .unwrap();
+    let ids: Vec<&str> = stored.users.iter().map(|u| u.id.as_str()).collect();
+    assert_eq!(ids, ["carol"]);
+    let audit: Vec<Value> = engine
+        .journal
+        .audit_for_subject(b"account:A", 100)
+        .unwrap()
+        .into_iter()
+        .map(|r| serde_json::from_slice(&r.payload).unwrap())
+        .filter(|e: &Value| e["action"].as_str().unwrap().starts_with("user."))
+        .collect();
+    let trail: Vec<(&str, &str, &str)> = audit
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap(),
+                e["target"].as_str().unwrap(),
+                e["user"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        trail,
+        [
+            ("user.create", "ann", "carol"),
+            ("user.update", "ann", "carol"),
+            ("user.create", "carol", "carol"),
+            ("user.delete", "ann", "carol"),
+        ]
+    );
+}
+
+// A user with assigned ship-tos orders only to those: another ship-to of the account is 422
+// ship_to_not_assigned naming the field (when placing, validating and amending), and without
+// a ship-to in the request their only assigned one is used. Once unassigned, all are open.
+#[tokio::test]
+async fn assigned_ship_tos_bound_where_a_user_orders() {
+    let api = api().await;
+    import(
+        &api.state.engine,
+        &Caller::system(),
+        Kind::ShipTos,
+        b"account,id,address,lat,lon\nA,PLANT,Potsdam,52.39,13.06\n",
+        10,
+    )
+    .await
+    .unwrap();
+    let admin = token_for(&api, "A", "carol", &["account_admin"]).await;
+    let r = api
+        .call(
+            "POST",
+            "/v1/account/users",
+            Some(&admin),
+            Some(json!({"id": "ann", "name": "Ann", "roles": ["buyer"], "ship_tos": ["PLANT"]})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let ann = token_for(&api, "A", "ann", &["buyer"]).await;
+    let line = json!([{"sku": "BOLT", "qty": 1}]);
+    let r = api
+        .place(&ann, "s1", json!({"lines": line, "ship_to": "HQ"}))
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert_eq!(codes(&r), ["ship_to_not_assigned"]);
+    assert_eq!(field(&r), "ship_to");
+    let r = api
+        .call(
+            "POST",
+            "/v1/orders/validate",
+            Some(&ann),
+            Some(json!({"lines": line, "ship_to": "HQ"})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.body["valid"], false, "{}", r.body);
+    assert_eq!(r.body["problems"][0]["code"], "ship_to_not_assigned");
+    let r = api
+        .place(&ann, "s2", json!({"lines": line, "submit": false}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["ship_to"], "PLANT");
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let r = api
+        .call(
+            "PATCH",
+            &format!("/v1/orders/{id}"),
+            Some(&ann),
+            Some(json!({"ship_to": "HQ"})),
+            &[],
+        )
+        .await;
+    assert_eq!(codes(&r), ["ship_to_not_assigned"], "{}", r.body);
+    // Others of the account are not bound by Ann's assignment.
+    let ben = token_for(&api, "A", "ben", &["buyer"]).await;
+    let r = api
+        .place(&ben, "s3", json!({"lines": line, "ship_to": "HQ"}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = api
+        .call(
+            "PUT",
+            "/v1/account/users/ann",
+            Some(&admin),
+            Some(json!({"name": "Ann", "roles": ["buyer"], "ship_tos": []})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = api
+        .place(&ann, "s4", json!({"lines": line, "ship_to": "HQ"}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+}
+
+// A caller whose only role is buyer sees and changes only the orders they placed: another
+// buyer's order gets the same 404 as an id that does not exist on every order route, and the
+// list holds only their own. Approvers and account admins see every order of the account.
+#[tokio::test]
+async fn a_buyer_sees_only_their_own_orders() {
+    let api = api().await;
+    let ann = token_for(&api, "A", "ann", &["buyer"]).await;
+    let ben = token_for(&api, "A", "ben", &["buyer"]).await;
+    let line = json!([{"sku": "BOLT", "qty": 1}]);
+    let r = api.place(&ann, "o1", json!({"lines": line})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let anns = r.body["id"].as_str().unwrap().to_owned();
+    let r = api
+        .place(&ann, "o2", json!({"lines": line, "submit": false}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let anns_draft = r.body["id"].as_str().unwrap().to_owned();
+    let r = api.place(&ben, "o3", json!({"lines": line})).await;
+    let bens = r.body["id"].as_str().unwrap().to_owned();
+    let ghost = "01900000-0000-7000-8000-000000000000";
+    for (m, path, body) in [
+        ("GET", "/v1/orders/{id}", None),
+        ("GET", "/v1/orders/{id}/history", None),
+        (
+            "PATCH",
+            "/v1/orders/{id}",
+            Some(json!({"customer_po": "x"})),
+        ),
+        ("POST", "/v1/orders/{id}/cancel", None),
+        ("POST", "/v1/orders/{id}/submit", None),
+    ] {
+        for id in [&anns, &anns_draft] {
+            let theirs = api
+                .call(m, &path.replace("{id}", id), Some(&ben), body.clone(), &[])
+                .await;
+            let none = api
+                .call(
+                    m,
+                    &path.replace("{id}", ghost),
+                    Some(&ben),
+                    body.clone(),
+                    &[],
+                )
+                .await;
+            assert_eq!(
+                theirs.status,
+                StatusCode::NOT_FOUND,
+                "{m} {path}: {}",
+                theirs.body
+            );
+            assert_eq!(
+                (theirs.status, &theirs.body["code"]),
+                (none.status, &none.body["code"]),
+                "{m} {path}"
+            );
+        }
+    }
+    let ids = |r: &Resp| -> Vec<String> {
+        r.body["orders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let r = api.call("GET", "/v1/orders", Some(&ben), None, &[]).await;
+    assert_eq!(ids(&r), [bens.as_str()]);
+    let r = api.call("GET", "/v1/orders", Some(&ann), None, &[]).await;
+    assert_eq!(ids(&r), [anns_draft.clone(), anns.clone()]);
+    // Ann's orders are untouched and hers to change.
+    let r = api
+        .call("GET", &format!("/v1/orders/{anns}"), Some(&ann), None, &[])
+        .await;
+    assert_eq!(r.body["state"], "allocated", "{}", r.body);
+    assert_eq!(r.body["version"], 1);
+    let r = api
+        .call(
+            "POST",
+            &format!("/v1/orders/{anns}/cancel"),
+            Some(&ann),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    for roles in [
+        &["approver"][..],
+        &["account_admin"],
+        &["buyer", "approver"],
+    ] {
+        let t = token_for(&api, "A", "zoe", roles).await;
+        let r = api.call("GET", "/v1/orders", Some(&t), None, &[]).await;
+        assert_eq!(ids(&r).len(), 3, "{roles:?}: {}", r.body);
+        let r = api
+            .call(
+                "GET",
+                &format!("/v1/orders/{bens}/history"),
+                Some(&t),
+                None,
+                &[],
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{roles:?}: {}", r.body);
     }
 }

@@ -9,6 +9,9 @@
 //!    the daemon, and runs the same daemon repeatedly to show the effect of stored state.
 //! 4. Writes `report.json` and `report.md` to `--out`.
 //!
+//! `--oidc` does the same with real signed tokens (RS256 at+jwt from the benchmark's own issuer
+//! on loopback) instead of orderd's development tokens, to show what token validation costs.
+//!
 //! `--quick` does all of it with short steps and one search in well under two minutes, so the
 //! test script can keep the benchmark from rotting. `orderd-bench ceiling` (hidden) is the
 //! ceiling server the benchmark spawns.
@@ -19,6 +22,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use hyper::header::HeaderValue;
 use hyper::StatusCode;
+use orderd_benches::issuer::BenchIssuer;
 use orderd_benches::loadgen::{self, Criteria, RequestSource, StepConfig, StepResult};
 use orderd_benches::report::{
     self, AgingPoint, CostRow, IssueCheck, Machine, Report, RunFigures, Setup, StepRecord,
@@ -143,6 +147,11 @@ struct RunArgs {
     fixed_target: String,
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Real signed tokens instead of orderd's development tokens: the benchmark serves its own
+    /// OIDC discovery document and JWKS on loopback, configures orderd with that issuer and
+    /// sends RS256 at+jwt access tokens it minted, one per account.
+    #[arg(long)]
+    oidc: bool,
 }
 
 /// Durations and search shape of a mode.
@@ -232,6 +241,8 @@ struct Bench {
     pool: Arc<BodyPool>,
     criteria: Criteria,
     env: Vec<(String, String)>,
+    /// `--oidc`: the issuer orderd trusts and whose tokens the load carries.
+    issuer: Option<BenchIssuer>,
     ceiling: Option<Ceiling>,
     shared_daemon: Option<Daemon>,
     /// Tokens of the same length as orderd's, for the ceiling (which ignores them).
@@ -310,7 +321,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Generous bounds: the benchmark measures latency, not admission control. The open loop
     // never has more than `connections` requests in flight anyway.
     let inflight_total = (args.connections * 8).max(8_192);
-    let env = vec![
+    let issuer = match args.oidc {
+        true => Some(BenchIssuer::start().await?),
+        false => None,
+    };
+    let mut env = vec![
         (
             "ORDERD_LIMITS__INFLIGHT_TOTAL_MAX".to_owned(),
             inflight_total.to_string(),
@@ -331,6 +346,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             "100000".to_owned(),
         ),
     ];
+    if let Some(i) = &issuer {
+        env.extend(i.env());
+    }
     // Not ORDERD_LOG: `Config::load` reads every ORDERD_* variable as a setting and refuses
     // `log`, so the daemon would not start (the default filter is info, which is what we need).
     let data_root = args.data_root.clone().unwrap_or_else(std::env::temp_dir);
@@ -342,6 +360,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         pool,
         criteria,
         env,
+        issuer,
         ceiling: None,
         shared_daemon: None,
         ceiling_tokens: fake_tokens(FAKE_TOKEN_LEN),
@@ -564,7 +583,14 @@ impl Bench {
     }
 
     async fn start_daemon(&mut self) -> anyhow::Result<Daemon> {
-        let d = Daemon::start(&self.bin, &self.data_root, &self.env, &self.dataset).await?;
+        let d = Daemon::start(
+            &self.bin,
+            &self.data_root,
+            &self.env,
+            &self.dataset,
+            self.issuer.as_ref(),
+        )
+        .await?;
         self.setup_times.push(d.setup_s);
         if let Some(len) = d.tokens.first().map(String::len) {
             self.ceiling_tokens = fake_tokens(len);
@@ -791,7 +817,11 @@ impl Bench {
         let cost_fits = findings::fits(&costs);
         let mut report = Report {
             command: std::env::args().collect::<Vec<_>>().join(" "),
-            mode: if self.args.quick { "quick" } else { "full" }.to_owned(),
+            mode: format!(
+                "{}{}",
+                if self.args.quick { "quick" } else { "full" },
+                if self.args.oidc { "+oidc" } else { "" }
+            ),
             unix_time: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),

@@ -2,6 +2,7 @@
 //! with the benchmark's data set through the API), and the ceiling server (this binary's
 //! hidden `ceiling` subcommand). Both listen on 127.0.0.1 port 0 and report the bound address.
 
+use crate::issuer::BenchIssuer;
 use crate::loadgen::{self, Conn};
 use crate::procstat;
 use crate::workload::Dataset;
@@ -48,12 +49,15 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts `bin` on a new directory under `data_root` with `env` added (every inherited
-    /// `ORDERD_*` variable is removed first), then imports `dataset` and issues tokens.
+    /// `ORDERD_*` variable is removed first), then imports `dataset` and issues tokens: with
+    /// `issuer`, tokens it signed (orderd must be configured with it); otherwise orderd's
+    /// development tokens.
     pub async fn start(
         bin: &Path,
         data_root: &Path,
         env: &[(String, String)],
         dataset: &Dataset,
+        issuer: Option<&BenchIssuer>,
     ) -> anyhow::Result<Daemon> {
         let started = Instant::now();
         let data = tempfile::Builder::new()
@@ -103,7 +107,7 @@ impl Daemon {
             setup_s: 0.0,
             _data: data,
         };
-        daemon.tokens = load_dataset(addr, dataset)
+        daemon.tokens = load_dataset(addr, dataset, issuer)
             .await
             .with_context(|| format!("loading the data set into orderd at {addr}"))?;
         daemon.setup_s = started.elapsed().as_secs_f64();
@@ -203,13 +207,22 @@ async fn dev_token(conn: &mut Conn, claims: serde_json::Value) -> anyhow::Result
 }
 
 /// Imports the data set as an operator and returns one buyer token per account.
-async fn load_dataset(addr: SocketAddr, dataset: &Dataset) -> anyhow::Result<Vec<String>> {
+async fn load_dataset(
+    addr: SocketAddr,
+    dataset: &Dataset,
+    issuer: Option<&BenchIssuer>,
+) -> anyhow::Result<Vec<String>> {
     let mut conn = loadgen::connect(addr).await?;
-    let operator = dev_token(
-        &mut conn,
-        serde_json::json!({"user": "bench", "roles": ["operator"]}),
-    )
-    .await?;
+    let operator = match issuer {
+        Some(i) => i.token(None, "bench", &["operator"])?,
+        None => {
+            dev_token(
+                &mut conn,
+                serde_json::json!({"user": "bench", "roles": ["operator"]}),
+            )
+            .await?
+        }
+    };
     for (kind, csv) in dataset.imports() {
         let path = format!("/v1/admin/import/{kind}");
         let (status, body) = request(
@@ -227,10 +240,16 @@ async fn load_dataset(addr: SocketAddr, dataset: &Dataset) -> anyhow::Result<Vec
     }
     let mut tokens = Vec::with_capacity(dataset.accounts);
     for i in 0..dataset.accounts {
-        let claims = serde_json::json!({
-            "account": Dataset::account(i), "user": "bench-buyer", "roles": ["buyer"]
+        let account = Dataset::account(i);
+        tokens.push(match issuer {
+            Some(s) => s.token(Some(&account), "bench-buyer", &["buyer"])?,
+            None => {
+                let claims = serde_json::json!({
+                    "account": account, "user": "bench-buyer", "roles": ["buyer"]
+                });
+                dev_token(&mut conn, claims).await?
+            }
         });
-        tokens.push(dev_token(&mut conn, claims).await?);
     }
     Ok(tokens)
 }

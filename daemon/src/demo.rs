@@ -278,6 +278,7 @@ fn accounts() -> Vec<Account> {
                 name: (*n).into(),
                 roles: roles.iter().copied().collect(),
                 spending_limit: limit.map(euros),
+                ship_tos: Default::default(),
             })
             .collect(),
             rules: ApprovalRules {

@@ -9,6 +9,10 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Limits on account master data.
 pub const SHIP_TOS_MAX: usize = 1_000;
 pub const USERS_MAX: usize = 10_000;
+/// Longest user name.
+pub const USER_NAME_LEN_MAX: usize = 200;
+/// Roles an account admin may grant: those that act inside the account.
+pub const ACCOUNT_ROLES: [Role; 3] = [Role::Buyer, Role::Approver, Role::AccountAdmin];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -58,6 +62,23 @@ pub struct User {
     pub roles: BTreeSet<Role>,
     /// Orders above this total need approval (also the most this user may approve).
     pub spending_limit: Option<Money>,
+    /// The ship-tos this user may order to; empty means all of the account's.
+    #[serde(default)]
+    pub ship_tos: BTreeSet<ShipToId>,
+}
+
+impl User {
+    /// Whether this user may order to `ship_to` (no assignment means every ship-to).
+    pub fn may_ship_to(&self, ship_to: &ShipToId) -> bool {
+        self.ship_tos.is_empty() || self.ship_tos.contains(ship_to)
+    }
+}
+
+/// Why an account admin's change of a user is refused: the field and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserFieldError {
+    pub field: &'static str,
+    pub message: String,
 }
 
 /// When an order needs an approver before it is confirmed.
@@ -95,6 +116,57 @@ impl Account {
         self.users.iter().find(|u| &u.id == id)
     }
 
+    /// Whether `user` may order to `ship_to`: a user without a record, or without assigned
+    /// ship-tos, may order to every ship-to of the account.
+    pub fn may_ship_to(&self, user: &UserId, ship_to: &ShipToId) -> bool {
+        self.user(user).is_none_or(|u| u.may_ship_to(ship_to))
+    }
+
+    /// Checks a user record an account admin wants to store; every bad field is listed.
+    /// Only the account's own roles may be granted, the spending limit is in the account's
+    /// currency, and assigned ship-tos must be the account's.
+    pub fn check_user(&self, user: &User) -> Vec<UserFieldError> {
+        let mut errs = Vec::new();
+        let mut bad = |field, message: String| errs.push(UserFieldError { field, message });
+        let name = user.name.trim();
+        if name.is_empty() || name.chars().count() > USER_NAME_LEN_MAX {
+            bad(
+                "name",
+                format!("a name is 1..={USER_NAME_LEN_MAX} characters"),
+            );
+        }
+        if user.roles.is_empty() {
+            bad("roles", "a user needs at least one role".to_owned());
+        }
+        if let Some(r) = user.roles.iter().find(|r| !ACCOUNT_ROLES.contains(r)) {
+            bad(
+                "roles",
+                format!(
+                    "an account admin may grant buyer, approver and account_admin, not {}",
+                    r.as_str()
+                ),
+            );
+        }
+        if let Some(m) = user.spending_limit {
+            if m.currency != self.currency {
+                bad(
+                    "spending_limit",
+                    format!("{m} is not in the account currency {}", self.currency),
+                );
+            }
+        }
+        if user.ship_tos.len() > SHIP_TOS_MAX {
+            bad("ship_tos", format!("at most {SHIP_TOS_MAX} ship-tos"));
+        }
+        if let Some(s) = user.ship_tos.iter().find(|s| self.ship_to(s).is_none()) {
+            bad(
+                "ship_tos",
+                format!("ship-to {s} is not one of this account's locations"),
+            );
+        }
+        errs
+    }
+
     /// The spending limit of a user acting with `roles`: their own, else the highest of their
     /// roles' limits, else none (unlimited).
     pub fn spending_limit(&self, user: &UserId, roles: &BTreeSet<Role>) -> Option<Money> {
@@ -130,6 +202,11 @@ impl Account {
         let unique: BTreeSet<_> = self.ship_tos.iter().map(|s| &s.id).collect();
         if unique.len() != self.ship_tos.len() {
             errs.push("duplicate ship-to id".to_owned());
+        }
+        for u in &self.users {
+            if let Some(s) = u.ship_tos.iter().find(|s| !unique.contains(s)) {
+                errs.push(format!("user {} is assigned unknown ship-to {s}", u.id));
+            }
         }
         if errs.is_empty() {
             Ok(())

@@ -1,6 +1,6 @@
 //! Table-driven tests across modules: every validation code, warehouse choice, credit, approval.
 
-use crate::account::{Account, ApprovalRules, Role, ShipTo, User};
+use crate::account::{Account, ApprovalRules, Role, ShipTo, User, USER_NAME_LEN_MAX};
 use crate::allocation::{plan, Availability, PlanInput};
 use crate::approval;
 use crate::catalog::{Catalog, CatalogItem, ItemStatus, KitComponent};
@@ -42,6 +42,8 @@ struct Fixture {
     catalog: Catalog,
     prices: PriceBook,
     warehouses: Vec<Warehouse>,
+    /// Who orders in `ctx`.
+    user: UserId,
 }
 
 fn fixture() -> Fixture {
@@ -121,6 +123,7 @@ fn fixture() -> Fixture {
             name: "Bob".into(),
             roles: BTreeSet::from([Role::Buyer]),
             spending_limit: Some(eur("200")),
+            ship_tos: BTreeSet::new(),
         }],
         rules: ApprovalRules {
             role_limits: [(Role::Buyer, eur("500"))].into(),
@@ -158,12 +161,14 @@ fn fixture() -> Fixture {
         catalog,
         prices,
         warehouses,
+        user: UserId::parse("bob").unwrap(),
     }
 }
 
 fn ctx(f: &Fixture) -> PricingContext<'_> {
     PricingContext {
         account: &f.account,
+        user: &f.user,
         catalog: &f.catalog,
         prices: &f.prices,
         warehouses: &f.warehouses,
@@ -276,6 +281,115 @@ fn clean_order_is_priced() {
     assert_eq!(c.lines[0].price_source.level, "list");
     assert_eq!(c.total(&f.account), eur("50.00"));
     assert_eq!(c.ship_to.unwrap().id.as_str(), "BERLIN");
+}
+
+// A user assigned to some ship-tos orders only to those (ship_to_not_assigned otherwise, with
+// the field named); without a ship-to in the request their only assigned one is the default.
+// A user without assignment, or without a record, orders anywhere in the account.
+#[test]
+fn assigned_ship_tos_limit_where_a_user_orders() {
+    let mut f = fixture();
+    f.account.users.push(User {
+        id: UserId::parse("carl").unwrap(),
+        name: "Carl".into(),
+        roles: BTreeSet::from([Role::Buyer]),
+        spending_limit: None,
+        ship_tos: BTreeSet::from([ShipToId::parse("MUNICH").unwrap()]),
+    });
+    let to = |s: Option<&str>| OrderRequest {
+        ship_to: s.map(Into::into),
+        ..req(vec![line("A", 1)])
+    };
+    for (user, ship_to, want) in [
+        ("carl", Some("BERLIN"), Some(ProblemCode::ShipToNotAssigned)),
+        ("carl", Some("MUNICH"), None),
+        ("carl", None, None),
+        ("bob", Some("BERLIN"), None),
+        ("bob", None, Some(ProblemCode::UnknownShipTo)),
+        ("nobody", Some("MUNICH"), None),
+    ] {
+        f.user = UserId::parse(user).unwrap();
+        let c = check_order(&ctx(&f), &to(ship_to));
+        let got = c.problems.first().map(|p| p.code);
+        assert_eq!(got, want, "{user} to {ship_to:?}: {:?}", c.problems);
+        if let Some(p) = c.problems.first() {
+            assert_eq!(p.field.as_deref(), Some("ship_to"));
+        }
+        if want.is_none() {
+            assert!(c.ship_to.is_some());
+        }
+    }
+}
+
+// An account admin's user record: only account roles, the account's currency and ship-tos, a
+// name of bounded length; every bad field is named.
+#[test]
+fn user_records_are_checked_field_by_field() {
+    let f = fixture();
+    let good = User {
+        id: UserId::parse("dora").unwrap(),
+        name: "Dora".into(),
+        roles: BTreeSet::from([Role::Buyer, Role::AccountAdmin]),
+        spending_limit: Some(eur("10")),
+        ship_tos: BTreeSet::from([ShipToId::parse("BERLIN").unwrap()]),
+    };
+    assert!(f.account.check_user(&good).is_empty());
+    let usd = Money::parse("1", Currency::parse("USD").unwrap(), 2).unwrap();
+    for (bad, field) in [
+        (
+            User {
+                roles: BTreeSet::from([Role::Operator]),
+                ..good.clone()
+            },
+            "roles",
+        ),
+        (
+            User {
+                roles: BTreeSet::from([Role::Buyer, Role::Warehouse]),
+                ..good.clone()
+            },
+            "roles",
+        ),
+        (
+            User {
+                roles: BTreeSet::new(),
+                ..good.clone()
+            },
+            "roles",
+        ),
+        (
+            User {
+                name: " ".into(),
+                ..good.clone()
+            },
+            "name",
+        ),
+        (
+            User {
+                name: "x".repeat(USER_NAME_LEN_MAX + 1),
+                ..good.clone()
+            },
+            "name",
+        ),
+        (
+            User {
+                spending_limit: Some(usd),
+                ..good.clone()
+            },
+            "spending_limit",
+        ),
+        (
+            User {
+                ship_tos: BTreeSet::from([ShipToId::parse("PARIS").unwrap()]),
+                ..good.clone()
+            },
+            "ship_tos",
+        ),
+    ] {
+        let errs = f.account.check_user(&bad);
+        assert_eq!(errs.len(), 1, "{bad:?}: {errs:?}");
+        assert_eq!(errs[0].field, field, "{bad:?}");
+    }
 }
 
 fn avail(rows: &[(&str, &str, u64)]) -> Availability {

@@ -4,7 +4,7 @@
 use crate::account::{Account, ShipTo};
 use crate::catalog::{Catalog, ItemStatus};
 use crate::date::Date;
-use crate::ids::{ShipToId, Sku, WarehouseId};
+use crate::ids::{ShipToId, Sku, UserId, WarehouseId};
 use crate::money::Money;
 use crate::pricing::{PriceBook, PriceSource};
 use crate::warehouse::Warehouse;
@@ -38,6 +38,8 @@ pub enum ProblemCode {
     CreditLimitExceeded,
     UnknownShipTo,
     UnknownWarehouse,
+    /// The ship-to is the account's, but not one the ordering user is assigned to.
+    ShipToNotAssigned,
     InvalidField,
 }
 
@@ -59,6 +61,7 @@ impl ProblemCode {
             ProblemCode::CreditLimitExceeded => "credit_limit_exceeded",
             ProblemCode::UnknownShipTo => "unknown_ship_to",
             ProblemCode::UnknownWarehouse => "unknown_warehouse",
+            ProblemCode::ShipToNotAssigned => "ship_to_not_assigned",
             ProblemCode::InvalidField => "invalid_field",
         }
     }
@@ -171,6 +174,8 @@ pub struct PricedLine {
 /// Everything the catalog/price stage needs. `today` comes from the caller's clock.
 pub struct PricingContext<'a> {
     pub account: &'a Account,
+    /// Who orders: their assigned ship-tos limit where the order may go.
+    pub user: &'a UserId,
     pub catalog: &'a Catalog,
     pub prices: &'a PriceBook,
     pub warehouses: &'a [Warehouse],
@@ -227,15 +232,31 @@ fn check_header(ctx: &PricingContext<'_>, req: &OrderRequest, out: &mut Checked)
             "the order has no lines",
         ));
     }
+    let allowed = |s: &&ShipTo| ctx.account.may_ship_to(ctx.user, &s.id);
     let ship_to = match &req.ship_to {
         Some(s) => ShipToId::parse(s)
             .ok()
             .and_then(|id| ctx.account.ship_to(&id)),
-        // One ship-to only: it is the obvious default.
-        None if ctx.account.ship_tos.len() == 1 => ctx.account.ship_tos.first(),
-        None => None,
+        // One ship-to only (of those the user may use): it is the obvious default.
+        None => {
+            let mut usable = ctx.account.ship_tos.iter().filter(allowed);
+            match (usable.next(), usable.next()) {
+                (Some(only), None) => Some(only),
+                _ => None,
+            }
+        }
     };
     match ship_to {
+        Some(st) if !allowed(&st) => out.problems.push(
+            Problem::new(
+                ProblemCode::ShipToNotAssigned,
+                format!(
+                    "{} may order only to their assigned ship-tos, not {}",
+                    ctx.user, st.id
+                ),
+            )
+            .field("ship_to"),
+        ),
         Some(st) => out.ship_to = Some(st.clone()),
         None => out.problems.push(
             Problem::new(

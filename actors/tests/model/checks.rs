@@ -357,6 +357,7 @@ impl Harness {
         }
         let account = ask(engine, acct, |reply| AccountMsg::GetAccount { reply }).await?;
         let orders = ask(engine, acct, |reply| AccountMsg::ListOrders {
+            placed_by: None,
             state: None,
             before: None,
             limit: 100_000,
@@ -390,6 +391,7 @@ impl Harness {
             let id = m.id.clone();
             let got = ask(engine, acct, |reply| AccountMsg::GetOrder {
                 order: id,
+                placed_by: None,
                 reply,
             })
             .await?

@@ -306,6 +306,7 @@ fn account(a: &Acct) -> Account {
         name: id.to_uppercase(),
         roles: BTreeSet::from([role]),
         spending_limit: limit.map(eur),
+        ship_tos: Default::default(),
     };
     let mut role_limits = BTreeMap::new();
     if let Some(c) = a.buyer_role_limit {

@@ -10,6 +10,7 @@ pub mod health;
 pub mod ops;
 pub mod orders;
 pub mod portal;
+pub mod users;
 pub mod webhooks;
 
 use orderd_domain::account::Role;

@@ -303,14 +303,15 @@ pub struct OrderPage {
     pub next_cursor: Option<String>,
 }
 
-/// The account's orders, newest first (buyer, approver, account_admin).
+/// The account's orders, newest first; a caller who is only a buyer sees the orders they placed
+/// (buyer, approver, account_admin).
 #[utoipa::path(get, path = "/v1/orders", tag = "orders", params(ListQuery), responses((status = 200, body = OrderPage)), security(("bearer" = [])))]
 async fn list(
     State(s): State<ApiState>,
     auth: Auth,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<axum::Json<OrderPage>> {
-    auth.require(ACCOUNT_ROLES)?;
+    let placed_by = auth.require(ACCOUNT_ROLES)?.placed_by_filter().cloned();
     let state = match q.state.as_deref() {
         None => None,
         Some(name) => Some(
@@ -332,6 +333,7 @@ async fn list(
     let orders: Vec<Order> = s
         .engine
         .account(auth.account()?, |reply| AccountMsg::ListOrders {
+            placed_by,
             state,
             before,
             limit,
@@ -365,10 +367,21 @@ async fn change(
     Ok(axum::Json(OrderBody(changed)))
 }
 
-async fn fetch(s: &ApiState, account: &AccountId, id: &OrderId) -> ApiResult<Order> {
+/// The order as `caller` may see it (a buyer-only caller: only their own).
+async fn fetch(
+    s: &ApiState,
+    caller: &Caller,
+    account: &AccountId,
+    id: &OrderId,
+) -> ApiResult<Order> {
     let id2 = id.clone();
+    let placed_by = caller.placed_by_filter().cloned();
     s.engine
-        .account(account, |reply| AccountMsg::GetOrder { order: id2, reply })
+        .account(account, |reply| AccountMsg::GetOrder {
+            order: id2,
+            placed_by,
+            reply,
+        })
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("order {id} not found")))
 }
@@ -380,9 +393,9 @@ async fn get_order(
     auth: Auth,
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<OrderBody>> {
-    auth.require(ACCOUNT_ROLES)?;
+    let caller = auth.require(ACCOUNT_ROLES)?;
     Ok(axum::Json(OrderBody(
-        fetch(&s, auth.account()?, &order_id(&id)?).await?,
+        fetch(&s, caller, auth.account()?, &order_id(&id)?).await?,
     )))
 }
 
@@ -400,9 +413,10 @@ async fn history(
     auth: Auth,
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<Vec<HistoryEntry>>> {
-    auth.require(ACCOUNT_ROLES)?;
+    let caller = auth.require(ACCOUNT_ROLES)?;
     let id = order_id(&id)?;
-    fetch(&s, auth.account()?, &id).await?; // tenancy: the order must be this account's
+    // Tenancy: the order must be this account's (and, for a buyer, their own).
+    fetch(&s, caller, auth.account()?, &id).await?;
     let engine = s.engine.clone();
     let limit = s.limits.page_max * 10;
     let entries = tokio::task::spawn_blocking(move || engine.history(&id, limit))

@@ -4,9 +4,10 @@
 use crate::auth::Auth;
 use crate::client_ip::client_ip;
 use crate::error::{ApiError, ApiResult};
+use crate::oauth;
 use crate::session::{
-    clear_cookie, cookie, origin, pkce_challenge, random_token, same_origin, set_cookie,
-    LOGIN_COOKIE, SESSION_COOKIE,
+    clear_cookie, cookie, origin, random_token, same_origin, set_cookie, LOGIN_COOKIE,
+    SESSION_COOKIE,
 };
 use crate::ApiState;
 use axum::extract::{Query, State};
@@ -112,34 +113,20 @@ async fn login(
         .discovery(issuer)
         .await
         .map_err(|e| ApiError::Unavailable(format!("the identity provider is unreachable: {e}")))?;
-    let endpoint = d.authorization_endpoint.ok_or_else(|| {
-        ApiError::Unavailable("the identity provider has no authorization endpoint".into())
-    })?;
     let base = origin(&s, &headers)
         .ok_or_else(|| ApiError::bad_request("no_host", "the request has no Host"))?;
     let redirect_uri = format!("{base}/auth/callback");
-    let (state, nonce, verifier) = (random_token()?, random_token()?, random_token()?);
-    let mut url = reqwest::Url::parse(&endpoint)
-        .map_err(|e| ApiError::Unavailable(format!("bad authorization endpoint: {e}")))?;
-    url.query_pairs_mut()
-        .append_pair("client_id", &issuer.settings.client_id)
-        .append_pair("response_type", "code")
-        .append_pair("scope", &issuer.settings.scopes.join(" "))
-        .append_pair("redirect_uri", &redirect_uri)
-        .append_pair("state", &state)
-        .append_pair("nonce", &nonce)
-        .append_pair("code_challenge", &pkce_challenge(&verifier))
-        .append_pair("code_challenge_method", "S256")
-        .append_pair("resource", &issuer.settings.audience);
+    let (state, nonce) = (random_token()?, random_token()?);
+    let auth = oauth::authorize(issuer, &d, &redirect_uri, &state, &nonce)?;
     let ttl = Duration::from_millis(s.sessions.settings().login_pending_timeout_ms);
     s.sessions.begin_login(
         state.clone(),
         issuer.settings.issuer.clone(),
-        verifier,
+        auth.verifier,
         nonce,
         redirect_uri,
     )?;
-    let mut resp = redirect(url.as_str());
+    let mut resp = redirect(&auth.url);
     resp.headers_mut().append(
         header::SET_COOKIE,
         set_cookie(LOGIN_COOKIE, &state, Some(ttl)),
@@ -152,12 +139,6 @@ pub struct CallbackQuery {
     pub code: Option<String>,
     pub state: Option<String>,
     pub error: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct TokenAnswer {
-    access_token: String,
-    id_token: String,
 }
 
 /// The identity provider's answer: redeems the code, starts a session, back to `/` (public).
@@ -203,31 +184,15 @@ async fn callback(
         .discovery(issuer)
         .await
         .map_err(|e| ApiError::Unavailable(format!("the identity provider is unreachable: {e}")))?;
-    let token_endpoint = d.token_endpoint.ok_or_else(|| {
-        ApiError::Unavailable("the identity provider has no token endpoint".into())
-    })?;
-    let resp = oidc
-        .http()
-        .post(&token_endpoint)
-        .basic_auth(
-            &issuer.settings.client_id,
-            Some(&issuer.settings.client_secret.0),
-        )
-        .form(&[
-            ("grant_type", "authorization_code"),
-            ("code", code.as_str()),
-            ("redirect_uri", pending.redirect_uri.as_str()),
-            ("code_verifier", pending.verifier.as_str()),
-            ("resource", issuer.settings.audience.as_str()),
-        ])
-        .send()
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("token endpoint: {e}")))?;
-    let body = crate::oidc::read_limited(resp, oidc.document_bytes_max())
-        .await
-        .map_err(|e| ApiError::Unauthorized(format!("the code was not redeemed: {e}")))?;
-    let tokens: TokenAnswer = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::Unauthorized(format!("unexpected token answer: {e}")))?;
+    let tokens = oauth::redeem(
+        oidc,
+        issuer,
+        &d,
+        &pending.redirect_uri,
+        code,
+        pending.verifier.clone(),
+    )
+    .await?;
     oidc.verify_id_token(issuer, &tokens.id_token, &pending.nonce)
         .await?;
     let ip = client_ip(&parts, &s.trusted_proxies);

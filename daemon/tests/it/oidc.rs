@@ -391,8 +391,17 @@ async fn each_issuer_speaks_only_for_its_accounts() {
 
 const ORDER_ID_PARAM: &str = "{id}";
 
+/// A user id nobody has.
+const NO_USER: &str = "nobody";
+
 fn concrete(path: &str, id: &str) -> String {
+    concrete_for(path, id, NO_USER)
+}
+
+/// `path` with the order `id` and the user `user`.
+fn concrete_for(path: &str, id: &str, user: &str) -> String {
     path.replace(ORDER_ID_PARAM, id)
+        .replace("{user}", user)
         .replace("{line}", "1")
         .replace("{sku}", "BOLT-0010")
         .replace("{kind}", "catalog")
@@ -402,8 +411,8 @@ fn concrete(path: &str, id: &str) -> String {
 // With real tokens for every role, every route of orderd's own /openapi.json answers 403 to a
 // role its rule does not name and 401 without a token, and lets a named role through. Then
 // the cross-account matrix: BAUHAUS callers with every role get the same 404 for ACME's order
-// on every order route as for an id that does not exist, also for a cart line and a ship-to
-// of ACME's; a warehouse holding nothing of the order and an operator naming the wrong
+// on every order route as for an id that does not exist, also for a cart line, a user and a
+// ship-to of ACME's; a warehouse holding nothing of the order and an operator naming the wrong
 // account get 404 too. ACME's order and cart are unchanged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn role_route_and_cross_account_matrices_with_real_tokens() {
@@ -497,6 +506,17 @@ async fn role_route_and_cross_account_matrices_with_real_tokens() {
         .await;
     assert_eq!(r.status, 200, "{r}");
     let cart = env.get(&acme, "/v1/cart").await.body;
+    // A user only ACME has.
+    let admin = p.access_token("ACME-account_admin").await;
+    let r = env
+        .post(
+            &admin,
+            "/v1/account/users",
+            json!({"id": "acme-only", "name": "Only at ACME", "roles": ["buyer"]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r}");
+    let acme_users = env.get(&admin, "/v1/account/users").await.body;
     for login in [
         "BAUHAUS-buyer",
         "BAUHAUS-approver",
@@ -505,18 +525,30 @@ async fn role_route_and_cross_account_matrices_with_real_tokens() {
     ] {
         let t = p.access_token(login).await;
         for (path, item) in paths {
-            if !path.contains(ORDER_ID_PARAM) && !path.contains("{line}") {
+            if ![ORDER_ID_PARAM, "{line}", "{user}"]
+                .iter()
+                .any(|p| path.contains(p))
+            {
                 continue;
             }
             for method in item.as_object().expect("operations").keys() {
                 let m = Method::from_bytes(method.to_ascii_uppercase().as_bytes()).expect("method");
                 let sent = if path.contains("{line}") {
                     json!({"qty": 1})
+                } else if path.contains("{user}") {
+                    json!({"name": "Taken over", "roles": ["buyer"]})
                 } else {
                     json!({})
                 };
                 let body = (m != Method::GET && m != Method::DELETE).then(|| sent.clone());
-                let theirs = call(&env, m.clone(), &concrete(path, &id), &t, body.clone()).await;
+                let theirs = call(
+                    &env,
+                    m.clone(),
+                    &concrete_for(path, &id, "acme-only"),
+                    &t,
+                    body.clone(),
+                )
+                .await;
                 if theirs.status == 403 {
                     continue; // the role may not use the route at all
                 }
@@ -592,6 +624,11 @@ async fn role_route_and_cross_account_matrices_with_real_tokens() {
         env.get(&acme, "/v1/cart").await.body,
         cart,
         "ACME's cart changed"
+    );
+    assert_eq!(
+        env.get(&admin, "/v1/account/users").await.body,
+        acme_users,
+        "ACME's users changed"
     );
 }
 
@@ -678,6 +715,10 @@ async fn mutations_are_rate_limited_per_account_and_token() {
 
 /// Idle timeout of browser sessions in the sign-in test.
 const SESSION_IDLE_MS: u64 = 4_000;
+/// Absolute timeout of browser sessions in the sign-in test (above the idle one).
+const SESSION_ABSOLUTE_MS: u64 = 9_000;
+/// How often the test uses a session to keep it from idling out (well below the idle timeout).
+const SESSION_KEEPALIVE: Duration = Duration::from_millis(1_000);
 
 /// A `Set-Cookie` header of `name` in an answer, if any.
 fn set_cookie(r: &reqwest::Response, name: &str) -> Option<String> {
@@ -753,7 +794,8 @@ async fn browser_sign_in(env: &TestEnv, login: &str, session: Option<&str>) -> S
 // callback starts a session in a __Host- cookie (Secure, HttpOnly, SameSite=Lax). The page at
 // / shows who is signed in; a state-changing request with the cookie needs orderd's Origin; a
 // new sign-in issues a new session id and ends the old one; logout ends the session
-// server-side; an idle session ends by itself.
+// server-side; an idle session ends by itself, and one in constant use ends at the absolute
+// timeout after its sign-in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_sign_in_with_sessions() {
     let p = Provider::start(
@@ -762,12 +804,14 @@ async fn browser_sign_in_with_sessions() {
     );
     let secret = "portal-secret-portal-secret-portal-secret";
     let idle = SESSION_IDLE_MS.to_string();
+    let absolute = SESSION_ABSOLUTE_MS.to_string();
     let env = TestEnv::start_with_args(
         &[
             ("ORDERD_OIDC__CLIENT_ID", "portal"),
             ("ORDERD_OIDC__CLIENT_SECRET", secret),
             ("ORDERD_OIDC__SCOPES", "[\"openid\", \"orders\"]"),
             ("ORDERD_SESSION__IDLE_TIMEOUT_MS", &idle),
+            ("ORDERD_SESSION__ABSOLUTE_TIMEOUT_MS", &absolute),
         ],
         &["--oidc-issuer", &p.issuer, "--oidc-audience", AUDIENCE],
     )
@@ -868,4 +912,31 @@ async fn browser_sign_in_with_sessions() {
     assert_eq!(status(third.clone()).await, 200);
     tokio::time::sleep(Duration::from_millis(SESSION_IDLE_MS + 500)).await;
     assert_eq!(status(third).await, 401, "idle session");
+
+    // A session in constant use still ends the absolute timeout after its sign-in.
+    let before = Instant::now();
+    let fourth = browser_sign_in(&env, "acme-carol", None).await;
+    let after = Instant::now();
+    let absolute = Duration::from_millis(SESSION_ABSOLUTE_MS);
+    // The session started between `before` and `after`: alive until before + absolute at
+    // least, over by after + absolute at the latest (plus a margin for this loop).
+    let margin = Duration::from_millis(500);
+    let mut ended = None;
+    while after.elapsed() < absolute + margin + SESSION_KEEPALIVE {
+        let asked = Instant::now();
+        let s = status(fourth.clone()).await;
+        if s == 401 {
+            ended = Some(asked);
+            break;
+        }
+        assert_eq!(s, 200);
+        tokio::time::sleep(SESSION_KEEPALIVE).await;
+    }
+    let ended = ended.expect("the session outlived the absolute timeout");
+    assert!(
+        ended + margin >= before + absolute,
+        "the session ended {:?} after sign-in, before the absolute timeout {absolute:?}",
+        ended - before
+    );
+    assert!(ended <= after + absolute + margin + SESSION_KEEPALIVE);
 }
