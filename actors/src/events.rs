@@ -125,6 +125,16 @@ pub fn from_audit(payload: &[u8]) -> Result<Option<OrderChanged>, serde_json::Er
     serde_json::from_slice::<crate::audit::AuditEntry>(payload).map(|e| e.event)
 }
 
+/// The event a record carries, for readers that hand events on and must not stop at a record
+/// they cannot read (only a damaged store has one; `orderd audit verify` names it): such a
+/// record is logged and passed over.
+pub fn event_or_skip(record: &orderd_storage::AuditRecord) -> Option<OrderChanged> {
+    from_audit(&record.payload).unwrap_or_else(|error| {
+        tracing::error!(seq = record.seq, %error, "audit record unreadable; its event is skipped");
+        None
+    })
+}
+
 /// Durable events read from the audit log: `(log seq, event)` oldest first, and the seq to
 /// continue after (the last record read, whether it had an event for the caller or not).
 #[derive(Debug, Default)]
@@ -143,16 +153,11 @@ pub fn read_after(
     limit: usize,
     scan_max: usize,
 ) -> Result<EventsRead, orderd_storage::StorageError> {
-    let durable = journal.audit_head().seq;
     let mut out = EventsRead {
         events: vec![],
         next: after,
     };
-    for r in journal
-        .audit_after(after, scan_max)?
-        .into_iter()
-        .take_while(|r| r.seq <= durable)
-    {
+    for r in journal.durable_audit_after(after, scan_max)? {
         let event = from_audit(&r.payload).map_err(|e| orderd_storage::StorageError::Corrupt {
             key: format!("audit record {}", r.seq),
             reason: e.to_string(),

@@ -24,27 +24,20 @@ pub fn relay_round(
     bus: &EventBus,
     after: u64,
 ) -> Result<u64, orderd_storage::StorageError> {
-    let durable = journal.audit_head().seq;
     if !bus.has_subscribers() {
-        return Ok(durable.max(after));
+        return Ok(journal.audit_head().seq.max(after));
     }
-    let mut records = journal.audit_after(after, RELAY_BATCH_MAX)?;
-    records.retain(|r| r.seq <= durable);
+    let records = journal.durable_audit_after(after, RELAY_BATCH_MAX)?;
     let Some(last) = records.last().map(|r| r.seq) else {
         return Ok(after);
     };
     for r in records {
-        match events::from_audit(&r.payload) {
-            Ok(Some(ev)) => bus.send(Published {
+        if let Some(ev) = events::event_or_skip(&r) {
+            bus.send(Published {
                 seq: r.seq,
                 json: events::render(&ev),
                 account: ev.account,
-            }),
-            Ok(None) => {}
-            // Only a damaged store gets here; `orderd audit verify` names the record.
-            Err(err) => {
-                tracing::error!(seq = r.seq, error = %err, "audit record unreadable; its event is skipped")
-            }
+            });
         }
     }
     Ok(last)

@@ -202,21 +202,13 @@ pub fn next_round(
     after: u64,
     max: usize,
 ) -> Result<(Vec<Outgoing>, u64), StorageError> {
-    let durable = journal.audit_head().seq;
-    let mut records = journal.audit_after(after, max)?;
-    records.retain(|r| r.seq <= durable);
+    let records = journal.durable_audit_after(after, max)?;
     let last = records.last().map_or(after, |r| r.seq);
-    let mut out = Vec::new();
-    for r in records {
-        match events::from_audit(&r.payload) {
-            Ok(Some(ev)) => out.extend(messages(&ev)),
-            Ok(None) => {}
-            // Only a damaged store gets here; `orderd audit verify` names the record.
-            Err(error) => {
-                tracing::error!(seq = r.seq, %error, "audit record unreadable; its event is skipped")
-            }
-        }
-    }
+    let out = records
+        .iter()
+        .filter_map(events::event_or_skip)
+        .flat_map(|ev| messages(&ev))
+        .collect();
     Ok((out, last))
 }
 

@@ -456,6 +456,20 @@ impl Journal {
             .collect()
     }
 
+    /// Like [`Journal::audit_after`], but only records the last successful flush covers. Readers
+    /// that hand records on (outbox publishers, event replay) use this: a record sled has
+    /// applied but not yet flushed could still vanish in a crash.
+    pub fn durable_audit_after(
+        &self,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, StorageError> {
+        let durable = self.audit_head().seq;
+        let mut records = self.audit_after(after_seq, limit)?;
+        records.retain(|r| r.seq <= durable);
+        Ok(records)
+    }
+
     /// The head of the audit chain as of the last successful flush: seq 0 and a zero hash when
     /// the log is empty. Publishing it elsewhere anchors the chain against a full rewrite.
     pub fn audit_head(&self) -> AuditHead {
