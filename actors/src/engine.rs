@@ -28,6 +28,8 @@ pub struct Engine {
     pub catalog: CatalogStore,
     pub accounts: Directory,
     pub limits: Limits,
+    /// Where the outbox readers (NATS publisher, bus relay, webhooks) are in the audit log.
+    pub outbox: crate::events::OutboxReaders,
     import_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -101,6 +103,7 @@ impl Engine {
             catalog: store,
             accounts,
             limits,
+            outbox: Default::default(),
             import_lock: Default::default(),
         })
     }

@@ -12,6 +12,10 @@ use orderd_domain::ids::{AccountId, OrderId, Sku};
 use orderd_domain::money::Money;
 use orderd_domain::order::{Allocation, LineStatus, Order, OrderState};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
 
 /// The stored form of an order event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,13 +74,114 @@ pub fn order_event(order: &Order, transitions: &[&'static str]) -> OrderChanged 
 /// lagged and catches up from the audit log.
 pub const BUS_CAPACITY: usize = 16_384;
 
-/// A durable event as handed on in-process: its log position, its account (for filtering) and
-/// its CloudEvents JSON.
+/// A durable event as handed on in-process: its log position, its account (for filtering),
+/// its CloudEvents JSON and when the change was made (for the lag metric).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
     pub seq: u64,
     pub account: AccountId,
     pub json: Vec<u8>,
+    pub changed_at: Option<SystemTime>,
+}
+
+/// Where an event has got to, for [`record_lag`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LagStage {
+    /// Acknowledged by NATS JetStream.
+    Nats,
+    /// Sent on a live server-sent-event stream.
+    Sse,
+    /// Accepted (2xx) by a webhook receiver.
+    Webhook,
+}
+
+impl LagStage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LagStage::Nats => "nats",
+            LagStage::Sse => "sse",
+            LagStage::Webhook => "webhook",
+        }
+    }
+}
+
+/// When the change of `event` was made: its `time`, taken just before the change was submitted
+/// for its durable commit (`None` for a time that does not parse).
+pub fn changed_at(event: &OrderChanged) -> Option<SystemTime> {
+    time::OffsetDateTime::parse(&event.time, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(SystemTime::from)
+}
+
+/// Records the event lag of one event at `stage`: now minus the change's time. It includes
+/// the durable commit itself (a group flush, a few milliseconds), so it is the lag a consumer
+/// sees from the moment the change was made. Replays of old events are not recorded.
+pub fn record_lag(stage: LagStage, changed_at: Option<SystemTime>) {
+    let Some(lag) = changed_at.and_then(|t| SystemTime::now().duration_since(t).ok()) else {
+        return;
+    };
+    metrics::histogram!(crate::metric_names::EVENT_LAG_SECONDS, "stage" => stage.as_str())
+        .record(lag.as_secs_f64());
+}
+
+/// The kinds of outbox reader, as the `reader` label of the outbox depth gauge.
+pub const OUTBOX_READERS: [&str; 3] = ["nats", "bus", "webhooks"];
+
+/// Where every outbox reader is in the audit log (the last seq it has handed on), so the
+/// outbox depth of each kind can be read when metrics are scraped. Webhooks have one reader
+/// per endpoint; the kind's depth is the one furthest behind.
+#[derive(Debug, Clone, Default)]
+pub struct OutboxReaders(Arc<Mutex<BTreeMap<(&'static str, String), u64>>>);
+
+impl OutboxReaders {
+    /// `reader` (one of [`OUTBOX_READERS`]), instance `instance`, has read up to `seq`.
+    pub fn set(&self, reader: &'static str, instance: &str, seq: u64) {
+        debug_assert!(OUTBOX_READERS.contains(&reader), "unknown reader {reader}");
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry((reader, instance.to_owned()))
+            .or_default() = seq;
+    }
+
+    /// The instance stopped reading (a deleted or disabled webhook endpoint).
+    pub fn remove(&self, reader: &'static str, instance: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&(reader, instance.to_owned()));
+    }
+
+    /// Per kind of reader, the most records one of its instances has yet to read up to `head`
+    /// (0 for a kind with no instance running).
+    pub fn depths(&self, head: u64) -> [(&'static str, u64); 3] {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        OUTBOX_READERS.map(|kind| {
+            let depth = map
+                .iter()
+                .filter(|((k, _), _)| *k == kind)
+                .map(|(_, at)| head.saturating_sub(*at))
+                .max()
+                .unwrap_or(0);
+            (kind, depth)
+        })
+    }
+}
+
+/// Waits until new audit records are durable, `max` has passed, or `stop` is set (then
+/// `false`). Outbox readers call it when a round found nothing, instead of polling.
+pub async fn wait_for_durable(
+    changes: &mut watch::Receiver<u64>,
+    max: Duration,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    tokio::select! {
+        // A closed journal (the sender gone) only ends the wait by time.
+        Ok(()) = changes.changed() => true,
+        _ = tokio::time::sleep(max) => true,
+        _ = stop.changed() => false,
+    }
 }
 
 /// The in-process event bus: the outbox relay publishes every durable event on it in log order;
@@ -191,6 +296,46 @@ pub fn render(event: &OrderChanged) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Each kind of reader reports its furthest-behind instance; a kind with none reports 0, and
+    // a removed instance no longer counts.
+    #[test]
+    fn outbox_depth_per_reader_kind() {
+        let readers = OutboxReaders::default();
+        readers.set("nats", "", 90);
+        readers.set("webhooks", "ep_a", 95);
+        readers.set("webhooks", "ep_b", 40);
+        assert_eq!(
+            readers.depths(100),
+            [("nats", 10), ("bus", 0), ("webhooks", 60)]
+        );
+        readers.remove("webhooks", "ep_b");
+        readers.set("nats", "", 100);
+        assert_eq!(
+            readers.depths(100),
+            [("nats", 0), ("bus", 0), ("webhooks", 5)]
+        );
+    }
+
+    // The lag is measured from the change's RFC 3339 time; a time that does not parse has none.
+    #[test]
+    fn change_time_of_an_event() {
+        let mut ev = OrderChanged {
+            account: AccountId::parse("ACME").unwrap(),
+            order: OrderId::parse("o-1").unwrap(),
+            state: OrderState::Confirmed,
+            sequence: 1,
+            transitions: vec![],
+            time: "2026-11-22T10:00:00.250Z".into(),
+            total: Money::zero(orderd_domain::money::Currency::parse("EUR").unwrap()),
+            lines: vec![],
+        };
+        let t = changed_at(&ev).expect("parses");
+        let unix = t.duration_since(SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(unix.as_millis(), 1_795_341_600_250);
+        ev.time = "yesterday".into();
+        assert_eq!(changed_at(&ev), None);
+    }
 
     // The event travels inside the audit entry and renders with every field of the change; the
     // id is stable for the same change; an entry without an event has none.

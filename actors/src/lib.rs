@@ -33,6 +33,19 @@ pub mod metric_names {
     pub const VALIDATION_SECONDS: &str = "orderd_validation_seconds";
     /// Counter: orders that durably entered a state, label `to` (the state).
     pub const ORDER_TRANSITIONS: &str = "orderd_order_transitions_total";
+    /// Histogram: seconds from an order change to its event reaching a stage, label `stage`
+    /// (`nats`: acknowledged by JetStream; `sse`: sent on a live event stream; `webhook`:
+    /// accepted by the receiver). See [`crate::events::record_lag`].
+    pub const EVENT_LAG_SECONDS: &str = "orderd_event_lag_seconds";
+    /// Gauge: audit records an outbox reader has yet to read, label `reader` (`nats`, `bus`,
+    /// `webhooks`: the endpoint furthest behind).
+    pub const OUTBOX_DEPTH: &str = "orderd_outbox_depth";
+    /// Counter: webhook delivery attempts, label `outcome` (`delivered`, `failed`, `gone`).
+    pub const WEBHOOK_ATTEMPTS: &str = "orderd_webhook_attempts_total";
+    /// Counter: webhook events that became dead letters.
+    pub const WEBHOOK_DEAD_LETTERED: &str = "orderd_webhook_dead_lettered_total";
+    /// Gauge: webhook dead letters stored now (waiting for a replay or a look).
+    pub const WEBHOOK_DEAD_LETTERS: &str = "orderd_webhook_dead_letters";
 }
 
 use orderd_storage::StorageError;

@@ -270,6 +270,56 @@ pub struct DeadLetter {
     pub body: String,
 }
 
+/// The dead letters piling up at one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeadLetterGroup {
+    pub account: AccountId,
+    pub endpoint: String,
+    pub count: usize,
+    /// When the oldest of them failed (RFC 3339).
+    pub oldest_failed_at: String,
+    /// The error of the most recent one.
+    pub last_error: String,
+}
+
+/// Dead letters grouped by endpoint and ranked by impact: most dead letters (events a customer
+/// system has not received) first, then the oldest; at most `max` groups.
+pub fn rank_dead_letters<'a>(
+    all: impl IntoIterator<Item = &'a DeadLetter>,
+    max: usize,
+) -> Vec<DeadLetterGroup> {
+    // Per endpoint: the group and when its latest dead letter failed.
+    let mut groups: BTreeMap<&str, (DeadLetterGroup, &str)> = BTreeMap::new();
+    for d in all {
+        let (g, latest) = groups.entry(d.endpoint.as_str()).or_insert_with(|| {
+            let g = DeadLetterGroup {
+                account: d.account.clone(),
+                endpoint: d.endpoint.clone(),
+                count: 0,
+                oldest_failed_at: d.failed_at.clone(),
+                last_error: d.last_error.clone(),
+            };
+            (g, d.failed_at.as_str())
+        });
+        g.count += 1;
+        if d.failed_at < g.oldest_failed_at {
+            g.oldest_failed_at.clone_from(&d.failed_at);
+        }
+        if d.failed_at.as_str() > *latest {
+            *latest = d.failed_at.as_str();
+            g.last_error.clone_from(&d.last_error);
+        }
+    }
+    let mut ranked: Vec<DeadLetterGroup> = groups.into_values().map(|(g, _)| g).collect();
+    ranked.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then_with(|| a.oldest_failed_at.cmp(&b.oldest_failed_at))
+    });
+    ranked.truncate(max);
+    ranked
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
     #[error("not found")]
@@ -364,7 +414,11 @@ impl Webhooks {
             *guard = Some(st);
         }
         let st = guard.as_mut().expect("loaded above");
-        f(&self.0, st).await
+        let out = f(&self.0, st).await;
+        // Counts far below 2^52 are exact as f64.
+        #[allow(clippy::cast_precision_loss)]
+        metrics::gauge!(crate::metric_names::WEBHOOK_DEAD_LETTERS).set(st.dead.len() as f64);
+        out
     }
 
     /// Registers an endpoint of `account`; returns it with its new secret. The URL and event
@@ -595,6 +649,7 @@ impl Webhooks {
             for d in dropped {
                 st.dead.remove(&d);
             }
+            metrics::counter!(crate::metric_names::WEBHOOK_DEAD_LETTERED).increment(1);
             let id = dl.id.clone();
             st.dead.insert(id.clone(), dl);
             Ok(id)
@@ -616,6 +671,16 @@ impl Webhooks {
                 .collect())
         })
         .await
+    }
+
+    /// Every account's dead letters: how many, and the `max` endpoints with the most
+    /// (see [`rank_dead_letters`]).
+    pub async fn dead_letter_ranking(
+        &self,
+        max: usize,
+    ) -> Result<(usize, Vec<DeadLetterGroup>), WebhookError> {
+        self.with(async |_, st| Ok((st.dead.len(), rank_dead_letters(st.dead.values(), max))))
+            .await
     }
 
     /// Asks for a dead letter of `account` (any account when `None`) to be sent again.
@@ -718,6 +783,43 @@ mod tests {
 
     fn acct(a: &str) -> AccountId {
         AccountId::parse(a).unwrap()
+    }
+
+    // Dead letters group by endpoint, the endpoint with the most first (ties: the oldest),
+    // each group with its oldest time and its latest error; `max` bounds the list.
+    #[test]
+    fn dead_letters_rank_by_endpoint() {
+        let dl = |endpoint: &str, account: &str, at: &str, error: &str| DeadLetter {
+            id: String::new(),
+            endpoint: endpoint.into(),
+            account: acct(account),
+            event_id: "o-1.1".into(),
+            event_type: "orderd.order.confirmed".into(),
+            seq: 1,
+            attempts: 3,
+            last_error: error.into(),
+            failed_at: at.into(),
+            replay: false,
+            body: String::new(),
+        };
+        let all = [
+            dl("ep_a", "A", "2026-11-22T10:00:02Z", "a2"),
+            dl("ep_b", "B", "2026-11-22T10:00:01Z", "b1"),
+            dl("ep_a", "A", "2026-11-22T10:00:03Z", "a3"),
+            dl("ep_c", "C", "2026-11-22T10:00:00Z", "c0"),
+            dl("ep_a", "A", "2026-11-22T10:00:01Z", "a1"),
+        ];
+        let ranked = rank_dead_letters(&all, 10);
+        let order: Vec<(&str, usize)> = ranked
+            .iter()
+            .map(|g| (g.endpoint.as_str(), g.count))
+            .collect();
+        assert_eq!(order, [("ep_a", 3), ("ep_c", 1), ("ep_b", 1)]);
+        assert_eq!(ranked[0].oldest_failed_at, "2026-11-22T10:00:01Z");
+        assert_eq!(ranked[0].last_error, "a3");
+        assert_eq!(ranked[0].account, acct("A"));
+        assert_eq!(rank_dead_letters(&all, 1).len(), 1);
+        assert!(rank_dead_letters(&[], 10).is_empty());
     }
 
     // Register, rotate, limits and tenancy, and all of it back after reopening the journal;

@@ -172,6 +172,11 @@ const LATENCY_BUCKETS_S: &[f64] = &[
     0.000_5, 0.001, 0.002, 0.003, 0.005, 0.007_5, 0.01, 0.015, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0,
     2.5, 5.0, 10.0,
 ];
+/// Event lag: like capture latency, plus minutes for events that waited out an outage.
+const EVENT_LAG_BUCKETS_S: &[f64] = &[
+    0.001, 0.002, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    300.0, 900.0,
+];
 const SHORT_BUCKETS_S: &[f64] = &[
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
     0.05, 0.1, 0.25, 1.0,
@@ -184,6 +189,10 @@ impl Telemetry {
     fn install() -> Telemetry {
         let buckets = [
             (CAPTURE_SECONDS, LATENCY_BUCKETS_S),
+            (
+                orderd_actors::metric_names::EVENT_LAG_SECONDS,
+                EVENT_LAG_BUCKETS_S,
+            ),
             (
                 orderd_actors::metric_names::VALIDATION_SECONDS,
                 SHORT_BUCKETS_S,
@@ -283,6 +292,12 @@ impl Telemetry {
         gauge(INFLIGHT_ACCOUNT_MAX, engine.accounts.inflight_account_max());
         gauge(ACCOUNT_ACTORS, engine.accounts.running());
         gauge(JOURNAL_QUEUE, engine.journal.queued());
+        for (reader, depth) in engine.outbox.depths(engine.journal.audit_head().seq) {
+            // Depths far below 2^52 are exact as f64.
+            #[allow(clippy::cast_precision_loss)]
+            metrics::gauge!(orderd_actors::metric_names::OUTBOX_DEPTH, "reader" => reader)
+                .set(depth as f64);
+        }
         self.upkeep();
         self.prometheus.render()
     }
@@ -334,5 +349,26 @@ fn describe() {
     describe_counter!(
         orderd_actors::metric_names::COMMIT_FAILURES,
         "group commits that failed"
+    );
+    describe_histogram!(
+        orderd_actors::metric_names::EVENT_LAG_SECONDS,
+        Unit::Seconds,
+        "order change to its event acknowledged by NATS, sent on a live SSE stream, or accepted by a webhook receiver (label stage)"
+    );
+    describe_gauge!(
+        orderd_actors::metric_names::OUTBOX_DEPTH,
+        "audit records an outbox reader has yet to read (label reader: nats, bus, webhooks = furthest-behind endpoint)"
+    );
+    describe_counter!(
+        orderd_actors::metric_names::WEBHOOK_ATTEMPTS,
+        "webhook delivery attempts by outcome (delivered, failed, gone)"
+    );
+    describe_counter!(
+        orderd_actors::metric_names::WEBHOOK_DEAD_LETTERED,
+        "webhook events that became dead letters"
+    );
+    describe_gauge!(
+        orderd_actors::metric_names::WEBHOOK_DEAD_LETTERS,
+        "webhook dead letters stored now"
     );
 }

@@ -44,7 +44,7 @@ pub struct Config {
     pub log_format: String,
     /// How long shutdown waits for in-flight requests before closing the journal.
     pub shutdown_grace_ms: u64,
-    /// Interval of the outbox relay when idle.
+    /// Longest wait of the outbox relay when idle (new durable records wake it at once).
     pub outbox_poll_ms: u64,
     pub limits: Limits,
     pub api: ApiLimits,

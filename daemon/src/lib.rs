@@ -103,18 +103,24 @@ pub async fn run(
     let relay = tokio::spawn(outbox::relay(
         journal.clone(),
         state.bus.clone(),
+        engine.outbox.clone(),
         Duration::from_millis(config.outbox_poll_ms),
         stop_rx.clone(),
     ));
     if config.webhooks.allow_private {
         tracing::warn!("webhooks.allow_private is on: webhooks may target loopback, link-local and private addresses");
     }
-    let hooks = tokio::spawn(webhooks::run(state.webhooks.clone(), stop_rx.clone()));
+    let hooks = tokio::spawn(webhooks::run(
+        state.webhooks.clone(),
+        engine.outbox.clone(),
+        stop_rx.clone(),
+    ));
     let publisher = config.nats.enabled().then(|| {
         tracing::info!(url = %config.nats.url, "publishing events to NATS JetStream");
         tokio::spawn(publisher::run(
             journal.clone(),
             config.nats.clone(),
+            engine.outbox.clone(),
             stop_rx,
         ))
     });

@@ -7,7 +7,7 @@
 //! The in-process bus has no subscriber that outlives the process, so the cursor starts at the
 //! head of the log and is not stored. (The NATS JetStream publisher keeps a durable cursor.)
 
-use orderd_actors::events::{self, EventBus, Published};
+use orderd_actors::events::{self, EventBus, OutboxReaders, Published};
 use orderd_storage::Journal;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -36,6 +36,7 @@ pub fn relay_round(
             bus.send(Published {
                 seq: r.seq,
                 json: events::render(&ev),
+                changed_at: events::changed_at(&ev),
                 account: ev.account,
             });
         }
@@ -43,29 +44,40 @@ pub fn relay_round(
     Ok(last)
 }
 
-/// Runs until `stop` changes, starting after the audit head as of now.
+/// Runs until `stop` changes, starting after the audit head as of now. Between rounds it
+/// waits for the next flush that makes audit records durable (at most `poll`), and tells
+/// `readers` where it is (reader `bus`).
 pub async fn relay(
     journal: Journal,
     bus: EventBus,
+    readers: OutboxReaders,
     poll: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut changes = journal.durable_changes();
     let mut after = journal.audit_head().seq;
     loop {
+        readers.set("bus", "", after);
         let (j, b) = (journal.clone(), bus.clone());
         let round = tokio::task::spawn_blocking(move || relay_round(&j, &b, after)).await;
-        match round {
+        let error = match round {
             Ok(Ok(last)) if last > after => {
                 after = last;
                 continue; // more may be waiting
             }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "outbox relay failed; retrying"),
-            Err(e) => tracing::error!(error = %e, "outbox relay task failed; retrying"),
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(error) = error {
+            tracing::error!(%error, "outbox relay failed; retrying");
+            tokio::select! {
+                _ = tokio::time::sleep(poll) => continue,
+                _ = stop.changed() => return,
+            }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(poll) => {}
-            _ = stop.changed() => return,
+        if !events::wait_for_durable(&mut changes, poll, &mut stop).await {
+            return;
         }
     }
 }

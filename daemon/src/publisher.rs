@@ -22,12 +22,12 @@
 //!
 //! Both streams are created at start (when missing) with the age and size limits of the config.
 
-use orderd_actors::events::{self, OrderChanged};
+use orderd_actors::events::{self, LagStage, OrderChanged, OutboxReaders};
 use orderd_domain::order::OrderState;
 use orderd_storage::{Batch, Journal, StorageError};
 use serde::Deserialize;
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 /// Journal key of the publisher's cursor: the last audit seq whose events are acknowledged.
@@ -54,7 +54,8 @@ pub struct NatsSettings {
     pub ack_timeout_ms: u64,
     /// Longest pause between retries while NATS is unreachable.
     pub retry_max_ms: u64,
-    /// Pause when there is nothing to publish.
+    /// Longest wait when there is nothing to publish: new durable records wake the publisher
+    /// at once, this only bounds the wait.
     pub poll_ms: u64,
 }
 
@@ -70,7 +71,7 @@ impl Default for NatsSettings {
             batch_max: 512,
             ack_timeout_ms: 5_000,
             retry_max_ms: 5_000,
-            poll_ms: 20,
+            poll_ms: 500,
         }
     }
 }
@@ -195,21 +196,28 @@ async fn store_cursor(journal: &Journal, seq: u64) -> Result<(), StorageError> {
     journal.submit(batch).await.map(|_| ())
 }
 
-/// The durable records after `after` with their messages, and the seq to continue from.
-/// Blocking (reads sled).
-pub fn next_round(
-    journal: &Journal,
-    after: u64,
-    max: usize,
-) -> Result<(Vec<Outgoing>, u64), StorageError> {
+/// What one round publishes.
+#[derive(Debug, Default)]
+pub struct Round {
+    pub messages: Vec<Outgoing>,
+    /// When each of the round's changes was made (for the event lag metric).
+    pub changed_at: Vec<Option<SystemTime>>,
+    /// The seq to continue from: the last record read.
+    pub last: u64,
+}
+
+/// The durable records after `after` with their messages. Blocking (reads sled).
+pub fn next_round(journal: &Journal, after: u64, max: usize) -> Result<Round, StorageError> {
     let records = journal.durable_audit_after(after, max)?;
-    let last = records.last().map_or(after, |r| r.seq);
-    let out = records
-        .iter()
-        .filter_map(events::event_or_skip)
-        .flat_map(|ev| messages(&ev))
-        .collect();
-    Ok((out, last))
+    let mut round = Round {
+        last: records.last().map_or(after, |r| r.seq),
+        ..Round::default()
+    };
+    for ev in records.iter().filter_map(events::event_or_skip) {
+        round.changed_at.push(events::changed_at(&ev));
+        round.messages.extend(messages(&ev));
+    }
+    Ok(round)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -289,19 +297,37 @@ async fn publish_round(
         .map_err(|_| PublishError::AckTimeout(ms))?
 }
 
-/// Runs until `stop` changes: connects (retrying), then publishes round after round.
-pub async fn run(journal: Journal, s: NatsSettings, mut stop: watch::Receiver<bool>) {
+/// Runs until `stop` changes: connects (retrying), then publishes round after round; when
+/// there is nothing to publish it waits for the next durable audit records (at most
+/// `poll_ms`). Tells `readers` where its cursor is (reader `nats`).
+pub async fn run(
+    journal: Journal,
+    s: NatsSettings,
+    readers: OutboxReaders,
+    mut stop: watch::Receiver<bool>,
+) {
     let retry_first = Duration::from_millis(50).min(Duration::from_millis(s.retry_max_ms));
     let mut backoff = retry_first;
     let mut js = None;
     let mut cursor = None;
+    let mut changes = journal.durable_changes();
     loop {
-        let pause = match round(&journal, &s, &mut js, &mut cursor).await {
+        let result = round(&journal, &s, &mut js, &mut cursor).await;
+        if let Some(c) = cursor {
+            readers.set("nats", "", c);
+        }
+        let pause = match result {
             Ok(true) => {
                 backoff = retry_first;
                 continue;
             }
-            Ok(false) => Duration::from_millis(s.poll_ms),
+            Ok(false) => {
+                let poll = Duration::from_millis(s.poll_ms);
+                if !events::wait_for_durable(&mut changes, poll, &mut stop).await {
+                    return;
+                }
+                continue;
+            }
             Err(error) => {
                 let retry_in_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX);
                 tracing::warn!(%error, retry_in_ms, "event publishing paused; events wait in the audit log");
@@ -339,7 +365,11 @@ async fn round(
         None => js.insert(connect(s).await?),
     };
     let (j, max) = (journal.clone(), s.batch_max);
-    let (messages, last) = tokio::task::spawn_blocking(move || next_round(&j, after, max))
+    let Round {
+        messages,
+        changed_at,
+        last,
+    } = tokio::task::spawn_blocking(move || next_round(&j, after, max))
         .await
         .map_err(|e| StorageError::Invalid {
             reason: e.to_string(),
@@ -348,6 +378,9 @@ async fn round(
         return Ok(false);
     }
     publish_round(ctx, messages, Duration::from_millis(s.ack_timeout_ms)).await?;
+    for t in changed_at {
+        events::record_lag(LagStage::Nats, t);
+    }
     store_cursor(journal, last).await?;
     *cursor = Some(last);
     Ok(true)

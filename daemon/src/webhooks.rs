@@ -19,7 +19,8 @@
 //! dead letter and the cursor moves past it. A replay asked for over the API is tried once,
 //! before the endpoint's next event.
 
-use orderd_actors::events;
+use orderd_actors::events::{self, LagStage, OutboxReaders};
+use orderd_actors::metric_names::WEBHOOK_ATTEMPTS;
 use orderd_actors::webhooks::{self, DeadLetter, Endpoint, WebhookSettings, Webhooks};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -219,9 +220,18 @@ async fn deliver(
             _ = stop.changed() => return Outcome::Stopped,
         };
         let (error, after) = match result {
-            Attempt::Delivered => return Outcome::Delivered,
-            Attempt::Gone => return Outcome::Gone { attempts: n },
-            Attempt::Retry { error, after } => (error, after),
+            Attempt::Delivered => {
+                metrics::counter!(WEBHOOK_ATTEMPTS, "outcome" => "delivered").increment(1);
+                return Outcome::Delivered;
+            }
+            Attempt::Gone => {
+                metrics::counter!(WEBHOOK_ATTEMPTS, "outcome" => "gone").increment(1);
+                return Outcome::Gone { attempts: n };
+            }
+            Attempt::Retry { error, after } => {
+                metrics::counter!(WEBHOOK_ATTEMPTS, "outcome" => "failed").increment(1);
+                (error, after)
+            }
         };
         let pause = after.unwrap_or_else(|| backoff(s, n, random_u64()));
         let too_old = first.elapsed() + pause > Duration::from_millis(s.attempt_age_max_ms);
@@ -236,8 +246,9 @@ async fn deliver(
     }
 }
 
-/// Runs until `stop` changes: one task per active endpoint.
-pub async fn run(hooks: Webhooks, mut stop: watch::Receiver<bool>) {
+/// Runs until `stop` changes: one task per active endpoint, each telling `readers` where it
+/// is in the audit log (reader `webhooks`).
+pub async fn run(hooks: Webhooks, readers: OutboxReaders, mut stop: watch::Receiver<bool>) {
     let client = match client(hooks.settings()) {
         Ok(c) => c,
         Err(error) => {
@@ -257,6 +268,7 @@ pub async fn run(hooks: Webhooks, mut stop: watch::Receiver<bool>) {
                             hooks.clone(),
                             client.clone(),
                             id,
+                            readers.clone(),
                             stop.clone(),
                         )));
                     }
@@ -274,32 +286,43 @@ pub async fn run(hooks: Webhooks, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Delivers to one endpoint until it is deleted or disabled, or orderd stops.
+/// Delivers to one endpoint until it is deleted or disabled, or orderd stops. Between rounds
+/// it waits for new durable audit records (at most `webhooks.poll_ms`).
 async fn endpoint_task(
     hooks: Webhooks,
     client: reqwest::Client,
     ep_id: String,
+    readers: OutboxReaders,
     mut stop: watch::Receiver<bool>,
 ) {
     let poll = Duration::from_millis(hooks.settings().poll_ms);
+    let mut changes = hooks.journal().durable_changes();
     let mut cursor = None;
     loop {
         if *stop.borrow() {
-            return;
+            break;
         }
-        match endpoint_round(&hooks, &client, &ep_id, &mut cursor, &mut stop).await {
+        let round = endpoint_round(&hooks, &client, &ep_id, &mut cursor, &mut stop).await;
+        if let Some(c) = cursor {
+            readers.set("webhooks", &ep_id, c.at);
+        }
+        match round {
             Ok(Some(true)) => continue,
             Ok(Some(false)) => {}
-            Ok(None) => return,
+            Ok(None) => break,
             Err(error) => {
-                tracing::error!(endpoint.id = %ep_id, %error, "webhook round failed; retrying")
+                tracing::error!(endpoint.id = %ep_id, %error, "webhook round failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(poll) => continue,
+                    _ = stop.changed() => break,
+                }
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(poll) => {}
-            _ = stop.changed() => return,
+        if !events::wait_for_durable(&mut changes, poll, &mut stop).await {
+            break;
         }
     }
+    readers.remove("webhooks", &ep_id);
 }
 
 /// The cursor in memory and the one stored.
@@ -394,6 +417,7 @@ async fn endpoint_round(
         };
         match outcome {
             Outcome::Delivered => {
+                events::record_lag(LagStage::Webhook, events::changed_at(&ev));
                 hooks
                     .store_cursor(ep_id, seq)
                     .await

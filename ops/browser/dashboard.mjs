@@ -61,6 +61,8 @@ try {
       sources: [...document.querySelectorAll("#sources tr")].slice(1).map((tr) => tr.textContent),
       rejection_codes: [...document.querySelectorAll("#rejections tr")].slice(1).map((tr) => tr.textContent),
       queue_rows: document.querySelectorAll("#queues tr").length - 1,
+      dead_letters: text("dead-letters"),
+      dead_letter_rows: [...document.querySelectorAll("#dead-letter-table tr")].slice(1).map((tr) => tr.textContent),
     };
   });
 

@@ -264,7 +264,6 @@ struct Inner {
 }
 
 /// What the committer publishes for readers.
-#[derive(Default)]
 struct Shared {
     groups: AtomicU64,
     batches: AtomicU64,
@@ -272,6 +271,8 @@ struct Shared {
     largest_group: AtomicU64,
     /// The head of the chain as of the last successful flush.
     durable_head: std::sync::Mutex<AuditHead>,
+    /// The seq of `durable_head`, for readers that wait for new durable records.
+    durable_seq: tokio::sync::watch::Sender<u64>,
 }
 
 struct Request {
@@ -343,8 +344,12 @@ impl Journal {
     ) -> Result<Journal, StorageError> {
         let chain = ChainState::load(&db)?;
         let shared = std::sync::Arc::new(Shared {
+            groups: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            flush_nanos_total: AtomicU64::new(0),
+            largest_group: AtomicU64::new(0),
             durable_head: std::sync::Mutex::new(chain.head),
-            ..Shared::default()
+            durable_seq: tokio::sync::watch::Sender::new(chain.head.seq),
         });
         let queue = sync::Arc::new(CommitQueue::new(config.queue_max));
         let mut committer = Committer {
@@ -479,6 +484,12 @@ impl Journal {
             .durable_head
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Follows the seq of [`Journal::audit_head`]: `changed()` resolves after each flush that made
+    /// new audit records durable, so outbox readers need not poll.
+    pub fn durable_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.shared.durable_seq.subscribe()
     }
 
     /// Walks the whole audit log (see [`audit_chain::verify_tree`]): `ChainBroken { seq }` names
@@ -697,6 +708,12 @@ impl Committer {
             .durable_head
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = self.chain.head;
+        // Wakes the outbox readers only when the group carried audit records.
+        shared.durable_seq.send_if_modified(|seq| {
+            let moved = *seq != self.chain.head.seq;
+            *seq = self.chain.head.seq;
+            moved
+        });
     }
 }
 

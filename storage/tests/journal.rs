@@ -565,3 +565,23 @@ async fn values_above_the_inline_limit_are_refused() {
         Some(orderd_storage::VALUE_BYTES_MAX)
     );
 }
+
+// Readers that wait for durable records are woken by a flush that carries audit records, and
+// only then: a batch of plain puts moves nothing.
+#[tokio::test]
+async fn durable_changes_follow_the_audit_head() {
+    let journal = Journal::temporary(&config()).expect("journal");
+    let mut changes = journal.durable_changes();
+    assert_eq!(*changes.borrow_and_update(), 0);
+    let mut put = Batch::default();
+    put.put(b"m/x".to_vec(), b"1".to_vec());
+    journal.submit(put).await.expect("commit");
+    assert!(!changes.has_changed().expect("sender alive"));
+    journal.submit(audited("s", "p")).await.expect("commit");
+    tokio::time::timeout(Duration::from_secs(5), changes.changed())
+        .await
+        .expect("woken")
+        .expect("sender alive");
+    assert_eq!(*changes.borrow_and_update(), journal.audit_head().seq);
+    assert_eq!(journal.audit_head().seq, 1);
+}

@@ -205,6 +205,7 @@ fn follow_bus(
                     Ok(p) if p.seq <= after => continue,
                     Ok(p) if account.as_ref().is_some_and(|a| *a != p.account) => continue,
                     Ok(p) => {
+                        events::record_lag(events::LagStage::Sse, p.changed_at);
                         let event = Event::default()
                             .id(p.seq.to_string())
                             .event("order")

@@ -2,11 +2,13 @@
 //! `/ops/dashboard` and its data `/v1/ops/live` (operator role). A separate, unauthenticated
 //! metrics listener for Prometheus is [`crate::metrics_router`].
 
+use crate::error::{ApiError, ApiResult};
 use crate::telemetry::{self, live::LiveSnapshot};
 use crate::ApiState;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use orderd_actors::webhooks::DeadLetterGroup;
 use orderd_actors::Engine;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -56,7 +58,22 @@ pub struct Queues {
     pub commit_groups: u64,
     pub commit_batches: u64,
     pub commit_largest_group: u64,
+    /// Audit records each outbox reader has yet to read (`nats`, `bus`, `webhooks`: the
+    /// endpoint furthest behind).
+    pub outbox_depth: std::collections::BTreeMap<&'static str, u64>,
 }
+
+/// Webhook dead letters now: the total and the endpoints with the most, first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetters {
+    pub total: usize,
+    /// At most [`DEAD_LETTER_GROUPS_MAX`] endpoints, most dead letters first.
+    #[schema(value_type = Vec<Object>)]
+    pub ranked: Vec<DeadLetterGroup>,
+}
+
+/// Endpoints the dashboard lists in its dead-letter ranking.
+pub const DEAD_LETTER_GROUPS_MAX: usize = 10;
 
 #[derive(Serialize, ToSchema)]
 pub struct LiveBody {
@@ -64,13 +81,15 @@ pub struct LiveBody {
     #[schema(value_type = Object)]
     pub window: LiveSnapshot,
     pub queues: Queues,
+    pub dead_letters: DeadLetters,
 }
 
 /// The live dashboard's data: per-second capture latency percentiles and throughput of the
-/// last 5 minutes, rejections by code, source health, queue depths (operator).
+/// last 5 minutes, rejections by code, source health, queue depths, outbox depths and webhook
+/// dead letters ranked by endpoint (operator).
 #[utoipa::path(get, path = "/v1/ops/live", tag = "operations",
     responses((status = 200, body = LiveBody)), security(("bearer" = [])))]
-async fn live(State(s): State<ApiState>) -> axum::Json<LiveBody> {
+async fn live(State(s): State<ApiState>) -> ApiResult<axum::Json<LiveBody>> {
     let engine = &s.engine;
     let stats = engine.journal.stats();
     let queues = Queues {
@@ -83,11 +102,22 @@ async fn live(State(s): State<ApiState>) -> axum::Json<LiveBody> {
         commit_groups: stats.groups,
         commit_batches: stats.batches,
         commit_largest_group: stats.largest_group,
+        outbox_depth: engine
+            .outbox
+            .depths(engine.journal.audit_head().seq)
+            .into_iter()
+            .collect(),
     };
-    axum::Json(LiveBody {
+    let (total, ranked) = s
+        .webhooks
+        .dead_letter_ranking(DEAD_LETTER_GROUPS_MAX)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(axum::Json(LiveBody {
         window: telemetry::global().live.snapshot(),
         queues,
-    })
+        dead_letters: DeadLetters { total, ranked },
+    }))
 }
 
 /// The live dashboard for operators: capture latency percentiles and throughput of the last

@@ -143,6 +143,19 @@ impl TestEnv {
         self.api().post(token, path, &body).await.expect("request")
     }
 
+    /// The value of one series of `/metrics` (e.g. `orderd_outbox_depth{reader="nats"}`), read
+    /// with an operator's token; `None` when the series is not there (yet).
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let op = self.api().operator_token().await.expect("operator token");
+        let r = self.get(&op, "/metrics").await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let text = r.body.as_str().expect("the metrics text");
+        text.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
     /// Places an order of `lines` (`(sku, qty)`) to `ship_to`.
     pub async fn place(
         &self,

@@ -123,6 +123,13 @@ async fn event_stream_is_per_account_and_resumes() {
 
     let mut resumed = Stream::connect(&env, &alice, Some(&live[0].id.to_string())).await;
     assert_eq!(resumed.next(2).await, live[1..].to_vec());
+    // The lag metric counts the three events sent live, not BAUHAUS's (never sent to Alice)
+    // nor the two replayed from the log.
+    assert_eq!(
+        env.metric(r#"orderd_event_lag_seconds_count{stage="sse"}"#)
+            .await,
+        Some(3.0)
+    );
 
     let bad = Stream::open(&env, &alice, Some("yesterday")).await;
     assert_eq!(bad.status(), 400);

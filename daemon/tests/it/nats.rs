@@ -251,12 +251,25 @@ async fn nats_outage_and_a_crash_lose_no_event() {
         during < Duration::from_secs(10),
         "capture slowed down: {during:?}"
     );
+    // The events wait in the audit log, and operators see how many.
+    let depth = env.metric(r#"orderd_outbox_depth{reader="nats"}"#).await;
+    assert!(depth.is_some_and(|d| d >= 30.0), "outbox depth {depth:?}");
     env.kill().await;
     nats.resume();
     env.restart().await;
     let bob = env.token("ACME", "bob", &["buyer", "approver"]).await;
     want.insert(place_one(&env, &bob, "after-0").await, 1);
     assert_all_delivered(&nats, &want);
+    // Caught up: nothing waits, and the lag of what was published is measured.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while env.metric(r#"orderd_outbox_depth{reader="nats"}"#).await != Some(0.0) {
+        assert!(Instant::now() < deadline, "the publisher did not catch up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let published = env
+        .metric(r#"orderd_event_lag_seconds_count{stage="nats"}"#)
+        .await;
+    assert!(published.is_some_and(|n| n >= 1.0), "{published:?}");
 }
 
 /// Every order of `want` has exactly its events 1..=version on the order stream, in order.

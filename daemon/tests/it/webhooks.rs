@@ -309,6 +309,32 @@ async fn webhooks_are_signed_ordered_retried_and_dead_lettered() {
     assert_eq!(ids, events.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(dls.iter().all(|d| d["attempts"] == 4), "{dls:?}");
 
+    // Operators see it: the dead letters ranked by endpoint on the live dashboard's data, and
+    // in /metrics the dead letters stored, the attempts by outcome, the delivery lag, and no
+    // endpoint left behind in the audit log once all is delivered or dead.
+    let op = env.api().operator_token().await.expect("operator token");
+    let live = env.get(&op, "/v1/ops/live").await;
+    assert_eq!(live.status, 200, "{live}");
+    let dl = &live.body["dead_letters"];
+    assert_eq!(dl["total"], events.len() + 1, "{dl}");
+    assert_eq!(dl["ranked"][0]["endpoint"], dead.as_str(), "{dl}");
+    assert_eq!(dl["ranked"][0]["count"], events.len(), "{dl}");
+    assert_eq!(dl["ranked"][1]["endpoint"], gone.as_str(), "{dl}");
+    let metric = async |s: &str| env.metric(s).await.unwrap_or_else(|| panic!("no {s}"));
+    assert_eq!(
+        metric("orderd_webhook_dead_letters").await,
+        (events.len() + 1) as f64
+    );
+    assert!(metric(r#"orderd_webhook_attempts_total{outcome="delivered"}"#).await >= 1.0);
+    assert!(metric(r#"orderd_event_lag_seconds_count{stage="webhook"}"#).await >= 1.0);
+    wait_for("no webhook endpoint behind", async || {
+        (env.metric(r#"orderd_outbox_depth{reader="webhooks"}"#)
+            .await
+            == Some(0.0))
+        .then_some(())
+    })
+    .await;
+
     // Tenancy: another account's admin sees and touches nothing of ACME's.
     let other = env.token("BAUHAUS", "otto", &["account_admin"]).await;
     let r = env.get(&other, "/v1/webhooks").await;
