@@ -8,6 +8,7 @@
 //! depends on no other crate of the workspace.
 
 pub mod ceiling;
+pub mod events;
 pub mod issuer;
 pub mod loadgen;
 pub mod procstat;
