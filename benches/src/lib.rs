@@ -15,6 +15,7 @@ pub mod loadgen;
 pub mod plots;
 pub mod procstat;
 pub mod report;
+pub mod scale;
 pub mod search;
 pub mod server;
 pub mod spike;

@@ -1,20 +1,38 @@
-//! `orderd-bench`: the capture benchmark.
+//! `orderd-bench`: the capture benchmark suite. One command runs all of it and writes
+//! `report.json` (machine-readable), `report.md` (readable) and SVG plots to `--out`.
 //!
-//! 1. Searches the highest rate of `POST /v1/orders` that orderd sustains (p99 capture latency
+//! 1. Measures what orderd stores per order of each size (one order per size on a daemon of
+//!    its own, read back from its journal after `kill -9`), for the storage ceiling.
+//! 2. Searches the highest rate of `POST /v1/orders` that orderd sustains (p99 capture latency
 //!    within the limit, almost no failures, the target rate achieved), open loop, with a mix of
-//!    order sizes; and the same for the HTTP ceiling (a bare axum server that only parses the
-//!    body), searches interleaved so both see the same machine.
-//! 2. Runs both at `--load-pct` % of their sustained max, several times, and reports medians.
-//! 3. Measures CPU per order for 1-line and 100-line orders at fixed rates, per thread group of
+//!    order sizes; and the same for two ceilings of this machine, driven by the same load
+//!    generator: the HTTP ceiling (a bare axum server that only parses the body) and the
+//!    storage ceiling (`sled-ceiling`: the same server that then commits the same records
+//!    through orderd's own journal, group commit and fdatasync included, before answering).
+//!    Searches are interleaved so all see the same machine.
+//! 3. Runs each at `--load-pct` % of its sustained max, several times, and the ceilings also at
+//!    orderd's rate; reports medians and orderd's sustained max and p99 as ratios of both
+//!    ceilings.
+//! 4. Measures CPU per order for 1-line and 100-line orders at fixed rates, per thread group of
 //!    the daemon, and runs the same daemon repeatedly to show the effect of stored state.
-//! 4. Writes `report.json` and `report.md` to `--out`.
+//! 5. Spike profile: orderd at `--spike-base-pct` % of its sustained max, then
+//!    `--spike-pct` % for `--spike-secs` s, then back; per second: accepted throughput,
+//!    p50/p99 of accepted orders, share refused (HTTP status, I/O error, client timeout).
+//! 6. Scale: a generated data set of `--scale-accounts` accounts and `--scale-skus` SKUs:
+//!    load time, start-up time, memory idle and per account actor, and recovery time after
+//!    `kill -9` at growing store sizes.
+//! 7. Writes `report.json`, `report.md`, `spike-latency.svg`, `spike-refused.svg` and
+//!    `latency-vs-rate.svg` to `--out`.
+//!
+//! Every order goes through the one HTTP capture channel orderd has (`POST /v1/orders`, JSON;
+//! its `channel` field only labels the order), so the mix is a mix of order sizes.
 //!
 //! `--oidc` does the same with real signed tokens (RS256 at+jwt from the benchmark's own issuer
 //! on loopback) instead of orderd's development tokens, to show what token validation costs.
 //!
-//! `--quick` does all of it with short steps and one search in well under two minutes, so the
-//! test script can keep the benchmark from rotting. `orderd-bench ceiling` (hidden) is the
-//! ceiling server the benchmark spawns.
+//! `--quick` does all of it with short steps, one search and a small scale test in about two
+//! minutes, so the test script can keep the benchmark from rotting. `orderd-bench ceiling`
+//! (hidden) is the ceiling server the benchmark spawns.
 
 mod findings;
 
@@ -28,6 +46,7 @@ use orderd_benches::report::{
     self, AgingPoint, CeilingRatio, CostRow, IssueCheck, Machine, Report, RunFigures, Setup,
     StepRecord, TargetSummary, Timings,
 };
+use orderd_benches::scale::{self, ScaleConfig, ScaleResult};
 use orderd_benches::search::RateSearch;
 use orderd_benches::server::{self, Ceiling, Daemon};
 use orderd_benches::spike::{self, Phase, ProfileConfig, ProfileResult};
@@ -171,6 +190,20 @@ struct RunArgs {
     /// Skip the spike profile.
     #[arg(long)]
     skip_spike: bool,
+    /// Scale test: accounts and SKUs of the generated data set (default: 100,000 and
+    /// 1,000,000; quick: 2,000 and 20,000), accounts given an actor (default 2,000; quick
+    /// 100), and store sizes at which recovery after kill -9 is timed (default 4; quick 2).
+    #[arg(long)]
+    scale_accounts: Option<usize>,
+    #[arg(long)]
+    scale_skus: Option<usize>,
+    #[arg(long)]
+    scale_touch: Option<usize>,
+    #[arg(long)]
+    scale_points: Option<usize>,
+    /// Skip the scale test.
+    #[arg(long)]
+    skip_scale: bool,
     /// Real signed tokens instead of orderd's development tokens: the benchmark serves its own
     /// OIDC discovery document and JWKS on loopback, configures orderd with that issuer and
     /// sends RS256 at+jwt access tokens it minted, one per account.
@@ -196,6 +229,9 @@ struct Profile {
     /// The spike profile: seconds at the base rate, at the spike rate, and at the base rate
     /// again.
     spike_secs: [u64; 3],
+    scale: ScaleConfig,
+    /// Seconds of order placement between two recovery points.
+    scale_growth_secs: u64,
 }
 
 impl Profile {
@@ -216,7 +252,16 @@ impl Profile {
                 runs: 1,
                 aging_runs: 0,
                 noise_retries: 0,
-                spike_secs: [3, 4, 5],
+                spike_secs: [2, 3, 3],
+                scale: ScaleConfig {
+                    accounts: 2_000,
+                    skus: 20_000,
+                    touch: 100,
+                    growth_points: 2,
+                    growth_rate: 0,
+                    growth_secs: 2,
+                },
+                scale_growth_secs: 2,
             }
         } else {
             Profile {
@@ -234,6 +279,15 @@ impl Profile {
                 aging_runs: 2,
                 noise_retries: 2,
                 spike_secs: [20, 30, 40],
+                scale: ScaleConfig {
+                    accounts: 100_000,
+                    skus: 1_000_000,
+                    touch: 2_000,
+                    growth_points: 4,
+                    growth_rate: 0,
+                    growth_secs: 20,
+                },
+                scale_growth_secs: 20,
             }
         };
         Profile {
@@ -246,6 +300,13 @@ impl Profile {
                 a.spike_secs.unwrap_or(base.spike_secs[1]).max(1),
                 base.spike_secs[2],
             ],
+            scale: ScaleConfig {
+                accounts: a.scale_accounts.unwrap_or(base.scale.accounts).max(1),
+                skus: a.scale_skus.unwrap_or(base.scale.skus).max(1),
+                touch: a.scale_touch.unwrap_or(base.scale.touch),
+                growth_points: a.scale_points.unwrap_or(base.scale.growth_points),
+                ..base.scale.clone()
+            },
             ..base
         }
     }
@@ -290,6 +351,7 @@ struct Bench {
     /// Each ceiling's runs at orderd's load rate (median).
     at_orderd_rate: BTreeMap<String, RunFigures>,
     spike: Option<ProfileResult>,
+    scale: Option<ScaleResult>,
     shared_daemon: Option<Daemon>,
     /// Tokens of the same length as orderd's, for the ceiling (which ignores them).
     ceiling_tokens: Vec<HeaderValue>,
@@ -430,6 +492,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         record_shapes: vec![],
         at_orderd_rate: BTreeMap::new(),
         spike: None,
+        scale: None,
         shared_daemon: None,
         ceiling_tokens: fake_tokens(FAKE_TOKEN_LEN),
         steps: vec![],
@@ -498,9 +561,14 @@ impl Bench {
                 let first = found
                     .get(which.name())
                     .and_then(|v| v.first().copied().flatten());
-                let (start, growth) = match first {
-                    Some(f) => (round_u64(f as f64 * 0.85), 1.1),
-                    None => (self.args.start_rate, 2.0),
+                let orderd_first = found
+                    .get(Which::Orderd.name())
+                    .and_then(|v| v.first().copied().flatten());
+                let (start, growth) = match (first, which, orderd_first) {
+                    (Some(f), ..) => (round_u64(f as f64 * 0.85), 1.1),
+                    // Quick mode: the storage ceiling starts from orderd's result, coarser.
+                    (None, Which::Sled, Some(o)) if self.args.quick => (o, 1.5),
+                    (None, ..) => (self.args.start_rate, 2.0),
                 };
                 let best = self
                     .search(which, &format!("search {n}"), start, growth)
@@ -597,6 +665,23 @@ impl Bench {
         if !self.args.skip_spike {
             let sustained = targets.get("orderd").and_then(|t| t.sustained_max);
             self.spike = Some(self.spike(sustained.unwrap_or(RATE_MIN)).await?);
+        }
+        if !self.args.skip_scale {
+            // Growth at half the sustained max: fast, without queueing.
+            let sustained = targets.get("orderd").and_then(|t| t.sustained_max);
+            let cfg = ScaleConfig {
+                growth_rate: (sustained.unwrap_or(RATE_MIN) / 2).max(RATE_MIN),
+                growth_secs: self.profile.scale_growth_secs,
+                ..self.profile.scale.clone()
+            };
+            if let Some(d) = self.shared_daemon.take() {
+                self.retire(d); // one daemon at a time: the scale test measures memory
+            }
+            self.scale = Some(
+                scale::run(&self.bin, &self.data_root, &self.env, &cfg, self.args.seed)
+                    .await
+                    .context("the scale test")?,
+            );
         }
         if let Some(d) = self.shared_daemon.take() {
             self.retire(d);
@@ -720,6 +805,11 @@ impl Bench {
             let body_bytes = pool.mean_body_bytes();
             for which in Which::ALL {
                 if which != Which::Orderd && self.ceiling_of(which).is_err() {
+                    continue;
+                }
+                // Quick mode keeps within its two minutes: the storage ceiling's costs are
+                // measured in full runs only.
+                if which == Which::Sled && self.args.quick {
                     continue;
                 }
                 let (warmup, window) = (self.profile.search_warmup, self.profile.cost_window);
@@ -1056,6 +1146,7 @@ impl Bench {
             record_shapes: self.record_shapes.clone(),
             ceilings_at_orderd_rate: self.at_orderd_rate.clone(),
             spike: self.spike.clone(),
+            scale: self.scale.clone(),
             plots: vec![],
             issue,
             costs,

@@ -293,6 +293,8 @@ pub struct Report {
     pub ceilings_at_orderd_rate: BTreeMap<String, RunFigures>,
     /// The spike profile on orderd, per second.
     pub spike: Option<crate::spike::ProfileResult>,
+    /// The scale test: large data set, memory per account actor, start-up and recovery.
+    pub scale: Option<crate::scale::ScaleResult>,
     /// SVG plots written next to the report (file names).
     pub plots: Vec<String>,
     pub issue: IssueCheck,
@@ -548,6 +550,9 @@ impl Report {
         if let Some(sp) = &self.spike {
             self.write_spike(s, sp)?;
         }
+        if let Some(sc) = &self.scale {
+            write_scale(s, sc)?;
+        }
         if !self.aging.is_empty() {
             writeln!(s, "### Same daemon, consecutive runs (state grows)\n")?;
             writeln!(s, "| orders stored before | rate /s | achieved /s | p50 ms | p99 ms | p999 ms | failed | server us/order |")?;
@@ -616,6 +621,64 @@ impl Report {
         )?;
         Ok(())
     }
+}
+
+fn write_scale(s: &mut String, sc: &crate::scale::ScaleResult) -> std::fmt::Result {
+    let mb = |b: u64| b as f64 / 1e6;
+    let c = &sc.config;
+    writeln!(s, "## Scale (orderd)\n")?;
+    writeln!(
+        s,
+        "Generated data set: {} accounts, {} SKUs (3 warehouses, list prices), imported through the API in {:.1} s; {:.1} MB on disk.\n",
+        c.accounts, c.skus, sc.load_s, mb(sc.data_bytes_loaded)
+    )?;
+    writeln!(s, "| figure | value |")?;
+    writeln!(s, "|---|---|")?;
+    writeln!(
+        s,
+        "| start-up to ready on the loaded store (after kill -9) | {:.2} s |",
+        sc.startup_s
+    )?;
+    let opt_mb = |b: Option<u64>| b.map_or("-".into(), |b| format!("{:.1} MB", mb(b)));
+    writeln!(
+        s,
+        "| RSS idle after start-up | {} |",
+        opt_mb(sc.rss_idle_bytes)
+    )?;
+    writeln!(
+        s,
+        "| RSS after {} account actors (one 1-line order each) | {} |",
+        sc.touched,
+        opt_mb(sc.rss_touched_bytes)
+    )?;
+    writeln!(
+        s,
+        "| memory per account actor (RSS growth / actors) | {} |",
+        sc.bytes_per_account_actor
+            .map_or("-".into(), |b| format!("{:.1} KiB", b / 1024.0))
+    )?;
+    writeln!(
+        s,
+        "\nRecovery after kill -9 as the store grows (orders placed open loop at {}/s for {} s over the {} accounts between points):\n",
+        c.growth_rate, c.growth_secs, sc.touched
+    )?;
+    writeln!(
+        s,
+        "| orders stored | data directory MB | recovery s (kill -9 to listening) | RSS after MB |"
+    )?;
+    writeln!(s, "|---|---|---|---|")?;
+    for p in &sc.points {
+        writeln!(
+            s,
+            "| {} | {:.1} | {:.2} | {} |",
+            p.orders_stored,
+            mb(p.data_bytes),
+            p.recovery_s,
+            p.rss_after_bytes
+                .map_or("-".into(), |b| format!("{:.1}", mb(b)))
+        )?;
+    }
+    writeln!(s)
 }
 
 impl Report {

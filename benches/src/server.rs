@@ -457,3 +457,25 @@ pub async fn record_shapes(
     journal.close()?;
     Ok(shapes)
 }
+
+/// Places one 1-line order for each account the daemon holds a token for, one after the
+/// other: every such account then has a running account actor. Returns how many succeeded.
+pub async fn touch_accounts(daemon: &Daemon, body: Bytes) -> anyhow::Result<usize> {
+    let mut conn = loadgen::connect(daemon.addr).await?;
+    let mut placed = 0;
+    for token in &daemon.tokens {
+        let (status, _) = request(
+            &mut conn,
+            "POST",
+            "/v1/orders",
+            Some(token),
+            "application/json",
+            body.clone(),
+        )
+        .await?;
+        if status == StatusCode::CREATED {
+            placed += 1;
+        }
+    }
+    Ok(placed)
+}
