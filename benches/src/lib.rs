@@ -4,17 +4,22 @@
 //! ceiling); it searches each one's highest sustained rate, measures latency percentiles at a
 //! fraction of it, and reports where the CPU per order goes (`orderd-bench`, see `main.rs`).
 //!
-//! Nothing depends on this crate. It talks to orderd only over HTTP and through `/proc`, so it
-//! depends on no other crate of the workspace.
+//! Nothing depends on this crate. It talks to orderd only over HTTP and through `/proc`; the
+//! only crate of the workspace it uses is `orderd-storage`, for the storage ceiling (the same
+//! group commit orderd uses, driven by a bare handler) and to read the records a real orderd
+//! stored.
 
 pub mod ceiling;
 pub mod events;
 pub mod issuer;
 pub mod loadgen;
+pub mod plots;
 pub mod procstat;
 pub mod report;
+pub mod scale;
 pub mod search;
 pub mod server;
+pub mod spike;
 pub mod workload;
 
 /// Rounds a float to the nearest integer: negative and NaN give 0, huge values saturate.

@@ -1,20 +1,38 @@
-//! `orderd-bench`: the capture benchmark.
+//! `orderd-bench`: the capture benchmark suite. One command runs all of it and writes
+//! `report.json` (machine-readable), `report.md` (readable) and SVG plots to `--out`.
 //!
-//! 1. Searches the highest rate of `POST /v1/orders` that orderd sustains (p99 capture latency
+//! 1. Measures what orderd stores per order of each size (one order per size on a daemon of
+//!    its own, read back from its journal after `kill -9`), for the storage ceiling.
+//! 2. Searches the highest rate of `POST /v1/orders` that orderd sustains (p99 capture latency
 //!    within the limit, almost no failures, the target rate achieved), open loop, with a mix of
-//!    order sizes; and the same for the HTTP ceiling (a bare axum server that only parses the
-//!    body), searches interleaved so both see the same machine.
-//! 2. Runs both at `--load-pct` % of their sustained max, several times, and reports medians.
-//! 3. Measures CPU per order for 1-line and 100-line orders at fixed rates, per thread group of
+//!    order sizes; and the same for two ceilings of this machine, driven by the same load
+//!    generator: the HTTP ceiling (a bare axum server that only parses the body) and the
+//!    storage ceiling (`sled-ceiling`: the same server that then commits the same records
+//!    through orderd's own journal, group commit and fdatasync included, before answering).
+//!    Searches are interleaved so all see the same machine.
+//! 3. Runs each at `--load-pct` % of its sustained max, several times, and the ceilings also at
+//!    orderd's rate; reports medians and orderd's sustained max and p99 as ratios of both
+//!    ceilings.
+//! 4. Measures CPU per order for 1-line and 100-line orders at fixed rates, per thread group of
 //!    the daemon, and runs the same daemon repeatedly to show the effect of stored state.
-//! 4. Writes `report.json` and `report.md` to `--out`.
+//! 5. Spike profile: orderd at `--spike-base-pct` % of its sustained max, then
+//!    `--spike-pct` % for `--spike-secs` s, then back; per second: accepted throughput,
+//!    p50/p99 of accepted orders, share refused (HTTP status, I/O error, client timeout).
+//! 6. Scale: a generated data set of `--scale-accounts` accounts and `--scale-skus` SKUs:
+//!    load time, start-up time, memory idle and per account actor, and recovery time after
+//!    `kill -9` at growing store sizes.
+//! 7. Writes `report.json`, `report.md`, `spike-latency.svg`, `spike-refused.svg` and
+//!    `latency-vs-rate.svg` to `--out`.
+//!
+//! Every order goes through the one HTTP capture channel orderd has (`POST /v1/orders`, JSON;
+//! its `channel` field only labels the order), so the mix is a mix of order sizes.
 //!
 //! `--oidc` does the same with real signed tokens (RS256 at+jwt from the benchmark's own issuer
 //! on loopback) instead of orderd's development tokens, to show what token validation costs.
 //!
-//! `--quick` does all of it with short steps and one search in well under two minutes, so the
-//! test script can keep the benchmark from rotting. `orderd-bench ceiling` (hidden) is the
-//! ceiling server the benchmark spawns.
+//! `--quick` does all of it with short steps, one search and a small scale test in about two
+//! minutes, so the test script can keep the benchmark from rotting. `orderd-bench ceiling`
+//! (hidden) is the ceiling server the benchmark spawns.
 
 mod findings;
 
@@ -25,11 +43,13 @@ use hyper::StatusCode;
 use orderd_benches::issuer::BenchIssuer;
 use orderd_benches::loadgen::{self, Criteria, RequestSource, StepConfig, StepResult};
 use orderd_benches::report::{
-    self, AgingPoint, CostRow, IssueCheck, Machine, Report, RunFigures, Setup, StepRecord,
-    TargetSummary, Timings,
+    self, AgingPoint, CeilingRatio, CostRow, IssueCheck, Machine, Report, RunFigures, Setup,
+    StepRecord, TargetSummary, Timings,
 };
+use orderd_benches::scale::{self, ScaleConfig, ScaleResult};
 use orderd_benches::search::RateSearch;
 use orderd_benches::server::{self, Ceiling, Daemon};
+use orderd_benches::spike::{self, Phase, ProfileConfig, ProfileResult};
 use orderd_benches::workload::{BodyPool, Dataset, Mix, OrderSource};
 use orderd_benches::{ceiling, round_u64};
 use std::collections::BTreeMap;
@@ -69,6 +89,13 @@ enum Command {
     Ceiling {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
+        /// Storage ceiling: also commit each order's records to orderd's journal in this
+        /// directory before answering.
+        #[arg(long, requires = "records")]
+        sled: Option<PathBuf>,
+        /// The record shapes (JSON list of `ceiling::RecordShape`) for --sled.
+        #[arg(long)]
+        records: Option<String>,
     },
 }
 
@@ -147,6 +174,36 @@ struct RunArgs {
     fixed_target: String,
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// The spike profile's base rate and spike rate, in percent of orderd's sustained max.
+    #[arg(long, default_value_t = 50)]
+    spike_base_pct: u32,
+    #[arg(long, default_value_t = 300)]
+    spike_pct: u32,
+    /// Seconds of the spike itself (default: 30; quick: 4); the base phases before and after
+    /// keep their mode's lengths.
+    #[arg(long)]
+    spike_secs: Option<u64>,
+    /// During the spike profile a request not answered this long after its due time is given
+    /// up and counted as refused (`timeout`), as a caller with a deadline would.
+    #[arg(long, default_value_t = 2_000)]
+    spike_timeout_ms: u64,
+    /// Skip the spike profile.
+    #[arg(long)]
+    skip_spike: bool,
+    /// Scale test: accounts and SKUs of the generated data set (default: 100,000 and
+    /// 1,000,000; quick: 2,000 and 20,000), accounts given an actor (default 2,000; quick
+    /// 100), and store sizes at which recovery after kill -9 is timed (default 4; quick 2).
+    #[arg(long)]
+    scale_accounts: Option<usize>,
+    #[arg(long)]
+    scale_skus: Option<usize>,
+    #[arg(long)]
+    scale_touch: Option<usize>,
+    #[arg(long)]
+    scale_points: Option<usize>,
+    /// Skip the scale test.
+    #[arg(long)]
+    skip_scale: bool,
     /// Real signed tokens instead of orderd's development tokens: the benchmark serves its own
     /// OIDC discovery document and JWKS on loopback, configures orderd with that issuer and
     /// sends RS256 at+jwt access tokens it minted, one per account.
@@ -169,6 +226,12 @@ struct Profile {
     runs: usize,
     aging_runs: usize,
     noise_retries: usize,
+    /// The spike profile: seconds at the base rate, at the spike rate, and at the base rate
+    /// again.
+    spike_secs: [u64; 3],
+    scale: ScaleConfig,
+    /// Seconds of order placement between two recovery points.
+    scale_growth_secs: u64,
 }
 
 impl Profile {
@@ -189,6 +252,16 @@ impl Profile {
                 runs: 1,
                 aging_runs: 0,
                 noise_retries: 0,
+                spike_secs: [2, 3, 3],
+                scale: ScaleConfig {
+                    accounts: 2_000,
+                    skus: 20_000,
+                    touch: 100,
+                    growth_points: 2,
+                    growth_rate: 0,
+                    growth_secs: 2,
+                },
+                scale_growth_secs: 2,
             }
         } else {
             Profile {
@@ -205,6 +278,16 @@ impl Profile {
                 runs: 3,
                 aging_runs: 2,
                 noise_retries: 2,
+                spike_secs: [20, 30, 40],
+                scale: ScaleConfig {
+                    accounts: 100_000,
+                    skus: 1_000_000,
+                    touch: 2_000,
+                    growth_points: 4,
+                    growth_rate: 0,
+                    growth_secs: 20,
+                },
+                scale_growth_secs: 20,
             }
         };
         Profile {
@@ -212,6 +295,18 @@ impl Profile {
             runs: a.runs.unwrap_or(base.runs).max(1),
             aging_runs: a.aging_runs.unwrap_or(base.aging_runs),
             noise_retries: a.noise_retries.unwrap_or(base.noise_retries),
+            spike_secs: [
+                base.spike_secs[0],
+                a.spike_secs.unwrap_or(base.spike_secs[1]).max(1),
+                base.spike_secs[2],
+            ],
+            scale: ScaleConfig {
+                accounts: a.scale_accounts.unwrap_or(base.scale.accounts).max(1),
+                skus: a.scale_skus.unwrap_or(base.scale.skus).max(1),
+                touch: a.scale_touch.unwrap_or(base.scale.touch),
+                growth_points: a.scale_points.unwrap_or(base.scale.growth_points),
+                ..base.scale.clone()
+            },
             ..base
         }
     }
@@ -220,14 +315,20 @@ impl Profile {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Which {
     Orderd,
+    /// The HTTP ceiling: bare axum, parse only.
     Ceiling,
+    /// The storage ceiling: bare axum, parse, then orderd's group commit of the same records.
+    Sled,
 }
 
 impl Which {
+    const ALL: [Which; 3] = [Which::Orderd, Which::Ceiling, Which::Sled];
+
     fn name(self) -> &'static str {
         match self {
             Which::Orderd => "orderd",
             Which::Ceiling => "ceiling",
+            Which::Sled => "sled-ceiling",
         }
     }
 }
@@ -244,6 +345,13 @@ struct Bench {
     /// `--oidc`: the issuer orderd trusts and whose tokens the load carries.
     issuer: Option<BenchIssuer>,
     ceiling: Option<Ceiling>,
+    sled_ceiling: Option<Ceiling>,
+    /// What orderd stores per order of each size class (measured, for the storage ceiling).
+    record_shapes: Vec<ceiling::RecordShape>,
+    /// Each ceiling's runs at orderd's load rate (median).
+    at_orderd_rate: BTreeMap<String, RunFigures>,
+    spike: Option<ProfileResult>,
+    scale: Option<ScaleResult>,
     shared_daemon: Option<Daemon>,
     /// Tokens of the same length as orderd's, for the ceiling (which ignores them).
     ceiling_tokens: Vec<HeaderValue>,
@@ -256,8 +364,13 @@ struct Bench {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Command::Ceiling { listen }) = cli.command {
-        return serve_ceiling(listen);
+    if let Some(Command::Ceiling {
+        listen,
+        sled,
+        records,
+    }) = cli.command
+    {
+        return serve_ceiling(listen, sled, records.as_deref());
     }
     let args = cli.run;
     let rt = if args.client_threads <= 1 {
@@ -273,7 +386,11 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(run(args))
 }
 
-fn serve_ceiling(listen: SocketAddr) -> anyhow::Result<()> {
+fn serve_ceiling(
+    listen: SocketAddr,
+    sled: Option<PathBuf>,
+    records: Option<&str>,
+) -> anyhow::Result<()> {
     // The benchmark holds our stdin open; end with it (see `server::Ceiling`).
     std::thread::spawn(|| {
         let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
@@ -283,11 +400,19 @@ fn serve_ceiling(listen: SocketAddr) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let sink = match (sled, records) {
+        (Some(dir), Some(json)) => {
+            let shapes: Vec<ceiling::RecordShape> =
+                serde_json::from_str(json).context("--records")?;
+            Some(Arc::new(ceiling::SledSink::open(&dir, shapes)?))
+        }
+        _ => None,
+    };
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         println!("listening {}", listener.local_addr()?);
         std::io::Write::flush(&mut std::io::stdout())?;
-        ceiling::serve(listener).await?;
+        ceiling::serve(listener, sink).await?;
         Ok(())
     })
 }
@@ -310,6 +435,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let dataset = Dataset {
         skus: args.skus,
         accounts: args.accounts.max(1),
+        token_accounts: None,
     };
     let mix = Mix::parse(&args.mix, dataset.skus).map_err(|e| anyhow::anyhow!("--mix: {e}"))?;
     let pool = Arc::new(BodyPool::build(&dataset, &mix, BODIES_PER_CLASS, args.seed));
@@ -362,6 +488,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         env,
         issuer,
         ceiling: None,
+        sled_ceiling: None,
+        record_shapes: vec![],
+        at_orderd_rate: BTreeMap::new(),
+        spike: None,
+        scale: None,
         shared_daemon: None,
         ceiling_tokens: fake_tokens(FAKE_TOKEN_LEN),
         steps: vec![],
@@ -371,7 +502,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         log_errors: 0,
         args,
     };
-    let report = bench.all(started).await?;
+    let mut report = bench.all(started).await?;
+    std::fs::create_dir_all(&bench.args.out)?;
+    report.plots =
+        orderd_benches::plots::write_all(&bench.args.out, &report.steps, report.spike.as_ref());
     report.write(&bench.args.out)?;
     println!("{}", report.markdown());
     eprintln!(
@@ -393,11 +527,13 @@ impl Bench {
             let window = Duration::from_secs(self.args.fixed_secs);
             let warmup = self.profile.search_warmup;
             eprintln!("load generator pid {}", std::process::id());
-            if self.args.fixed_target == "ceiling" {
-                let c = Ceiling::start()?;
-                eprintln!("ceiling pid {} listening on {}", c.pid, c.addr);
-                self.ceiling = Some(c);
-                self.step(Which::Ceiling, "fixed", rate, pool, warmup, window)
+            if self.args.fixed_target == "ceiling" || self.args.fixed_target == "sled-ceiling" {
+                let which = self
+                    .start_ceilings(self.args.fixed_target == "sled-ceiling")
+                    .await?;
+                let c = self.ceiling_of(which)?;
+                eprintln!("{} pid {} listening on {}", which.name(), c.1, c.0);
+                self.step(which, "fixed", rate, pool, warmup, window)
                     .await?;
             } else {
                 let mut d = self.take_daemon().await?;
@@ -412,22 +548,27 @@ impl Bench {
         }
         let with_ceiling = !self.args.skip_ceiling;
         if with_ceiling {
-            self.ceiling = Some(Ceiling::start()?);
+            self.start_ceilings(true).await?;
         }
         // Searches, interleaved so both targets see the same machine. Later searches start
         // near the first result and grow more gently.
         let mut found: BTreeMap<&str, Vec<Option<u64>>> = BTreeMap::new();
         for n in 1..=self.profile.searches {
-            for which in [Which::Orderd, Which::Ceiling] {
-                if which == Which::Ceiling && !with_ceiling {
+            for which in Which::ALL {
+                if which != Which::Orderd && !with_ceiling {
                     continue;
                 }
                 let first = found
                     .get(which.name())
                     .and_then(|v| v.first().copied().flatten());
-                let (start, growth) = match first {
-                    Some(f) => (round_u64(f as f64 * 0.85), 1.1),
-                    None => (self.args.start_rate, 2.0),
+                let orderd_first = found
+                    .get(Which::Orderd.name())
+                    .and_then(|v| v.first().copied().flatten());
+                let (start, growth) = match (first, which, orderd_first) {
+                    (Some(f), ..) => (round_u64(f as f64 * 0.85), 1.1),
+                    // Quick mode: the storage ceiling starts from orderd's result, coarser.
+                    (None, Which::Sled, Some(o)) if self.args.quick => (o, 1.5),
+                    (None, ..) => (self.args.start_rate, 2.0),
                 };
                 let best = self
                     .search(which, &format!("search {n}"), start, growth)
@@ -457,9 +598,10 @@ impl Bench {
         }
         // Runs at the load rate; the last orderd daemon is kept for the aging runs.
         let mut aging = vec![];
+        let mut at_orderd_rate: BTreeMap<String, Vec<RunFigures>> = BTreeMap::new();
         let mut kept: Option<Daemon> = None;
         for r in 1..=self.profile.runs {
-            for which in [Which::Orderd, Which::Ceiling] {
+            for which in Which::ALL {
                 let Some(rate) = targets.get(which.name()).map(|t| t.load_rate) else {
                     continue;
                 };
@@ -479,6 +621,21 @@ impl Bench {
                 if let Some(t) = targets.get_mut(which.name()) {
                     t.runs.push(RunFigures::of(&result));
                 }
+            }
+            // The ceilings again at orderd's rate: latency ratios at the same offered load.
+            let orderd_rate = targets.get("orderd").map(|t| t.load_rate);
+            for which in [Which::Ceiling, Which::Sled] {
+                let Some(rate) = orderd_rate.filter(|_| self.ceiling_of(which).is_ok()) else {
+                    continue;
+                };
+                let phase = format!("run {r} at orderd's rate");
+                let pool = self.pool.clone();
+                let (warmup, window) = (self.profile.run_warmup, self.profile.run_window);
+                let result = self.step(which, &phase, rate, pool, warmup, window).await?;
+                at_orderd_rate
+                    .entry(which.name().to_owned())
+                    .or_default()
+                    .push(RunFigures::of(&result));
             }
         }
         if let Some(mut d) = kept.take() {
@@ -500,11 +657,96 @@ impl Bench {
         for t in targets.values_mut() {
             t.median = RunFigures::median(&t.runs);
         }
+        self.at_orderd_rate = at_orderd_rate
+            .into_iter()
+            .map(|(k, runs)| (k, RunFigures::median(&runs)))
+            .collect();
         let costs = self.costs(&targets).await?;
+        if !self.args.skip_spike {
+            let sustained = targets.get("orderd").and_then(|t| t.sustained_max);
+            self.spike = Some(self.spike(sustained.unwrap_or(RATE_MIN)).await?);
+        }
+        if !self.args.skip_scale {
+            // Growth at half the sustained max: fast, without queueing.
+            let sustained = targets.get("orderd").and_then(|t| t.sustained_max);
+            let cfg = ScaleConfig {
+                growth_rate: (sustained.unwrap_or(RATE_MIN) / 2).max(RATE_MIN),
+                growth_secs: self.profile.scale_growth_secs,
+                ..self.profile.scale.clone()
+            };
+            if let Some(d) = self.shared_daemon.take() {
+                self.retire(d); // one daemon at a time: the scale test measures memory
+            }
+            self.scale = Some(
+                scale::run(&self.bin, &self.data_root, &self.env, &cfg, self.args.seed)
+                    .await
+                    .context("the scale test")?,
+            );
+        }
         if let Some(d) = self.shared_daemon.take() {
             self.retire(d);
         }
         Ok(self.report(started, targets, costs, aging))
+    }
+
+    /// The spike profile on orderd: base rate, spike rate, base rate, per second.
+    async fn spike(&mut self, sustained: u64) -> anyhow::Result<ProfileResult> {
+        let pct = |p: u32| round_u64(sustained as f64 * f64::from(p) / 100.0).max(1);
+        let (base, peak) = (pct(self.args.spike_base_pct), pct(self.args.spike_pct));
+        let [before, during, after] = self.profile.spike_secs;
+        let phases = vec![
+            Phase {
+                name: "before".into(),
+                rate: base,
+                secs: before,
+            },
+            Phase {
+                name: "spike".into(),
+                rate: peak,
+                secs: during,
+            },
+            Phase {
+                name: "after".into(),
+                rate: base,
+                secs: after,
+            },
+        ];
+        let mut d = self.take_daemon().await?;
+        let tokens = d
+            .tokens
+            .iter()
+            .map(|t| HeaderValue::from_str(t))
+            .collect::<Result<Vec<_>, _>>()?;
+        let source = OrderSource {
+            pool: self.pool.clone(),
+            tokens,
+            key_prefix: "b".to_owned(),
+            seed: self.args.seed,
+        };
+        self.step_no += 1;
+        let cfg = ProfileConfig {
+            phases,
+            connections: self.args.connections,
+            timeout: Duration::from_millis(self.args.spike_timeout_ms),
+            expect: StatusCode::CREATED,
+            seq_base: self.step_no << 32,
+        };
+        server::settle(d.pid, self.args.noise_max_cores, self.profile.settle_max).await;
+        let r = spike::run_profile(d.addr, Arc::new(source), &cfg).await;
+        if let Ok(r) = &r {
+            let accepted: u64 = r.seconds.iter().map(|s| s.accepted).sum();
+            d.orders_stored += accepted;
+            for name in ["before", "spike", "after"] {
+                if let Some((p99, refused)) = r.phase_summary(name) {
+                    eprintln!(
+                        "[orderd spike] {name}: worst second p99 {p99:.1} ms, refused {:.1}%",
+                        refused * 100.0
+                    );
+                }
+            }
+        }
+        self.give_back(d);
+        r
     }
 
     async fn search(
@@ -561,8 +803,13 @@ impl Bench {
                 self.args.seed ^ 0xC057,
             ));
             let body_bytes = pool.mean_body_bytes();
-            for which in [Which::Orderd, Which::Ceiling] {
-                if which == Which::Ceiling && self.ceiling.is_none() {
+            for which in Which::ALL {
+                if which != Which::Orderd && self.ceiling_of(which).is_err() {
+                    continue;
+                }
+                // Quick mode keeps within its two minutes: the storage ceiling's costs are
+                // measured in full runs only.
+                if which == Which::Sled && self.args.quick {
                     continue;
                 }
                 let (warmup, window) = (self.profile.search_warmup, self.profile.cost_window);
@@ -580,6 +827,41 @@ impl Bench {
             }
         }
         Ok(rows)
+    }
+
+    /// Starts the HTTP ceiling, and with `sled` also the storage ceiling (after measuring what
+    /// orderd stores per order on a daemon of its own). Returns the last one started.
+    async fn start_ceilings(&mut self, sled: bool) -> anyhow::Result<Which> {
+        self.ceiling = Some(Ceiling::start(None)?);
+        if !sled {
+            return Ok(Which::Ceiling);
+        }
+        let mut d = self.start_daemon().await?;
+        let shapes = server::record_shapes(&mut d, &self.pool).await;
+        self.retire(d);
+        self.record_shapes = shapes.context("measuring what orderd stores per order")?;
+        for s in &self.record_shapes {
+            eprintln!(
+                "orderd stores per {}-line order: puts (key, value bytes) {:?}, audit records (subject, payload bytes) {:?}",
+                s.lines, s.puts, s.audits
+            );
+        }
+        self.sled_ceiling = Some(Ceiling::start(Some((
+            &self.data_root,
+            &self.record_shapes,
+        )))?);
+        Ok(Which::Sled)
+    }
+
+    /// Address and pid of a running ceiling.
+    fn ceiling_of(&self, which: Which) -> anyhow::Result<(SocketAddr, u32)> {
+        let c = match which {
+            Which::Ceiling => self.ceiling.as_ref(),
+            Which::Sled => self.sled_ceiling.as_ref(),
+            Which::Orderd => None,
+        };
+        c.map(|c| (c.addr, c.pid))
+            .with_context(|| format!("no {} server", which.name()))
     }
 
     async fn start_daemon(&mut self) -> anyhow::Result<Daemon> {
@@ -647,11 +929,8 @@ impl Bench {
                 self.give_back(d);
                 r
             }
-            Which::Ceiling => {
-                let (addr, pid) = {
-                    let c = self.ceiling.as_ref().context("no ceiling server")?;
-                    (c.addr, c.pid)
-                };
+            Which::Ceiling | Which::Sled => {
+                let (addr, pid) = self.ceiling_of(which)?;
                 let source = OrderSource {
                     pool,
                     tokens: self.ceiling_tokens.clone(),
@@ -659,7 +938,7 @@ impl Bench {
                     seed: self.args.seed,
                 };
                 self.measure(
-                    Which::Ceiling,
+                    which,
                     phase,
                     addr,
                     pid,
@@ -846,7 +1125,7 @@ impl Bench {
                 daemon_env: self.env.clone(),
                 fresh_daemon_per_step: self.fresh_daemons(),
                 daemon_setup_s: report::median(&self.setup_times),
-                ceiling: "separate process (this binary's `ceiling` subcommand), multi-threaded tokio runtime with one worker per core like orderd; axum 0.8, `Json<PlaceBody>` with orderd's body shape, answers 201 + a small JSON body".to_owned(),
+                ceiling: "separate process (this binary's `ceiling` subcommand), multi-threaded tokio runtime with one worker per core like orderd; axum 0.8, `Json<PlaceBody>` with orderd's body shape, answers 201 + a small JSON body; the sled-ceiling is the same server that, after parsing, submits the order's records (sizes measured from orderd's journal) to `orderd_storage::Journal` with orderd's default settings (one committer thread, one sled batch + flush + fdatasync per group) on the same disk as orderd's data, and answers once durable".to_owned(),
                 timings: Timings {
                     search_warmup_s: p.search_warmup.as_secs_f64(),
                     search_window_s: p.search_window.as_secs_f64(),
@@ -860,6 +1139,15 @@ impl Bench {
             sustained_ratio: orderd_max
                 .zip(ceiling_max)
                 .map(|(o, c)| o as f64 / c.max(1) as f64),
+            ratios: ["ceiling", "sled-ceiling"]
+                .into_iter()
+                .filter_map(|c| CeilingRatio::of(&targets, c, self.at_orderd_rate.get(c)))
+                .collect(),
+            record_shapes: self.record_shapes.clone(),
+            ceilings_at_orderd_rate: self.at_orderd_rate.clone(),
+            spike: self.spike.clone(),
+            scale: self.scale.clone(),
+            plots: vec![],
             issue,
             costs,
             cost_fits,

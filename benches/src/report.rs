@@ -219,6 +219,51 @@ pub struct StepRecord {
     pub result: StepResult,
 }
 
+/// orderd's figures as ratios of one ceiling's, measured in the same run.
+#[derive(Debug, Clone, Serialize)]
+pub struct CeilingRatio {
+    /// `ceiling` (bare axum, parse only) or `sled-ceiling` (parse + orderd's group commit of
+    /// the same records).
+    pub ceiling: String,
+    /// orderd's sustained max over the ceiling's.
+    pub sustained_ratio: Option<f64>,
+    /// orderd's median p99 at its load rate over the ceiling's at the ceiling's load rate.
+    pub p99_ratio_at_own_load: Option<f64>,
+    /// The ceiling's median p99 when driven at orderd's load rate.
+    pub ceiling_p99_at_orderd_rate_ms: Option<f64>,
+    /// orderd's median p99 over the ceiling's, both at orderd's load rate.
+    pub p99_ratio_same_rate: Option<f64>,
+}
+
+impl CeilingRatio {
+    /// The ratios of orderd to `ceiling` from the targets' summaries and the ceiling's runs at
+    /// orderd's rate (median).
+    pub fn of(
+        targets: &BTreeMap<String, TargetSummary>,
+        ceiling: &str,
+        at_orderd_rate: Option<&RunFigures>,
+    ) -> Option<CeilingRatio> {
+        let o = targets.get("orderd")?;
+        let c = targets.get(ceiling)?;
+        let ratio = |a: f64, b: f64| (a > 0.0 && b > 0.0).then(|| a / b);
+        let has_runs = !o.runs.is_empty() && !c.runs.is_empty();
+        Some(CeilingRatio {
+            ceiling: ceiling.to_owned(),
+            sustained_ratio: o
+                .sustained_max
+                .zip(c.sustained_max)
+                .and_then(|(o, c)| ratio(o as f64, c as f64)),
+            p99_ratio_at_own_load: has_runs
+                .then(|| ratio(o.median.p99_ms, c.median.p99_ms))
+                .flatten(),
+            ceiling_p99_at_orderd_rate_ms: at_orderd_rate.map(|f| f.p99_ms),
+            p99_ratio_same_rate: at_orderd_rate
+                .filter(|_| !o.runs.is_empty())
+                .and_then(|f| ratio(o.median.p99_ms, f.p99_ms)),
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct IssueCheck {
     pub sustained_required: u64,
@@ -239,6 +284,19 @@ pub struct Report {
     pub targets: BTreeMap<String, TargetSummary>,
     /// orderd's sustained max over the ceiling's.
     pub sustained_ratio: Option<f64>,
+    /// orderd's figures as ratios of each ceiling's (HTTP and storage).
+    pub ratios: Vec<CeilingRatio>,
+    /// What orderd stores per order of each size class, as measured from its journal: the
+    /// storage ceiling writes records of these sizes.
+    pub record_shapes: Vec<crate::ceiling::RecordShape>,
+    /// Each ceiling's runs at orderd's load rate (median).
+    pub ceilings_at_orderd_rate: BTreeMap<String, RunFigures>,
+    /// The spike profile on orderd, per second.
+    pub spike: Option<crate::spike::ProfileResult>,
+    /// The scale test: large data set, memory per account actor, start-up and recovery.
+    pub scale: Option<crate::scale::ScaleResult>,
+    /// SVG plots written next to the report (file names).
+    pub plots: Vec<String>,
     pub issue: IssueCheck,
     pub costs: Vec<CostRow>,
     pub cost_fits: Vec<CostFit>,
@@ -316,11 +374,12 @@ impl Report {
         writeln!(s, "## Result\n")?;
         writeln!(
             s,
-            "| | orderd | ceiling (bare axum, parse only) | orderd / ceiling |"
+            "| | orderd | ceiling (bare axum, parse only) | sled-ceiling (parse + group commit of the same records) |"
         )?;
         writeln!(s, "|---|---|---|---|")?;
         let o = self.targets.get("orderd");
         let c = self.targets.get("ceiling");
+        let g = self.targets.get("sled-ceiling");
         let rate = |t: Option<&TargetSummary>| {
             t.map_or("-".to_owned(), |t| {
                 format!(
@@ -339,14 +398,19 @@ impl Report {
             "| sustained max (median of searches) | {} | {} | {} |",
             rate(o),
             rate(c),
-            self.sustained_ratio
-                .map_or("-".into(), |r| format!("{:.2}", r))
+            rate(g)
         )?;
         let fig = |t: Option<&TargetSummary>, f: &dyn Fn(&TargetSummary) -> String| {
             t.map_or("-".to_owned(), f)
         };
         let row = |s: &mut String, name: &str, f: &dyn Fn(&TargetSummary) -> String| {
-            writeln!(s, "| {name} | {} | {} | |", fig(o, f), fig(c, f))
+            writeln!(
+                s,
+                "| {name} | {} | {} | {} |",
+                fig(o, f),
+                fig(c, f),
+                fig(g, f)
+            )
         };
         row(s, &format!("runs at {}% (rate)", st.load_pct), &|t| {
             format!("{} x {} /s", t.runs.len(), t.load_rate)
@@ -386,6 +450,45 @@ impl Report {
                 t.median.loadgen_cores, t.median.loadgen_cpu_us_per_request
             )
         })?;
+        if !self.ratios.is_empty() {
+            writeln!(s, "\n### orderd as a ratio of the ceilings (same run)\n")?;
+            writeln!(s, "| ceiling | sustained max: orderd / ceiling | p99 at each one's load rate: orderd / ceiling | ceiling p99 at orderd's load rate | p99 at orderd's load rate: orderd / ceiling |")?;
+            writeln!(s, "|---|---|---|---|---|")?;
+            let x = |v: Option<f64>, unit: &str| v.map_or("-".into(), |v| format!("{v:.2}{unit}"));
+            for r in &self.ratios {
+                writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} |",
+                    r.ceiling,
+                    x(r.sustained_ratio, ""),
+                    x(r.p99_ratio_at_own_load, ""),
+                    x(r.ceiling_p99_at_orderd_rate_ms, " ms"),
+                    x(r.p99_ratio_same_rate, "")
+                )?;
+            }
+        }
+        if !self.record_shapes.is_empty() {
+            writeln!(
+                s,
+                "\nRecords per order (measured from orderd's journal; the sled-ceiling writes the same through `orderd_storage::Journal`, which adds one subject index key per audit record and the chain head once per group): {}.",
+                self.record_shapes
+                    .iter()
+                    .map(|r| format!(
+                        "{}-line: {} put(s) {:?} + {} audit record(s) {:?} (key/subject, value bytes), {} B",
+                        r.lines,
+                        r.puts.len(),
+                        r.puts,
+                        r.audits.len(),
+                        r.audits,
+                        r.bytes()
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )?;
+        }
+        for p in self.plots.iter().filter(|p| p.starts_with("latency")) {
+            writeln!(s, "\n![{p}]({p})")?;
+        }
         let i = &self.issue;
         writeln!(
             s,
@@ -443,6 +546,12 @@ impl Report {
                 )?;
             }
             writeln!(s)?;
+        }
+        if let Some(sp) = &self.spike {
+            self.write_spike(s, sp)?;
+        }
+        if let Some(sc) = &self.scale {
+            write_scale(s, sc)?;
         }
         if !self.aging.is_empty() {
             writeln!(s, "### Same daemon, consecutive runs (state grows)\n")?;
@@ -511,6 +620,119 @@ impl Report {
             self.daemon_log_warnings, self.daemon_log_errors
         )?;
         Ok(())
+    }
+}
+
+fn write_scale(s: &mut String, sc: &crate::scale::ScaleResult) -> std::fmt::Result {
+    let mb = |b: u64| b as f64 / 1e6;
+    let c = &sc.config;
+    writeln!(s, "## Scale (orderd)\n")?;
+    writeln!(
+        s,
+        "Generated data set: {} accounts, {} SKUs (3 warehouses, list prices), imported through the API in {:.1} s; {:.1} MB on disk.\n",
+        c.accounts, c.skus, sc.load_s, mb(sc.data_bytes_loaded)
+    )?;
+    writeln!(s, "| figure | value |")?;
+    writeln!(s, "|---|---|")?;
+    writeln!(
+        s,
+        "| start-up to ready on the loaded store (after kill -9) | {:.2} s |",
+        sc.startup_s
+    )?;
+    let opt_mb = |b: Option<u64>| b.map_or("-".into(), |b| format!("{:.1} MB", mb(b)));
+    writeln!(
+        s,
+        "| RSS idle after start-up | {} |",
+        opt_mb(sc.rss_idle_bytes)
+    )?;
+    writeln!(
+        s,
+        "| RSS after {} account actors (one 1-line order each) | {} |",
+        sc.touched,
+        opt_mb(sc.rss_touched_bytes)
+    )?;
+    writeln!(
+        s,
+        "| memory per account actor (RSS growth / actors) | {} |",
+        sc.bytes_per_account_actor
+            .map_or("-".into(), |b| format!("{:.1} KiB", b / 1024.0))
+    )?;
+    writeln!(
+        s,
+        "\nRecovery after kill -9 as the store grows (orders placed open loop at {}/s for {} s over the {} accounts between points):\n",
+        c.growth_rate, c.growth_secs, sc.touched
+    )?;
+    writeln!(
+        s,
+        "| orders stored | data directory MB | recovery s (kill -9 to listening) | RSS after MB |"
+    )?;
+    writeln!(s, "|---|---|---|---|")?;
+    for p in &sc.points {
+        writeln!(
+            s,
+            "| {} | {:.1} | {:.2} | {} |",
+            p.orders_stored,
+            mb(p.data_bytes),
+            p.recovery_s,
+            p.rss_after_bytes
+                .map_or("-".into(), |b| format!("{:.1}", mb(b)))
+        )?;
+    }
+    writeln!(s)
+}
+
+impl Report {
+    fn write_spike(&self, s: &mut String, sp: &crate::spike::ProfileResult) -> std::fmt::Result {
+        writeln!(s, "## Spike profile (orderd)\n")?;
+        writeln!(
+            s,
+            "Phases: {}; {} connections; a request unanswered {:.0} ms after its due time counts as refused (`timeout`). Latency is of accepted orders (201), from the due time.\n",
+            sp.phases
+                .iter()
+                .map(|p| format!("{} {} /s for {} s", p.name, p.rate, p.secs))
+                .collect::<Vec<_>>()
+                .join(", "),
+            sp.connections,
+            sp.timeout_ms
+        )?;
+        for p in self.plots.iter().filter(|p| p.starts_with("spike")) {
+            writeln!(s, "![{p}]({p})\n")?;
+        }
+        writeln!(s, "| phase | worst second p99 ms | refused |")?;
+        writeln!(s, "|---|---|---|")?;
+        for p in &sp.phases {
+            if let Some((p99, refused)) = sp.phase_summary(&p.name) {
+                writeln!(s, "| {} | {:.1} | {:.1}% |", p.name, p99, refused * 100.0)?;
+            }
+        }
+        writeln!(s, "\n| s | phase | offered /s | due | accepted | accepted answers in this second | refused | refused share | p50 ms | p99 ms | max ms |")?;
+        writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|")?;
+        for x in &sp.seconds {
+            writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {:.1}% | {:.2} | {:.2} | {:.1} |",
+                x.t_s,
+                x.phase,
+                x.offered_rate,
+                x.sent,
+                x.accepted,
+                x.accepted_completed,
+                if x.refused.is_empty() {
+                    "0".to_owned()
+                } else {
+                    x.refused
+                        .iter()
+                        .map(|(k, v)| format!("{v}x{k}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                },
+                x.refused_share * 100.0,
+                x.p50_ms,
+                x.p99_ms,
+                x.max_ms
+            )?;
+        }
+        writeln!(s)
     }
 }
 

@@ -2,6 +2,7 @@
 //! with the benchmark's data set through the API), and the ceiling server (this binary's
 //! hidden `ceiling` subcommand). Both listen on 127.0.0.1 port 0 and report the bound address.
 
+use crate::ceiling::RecordShape;
 use crate::issuer::BenchIssuer;
 use crate::loadgen::{self, Conn};
 use crate::procstat;
@@ -64,39 +65,7 @@ impl Daemon {
             .prefix("orderd-bench-")
             .tempdir_in(data_root)
             .with_context(|| format!("creating a data directory under {}", data_root.display()))?;
-        let mut cmd = Command::new(bin);
-        cmd.arg("serve")
-            .arg("--data")
-            .arg(data.path())
-            .args(["--listen", "127.0.0.1:0", "--log-json", "--no-demo"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("ORDERD_")) {
-            cmd.env_remove(k);
-        }
-        cmd.envs(env.iter().map(|(k, v)| (k, v)));
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let stderr = child.stderr.take().context("no stderr pipe")?;
-        let log = Arc::new(Mutex::new(LogTail::default()));
-        let (tx, rx) = mpsc::channel();
-        let tail = log.clone();
-        std::thread::spawn(move || read_log(stderr, &tail, &tx));
-        let addr = match rx.recv_timeout(START_TIMEOUT) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                let lines = log.lock().map(|l| l.lines.clone()).unwrap_or_default();
-                bail!(
-                    "{} did not report `orderd listening` within {START_TIMEOUT:?}; its log:\n{}",
-                    bin.display(),
-                    lines.into_iter().collect::<Vec<_>>().join("\n")
-                );
-            }
-        };
+        let (child, addr, log) = spawn(bin, data.path(), env).await?;
         let mut daemon = Daemon {
             pid: child.id(),
             child,
@@ -114,6 +83,32 @@ impl Daemon {
         Ok(daemon)
     }
 
+    /// The daemon's data directory (its journal is in `journal/` under it).
+    pub fn data_dir(&self) -> &Path {
+        self._data.path()
+    }
+
+    /// SIGKILL, like a crash: nothing is flushed or closed. The data directory stays.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts `bin` again on this daemon's data directory (after [`Daemon::kill9`]) and
+    /// returns the seconds until it reported `orderd listening`: start-up including the
+    /// rebuild of all state from the journal.
+    pub async fn restart(&mut self, bin: &Path, env: &[(String, String)]) -> anyhow::Result<f64> {
+        self.kill9();
+        let started = Instant::now();
+        let (child, addr, log) = spawn(bin, self._data.path(), env).await?;
+        let took = started.elapsed().as_secs_f64();
+        self.pid = child.id();
+        self.child = child;
+        self.addr = addr;
+        self.log = log;
+        Ok(took)
+    }
+
     pub fn log(&self) -> LogTail {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
@@ -127,13 +122,55 @@ impl Drop for Daemon {
     }
 }
 
+/// Spawns `orderd serve` on `data` and waits until it reports its address.
+async fn spawn(
+    bin: &Path,
+    data: &Path,
+    env: &[(String, String)],
+) -> anyhow::Result<(Child, SocketAddr, Arc<Mutex<LogTail>>)> {
+    let mut cmd = Command::new(bin);
+    cmd.arg("serve")
+        .arg("--data")
+        .arg(data)
+        .args(["--listen", "127.0.0.1:0", "--log-json", "--no-demo"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("ORDERD_")) {
+        cmd.env_remove(k);
+    }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let stderr = child.stderr.take().context("no stderr pipe")?;
+    let log = Arc::new(Mutex::new(LogTail::default()));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let tail = log.clone();
+    std::thread::spawn(move || read_log(stderr, &tail, tx));
+    match tokio::time::timeout(START_TIMEOUT, rx).await {
+        Ok(Ok(addr)) => Ok((child, addr, log)),
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let lines = log.lock().map(|l| l.lines.clone()).unwrap_or_default();
+            bail!(
+                "{} did not report `orderd listening` within {START_TIMEOUT:?}; its log:\n{}",
+                bin.display(),
+                lines.into_iter().collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
+}
+
 /// Follows the daemon's JSON log: sends the bound address once, keeps a tail, counts
 /// warnings and errors.
 fn read_log(
     stderr: std::process::ChildStderr,
     tail: &Mutex<LogTail>,
-    tx: &mpsc::Sender<SocketAddr>,
+    tx: tokio::sync::oneshot::Sender<SocketAddr>,
 ) {
+    let mut tx = Some(tx);
     // Warnings before the start line (the dev sign-in warning) are expected: not counted.
     let mut listening = false;
     for line in std::io::BufReader::new(stderr).lines() {
@@ -143,7 +180,9 @@ fn read_log(
             if v["fields"]["message"] == "orderd listening" {
                 listening = true;
                 if let Some(addr) = v["fields"]["addr"].as_str().and_then(|a| a.parse().ok()) {
-                    let _ = tx.send(addr);
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr);
+                    }
                 }
             }
         }
@@ -238,8 +277,12 @@ async fn load_dataset(
             bail!("POST {path}: {status} {}", String::from_utf8_lossy(&body));
         }
     }
-    let mut tokens = Vec::with_capacity(dataset.accounts);
-    for i in 0..dataset.accounts {
+    let token_accounts = dataset
+        .token_accounts
+        .unwrap_or(dataset.accounts)
+        .min(dataset.accounts);
+    let mut tokens = Vec::with_capacity(token_accounts);
+    for i in 0..token_accounts {
         let account = Dataset::account(i);
         tokens.push(match issuer {
             Some(s) => s.token(Some(&account), "bench-buyer", &["buyer"])?,
@@ -254,21 +297,40 @@ async fn load_dataset(
     Ok(tokens)
 }
 
-/// The ceiling server as a child process of this binary; killed on drop.
+/// The ceiling server as a child process of this binary; killed on drop (and its data
+/// directory, if it has one, deleted).
 pub struct Ceiling {
     child: Child,
     _stdin: Option<std::process::ChildStdin>,
     pub pid: u32,
     pub addr: SocketAddr,
+    _data: Option<tempfile::TempDir>,
 }
 
 impl Ceiling {
-    pub fn start() -> anyhow::Result<Ceiling> {
+    /// The HTTP ceiling (parse only); with `sled` (a parent directory on the disk orderd uses,
+    /// and the shapes of orderd's records), the storage ceiling on a new directory under it.
+    pub fn start(sled: Option<(&Path, &[RecordShape])>) -> anyhow::Result<Ceiling> {
         let exe = std::env::current_exe().context("finding this binary")?;
+        let mut cmd = Command::new(exe);
+        cmd.args(["ceiling", "--listen", "127.0.0.1:0"]);
+        let data = match sled {
+            Some((root, shapes)) => {
+                let dir = tempfile::Builder::new()
+                    .prefix("orderd-bench-sled-")
+                    .tempdir_in(root)
+                    .with_context(|| format!("creating a directory under {}", root.display()))?;
+                cmd.arg("--sled")
+                    .arg(dir.path())
+                    .arg("--records")
+                    .arg(serde_json::to_string(shapes)?);
+                Some(dir)
+            }
+            None => None,
+        };
         // Its stdin is a pipe it watches: when this process ends, however it ends, the pipe
         // closes and the ceiling exits instead of lingering.
-        let mut child = Command::new(exe)
-            .args(["ceiling", "--listen", "127.0.0.1:0"])
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -296,6 +358,7 @@ impl Ceiling {
             _stdin: child.stdin.take(),
             child,
             addr,
+            _data: data,
         })
     }
 }
@@ -327,4 +390,92 @@ pub async fn settle(pid: u32, others_max: f64, max: Duration) -> (Duration, bool
         }
     }
     (started.elapsed(), false)
+}
+
+/// What orderd stored for one order of each size class of `pool`: places one order per class
+/// on `daemon`, kills it (SIGKILL: the records are durable once acknowledged) and reads the
+/// order's record and its audit records back from its journal. The daemon is dead afterwards.
+pub async fn record_shapes(
+    daemon: &mut Daemon,
+    pool: &crate::workload::BodyPool,
+) -> anyhow::Result<Vec<RecordShape>> {
+    let token = daemon.tokens.first().context("no account token")?.clone();
+    let mut conn = loadgen::connect(daemon.addr).await?;
+    let mut placed = vec![];
+    for (class, bodies) in pool.mix.classes.iter().zip(&pool.bodies) {
+        let body = bodies.first().context("an empty body pool")?.clone();
+        let (status, answer) = request(
+            &mut conn,
+            "POST",
+            "/v1/orders",
+            Some(&token),
+            "application/json",
+            body,
+        )
+        .await?;
+        if status != StatusCode::CREATED {
+            bail!(
+                "placing a {}-line order: {status} {}",
+                class.lines,
+                String::from_utf8_lossy(&answer)
+            );
+        }
+        let v: serde_json::Value = serde_json::from_slice(&answer)?;
+        let field = |name: &str| {
+            v[name]
+                .as_str()
+                .map(str::to_owned)
+                .with_context(|| format!("no {name} in the answer"))
+        };
+        placed.push((class.lines, field("account")?, field("id")?));
+    }
+    drop(conn);
+    daemon.kill9();
+    let journal = orderd_storage::Journal::open(
+        &daemon.data_dir().join("journal"),
+        &orderd_storage::JournalConfig::default(),
+    )?;
+    let mut shapes = vec![];
+    for (lines, account, id) in placed {
+        // The key layout of `orderd_actors::records::order_key`.
+        let key = format!("ord/{account}/{id}");
+        let value = journal
+            .get(key.as_bytes())?
+            .with_context(|| format!("no record {key} in the journal"))?;
+        let audits = journal
+            .audit_for_subject(id.as_bytes(), 64)?
+            .iter()
+            .map(|r| (r.subject.len(), r.payload.len()))
+            .collect::<Vec<_>>();
+        anyhow::ensure!(!audits.is_empty(), "no audit record about {id}");
+        shapes.push(RecordShape {
+            lines,
+            puts: vec![(key.len(), value.len())],
+            audits,
+        });
+    }
+    journal.close()?;
+    Ok(shapes)
+}
+
+/// Places one 1-line order for each account the daemon holds a token for, one after the
+/// other: every such account then has a running account actor. Returns how many succeeded.
+pub async fn touch_accounts(daemon: &Daemon, body: Bytes) -> anyhow::Result<usize> {
+    let mut conn = loadgen::connect(daemon.addr).await?;
+    let mut placed = 0;
+    for token in &daemon.tokens {
+        let (status, _) = request(
+            &mut conn,
+            "POST",
+            "/v1/orders",
+            Some(token),
+            "application/json",
+            body.clone(),
+        )
+        .await?;
+        if status == StatusCode::CREATED {
+            placed += 1;
+        }
+    }
+    Ok(placed)
 }

@@ -81,6 +81,10 @@ impl Rng {
 pub struct Dataset {
     pub skus: usize,
     pub accounts: usize,
+    /// Buyer tokens are issued for the first this many accounts only (`None`: all); the scale
+    /// test loads far more accounts than it drives.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_accounts: Option<usize>,
 }
 
 impl Dataset {
@@ -103,10 +107,27 @@ impl Dataset {
             ("catalog", self.catalog_csv()),
             ("prices", self.prices_csv()),
             ("warehouses", warehouses_csv()),
-            ("stock", self.stock_csv()),
             ("accounts", self.accounts_csv()),
             ("ship_tos", self.ship_tos_csv()),
         ]
+        .into_iter()
+        // One stock import per warehouse: a million SKUs in three warehouses would be more
+        // rows than one import may have.
+        .chain(
+            WAREHOUSES
+                .iter()
+                .map(|(w, ..)| ("stock", self.stock_csv_of(w))),
+        )
+        .collect()
+    }
+
+    /// Stock of one warehouse.
+    pub fn stock_csv_of(&self, warehouse: &str) -> String {
+        let mut s = String::from("warehouse,sku,on_hand\n");
+        for i in 0..self.skus {
+            let _ = writeln!(s, "{warehouse},{},{STOCK_ON_HAND}", Dataset::sku(i));
+        }
+        s
     }
 
     pub fn catalog_csv(&self) -> String {
@@ -412,6 +433,7 @@ mod tests {
         let d = Dataset {
             skus: 30,
             accounts: 4,
+            token_accounts: None,
         };
         let rows = |s: &str| s.lines().count() - 1;
         assert_eq!(rows(&d.catalog_csv()), 30);

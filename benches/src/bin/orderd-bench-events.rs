@@ -150,6 +150,7 @@ async fn main() -> anyhow::Result<()> {
     let dataset = Dataset {
         skus: a.skus,
         accounts: a.accounts.max(1),
+        token_accounts: None,
     };
     let mix = Mix::parse(&a.mix, dataset.skus).map_err(|e| anyhow::anyhow!("--mix: {e}"))?;
     let pool = Arc::new(BodyPool::build(&dataset, &mix, 2_048, a.seed));
