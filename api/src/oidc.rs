@@ -14,6 +14,16 @@
 //! An unknown `kid` triggers at most one JWKS refetch per `jwks_refetch_interval_min_ms` (all
 //! requests waiting meanwhile share it), so rotation at the provider needs no restart. When the
 //! JWKS endpoint is down the cached keys keep working; without a key nothing validates.
+//!
+//! A token that passed all of this is remembered in a bounded cache (`oidc.token_cache_max`
+//! entries, 0: off; see `token_cache.rs`), so its signature, the costly part, is checked once
+//! rather than on every request. The key is the token's SHA-256 (the token is never stored);
+//! the entry holds the caller without the request's IP, `exp`, `nbf`, the issuer and the
+//! `kid`. A hit is served only while `exp`/`nbf` hold now within the same leeway and the
+//! issuer's current JWKS still publishes the very key (same `kid`, same key material) that
+//! verified it, so a key removed at the provider ends its tokens at the next JWKS refresh, as
+//! without the cache. Any other hit is dropped and the token is checked in full again.
+//! Refusals are never cached, and a changed token is another key.
 
 use crate::auth::{caller_from_parts, CallerClaims};
 use crate::error::ApiError;
