@@ -18,6 +18,7 @@ pub mod rate_limit;
 pub mod routes;
 pub mod session;
 pub mod telemetry;
+pub mod token_cache;
 
 use auth::Authenticator;
 use axum::extract::DefaultBodyLimit;

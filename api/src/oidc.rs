@@ -14,9 +14,20 @@
 //! An unknown `kid` triggers at most one JWKS refetch per `jwks_refetch_interval_min_ms` (all
 //! requests waiting meanwhile share it), so rotation at the provider needs no restart. When the
 //! JWKS endpoint is down the cached keys keep working; without a key nothing validates.
+//!
+//! A token that passed all of this is remembered in a bounded cache (`oidc.token_cache_max`
+//! entries, 0: off; see `token_cache.rs`), so its signature, the costly part, is checked once
+//! rather than on every request. The key is the token's SHA-256 (the token is never stored);
+//! the entry holds the caller without the request's IP, `exp`, `nbf`, the issuer and the
+//! `kid`. A hit is served only while `exp`/`nbf` hold now within the same leeway and the
+//! issuer's current JWKS still publishes the very key (same `kid`, same key material) that
+//! verified it, so a key removed at the provider ends its tokens at the next JWKS refresh, as
+//! without the cache. Any other hit is dropped and the token is checked in full again.
+//! Refusals are never cached, and a changed token is another key.
 
 use crate::auth::{caller_from_parts, CallerClaims};
 use crate::error::ApiError;
+use crate::token_cache::{TokenCache, TokenDigest, Verified};
 use arc_swap::ArcSwap;
 use jsonwebtoken::jwk::{
     AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse,
@@ -26,15 +37,19 @@ use orderd_actors::audit::Caller;
 use orderd_domain::account::Role;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The only signature algorithms accepted.
 pub const ALLOWED_ALGORITHMS: [Algorithm; 3] =
     [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA];
 /// The most clock skew that may be configured for `exp` and `nbf`.
 pub const LEEWAY_MAX_S: u64 = 60;
+/// The largest `token_cache_max` accepted (about a few hundred MB of entries at most).
+pub const TOKEN_CACHE_MAX_LIMIT: usize = 1_000_000;
 /// Account list entry meaning "any account".
 pub const ANY_ACCOUNT: &str = "*";
 const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
@@ -127,6 +142,9 @@ pub struct OidcSettings {
     pub jwks_keys_max: usize,
     /// Largest discovery document, JWKS or token response read.
     pub document_bytes_max: usize,
+    /// Most verified access tokens remembered, so a token's signature is checked once rather
+    /// than on every request (a few hundred bytes each). 0: no cache, every request verifies.
+    pub token_cache_max: usize,
 }
 
 impl Default for OidcSettings {
@@ -149,6 +167,7 @@ impl Default for OidcSettings {
             jwks_max_age_ms: 3_600_000,
             jwks_keys_max: 32,
             document_bytes_max: 256 * 1024,
+            token_cache_max: 10_000,
         }
     }
 }
@@ -201,6 +220,11 @@ impl OidcSettings {
         }
         if self.jwks_keys_max == 0 || self.document_bytes_max == 0 {
             errs.push("oidc.jwks_keys_max and oidc.document_bytes_max must be above 0".into());
+        }
+        if self.token_cache_max > TOKEN_CACHE_MAX_LIMIT {
+            errs.push(format!(
+                "oidc.token_cache_max must be at most {TOKEN_CACHE_MAX_LIMIT} (0 turns the cache off)"
+            ));
         }
         if self.issuer.is_empty() != self.audience.is_empty() {
             errs.push(
@@ -266,12 +290,27 @@ fn check_issuer_url(issuer: &str) -> Result<(), String> {
 struct Key {
     alg: Algorithm,
     key: DecodingKey,
+    /// SHA-256 of the JWK as published: a cached token is served only while its issuer still
+    /// publishes the very key that verified it (not merely a key of the same `kid`).
+    fingerprint: [u8; 32],
 }
 
 #[derive(Default)]
 struct KeySet {
     by_kid: HashMap<String, Arc<Key>>,
     fetched: Option<Instant>,
+}
+
+impl KeySet {
+    /// The key a token's `kid` names; without a kid, only an issuer with a single key is
+    /// unambiguous.
+    fn find(&self, kid: Option<&str>) -> Option<&Arc<Key>> {
+        match kid {
+            Some(k) => self.by_kid.get(k),
+            None if self.by_kid.len() == 1 => self.by_kid.values().next(),
+            None => None,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -307,6 +346,10 @@ pub struct Oidc {
     order: Vec<String>,
     http: reqwest::Client,
     limits: OidcSettings,
+    /// Verified access tokens; `None` when `token_cache_max` is 0.
+    token_cache: Option<TokenCache>,
+    /// Access tokens whose signature was checked (those not served from the cache).
+    signature_checks: AtomicU64,
 }
 
 #[derive(Deserialize)]
@@ -353,6 +396,8 @@ impl Oidc {
             order,
             http,
             limits: settings.clone(),
+            token_cache: TokenCache::new(settings.token_cache_max),
+            signature_checks: AtomicU64::new(0),
         })
     }
 
@@ -425,7 +470,57 @@ impl Oidc {
     }
 
     /// Verifies a bearer access token and maps it to a caller.
+    ///
+    /// A token verified before is served from the token cache while its `exp`/`nbf` still hold
+    /// (same leeway) and its issuer still publishes the key that verified it; otherwise the
+    /// entry is dropped and the token is verified in full again, which gives the same answer
+    /// and error as without a cache. Only successes are cached.
     pub async fn verify(&self, token: &str, ip: String) -> Result<Caller, ApiError> {
+        let Some(cache) = &self.token_cache else {
+            return Ok(self.verify_signed(token).await?.caller_at(ip));
+        };
+        let digest = TokenDigest::of(token);
+        if let Some(hit) = cache.get(&digest) {
+            if self.still_valid(&hit).await {
+                return Ok(hit.caller_at(ip));
+            }
+            cache.remove(&digest);
+        }
+        let verified = self.verify_signed(token).await?;
+        let caller = verified.caller_at(ip);
+        cache.insert(digest, verified);
+        Ok(caller)
+    }
+
+    /// Access tokens whose signature was checked so far (every request without the cache;
+    /// with it, the first request of each token and those after an entry was dropped).
+    pub fn signature_checks(&self) -> u64 {
+        self.signature_checks.load(Ordering::Relaxed)
+    }
+
+    /// Entries in the token cache (0 when it is off).
+    pub fn token_cache_len(&self) -> usize {
+        self.token_cache.as_ref().map_or(0, TokenCache::len)
+    }
+
+    /// Whether a cached token may still be served: its time claims hold now, and its issuer's
+    /// current keys (refreshed like on a full check when older than `jwks_max_age_ms`) still
+    /// hold the key that verified it.
+    async fn still_valid(&self, hit: &Verified) -> bool {
+        let Some(issuer) = self.issuers.get(&hit.issuer) else {
+            return false;
+        };
+        if !hit.in_time(now_s(), issuer.validation.leeway) {
+            return false;
+        }
+        self.current_keys(issuer)
+            .await
+            .find(hit.kid.as_deref())
+            .is_some_and(|k| k.fingerprint == hit.key_fingerprint)
+    }
+
+    /// The full check of an access token: header, issuer, key, signature, claims, caller.
+    async fn verify_signed(&self, token: &str) -> Result<Verified, ApiError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| unauthorized(format!("malformed token: {e}")))?;
         if header.jku.is_some()
@@ -463,10 +558,29 @@ impl Oidc {
         let key = self.key(issuer, header.kid.as_deref(), header.alg).await?;
         let mut validation = issuer.validation.clone();
         validation.algorithms = vec![key.alg];
+        self.signature_checks.fetch_add(1, Ordering::Relaxed);
         let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation)
             .map_err(|e| unauthorized(format!("invalid bearer token: {e}")))?
             .claims;
-        issuer.caller(&claims, ip)
+        // jsonwebtoken has checked both (exp is required), so neither error happens in practice.
+        let exp = claims
+            .get("exp")
+            .and_then(numeric_date)
+            .ok_or_else(|| unauthorized("the token's exp is not a time"))?;
+        let nbf = match claims.get("nbf") {
+            None => None,
+            Some(v) => {
+                Some(numeric_date(v).ok_or_else(|| unauthorized("the token's nbf is not a time"))?)
+            }
+        };
+        Ok(Verified {
+            caller: issuer.caller(&claims, String::new())?,
+            exp,
+            nbf,
+            issuer: iss,
+            kid: header.kid,
+            key_fingerprint: key.fingerprint,
+        })
     }
 
     /// The key for `kid`, refetching the JWKS once (rate-limited) when it is unknown.
@@ -476,31 +590,15 @@ impl Oidc {
         kid: Option<&str>,
         alg: Algorithm,
     ) -> Result<Arc<Key>, ApiError> {
-        let max_age = Duration::from_millis(self.limits.jwks_max_age_ms);
-        if issuer
-            .keys
-            .load()
-            .fetched
-            .is_none_or(|t| t.elapsed() > max_age)
-        {
-            // Never fetched, or stale (keys removed at the provider must stop working). The
-            // refresh is rate-limited, and a failure keeps the cached keys.
-            self.refresh(issuer, "keys missing or older than oidc.jwks_max_age_ms")
-                .await;
-        }
-        let found = |set: &KeySet| -> Option<Arc<Key>> {
-            match kid {
-                Some(k) => set.by_kid.get(k).cloned(),
-                // Without a kid, only an issuer with a single key is unambiguous.
-                None if set.by_kid.len() == 1 => set.by_kid.values().next().cloned(),
-                None => None,
-            }
-        };
-        let key = match found(&issuer.keys.load()) {
-            Some(k) => k,
+        let key = match self.current_keys(issuer).await.find(kid) {
+            Some(k) => k.clone(),
             None => {
                 self.refresh(issuer, "unknown kid").await;
-                found(&issuer.keys.load())
+                issuer
+                    .keys
+                    .load()
+                    .find(kid)
+                    .cloned()
                     .ok_or_else(|| unauthorized("the token's signing key is not known"))?
             }
         };
@@ -508,6 +606,23 @@ impl Oidc {
             return Err(unauthorized("the token's algorithm does not match its key"));
         }
         Ok(key)
+    }
+
+    /// The issuer's keys, refreshed first when never fetched or older than `jwks_max_age_ms`
+    /// (keys removed at the provider must stop working). The refresh is rate-limited, and a
+    /// failure keeps the cached keys.
+    async fn current_keys(&self, issuer: &Issuer) -> Arc<KeySet> {
+        let max_age = Duration::from_millis(self.limits.jwks_max_age_ms);
+        if issuer
+            .keys
+            .load()
+            .fetched
+            .is_none_or(|t| t.elapsed() > max_age)
+        {
+            self.refresh(issuer, "keys missing or older than oidc.jwks_max_age_ms")
+                .await;
+        }
+        issuer.keys.load_full()
     }
 
     /// Refetches discovery and JWKS unless another attempt happened within the minimum
@@ -558,6 +673,11 @@ impl Oidc {
     async fn fetch_keys(&self, uri: &str) -> Result<KeySet, String> {
         let set: JwkSet =
             serde_json::from_slice(&self.get(uri).await?).map_err(|e| format!("JWKS: {e}"))?;
+        self.key_set(&set)
+    }
+
+    /// The signing keys of a JWKS (at most `jwks_keys_max`), fetched now.
+    fn key_set(&self, set: &JwkSet) -> Result<KeySet, String> {
         if set.keys.len() > self.limits.jwks_keys_max {
             return Err(format!(
                 "JWKS has {} keys, above oidc.jwks_keys_max {}",
@@ -590,6 +710,18 @@ impl Oidc {
 
     pub fn document_bytes_max(&self) -> usize {
         self.limits.document_bytes_max
+    }
+
+    /// Tests: `jwks` becomes `issuer`'s key set as if just fetched, and the refetch interval
+    /// starts now (so no test reaches the network).
+    #[cfg(test)]
+    fn install_keys(&self, issuer: &str, jwks: &JwkSet) {
+        let i = &self.issuers[issuer];
+        i.keys.store(Arc::new(self.key_set(jwks).expect("key set")));
+        i.refresh
+            .try_lock()
+            .expect("no refresh under way")
+            .last_attempt = Some(Instant::now());
     }
 }
 
@@ -634,7 +766,35 @@ fn key_of(jwk: &Jwk) -> Option<Key> {
     if alg != inferred {
         return None;
     }
-    DecodingKey::from_jwk(jwk).ok().map(|key| Key { alg, key })
+    let fingerprint = Sha256::digest(serde_json::to_vec(jwk).ok()?).into();
+    DecodingKey::from_jwk(jwk).ok().map(|key| Key {
+        alg,
+        key,
+        fingerprint,
+    })
+}
+
+/// A NumericDate claim in whole seconds, coerced as jsonwebtoken's validation does (integers
+/// as they are, fractions rounded), so a cache hit applies the same `exp`/`nbf` rules.
+// The casts: the value is checked to be finite and within u64 first, as jsonwebtoken does.
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_precision_loss
+)]
+fn numeric_date(v: &Value) -> Option<u64> {
+    v.as_u64().or_else(|| {
+        v.as_f64()
+            .filter(|f| f.is_finite() && *f >= 0.0 && *f < u64::MAX as f64)
+            .map(|f| f.round() as u64)
+    })
+}
+
+/// Now in Unix seconds, the clock jsonwebtoken checks `exp` and `nbf` against.
+fn now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl Issuer {
@@ -683,5 +843,211 @@ impl Issuer {
             },
             ip,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+
+    const ISSUER: &str = "http://127.0.0.1:9";
+    const AUDIENCE: &str = "urn:orderd-test";
+    /// Two Ed25519 test keys (PKCS#8 DER, hex) and their public `x` (JWK, base64url). Test
+    /// material only: EdDSA keeps signing and checking cheap.
+    const KEYS: [(&str, &str); 2] = [
+        (
+            "302e020100300506032b657004220420235c487f10ac37bf77cdd9f7da0e83fcad031f1fd5cca2be717a95d28e094b22",
+            "5mYNob1OHFG2Zcupjw9-XBg5dotDkLKpC52BvCLcl3k",
+        ),
+        (
+            "302e020100300506032b657004220420e78435a9e4db16fbc20d396f09b440f92f27a4828bf117ddb72bef1f6e3c30ae",
+            "JS1f4Ud97qSWhe43o6uphkPaj7858e5dtwH0bk1IKLk",
+        ),
+    ];
+
+    /// orderd trusting [`ISSUER`], with no clock leeway and `token_cache_max` entries.
+    fn oidc(token_cache_max: usize) -> Oidc {
+        let settings = OidcSettings {
+            issuer: ISSUER.into(),
+            audience: AUDIENCE.into(),
+            leeway_s: 0,
+            jwks_refetch_interval_min_ms: 3_600_000,
+            token_cache_max,
+            ..OidcSettings::default()
+        };
+        assert_eq!(settings.validate(), Vec::<String>::new());
+        Oidc::new(&settings).expect("oidc")
+    }
+
+    /// A JWKS publishing `keys` as (kid, index into [`KEYS`]).
+    fn jwks(keys: &[(&str, usize)]) -> JwkSet {
+        let keys: Vec<Value> = keys
+            .iter()
+            .map(|(kid, i)| {
+                json!({"kty": "OKP", "crv": "Ed25519", "use": "sig", "alg": "EdDSA",
+                       "kid": kid, "x": KEYS[*i].1})
+            })
+            .collect();
+        serde_json::from_value(json!({ "keys": keys })).expect("jwks")
+    }
+
+    /// An access token for buyer `user` of ACME, signed with key `key` and naming `kid`.
+    fn token(kid: &str, key: usize, user: &str, exp: u64) -> String {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.typ = Some("at+jwt".into());
+        header.kid = Some(kid.into());
+        let claims = json!({"iss": ISSUER, "aud": AUDIENCE, "sub": user, "account_id": "ACME",
+                            "roles": ["buyer"], "iat": now_s(), "exp": exp});
+        let der = hex::decode(KEYS[key].0).expect("hex");
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ed_der(&der)).expect("sign")
+    }
+
+    fn in_an_hour() -> u64 {
+        now_s() + 3_600
+    }
+
+    // The same token twice from two addresses: the second request is served without a
+    // signature check, and each caller carries its own request's IP. Without the cache, every
+    // request checks the signature.
+    #[tokio::test]
+    async fn a_verified_token_is_not_verified_again() {
+        let o = oidc(100);
+        o.install_keys(ISSUER, &jwks(&[("k1", 0)]));
+        let t = token("k1", 0, "bob", in_an_hour());
+        let first = o.verify(&t, "10.0.0.1".into()).await.expect("first");
+        let second = o.verify(&t, "10.0.0.2".into()).await.expect("second");
+        assert_eq!(o.signature_checks(), 1);
+        assert_eq!(
+            (first.ip.as_str(), second.ip.as_str()),
+            ("10.0.0.1", "10.0.0.2")
+        );
+        assert_eq!(
+            Caller {
+                ip: first.ip.clone(),
+                ..second
+            },
+            first
+        );
+        assert_eq!(first.user.as_str(), "bob");
+
+        let off = oidc(0);
+        off.install_keys(ISSUER, &jwks(&[("k1", 0)]));
+        for _ in 0..3 {
+            off.verify(&t, "10.0.0.1".into()).await.expect("uncached");
+        }
+        assert_eq!(off.signature_checks(), 3);
+        assert_eq!(off.token_cache_len(), 0);
+    }
+
+    // A cached token whose exp passes (no leeway here) is refused, and its entry is gone.
+    #[tokio::test]
+    async fn an_expired_cached_token_is_refused() {
+        let o = oidc(100);
+        o.install_keys(ISSUER, &jwks(&[("k1", 0)]));
+        let exp = now_s() + 1;
+        let t = token("k1", 0, "bob", exp);
+        o.verify(&t, "ip".into()).await.expect("valid until exp");
+        o.verify(&t, "ip".into()).await.expect("cached");
+        assert_eq!((o.signature_checks(), o.token_cache_len()), (1, 1));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while now_s() <= exp {
+            assert!(Instant::now() < deadline, "the clock does not move");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let e = o.verify(&t, "ip".into()).await.expect_err("expired");
+        assert!(format!("{e:?}").contains("Expired"), "{e:?}");
+        assert_eq!(o.token_cache_len(), 0, "the expired entry is dropped");
+    }
+
+    // After a JWKS refresh without the key that verified a cached token, that token is
+    // refused; so is one whose kid now names a different key. Tokens of the new key pass.
+    #[tokio::test]
+    async fn a_cached_token_whose_key_left_the_jwks_is_refused() {
+        let o = oidc(100);
+        o.install_keys(ISSUER, &jwks(&[("k1", 0)]));
+        let old = token("k1", 0, "bob", in_an_hour());
+        o.verify(&old, "ip".into()).await.expect("old key");
+        o.verify(&old, "ip".into()).await.expect("cached");
+
+        // Rotation: k1 leaves, k2 arrives.
+        o.install_keys(ISSUER, &jwks(&[("k2", 1)]));
+        let e = o.verify(&old, "ip".into()).await.expect_err("k1 is gone");
+        assert!(format!("{e:?}").contains("not known"), "{e:?}");
+        let new = token("k2", 1, "bob", in_an_hour());
+        o.verify(&new, "ip".into()).await.expect("new key");
+
+        // The same kid, another key: a token cached under the old key is not served.
+        let o = oidc(100);
+        o.install_keys(ISSUER, &jwks(&[("k1", 0)]));
+        o.verify(&old, "ip".into()).await.expect("old key");
+        o.install_keys(ISSUER, &jwks(&[("k1", 1)]));
+        o.verify(&old, "ip".into())
+            .await
+            .expect_err("k1 is now another key");
+        assert_eq!(o.signature_checks(), 2);
+    }
+
+    // More distinct tokens than the capacity: all verify, the cache stays within its bound.
+    #[tokio::test]
+    async fn the_cache_holds_at_most_token_cache_max() {
+        let o = oidc(5);
+        o.install_keys(ISSUER, &jwks(&[("k1", 0)]));
+        for i in 0..50 {
+            let t = token("k1", 0, &format!("user{i}"), in_an_hour());
+            o.verify(&t, "ip".into()).await.expect("valid");
+            assert!(o.token_cache_len() <= 5, "{} entries", o.token_cache_len());
+        }
+        assert_eq!(o.signature_checks(), 50);
+    }
+
+    // A cached token changed in its payload or signature (another string) is never a hit: it
+    // is checked in full and refused. Failures are not cached: each try is checked again.
+    #[tokio::test]
+    async fn a_tampered_token_is_never_a_hit() {
+        let o = oidc(100);
+        o.install_keys(ISSUER, &jwks(&[("k1", 0)]));
+        let t = token("k1", 0, "bob", in_an_hour());
+        o.verify(&t, "ip".into()).await.expect("valid");
+        let other = token("k1", 0, "eve", in_an_hour());
+        let parts: Vec<&str> = t.split('.').collect();
+        let payload_swapped = format!(
+            "{}.{}.{}",
+            parts[0],
+            other.split('.').nth(1).expect("payload"),
+            parts[2]
+        );
+        let mut sig = parts[2].to_owned();
+        let last = if sig.ends_with('A') { "Q" } else { "A" };
+        sig.replace_range(sig.len() - 1.., last);
+        let sig_changed = format!("{}.{}.{sig}", parts[0], parts[1]);
+        for (what, bad) in [("payload", &payload_swapped), ("signature", &sig_changed)] {
+            for _ in 0..2 {
+                o.verify(bad, "ip".into()).await.expect_err(what);
+            }
+        }
+        assert_eq!(
+            o.signature_checks(),
+            5,
+            "1 valid + 2 x 2 refused, each checked"
+        );
+        assert_eq!(o.token_cache_len(), 1, "only the valid token");
+    }
+
+    // The capacity is a limit like the others: too large is reported, 0 is allowed (off).
+    #[test]
+    fn token_cache_max_is_validated() {
+        let s = |token_cache_max| OidcSettings {
+            token_cache_max,
+            ..OidcSettings::default()
+        };
+        assert!(s(0).validate().is_empty());
+        assert!(s(TOKEN_CACHE_MAX_LIMIT).validate().is_empty());
+        let errs = s(TOKEN_CACHE_MAX_LIMIT + 1).validate();
+        assert!(
+            errs.iter().any(|e| e.contains("token_cache_max")),
+            "{errs:?}"
+        );
     }
 }

@@ -324,5 +324,22 @@ mod tests {
             errs.iter().any(|e| e.contains("accounts must list")),
             "{errs:?}"
         );
+
+        // The verified-token cache: on by default, sized (or turned off) like any limit.
+        assert_eq!(
+            Config::load("", &env(&[])).unwrap().oidc.token_cache_max,
+            10_000
+        );
+        let c = Config::load(file, &env(&[("ORDERD_OIDC__TOKEN_CACHE_MAX", "0")])).unwrap();
+        assert_eq!(c.oidc.token_cache_max, 0);
+        let Err(ConfigError::Invalid(errs)) =
+            Config::load(&format!("{file}token_cache_max = 100000000\n"), &env(&[]))
+        else {
+            panic!("should be invalid")
+        };
+        assert!(
+            errs.iter().any(|e| e.contains("token_cache_max")),
+            "{errs:?}"
+        );
     }
 }

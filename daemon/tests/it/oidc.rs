@@ -270,7 +270,9 @@ async fn until_accepted(env: &TestEnv, token: &str, what: &str) {
 // The provider rotates its signing key: orderd accepts tokens of the new key without a
 // restart, and the old key's tokens keep working while it is published. A burst of tokens
 // with unknown keys costs at most one JWKS fetch. While the JWKS endpoint is down, cached keys
-// keep working and a token of a key orderd has never seen is refused until it is back.
+// keep working and a token of a key orderd has never seen is refused until it is back. When
+// the provider stops publishing the old keys, their tokens are refused although orderd had
+// verified and cached them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_rotation_is_picked_up_and_cached_keys_survive_an_outage() {
     let p = Provider::start(
@@ -344,6 +346,22 @@ async fn key_rotation_is_picked_up_and_cached_keys_survive_an_outage() {
     }
     p.set_jwks_down(false).await;
     until_accepted(&env, &unseen, "the JWKS is back").await;
+
+    // The provider drops every older key. Once orderd has refetched the JWKS (a token of the
+    // newest key makes it), tokens it verified and cached before are refused: their keys are
+    // no longer published.
+    for t in [&old, &new, &unseen] {
+        assert_eq!(me(&env, t).await.status, 200, "cached before the keys go");
+    }
+    p.rotate(true).await;
+    let newest = p.access_token("acme-bob").await;
+    until_accepted(&env, &newest, "only the newest key published").await;
+    for (what, t) in [("first", &old), ("second", &new), ("third", &unseen)] {
+        assert_refused(
+            &format!("a cached token of the {what} key, no longer published"),
+            &me(&env, t).await,
+        );
+    }
 }
 
 // Two companies, two identity providers, each bound to its own account; the second names
