@@ -476,17 +476,30 @@ impl Oidc {
     /// entry is dropped and the token is verified in full again, which gives the same answer
     /// and error as without a cache. Only successes are cached.
     pub async fn verify(&self, token: &str, ip: String) -> Result<Caller, ApiError> {
+        let count = |result: &'static str| {
+            metrics::counter!(crate::telemetry::TOKEN_CHECKS, "result" => result).increment(1);
+        };
         let Some(cache) = &self.token_cache else {
-            return Ok(self.verify_signed(token).await?.caller_at(ip));
+            let verified = self
+                .verify_signed(token)
+                .await
+                .inspect_err(|_| count("refused"))?;
+            count("verified");
+            return Ok(verified.caller_at(ip));
         };
         let digest = TokenDigest::of(token);
         if let Some(hit) = cache.get(&digest) {
             if self.still_valid(&hit).await {
+                count("cached");
                 return Ok(hit.caller_at(ip));
             }
             cache.remove(&digest);
         }
-        let verified = self.verify_signed(token).await?;
+        let verified = self
+            .verify_signed(token)
+            .await
+            .inspect_err(|_| count("refused"))?;
+        count("verified");
         let caller = verified.caller_at(ip);
         cache.insert(digest, verified);
         Ok(caller)

@@ -36,6 +36,10 @@ pub const INFLIGHT: &str = "orderd_inflight_requests";
 pub const INFLIGHT_ACCOUNT_MAX: &str = "orderd_inflight_account_max";
 /// Gauge: account actors running.
 pub const ACCOUNT_ACTORS: &str = "orderd_account_actors_running";
+/// Counter: bearer access tokens of an identity provider checked, label `result` (`verified`:
+/// signature and claims checked in full; `cached`: served from the verified-token cache;
+/// `refused`).
+pub const TOKEN_CHECKS: &str = "orderd_token_checks_total";
 /// Gauge: batches waiting for the journal's committer.
 pub const JOURNAL_QUEUE: &str = "orderd_storage_commit_queue_depth";
 /// How often the exporter's histogram samples are folded into their buckets even when nobody
@@ -315,6 +319,10 @@ fn describe() {
         "problems of refused (422) requests by validation code"
     );
     describe_counter!(REFUSALS, "429 and 503 answers");
+    describe_counter!(
+        TOKEN_CHECKS,
+        "identity-provider access tokens checked: verified in full, served from the verified-token cache, or refused"
+    );
     describe_gauge!(INFLIGHT, "requests in flight to account actors");
     describe_gauge!(
         INFLIGHT_ACCOUNT_MAX,
