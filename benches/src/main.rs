@@ -712,17 +712,7 @@ impl Bench {
             },
         ];
         let mut d = self.take_daemon().await?;
-        let tokens = d
-            .tokens
-            .iter()
-            .map(|t| HeaderValue::from_str(t))
-            .collect::<Result<Vec<_>, _>>()?;
-        let source = OrderSource {
-            pool: self.pool.clone(),
-            tokens,
-            key_prefix: "b".to_owned(),
-            seed: self.args.seed,
-        };
+        let source = d.order_source(self.pool.clone(), "b", self.args.seed)?;
         self.step_no += 1;
         let cfg = ProfileConfig {
             phases,
@@ -961,17 +951,7 @@ impl Bench {
         warmup: Duration,
         window: Duration,
     ) -> anyhow::Result<StepResult> {
-        let tokens = d
-            .tokens
-            .iter()
-            .map(|t| HeaderValue::from_str(t))
-            .collect::<Result<Vec<_>, _>>()?;
-        let source = OrderSource {
-            pool,
-            tokens,
-            key_prefix: "b".to_owned(),
-            seed: self.args.seed,
-        };
+        let source = d.order_source(pool, "b", self.args.seed)?;
         let r = self
             .measure(
                 Which::Orderd,

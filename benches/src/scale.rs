@@ -16,8 +16,7 @@
 use crate::loadgen::{self, Criteria, StepConfig};
 use crate::procstat;
 use crate::server::{self, Daemon};
-use crate::workload::{BodyPool, Dataset, Mix, OrderSource};
-use hyper::header::HeaderValue;
+use crate::workload::{BodyPool, Dataset, Mix};
 use hyper::StatusCode;
 use serde::Serialize;
 use std::path::Path;
@@ -105,17 +104,7 @@ pub async fn run(
     let mix = Mix::parse("1:70,10:25,100:5", cfg.skus).unwrap_or_else(|_| Mix::single(1));
     let pool = Arc::new(BodyPool::build(&dataset, &mix, 256, seed));
     for p in 0..cfg.growth_points {
-        let tokens = d
-            .tokens
-            .iter()
-            .map(|t| HeaderValue::from_str(t))
-            .collect::<Result<Vec<_>, _>>()?;
-        let source = OrderSource {
-            pool: pool.clone(),
-            tokens,
-            key_prefix: format!("scale{p}"),
-            seed,
-        };
+        let source = d.order_source(pool.clone(), &format!("scale{p}"), seed)?;
         let step = StepConfig {
             rate: cfg.growth_rate,
             warmup: Duration::ZERO,

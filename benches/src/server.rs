@@ -6,7 +6,7 @@ use crate::ceiling::RecordShape;
 use crate::issuer::BenchIssuer;
 use crate::loadgen::{self, Conn};
 use crate::procstat;
-use crate::workload::Dataset;
+use crate::workload::{BodyPool, Dataset, OrderSource};
 use anyhow::{bail, Context};
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -111,6 +111,27 @@ impl Daemon {
 
     pub fn log(&self) -> LogTail {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Orders from `pool`, each signed with one of this daemon's buyer tokens; idempotency keys
+    /// start with `key_prefix`.
+    pub fn order_source(
+        &self,
+        pool: Arc<BodyPool>,
+        key_prefix: &str,
+        seed: u64,
+    ) -> anyhow::Result<OrderSource> {
+        let tokens = self
+            .tokens
+            .iter()
+            .map(|t| hyper::header::HeaderValue::from_str(t))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(OrderSource {
+            pool,
+            tokens,
+            key_prefix: key_prefix.to_owned(),
+            seed,
+        })
     }
 }
 

@@ -22,8 +22,9 @@ use hyper::header::{CONTENT_TYPE, HOST};
 use hyper::{Request, StatusCode};
 use orderd_benches::events::{self, LagRecorder, NatsServer};
 use orderd_benches::loadgen::{self, Criteria, Latency, StepConfig, StepResult};
+use orderd_benches::report::median;
 use orderd_benches::server::Daemon;
-use orderd_benches::workload::{BodyPool, Dataset, Mix, OrderSource};
+use orderd_benches::workload::{BodyPool, Dataset, Mix};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -261,17 +262,7 @@ async fn one_run(
         Some(n) => Some(events::follow_nats(&n.url(), nats_rec.clone()).await?),
         None => None,
     };
-    let tokens = d
-        .tokens
-        .iter()
-        .map(|t| hyper::header::HeaderValue::from_str(t))
-        .collect::<Result<Vec<_>, _>>()?;
-    let source = OrderSource {
-        pool,
-        tokens,
-        key_prefix: format!("e{run}"),
-        seed: a.seed,
-    };
+    let source = d.order_source(pool, &format!("e{run}"), a.seed)?;
     let cfg = StepConfig {
         rate: a.rate,
         warmup,
@@ -338,22 +329,9 @@ async fn operator_token(addr: std::net::SocketAddr) -> anyhow::Result<String> {
     Ok(format!("Bearer {token}"))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 fn summarize(variant: Variant, all: &[RunResult]) -> Summary {
     let runs: Vec<&RunResult> = all.iter().filter(|r| r.variant == variant).collect();
-    let m = |f: &dyn Fn(&RunResult) -> f64| median(runs.iter().map(|r| f(r)).collect());
+    let m = |f: &dyn Fn(&RunResult) -> f64| median(&runs.iter().map(|r| f(r)).collect::<Vec<_>>());
     let nats = |f: &dyn Fn(&Latency) -> f64| {
         runs.iter()
             .all(|r| r.nats_lag.is_some())
