@@ -3,14 +3,16 @@
 //! The audit log is the outbox (see `orderd_storage`): every order change's audit record carries
 //! its event. The publisher reads the log in order from a durable cursor, publishes each event to
 //! JetStream with `Nats-Msg-Id` set to the event id, waits for every PubAck of the round, and
-//! only then moves the cursor on (stored in the journal under [`CURSOR_KEY`]). So:
+//! only then moves the cursor on (stored in the journal under [`CURSOR_KEY`] at most every
+//! `nats.cursor_store_ms`, and whenever it catches up: a cursor write is a journal batch, and one
+//! per round would add flushes to the capture path). So:
 //!
 //! - while NATS is down, capture is unaffected: events simply wait in the log, and the publisher
 //!   retries with capped exponential backoff;
-//! - after a crash or an outage it resumes at the cursor, in log order, so per order the events
-//!   arrive in order and without gaps; a round that was published but not yet acknowledged is
-//!   published again, which JetStream drops inside its duplicate window and consumers drop by
-//!   event id after it;
+//! - after a crash or an outage it resumes at the stored cursor, in log order, so per order the
+//!   events arrive in order and without gaps; what was published after the stored cursor (at
+//!   most `cursor_store_ms` of events, or a round not yet acknowledged) is published again,
+//!   which JetStream drops inside its duplicate window and consumers drop by event id after it;
 //! - only durable records go out (up to the head of the last group flush).
 //!
 //! Subjects (ids are subject tokens with `.` written as `%2E`):
@@ -27,7 +29,7 @@ use orderd_domain::order::OrderState;
 use orderd_storage::{Batch, Journal, StorageError};
 use serde::Deserialize;
 use std::collections::BTreeSet;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
 /// Journal key of the publisher's cursor: the last audit seq whose events are acknowledged.
@@ -57,6 +59,10 @@ pub struct NatsSettings {
     /// Longest wait when there is nothing to publish: new durable records wake the publisher
     /// at once, this only bounds the wait.
     pub poll_ms: u64,
+    /// Least time between two writes of the cursor while events keep coming (it is also
+    /// written whenever the publisher catches up). After a crash, at most this much is
+    /// published again.
+    pub cursor_store_ms: u64,
 }
 
 impl Default for NatsSettings {
@@ -72,6 +78,7 @@ impl Default for NatsSettings {
             ack_timeout_ms: 5_000,
             retry_max_ms: 5_000,
             poll_ms: 500,
+            cursor_store_ms: 250,
         }
     }
 }
@@ -113,6 +120,10 @@ impl NatsSettings {
             ),
             (self.retry_max_ms == 0, "nats.retry_max_ms must be above 0"),
             (self.poll_ms == 0, "nats.poll_ms must be above 0"),
+            (
+                self.cursor_store_ms == 0,
+                "nats.cursor_store_ms must be above 0",
+            ),
         ];
         out.extend(
             checks
@@ -314,7 +325,7 @@ pub async fn run(
     loop {
         let result = round(&journal, &s, &mut js, &mut cursor).await;
         if let Some(c) = cursor {
-            readers.set("nats", "", c);
+            readers.set("nats", "", c.at);
         }
         let pause = match result {
             Ok(true) => {
@@ -324,7 +335,7 @@ pub async fn run(
             Ok(false) => {
                 let poll = Duration::from_millis(s.poll_ms);
                 if !events::wait_for_durable(&mut changes, poll, &mut stop).await {
-                    return;
+                    break;
                 }
                 continue;
             }
@@ -344,22 +355,45 @@ pub async fn run(
         };
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
-            _ = stop.changed() => return,
+            _ = stop.changed() => break,
+        }
+    }
+    // A graceful stop stores what was acknowledged, so nothing is published twice.
+    if let Some(c) = cursor.filter(|c| c.stored < c.at) {
+        if let Err(error) = store_cursor(&journal, c.at).await {
+            tracing::warn!(%error, "storing the NATS cursor at shutdown failed; the next start publishes the last events again");
         }
     }
 }
 
-/// One round; `Ok(false)` when there was nothing to publish.
+/// The publisher's cursor: the last audit seq acknowledged, and what the journal holds.
+#[derive(Debug, Clone, Copy)]
+struct Cursor {
+    at: u64,
+    stored: u64,
+    stored_at: Instant,
+}
+
+/// One round; `Ok(false)` when there was nothing to publish. The cursor is stored when it last
+/// was `cursor_store_ms` ago, or when there is nothing left to publish.
 async fn round(
     journal: &Journal,
     s: &NatsSettings,
     js: &mut Option<async_nats::jetstream::Context>,
-    cursor: &mut Option<u64>,
+    cursor: &mut Option<Cursor>,
 ) -> Result<bool, PublishError> {
-    let after = match *cursor {
+    let mut c = match *cursor {
         Some(c) => c,
-        None => *cursor.insert(load_cursor(journal)?),
+        None => {
+            let at = load_cursor(journal)?;
+            *cursor.insert(Cursor {
+                at,
+                stored: at,
+                stored_at: Instant::now(),
+            })
+        }
     };
+    let after = c.at;
     let ctx = match js {
         Some(ctx) => ctx,
         None => js.insert(connect(s).await?),
@@ -374,16 +408,23 @@ async fn round(
         .map_err(|e| StorageError::Invalid {
             reason: e.to_string(),
         })??;
-    if last == after {
-        return Ok(false);
+    let idle = last == after;
+    if !idle {
+        publish_round(ctx, messages, Duration::from_millis(s.ack_timeout_ms)).await?;
+        for t in changed_at {
+            events::record_lag(LagStage::Nats, t);
+        }
+        c.at = last;
+        *cursor = Some(c);
     }
-    publish_round(ctx, messages, Duration::from_millis(s.ack_timeout_ms)).await?;
-    for t in changed_at {
-        events::record_lag(LagStage::Nats, t);
+    let due = c.stored_at.elapsed() >= Duration::from_millis(s.cursor_store_ms);
+    if c.stored < c.at && (idle || due) {
+        store_cursor(journal, c.at).await?;
+        c.stored = c.at;
+        c.stored_at = Instant::now();
+        *cursor = Some(c);
     }
-    store_cursor(journal, last).await?;
-    *cursor = Some(last);
-    Ok(true)
+    Ok(!idle)
 }
 
 #[cfg(test)]
