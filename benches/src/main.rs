@@ -444,34 +444,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         error_max_ratio: args.error_max_pct / 100.0,
         achieved_min_ratio: args.achieved_min_pct / 100.0,
     };
-    // Generous bounds: the benchmark measures latency, not admission control. The open loop
-    // never has more than `connections` requests in flight anyway.
-    let inflight_total = (args.connections * 8).max(8_192);
     let issuer = match args.oidc {
         true => Some(BenchIssuer::start().await?),
         false => None,
     };
-    let mut env = vec![
-        (
-            "ORDERD_LIMITS__INFLIGHT_TOTAL_MAX".to_owned(),
-            inflight_total.to_string(),
-        ),
-        (
-            "ORDERD_LIMITS__ACCOUNT_INFLIGHT_MAX".to_owned(),
-            inflight_total.to_string(),
-        ),
-        // Setting up signs in once per account, far above the per-address sign-in limit that
-        // protects a real deployment. The mutation limits stay as configured: the mix is spread
-        // over the data set's accounts, well below them.
-        (
-            "ORDERD_API__RATE_LIMIT__LOGINS_PER_MIN".to_owned(),
-            "1000000".to_owned(),
-        ),
-        (
-            "ORDERD_API__RATE_LIMIT__LOGINS_BURST".to_owned(),
-            "100000".to_owned(),
-        ),
-    ];
+    let mut env = server::daemon_env(args.connections);
     if let Some(i) = &issuer {
         env.extend(i.env());
     }

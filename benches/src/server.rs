@@ -33,6 +33,29 @@ pub struct LogTail {
     pub errors: u64,
 }
 
+/// The settings every benchmark gives orderd (as `ORDERD_*` variables), for a load generator
+/// with `connections` keep-alive connections.
+pub fn daemon_env(connections: usize) -> Vec<(String, String)> {
+    // Generous bounds: the benchmark measures latency, not admission control. The open loop
+    // never has more than `connections` requests in flight anyway.
+    let inflight_total = (connections * 8).max(8_192).to_string();
+    [
+        ("ORDERD_LIMITS__INFLIGHT_TOTAL_MAX", inflight_total.as_str()),
+        (
+            "ORDERD_LIMITS__ACCOUNT_INFLIGHT_MAX",
+            inflight_total.as_str(),
+        ),
+        // Setting up signs in once per account, far above the per-address sign-in limit that
+        // protects a real deployment. The mutation limits stay as configured: the mix is
+        // spread over the data set's accounts, well below them.
+        ("ORDERD_API__RATE_LIMIT__LOGINS_PER_MIN", "1000000"),
+        ("ORDERD_API__RATE_LIMIT__LOGINS_BURST", "100000"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
 /// A running `orderd serve`; killed (and its data directory deleted) on drop.
 pub struct Daemon {
     child: Child,

@@ -23,7 +23,7 @@ use hyper::{Request, StatusCode};
 use orderd_benches::events::{self, LagRecorder, NatsServer};
 use orderd_benches::loadgen::{self, Criteria, Latency, StepConfig, StepResult};
 use orderd_benches::report::median;
-use orderd_benches::server::Daemon;
+use orderd_benches::server::{self, Daemon};
 use orderd_benches::workload::{BodyPool, Dataset, Mix};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -238,16 +238,7 @@ async fn one_run(
         Variant::Nats => Some(NatsServer::start(&a.nats_server, data_root)?),
         Variant::Plain => None,
     };
-    let bound = (a.connections * 8).max(8_192).to_string();
-    let mut env: Vec<(String, String)> = [
-        ("ORDERD_LIMITS__INFLIGHT_TOTAL_MAX", bound.as_str()),
-        ("ORDERD_LIMITS__ACCOUNT_INFLIGHT_MAX", bound.as_str()),
-        ("ORDERD_API__RATE_LIMIT__LOGINS_PER_MIN", "1000000"),
-        ("ORDERD_API__RATE_LIMIT__LOGINS_BURST", "100000"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
+    let mut env = server::daemon_env(a.connections);
     if let Some(n) = &nats {
         env.push(("ORDERD_NATS__URL".to_owned(), n.url()));
     }
