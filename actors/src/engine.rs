@@ -117,6 +117,12 @@ impl Engine {
         self.accounts.call(account, build).await
     }
 
+    /// Per kind of outbox reader, the durable audit records it has yet to hand on (see
+    /// [`crate::events::OutboxReaders::depths`]).
+    pub fn outbox_depths(&self) -> [(&'static str, u64); 3] {
+        self.outbox.depths(self.journal.audit_head().seq)
+    }
+
     pub fn warehouse(&self, id: &WarehouseId) -> Option<WarehouseHandle> {
         self.catalog.load().handles.get(id).cloned()
     }

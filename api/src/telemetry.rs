@@ -296,7 +296,7 @@ impl Telemetry {
         gauge(INFLIGHT_ACCOUNT_MAX, engine.accounts.inflight_account_max());
         gauge(ACCOUNT_ACTORS, engine.accounts.running());
         gauge(JOURNAL_QUEUE, engine.journal.queued());
-        for (reader, depth) in engine.outbox.depths(engine.journal.audit_head().seq) {
+        for (reader, depth) in engine.outbox_depths() {
             // Depths far below 2^52 are exact as f64.
             #[allow(clippy::cast_precision_loss)]
             metrics::gauge!(orderd_actors::metric_names::OUTBOX_DEPTH, "reader" => reader)

@@ -219,19 +219,16 @@ async fn deliver(
             r = attempt(client, &ep, id, body, s) => r,
             _ = stop.changed() => return Outcome::Stopped,
         };
+        let outcome = match &result {
+            Attempt::Delivered => "delivered",
+            Attempt::Gone => "gone",
+            Attempt::Retry { .. } => "failed",
+        };
+        metrics::counter!(WEBHOOK_ATTEMPTS, "outcome" => outcome).increment(1);
         let (error, after) = match result {
-            Attempt::Delivered => {
-                metrics::counter!(WEBHOOK_ATTEMPTS, "outcome" => "delivered").increment(1);
-                return Outcome::Delivered;
-            }
-            Attempt::Gone => {
-                metrics::counter!(WEBHOOK_ATTEMPTS, "outcome" => "gone").increment(1);
-                return Outcome::Gone { attempts: n };
-            }
-            Attempt::Retry { error, after } => {
-                metrics::counter!(WEBHOOK_ATTEMPTS, "outcome" => "failed").increment(1);
-                (error, after)
-            }
+            Attempt::Delivered => return Outcome::Delivered,
+            Attempt::Gone => return Outcome::Gone { attempts: n },
+            Attempt::Retry { error, after } => (error, after),
         };
         let pause = after.unwrap_or_else(|| backoff(s, n, random_u64()));
         let too_old = first.elapsed() + pause > Duration::from_millis(s.attempt_age_max_ms);

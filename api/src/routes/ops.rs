@@ -102,11 +102,7 @@ async fn live(State(s): State<ApiState>) -> ApiResult<axum::Json<LiveBody>> {
         commit_groups: stats.groups,
         commit_batches: stats.batches,
         commit_largest_group: stats.largest_group,
-        outbox_depth: engine
-            .outbox
-            .depths(engine.journal.audit_head().seq)
-            .into_iter()
-            .collect(),
+        outbox_depth: engine.outbox_depths().into_iter().collect(),
     };
     let (total, ranked) = s
         .webhooks
