@@ -6,6 +6,7 @@
 //! other crates use the typed handles here and never build actor messages themselves.
 
 pub mod account;
+pub mod admission;
 pub mod audit;
 pub mod catalog;
 pub mod directory;
@@ -62,8 +63,15 @@ pub struct Limits {
     pub call_timeout_ms: u64,
     /// Requests in flight for one account; above it: busy (HTTP 429).
     pub account_inflight_max: usize,
-    /// Requests in flight in the whole daemon; above it: busy (HTTP 503).
+    /// Requests in flight in the whole daemon, at most; above it: busy (HTTP 503). The bound
+    /// in force follows the measured throughput (see [`admission`]) between
+    /// `inflight_total_min` and this.
     pub inflight_total_max: usize,
+    /// The lowest bound on requests in flight in the whole daemon.
+    pub inflight_total_min: usize,
+    /// The time in the daemon that the in-flight bound aims at: the bound is the measured
+    /// throughput times this (Little's law).
+    pub inflight_latency_target_ms: u64,
     /// An account actor idle this long stops; it is rebuilt on its next message.
     pub account_idle_ms: u64,
     /// Lines per order (at most `orderd_domain::validation::ORDER_LINES_MAX`).
@@ -78,6 +86,8 @@ impl Default for Limits {
             call_timeout_ms: 10_000,
             account_inflight_max: 64,
             inflight_total_max: 8_192,
+            inflight_total_min: 128,
+            inflight_latency_target_ms: 50,
             account_idle_ms: 300_000,
             order_lines_max: 500,
             idempotency_keys_max: 10_000,
@@ -86,6 +96,15 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// The bounds of the daemon-wide admission bound.
+    pub fn admission(&self) -> admission::AdmissionLimits {
+        admission::AdmissionLimits {
+            min: self.inflight_total_min,
+            max: self.inflight_total_max,
+            latency_target: Duration::from_millis(self.inflight_latency_target_ms),
+        }
+    }
+
     /// Every bad value, not only the first.
     pub fn validate(&self) -> Vec<String> {
         let mut errs = vec![];
@@ -97,12 +116,20 @@ impl Limits {
             ("call_timeout_ms", self.call_timeout_ms == 0),
             ("account_inflight_max", self.account_inflight_max == 0),
             ("inflight_total_max", self.inflight_total_max == 0),
+            ("inflight_total_min", self.inflight_total_min == 0),
+            (
+                "inflight_latency_target_ms",
+                self.inflight_latency_target_ms == 0,
+            ),
             ("account_idle_ms", self.account_idle_ms == 0),
             ("idempotency_keys_max", self.idempotency_keys_max == 0),
         ] {
             if zero {
                 errs.push(format!("limits.{name} must be above 0"));
             }
+        }
+        if self.inflight_total_min > self.inflight_total_max {
+            errs.push("limits.inflight_total_min must not exceed limits.inflight_total_max".into());
         }
         if self.account_inflight_max > self.inflight_total_max {
             errs.push(

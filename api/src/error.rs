@@ -29,6 +29,10 @@ pub enum ApiError {
     Conflict(String),
     #[error("too many requests for this account")]
     TooManyRequests,
+    /// The daemon-wide in-flight bound refused the request. Not logged one by one: during a
+    /// spike there are thousands a second (`orderd_http_refusals_total` counts them).
+    #[error("orderd is serving all the requests it can within its latency target; retry shortly")]
+    Overloaded,
     #[error("rate limit of this {scope:?} reached; retry after {retry_after_s} s")]
     RateLimited {
         scope: crate::rate_limit::Scope,
@@ -73,6 +77,7 @@ impl ApiError {
             }
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "account_busy"),
+            ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "daemon_busy"),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -159,7 +164,7 @@ impl From<ActorError> for ApiError {
     fn from(e: ActorError) -> ApiError {
         match e {
             ActorError::Busy(BusyScope::Account) => ApiError::TooManyRequests,
-            ActorError::Busy(BusyScope::Daemon) => ApiError::Unavailable("orderd is at its in-flight limit; retry shortly".into()),
+            ActorError::Busy(BusyScope::Daemon) => ApiError::Overloaded,
             ActorError::NoSuchAccount => ApiError::NotFound("account not found".into()),
             ActorError::Timeout => ApiError::Unavailable("no answer within the call timeout; the request may still complete, retry with the same Idempotency-Key".into()),
             ActorError::Gone => ApiError::Unavailable("the account was restarting; retry with the same Idempotency-Key".into()),

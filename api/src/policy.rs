@@ -112,7 +112,8 @@ pub fn changes_state(method: &Method) -> bool {
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
-/// Middleware on every matched route: rule lookup, authentication, role check, rate limits.
+/// Middleware on every matched route: rule lookup, the daemon-wide in-flight bound for changes,
+/// authentication, role check, rate limits.
 pub async fn guard(State(s): State<ApiState>, mut req: Request, next: Next) -> Response {
     match admit(&s, &mut req).await {
         Ok(()) => next.run(req).await,
@@ -137,6 +138,11 @@ async fn admit(s: &ApiState, req: &mut Request) -> Result<(), ApiError> {
     match access {
         Access::Public => Ok(()),
         Access::SignIn => s.rate.login(&ip),
+        Access::Roles(_) if changes_state(&method) && s.engine.accounts.saturated() => {
+            // Refused before the token is checked and the body read: during a spike this
+            // answer must cost far less than the work it turns away (crate::admission).
+            Err(ApiError::Overloaded)
+        }
         Access::Roles(roles) => {
             let (caller, credential) = match crate::auth::bearer(req.headers())? {
                 Some(token) => (

@@ -32,6 +32,9 @@ pub const REJECTIONS: &str = "orderd_rejections_total";
 pub const REFUSALS: &str = "orderd_http_refusals_total";
 /// Gauge: requests in flight to account actors, in total.
 pub const INFLIGHT: &str = "orderd_inflight_requests";
+/// Gauge: the bound on requests in flight in force now (measured throughput × latency target,
+/// between `limits.inflight_total_min` and `limits.inflight_total_max`).
+pub const INFLIGHT_BOUND: &str = "orderd_inflight_bound";
 /// Gauge: the most requests in flight for one account (the mailbox depth of the busiest actor).
 pub const INFLIGHT_ACCOUNT_MAX: &str = "orderd_inflight_account_max";
 /// Gauge: account actors running.
@@ -144,7 +147,10 @@ impl Outcome {
             Ok(_) => Outcome::Accepted,
             Err(ApiError::Invalid(_) | ApiError::IdempotencyMismatch(_)) => Outcome::Rejected,
             Err(
-                ApiError::TooManyRequests | ApiError::RateLimited { .. } | ApiError::Unavailable(_),
+                ApiError::TooManyRequests
+                | ApiError::RateLimited { .. }
+                | ApiError::Overloaded
+                | ApiError::Unavailable(_),
             ) => Outcome::Refused,
             Err(_) => Outcome::Failed,
         }
@@ -159,6 +165,7 @@ pub struct Telemetry {
     busy_429: Counter,
     rate_limited_429: Counter,
     unavailable_503: Counter,
+    daemon_busy_503: Counter,
     /// Per-second figures of the last minutes, for the operators' dashboard.
     pub live: live::LiveWindow,
 }
@@ -241,6 +248,7 @@ impl Telemetry {
             busy_429: metrics::counter!(REFUSALS, "status" => "429", "code" => "account_busy"),
             rate_limited_429: metrics::counter!(REFUSALS, "status" => "429", "code" => "rate_limited"),
             unavailable_503: metrics::counter!(REFUSALS, "status" => "503", "code" => "unavailable"),
+            daemon_busy_503: metrics::counter!(REFUSALS, "status" => "503", "code" => "daemon_busy"),
             live: live::LiveWindow::new(),
         }
     }
@@ -265,6 +273,10 @@ impl Telemetry {
             }
             ApiError::Unavailable(_) => {
                 self.unavailable_503.increment(1);
+                self.live.record_status(503);
+            }
+            ApiError::Overloaded => {
+                self.daemon_busy_503.increment(1);
                 self.live.record_status(503);
             }
             ApiError::Invalid(problems) => self.record_problems(problems),
@@ -293,6 +305,7 @@ impl Telemetry {
             metrics::gauge!(name).set(v as f64);
         };
         gauge(INFLIGHT, engine.accounts.inflight());
+        gauge(INFLIGHT_BOUND, engine.accounts.inflight_bound());
         gauge(INFLIGHT_ACCOUNT_MAX, engine.accounts.inflight_account_max());
         gauge(ACCOUNT_ACTORS, engine.accounts.running());
         gauge(JOURNAL_QUEUE, engine.journal.queued());
@@ -324,6 +337,10 @@ fn describe() {
         "identity-provider access tokens checked: verified in full, served from the verified-token cache, or refused"
     );
     describe_gauge!(INFLIGHT, "requests in flight to account actors");
+    describe_gauge!(
+        INFLIGHT_BOUND,
+        "bound on requests in flight now: measured throughput times the latency target (above: 503)"
+    );
     describe_gauge!(
         INFLIGHT_ACCOUNT_MAX,
         "most requests in flight for one account (busiest actor's queue)"

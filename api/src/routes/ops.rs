@@ -50,6 +50,8 @@ pub fn render_metrics(engine: &Engine) -> Response {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Queues {
     pub inflight_total: usize,
+    /// The bound in force now (see `limits.inflight_latency_target_ms`).
+    pub inflight_bound: usize,
     pub inflight_total_max: usize,
     pub inflight_account_max: usize,
     pub account_inflight_max: usize,
@@ -94,6 +96,7 @@ async fn live(State(s): State<ApiState>) -> ApiResult<axum::Json<LiveBody>> {
     let stats = engine.journal.stats();
     let queues = Queues {
         inflight_total: engine.accounts.inflight(),
+        inflight_bound: engine.accounts.inflight_bound(),
         inflight_total_max: engine.limits.inflight_total_max,
         inflight_account_max: engine.accounts.inflight_account_max(),
         account_inflight_max: engine.limits.account_inflight_max,

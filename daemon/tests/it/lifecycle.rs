@@ -1,6 +1,6 @@
 //! The daemon's life from the outside: graceful shutdown and restart, refusing bad
 //! configuration, tenancy (DESIGN invariant 7), the approval flow with credit, and admission
-//! control (429 + Retry-After).
+//! control (429 and 503 with Retry-After).
 
 use crate::env::{decimal, str_field, warehouses_of, TestEnv, BIN};
 use orderd_chaos::{DaemonSpec, Harness, Reply, RoundEnd, Scenario};
@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 const LOAD_BEFORE_SIGTERM: Duration = Duration::from_millis(1_500);
 /// How long a daemon with a bad configuration may take to give up.
 const BAD_CONFIG_EXIT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Concurrent placements per burst in the 429 test.
+/// Concurrent placements per burst in the 429 and 503 tests.
 const BURST_REQUESTS: usize = 24;
-/// How long the 429 test keeps sending bursts before it gives up on seeing one.
+/// How long the 429 and 503 tests keep sending bursts before they give up on seeing one.
 const BUSY_DEADLINE: Duration = Duration::from_secs(20);
 
 // Four clients place, approve, reject, ship and cancel; SIGTERM arrives while they keep
@@ -294,13 +294,39 @@ async fn large_order_is_approved_then_shipped_and_credit_follows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn account_over_its_inflight_limit_gets_429() {
     let env = TestEnv::start_with(&[("ORDERD_LIMITS__ACCOUNT_INFLIGHT_MAX", "1")]).await;
+    bursts_until_refused(&env, 429, "account_busy").await;
+}
+
+// The daemon-wide bound pinned to one request in flight (minimum = maximum = 1): bursts get
+// 503s with Retry-After and the daemon_busy code, and, as above, only the 201s created orders.
+// /v1/ops/live reports the bound in force. (How the bound follows throughput is unit-tested in
+// orderd_actors::admission.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_over_its_inflight_bound_gets_503() {
+    let env = TestEnv::start_with(&[
+        ("ORDERD_LIMITS__INFLIGHT_TOTAL_MIN", "1"),
+        ("ORDERD_LIMITS__INFLIGHT_TOTAL_MAX", "1"),
+        ("ORDERD_LIMITS__ACCOUNT_INFLIGHT_MAX", "1"),
+    ])
+    .await;
+    bursts_until_refused(&env, 503, "daemon_busy").await;
+    let operator = env.api().operator_token().await.expect("operator token");
+    let live = env.get(&operator, "/v1/ops/live").await;
+    assert_eq!(live.status, 200, "{live}");
+    assert_eq!(live.body["queues"]["inflight_bound"], json!(1), "{live}");
+}
+
+/// Sends bursts of concurrent placements for one account until one is refused with `status`
+/// and `code` (each refusal must carry Retry-After), then checks that the account's orders are
+/// exactly the 201s: a refusal created nothing and lost nothing.
+async fn bursts_until_refused(env: &TestEnv, status: u16, code: &str) {
     let token = env.token("ACME", "bob", &["buyer", "approver"]).await;
     let body = json!({"lines": [{"sku": "NUT-0021", "qty": 1}], "ship_to": "BERLIN"});
     let mut created = BTreeSet::new();
-    let mut busy = 0;
+    let mut refused = 0;
     let deadline = Instant::now() + BUSY_DEADLINE;
     let mut burst = 0;
-    while busy == 0 && Instant::now() < deadline {
+    while refused == 0 && Instant::now() < deadline {
         burst += 1;
         let tasks: Vec<_> = (0..BURST_REQUESTS)
             .map(|i| {
@@ -316,16 +342,19 @@ async fn account_over_its_inflight_limit_gets_429() {
                 201 => {
                     created.insert(str_field(&r.body, "id").to_owned());
                 }
-                429 => {
-                    busy += 1;
-                    assert!(r.retry_after.is_some(), "429 without Retry-After: {r}");
-                    assert_eq!(r.code(), Some("account_busy"), "{r}");
+                s if s == status => {
+                    refused += 1;
+                    assert!(r.retry_after.is_some(), "{status} without Retry-After: {r}");
+                    assert_eq!(r.code(), Some(code), "{r}");
                 }
                 _ => panic!("unexpected answer: {r}"),
             }
         }
     }
-    assert!(busy > 0, "no 429 in {burst} bursts of {BURST_REQUESTS}");
+    assert!(
+        refused > 0,
+        "no {status} in {burst} bursts of {BURST_REQUESTS}"
+    );
     assert!(!created.is_empty(), "nothing got through");
     let listed: BTreeSet<String> = env
         .api()
