@@ -5,6 +5,7 @@
 use crate::account::{AccountActor, AccountArgs, AccountMsg};
 use crate::audit::Caller;
 use crate::catalog::CatalogStore;
+use crate::grants::Grants;
 use crate::{call, ActorError, BusyScope, Limits};
 use orderd_domain::account::Account;
 use orderd_domain::ids::AccountId;
@@ -32,6 +33,7 @@ struct Inner {
     supervisor: ActorRef<()>,
     journal: Journal,
     catalog: CatalogStore,
+    grants: Arc<Grants>,
     limits: Limits,
     create_lock: tokio::sync::Mutex<()>,
 }
@@ -58,6 +60,7 @@ impl Directory {
         catalog: CatalogStore,
         limits: Limits,
         known: BTreeSet<AccountId>,
+        grants: Arc<Grants>,
     ) -> Result<Directory, ActorError> {
         let slots: Slots = Arc::default();
         let (supervisor, _) = Actor::spawn(
@@ -76,6 +79,7 @@ impl Directory {
             supervisor,
             journal,
             catalog,
+            grants,
             limits,
             create_lock: tokio::sync::Mutex::new(()),
         };
@@ -183,6 +187,7 @@ impl Directory {
             id: id.clone(),
             journal: self.0.journal.clone(),
             catalog: self.0.catalog.clone(),
+            grants: self.0.grants.clone(),
             limits: self.0.limits.clone(),
             retire: Box::new(move || weak.upgrade().is_some_and(|d| retire(&d, &retire_id))),
         };
@@ -230,6 +235,7 @@ impl Directory {
             .journal
             .submit(crate::ordering::create_account_batch(caller, &account))
             .await?;
+        self.0.grants.publish(&account);
         self.0
             .known
             .lock()
