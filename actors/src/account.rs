@@ -6,6 +6,7 @@
 
 use crate::audit::Caller;
 use crate::catalog::CatalogStore;
+use crate::grants::Grants;
 use crate::order_book::OrderBook;
 use crate::ordering::{self, Amendment, Placed, Preview};
 use crate::records;
@@ -23,6 +24,7 @@ use orderd_storage::Journal;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
 
@@ -170,6 +172,8 @@ pub struct AccountArgs {
     pub id: AccountId,
     pub journal: Journal,
     pub catalog: CatalogStore,
+    /// The shared view of what the account's user records grant; the actor publishes to it.
+    pub grants: Arc<Grants>,
     pub limits: Limits,
     /// Called when idle: returns true when the directory forgot this account and it may stop.
     pub retire: Box<dyn Fn() -> bool + Send + Sync>,
@@ -232,6 +236,7 @@ pub struct AccountState {
     pub idempotency: IdempotencyMap,
     pub journal: Journal,
     pub catalog: CatalogStore,
+    pub grants: Arc<Grants>,
     pub limits: Limits,
     last_activity: Instant,
     retire: Box<dyn Fn() -> bool + Send + Sync>,
@@ -280,6 +285,9 @@ impl Actor for AccountActor {
         // Loading scans the journal: keep it off the async workers.
         let loaded = tokio::task::spawn_blocking(move || load(&journal, &id)).await??;
         let (account, cart, orders) = loaded;
+        // The view was built from the same record at start and follows every write; publishing
+        // again keeps it right should a write have failed after it became durable.
+        args.grants.publish(&account);
         let idempotency =
             IdempotencyMap::from_orders(orders.values(), args.limits.idempotency_keys_max);
         let period = std::time::Duration::from_millis(args.limits.account_idle_ms.max(100) / 2);
@@ -292,6 +300,7 @@ impl Actor for AccountActor {
             idempotency,
             journal: args.journal,
             catalog: args.catalog,
+            grants: args.grants,
             limits: args.limits,
             last_activity: Instant::now(),
             retire: args.retire,

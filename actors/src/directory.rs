@@ -7,6 +7,7 @@ use crate::account::{AccountActor, AccountArgs, AccountMsg};
 use crate::admission::Admission;
 use crate::audit::Caller;
 use crate::catalog::CatalogStore;
+use crate::grants::Grants;
 use crate::{call, ActorError, BusyScope, Limits};
 use orderd_domain::account::Account;
 use orderd_domain::ids::AccountId;
@@ -35,6 +36,7 @@ struct Inner {
     supervisor: ActorRef<()>,
     journal: Journal,
     catalog: CatalogStore,
+    grants: Arc<Grants>,
     limits: Limits,
     create_lock: tokio::sync::Mutex<()>,
 }
@@ -67,6 +69,7 @@ impl Directory {
         catalog: CatalogStore,
         limits: Limits,
         known: BTreeSet<AccountId>,
+        grants: Arc<Grants>,
     ) -> Result<Directory, ActorError> {
         let slots: Slots = Arc::default();
         let (supervisor, _) = Actor::spawn(
@@ -86,6 +89,7 @@ impl Directory {
             supervisor,
             journal,
             catalog,
+            grants,
             limits,
             create_lock: tokio::sync::Mutex::new(()),
         };
@@ -207,6 +211,7 @@ impl Directory {
             id: id.clone(),
             journal: self.0.journal.clone(),
             catalog: self.0.catalog.clone(),
+            grants: self.0.grants.clone(),
             limits: self.0.limits.clone(),
             retire: Box::new(move || weak.upgrade().is_some_and(|d| retire(&d, &retire_id))),
         };
@@ -254,6 +259,7 @@ impl Directory {
             .journal
             .submit(crate::ordering::create_account_batch(caller, &account))
             .await?;
+        self.0.grants.publish(&account);
         self.0
             .known
             .lock()

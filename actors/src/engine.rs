@@ -5,6 +5,7 @@ use crate::account::AccountMsg;
 use crate::audit::{AuditEntry, Caller};
 use crate::catalog::{self, CatalogStore, Snapshot};
 use crate::directory::Directory;
+use crate::grants::Grants;
 use crate::records;
 use crate::warehouse::{RebuiltHolding, WarehouseArgs, WarehouseHandle};
 use crate::{ActorError, Limits};
@@ -27,6 +28,8 @@ pub struct Engine {
     pub journal: Journal,
     pub catalog: CatalogStore,
     pub accounts: Directory,
+    /// What the accounts' user records grant, read by the access guard on every request.
+    pub grants: std::sync::Arc<Grants>,
     pub limits: Limits,
     /// Where the outbox readers (NATS publisher, bus relay, webhooks) are in the audit log.
     pub outbox: crate::events::OutboxReaders,
@@ -35,18 +38,19 @@ pub struct Engine {
 
 impl Engine {
     /// Loads master data, rebuilds every warehouse's stock from the stored on-hand figures and
-    /// the open orders, and starts the account directory (accounts start lazily).
+    /// the open orders and the user grants from the account records, and starts the account
+    /// directory (accounts start lazily).
     pub async fn start(journal: Journal, limits: Limits) -> Result<Engine, ActorError> {
         let j = journal.clone();
-        let (master, orders, accounts) =
+        let (master, orders, accounts, grants) =
             tokio::task::spawn_blocking(move || -> Result<_, ActorError> {
                 let master = catalog::load_master(&j)?;
                 let orders: Vec<Order> = records::load_all(&j, records::ORDER)?;
-                let accounts: BTreeSet<AccountId> = records::load_accounts(&j)?
-                    .into_iter()
-                    .map(|a| a.id)
-                    .collect();
-                Ok((master, orders, accounts))
+                let stored = records::load_accounts(&j)?;
+                // Read anyway for the ids: the grants cost one pass over the users.
+                let grants = Grants::from_accounts(&stored);
+                let accounts: BTreeSet<AccountId> = stored.into_iter().map(|a| a.id).collect();
+                Ok((master, orders, accounts, grants))
             })
             .await
             .map_err(|e| ActorError::Start(e.to_string()))??;
@@ -87,6 +91,7 @@ impl Engine {
             skus = cat.len(),
             warehouses = warehouses.len(),
             accounts = accounts.len(),
+            accounts_with_users = grants.accounts(),
             orders = orders.len(),
             "state rebuilt from the journal"
         );
@@ -96,12 +101,20 @@ impl Engine {
             warehouses,
             handles,
         });
-        let accounts =
-            Directory::start(journal.clone(), store.clone(), limits.clone(), accounts).await?;
+        let grants = std::sync::Arc::new(grants);
+        let accounts = Directory::start(
+            journal.clone(),
+            store.clone(),
+            limits.clone(),
+            accounts,
+            grants.clone(),
+        )
+        .await?;
         Ok(Engine {
             journal,
             catalog: store,
             accounts,
+            grants,
             limits,
             outbox: Default::default(),
             import_lock: Default::default(),

@@ -1,6 +1,7 @@
-//! orderd's actors: one AccountActor per customer account (cart, orders, credit), one
-//! WarehouseActor per warehouse (stock), the directory that starts, bounds and supervises
-//! accounts, and the `Engine` that rebuilds all of it from the journal at start.
+//! orderd's actors: one AccountActor per customer account (cart, orders, credit, its users),
+//! one WarehouseActor per warehouse (stock), the directory that starts, bounds and supervises
+//! accounts, the shared views they publish (free stock, the roles user records grant), and the
+//! `Engine` that rebuilds all of it from the journal at start.
 //!
 //! Depends on the domain (rules) and storage (journal). Must not depend on axum, HTTP or NATS:
 //! other crates use the typed handles here and never build actor messages themselves.
@@ -12,6 +13,7 @@ pub mod catalog;
 pub mod directory;
 pub mod engine;
 pub mod events;
+pub mod grants;
 pub mod order_book;
 pub mod ordering;
 pub mod records;

@@ -1091,10 +1091,12 @@ pub fn create_account_batch(caller: &Caller, account: &Account) -> Batch {
     account_batch(caller, account, "account.create")
 }
 
+/// Replaces the account's master data (an import). Users the account had and `account` lacks
+/// count as removed, and earlier removals stay (see [`Account::keep_removals_of`]).
 pub async fn put_account(
     st: &mut AccountState,
     caller: &Caller,
-    account: Account,
+    mut account: Account,
 ) -> Flow<Account> {
     if account.id != st.account.id {
         return Ok(Err(Rejection::Conflict("account id cannot change".into())));
@@ -1106,10 +1108,24 @@ pub async fn put_account(
             "currency cannot change while orders are open".into(),
         )));
     }
+    account.keep_removals_of(&st.account);
+    if let Err(errs) = account.check() {
+        let problems = errs
+            .into_iter()
+            .map(|e| {
+                Problem::new(
+                    ProblemCode::InvalidField,
+                    format!("account {}: {e}", account.id),
+                )
+            })
+            .collect();
+        return Ok(Err(Rejection::Invalid(problems)));
+    }
     st.journal
         .submit(account_batch(caller, &account, "account.update"))
         .await?;
     st.account = account;
+    st.grants.publish(&st.account);
     Ok(Ok(st.account.clone()))
 }
 

@@ -3,7 +3,7 @@
 //!
 //! | key                         | value                   |
 //! |-----------------------------|-------------------------|
-//! | `acct/<account>`            | `Account` (see [`encode_account`]) |
+//! | `acct/<account>`            | `Account`, removed users included (see [`encode_account`]) |
 //! | `cart/<account>`            | `Cart`                  |
 //! | `ord/<account>/<order>`     | `Order` (with its Idempotency-Key, if any) |
 //! | `wh/<warehouse>`            | `Warehouse`             |
@@ -64,24 +64,29 @@ pub fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, Storag
     })
 }
 
-/// Marks an account record of the current layout: 0 can never start a record of the first
-/// layout, whose first byte is the length (1..=64) of the account id.
+/// Marks a tagged account record: 0 can never start a record of the first layout, whose first
+/// byte is the length (1..=64) of the account id.
 const ACCOUNT_LAYOUT_TAG: u8 = 0;
-/// The current account layout: users carry their assigned ship-tos.
-const ACCOUNT_LAYOUT: u8 = 2;
+/// The second layout: users carry their assigned ship-tos.
+const ACCOUNT_LAYOUT_SHIP_TOS: u8 = 2;
+/// The current layout: the account remembers removed users (tombstones).
+const ACCOUNT_LAYOUT: u8 = 3;
 
-/// An account record: a tag, the layout version, then the postcard `Account`. Records written
-/// before users had assigned ship-tos carry no tag and are still read ([`decode_account`]).
+/// An account record: a tag, the layout version, then the postcard `Account`. Records of the
+/// earlier layouts are still read ([`decode_account`]).
 pub fn encode_account(account: &Account) -> Vec<u8> {
     let mut bytes = vec![ACCOUNT_LAYOUT_TAG, ACCOUNT_LAYOUT];
     bytes.extend(encode(account));
     bytes
 }
 
-/// Reads an account record of either layout.
+/// Reads an account record of any layout (earlier ones have no removed users).
 pub fn decode_account(key: &[u8], bytes: &[u8]) -> Result<Account, StorageError> {
     match bytes {
         [ACCOUNT_LAYOUT_TAG, ACCOUNT_LAYOUT, rest @ ..] => decode(key, rest),
+        [ACCOUNT_LAYOUT_TAG, ACCOUNT_LAYOUT_SHIP_TOS, rest @ ..] => {
+            decode::<legacy::AccountV2>(key, rest).map(Into::into)
+        }
         [ACCOUNT_LAYOUT_TAG, ..] => Err(StorageError::Corrupt {
             key: String::from_utf8_lossy(key).into_owned(),
             reason: "unknown account layout".into(),
@@ -111,7 +116,8 @@ pub fn load_account(
         .transpose()
 }
 
-/// The first account layout, before users had assigned ship-tos.
+/// The earlier account layouts: the first, before users had assigned ship-tos, and the second,
+/// before the account remembered removed users.
 mod legacy {
     use orderd_domain::account::{ApprovalRules, Role, ShipTo};
     use orderd_domain::ids::{AccountId, Segment, UserId};
@@ -164,6 +170,39 @@ mod legacy {
                     })
                     .collect(),
                 rules: a.rules,
+                removed_users: BTreeSet::new(),
+            }
+        }
+    }
+
+    #[derive(Deserialize)]
+    pub struct AccountV2 {
+        id: AccountId,
+        name: String,
+        segment: Segment,
+        currency: Currency,
+        credit_limit: Money,
+        open_receivables: Money,
+        payment_terms: String,
+        ship_tos: Vec<ShipTo>,
+        users: Vec<orderd_domain::account::User>,
+        rules: ApprovalRules,
+    }
+
+    impl From<AccountV2> for orderd_domain::account::Account {
+        fn from(a: AccountV2) -> Self {
+            orderd_domain::account::Account {
+                id: a.id,
+                name: a.name,
+                segment: a.segment,
+                currency: a.currency,
+                credit_limit: a.credit_limit,
+                open_receivables: a.open_receivables,
+                payment_terms: a.payment_terms,
+                ship_tos: a.ship_tos,
+                users: a.users,
+                rules: a.rules,
+                removed_users: BTreeSet::new(),
             }
         }
     }
@@ -201,9 +240,10 @@ mod tests {
     use std::collections::BTreeSet;
 
     // An account stored in the first layout (users without assigned ship-tos) still reads,
-    // with no assignment; the current layout round-trips with one.
+    // with no assignment; one of the second layout (no removed users) reads with none; the
+    // current layout round-trips with both.
     #[test]
-    fn account_records_of_both_layouts_read() {
+    fn account_records_of_every_layout_read() {
         #[derive(serde::Serialize)]
         struct UserV1<'a>(&'a UserId, &'a str, &'a BTreeSet<Role>, Option<Money>);
         #[derive(serde::Serialize)]
@@ -218,6 +258,20 @@ mod tests {
             &'a str,
             &'a [ShipTo],
             Vec<UserV1<'a>>,
+            &'a ApprovalRules,
+        );
+        #[derive(serde::Serialize)]
+        #[allow(clippy::type_complexity)]
+        struct AccountV2<'a>(
+            &'a AccountId,
+            &'a str,
+            &'a Segment,
+            Currency,
+            Money,
+            Money,
+            &'a str,
+            &'a [ShipTo],
+            &'a [User],
             &'a ApprovalRules,
         );
         let eur = Currency::parse("EUR").unwrap();
@@ -244,6 +298,7 @@ mod tests {
                 ship_tos: BTreeSet::new(),
             }],
             rules: ApprovalRules::default(),
+            removed_users: BTreeSet::new(),
         };
         let u = &account.users[0];
         let old = encode(&AccountV1(
@@ -260,6 +315,21 @@ mod tests {
         ));
         assert_eq!(decode_account(b"k", &old).unwrap(), account);
         account.users[0].ship_tos.insert(hq);
+        let mut v2 = vec![0, 2];
+        v2.extend(encode(&AccountV2(
+            &account.id,
+            &account.name,
+            &account.segment,
+            account.currency,
+            account.credit_limit,
+            account.open_receivables,
+            &account.payment_terms,
+            &account.ship_tos,
+            &account.users,
+            &account.rules,
+        )));
+        assert_eq!(decode_account(b"k", &v2).unwrap(), account);
+        account.removed_users.insert(UserId::parse("gone").unwrap());
         let new = encode_account(&account);
         assert_eq!(decode_account(b"k", &new).unwrap(), account);
         assert!(decode_account(b"k", &[0, 9, 1]).is_err());

@@ -2,12 +2,18 @@
 //! record (name, roles, spending limit, assigned ship-tos). They run inside the AccountActor, so
 //! they are serialized with the account's orders, and each writes the new account record with
 //! its audit entry in one journal batch before memory changes.
+//!
+//! The records govern what the users may do (see [`orderd_domain::grant`]): a record narrows
+//! the roles of the user's tokens to the record's, and a removed record is remembered in the
+//! account (a tombstone), so the user's tokens act with no account role until a record is
+//! created again. After each write the account's entry in the shared [`crate::grants::Grants`]
+//! view is replaced, before the admin gets the answer.
 
 use crate::account::AccountState;
 use crate::audit::Caller;
 use crate::ordering::account_batch_for;
 use crate::ActorError;
-use orderd_domain::account::{Account, Role, User, USERS_MAX};
+use orderd_domain::account::{Account, Role, User, REMOVED_USERS_MAX, USERS_MAX};
 use orderd_domain::ids::UserId;
 use orderd_domain::rejection::Rejection;
 use orderd_domain::validation::{Problem, ProblemCode};
@@ -64,32 +70,35 @@ pub async fn put_user(
     }
     let mut account = st.account.clone();
     let action = match at {
-        Some(i) => {
-            account.users[i] = user.clone();
-            "user.update"
-        }
-        None => {
-            account.users.push(user.clone());
-            "user.create"
-        }
+        Some(_) => "user.update",
+        None => "user.create",
     };
+    // A removed user created again gets exactly the new record's roles.
+    account.put_user(user.clone());
     write(st, caller, account, action, &user.id).await?;
     Ok(Ok(user))
 }
 
-/// Removes one user record of the account. Their orders stay; a token naming them later acts
-/// with its own roles and no assigned ship-tos or own spending limit.
+/// Removes one user record of the account and remembers the removal: their orders stay, and a
+/// token naming them gets no account role (403 on the account's routes) until an account admin
+/// creates the user again. An account remembers at most `REMOVED_USERS_MAX` removals; beyond,
+/// removing is refused (narrow the user's roles instead).
 pub async fn delete_user(st: &mut AccountState, caller: &Caller, id: &UserId) -> Flow<()> {
-    let Some(at) = st.account.users.iter().position(|u| &u.id == id) else {
+    if st.account.user(id).is_none() {
         return Ok(Err(Rejection::NotFound(format!("user {id}"))));
-    };
+    }
     if id == &caller.user {
         return Ok(Err(Rejection::Conflict(
             "an account admin cannot remove themselves".into(),
         )));
     }
+    if st.account.removed_users.len() >= REMOVED_USERS_MAX {
+        return Ok(Err(Rejection::Conflict(format!(
+            "an account remembers at most {REMOVED_USERS_MAX} removed users; change this user's roles instead"
+        ))));
+    }
     let mut account = st.account.clone();
-    account.users.remove(at);
+    account.remove_user(id);
     write(st, caller, account, "user.delete", id).await?;
     Ok(Ok(()))
 }
@@ -104,5 +113,6 @@ async fn write(
     let batch = account_batch_for(caller, &account, action, Some(user.to_string()));
     st.journal.submit(batch).await?;
     st.account = account;
+    st.grants.publish(&st.account);
     Ok(())
 }

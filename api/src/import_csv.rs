@@ -125,10 +125,8 @@ pub async fn import(
         }
         Kind::Users => {
             let rows = parse(csv, rows_max, user_row)?;
-            merge(engine, caller, rows, |a, u: User| {
-                upsert(&mut a.users, u, |x| x.id.clone())
-            })
-            .await
+            // A user removed by the account admin is created again.
+            merge(engine, caller, rows, |a, u: User| a.put_user(u)).await
         }
     }
 }
@@ -410,6 +408,8 @@ fn account_row(r: AccountRow) -> Result<Account, String> {
                 .map_err(|e| e.to_string())?,
             approve_new_ship_to,
         },
+        // An import never removes users; the account keeps its removals (see `put_account`).
+        removed_users: Default::default(),
     })
 }
 

@@ -3,6 +3,13 @@
 //! test that walks the OpenAPI document fails the build). The guard also authenticates the
 //! caller (bearer token, or the browser session with an Origin check) and applies the rate
 //! limits of sign-ins and state-changing requests.
+//!
+//! The roles a caller acts with are the token's (or session's) narrowed by the account's user
+//! records ([`effective_caller`], rule in [`orderd_domain::grant`]): a record keeps only the
+//! account roles it also has, a removed user keeps none, no record keeps the token's. Handlers,
+//! the approval rules, spending limits and the audit log all see these effective roles, since
+//! they all read the one `Caller` the guard stores in the request. The check reads a shared
+//! view ([`orderd_actors::grants::Grants`]), never the account actor.
 
 use crate::client_ip::client_ip;
 use crate::error::ApiError;
@@ -11,8 +18,11 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use orderd_actors::audit::Caller;
 use orderd_domain::account::Role;
+use orderd_domain::grant::NotGranted;
 use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
 
 /// The access a route needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,12 +161,23 @@ async fn admit(s: &ApiState, req: &mut Request) -> Result<(), ApiError> {
                 ),
                 None => crate::session::caller_of(s, req, ip)?,
             };
+            let (caller, withheld) = effective_caller(s, caller)?;
             if !roles.iter().any(|r| caller.has(*r)) {
                 let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
-                return Err(ApiError::Forbidden(format!(
-                    "this needs one of the roles: {}",
-                    names.join(", ")
-                )));
+                let mut why = format!("this needs one of the roles: {}", names.join(", "));
+                let not_granted: Vec<&str> = roles
+                    .iter()
+                    .filter(|r| withheld.contains(r))
+                    .map(|r| r.as_str())
+                    .collect();
+                if !not_granted.is_empty() {
+                    why.push_str(&format!(
+                        "; the account admin has not granted {} to user {}",
+                        not_granted.join(", "),
+                        caller.user
+                    ));
+                }
+                return Err(ApiError::Forbidden(why));
             }
             if changes_state(&method) {
                 let who = match &caller.account {
@@ -167,6 +188,38 @@ async fn admit(s: &ApiState, req: &mut Request) -> Result<(), ApiError> {
             }
             req.extensions_mut().insert(caller);
             Ok(())
+        }
+    }
+}
+
+/// The caller with the roles its account's user records grant (see the module doc), and the
+/// token roles that were withheld. 403 when no role is left: the user was removed, or their
+/// record grants none of the token's roles.
+pub fn effective_caller(
+    s: &ApiState,
+    mut caller: Caller,
+) -> Result<(Caller, BTreeSet<Role>), ApiError> {
+    match s.engine.grants.narrow(&mut caller) {
+        Ok(withheld) => Ok((caller, withheld)),
+        Err(why) => Err(ApiError::Forbidden(not_granted(&caller, &why))),
+    }
+}
+
+/// Why a caller has no role left, for the 403 answer.
+pub fn not_granted(caller: &Caller, why: &NotGranted) -> String {
+    let account = caller.account.as_ref().map(|a| a.as_str()).unwrap_or("");
+    match why {
+        NotGranted::Removed => format!(
+            "user {} was removed from account {account} by its account admin; an account admin must add them again",
+            caller.user
+        ),
+        NotGranted::NoneOf(asked) => {
+            let names: Vec<&str> = asked.iter().map(|r| r.as_str()).collect();
+            format!(
+                "the account admin of account {account} has not granted user {} any of the roles {}",
+                caller.user,
+                names.join(", ")
+            )
         }
     }
 }

@@ -1782,3 +1782,213 @@ async fn a_buyer_sees_only_their_own_orders() {
         assert_eq!(r.status, StatusCode::OK, "{roles:?}: {}", r.body);
     }
 }
+
+fn detail(r: &Resp) -> &str {
+    r.body["detail"].as_str().unwrap_or_default()
+}
+
+/// Every account route `token` tries answers 403 naming the removal.
+async fn assert_removed(api: &Api, token: &str) {
+    for (m, uri, body) in [
+        ("GET", "/v1/cart", None),
+        (
+            "POST",
+            "/v1/cart/lines",
+            Some(json!({"sku": "BOLT", "qty": 1})),
+        ),
+        ("GET", "/v1/orders", None),
+        (
+            "POST",
+            "/v1/orders",
+            Some(json!({ "lines": [{"sku": "BOLT", "qty": 1}] })),
+        ),
+        ("GET", "/v1/credit", None),
+        ("GET", "/v1/me", None),
+    ] {
+        let r = api
+            .call(m, uri, Some(token), body, &[("idempotency-key", "g2")])
+            .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{m} {uri}: {}", r.body);
+        assert!(detail(&r).contains("was removed"), "{m} {uri}: {}", r.body);
+    }
+}
+
+// The roles an account admin stores for a user govern what the user's tokens may do, whatever
+// the token claims. With a record, a token acts with the roles both have (/v1/me, the route
+// rules, the approval and the audit log see only those); an approver whose approver role the
+// admin revokes gets 403 and the order stays pending, until the admin grants it again. A token
+// whose roles the record grants none of, and every token of a removed user, get 403 on every
+// route; the removal survives an operator's account import and ends only when the user is
+// created again (by the admin, or by an operator's user import). Users without a record keep
+// their token's roles.
+#[tokio::test]
+async fn stored_user_roles_govern_what_a_token_may_do() {
+    let api = api().await;
+    let admin = token_for(&api, "A", "carol", &["account_admin"]).await;
+    let ann = token_for(&api, "A", "ann", &["buyer"]).await;
+    let r = api
+        .call(
+            "POST",
+            "/v1/account/users",
+            Some(&admin),
+            Some(json!({"id": "pat", "name": "Pat", "roles": ["buyer", "approver"]})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    // The IdP says more than the admin granted.
+    let pat = token_for(&api, "A", "pat", &["buyer", "approver", "account_admin"]).await;
+    let r = api.call("GET", "/v1/me", Some(&pat), None, &[]).await;
+    assert_eq!(r.body["roles"], json!(["buyer", "approver"]), "{}", r.body);
+    let r = api
+        .call("GET", "/v1/account/users", Some(&pat), None, &[])
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert!(
+        detail(&r).contains("has not granted account_admin to user pat"),
+        "{}",
+        r.body
+    );
+
+    // 70 x 8.00 + 20 x 1.00 = 580.00, above the buyer role's 500.00.
+    let lines = json!([{"sku": "BOLT", "qty": 70}, {"sku": "NUT", "qty": 20}]);
+    let o = api.place(&ann, "g1", json!({ "lines": lines })).await;
+    assert_eq!(o.body["state"], "pending_approval", "{}", o.body);
+    let id = o.body["id"].as_str().unwrap().to_owned();
+    let approve = format!("/v1/orders/{id}/approve");
+    let set_roles = |roles: &[&str]| {
+        api.call(
+            "PUT",
+            "/v1/account/users/pat",
+            Some(&admin),
+            Some(json!({"name": "Pat", "roles": roles})),
+            &[],
+        )
+    };
+
+    // Revoked: 403 at the guard, the order unchanged.
+    let r = set_roles(&["buyer"]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = api.call("POST", &approve, Some(&pat), None, &[]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert_eq!(r.headers["content-type"], "application/problem+json");
+    assert!(
+        detail(&r).contains("has not granted approver to user pat"),
+        "{}",
+        r.body
+    );
+    let r = api
+        .call("GET", &format!("/v1/orders/{id}"), Some(&ann), None, &[])
+        .await;
+    assert_eq!(r.body["state"], "pending_approval", "{}", r.body);
+    assert_eq!(r.body["version"], o.body["version"]);
+    // A buyer only: Ann's order is not Pat's to see any more.
+    let r = api
+        .call("GET", &format!("/v1/orders/{id}"), Some(&pat), None, &[])
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+
+    // Granted again: the same token approves, and the audit log holds the effective roles.
+    let r = set_roles(&["buyer", "approver"]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = api.call("POST", &approve, Some(&pat), None, &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["state"], "allocated");
+    let h = api
+        .call(
+            "GET",
+            &format!("/v1/orders/{id}/history"),
+            Some(&ann),
+            None,
+            &[],
+        )
+        .await;
+    let entry = &h.body[1]["entry"];
+    assert_eq!(entry["action"], "order.approve", "{}", h.body);
+    assert_eq!(entry["user"], "pat");
+    assert_eq!(entry["roles"], json!(["buyer", "approver"]));
+
+    // A record that grants none of the token's roles: 403 on every route.
+    let r = set_roles(&["buyer"]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let approver_only = token_for(&api, "A", "pat", &["approver"]).await;
+    for uri in ["/v1/orders", "/v1/me"] {
+        let r = api.call("GET", uri, Some(&approver_only), None, &[]).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{uri}: {}", r.body);
+        assert!(
+            detail(&r).contains("has not granted user pat any of the roles approver"),
+            "{}",
+            r.body
+        );
+    }
+
+    // Removed: every token of Pat's is refused on the account's routes.
+    let r = api
+        .call("DELETE", "/v1/account/users/pat", Some(&admin), None, &[])
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    assert_removed(&api, &pat).await;
+    // Others of the account, and a user of the same id at another account, are not affected.
+    let r = api.call("GET", "/v1/cart", Some(&ann), None, &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let pat_at_b = token_for(&api, "B", "pat", &["buyer"]).await;
+    let r = api
+        .call("GET", "/v1/cart", Some(&pat_at_b), None, &[])
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+
+    // An operator's account import replaces the master data but keeps the removal.
+    import(
+        &api.state.engine,
+        &Caller::system(),
+        Kind::Accounts,
+        ACCOUNTS.as_bytes(),
+        10,
+    )
+    .await
+    .unwrap();
+    assert_removed(&api, &pat).await;
+
+    // Created again by the admin: exactly the new record's roles.
+    let r = api
+        .call(
+            "POST",
+            "/v1/account/users",
+            Some(&admin),
+            Some(json!({"id": "pat", "name": "Pat", "roles": ["buyer"]})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = api.call("GET", "/v1/me", Some(&pat), None, &[]).await;
+    assert_eq!(r.body["roles"], json!(["buyer"]), "{}", r.body);
+    // An operator's user import replaces the record, and with it the roles.
+    import(
+        &api.state.engine,
+        &Caller::system(),
+        Kind::Users,
+        b"account,id,name,roles,spending_limit,currency,ship_tos\nA,pat,Pat,buyer;approver,,,\n",
+        10,
+    )
+    .await
+    .unwrap();
+    let r = api.call("GET", "/v1/me", Some(&pat), None, &[]).await;
+    assert_eq!(r.body["roles"], json!(["buyer", "approver"]), "{}", r.body);
+    // ... and a removal it follows is over, too.
+    let r = api
+        .call("DELETE", "/v1/account/users/pat", Some(&admin), None, &[])
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    assert_removed(&api, &pat).await;
+    import(
+        &api.state.engine,
+        &Caller::system(),
+        Kind::Users,
+        b"account,id,name,roles,spending_limit,currency,ship_tos\nA,pat,Pat,buyer,,,\n",
+        10,
+    )
+    .await
+    .unwrap();
+    let r = api.call("GET", "/v1/cart", Some(&pat), None, &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}

@@ -286,6 +286,7 @@ fn accounts() -> Vec<Account> {
                 restricted_skus: [id(Sku::parse, &sku_code(6))].into(),
                 approve_new_ship_to: false,
             },
+            removed_users: Default::default(),
         })
         .collect()
 }

@@ -1,6 +1,7 @@
 //! A customer account: who may order, where to, with which credit and approval rules.
 
 use crate::geo::GeoPoint;
+use crate::grant::Grant;
 use crate::ids::{AccountId, Segment, ShipToId, Sku, UserId};
 use crate::money::{Currency, Money};
 use serde::{Deserialize, Serialize};
@@ -9,6 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Limits on account master data.
 pub const SHIP_TOS_MAX: usize = 1_000;
 pub const USERS_MAX: usize = 10_000;
+/// Removed users an account remembers (see [`Account::removed_users`]).
+pub const REMOVED_USERS_MAX: usize = 10_000;
 /// Longest user name.
 pub const USER_NAME_LEN_MAX: usize = 200;
 /// Roles an account admin may grant: those that act inside the account.
@@ -105,6 +108,10 @@ pub struct Account {
     pub ship_tos: Vec<ShipTo>,
     pub users: Vec<User>,
     pub rules: ApprovalRules,
+    /// Users whose record an account admin removed (tombstones): their tokens act with no
+    /// account role until a record with their id is created again. Never an id of `users`.
+    #[serde(default)]
+    pub removed_users: BTreeSet<UserId>,
 }
 
 impl Account {
@@ -114,6 +121,49 @@ impl Account {
 
     pub fn user(&self, id: &UserId) -> Option<&User> {
         self.users.iter().find(|u| &u.id == id)
+    }
+
+    /// What the account's records grant `user` (see [`crate::grant`]): `None` when the account
+    /// never had a record for them.
+    pub fn grant(&self, user: &UserId) -> Option<Grant> {
+        match self.user(user) {
+            Some(u) => Some(Grant::Roles(u.roles.clone())),
+            None => self.removed_users.contains(user).then_some(Grant::Removed),
+        }
+    }
+
+    /// Creates or replaces the record of `user.id` (a removed user is created again).
+    pub fn put_user(&mut self, user: User) {
+        self.removed_users.remove(&user.id);
+        match self.users.iter_mut().find(|u| u.id == user.id) {
+            Some(slot) => *slot = user,
+            None => self.users.push(user),
+        }
+    }
+
+    /// Removes the record of `user` and remembers the removal, so the user's tokens no longer
+    /// act for the account. `false` when there is no such record.
+    pub fn remove_user(&mut self, user: &UserId) -> bool {
+        let before = self.users.len();
+        self.users.retain(|u| &u.id != user);
+        if self.users.len() == before {
+            return false;
+        }
+        self.removed_users.insert(user.clone());
+        true
+    }
+
+    /// For a replacement of the account's master data (an import): keeps the removals of
+    /// `before`, and counts a user `before` had and this record lacks as removed, so replacing
+    /// an account can never give a removed user their access back. A user this record has is
+    /// not removed.
+    pub fn keep_removals_of(&mut self, before: &Account) {
+        let present: BTreeSet<&UserId> = self.users.iter().map(|u| &u.id).collect();
+        let dropped = before.users.iter().map(|u| &u.id);
+        let removed = before.removed_users.iter().chain(dropped);
+        self.removed_users
+            .extend(removed.filter(|id| !present.contains(id)).cloned());
+        self.removed_users.retain(|id| !present.contains(id));
     }
 
     /// Whether `user` may order to `ship_to`: a user without a record, or without assigned
@@ -198,6 +248,16 @@ impl Account {
         }
         if self.users.len() > USERS_MAX {
             errs.push(format!("more than {USERS_MAX} users"));
+        }
+        if self.removed_users.len() > REMOVED_USERS_MAX {
+            errs.push(format!("more than {REMOVED_USERS_MAX} removed users"));
+        }
+        if let Some(u) = self
+            .users
+            .iter()
+            .find(|u| self.removed_users.contains(&u.id))
+        {
+            errs.push(format!("user {} is both present and removed", u.id));
         }
         let unique: BTreeSet<_> = self.ship_tos.iter().map(|s| &s.id).collect();
         if unique.len() != self.ship_tos.len() {

@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod credit;
 pub mod date;
 pub mod geo;
+pub mod grant;
 pub mod ids;
 pub mod invariants;
 pub mod money;

@@ -7,6 +7,7 @@ use crate::catalog::{Catalog, CatalogItem, ItemStatus, KitComponent};
 use crate::credit;
 use crate::date::Date;
 use crate::geo::GeoPoint;
+use crate::grant::Grant;
 use crate::ids::*;
 use crate::money::{Currency, Money};
 use crate::pricing::{PriceBook, PriceEntry, PriceLevel, Tier};
@@ -130,6 +131,7 @@ fn fixture() -> Fixture {
             restricted_skus: BTreeSet::from([sku("B")]),
             approve_new_ship_to: true,
         },
+        removed_users: BTreeSet::new(),
     };
     let band = |speed: &str, km: f64, days| SpeedBand {
         speed: speed.into(),
@@ -630,4 +632,48 @@ fn approval_rules() {
         !approval::may_approve(&f.account, &ann, &buyer, eur("1")),
         "not an approver"
     );
+}
+
+// The account's records as grants: a record, none, a removal that is remembered until the user
+// is created again, and replacing the account (an import) that keeps removals and counts a
+// dropped user as removed. A user both present and removed is inconsistent.
+#[test]
+fn removed_users_are_remembered() {
+    let mut a = fixture().account;
+    let bob = UserId::parse("bob").unwrap();
+    let ann = UserId::parse("ann").unwrap();
+    assert_eq!(
+        a.grant(&bob),
+        Some(Grant::Roles(BTreeSet::from([Role::Buyer])))
+    );
+    assert_eq!(a.grant(&ann), None, "never had a record");
+    let before = a.clone();
+    assert!(a.remove_user(&bob));
+    assert!(!a.remove_user(&bob), "already gone");
+    assert_eq!(a.grant(&bob), Some(Grant::Removed));
+    assert!(a.check().is_ok());
+
+    // An import replaces the account with its old users: the removal stays.
+    let mut replaced = before.clone();
+    replaced.users.clear();
+    let mut imported = replaced.clone();
+    imported.keep_removals_of(&a);
+    assert_eq!(imported.grant(&bob), Some(Grant::Removed));
+    // A replacement that drops a user removes them, one that has them creates them again.
+    let mut dropped = replaced;
+    dropped.keep_removals_of(&before);
+    assert_eq!(dropped.grant(&bob), Some(Grant::Removed));
+    let mut again = before.clone();
+    again.keep_removals_of(&a);
+    assert_eq!(again.grant(&bob), before.grant(&bob));
+    assert!(again.removed_users.is_empty());
+
+    let user = before.users[0].clone();
+    a.put_user(user);
+    assert_eq!(a.grant(&bob), before.grant(&bob), "created again");
+    assert!(a.removed_users.is_empty());
+
+    a.removed_users.insert(bob);
+    let errs = a.check().unwrap_err();
+    assert!(errs.iter().any(|e| e.contains("both present and removed")));
 }

@@ -339,6 +339,7 @@ fn account(a: &Acct) -> Account {
                 .collect(),
             approve_new_ship_to: a.approve_new_ship_to,
         },
+        removed_users: Default::default(),
     }
 }
 

@@ -61,14 +61,22 @@ async fn page(State(s): State<ApiState>, headers: HeaderMap) -> Html<String> {
     let who = crate::session::signed_in(&s, &headers);
     // Every shown value is an id already parsed to [A-Za-z0-9._:-], so nothing needs escaping.
     let body = match who {
-        Some(c) => {
+        Some(mut c) => {
+            // The roles the account's user records grant, as the guard applies them; the
+            // refusal names only ids and roles, too.
+            let (roles, refused) = match s.engine.grants.narrow(&mut c) {
+                Ok(_) => (Me::from(&c).roles.join(", "), String::new()),
+                Err(why) => (
+                    "(none)".to_owned(),
+                    format!(" {}.", crate::policy::not_granted(&c, &why)),
+                ),
+            };
             let me = Me::from(&c);
             format!(
-                "<p>Signed in as <b id=\"user\">{}</b> for account <b id=\"account\">{}</b> with roles <b id=\"roles\">{}</b>.</p>\
+                "<p>Signed in as <b id=\"user\">{}</b> for account <b id=\"account\">{}</b> with roles <b id=\"roles\">{roles}</b>.{refused}</p>\
                  <form method=\"post\" action=\"/auth/logout\"><button type=\"submit\">Sign out</button></form>",
                 me.user,
                 me.account.as_deref().unwrap_or("(none)"),
-                me.roles.join(", ")
             )
         }
         None => {

@@ -2,6 +2,10 @@
 //! account_admin only), spending limits and assigned ship-tos. The account is the token's; a
 //! user of another account gets the same 404 as one that does not exist. Changes go through the
 //! AccountActor, so they are serialized with the account's orders, stored and audited.
+//!
+//! The stored roles govern the user's tokens from the next request on (see `policy.rs`): a
+//! record keeps only the token roles it also has, and a removed user is refused until they are
+//! created again.
 
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
@@ -186,7 +190,8 @@ async fn update_user(
     Ok(axum::Json(UserBody::from(&user)))
 }
 
-/// Remove a user from the account; their orders stay (account_admin).
+/// Remove a user from the account; their orders stay, and their tokens get 403 on the account's
+/// routes until the user is created again (account_admin).
 #[utoipa::path(delete, path = "/v1/account/users/{user}", tag = "account", params(("user" = String, Path)),
     responses((status = 204), (status = 404), (status = 409)), security(("bearer" = [])))]
 async fn delete_user(

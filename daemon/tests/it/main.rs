@@ -7,6 +7,8 @@
 //! - `lifecycle`: graceful shutdown, configuration errors, tenancy (invariant 7), the approval
 //!   flow with credit, and 429 when an account is over its in-flight limit.
 //! - `events`: the server-sent-event stream, per account, resuming with Last-Event-ID.
+//! - `grants`: the roles account admins store for users narrow their tokens' roles; removed
+//!   users are refused; both hold after a restart.
 //! - `nats`: events on NATS JetStream, checked by nats-py; a NATS outage and a crash during it
 //!   lose nothing.
 //! - `oidc`: tokens of a real OpenID Provider (`provider`): accepted, forged ones refused, key
@@ -22,6 +24,7 @@ mod crash;
 mod dashboard;
 mod env;
 mod events;
+mod grants;
 mod lifecycle;
 mod nats;
 mod oidc;

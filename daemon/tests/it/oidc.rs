@@ -958,3 +958,89 @@ async fn browser_sign_in_with_sessions() {
     );
     assert!(ended <= after + absolute + margin + SESSION_KEEPALIVE);
 }
+
+// The roles ACME's account admin stores narrow real provider tokens and browser sessions
+// alike. The provider says acme-pat is a buyer and an approver; the admin stores acme-pat as a
+// buyer only. Pat's access token and Pat's session act as a buyer (/v1/me, the page at /, 403
+// on approving); once the admin removes acme-pat, both are refused on the account's routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_roles_narrow_provider_tokens_and_sessions() {
+    let p = Provider::start(
+        &json!({"acme-admin": user(Some("ACME"), &["account_admin"], None),
+                "acme-pat": user(Some("ACME"), &["buyer", "approver"], None)}),
+        &[],
+    );
+    let secret = "portal-secret-portal-secret-portal-secret";
+    let env = TestEnv::start_with_args(
+        &[
+            ("ORDERD_OIDC__CLIENT_ID", "portal"),
+            ("ORDERD_OIDC__CLIENT_SECRET", secret),
+            ("ORDERD_OIDC__SCOPES", "[\"openid\", \"orders\"]"),
+        ],
+        &["--oidc-issuer", &p.issuer, "--oidc-audience", AUDIENCE],
+    )
+    .await;
+    let base = env.api().base().to_owned();
+    p.set_clients(&[json!({"client_id": "portal", "client_secret": secret, "redirect_uris": [format!("{base}/auth/callback")]})]).await;
+    let admin = p.access_token("acme-admin").await;
+    let r = env
+        .post(
+            &admin,
+            "/v1/account/users",
+            json!({"id": "acme-pat", "name": "Pat", "roles": ["buyer"]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r}");
+
+    let pat = p.access_token("acme-pat").await;
+    let a = me(&env, &pat).await;
+    assert_eq!(a.body["roles"], json!(["buyer"]), "{a}");
+    let made_up = "01900000-0000-7000-8000-000000000000";
+    let approve = format!("/v1/orders/{made_up}/approve");
+    let a = call(&env, Method::POST, &approve, &pat, Some(json!({}))).await;
+    assert_eq!(a.status, 403, "{a}");
+    let session = browser_sign_in(&env, "acme-pat", None).await;
+    let http = reqwest::Client::new();
+    let with_session = |path: &str| {
+        http.get(format!("{base}{path}"))
+            .header("cookie", format!("__Host-orderd_session={session}"))
+            .send()
+    };
+    let html = with_session("/")
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("html");
+    assert!(html.contains("<b id=\"roles\">buyer</b>"), "{html}");
+    let r = with_session("/v1/me").await.expect("me");
+    let body: Value = r.json().await.expect("JSON");
+    assert_eq!(body["roles"], json!(["buyer"]), "{body}");
+
+    let r = call(
+        &env,
+        Method::DELETE,
+        "/v1/account/users/acme-pat",
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 204, "{r}");
+    let a = me(&env, &pat).await;
+    assert_eq!(a.status, 403, "{a}");
+    assert!(a.body["detail"].to_string().contains("was removed"), "{a}");
+    let a = call(&env, Method::GET, "/v1/cart", &pat, None).await;
+    assert_eq!(a.status, 403, "{a}");
+    let r = with_session("/v1/cart").await.expect("cart");
+    assert_eq!(r.status(), 403);
+    let html = with_session("/")
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("html");
+    assert!(
+        html.contains("<b id=\"roles\">(none)</b>") && html.contains("was removed"),
+        "{html}"
+    );
+}
