@@ -1,10 +1,9 @@
 //! AccountDirectory: finds or starts the actor of an account, supervises it, forgets it when it
 //! stops, and bounds in-flight work per account and in total. ractor mailboxes are unbounded,
 //! so the bound sits here, at the edge: above it callers get `Busy` at once instead of queueing.
-//! The total bound follows the measured throughput ([`crate::admission`]).
+//! (The API also bounds state-changing requests inside the daemon: [`crate::admission`].)
 
 use crate::account::{AccountActor, AccountArgs, AccountMsg};
-use crate::admission::Admission;
 use crate::audit::Caller;
 use crate::catalog::CatalogStore;
 use crate::grants::Grants;
@@ -32,7 +31,6 @@ struct Inner {
     slots: Slots,
     known: Mutex<BTreeSet<AccountId>>,
     inflight_total: AtomicUsize,
-    admission: Admission,
     supervisor: ActorRef<()>,
     journal: Journal,
     catalog: CatalogStore,
@@ -48,18 +46,12 @@ pub struct Directory(Arc<Inner>);
 struct Permit {
     slot: Arc<Slot>,
     dir: Arc<Inner>,
-    /// Whether the request was let in, so that its end counts as served work for the
-    /// admission bound (a request refused at the account bound never was).
-    admitted: bool,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         self.slot.inflight.fetch_sub(1, Ordering::AcqRel);
         self.dir.inflight_total.fetch_sub(1, Ordering::AcqRel);
-        if self.admitted {
-            self.dir.admission.completed();
-        }
     }
 }
 
@@ -85,7 +77,6 @@ impl Directory {
             slots,
             known: Mutex::new(known),
             inflight_total: AtomicUsize::new(0),
-            admission: Admission::new(limits.admission(), std::time::Instant::now()),
             supervisor,
             journal,
             catalog,
@@ -123,17 +114,6 @@ impl Directory {
 
     pub fn inflight(&self) -> usize {
         self.0.inflight_total.load(Ordering::Acquire)
-    }
-
-    /// The bound on requests in flight in force now (see [`crate::admission`]).
-    pub fn inflight_bound(&self) -> usize {
-        self.0.admission.bound(std::time::Instant::now())
-    }
-
-    /// Whether the requests in flight have reached the bound, so that a new one would be
-    /// refused: the API turns changes away on this before it reads their body.
-    pub fn saturated(&self) -> bool {
-        self.inflight() >= self.inflight_bound()
     }
 
     /// The most requests in flight for any one account right now (a mailbox depth proxy: ractor
@@ -175,8 +155,7 @@ impl Directory {
 
     fn permit(&self, account: &AccountId) -> Result<Permit, ActorError> {
         let limits = &self.0.limits;
-        let bound = self.0.admission.bound(std::time::Instant::now());
-        if self.0.inflight_total.fetch_add(1, Ordering::AcqRel) >= bound {
+        if self.0.inflight_total.fetch_add(1, Ordering::AcqRel) >= limits.inflight_total_max {
             self.0.inflight_total.fetch_sub(1, Ordering::AcqRel);
             return Err(ActorError::Busy(BusyScope::Daemon));
         }
@@ -192,15 +171,13 @@ impl Directory {
             slot.inflight.fetch_add(1, Ordering::AcqRel);
             slot.clone()
         };
-        let mut permit = Permit {
+        let permit = Permit {
             slot,
             dir: self.0.clone(),
-            admitted: false,
         };
         if permit.slot.inflight.load(Ordering::Acquire) > limits.account_inflight_max {
             return Err(ActorError::Busy(BusyScope::Account));
         }
-        permit.admitted = true;
         Ok(permit)
     }
 

@@ -31,6 +31,8 @@ pub struct Engine {
     /// What the accounts' user records grant, read by the access guard on every request.
     pub grants: std::sync::Arc<Grants>,
     pub limits: Limits,
+    /// The daemon-wide bound on state-changing API requests inside (see [`crate::admission`]).
+    pub admission: std::sync::Arc<crate::admission::Admission>,
     /// Where the outbox readers (NATS publisher, bus relay, webhooks) are in the audit log.
     pub outbox: crate::events::OutboxReaders,
     import_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
@@ -115,6 +117,10 @@ impl Engine {
             catalog: store,
             accounts,
             grants,
+            admission: std::sync::Arc::new(crate::admission::Admission::new(
+                limits.admission(),
+                std::time::Instant::now(),
+            )),
             limits,
             outbox: Default::default(),
             import_lock: Default::default(),

@@ -65,14 +65,14 @@ pub struct Limits {
     pub call_timeout_ms: u64,
     /// Requests in flight for one account; above it: busy (HTTP 429).
     pub account_inflight_max: usize,
-    /// Requests in flight in the whole daemon, at most; above it: busy (HTTP 503). The bound
-    /// in force follows the measured throughput (see [`admission`]) between
-    /// `inflight_total_min` and this.
+    /// Requests in flight in the whole daemon, at most; above it: busy (HTTP 503). While the
+    /// daemon is overloaded the bound follows its measured throughput (see [`admission`]).
     pub inflight_total_max: usize,
-    /// The lowest bound on requests in flight in the whole daemon.
+    /// The lowest bound on requests in flight while overloaded.
     pub inflight_total_min: usize,
-    /// The time in the daemon that the in-flight bound aims at: the bound is the measured
-    /// throughput times this (Little's law).
+    /// The time in the daemon the in-flight bound aims at while overloaded: the bound is the
+    /// measured throughput times this (Little's law), and a window whose quickest request
+    /// took this long means a standing queue.
     pub inflight_latency_target_ms: u64,
     /// An account actor idle this long stops; it is rebuilt on its next message.
     pub account_idle_ms: u64,

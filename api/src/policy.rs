@@ -18,6 +18,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use orderd_actors::admission::Ticket;
 use orderd_actors::audit::Caller;
 use orderd_domain::account::Role;
 use orderd_domain::grant::NotGranted;
@@ -126,12 +127,19 @@ pub fn changes_state(method: &Method) -> bool {
 /// authentication, role check, rate limits.
 pub async fn guard(State(s): State<ApiState>, mut req: Request, next: Next) -> Response {
     match admit(&s, &mut req).await {
-        Ok(()) => next.run(req).await,
+        Ok(ticket) => {
+            let response = next.run(req).await;
+            // The change is answered: it leaves the daemon-wide bound with its time inside.
+            drop(ticket);
+            response
+        }
         Err(e) => e.into_response(),
     }
 }
 
-async fn admit(s: &ApiState, req: &mut Request) -> Result<(), ApiError> {
+/// Checks a request against its route's rule; a change that gets in holds a ticket of the
+/// daemon-wide bound until it is answered.
+async fn admit(s: &ApiState, req: &mut Request) -> Result<Option<Ticket>, ApiError> {
     let path = req
         .extensions()
         .get::<MatchedPath>()
@@ -146,14 +154,17 @@ async fn admit(s: &ApiState, req: &mut Request) -> Result<(), ApiError> {
     let ip = client_ip(&parts, &s.trusted_proxies);
     *req = Request::from_parts(parts, body);
     match access {
-        Access::Public => Ok(()),
-        Access::SignIn => s.rate.login(&ip),
-        Access::Roles(_) if changes_state(&method) && s.engine.accounts.saturated() => {
-            // Refused before the token is checked and the body read: during a spike this
-            // answer must cost far less than the work it turns away (crate::admission).
-            Err(ApiError::Overloaded)
-        }
+        Access::Public => Ok(None),
+        Access::SignIn => s.rate.login(&ip).map(|()| None),
         Access::Roles(roles) => {
+            // Refused before the token is checked and the body read: during a spike this
+            // answer must cost far less than the work it turns away.
+            let ticket = if changes_state(&method) {
+                let entered = s.engine.admission.enter(std::time::Instant::now());
+                Some(entered.ok_or(ApiError::Overloaded)?)
+            } else {
+                None
+            };
             let (caller, credential) = match crate::auth::bearer(req.headers())? {
                 Some(token) => (
                     s.auth.authenticate(token, ip).await?,
@@ -187,7 +198,7 @@ async fn admit(s: &ApiState, req: &mut Request) -> Result<(), ApiError> {
                 s.rate.mutation(&who, &credential)?;
             }
             req.extensions_mut().insert(caller);
-            Ok(())
+            Ok(ticket)
         }
     }
 }

@@ -32,8 +32,10 @@ pub const REJECTIONS: &str = "orderd_rejections_total";
 pub const REFUSALS: &str = "orderd_http_refusals_total";
 /// Gauge: requests in flight to account actors, in total.
 pub const INFLIGHT: &str = "orderd_inflight_requests";
-/// Gauge: the bound on requests in flight in force now (measured throughput × latency target,
-/// between `limits.inflight_total_min` and `limits.inflight_total_max`).
+/// Gauge: 1 while orderd is overloaded (a standing queue: see `orderd_actors::admission`).
+pub const OVERLOADED: &str = "orderd_overloaded";
+/// Gauge: the bound on requests in flight in force now (`limits.inflight_total_max`, or while
+/// overloaded measured throughput × latency target, at least `limits.inflight_total_min`).
 pub const INFLIGHT_BOUND: &str = "orderd_inflight_bound";
 /// Gauge: the most requests in flight for one account (the mailbox depth of the busiest actor).
 pub const INFLIGHT_ACCOUNT_MAX: &str = "orderd_inflight_account_max";
@@ -305,7 +307,11 @@ impl Telemetry {
             metrics::gauge!(name).set(v as f64);
         };
         gauge(INFLIGHT, engine.accounts.inflight());
-        gauge(INFLIGHT_BOUND, engine.accounts.inflight_bound());
+        gauge(
+            INFLIGHT_BOUND,
+            engine.admission.bound(std::time::Instant::now()),
+        );
+        gauge(OVERLOADED, usize::from(engine.admission.overloaded()));
         gauge(INFLIGHT_ACCOUNT_MAX, engine.accounts.inflight_account_max());
         gauge(ACCOUNT_ACTORS, engine.accounts.running());
         gauge(JOURNAL_QUEUE, engine.journal.queued());
@@ -339,7 +345,11 @@ fn describe() {
     describe_gauge!(INFLIGHT, "requests in flight to account actors");
     describe_gauge!(
         INFLIGHT_BOUND,
-        "bound on requests in flight now: measured throughput times the latency target (above: 503)"
+        "bound on requests in flight now: the maximum, or while overloaded measured throughput times the latency target (above: 503)"
+    );
+    describe_gauge!(
+        OVERLOADED,
+        "1 while orderd is overloaded (a standing queue of requests)"
     );
     describe_gauge!(
         INFLIGHT_ACCOUNT_MAX,

@@ -50,8 +50,12 @@ pub fn render_metrics(engine: &Engine) -> Response {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Queues {
     pub inflight_total: usize,
-    /// The bound in force now (see `limits.inflight_latency_target_ms`).
+    /// State-changing API requests inside now, and the daemon-wide bound on them in force
+    /// (see `limits.inflight_latency_target_ms`).
+    pub changes_inflight: usize,
     pub inflight_bound: usize,
+    /// Whether orderd is overloaded, so that the bound follows its throughput.
+    pub overloaded: bool,
     pub inflight_total_max: usize,
     pub inflight_account_max: usize,
     pub account_inflight_max: usize,
@@ -96,7 +100,9 @@ async fn live(State(s): State<ApiState>) -> ApiResult<axum::Json<LiveBody>> {
     let stats = engine.journal.stats();
     let queues = Queues {
         inflight_total: engine.accounts.inflight(),
-        inflight_bound: engine.accounts.inflight_bound(),
+        changes_inflight: engine.admission.inflight(),
+        inflight_bound: engine.admission.bound(std::time::Instant::now()),
+        overloaded: engine.admission.overloaded(),
         inflight_total_max: engine.limits.inflight_total_max,
         inflight_account_max: engine.accounts.inflight_account_max(),
         account_inflight_max: engine.limits.account_inflight_max,
