@@ -262,9 +262,10 @@ mod tests {
         assert!(!a.overloaded());
     }
 
-    // A window in which requests spent the target inside on average means a queue: the bound becomes the best throughput × target (400 in 100 ms = 4,000/s, × 50 ms
-    // = 200). It stays while the bound refuses, or while requests stay slow; a window without
-    // refusals and with a quick request ends it.
+    // A window in which requests spent the target inside on average means a queue: the bound
+    // becomes the best throughput × target (400 in 100 ms = 4,000/s, × 50 ms = 200). It stays
+    // while the bound refuses, or while requests stay slow; a window without refusals and
+    // with quick requests ends it.
     #[test]
     fn overload_bounds_by_throughput_until_demand_falls() {
         let t0 = Instant::now();

@@ -85,13 +85,13 @@ pub fn decode_account(key: &[u8], bytes: &[u8]) -> Result<Account, StorageError>
     match bytes {
         [ACCOUNT_LAYOUT_TAG, ACCOUNT_LAYOUT, rest @ ..] => decode(key, rest),
         [ACCOUNT_LAYOUT_TAG, ACCOUNT_LAYOUT_SHIP_TOS, rest @ ..] => {
-            decode::<legacy::AccountV2>(key, rest).map(Into::into)
+            decode::<legacy::Account<orderd_domain::account::User>>(key, rest).map(Into::into)
         }
         [ACCOUNT_LAYOUT_TAG, ..] => Err(StorageError::Corrupt {
             key: String::from_utf8_lossy(key).into_owned(),
             reason: "unknown account layout".into(),
         }),
-        _ => decode::<legacy::Account>(key, bytes).map(Into::into),
+        _ => decode::<legacy::Account<legacy::User>>(key, bytes).map(Into::into),
     }
 }
 
@@ -125,6 +125,7 @@ mod legacy {
     use serde::Deserialize;
     use std::collections::BTreeSet;
 
+    /// A user of layout 1 (no assigned ship-tos).
     #[derive(Deserialize)]
     pub struct User {
         id: UserId,
@@ -133,50 +134,21 @@ mod legacy {
         spending_limit: Option<Money>,
     }
 
-    #[derive(Deserialize)]
-    pub struct Account {
-        id: AccountId,
-        name: String,
-        segment: Segment,
-        currency: Currency,
-        credit_limit: Money,
-        open_receivables: Money,
-        payment_terms: String,
-        ship_tos: Vec<ShipTo>,
-        users: Vec<User>,
-        rules: ApprovalRules,
-    }
-
-    impl From<Account> for orderd_domain::account::Account {
-        fn from(a: Account) -> Self {
-            orderd_domain::account::Account {
-                id: a.id,
-                name: a.name,
-                segment: a.segment,
-                currency: a.currency,
-                credit_limit: a.credit_limit,
-                open_receivables: a.open_receivables,
-                payment_terms: a.payment_terms,
-                ship_tos: a.ship_tos,
-                users: a
-                    .users
-                    .into_iter()
-                    .map(|u| orderd_domain::account::User {
-                        id: u.id,
-                        name: u.name,
-                        roles: u.roles,
-                        spending_limit: u.spending_limit,
-                        ship_tos: BTreeSet::new(),
-                    })
-                    .collect(),
-                rules: a.rules,
-                removed_users: BTreeSet::new(),
+    impl From<User> for orderd_domain::account::User {
+        fn from(u: User) -> Self {
+            orderd_domain::account::User {
+                id: u.id,
+                name: u.name,
+                roles: u.roles,
+                spending_limit: u.spending_limit,
+                ship_tos: BTreeSet::new(),
             }
         }
     }
 
+    /// An account of layouts 1 (`U` = [`User`]) and 2 (`U` = today's user): no removed users.
     #[derive(Deserialize)]
-    pub struct AccountV2 {
+    pub struct Account<U> {
         id: AccountId,
         name: String,
         segment: Segment,
@@ -185,12 +157,12 @@ mod legacy {
         open_receivables: Money,
         payment_terms: String,
         ship_tos: Vec<ShipTo>,
-        users: Vec<orderd_domain::account::User>,
+        users: Vec<U>,
         rules: ApprovalRules,
     }
 
-    impl From<AccountV2> for orderd_domain::account::Account {
-        fn from(a: AccountV2) -> Self {
+    impl<U: Into<orderd_domain::account::User>> From<Account<U>> for orderd_domain::account::Account {
+        fn from(a: Account<U>) -> Self {
             orderd_domain::account::Account {
                 id: a.id,
                 name: a.name,
@@ -200,7 +172,7 @@ mod legacy {
                 open_receivables: a.open_receivables,
                 payment_terms: a.payment_terms,
                 ship_tos: a.ship_tos,
-                users: a.users,
+                users: a.users.into_iter().map(Into::into).collect(),
                 rules: a.rules,
                 removed_users: BTreeSet::new(),
             }
