@@ -65,14 +65,15 @@ pub struct Limits {
     pub call_timeout_ms: u64,
     /// Requests in flight for one account; above it: busy (HTTP 429).
     pub account_inflight_max: usize,
-    /// Requests in flight in the whole daemon, at most; above it: busy (HTTP 503). While the
-    /// daemon is overloaded the bound follows its measured throughput (see [`admission`]).
+    /// Requests in flight to account actors in the whole daemon, and state-changing API
+    /// requests inside it, each at most this; above it: busy (HTTP 503). While the daemon is
+    /// overloaded the bound on changes follows its measured throughput (see [`admission`]).
     pub inflight_total_max: usize,
-    /// The lowest bound on requests in flight while overloaded.
+    /// The lowest bound on changes inside while overloaded.
     pub inflight_total_min: usize,
-    /// The time in the daemon the in-flight bound aims at while overloaded: the bound is the
-    /// measured throughput times this (Little's law), and a window whose quickest request
-    /// took this long means a standing queue.
+    /// The time inside the bound on changes aims at while overloaded: the bound is the
+    /// measured throughput times this (Little's law), and a window whose changes took this
+    /// long on average means a queue.
     pub inflight_latency_target_ms: u64,
     /// An account actor idle this long stops; it is rebuilt on its next message.
     pub account_idle_ms: u64,

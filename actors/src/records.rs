@@ -218,9 +218,10 @@ mod tests {
     fn account_records_of_every_layout_read() {
         #[derive(serde::Serialize)]
         struct UserV1<'a>(&'a UserId, &'a str, &'a BTreeSet<Role>, Option<Money>);
+        /// Layouts 1 and 2 differ only in their users (`U`).
         #[derive(serde::Serialize)]
         #[allow(clippy::type_complexity)]
-        struct AccountV1<'a>(
+        struct OldAccount<'a, U>(
             &'a AccountId,
             &'a str,
             &'a Segment,
@@ -229,23 +230,23 @@ mod tests {
             Money,
             &'a str,
             &'a [ShipTo],
-            Vec<UserV1<'a>>,
+            U,
             &'a ApprovalRules,
         );
-        #[derive(serde::Serialize)]
-        #[allow(clippy::type_complexity)]
-        struct AccountV2<'a>(
-            &'a AccountId,
-            &'a str,
-            &'a Segment,
-            Currency,
-            Money,
-            Money,
-            &'a str,
-            &'a [ShipTo],
-            &'a [User],
-            &'a ApprovalRules,
-        );
+        fn old_layout<U: serde::Serialize>(a: &Account, users: U) -> Vec<u8> {
+            encode(&OldAccount(
+                &a.id,
+                &a.name,
+                &a.segment,
+                a.currency,
+                a.credit_limit,
+                a.open_receivables,
+                &a.payment_terms,
+                &a.ship_tos,
+                users,
+                &a.rules,
+            ))
+        }
         let eur = Currency::parse("EUR").unwrap();
         let money = |v: &str| Money::parse(v, eur, 2).unwrap();
         let hq = ShipToId::parse("HQ").unwrap();
@@ -273,33 +274,14 @@ mod tests {
             removed_users: BTreeSet::new(),
         };
         let u = &account.users[0];
-        let old = encode(&AccountV1(
-            &account.id,
-            &account.name,
-            &account.segment,
-            account.currency,
-            account.credit_limit,
-            account.open_receivables,
-            &account.payment_terms,
-            &account.ship_tos,
+        let old = old_layout(
+            &account,
             vec![UserV1(&u.id, &u.name, &u.roles, u.spending_limit)],
-            &account.rules,
-        ));
+        );
         assert_eq!(decode_account(b"k", &old).unwrap(), account);
         account.users[0].ship_tos.insert(hq);
         let mut v2 = vec![0, 2];
-        v2.extend(encode(&AccountV2(
-            &account.id,
-            &account.name,
-            &account.segment,
-            account.currency,
-            account.credit_limit,
-            account.open_receivables,
-            &account.payment_terms,
-            &account.ship_tos,
-            &account.users,
-            &account.rules,
-        )));
+        v2.extend(old_layout(&account, &account.users));
         assert_eq!(decode_account(b"k", &v2).unwrap(), account);
         account.removed_users.insert(UserId::parse("gone").unwrap());
         let new = encode_account(&account);

@@ -157,9 +157,10 @@ async fn admit(s: &ApiState, req: &mut Request) -> Result<Option<Ticket>, ApiErr
         Access::Public => Ok(None),
         Access::SignIn => s.rate.login(&ip).map(|()| None),
         Access::Roles(roles) => {
+            let changes = changes_state(&method);
             // Refused before the token is checked and the body read: during a spike this
             // answer must cost far less than the work it turns away.
-            let ticket = if changes_state(&method) {
+            let ticket = if changes {
                 let entered = s.engine.admission.enter(std::time::Instant::now());
                 Some(entered.ok_or(ApiError::Overloaded)?)
             } else {
@@ -190,7 +191,7 @@ async fn admit(s: &ApiState, req: &mut Request) -> Result<Option<Ticket>, ApiErr
                 }
                 return Err(ApiError::Forbidden(why));
             }
-            if changes_state(&method) {
+            if changes {
                 let who = match &caller.account {
                     Some(a) => format!("account:{a}"),
                     None => format!("user:{}", caller.user),
