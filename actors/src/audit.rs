@@ -1,8 +1,13 @@
 //! The audit record every change writes, in the same atomic batch as the change itself
 //! (invariant 4). The record of an order change also carries the change's outbox event
 //! ([`AuditEntry::event`]): the audit log is the outbox, read by publishers from their own
-//! cursor. Audit payloads are JSON so `history` and `audit verify` can show them as they are;
-//! the storage chains them by hash.
+//! cursor. The storage chains the payloads by hash.
+//!
+//! A payload is one tag byte, [`COMPACT_ENTRY`], then the entry in postcard (compact binary):
+//! every payload byte is written and flushed on the capture path, and JSON spent three times as
+//! many (field names, quoted numbers) on an order's lines. Journals written before that hold
+//! JSON payloads (a JSON object starts with `{`); [`AuditEntry::decode`] reads both, and
+//! `history` shows either as JSON.
 
 use orderd_domain::account::Role;
 use orderd_domain::ids::{AccountId, UserId, WarehouseId};
@@ -58,6 +63,9 @@ impl Caller {
 }
 
 /// One audit log entry. `digest` is the SHA-256 of the record as stored after the change.
+///
+/// No field is skipped when empty: postcard is not self-describing, so every field is always
+/// written (`default` only fills fields missing from the older JSON payloads).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
     pub ts: String,
@@ -72,14 +80,14 @@ pub struct AuditEntry {
     /// Every state the order moved through, in order, ending with `to` (one request may make
     /// several moves, e.g. pending_approval -> confirmed -> allocated). Empty when the state
     /// did not change. With `from`, each step is one move of the state machine (invariant 8).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub path: Vec<String>,
     pub digest: String,
     /// What else the change concerns (the user an account admin changed).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub target: Option<String>,
     /// The event this change announces (order changes only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub event: Option<crate::events::OrderChanged>,
 }
 
@@ -109,11 +117,44 @@ impl AuditEntry {
 
     /// The draft for the journal, indexed under `subject` (an order id, `account:<id>`, ...).
     pub fn draft(&self, subject: &str) -> AuditDraft {
+        let payload = vec![COMPACT_ENTRY];
+        // postcard only fails for types serde cannot represent; an entry is plain data.
+        let payload = postcard::to_extend(self, payload).expect("plain data always encodes");
         AuditDraft {
             subject: subject.as_bytes().to_vec(),
-            payload: serde_json::to_vec(self).expect("plain data always encodes"),
+            payload,
         }
     }
+
+    /// Reads a stored payload: compact (tagged [`COMPACT_ENTRY`]) or the JSON of older
+    /// journals. Fails for anything else: only a damaged or edited store has such a record.
+    pub fn decode(payload: &[u8]) -> Result<AuditEntry, NotAnEntry> {
+        match payload.split_first() {
+            Some((&COMPACT_ENTRY, rest)) => postcard::from_bytes(rest).map_err(|e| NotAnEntry {
+                reason: format!("compact entry does not decode: {e}"),
+            }),
+            Some((b'{', _)) => serde_json::from_slice(payload).map_err(|e| NotAnEntry {
+                reason: format!("JSON entry does not parse: {e}"),
+            }),
+            Some((tag, _)) => Err(NotAnEntry {
+                reason: format!("unknown format tag 0x{tag:02x}"),
+            }),
+            None => Err(NotAnEntry {
+                reason: "empty payload".into(),
+            }),
+        }
+    }
+}
+
+/// The tag byte of a compact (postcard) audit payload. JSON payloads of older journals start
+/// with `{`, so the two never mix up.
+pub const COMPACT_ENTRY: u8 = 0x01;
+
+/// An audit payload that is not an entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("audit payload is not an entry: {reason}")]
+pub struct NotAnEntry {
+    pub reason: String,
 }
 
 pub fn now_rfc3339() -> String {

@@ -257,14 +257,9 @@ impl Engine {
             .audit_for_subject(order.as_str().as_bytes(), limit)?
             .into_iter()
             .map(|r| {
-                serde_json::from_slice(&r.payload)
+                AuditEntry::decode(&r.payload)
                     .map(|e| (r.seq, e))
-                    .map_err(|e| {
-                        ActorError::Invariant(format!(
-                            "audit record {} is not an entry: {e}",
-                            r.seq
-                        ))
-                    })
+                    .map_err(|e| ActorError::Invariant(format!("audit record {}: {e}", r.seq)))
             })
             .collect()
     }

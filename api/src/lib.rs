@@ -71,8 +71,20 @@ impl Default for ApiLimits {
     }
 }
 
+/// What every handler and middleware reads. Cloned per request and per middleware layer, so
+/// it is one `Arc` (one count to bump) around [`ApiShared`], which it derefs to.
 #[derive(Clone)]
-pub struct ApiState {
+pub struct ApiState(Arc<ApiShared>);
+
+impl std::ops::Deref for ApiState {
+    type Target = ApiShared;
+    fn deref(&self) -> &ApiShared {
+        &self.0
+    }
+}
+
+#[derive(Clone)]
+pub struct ApiShared {
     pub engine: Engine,
     pub auth: Arc<Authenticator>,
     /// Peers whose X-Forwarded-For we believe.
@@ -99,7 +111,7 @@ impl ApiState {
         limits: ApiLimits,
         dev_signin: bool,
     ) -> ApiState {
-        ApiState {
+        ApiState(Arc::new(ApiShared {
             webhooks: orderd_actors::webhooks::Webhooks::new(
                 engine.journal.clone(),
                 Default::default(),
@@ -113,18 +125,18 @@ impl ApiState {
             dev_signin,
             bus: Default::default(),
             event_streams: Default::default(),
-        }
+        }))
     }
 
     /// The webhook registry the daemon delivers from (with its settings).
     pub fn with_webhooks(mut self, webhooks: orderd_actors::webhooks::Webhooks) -> ApiState {
-        self.webhooks = webhooks;
+        Arc::make_mut(&mut self.0).webhooks = webhooks;
         self
     }
 
     /// Browser sessions with these limits.
     pub fn with_sessions(mut self, settings: &session::SessionSettings) -> ApiState {
-        self.sessions = Arc::new(session::Sessions::new(settings));
+        Arc::make_mut(&mut self.0).sessions = Arc::new(session::Sessions::new(settings));
         self
     }
 }

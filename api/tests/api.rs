@@ -4,7 +4,7 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use orderd_actors::audit::Caller;
+use orderd_actors::audit::{AuditEntry, Caller};
 use orderd_actors::{Engine, Limits};
 use orderd_api::auth::Authenticator;
 use orderd_api::import_csv::{import, Kind};
@@ -1570,7 +1570,7 @@ async fn account_admin_manages_the_accounts_users() {
         .audit_for_subject(b"account:A", 100)
         .unwrap()
         .into_iter()
-        .map(|r| serde_json::from_slice(&r.payload).unwrap())
+        .map(|r| serde_json::to_value(AuditEntry::decode(&r.payload).unwrap()).unwrap())
         .filter(|e: &Value| e["action"].as_str().unwrap().starts_with("user."))
         .collect();
     let trail: Vec<(&str, &str, &str)> = audit

@@ -10,9 +10,16 @@ pub const MONEY_SCALE: u32 = 2;
 pub const UNIT_PRICE_SCALE_MAX: u32 = 4;
 
 /// An ISO 4217 alphabetic currency code, three upper-case letters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
 pub struct Currency([u8; 3]);
+
+// Written as the code itself, without the allocation `into = "String"` would make.
+impl Serialize for Currency {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MoneyError {

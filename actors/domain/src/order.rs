@@ -206,8 +206,7 @@ pub struct RequestDigest(pub [u8; 32]);
 impl Serialize for RequestDigest {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         if s.is_human_readable() {
-            let hex: String = self.0.iter().map(|b| format!("{b:02x}")).collect();
-            s.serialize_str(&hex)
+            s.serialize_str(&hex::encode(self.0))
         } else {
             self.0.serialize(s)
         }
@@ -218,14 +217,9 @@ impl<'de> Deserialize<'de> for RequestDigest {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         if d.is_human_readable() {
             let hex = String::deserialize(d)?;
-            let bad = || serde::de::Error::custom("a digest is 64 hex digits");
-            if hex.len() != 64 || !hex.is_ascii() {
-                return Err(bad());
-            }
             let mut out = [0u8; 32];
-            for (i, byte) in out.iter_mut().enumerate() {
-                *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-            }
+            hex::decode_to_slice(&hex, &mut out)
+                .map_err(|_| serde::de::Error::custom("a digest is 64 hex digits"))?;
             Ok(RequestDigest(out))
         } else {
             <[u8; 32]>::deserialize(d).map(RequestDigest)

@@ -16,7 +16,7 @@ use orderd_domain::order::{Channel, Order, OrderState};
 use std::collections::BTreeMap;
 
 pub fn parse_entry(payload: &[u8]) -> Result<AuditEntry, String> {
-    serde_json::from_slice(payload).map_err(|e| format!("audit payload is not an entry: {e}"))
+    AuditEntry::decode(payload).map_err(|e| e.to_string())
 }
 
 /// (order id, what the checks need) of the outbox event an audit record carries, as rendered
