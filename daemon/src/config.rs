@@ -63,6 +63,8 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct StorageSettings {
     pub commit_batch_max: usize,
+    pub commit_linger_group: usize,
+    pub commit_linger_us: u64,
     pub queue_max: usize,
     pub cache_capacity_bytes: u64,
     /// fdatasync sled's data file after every group flush (power-loss durability).
@@ -74,6 +76,8 @@ impl Default for StorageSettings {
         let d = JournalConfig::default();
         StorageSettings {
             commit_batch_max: d.commit_batch_max,
+            commit_linger_group: d.commit_linger_group,
+            commit_linger_us: d.commit_linger_us,
             queue_max: d.queue_max,
             cache_capacity_bytes: d.cache_capacity_bytes,
             sync_data: d.sync_data,
@@ -85,6 +89,8 @@ impl StorageSettings {
     pub fn journal(&self) -> JournalConfig {
         JournalConfig {
             commit_batch_max: self.commit_batch_max,
+            commit_linger_group: self.commit_linger_group,
+            commit_linger_us: self.commit_linger_us,
             queue_max: self.queue_max,
             cache_capacity_bytes: self.cache_capacity_bytes,
             sync_data: self.sync_data,

@@ -7,6 +7,12 @@
 //! comes after a flush that covers its item, and one flush serves every writer that arrived
 //! while the previous flush was running.
 //!
+//! A flush costs about the same for one writer as for many (sled hands its log buffer to an I/O
+//! thread, writes, syncs, and wakes the committer again), so with few writers at a time most of
+//! the storage CPU went into groups of one or two. A queue made [`CommitQueue::with_linger`]
+//! lets the committer wait a little for more writers before it takes a small group: at most
+//! `Linger::wait`, and not at all once `Linger::group` items are waiting.
+//!
 //! [`CommitQueue::close`] refuses new items but lets the committer drain what was accepted, so
 //! no accepted writer is lost. The queue is generic over the item so the loom model below can
 //! use a tiny Mutex+Condvar reply slot where production uses a tokio oneshot.
@@ -16,6 +22,7 @@
 
 use std::collections::VecDeque;
 use std::sync::PoisonError;
+use std::time::{Duration, Instant};
 
 use crate::sync::{Condvar, Mutex, MutexGuard};
 
@@ -28,13 +35,24 @@ pub(crate) enum PushError<T> {
     Closed(T),
 }
 
+/// How long the committer waits for more writers before it takes a small group.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Linger {
+    /// Wait only while fewer than this many items are waiting (0 or 1: never wait).
+    pub group: usize,
+    /// Wait at most this long after the first item is there (zero: never wait).
+    pub wait: Duration,
+}
+
 /// A bounded FIFO of items waiting for the committer.
 #[derive(Debug)]
 pub(crate) struct CommitQueue<T> {
     state: Mutex<QueueState<T>>,
-    /// Signalled when the queue goes from empty to non-empty, and on close.
+    /// Signalled when the queue goes from empty to non-empty, when it reaches `linger.group`
+    /// items, and on close.
     ready: Condvar,
     capacity: usize,
+    linger: Linger,
 }
 
 #[derive(Debug)]
@@ -44,8 +62,15 @@ struct QueueState<T> {
 }
 
 impl<T> CommitQueue<T> {
-    /// A queue that holds at most `capacity` waiting items (at least 1).
+    /// A queue that holds at most `capacity` waiting items (at least 1), whose committer never
+    /// lingers (the tests and the loom model; loom's condvar has no timeout).
+    #[cfg(any(test, loom))]
     pub(crate) fn new(capacity: usize) -> Self {
+        Self::with_linger(capacity, Linger::default())
+    }
+
+    /// A queue whose committer lingers as `linger` says before taking a small group.
+    pub(crate) fn with_linger(capacity: usize, linger: Linger) -> Self {
         CommitQueue {
             state: Mutex::new(QueueState {
                 items: VecDeque::new(),
@@ -53,6 +78,7 @@ impl<T> CommitQueue<T> {
             }),
             ready: Condvar::new(),
             capacity: capacity.max(1),
+            linger,
         }
     }
 
@@ -67,9 +93,11 @@ impl<T> CommitQueue<T> {
         }
         let was_empty = state.items.is_empty();
         state.items.push_back(item);
+        let lingered_enough = state.items.len() == self.linger.group;
         drop(state);
-        // The committer only sleeps on an empty queue, so only the first item needs to wake it.
-        if was_empty {
+        // The committer sleeps on an empty queue, or lingers on one shorter than
+        // `linger.group`: only the first item and the one that reaches the group wake it.
+        if was_empty || lingered_enough {
             self.ready.notify_one();
         }
         Ok(())
@@ -81,6 +109,7 @@ impl<T> CommitQueue<T> {
         let mut state = self.lock();
         loop {
             if !state.items.is_empty() {
+                state = self.linger(state);
                 let take = state.items.len().min(group_max.max(1));
                 return Some(state.items.drain(..take).collect());
             }
@@ -92,6 +121,30 @@ impl<T> CommitQueue<T> {
                 .wait(state)
                 .unwrap_or_else(PoisonError::into_inner);
         }
+    }
+
+    /// With fewer than `linger.group` items waiting, waits up to `linger.wait` for more, so
+    /// that one flush serves them all. Stops early when the group is reached or on close.
+    fn linger<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, QueueState<T>>,
+    ) -> MutexGuard<'a, QueueState<T>> {
+        if self.linger.wait.is_zero() {
+            return state;
+        }
+        let deadline = Instant::now() + self.linger.wait;
+        while state.items.len() < self.linger.group && !state.closed {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            state = self
+                .ready
+                .wait_timeout(state, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        state
     }
 
     /// Refuses further pushes; items already accepted are still handed out by `pop_group`.
@@ -157,6 +210,38 @@ mod tests {
         assert_eq!(queue.pop_group(1), Some(vec![1]));
         assert_eq!(queue.pop_group(8), Some(vec![2]));
         assert_eq!(queue.pop_group(8), None);
+    }
+
+    // A lingering committer waits for more items up to the deadline, takes the group at once
+    // when it is complete, and never lingers on a closed queue.
+    #[test]
+    fn linger_waits_for_a_group_or_the_deadline() {
+        let wait = Duration::from_millis(200);
+        let queue = std::sync::Arc::new(CommitQueue::with_linger(16, Linger { group: 3, wait }));
+        assert!(queue.push(1).is_ok());
+        let started = Instant::now();
+        assert_eq!(queue.pop_group(8), Some(vec![1]));
+        assert!(started.elapsed() >= wait, "{:?}", started.elapsed());
+
+        assert!(queue.push(2).is_ok());
+        let pusher = {
+            let queue = queue.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                assert!(queue.push(3).is_ok());
+                assert!(queue.push(4).is_ok());
+            })
+        };
+        let started = Instant::now();
+        assert_eq!(queue.pop_group(8), Some(vec![2, 3, 4]));
+        assert!(started.elapsed() < wait, "{:?}", started.elapsed());
+        pusher.join().unwrap();
+
+        assert!(queue.push(5).is_ok());
+        queue.close();
+        let started = Instant::now();
+        assert_eq!(queue.pop_group(8), Some(vec![5]));
+        assert!(started.elapsed() < wait, "{:?}", started.elapsed());
     }
 
     // A group never exceeds group_max and keeps push order.

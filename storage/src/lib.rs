@@ -47,10 +47,17 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 pub use audit_chain::{AuditHead, AuditRecord, AuditReport};
+pub use commit_queue::Linger;
 use commit_queue::{CommitQueue, PushError};
 
 /// Default [`JournalConfig::commit_batch_max`].
 pub const DEFAULT_COMMIT_BATCH_MAX: usize = 1024;
+/// Default [`JournalConfig::commit_linger_group`].
+pub const DEFAULT_COMMIT_LINGER_GROUP: usize = 8;
+/// Default [`JournalConfig::commit_linger_us`].
+pub const DEFAULT_COMMIT_LINGER_US: u64 = 1_000;
+/// Longest [`JournalConfig::commit_linger_us`] allowed: it is added to a write's latency.
+pub const COMMIT_LINGER_US_MAX: u64 = 20_000;
 /// Default [`JournalConfig::queue_max`].
 pub const DEFAULT_QUEUE_MAX: usize = 65_536;
 /// Default [`JournalConfig::cache_capacity_bytes`]: 256 MiB.
@@ -104,6 +111,14 @@ pub enum StorageError {
 pub struct JournalConfig {
     /// Most requests applied and flushed as one group (at least 1).
     pub commit_batch_max: usize,
+    /// While fewer than this many requests wait, the committer lingers up to
+    /// `commit_linger_us` for more before it flushes (a flush costs about the same for one
+    /// writer as for many). 0 or 1: never linger.
+    pub commit_linger_group: usize,
+    /// The longest the committer lingers, in microseconds (0: never; at most
+    /// [`COMMIT_LINGER_US_MAX`]). It adds at most this much to a write's latency, and nothing
+    /// once `commit_linger_group` writers are waiting.
+    pub commit_linger_us: u64,
     /// Most requests waiting for the committer (at least 1); beyond it `submit` answers
     /// `StorageError::Overloaded` at once.
     pub queue_max: usize,
@@ -121,6 +136,8 @@ impl Default for JournalConfig {
     fn default() -> Self {
         JournalConfig {
             commit_batch_max: DEFAULT_COMMIT_BATCH_MAX,
+            commit_linger_group: DEFAULT_COMMIT_LINGER_GROUP,
+            commit_linger_us: DEFAULT_COMMIT_LINGER_US,
             queue_max: DEFAULT_QUEUE_MAX,
             cache_capacity_bytes: DEFAULT_CACHE_CAPACITY_BYTES,
             sync_data: true,
@@ -137,6 +154,9 @@ impl JournalConfig {
         }
         if self.queue_max == 0 {
             problems.push("queue_max must be at least 1");
+        }
+        if self.commit_linger_us > COMMIT_LINGER_US_MAX {
+            problems.push("commit_linger_us must be at most 20000 (20 ms)");
         }
         if problems.is_empty() {
             Ok(())
@@ -351,7 +371,11 @@ impl Journal {
             durable_head: std::sync::Mutex::new(chain.head),
             durable_seq: tokio::sync::watch::Sender::new(chain.head.seq),
         });
-        let queue = sync::Arc::new(CommitQueue::new(config.queue_max));
+        let linger = Linger {
+            group: config.commit_linger_group,
+            wait: Duration::from_micros(config.commit_linger_us),
+        };
+        let queue = sync::Arc::new(CommitQueue::with_linger(config.queue_max, linger));
         let mut committer = Committer {
             db: db.clone(),
             data_file,

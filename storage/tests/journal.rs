@@ -527,11 +527,14 @@ fn invalid_config_is_refused() {
     let bad = JournalConfig {
         commit_batch_max: 0,
         queue_max: 0,
+        commit_linger_us: 20_001,
         ..JournalConfig::default()
     };
     match Journal::temporary(&bad) {
         Err(StorageError::Invalid { reason }) => {
-            assert!(reason.contains("commit_batch_max") && reason.contains("queue_max"));
+            for field in ["commit_batch_max", "queue_max", "commit_linger_us"] {
+                assert!(reason.contains(field), "{field} missing in {reason}");
+            }
         }
         other => panic!("expected Invalid, got {other:?}"),
     }
