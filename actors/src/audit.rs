@@ -65,7 +65,11 @@ impl Caller {
 /// One audit log entry. `digest` is the SHA-256 of the record as stored after the change.
 ///
 /// No field is skipped when empty: postcard is not self-describing, so every field is always
-/// written (`default` only fills fields missing from the older JSON payloads).
+/// written (`default` only fills fields missing from the older JSON payloads). For the same
+/// reason the compact form cannot evolve in place: adding, removing or reordering a field here
+/// or in any type it holds (the event, its lines, money, allocations), or reordering an enum's
+/// variants, misreads every stored record, and the hash chain forbids rewriting them. Such a
+/// change needs a new tag byte, with the old layout kept to read the old tag.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
     pub ts: String,
@@ -130,9 +134,15 @@ impl AuditEntry {
     /// journals. Fails for anything else: only a damaged or edited store has such a record.
     pub fn decode(payload: &[u8]) -> Result<AuditEntry, NotAnEntry> {
         match payload.split_first() {
-            Some((&COMPACT_ENTRY, rest)) => postcard::from_bytes(rest).map_err(|e| NotAnEntry {
-                reason: format!("compact entry does not decode: {e}"),
-            }),
+            Some((&COMPACT_ENTRY, rest)) => match postcard::take_from_bytes(rest) {
+                Ok((entry, [])) => Ok(entry),
+                Ok((_, extra)) => Err(NotAnEntry {
+                    reason: format!("{} bytes after the compact entry", extra.len()),
+                }),
+                Err(e) => Err(NotAnEntry {
+                    reason: format!("compact entry does not decode: {e}"),
+                }),
+            },
             Some((b'{', _)) => serde_json::from_slice(payload).map_err(|e| NotAnEntry {
                 reason: format!("JSON entry does not parse: {e}"),
             }),

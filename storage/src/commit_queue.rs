@@ -11,7 +11,10 @@
 //! thread, writes, syncs, and wakes the committer again), so with few writers at a time most of
 //! the storage CPU went into groups of one or two. A queue made [`CommitQueue::with_linger`]
 //! lets the committer wait a little for more writers before it takes a small group: at most
-//! `Linger::wait`, and not at all once `Linger::group` items are waiting.
+//! `Linger::wait`, and not at all once `Linger::group` items are waiting. It lingers only while
+//! that pays: after a group of two or more that left nothing behind, and never again after a
+//! wait that gained nothing until such a group comes. A writer that commits one write after
+//! the other (an import, one busy account) therefore never waits: nobody can join it.
 //!
 //! [`CommitQueue::close`] refuses new items but lets the committer drain what was accepted, so
 //! no accepted writer is lost. The queue is generic over the item so the loom model below can
@@ -40,7 +43,8 @@ pub(crate) enum PushError<T> {
 pub struct Linger {
     /// Wait only while fewer than this many items are waiting (0 or 1: never wait).
     pub group: usize,
-    /// Wait at most this long after the first item is there (zero: never wait).
+    /// Wait at most this long (zero: never wait), from when the committer is ready for the
+    /// next group and finds it short.
     pub wait: Duration,
 }
 
@@ -59,6 +63,9 @@ pub(crate) struct CommitQueue<T> {
 struct QueueState<T> {
     items: VecDeque<T>,
     closed: bool,
+    /// Whether the committer lingers on its next short group (see the module doc). Only the
+    /// committer reads and writes it.
+    lingering: bool,
 }
 
 impl<T> CommitQueue<T> {
@@ -75,6 +82,7 @@ impl<T> CommitQueue<T> {
             state: Mutex::new(QueueState {
                 items: VecDeque::new(),
                 closed: false,
+                lingering: false,
             }),
             ready: Condvar::new(),
             capacity: capacity.max(1),
@@ -109,9 +117,19 @@ impl<T> CommitQueue<T> {
         let mut state = self.lock();
         loop {
             if !state.items.is_empty() {
-                state = self.linger(state);
+                if state.lingering {
+                    let before = state.items.len();
+                    state = self.linger(state);
+                    state.lingering = state.items.len() > before;
+                }
                 let take = state.items.len().min(group_max.max(1));
-                return Some(state.items.drain(..take).collect());
+                let group: Vec<T> = state.items.drain(..take).collect();
+                // Company this time, and room: more writers are likely to come while it
+                // flushes. Items left behind mean the next group is full without waiting.
+                if group.len() >= 2 && state.items.is_empty() {
+                    state.lingering = true;
+                }
+                return Some(group);
             }
             if state.closed {
                 return None;
@@ -218,11 +236,29 @@ mod tests {
     fn linger_waits_for_a_group_or_the_deadline() {
         let wait = Duration::from_millis(200);
         let queue = std::sync::Arc::new(CommitQueue::with_linger(16, Linger { group: 3, wait }));
+        // A lone writer never waits: nobody has joined a group yet.
+        assert!(queue.push(0).is_ok());
+        let started = Instant::now();
+        assert_eq!(queue.pop_group(8), Some(vec![0]));
+        assert!(started.elapsed() < wait, "{:?}", started.elapsed());
+        // A group with company switches lingering on; the next short group waits the deadline
+        // out, gains nothing, and so switches it off again.
+        assert!(queue.push(10).is_ok());
+        assert!(queue.push(11).is_ok());
+        assert_eq!(queue.pop_group(8), Some(vec![10, 11]));
         assert!(queue.push(1).is_ok());
         let started = Instant::now();
         assert_eq!(queue.pop_group(8), Some(vec![1]));
         assert!(started.elapsed() >= wait, "{:?}", started.elapsed());
+        assert!(queue.push(12).is_ok());
+        let started = Instant::now();
+        assert_eq!(queue.pop_group(8), Some(vec![12]));
+        assert!(started.elapsed() < wait, "{:?}", started.elapsed());
 
+        // On again; a group that completes during the wait is taken at once.
+        assert!(queue.push(13).is_ok());
+        assert!(queue.push(14).is_ok());
+        assert_eq!(queue.pop_group(8), Some(vec![13, 14]));
         assert!(queue.push(2).is_ok());
         let pusher = {
             let queue = queue.clone();

@@ -158,6 +158,9 @@ impl JournalConfig {
         if self.commit_linger_us > COMMIT_LINGER_US_MAX {
             problems.push("commit_linger_us must be at most 20000 (20 ms)");
         }
+        if self.commit_linger_group > self.commit_batch_max {
+            problems.push("commit_linger_group must be at most commit_batch_max");
+        }
         if problems.is_empty() {
             Ok(())
         } else {

@@ -476,6 +476,7 @@ async fn concurrent_submitters_share_flushes() {
 async fn overloaded_when_queue_is_full() {
     let journal = Journal::temporary(&JournalConfig {
         commit_batch_max: 1,
+        commit_linger_group: 1,
         queue_max: 2,
         ..config()
     })
@@ -528,11 +529,17 @@ fn invalid_config_is_refused() {
         commit_batch_max: 0,
         queue_max: 0,
         commit_linger_us: 20_001,
+        commit_linger_group: 2,
         ..JournalConfig::default()
     };
     match Journal::temporary(&bad) {
         Err(StorageError::Invalid { reason }) => {
-            for field in ["commit_batch_max", "queue_max", "commit_linger_us"] {
+            for field in [
+                "commit_batch_max",
+                "queue_max",
+                "commit_linger_us",
+                "commit_linger_group",
+            ] {
                 assert!(reason.contains(field), "{field} missing in {reason}");
             }
         }
