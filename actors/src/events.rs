@@ -297,6 +297,21 @@ pub fn render(event: &OrderChanged) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    /// An event of order o-1 of ACME, allocated through confirmed, with no lines and a zero
+    /// total: tests change what they look at.
+    fn allocated(sequence: u32) -> OrderChanged {
+        OrderChanged {
+            account: AccountId::parse("ACME").unwrap(),
+            order: OrderId::parse("o-1").unwrap(),
+            state: OrderState::Allocated,
+            sequence,
+            transitions: vec!["confirmed".into(), "allocated".into()],
+            time: "2026-11-22T10:00:00Z".into(),
+            total: Money::zero(orderd_domain::money::Currency::parse("EUR").unwrap()),
+            lines: vec![],
+        }
+    }
+
     // Each kind of reader reports its furthest-behind instance; a kind with none reports 0, and
     // a removed instance no longer counts.
     #[test]
@@ -321,14 +336,8 @@ mod tests {
     #[test]
     fn change_time_of_an_event() {
         let mut ev = OrderChanged {
-            account: AccountId::parse("ACME").unwrap(),
-            order: OrderId::parse("o-1").unwrap(),
-            state: OrderState::Confirmed,
-            sequence: 1,
-            transitions: vec![],
             time: "2026-11-22T10:00:00.250Z".into(),
-            total: Money::zero(orderd_domain::money::Currency::parse("EUR").unwrap()),
-            lines: vec![],
+            ..allocated(1)
         };
         let t = changed_at(&ev).expect("parses");
         let unix = t.duration_since(SystemTime::UNIX_EPOCH).unwrap();
@@ -341,16 +350,7 @@ mod tests {
     // id is stable for the same change; an entry without an event has none.
     #[test]
     fn stored_event_renders_as_cloudevent() {
-        let ev = OrderChanged {
-            account: AccountId::parse("ACME").unwrap(),
-            order: OrderId::parse("o-1").unwrap(),
-            state: OrderState::Allocated,
-            sequence: 3,
-            transitions: vec!["confirmed".into(), "allocated".into()],
-            time: "2026-11-22T10:00:00Z".into(),
-            total: Money::zero(orderd_domain::money::Currency::parse("EUR").unwrap()),
-            lines: vec![],
-        };
+        let ev = allocated(3);
         let mut entry = crate::audit::AuditEntry::new(
             &crate::audit::Caller::system(),
             None,
@@ -400,14 +400,9 @@ mod tests {
             b"the order record",
         );
         entry.event = Some(OrderChanged {
-            account: AccountId::parse("ACME").unwrap(),
-            order: OrderId::parse("o-1").unwrap(),
-            state: OrderState::Allocated,
-            sequence: 1,
-            transitions: vec!["confirmed".into(), "allocated".into()],
-            time: "2026-11-22T10:00:00Z".into(),
             total: Money::parse("12345.60", eur, 2).unwrap(),
             lines: (1..=10).map(line).collect(),
+            ..allocated(1)
         });
         let compact = entry.draft("o-1").payload;
         let json = serde_json::to_vec(&entry).unwrap();

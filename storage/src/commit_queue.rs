@@ -40,12 +40,12 @@ pub(crate) enum PushError<T> {
 
 /// How long the committer waits for more writers before it takes a small group.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Linger {
+pub(crate) struct Linger {
     /// Wait only while fewer than this many items are waiting (0 or 1: never wait).
-    pub group: usize,
+    pub(crate) group: usize,
     /// Wait at most this long (zero: never wait), from when the committer is ready for the
     /// next group and finds it short.
-    pub wait: Duration,
+    pub(crate) wait: Duration,
 }
 
 /// A bounded FIFO of items waiting for the committer.
@@ -236,24 +236,24 @@ mod tests {
     fn linger_waits_for_a_group_or_the_deadline() {
         let wait = Duration::from_millis(200);
         let queue = std::sync::Arc::new(CommitQueue::with_linger(16, Linger { group: 3, wait }));
+        // What the next group is and whether the committer waited the deadline out for it.
+        let pop = |queue: &CommitQueue<i32>| {
+            let started = Instant::now();
+            let group = queue.pop_group(8);
+            (group, started.elapsed() >= wait)
+        };
         // A lone writer never waits: nobody has joined a group yet.
         assert!(queue.push(0).is_ok());
-        let started = Instant::now();
-        assert_eq!(queue.pop_group(8), Some(vec![0]));
-        assert!(started.elapsed() < wait, "{:?}", started.elapsed());
+        assert_eq!(pop(&queue), (Some(vec![0]), false));
         // A group with company switches lingering on; the next short group waits the deadline
         // out, gains nothing, and so switches it off again.
         assert!(queue.push(10).is_ok());
         assert!(queue.push(11).is_ok());
         assert_eq!(queue.pop_group(8), Some(vec![10, 11]));
         assert!(queue.push(1).is_ok());
-        let started = Instant::now();
-        assert_eq!(queue.pop_group(8), Some(vec![1]));
-        assert!(started.elapsed() >= wait, "{:?}", started.elapsed());
+        assert_eq!(pop(&queue), (Some(vec![1]), true));
         assert!(queue.push(12).is_ok());
-        let started = Instant::now();
-        assert_eq!(queue.pop_group(8), Some(vec![12]));
-        assert!(started.elapsed() < wait, "{:?}", started.elapsed());
+        assert_eq!(pop(&queue), (Some(vec![12]), false));
 
         // On again; a group that completes during the wait is taken at once.
         assert!(queue.push(13).is_ok());
@@ -268,16 +268,12 @@ mod tests {
                 assert!(queue.push(4).is_ok());
             })
         };
-        let started = Instant::now();
-        assert_eq!(queue.pop_group(8), Some(vec![2, 3, 4]));
-        assert!(started.elapsed() < wait, "{:?}", started.elapsed());
+        assert_eq!(pop(&queue), (Some(vec![2, 3, 4]), false));
         pusher.join().unwrap();
 
         assert!(queue.push(5).is_ok());
         queue.close();
-        let started = Instant::now();
-        assert_eq!(queue.pop_group(8), Some(vec![5]));
-        assert!(started.elapsed() < wait, "{:?}", started.elapsed());
+        assert_eq!(pop(&queue), (Some(vec![5]), false));
     }
 
     // A group never exceeds group_max and keeps push order.

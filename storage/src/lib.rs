@@ -47,8 +47,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 pub use audit_chain::{AuditHead, AuditRecord, AuditReport};
-pub use commit_queue::Linger;
-use commit_queue::{CommitQueue, PushError};
+use commit_queue::{CommitQueue, Linger, PushError};
 
 /// Default [`JournalConfig::commit_batch_max`].
 pub const DEFAULT_COMMIT_BATCH_MAX: usize = 1024;

@@ -54,11 +54,6 @@ macro_rules! id_type {
                 Self::parse(&s)
             }
         }
-        impl From<$name> for String {
-            fn from(v: $name) -> String {
-                v.0
-            }
-        }
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.0)

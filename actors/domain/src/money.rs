@@ -58,11 +58,6 @@ impl TryFrom<String> for Currency {
         Currency::parse(&s)
     }
 }
-impl From<Currency> for String {
-    fn from(c: Currency) -> String {
-        c.as_str().to_owned()
-    }
-}
 impl fmt::Display for Currency {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

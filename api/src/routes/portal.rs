@@ -64,14 +64,15 @@ async fn page(State(s): State<ApiState>, headers: HeaderMap) -> Html<String> {
         Some(mut c) => {
             // The roles the account's user records grant, as the guard applies them; the
             // refusal names only ids and roles, too.
-            let (roles, refused) = match s.engine.grants.narrow(&mut c) {
-                Ok(_) => (Me::from(&c).roles.join(", "), String::new()),
+            let narrowed = s.engine.grants.narrow(&mut c);
+            let me = Me::from(&c);
+            let (roles, refused) = match narrowed {
+                Ok(_) => (me.roles.join(", "), String::new()),
                 Err(why) => (
                     "(none)".to_owned(),
                     format!(" {}.", crate::policy::not_granted(&c, &why)),
                 ),
             };
-            let me = Me::from(&c);
             format!(
                 "<p>Signed in as <b id=\"user\">{}</b> for account <b id=\"account\">{}</b> with roles <b id=\"roles\">{roles}</b>.{refused}</p>\
                  <form method=\"post\" action=\"/auth/logout\"><button type=\"submit\">Sign out</button></form>",

@@ -143,6 +143,12 @@ impl TestEnv {
         self.api().post(token, path, &body).await.expect("request")
     }
 
+    /// An account admin creates (or creates again) a user of their account: must be 201.
+    pub async fn create_user(&self, admin: &str, user: Value) {
+        let r = self.post(admin, "/v1/account/users", user).await;
+        assert_eq!(r.status, 201, "{r}");
+    }
+
     /// The value of one series of `/metrics` (e.g. `orderd_outbox_depth{reader="nats"}`), read
     /// with an operator's token; `None` when the series is not there (yet).
     pub async fn metric(&self, series: &str) -> Option<f64> {

@@ -112,14 +112,11 @@ async fn stored_roles_govern_tokens_and_hold_after_a_restart() {
     assert_eq!(r.status, 403, "after the restart: {r}");
     assert_eq!(state_of(&env, &carol, &ids[1]).await, "pending_approval");
     assert_removed(&env, &alice).await;
-    let r = env
-        .post(
-            &carol,
-            "/v1/account/users",
-            json!({"id": "alice", "name": "Alice Buyer", "roles": ["buyer"], "spending_limit": "2000.00"}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{r}");
+    env.create_user(
+        &carol,
+        json!({"id": "alice", "name": "Alice Buyer", "roles": ["buyer"], "spending_limit": "2000.00"}),
+    )
+    .await;
     let r = env.get(&alice, "/v1/cart").await;
     assert_eq!(r.status, 200, "{r}");
 }

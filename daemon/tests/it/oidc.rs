@@ -526,14 +526,11 @@ async fn role_route_and_cross_account_matrices_with_real_tokens() {
     let cart = env.get(&acme, "/v1/cart").await.body;
     // A user only ACME has.
     let admin = p.access_token("ACME-account_admin").await;
-    let r = env
-        .post(
-            &admin,
-            "/v1/account/users",
-            json!({"id": "acme-only", "name": "Only at ACME", "roles": ["buyer"]}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{r}");
+    env.create_user(
+        &admin,
+        json!({"id": "acme-only", "name": "Only at ACME", "roles": ["buyer"]}),
+    )
+    .await;
     let acme_users = env.get(&admin, "/v1/account/users").await.body;
     for login in [
         "BAUHAUS-buyer",
@@ -983,14 +980,11 @@ async fn stored_roles_narrow_provider_tokens_and_sessions() {
     let base = env.api().base().to_owned();
     p.set_clients(&[json!({"client_id": "portal", "client_secret": secret, "redirect_uris": [format!("{base}/auth/callback")]})]).await;
     let admin = p.access_token("acme-admin").await;
-    let r = env
-        .post(
-            &admin,
-            "/v1/account/users",
-            json!({"id": "acme-pat", "name": "Pat", "roles": ["buyer"]}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{r}");
+    env.create_user(
+        &admin,
+        json!({"id": "acme-pat", "name": "Pat", "roles": ["buyer"]}),
+    )
+    .await;
 
     let pat = p.access_token("acme-pat").await;
     let a = me(&env, &pat).await;
