@@ -58,22 +58,33 @@ pub async fn relay(
     let mut after = journal.audit_head().seq;
     loop {
         readers.set("bus", "", after);
-        let (j, b) = (journal.clone(), bus.clone());
-        let round = tokio::task::spawn_blocking(move || relay_round(&j, &b, after)).await;
-        let error = match round {
-            Ok(Ok(last)) if last > after => {
-                after = last;
-                continue; // more may be waiting
+        // What is durable now, marked as seen before reading: a flush after this point ends
+        // the wait below.
+        let durable = *changes.borrow_and_update();
+        if after < durable && !bus.has_subscribers() {
+            // Nothing to hand on. Skipping the records here saves a trip to the blocking pool
+            // (a thread wake-up) per group commit.
+            after = durable;
+        } else if after < durable {
+            let (j, b) = (journal.clone(), bus.clone());
+            let round = tokio::task::spawn_blocking(move || relay_round(&j, &b, after)).await;
+            let error = match round {
+                Ok(Ok(last)) => {
+                    after = after.max(last);
+                    None
+                }
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(error) = error {
+                tracing::error!(%error, "outbox relay failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(poll) => continue,
+                    _ = stop.changed() => return,
+                }
             }
-            Ok(Ok(_)) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(e) => Some(e.to_string()),
-        };
-        if let Some(error) = error {
-            tracing::error!(%error, "outbox relay failed; retrying");
-            tokio::select! {
-                _ = tokio::time::sleep(poll) => continue,
-                _ = stop.changed() => return,
+            if after < durable {
+                continue; // a round reads at most RELAY_BATCH_MAX records
             }
         }
         if !events::wait_for_durable(&mut changes, poll, &mut stop).await {

@@ -4,8 +4,9 @@
 //! its event. The publisher reads the log in order from a durable cursor, publishes each event to
 //! JetStream with `Nats-Msg-Id` set to the event id, waits for every PubAck of the round, and
 //! only then moves the cursor on (stored in the journal under [`CURSOR_KEY`] at most every
-//! `nats.cursor_store_ms`, and whenever it catches up: a cursor write is a journal batch, and one
-//! per round would add flushes to the capture path). So:
+//! `nats.cursor_store_ms`: a cursor write is a journal batch, and one per round would add
+//! writes to every group commit under load; when the publisher is idle, the cursor is stored
+//! at its next poll). So:
 //!
 //! - while NATS is down, capture is unaffected: events simply wait in the log, and the publisher
 //!   retries with capped exponential backoff;
@@ -323,16 +324,22 @@ pub async fn run(
     let mut cursor = None;
     let mut changes = journal.durable_changes();
     loop {
+        // What is durable now, marked as seen before reading: a flush after this point ends
+        // the wait below.
+        let durable = *changes.borrow_and_update();
         let result = round(&journal, &s, &mut js, &mut cursor).await;
         if let Some(c) = cursor {
             readers.set("nats", "", c.at);
         }
         let pause = match result {
-            Ok(true) => {
+            Ok(true) if cursor.is_some_and(|c| c.at < durable) => {
                 backoff = retry_first;
-                continue;
+                continue; // a round reads at most `batch_max` records
             }
-            Ok(false) => {
+            Ok(published) => {
+                if published {
+                    backoff = retry_first;
+                }
                 let poll = Duration::from_millis(s.poll_ms);
                 if !events::wait_for_durable(&mut changes, poll, &mut stop).await {
                     break;
@@ -374,8 +381,8 @@ struct Cursor {
     stored_at: Instant,
 }
 
-/// One round; `Ok(false)` when there was nothing to publish. The cursor is stored when it last
-/// was `cursor_store_ms` ago, or when there is nothing left to publish.
+/// One round; `Ok(false)` when there was nothing to publish. The cursor is stored when it moved
+/// and was last stored at least `cursor_store_ms` ago.
 async fn round(
     journal: &Journal,
     s: &NatsSettings,
@@ -418,7 +425,7 @@ async fn round(
         *cursor = Some(c);
     }
     let due = c.stored_at.elapsed() >= Duration::from_millis(s.cursor_store_ms);
-    if c.stored < c.at && (idle || due) {
+    if c.stored < c.at && due {
         store_cursor(journal, c.at).await?;
         c.stored = c.at;
         c.stored_at = Instant::now();
