@@ -67,8 +67,12 @@ pub struct WebhookSettings {
     pub batch_max: usize,
     /// Audit records one round reads at most.
     pub scan_max: usize,
-    /// Pause of an idle endpoint before it looks at the log again.
+    /// How often an endpoint's task looks at the endpoint again (deleted, disabled, dead
+    /// letters to replay); also the longest wait of an idle reader of the log.
     pub poll_ms: u64,
+    /// Least time between two writes of an endpoint's cursor (and at the end of its task).
+    /// After a crash, what was delivered since the last write is sent again.
+    pub cursor_store_ms: u64,
 }
 
 impl Default for WebhookSettings {
@@ -91,6 +95,7 @@ impl Default for WebhookSettings {
             batch_max: 100,
             scan_max: 10_000,
             poll_ms: 100,
+            cursor_store_ms: 250,
         }
     }
 }
@@ -119,6 +124,7 @@ impl WebhookSettings {
             ("batch_max", self.batch_max == 0),
             ("scan_max", self.scan_max == 0),
             ("poll_ms", self.poll_ms == 0),
+            ("cursor_store_ms", self.cursor_store_ms == 0),
         ];
         let mut out: Vec<String> = zero
             .iter()
@@ -603,15 +609,21 @@ impl Webhooks {
 
     /// Moves the endpoint's cursor to `seq` (ignored for a deleted endpoint).
     pub async fn store_cursor(&self, id: &str, seq: u64) -> Result<(), WebhookError> {
-        self.with(async |inner, st| {
-            if st.endpoints.contains_key(id) {
-                let mut batch = Batch::default();
-                batch.put(format!("{CURSOR}{id}"), seq.to_be_bytes().to_vec());
-                inner.journal.submit(batch).await?;
-            }
-            Ok(())
-        })
-        .await
+        // Submitted under the lock, so it is ordered before a deletion that removes the cursor;
+        // its flush is awaited outside, so endpoints do not wait for each other's flushes.
+        let ticket = self
+            .with(async |inner, st| {
+                Ok(st.endpoints.contains_key(id).then(|| {
+                    let mut batch = Batch::default();
+                    batch.put(format!("{CURSOR}{id}"), seq.to_be_bytes().to_vec());
+                    inner.journal.submit(batch)
+                }))
+            })
+            .await?;
+        if let Some(ticket) = ticket {
+            ticket.await?;
+        }
+        Ok(())
     }
 
     /// Stores a dead letter and moves its endpoint's cursor past it, atomically. Beyond

@@ -1,5 +1,5 @@
-//! Event lag under load: how long after an order change its event reaches a NATS subscriber and
-//! a server-sent-event client (`orderd-bench-events`, see `src/bin/orderd-bench-events.rs`).
+//! Event lag under load: how long after an order change its event reaches a NATS subscriber, a
+//! server-sent-event client and a webhook receiver (`orderd-bench-events`, see `src/bin/orderd-bench-events.rs`).
 //!
 //! Each listener parses the CloudEvents `time` of every event it receives (the moment orderd
 //! made the change, taken just before the durable commit) and records `now - time` in an HDR
@@ -129,6 +129,28 @@ pub async fn follow_sse(
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A webhook receiver on loopback: answers 204 to every `POST /hook` and records the event in
+/// its body into `rec`. Returns the URL to register and the server's task.
+pub async fn webhook_receiver(
+    rec: Arc<Mutex<LagRecorder>>,
+) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: Bytes| async move {
+            if let Ok(mut r) = rec.lock() {
+                r.event(&body);
+            }
+            hyper::StatusCode::NO_CONTENT
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((url, task))
 }
 
 /// Subscribes to every order subject (`orderd.orders.>`) at `url` and records each message

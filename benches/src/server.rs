@@ -289,6 +289,35 @@ async fn dev_token(conn: &mut Conn, claims: serde_json::Value) -> anyhow::Result
     Ok(format!("Bearer {token}"))
 }
 
+/// Registers one webhook endpoint for each of the first `n` accounts of the data set (as that
+/// account's admin, every event type), all delivering to `url`.
+pub async fn register_webhooks(addr: SocketAddr, n: usize, url: &str) -> anyhow::Result<()> {
+    let mut conn = loadgen::connect(addr).await?;
+    let endpoint = Bytes::from(serde_json::json!({"url": url, "event_types": ["*"]}).to_string());
+    for i in 0..n {
+        let claims = serde_json::json!({
+            "account": Dataset::account(i), "user": "bench-admin", "roles": ["account_admin"]
+        });
+        let admin = dev_token(&mut conn, claims).await?;
+        let (status, body) = request(
+            &mut conn,
+            "POST",
+            "/v1/webhooks",
+            Some(&admin),
+            "application/json",
+            endpoint.clone(),
+        )
+        .await?;
+        if status != StatusCode::CREATED {
+            bail!(
+                "POST /v1/webhooks: {status} {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Imports the data set as an operator and returns one buyer token per account.
 async fn load_dataset(
     addr: SocketAddr,

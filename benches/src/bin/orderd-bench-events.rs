@@ -8,7 +8,9 @@
 //! - `nats`: orderd publishing to a fresh `nats-server` with JetStream.
 //!
 //! In both an operator's SSE client follows `GET /v1/events/stream` (every account's events);
-//! in `nats` a NATS subscriber follows `orderd.orders.>` too. Each records the lag of every
+//! in `nats` a NATS subscriber follows `orderd.orders.>` too. With `--webhooks N` the first N
+//! accounts each register a webhook endpoint (every event type) that delivers to a receiver in
+//! this process, in both variants. Each records the lag of every
 //! event from its change (see `orderd_benches::events`). The report gives, as medians over the
 //! runs, capture latency of both variants and their p99 ratio, and the lag percentiles at the
 //! SSE client and the NATS subscriber, against the targets (lag p99 under 50 ms, capture p99
@@ -79,6 +81,9 @@ struct Args {
     data_root: Option<PathBuf>,
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Webhook endpoints: one for each of the first N accounts, delivering to this process.
+    #[arg(long, default_value_t = 0)]
+    webhooks: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -97,6 +102,8 @@ struct RunResult {
     sse_received: u64,
     nats_lag: Option<Latency>,
     nats_received: Option<u64>,
+    webhook_lag: Option<Latency>,
+    webhook_received: Option<u64>,
 }
 
 /// Medians over the runs of one variant.
@@ -115,6 +122,9 @@ struct Summary {
     nats_lag_p50_ms: Option<f64>,
     nats_lag_p99_ms: Option<f64>,
     nats_lag_p999_ms: Option<f64>,
+    webhook_lag_p50_ms: Option<f64>,
+    webhook_lag_p99_ms: Option<f64>,
+    webhook_lag_p999_ms: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -123,6 +133,7 @@ struct Report {
     secs: u64,
     runs: usize,
     mix: String,
+    webhooks: usize,
     plain: Summary,
     nats: Summary,
     /// Median capture p99 with NATS over without.
@@ -165,7 +176,7 @@ async fn main() -> anyhow::Result<()> {
         for v in order {
             let r = one_run(&a, v, &bin, &data_root, &dataset, pool.clone(), run).await?;
             eprintln!(
-                "[{v:?} run {}] capture p50 {:.2} p99 {:.2} ms ({:.0}/s, {} failed); SSE lag p50 {:.2} p99 {:.2} ms ({} events){}",
+                "[{v:?} run {}] capture p50 {:.2} p99 {:.2} ms ({:.0}/s, {} failed); SSE lag p50 {:.2} p99 {:.2} ms ({} events){}{}",
                 run + 1,
                 r.capture.latency.p50_ms,
                 r.capture.latency.p99_ms,
@@ -179,6 +190,12 @@ async fn main() -> anyhow::Result<()> {
                     l.p50_ms,
                     l.p99_ms,
                     r.nats_received.unwrap_or(0)
+                )),
+                r.webhook_lag.as_ref().map_or(String::new(), |l| format!(
+                    "; webhook lag p50 {:.2} p99 {:.2} ms ({} events)",
+                    l.p50_ms,
+                    l.p99_ms,
+                    r.webhook_received.unwrap_or(0)
                 ))
             );
             all.push(r);
@@ -196,6 +213,7 @@ async fn main() -> anyhow::Result<()> {
         secs: a.secs,
         runs: a.runs,
         mix: mix.describe(),
+        webhooks: a.webhooks,
         plain,
         nats,
         capture_p99_ratio,
@@ -242,10 +260,25 @@ async fn one_run(
     if let Some(n) = &nats {
         env.push(("ORDERD_NATS__URL".to_owned(), n.url()));
     }
+    if a.webhooks > 0 {
+        // The receiver is on loopback.
+        env.push((
+            "ORDERD_WEBHOOKS__ALLOW_PRIVATE".to_owned(),
+            "true".to_owned(),
+        ));
+    }
     let d = Daemon::start(bin, data_root, &env, dataset, None).await?;
     let operator = operator_token(d.addr).await?;
     let warmup = Duration::from_secs(a.warmup_secs);
     let from = SystemTime::now() + warmup;
+    let hooks_rec = LagRecorder::new(from);
+    let hooks_task = if a.webhooks > 0 {
+        let (url, task) = events::webhook_receiver(hooks_rec.clone()).await?;
+        server::register_webhooks(d.addr, a.webhooks, &url).await?;
+        Some(task)
+    } else {
+        None
+    };
     let sse = LagRecorder::new(from);
     let sse_task = events::follow_sse(d.addr, operator, sse.clone()).await?;
     let nats_rec = LagRecorder::new(from);
@@ -273,17 +306,17 @@ async fn one_run(
     // Let the last events arrive: until the counts stop growing, at most DRAIN_MAX.
     let count = |r: &Arc<Mutex<LagRecorder>>| r.lock().map(|r| r.received).unwrap_or(0);
     let deadline = Instant::now() + DRAIN_MAX;
-    let mut last = (count(&sse), count(&nats_rec));
+    let mut last = (count(&sse), count(&nats_rec), count(&hooks_rec));
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let now = (count(&sse), count(&nats_rec));
+        let now = (count(&sse), count(&nats_rec), count(&hooks_rec));
         if now == last {
             break;
         }
         last = now;
     }
     sse_task.abort();
-    if let Some(t) = nats_task {
+    for t in [nats_task, hooks_task].into_iter().flatten() {
         t.abort();
     }
     let take = |r: &Arc<Mutex<LagRecorder>>| {
@@ -293,7 +326,9 @@ async fn one_run(
     };
     let (sse_lag, sse_received) = take(&sse);
     let (nats_lag, nats_received) = take(&nats_rec);
+    let (webhook_lag, webhook_received) = take(&hooks_rec);
     let with_nats = nats.is_some();
+    let with_hooks = a.webhooks > 0;
     drop(d);
     Ok(RunResult {
         variant,
@@ -302,6 +337,8 @@ async fn one_run(
         sse_received,
         nats_lag: with_nats.then_some(nats_lag),
         nats_received: with_nats.then_some(nats_received),
+        webhook_lag: with_hooks.then_some(webhook_lag),
+        webhook_received: with_hooks.then_some(webhook_received),
     })
 }
 
@@ -328,6 +365,11 @@ fn summarize(variant: Variant, all: &[RunResult]) -> Summary {
             .all(|r| r.nats_lag.is_some())
             .then(|| m(&|r| r.nats_lag.as_ref().map_or(0.0, f)))
     };
+    let hooks = |f: &dyn Fn(&Latency) -> f64| {
+        runs.iter()
+            .all(|r| r.webhook_lag.is_some())
+            .then(|| m(&|r| r.webhook_lag.as_ref().map_or(0.0, f)))
+    };
     Summary {
         variant,
         capture_p50_ms: m(&|r| r.capture.latency.p50_ms),
@@ -342,6 +384,9 @@ fn summarize(variant: Variant, all: &[RunResult]) -> Summary {
         nats_lag_p50_ms: nats(&|l| l.p50_ms),
         nats_lag_p99_ms: nats(&|l| l.p99_ms),
         nats_lag_p999_ms: nats(&|l| l.p999_ms),
+        webhook_lag_p50_ms: hooks(&|l| l.p50_ms),
+        webhook_lag_p99_ms: hooks(&|l| l.p99_ms),
+        webhook_lag_p999_ms: hooks(&|l| l.p999_ms),
     }
 }
 
@@ -349,7 +394,7 @@ fn markdown(r: &Report) -> String {
     let opt = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.2}"));
     let row = |s: &Summary| {
         format!(
-            "| {:?} | {:.0} | {:.2} / {:.2} / {:.2} | {} | {:.2} | {:.2} / {:.2} / {:.2} | {} / {} / {} |\n",
+            "| {:?} | {:.0} | {:.2} / {:.2} / {:.2} | {} | {:.2} | {:.2} / {:.2} / {:.2} | {} / {} / {} | {} / {} / {} |\n",
             s.variant,
             s.achieved_per_s,
             s.capture_p50_ms,
@@ -363,13 +408,16 @@ fn markdown(r: &Report) -> String {
             opt(s.nats_lag_p50_ms),
             opt(s.nats_lag_p99_ms),
             opt(s.nats_lag_p999_ms),
+            opt(s.webhook_lag_p50_ms),
+            opt(s.webhook_lag_p99_ms),
+            opt(s.webhook_lag_p999_ms),
         )
     };
     let mut md = format!(
-        "# Event lag and the cost of NATS\n\n{} orders/s open loop, mix {}, {} s measured per run, {} runs per variant (alternating); medians over the runs. Lag runs from the change's time (just before its durable commit) to the event's arrival.\n\n",
-        r.rate, r.mix, r.secs, r.runs
+        "# Event lag and the cost of NATS\n\n{} orders/s open loop, mix {}, {} s measured per run, {} runs per variant (alternating); medians over the runs. Webhook endpoints: {} (one per account). Lag runs from the change's time (just before its durable commit) to the event's arrival.\n\n",
+        r.rate, r.mix, r.secs, r.runs, r.webhooks
     );
-    md.push_str("| variant | achieved/s | capture p50 / p99 / p99.9 ms | failed | orderd cores | SSE lag p50 / p99 / p99.9 ms | NATS lag p50 / p99 / p99.9 ms |\n|---|---|---|---|---|---|---|\n");
+    md.push_str("| variant | achieved/s | capture p50 / p99 / p99.9 ms | failed | orderd cores | SSE lag p50 / p99 / p99.9 ms | NATS lag p50 / p99 / p99.9 ms | webhook lag p50 / p99 / p99.9 ms |\n|---|---|---|---|---|---|---|---|\n");
     md.push_str(&row(&r.plain));
     md.push_str(&row(&r.nats));
     md.push_str(&format!(
