@@ -12,7 +12,8 @@ use orderd_domain::ids::{AccountId, OrderId, Sku};
 use orderd_domain::money::Money;
 use orderd_domain::order::{Allocation, LineStatus, Order, OrderState};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
@@ -70,18 +71,55 @@ pub fn order_event(order: &Order, transitions: &[&'static str]) -> OrderChanged 
     }
 }
 
-/// Events the in-process bus buffers per subscriber; one that falls further behind is told it
-/// lagged and catches up from the audit log.
+/// Events the in-process bus buffers per subscriber to every account (an operator's stream);
+/// one that falls further behind is told it lagged and catches up from the audit log.
 pub const BUS_CAPACITY: usize = 16_384;
+/// The same per subscriber to one account (a portal session, a webhook endpoint). One
+/// account's share of the events is small, and every account with subscribers holds this many
+/// slots.
+pub const BUS_ACCOUNT_CAPACITY: usize = 1_024;
 
-/// A durable event as handed on in-process: its log position, its account (for filtering),
-/// its CloudEvents JSON and when the change was made (for the lag metric).
+/// A durable event as handed on in-process, rendered once for every reader: its log position,
+/// its account, id and state, its CloudEvents JSON and when the change was made (for the lag
+/// metric).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
     pub seq: u64,
     pub account: AccountId,
+    /// The event id, `<order>.<sequence>`.
+    pub id: String,
+    pub state: OrderState,
     pub json: Vec<u8>,
     pub changed_at: Option<SystemTime>,
+}
+
+impl Published {
+    /// The event stored at log position `seq`.
+    pub fn of(seq: u64, event: &OrderChanged) -> Published {
+        Published {
+            seq,
+            account: event.account.clone(),
+            id: event_id(event),
+            state: event.state,
+            json: render(event),
+            changed_at: changed_at(event),
+        }
+    }
+
+    /// The CloudEvents `type`: `orderd.order.<state>`.
+    pub fn kind(&self) -> String {
+        event_type(self.state)
+    }
+}
+
+/// An event's id: `<order>.<sequence>`, the same wherever it is delivered.
+pub fn event_id(event: &OrderChanged) -> String {
+    format!("{}.{}", event.order, event.sequence)
+}
+
+/// The CloudEvents `type` of an event of an order now in `state`.
+pub fn event_type(state: OrderState) -> String {
+    format!("orderd.order.{}", state.as_str())
 }
 
 /// Where an event has got to, for [`record_lag`].
@@ -184,24 +222,85 @@ pub async fn wait_for_durable(
     }
 }
 
-/// The in-process event bus: the outbox relay publishes every durable event on it in log order;
-/// server-sent-event streams (and anything else in the process) subscribe.
+/// A subscription to the bus.
+pub type BusReceiver = tokio::sync::broadcast::Receiver<Arc<Published>>;
+type BusSender = tokio::sync::broadcast::Sender<Arc<Published>>;
+
+/// The in-process event bus: the outbox relay, the one reader of the log for live delivery,
+/// hands on every durable event in log order; server-sent-event streams and webhook endpoints
+/// subscribe. A subscriber to one account gets only that account's events (one channel per
+/// account with subscribers), so the cost of an event does not grow with the subscribers of
+/// other accounts.
 #[derive(Clone)]
-pub struct EventBus(tokio::sync::broadcast::Sender<std::sync::Arc<Published>>);
+pub struct EventBus(Arc<BusInner>);
+
+struct BusInner {
+    all: BusSender,
+    accounts: Mutex<HashMap<AccountId, BusSender>>,
+    /// The last seq handed on; stored after the events up to it were sent.
+    position: AtomicU64,
+}
 
 impl EventBus {
     pub fn new() -> EventBus {
-        EventBus(tokio::sync::broadcast::channel(BUS_CAPACITY).0)
+        EventBus(Arc::new(BusInner {
+            all: tokio::sync::broadcast::channel(BUS_CAPACITY).0,
+            accounts: Mutex::new(HashMap::new()),
+            position: AtomicU64::new(0),
+        }))
     }
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<std::sync::Arc<Published>> {
-        self.0.subscribe()
+
+    /// Every account's events sent from now on.
+    pub fn subscribe(&self) -> BusReceiver {
+        self.0.all.subscribe()
     }
-    /// Hands `event` to every subscriber (none is fine: the event stays in the audit log).
+
+    /// The events of `account` sent from now on.
+    pub fn subscribe_account(&self, account: &AccountId) -> BusReceiver {
+        self.accounts()
+            .entry(account.clone())
+            .or_insert_with(|| tokio::sync::broadcast::channel(BUS_ACCOUNT_CAPACITY).0)
+            .subscribe()
+    }
+
+    /// Hands `event` to its subscribers (none is fine: the event stays in the audit log).
+    /// Events are sent in log order.
     pub fn send(&self, event: Published) {
-        let _ = self.0.send(std::sync::Arc::new(event));
+        let event = Arc::new(event);
+        let mut accounts = self.accounts();
+        if let Some(tx) = accounts.get(&event.account) {
+            if tx.receiver_count() == 0 {
+                accounts.remove(&event.account);
+            } else {
+                let _ = tx.send(event.clone());
+            }
+        }
+        let _ = self.0.all.send(event);
     }
+
+    /// Whether anyone listens (accounts whose subscribers are all gone are forgotten here).
     pub fn has_subscribers(&self) -> bool {
-        self.0.receiver_count() > 0
+        let mut accounts = self.accounts();
+        accounts.retain(|_, tx| tx.receiver_count() > 0);
+        !accounts.is_empty() || self.0.all.receiver_count() > 0
+    }
+
+    /// Records that every event up to log seq `seq` was handed on (or had nobody to go to).
+    pub fn advance(&self, seq: u64) {
+        self.0.position.fetch_max(seq, Ordering::Release);
+    }
+
+    /// The last seq handed on. Read before looking at a subscription: when it then holds
+    /// nothing, the subscriber has had every event up to this seq.
+    pub fn position(&self) -> u64 {
+        self.0.position.load(Ordering::Acquire)
+    }
+
+    fn accounts(&self) -> std::sync::MutexGuard<'_, HashMap<AccountId, BusSender>> {
+        self.0
+            .accounts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -282,9 +381,9 @@ pub fn read_after(
 pub fn render(event: &OrderChanged) -> Vec<u8> {
     let ev = CloudEvent {
         specversion: "1.0",
-        id: format!("{}.{}", event.order, event.sequence),
+        id: event_id(event),
         source: "orderd",
-        kind: format!("orderd.order.{}", event.state.as_str()),
+        kind: event_type(event.state),
         subject: format!("orders/{}/{}", event.account, event.order),
         time: &event.time,
         datacontenttype: "application/json",
@@ -310,6 +409,48 @@ mod tests {
             total: Money::zero(orderd_domain::money::Currency::parse("EUR").unwrap()),
             lines: vec![],
         }
+    }
+
+    // The bus hands an event to its account's subscribers and to those of every account, in
+    // the order sent; it forgets an account whose subscribers are gone, tells a subscriber that
+    // fell behind, and its position says what was handed on.
+    #[test]
+    fn bus_routes_by_account() {
+        use tokio::sync::broadcast::error::TryRecvError;
+        let of = |account: &str, seq: u64| {
+            let mut ev = allocated(1);
+            ev.account = AccountId::parse(account).unwrap();
+            Published::of(seq, &ev)
+        };
+        let bus = EventBus::new();
+        assert!(!bus.has_subscribers());
+        let acme = AccountId::parse("ACME").unwrap();
+        let (mut a1, mut a2) = (bus.subscribe_account(&acme), bus.subscribe_account(&acme));
+        let globex = bus.subscribe_account(&AccountId::parse("GLOBEX").unwrap());
+        let mut all = bus.subscribe();
+        for (account, seq) in [("ACME", 1), ("GLOBEX", 2), ("INITECH", 3), ("ACME", 4)] {
+            bus.send(of(account, seq));
+        }
+        bus.advance(4);
+        assert_eq!(bus.position(), 4);
+        let seqs = |rx: &mut BusReceiver| -> Vec<u64> {
+            std::iter::from_fn(|| rx.try_recv().ok())
+                .map(|p| p.seq)
+                .collect()
+        };
+        assert_eq!(seqs(&mut a1), [1, 4]);
+        assert_eq!(seqs(&mut a2), [1, 4]);
+        assert_eq!(seqs(&mut all), [1, 2, 3, 4]);
+        drop((globex, all));
+        assert!(bus.has_subscribers());
+        assert_eq!(bus.accounts().len(), 1, "GLOBEX has no subscriber any more");
+
+        for seq in 0..=BUS_ACCOUNT_CAPACITY as u64 {
+            bus.send(of("ACME", 10 + seq));
+        }
+        assert_eq!(a1.try_recv().unwrap_err(), TryRecvError::Lagged(1));
+        drop((a1, a2));
+        assert!(!bus.has_subscribers());
     }
 
     // Each kind of reader reports its furthest-behind instance; a kind with none reports 0, and

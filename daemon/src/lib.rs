@@ -103,6 +103,7 @@ pub async fn run(
     let relay = tokio::spawn(outbox::relay(
         journal.clone(),
         state.bus.clone(),
+        outbox::start(&journal, &state.bus),
         engine.outbox.clone(),
         Duration::from_millis(config.outbox_poll_ms),
         stop_rx.clone(),
@@ -112,6 +113,7 @@ pub async fn run(
     }
     let hooks = tokio::spawn(webhooks::run(
         state.webhooks.clone(),
+        state.bus.clone(),
         engine.outbox.clone(),
         stop_rx.clone(),
     ));

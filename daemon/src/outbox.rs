@@ -15,6 +15,15 @@ use tokio::sync::watch;
 /// Audit records read per round.
 pub const RELAY_BATCH_MAX: usize = 1_000;
 
+/// Where the relay starts: the audit head now, which the bus takes as handed on. Called before
+/// the first subscription, so that a subscriber's own catch-up from the log (up to the head it
+/// sees after subscribing) and the relay's sends leave no gap.
+pub fn start(journal: &Journal, bus: &EventBus) -> u64 {
+    let head = journal.audit_head().seq;
+    bus.advance(head);
+    head
+}
+
 /// Hands on every event committed after `after` (an audit seq); returns the seq to continue
 /// from. Only durable records go out (up to the head of the last flush): a record sled has
 /// applied but not yet flushed could still vanish in a crash. With nobody subscribed there is
@@ -25,7 +34,9 @@ pub fn relay_round(
     after: u64,
 ) -> Result<u64, orderd_storage::StorageError> {
     if !bus.has_subscribers() {
-        return Ok(journal.audit_head().seq.max(after));
+        let head = journal.audit_head().seq.max(after);
+        bus.advance(head);
+        return Ok(head);
     }
     let records = journal.durable_audit_after(after, RELAY_BATCH_MAX)?;
     let Some(last) = records.last().map(|r| r.seq) else {
@@ -33,29 +44,26 @@ pub fn relay_round(
     };
     for r in records {
         if let Some(ev) = events::event_or_skip(&r) {
-            bus.send(Published {
-                seq: r.seq,
-                json: events::render(&ev),
-                changed_at: events::changed_at(&ev),
-                account: ev.account,
-            });
+            bus.send(Published::of(r.seq, &ev));
         }
     }
+    bus.advance(last);
     Ok(last)
 }
 
-/// Runs until `stop` changes, starting after the audit head as of now. Between rounds it
-/// waits for the next flush that makes audit records durable (at most `poll`), and tells
-/// `readers` where it is (reader `bus`).
+/// Runs until `stop` changes, starting after log seq `after`, which the caller takes from the
+/// audit head (with [`start`]) before anyone subscribes to `bus`. Between rounds it waits for
+/// the next flush that makes audit records durable (at most `poll`), and tells `readers` where
+/// it is (reader `bus`).
 pub async fn relay(
     journal: Journal,
     bus: EventBus,
+    mut after: u64,
     readers: OutboxReaders,
     poll: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut changes = journal.durable_changes();
-    let mut after = journal.audit_head().seq;
     loop {
         readers.set("bus", "", after);
         // What is durable now, marked as seen before reading: a flush after this point ends
@@ -65,6 +73,7 @@ pub async fn relay(
             // Nothing to hand on. Skipping the records here saves a trip to the blocking pool
             // (a thread wake-up) per group commit.
             after = durable;
+            bus.advance(after);
         } else if after < durable {
             let (j, b) = (journal.clone(), bus.clone());
             let round = tokio::task::spawn_blocking(move || relay_round(&j, &b, after)).await;

@@ -3,8 +3,9 @@
 //! The audit log is the outbox: one task per active endpoint sends, in log order, each event
 //! after the endpoint's durable cursor (`hookcur/<id>` in the journal) that the endpoint wants.
 //! It first catches up by reading the log itself, then takes its account's events from the
-//! [`Feed`], the one reader that decodes each durable event once for every endpoint, and goes
-//! back to the log whenever it fell behind the feed. The next event goes out only after the
+//! in-process bus (fed by the outbox relay, which reads and renders each durable event once for
+//! every reader), and goes back to the log whenever it fell behind the bus. The next event goes
+//! out only after the
 //! previous one was delivered (2xx) or went to the dead letters, so per endpoint the order of
 //! the log is kept. The cursor is written at most every `webhooks.cursor_store_ms`; after a
 //! crash the task resumes at it, so an event may be sent twice (receivers deduplicate by
@@ -22,22 +23,15 @@
 //! dead letter and the cursor moves past it. A replay asked for over the API is tried once,
 //! before the endpoint's next event.
 
-use orderd_actors::events::{self, LagStage, OrderChanged, OutboxReaders};
+use orderd_actors::events::{self, BusReceiver, EventBus, LagStage, OutboxReaders, Published};
 use orderd_actors::metric_names::WEBHOOK_ATTEMPTS;
 use orderd_actors::webhooks::{self, DeadLetter, Endpoint, WebhookSettings, Webhooks};
-use orderd_domain::ids::AccountId;
-use orderd_storage::Journal;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
-/// Events the feed holds per account for its endpoints; an endpoint further behind reads the
-/// log from its cursor instead.
-pub const FEED_PER_ACCOUNT_MAX: usize = 4_096;
-/// Audit records the feed reads per round.
-const FEED_BATCH_MAX: usize = 1_000;
 /// Cursor writes of an endpoint that only passes over other records: at most one per this many.
 const CURSOR_IDLE_WRITE_EVERY: u64 = 1_000;
 
@@ -253,9 +247,14 @@ async fn deliver(
     }
 }
 
-/// Runs until `stop` changes: the feed, and one task per active endpoint, each telling
-/// `readers` where it is in the audit log (reader `webhooks`).
-pub async fn run(hooks: Webhooks, readers: OutboxReaders, mut stop: watch::Receiver<bool>) {
+/// Runs until `stop` changes: one task per active endpoint, each telling `readers` where it is
+/// in the audit log (reader `webhooks`). Live events come from `bus`.
+pub async fn run(
+    hooks: Webhooks,
+    bus: EventBus,
+    readers: OutboxReaders,
+    mut stop: watch::Receiver<bool>,
+) {
     let client = match client(hooks.settings()) {
         Ok(c) => c,
         Err(error) => {
@@ -264,13 +263,6 @@ pub async fn run(hooks: Webhooks, readers: OutboxReaders, mut stop: watch::Recei
         }
     };
     let poll = Duration::from_millis(hooks.settings().poll_ms);
-    let feed = Feed::default();
-    let feeder = tokio::spawn(feed_task(
-        hooks.journal().clone(),
-        feed.clone(),
-        poll,
-        stop.clone(),
-    ));
     let mut tasks: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
     loop {
         tasks.retain(|_, t| !t.is_finished());
@@ -282,7 +274,7 @@ pub async fn run(hooks: Webhooks, readers: OutboxReaders, mut stop: watch::Recei
                         slot.insert(tokio::spawn(endpoint_task(
                             hooks.clone(),
                             client.clone(),
-                            feed.clone(),
+                            bus.clone(),
                             id,
                             readers.clone(),
                             stop.clone(),
@@ -299,116 +291,6 @@ pub async fn run(hooks: Webhooks, readers: OutboxReaders, mut stop: watch::Recei
     }
     for (_, t) in tasks {
         let _ = t.await;
-    }
-    let _ = feeder.await;
-}
-
-/// One event of the feed: its audit log seq and the event.
-type FeedEvent = Arc<(u64, OrderChanged)>;
-
-/// The one reader of the log for live delivery. It decodes each durable event once and hands
-/// it to the endpoints of its account (one broadcast channel per account that has endpoint
-/// tasks), so the cost of an event does not grow with the number of endpoints. An endpoint
-/// that is behind (catching up, or waiting on a receiver) reads the log itself.
-#[derive(Clone, Default)]
-struct Feed(Arc<FeedInner>);
-
-#[derive(Default)]
-struct FeedInner {
-    accounts: std::sync::Mutex<HashMap<AccountId, broadcast::Sender<FeedEvent>>>,
-    /// The last audit seq the feed has handed on (stored after the events up to it were sent).
-    position: std::sync::atomic::AtomicU64,
-}
-
-impl Feed {
-    /// Every event of `account` the feed reads from now on (at most [`FEED_PER_ACCOUNT_MAX`]
-    /// not yet received; beyond that the receiver reports how many it missed).
-    fn subscribe(&self, account: &AccountId) -> broadcast::Receiver<FeedEvent> {
-        self.lock()
-            .entry(account.clone())
-            .or_insert_with(|| broadcast::channel(FEED_PER_ACCOUNT_MAX).0)
-            .subscribe()
-    }
-
-    fn is_idle(&self) -> bool {
-        self.lock().is_empty()
-    }
-
-    fn position(&self) -> u64 {
-        self.0.position.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    fn advance(&self, seq: u64) {
-        self.0
-            .position
-            .fetch_max(seq, std::sync::atomic::Ordering::Release);
-    }
-
-    /// Hands each event to its account's endpoints; forgets accounts nobody listens to any more.
-    fn route(&self, events: Vec<(u64, OrderChanged)>) {
-        let mut accounts = self.lock();
-        for (seq, ev) in events {
-            let Some(tx) = accounts.get(&ev.account) else {
-                continue;
-            };
-            if tx.receiver_count() == 0 {
-                accounts.remove(&ev.account);
-            } else {
-                let _ = tx.send(Arc::new((seq, ev)));
-            }
-        }
-    }
-
-    /// Ends every subscription: the endpoints go back to reading the log themselves.
-    fn close_all(&self) {
-        self.lock().clear();
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<AccountId, broadcast::Sender<FeedEvent>>> {
-        self.0
-            .accounts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-/// Reads every durable event in log order, while any endpoint task listens, and routes it.
-async fn feed_task(journal: Journal, feed: Feed, poll: Duration, mut stop: watch::Receiver<bool>) {
-    let mut changes = journal.durable_changes();
-    let mut after = *changes.borrow();
-    feed.advance(after);
-    loop {
-        // Marked as seen before reading: a flush after this point ends the wait below.
-        let durable = *changes.borrow_and_update();
-        while after < durable {
-            if feed.is_idle() {
-                // A subscriber arriving later reads these records from the log itself.
-                after = durable;
-                feed.advance(after);
-                break;
-            }
-            let j = journal.clone();
-            let read = tokio::task::spawn_blocking(move || {
-                events::read_after(&j, after, None, FEED_BATCH_MAX, FEED_BATCH_MAX)
-            })
-            .await;
-            let error = match read {
-                Ok(Ok(read)) => {
-                    after = after.max(read.next);
-                    feed.route(read.events);
-                    feed.advance(after);
-                    continue;
-                }
-                Ok(Err(e)) => e.to_string(),
-                Err(e) => e.to_string(),
-            };
-            tracing::error!(%error, "webhook feed failed to read the audit log; endpoints read it themselves");
-            feed.close_all();
-            break;
-        }
-        if !events::wait_for_durable(&mut changes, poll, &mut stop).await {
-            return;
-        }
     }
 }
 
@@ -438,17 +320,17 @@ impl Cursor {
 struct Delivery {
     ep: Endpoint,
     cursor: Cursor,
-    /// Subscribed to the feed, and caught up with the log when subscribing.
-    live: Option<broadcast::Receiver<FeedEvent>>,
+    /// Subscribed to the bus, and caught up with the log when subscribing.
+    live: Option<BusReceiver>,
 }
 
 /// Delivers to one endpoint until it is deleted or disabled, or orderd stops: what the log
-/// holds after its cursor first, then live from the feed. Every `webhooks.poll_ms` it looks at
+/// holds after its cursor first, then live from the bus. Every `webhooks.poll_ms` it looks at
 /// the endpoint again (deleted, disabled, dead letters to replay).
 async fn endpoint_task(
     hooks: Webhooks,
     client: reqwest::Client,
-    feed: Feed,
+    bus: EventBus,
     ep_id: String,
     readers: OutboxReaders,
     mut stop: watch::Receiver<bool>,
@@ -459,7 +341,7 @@ async fn endpoint_task(
         if *stop.borrow() {
             break;
         }
-        let round = endpoint_round(&hooks, &client, &feed, &ep_id, &mut state, &mut stop).await;
+        let round = endpoint_round(&hooks, &client, &bus, &ep_id, &mut state, &mut stop).await;
         if let Some(d) = &state {
             readers.set("webhooks", &ep_id, d.cursor.at);
         }
@@ -500,7 +382,7 @@ async fn endpoint_task(
 async fn endpoint_round(
     hooks: &Webhooks,
     client: &reqwest::Client,
-    feed: &Feed,
+    bus: &EventBus,
     ep_id: &str,
     state: &mut Option<Delivery>,
     stop: &mut watch::Receiver<bool>,
@@ -528,10 +410,12 @@ async fn endpoint_round(
         }
     };
     if d.live.is_none() {
-        // Subscribe first, then read the log up to what is durable now: the feed hands on
-        // only durable records it reads after the subscription, so together they miss nothing.
-        let live = feed.subscribe(&d.ep.account);
-        let durable = *hooks.journal().durable_changes().borrow();
+        // Subscribe first, then read the log up to what is durable now: the relay hands on
+        // only durable records, and what it reads after the subscription comes here, so
+        // together they miss nothing. (The audit head, not the durable-changes signal: the
+        // committer moves the head first, and the relay may already read up to it.)
+        let live = bus.subscribe_account(&d.ep.account);
+        let durable = hooks.journal().audit_head().seq;
         while d.cursor.at < durable {
             let (j, account, at) = (hooks.journal().clone(), d.ep.account.clone(), d.cursor.at);
             let (batch, scan) = (s.batch_max, s.scan_max);
@@ -541,7 +425,11 @@ async fn endpoint_round(
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
-            let events: Vec<FeedEvent> = read.events.into_iter().map(Arc::new).collect();
+            let events: Vec<Arc<Published>> = read
+                .events
+                .iter()
+                .map(|(seq, ev)| Arc::new(Published::of(*seq, ev)))
+                .collect();
             if !deliver_all(hooks, client, d, &events, stop).await? {
                 return Ok(false);
             }
@@ -557,9 +445,9 @@ async fn endpoint_round(
         let Some(live) = d.live.as_mut() else {
             return Ok(true);
         };
-        // Nothing waiting: every event of the account up to the feed's position was delivered
+        // Nothing waiting: every event of the account up to the bus's position was delivered
         // (the position is read first, and moves only after its events were sent).
-        let position = feed.position();
+        let position = bus.position();
         if live.is_empty() {
             d.cursor.at = d.cursor.at.max(position);
         }
@@ -571,7 +459,7 @@ async fn endpoint_round(
         let mut got = vec![];
         match first {
             Ok(ev) => got.push(ev),
-            // Fell behind the feed, or the feed stopped: back to the log.
+            // Fell behind the bus, or the bus is gone: back to the log.
             Err(_) => d.live = None,
         }
         while got.len() < s.batch_max {
@@ -581,9 +469,9 @@ async fn endpoint_round(
                 None => break,
             }
         }
-        // The feed may repeat what the catch-up already delivered.
+        // The bus may repeat what the catch-up already delivered.
         let at = d.cursor.at;
-        got.retain(|ev| ev.0 > at);
+        got.retain(|ev| ev.seq > at);
         if !deliver_all(hooks, client, d, &got, stop).await? {
             return Ok(false);
         }
@@ -591,9 +479,9 @@ async fn endpoint_round(
     }
 }
 
-/// The next live event already waiting: `None` when there is none, `Err` when the feed ran
-/// ahead of the endpoint or stopped.
-fn live_next(d: &mut Delivery) -> Option<Result<FeedEvent, ()>> {
+/// The next live event already waiting: `None` when there is none, `Err` when the bus ran
+/// ahead of the endpoint or is gone.
+fn live_next(d: &mut Delivery) -> Option<Result<Arc<Published>, ()>> {
     use tokio::sync::broadcast::error::TryRecvError;
     match d.live.as_mut()?.try_recv() {
         Ok(ev) => Some(Ok(ev)),
@@ -645,38 +533,36 @@ async fn deliver_all(
     hooks: &Webhooks,
     client: &reqwest::Client,
     d: &mut Delivery,
-    events: &[FeedEvent],
+    events: &[Arc<Published>],
     stop: &mut watch::Receiver<bool>,
 ) -> Result<bool, String> {
     let s = hooks.settings();
     let ep_id = d.ep.id.clone();
     let ep_id = ep_id.as_str();
-    for event in events {
-        let (seq, ev) = (event.0, &event.1);
-        let kind = format!("orderd.order.{}", ev.state.as_str());
+    for ev in events {
+        let (seq, id) = (ev.seq, ev.id.as_str());
+        let kind = ev.kind();
         if !d.ep.wants(&kind) {
             d.cursor.at = seq;
             continue;
         }
-        let id = format!("{}.{}", ev.order, ev.sequence);
-        let body = events::render(ev);
-        let outcome = deliver(hooks, client, ep_id, &id, &body, s.attempts_max, stop).await;
+        let outcome = deliver(hooks, client, ep_id, id, &ev.json, s.attempts_max, stop).await;
         let dead = |error: String, attempts: u32| DeadLetter {
             id: String::new(),
             endpoint: ep_id.to_owned(),
             account: ev.account.clone(),
-            event_id: id.clone(),
+            event_id: id.to_owned(),
             event_type: kind.clone(),
             seq,
             attempts,
             last_error: error,
             failed_at: orderd_actors::audit::now_rfc3339(),
             replay: false,
-            body: String::from_utf8_lossy(&body).into_owned(),
+            body: String::from_utf8_lossy(&ev.json).into_owned(),
         };
         match outcome {
             Outcome::Delivered => {
-                events::record_lag(LagStage::Webhook, events::changed_at(ev));
+                events::record_lag(LagStage::Webhook, ev.changed_at);
                 d.cursor.at = seq;
                 d.cursor.delivered = seq;
             }
@@ -708,9 +594,9 @@ async fn deliver_all(
     Ok(true)
 }
 
-/// Writes the cursor when it moved (or, without `now`, when it was last written
-/// `webhooks.cursor_store_ms` ago and an event was delivered since or it passed
-/// [`CURSOR_IDLE_WRITE_EVERY`] records). After a crash, what was delivered since is sent again.
+/// Writes the cursor if it moved: with `now` at once, else only when it was last written
+/// `webhooks.cursor_store_ms` ago and an event was delivered since, or it passed
+/// [`CURSOR_IDLE_WRITE_EVERY`] records. After a crash, what was delivered since is sent again.
 async fn store_cursor(
     hooks: &Webhooks,
     ep_id: &str,
@@ -740,59 +626,6 @@ async fn disable(hooks: &Webhooks, ep_id: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::sync::broadcast::error::TryRecvError;
-
-    fn event(account: &str, sequence: u32) -> OrderChanged {
-        OrderChanged {
-            account: AccountId::parse(account).unwrap(),
-            order: orderd_domain::ids::OrderId::parse("o-1").unwrap(),
-            state: orderd_domain::order::OrderState::Confirmed,
-            sequence,
-            transitions: vec![],
-            time: "2026-11-22T10:00:00Z".into(),
-            total: orderd_domain::money::Money::zero(
-                orderd_domain::money::Currency::parse("EUR").unwrap(),
-            ),
-            lines: vec![],
-        }
-    }
-
-    // The feed hands each event only to its account's endpoint tasks, in log order; it forgets
-    // an account whose tasks are gone, tells a task that fell behind, and closing it sends
-    // every task back to the log.
-    #[test]
-    fn feed_routes_by_account() {
-        let feed = Feed::default();
-        assert!(feed.is_idle());
-        let acme = AccountId::parse("ACME").unwrap();
-        let (mut a1, mut a2) = (feed.subscribe(&acme), feed.subscribe(&acme));
-        let globex = feed.subscribe(&AccountId::parse("GLOBEX").unwrap());
-        feed.route(vec![
-            (1, event("ACME", 1)),
-            (2, event("GLOBEX", 1)),
-            (3, event("INITECH", 1)),
-            (4, event("ACME", 2)),
-        ]);
-        for rx in [&mut a1, &mut a2] {
-            let seqs: Vec<u64> = std::iter::from_fn(|| rx.try_recv().ok())
-                .map(|e| e.0)
-                .collect();
-            assert_eq!(seqs, [1, 4]);
-        }
-        drop(globex);
-        feed.route(vec![(5, event("GLOBEX", 2))]);
-        assert_eq!(feed.lock().len(), 1, "GLOBEX has no endpoint task any more");
-
-        let flood = (0..=FEED_PER_ACCOUNT_MAX as u64).map(|i| (10 + i, event("ACME", 3)));
-        feed.route(flood.collect());
-        assert_eq!(a1.try_recv().unwrap_err(), TryRecvError::Lagged(1));
-        feed.close_all();
-        assert!(feed.is_idle());
-        assert_eq!(a2.try_recv().unwrap_err(), TryRecvError::Lagged(1));
-        let kept = std::iter::from_fn(|| a2.try_recv().ok()).count();
-        assert_eq!(kept, FEED_PER_ACCOUNT_MAX);
-        assert_eq!(a2.try_recv().unwrap_err(), TryRecvError::Closed);
-    }
 
     // Backoff doubles from the base up to the cap, with jitter in the upper half.
     #[test]

@@ -151,7 +151,10 @@ async fn stream_events(
         )));
     }
     // Subscribe before reading the log, so nothing falls between the replay and the live part.
-    let live = s.bus.subscribe();
+    let live = match &account {
+        Some(a) => s.bus.subscribe_account(a),
+        None => s.bus.subscribe(),
+    };
     let mut sent = s.engine.journal.audit_head().seq;
     let mut replay = vec![];
     if let Some(mut after) = resume {

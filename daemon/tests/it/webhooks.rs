@@ -129,6 +129,7 @@ fn assert_resumed(got: &[String], events: &[String]) {
     let k = (0..got.len())
         .find(|&i| got[..i].contains(&got[i]))
         .unwrap_or(got.len());
+    assert!(k <= events.len(), "only these events: {got:?}");
     assert_eq!(got[..k], events[..k], "in log order before the crash");
     let j = if k == got.len() {
         k
