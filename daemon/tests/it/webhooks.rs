@@ -121,6 +121,89 @@ impl Drop for Receiver {
     }
 }
 
+// A receiver that stalls while more of its account's events arrive than the in-process bus
+// holds for one account: the endpoint falls behind the bus, catches up from the audit log, and
+// every event still arrives once, in log order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_endpoint_catches_up_from_the_log() {
+    // Placing the orders took 3.3 s in a debug build on the 2-core machine.
+    const STALL_S: u64 = 15;
+    const WORKERS: usize = 8;
+    let orders = orderd_actors::events::BUS_ACCOUNT_CAPACITY + 200;
+    let rx = Receiver::start();
+    let unlimited = "1000000";
+    let env = TestEnv::start_with(&[
+        ("ORDERD_WEBHOOKS__ALLOW_PRIVATE", "true"),
+        ("ORDERD_WEBHOOKS__POLL_MS", "50"),
+        ("ORDERD_API__RATE_LIMIT__ACCOUNT_MUTATIONS_PER_S", unlimited),
+        ("ORDERD_API__RATE_LIMIT__ACCOUNT_MUTATIONS_BURST", unlimited),
+        ("ORDERD_API__RATE_LIMIT__TOKEN_MUTATIONS_PER_S", unlimited),
+        ("ORDERD_API__RATE_LIMIT__TOKEN_MUTATIONS_BURST", unlimited),
+    ])
+    .await;
+    let admin = env.token("ACME", "ada", &["account_admin"]).await;
+    let bob = env.token("ACME", "bob", &["buyer", "approver"]).await;
+    let (_, secret) = register(&env, &admin, &rx.url("/slow")).await;
+    rx.put("secrets", "/slow", json!([secret])).await;
+    // The first event waits out a Retry-After; everything after it is answered at once.
+    rx.put(
+        "script",
+        "/slow",
+        json!([{"status": 429, "retry_after": STALL_S.to_string()}, {"status": 200}]),
+    )
+    .await;
+    let first = place_one(&env, &bob, "stall-first").await;
+    wait_for("the first event refused", async || {
+        (!rx.log("/slow").await.is_empty()).then_some(())
+    })
+    .await;
+    let stalled = Instant::now();
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|w| {
+            let (api, token) = (env.api().clone(), bob.clone());
+            tokio::spawn(async move {
+                // The demo's three warehouses hold about 3,800 of it.
+                let body = json!({"lines": [{"sku": "BOLT-0010", "qty": 1}], "ship_to": "BERLIN"});
+                for i in (w..orders).step_by(WORKERS) {
+                    let r = api.place(&token, &format!("stall-{i}"), &body).await;
+                    let r = r.expect("request");
+                    assert_eq!(r.status, 201, "{r}");
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.expect("worker");
+    }
+    assert!(
+        stalled.elapsed() < Duration::from_secs(STALL_S),
+        "placing {orders} orders took {:?}, longer than the receiver stalled: the test shows nothing",
+        stalled.elapsed()
+    );
+
+    // The log's order of the account's events: what the endpoint must receive.
+    let mut expected = vec![];
+    let mut after = 0;
+    loop {
+        let page = env.get(&admin, &format!("/v1/events?after={after}")).await;
+        assert_eq!(page.status, 200, "{page}");
+        let events = page.body["events"].as_array().unwrap().clone();
+        if events.is_empty() {
+            break;
+        }
+        expected.extend(
+            events
+                .iter()
+                .map(|e| str_field(&e["event"], "id").to_owned()),
+        );
+        after = page.body["next"].as_u64().unwrap();
+    }
+    assert_eq!(expected.len(), orders + 1);
+    assert_eq!(expected[0], first);
+    let got = rx.await_delivered("/slow", &expected).await;
+    assert_eq!(got, expected, "each event once, in log order");
+}
+
 /// Deliveries across a crash: each event in log order, nothing lost. Delivery resumes at the
 /// endpoint's stored cursor, so what was delivered after it was last written comes once more,
 /// in order (`got` = `events[..k]` then `events[j..]` with `j <= k`); a receiver drops the
