@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
 /// The stored form of an order event.
@@ -236,18 +236,48 @@ pub struct EventBus(Arc<BusInner>);
 
 struct BusInner {
     all: BusSender,
-    accounts: Mutex<HashMap<AccountId, BusSender>>,
+    accounts: Mutex<Accounts>,
     /// The last seq handed on; stored after the events up to it were sent.
     position: AtomicU64,
+    /// True once the daemon shuts down: live streams end (clients reconnect and resume).
+    closing: watch::Sender<bool>,
 }
+
+/// The channels of the accounts that have (or recently had) subscribers.
+struct Accounts {
+    channels: HashMap<AccountId, BusSender>,
+    /// When channels without receivers were last dropped.
+    swept: Instant,
+}
+
+/// How often [`EventBus::has_subscribers`] drops the channels of accounts whose subscribers are
+/// all gone (`send` drops one as soon as an event of its account comes).
+const BUS_SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 impl EventBus {
     pub fn new() -> EventBus {
         EventBus(Arc::new(BusInner {
             all: tokio::sync::broadcast::channel(BUS_CAPACITY).0,
-            accounts: Mutex::new(HashMap::new()),
+            accounts: Mutex::new(Accounts {
+                channels: HashMap::new(),
+                swept: Instant::now(),
+            }),
             position: AtomicU64::new(0),
+            closing: watch::Sender::new(false),
         }))
+    }
+
+    /// Tells every live stream to end (at shutdown, so that open streams do not hold it up).
+    pub fn close(&self) {
+        self.0.closing.send_replace(true);
+    }
+
+    /// Resolves once [`EventBus::close`] was called.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut closing = self.0.closing.subscribe();
+        async move {
+            let _ = closing.wait_for(|c| *c).await;
+        }
     }
 
     /// Every account's events sent from now on.
@@ -258,6 +288,7 @@ impl EventBus {
     /// The events of `account` sent from now on.
     pub fn subscribe_account(&self, account: &AccountId) -> BusReceiver {
         self.accounts()
+            .channels
             .entry(account.clone())
             .or_insert_with(|| tokio::sync::broadcast::channel(BUS_ACCOUNT_CAPACITY).0)
             .subscribe()
@@ -267,10 +298,10 @@ impl EventBus {
     /// Events are sent in log order.
     pub fn send(&self, event: Published) {
         let event = Arc::new(event);
-        let mut accounts = self.accounts();
-        if let Some(tx) = accounts.get(&event.account) {
+        let channels = &mut self.accounts().channels;
+        if let Some(tx) = channels.get(&event.account) {
             if tx.receiver_count() == 0 {
-                accounts.remove(&event.account);
+                channels.remove(&event.account);
             } else {
                 let _ = tx.send(event.clone());
             }
@@ -278,11 +309,20 @@ impl EventBus {
         let _ = self.0.all.send(event);
     }
 
-    /// Whether anyone listens (accounts whose subscribers are all gone are forgotten here).
+    /// Whether anyone may listen: a subscriber to every account, or an account channel (one
+    /// whose subscribers are all gone counts until it is swept, at most [`BUS_SWEEP_EVERY`]).
     pub fn has_subscribers(&self) -> bool {
         let mut accounts = self.accounts();
-        accounts.retain(|_, tx| tx.receiver_count() > 0);
-        !accounts.is_empty() || self.0.all.receiver_count() > 0
+        if accounts.swept.elapsed() >= BUS_SWEEP_EVERY {
+            accounts.channels.retain(|_, tx| tx.receiver_count() > 0);
+            accounts.swept = Instant::now();
+        }
+        !accounts.channels.is_empty() || self.0.all.receiver_count() > 0
+    }
+
+    /// Whether an event of `account` has anyone to go to (so it is worth rendering).
+    pub fn wants(&self, account: &AccountId) -> bool {
+        self.0.all.receiver_count() > 0 || self.accounts().channels.contains_key(account)
     }
 
     /// Records that every event up to log seq `seq` was handed on (or had nobody to go to).
@@ -296,7 +336,7 @@ impl EventBus {
         self.0.position.load(Ordering::Acquire)
     }
 
-    fn accounts(&self) -> std::sync::MutexGuard<'_, HashMap<AccountId, BusSender>> {
+    fn accounts(&self) -> std::sync::MutexGuard<'_, Accounts> {
         self.0
             .accounts
             .lock()
@@ -442,14 +482,26 @@ mod tests {
         assert_eq!(seqs(&mut a2), [1, 4]);
         assert_eq!(seqs(&mut all), [1, 2, 3, 4]);
         drop((globex, all));
-        assert!(bus.has_subscribers());
-        assert_eq!(bus.accounts().len(), 1, "GLOBEX has no subscriber any more");
+        assert!(bus.wants(&acme));
+        assert!(
+            !bus.wants(&AccountId::parse("INITECH").unwrap()),
+            "worth no rendering"
+        );
+        bus.send(of("GLOBEX", 5));
+        assert_eq!(
+            bus.accounts().channels.len(),
+            1,
+            "GLOBEX has no subscriber any more"
+        );
 
         for seq in 0..=BUS_ACCOUNT_CAPACITY as u64 {
             bus.send(of("ACME", 10 + seq));
         }
         assert_eq!(a1.try_recv().unwrap_err(), TryRecvError::Lagged(1));
         drop((a1, a2));
+        bus.accounts().swept = Instant::now();
+        assert!(bus.has_subscribers(), "until the next sweep");
+        bus.accounts().swept -= BUS_SWEEP_EVERY;
         assert!(!bus.has_subscribers());
     }
 

@@ -128,6 +128,12 @@ pub async fn run(
     });
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "orderd listening");
+    // Open event streams would hold the graceful shutdown up for as long as they last: end them.
+    let bus = state.bus.clone();
+    let shutdown = async move {
+        shutdown.await;
+        bus.close();
+    };
     let app = orderd_api::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let server = axum::serve(no_delay(listener), app).with_graceful_shutdown(shutdown);
     server.await.context("serving HTTP")?;

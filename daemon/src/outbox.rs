@@ -1,8 +1,13 @@
 //! The outbox relay to the in-process event bus, which feeds the portal's server-sent-event
-//! streams (with or without NATS). The audit log is the outbox: every order change's audit
-//! record carries its event. The relay reads the log in order from its cursor, renders each
-//! event as CloudEvents JSON and hands it to the bus. Nothing is deleted: the events stay in the
-//! audit log, where a reader that fell behind (or reconnects) finds them again.
+//! streams and the webhook endpoints (with or without NATS). The audit log is the outbox: every
+//! order change's audit record carries its event. The relay reads the log in order from its
+//! cursor, renders each event that someone listens to as CloudEvents JSON and hands it to the
+//! bus. Nothing is deleted: the events stay in the audit log, where a reader that fell behind
+//! (or reconnects) finds them again.
+//!
+//! What the relay skips (nobody listening to it) is always at or below the head a later
+//! subscriber sees once subscribed, and that subscriber reads up to that head from the log
+//! itself: so the relay reads the head (or the records) *before* it looks for subscribers.
 //!
 //! The in-process bus has no subscriber that outlives the process, so the cursor starts at the
 //! head of the log and is not stored. (The NATS JetStream publisher keeps a durable cursor.)
@@ -33,8 +38,9 @@ pub fn relay_round(
     bus: &EventBus,
     after: u64,
 ) -> Result<u64, orderd_storage::StorageError> {
+    // Read before looking for subscribers (see the module doc).
+    let head = journal.audit_head().seq.max(after);
     if !bus.has_subscribers() {
-        let head = journal.audit_head().seq.max(after);
         bus.advance(head);
         return Ok(head);
     }
@@ -44,7 +50,10 @@ pub fn relay_round(
     };
     for r in records {
         if let Some(ev) = events::event_or_skip(&r) {
-            bus.send(Published::of(r.seq, &ev));
+            // Rendered only for an account someone listens to.
+            if bus.wants(&ev.account) {
+                bus.send(Published::of(r.seq, &ev));
+            }
         }
     }
     bus.advance(last);

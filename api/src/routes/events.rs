@@ -176,7 +176,9 @@ async fn stream_events(
     );
     let follow = follow_bus(live, account, sent);
     let max = Duration::from_millis(s.limits.event_stream_max_ms);
-    let follow = follow.take_until(tokio::time::sleep(max));
+    let follow = follow
+        .take_until(tokio::time::sleep(max))
+        .take_until(s.bus.closed());
     let all = replayed.chain(follow).map(move |e| {
         let _ = &slot; // held for as long as the stream lives
         e

@@ -4,7 +4,7 @@
 
 use crate::env::{str_field, TestEnv};
 use serde_json::{json, Value};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long the stream may take to show an event.
 const EVENT_WAIT_MAX: Duration = Duration::from_secs(10);
@@ -89,7 +89,7 @@ fn order_and_seq(e: &Sse) -> (String, u64) {
 // placed in between; resuming after the first id replays the other two, the same events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_stream_is_per_account_and_resumes() {
-    let env = TestEnv::start().await;
+    let mut env = TestEnv::start().await;
     let alice = env.token("ACME", "alice", &["buyer"]).await;
     let hans = env.token("BAUHAUS", "hans", &["buyer"]).await;
     let mut stream = Stream::connect(&env, &alice, None).await;
@@ -135,4 +135,15 @@ async fn event_stream_is_per_account_and_resumes() {
     assert_eq!(bad.status(), 400);
     let body: Value = bad.json().await.expect("problem");
     assert_eq!(body["code"], "invalid_last_event_id", "{body}");
+
+    // An open stream does not hold up a graceful shutdown: it ends, and orderd exits 0.
+    let started = Instant::now();
+    let status = env.terminate().await;
+    assert!(status.success(), "{status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?} with a stream open",
+        started.elapsed()
+    );
+    drop(resumed);
 }
