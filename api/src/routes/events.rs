@@ -4,9 +4,9 @@
 //! - `GET /v1/events?after=SEQ`: every event since a log seq, a page at a time. Portal backends
 //!   and consumers that fell behind NATS catch up here.
 //! - `GET /v1/events/stream`: the same as server-sent events, live. With `Last-Event-ID` (the
-//!   seq of the last event received) it first replays what was missed from the log, then
-//!   follows the in-process bus; a subscriber that lags behind the bus is cut off and simply
-//!   reconnects. A stream ends after `api.event_stream_max_ms`; at most
+//!   seq of the last event received) it first replays what was missed from the log, a page at a
+//!   time as the client reads it, then follows the in-process bus; a subscriber that lags behind
+//!   the bus is cut off and simply reconnects. A stream ends after `api.event_stream_max_ms`; at most
 //!   `api.event_streams_max` are open at once (above: 503).
 
 use super::ACCOUNT_ROLES;
@@ -22,7 +22,8 @@ use orderd_domain::account::Role;
 use orderd_domain::ids::AccountId;
 use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -155,34 +156,35 @@ async fn stream_events(
         Some(a) => s.bus.subscribe_account(a),
         None => s.bus.subscribe(),
     };
-    let mut sent = s.engine.journal.audit_head().seq;
-    let mut replay = vec![];
-    if let Some(mut after) = resume {
-        // Catch up from the log, a page at a time, up to the head as of the subscription.
-        while after < sent {
-            let page = read_events_async(&s, after, account.clone(), s.limits.page_max).await?;
-            if page.next == after {
-                break;
-            }
-            replay.extend(page.events);
-            after = page.next;
+    let head = s.engine.journal.audit_head().seq;
+    // Where the replay from the log got to: the live part sends only what comes after it.
+    let replayed_to = Arc::new(AtomicU64::new(resume.unwrap_or(head)));
+    let replayed = match resume {
+        Some(after) if after < head => {
+            // The first page now, so that a failure is an error answer; the rest as the client
+            // takes them.
+            let first = read_events_async(&s, after, account.clone(), s.limits.page_max).await?;
+            let pages = Replay {
+                state: s.clone(),
+                account: account.clone(),
+                head,
+                to: replayed_to.clone(),
+            };
+            pages.stream(first, after).boxed()
         }
-        sent = after;
-    }
-    let replayed = stream::iter(
-        replay
-            .into_iter()
-            .map(|e| Ok(to_sse(&e["seq"], &e["event"]))),
-    );
-    let follow = follow_bus(live, account, sent);
+        _ => stream::empty().boxed(),
+    };
+    let follow = follow_bus(live, account, replayed_to);
     let max = Duration::from_millis(s.limits.event_stream_max_ms);
-    let follow = follow
-        .take_until(tokio::time::sleep(max))
-        .take_until(s.bus.closed());
-    let all = replayed.chain(follow).map(move |e| {
-        let _ = &slot; // held for as long as the stream lives
-        e
-    });
+    let follow = follow.take_until(tokio::time::sleep(max));
+    // At shutdown the stream ends, replay or not (the client resumes from its last event).
+    let all = replayed
+        .chain(follow)
+        .take_until(s.bus.closed())
+        .map(move |e| {
+            let _ = &slot; // held for as long as the stream lives
+            e
+        });
     Ok(Sse::new(all).keep_alive(
         KeepAlive::new().interval(Duration::from_millis(s.limits.event_stream_keepalive_ms)),
     ))
@@ -195,16 +197,75 @@ fn to_sse(seq: &serde_json::Value, event: &serde_json::Value) -> Event {
         .data(event.to_string())
 }
 
-/// The live part: events of `account` from the bus with seq > `after`, ending when the
-/// subscriber lagged (the client reconnects with Last-Event-ID and replays from the log).
+/// Marks a replay that failed: the stream ends, and the client resumes from its last event.
+const REPLAY_FAILED: u64 = u64::MAX;
+
+/// The replay of a stream from the log, up to the head as of its subscription.
+struct Replay {
+    state: ApiState,
+    account: Option<AccountId>,
+    head: u64,
+    /// How far the replay got ([`REPLAY_FAILED`] when a read failed).
+    to: Arc<AtomicU64>,
+}
+
+impl Replay {
+    /// `first` (read after `from`), then one page at a time, each read only when the client has
+    /// taken the one before: a long gap is never held in memory whole.
+    fn stream(self, first: EventPage, from: u64) -> impl Stream<Item = Result<Event, Infallible>> {
+        let this = Arc::new(self);
+        stream::unfold(Some((Some(first), from)), move |next| {
+            let this = this.clone();
+            async move {
+                let (page, from) = next?;
+                let page = match page {
+                    Some(page) => page,
+                    None => {
+                        let limit = this.state.limits.page_max;
+                        match read_events_async(&this.state, from, this.account.clone(), limit)
+                            .await
+                        {
+                            Ok(page) => page,
+                            Err(error) => {
+                                tracing::warn!(%error, "event stream replay failed; the stream ends");
+                                this.to.store(REPLAY_FAILED, Ordering::Release);
+                                return None;
+                            }
+                        }
+                    }
+                };
+                if page.next == from {
+                    return None;
+                }
+                this.to.store(page.next, Ordering::Release);
+                let events: Vec<_> = page
+                    .events
+                    .iter()
+                    .map(|e| Ok(to_sse(&e["seq"], &e["event"])))
+                    .collect();
+                let next = (page.next < this.head).then_some((None, page.next));
+                Some((stream::iter(events), next))
+            }
+        })
+        .flatten()
+    }
+}
+
+/// The live part: events of `account` from the bus after where the replay got to (read when
+/// the live part starts, after the replay), ending when the subscriber lagged (the client
+/// reconnects with Last-Event-ID and replays from the log) or the replay failed.
 fn follow_bus(
     rx: tokio::sync::broadcast::Receiver<std::sync::Arc<events::Published>>,
     account: Option<AccountId>,
-    after: u64,
+    replayed_to: Arc<AtomicU64>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
-    stream::unfold((rx, after), move |(mut rx, after)| {
-        let account = account.clone();
+    stream::unfold((rx, None), move |(mut rx, after): (_, Option<u64>)| {
+        let (account, replayed_to) = (account.clone(), replayed_to.clone());
         async move {
+            let after = after.unwrap_or_else(|| replayed_to.load(Ordering::Acquire));
+            if after == REPLAY_FAILED {
+                return None;
+            }
             loop {
                 match rx.recv().await {
                     Ok(p) if p.seq <= after => continue,
@@ -215,7 +276,7 @@ fn follow_bus(
                             .id(p.seq.to_string())
                             .event("order")
                             .data(String::from_utf8_lossy(&p.json));
-                        return Some((Ok(event), (rx, p.seq)));
+                        return Some((Ok(event), (rx, Some(p.seq))));
                     }
                     Err(_) => return None,
                 }

@@ -89,7 +89,8 @@ fn order_and_seq(e: &Sse) -> (String, u64) {
 // placed in between; resuming after the first id replays the other two, the same events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_stream_is_per_account_and_resumes() {
-    let mut env = TestEnv::start().await;
+    // One event per page: the replay after a reconnect reads the log a page at a time.
+    let mut env = TestEnv::start_with(&[("ORDERD_API__PAGE_MAX", "1")]).await;
     let alice = env.token("ACME", "alice", &["buyer"]).await;
     let hans = env.token("BAUHAUS", "hans", &["buyer"]).await;
     let mut stream = Stream::connect(&env, &alice, None).await;
