@@ -29,6 +29,17 @@ pub fn start(journal: &Journal, bus: &EventBus) -> u64 {
     head
 }
 
+/// With nobody subscribed there is nothing to hand on: the head to move the cursor to without
+/// reading (taken before looking for subscribers, see the module doc). `None`: someone listens.
+fn skip_unheard(journal: &Journal, bus: &EventBus, after: u64) -> Option<u64> {
+    let head = journal.audit_head().seq.max(after);
+    if bus.has_subscribers() {
+        return None;
+    }
+    bus.advance(head);
+    Some(head)
+}
+
 /// Hands on every event committed after `after` (an audit seq); returns the seq to continue
 /// from. Only durable records go out (up to the head of the last flush): a record sled has
 /// applied but not yet flushed could still vanish in a crash. With nobody subscribed there is
@@ -38,10 +49,7 @@ pub fn relay_round(
     bus: &EventBus,
     after: u64,
 ) -> Result<u64, orderd_storage::StorageError> {
-    // Read before looking for subscribers (see the module doc).
-    let head = journal.audit_head().seq.max(after);
-    if !bus.has_subscribers() {
-        bus.advance(head);
+    if let Some(head) = skip_unheard(journal, bus, after) {
         return Ok(head);
     }
     let records = journal.durable_audit_after(after, RELAY_BATCH_MAX)?;
@@ -78,11 +86,13 @@ pub async fn relay(
         // What is durable now, marked as seen before reading: a flush after this point ends
         // the wait below.
         let durable = *changes.borrow_and_update();
-        if after < durable && !bus.has_subscribers() {
-            // Nothing to hand on. Skipping the records here saves a trip to the blocking pool
-            // (a thread wake-up) per group commit.
-            after = durable;
-            bus.advance(after);
+        // Nothing to hand on: skipping the records here saves a trip to the blocking pool (a
+        // thread wake-up) per group commit.
+        let skipped = (after < durable)
+            .then(|| skip_unheard(&journal, &bus, after))
+            .flatten();
+        if let Some(head) = skipped {
+            after = head;
         } else if after < durable {
             let (j, b) = (journal.clone(), bus.clone());
             let round = tokio::task::spawn_blocking(move || relay_round(&j, &b, after)).await;

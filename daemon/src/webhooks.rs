@@ -5,9 +5,8 @@
 //! It first catches up by reading the log itself, then takes its account's events from the
 //! in-process bus (fed by the outbox relay, which reads and renders each durable event once for
 //! every reader), and goes back to the log whenever it fell behind the bus. The next event goes
-//! out only after the
-//! previous one was delivered (2xx) or went to the dead letters, so per endpoint the order of
-//! the log is kept. The cursor is written at most every `webhooks.cursor_store_ms`; after a
+//! out only after the previous one was delivered (2xx) or went to the dead letters, so per
+//! endpoint the order of the log is kept. The cursor is written at most every `webhooks.cursor_store_ms`; after a
 //! crash the task resumes at it, so an event may be sent twice (receivers deduplicate by
 //! `webhook-id`, which is the event id).
 //!

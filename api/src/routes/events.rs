@@ -4,10 +4,10 @@
 //! - `GET /v1/events?after=SEQ`: every event since a log seq, a page at a time. Portal backends
 //!   and consumers that fell behind NATS catch up here.
 //! - `GET /v1/events/stream`: the same as server-sent events, live. With `Last-Event-ID` (the
-//!   seq of the last event received) it first replays what was missed from the log, a page at a
-//!   time as the client reads it, then follows the in-process bus; a subscriber that lags behind
-//!   the bus is cut off and simply reconnects. A stream ends after `api.event_stream_max_ms`; at most
-//!   `api.event_streams_max` are open at once (above: 503).
+//!   seq of the last event received) it first replays what was missed from the log, a page at
+//!   a time as the client reads it, then follows the in-process bus; a subscriber that lags
+//!   behind the bus is cut off and simply reconnects. A stream ends after
+//!   `api.event_stream_max_ms`; at most `api.event_streams_max` are open at once (above: 503).
 
 use super::ACCOUNT_ROLES;
 use crate::auth::Auth;
@@ -67,19 +67,29 @@ fn scope(auth: &Auth) -> ApiResult<Option<AccountId>> {
     Ok(Some(auth.account()?.clone()))
 }
 
+/// Up to `limit` events of `account` after log seq `after`, read on the blocking pool.
+async fn read_after_async(
+    s: &ApiState,
+    after: u64,
+    account: Option<AccountId>,
+    limit: usize,
+) -> Result<events::EventsRead, ApiError> {
+    let journal = s.engine.journal.clone();
+    tokio::task::spawn_blocking(move || {
+        events::read_after(&journal, after, account.as_ref(), limit, EVENTS_SCAN_MAX)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
+    .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
 async fn read_events_async(
     s: &ApiState,
     after: u64,
     account: Option<AccountId>,
     limit: usize,
 ) -> Result<EventPage, ApiError> {
-    let journal = s.engine.journal.clone();
-    let read = tokio::task::spawn_blocking(move || {
-        events::read_after(&journal, after, account.as_ref(), limit, EVENTS_SCAN_MAX)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let read = read_after_async(s, after, account, limit).await?;
     let mut page = EventPage {
         events: Vec::with_capacity(read.events.len()),
         next: read.next,
@@ -163,7 +173,7 @@ async fn stream_events(
         Some(after) if after < head => {
             // The first page now, so that a failure is an error answer; the rest as the client
             // takes them.
-            let first = read_events_async(&s, after, account.clone(), s.limits.page_max).await?;
+            let first = read_after_async(&s, after, account.clone(), s.limits.page_max).await?;
             let pages = Replay {
                 state: s.clone(),
                 account: account.clone(),
@@ -190,11 +200,12 @@ async fn stream_events(
     ))
 }
 
-fn to_sse(seq: &serde_json::Value, event: &serde_json::Value) -> Event {
+/// One event on the stream: `id` is its log seq, the data its CloudEvents JSON.
+fn sse_event(seq: u64, json: &[u8]) -> Event {
     Event::default()
         .id(seq.to_string())
         .event("order")
-        .data(event.to_string())
+        .data(String::from_utf8_lossy(json))
 }
 
 /// Marks a replay that failed: the stream ends, and the client resumes from its last event.
@@ -212,7 +223,11 @@ struct Replay {
 impl Replay {
     /// `first` (read after `from`), then one page at a time, each read only when the client has
     /// taken the one before: a long gap is never held in memory whole.
-    fn stream(self, first: EventPage, from: u64) -> impl Stream<Item = Result<Event, Infallible>> {
+    fn stream(
+        self,
+        first: events::EventsRead,
+        from: u64,
+    ) -> impl Stream<Item = Result<Event, Infallible>> {
         let this = Arc::new(self);
         stream::unfold(Some((Some(first), from)), move |next| {
             let this = this.clone();
@@ -222,7 +237,7 @@ impl Replay {
                     Some(page) => page,
                     None => {
                         let limit = this.state.limits.page_max;
-                        match read_events_async(&this.state, from, this.account.clone(), limit)
+                        match read_after_async(&this.state, from, this.account.clone(), limit)
                             .await
                         {
                             Ok(page) => page,
@@ -241,7 +256,7 @@ impl Replay {
                 let events: Vec<_> = page
                     .events
                     .iter()
-                    .map(|e| Ok(to_sse(&e["seq"], &e["event"])))
+                    .map(|(seq, ev)| Ok(sse_event(*seq, &events::render(ev))))
                     .collect();
                 let next = (page.next < this.head).then_some((None, page.next));
                 Some((stream::iter(events), next))
@@ -272,11 +287,7 @@ fn follow_bus(
                     Ok(p) if account.as_ref().is_some_and(|a| *a != p.account) => continue,
                     Ok(p) => {
                         events::record_lag(events::LagStage::Sse, p.changed_at);
-                        let event = Event::default()
-                            .id(p.seq.to_string())
-                            .event("order")
-                            .data(String::from_utf8_lossy(&p.json));
-                        return Some((Ok(event), (rx, Some(p.seq))));
+                        return Some((Ok(sse_event(p.seq, &p.json)), (rx, Some(p.seq))));
                     }
                     Err(_) => return None,
                 }
