@@ -360,16 +360,14 @@ async fn operator_token(addr: std::net::SocketAddr) -> anyhow::Result<String> {
 fn summarize(variant: Variant, all: &[RunResult]) -> Summary {
     let runs: Vec<&RunResult> = all.iter().filter(|r| r.variant == variant).collect();
     let m = |f: &dyn Fn(&RunResult) -> f64| median(&runs.iter().map(|r| f(r)).collect::<Vec<_>>());
-    let nats = |f: &dyn Fn(&Latency) -> f64| {
+    // The median of `f` of a lag only some variants measure, when every run has it.
+    let lag = |of: fn(&RunResult) -> Option<&Latency>, f: fn(&Latency) -> f64| {
         runs.iter()
-            .all(|r| r.nats_lag.is_some())
-            .then(|| m(&|r| r.nats_lag.as_ref().map_or(0.0, f)))
+            .all(|r| of(r).is_some())
+            .then(|| m(&|r| of(r).map_or(0.0, f)))
     };
-    let hooks = |f: &dyn Fn(&Latency) -> f64| {
-        runs.iter()
-            .all(|r| r.webhook_lag.is_some())
-            .then(|| m(&|r| r.webhook_lag.as_ref().map_or(0.0, f)))
-    };
+    let nats = |f| lag(|r| r.nats_lag.as_ref(), f);
+    let hooks = |f| lag(|r| r.webhook_lag.as_ref(), f);
     Summary {
         variant,
         capture_p50_ms: m(&|r| r.capture.latency.p50_ms),
@@ -381,12 +379,12 @@ fn summarize(variant: Variant, all: &[RunResult]) -> Summary {
         sse_lag_p50_ms: m(&|r| r.sse_lag.p50_ms),
         sse_lag_p99_ms: m(&|r| r.sse_lag.p99_ms),
         sse_lag_p999_ms: m(&|r| r.sse_lag.p999_ms),
-        nats_lag_p50_ms: nats(&|l| l.p50_ms),
-        nats_lag_p99_ms: nats(&|l| l.p99_ms),
-        nats_lag_p999_ms: nats(&|l| l.p999_ms),
-        webhook_lag_p50_ms: hooks(&|l| l.p50_ms),
-        webhook_lag_p99_ms: hooks(&|l| l.p99_ms),
-        webhook_lag_p999_ms: hooks(&|l| l.p999_ms),
+        nats_lag_p50_ms: nats(|l| l.p50_ms),
+        nats_lag_p99_ms: nats(|l| l.p99_ms),
+        nats_lag_p999_ms: nats(|l| l.p999_ms),
+        webhook_lag_p50_ms: hooks(|l| l.p50_ms),
+        webhook_lag_p99_ms: hooks(|l| l.p99_ms),
+        webhook_lag_p999_ms: hooks(|l| l.p999_ms),
     }
 }
 
