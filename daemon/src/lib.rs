@@ -5,6 +5,7 @@
 //! May depend on every other crate of the workspace; nothing depends on it.
 
 pub mod config;
+pub mod critical;
 pub mod demo;
 pub mod outbox;
 pub mod publisher;
@@ -100,38 +101,53 @@ pub async fn run(
         config.webhooks.clone(),
     ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let relay = tokio::spawn(outbox::relay(
-        journal.clone(),
-        state.bus.clone(),
-        outbox::start(&journal, &state.bus),
-        engine.outbox.clone(),
-        Duration::from_millis(config.outbox_poll_ms),
-        stop_rx.clone(),
-    ));
+    let mut critical = critical::Critical::new(stop_rx.clone());
+    let relay = critical.spawn(
+        "outbox relay",
+        outbox::relay(
+            journal.clone(),
+            state.bus.clone(),
+            outbox::start(&journal, &state.bus),
+            engine.outbox.clone(),
+            Duration::from_millis(config.outbox_poll_ms),
+            stop_rx.clone(),
+        ),
+    );
     if config.webhooks.allow_private {
         tracing::warn!("webhooks.allow_private is on: webhooks may target loopback, link-local and private addresses");
     }
-    let hooks = tokio::spawn(webhooks::run(
-        state.webhooks.clone(),
-        state.bus.clone(),
-        engine.outbox.clone(),
-        stop_rx.clone(),
-    ));
+    let hooks = critical.spawn(
+        "webhook delivery",
+        webhooks::run(
+            state.webhooks.clone(),
+            state.bus.clone(),
+            engine.outbox.clone(),
+            stop_rx.clone(),
+        ),
+    );
     let publisher = config.nats.enabled().then(|| {
         tracing::info!(url = %config.nats.url, "publishing events to NATS JetStream");
-        tokio::spawn(publisher::run(
-            journal.clone(),
-            config.nats.clone(),
-            engine.outbox.clone(),
-            stop_rx,
-        ))
+        critical.spawn(
+            "NATS publisher",
+            publisher::run(
+                journal.clone(),
+                config.nats.clone(),
+                engine.outbox.clone(),
+                stop_rx,
+            ),
+        )
     });
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "orderd listening");
     // Open event streams would hold the graceful shutdown up for as long as they last: end them.
     let bus = state.bus.clone();
+    let (ended_tx, ended) = tokio::sync::oneshot::channel();
     let shutdown = async move {
-        shutdown.await;
+        let ended = tokio::select! {
+            _ = shutdown => None,
+            name = critical.first_ended() => Some(name),
+        };
+        let _ = ended_tx.send(ended);
         bus.close();
     };
     let app = orderd_api::router(state).into_make_service_with_connect_info::<SocketAddr>();
@@ -152,6 +168,11 @@ pub async fn run(
     }
     engine.shutdown().await.context("closing the journal")?;
     tracing::info!("shutdown complete");
+    if let Ok(Some(task)) = ended.await {
+        anyhow::bail!(
+            "the {task} stopped unexpectedly; restart orderd (events resume from the audit log)"
+        );
+    }
     Ok(())
 }
 
