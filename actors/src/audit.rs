@@ -10,7 +10,7 @@
 //! `history` shows either as JSON.
 
 use orderd_domain::account::Role;
-use orderd_domain::ids::{AccountId, UserId, WarehouseId};
+use orderd_domain::ids::{AccountId, OrderId, UserId, WarehouseId};
 use orderd_storage::AuditDraft;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -119,7 +119,7 @@ impl AuditEntry {
         }
     }
 
-    /// The draft for the journal, indexed under `subject` (an order id, `account:<id>`, ...).
+    /// The draft for the journal, indexed under `subject` (`account:<id>`, `cart:<id>`, ...).
     pub fn draft(&self, subject: &str) -> AuditDraft {
         let payload = vec![COMPACT_ENTRY];
         // postcard only fails for types serde cannot represent; an entry is plain data.
@@ -127,6 +127,16 @@ impl AuditEntry {
         AuditDraft {
             subject: subject.as_bytes().to_vec(),
             payload,
+            indexed: true,
+        }
+    }
+
+    /// The draft of an order change: about the order, not indexed. Its order record names it
+    /// (`records::encode_order`), which costs no extra key.
+    pub fn order_draft(&self, order: &OrderId) -> AuditDraft {
+        AuditDraft {
+            indexed: false,
+            ..self.draft(order.as_str())
         }
     }
 

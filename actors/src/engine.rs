@@ -47,7 +47,10 @@ impl Engine {
         let (master, orders, accounts, grants) =
             tokio::task::spawn_blocking(move || -> Result<_, ActorError> {
                 let master = catalog::load_master(&j)?;
-                let orders: Vec<Order> = records::load_all(&j, records::ORDER)?;
+                let orders: Vec<Order> = records::load_orders(&j, records::ORDER)?
+                    .into_iter()
+                    .map(|s| s.order)
+                    .collect();
                 let stored = records::load_accounts(&j)?;
                 // Read anyway for the ids: the grants cost one pass over the users.
                 let grants = Grants::from_accounts(&stored);
@@ -247,14 +250,36 @@ impl Engine {
         self.accounts.put_account(caller, account).await
     }
 
-    /// The audit records of one order, oldest first.
+    /// Up to `limit` audit records of `account`'s order `order`, oldest first (none for an
+    /// order that is not stored). Its record names them (`records::encode_order`); for a
+    /// record of the first layout they are indexed by order id. Blocking (reads sled).
     pub fn history(
         &self,
+        account: &AccountId,
         order: &OrderId,
         limit: usize,
     ) -> Result<Vec<(u64, AuditEntry)>, ActorError> {
-        self.journal
-            .audit_for_subject(order.as_str().as_bytes(), limit)?
+        let key = records::order_key(account, order);
+        let Some(value) = self.journal.get(key.as_bytes())? else {
+            return Ok(vec![]);
+        };
+        let records = match records::decode_order(key.as_bytes(), &value)?.audit_seqs {
+            Some(seqs) => seqs
+                .iter()
+                .take(limit)
+                .map(|seq| {
+                    self.journal.audit_record(*seq)?.ok_or_else(|| {
+                        ActorError::Invariant(format!(
+                            "order {order} names missing audit record {seq}"
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            None => self
+                .journal
+                .audit_for_subject(order.as_str().as_bytes(), limit)?,
+        };
+        records
             .into_iter()
             .map(|r| {
                 AuditEntry::decode(&r.payload)

@@ -5,11 +5,14 @@
 use orderd_domain::ids::{OrderId, ShipToId};
 use orderd_domain::order::{Order, OrderState};
 use orderd_domain::Decimal;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 #[derive(Default)]
 pub struct OrderBook {
     by_id: BTreeMap<OrderId, Order>,
+    /// Per order, the audit seqs of its changes, oldest first: its next record carries them
+    /// (`records::encode_order`).
+    audit_seqs: HashMap<OrderId, Vec<u64>>,
     /// Sum of `Order::exposure` over every order (zero for those that do not count).
     open_exposure: Decimal,
     /// Per ship-to, how many orders are confirmed, allocated or shipped to it now: the "first
@@ -19,12 +22,30 @@ pub struct OrderBook {
 }
 
 impl OrderBook {
-    pub fn new(orders: impl IntoIterator<Item = Order>) -> OrderBook {
+    /// The book of `orders`, each with the audit seqs of its changes.
+    pub fn new(orders: impl IntoIterator<Item = (Order, Vec<u64>)>) -> OrderBook {
         let mut book = OrderBook::default();
-        for o in orders {
+        for (o, seqs) in orders {
+            book.audit_seqs.insert(o.id.clone(), seqs);
             book.put(o);
         }
         book
+    }
+
+    /// The audit seqs of the changes of order `id` so far, oldest first.
+    pub fn audit_seqs(&self, id: &OrderId) -> &[u64] {
+        self.audit_seqs.get(id).map_or(&[], Vec::as_slice)
+    }
+
+    /// Adopts `order` as changed by the audit record `audit_seq`.
+    pub fn put_changed(&mut self, order: Order, audit_seq: u64) {
+        let seqs = self.audit_seqs.entry(order.id.clone()).or_default();
+        debug_assert!(
+            seqs.last().is_none_or(|s| *s < audit_seq),
+            "audit seqs of an order only grow"
+        );
+        seqs.push(audit_seq);
+        self.put(order);
     }
 
     pub fn get(&self, id: &OrderId) -> Option<&Order> {
@@ -54,7 +75,7 @@ impl OrderBook {
     }
 
     /// Inserts or replaces an order and updates what is derived from it.
-    pub fn put(&mut self, order: Order) {
+    fn put(&mut self, order: Order) {
         let old = self
             .by_id
             .get(&order.id)

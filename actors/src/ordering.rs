@@ -30,7 +30,7 @@ use orderd_domain::validation::{
     check_order, Checked, LineRequest, OrderRequest, PricingContext, Problem, ProblemCode,
 };
 use orderd_domain::{credit, Decimal};
-use orderd_storage::Batch;
+use orderd_storage::{Batch, Committed};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -358,13 +358,14 @@ fn for_each_warehouse(
 /// Refused (as `too_many_lines`) when the record or its audit entry would exceed what one journal
 /// value may hold: checked before any stock is held, so nothing needs undoing.
 fn order_batch(
+    st: &AccountState,
     caller: &Caller,
     order: &Order,
     action: &str,
     from: Option<OrderState>,
     transitions: &[&'static str],
 ) -> Result<Batch, Rejection> {
-    let bytes = records::encode(order);
+    let bytes = records::encode_order(order, st.orders.audit_seqs(&order.id));
     let mut entry = AuditEntry::new(caller, Some(&order.account), action, &bytes);
     entry.order = Some(order.id.to_string());
     entry.from = from.map(|s| s.as_str().to_owned());
@@ -375,8 +376,9 @@ fn order_batch(
         .map(|s| (*s).to_owned())
         .collect();
     entry.event = Some(order_event(order, transitions));
-    let draft = entry.draft(order.id.as_str());
-    let size = bytes.len().max(draft.payload.len());
+    let draft = entry.order_draft(&order.id);
+    // The journal adds the stamp to the record.
+    let size = (bytes.len() + orderd_storage::layout::SEQ_LEN).max(draft.payload.len());
     if size > orderd_storage::VALUE_BYTES_MAX {
         return Err(Rejection::Invalid(vec![Problem::new(
             ProblemCode::TooManyLines,
@@ -387,7 +389,8 @@ fn order_batch(
         )]));
     }
     let mut batch = Batch::default();
-    batch.put(records::order_key(&order.account, &order.id), bytes);
+    // The journal ends the record with the seq of `draft`, which it assigns at commit.
+    batch.put_stamped(records::order_key(&order.account, &order.id), bytes);
     batch.audit.push(draft);
     Ok(batch)
 }
@@ -541,7 +544,7 @@ pub async fn place(
     order.version = 1;
     order.idempotency = key;
     let action = if submit { "order.place" } else { "order.draft" };
-    let mut batch = match order_batch(caller, &order, action, None, &transitions) {
+    let mut batch = match order_batch(st, caller, &order, action, None, &transitions) {
         Ok(b) => b,
         Err(r) => return Ok(Err(r)),
     };
@@ -558,10 +561,13 @@ pub async fn place(
             }),
         );
     }
-    if let Err(e) = durable(st, batch).await {
-        for_each_warehouse(st, &order.warehouses(), |h| h.release_all(id.clone()))?;
-        return Err(e.into());
-    }
+    let committed = match durable(st, batch).await {
+        Ok(c) => c,
+        Err(e) => {
+            for_each_warehouse(st, &order.warehouses(), |h| h.release_all(id.clone()))?;
+            return Err(e.into());
+        }
+    };
     if let Some(p) = &order.idempotency {
         let limit = st.limits.idempotency_keys_max;
         st.idempotency
@@ -570,7 +576,7 @@ pub async fn place(
     if from_cart {
         st.cart.clear();
     }
-    order = commit_order(st, order);
+    order = commit_order(st, order, &committed);
     debug_assert_credit(st, &order);
     Ok(Ok(Placed {
         order,
@@ -615,13 +621,17 @@ fn new_order(
     }
 }
 
-/// Adopts the durable `order` in memory and counts the state it entered, if any.
-fn commit_order(st: &mut AccountState, order: Order) -> Order {
+/// Adopts the durable `order` in memory, changed by the audit record its batch `committed`,
+/// and counts the state it entered, if any.
+fn commit_order(st: &mut AccountState, order: Order, committed: &Committed) -> Order {
     let before = st.orders.get(&order.id).map(|o| o.state);
     if before != Some(order.state) {
         count_state_entered(order.state);
     }
-    st.orders.put(order.clone());
+    // An order's batch always carries its audit record (`order_batch`).
+    debug_assert!(!committed.audit_seqs.is_empty());
+    st.orders
+        .put_changed(order.clone(), committed.audit_seqs.start);
     order
 }
 
@@ -678,6 +688,7 @@ pub async fn submit_draft(st: &mut AccountState, caller: &Caller, id: &OrderId) 
     };
     touch(&mut order);
     let batch = match order_batch(
+        st,
         caller,
         &order,
         "order.submit",
@@ -691,11 +702,14 @@ pub async fn submit_draft(st: &mut AccountState, caller: &Caller, id: &OrderId) 
     if let Err(p) = hold(st, id, &order.stock_demand(), allocate).await? {
         return Ok(Err(Rejection::Invalid(vec![p])));
     }
-    if let Err(e) = durable(st, batch).await {
-        for_each_warehouse(st, &order.warehouses(), |h| h.release_all(id.clone()))?;
-        return Err(e.into());
-    }
-    Ok(Ok(commit_order(st, order)))
+    let committed = match durable(st, batch).await {
+        Ok(c) => c,
+        Err(e) => {
+            for_each_warehouse(st, &order.warehouses(), |h| h.release_all(id.clone()))?;
+            return Err(e.into());
+        }
+    };
+    Ok(Ok(commit_order(st, order, &committed)))
 }
 
 /// Marks `lines` rejected; returns the stock they held (to release once durable).
@@ -763,6 +777,7 @@ pub async fn approve(
     };
     touch(&mut order);
     let batch = match order_batch(
+        st,
         caller,
         &order,
         "order.approve",
@@ -772,7 +787,7 @@ pub async fn approve(
         Ok(b) => b,
         Err(r) => return Ok(Err(r)),
     };
-    st.journal.submit(batch).await?;
+    let committed = st.journal.submit(batch).await?;
     release(st, id, &freed)?;
     match order.state {
         OrderState::Allocated => {
@@ -782,7 +797,7 @@ pub async fn approve(
             h.release_all(id.clone())
         })?,
     }
-    Ok(Ok(commit_order(st, order)))
+    Ok(Ok(commit_order(st, order, &committed)))
 }
 
 pub async fn reject(
@@ -828,6 +843,7 @@ pub async fn reject(
     touch(&mut order);
     let transitions: &[&'static str] = if whole { &["rejected"] } else { &[] };
     let batch = match order_batch(
+        st,
         caller,
         &order,
         "order.reject",
@@ -837,13 +853,13 @@ pub async fn reject(
         Ok(b) => b,
         Err(r) => return Ok(Err(r)),
     };
-    st.journal.submit(batch).await?;
+    let committed = st.journal.submit(batch).await?;
     if whole {
         for_each_warehouse(st, &held, |h| h.release_all(id.clone()))?;
     } else {
         release(st, id, &freed)?;
     }
-    Ok(Ok(commit_order(st, order)))
+    Ok(Ok(commit_order(st, order, &committed)))
 }
 
 pub async fn cancel(st: &mut AccountState, caller: &Caller, id: &OrderId) -> Flow<Order> {
@@ -867,13 +883,20 @@ pub async fn cancel(st: &mut AccountState, caller: &Caller, id: &OrderId) -> Flo
         return Ok(Err(e.into()));
     }
     touch(&mut order);
-    let batch = match order_batch(caller, &order, "order.cancel", Some(from), &["cancelled"]) {
+    let batch = match order_batch(
+        st,
+        caller,
+        &order,
+        "order.cancel",
+        Some(from),
+        &["cancelled"],
+    ) {
         Ok(b) => b,
         Err(r) => return Ok(Err(r)),
     };
-    st.journal.submit(batch).await?;
+    let committed = st.journal.submit(batch).await?;
     for_each_warehouse(st, &held, |h| h.release_all(id.clone()))?;
-    Ok(Ok(commit_order(st, order)))
+    Ok(Ok(commit_order(st, order, &committed)))
 }
 
 /// The request an order would be placed with, with `patch` applied.
@@ -955,19 +978,22 @@ pub async fn amend(
     order.allow_split = req.allow_split;
     let (grow, shrink) = deltas(&old.stock_demand(), &order.stock_demand());
     touch(&mut order);
-    let batch = match order_batch(caller, &order, "order.amend", Some(old.state), &[]) {
+    let batch = match order_batch(st, caller, &order, "order.amend", Some(old.state), &[]) {
         Ok(b) => b,
         Err(r) => return Ok(Err(r)),
     };
     if let Err(p) = hold(st, id, &grow, false).await? {
         return Ok(Err(Rejection::Invalid(vec![p])));
     }
-    if let Err(e) = st.journal.submit(batch).await {
-        release(st, id, &grow)?;
-        return Err(e.into());
-    }
+    let committed = match st.journal.submit(batch).await {
+        Ok(c) => c,
+        Err(e) => {
+            release(st, id, &grow)?;
+            return Err(e.into());
+        }
+    };
     release(st, id, &shrink)?;
-    let order = commit_order(st, order);
+    let order = commit_order(st, order, &committed);
     debug_assert_credit(st, &order);
     Ok(Ok(order))
 }
@@ -1036,6 +1062,7 @@ pub async fn ship(
         .checked_add(value)
         .map_err(|e| ActorError::Invariant(e.to_string()))?;
     let mut batch = match order_batch(
+        st,
         caller,
         &order,
         "order.ship",
@@ -1058,9 +1085,9 @@ pub async fn ship(
         Ok(t) => t,
         Err(e) => return Ok(Err(Rejection::Conflict(e.to_string()))),
     };
-    ticket.await?;
+    let committed = ticket.await?;
     st.account = account;
-    Ok(Ok(commit_order(st, order)))
+    Ok(Ok(commit_order(st, order, &committed)))
 }
 
 fn account_batch(caller: &Caller, account: &Account, action: &str) -> Batch {

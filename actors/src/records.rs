@@ -5,7 +5,7 @@
 //! |-----------------------------|-------------------------|
 //! | `acct/<account>`            | `Account`, removed users included (see [`encode_account`]) |
 //! | `cart/<account>`            | `Cart`                  |
-//! | `ord/<account>/<order>`     | `Order` (with its Idempotency-Key, if any) |
+//! | `ord/<account>/<order>`     | `Order` (with its Idempotency-Key, if any) and the audit seqs of its changes (see [`encode_order`]) |
 //! | `wh/<warehouse>`            | `Warehouse`             |
 //! | `stock/<warehouse>/<sku>`   | on hand, `u64`          |
 //! | `cat/<sku>`                 | `CatalogItem`           |
@@ -14,6 +14,7 @@
 
 use orderd_domain::account::Account;
 use orderd_domain::ids::{AccountId, OrderId, Sku, WarehouseId};
+use orderd_domain::order::Order;
 use orderd_storage::StorageError;
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -93,6 +94,69 @@ pub fn decode_account(key: &[u8], bytes: &[u8]) -> Result<Account, StorageError>
         }),
         _ => decode::<legacy::Account<legacy::User>>(key, bytes).map(Into::into),
     }
+}
+
+/// Marks an order record of the stamped layout: 0 can never start a record of the first layout,
+/// whose first byte is the length (1..=64) of the order id.
+const ORDER_LAYOUT_TAG: u8 = 0;
+/// The current layout: the record knows the audit records of its order's changes.
+const ORDER_LAYOUT_STAMPED: u8 = 1;
+
+/// An order record: a tag, the layout, the postcard `(Order, earlier)` where `earlier` are the
+/// audit seqs of the order's earlier changes, and then the seq of this change's audit record,
+/// which the journal appends (written with `Batch::put_stamped`, in the batch of that audit
+/// record). So the order's history needs no index key per change.
+pub fn encode_order(order: &Order, earlier: &[u64]) -> Vec<u8> {
+    let bytes = vec![ORDER_LAYOUT_TAG, ORDER_LAYOUT_STAMPED];
+    postcard::to_extend(&(order, earlier), bytes).expect("plain data always encodes")
+}
+
+/// A stored order.
+pub struct StoredOrder {
+    pub order: Order,
+    /// The audit seqs of its changes, oldest first. `None` for a record of the first layout:
+    /// its changes' audit records are indexed by order id (`Journal::audit_for_subject`).
+    pub audit_seqs: Option<Vec<u64>>,
+}
+
+/// Reads an order record of any layout.
+pub fn decode_order(key: &[u8], bytes: &[u8]) -> Result<StoredOrder, StorageError> {
+    let corrupt = |reason: &str| StorageError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: reason.to_owned(),
+    };
+    match bytes {
+        [ORDER_LAYOUT_TAG, ORDER_LAYOUT_STAMPED, rest @ ..] => {
+            let (rest, last) = orderd_storage::layout::split_stamp(rest)
+                .ok_or_else(|| corrupt("order record without its audit stamp"))?;
+            let (order, mut seqs): (Order, Vec<u64>) = decode(key, rest)?;
+            if seqs.last().is_some_and(|s| *s >= last) {
+                return Err(corrupt("audit seqs out of order"));
+            }
+            seqs.push(last);
+            Ok(StoredOrder {
+                order,
+                audit_seqs: Some(seqs),
+            })
+        }
+        [ORDER_LAYOUT_TAG, ..] => Err(corrupt("unknown order layout")),
+        _ => Ok(StoredOrder {
+            order: decode(key, bytes)?,
+            audit_seqs: None,
+        }),
+    }
+}
+
+/// Every order record under `prefix`.
+pub fn load_orders(
+    journal: &orderd_storage::Journal,
+    prefix: &str,
+) -> Result<Vec<StoredOrder>, StorageError> {
+    journal
+        .scan_prefix(prefix.as_bytes())?
+        .into_iter()
+        .map(|(k, v)| decode_order(&k, &v))
+        .collect()
 }
 
 /// Every account record.

@@ -38,6 +38,7 @@ mod world;
 use harness::{ask, Harness, Written};
 use ops::{Header, LineSpec, Op};
 use orderd_actors::account::AccountMsg;
+use orderd_actors::audit::{AuditEntry, Caller};
 use orderd_actors::{Engine, Limits};
 use orderd_domain::invariants::states_follow_machine;
 use orderd_domain::order::{Channel, OrderState};
@@ -214,36 +215,7 @@ fn audit_records_walk_the_state_machine() {
             .expect("engine");
         world::seed(&engine).await.expect("seed");
         // ACME: 5 A (45.00) is above the buyer's 40.00, so it waits for approval.
-        let place = |acct: usize, sku: &str, qty: u32, ship_to: &str| {
-            let req = OrderRequest {
-                lines: vec![LineRequest {
-                    sku: sku.into(),
-                    qty,
-                    note: None,
-                    warehouse: None,
-                    quoted_unit_price: None,
-                }],
-                ship_to: Some(ship_to.into()),
-                ..OrderRequest::default()
-            };
-            let engine = engine.clone();
-            async move {
-                ask(&engine, acct, |reply| AccountMsg::Place {
-                    span: tracing::Span::none(),
-                    caller: world::buyer(acct),
-                    key: None,
-                    req,
-                    from_cart: false,
-                    channel: Channel::Api,
-                    submit: true,
-                    reply,
-                })
-                .await
-                .expect("actor")
-                .expect("placed")
-                .order
-            }
-        };
+        let place = |acct, sku, qty, ship_to| place_one(&engine, acct, sku, qty, ship_to);
         let pending = place(0, "A", 5, "S1").await;
         assert_eq!(pending.state, OrderState::PendingApproval);
         let id = pending.id.clone();
@@ -259,12 +231,15 @@ fn audit_records_walk_the_state_machine() {
         let direct = place(1, "B", 1, "T1").await;
         assert_eq!(direct.state, OrderState::Allocated);
         for order in [&approved, &direct] {
-            for r in engine
-                .journal
-                .audit_for_subject(order.id.as_str().as_bytes(), 100)
-                .expect("audit")
-            {
-                let e = checks::parse_entry(&r.payload).expect("entry");
+            let history = engine
+                .history(&order.account, &order.id, 100)
+                .expect("audit");
+            assert!(
+                !history.is_empty(),
+                "order {} has no audit records",
+                order.id
+            );
+            for (seq, e) in history {
                 let from = e.from.as_deref().unwrap_or("draft");
                 let walk: Vec<OrderState> = std::iter::once(from)
                     .chain(e.path.iter().map(String::as_str))
@@ -274,7 +249,7 @@ fn audit_records_walk_the_state_machine() {
                     states_follow_machine(&walk).is_ok(),
                     "{} record {}: {walk:?} is not a walk along the state machine",
                     e.action,
-                    r.seq,
+                    seq,
                 );
                 assert!(
                     walk.len() > 2 || e.action != "order.approve",
@@ -328,6 +303,113 @@ fn run_case(ops: &[Op]) -> Result<(), String> {
             .map_err(|e| format!("after the final restart: {e}"))?;
         engine.shutdown().await.map_err(|e| e.to_string())
     })
+}
+
+/// Places one order of `qty` × `sku` for account `acct` as its buyer.
+async fn place_one(
+    engine: &Engine,
+    acct: usize,
+    sku: &str,
+    qty: u32,
+    ship_to: &str,
+) -> orderd_domain::order::Order {
+    let req = OrderRequest {
+        lines: vec![LineRequest {
+            sku: sku.into(),
+            qty,
+            note: None,
+            warehouse: None,
+            quoted_unit_price: None,
+        }],
+        ship_to: Some(ship_to.into()),
+        ..OrderRequest::default()
+    };
+    ask(engine, acct, |reply| AccountMsg::Place {
+        span: tracing::Span::none(),
+        caller: world::buyer(acct),
+        key: None,
+        req,
+        from_cart: false,
+        channel: Channel::Api,
+        submit: true,
+        reply,
+    })
+    .await
+    .expect("actor")
+    .expect("placed")
+    .order
+}
+
+// An order record of the first layout (no audit seqs; its audit records indexed by order id,
+// as earlier versions wrote them) keeps its history after an upgrade: the engine finds it
+// through the index, and the order's next change writes the current layout, which names the
+// old records and the new one.
+#[test]
+fn orders_of_the_first_layout_keep_their_history() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let dir = tempfile::tempdir().expect("dir");
+        let engine = start(dir.path()).await.expect("engine");
+        world::seed(&engine).await.expect("seed");
+        let pending = place_one(&engine, 0, "A", 5, "S1").await;
+        assert_eq!(pending.state, OrderState::PendingApproval);
+        let key = orderd_actors::records::order_key(&pending.account, &pending.id);
+        // What an earlier version stored: the plain record and an indexed audit record.
+        let entry = AuditEntry::new(
+            &Caller::system(),
+            Some(&pending.account),
+            "order.place",
+            b"",
+        );
+        let mut old = orderd_storage::Batch::default();
+        old.put(key.clone(), orderd_actors::records::encode(&pending));
+        old.audit.push(entry.draft(pending.id.as_str()));
+        let legacy = engine
+            .journal
+            .submit(old)
+            .await
+            .expect("commit")
+            .audit_seqs
+            .start;
+        engine.shutdown().await.expect("shutdown");
+        drop(engine);
+        let engine = start(dir.path()).await.expect("restart");
+        let seqs = |engine: &Engine| -> Vec<u64> {
+            engine
+                .history(&pending.account, &pending.id, 100)
+                .expect("history")
+                .into_iter()
+                .map(|(seq, _)| seq)
+                .collect()
+        };
+        assert_eq!(seqs(&engine), [legacy]);
+        let id = pending.id.clone();
+        ask(&engine, 0, |reply| AccountMsg::Approve {
+            caller: world::approver(0),
+            order: id,
+            reject_lines: vec![],
+            reply,
+        })
+        .await
+        .expect("actor")
+        .expect("approved");
+        let now = seqs(&engine);
+        assert_eq!(now.len(), 2, "{now:?}");
+        assert_eq!(now[0], legacy);
+        assert!(now[1] > legacy);
+        let stored = engine
+            .journal
+            .get(key.as_bytes())
+            .expect("read")
+            .expect("stored");
+        let stored = orderd_actors::records::decode_order(key.as_bytes(), &stored).expect("decode");
+        assert_eq!(stored.audit_seqs, Some(now));
+        engine.shutdown().await.expect("shutdown");
+    });
 }
 
 /// An engine on the journal in `dir`. Opening waits (in `Journal::open`) while a previous

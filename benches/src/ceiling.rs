@@ -51,10 +51,10 @@ pub struct PlaceBody {
     pub channel: Option<String>,
 }
 
-/// What orderd stores for one order of `lines` lines: the user records it puts (key and value
-/// bytes) and the audit records it appends (subject and payload bytes). The journal adds a
-/// subject index key per audit record and the chain head once per group itself, as it does
-/// for orderd.
+/// What orderd stores for one order of `lines` lines: the order record it puts (key and value
+/// bytes, the journal's stamp included; written stamped, as orderd does) and the audit records
+/// it appends (subject and payload bytes; not indexed, as orderd's order changes are not). The
+/// journal adds the chain head once per group itself, as it does for orderd.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordShape {
     pub lines: usize,
@@ -131,13 +131,18 @@ impl SledSink {
     pub fn batch(&self, n: u64, lines: usize) -> Batch {
         let shape = self.shape(lines);
         let mut batch = Batch::default();
+        // Like orderd's order records: stamped with their audit record's seq (which the
+        // measured size includes), and the audit records not indexed.
+        let stamp = orderd_storage::layout::SEQ_LEN;
         for (i, (k, v)) in shape.puts.iter().enumerate() {
-            batch.put(Self::key(&format!("ord/{i}/"), n, *k), self.value(n, *v));
+            let value = self.value(n, v.saturating_sub(stamp));
+            batch.put_stamped(Self::key(&format!("ord/{i}/"), n, *k), value);
         }
         for (i, (k, v)) in shape.audits.iter().enumerate() {
             batch.audit.push(AuditDraft {
                 subject: Self::key(&format!("O{i}-"), n, *k),
                 payload: self.value(n ^ 0xA0D1, *v),
+                indexed: false,
             });
         }
         batch
@@ -232,12 +237,12 @@ mod tests {
         let sink = SledSink::open(dir.path(), shapes).unwrap();
         let a = sink.batch(1, 1);
         let b = sink.batch(2, 3);
-        assert_eq!(a.puts.len(), 1);
-        assert_eq!((a.puts[0].0.len(), a.puts[0].1.len()), (40, 120));
+        assert_eq!(a.stamped.len(), 1);
+        assert_eq!((a.stamped[0].0.len(), a.stamped[0].1.len() + 8), (40, 120));
         assert_eq!(a.audit[0].subject.len(), 36);
         assert_eq!(a.audit[0].payload.len(), 700);
-        assert_ne!(a.puts[0].0, b.puts[0].0);
+        assert_ne!(a.stamped[0].0, b.stamped[0].0);
         assert_ne!(a.audit[0].subject, b.audit[0].subject);
-        assert_eq!(sink.batch(3, 80).puts[0].1.len(), 6000);
+        assert_eq!(sink.batch(3, 80).stamped[0].1.len(), 6000 - 8);
     }
 }

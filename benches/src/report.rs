@@ -470,7 +470,7 @@ impl Report {
         if !self.record_shapes.is_empty() {
             writeln!(
                 s,
-                "\nRecords per order (measured from orderd's journal; the sled-ceiling writes the same through `orderd_storage::Journal`, which adds one subject index key per audit record and the chain head once per group): {}.",
+                "\nRecords per order (measured from orderd's journal; the sled-ceiling writes the same through `orderd_storage::Journal`, which adds the chain head once per group): {}.",
                 self.record_shapes
                     .iter()
                     .map(|r| format!(

@@ -515,12 +515,17 @@ pub async fn record_shapes(
         let value = journal
             .get(key.as_bytes())?
             .with_context(|| format!("no record {key} in the journal"))?;
-        let audits = journal
-            .audit_for_subject(id.as_bytes(), 64)?
-            .iter()
-            .map(|r| (r.subject.len(), r.payload.len()))
-            .collect::<Vec<_>>();
-        anyhow::ensure!(!audits.is_empty(), "no audit record about {id}");
+        // The record ends with the seq of its audit record (`Batch::put_stamped`).
+        let (_, seq) = orderd_storage::layout::split_stamp(&value)
+            .with_context(|| format!("record {key} has no audit stamp"))?;
+        let audit = journal
+            .audit_record(seq)?
+            .with_context(|| format!("no audit record {seq} about {id}"))?;
+        anyhow::ensure!(
+            audit.subject == id.as_bytes(),
+            "audit record {seq} is not about {id}"
+        );
+        let audits = vec![(audit.subject.len(), audit.payload.len())];
         shapes.push(RecordShape {
             lines,
             puts: vec![(key.len(), value.len())],

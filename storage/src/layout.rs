@@ -11,7 +11,7 @@
 //! |--------|--------------------------------------------------------|------------------------------|
 //! | `d`    | the caller's key, verbatim                             | the caller's value           |
 //! | `a`    | audit seq, u64 big-endian                              | see [`crate::audit_chain`]   |
-//! | `x`    | subject len u16 BE, subject, audit seq u64 BE          | empty                        |
+//! | `x`    | subject len u16 BE, subject, audit seq u64 BE          | empty (indexed records only) |
 //! | `m`    | `audit_head`                                           | see [`META_AUDIT_HEAD`]      |
 //!
 //! Big-endian integers make sled's byte order equal to numeric order, so range scans return
@@ -73,6 +73,14 @@ pub fn subject_index_key(subject: &[u8], seq: u64) -> Result<Vec<u8>, StorageErr
     let mut key = subject_index_prefix(subject)?;
     key.extend_from_slice(&seq.to_be_bytes());
     Ok(key)
+}
+
+/// Splits a value written with `Batch::put_stamped` into the caller's value and the seq of its
+/// batch's first audit record. `None` when the value is too short to carry a stamp.
+pub fn split_stamp(value: &[u8]) -> Option<(&[u8], u64)> {
+    let at = value.len().checked_sub(SEQ_LEN)?;
+    let (value, stamp) = value.split_at(at);
+    Some((value, u64::from_be_bytes(stamp.try_into().ok()?)))
 }
 
 /// Reads the seq from a key made by [`audit_key`] or [`subject_index_key`] (the seq is always

@@ -175,6 +175,9 @@ impl JournalConfig {
 #[derive(Default, Debug, Clone)]
 pub struct Batch {
     pub puts: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Puts whose value the journal ends with the seq of the batch's first audit record (8 bytes,
+    /// big-endian; see [`Batch::put_stamped`]).
+    pub stamped: Vec<(Vec<u8>, Vec<u8>)>,
     pub removes: Vec<Vec<u8>>,
     /// Appended to the hash chain, in this order.
     pub audit: Vec<AuditDraft>,
@@ -185,15 +188,31 @@ impl Batch {
         self.puts.push((k.into(), v.into()));
     }
 
+    /// Like [`Batch::put`], but the journal appends the seq of this batch's first audit record
+    /// to the value ([`layout::SEQ_LEN`] bytes, big-endian; read it back with
+    /// [`layout::split_stamp`]): a record names the audit record of the change that wrote it,
+    /// although seqs are only assigned at commit. The batch must carry an audit record.
+    pub fn put_stamped(&mut self, k: impl Into<Vec<u8>>, v: impl Into<Vec<u8>>) {
+        self.stamped.push((k.into(), v.into()));
+    }
+
     pub fn remove(&mut self, k: impl Into<Vec<u8>>) {
         self.removes.push(k.into());
     }
 
     pub fn is_empty(&self) -> bool {
-        self.puts.is_empty() && self.removes.is_empty() && self.audit.is_empty()
+        self.puts.is_empty()
+            && self.stamped.is_empty()
+            && self.removes.is_empty()
+            && self.audit.is_empty()
     }
 
     fn validate(&self) -> Result<(), StorageError> {
+        if !self.stamped.is_empty() && self.audit.is_empty() {
+            return Err(StorageError::Invalid {
+                reason: "a stamped put needs an audit record in its batch".to_owned(),
+            });
+        }
         for draft in &self.audit {
             // Builds the index prefix only to reuse its length check.
             layout::subject_index_prefix(&draft.subject)?;
@@ -201,9 +220,10 @@ impl Batch {
         let values = self
             .puts
             .iter()
-            .map(|(_, v)| v)
-            .chain(self.audit.iter().map(|a| &a.payload));
-        if let Some(big) = values.map(Vec::len).find(|n| *n > VALUE_BYTES_MAX) {
+            .map(|(_, v)| v.len())
+            .chain(self.stamped.iter().map(|(_, v)| v.len() + layout::SEQ_LEN))
+            .chain(self.audit.iter().map(|a| a.payload.len()));
+        if let Some(big) = values.into_iter().find(|n| *n > VALUE_BYTES_MAX) {
             return Err(StorageError::Invalid {
                 reason: format!(
                     "a value of {big} bytes is above the {VALUE_BYTES_MAX} bytes a record may have"
@@ -217,10 +237,14 @@ impl Batch {
 /// An audit record before the journal gives it a seq and a hash.
 #[derive(Debug, Clone)]
 pub struct AuditDraft {
-    /// What the record is about (e.g. an order id); indexed for [`Journal::audit_for_subject`].
-    /// At most `layout::AUDIT_SUBJECT_LEN_MAX` bytes.
+    /// What the record is about (e.g. an order id). At most `layout::AUDIT_SUBJECT_LEN_MAX`
+    /// bytes.
     pub subject: Vec<u8>,
     pub payload: Vec<u8>,
+    /// Whether [`Journal::audit_for_subject`] finds the record: one more key per record, and
+    /// each key costs a sled insert. Records written often (order changes) are not indexed;
+    /// the order's record names them with [`Batch::put_stamped`] instead.
+    pub indexed: bool,
 }
 
 /// The seqs a committed batch received (an empty range when it had no audit records).
@@ -440,7 +464,16 @@ impl Journal {
             .collect()
     }
 
-    /// Up to `limit` audit records about `subject`, in seq order.
+    /// The audit record `seq`, if there is one (applied, not necessarily durable yet).
+    pub fn audit_record(&self, seq: u64) -> Result<Option<AuditRecord>, StorageError> {
+        match self.inner.db.get(layout::audit_key(seq))? {
+            Some(value) => Ok(Some(audit_chain::decode_record(seq, &value)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` indexed audit records about `subject` ([`AuditDraft::indexed`]), in seq
+    /// order.
     pub fn audit_for_subject(
         &self,
         subject: &[u8],
@@ -757,25 +790,33 @@ fn build_group(
     let mut committed = Vec::with_capacity(group.len());
     for request in group.iter_mut() {
         let batch = std::mem::take(&mut request.batch);
+        let audit_first = chain.head.seq.checked_add(1).ok_or_else(exhausted)?;
         for (key, value) in batch.puts {
+            out.insert(layout::data_key(&key), value);
+        }
+        for (key, mut value) in batch.stamped {
+            debug_assert!(!batch.audit.is_empty(), "validated on submit");
+            value.extend_from_slice(&audit_first.to_be_bytes());
             out.insert(layout::data_key(&key), value);
         }
         for key in batch.removes {
             out.remove(layout::data_key(&key));
         }
-        let audit_first = chain.head.seq.checked_add(1).ok_or_else(exhausted)?;
         for draft in batch.audit {
             if chain.head.seq == u64::MAX {
                 return Err(exhausted());
             }
+            let draft_indexed = draft.indexed;
             let record = audit_chain::next_record(&chain.head, draft.subject, draft.payload);
             // Check each link on the way in (STYLE 7); verify_audit checks it again on the way out.
             debug_assert_eq!(record.prev_hash, chain.head.hash);
             debug_assert_eq!(audit_chain::audit_chain_links(&chain.head, &record), Ok(()));
-            out.insert(
-                layout::subject_index_key(&record.subject, record.seq)?,
-                &[] as &[u8],
-            );
+            if draft_indexed {
+                out.insert(
+                    layout::subject_index_key(&record.subject, record.seq)?,
+                    &[] as &[u8],
+                );
+            }
             out.insert(
                 &layout::audit_key(record.seq)[..],
                 audit_chain::encode_record(&record),

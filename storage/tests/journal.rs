@@ -20,6 +20,7 @@ fn audited(subject: &str, payload: &str) -> Batch {
     batch.audit.push(AuditDraft {
         subject: subject.as_bytes().to_vec(),
         payload: payload.as_bytes().to_vec(),
+        indexed: true,
     });
     batch
 }
@@ -96,6 +97,7 @@ async fn batch_is_atomic() {
     batch.audit.push(AuditDraft {
         subject: b"order-1".to_vec(),
         payload: b"priced".to_vec(),
+        indexed: true,
     });
     let committed = journal.submit(batch).await.expect("second");
     assert_eq!(committed.audit_seqs, 1..3);
@@ -214,6 +216,56 @@ async fn audit_for_subject_filters_and_limits() {
         .audit_for_subject(&huge, 10)
         .expect("query")
         .is_empty());
+}
+
+// A stamped put ends with the seq of its batch's first audit record, so a record can name the
+// audit record of its change without an index key; an unindexed record is not found by subject
+// but by seq; a stamped put without an audit record is refused before anything is written.
+#[tokio::test]
+async fn stamped_puts_name_their_unindexed_audit_record() {
+    let journal = Journal::temporary(&config()).expect("open");
+    journal
+        .submit(audited("other", "first"))
+        .await
+        .expect("commit");
+    let mut batch = audited("o-1", "placed");
+    batch.audit[0].indexed = false;
+    batch.audit.push(AuditDraft {
+        indexed: false,
+        ..audited("o-1", "second").audit.remove(0)
+    });
+    batch.put_stamped("ord/o-1", "record");
+    let committed = journal.submit(batch).await.expect("commit");
+    assert_eq!(committed.audit_seqs, 2..4);
+    let stored = journal.get(b"ord/o-1").expect("get").expect("stored");
+    let (value, seq) = layout::split_stamp(&stored).expect("stamped");
+    assert_eq!((value, seq), (&b"record"[..], 2));
+    let record = journal.audit_record(seq).expect("read").expect("present");
+    assert_eq!(
+        (record.subject.as_slice(), record.payload.as_slice()),
+        (&b"o-1"[..], &b"placed"[..])
+    );
+    assert!(journal
+        .audit_for_subject(b"o-1", 10)
+        .expect("query")
+        .is_empty());
+    assert_eq!(
+        journal
+            .audit_for_subject(b"other", 10)
+            .expect("query")
+            .len(),
+        1
+    );
+    assert!(journal.audit_record(4).expect("read").is_none());
+    assert_eq!(layout::split_stamp(b"short"), None);
+    let mut unaudited = Batch::default();
+    unaudited.put_stamped("ord/o-2", "record");
+    assert!(matches!(
+        journal.submit(unaudited).await,
+        Err(StorageError::Invalid { .. })
+    ));
+    assert_eq!(journal.get(b"ord/o-2").expect("get"), None);
+    journal.verify_audit().expect("the chain is intact");
 }
 
 // An intact chain verifies and survives a restart; the empty chain has head (0, zero hash).
@@ -395,6 +447,7 @@ async fn audit_after_pages_in_seq_order() {
             batch.audit.push(AuditDraft {
                 subject: b"s".to_vec(),
                 payload: p.as_bytes().to_vec(),
+                indexed: true,
             });
         }
         journal.submit(batch).await.expect("commit");

@@ -10,7 +10,7 @@ use orderd_actors::account::AccountMsg;
 use orderd_actors::audit::AuditEntry;
 use orderd_actors::ordering::Placed;
 use orderd_actors::Engine;
-use orderd_domain::ids::{IdempotencyKey, OrderId, Sku, WarehouseId};
+use orderd_domain::ids::{AccountId, IdempotencyKey, OrderId, Sku, WarehouseId};
 use orderd_domain::invariants::{credit_within_limit, states_follow_machine};
 use orderd_domain::order::{Channel, Order, OrderState};
 use std::collections::BTreeMap;
@@ -412,9 +412,9 @@ impl Harness {
     /// current state.
     fn check_histories(&self, engine: &Engine) -> Result<(), String> {
         for m in &self.model.orders {
+            let account = AccountId::parse(ACCOUNTS[m.acct].id).map_err(|e| e.to_string())?;
             let records = engine
-                .journal
-                .audit_for_subject(m.id.as_str().as_bytes(), 10_000)
+                .history(&account, &m.id, 10_000)
                 .map_err(|e| e.to_string())?;
             let no_events = vec![];
             let events = self.events.get(m.id.as_str()).unwrap_or(&no_events);
@@ -430,26 +430,25 @@ impl Harness {
             }
             let mut history = vec![OrderState::Draft];
             let mut last: Option<String> = None;
-            for (r, ev) in records.iter().zip(events) {
-                let entry = parse_entry(&r.payload)?;
+            for ((seq, entry), ev) in records.into_iter().zip(events) {
                 if entry.from != last {
                     return Err(format!(
-                        "order {}: audit record {} starts from {:?}, the last ended in {last:?}",
-                        m.id, r.seq, entry.from
+                        "order {}: audit record {seq} starts from {:?}, the last ended in {last:?}",
+                        m.id, entry.from
                     ));
                 }
                 if entry.to.as_deref() != Some(ev.state.as_str()) {
                     return Err(format!(
-                        "order {}: audit record {} ends in {:?}, its event in {}",
-                        m.id, r.seq, entry.to, ev.state
+                        "order {}: audit record {seq} ends in {:?}, its event in {}",
+                        m.id, entry.to, ev.state
                     ));
                 }
                 let from = *history.last().expect("never empty");
                 history.extend(walk(from, &ev.transitions)?.into_iter().skip(1));
                 if history.last().map(|s| s.as_str()) != entry.to.as_deref() {
                     return Err(format!(
-                        "order {}: record {} says {:?}, its transitions {:?} lead elsewhere",
-                        m.id, r.seq, entry.to, ev.transitions
+                        "order {}: record {seq} says {:?}, its transitions {:?} lead elsewhere",
+                        m.id, entry.to, ev.transitions
                     ));
                 }
                 last = entry.to;

@@ -416,10 +416,12 @@ async fn history(
     let caller = auth.require(ACCOUNT_ROLES)?;
     let id = order_id(&id)?;
     // Tenancy: the order must be this account's (and, for a buyer, their own).
-    fetch(&s, caller, auth.account()?, &id).await?;
+    let account = auth.account()?;
+    fetch(&s, caller, account, &id).await?;
     let engine = s.engine.clone();
     let limit = s.limits.page_max * 10;
-    let entries = tokio::task::spawn_blocking(move || engine.history(&id, limit))
+    let account = account.clone();
+    let entries = tokio::task::spawn_blocking(move || engine.history(&account, &id, limit))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
     Ok(axum::Json(
