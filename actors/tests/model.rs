@@ -218,16 +218,7 @@ fn audit_records_walk_the_state_machine() {
         let place = |acct, sku, qty, ship_to| place_one(&engine, acct, sku, qty, ship_to);
         let pending = place(0, "A", 5, "S1").await;
         assert_eq!(pending.state, OrderState::PendingApproval);
-        let id = pending.id.clone();
-        let approved = ask(&engine, 0, |reply| AccountMsg::Approve {
-            caller: world::approver(0),
-            order: id,
-            reject_lines: vec![],
-            reply,
-        })
-        .await
-        .expect("actor")
-        .expect("approved");
+        let approved = approve_one(&engine, 0, &pending.id).await;
         let direct = place(1, "B", 1, "T1").await;
         assert_eq!(direct.state, OrderState::Allocated);
         for order in [&approved, &direct] {
@@ -340,6 +331,24 @@ async fn place_one(
     .order
 }
 
+/// Approves order `id` of account `acct`, whole, as its approver.
+async fn approve_one(
+    engine: &Engine,
+    acct: usize,
+    id: &orderd_domain::ids::OrderId,
+) -> orderd_domain::order::Order {
+    let order = id.clone();
+    ask(engine, acct, |reply| AccountMsg::Approve {
+        caller: world::approver(acct),
+        order,
+        reject_lines: vec![],
+        reply,
+    })
+    .await
+    .expect("actor")
+    .expect("approved")
+}
+
 // An order record of the first layout (no audit seqs; its audit records indexed by order id,
 // as earlier versions wrote them) keeps its history after an upgrade: the engine finds it
 // through the index, and the order's next change writes the current layout, which names the
@@ -387,16 +396,7 @@ fn orders_of_the_first_layout_keep_their_history() {
                 .collect()
         };
         assert_eq!(seqs(&engine), [legacy]);
-        let id = pending.id.clone();
-        ask(&engine, 0, |reply| AccountMsg::Approve {
-            caller: world::approver(0),
-            order: id,
-            reject_lines: vec![],
-            reply,
-        })
-        .await
-        .expect("actor")
-        .expect("approved");
+        approve_one(&engine, 0, &pending.id).await;
         let now = seqs(&engine);
         assert_eq!(now.len(), 2, "{now:?}");
         assert_eq!(now[0], legacy);
