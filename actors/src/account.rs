@@ -519,20 +519,12 @@ fn load(journal: &Journal, id: &AccountId) -> Result<Loaded, ActorProcessingErr>
     let account: Account = records::load_account(journal, id)?
         .ok_or_else(|| format!("account {id} has no master record"))?;
     let cart: Cart = records::load_one(journal, &records::cart_key(id))?.unwrap_or_default();
-    let mut orders = vec![];
-    for stored in records::load_orders(journal, &records::order_prefix(id))? {
-        let seqs = match stored.audit_seqs {
-            Some(seqs) => seqs,
-            // A record of the first layout: its changes are indexed by order id. Its next
-            // change writes the current layout with these seqs.
-            None => journal
-                .audit_for_subject(stored.order.id.as_str().as_bytes(), usize::MAX)?
-                .iter()
-                .map(|r| r.seq)
-                .collect(),
-        };
-        orders.push((stored.order, seqs));
-    }
+    // A record of the first layout gets its seqs from the index; its next change writes the
+    // current layout with them.
+    let orders = records::load_orders(journal, &records::order_prefix(id))?
+        .into_iter()
+        .map(|stored| stored.with_audit_seqs(journal))
+        .collect::<Result<Vec<_>, _>>()?;
     let orders = OrderBook::new(orders);
     Ok((account, cart, orders))
 }

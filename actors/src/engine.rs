@@ -263,28 +263,17 @@ impl Engine {
         let Some(value) = self.journal.get(key.as_bytes())? else {
             return Ok(vec![]);
         };
-        let records = match records::decode_order(key.as_bytes(), &value)?.audit_seqs {
-            Some(seqs) => seqs
-                .iter()
-                .take(limit)
-                .map(|seq| {
-                    self.journal.audit_record(*seq)?.ok_or_else(|| {
-                        ActorError::Invariant(format!(
-                            "order {order} names missing audit record {seq}"
-                        ))
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-            None => self
-                .journal
-                .audit_for_subject(order.as_str().as_bytes(), limit)?,
-        };
-        records
-            .into_iter()
-            .map(|r| {
+        let (_, seqs) =
+            records::decode_order(key.as_bytes(), &value)?.with_audit_seqs(&self.journal)?;
+        seqs.into_iter()
+            .take(limit)
+            .map(|seq| {
+                let r = self.journal.audit_record(seq)?.ok_or_else(|| {
+                    ActorError::Invariant(format!("order {order} names missing audit record {seq}"))
+                })?;
                 AuditEntry::decode(&r.payload)
-                    .map(|e| (r.seq, e))
-                    .map_err(|e| ActorError::Invariant(format!("audit record {}: {e}", r.seq)))
+                    .map(|e| (seq, e))
+                    .map_err(|e| ActorError::Invariant(format!("audit record {seq}: {e}")))
             })
             .collect()
     }

@@ -5,14 +5,11 @@
 use orderd_domain::ids::{OrderId, ShipToId};
 use orderd_domain::order::{Order, OrderState};
 use orderd_domain::Decimal;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 #[derive(Default)]
 pub struct OrderBook {
-    by_id: BTreeMap<OrderId, Order>,
-    /// Per order, the audit seqs of its changes, oldest first: its next record carries them
-    /// (`records::encode_order`).
-    audit_seqs: HashMap<OrderId, Vec<u64>>,
+    by_id: BTreeMap<OrderId, Booked>,
     /// Sum of `Order::exposure` over every order (zero for those that do not count).
     open_exposure: Decimal,
     /// Per ship-to, how many orders are confirmed, allocated or shipped to it now: the "first
@@ -21,40 +18,50 @@ pub struct OrderBook {
     confirmed_ship_tos: BTreeMap<ShipToId, usize>,
 }
 
+/// An order and the audit seqs of its changes, oldest first: its next record carries them
+/// (`records::encode_order`).
+struct Booked {
+    order: Order,
+    audit_seqs: Vec<u64>,
+}
+
 impl OrderBook {
     /// The book of `orders`, each with the audit seqs of its changes.
     pub fn new(orders: impl IntoIterator<Item = (Order, Vec<u64>)>) -> OrderBook {
         let mut book = OrderBook::default();
         for (o, seqs) in orders {
-            book.audit_seqs.insert(o.id.clone(), seqs);
-            book.put(o);
+            book.put(o, seqs);
         }
         book
     }
 
     /// The audit seqs of the changes of order `id` so far, oldest first.
     pub fn audit_seqs(&self, id: &OrderId) -> &[u64] {
-        self.audit_seqs.get(id).map_or(&[], Vec::as_slice)
+        self.by_id.get(id).map_or(&[], |b| b.audit_seqs.as_slice())
     }
 
     /// Adopts `order` as changed by the audit record `audit_seq`.
     pub fn put_changed(&mut self, order: Order, audit_seq: u64) {
-        let seqs = self.audit_seqs.entry(order.id.clone()).or_default();
+        let mut seqs = self
+            .by_id
+            .get_mut(&order.id)
+            .map(|b| std::mem::take(&mut b.audit_seqs))
+            .unwrap_or_default();
         debug_assert!(
             seqs.last().is_none_or(|s| *s < audit_seq),
             "audit seqs of an order only grow"
         );
         seqs.push(audit_seq);
-        self.put(order);
+        self.put(order, seqs);
     }
 
     pub fn get(&self, id: &OrderId) -> Option<&Order> {
-        self.by_id.get(id)
+        self.by_id.get(id).map(|b| &b.order)
     }
 
     /// Oldest first (ids are time-ordered UUIDv7).
     pub fn values(&self) -> impl DoubleEndedIterator<Item = &Order> {
-        self.by_id.values()
+        self.by_id.values().map(|b| &b.order)
     }
 
     pub fn len(&self) -> usize {
@@ -74,14 +81,13 @@ impl OrderBook {
         self.confirmed_ship_tos.contains_key(ship_to)
     }
 
-    /// Inserts or replaces an order and updates what is derived from it.
-    fn put(&mut self, order: Order) {
-        let old = self
-            .by_id
-            .get(&order.id)
-            .map_or(Decimal::ZERO, contribution);
+    /// Inserts or replaces an order, with the audit seqs of its changes, and updates what is
+    /// derived from it.
+    fn put(&mut self, order: Order, audit_seqs: Vec<u64>) {
+        let old = self.get(&order.id).map_or(Decimal::ZERO, contribution);
         self.open_exposure += contribution(&order) - old;
-        if let Some(prev) = self.by_id.get(&order.id).filter(|o| confirmed(o)) {
+        let prev = self.by_id.get(&order.id).map(|b| &b.order);
+        if let Some(prev) = prev.filter(|o| confirmed(o)) {
             if let Some(n) = self.confirmed_ship_tos.get_mut(&prev.ship_to) {
                 *n -= 1;
                 if *n == 0 {
@@ -95,10 +101,11 @@ impl OrderBook {
                 .entry(order.ship_to.clone())
                 .or_default() += 1;
         }
-        self.by_id.insert(order.id.clone(), order);
+        self.by_id
+            .insert(order.id.clone(), Booked { order, audit_seqs });
         debug_assert_eq!(
             self.open_exposure,
-            self.by_id.values().map(contribution).sum::<Decimal>(),
+            self.values().map(contribution).sum::<Decimal>(),
             "incremental exposure drifted from the recomputed one"
         );
     }

@@ -119,6 +119,25 @@ pub struct StoredOrder {
     pub audit_seqs: Option<Vec<u64>>,
 }
 
+impl StoredOrder {
+    /// The order and the audit seqs of its changes, oldest first: for a record of the first
+    /// layout, read from the journal's subject index, where earlier versions indexed them.
+    pub fn with_audit_seqs(
+        self,
+        journal: &orderd_storage::Journal,
+    ) -> Result<(Order, Vec<u64>), StorageError> {
+        let seqs = match self.audit_seqs {
+            Some(seqs) => seqs,
+            None => journal
+                .audit_for_subject(self.order.id.as_str().as_bytes(), usize::MAX)?
+                .iter()
+                .map(|r| r.seq)
+                .collect(),
+        };
+        Ok((self.order, seqs))
+    }
+}
+
 /// Reads an order record of any layout.
 pub fn decode_order(key: &[u8], bytes: &[u8]) -> Result<StoredOrder, StorageError> {
     let corrupt = |reason: &str| StorageError::Corrupt {

@@ -494,12 +494,9 @@ impl Journal {
                 .then(|| layout::seq_of_key(&key))
                 .flatten()
                 .ok_or_else(|| corrupt("undecodable subject index key"))?;
-            let value = self
-                .inner
-                .db
-                .get(layout::audit_key(seq))?
+            let record = self
+                .audit_record(seq)?
                 .ok_or_else(|| corrupt("index points at a missing audit record"))?;
-            let record = audit_chain::decode_record(seq, &value)?;
             if record.subject != subject {
                 return Err(corrupt("index points at a record about another subject"));
             }
@@ -806,12 +803,11 @@ fn build_group(
             if chain.head.seq == u64::MAX {
                 return Err(exhausted());
             }
-            let draft_indexed = draft.indexed;
             let record = audit_chain::next_record(&chain.head, draft.subject, draft.payload);
             // Check each link on the way in (STYLE 7); verify_audit checks it again on the way out.
             debug_assert_eq!(record.prev_hash, chain.head.hash);
             debug_assert_eq!(audit_chain::audit_chain_links(&chain.head, &record), Ok(()));
-            if draft_indexed {
+            if draft.indexed {
                 out.insert(
                     layout::subject_index_key(&record.subject, record.seq)?,
                     &[] as &[u8],
