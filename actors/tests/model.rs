@@ -201,60 +201,53 @@ fn found_sequences() {
 // Invariant 8 read from the audit log alone: a record covers every move one request made
 // (pending_approval -> confirmed -> allocated), so `from` followed by its `path` must be a walk
 // along the state machine that ends in `to`.
-#[test]
-fn audit_records_walk_the_state_machine() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let journal = Journal::temporary(&JournalConfig::default()).expect("journal");
-        let engine = Engine::start(journal, Limits::default())
-            .await
-            .expect("engine");
-        world::seed(&engine).await.expect("seed");
-        // ACME: 5 A (45.00) is above the buyer's 40.00, so it waits for approval.
-        let place = |acct, sku, qty, ship_to| place_one(&engine, acct, sku, qty, ship_to);
-        let pending = place(0, "A", 5, "S1").await;
-        assert_eq!(pending.state, OrderState::PendingApproval);
-        let approved = approve_one(&engine, 0, &pending.id).await;
-        let direct = place(1, "B", 1, "T1").await;
-        assert_eq!(direct.state, OrderState::Allocated);
-        for order in [&approved, &direct] {
-            let history = engine
-                .history(&order.account, &order.id, 100)
-                .expect("audit");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_records_walk_the_state_machine() {
+    let journal = Journal::temporary(&JournalConfig::default()).expect("journal");
+    let engine = Engine::start(journal, Limits::default())
+        .await
+        .expect("engine");
+    world::seed(&engine).await.expect("seed");
+    // ACME: 5 A (45.00) is above the buyer's 40.00, so it waits for approval.
+    let place = |acct, sku, qty, ship_to| place_one(&engine, acct, sku, qty, ship_to);
+    let pending = place(0, "A", 5, "S1").await;
+    assert_eq!(pending.state, OrderState::PendingApproval);
+    let approved = approve_one(&engine, 0, &pending.id).await;
+    let direct = place(1, "B", 1, "T1").await;
+    assert_eq!(direct.state, OrderState::Allocated);
+    for order in [&approved, &direct] {
+        let history = engine
+            .history(&order.account, &order.id, 100)
+            .expect("audit");
+        assert!(
+            !history.is_empty(),
+            "order {} has no audit records",
+            order.id
+        );
+        for (seq, e) in history {
+            let from = e.from.as_deref().unwrap_or("draft");
+            let walk: Vec<OrderState> = std::iter::once(from)
+                .chain(e.path.iter().map(String::as_str))
+                .map(|s| state_named(s).expect("state"))
+                .collect();
             assert!(
-                !history.is_empty(),
-                "order {} has no audit records",
-                order.id
+                states_follow_machine(&walk).is_ok(),
+                "{} record {}: {walk:?} is not a walk along the state machine",
+                e.action,
+                seq,
             );
-            for (seq, e) in history {
-                let from = e.from.as_deref().unwrap_or("draft");
-                let walk: Vec<OrderState> = std::iter::once(from)
-                    .chain(e.path.iter().map(String::as_str))
-                    .map(|s| state_named(s).expect("state"))
-                    .collect();
-                assert!(
-                    states_follow_machine(&walk).is_ok(),
-                    "{} record {}: {walk:?} is not a walk along the state machine",
-                    e.action,
-                    seq,
-                );
-                assert!(
-                    walk.len() > 2 || e.action != "order.approve",
-                    "approval passes through confirmed: {walk:?}"
-                );
-                assert_eq!(
-                    walk.last().map(|s| s.as_str()),
-                    e.to.as_deref(),
-                    "the path ends in `to`"
-                );
-            }
+            assert!(
+                walk.len() > 2 || e.action != "order.approve",
+                "approval passes through confirmed: {walk:?}"
+            );
+            assert_eq!(
+                walk.last().map(|s| s.as_str()),
+                e.to.as_deref(),
+                "the path ends in `to`"
+            );
         }
-        engine.shutdown().await.expect("shutdown");
-    });
+    }
+    engine.shutdown().await.expect("shutdown");
 }
 
 fn run_case(ops: &[Op]) -> Result<(), String> {
@@ -353,63 +346,56 @@ async fn approve_one(
 // as earlier versions wrote them) keeps its history after an upgrade: the engine finds it
 // through the index, and the order's next change writes the current layout, which names the
 // old records and the new one.
-#[test]
-fn orders_of_the_first_layout_keep_their_history() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let dir = tempfile::tempdir().expect("dir");
-        let engine = start(dir.path()).await.expect("engine");
-        world::seed(&engine).await.expect("seed");
-        let pending = place_one(&engine, 0, "A", 5, "S1").await;
-        assert_eq!(pending.state, OrderState::PendingApproval);
-        let key = orderd_actors::records::order_key(&pending.account, &pending.id);
-        // What an earlier version stored: the plain record and an indexed audit record.
-        let entry = AuditEntry::new(
-            &Caller::system(),
-            Some(&pending.account),
-            "order.place",
-            b"",
-        );
-        let mut old = orderd_storage::Batch::default();
-        old.put(key.clone(), orderd_actors::records::encode(&pending));
-        old.audit.push(entry.draft(pending.id.as_str()));
-        let legacy = engine
-            .journal
-            .submit(old)
-            .await
-            .expect("commit")
-            .audit_seqs
-            .start;
-        engine.shutdown().await.expect("shutdown");
-        drop(engine);
-        let engine = start(dir.path()).await.expect("restart");
-        let seqs = |engine: &Engine| -> Vec<u64> {
-            engine
-                .history(&pending.account, &pending.id, 100)
-                .expect("history")
-                .into_iter()
-                .map(|(seq, _)| seq)
-                .collect()
-        };
-        assert_eq!(seqs(&engine), [legacy]);
-        approve_one(&engine, 0, &pending.id).await;
-        let now = seqs(&engine);
-        assert_eq!(now.len(), 2, "{now:?}");
-        assert_eq!(now[0], legacy);
-        assert!(now[1] > legacy);
-        let stored = engine
-            .journal
-            .get(key.as_bytes())
-            .expect("read")
-            .expect("stored");
-        let stored = orderd_actors::records::decode_order(key.as_bytes(), &stored).expect("decode");
-        assert_eq!(stored.audit_seqs, Some(now));
-        engine.shutdown().await.expect("shutdown");
-    });
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_of_the_first_layout_keep_their_history() {
+    let dir = tempfile::tempdir().expect("dir");
+    let engine = start(dir.path()).await.expect("engine");
+    world::seed(&engine).await.expect("seed");
+    let pending = place_one(&engine, 0, "A", 5, "S1").await;
+    assert_eq!(pending.state, OrderState::PendingApproval);
+    let key = orderd_actors::records::order_key(&pending.account, &pending.id);
+    // What an earlier version stored: the plain record and an indexed audit record.
+    let entry = AuditEntry::new(
+        &Caller::system(),
+        Some(&pending.account),
+        "order.place",
+        b"",
+    );
+    let mut old = orderd_storage::Batch::default();
+    old.put(key.clone(), orderd_actors::records::encode(&pending));
+    old.audit.push(entry.draft(pending.id.as_str()));
+    let legacy = engine
+        .journal
+        .submit(old)
+        .await
+        .expect("commit")
+        .audit_seqs
+        .start;
+    engine.shutdown().await.expect("shutdown");
+    drop(engine);
+    let engine = start(dir.path()).await.expect("restart");
+    let seqs = |engine: &Engine| -> Vec<u64> {
+        engine
+            .history(&pending.account, &pending.id, 100)
+            .expect("history")
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .collect()
+    };
+    assert_eq!(seqs(&engine), [legacy]);
+    approve_one(&engine, 0, &pending.id).await;
+    let now = seqs(&engine);
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert_eq!(now[0], legacy);
+    assert!(now[1] > legacy);
+    let stored = engine
+        .journal
+        .get(key.as_bytes())
+        .expect("read")
+        .expect("stored");
+    let stored = orderd_actors::records::decode_order(key.as_bytes(), &stored).expect("decode");
+    assert_eq!(stored.audit_seqs, Some(now));
+    engine.shutdown().await.expect("shutdown");
 }
 
 /// An engine on the journal in `dir`. Opening waits (in `Journal::open`) while a previous
