@@ -14,23 +14,22 @@
 use crate::audit::{AuditEntry, Caller};
 use crate::records::{self, stock_key};
 use crate::{call, ActorError, Limits};
-use orderd_domain::ids::{AccountId, OrderId, Sku, WarehouseId};
+use orderd_domain::ids::{AccountId, IdMap, OrderId, Sku, WarehouseId};
 use orderd_domain::invariants::stock_is_conserved;
 use orderd_domain::warehouse::{Stock, StockError, StockLevel, Warehouse};
 use orderd_storage::{Batch, Journal, Ticket};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 /// Free units (on hand - reserved - allocated) per SKU of one warehouse, written only by its
 /// actor after each change and read by anyone. SKUs never stocked are absent (0 free).
 #[derive(Debug, Default)]
-pub struct FreeStock(RwLock<HashMap<Sku, u64>>);
+pub struct FreeStock(RwLock<IdMap<Sku, u64>>);
 
 impl FreeStock {
     /// Free units of each SKU (0 for unknown ones).
-    pub fn of<'a>(&self, skus: impl IntoIterator<Item = &'a Sku>) -> HashMap<Sku, u64> {
+    pub fn of<'a>(&self, skus: impl IntoIterator<Item = &'a Sku>) -> IdMap<Sku, u64> {
         let free = self.0.read().unwrap_or_else(PoisonError::into_inner);
         skus.into_iter()
             .map(|s| (s.clone(), free.get(s).copied().unwrap_or(0)))
@@ -50,7 +49,13 @@ impl FreeStock {
     fn publish<'a>(&self, stock: &Stock, skus: impl IntoIterator<Item = &'a Sku>) {
         let mut free = self.0.write().unwrap_or_else(PoisonError::into_inner);
         for sku in skus {
-            free.insert(sku.clone(), stock.level(sku).available());
+            let now = stock.level(sku).available();
+            match free.get_mut(sku) {
+                Some(units) => *units = now,
+                None => {
+                    free.insert(sku.clone(), now);
+                }
+            }
         }
     }
 }
@@ -123,7 +128,7 @@ pub struct WarehouseState {
     warehouse: Warehouse,
     journal: Journal,
     stock: Stock,
-    owners: HashMap<OrderId, AccountId>,
+    owners: IdMap<OrderId, AccountId>,
     free: Arc<FreeStock>,
 }
 
@@ -140,7 +145,7 @@ impl Actor for WarehouseActor {
         args: WarehouseArgs,
     ) -> Result<WarehouseState, ActorProcessingErr> {
         let mut stock = Stock::default();
-        let mut owners = HashMap::new();
+        let mut owners = IdMap::default();
         for (sku, q) in &args.on_hand {
             stock.set_on_hand(sku, *q)?;
         }
@@ -334,7 +339,7 @@ impl WarehouseHandle {
     }
 
     /// Free units per SKU from the shared view (no message; may be a moment behind).
-    pub fn free(&self, skus: &[Sku]) -> HashMap<Sku, u64> {
+    pub fn free(&self, skus: &[Sku]) -> IdMap<Sku, u64> {
         self.free.of(skus)
     }
     pub async fn levels(&self, skus: Vec<Sku>) -> Result<Vec<(Sku, StockLevel)>, ActorError> {

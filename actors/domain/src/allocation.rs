@@ -4,14 +4,14 @@
 
 use crate::catalog::Catalog;
 use crate::geo::GeoPoint;
-use crate::ids::{Sku, WarehouseId};
+use crate::ids::{IdMap, Sku, WarehouseId};
 use crate::order::Allocation;
 use crate::validation::{PricedLine, Problem, ProblemCode, WarehouseQty};
 use crate::warehouse::Warehouse;
 use std::collections::HashMap;
 
 /// Free stock per warehouse and SKU, as the warehouses reported it just before planning.
-pub type Availability = HashMap<WarehouseId, HashMap<Sku, u64>>;
+pub type Availability = HashMap<WarehouseId, IdMap<Sku, u64>>;
 
 pub struct PlanInput<'a> {
     pub catalog: &'a Catalog,
@@ -23,7 +23,7 @@ pub struct PlanInput<'a> {
 
 /// Whole units of an item that `free` stock can make: `per_unit` is the item's stock demand
 /// for one unit (itself, or a kit's components), so a kit counts the fewest any component allows.
-pub fn whole_units(per_unit: &[(Sku, u64)], free: Option<&HashMap<Sku, u64>>) -> u64 {
+pub fn whole_units(per_unit: &[(Sku, u64)], free: Option<&IdMap<Sku, u64>>) -> u64 {
     per_unit
         .iter()
         .map(|(sku, q)| free.and_then(|s| s.get(sku)).copied().unwrap_or(0) / (*q).max(1))

@@ -1,7 +1,7 @@
 //! The master catalog: items, their ordering rules, visibility per segment and kits.
 //! A `Catalog` is an immutable snapshot; imports build a new one and swap it whole.
 
-use crate::ids::{Segment, Sku};
+use crate::ids::{IdMap, Segment, Sku};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -71,7 +71,10 @@ pub struct CatalogError {
 /// An immutable catalog snapshot with a word index for search.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
-    items: BTreeMap<Sku, CatalogItem>,
+    /// Sorted by SKU (search pages through them in that order).
+    items: Vec<CatalogItem>,
+    /// SKU -> position in `items` (an order looks up each of its lines several times).
+    index: IdMap<Sku, usize>,
     /// lower-case word of a description -> SKUs containing it.
     words: BTreeMap<String, BTreeSet<Sku>>,
 }
@@ -115,11 +118,21 @@ impl Catalog {
                 words.entry(w).or_default().insert(item.sku.clone());
             }
         }
-        Ok(Catalog { items: map, words })
+        let items: Vec<CatalogItem> = map.into_values().collect();
+        let index = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| (item.sku.clone(), i))
+            .collect();
+        Ok(Catalog {
+            items,
+            index,
+            words,
+        })
     }
 
     pub fn get(&self, sku: &Sku) -> Option<&CatalogItem> {
-        self.items.get(sku)
+        self.index.get(sku).map(|&i| &self.items[i])
     }
 
     pub fn len(&self) -> usize {
@@ -131,7 +144,13 @@ impl Catalog {
     }
 
     pub fn items(&self) -> impl Iterator<Item = &CatalogItem> {
-        self.items.values()
+        self.items.iter()
+    }
+
+    /// The items after `after` in SKU order (all of them without a cursor).
+    fn items_after(&self, after: Option<&Sku>) -> &[CatalogItem] {
+        let start = after.map_or(0, |a| self.items.partition_point(|it| &it.sku <= a));
+        &self.items[start..]
     }
 
     /// Items visible to `segment` matching `query` (a SKU prefix, or every word found in the
@@ -144,13 +163,11 @@ impl Catalog {
         limit: usize,
     ) -> Vec<&CatalogItem> {
         let q = query.trim();
-        let start = |sku: &Sku| after.is_none_or(|a| sku > a);
         let visible = |it: &&CatalogItem| it.visible_to(segment);
         if q.is_empty() {
             return self
-                .items
-                .values()
-                .filter(|it| start(&it.sku))
+                .items_after(after)
+                .iter()
                 .filter(visible)
                 .take(limit)
                 .collect();
@@ -170,9 +187,8 @@ impl Catalog {
                 Some(prev) => &prev & &hits,
             })
         });
-        self.items
-            .values()
-            .filter(|it| start(&it.sku))
+        self.items_after(after)
+            .iter()
             .filter(|it| {
                 it.sku.as_str().to_ascii_uppercase().starts_with(&q_upper)
                     || word_hits.as_ref().is_some_and(|h| h.contains(&it.sku))
@@ -250,6 +266,19 @@ pub(crate) mod tests {
         assert_eq!(skus(cat.search(&retail, "", None, 1)), ["A-1"]);
         let a1 = Sku::parse("A-1").unwrap();
         assert_eq!(skus(cat.search(&retail, "", Some(&a1), 10)), ["C-3"]);
+        // A cursor need not be a SKU of the catalog (one may have been removed meanwhile).
+        let between = Sku::parse("B-1").unwrap();
+        assert_eq!(
+            skus(cat.search(&wholesale, "steel", Some(&between), 10)),
+            ["B-2"]
+        );
+        let last = Sku::parse("C-3").unwrap();
+        assert!(cat.search(&retail, "", Some(&last), 10).is_empty());
+        assert_eq!(
+            cat.get(&a1).map(|i| i.description.as_str()),
+            Some("Steel bolt M8")
+        );
+        assert!(cat.get(&between).is_none());
         assert!(cat.search(&retail, "nothing", None, 10).is_empty());
     }
 

@@ -3,6 +3,13 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+/// A hash map keyed by ids, hashed with foldhash instead of std's SipHash. An order looks up
+/// each of its SKUs several times (catalog, prices, stock), and SipHash was most of each
+/// lookup. foldhash is seeded per process. It does not promise resistance to crafted collisions,
+/// so these maps are keyed by what operators import (SKUs) or by what one authenticated account
+/// sends into its own bounded map (idempotency keys), never by anonymous input.
+pub type IdMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Longest identifier we accept anywhere (SKU, account, user, warehouse, ship-to, key).
 pub const ID_LEN_MAX: usize = 64;
 

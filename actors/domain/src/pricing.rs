@@ -3,10 +3,9 @@
 //! within it, the tier with the largest minimum quantity not above the line's quantity.
 
 use crate::date::Date;
-use crate::ids::{AccountId, Segment, Sku};
+use crate::ids::{AccountId, IdMap, Segment, Sku};
 use crate::money::{Currency, Money};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 
 /// Most tiers one price entry may have.
 pub const TIERS_MAX: usize = 20;
@@ -91,13 +90,13 @@ pub struct PriceError {
 /// Every price entry, indexed by SKU. An immutable snapshot, swapped whole on import.
 #[derive(Debug, Clone, Default)]
 pub struct PriceBook {
-    by_sku: HashMap<Sku, Vec<PriceEntry>>,
+    by_sku: IdMap<Sku, Vec<PriceEntry>>,
 }
 
 impl PriceBook {
     pub fn new(entries: Vec<PriceEntry>) -> Result<PriceBook, Vec<PriceError>> {
         let mut errors = Vec::new();
-        let mut by_sku: HashMap<Sku, Vec<PriceEntry>> = HashMap::new();
+        let mut by_sku: IdMap<Sku, Vec<PriceEntry>> = IdMap::default();
         for mut e in entries {
             e.tiers.sort_by_key(|t| t.min_qty);
             if let Err(reason) = check_entry(&e) {

@@ -3,9 +3,9 @@
 //! release or allocation can only ever touch the order's own stock.
 
 use crate::geo::GeoPoint;
-use crate::ids::{OrderId, Sku, WarehouseId};
+use crate::ids::{IdMap, OrderId, Sku, WarehouseId};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 /// Most speed bands one warehouse may declare.
 pub const SPEED_BANDS_MAX: usize = 16;
@@ -87,8 +87,8 @@ pub enum StockError {
 /// Stock of one warehouse.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stock {
-    levels: BTreeMap<Sku, StockLevel>,
-    holdings: HashMap<OrderId, Holding>,
+    levels: IdMap<Sku, StockLevel>,
+    holdings: IdMap<OrderId, Holding>,
 }
 
 impl Stock {
@@ -96,6 +96,16 @@ impl Stock {
         self.levels.get(sku).copied().unwrap_or_default()
     }
 
+    /// The level of `sku`, created empty if it was never stocked (without copying the SKU when
+    /// it exists, the common case).
+    fn level_mut(&mut self, sku: &Sku) -> &mut StockLevel {
+        if !self.levels.contains_key(sku) {
+            self.levels.insert(sku.clone(), StockLevel::default());
+        }
+        self.levels.get_mut(sku).expect("inserted above")
+    }
+
+    /// Every SKU ever stocked here with its level, in no particular order.
     pub fn levels(&self) -> impl Iterator<Item = (&Sku, &StockLevel)> {
         self.levels.iter()
     }
@@ -110,7 +120,7 @@ impl Stock {
 
     /// Sets on-hand (import, stock count). Refused when it would drop below what is committed.
     pub fn set_on_hand(&mut self, sku: &Sku, on_hand: u64) -> Result<(), StockError> {
-        let level = self.levels.entry(sku.clone()).or_default();
+        let level = self.level_mut(sku);
         let committed = level.reserved + level.allocated;
         if on_hand < committed {
             return Err(StockError::BelowCommitted {
@@ -125,23 +135,32 @@ impl Stock {
 
     /// Reserves all of `demand` for `order`, or nothing (the first shortage is returned).
     pub fn reserve(&mut self, order: &OrderId, demand: &[(Sku, u64)]) -> Result<(), StockError> {
-        let mut wanted: BTreeMap<&Sku, u64> = BTreeMap::new();
-        for (sku, q) in demand {
-            *wanted.entry(sku).or_default() += q;
-        }
-        for (sku, q) in &wanted {
+        // One sum per SKU (two lines may hold the same SKU, e.g. a kit's component), in SKU
+        // order so that the shortage reported does not depend on the order of the lines.
+        let mut wanted: Vec<(&Sku, u64)> = demand.iter().map(|(s, q)| (s, *q)).collect();
+        wanted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        wanted.dedup_by(|next, kept| {
+            let same = next.0 == kept.0;
+            if same {
+                kept.1 += next.1;
+            }
+            same
+        });
+        for &(sku, q) in &wanted {
             let available = self.level(sku).available();
-            if *q > available {
+            if q > available {
                 return Err(StockError::Shortage {
-                    sku: (*sku).clone(),
-                    wanted: *q,
+                    sku: sku.clone(),
+                    wanted: q,
                     available,
                 });
             }
         }
+        for &(sku, q) in &wanted {
+            self.level_mut(sku).reserved += q;
+        }
         let holding = self.holdings.entry(order.clone()).or_default();
         for (sku, q) in wanted {
-            self.levels.entry(sku.clone()).or_default().reserved += q;
             *holding.reserved.entry(sku.clone()).or_default() += q;
         }
         Ok(())
@@ -209,7 +228,7 @@ impl Stock {
         };
         let mut touched = Vec::with_capacity(allocated.len());
         for (sku, q) in allocated {
-            let level = self.levels.entry(sku.clone()).or_default();
+            let level = self.level_mut(&sku);
             level.allocated -= q;
             level.on_hand -= q;
             touched.push((sku, level.on_hand));
@@ -258,6 +277,16 @@ mod tests {
             0,
             "nothing reserved after a shortage"
         );
+        // Two lines of one SKU count together.
+        assert_eq!(
+            st.reserve(&oid("o1"), &[(sku("A"), 6), (sku("B"), 1), (sku("A"), 6)]),
+            Err(StockError::Shortage {
+                sku: sku("A"),
+                wanted: 12,
+                available: 10
+            })
+        );
+        assert_eq!(st.level(&sku("B")).reserved, 0);
         st.reserve(&oid("o1"), &[(sku("A"), 5)]).unwrap();
         st.reserve(&oid("o2"), &[(sku("A"), 5)]).unwrap();
         assert!(st.reserve(&oid("o3"), &[(sku("A"), 1)]).is_err());
