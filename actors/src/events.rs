@@ -183,6 +183,15 @@ impl OutboxReaders {
             .or_default() = seq;
     }
 
+    /// Where `reader` instance `instance` has read up to, if it runs.
+    pub fn position(&self, reader: &'static str, instance: &str) -> Option<u64> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(reader, instance.to_owned()))
+            .copied()
+    }
+
     /// The instance stopped reading (a deleted or disabled webhook endpoint).
     pub fn remove(&self, reader: &'static str, instance: &str) {
         self.0

@@ -20,6 +20,8 @@ pub const ENV_PREFIX: &str = "ORDERD_";
 /// `ORDERD_*` variables that are not settings: `ORDERD_LOG` is the log filter, and the chaos
 /// harness's seed is read by the harness.
 pub const NOT_SETTINGS: &[&str] = &["ORDERD_LOG", "ORDERD_CHAOS_SEED"];
+/// Shortest `outbox_stall_ms`: a busy relay's round of records must never look like a stall.
+pub const OUTBOX_STALL_MIN_MS: u64 = 1_000;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -46,6 +48,9 @@ pub struct Config {
     pub shutdown_grace_ms: u64,
     /// Longest wait of the outbox relay when idle (new durable records wake it at once).
     pub outbox_poll_ms: u64,
+    /// How long the outbox relay may stay behind the durable audit head without moving before
+    /// orderd counts it as stalled and stops (non-zero exit: its supervisor restarts it).
+    pub outbox_stall_ms: u64,
     pub limits: Limits,
     pub api: ApiLimits,
     pub storage: StorageSettings,
@@ -110,6 +115,7 @@ impl Default for Config {
             log_format: "text".into(),
             shutdown_grace_ms: 10_000,
             outbox_poll_ms: 50,
+            outbox_stall_ms: 30_000,
             limits: Limits::default(),
             api: ApiLimits::default(),
             storage: StorageSettings::default(),
@@ -197,6 +203,11 @@ impl Config {
         }
         if self.outbox_poll_ms == 0 {
             errs.push("outbox_poll_ms must be above 0".into());
+        }
+        if self.outbox_stall_ms < OUTBOX_STALL_MIN_MS {
+            errs.push(format!(
+                "outbox_stall_ms must be at least {OUTBOX_STALL_MIN_MS}"
+            ));
         }
         if errs.is_empty() {
             Ok(())

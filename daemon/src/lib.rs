@@ -113,6 +113,16 @@ pub async fn run(
             stop_rx.clone(),
         ),
     );
+    // Returns (stopping the daemon like a dead relay) if the relay stalls.
+    critical.spawn(
+        "outbox relay (stalled)",
+        outbox::watch(
+            journal.clone(),
+            engine.outbox.clone(),
+            Duration::from_millis(config.outbox_stall_ms),
+            stop_rx.clone(),
+        ),
+    );
     if config.webhooks.allow_private {
         tracing::warn!("webhooks.allow_private is on: webhooks may target loopback, link-local and private addresses");
     }

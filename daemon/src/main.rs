@@ -177,12 +177,17 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
             }
             config.demo_data &= !no_demo;
             init_logging(log_json || config.log_format == "json");
-            rt.block_on(async {
+            let grace = std::time::Duration::from_millis(config.shutdown_grace_ms);
+            let served = rt.block_on(async {
                 let listener = tokio::net::TcpListener::bind(config.listen)
                     .await
                     .with_context(|| format!("binding {}", config.listen))?;
                 orderd::run(config, listener, shutdown_signal()).await
-            })?;
+            });
+            // The journal is closed by now. A blocking read that hangs (a stalled relay) must
+            // not keep the process from exiting, as dropping the runtime would.
+            rt.shutdown_timeout(grace);
+            served?;
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Import { kind, file, common } => {

@@ -11,10 +11,14 @@
 //!
 //! The in-process bus has no subscriber that outlives the process, so the cursor starts at the
 //! head of the log and is not stored. (The NATS JetStream publisher keeps a durable cursor.)
+//!
+//! The relay never waits for anything outside the process, so it never has a reason to stay
+//! behind the durable head for long. [`watch`] checks that from outside: a relay that stalls
+//! (a sled read that hangs, an error on every retry) stops the daemon like a relay that died.
 
 use orderd_actors::events::{self, EventBus, OutboxReaders, Published};
 use orderd_storage::Journal;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// Audit records read per round.
@@ -121,6 +125,65 @@ pub async fn relay(
     }
 }
 
+/// How often [`watch`] looks at the relay's cursor.
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// One reader's progress as seen from outside.
+#[derive(Debug)]
+struct Progress {
+    at: u64,
+    since: Instant,
+}
+
+impl Progress {
+    /// Notes that the reader is `at` while the head is `head`. True once it has been behind
+    /// without moving for `limit`; a reader that moves or is caught up starts the clock again.
+    fn stalled(&mut self, now: Instant, at: u64, head: u64, limit: Duration) -> bool {
+        if at != self.at || at >= head {
+            self.at = at;
+            self.since = now;
+            return false;
+        }
+        now.duration_since(self.since) >= limit
+    }
+}
+
+/// Runs until `stop` changes, or returns early (which stops the daemon, see `critical`) once
+/// the relay (reader `bus` in `readers`) has stayed behind the durable audit head without moving
+/// for `limit`.
+pub async fn watch(
+    journal: Journal,
+    readers: OutboxReaders,
+    limit: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut progress: Option<Progress> = None;
+    let mut every = tokio::time::interval(WATCH_INTERVAL.min(limit));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.changed() => return,
+        }
+        // The relay registers its cursor once it runs.
+        let Some(at) = readers.position("bus", "") else {
+            continue;
+        };
+        let head = journal.audit_head().seq;
+        let now = Instant::now();
+        let p = progress.get_or_insert(Progress { at, since: now });
+        if p.stalled(now, at, head, limit) {
+            tracing::error!(
+                relay_at = at,
+                durable_head = head,
+                stalled_s = limit.as_secs_f64(),
+                "the outbox relay has not moved while behind the audit log; stopping orderd"
+            );
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,5 +244,66 @@ mod tests {
         drop(rx);
         journal.submit(entry(Some(("o-3", 1)))).await.unwrap();
         assert_eq!(relay_round(&journal, &bus, 4).unwrap(), 5);
+    }
+
+    // Only a reader that stays behind without moving for the whole limit is stalled.
+    #[test]
+    fn a_reader_stalls_only_behind_and_unmoved() {
+        let limit = Duration::from_secs(10);
+        let t0 = Instant::now();
+        let s = |secs| t0 + Duration::from_secs(secs);
+        let mut p = Progress { at: 5, since: t0 };
+        assert!(!p.stalled(s(9), 5, 8, limit), "behind, but not for long");
+        assert!(
+            p.stalled(s(10), 5, 8, limit),
+            "behind and unmoved for the limit"
+        );
+        assert!(
+            !p.stalled(s(11), 6, 8, limit),
+            "it moved: the clock starts again"
+        );
+        assert!(!p.stalled(s(20), 6, 8, limit));
+        assert!(p.stalled(s(21), 6, 8, limit));
+        assert!(!p.stalled(s(40), 8, 8, limit), "caught up");
+        assert!(
+            !p.stalled(s(60), 8, 8, limit),
+            "caught up and idle is not stalled"
+        );
+        assert!(
+            !p.stalled(s(69), 8, 9, limit),
+            "behind since the last look, at 60 s"
+        );
+        assert!(p.stalled(s(70), 8, 9, limit));
+    }
+
+    // The watch ends (stopping the daemon) when the relay stays behind, runs on while it is
+    // caught up, and ends when asked to stop.
+    #[tokio::test]
+    async fn the_watch_ends_when_the_relay_stays_behind() {
+        let journal = Journal::temporary(&JournalConfig::default()).unwrap();
+        journal.submit(entry(Some(("o-1", 1)))).await.unwrap();
+        let head = journal.audit_head().seq;
+        let readers = OutboxReaders::default();
+        let limit = Duration::from_millis(300);
+        let (stop_tx, stop) = watch::channel(false);
+
+        readers.set("bus", "", head);
+        let caught_up = tokio::spawn(watch(journal.clone(), readers.clone(), limit, stop.clone()));
+        tokio::time::sleep(limit * 4).await;
+        assert!(
+            !caught_up.is_finished(),
+            "a relay at the head is not stalled"
+        );
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), caught_up)
+            .await
+            .expect("the watch stops when asked")
+            .unwrap();
+
+        let (_stop_tx, stop) = watch::channel(false);
+        readers.set("bus", "", head - 1);
+        tokio::time::timeout(Duration::from_secs(5), watch(journal, readers, limit, stop))
+            .await
+            .expect("a relay behind the head that does not move is reported");
     }
 }
