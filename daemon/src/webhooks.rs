@@ -424,9 +424,11 @@ async fn endpoint_round(
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
+            // Rendered only when the endpoint wants them; the cursor passes the rest below.
             let events: Vec<Arc<Published>> = read
                 .events
                 .iter()
+                .filter(|(_, ev)| d.ep.wants(&events::event_type(ev.state)))
                 .map(|(seq, ev)| Arc::new(Published::of(*seq, ev)))
                 .collect();
             if !deliver_all(hooks, client, d, &events, stop).await? {
