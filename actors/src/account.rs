@@ -14,7 +14,7 @@ use crate::users::{self, PutMode};
 use crate::Limits;
 use orderd_domain::account::{Account, User};
 use orderd_domain::cart::Cart;
-use orderd_domain::ids::{AccountId, IdMap, IdempotencyKey, OrderId, Sku, UserId, WarehouseId};
+use orderd_domain::ids::{AccountId, IdempotencyKey, OrderId, Sku, UserId, WarehouseId};
 use orderd_domain::money::Money;
 use orderd_domain::order::{Channel, Order, OrderState, PlacedWith, RequestDigest};
 use orderd_domain::rejection::Rejection;
@@ -23,7 +23,7 @@ use orderd_domain::Decimal;
 use orderd_storage::Journal;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
@@ -184,7 +184,8 @@ pub struct AccountArgs {
 /// ([`Order::idempotency`]), and the map is rebuilt from the orders.
 #[derive(Default)]
 pub struct IdempotencyMap {
-    by_key: IdMap<IdempotencyKey, (RequestDigest, OrderId)>,
+    // std SipHash: the client chooses the keys.
+    by_key: HashMap<IdempotencyKey, (RequestDigest, OrderId)>,
     oldest_first: VecDeque<IdempotencyKey>,
 }
 

@@ -20,8 +20,9 @@ pub const ENV_PREFIX: &str = "ORDERD_";
 /// `ORDERD_*` variables that are not settings: `ORDERD_LOG` is the log filter, and the chaos
 /// harness's seed is read by the harness.
 pub const NOT_SETTINGS: &[&str] = &["ORDERD_LOG", "ORDERD_CHAOS_SEED"];
-/// Shortest `outbox_stall_ms`: a busy relay's round of records must never look like a stall.
-pub const OUTBOX_STALL_MIN_MS: u64 = 1_000;
+/// Shortest `outbox_stall_ms`: a false stall restarts the daemon, so a slow round of a busy
+/// relay must never look like one.
+pub const OUTBOX_STALL_MIN_MS: u64 = 5_000;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -204,9 +205,9 @@ impl Config {
         if self.outbox_poll_ms == 0 {
             errs.push("outbox_poll_ms must be above 0".into());
         }
-        if self.outbox_stall_ms < OUTBOX_STALL_MIN_MS {
+        if self.outbox_stall_ms < OUTBOX_STALL_MIN_MS.max(2 * self.outbox_poll_ms) {
             errs.push(format!(
-                "outbox_stall_ms must be at least {OUTBOX_STALL_MIN_MS}"
+                "outbox_stall_ms must be at least {OUTBOX_STALL_MIN_MS} and twice outbox_poll_ms"
             ));
         }
         if errs.is_empty() {
@@ -290,6 +291,16 @@ mod tests {
         assert_eq!(errs.len(), 3, "{errs:?}");
         assert!(Config::load("nonsense = 1", &env(&[])).is_err());
         assert!(Config::load("", &env(&[("ORDERD_LISTEN", "not an address")])).is_err());
+    }
+
+    // The relay's stall limit leaves room for an idle relay's wait and a busy round.
+    #[test]
+    fn outbox_stall_limit() {
+        let load = |file: &str| Config::load(file, &env(&[]));
+        assert!(load("outbox_stall_ms = 5000\n").is_ok());
+        assert!(load("outbox_stall_ms = 4999\n").is_err());
+        assert!(load("outbox_poll_ms = 3000\noutbox_stall_ms = 5000\n").is_err());
+        assert!(load("outbox_poll_ms = 3000\noutbox_stall_ms = 6000\n").is_ok());
     }
 
     // Identity providers from the file and the environment; the development sign-in is off

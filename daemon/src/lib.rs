@@ -115,8 +115,8 @@ pub async fn run(
     );
     // Returns (stopping the daemon like a dead relay) if the relay stalls.
     critical.spawn(
-        "outbox relay (stalled)",
-        outbox::watch(
+        "outbox relay's stall watch",
+        outbox::watch_relay(
             journal.clone(),
             engine.outbox.clone(),
             Duration::from_millis(config.outbox_stall_ms),

@@ -184,8 +184,8 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
                     .with_context(|| format!("binding {}", config.listen))?;
                 orderd::run(config, listener, shutdown_signal()).await
             });
-            // The journal is closed by now. A blocking read that hangs (a stalled relay) must
-            // not keep the process from exiting, as dropping the runtime would.
+            // A blocking read that hangs (a stalled relay) must not keep the process from
+            // exiting, as dropping the runtime would. On success the journal is closed by now.
             rt.shutdown_timeout(grace);
             served?;
             Ok(std::process::ExitCode::SUCCESS)

@@ -13,7 +13,7 @@
 //! head of the log and is not stored. (The NATS JetStream publisher keeps a durable cursor.)
 //!
 //! The relay never waits for anything outside the process, so it never has a reason to stay
-//! behind the durable head for long. [`watch`] checks that from outside: a relay that stalls
+//! behind the durable head for long. [`watch_relay`] checks that from outside: a relay that stalls
 //! (a sled read that hangs, an error on every retry) stops the daemon like a relay that died.
 
 use orderd_actors::events::{self, EventBus, OutboxReaders, Published};
@@ -23,6 +23,8 @@ use tokio::sync::watch;
 
 /// Audit records read per round.
 pub const RELAY_BATCH_MAX: usize = 1_000;
+/// The relay's name among the outbox readers (`events::OUTBOX_READERS`).
+const READER: &str = "bus";
 
 /// Where the relay starts: the audit head now, which the bus takes as handed on. Called before
 /// the first subscription, so that a subscriber's own catch-up from the log (up to the head it
@@ -86,7 +88,7 @@ pub async fn relay(
 ) {
     let mut changes = journal.durable_changes();
     loop {
-        readers.set("bus", "", after);
+        readers.set(READER, "", after);
         // What is durable now, marked as seen before reading: a flush after this point ends
         // the wait below.
         let durable = *changes.borrow_and_update();
@@ -99,7 +101,11 @@ pub async fn relay(
             after = head;
         } else if after < durable {
             let (j, b) = (journal.clone(), bus.clone());
-            let round = tokio::task::spawn_blocking(move || relay_round(&j, &b, after)).await;
+            let round = tokio::select! {
+                round = tokio::task::spawn_blocking(move || relay_round(&j, &b, after)) => round,
+                // A round that hangs (see `watch_relay`) must not hold the shutdown up.
+                _ = stop.changed() => return,
+            };
             let error = match round {
                 Ok(Ok(last)) => {
                     after = after.max(last);
@@ -119,46 +125,60 @@ pub async fn relay(
                 continue; // a round reads at most RELAY_BATCH_MAX records
             }
         }
+        // Where it is before it waits: a watch must not take an idle relay for a stalled one.
+        readers.set(READER, "", after);
         if !events::wait_for_durable(&mut changes, poll, &mut stop).await {
             return;
         }
     }
 }
 
-/// How often [`watch`] looks at the relay's cursor.
+/// How often [`watch_relay`] looks at the relay's cursor.
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 
 /// One reader's progress as seen from outside.
 #[derive(Debug)]
 struct Progress {
     at: u64,
+    /// Since when the reader has been at `at` while behind.
     since: Instant,
+    last_look: Instant,
 }
 
 impl Progress {
-    /// Notes that the reader is `at` while the head is `head`. True once it has been behind
-    /// without moving for `limit`; a reader that moves or is caught up starts the clock again.
-    fn stalled(&mut self, now: Instant, at: u64, head: u64, limit: Duration) -> bool {
-        if at != self.at || at >= head {
+    fn new(at: u64, now: Instant) -> Progress {
+        Progress {
+            at,
+            since: now,
+            last_look: now,
+        }
+    }
+
+    /// Notes that the reader is `at` while the head is `head`, and returns for how long it has
+    /// been behind without moving. A reader that moved or is caught up starts the clock again,
+    /// and so does a look more than two intervals after the one before: the process did not
+    /// run in between (paused, frozen), so neither could the reader.
+    fn observe(&mut self, now: Instant, at: u64, head: u64) -> Duration {
+        let gap = now.duration_since(self.last_look);
+        self.last_look = now;
+        if at != self.at || at >= head || gap > 2 * WATCH_INTERVAL {
             self.at = at;
             self.since = now;
-            return false;
         }
-        now.duration_since(self.since) >= limit
+        now.duration_since(self.since)
     }
 }
 
 /// Runs until `stop` changes, or returns early (which stops the daemon, see `critical`) once
-/// the relay (reader `bus` in `readers`) has stayed behind the durable audit head without moving
-/// for `limit`.
-pub async fn watch(
+/// the relay has stayed behind the durable audit head without moving for `limit`.
+pub async fn watch_relay(
     journal: Journal,
     readers: OutboxReaders,
     limit: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut progress: Option<Progress> = None;
-    let mut every = tokio::time::interval(WATCH_INTERVAL.min(limit));
+    let mut every = tokio::time::interval(WATCH_INTERVAL);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -166,17 +186,19 @@ pub async fn watch(
             _ = stop.changed() => return,
         }
         // The relay registers its cursor once it runs.
-        let Some(at) = readers.position("bus", "") else {
+        let Some(at) = readers.position(READER, "") else {
             continue;
         };
         let head = journal.audit_head().seq;
         let now = Instant::now();
-        let p = progress.get_or_insert(Progress { at, since: now });
-        if p.stalled(now, at, head, limit) {
+        let behind = progress
+            .get_or_insert_with(|| Progress::new(at, now))
+            .observe(now, at, head);
+        if behind >= limit {
             tracing::error!(
                 relay_at = at,
                 durable_head = head,
-                stalled_s = limit.as_secs_f64(),
+                unmoved_s = behind.as_secs_f64(),
                 "the outbox relay has not moved while behind the audit log; stopping orderd"
             );
             return;
@@ -246,34 +268,34 @@ mod tests {
         assert_eq!(relay_round(&journal, &bus, 4).unwrap(), 5);
     }
 
-    // Only a reader that stays behind without moving for the whole limit is stalled.
+    // A reader counts as unmoved only while it is behind, does not move, and the watch looked
+    // at it at every interval.
     #[test]
-    fn a_reader_stalls_only_behind_and_unmoved() {
-        let limit = Duration::from_secs(10);
+    fn a_reader_is_unmoved_only_while_behind() {
+        let i = WATCH_INTERVAL;
         let t0 = Instant::now();
-        let s = |secs| t0 + Duration::from_secs(secs);
-        let mut p = Progress { at: 5, since: t0 };
-        assert!(!p.stalled(s(9), 5, 8, limit), "behind, but not for long");
-        assert!(
-            p.stalled(s(10), 5, 8, limit),
-            "behind and unmoved for the limit"
+        let mut p = Progress::new(5, t0);
+        assert_eq!(p.observe(t0 + i, 5, 8), i, "behind and unmoved");
+        assert_eq!(p.observe(t0 + i * 2, 5, 8), i * 2);
+        assert_eq!(p.observe(t0 + i * 3, 6, 8), Duration::ZERO, "it moved");
+        assert_eq!(p.observe(t0 + i * 4, 6, 8), i);
+        assert_eq!(p.observe(t0 + i * 5, 8, 8), Duration::ZERO, "caught up");
+        assert_eq!(
+            p.observe(t0 + i * 6, 8, 8),
+            Duration::ZERO,
+            "idle at the head"
         );
-        assert!(
-            !p.stalled(s(11), 6, 8, limit),
-            "it moved: the clock starts again"
+        assert_eq!(
+            p.observe(t0 + i * 7, 8, 9),
+            i,
+            "behind since the look before"
         );
-        assert!(!p.stalled(s(20), 6, 8, limit));
-        assert!(p.stalled(s(21), 6, 8, limit));
-        assert!(!p.stalled(s(40), 8, 8, limit), "caught up");
-        assert!(
-            !p.stalled(s(60), 8, 8, limit),
-            "caught up and idle is not stalled"
+        assert_eq!(
+            p.observe(t0 + i * 10, 8, 9),
+            Duration::ZERO,
+            "no look for three intervals: the process was paused, not the reader"
         );
-        assert!(
-            !p.stalled(s(69), 8, 9, limit),
-            "behind since the last look, at 60 s"
-        );
-        assert!(p.stalled(s(70), 8, 9, limit));
+        assert_eq!(p.observe(t0 + i * 11, 8, 9), i);
     }
 
     // The watch ends (stopping the daemon) when the relay stays behind, runs on while it is
@@ -287,8 +309,13 @@ mod tests {
         let limit = Duration::from_millis(300);
         let (stop_tx, stop) = watch::channel(false);
 
-        readers.set("bus", "", head);
-        let caught_up = tokio::spawn(watch(journal.clone(), readers.clone(), limit, stop.clone()));
+        readers.set(READER, "", head);
+        let caught_up = tokio::spawn(watch_relay(
+            journal.clone(),
+            readers.clone(),
+            limit,
+            stop.clone(),
+        ));
         tokio::time::sleep(limit * 4).await;
         assert!(
             !caught_up.is_finished(),
@@ -301,9 +328,12 @@ mod tests {
             .unwrap();
 
         let (_stop_tx, stop) = watch::channel(false);
-        readers.set("bus", "", head - 1);
-        tokio::time::timeout(Duration::from_secs(5), watch(journal, readers, limit, stop))
-            .await
-            .expect("a relay behind the head that does not move is reported");
+        readers.set(READER, "", head - 1);
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            watch_relay(journal, readers, limit, stop),
+        )
+        .await
+        .expect("a relay behind the head that does not move is reported");
     }
 }

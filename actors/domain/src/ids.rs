@@ -6,8 +6,8 @@ use std::fmt;
 /// A hash map keyed by ids, hashed with foldhash instead of std's SipHash. An order looks up
 /// each of its SKUs several times (catalog, prices, stock), and SipHash was most of each
 /// lookup. foldhash is seeded per process. It does not promise resistance to crafted collisions,
-/// so these maps are keyed by what operators import (SKUs) or by what one authenticated account
-/// sends into its own bounded map (idempotency keys), never by anonymous input.
+/// so these maps are keyed only by what operators import (SKUs) or orderd assigns (order ids),
+/// never by what a client chooses (idempotency keys stay on SipHash).
 pub type IdMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Longest identifier we accept anywhere (SKU, account, user, warehouse, ship-to, key).
