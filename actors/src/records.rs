@@ -171,20 +171,12 @@ pub fn load_orders(
     journal: &orderd_storage::Journal,
     prefix: &str,
 ) -> Result<Vec<StoredOrder>, StorageError> {
-    journal
-        .scan_prefix(prefix.as_bytes())?
-        .into_iter()
-        .map(|(k, v)| decode_order(&k, &v))
-        .collect()
+    load_decoded(journal, prefix, decode_order)
 }
 
 /// Every account record.
 pub fn load_accounts(journal: &orderd_storage::Journal) -> Result<Vec<Account>, StorageError> {
-    journal
-        .scan_prefix(ACCOUNT.as_bytes())?
-        .into_iter()
-        .map(|(k, v)| decode_account(&k, &v))
-        .collect()
+    load_decoded(journal, ACCOUNT, decode_account)
 }
 
 /// One account record, if stored.
@@ -267,6 +259,15 @@ mod legacy {
 pub fn load_all<T: DeserializeOwned>(
     journal: &orderd_storage::Journal,
     prefix: &str,
+) -> Result<Vec<T>, StorageError> {
+    load_decoded(journal, prefix, decode)
+}
+
+/// Every record under `prefix`, each decoded by `decode` (given its key and value).
+fn load_decoded<T>(
+    journal: &orderd_storage::Journal,
+    prefix: &str,
+    decode: impl Fn(&[u8], &[u8]) -> Result<T, StorageError>,
 ) -> Result<Vec<T>, StorageError> {
     journal
         .scan_prefix(prefix.as_bytes())?
