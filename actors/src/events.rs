@@ -8,7 +8,7 @@
 //! `sequence` is the order's version, so the same change always renders with the same id and
 //! consumers can order and deduplicate by it.
 
-use orderd_domain::ids::{AccountId, OrderId, Sku};
+use orderd_domain::ids::{AccountId, OrderId, Sku, WarehouseId};
 use orderd_domain::money::Money;
 use orderd_domain::order::{Allocation, LineStatus, Order, OrderState};
 use serde::{Deserialize, Serialize};
@@ -80,15 +80,19 @@ pub const BUS_CAPACITY: usize = 16_384;
 pub const BUS_ACCOUNT_CAPACITY: usize = 1_024;
 
 /// A durable event as handed on in-process, rendered once for every reader: its log position,
-/// its account, id and state, its CloudEvents JSON and when the change was made (for the lag
-/// metric).
+/// its account, order, id and state, the warehouses whose stock it moves, its CloudEvents JSON
+/// and when the change was made (for the lag metric).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
     pub seq: u64,
     pub account: AccountId,
+    pub order: OrderId,
     /// The event id, `<order>.<sequence>`.
     pub id: String,
     pub state: OrderState,
+    /// The warehouses whose stock this change allocates, ships or releases, each once, sorted
+    /// (empty for a change that moves no stock).
+    pub stock_warehouses: Vec<WarehouseId>,
     pub json: Vec<u8>,
     pub changed_at: Option<SystemTime>,
 }
@@ -99,8 +103,10 @@ impl Published {
         Published {
             seq,
             account: event.account.clone(),
+            order: event.order.clone(),
             id: event_id(event),
             state: event.state,
+            stock_warehouses: stock_warehouses(event),
             json: render(event),
             changed_at: changed_at(event),
         }
@@ -110,6 +116,26 @@ impl Published {
     pub fn kind(&self) -> String {
         event_type(self.state)
     }
+}
+
+/// The warehouses whose stock a change allocates (into `Allocated`), ships or releases
+/// (cancelled, rejected), each once, sorted: where a change goes besides its order.
+pub fn stock_warehouses(event: &OrderChanged) -> Vec<WarehouseId> {
+    let moves_stock = matches!(
+        event.state,
+        OrderState::Allocated | OrderState::Shipped | OrderState::Cancelled | OrderState::Rejected
+    );
+    if !moves_stock {
+        return Vec::new();
+    }
+    let mut out: Vec<WarehouseId> = event
+        .lines
+        .iter()
+        .flat_map(|l| l.allocations.iter().map(|a| a.warehouse.clone()))
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// An event's id: `<order>.<sequence>`, the same wherever it is delivered.
@@ -236,8 +262,8 @@ pub type BusReceiver = tokio::sync::broadcast::Receiver<Arc<Published>>;
 type BusSender = tokio::sync::broadcast::Sender<Arc<Published>>;
 
 /// The in-process event bus: the outbox relay, the one reader of the log for live delivery,
-/// hands on every durable event in log order; server-sent-event streams and webhook endpoints
-/// subscribe. A subscriber to one account gets only that account's events (one channel per
+/// hands on every durable event in log order; server-sent-event streams, webhook endpoints and
+/// the NATS publisher subscribe. A subscriber to one account gets only that account's events (one channel per
 /// account with subscribers), so the cost of an event does not grow with the subscribers of
 /// other accounts.
 #[derive(Clone)]

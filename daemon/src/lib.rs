@@ -142,6 +142,7 @@ pub async fn run(
             publisher::run(
                 journal.clone(),
                 config.nats.clone(),
+                state.bus.clone(),
                 engine.outbox.clone(),
                 stop_rx,
             ),

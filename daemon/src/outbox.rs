@@ -1,5 +1,5 @@
 //! The outbox relay to the in-process event bus, which feeds the portal's server-sent-event
-//! streams and the webhook endpoints (with or without NATS). The audit log is the outbox: every
+//! streams, the webhook endpoints and the NATS publisher once they have caught up. The audit log is the outbox: every
 //! order change's audit record carries its event. The relay reads the log in order from its
 //! cursor, renders each event that someone listens to as CloudEvents JSON and hands it to the
 //! bus. Nothing is deleted: the events stay in the audit log, where a reader that fell behind

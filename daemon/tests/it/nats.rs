@@ -223,9 +223,10 @@ async fn every_change_reaches_jetstream_in_order() {
     assert_eq!(alloc["orders"][&big], json!([2, 3]), "{alloc}");
 }
 
-// NATS is killed while clients keep ordering: capture goes on (every order is acknowledged).
-// Then orderd is killed too, both come back, and every acknowledged order's events reach the
-// stream, complete and in order.
+// NATS is stopped while clients keep ordering and comes back: orderd publishes what waited
+// in the log, then live again. NATS is stopped a second time: capture goes on (every order is
+// acknowledged). Then orderd is killed too, both come back, and every acknowledged order's
+// events reach the stream, complete and in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_outage_and_a_crash_lose_no_event() {
     let mut nats = NatsServer::start();
@@ -236,10 +237,24 @@ async fn nats_outage_and_a_crash_lose_no_event() {
     ])
     .await;
     let bob = env.token("ACME", "bob", &["buyer", "approver"]).await;
-    let mut want = BTreeMap::new();
+    // Each check reads what the durable consumer has not read yet.
+    let mut first = BTreeMap::new();
     for i in 0..10 {
-        want.insert(place_one(&env, &bob, &format!("before-{i}")).await, 1);
+        first.insert(place_one(&env, &bob, &format!("before-{i}")).await, 1);
     }
+    nats.stop();
+    for i in 0..10 {
+        first.insert(place_one(&env, &bob, &format!("first-outage-{i}")).await, 1);
+    }
+    nats.resume();
+    // Without a restart of orderd: what waited, then what comes after.
+    assert_all_delivered(&nats, &first);
+    let mut between = BTreeMap::new();
+    for i in 0..5 {
+        between.insert(place_one(&env, &bob, &format!("between-{i}")).await, 1);
+    }
+    assert_all_delivered(&nats, &between);
+    let mut want = BTreeMap::new();
     nats.stop();
     let started = Instant::now();
     for i in 0..30 {
