@@ -12,14 +12,15 @@
 //! the durable head it sees then, and from there on publishes what the outbox relay hands on
 //! (the relay reads and renders each durable event once for every reader). Whenever it fell
 //! behind the bus or a round failed, it drops the subscription and starts over from the log at
-//! its cursor. So:
+//! its cursor; while it is far behind, it reads the log without a subscription. So:
 //!
 //! - while NATS is down, capture is unaffected: events simply wait in the log, and the publisher
 //!   retries with capped exponential backoff;
-//! - after a crash or an outage it resumes at the stored cursor, in log order, so per order the
-//!   events arrive in order and without gaps; what was published after the stored cursor (at
-//!   most `cursor_store_ms` of events, or a round not yet acknowledged) is published again,
-//!   which JetStream drops inside its duplicate window and consumers drop by event id after it;
+//! - after a crash it resumes at the stored cursor, after an outage at the last acknowledged
+//!   event, in log order, so per order the events arrive in order and without gaps; what was
+//!   published after the stored cursor (at most `cursor_store_ms` of events, or a round not yet
+//!   acknowledged) is published again, which JetStream drops inside its duplicate window and
+//!   consumers drop by event id after it;
 //! - only durable records go out (up to the head of the last group flush).
 //!
 //! Subjects (ids are subject tokens with `.` written as `%2E`):
@@ -42,6 +43,11 @@ use tokio::sync::watch;
 pub const CURSOR_KEY: &[u8] = b"meta/nats_published";
 /// The publisher's name among the outbox readers (`events::OUTBOX_READERS`).
 const READER: &str = "nats";
+/// Further behind the durable head than this many audit records, the publisher catches up
+/// from the log without a subscription to the bus: a subscription would fill up and lag
+/// before the catch-up reached it, and keep the bus holding events for it meanwhile.
+const SUBSCRIBE_WITHIN: u64 = 4_096;
+const _: () = assert!(SUBSCRIBE_WITHIN < events::BUS_CAPACITY as u64);
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -58,18 +64,18 @@ pub struct NatsSettings {
     pub max_bytes: i64,
     /// JetStream's window for dropping a re-published `Nats-Msg-Id`.
     pub duplicate_window_s: u64,
-    /// Audit records read (and their events published) per round.
+    /// Per round: audit records read while catching up from the log, events taken from the
+    /// bus once live.
     pub batch_max: usize,
     /// How long one round waits for its PubAcks before it is retried.
     pub ack_timeout_ms: u64,
     /// Longest pause between retries while NATS is unreachable.
     pub retry_max_ms: u64,
-    /// Longest wait when there is nothing to publish: new durable records wake the publisher
-    /// at once, this only bounds the wait.
+    /// Longest wait when there is nothing to publish: a new event from the bus wakes the
+    /// publisher at once, this only bounds the wait.
     pub poll_ms: u64,
-    /// Least time between two writes of the cursor while events keep coming (it is also
-    /// written whenever the publisher catches up). After a crash, at most this much is
-    /// published again.
+    /// Least time between two writes of the cursor while events keep coming (when idle, it
+    /// is written at the next poll). After a crash, at most this much is published again.
     pub cursor_store_ms: u64,
 }
 
@@ -396,35 +402,47 @@ impl Publisher {
         }
     }
 
-    /// Subscribes to the bus, then publishes what the log holds up to the durable head seen
-    /// after subscribing: the relay hands on only durable records, and what it reads after the
-    /// subscription comes to the subscription, so together they miss nothing. (The audit head,
-    /// not the durable-changes signal: the committer moves the head first, and the relay may
-    /// already read up to it.)
+    /// Far behind the durable head, publishes one batch from the log, without a subscription
+    /// (it would only fill up and lag). Close to it, subscribes to the bus, then publishes what
+    /// the log holds up to the durable head seen after subscribing: the relay hands on only
+    /// durable records, and what it reads after the subscription comes to the subscription, so
+    /// together they miss nothing. (The audit head, not the durable-changes signal: the
+    /// committer moves the head first, and the relay may already read up to it.)
     async fn catch_up(&mut self, stop: &watch::Receiver<bool>) -> Result<bool, PublishError> {
+        let head = self.journal.audit_head().seq;
+        if head.saturating_sub(self.at()) > SUBSCRIBE_WITHIN {
+            self.publish_from_log(head).await?;
+            return Ok(true);
+        }
         let live = self.bus.subscribe();
         let head = self.journal.audit_head().seq;
         while self.at() < head {
             if *stop.borrow() {
                 return Ok(false);
             }
-            let (j, after, max) = (self.journal.clone(), self.at(), self.s.batch_max);
-            let (events, last) = tokio::task::spawn_blocking(move || read_after(&j, after, max))
-                .await
-                .map_err(|e| StorageError::Invalid {
-                    reason: e.to_string(),
-                })??;
-            if last == after {
-                return Err(StorageError::Invalid {
-                    reason: format!("the audit log ends at {after}, below its durable head {head}"),
-                }
-                .into());
-            }
-            self.publish(&events).await?;
-            self.advance(last).await?;
+            self.publish_from_log(head).await?;
         }
         self.live = Some(live);
         Ok(true)
+    }
+
+    /// Publishes the events of the next `batch_max` durable audit records after the cursor;
+    /// `head` is a durable head above the cursor.
+    async fn publish_from_log(&mut self, head: u64) -> Result<(), PublishError> {
+        let (j, after, max) = (self.journal.clone(), self.at(), self.s.batch_max);
+        let (events, last) = tokio::task::spawn_blocking(move || read_after(&j, after, max))
+            .await
+            .map_err(|e| StorageError::Invalid {
+                reason: e.to_string(),
+            })??;
+        if last == after {
+            return Err(StorageError::Invalid {
+                reason: format!("the audit log ends at {after}, below its durable head {head}"),
+            }
+            .into());
+        }
+        self.publish(&events).await?;
+        self.advance(last).await
     }
 
     /// Publishes what the bus hands on within `poll_ms`, at most `batch_max` events at once.

@@ -223,10 +223,11 @@ async fn every_change_reaches_jetstream_in_order() {
     assert_eq!(alloc["orders"][&big], json!([2, 3]), "{alloc}");
 }
 
-// NATS is stopped while clients keep ordering and comes back: orderd publishes what waited
-// in the log, then live again. NATS is stopped a second time: capture goes on (every order is
-// acknowledged). Then orderd is killed too, both come back, and every acknowledged order's
-// events reach the stream, complete and in order.
+// NATS is stopped while clients keep ordering, for longer than a round waits for its PubAcks
+// (so rounds fail), and comes back: orderd publishes what waited in the log, then live again,
+// an order whose events straddle the outage complete and in order. NATS is stopped a second
+// time: capture goes on (every order is acknowledged). Then orderd is killed too, both come
+// back, and every acknowledged order's events reach the stream, complete and in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_outage_and_a_crash_lose_no_event() {
     let mut nats = NatsServer::start();
@@ -239,13 +240,27 @@ async fn nats_outage_and_a_crash_lose_no_event() {
     let bob = env.token("ACME", "bob", &["buyer", "approver"]).await;
     // Each check reads what the durable consumer has not read yet.
     let mut first = BTreeMap::new();
-    for i in 0..10 {
+    let straddling = place_one(&env, &bob, "before-0").await;
+    first.insert(straddling.clone(), 1);
+    for i in 1..10 {
         first.insert(place_one(&env, &bob, &format!("before-{i}")).await, 1);
     }
+    await_published(&env).await;
     nats.stop();
     for i in 0..10 {
         first.insert(place_one(&env, &bob, &format!("first-outage-{i}")).await, 1);
     }
+    // Its first event went out before the outage, its second waits in the log.
+    let r = env
+        .post(&bob, &format!("/v1/orders/{straddling}/cancel"), json!({}))
+        .await;
+    assert_eq!(str_field(&r.body, "state"), "cancelled", "{r}");
+    first.insert(straddling, 2);
+    // Longer than a round waits for its PubAcks (and a retry pause): the publisher's rounds
+    // fail and it goes back to the log, instead of the client's reconnect carrying them.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let failed = env.metric(r#"orderd_outbox_depth{reader="nats"}"#).await;
+    assert!(failed.is_some_and(|d| d >= 11.0), "outbox depth {failed:?}");
     nats.resume();
     // Without a restart of orderd: what waited, then what comes after.
     assert_all_delivered(&nats, &first);
@@ -276,15 +291,20 @@ async fn nats_outage_and_a_crash_lose_no_event() {
     want.insert(place_one(&env, &bob, "after-0").await, 1);
     assert_all_delivered(&nats, &want);
     // Caught up: nothing waits, and the lag of what was published is measured.
+    await_published(&env).await;
+    let published = env
+        .metric(r#"orderd_event_lag_seconds_count{stage="nats"}"#)
+        .await;
+    assert!(published.is_some_and(|n| n >= 1.0), "{published:?}");
+}
+
+/// Waits until the publisher has every event acknowledged (its outbox depth is 0).
+async fn await_published(env: &TestEnv) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while env.metric(r#"orderd_outbox_depth{reader="nats"}"#).await != Some(0.0) {
         assert!(Instant::now() < deadline, "the publisher did not catch up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let published = env
-        .metric(r#"orderd_event_lag_seconds_count{stage="nats"}"#)
-        .await;
-    assert!(published.is_some_and(|n| n >= 1.0), "{published:?}");
 }
 
 /// Every order of `want` has exactly its events 1..=version on the order stream, in order.
