@@ -8,7 +8,6 @@ use crate::ActorError;
 use arc_swap::ArcSwap;
 use orderd_domain::allocation::Availability;
 use orderd_domain::catalog::{Catalog, CatalogItem};
-use orderd_domain::ids::Sku;
 use orderd_domain::ids::WarehouseId;
 use orderd_domain::pricing::{PriceBook, PriceEntry};
 use orderd_domain::warehouse::Warehouse;
@@ -28,15 +27,15 @@ impl Snapshot {
     /// Free stock, per warehouse, of every SKU these items are held as (a kit as its
     /// components), read from each warehouse's shared view (no message).
     pub fn free_stock<'a>(&self, items: impl IntoIterator<Item = &'a CatalogItem>) -> Availability {
-        let mut skus: Vec<Sku> = items
-            .into_iter()
-            .flat_map(|item| item.stock_demand(1).into_iter().map(|(s, _)| s))
-            .collect();
-        skus.sort();
-        skus.dedup();
-        let mut out = Availability::new();
+        let mut out = Availability::new(
+            items
+                .into_iter()
+                .flat_map(|item| item.stock_demand(1).into_iter().map(|(s, _)| s))
+                .collect(),
+        );
         for (id, handle) in &self.handles {
-            out.insert(id.clone(), handle.free(&skus));
+            let row = handle.free(out.skus());
+            out.set(id.clone(), row);
         }
         out
     }

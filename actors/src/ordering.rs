@@ -216,9 +216,8 @@ fn availability(snap: &Snapshot, checked: &Checked, exclude: Option<&Order>) -> 
     let mut out = snap.free_stock(items);
     if let Some(order) = exclude {
         for (w, demand) in order.stock_demand() {
-            let stock = out.entry(w).or_default();
             for (sku, q) in demand {
-                *stock.entry(sku).or_default() += q;
+                out.add(&w, &sku, q);
             }
         }
     }

@@ -28,11 +28,11 @@ use std::time::Duration;
 pub struct FreeStock(RwLock<IdMap<Sku, u64>>);
 
 impl FreeStock {
-    /// Free units of each SKU (0 for unknown ones).
-    pub fn of<'a>(&self, skus: impl IntoIterator<Item = &'a Sku>) -> IdMap<Sku, u64> {
+    /// Free units of each SKU, in the same order (0 for unknown ones).
+    pub fn of(&self, skus: &[Sku]) -> Vec<u64> {
         let free = self.0.read().unwrap_or_else(PoisonError::into_inner);
-        skus.into_iter()
-            .map(|s| (s.clone(), free.get(s).copied().unwrap_or(0)))
+        skus.iter()
+            .map(|s| free.get(s).copied().unwrap_or(0))
             .collect()
     }
 
@@ -338,8 +338,9 @@ impl WarehouseHandle {
         })
     }
 
-    /// Free units per SKU from the shared view (no message; may be a moment behind).
-    pub fn free(&self, skus: &[Sku]) -> IdMap<Sku, u64> {
+    /// Free units of each SKU, in the same order, from the shared view (no message; may be a
+    /// moment behind).
+    pub fn free(&self, skus: &[Sku]) -> Vec<u64> {
         self.free.of(skus)
     }
     pub async fn levels(&self, skus: Vec<Sku>) -> Result<Vec<(Sku, StockLevel)>, ActorError> {

@@ -4,14 +4,91 @@
 
 use crate::catalog::Catalog;
 use crate::geo::GeoPoint;
-use crate::ids::{IdMap, Sku, WarehouseId};
+use crate::ids::{Sku, WarehouseId};
 use crate::order::Allocation;
 use crate::validation::{PricedLine, Problem, ProblemCode, WarehouseQty};
 use crate::warehouse::Warehouse;
 use std::collections::HashMap;
 
-/// Free stock per warehouse and SKU, as the warehouses reported it just before planning.
-pub type Availability = HashMap<WarehouseId, IdMap<Sku, u64>>;
+/// Free stock of a set of SKUs in each warehouse, as the warehouses reported it just before
+/// planning: per warehouse one row of units, aligned with the sorted SKUs. (Built once per order
+/// and read a few times per line: a row is one allocation, and no SKU is copied per warehouse.)
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Availability {
+    /// Sorted, without duplicates.
+    skus: Vec<Sku>,
+    /// Per warehouse, `free[w][i]` units of `skus[i]`.
+    free: HashMap<WarehouseId, Vec<u64>>,
+}
+
+impl Availability {
+    /// Availability of `skus` (in any order, repeats allowed), in no warehouse yet.
+    pub fn new(mut skus: Vec<Sku>) -> Availability {
+        skus.sort_unstable();
+        skus.dedup();
+        Availability {
+            skus,
+            free: HashMap::new(),
+        }
+    }
+
+    /// The SKUs, sorted: the order of a row given to [`Availability::set`].
+    pub fn skus(&self) -> &[Sku] {
+        &self.skus
+    }
+
+    /// Sets warehouse `w`'s row: `units[i]` free units of `self.skus()[i]`.
+    pub fn set(&mut self, w: WarehouseId, units: Vec<u64>) {
+        assert_eq!(units.len(), self.skus.len(), "a row per SKU of the set");
+        self.free.insert(w, units);
+    }
+
+    /// The warehouses with a row.
+    pub fn warehouses(&self) -> impl Iterator<Item = &WarehouseId> {
+        self.free.keys()
+    }
+
+    /// Free units of `sku` in `w` (0 for a SKU outside the set or a warehouse without a row).
+    pub fn get(&self, w: &WarehouseId, sku: &Sku) -> u64 {
+        match (self.free.get(w), self.skus.binary_search(sku)) {
+            (Some(row), Ok(i)) => row[i],
+            _ => 0,
+        }
+    }
+
+    /// Adds `units` of `sku` in `w` (what an amended order already holds). A SKU outside the
+    /// set is left out: nothing that plans with this availability asks for it.
+    pub fn add(&mut self, w: &WarehouseId, sku: &Sku, units: u64) {
+        if let Some(slot) = self.slot(w, sku) {
+            *slot = slot.saturating_add(units);
+        }
+    }
+
+    /// Takes `units` of `sku` in `w` (at most what is there).
+    fn take(&mut self, w: &WarehouseId, sku: &Sku, units: u64) {
+        if let Some(slot) = self.slot(w, sku) {
+            *slot = slot.saturating_sub(units);
+        }
+    }
+
+    fn slot(&mut self, w: &WarehouseId, sku: &Sku) -> Option<&mut u64> {
+        let i = self.skus.binary_search(sku).ok()?;
+        let width = self.skus.len();
+        let row = self.free.entry(w.clone()).or_insert_with(|| vec![0; width]);
+        row.get_mut(i)
+    }
+
+    /// Whole units of an item that `w`'s free stock can make: `per_unit` is the item's stock
+    /// demand for one unit (itself, or a kit's components), so a kit counts the fewest any
+    /// component allows.
+    pub fn whole_units(&self, w: &WarehouseId, per_unit: &[(Sku, u64)]) -> u64 {
+        per_unit
+            .iter()
+            .map(|(sku, q)| self.get(w, sku) / (*q).max(1))
+            .min()
+            .unwrap_or(0)
+    }
+}
 
 pub struct PlanInput<'a> {
     pub catalog: &'a Catalog,
@@ -19,16 +96,6 @@ pub struct PlanInput<'a> {
     pub ship_to: GeoPoint,
     pub delivery_speed: Option<&'a str>,
     pub allow_split: bool,
-}
-
-/// Whole units of an item that `free` stock can make: `per_unit` is the item's stock demand
-/// for one unit (itself, or a kit's components), so a kit counts the fewest any component allows.
-pub fn whole_units(per_unit: &[(Sku, u64)], free: Option<&IdMap<Sku, u64>>) -> u64 {
-    per_unit
-        .iter()
-        .map(|(sku, q)| free.and_then(|s| s.get(sku)).copied().unwrap_or(0) / (*q).max(1))
-        .min()
-        .unwrap_or(0)
 }
 
 /// Plans every line. Availability is consumed as lines are planned, so two lines of one SKU
@@ -49,7 +116,7 @@ pub fn plan(
             continue;
         };
         let per_unit = item.stock_demand(1);
-        let fillable = |avail: &Availability, w: &WarehouseId| whole_units(&per_unit, avail.get(w));
+        let fillable = |avail: &Availability, w: &WarehouseId| avail.whole_units(w, &per_unit);
         let qty = u64::from(line.qty);
         let candidates: Vec<&WarehouseId> = match &line.requested_warehouse {
             Some(w) => vec![w],
@@ -93,10 +160,8 @@ pub fn plan(
             continue;
         }
         for (w, units) in &allocs {
-            let stock = available.entry(w.clone()).or_default();
             for (sku, q) in &per_unit {
-                let slot = stock.entry(sku.clone()).or_default();
-                *slot = slot.saturating_sub(q * units);
+                available.take(w, sku, q * units);
             }
         }
         plans.push(

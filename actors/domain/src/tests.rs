@@ -13,7 +13,7 @@ use crate::money::{Currency, Money};
 use crate::pricing::{PriceBook, PriceEntry, PriceLevel, Tier};
 use crate::validation::*;
 use crate::warehouse::{SpeedBand, Warehouse};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 fn eur(s: &str) -> Money {
     Money::parse(s, Currency::parse("EUR").unwrap(), 4).unwrap()
@@ -395,9 +395,9 @@ fn user_records_are_checked_field_by_field() {
 }
 
 fn avail(rows: &[(&str, &str, u64)]) -> Availability {
-    let mut a: Availability = HashMap::new();
+    let mut a = Availability::new(rows.iter().map(|(_, s, _)| sku(s)).collect());
     for (w, s, q) in rows {
-        a.entry(wid(w)).or_default().insert(sku(s), *q);
+        a.add(&wid(w), &sku(s), *q);
     }
     a
 }
@@ -676,4 +676,36 @@ fn removed_users_are_remembered() {
     a.removed_users.insert(bob);
     let errs = a.check().unwrap_err();
     assert!(errs.iter().any(|e| e.contains("both present and removed")));
+}
+
+// Availability keeps one row per warehouse, aligned with its sorted SKUs: a SKU outside the set
+// reads 0 and is never added, a warehouse without a row reads 0 and gets one when added to.
+#[test]
+fn availability_rows() {
+    let mut a = Availability::new(vec![sku("B"), sku("A"), sku("B")]);
+    assert_eq!(a.skus(), [sku("A"), sku("B")]);
+    a.set(wid("BER"), vec![3, 7]);
+    assert_eq!(a.get(&wid("BER"), &sku("A")), 3);
+    assert_eq!(a.get(&wid("BER"), &sku("B")), 7);
+    assert_eq!(a.get(&wid("BER"), &sku("C")), 0);
+    assert_eq!(a.get(&wid("MUC"), &sku("A")), 0);
+    a.add(&wid("BER"), &sku("C"), 5);
+    assert_eq!(a.get(&wid("BER"), &sku("C")), 0);
+    a.add(&wid("MUC"), &sku("B"), 2);
+    assert_eq!(a.get(&wid("MUC"), &sku("B")), 2);
+    assert_eq!(a.get(&wid("MUC"), &sku("A")), 0);
+    let mut ws: Vec<String> = a.warehouses().map(ToString::to_string).collect();
+    ws.sort();
+    assert_eq!(ws, ["BER", "MUC"]);
+    // A kit of 2 A and 1 B: BER can make 1 (A limits), MUC none.
+    let kit = [(sku("A"), 2), (sku("B"), 1)];
+    assert_eq!(a.whole_units(&wid("BER"), &kit), 1);
+    assert_eq!(a.whole_units(&wid("MUC"), &kit), 0);
+}
+
+#[test]
+#[should_panic(expected = "a row per SKU of the set")]
+fn availability_refuses_a_short_row() {
+    let mut a = Availability::new(vec![sku("A"), sku("B")]);
+    a.set(wid("BER"), vec![1]);
 }

@@ -10,7 +10,6 @@ use axum::Json;
 use orderd_actors::account::AccountMsg;
 use orderd_actors::audit::today;
 use orderd_domain::account::Account;
-use orderd_domain::allocation::whole_units;
 use orderd_domain::catalog::CatalogItem;
 use orderd_domain::ids::Sku;
 use orderd_domain::pricing::Tier;
@@ -140,8 +139,8 @@ async fn views(
             );
             let per_unit = item.stock_demand(1);
             let available = free
-                .iter()
-                .map(|(w, stock)| (w.to_string(), whole_units(&per_unit, Some(stock))))
+                .warehouses()
+                .map(|w| (w.to_string(), free.whole_units(w, &per_unit)))
                 .collect();
             ItemView {
                 price_level: entry.map(|e| e.level.name().to_owned()),
