@@ -140,11 +140,16 @@ fn main() -> std::process::ExitCode {
 /// Turns transparent huge pages off for this process: on a system that gives them to every
 /// aligned mapping (`always`), the first touch of each 2 MiB clears it synchronously, on
 /// whichever thread allocates, the capture path included (see "Memory allocator" in the README).
+#[cfg(target_os = "linux")]
 fn no_huge_pages() {
     if let Err(error) = rustix::thread::disable_transparent_huge_pages(true) {
         tracing::warn!(%error, "could not turn transparent huge pages off; capture latency may have spikes");
     }
 }
+
+/// Transparent huge pages are a Linux feature.
+#[cfg(not(target_os = "linux"))]
+fn no_huge_pages() {}
 
 fn real_main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();

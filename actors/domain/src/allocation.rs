@@ -13,7 +13,7 @@ use std::collections::HashMap;
 /// Free stock of a set of SKUs in each warehouse, as the warehouses reported it just before
 /// planning: per warehouse one row of units, aligned with the sorted SKUs. (Built once per order
 /// and read a few times per line: a row is one allocation, and no SKU is copied per warehouse.)
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Availability {
     /// Sorted, without duplicates.
     skus: Vec<Sku>,
