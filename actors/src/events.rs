@@ -261,6 +261,30 @@ pub async fn wait_for_durable(
 pub type BusReceiver = tokio::sync::broadcast::Receiver<Arc<Published>>;
 type BusSender = tokio::sync::broadcast::Sender<Arc<Published>>;
 
+/// What a subscriber takes from the bus in one go: `first` (what `recv` gave it), then what is
+/// already waiting, at most `max` events, keeping only those after log seq `after` (the bus may
+/// repeat what a catch-up from the log already handed on). `true` with them when the
+/// subscriber fell behind the bus or the bus is gone: it must go back to the log.
+pub fn take_waiting(
+    live: &mut BusReceiver,
+    first: Result<Arc<Published>, tokio::sync::broadcast::error::RecvError>,
+    max: usize,
+    after: u64,
+) -> (Vec<Arc<Published>>, bool) {
+    use tokio::sync::broadcast::error::TryRecvError;
+    let mut behind = first.is_err();
+    let mut got: Vec<Arc<Published>> = first.into_iter().collect();
+    while !behind && got.len() < max {
+        match live.try_recv() {
+            Ok(ev) => got.push(ev),
+            Err(TryRecvError::Empty) => break,
+            Err(TryRecvError::Lagged(_) | TryRecvError::Closed) => behind = true,
+        }
+    }
+    got.retain(|ev| ev.seq > after);
+    (got, behind)
+}
+
 /// The in-process event bus: the outbox relay, the one reader of the log for live delivery,
 /// hands on every durable event in log order; server-sent-event streams, webhook endpoints and
 /// the NATS publisher subscribe. A subscriber to one account gets only that account's events (one channel per
@@ -538,6 +562,36 @@ mod tests {
         assert!(bus.has_subscribers(), "until the next sweep");
         bus.accounts().swept -= BUS_SWEEP_EVERY;
         assert!(!bus.has_subscribers());
+    }
+
+    // A subscriber takes the first event and what is waiting, at most `max`, without what a
+    // catch-up already handed on; a subscriber that fell behind is told so, with what it got.
+    #[tokio::test]
+    async fn take_waiting_drains_up_to_max_and_reports_lag() {
+        let bus = EventBus::new();
+        let mut live = bus.subscribe();
+        for seq in 1..=5 {
+            bus.send(Published::of(seq, &allocated(1)));
+        }
+        let first = live.recv().await;
+        let (got, behind) = take_waiting(&mut live, first, 3, 1);
+        let seqs: Vec<u64> = got.iter().map(|p| p.seq).collect();
+        assert_eq!(
+            (seqs, behind),
+            (vec![2, 3], false),
+            "3 taken, seq 1 dropped"
+        );
+        let first = live.recv().await;
+        let (got, behind) = take_waiting(&mut live, first, 10, 1);
+        assert_eq!(got.iter().map(|p| p.seq).collect::<Vec<_>>(), [4, 5]);
+        assert!(!behind);
+
+        for seq in 0..=BUS_CAPACITY as u64 {
+            bus.send(Published::of(10 + seq, &allocated(1)));
+        }
+        let first = live.recv().await;
+        let (got, behind) = take_waiting(&mut live, first, 10, 0);
+        assert!(got.is_empty() && behind, "fell behind the bus");
     }
 
     // Each kind of reader reports its furthest-behind instance; a kind with none reports 0, and

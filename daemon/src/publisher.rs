@@ -453,7 +453,6 @@ impl Publisher {
         mut live: BusReceiver,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<bool, PublishError> {
-        use tokio::sync::broadcast::error::TryRecvError;
         // Nothing waiting: every event up to the bus's position was published (the position is
         // read first, and moves only after its events were sent).
         let position = self.bus.position();
@@ -468,18 +467,7 @@ impl Publisher {
             }
             _ = stop.changed() => return Ok(false),
         };
-        let mut behind = first.is_err();
-        let mut got: Vec<Arc<Published>> = first.into_iter().collect();
-        while !behind && got.len() < self.s.batch_max {
-            match live.try_recv() {
-                Ok(ev) => got.push(ev),
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Lagged(_) | TryRecvError::Closed) => behind = true,
-            }
-        }
-        // The bus may repeat what the catch-up already published.
-        let at = self.at();
-        got.retain(|ev| ev.seq > at);
+        let (got, behind) = events::take_waiting(&mut live, first, self.s.batch_max, self.at());
         self.publish(&got).await?;
         if let Some(last) = got.last() {
             self.advance(last.seq).await?;

@@ -457,37 +457,15 @@ async fn endpoint_round(
             _ = tokio::time::sleep_until(until.into()) => return Ok(true),
             _ = stop.changed() => return Ok(false),
         };
-        let mut got = vec![];
-        match first {
-            Ok(ev) => got.push(ev),
-            // Fell behind the bus, or the bus is gone: back to the log.
-            Err(_) => d.live = None,
+        let (got, behind) = events::take_waiting(live, first, s.batch_max, d.cursor.at);
+        if behind {
+            // Back to the log.
+            d.live = None;
         }
-        while got.len() < s.batch_max {
-            match live_next(d) {
-                Some(Ok(ev)) => got.push(ev),
-                Some(Err(())) => d.live = None,
-                None => break,
-            }
-        }
-        // The bus may repeat what the catch-up already delivered.
-        let at = d.cursor.at;
-        got.retain(|ev| ev.seq > at);
         if !deliver_all(hooks, client, d, &got, stop).await? {
             return Ok(false);
         }
         store_cursor(hooks, ep_id, &mut d.cursor, false).await?;
-    }
-}
-
-/// The next live event already waiting: `None` when there is none, `Err` when the bus ran
-/// ahead of the endpoint or is gone.
-fn live_next(d: &mut Delivery) -> Option<Result<Arc<Published>, ()>> {
-    use tokio::sync::broadcast::error::TryRecvError;
-    match d.live.as_mut()?.try_recv() {
-        Ok(ev) => Some(Ok(ev)),
-        Err(TryRecvError::Empty) => None,
-        Err(TryRecvError::Lagged(_) | TryRecvError::Closed) => Some(Err(())),
     }
 }
 
