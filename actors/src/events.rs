@@ -428,9 +428,10 @@ pub fn from_audit(payload: &[u8]) -> Result<Option<OrderChanged>, crate::audit::
     crate::audit::AuditEntry::decode(payload).map(|e| e.event)
 }
 
-/// The event a record carries, for readers that hand events on and must not stop at a record
-/// they cannot read (only a damaged store has one; `orderd audit verify` names it): such a
-/// record is logged and passed over.
+/// The event a record carries. Every reader of the log hands events on and must not stop for
+/// good at a record it cannot read (only a damaged store has one; `orderd audit verify` names
+/// it): such a record is logged and passed over, alike by the relay, the NATS publisher,
+/// webhook catch-up and `GET /v1/events`.
 pub fn event_or_skip(record: &orderd_storage::AuditRecord) -> Option<OrderChanged> {
     from_audit(&record.payload).unwrap_or_else(|error| {
         tracing::error!(seq = record.seq, %error, "audit record unreadable; its event is skipped");
@@ -448,7 +449,8 @@ pub struct EventsRead {
 
 /// Up to `limit` durable events of `account` (every account when `None`) after log seq `after`,
 /// reading at most `scan_max` records. Durable: nothing past the head of the last group flush,
-/// which a crash could still take back. Blocking (reads sled).
+/// which a crash could still take back. A record that cannot be read is passed over
+/// ([`event_or_skip`]). Blocking (reads sled).
 pub fn read_after(
     journal: &orderd_storage::Journal,
     after: u64,
@@ -461,11 +463,8 @@ pub fn read_after(
         next: after,
     };
     for r in journal.durable_audit_after(after, scan_max)? {
-        let event = from_audit(&r.payload).map_err(|e| orderd_storage::StorageError::Corrupt {
-            key: format!("audit record {}", r.seq),
-            reason: e.to_string(),
-        })?;
         out.next = r.seq;
+        let event = event_or_skip(&r);
         if let Some(ev) = event.filter(|ev| account.is_none_or(|a| *a == ev.account)) {
             out.events.push((r.seq, ev));
             if out.events.len() >= limit {
@@ -592,6 +591,47 @@ mod tests {
         let first = live.recv().await;
         let (got, behind) = take_waiting(&mut live, first, 10, 0);
         assert!(got.is_empty() && behind, "fell behind the bus");
+    }
+
+    // A record no reader can decode (a damaged store) is passed over, not a wall: the events on
+    // either side of it are read, and reading goes on after it.
+    #[tokio::test]
+    async fn read_after_passes_over_an_unreadable_record() {
+        let journal = orderd_storage::Journal::temporary(&Default::default()).unwrap();
+        let acme = AccountId::parse("ACME").unwrap();
+        let entry = |ev: OrderChanged| {
+            let mut entry = crate::audit::AuditEntry::new(
+                &crate::audit::Caller::system(),
+                Some(&acme),
+                "order.test",
+                b"",
+            );
+            entry.event = Some(ev);
+            entry.draft("o-1")
+        };
+        let damaged = orderd_storage::AuditDraft {
+            subject: b"o-1".to_vec(),
+            payload: b"not an entry".to_vec(),
+            indexed: false,
+        };
+        for draft in [entry(allocated(1)), damaged, entry(allocated(2))] {
+            let mut batch = orderd_storage::Batch::default();
+            batch.audit.push(draft);
+            journal.submit(batch).await.unwrap();
+        }
+        let read = read_after(&journal, 0, Some(&acme), 10, 10).unwrap();
+        let got: Vec<(u64, u32)> = read
+            .events
+            .iter()
+            .map(|(s, ev)| (*s, ev.sequence))
+            .collect();
+        assert_eq!((got, read.next), (vec![(1, 1), (3, 2)], 3));
+        let read = read_after(&journal, 1, None, 10, 1).unwrap();
+        assert!(read.events.is_empty());
+        assert_eq!(
+            read.next, 2,
+            "the next read starts after the damaged record"
+        );
     }
 
     // Each kind of reader reports its furthest-behind instance; a kind with none reports 0, and

@@ -211,13 +211,13 @@ pub fn read_after(
     after: u64,
     max: usize,
 ) -> Result<(Vec<Arc<Published>>, u64), StorageError> {
-    let records = journal.durable_audit_after(after, max)?;
-    let last = records.last().map_or(after, |r| r.seq);
-    let events = records
+    let read = events::read_after(journal, after, None, max, max)?;
+    let events = read
+        .events
         .iter()
-        .filter_map(|r| events::event_or_skip(r).map(|ev| Arc::new(Published::of(r.seq, &ev))))
+        .map(|(seq, ev)| Arc::new(Published::of(*seq, ev)))
         .collect();
-    Ok((events, last))
+    Ok((events, read.next))
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -209,6 +209,81 @@ async fn a_stalled_endpoint_catches_up_from_the_log() {
     assert_eq!(got, expected, "each event once, in log order");
 }
 
+// An endpoint registered for one event type gets only events of that type: live from the bus,
+// and again when it catches up from the audit log after kill -9 (its cursor was never stored,
+// so everything since it was registered comes once more, all of it read from the log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_gets_only_the_event_types_it_registered_for() {
+    const ORDERS: usize = 3;
+    let rx = Receiver::start();
+    let mut env = TestEnv::start_with(&[
+        ("ORDERD_WEBHOOKS__ALLOW_PRIVATE", "true"),
+        ("ORDERD_WEBHOOKS__POLL_MS", "50"),
+        ("ORDERD_WEBHOOKS__CURSOR_STORE_MS", "3600000"),
+    ])
+    .await;
+    let admin = env.token("ACME", "ada", &["account_admin"]).await;
+    let bob = env.token("ACME", "bob", &["buyer", "approver"]).await;
+    let (_, secret) = register(&env, &admin, &rx.url("/all")).await;
+    rx.put("secrets", "/all", json!([secret])).await;
+    let (_, secret) = register_for(
+        &env,
+        &admin,
+        &rx.url("/cancelled"),
+        &["orderd.order.cancelled"],
+    )
+    .await;
+    rx.put("secrets", "/cancelled", json!([secret])).await;
+
+    // Each order: allocated at once (event 1), then cancelled (event 2).
+    let (mut all, mut cancelled) = (vec![], vec![]);
+    for i in 0..ORDERS {
+        let allocated = place_one(&env, &bob, &format!("typed-{i}")).await;
+        let order = allocated.trim_end_matches(".1").to_owned();
+        let r = env
+            .post(&bob, &format!("/v1/orders/{order}/cancel"), json!({}))
+            .await;
+        assert_eq!(r.status, 200, "{r}");
+        assert_eq!(r.body["state"], "cancelled", "{r}");
+        all.extend([allocated, format!("{order}.2")]);
+        cancelled.push(format!("{order}.2"));
+    }
+    rx.await_delivered("/all", &all).await;
+    rx.await_delivered("/cancelled", &cancelled).await;
+    let sent = |log: Vec<Value>| -> Vec<String> {
+        log.iter().map(|e| str_field(e, "id").to_owned()).collect()
+    };
+    assert_eq!(
+        sent(rx.log("/cancelled").await),
+        cancelled,
+        "live: only its type"
+    );
+
+    env.kill().await;
+    env.restart().await;
+    let twice = |ids: &[String]| [ids, ids].concat();
+    let all_twice = twice(&all);
+    wait_for("every event sent to /all again", async || {
+        (rx.delivered("/all").await.len() >= all_twice.len()).then_some(())
+    })
+    .await;
+    assert_eq!(
+        rx.delivered("/all").await,
+        all_twice,
+        "caught up from the log, in order"
+    );
+    let want = twice(&cancelled);
+    wait_for("the cancellations sent to /cancelled again", async || {
+        (rx.delivered("/cancelled").await.len() >= want.len()).then_some(())
+    })
+    .await;
+    assert_eq!(
+        sent(rx.log("/cancelled").await),
+        want,
+        "caught up from the log: only its type"
+    );
+}
+
 /// Deliveries across a crash: each event in log order, nothing lost. Delivery resumes at the
 /// endpoint's stored cursor, so what was delivered after it was last written comes once more,
 /// in order (`got` = `events[..k]` then `events[j..]` with `j <= k`); a receiver drops the
@@ -243,11 +318,21 @@ async fn place_one(env: &TestEnv, token: &str, key: &str) -> String {
 }
 
 async fn register(env: &TestEnv, admin: &str, url: &str) -> (String, String) {
+    register_for(env, admin, url, &["*"]).await
+}
+
+/// Registers an endpoint for `event_types`; its id and secret.
+async fn register_for(
+    env: &TestEnv,
+    admin: &str,
+    url: &str,
+    event_types: &[&str],
+) -> (String, String) {
     let r = env
         .post(
             admin,
             "/v1/webhooks",
-            json!({"url": url, "event_types": ["*"]}),
+            json!({"url": url, "event_types": event_types}),
         )
         .await;
     assert_eq!(r.status, 201, "{r}");
