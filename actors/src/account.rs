@@ -11,7 +11,7 @@ use crate::order_book::OrderBook;
 use crate::ordering::{self, Amendment, Placed, Preview};
 use crate::records;
 use crate::users::{self, PutMode};
-use crate::Limits;
+use crate::{ActorError, Limits};
 use orderd_domain::account::{Account, User};
 use orderd_domain::cart::Cart;
 use orderd_domain::ids::{AccountId, IdempotencyKey, OrderId, Sku, UserId, WarehouseId};
@@ -121,7 +121,7 @@ pub enum AccountMsg {
         state: Option<OrderState>,
         before: Option<OrderId>,
         limit: usize,
-        reply: RpcReplyPort<Vec<Order>>,
+        reply: RpcReplyPort<OrderList>,
     },
     Credit {
         reply: RpcReplyPort<CreditView>,
@@ -158,6 +158,14 @@ pub enum AccountMsg {
     IdleTick,
 }
 
+/// A page of an account's orders, newest first.
+#[derive(Debug, Clone)]
+pub struct OrderList {
+    pub orders: Vec<Order>,
+    /// Where the next page starts (its `before`); `None` when there are no more.
+    pub next: Option<OrderId>,
+}
+
 /// Credit figures of an account, recomputed from its orders.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CreditView {
@@ -181,7 +189,8 @@ pub struct AccountArgs {
 
 /// The account's most recent idempotency keys, at most `limits.idempotency_keys_max`, oldest
 /// first. Not stored on its own: each key is part of the order it placed
-/// ([`Order::idempotency`]), and the map is rebuilt from the orders.
+/// ([`Order::idempotency`]), and the map is rebuilt from the open orders and the newest
+/// `idempotency_keys_max` closed ones.
 #[derive(Default)]
 pub struct IdempotencyMap {
     // std SipHash: the client chooses the keys.
@@ -284,13 +293,12 @@ impl Actor for AccountActor {
         let journal = args.journal.clone();
         let id = args.id.clone();
         // Loading scans the journal: keep it off the async workers.
-        let loaded = tokio::task::spawn_blocking(move || load(&journal, &id)).await??;
-        let (account, cart, orders) = loaded;
+        let keys_max = args.limits.idempotency_keys_max;
+        let loaded = tokio::task::spawn_blocking(move || load(&journal, &id, keys_max)).await??;
+        let (account, cart, orders, idempotency) = loaded;
         // The view was built from the same record at start and follows every write; publishing
         // again keeps it right should a write have failed after it became durable.
         args.grants.publish(&account);
-        let idempotency =
-            IdempotencyMap::from_orders(orders.values(), args.limits.idempotency_keys_max);
         let period = std::time::Duration::from_millis(args.limits.account_idle_ms.max(100) / 2);
         me.send_interval(period, || AccountMsg::IdleTick);
         tracing::debug!(account.id = %args.id, orders = orders.len(), "account started");
@@ -440,11 +448,10 @@ impl Actor for AccountActor {
                 placed_by,
                 reply,
             } => {
-                let found = st
-                    .orders
-                    .get(&order)
+                let found = self::order(st, &order)
+                    .await?
                     .filter(|o| placed_by.as_ref().is_none_or(|u| &o.placed_by == u));
-                drop(reply.send(found.cloned()))
+                drop(reply.send(found))
             }
             AccountMsg::ListOrders {
                 placed_by,
@@ -453,16 +460,11 @@ impl Actor for AccountActor {
                 limit,
                 reply,
             } => {
-                let list = st
-                    .orders
-                    .values()
-                    .rev()
-                    .filter(|o| before.as_ref().is_none_or(|b| &o.id < b))
-                    .filter(|o| state.is_none_or(|s| o.state == s))
-                    .filter(|o| placed_by.as_ref().is_none_or(|u| &o.placed_by == u))
-                    .take(limit)
-                    .cloned()
-                    .collect();
+                let wanted = |o: &Order| {
+                    state.is_none_or(|s| o.state == s)
+                        && placed_by.as_ref().is_none_or(|u| &o.placed_by == u)
+                };
+                let list = list_orders(st, wanted, state, before, limit).await?;
                 let _ = reply.send(list);
             }
             AccountMsg::Credit { reply } => drop(reply.send(st.credit())),
@@ -514,9 +516,88 @@ impl Actor for AccountActor {
     }
 }
 
-type Loaded = (Account, Cart, OrderBook);
+/// The order `id` of the account: open from the book, closed from the journal.
+pub async fn order(st: &AccountState, id: &OrderId) -> Result<Option<Order>, ActorError> {
+    if let Some(o) = st.orders.get(id) {
+        return Ok(Some(o.clone()));
+    }
+    let (journal, account, id) = (st.journal.clone(), st.account.id.clone(), id.clone());
+    let stored = tokio::task::spawn_blocking(move || records::load_order(&journal, &account, &id))
+        .await
+        .map_err(|e| ActorError::Invariant(format!("reading an order: {e}")))??;
+    Ok(stored.map(|s| s.order))
+}
 
-fn load(journal: &Journal, id: &AccountId) -> Result<Loaded, ActorProcessingErr> {
+/// Up to `limit` orders placed before `before` that are `wanted`, newest first: the open ones
+/// from the book, the closed ones from the journal. At most `limits.list_scan_max` closed
+/// records are read (in chunks of at least [`LIST_CHUNK_MIN`]); when they run out first, the page lists only orders newer than the last
+/// record read and the next page goes on from there. `state` is the filter's state, if any:
+/// an open state reads no closed records.
+async fn list_orders(
+    st: &AccountState,
+    wanted: impl Fn(&Order) -> bool,
+    state: Option<OrderState>,
+    before: Option<OrderId>,
+    limit: usize,
+) -> Result<OrderList, ActorError> {
+    let mut closed: Vec<Order> = vec![];
+    // The last closed record read while more may follow: nothing below it is known yet.
+    let mut floor: Option<OrderId> = None;
+    if state.is_none_or(OrderState::is_closed) {
+        let mut at = before.clone();
+        let (mut scanned, scan_max) = (0, st.limits.list_scan_max);
+        while closed.len() < limit && scanned < scan_max {
+            let chunk = (limit - closed.len())
+                .max(LIST_CHUNK_MIN)
+                .min(scan_max - scanned);
+            let (journal, account, from) = (st.journal.clone(), st.account.id.clone(), at.clone());
+            let read = tokio::task::spawn_blocking(move || {
+                records::closed_orders_before(&journal, &account, from.as_ref(), chunk)
+            })
+            .await
+            .map_err(|e| ActorError::Invariant(format!("listing orders: {e}")))??;
+            scanned += read.len();
+            let ended = read.len() < chunk;
+            at = read.last().map(|s| s.order.id.clone()).or(at);
+            closed.extend(read.into_iter().map(|s| s.order).filter(&wanted));
+            floor = if ended { None } else { at.clone() };
+            if ended {
+                break;
+            }
+        }
+    }
+    let open = st
+        .orders
+        .values()
+        .rev()
+        .filter(|o| before.as_ref().is_none_or(|b| &o.id < b))
+        .take_while(|o| floor.as_ref().is_none_or(|f| &o.id > f))
+        .filter(|o| wanted(o))
+        .take(limit)
+        .cloned();
+    let mut orders: Vec<Order> = open.chain(closed).collect();
+    orders.sort_unstable_by(|a, b| b.id.cmp(&a.id));
+    orders.truncate(limit);
+    debug_assert!(
+        orders.windows(2).all(|w| w[0].id > w[1].id),
+        "an order is open or closed, never both"
+    );
+    let next = if orders.len() == limit {
+        orders.last().map(|o| o.id.clone())
+    } else {
+        floor
+    };
+    Ok(OrderList { orders, next })
+}
+
+/// Fewest closed order records a list reads from the journal at a time.
+const LIST_CHUNK_MIN: usize = 64;
+
+type Loaded = (Account, Cart, OrderBook, IdempotencyMap);
+
+/// The account, its cart, its open orders and its recent idempotency keys. Closed orders stay
+/// in the journal; of them only the newest `keys_max` are read, for their keys.
+fn load(journal: &Journal, id: &AccountId, keys_max: usize) -> Result<Loaded, ActorProcessingErr> {
     let account: Account = records::load_account(journal, id)?
         .ok_or_else(|| format!("account {id} has no master record"))?;
     let cart: Cart = records::load_one(journal, &records::cart_key(id))?.unwrap_or_default();
@@ -526,6 +607,12 @@ fn load(journal: &Journal, id: &AccountId) -> Result<Loaded, ActorProcessingErr>
         .into_iter()
         .map(|stored| stored.with_audit_seqs(journal))
         .collect::<Result<Vec<_>, _>>()?;
-    let orders = OrderBook::new(orders);
-    Ok((account, cart, orders))
+    let shipped_to = records::shipped_ship_tos(journal, id)?;
+    let book = OrderBook::new(orders, shipped_to);
+    let recent_closed = records::closed_orders_before(journal, id, None, keys_max)?;
+    let idempotency = IdempotencyMap::from_orders(
+        book.values().chain(recent_closed.iter().map(|s| &s.order)),
+        keys_max,
+    );
+    Ok((account, cart, book, idempotency))
 }

@@ -44,13 +44,10 @@ impl Engine {
     /// directory (accounts start lazily).
     pub async fn start(journal: Journal, limits: Limits) -> Result<Engine, ActorError> {
         let j = journal.clone();
-        let (master, orders, accounts, grants) =
+        let (master, (orders, moves), accounts, grants) =
             tokio::task::spawn_blocking(move || -> Result<_, ActorError> {
                 let master = catalog::load_master(&j)?;
-                let orders: Vec<Order> = records::load_orders(&j, records::ORDER)?
-                    .into_iter()
-                    .map(|s| s.order)
-                    .collect();
+                let orders = open_orders(&j)?;
                 let stored = records::load_accounts(&j)?;
                 // Read anyway for the ids: the grants cost one pass over the users.
                 let grants = Grants::from_accounts(&stored);
@@ -59,6 +56,19 @@ impl Engine {
             })
             .await
             .map_err(|e| ActorError::Start(e.to_string()))??;
+        if !moves.is_empty() {
+            tracing::info!(
+                orders = moves.len(),
+                "moving closed orders of an earlier layout to the closed records"
+            );
+            for chunk in moves.chunks(MOVES_PER_BATCH) {
+                let mut batch = Batch::default();
+                for m in chunk {
+                    m.add_to(&mut batch);
+                }
+                journal.submit(batch).await?;
+            }
+        }
         let (cat, prices, warehouses) = master;
         let mut holdings: BTreeMap<WarehouseId, Holdings> = BTreeMap::new();
         for o in orders.iter().filter(|o| o.state.holds_stock()) {
@@ -259,12 +269,10 @@ impl Engine {
         order: &OrderId,
         limit: usize,
     ) -> Result<Vec<(u64, AuditEntry)>, ActorError> {
-        let key = records::order_key(account, order);
-        let Some(value) = self.journal.get(key.as_bytes())? else {
+        let Some(stored) = records::load_order(&self.journal, account, order)? else {
             return Ok(vec![]);
         };
-        let (_, seqs) =
-            records::decode_order(key.as_bytes(), &value)?.with_audit_seqs(&self.journal)?;
+        let (_, seqs) = stored.with_audit_seqs(&self.journal)?;
         seqs.into_iter()
             .take(limit)
             .map(|seq| {
@@ -332,4 +340,40 @@ async fn spawn_warehouse(
         limits,
     )
     .await
+}
+
+/// Most closed orders of an earlier layout moved per batch at start.
+const MOVES_PER_BATCH: usize = 1_000;
+
+/// A closed order found among the open order records (stores written before closed orders
+/// had records of their own): moved as it is stored.
+struct Move {
+    key: Vec<u8>,
+    value: Vec<u8>,
+    order: Order,
+}
+
+impl Move {
+    fn add_to(&self, batch: &mut Batch) {
+        let (account, id) = (&self.order.account, &self.order.id);
+        batch.put(records::closed_key(account, id), self.value.clone());
+        batch.remove(self.key.clone());
+        if self.order.state == OrderState::Shipped {
+            batch.put(records::shipped_key(account, &self.order.ship_to), vec![]);
+        }
+    }
+}
+
+/// The open orders, and the closed orders that an earlier layout kept among them. Blocking.
+fn open_orders(journal: &Journal) -> Result<(Vec<Order>, Vec<Move>), ActorError> {
+    let (mut open, mut moves) = (vec![], vec![]);
+    for (key, value) in journal.scan_prefix(records::ORDER.as_bytes())? {
+        let order = records::decode_order(&key, &value)?.order;
+        if order.state.is_closed() {
+            moves.push(Move { key, value, order });
+        } else {
+            open.push(order);
+        }
+    }
+    Ok((open, moves))
 }

@@ -79,8 +79,13 @@ pub struct Limits {
     pub account_idle_ms: u64,
     /// Lines per order (at most `orderd_domain::validation::ORDER_LINES_MAX`).
     pub order_lines_max: usize,
-    /// Idempotency keys remembered per account; the oldest is forgotten beyond it.
+    /// Idempotency keys remembered per account; the oldest is forgotten beyond it. A started
+    /// account actor reads the keys of its open orders and of this many of its newest closed
+    /// ones.
     pub idempotency_keys_max: usize,
+    /// Closed order records one page of an order list reads at most: a filter that matches few
+    /// of them ends the page early, with a cursor to go on from.
+    pub list_scan_max: usize,
 }
 
 impl Default for Limits {
@@ -94,6 +99,7 @@ impl Default for Limits {
             account_idle_ms: 300_000,
             order_lines_max: 500,
             idempotency_keys_max: 10_000,
+            list_scan_max: 2_000,
         }
     }
 }
@@ -126,6 +132,7 @@ impl Limits {
             ),
             ("account_idle_ms", self.account_idle_ms == 0),
             ("idempotency_keys_max", self.idempotency_keys_max == 0),
+            ("list_scan_max", self.list_scan_max == 0),
         ] {
             if zero {
                 errs.push(format!("limits.{name} must be above 0"));

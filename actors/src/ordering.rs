@@ -388,8 +388,18 @@ fn order_batch(
         )]));
     }
     let mut batch = Batch::default();
-    // The journal ends the record with the seq of `draft`, which it assigns at commit.
-    batch.put_stamped(records::order_key(&order.account, &order.id), bytes);
+    // The journal ends the record with the seq of `draft`, which it assigns at commit. A
+    // closed order moves to the closed records, where no rebuild reads it again.
+    let open = records::order_key(&order.account, &order.id);
+    if order.state.is_closed() {
+        batch.put_stamped(records::closed_key(&order.account, &order.id), bytes);
+        batch.remove(open);
+        if st.orders.first_shipment_to(order) {
+            batch.put(records::shipped_key(&order.account, &order.ship_to), vec![]);
+        }
+    } else {
+        batch.put_stamped(open, bytes);
+    }
     batch.audit.push(draft);
     Ok(batch)
 }
@@ -413,13 +423,13 @@ fn touch(order: &mut Order) {
 }
 
 /// The order `id` as `caller` may see it: a caller who is only a buyer sees the orders they
-/// placed, and another user's order is not found, like one that does not exist.
-fn find(st: &AccountState, caller: &Caller, id: &OrderId) -> Result<Order, Rejection> {
-    st.orders
-        .get(id)
+/// placed, and another user's order is not found, like one that does not exist. A closed order
+/// is found too, so that a change to it is refused by the state machine, not as unknown.
+async fn find(st: &AccountState, caller: &Caller, id: &OrderId) -> Flow<Order> {
+    Ok(crate::account::order(st, id)
+        .await?
         .filter(|o| caller.sees_order_of(&o.placed_by))
-        .cloned()
-        .ok_or_else(|| Rejection::NotFound(format!("order {id}")))
+        .ok_or_else(|| Rejection::NotFound(format!("order {id}"))))
 }
 
 /// Moves `order` to PendingApproval, or to Confirmed and on to Allocated.
@@ -488,7 +498,7 @@ pub async fn place(
             if *digest != p.request_digest {
                 return Ok(Err(Rejection::IdempotencyMismatch(p.key.to_string())));
             }
-            let order = st.orders.get(placed).cloned().ok_or_else(|| {
+            let order = crate::account::order(st, placed).await?.ok_or_else(|| {
                 ActorError::Invariant(format!(
                     "idempotency key {} names missing order {placed}",
                     p.key
@@ -663,7 +673,7 @@ fn debug_assert_credit(st: &AccountState, order: &Order) {
 }
 
 pub async fn submit_draft(st: &mut AccountState, caller: &Caller, id: &OrderId) -> Flow<Order> {
-    let mut order = match find(st, caller, id) {
+    let mut order = match find(st, caller, id).await? {
         Ok(o) => o,
         Err(e) => return Ok(Err(e)),
     };
@@ -740,7 +750,7 @@ pub async fn approve(
     id: &OrderId,
     reject: &[u32],
 ) -> Flow<Order> {
-    let mut order = match find(st, caller, id) {
+    let mut order = match find(st, caller, id).await? {
         Ok(o) => o,
         Err(e) => return Ok(Err(e)),
     };
@@ -806,7 +816,7 @@ pub async fn reject(
     lines: &[u32],
     reason: Option<String>,
 ) -> Flow<Order> {
-    let mut order = match find(st, caller, id) {
+    let mut order = match find(st, caller, id).await? {
         Ok(o) => o,
         Err(e) => return Ok(Err(e)),
     };
@@ -862,7 +872,7 @@ pub async fn reject(
 }
 
 pub async fn cancel(st: &mut AccountState, caller: &Caller, id: &OrderId) -> Flow<Order> {
-    let mut order = match find(st, caller, id) {
+    let mut order = match find(st, caller, id).await? {
         Ok(o) => o,
         Err(e) => return Ok(Err(e)),
     };
@@ -937,7 +947,7 @@ pub async fn amend(
     id: &OrderId,
     patch: Amendment,
 ) -> Flow<Order> {
-    let old = match find(st, caller, id) {
+    let old = match find(st, caller, id).await? {
         Ok(o) => o,
         Err(e) => return Ok(Err(e)),
     };
@@ -1003,7 +1013,7 @@ pub async fn ship(
     id: &OrderId,
     warehouse: &WarehouseId,
 ) -> Flow<Order> {
-    let mut order = match find(st, caller, id) {
+    let mut order = match find(st, caller, id).await? {
         Ok(o) => o,
         Err(e) => return Ok(Err(e)),
     };

@@ -5,7 +5,9 @@
 //! |-----------------------------|-------------------------|
 //! | `acct/<account>`            | `Account`, removed users included (see [`encode_account`]) |
 //! | `cart/<account>`            | `Cart`                  |
-//! | `ord/<account>/<order>`     | `Order` (with its Idempotency-Key, if any) and the audit seqs of its changes (see [`encode_order`]) |
+//! | `ord/<account>/<order>`     | an open order: `Order` (with its Idempotency-Key, if any) and the audit seqs of its changes (see [`encode_order`]) |
+//! | `closed/<account>/<order>`  | a closed order (shipped, rejected, cancelled), the same value; it moves here with the change that closes it |
+//! | `shipped/<account>/<ship-to>` | empty: an order to this ship-to has shipped |
 //! | `wh/<warehouse>`            | `Warehouse`             |
 //! | `stock/<warehouse>/<sku>`   | on hand, `u64`          |
 //! | `cat/<sku>`                 | `CatalogItem`           |
@@ -13,7 +15,7 @@
 //! | `meta/<name>`               | daemon metadata         |
 
 use orderd_domain::account::Account;
-use orderd_domain::ids::{AccountId, OrderId, Sku, WarehouseId};
+use orderd_domain::ids::{AccountId, OrderId, ShipToId, Sku, WarehouseId};
 use orderd_domain::order::Order;
 use orderd_storage::StorageError;
 use serde::{de::DeserializeOwned, Serialize};
@@ -21,6 +23,8 @@ use serde::{de::DeserializeOwned, Serialize};
 pub const ACCOUNT: &str = "acct/";
 pub const CART: &str = "cart/";
 pub const ORDER: &str = "ord/";
+pub const CLOSED: &str = "closed/";
+pub const SHIPPED: &str = "shipped/";
 pub const WAREHOUSE: &str = "wh/";
 pub const STOCK: &str = "stock/";
 pub const CATALOG: &str = "cat/";
@@ -38,6 +42,18 @@ pub fn order_prefix(a: &AccountId) -> String {
 }
 pub fn order_key(a: &AccountId, o: &OrderId) -> String {
     format!("{ORDER}{a}/{o}")
+}
+pub fn closed_prefix(a: &AccountId) -> String {
+    format!("{CLOSED}{a}/")
+}
+pub fn closed_key(a: &AccountId, o: &OrderId) -> String {
+    format!("{CLOSED}{a}/{o}")
+}
+pub fn shipped_prefix(a: &AccountId) -> String {
+    format!("{SHIPPED}{a}/")
+}
+pub fn shipped_key(a: &AccountId, s: &ShipToId) -> String {
+    format!("{SHIPPED}{a}/{s}")
 }
 pub fn warehouse_key(w: &WarehouseId) -> String {
     format!("{WAREHOUSE}{w}")
@@ -172,6 +188,56 @@ pub fn load_orders(
     prefix: &str,
 ) -> Result<Vec<StoredOrder>, StorageError> {
     load_decoded(journal, prefix, decode_order)
+}
+
+/// The stored order `o` of account `a`, open or closed. Blocking (reads sled).
+pub fn load_order(
+    journal: &orderd_storage::Journal,
+    a: &AccountId,
+    o: &OrderId,
+) -> Result<Option<StoredOrder>, StorageError> {
+    for key in [order_key(a, o), closed_key(a, o)] {
+        if let Some(v) = journal.get(key.as_bytes())? {
+            return decode_order(key.as_bytes(), &v).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+/// Up to `max` closed orders of account `a` placed before order `before` (all when `None`),
+/// newest first (order ids are time-ordered). Blocking (reads sled).
+pub fn closed_orders_before(
+    journal: &orderd_storage::Journal,
+    a: &AccountId,
+    before: Option<&OrderId>,
+    max: usize,
+) -> Result<Vec<StoredOrder>, StorageError> {
+    let before = before.map(|o| o.as_str().as_bytes());
+    journal
+        .scan_prefix_rev(closed_prefix(a).as_bytes(), before, max)?
+        .into_iter()
+        .map(|(k, v)| decode_order(&k, &v))
+        .collect()
+}
+
+/// The ship-tos of account `a` that an order has shipped to. Blocking (reads sled).
+pub fn shipped_ship_tos(
+    journal: &orderd_storage::Journal,
+    a: &AccountId,
+) -> Result<Vec<ShipToId>, StorageError> {
+    let prefix = shipped_prefix(a);
+    journal
+        .scan_prefix(prefix.as_bytes())?
+        .into_iter()
+        .map(|(k, _)| {
+            let id = std::str::from_utf8(&k[prefix.len()..]).ok();
+            id.and_then(|id| ShipToId::parse(id).ok())
+                .ok_or_else(|| StorageError::Corrupt {
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    reason: "not a ship-to id".into(),
+                })
+        })
+        .collect()
 }
 
 /// Every account record.

@@ -398,16 +398,266 @@ async fn orders_of_the_first_layout_keep_their_history() {
     engine.shutdown().await.expect("shutdown");
 }
 
+// A closed order leaves the account's memory and the open records, and stays what it was:
+// read, listed, its history, a change refused by the state machine (not as unknown), its
+// idempotency key answered with it, its ship-to known to the "new ship-to" rule; across a
+// restart too. A closed order that an earlier layout kept among the open records is moved at
+// start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_orders_leave_memory_and_stay_readable() {
+    use orderd_actors::records;
+    use orderd_domain::ids::{IdempotencyKey, ShipToId};
+    use orderd_domain::rejection::Rejection;
+    const GAMMA: usize = 2;
+    let dir = tempfile::tempdir().expect("dir");
+    let mut engine = start(dir.path()).await.expect("engine");
+    world::seed(&engine).await.expect("seed");
+    let account = world::account_id(GAMMA);
+    let g1 = ShipToId::parse("G1").unwrap();
+
+    // GAMMA approves a first order to a ship-to; shipped, it closes.
+    let first = place_one(&engine, GAMMA, "A", 1, "G1").await;
+    assert_eq!(first.state, OrderState::PendingApproval, "G1 is new");
+    let allocated = approve_one(&engine, GAMMA, &first.id).await;
+    assert_eq!(allocated.state, OrderState::Allocated);
+    let wh = allocated.lines[0].allocations[0].warehouse.clone();
+    let shipped = ask(&engine, GAMMA, |reply| AccountMsg::Ship {
+        caller: world::warehouse_caller(wh.as_str()),
+        order: first.id.clone(),
+        warehouse: wh,
+        reply,
+    })
+    .await
+    .expect("actor")
+    .expect("shipped");
+    assert_eq!(shipped.state, OrderState::Shipped);
+
+    // Placed with a key, then cancelled: closed too.
+    let key = IdempotencyKey::parse("closed-key").unwrap();
+    let req = OrderRequest {
+        lines: vec![LineRequest {
+            sku: "A".into(),
+            qty: 2,
+            note: None,
+            warehouse: None,
+            quoted_unit_price: None,
+        }],
+        ship_to: Some("G1".into()),
+        ..OrderRequest::default()
+    };
+    let place = |engine: &Engine| {
+        let req = req.clone();
+        let key = key.clone();
+        let engine = engine.clone();
+        async move {
+            ask(&engine, GAMMA, |reply| AccountMsg::Place {
+                span: tracing::Span::none(),
+                caller: world::buyer(GAMMA),
+                key: Some(key),
+                req,
+                from_cart: false,
+                channel: Channel::Api,
+                submit: true,
+                reply,
+            })
+            .await
+            .expect("actor")
+            .expect("placed")
+        }
+    };
+    let keyed = place(&engine).await;
+    assert!(!keyed.replayed);
+    assert_eq!(
+        keyed.order.state,
+        OrderState::Allocated,
+        "G1 has had an order: no approval"
+    );
+    let cancel = |engine: &Engine| {
+        let (engine, id) = (engine.clone(), keyed.order.id.clone());
+        async move {
+            ask(&engine, GAMMA, |reply| AccountMsg::Cancel {
+                caller: world::buyer(GAMMA),
+                order: id,
+                reply,
+            })
+            .await
+            .expect("actor")
+        }
+    };
+    let cancelled = cancel(&engine).await.expect("cancelled");
+    assert_eq!(cancelled.state, OrderState::Cancelled);
+
+    let stored = |engine: &Engine, key: String| engine.journal.get(key.as_bytes()).unwrap();
+    for id in [&first.id, &keyed.order.id] {
+        assert!(stored(&engine, records::order_key(&account, id)).is_none());
+        assert!(stored(&engine, records::closed_key(&account, id)).is_some());
+    }
+    assert!(stored(&engine, records::shipped_key(&account, &g1)).is_some());
+
+    // The same answers before and after restarts: the second restart follows an earlier
+    // layout's store, with the shipped order among the open records and no shipped ship-to.
+    for round in ["running", "restarted", "restarted on the earlier layout"] {
+        let get = |id| {
+            let engine = engine.clone();
+            async move {
+                ask(&engine, GAMMA, |reply| AccountMsg::GetOrder {
+                    order: id,
+                    placed_by: None,
+                    reply,
+                })
+                .await
+                .expect("actor")
+                .unwrap_or_else(|| panic!("{round}: not found"))
+            }
+        };
+        assert_eq!(
+            get(first.id.clone()).await.state,
+            OrderState::Shipped,
+            "{round}"
+        );
+        assert_eq!(get(keyed.order.id.clone()).await, cancelled, "{round}");
+        let list = ask(&engine, GAMMA, |reply| AccountMsg::ListOrders {
+            placed_by: None,
+            state: Some(OrderState::Cancelled),
+            before: None,
+            limit: 10,
+            reply,
+        })
+        .await
+        .expect("actor");
+        assert_eq!(list.orders, std::slice::from_ref(&cancelled), "{round}");
+        assert_eq!(list.next, None, "{round}");
+        match cancel(&engine).await {
+            Err(Rejection::Transition(_)) => {}
+            other => panic!("{round}: cancelling again: {other:?}"),
+        }
+        let replayed = place(&engine).await;
+        assert!(replayed.replayed, "{round}");
+        assert_eq!(replayed.order, cancelled, "{round}");
+        let history = engine.history(&account, &first.id, 100).expect("history");
+        assert_eq!(history.len(), 3, "{round}: placed, approved, shipped");
+        let again = place_one(&engine, GAMMA, "A", 1, "G1").await;
+        assert_eq!(
+            again.state,
+            OrderState::Allocated,
+            "{round}: G1 is no longer new"
+        );
+
+        engine.shutdown().await.expect("shutdown");
+        drop(engine);
+        if round == "restarted" {
+            let db = orderd_storage::Journal::open_raw(dir.path()).expect("raw");
+            let data = |k: String| orderd_storage::layout::data_key(k.as_bytes());
+            let closed = data(records::closed_key(&account, &first.id));
+            let value = db.remove(closed).unwrap().expect("closed record");
+            db.insert(data(records::order_key(&account, &first.id)), value)
+                .unwrap();
+            db.remove(data(records::shipped_key(&account, &g1)))
+                .unwrap()
+                .expect("shipped ship-to");
+            db.flush().unwrap();
+        }
+        engine = start(dir.path()).await.expect("restart");
+    }
+    assert!(stored(&engine, records::order_key(&account, &first.id)).is_none());
+    assert!(stored(&engine, records::closed_key(&account, &first.id)).is_some());
+    assert!(stored(&engine, records::shipped_key(&account, &g1)).is_some());
+    engine.shutdown().await.expect("shutdown");
+}
+
+// Pages of an account's orders list open (in memory) and closed (read from the journal) orders
+// merged, newest first, each once: also when a page ends inside a chunk of closed records, and
+// when the bound on closed records read per page ends pages early.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_merge_open_and_closed_orders() {
+    use orderd_domain::ids::OrderId;
+    const ACME: usize = 0;
+    let dir = tempfile::tempdir().expect("dir");
+    let mut engine = start(dir.path()).await.expect("engine");
+    world::seed(&engine).await.expect("seed");
+    // 100 orders, all but every tenth cancelled: more closed records than one chunk reads.
+    let (mut all, mut closed) = (vec![], vec![]);
+    for i in 0..100 {
+        let o = place_one(&engine, ACME, "A", 1, "S1").await;
+        if i % 10 != 0 {
+            ask(&engine, ACME, |reply| AccountMsg::Cancel {
+                caller: world::buyer(ACME),
+                order: o.id.clone(),
+                reply,
+            })
+            .await
+            .expect("actor")
+            .expect("cancelled");
+            closed.push(o.id.clone());
+        }
+        all.push(o.id);
+    }
+    all.reverse();
+    closed.reverse();
+    for scan_max in [Limits::default().list_scan_max, 10] {
+        if scan_max != Limits::default().list_scan_max {
+            engine.shutdown().await.expect("shutdown");
+            drop(engine);
+            let limits = Limits {
+                list_scan_max: scan_max,
+                ..Limits::default()
+            };
+            engine = start_with(dir.path(), limits).await.expect("restart");
+        }
+        let list_all = |state: Option<OrderState>, limit: usize| {
+            let engine = engine.clone();
+            async move {
+                let (mut got, mut before, mut pages) = (Vec::<OrderId>::new(), None, 0);
+                loop {
+                    let page = ask(&engine, ACME, |reply| AccountMsg::ListOrders {
+                        placed_by: None,
+                        state,
+                        before,
+                        limit,
+                        reply,
+                    })
+                    .await
+                    .expect("actor");
+                    assert!(page.orders.len() <= limit);
+                    got.extend(page.orders.into_iter().map(|o| o.id));
+                    pages += 1;
+                    match page.next {
+                        Some(next) => before = Some(next),
+                        None => return (got, pages),
+                    }
+                }
+            }
+        };
+        for limit in [1, 5, 7, 50, 100, 1000] {
+            let (got, n) = list_all(None, limit).await;
+            assert_eq!(got, all, "pages of {limit}, reading at most {scan_max}");
+            let (got, _) = list_all(Some(OrderState::Cancelled), limit).await;
+            assert_eq!(
+                got, closed,
+                "cancelled, pages of {limit}, reading at most {scan_max}"
+            );
+            if scan_max >= 100 {
+                assert!(n <= 100 / limit + 1, "{n} pages of {limit}");
+            }
+        }
+    }
+    engine.shutdown().await.expect("shutdown");
+}
+
 /// An engine on the journal in `dir`. Opening waits (in `Journal::open`) while a previous
 /// engine's actors still hold the directory's lock, so it runs where blocking is allowed.
 async fn start(dir: &std::path::Path) -> Result<Engine, String> {
+    start_with(dir, Limits::default()).await
+}
+
+async fn start_with(dir: &std::path::Path, limits: Limits) -> Result<Engine, String> {
     let dir = dir.to_owned();
     let journal =
         tokio::task::spawn_blocking(move || Journal::open(&dir, &JournalConfig::default()))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("opening the journal: {e}"))?;
-    Engine::start(journal, Limits::default())
+    Engine::start(journal, limits)
         .await
         .map_err(|e| format!("starting the engine: {e}"))
 }

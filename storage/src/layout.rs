@@ -121,6 +121,19 @@ pub(crate) fn prefix_end(prefix: u8) -> [u8; 1] {
     [prefix.saturating_add(1)]
 }
 
+/// The smallest key above every key that starts with `prefix`: the prefix with its last byte
+/// below 0xff incremented and the rest dropped. `prefix` is a data key, so its first byte is
+/// [`DATA`] and there always is one.
+pub(crate) fn prefix_successor(prefix: &[u8]) -> Vec<u8> {
+    let at = prefix
+        .iter()
+        .rposition(|b| *b < u8::MAX)
+        .expect("a data key starts with a byte below 0xff");
+    let mut end = prefix[..=at].to_vec();
+    end[at] += 1;
+    end
+}
+
 /// A printable form of a raw key for error messages.
 pub(crate) fn describe_key(key: &[u8]) -> String {
     key.iter()
@@ -162,6 +175,16 @@ mod tests {
         }
         assert_eq!(seq_of_key(&audit_key(256)), Some(256));
         assert_eq!(seq_of_key(b"short"), None);
+    }
+
+    // The successor of a prefix is above every key with it and below every greater key.
+    #[test]
+    fn prefix_successor_bounds_the_prefix() {
+        assert_eq!(prefix_successor(b"dord/A/"), b"dord/A0");
+        assert_eq!(prefix_successor(b"da\xff\xff"), b"db");
+        let end = prefix_successor(b"dord/A/");
+        assert!(b"dord/A/zzzz".as_slice() < end.as_slice());
+        assert!(end.as_slice() <= b"dord/A0".as_slice());
     }
 
     // A subject longer than the u16 length field is refused instead of being truncated.

@@ -464,6 +464,33 @@ impl Journal {
             .collect()
     }
 
+    /// Up to `max` user entries under `prefix` whose key after the prefix is below `before` (every
+    /// entry under `prefix` when `None`), the highest key first, as `(key, value)` with the
+    /// caller's keys.
+    #[allow(clippy::type_complexity)]
+    pub fn scan_prefix_rev(
+        &self,
+        prefix: &[u8],
+        before: Option<&[u8]>,
+        max: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        let start = layout::data_key(prefix);
+        let end = match before {
+            Some(b) => layout::data_key(&[prefix, b].concat()),
+            None => layout::prefix_successor(&start),
+        };
+        self.inner
+            .db
+            .range(start..end)
+            .rev()
+            .take(max)
+            .map(|item| {
+                let (key, value) = item?;
+                Ok((key[1..].to_vec(), value.to_vec()))
+            })
+            .collect()
+    }
+
     /// The audit record `seq`, if there is one (applied, not necessarily durable yet).
     pub fn audit_record(&self, seq: u64) -> Result<Option<AuditRecord>, StorageError> {
         match self.inner.db.get(layout::audit_key(seq))? {

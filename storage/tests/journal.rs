@@ -169,6 +169,19 @@ async fn get_and_scan_prefix() {
     assert_eq!(scanned[0].1, b"value of acct/1/a".to_vec());
     assert_eq!(journal.scan_prefix(b"").expect("scan all").len(), 4);
     assert_eq!(journal.scan_prefix(b"nope").expect("scan"), Vec::new());
+
+    // Backwards: highest key first, at most `max`, below `before` when given, never past the
+    // prefix (acct/10/a and acct/2/b sort around acct/1/ but are not under it).
+    let rev = |before: Option<&[u8]>, max| -> Vec<Vec<u8>> {
+        let got = journal.scan_prefix_rev(b"acct/1/", before, max);
+        got.expect("scan").into_iter().map(|(k, _)| k).collect()
+    };
+    assert_eq!(rev(None, 10), [b"acct/1/z".to_vec(), b"acct/1/a".to_vec()]);
+    assert_eq!(rev(None, 1), [b"acct/1/z".to_vec()]);
+    assert_eq!(rev(Some(b"z"), 10), [b"acct/1/a".to_vec()]);
+    assert_eq!(rev(Some(b"a"), 10), Vec::<Vec<u8>>::new());
+    let (_, value) = &journal.scan_prefix_rev(b"acct/", None, 1).expect("scan")[0];
+    assert_eq!(value, b"value of acct/2/b");
     assert_eq!(
         journal.get(b"acct/10/a").expect("get"),
         Some(b"value of acct/10/a".to_vec())

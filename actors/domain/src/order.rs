@@ -53,6 +53,21 @@ impl OrderState {
         self.counts_for_credit()
     }
 
+    /// States no order leaves: the state machine has no move out of them. A closed order never
+    /// changes again.
+    pub fn is_closed(self) -> bool {
+        let closed = matches!(
+            self,
+            OrderState::Shipped | OrderState::Rejected | OrderState::Cancelled
+        );
+        debug_assert_eq!(
+            closed,
+            OrderState::ALL.iter().all(|to| !self.can_become(*to)),
+            "closed means no move out"
+        );
+        closed
+    }
+
     /// Lines, ship-to and notes may change only before allocation.
     pub fn amendable(self) -> bool {
         matches!(

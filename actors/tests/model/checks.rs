@@ -356,14 +356,28 @@ impl Harness {
             ));
         }
         let account = ask(engine, acct, |reply| AccountMsg::GetAccount { reply }).await?;
-        let orders = ask(engine, acct, |reply| AccountMsg::ListOrders {
-            placed_by: None,
-            state: None,
-            before: None,
-            limit: 100_000,
-            reply,
-        })
-        .await?;
+        // Every page, small ones so that the merge of open and closed orders across pages is
+        // checked too.
+        let mut orders: Vec<Order> = vec![];
+        let mut before = None;
+        loop {
+            let page = ask(engine, acct, |reply| AccountMsg::ListOrders {
+                placed_by: None,
+                state: None,
+                before,
+                limit: 3,
+                reply,
+            })
+            .await?;
+            orders.extend(page.orders);
+            match page.next {
+                Some(next) => before = Some(next),
+                None => break,
+            }
+        }
+        if !orders.windows(2).all(|w| w[0].id > w[1].id) {
+            return Err(format!("{} lists its orders out of order or twice", a.id));
+        }
         if must_hold {
             credit_within_limit(&account, &orders.iter().collect::<Vec<_>>())
                 .map_err(|e| format!("invariant 3: {e}"))?;

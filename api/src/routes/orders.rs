@@ -330,7 +330,7 @@ async fn list(
         .transpose()
         .map_err(|e| ApiError::bad_request("invalid_cursor", e.to_string()))?;
     let limit = q.limit.unwrap_or(50).clamp(1, s.limits.page_max);
-    let orders: Vec<Order> = s
+    let list = s
         .engine
         .account(auth.account()?, |reply| AccountMsg::ListOrders {
             placed_by,
@@ -340,12 +340,9 @@ async fn list(
             reply,
         })
         .await?;
-    let next_cursor = (orders.len() == limit)
-        .then(|| orders.last().map(|o| o.id.to_string()))
-        .flatten();
     Ok(axum::Json(OrderPage {
-        orders,
-        next_cursor,
+        orders: list.orders,
+        next_cursor: list.next.map(|id| id.to_string()),
     }))
 }
 
