@@ -342,6 +342,21 @@ async fn approve_one(
     .expect("approved")
 }
 
+/// Cancels order `id` of account `acct` as its buyer; the cancelled order or the refusal.
+async fn cancel_one(
+    engine: &Engine,
+    acct: usize,
+    id: &orderd_domain::ids::OrderId,
+) -> Result<orderd_domain::order::Order, orderd_domain::rejection::Rejection> {
+    ask(engine, acct, |reply| AccountMsg::Cancel {
+        caller: world::buyer(acct),
+        order: id.clone(),
+        reply,
+    })
+    .await
+    .expect("actor")
+}
+
 // An order record of the first layout (no audit seqs; its audit records indexed by order id,
 // as earlier versions wrote them) keeps its history after an upgrade: the engine finds it
 // through the index, and the order's next change writes the current layout, which names the
@@ -472,19 +487,9 @@ async fn closed_orders_leave_memory_and_stay_readable() {
         OrderState::Allocated,
         "G1 has had an order: no approval"
     );
-    let cancel = |engine: &Engine| {
-        let (engine, id) = (engine.clone(), keyed.order.id.clone());
-        async move {
-            ask(&engine, GAMMA, |reply| AccountMsg::Cancel {
-                caller: world::buyer(GAMMA),
-                order: id,
-                reply,
-            })
-            .await
-            .expect("actor")
-        }
-    };
-    let cancelled = cancel(&engine).await.expect("cancelled");
+    let cancelled = cancel_one(&engine, GAMMA, &keyed.order.id)
+        .await
+        .expect("cancelled");
     assert_eq!(cancelled.state, OrderState::Cancelled);
 
     let stored = |engine: &Engine, key: String| engine.journal.get(key.as_bytes()).unwrap();
@@ -527,7 +532,7 @@ async fn closed_orders_leave_memory_and_stay_readable() {
         .expect("actor");
         assert_eq!(list.orders, std::slice::from_ref(&cancelled), "{round}");
         assert_eq!(list.next, None, "{round}");
-        match cancel(&engine).await {
+        match cancel_one(&engine, GAMMA, &keyed.order.id).await {
             Err(Rejection::Transition(_)) => {}
             other => panic!("{round}: cancelling again: {other:?}"),
         }
@@ -580,14 +585,7 @@ async fn pages_merge_open_and_closed_orders() {
     for i in 0..100 {
         let o = place_one(&engine, ACME, "A", 1, "S1").await;
         if i % 10 != 0 {
-            ask(&engine, ACME, |reply| AccountMsg::Cancel {
-                caller: world::buyer(ACME),
-                order: o.id.clone(),
-                reply,
-            })
-            .await
-            .expect("actor")
-            .expect("cancelled");
+            cancel_one(&engine, ACME, &o.id).await.expect("cancelled");
             closed.push(o.id.clone());
         }
         all.push(o.id);
