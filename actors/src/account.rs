@@ -187,28 +187,29 @@ pub struct AccountArgs {
     pub retire: Box<dyn Fn() -> bool + Send + Sync>,
 }
 
-/// The account's most recent idempotency keys, at most `limits.idempotency_keys_max`, oldest
-/// first. Not stored on its own: each key is part of the order it placed
-/// ([`Order::idempotency`]), and the map is rebuilt from the open orders and the newest
-/// `idempotency_keys_max` closed ones.
+/// The Idempotency-Keys of the account's newest `limits.idempotency_keys_max` orders: a key
+/// is forgotten once that many orders were placed after its own. Counting orders, not keys,
+/// lets a started actor rebuild the same map from a bounded read: its open orders and its
+/// newest `idempotency_keys_max` closed ones. Not stored on its own: each key is part of the
+/// order it placed ([`Order::idempotency`]).
 #[derive(Default)]
 pub struct IdempotencyMap {
     // std SipHash: the client chooses the keys.
     by_key: HashMap<IdempotencyKey, (RequestDigest, OrderId)>,
-    oldest_first: VecDeque<IdempotencyKey>,
+    /// The newest orders, oldest first, with their keys.
+    newest: VecDeque<Option<IdempotencyKey>>,
 }
 
 impl IdempotencyMap {
-    /// The newest `limit` keys of `orders`. Order ids are UUIDv7, so their order is the order
-    /// in which the orders were placed.
+    /// The keys of the newest `limit` of `orders`. Order ids are UUIDv7, so their order is the
+    /// order in which the orders were placed.
     pub fn from_orders<'a>(orders: impl Iterator<Item = &'a Order>, limit: usize) -> Self {
-        let mut placed: Vec<(&OrderId, &PlacedWith)> = orders
-            .filter_map(|o| o.idempotency.as_ref().map(|p| (&o.id, p)))
-            .collect();
-        placed.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        let mut placed: Vec<&Order> = orders.collect();
+        placed.sort_unstable_by(|a, b| a.id.cmp(&b.id));
         let mut map = IdempotencyMap::default();
-        for (order, p) in placed.into_iter().rev().take(limit).rev() {
-            map.remember(p.key.clone(), p.request_digest, order.clone(), limit);
+        let skip = placed.len().saturating_sub(limit);
+        for o in &placed[skip..] {
+            map.remember(o.idempotency.as_ref(), &o.id, limit);
         }
         map
     }
@@ -218,24 +219,24 @@ impl IdempotencyMap {
         self.by_key.get(key)
     }
 
-    /// Remembers a key that just placed `order`, forgetting the oldest beyond `limit`.
-    pub fn remember(
-        &mut self,
-        key: IdempotencyKey,
-        digest: RequestDigest,
-        order: OrderId,
-        limit: usize,
-    ) {
-        if self.by_key.insert(key.clone(), (digest, order)).is_none() {
-            self.oldest_first.push_back(key);
+    /// Remembers that `order` was just placed, with its key if it had one, and forgets the key
+    /// of the order placed `limit` orders before it.
+    pub fn remember(&mut self, placed: Option<&PlacedWith>, order: &OrderId, limit: usize) {
+        if let Some(p) = placed {
+            self.by_key
+                .insert(p.key.clone(), (p.request_digest, order.clone()));
         }
-        while self.by_key.len() > limit.max(1) {
-            match self.oldest_first.pop_front() {
-                Some(old) => self.by_key.remove(&old),
-                None => break,
-            };
+        self.newest.push_back(placed.map(|p| p.key.clone()));
+        while self.newest.len() > limit.max(1) {
+            if let Some(Some(old)) = self.newest.pop_front() {
+                self.by_key.remove(&old);
+            }
         }
-        debug_assert_eq!(self.by_key.len(), self.oldest_first.len());
+        debug_assert_eq!(
+            self.by_key.len(),
+            self.newest.iter().flatten().count(),
+            "each remembered key belongs to one of the newest orders"
+        );
     }
 }
 

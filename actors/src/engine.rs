@@ -61,10 +61,15 @@ impl Engine {
                 orders = moves.len(),
                 "moving closed orders of an earlier layout to the closed records"
             );
-            for chunk in moves.chunks(MOVES_PER_BATCH) {
-                let mut batch = Batch::default();
-                for m in chunk {
+            let mut moves = moves.into_iter().peekable();
+            while moves.peek().is_some() {
+                let (mut batch, mut n, mut bytes) = (Batch::default(), 0, 0);
+                for m in moves.by_ref() {
+                    (n, bytes) = (n + 1, bytes + m.value.len());
                     m.add_to(&mut batch);
+                    if n >= MOVES_PER_BATCH || bytes >= MOVE_BYTES_PER_BATCH {
+                        break;
+                    }
                 }
                 journal.submit(batch).await?;
             }
@@ -342,8 +347,10 @@ async fn spawn_warehouse(
     .await
 }
 
-/// Most closed orders of an earlier layout moved per batch at start.
+/// Most closed orders of an earlier layout moved per batch at start, and most bytes of their
+/// records (a batch closes at the first order past either).
 const MOVES_PER_BATCH: usize = 1_000;
+const MOVE_BYTES_PER_BATCH: usize = 16 << 20;
 
 /// A closed order found among the open order records (stores written before closed orders
 /// had records of their own): moved as it is stored.
@@ -354,10 +361,10 @@ struct Move {
 }
 
 impl Move {
-    fn add_to(&self, batch: &mut Batch) {
+    fn add_to(self, batch: &mut Batch) {
         let (account, id) = (&self.order.account, &self.order.id);
-        batch.put(records::closed_key(account, id), self.value.clone());
-        batch.remove(self.key.clone());
+        batch.put(records::closed_key(account, id), self.value);
+        batch.remove(self.key);
         if self.order.state == OrderState::Shipped {
             batch.put(records::shipped_key(account, &self.order.ship_to), vec![]);
         }

@@ -79,9 +79,9 @@ pub struct Limits {
     pub account_idle_ms: u64,
     /// Lines per order (at most `orderd_domain::validation::ORDER_LINES_MAX`).
     pub order_lines_max: usize,
-    /// Idempotency keys remembered per account; the oldest is forgotten beyond it. A started
-    /// account actor reads the keys of its open orders and of this many of its newest closed
-    /// ones.
+    /// Idempotency-Keys are remembered for an account's newest this many orders (placed with a
+    /// key or not). A started account actor reads its open orders and this many of its newest
+    /// closed ones.
     pub idempotency_keys_max: usize,
     /// Closed order records one page of an order list reads at most: a filter that matches few
     /// of them ends the page early, with a cursor to go on from.

@@ -577,11 +577,9 @@ pub async fn place(
             return Err(e.into());
         }
     };
-    if let Some(p) = &order.idempotency {
-        let limit = st.limits.idempotency_keys_max;
-        st.idempotency
-            .remember(p.key.clone(), p.request_digest, id.clone(), limit);
-    }
+    let limit = st.limits.idempotency_keys_max;
+    st.idempotency
+        .remember(order.idempotency.as_ref(), &id, limit);
     if from_cart {
         st.cart.clear();
     }

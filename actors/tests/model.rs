@@ -39,7 +39,9 @@ use harness::{ask, Harness, Written};
 use ops::{Header, LineSpec, Op};
 use orderd_actors::account::AccountMsg;
 use orderd_actors::audit::{AuditEntry, Caller};
+use orderd_actors::ordering::Placed;
 use orderd_actors::{Engine, Limits};
+use orderd_domain::ids::IdempotencyKey;
 use orderd_domain::invariants::states_follow_machine;
 use orderd_domain::order::{Channel, OrderState};
 use orderd_domain::validation::{LineRequest, OrderRequest};
@@ -421,7 +423,7 @@ async fn orders_of_the_first_layout_keep_their_history() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_orders_leave_memory_and_stay_readable() {
     use orderd_actors::records;
-    use orderd_domain::ids::{IdempotencyKey, ShipToId};
+    use orderd_domain::ids::ShipToId;
     use orderd_domain::rejection::Rejection;
     const GAMMA: usize = 2;
     let dir = tempfile::tempdir().expect("dir");
@@ -640,6 +642,87 @@ async fn pages_merge_open_and_closed_orders() {
         }
     }
     engine.shutdown().await.expect("shutdown");
+}
+
+// An account remembers the Idempotency-Keys of its newest `idempotency_keys_max` orders, placed
+// with a key or not, open or closed, and a restarted account remembers the same ones: a retry
+// within them gets its first order back, one older places a new order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_cover_the_newest_orders_across_restarts() {
+    const ACME: usize = 0;
+    let dir = tempfile::tempdir().expect("dir");
+    let limits = Limits {
+        idempotency_keys_max: 3,
+        ..Limits::default()
+    };
+    let mut engine = start_with(dir.path(), limits.clone())
+        .await
+        .expect("engine");
+    world::seed(&engine).await.expect("seed");
+    let first = place_keyed(&engine, ACME, Some("k1")).await;
+    assert!(!first.replayed);
+    cancel_one(&engine, ACME, &first.order.id)
+        .await
+        .expect("cancelled");
+    // Two more orders, without keys, closed: k1's order is still among the newest 3.
+    for _ in 0..2 {
+        let o = place_keyed(&engine, ACME, None).await.order;
+        cancel_one(&engine, ACME, &o.id).await.expect("cancelled");
+    }
+    for round in ["running", "restarted"] {
+        let again = place_keyed(&engine, ACME, Some("k1")).await;
+        assert!(again.replayed, "{round}");
+        assert_eq!(again.order.id, first.order.id, "{round}");
+        engine.shutdown().await.expect("shutdown");
+        drop(engine);
+        engine = start_with(dir.path(), limits.clone())
+            .await
+            .expect("restart");
+    }
+    // A fourth order after it: k1 is forgotten by the running actor; the new order it places
+    // is what a restarted actor answers k1 with.
+    let fourth = place_keyed(&engine, ACME, None).await.order;
+    cancel_one(&engine, ACME, &fourth.id)
+        .await
+        .expect("cancelled");
+    let new = place_keyed(&engine, ACME, Some("k1")).await;
+    assert!(!new.replayed, "k1 is older than the newest 3 orders");
+    assert_ne!(new.order.id, first.order.id);
+    engine.shutdown().await.expect("shutdown");
+    drop(engine);
+    let engine = start_with(dir.path(), limits).await.expect("restart");
+    let again = place_keyed(&engine, ACME, Some("k1")).await;
+    assert!(again.replayed);
+    assert_eq!(again.order.id, new.order.id);
+    engine.shutdown().await.expect("shutdown");
+}
+
+/// Places a one-line order for account `acct` as its buyer, with Idempotency-Key `key`.
+async fn place_keyed(engine: &Engine, acct: usize, key: Option<&str>) -> Placed {
+    let req = OrderRequest {
+        lines: vec![LineRequest {
+            sku: "A".into(),
+            qty: 1,
+            note: None,
+            warehouse: None,
+            quoted_unit_price: None,
+        }],
+        ship_to: Some(world::ACCOUNTS[acct].ship_tos[0].0.into()),
+        ..OrderRequest::default()
+    };
+    ask(engine, acct, |reply| AccountMsg::Place {
+        span: tracing::Span::none(),
+        caller: world::buyer(acct),
+        key: key.map(|k| IdempotencyKey::parse(k).expect("valid key")),
+        req,
+        from_cart: false,
+        channel: Channel::Api,
+        submit: true,
+        reply,
+    })
+    .await
+    .expect("actor")
+    .expect("placed")
 }
 
 /// An engine on the journal in `dir`. Opening waits (in `Journal::open`) while a previous
