@@ -61,17 +61,14 @@ impl Engine {
                 orders = moves.len(),
                 "moving closed orders of an earlier layout to the closed records"
             );
-            let mut moves = moves.into_iter().peekable();
-            while moves.peek().is_some() {
-                let (mut batch, mut n, mut bytes) = (Batch::default(), 0, 0);
-                for m in moves.by_ref() {
-                    (n, bytes) = (n + 1, bytes + m.value.len());
-                    m.add_to(&mut batch);
-                    if n >= MOVES_PER_BATCH || bytes >= MOVE_BYTES_PER_BATCH {
-                        break;
-                    }
-                }
+            let mut moves = std::collections::VecDeque::from(moves);
+            while !moves.is_empty() {
+                let j = journal.clone();
+                let (batch, rest) = tokio::task::spawn_blocking(move || move_batch(&j, moves))
+                    .await
+                    .map_err(|e| ActorError::Start(e.to_string()))??;
                 journal.submit(batch).await?;
+                moves = rest;
             }
         }
         let (cat, prices, warehouses) = master;
@@ -353,22 +350,38 @@ const MOVES_PER_BATCH: usize = 1_000;
 const MOVE_BYTES_PER_BATCH: usize = 16 << 20;
 
 /// A closed order found among the open order records (stores written before closed orders
-/// had records of their own): moved as it is stored.
+/// had records of their own): its keys only, so that a large store is not held in memory
+/// while it is moved.
 struct Move {
-    key: Vec<u8>,
-    value: Vec<u8>,
-    order: Order,
+    open: Vec<u8>,
+    closed: String,
+    /// The ship-to marker of a shipped order.
+    shipped: Option<String>,
 }
 
-impl Move {
-    fn add_to(self, batch: &mut Batch) {
-        let (account, id) = (&self.order.account, &self.order.id);
-        batch.put(records::closed_key(account, id), self.value);
-        batch.remove(self.key);
-        if self.order.state == OrderState::Shipped {
-            batch.put(records::shipped_key(account, &self.order.ship_to), vec![]);
+/// The next batch of `moves`, its records read and moved as they are stored, and the moves
+/// left. Blocking (reads sled).
+fn move_batch(
+    journal: &Journal,
+    mut moves: std::collections::VecDeque<Move>,
+) -> Result<(Batch, std::collections::VecDeque<Move>), ActorError> {
+    let (mut batch, mut n, mut bytes) = (Batch::default(), 0, 0);
+    while let Some(m) = moves.pop_front() {
+        // Nothing else writes while the engine starts.
+        let value = journal.get(&m.open)?.ok_or_else(|| {
+            ActorError::Invariant("an order record vanished while moving it".into())
+        })?;
+        (n, bytes) = (n + 1, bytes + value.len());
+        batch.put(m.closed, value);
+        batch.remove(m.open);
+        if let Some(marker) = m.shipped {
+            batch.put(marker, vec![]);
+        }
+        if n >= MOVES_PER_BATCH || bytes >= MOVE_BYTES_PER_BATCH {
+            break;
         }
     }
+    Ok((batch, moves))
 }
 
 /// The open orders, and the closed orders that an earlier layout kept among them. Blocking.
@@ -377,7 +390,13 @@ fn open_orders(journal: &Journal) -> Result<(Vec<Order>, Vec<Move>), ActorError>
     for (key, value) in journal.scan_prefix(records::ORDER.as_bytes())? {
         let order = records::decode_order(&key, &value)?.order;
         if order.state.is_closed() {
-            moves.push(Move { key, value, order });
+            let (account, id) = (&order.account, &order.id);
+            moves.push(Move {
+                open: key,
+                closed: records::closed_key(account, id),
+                shipped: (order.state == OrderState::Shipped)
+                    .then(|| records::shipped_key(account, &order.ship_to)),
+            });
         } else {
             open.push(order);
         }
