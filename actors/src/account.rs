@@ -8,6 +8,7 @@ use crate::audit::Caller;
 use crate::catalog::CatalogStore;
 use crate::grants::Grants;
 use crate::order_book::OrderBook;
+use crate::order_reads::OrderFilter;
 use crate::ordering::{self, Amendment, Placed, Preview};
 use crate::records;
 use crate::users::{self, PutMode};
@@ -16,7 +17,7 @@ use orderd_domain::account::{Account, User};
 use orderd_domain::cart::Cart;
 use orderd_domain::ids::{AccountId, IdempotencyKey, OrderId, Sku, UserId, WarehouseId};
 use orderd_domain::money::Money;
-use orderd_domain::order::{Channel, Order, OrderState, PlacedWith, RequestDigest};
+use orderd_domain::order::{Channel, Order, PlacedWith, RequestDigest};
 use orderd_domain::rejection::Rejection;
 use orderd_domain::validation::OrderRequest;
 use orderd_domain::Decimal;
@@ -109,19 +110,18 @@ pub enum AccountMsg {
         warehouse: WarehouseId,
         reply: Reply<Order>,
     },
-    /// One order; with `placed_by`, only if that user placed it.
-    GetOrder {
+    /// The open order, if it is open (`Engine::order` reads a closed one from the journal).
+    OpenOrder {
         order: OrderId,
-        placed_by: Option<UserId>,
         reply: RpcReplyPort<Option<Order>>,
     },
-    /// Newest first; with `placed_by`, only the orders that user placed.
-    ListOrders {
-        placed_by: Option<UserId>,
-        state: Option<OrderState>,
+    /// Up to `limit` open orders placed before `before` that `filter` matches, newest first
+    /// (`Engine::list_orders` merges them with the closed ones).
+    OpenOrders {
+        filter: OrderFilter,
         before: Option<OrderId>,
         limit: usize,
-        reply: RpcReplyPort<OrderList>,
+        reply: RpcReplyPort<Vec<Order>>,
     },
     Credit {
         reply: RpcReplyPort<CreditView>,
@@ -156,14 +156,6 @@ pub enum AccountMsg {
     },
     /// Timer: stop when idle long enough.
     IdleTick,
-}
-
-/// A page of an account's orders, newest first.
-#[derive(Debug, Clone)]
-pub struct OrderList {
-    pub orders: Vec<Order>,
-    /// Where the next page starts (its `before`); `None` when there are no more.
-    pub next: Option<OrderId>,
 }
 
 /// Credit figures of an account, recomputed from its orders.
@@ -444,29 +436,25 @@ impl Actor for AccountActor {
                 let r = ordering::ship(st, &caller, &order, &warehouse).await?;
                 let _ = reply.send(r);
             }
-            AccountMsg::GetOrder {
-                order,
-                placed_by,
-                reply,
-            } => {
-                let found = self::order(st, &order)
-                    .await?
-                    .filter(|o| placed_by.as_ref().is_none_or(|u| &o.placed_by == u));
-                drop(reply.send(found))
+            AccountMsg::OpenOrder { order, reply } => {
+                drop(reply.send(st.orders.get(&order).cloned()));
             }
-            AccountMsg::ListOrders {
-                placed_by,
-                state,
+            AccountMsg::OpenOrders {
+                filter,
                 before,
                 limit,
                 reply,
             } => {
-                let wanted = |o: &Order| {
-                    state.is_none_or(|s| o.state == s)
-                        && placed_by.as_ref().is_none_or(|u| &o.placed_by == u)
-                };
-                let list = list_orders(st, wanted, state, before, limit).await?;
-                let _ = reply.send(list);
+                let open = st
+                    .orders
+                    .values()
+                    .rev()
+                    .filter(|o| before.as_ref().is_none_or(|b| &o.id < b))
+                    .filter(|o| filter.matches(o))
+                    .take(limit)
+                    .cloned()
+                    .collect();
+                drop(reply.send(open));
             }
             AccountMsg::Credit { reply } => drop(reply.send(st.credit())),
             AccountMsg::GetAccount { reply } => drop(reply.send(st.account.clone())),
@@ -528,71 +516,6 @@ pub async fn order(st: &AccountState, id: &OrderId) -> Result<Option<Order>, Act
         .map_err(|e| ActorError::Invariant(format!("reading an order: {e}")))??;
     Ok(stored.map(|s| s.order))
 }
-
-/// Up to `limit` orders placed before `before` that are `wanted`, newest first: the open ones
-/// from the book, the closed ones from the journal. At most `limits.list_scan_max` closed
-/// records are read (in chunks of at least [`LIST_CHUNK_MIN`]); when they run out first, the page lists only orders newer than the last
-/// record read and the next page goes on from there. `state` is the filter's state, if any:
-/// an open state reads no closed records.
-async fn list_orders(
-    st: &AccountState,
-    wanted: impl Fn(&Order) -> bool,
-    state: Option<OrderState>,
-    before: Option<OrderId>,
-    limit: usize,
-) -> Result<OrderList, ActorError> {
-    let mut closed: Vec<Order> = vec![];
-    // The last closed record read while more may follow: nothing below it is known yet.
-    let mut floor: Option<OrderId> = None;
-    if state.is_none_or(OrderState::is_closed) {
-        let mut at = before.clone();
-        let (mut scanned, scan_max) = (0, st.limits.list_scan_max);
-        while closed.len() < limit && scanned < scan_max {
-            let chunk = (limit - closed.len())
-                .max(LIST_CHUNK_MIN)
-                .min(scan_max - scanned);
-            let (journal, account, from) = (st.journal.clone(), st.account.id.clone(), at.clone());
-            let read = tokio::task::spawn_blocking(move || {
-                records::closed_orders_before(&journal, &account, from.as_ref(), chunk)
-            })
-            .await
-            .map_err(|e| ActorError::Invariant(format!("listing orders: {e}")))??;
-            scanned += read.len();
-            let ended = read.len() < chunk;
-            at = read.last().map(|s| s.order.id.clone()).or(at);
-            closed.extend(read.into_iter().map(|s| s.order).filter(&wanted));
-            floor = if ended { None } else { at.clone() };
-            if ended {
-                break;
-            }
-        }
-    }
-    let open = st
-        .orders
-        .values()
-        .rev()
-        .filter(|o| before.as_ref().is_none_or(|b| &o.id < b))
-        .take_while(|o| floor.as_ref().is_none_or(|f| &o.id > f))
-        .filter(|o| wanted(o))
-        .take(limit)
-        .cloned();
-    let mut orders: Vec<Order> = open.chain(closed).collect();
-    orders.sort_unstable_by(|a, b| b.id.cmp(&a.id));
-    orders.truncate(limit);
-    debug_assert!(
-        orders.windows(2).all(|w| w[0].id > w[1].id),
-        "an order is open or closed, never both"
-    );
-    let next = if orders.len() == limit {
-        orders.last().map(|o| o.id.clone())
-    } else {
-        floor
-    };
-    Ok(OrderList { orders, next })
-}
-
-/// Fewest closed order records a list reads from the journal at a time.
-const LIST_CHUNK_MIN: usize = 64;
 
 type Loaded = (Account, Cart, OrderBook, IdempotencyMap);
 

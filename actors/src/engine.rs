@@ -6,12 +6,13 @@ use crate::audit::{AuditEntry, Caller};
 use crate::catalog::{self, CatalogStore, Snapshot};
 use crate::directory::Directory;
 use crate::grants::Grants;
+use crate::order_reads::{self, OrderFilter, OrderList};
 use crate::records;
 use crate::warehouse::{RebuiltHolding, WarehouseArgs, WarehouseHandle};
 use crate::{ActorError, Limits};
 use orderd_domain::account::Account;
 use orderd_domain::catalog::CatalogItem;
-use orderd_domain::ids::{AccountId, OrderId, Sku, WarehouseId};
+use orderd_domain::ids::{AccountId, OrderId, Sku, UserId, WarehouseId};
 use orderd_domain::invariants::stock_is_conserved;
 use orderd_domain::order::{Order, OrderState};
 use orderd_domain::pricing::PriceEntry;
@@ -149,6 +150,70 @@ impl Engine {
         build: impl FnOnce(RpcReplyPort<T>) -> AccountMsg,
     ) -> Result<T, ActorError> {
         self.accounts.call(account, build).await
+    }
+
+    /// Order `id` of `account` (with `placed_by`: only if that user placed it). The account's
+    /// actor answers for an open order; a closed one is read from the journal afterwards, so
+    /// the read never holds up the account.
+    pub async fn order(
+        &self,
+        account: &AccountId,
+        id: &OrderId,
+        placed_by: Option<&UserId>,
+    ) -> Result<Option<Order>, ActorError> {
+        let order = id.clone();
+        let open = self
+            .account(account, |reply| AccountMsg::OpenOrder { order, reply })
+            .await?;
+        let found = match open {
+            Some(o) => Some(o),
+            None => {
+                let (journal, account, id) = (self.journal.clone(), account.clone(), id.clone());
+                tokio::task::spawn_blocking(move || records::load_order(&journal, &account, &id))
+                    .await
+                    .map_err(|e| ActorError::Invariant(format!("reading an order: {e}")))??
+                    .map(|stored| stored.order)
+            }
+        };
+        Ok(found.filter(|o| placed_by.is_none_or(|u| &o.placed_by == u)))
+    }
+
+    /// A page of `account`'s orders that `filter` matches, placed before `before`, newest
+    /// first: the open ones from its actor, the closed ones read from the journal afterwards
+    /// (at most `limits.list_scan_max` records; see [`order_reads::page`]).
+    pub async fn list_orders(
+        &self,
+        account: &AccountId,
+        filter: OrderFilter,
+        before: Option<OrderId>,
+        limit: usize,
+    ) -> Result<OrderList, ActorError> {
+        let (f, b) = (filter.clone(), before.clone());
+        let open = self
+            .account(account, |reply| AccountMsg::OpenOrders {
+                filter: f,
+                before: b,
+                limit,
+                reply,
+            })
+            .await?;
+        let (journal, account) = (self.journal.clone(), account.clone());
+        let scan_max = self.limits.list_scan_max;
+        tokio::task::spawn_blocking(move || {
+            order_reads::page(
+                open,
+                &filter,
+                before.as_ref(),
+                limit,
+                scan_max,
+                |from, max| {
+                    let read = records::closed_orders_before(&journal, &account, from, max)?;
+                    Ok::<_, ActorError>(read.into_iter().map(|s| s.order).collect())
+                },
+            )
+        })
+        .await
+        .map_err(|e| ActorError::Invariant(format!("listing orders: {e}")))?
     }
 
     /// Per kind of outbox reader, the durable audit records it has yet to hand on (see

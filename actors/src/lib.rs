@@ -15,6 +15,7 @@ pub mod engine;
 pub mod events;
 pub mod grants;
 pub mod order_book;
+pub mod order_reads;
 pub mod ordering;
 pub mod records;
 pub mod users;

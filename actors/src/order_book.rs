@@ -6,7 +6,7 @@
 //! Closed orders (shipped, rejected, cancelled) never change again, so the book lets go of an
 //! order when it closes: an account's memory and the time to rebuild it grow with its open
 //! orders, not with its history. Closed orders are read from the journal when asked for
-//! (`records::load_order`, `records::closed_orders_before`).
+//! (`records::load_order`, `records::closed_orders_before`, through `order_reads`).
 
 use orderd_domain::ids::{OrderId, ShipToId};
 use orderd_domain::order::{Order, OrderState};

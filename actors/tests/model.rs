@@ -12,7 +12,7 @@
 //! - invariant 4: an accepted step wrote exactly one audit record (an order change also one
 //!   event with the order's next sequence), a refused one wrote nothing, the chain verifies;
 //! - invariant 8: each order's audit records and events replay along the state machine to the
-//!   state `GetOrder` reports.
+//!   state the order reads as.
 //!
 //! A restart (a command, and always at the end of a case) shuts the engine down, reopens the
 //! journal and compares the rebuilt state, the whole outbox and idempotency replays again.
@@ -35,7 +35,7 @@ mod submissions;
 #[path = "model/world.rs"]
 mod world;
 
-use harness::{ask, Harness, Written};
+use harness::{ask, get_order, list_orders, Harness, Written};
 use ops::{Header, LineSpec, Op};
 use orderd_actors::account::AccountMsg;
 use orderd_actors::audit::{AuditEntry, Caller};
@@ -507,14 +507,10 @@ async fn closed_orders_leave_memory_and_stay_readable() {
         let get = |id| {
             let engine = engine.clone();
             async move {
-                ask(&engine, GAMMA, |reply| AccountMsg::GetOrder {
-                    order: id,
-                    placed_by: None,
-                    reply,
-                })
-                .await
-                .expect("actor")
-                .unwrap_or_else(|| panic!("{round}: not found"))
+                get_order(&engine, GAMMA, &id)
+                    .await
+                    .expect("read")
+                    .unwrap_or_else(|| panic!("{round}: not found"))
             }
         };
         assert_eq!(
@@ -523,15 +519,9 @@ async fn closed_orders_leave_memory_and_stay_readable() {
             "{round}"
         );
         assert_eq!(get(keyed.order.id.clone()).await, cancelled, "{round}");
-        let list = ask(&engine, GAMMA, |reply| AccountMsg::ListOrders {
-            placed_by: None,
-            state: Some(OrderState::Cancelled),
-            before: None,
-            limit: 10,
-            reply,
-        })
-        .await
-        .expect("actor");
+        let list = list_orders(&engine, GAMMA, Some(OrderState::Cancelled), None, 10)
+            .await
+            .expect("list");
         assert_eq!(list.orders, std::slice::from_ref(&cancelled), "{round}");
         assert_eq!(list.next, None, "{round}");
         match cancel_one(&engine, GAMMA, &keyed.order.id).await {
@@ -609,15 +599,9 @@ async fn pages_merge_open_and_closed_orders() {
             async move {
                 let (mut got, mut before, mut pages) = (Vec::<OrderId>::new(), None, 0);
                 loop {
-                    let page = ask(&engine, ACME, |reply| AccountMsg::ListOrders {
-                        placed_by: None,
-                        state,
-                        before,
-                        limit,
-                        reply,
-                    })
-                    .await
-                    .expect("actor");
+                    let page = list_orders(&engine, ACME, state, before, limit)
+                        .await
+                        .expect("list");
                     assert!(page.orders.len() <= limit);
                     got.extend(page.orders.into_iter().map(|o| o.id));
                     pages += 1;

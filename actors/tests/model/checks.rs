@@ -2,7 +2,7 @@
 //! the restart: a new engine on the same journal must rebuild exactly the same state.
 
 use crate::compare::compare_order;
-use crate::harness::{ask, EventSeen, Harness, Written};
+use crate::harness::{ask, get_order, list_orders, EventSeen, Harness, Written};
 use crate::reference::{self, legal, state_named, MOrder};
 use crate::start;
 use crate::world::{self, ACCOUNTS, STOCK_SKUS, WAREHOUSES};
@@ -361,14 +361,7 @@ impl Harness {
         let mut orders: Vec<Order> = vec![];
         let mut before = None;
         loop {
-            let page = ask(engine, acct, |reply| AccountMsg::ListOrders {
-                placed_by: None,
-                state: None,
-                before,
-                limit: 3,
-                reply,
-            })
-            .await?;
+            let page = list_orders(engine, acct, None, before, 3).await?;
             orders.extend(page.orders);
             match page.next {
                 Some(next) => before = Some(next),
@@ -402,17 +395,12 @@ impl Harness {
                 .get(&m.id)
                 .ok_or_else(|| format!("order {} missing from the list", m.id))?;
             compare_order(m, real)?;
-            let id = m.id.clone();
-            let got = ask(engine, acct, |reply| AccountMsg::GetOrder {
-                order: id,
-                placed_by: None,
-                reply,
-            })
-            .await?
-            .ok_or_else(|| format!("GetOrder {}: not found", m.id))?;
+            let got = get_order(engine, acct, &m.id)
+                .await?
+                .ok_or_else(|| format!("reading order {}: not found", m.id))?;
             if got.state != m.state || got.version != m.changes {
                 return Err(format!(
-                    "invariant 8: GetOrder {} is {:?} v{}, the model {:?} v{}",
+                    "invariant 8: order {} reads as {:?} v{}, the model {:?} v{}",
                     m.id, got.state, got.version, m.state, m.changes
                 ));
             }

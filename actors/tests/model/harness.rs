@@ -9,6 +9,7 @@ use crate::stats;
 use crate::world::{self, ACCOUNTS};
 use orderd_actors::account::AccountMsg;
 use orderd_actors::audit::Caller;
+use orderd_actors::order_reads::{OrderFilter, OrderList};
 use orderd_actors::ordering::Amendment;
 use orderd_actors::Engine;
 use orderd_domain::cart::Cart;
@@ -129,6 +130,36 @@ pub async fn ask<T: Send + 'static>(
         .account(&world::account_id(acct), build)
         .await
         .map_err(|e| format!("actor error (never expected here): {e}"))
+}
+
+/// Order `id` of account `acct`, open or closed, as the API reads it.
+pub async fn get_order(
+    engine: &Engine,
+    acct: usize,
+    id: &OrderId,
+) -> Result<Option<Order>, String> {
+    engine
+        .order(&world::account_id(acct), id, None)
+        .await
+        .map_err(|e| format!("reading order {id}: {e}"))
+}
+
+/// A page of account `acct`'s orders in `state` (all when `None`), as the API lists them.
+pub async fn list_orders(
+    engine: &Engine,
+    acct: usize,
+    state: Option<OrderState>,
+    before: Option<OrderId>,
+    limit: usize,
+) -> Result<OrderList, String> {
+    let filter = OrderFilter {
+        placed_by: None,
+        state,
+    };
+    engine
+        .list_orders(&world::account_id(acct), filter, before, limit)
+        .await
+        .map_err(|e| format!("listing orders: {e}"))
 }
 
 impl Harness {

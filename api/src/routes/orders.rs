@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use orderd_actors::account::{AccountMsg, Reply};
 use orderd_actors::audit::AuditEntry;
 use orderd_actors::audit::Caller;
+use orderd_actors::order_reads::OrderFilter;
 use orderd_actors::ordering::{Amendment, Preview};
 use orderd_domain::account::Role;
 use orderd_domain::ids::{AccountId, IdempotencyKey, OrderId, WarehouseId};
@@ -330,15 +331,10 @@ async fn list(
         .transpose()
         .map_err(|e| ApiError::bad_request("invalid_cursor", e.to_string()))?;
     let limit = q.limit.unwrap_or(50).clamp(1, s.limits.page_max);
+    let filter = OrderFilter { placed_by, state };
     let list = s
         .engine
-        .account(auth.account()?, |reply| AccountMsg::ListOrders {
-            placed_by,
-            state,
-            before,
-            limit,
-            reply,
-        })
+        .list_orders(auth.account()?, filter, before, limit)
         .await?;
     Ok(axum::Json(OrderPage {
         orders: list.orders,
@@ -371,14 +367,8 @@ async fn fetch(
     account: &AccountId,
     id: &OrderId,
 ) -> ApiResult<Order> {
-    let id2 = id.clone();
-    let placed_by = caller.placed_by_filter().cloned();
     s.engine
-        .account(account, |reply| AccountMsg::GetOrder {
-            order: id2,
-            placed_by,
-            reply,
-        })
+        .order(account, id, caller.placed_by_filter())
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("order {id} not found")))
 }
