@@ -141,6 +141,45 @@ impl Directory {
             return Err(ActorError::NoSuchAccount);
         }
         let permit = self.permit(account)?;
+        let r = self.call_with(&permit, account, build).await;
+        drop(permit);
+        r
+    }
+
+    /// Like [`Directory::call`], then `read(answer)` on the blocking pool: a journal read
+    /// outside the actor, so that it does not hold up the account's other requests. The read
+    /// still counts in the account's and the daemon's in-flight bounds until it ends, so an
+    /// account cannot run more reads at once than requests; its caller waits at most the call
+    /// timeout for it.
+    pub async fn call_then_read<T: Send + 'static, U: Send + 'static>(
+        &self,
+        account: &AccountId,
+        build: impl FnOnce(RpcReplyPort<T>) -> AccountMsg,
+        read: impl FnOnce(T) -> Result<U, ActorError> + Send + 'static,
+    ) -> Result<U, ActorError> {
+        if !self.exists(account) {
+            return Err(ActorError::NoSuchAccount);
+        }
+        let permit = self.permit(account)?;
+        let answer = self.call_with(&permit, account, build).await?;
+        let reading = tokio::task::spawn_blocking(move || {
+            let _counted = permit;
+            read(answer)
+        });
+        let timeout = Duration::from_millis(self.0.limits.call_timeout_ms);
+        match tokio::time::timeout(timeout, reading).await {
+            Ok(read) => read.map_err(|e| ActorError::Invariant(format!("a journal read: {e}")))?,
+            Err(_) => Err(ActorError::Timeout),
+        }
+    }
+
+    /// Calls the account's actor (starting it if needed) under `permit`.
+    async fn call_with<T: Send + 'static>(
+        &self,
+        permit: &Permit,
+        account: &AccountId,
+        build: impl FnOnce(RpcReplyPort<T>) -> AccountMsg,
+    ) -> Result<T, ActorError> {
         let actor = permit
             .slot
             .actor
@@ -148,9 +187,7 @@ impl Directory {
             .await?
             .clone();
         let timeout = Duration::from_millis(self.0.limits.call_timeout_ms);
-        let r = call(&actor, timeout, build).await;
-        drop(permit);
-        r
+        call(&actor, timeout, build).await
     }
 
     fn permit(&self, account: &AccountId) -> Result<Permit, ActorError> {

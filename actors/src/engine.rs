@@ -154,27 +154,33 @@ impl Engine {
 
     /// Order `id` of `account` (with `placed_by`: only if that user placed it). The account's
     /// actor answers for an open order; a closed one is read from the journal afterwards, so
-    /// the read never holds up the account.
+    /// the read never holds up the account. A record not yet durable is not an answer (see
+    /// [`order_reads`]).
     pub async fn order(
         &self,
         account: &AccountId,
         id: &OrderId,
         placed_by: Option<&UserId>,
     ) -> Result<Option<Order>, ActorError> {
-        let order = id.clone();
-        let open = self
-            .account(account, |reply| AccountMsg::OpenOrder { order, reply })
+        let (journal, acct, order) = (self.journal.clone(), account.clone(), id.clone());
+        let found = self
+            .accounts
+            .call_then_read(
+                account,
+                |reply| AccountMsg::OpenOrder {
+                    order: id.clone(),
+                    reply,
+                },
+                move |open| match open {
+                    Some(o) => Ok(Some(o)),
+                    None => {
+                        let stored = records::load_order(&journal, &acct, &order)?;
+                        let durable = journal.audit_head().seq;
+                        Ok(stored.filter(|s| s.is_durable(durable)).map(|s| s.order))
+                    }
+                },
+            )
             .await?;
-        let found = match open {
-            Some(o) => Some(o),
-            None => {
-                let (journal, account, id) = (self.journal.clone(), account.clone(), id.clone());
-                tokio::task::spawn_blocking(move || records::load_order(&journal, &account, &id))
-                    .await
-                    .map_err(|e| ActorError::Invariant(format!("reading an order: {e}")))??
-                    .map(|stored| stored.order)
-            }
-        };
         Ok(found.filter(|o| placed_by.is_none_or(|u| &o.placed_by == u)))
     }
 
@@ -188,32 +194,42 @@ impl Engine {
         before: Option<OrderId>,
         limit: usize,
     ) -> Result<OrderList, ActorError> {
-        let (f, b) = (filter.clone(), before.clone());
-        let open = self
-            .account(account, |reply| AccountMsg::OpenOrders {
-                filter: f,
-                before: b,
-                limit,
-                reply,
-            })
-            .await?;
-        let (journal, account) = (self.journal.clone(), account.clone());
+        let (journal, acct) = (self.journal.clone(), account.clone());
         let scan_max = self.limits.list_scan_max;
-        tokio::task::spawn_blocking(move || {
-            order_reads::page(
-                open,
-                &filter,
-                before.as_ref(),
-                limit,
-                scan_max,
-                |from, max| {
-                    let read = records::closed_orders_before(&journal, &account, from, max)?;
-                    Ok::<_, ActorError>(read.into_iter().map(|s| s.order).collect())
+        let (f, b) = (filter.clone(), before.clone());
+        self.accounts
+            .call_then_read(
+                account,
+                move |reply| AccountMsg::OpenOrders {
+                    filter: f,
+                    before: b,
+                    limit,
+                    reply,
+                },
+                move |open| {
+                    order_reads::page(
+                        open,
+                        &filter,
+                        before.as_ref(),
+                        limit,
+                        scan_max,
+                        |from, max| {
+                            let read = records::closed_orders_before(&journal, &acct, from, max)?;
+                            // Read after the records: a record the flush covers by now is durable.
+                            let durable = journal.audit_head().seq;
+                            Ok::<_, ActorError>(
+                                read.into_iter()
+                                    .map(|s| order_reads::ClosedRecord {
+                                        durable: s.is_durable(durable),
+                                        order: s.order,
+                                    })
+                                    .collect(),
+                            )
+                        },
+                    )
                 },
             )
-        })
-        .await
-        .map_err(|e| ActorError::Invariant(format!("listing orders: {e}")))?
+            .await
     }
 
     /// Per kind of outbox reader, the durable audit records it has yet to hand on (see

@@ -3,7 +3,10 @@
 //! afterwards, outside the actor, so a long read never delays the account's captures.
 //!
 //! An open order may close between the two reads. Its closed record is then the newer of the
-//! two: it replaces the open copy, so a page never lists an order twice.
+//! two: it replaces the open copy, so a page never lists an order twice. A record the journal
+//! shows before the flush that makes it durable (sled applies a batch, then the committer
+//! flushes) is passed over: the actor has not acknowledged that change yet, and a crash could
+//! still undo it. Only the actor, which waits for its own flushes, reads such records.
 
 use orderd_domain::ids::{OrderId, UserId};
 use orderd_domain::order::{Order, OrderState};
@@ -33,13 +36,21 @@ pub struct OrderList {
     pub next: Option<OrderId>,
 }
 
+/// A closed order record as read from the journal.
+#[derive(Debug, Clone)]
+pub struct ClosedRecord {
+    pub order: Order,
+    /// Whether a flush has made its write durable (`records::StoredOrder::is_durable`).
+    pub durable: bool,
+}
+
 /// Fewest closed order records a list reads from the journal at a time.
 pub const LIST_CHUNK_MIN: usize = 64;
 
 /// Up to `limit` orders placed before `before` that `filter` matches, newest first: `open` (the
 /// actor's open orders that match, before `before`, newest first, at most `limit`) merged with
-/// the closed ones `read_closed(from, max)` gives (up to `max` closed orders placed before
-/// `from`, newest first).
+/// the closed records `read_closed(from, max)` gives (up to `max` closed orders placed before
+/// `from`, newest first), of which only the durable ones count.
 ///
 /// At most `scan_max` closed records are read (in chunks of at least [`LIST_CHUNK_MIN`]); when
 /// they run out first, the page lists only orders newer than the last record read and the next
@@ -50,7 +61,7 @@ pub fn page<E>(
     before: Option<&OrderId>,
     limit: usize,
     scan_max: usize,
-    mut read_closed: impl FnMut(Option<&OrderId>, usize) -> Result<Vec<Order>, E>,
+    mut read_closed: impl FnMut(Option<&OrderId>, usize) -> Result<Vec<ClosedRecord>, E>,
 ) -> Result<OrderList, E> {
     debug_assert!(
         open.len() <= limit
@@ -77,8 +88,9 @@ pub fn page<E>(
             let read = read_closed(at.as_ref(), chunk)?;
             scanned += read.len();
             let ended = read.len() < chunk;
-            at = read.last().map(|o| o.id.clone()).or(at);
-            for o in read {
+            at = read.last().map(|r| r.order.id.clone()).or(at);
+            // A change not yet durable is not shown: the order's open copy, if listed, stays.
+            for o in read.into_iter().filter(|r| r.durable).map(|r| r.order) {
                 if listed_open.contains(&o.id) {
                     closed_since.insert(o.id.clone());
                 }
@@ -147,14 +159,18 @@ mod tests {
     fn journal<'a>(
         closed: &'a [Order],
         read: &'a Cell<usize>,
-    ) -> impl FnMut(Option<&OrderId>, usize) -> Result<Vec<Order>, Infallible> + 'a {
+    ) -> impl FnMut(Option<&OrderId>, usize) -> Result<Vec<ClosedRecord>, Infallible> + 'a {
         move |before, max| {
-            let mut below: Vec<Order> = closed
+            let mut below: Vec<ClosedRecord> = closed
                 .iter()
                 .filter(|o| before.is_none_or(|b| &o.id < b))
-                .cloned()
+                .map(|o| ClosedRecord {
+                    order: o.clone(),
+                    // Version 99 marks a change sled applied but has not flushed yet.
+                    durable: o.version != 99,
+                })
                 .collect();
-            below.sort_by(|a, b| b.id.cmp(&a.id));
+            below.sort_by(|a, b| b.order.id.cmp(&a.order.id));
             below.truncate(max);
             read.set(read.get() + below.len());
             Ok(below)
@@ -229,6 +245,30 @@ mod tests {
         assert_eq!(ids(&bobs), ["o0003", "o0002"]);
         assert_eq!(bobs.orders[0].state, Cancelled);
         assert_eq!(bobs.next, Some(OrderId::parse("o0002").unwrap()));
+    }
+
+    // A closed record that is not durable yet is passed over: the order stays listed as the
+    // actor answered (open), or is not listed when the actor did not list it; it still counts
+    // as read, so the page's end and cursor stay where they were.
+    #[test]
+    fn a_close_not_yet_durable_is_not_shown() {
+        let count = Cell::new(0);
+        let was_open = vec![order(3, Confirmed, "bob")];
+        let mut closing = order(3, Cancelled, "bob");
+        closing.version = 99;
+        let mut other = order(2, Shipped, "bob");
+        other.version = 99;
+        let closed = vec![closing, other, order(1, Rejected, "bob")];
+        let read = journal(&closed, &count);
+        let list = page(was_open, &OrderFilter::default(), None, 10, 2000, read).unwrap();
+        let states: Vec<OrderState> = list.orders.iter().map(|o| o.state).collect();
+        assert_eq!(ids(&list), ["o0003", "o0001"]);
+        assert_eq!((states, list.next), (vec![Confirmed, Rejected], None));
+
+        let read = journal(&closed, &count);
+        let bounded = page(vec![], &OrderFilter::default(), None, 1, 2, read).unwrap();
+        assert!(bounded.orders.is_empty());
+        assert_eq!(bounded.next, Some(OrderId::parse("o0002").unwrap()));
     }
 
     // A filter on an open state reads nothing from the journal; a filter that matches few

@@ -136,6 +136,16 @@ pub struct StoredOrder {
 }
 
 impl StoredOrder {
+    /// Whether the flush that made audit records up to `durable_seq` durable covers this
+    /// record's write. A record written in the same batch as its change's audit record (every
+    /// record of the current layout) is visible to reads as soon as sled applied the batch,
+    /// before that flush; until then a crash could still undo it, so readers outside the
+    /// account actor pass over it. A record of the first layout was written long ago.
+    pub fn is_durable(&self, durable_seq: u64) -> bool {
+        let last = self.audit_seqs.as_ref().and_then(|seqs| seqs.last());
+        last.is_none_or(|seq| *seq <= durable_seq)
+    }
+
     /// The order and the audit seqs of its changes, oldest first: for a record of the first
     /// layout, read from the journal's subject index, where earlier versions indexed them.
     pub fn with_audit_seqs(

@@ -500,6 +500,19 @@ async fn closed_orders_leave_memory_and_stay_readable() {
         assert!(stored(&engine, records::closed_key(&account, id)).is_some());
     }
     assert!(stored(&engine, records::shipped_key(&account, &g1)).is_some());
+    // The closing record is stamped with its change's audit seq: durable once the flush
+    // covered that seq (readers outside the actor pass over it before).
+    let closing = records::load_order(&engine.journal, &account, &keyed.order.id)
+        .unwrap()
+        .expect("closed record");
+    let head = engine.journal.audit_head().seq;
+    let last = *closing
+        .audit_seqs
+        .as_ref()
+        .and_then(|s| s.last())
+        .expect("stamped");
+    assert!(last <= head && closing.is_durable(head));
+    assert!(!closing.is_durable(last - 1));
 
     // The same answers before and after restarts: the second restart follows an earlier
     // layout's store, with the shipped order among the open records and no shipped ship-to.
