@@ -343,8 +343,8 @@ impl Engine {
         self.accounts.put_account(caller, account).await
     }
 
-    /// Up to `limit` audit records of `account`'s order `order`, oldest first (none for an
-    /// order that is not stored). Its record names them (`records::encode_order`); for a
+    /// Up to `limit` durable audit records of `account`'s order `order`, oldest first (none for
+    /// an order that is not stored). Its record names them (`records::encode_order`); for a
     /// record of the first layout they are indexed by order id. Blocking (reads sled).
     pub fn history(
         &self,
@@ -356,7 +356,10 @@ impl Engine {
             return Ok(vec![]);
         };
         let (_, seqs) = stored.with_audit_seqs(&self.journal)?;
+        // Only what a flush covers: sled shows an applied batch before its flush.
+        let durable = self.journal.audit_head().seq;
         seqs.into_iter()
+            .take_while(|seq| *seq <= durable)
             .take(limit)
             .map(|seq| {
                 let r = self.journal.audit_record(seq)?.ok_or_else(|| {
