@@ -365,9 +365,7 @@ async fn cancel_one(
 // old records and the new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_of_the_first_layout_keep_their_history() {
-    let dir = tempfile::tempdir().expect("dir");
-    let engine = start(dir.path()).await.expect("engine");
-    world::seed(&engine).await.expect("seed");
+    let (dir, engine) = seeded().await;
     let pending = place_one(&engine, 0, "A", 5, "S1").await;
     assert_eq!(pending.state, OrderState::PendingApproval);
     let key = orderd_actors::records::order_key(&pending.account, &pending.id);
@@ -426,9 +424,7 @@ async fn closed_orders_leave_memory_and_stay_readable() {
     use orderd_domain::ids::ShipToId;
     use orderd_domain::rejection::Rejection;
     const GAMMA: usize = 2;
-    let dir = tempfile::tempdir().expect("dir");
-    let mut engine = start(dir.path()).await.expect("engine");
-    world::seed(&engine).await.expect("seed");
+    let (dir, mut engine) = seeded().await;
     let account = world::account_id(GAMMA);
     let g1 = ShipToId::parse("G1").unwrap();
 
@@ -582,9 +578,7 @@ async fn closed_orders_leave_memory_and_stay_readable() {
 async fn pages_merge_open_and_closed_orders() {
     use orderd_domain::ids::OrderId;
     const ACME: usize = 0;
-    let dir = tempfile::tempdir().expect("dir");
-    let mut engine = start(dir.path()).await.expect("engine");
-    world::seed(&engine).await.expect("seed");
+    let (dir, mut engine) = seeded().await;
     // 100 orders, all but every tenth cancelled: more closed records than one chunk reads.
     let (mut all, mut closed) = (vec![], vec![]);
     for i in 0..100 {
@@ -724,6 +718,14 @@ async fn place_keyed(engine: &Engine, acct: usize, key: Option<&str>) -> Placed 
 
 /// An engine on the journal in `dir`. Opening waits (in `Journal::open`) while a previous
 /// engine's actors still hold the directory's lock, so it runs where blocking is allowed.
+/// An engine on a fresh journal in a temporary directory, seeded with the test world.
+async fn seeded() -> (tempfile::TempDir, Engine) {
+    let dir = tempfile::tempdir().expect("dir");
+    let engine = start(dir.path()).await.expect("engine");
+    world::seed(&engine).await.expect("seed");
+    (dir, engine)
+}
+
 async fn start(dir: &std::path::Path) -> Result<Engine, String> {
     start_with(dir, Limits::default()).await
 }
