@@ -52,7 +52,8 @@ pub mod metric_names {
     pub const WEBHOOK_DEAD_LETTERS: &str = "orderd_webhook_dead_letters";
 }
 
-use orderd_storage::StorageError;
+/// Carried by [`ActorError::Storage`].
+pub use orderd_storage::StorageError;
 use ractor::rpc::CallResult;
 use ractor::{ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};

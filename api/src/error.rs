@@ -3,6 +3,7 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use orderd_actors::StorageError;
 use orderd_actors::{ActorError, BusyScope};
 use orderd_domain::rejection::Rejection;
 use orderd_domain::validation::Problem;
@@ -168,6 +169,10 @@ impl From<ActorError> for ApiError {
             ActorError::NoSuchAccount => ApiError::NotFound("account not found".into()),
             ActorError::Timeout => ApiError::Unavailable("no answer within the call timeout; the request may still complete, retry with the same Idempotency-Key".into()),
             ActorError::Gone => ApiError::Unavailable("the account was restarting; retry with the same Idempotency-Key".into()),
+            // A full commit queue is load, like the in-flight bound; a closed journal is a
+            // daemon shutting down. Neither is a fault of the server: the client retries.
+            ActorError::Storage(StorageError::Overloaded) => ApiError::Overloaded,
+            ActorError::Storage(StorageError::Closed) => ApiError::Unavailable("orderd is shutting down; retry with the same Idempotency-Key".into()),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -175,3 +180,39 @@ impl From<ActorError> for ApiError {
 
 /// Lets handlers write `engine_call.await??`.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(e: ActorError) -> (StatusCode, Option<HeaderValue>) {
+        let resp = ApiError::from(e).into_response();
+        (
+            resp.status(),
+            resp.headers().get(header::RETRY_AFTER).cloned(),
+        )
+    }
+
+    #[test]
+    fn load_and_shutdown_answer_503_with_retry_after_and_faults_500() {
+        for (error, status) in [
+            (ActorError::Busy(BusyScope::Account), 429),
+            (ActorError::Busy(BusyScope::Daemon), 503),
+            (ActorError::Storage(StorageError::Overloaded), 503),
+            (ActorError::Storage(StorageError::Closed), 503),
+            (ActorError::Timeout, 503),
+        ] {
+            let shown = format!("{error:?}");
+            let (got, retry_after) = answer(error);
+            assert_eq!(got.as_u16(), status, "{shown}");
+            assert!(retry_after.is_some(), "{shown} says when to retry");
+        }
+        let corrupt = StorageError::Corrupt {
+            key: "ord/x".into(),
+            reason: "bad".into(),
+        };
+        let (got, retry_after) = answer(ActorError::Storage(corrupt));
+        assert_eq!(got, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(retry_after.is_none());
+    }
+}
