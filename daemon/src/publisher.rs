@@ -2,11 +2,14 @@
 //!
 //! The audit log is the outbox (see `orderd_storage`): every order change's audit record carries
 //! its event. The publisher takes the events in log order from a durable cursor, publishes each
-//! to JetStream with `Nats-Msg-Id` set to the event id, waits for every PubAck of the round, and
-//! only then moves the cursor on (stored in the journal under [`CURSOR_KEY`] at most every
-//! `nats.cursor_store_ms`: a cursor write is a journal batch, and one per round would add
-//! writes to every group commit under load; when the publisher is idle, the cursor is stored
-//! at its next poll).
+//! to JetStream with `Nats-Msg-Id` set to the event id, and moves the cursor past a round only
+//! when every PubAck of that round and of all rounds before it is in (while live, up to
+//! `nats.rounds_in_flight` rounds wait for their PubAcks at once, so an event does not wait for
+//! the acknowledgements of the round before it to be sent; together they hold at most
+//! `nats.acks_in_flight_max` messages, the NATS client's own bound). The cursor is stored in the
+//! journal under [`CURSOR_KEY`] at most every `nats.cursor_store_ms` (a cursor write is a
+//! journal batch, and one per round would add writes to every group commit under load; when
+//! the publisher is idle, the cursor is stored at its next poll).
 //!
 //! Where it takes them from: it subscribes to the in-process bus, reads the log itself up to
 //! the durable head it sees then, and from there on publishes what the outbox relay hands on
@@ -18,8 +21,8 @@
 //!   retries with capped exponential backoff;
 //! - after a crash it resumes at the stored cursor, after an outage at the last acknowledged
 //!   event, in log order, so per order the events arrive in order and without gaps; what was
-//!   published after the stored cursor (at most `cursor_store_ms` of events, or a round not yet
-//!   acknowledged) is published again, which JetStream drops inside its duplicate window and
+//!   published after the stored cursor (at most `cursor_store_ms` of events, and the rounds not
+//!   yet acknowledged) is published again, which JetStream drops inside its duplicate window and
 //!   consumers drop by event id after it;
 //! - only durable records go out (up to the head of the last group flush).
 //!
@@ -35,6 +38,9 @@
 use orderd_actors::events::{self, BusReceiver, EventBus, LagStage, OutboxReaders, Published};
 use orderd_storage::{Batch, Journal, StorageError};
 use serde::Deserialize;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -69,6 +75,13 @@ pub struct NatsSettings {
     pub batch_max: usize,
     /// How long one round waits for its PubAcks before it is retried.
     pub ack_timeout_ms: u64,
+    /// Rounds from the bus published and waiting for their PubAcks at once: the next round
+    /// goes out while earlier ones wait (1: each round waits for the one before).
+    pub rounds_in_flight: usize,
+    /// Messages published and waiting for their PubAck at once, over all rounds: the NATS
+    /// client refuses to hold more, so a round that would go above waits for older rounds
+    /// first, and a round larger than this waits for its own first messages part way.
+    pub acks_in_flight_max: usize,
     /// Longest pause between retries while NATS is unreachable.
     pub retry_max_ms: u64,
     /// Longest wait when there is nothing to publish: a new event from the bus wakes the
@@ -90,6 +103,8 @@ impl Default for NatsSettings {
             duplicate_window_s: 120,
             batch_max: 512,
             ack_timeout_ms: 5_000,
+            rounds_in_flight: 4,
+            acks_in_flight_max: 8_192,
             retry_max_ms: 5_000,
             poll_ms: 500,
             cursor_store_ms: 250,
@@ -131,6 +146,14 @@ impl NatsSettings {
             (
                 self.ack_timeout_ms == 0,
                 "nats.ack_timeout_ms must be above 0",
+            ),
+            (
+                self.rounds_in_flight == 0,
+                "nats.rounds_in_flight must be above 0",
+            ),
+            (
+                self.acks_in_flight_max == 0,
+                "nats.acks_in_flight_max must be above 0",
             ),
             (self.retry_max_ms == 0, "nats.retry_max_ms must be above 0"),
             (self.poll_ms == 0, "nats.poll_ms must be above 0"),
@@ -240,7 +263,16 @@ async fn connect(s: &NatsSettings) -> Result<async_nats::jetstream::Context, Pub
         .connect(s.url.as_str())
         .await
         .map_err(|e| PublishError::Connect(e.to_string()))?;
-    let js = async_nats::jetstream::new(client);
+    // The client holds at most `acks_in_flight_max` messages waiting for their PubAck, and the
+    // publisher's own count keeps it below. With backpressure, a publish above the bound would
+    // wait for a PubAck future that only this task polls: for good. Without, it fails (and the
+    // round is retried), so a miscount shows as an error, never as a hang. Futures dropped
+    // after a failed round hold their place for at most the ack timeout.
+    let js = async_nats::jetstream::context::ContextBuilder::new()
+        .max_ack_inflight(s.acks_in_flight_max)
+        .backpressure_on_inflight(false)
+        .ack_timeout(Duration::from_millis(s.ack_timeout_ms))
+        .build(client);
     for (name, subjects) in [
         (&s.orders_stream, "orderd.orders.>"),
         (&s.allocations_stream, "orderd.allocations.>"),
@@ -262,15 +294,35 @@ async fn connect(s: &NatsSettings) -> Result<async_nats::jetstream::Context, Pub
     Ok(js)
 }
 
-/// Publishes the messages of `events` in order, waits for every PubAck, and records each
-/// event's lag.
-async fn publish_all(
+/// What a published round waits for: every PubAck of its messages, within the ack timeout.
+type Acks = Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send>>;
+
+/// How many messages `events` go out as (what [`messages`] yields for each, without
+/// building them).
+fn message_count(events: &[Arc<Published>]) -> usize {
+    events.iter().map(|ev| 1 + ev.stock_warehouses.len()).sum()
+}
+
+/// Publishes the messages of `events` in order and returns the wait for their PubAcks, all
+/// within `ack_timeout` from now. `room`: how many more messages the client may hold waiting
+/// for a PubAck (at least 1); once that many of this round wait, their PubAcks are awaited
+/// before it goes on.
+async fn send(
     js: &async_nats::jetstream::Context,
     events: &[Arc<Published>],
     ack_timeout: Duration,
-) -> Result<(), PublishError> {
-    let mut acks = Vec::with_capacity(events.len());
+    room: usize,
+) -> Result<Acks, PublishError> {
+    assert!(room > 0, "a round is sent only with room for a message");
+    let ms = u64::try_from(ack_timeout.as_millis()).unwrap_or(u64::MAX);
+    let deadline = tokio::time::Instant::now() + ack_timeout;
+    let mut acks = Vec::with_capacity(events.len().min(room));
     for m in events.iter().flat_map(|ev| messages(ev)) {
+        if acks.len() == room {
+            tokio::time::timeout_at(deadline, all_acked(std::mem::take(&mut acks)))
+                .await
+                .map_err(|_| PublishError::AckTimeout(ms))??;
+        }
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", m.msg_id.as_str());
         let ack = js
@@ -282,23 +334,47 @@ async fn publish_all(
             })?;
         acks.push((m.subject, ack));
     }
-    let all = async {
-        for (subject, ack) in acks {
-            ack.await.map_err(|e| PublishError::Publish {
-                subject,
-                reason: e.to_string(),
-            })?;
-        }
-        Ok::<(), PublishError>(())
-    };
-    let ms = u64::try_from(ack_timeout.as_millis()).unwrap_or(u64::MAX);
-    tokio::time::timeout(ack_timeout, all)
-        .await
-        .map_err(|_| PublishError::AckTimeout(ms))??;
+    // From the start of the round, not from when it becomes the oldest waiting.
+    Ok(Box::pin(async move {
+        tokio::time::timeout_at(deadline, all_acked(acks))
+            .await
+            .map_err(|_| PublishError::AckTimeout(ms))?
+    }))
+}
+
+/// Every PubAck of `acks`, in order.
+async fn all_acked(
+    acks: Vec<(String, async_nats::jetstream::context::PublishAckFuture)>,
+) -> Result<(), PublishError> {
+    for (subject, ack) in acks {
+        ack.await.map_err(|e| PublishError::Publish {
+            subject,
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+/// Records the lag of acknowledged events.
+fn record_lags(events: &[Arc<Published>]) {
     for ev in events {
         events::record_lag(LagStage::Nats, ev.changed_at);
     }
-    Ok(())
+}
+
+/// A round taken from the bus, published, waiting for its PubAcks.
+struct Round {
+    events: Vec<Arc<Published>>,
+    /// Its messages (an event goes out on one subject or more).
+    messages: usize,
+    acks: Acks,
+}
+
+impl Round {
+    /// The audit seq of its last event.
+    fn last(&self) -> u64 {
+        self.events.last().map_or(0, |ev| ev.seq)
+    }
 }
 
 /// Runs until `stop` changes: connects (retrying), catches up from the log, then publishes
@@ -320,6 +396,8 @@ pub async fn run(
         js: None,
         cursor: None,
         live: None,
+        in_flight: VecDeque::new(),
+        in_flight_messages: 0,
     };
     loop {
         let error = match p.step(&mut stop).await {
@@ -334,6 +412,7 @@ pub async fn run(
         tracing::warn!(%error, retry_in_ms, "event publishing paused; events wait in the audit log");
         // What was not acknowledged is read from the log again.
         p.live = None;
+        p.drop_in_flight();
         if matches!(
             error,
             PublishError::Connect(_) | PublishError::Stream { .. }
@@ -347,7 +426,14 @@ pub async fn run(
             _ = stop.changed() => break,
         }
     }
-    // A graceful stop stores what was acknowledged, so nothing is published twice.
+    // A graceful stop waits for the rounds in flight (each within its ack timeout) and stores
+    // what was acknowledged, so nothing is published twice.
+    while !p.in_flight.is_empty() {
+        if let Err(error) = p.settle_oldest().await {
+            tracing::warn!(%error, "rounds in flight at shutdown were not acknowledged; the next start publishes them again");
+            break;
+        }
+    }
     if let Some(c) = p.cursor.filter(|c| c.stored < c.at) {
         if let Err(error) = store_cursor(&p.journal, c.at).await {
             tracing::warn!(%error, "storing the NATS cursor at shutdown failed; the next start publishes the last events again");
@@ -373,6 +459,12 @@ struct Publisher {
     cursor: Option<Cursor>,
     /// Subscribed to the bus, and caught up with the log when subscribing.
     live: Option<BusReceiver>,
+    /// Rounds from the bus published and not yet acknowledged, oldest first (at most
+    /// `rounds_in_flight`); the cursor moves past a round when its PubAcks and those of every
+    /// round before it are in.
+    in_flight: VecDeque<Round>,
+    /// The messages of the rounds in flight (at most `acks_in_flight_max`).
+    in_flight_messages: usize,
 }
 
 impl Publisher {
@@ -409,6 +501,9 @@ impl Publisher {
     /// together they miss nothing. (The audit head, not the durable-changes signal: the
     /// committer moves the head first, and the relay may already read up to it.)
     async fn catch_up(&mut self, stop: &watch::Receiver<bool>) -> Result<bool, PublishError> {
+        // Rounds of a dropped subscription go out again from the log (JetStream drops the
+        // repeats by message id).
+        self.drop_in_flight();
         let head = self.journal.audit_head().seq;
         if head.saturating_sub(self.at()) > SUBSCRIBE_WITHIN {
             self.publish_from_log(head).await?;
@@ -441,51 +536,118 @@ impl Publisher {
             }
             .into());
         }
-        self.publish(&events).await?;
+        let acks = self.send(&events).await?;
+        acks.await?;
+        record_lags(&events);
         self.advance(last).await
     }
 
-    /// Publishes what the bus hands on within `poll_ms`, at most `batch_max` events at once.
-    /// A subscription that fell behind the bus is dropped: the next step catches up from the
-    /// log.
+    /// One move with the bus: takes what it hands on (at most `batch_max` events) and
+    /// publishes it as a round while fewer than `rounds_in_flight` wait for their PubAcks, or
+    /// moves the cursor past the oldest round once its PubAcks are in; waits at most
+    /// `poll_ms` for either. A subscription that fell behind the bus is dropped: the next step
+    /// catches up from the log.
     async fn follow(
         &mut self,
         mut live: BusReceiver,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<bool, PublishError> {
-        // Nothing waiting: every event up to the bus's position was published (the position is
-        // read first, and moves only after its events were sent).
+        // Nothing waiting and nothing in flight: every event up to the bus's position was
+        // published (the position is read first, and moves only after its events were sent).
         let position = self.bus.position();
-        if live.is_empty() {
+        if live.is_empty() && self.in_flight.is_empty() {
             self.advance(position).await?;
         }
+        let room = self.in_flight.len() < self.s.rounds_in_flight
+            && self.in_flight_messages < self.s.acks_in_flight_max;
+        let poll = Duration::from_millis(self.s.poll_ms);
+        let oldest = self.in_flight.front_mut().map(|r| r.acks.as_mut());
         let first = tokio::select! {
-            ev = live.recv() => ev,
-            _ = tokio::time::sleep(Duration::from_millis(self.s.poll_ms)) => {
+            ev = live.recv(), if room => ev,
+            acked = async { oldest.expect("guarded").await }, if oldest.is_some() => {
+                acked?;
+                self.acknowledged().await?;
+                self.live = Some(live);
+                return Ok(true);
+            }
+            _ = tokio::time::sleep(poll) => {
                 self.live = Some(live);
                 return Ok(true);
             }
             _ = stop.changed() => return Ok(false),
         };
-        let (got, behind) = events::take_waiting(&mut live, first, self.s.batch_max, self.at());
-        self.publish(&got).await?;
-        if let Some(last) = got.last() {
-            self.advance(last.seq).await?;
+        let published = self.in_flight.back().map_or(self.at(), Round::last);
+        let (got, behind) = events::take_waiting(&mut live, first, self.s.batch_max, published);
+        if !got.is_empty() {
+            let messages = message_count(&got);
+            // Older rounds settle first while this one would take the client above its bound.
+            while !self.in_flight.is_empty()
+                && self.in_flight_messages + messages > self.s.acks_in_flight_max
+            {
+                self.settle_oldest().await?;
+            }
+            let acks = self.send(&got).await?;
+            self.in_flight_messages += messages;
+            self.in_flight.push_back(Round {
+                events: got,
+                messages,
+                acks,
+            });
         }
+        assert!(
+            self.in_flight.len() <= self.s.rounds_in_flight,
+            "at most rounds_in_flight rounds wait for PubAcks"
+        );
+        assert!(
+            self.in_flight.len() == 1 || self.in_flight_messages <= self.s.acks_in_flight_max,
+            "only a lone round takes more than acks_in_flight_max messages (in parts)"
+        );
         if !behind {
             self.live = Some(live);
         }
         Ok(true)
     }
 
-    async fn publish(&self, events: &[Arc<Published>]) -> Result<(), PublishError> {
+    /// Publishes `events` as one round (see [`send`]), in the room the rounds in flight leave.
+    async fn send(&mut self, events: &[Arc<Published>]) -> Result<Acks, PublishError> {
         let Some(js) = &self.js else {
             return Err(PublishError::Connect("not connected".into()));
         };
-        if events.is_empty() {
+        let room = self.s.acks_in_flight_max - self.in_flight_messages;
+        send(
+            js,
+            events,
+            Duration::from_millis(self.s.ack_timeout_ms),
+            room,
+        )
+        .await
+    }
+
+    /// Waits for the oldest round's PubAcks, then moves the cursor past it.
+    async fn settle_oldest(&mut self) -> Result<(), PublishError> {
+        let Some(oldest) = self.in_flight.front_mut() else {
             return Ok(());
-        }
-        publish_all(js, events, Duration::from_millis(self.s.ack_timeout_ms)).await
+        };
+        (&mut oldest.acks).await?;
+        self.acknowledged().await
+    }
+
+    /// The oldest round's PubAcks are in: it leaves the rounds in flight, and the cursor moves
+    /// past it.
+    async fn acknowledged(&mut self) -> Result<(), PublishError> {
+        let round = self
+            .in_flight
+            .pop_front()
+            .expect("a round was acknowledged");
+        self.in_flight_messages -= round.messages;
+        record_lags(&round.events);
+        self.advance(round.last()).await
+    }
+
+    /// Forgets the rounds in flight: what they held goes out again from the log.
+    fn drop_in_flight(&mut self) {
+        self.in_flight.clear();
+        self.in_flight_messages = 0;
     }
 
     /// The last audit seq acknowledged (0 before the cursor is loaded).
@@ -582,6 +744,17 @@ mod tests {
         ] {
             assert_eq!(messages(&of(state, &["BER"])).count(), 1, "{state:?}");
         }
+        // The publisher's count of messages in flight is what `messages` yields.
+        let mixed: Vec<Arc<Published>> = [
+            of(OrderState::Allocated, &["MUC", "BER", "MUC"]),
+            of(OrderState::Shipped, &["BER"]),
+            of(OrderState::Confirmed, &["BER"]),
+        ]
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+        let built: usize = mixed.iter().map(|ev| messages(ev).count()).sum();
+        assert_eq!((built, message_count(&mixed)), (6, 6));
     }
 
     // Off by default; once a URL is set, every bad limit is reported.
@@ -593,8 +766,10 @@ mod tests {
             allocations_stream: "ORDERD_ORDERS".into(),
             batch_max: 0,
             max_bytes: 0,
+            rounds_in_flight: 0,
+            acks_in_flight_max: 0,
             ..NatsSettings::default()
         };
-        assert_eq!(s.problems().len(), 3, "{:?}", s.problems());
+        assert_eq!(s.problems().len(), 5, "{:?}", s.problems());
     }
 }

@@ -224,7 +224,8 @@ async fn every_change_reaches_jetstream_in_order() {
 }
 
 // NATS is stopped while clients keep ordering, for longer than a round waits for its PubAcks
-// (so rounds fail), and comes back: orderd publishes what waited in the log, then live again,
+// (so rounds fail), and comes back (with room for only 3 messages waiting for PubAcks: a
+// publisher that held more would fail every round): orderd publishes what waited in the log, then live again,
 // an order whose events straddle the outage complete and in order. NATS is stopped a second
 // time: capture goes on (every order is acknowledged). Then orderd is killed too, both come
 // back, and every acknowledged order's events reach the stream, complete and in order.
@@ -235,6 +236,8 @@ async fn nats_outage_and_a_crash_lose_no_event() {
         ("ORDERD_NATS__URL", &nats.url()),
         ("ORDERD_NATS__RETRY_MAX_MS", "200"),
         ("ORDERD_NATS__ACK_TIMEOUT_MS", "500"),
+        // Far below a catch-up round's messages: rounds go out in parts and wait for each other.
+        ("ORDERD_NATS__ACKS_IN_FLIGHT_MAX", "3"),
     ])
     .await;
     let bob = env.token("ACME", "bob", &["buyer", "approver"]).await;
