@@ -188,6 +188,10 @@ impl Config {
         }
         errs.extend(self.api.rate_limit.validate());
         errs.extend(self.nats.problems());
+        if self.nats.enabled() && self.nats.ack_timeout_ms >= self.shutdown_grace_ms {
+            // A graceful stop waits for the publisher's rounds in flight, each up to this long.
+            errs.push("nats.ack_timeout_ms must be below shutdown_grace_ms".into());
+        }
         errs.extend(self.webhooks.problems());
         errs.extend(self.oidc.validate());
         errs.extend(self.session.validate());
@@ -301,6 +305,20 @@ mod tests {
         assert!(load("outbox_stall_ms = 4999\n").is_err());
         assert!(load("outbox_poll_ms = 3000\noutbox_stall_ms = 5000\n").is_err());
         assert!(load("outbox_poll_ms = 3000\noutbox_stall_ms = 6000\n").is_ok());
+    }
+
+    // A graceful stop can wait for the NATS publisher's PubAcks within the shutdown grace.
+    #[test]
+    fn nats_ack_timeout_within_the_shutdown_grace() {
+        let load = |file: &str| Config::load(file, &env(&[]));
+        let nats = "[nats]\nurl = \"nats://127.0.0.1:4222\"\n";
+        assert!(load(nats).is_ok());
+        assert!(load(&format!("shutdown_grace_ms = 5000\n{nats}")).is_err());
+        assert!(load(&format!("shutdown_grace_ms = 5001\n{nats}")).is_ok());
+        assert!(
+            load("shutdown_grace_ms = 5000\n").is_ok(),
+            "no NATS, no PubAcks to wait for"
+        );
     }
 
     // Identity providers from the file and the environment; the development sign-in is off

@@ -266,12 +266,16 @@ async fn connect(s: &NatsSettings) -> Result<async_nats::jetstream::Context, Pub
     // The client holds at most `acks_in_flight_max` messages waiting for their PubAck, and the
     // publisher's own count keeps it below. With backpressure, a publish above the bound would
     // wait for a PubAck future that only this task polls: for good. Without, it fails (and the
-    // round is retried), so a miscount shows as an error, never as a hang. Futures dropped
-    // after a failed round hold their place for at most the ack timeout.
+    // round is retried), so a miscount shows as an error, never as a hang. The futures of a
+    // failed round, dropped, hold their place until their PubAck comes or for the ack timeout
+    // after the drop; a retry meanwhile may fail the same way (`max ack pending`) until they
+    // are released. The same timeout bounds each publish, PubAck and stream request.
+    let ack_timeout = Duration::from_millis(s.ack_timeout_ms);
     let js = async_nats::jetstream::context::ContextBuilder::new()
+        .timeout(ack_timeout)
         .max_ack_inflight(s.acks_in_flight_max)
         .backpressure_on_inflight(false)
-        .ack_timeout(Duration::from_millis(s.ack_timeout_ms))
+        .ack_timeout(ack_timeout)
         .build(client);
     for (name, subjects) in [
         (&s.orders_stream, "orderd.orders.>"),
@@ -463,7 +467,8 @@ struct Publisher {
     /// `rounds_in_flight`); the cursor moves past a round when its PubAcks and those of every
     /// round before it are in.
     in_flight: VecDeque<Round>,
-    /// The messages of the rounds in flight (at most `acks_in_flight_max`).
+    /// The messages of the rounds in flight (at most `acks_in_flight_max`, unless a lone round
+    /// larger than that is out, in parts).
     in_flight_messages: usize,
 }
 
@@ -501,9 +506,12 @@ impl Publisher {
     /// together they miss nothing. (The audit head, not the durable-changes signal: the
     /// committer moves the head first, and the relay may already read up to it.)
     async fn catch_up(&mut self, stop: &watch::Receiver<bool>) -> Result<bool, PublishError> {
-        // Rounds of a dropped subscription go out again from the log (JetStream drops the
-        // repeats by message id).
-        self.drop_in_flight();
+        // The rounds a dropped subscription left in flight are sound: wait for their PubAcks
+        // (dropping them would keep their place in the client taken for up to the ack timeout
+        // and publish them again).
+        while !self.in_flight.is_empty() {
+            self.settle_oldest().await?;
+        }
         let head = self.journal.audit_head().seq;
         if head.saturating_sub(self.at()) > SUBSCRIBE_WITHIN {
             self.publish_from_log(head).await?;
