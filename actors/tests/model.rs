@@ -716,8 +716,6 @@ async fn place_keyed(engine: &Engine, acct: usize, key: Option<&str>) -> Placed 
     .expect("placed")
 }
 
-/// An engine on the journal in `dir`. Opening waits (in `Journal::open`) while a previous
-/// engine's actors still hold the directory's lock, so it runs where blocking is allowed.
 /// An engine on a fresh journal in a temporary directory, seeded with the test world.
 async fn seeded() -> (tempfile::TempDir, Engine) {
     let dir = tempfile::tempdir().expect("dir");
@@ -726,6 +724,8 @@ async fn seeded() -> (tempfile::TempDir, Engine) {
     (dir, engine)
 }
 
+/// An engine on the journal in `dir`. Opening waits (in `Journal::open`) while a previous
+/// engine's actors still hold the directory's lock, so it runs where blocking is allowed.
 async fn start(dir: &std::path::Path) -> Result<Engine, String> {
     start_with(dir, Limits::default()).await
 }

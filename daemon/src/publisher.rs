@@ -432,11 +432,8 @@ pub async fn run(
     }
     // A graceful stop waits for the rounds in flight (each within its ack timeout) and stores
     // what was acknowledged, so nothing is published twice.
-    while !p.in_flight.is_empty() {
-        if let Err(error) = p.settle_oldest().await {
-            tracing::warn!(%error, "rounds in flight at shutdown were not acknowledged; the next start publishes them again");
-            break;
-        }
+    if let Err(error) = p.settle_all().await {
+        tracing::warn!(%error, "rounds in flight at shutdown were not acknowledged; the next start publishes them again");
     }
     if let Some(c) = p.cursor.filter(|c| c.stored < c.at) {
         if let Err(error) = store_cursor(&p.journal, c.at).await {
@@ -509,9 +506,7 @@ impl Publisher {
         // The rounds a dropped subscription left in flight are sound: wait for their PubAcks
         // (dropping them would keep their place in the client taken for up to the ack timeout
         // and publish them again).
-        while !self.in_flight.is_empty() {
-            self.settle_oldest().await?;
-        }
+        self.settle_all().await?;
         let head = self.journal.audit_head().seq;
         if head.saturating_sub(self.at()) > SUBSCRIBE_WITHIN {
             self.publish_from_log(head).await?;
@@ -638,6 +633,15 @@ impl Publisher {
         };
         (&mut oldest.acks).await?;
         self.acknowledged().await
+    }
+
+    /// Waits for the PubAcks of every round in flight, oldest first, moving the cursor past
+    /// each; stops at the first that fails.
+    async fn settle_all(&mut self) -> Result<(), PublishError> {
+        while !self.in_flight.is_empty() {
+            self.settle_oldest().await?;
+        }
+        Ok(())
     }
 
     /// The oldest round's PubAcks are in: it leaves the rounds in flight, and the cursor moves

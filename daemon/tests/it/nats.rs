@@ -225,8 +225,8 @@ async fn every_change_reaches_jetstream_in_order() {
 
 // NATS is stopped while clients keep ordering, for longer than a round waits for its PubAcks
 // (so rounds fail), and comes back (with room for only 3 messages waiting for PubAcks: a
-// publisher that held more would fail every round): orderd publishes what waited in the log, then live again,
-// an order whose events straddle the outage complete and in order. NATS is stopped a second
+// publisher that held more would fail every round): orderd publishes what waited in the log,
+// then live again, an order whose events straddle the outage complete and in order. NATS is stopped a second
 // time: capture goes on (every order is acknowledged). Then orderd is killed too, both come
 // back, and every acknowledged order's events reach the stream, complete and in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
