@@ -286,47 +286,84 @@ fn deltas(old: &Demand, new: &Demand) -> (Demand, Demand) {
     (grow, shrink)
 }
 
-/// Reserves `grow` in every warehouse, or nothing: a shortage (stock taken since planning)
-/// releases what was reserved and comes back as an `out_of_stock` problem.
-/// Takes `grow` for the order in every warehouse, all or nothing: reserved, or with `allocate`
-/// allocated at once (an order confirmed by this change).
+/// Whose stock a [`hold`] takes.
+#[derive(Clone, Copy)]
+enum HoldFor {
+    /// An order that holds nothing yet (placed, or a draft submitted); `allocate` takes the
+    /// stock as allocated at once (the order is confirmed by this change).
+    NewOrder { allocate: bool },
+    /// More for an order that already holds stock (an amendment, before allocation).
+    Growth,
+}
+
+/// Takes `grow` for the order in every warehouse, all or nothing. A shortage (stock taken
+/// since planning) undoes what the warehouses before it took and comes back as an
+/// `out_of_stock` problem; so does a warehouse that does not answer, as an error.
 async fn hold(
     st: &AccountState,
     order: &OrderId,
     grow: &Demand,
-    allocate: bool,
+    whose: HoldFor,
 ) -> Result<Result<(), Problem>, ActorError> {
     let snap = st.catalog.load();
+    let allocate = matches!(whose, HoldFor::NewOrder { allocate: true });
     let mut done: Vec<&WarehouseId> = Vec::new();
     for (w, demand) in grow {
         let handle = snap
             .handles
             .get(w)
             .ok_or_else(|| ActorError::Invariant(format!("no warehouse {w}")))?;
-        match handle
+        let held = handle
             .hold(
                 order.clone(),
                 st.account.id.clone(),
                 demand.clone(),
                 allocate,
             )
-            .await?
-        {
-            Ok(()) => done.push(w),
-            Err(e) => {
-                for w in done {
-                    if let Some(h) = snap.handles.get(w) {
-                        h.release(order.clone(), grow[w].clone())?;
-                    }
-                }
+            .await;
+        match held {
+            Ok(Ok(())) => done.push(w),
+            Ok(Err(e)) => {
+                undo_holds(&snap, order, grow, &done, whose)?;
                 return Ok(Err(Problem::new(
                     ProblemCode::OutOfStock,
                     format!("stock changed while submitting: {e} in {w}"),
                 )));
             }
+            Err(e) => {
+                // No answer in time: the hold may still be taken there. A new order's whole
+                // holding can go (a warehouse handles its messages in order); an amendment's
+                // growth cannot be told from what the order held before, so it stays held
+                // there until the order closes.
+                if matches!(whose, HoldFor::NewOrder { .. }) {
+                    done.push(w);
+                }
+                undo_holds(&snap, order, grow, &done, whose)?;
+                return Err(e);
+            }
         }
     }
     Ok(Ok(()))
+}
+
+/// Gives back what [`hold`] took in the warehouses `done`: all a new order holds there
+/// (reserved or allocated), or the amendment's growth.
+fn undo_holds(
+    snap: &crate::catalog::Snapshot,
+    order: &OrderId,
+    grow: &Demand,
+    done: &[&WarehouseId],
+    whose: HoldFor,
+) -> Result<(), ActorError> {
+    for w in done {
+        if let Some(h) = snap.handles.get(*w) {
+            match whose {
+                HoldFor::NewOrder { .. } => h.release_all(order.clone())?,
+                HoldFor::Growth => h.release(order.clone(), grow[*w].clone())?,
+            }
+        }
+    }
+    Ok(())
 }
 
 fn release(st: &AccountState, order: &OrderId, shrink: &Demand) -> Result<(), ActorError> {
@@ -558,7 +595,14 @@ pub async fn place(
         Err(r) => return Ok(Err(r)),
     };
     let allocate = order.state == OrderState::Allocated;
-    if let Err(p) = hold(st, &id, &order.stock_demand(), allocate).await? {
+    if let Err(p) = hold(
+        st,
+        &id,
+        &order.stock_demand(),
+        HoldFor::NewOrder { allocate },
+    )
+    .await?
+    {
         return Ok(Err(Rejection::Invalid(vec![p])));
     }
     if from_cart {
@@ -706,7 +750,14 @@ pub async fn submit_draft(st: &mut AccountState, caller: &Caller, id: &OrderId) 
         Err(r) => return Ok(Err(r)),
     };
     let allocate = order.state == OrderState::Allocated;
-    if let Err(p) = hold(st, id, &order.stock_demand(), allocate).await? {
+    if let Err(p) = hold(
+        st,
+        id,
+        &order.stock_demand(),
+        HoldFor::NewOrder { allocate },
+    )
+    .await?
+    {
         return Ok(Err(Rejection::Invalid(vec![p])));
     }
     let committed = match durable(st, batch).await {
@@ -989,7 +1040,7 @@ pub async fn amend(
         Ok(b) => b,
         Err(r) => return Ok(Err(r)),
     };
-    if let Err(p) = hold(st, id, &grow, false).await? {
+    if let Err(p) = hold(st, id, &grow, HoldFor::Growth).await? {
         return Ok(Err(Rejection::Invalid(vec![p])));
     }
     let committed = match st.journal.submit(batch).await {

@@ -17,7 +17,7 @@ use crate::{call, ActorError, Limits};
 use orderd_domain::ids::{AccountId, IdMap, OrderId, Sku, WarehouseId};
 use orderd_domain::invariants::stock_is_conserved;
 use orderd_domain::warehouse::{Stock, StockError, StockLevel, Warehouse};
-use orderd_storage::{Batch, Journal, Ticket};
+use orderd_storage::{Batch, Journal, StorageError, Ticket};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
@@ -60,6 +60,11 @@ impl FreeStock {
     }
 }
 
+/// A change the warehouse wrote: its ticket once the write is queued, or the business refusal
+/// `E`; a write the journal refused at once (`Overloaded`, `Closed`) is the outer error, and
+/// then memory is unchanged.
+pub type Queued<E> = Result<Result<Ticket, E>, StorageError>;
+
 pub enum WarehouseMsg {
     /// Full levels for display.
     Levels {
@@ -89,13 +94,13 @@ pub enum WarehouseMsg {
     Ship {
         order: OrderId,
         batch: Batch,
-        reply: RpcReplyPort<Result<Ticket, StockError>>,
+        reply: RpcReplyPort<Queued<StockError>>,
     },
     /// Set on-hand for several SKUs (import, stock count): all rows or none.
     SetStock {
         rows: Vec<(Sku, u64)>,
         caller: Caller,
-        reply: RpcReplyPort<Result<Ticket, Vec<StockError>>>,
+        reply: RpcReplyPort<Queued<Vec<StockError>>>,
     },
     /// The account an order held here belongs to (for the warehouse role's ship call).
     Owner {
@@ -234,18 +239,10 @@ impl Actor for WarehouseActor {
             WarehouseMsg::Allocate { order } => st.stock.allocate(&order),
             WarehouseMsg::Ship {
                 order,
-                mut batch,
+                batch,
                 reply,
             } => {
-                let r = st.stock.ship(&order).map(|touched| {
-                    st.free.publish(&st.stock, touched.iter().map(|(s, _)| s));
-                    for (sku, on_hand) in touched {
-                        batch.put(stock_key(&st.warehouse.id, &sku), records::encode(&on_hand));
-                    }
-                    st.forget_if_done(&order);
-                    st.journal.submit(batch)
-                });
-                let _ = reply.send(r);
+                let _ = reply.send(st.ship(&order, batch));
             }
             WarehouseMsg::SetStock {
                 rows,
@@ -282,18 +279,35 @@ impl WarehouseState {
         }
     }
 
-    fn set_stock(
-        &mut self,
-        rows: Vec<(Sku, u64)>,
-        caller: &Caller,
-    ) -> Result<Ticket, Vec<StockError>> {
+    /// Ships the order's allocation here with `batch` (the order's own change). Memory changes
+    /// only once the write is queued: a refused write (a full commit queue) leaves it as stored,
+    /// and queued writes are applied in order, so the absolute on-hand rows of later changes
+    /// build on this one.
+    fn ship(&mut self, order: &OrderId, mut batch: Batch) -> Queued<StockError> {
+        let touched = match self.stock.shipped_levels(order) {
+            Ok(t) => t,
+            Err(e) => return Ok(Err(e)),
+        };
+        for (sku, on_hand) in &touched {
+            batch.put(stock_key(&self.warehouse.id, sku), records::encode(on_hand));
+        }
+        let ticket = self.journal.try_submit(batch)?;
+        let shipped = self.stock.ship(order);
+        debug_assert_eq!(shipped.as_ref(), Ok(&touched));
+        self.free
+            .publish(&self.stock, touched.iter().map(|(s, _)| s));
+        self.forget_if_done(order);
+        Ok(Ok(ticket))
+    }
+
+    fn set_stock(&mut self, rows: Vec<(Sku, u64)>, caller: &Caller) -> Queued<Vec<StockError>> {
         let mut next = self.stock.clone();
         let errors: Vec<StockError> = rows
             .iter()
             .filter_map(|(sku, q)| next.set_on_hand(sku, *q).err())
             .collect();
         if !errors.is_empty() {
-            return Err(errors);
+            return Ok(Err(errors));
         }
         let mut batch = Batch::default();
         for (sku, q) in &rows {
@@ -305,9 +319,11 @@ impl WarehouseState {
         batch
             .audit
             .push(entry.draft(&format!("warehouse:{}", self.warehouse.id)));
+        // As for a shipment: memory changes only once the write is queued.
+        let ticket = self.journal.try_submit(batch)?;
         self.stock = next;
         self.free.publish(&self.stock, rows.iter().map(|(s, _)| s));
-        Ok(self.journal.submit(batch))
+        Ok(Ok(ticket))
     }
 }
 
@@ -381,24 +397,26 @@ impl WarehouseHandle {
         order: OrderId,
         batch: Batch,
     ) -> Result<Result<Ticket, StockError>, ActorError> {
-        call(&self.actor, self.timeout, |reply| WarehouseMsg::Ship {
+        Ok(call(&self.actor, self.timeout, |reply| WarehouseMsg::Ship {
             order,
             batch,
             reply,
         })
-        .await
+        .await??)
     }
     pub async fn set_stock(
         &self,
         rows: Vec<(Sku, u64)>,
         caller: Caller,
     ) -> Result<Result<Ticket, Vec<StockError>>, ActorError> {
-        call(&self.actor, self.timeout, |reply| WarehouseMsg::SetStock {
-            rows,
-            caller,
-            reply,
-        })
-        .await
+        Ok(
+            call(&self.actor, self.timeout, |reply| WarehouseMsg::SetStock {
+                rows,
+                caller,
+                reply,
+            })
+            .await??,
+        )
     }
     pub async fn owner(&self, order: OrderId) -> Result<Option<AccountId>, ActorError> {
         call(&self.actor, self.timeout, |reply| WarehouseMsg::Owner {

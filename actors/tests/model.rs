@@ -688,6 +688,139 @@ async fn idempotency_keys_cover_the_newest_orders_across_restarts() {
     engine.shutdown().await.expect("shutdown");
 }
 
+// Two accounts race for the same stock in the second of two warehouses their orders need,
+// with orders confirmed (allocated) at once. The loser may pass planning and take its stock in
+// the first warehouse before the second refuses: then everything it took must come back, the
+// allocated stock included, so that nothing stays held once the winner is cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_refused_midway_gives_back_what_it_took() {
+    const RACERS: [usize; 2] = [0, 1]; // ACME and BETA: no approval for these orders
+    const MIDWAY_WANTED: u32 = 3;
+    let (_dir, engine) = seeded().await;
+    let mut midway = 0;
+    for _round in 0..300 {
+        let (first, second) = tokio::join!(
+            place_in_two_warehouses(&engine, RACERS[0]),
+            place_in_two_warehouses(&engine, RACERS[1])
+        );
+        for (acct, placed) in RACERS.into_iter().zip([first, second]) {
+            match placed {
+                Ok(order) => {
+                    assert_eq!(order.state, OrderState::Allocated, "{order:?}");
+                    cancel_one(&engine, acct, &order.id)
+                        .await
+                        .expect("cancelled");
+                }
+                Err(orderd_domain::rejection::Rejection::Invalid(problems)) => {
+                    if problems
+                        .iter()
+                        .any(|p| p.message.starts_with("stock changed while submitting"))
+                    {
+                        midway += 1;
+                    }
+                }
+                Err(other) => panic!("unexpected refusal: {other:?}"),
+            }
+        }
+        // Cancelling and undoing are messages the warehouse handles before this snapshot.
+        for w in world::WAREHOUSES {
+            let id = orderd_domain::ids::WarehouseId::parse(w.id).expect("id");
+            let stock = engine
+                .warehouse(&id)
+                .expect("warehouse")
+                .snapshot()
+                .await
+                .expect("snapshot");
+            let held: Vec<_> = stock.holdings().collect();
+            assert!(held.is_empty(), "{} still holds {held:?}", w.id);
+        }
+        if midway >= MIDWAY_WANTED {
+            break;
+        }
+    }
+    assert!(
+        midway >= MIDWAY_WANTED,
+        "the race this test needs happened {midway} times in 300 rounds"
+    );
+    engine.shutdown().await.expect("shutdown");
+}
+
+// A shipment whose write the journal refuses (here: closed, as at shutdown; a full commit
+// queue is refused the same way) changes nothing in the warehouse: the order's allocation and
+// the on-hand stay as stored, so the shipment can be retried once writes are taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_shipment_leaves_the_stock_as_stored() {
+    const ACME: usize = 0;
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().to_owned();
+    let journal =
+        tokio::task::spawn_blocking(move || Journal::open(&path, &JournalConfig::default()))
+            .await
+            .expect("join")
+            .expect("journal");
+    let engine = Engine::start(journal.clone(), Limits::default())
+        .await
+        .expect("engine");
+    world::seed(&engine).await.expect("seed");
+    let order = place_one(&engine, ACME, "A", 2, world::ACCOUNTS[ACME].ship_tos[0].0).await;
+    assert_eq!(order.state, OrderState::Allocated);
+    let wh = order.lines[0].allocations[0].warehouse.clone();
+    let warehouse = engine.warehouse(&wh).expect("warehouse");
+    let before = warehouse.snapshot().await.expect("snapshot");
+    assert!(before.holding(&order.id).is_some());
+    tokio::task::spawn_blocking(move || journal.close())
+        .await
+        .expect("join")
+        .expect("closed");
+    let shipped = engine
+        .account(&world::account_id(ACME), |reply| AccountMsg::Ship {
+            caller: world::warehouse_caller(wh.as_str()),
+            order: order.id.clone(),
+            warehouse: wh.clone(),
+            reply,
+        })
+        .await;
+    // The account actor stops on a storage error (it is rebuilt from the journal).
+    assert!(shipped.is_err(), "{shipped:?}");
+    let after = warehouse.snapshot().await.expect("snapshot");
+    let a = orderd_domain::ids::Sku::parse("A").expect("sku");
+    assert_eq!(after.level(&a), before.level(&a));
+    assert_eq!(after.holding(&order.id), before.holding(&order.id));
+}
+
+/// Places, for account `acct` as its buyer, 1 × A from W1 and 6 × B from W2 (W2 has 10 B, so
+/// only one such order fits at a time).
+async fn place_in_two_warehouses(
+    engine: &Engine,
+    acct: usize,
+) -> Result<orderd_domain::order::Order, orderd_domain::rejection::Rejection> {
+    let line = |sku: &str, qty, w: &str| LineRequest {
+        sku: sku.into(),
+        qty,
+        note: None,
+        warehouse: Some(w.into()),
+        quoted_unit_price: None,
+    };
+    let req = OrderRequest {
+        lines: vec![line("A", 1, "W1"), line("B", 6, "W2")],
+        ship_to: Some(world::ACCOUNTS[acct].ship_tos[0].0.into()),
+        ..OrderRequest::default()
+    };
+    ask(engine, acct, |reply| AccountMsg::Place {
+        span: tracing::Span::none(),
+        caller: world::buyer(acct),
+        key: None,
+        req,
+        from_cart: false,
+        channel: Channel::Api,
+        submit: true,
+        reply,
+    })
+    .await
+    .expect("actor")
+    .map(|p| p.order)
+}
+
 /// Places a one-line order for account `acct` as its buyer, with Idempotency-Key `key`.
 async fn place_keyed(engine: &Engine, acct: usize, key: Option<&str>) -> Placed {
     let req = OrderRequest {

@@ -429,14 +429,20 @@ impl Journal {
     /// with `Overloaded` when `queue_max` requests are already waiting, `Closed` after `close`,
     /// or `Invalid` when an audit subject is too long.
     pub fn submit(&self, batch: Batch) -> Ticket {
-        if let Err(e) = batch.validate() {
-            return Ticket::ready(Err(e));
-        }
+        self.try_submit(batch)
+            .unwrap_or_else(|e| Ticket::ready(Err(e)))
+    }
+
+    /// [`Journal::submit`], with the refusals that come at once (`Overloaded`, `Closed`,
+    /// `Invalid`) returned here instead of in the ticket: for a caller that changes its memory
+    /// only once the write is queued (queued writes are applied in submit order).
+    pub fn try_submit(&self, batch: Batch) -> Result<Ticket, StorageError> {
+        batch.validate()?;
         let (reply, rx) = oneshot::channel();
         match self.inner.queue.push(Request { batch, reply }) {
-            Ok(()) => Ticket(rx),
-            Err(PushError::Full(_)) => Ticket::ready(Err(StorageError::Overloaded)),
-            Err(PushError::Closed(_)) => Ticket::ready(Err(StorageError::Closed)),
+            Ok(()) => Ok(Ticket(rx)),
+            Err(PushError::Full(_)) => Err(StorageError::Overloaded),
+            Err(PushError::Closed(_)) => Err(StorageError::Closed),
         }
     }
 

@@ -219,8 +219,22 @@ impl Stock {
         }
     }
 
+    /// What [`Stock::ship`] would leave: the SKUs the order has allocated here with their
+    /// on-hand after shipping, without changing anything (to write them before they change).
+    pub fn shipped_levels(&self, order: &OrderId) -> Result<Vec<(Sku, u64)>, StockError> {
+        match self.holdings.get(order) {
+            Some(h) if !h.allocated.is_empty() => Ok(h
+                .allocated
+                .iter()
+                .map(|(sku, q)| (sku.clone(), self.level(sku).on_hand - q))
+                .collect()),
+            _ => Err(StockError::NothingAllocated(order.clone())),
+        }
+    }
+
     /// Ships what the order has allocated here: on-hand and allocated both go down. Returns the
-    /// SKUs touched with their new on-hand, for persisting.
+    /// SKUs touched with their new on-hand, for persisting (the same as
+    /// [`Stock::shipped_levels`] before).
     pub fn ship(&mut self, order: &OrderId) -> Result<Vec<(Sku, u64)>, StockError> {
         let allocated = match self.holdings.get(order) {
             Some(h) if !h.allocated.is_empty() => h.allocated.clone(),
