@@ -187,10 +187,14 @@ pub struct AccountArgs {
 #[derive(Default)]
 pub struct IdempotencyMap {
     // std SipHash: the client chooses the keys.
-    by_key: HashMap<IdempotencyKey, (RequestDigest, OrderId)>,
+    by_key: HashMap<UserKey, (RequestDigest, OrderId)>,
     /// The newest orders, oldest first, with their keys.
-    newest: VecDeque<Option<IdempotencyKey>>,
+    newest: VecDeque<Option<UserKey>>,
 }
+
+/// An Idempotency-Key belongs to the user who sent it: two users of one account may use the
+/// same key for different orders, and neither is answered with the other's order.
+type UserKey = (UserId, IdempotencyKey);
 
 impl IdempotencyMap {
     /// The keys of the newest `limit` of `orders`. Order ids are UUIDv7, so their order is the
@@ -201,24 +205,31 @@ impl IdempotencyMap {
         let mut map = IdempotencyMap::default();
         let skip = placed.len().saturating_sub(limit);
         for o in &placed[skip..] {
-            map.remember(o.idempotency.as_ref(), &o.id, limit);
+            map.remember(o.idempotency.as_ref(), &o.placed_by, &o.id, limit);
         }
         map
     }
 
-    /// The digest of the request that used `key`, and the order it placed.
-    pub fn get(&self, key: &IdempotencyKey) -> Option<&(RequestDigest, OrderId)> {
-        self.by_key.get(key)
+    /// The digest of the request with which `user` sent `key`, and the order it placed.
+    pub fn get(&self, user: &UserId, key: &IdempotencyKey) -> Option<&(RequestDigest, OrderId)> {
+        self.by_key.get(&(user.clone(), key.clone()))
     }
 
-    /// Remembers that `order` was just placed, with its key if it had one, and forgets the key
-    /// of the order placed `limit` orders before it.
-    pub fn remember(&mut self, placed: Option<&PlacedWith>, order: &OrderId, limit: usize) {
-        if let Some(p) = placed {
+    /// Remembers that `order` was just placed by `user`, with its key if it had one, and
+    /// forgets the key of the order placed `limit` orders before it.
+    pub fn remember(
+        &mut self,
+        placed: Option<&PlacedWith>,
+        user: &UserId,
+        order: &OrderId,
+        limit: usize,
+    ) {
+        let key = placed.map(|p| (user.clone(), p.key.clone()));
+        if let (Some(k), Some(p)) = (&key, placed) {
             self.by_key
-                .insert(p.key.clone(), (p.request_digest, order.clone()));
+                .insert(k.clone(), (p.request_digest, order.clone()));
         }
-        self.newest.push_back(placed.map(|p| p.key.clone()));
+        self.newest.push_back(key);
         while self.newest.len() > limit.max(1) {
             if let Some(Some(old)) = self.newest.pop_front() {
                 self.by_key.remove(&old);

@@ -531,7 +531,7 @@ pub async fn place(
         key,
     });
     if let Some(p) = &key {
-        if let Some((digest, placed)) = st.idempotency.get(&p.key) {
+        if let Some((digest, placed)) = st.idempotency.get(&caller.user, &p.key) {
             if *digest != p.request_digest {
                 return Ok(Err(Rejection::IdempotencyMismatch(p.key.to_string())));
             }
@@ -623,7 +623,7 @@ pub async fn place(
     };
     let limit = st.limits.idempotency_keys_max;
     st.idempotency
-        .remember(order.idempotency.as_ref(), &id, limit);
+        .remember(order.idempotency.as_ref(), &order.placed_by, &id, limit);
     if from_cart {
         st.cart.clear();
     }
@@ -1073,25 +1073,25 @@ pub async fn ship(
         ))));
     }
     let mut value = Money::zero(st.account.currency);
+    let invariant = |e: orderd_domain::money::MoneyError| ActorError::Invariant(e.to_string());
     for line in order
         .lines
         .iter_mut()
         .filter(|l| l.status == LineStatus::Open)
     {
+        // What this shipment invoices of the line: its unshipped value before less after.
+        let before = line.unshipped_value().map_err(invariant)?;
         for a in line
             .allocations
             .iter_mut()
             .filter(|a| &a.warehouse == warehouse && !a.shipped)
         {
             a.shipped = true;
-            value = value
-                .checked_add(
-                    line.unit_price
-                        .times(a.qty)
-                        .map_err(|e| ActorError::Invariant(e.to_string()))?,
-                )
-                .map_err(|e| ActorError::Invariant(e.to_string()))?;
         }
+        let after = line.unshipped_value().map_err(invariant)?;
+        value = value
+            .checked_add(before.checked_sub(after).map_err(invariant)?)
+            .map_err(invariant)?;
     }
     if value.amount.is_zero()
         && !order

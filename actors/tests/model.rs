@@ -821,6 +821,53 @@ async fn place_in_two_warehouses(
     .map(|p| p.order)
 }
 
+// An Idempotency-Key is the sending user's: another user of the account who sends the same
+// key places an order of their own (a buyer who sees only their own orders is never answered
+// with someone else's), also after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_belong_to_their_user() {
+    const ACME: usize = 0;
+    let dir = tempfile::tempdir().expect("dir");
+    let mut engine = start(dir.path()).await.expect("engine");
+    world::seed(&engine).await.expect("seed");
+    let buyers = place_keyed(&engine, ACME, Some("po-1")).await;
+    let req = OrderRequest {
+        lines: vec![LineRequest {
+            sku: "B".into(),
+            qty: 2,
+            note: None,
+            warehouse: None,
+            quoted_unit_price: None,
+        }],
+        ship_to: Some(world::ACCOUNTS[ACME].ship_tos[0].0.into()),
+        ..OrderRequest::default()
+    };
+    let approvers = ask(&engine, ACME, |reply| AccountMsg::Place {
+        span: tracing::Span::none(),
+        caller: world::approver(ACME),
+        key: Some(IdempotencyKey::parse("po-1").expect("key")),
+        req,
+        from_cart: false,
+        channel: Channel::Api,
+        submit: true,
+        reply,
+    })
+    .await
+    .expect("actor")
+    .expect("the approver's own order, not a mismatch");
+    assert!(!approvers.replayed);
+    assert_ne!(approvers.order.id, buyers.order.id);
+    for round in ["running", "restarted"] {
+        let again = place_keyed(&engine, ACME, Some("po-1")).await;
+        assert!(again.replayed, "{round}");
+        assert_eq!(again.order.id, buyers.order.id, "{round}");
+        engine.shutdown().await.expect("shutdown");
+        drop(engine);
+        engine = start(dir.path()).await.expect("restart");
+    }
+    engine.shutdown().await.expect("shutdown");
+}
+
 /// Places a one-line order for account `acct` as its buyer, with Idempotency-Key `key`.
 async fn place_keyed(engine: &Engine, acct: usize, key: Option<&str>) -> Placed {
     let req = OrderRequest {

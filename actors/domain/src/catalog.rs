@@ -223,6 +223,20 @@ fn check_item(item: &CatalogItem) -> Result<(), String> {
     if item.kit.iter().any(|c| c.qty == 0 || c.sku == item.sku) {
         return Err("kit components need a quantity of at least 1 and cannot be the kit".into());
     }
+    // Planning counts the kits a warehouse can make per component row, so a SKU listed twice
+    // would be counted against the same stock twice; one row with the summed quantity says it.
+    if let Some((i, c)) = item
+        .kit
+        .iter()
+        .enumerate()
+        .find(|(i, c)| item.kit[..*i].iter().any(|e| e.sku == c.sku))
+    {
+        return Err(format!(
+            "kit component {} is listed twice (component {}); list it once with the total quantity",
+            c.sku,
+            i + 1
+        ));
+    }
     Ok(())
 }
 
@@ -292,8 +306,15 @@ pub(crate) mod tests {
         }];
         let mut bad = item("BAD", "x");
         bad.pack_size = 0;
-        let errs = Catalog::new(vec![kit.clone(), bad]).unwrap_err();
-        assert_eq!(errs.len(), 2);
+        let mut twice = item("TWICE", "A kit listing A twice");
+        twice.kit = vec![kit.kit[0].clone(), kit.kit[0].clone()];
+        let errs = Catalog::new(vec![kit.clone(), bad, twice]).unwrap_err();
+        assert_eq!(errs.len(), 3);
+        assert!(
+            errs.iter()
+                .any(|e| e.to_string().contains("TWICE") && e.to_string().contains("listed twice")),
+            "{errs:?}"
+        );
         let cat = Catalog::new(vec![kit, item("A", "Bolt")]).unwrap();
         let k = cat.get(&Sku::parse("KIT").unwrap()).unwrap();
         assert_eq!(k.stock_demand(3), vec![(Sku::parse("A").unwrap(), 6)]);

@@ -160,7 +160,9 @@ impl OrderLine {
         }
     }
 
-    /// Value of the line not yet shipped (zero when rejected).
+    /// Value of the line not yet shipped (zero when rejected): the line total less what the
+    /// shipped units were invoiced at, so that a line shipped in parts is invoiced exactly its
+    /// total (each part's value is rounded from the units shipped so far, not on its own).
     pub fn unshipped_value(&self) -> Result<Money, MoneyError> {
         if self.status == LineStatus::Rejected {
             return Ok(Money::zero(self.unit_price.currency));
@@ -177,7 +179,8 @@ impl OrderLine {
         if shipped == 0 {
             return Ok(self.line_total);
         }
-        self.unit_price.times(self.qty - shipped.min(self.qty))
+        self.line_total
+            .checked_sub(self.unit_price.times(shipped.min(self.qty))?)
     }
 }
 
@@ -336,6 +339,46 @@ mod tests {
         for bad in ["\"00\"", not_hex.as_str(), "12"] {
             assert!(serde_json::from_str::<RequestDigest>(bad).is_err(), "{bad}");
         }
+    }
+
+    // A line shipped in parts is invoiced exactly its total: 4 × 0.0125 = 0.05, split 2 + 2
+    // across warehouses, invoices 0.03 then 0.02 (not 0.03 twice), and the unshipped value
+    // never rises.
+    #[test]
+    fn a_line_shipped_in_parts_invoices_its_total() {
+        let eur = crate::money::Currency::parse("EUR").unwrap();
+        let money = |s: &str| Money::parse(s, eur, 4).unwrap();
+        let alloc = |w: &str| Allocation {
+            warehouse: WarehouseId::parse(w).unwrap(),
+            qty: 2,
+            shipped: false,
+        };
+        let mut line = OrderLine {
+            line_no: 1,
+            sku: Sku::parse("A").unwrap(),
+            qty: 4,
+            uom: "EA".into(),
+            unit_price: money("0.0125"),
+            price_source: crate::pricing::PriceSource {
+                level: "list".into(),
+                tier_min_qty: 1,
+                valid_from: None,
+                valid_to: None,
+            },
+            line_total: money("0.0125").times(4).unwrap(),
+            components: vec![],
+            note: None,
+            requested_warehouse: None,
+            allocations: vec![alloc("W1"), alloc("W2")],
+            status: LineStatus::Open,
+        };
+        assert_eq!(line.line_total, money("0.05"));
+        let mut open = vec![line.unshipped_value().unwrap()];
+        for i in 0..2 {
+            line.allocations[i].shipped = true;
+            open.push(line.unshipped_value().unwrap());
+        }
+        assert_eq!(open, [money("0.05"), money("0.02"), money("0")]);
     }
 
     // Exactly the transitions of DESIGN.md are allowed; everything else is refused.
