@@ -46,7 +46,8 @@ pub struct ApiLimits {
     /// Server-sent-event streams open at once (above: 503).
     pub event_streams_max: usize,
     /// An event stream ends after this long; the client reconnects with Last-Event-ID and
-    /// misses nothing.
+    /// misses nothing. Access is checked when a stream opens, so this also bounds how long a
+    /// stream outlives its token or its user's removal.
     pub event_stream_max_ms: u64,
     /// Keep-alive comment interval of an idle event stream.
     pub event_stream_keepalive_ms: u64,
@@ -64,7 +65,7 @@ impl Default for ApiLimits {
             page_max: 200,
             rate_limit: rate_limit::RateLimits::default(),
             event_streams_max: 10_000,
-            event_stream_max_ms: 3_600_000,
+            event_stream_max_ms: 300_000,
             event_stream_keepalive_ms: 15_000,
             slow_order_log_ms: 1_000,
         }

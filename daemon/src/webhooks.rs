@@ -62,6 +62,9 @@ impl reqwest::dns::Resolve for GuardedResolver {
 /// The HTTP client of deliveries: no redirects, bounded connect and request time, guarded DNS.
 pub fn client(s: &WebhookSettings) -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
+        // A proxy from the environment (HTTPS_PROXY, ...) would resolve the receiver's name
+        // itself, past the guarded resolver: deliveries go direct.
+        .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_millis(s.connect_timeout_ms))
         .timeout(Duration::from_millis(s.request_timeout_ms))
@@ -96,14 +99,13 @@ pub fn backoff(s: &WebhookSettings, attempt: u32, random: u64) -> Duration {
     Duration::from_millis(half + random % (cap - half + 1))
 }
 
-/// `Retry-After` as seconds or an HTTP date, relative to now.
+/// `Retry-After` as seconds or an HTTP date (any of RFC 9110's three forms), relative to now.
 pub fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
     let v = value.trim();
     if let Ok(s) = v.parse::<u64>() {
         return Some(Duration::from_secs(s));
     }
-    let at = time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc2822).ok()?;
-    let at = std::time::SystemTime::from(at);
+    let at = httpdate::parse_http_date(v).ok()?;
     Some(at.duration_since(now).unwrap_or_default())
 }
 
@@ -628,15 +630,25 @@ mod tests {
         }
     }
 
-    // Retry-After in seconds and as an HTTP date; garbage is ignored.
+    // Retry-After in seconds and as an HTTP date in each of RFC 9110's three forms (a date
+    // past is now); garbage is ignored.
     #[test]
     fn retry_after_forms() {
         let now = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         assert_eq!(retry_after("7", now), Some(Duration::from_secs(7)));
-        let date = time::OffsetDateTime::from(now + Duration::from_secs(30))
-            .format(&time::format_description::well_known::Rfc2822)
-            .unwrap();
-        assert_eq!(retry_after(&date, now), Some(Duration::from_secs(30)));
+        for date in [
+            "Tue, 14 Nov 2023 22:13:50 GMT",
+            "Tuesday, 14-Nov-23 22:13:50 GMT",
+            "Tue Nov 14 22:13:50 2023",
+        ] {
+            assert_eq!(
+                retry_after(date, now),
+                Some(Duration::from_secs(30)),
+                "{date}"
+            );
+        }
+        let past = "Tue, 14 Nov 2023 22:00:00 GMT";
+        assert_eq!(retry_after(past, now), Some(Duration::ZERO));
         assert_eq!(retry_after("soon", now), None);
     }
 

@@ -8,6 +8,9 @@
 //!   a time as the client reads it, then follows the in-process bus; a subscriber that lags
 //!   behind the bus is cut off and simply reconnects. A stream ends after
 //!   `api.event_stream_max_ms`; at most `api.event_streams_max` are open at once (above: 503).
+//!
+//! Both show the caller's account (an operator: every account); a caller who is only a buyer
+//! sees the events of the orders they placed, like `GET /v1/orders`.
 
 use super::ACCOUNT_ROLES;
 use crate::auth::Auth;
@@ -19,11 +22,12 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::stream::{self, Stream, StreamExt};
 use orderd_actors::events;
 use orderd_domain::account::Role;
-use orderd_domain::ids::AccountId;
+use orderd_domain::ids::{AccountId, OrderId, UserId};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -58,23 +62,96 @@ pub struct EventPage {
     pub next: u64,
 }
 
-/// The account whose events the caller sees (`None`: every account, for an operator).
-fn scope(auth: &Auth) -> ApiResult<Option<AccountId>> {
-    if auth.0.has(Role::Operator) {
-        return Ok(None);
-    }
-    auth.require(ACCOUNT_ROLES)?;
-    Ok(Some(auth.account()?.clone()))
+/// What a caller sees of the events.
+#[derive(Clone)]
+struct Scope {
+    /// The caller's account (`None`: every account, for an operator).
+    account: Option<AccountId>,
+    /// For a caller who is only a buyer: the orders they placed, as `GET /v1/orders` shows.
+    own: Option<Arc<OwnOrders>>,
 }
 
-/// Up to `limit` events of `account` after log seq `after`, read on the blocking pool.
+fn scope(s: &ApiState, auth: &Auth) -> ApiResult<Scope> {
+    if auth.0.has(Role::Operator) {
+        return Ok(Scope {
+            account: None,
+            own: None,
+        });
+    }
+    let caller = auth.require(ACCOUNT_ROLES)?;
+    let account = auth.account()?.clone();
+    let own = caller.placed_by_filter().map(|user| {
+        Arc::new(OwnOrders {
+            state: s.clone(),
+            account: account.clone(),
+            user: user.clone(),
+            known: Mutex::new(HashMap::new()),
+        })
+    });
+    Ok(Scope {
+        account: Some(account),
+        own,
+    })
+}
+
+impl Scope {
+    async fn shows(&self, order: &OrderId) -> Result<bool, ApiError> {
+        match &self.own {
+            None => Ok(true),
+            Some(own) => own.placed(order).await,
+        }
+    }
+}
+
+/// Which orders of an account one user placed, looked up once per order (who placed an order
+/// never changes).
+struct OwnOrders {
+    state: ApiState,
+    account: AccountId,
+    user: UserId,
+    /// Orders looked up so far; emptied when it reaches [`OWN_ORDERS_KNOWN_MAX`].
+    known: Mutex<HashMap<OrderId, bool>>,
+}
+
+/// Orders an event stream remembers the placer of.
+const OWN_ORDERS_KNOWN_MAX: usize = 10_000;
+
+impl OwnOrders {
+    async fn placed(&self, order: &OrderId) -> Result<bool, ApiError> {
+        let known = |k: &Mutex<HashMap<OrderId, bool>>| {
+            k.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(order)
+                .copied()
+        };
+        if let Some(placed) = known(&self.known) {
+            return Ok(placed);
+        }
+        let placed = self
+            .state
+            .engine
+            .order(&self.account, order, Some(&self.user))
+            .await?
+            .is_some();
+        let mut k = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        if k.len() >= OWN_ORDERS_KNOWN_MAX {
+            k.clear();
+        }
+        k.insert(order.clone(), placed);
+        Ok(placed)
+    }
+}
+
+/// Up to `limit` events of the scope's account after log seq `after`, read on the blocking
+/// pool (the orders a buyer may not see are left out later, by [`Scope::shows`]).
 async fn read_after_async(
     s: &ApiState,
     after: u64,
-    account: Option<AccountId>,
+    scope: &Scope,
     limit: usize,
 ) -> Result<events::EventsRead, ApiError> {
     let journal = s.engine.journal.clone();
+    let account = scope.account.clone();
     tokio::task::spawn_blocking(move || {
         events::read_after(&journal, after, account.as_ref(), limit, EVENTS_SCAN_MAX)
     })
@@ -86,15 +163,18 @@ async fn read_after_async(
 async fn read_events_async(
     s: &ApiState,
     after: u64,
-    account: Option<AccountId>,
+    scope: &Scope,
     limit: usize,
 ) -> Result<EventPage, ApiError> {
-    let read = read_after_async(s, after, account, limit).await?;
+    let read = read_after_async(s, after, scope, limit).await?;
     let mut page = EventPage {
         events: Vec::with_capacity(read.events.len()),
         next: read.next,
     };
     for (seq, ev) in read.events {
+        if !scope.shows(&ev.order).await? {
+            continue;
+        }
         let rendered: serde_json::Value = serde_json::from_slice(&events::render(&ev))
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         page.events
@@ -111,13 +191,13 @@ async fn list(
     auth: Auth,
     Query(q): Query<EventsQuery>,
 ) -> ApiResult<axum::Json<EventPage>> {
-    let account = scope(&auth)?;
+    let scope = scope(&s, &auth)?;
     let after = q.after.unwrap_or(0);
     let limit = q
         .limit
         .unwrap_or(EVENTS_PAGE_DEFAULT)
         .clamp(1, s.limits.page_max);
-    let page = read_events_async(&s, after, account, limit).await?;
+    let page = read_events_async(&s, after, &scope, limit).await?;
     Ok(axum::Json(page))
 }
 
@@ -139,7 +219,7 @@ async fn stream_events(
     auth: Auth,
     headers: HeaderMap,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
-    let account = scope(&auth)?;
+    let scope = scope(&s, &auth)?;
     let resume = match headers.get("last-event-id") {
         None => None,
         Some(v) => Some(
@@ -162,7 +242,7 @@ async fn stream_events(
         )));
     }
     // Subscribe before reading the log, so nothing falls between the replay and the live part.
-    let live = match &account {
+    let live = match &scope.account {
         Some(a) => s.bus.subscribe_account(a),
         None => s.bus.subscribe(),
     };
@@ -173,10 +253,10 @@ async fn stream_events(
         Some(after) if after < head => {
             // The first page now, so that a failure is an error answer; the rest as the client
             // takes them.
-            let first = read_after_async(&s, after, account.clone(), s.limits.page_max).await?;
+            let first = read_after_async(&s, after, &scope, s.limits.page_max).await?;
             let pages = Replay {
                 state: s.clone(),
-                account: account.clone(),
+                scope: scope.clone(),
                 head,
                 to: replayed_to.clone(),
             };
@@ -184,7 +264,7 @@ async fn stream_events(
         }
         _ => stream::empty().boxed(),
     };
-    let follow = follow_bus(live, account, replayed_to);
+    let follow = follow_bus(live, scope, replayed_to);
     let max = Duration::from_millis(s.limits.event_stream_max_ms);
     let follow = follow.take_until(tokio::time::sleep(max));
     // At shutdown the stream ends, replay or not (the client resumes from its last event).
@@ -214,7 +294,7 @@ const REPLAY_FAILED: u64 = u64::MAX;
 /// The replay of a stream from the log, up to the head as of its subscription.
 struct Replay {
     state: ApiState,
-    account: Option<AccountId>,
+    scope: Scope,
     head: u64,
     /// How far the replay got ([`REPLAY_FAILED`] when a read failed).
     to: Arc<AtomicU64>,
@@ -237,9 +317,7 @@ impl Replay {
                     Some(page) => page,
                     None => {
                         let limit = this.state.limits.page_max;
-                        match read_after_async(&this.state, from, this.account.clone(), limit)
-                            .await
-                        {
+                        match read_after_async(&this.state, from, &this.scope, limit).await {
                             Ok(page) => page,
                             Err(error) => {
                                 tracing::warn!(%error, "event stream replay failed; the stream ends");
@@ -252,12 +330,19 @@ impl Replay {
                 if page.next == from {
                     return None;
                 }
+                let mut events = Vec::with_capacity(page.events.len());
+                for (seq, ev) in &page.events {
+                    match this.scope.shows(&ev.order).await {
+                        Ok(true) => events.push(Ok(sse_event(*seq, &events::render(ev)))),
+                        Ok(false) => {}
+                        Err(error) => {
+                            tracing::warn!(%error, "event stream replay failed; the stream ends");
+                            this.to.store(REPLAY_FAILED, Ordering::Release);
+                            return None;
+                        }
+                    }
+                }
                 this.to.store(page.next, Ordering::Release);
-                let events: Vec<_> = page
-                    .events
-                    .iter()
-                    .map(|(seq, ev)| Ok(sse_event(*seq, &events::render(ev))))
-                    .collect();
                 let next = (page.next < this.head).then_some((None, page.next));
                 Some((stream::iter(events), next))
             }
@@ -271,11 +356,11 @@ impl Replay {
 /// reconnects with Last-Event-ID and replays from the log) or the replay failed.
 fn follow_bus(
     rx: tokio::sync::broadcast::Receiver<std::sync::Arc<events::Published>>,
-    account: Option<AccountId>,
+    scope: Scope,
     replayed_to: Arc<AtomicU64>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     stream::unfold((rx, None), move |(mut rx, after): (_, Option<u64>)| {
-        let (account, replayed_to) = (account.clone(), replayed_to.clone());
+        let (scope, replayed_to) = (scope.clone(), replayed_to.clone());
         async move {
             let after = after.unwrap_or_else(|| replayed_to.load(Ordering::Acquire));
             if after == REPLAY_FAILED {
@@ -284,8 +369,16 @@ fn follow_bus(
             loop {
                 match rx.recv().await {
                     Ok(p) if p.seq <= after => continue,
-                    Ok(p) if account.as_ref().is_some_and(|a| *a != p.account) => continue,
+                    Ok(p) if scope.account.as_ref().is_some_and(|a| *a != p.account) => continue,
                     Ok(p) => {
+                        match scope.shows(&p.order).await {
+                            Ok(true) => {}
+                            Ok(false) => continue,
+                            Err(error) => {
+                                tracing::warn!(%error, "event stream lookup failed; the stream ends");
+                                return None;
+                            }
+                        }
                         events::record_lag(events::LagStage::Sse, p.changed_at);
                         return Some((Ok(sse_event(p.seq, &p.json)), (rx, Some(p.seq))));
                     }

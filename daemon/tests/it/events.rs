@@ -148,3 +148,40 @@ async fn event_stream_is_per_account_and_resumes() {
     );
     drop(resumed);
 }
+
+// A caller who is only a buyer sees the events of the orders they placed, as with
+// `GET /v1/orders/{id}`: Alice's stream and replay skip Bob's order, placed before hers; Bob
+// (buyer and approver) sees both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buyer_sees_only_the_events_of_their_own_orders() {
+    let env = TestEnv::start().await;
+    let alice = env.token("ACME", "alice", &["buyer"]).await;
+    let bob = env.token("ACME", "bob", &["buyer", "approver"]).await;
+    let mut stream = Stream::connect(&env, &alice, None).await;
+    let r = env
+        .place(&bob, "own-1", &[("BOLT-0010", 2)], "BERLIN")
+        .await;
+    let bobs = str_field(&r.body, "id").to_owned();
+    let r = env
+        .place(&alice, "own-2", &[("BOLT-0010", 2)], "BERLIN")
+        .await;
+    let alices = str_field(&r.body, "id").to_owned();
+
+    let live = stream.next(1).await;
+    assert_eq!(order_and_seq(&live[0]), (alices.clone(), 1));
+    let orders_in = |r: &orderd_chaos::Reply| -> Vec<String> {
+        r.body["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .map(|e| e["event"]["data"]["order"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let r = env.get(&alice, "/v1/events?after=0").await;
+    assert_eq!(orders_in(&r), std::slice::from_ref(&alices), "{r}");
+    let r = env.get(&bob, "/v1/events?after=0").await;
+    assert_eq!(orders_in(&r), [bobs.clone(), alices.clone()], "{r}");
+    // A reconnect replaying from the log skips Bob's order too.
+    let mut resumed = Stream::connect(&env, &alice, Some("0")).await;
+    assert_eq!(resumed.next(1).await, live);
+}
