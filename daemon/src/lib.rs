@@ -123,6 +123,16 @@ pub async fn run(
             stop_rx.clone(),
         ),
     );
+    // A failed group commit (a disk error) stops the journal taking writes (see
+    // `Journal::failed`): stop orderd too, non-zero, so that its supervisor restarts it and
+    // every actor is rebuilt from what is on disk.
+    let (failing, mut stopping) = (journal.clone(), stop_rx.clone());
+    critical.spawn("journal (a group commit failed)", async move {
+        tokio::select! {
+            () = failing.failed() => {}
+            _ = stopping.wait_for(|stop| *stop) => {}
+        }
+    });
     if config.webhooks.allow_private {
         tracing::warn!("webhooks.allow_private is on: webhooks may target loopback, link-local and private addresses");
     }

@@ -319,6 +319,11 @@ struct Shared {
     durable_head: std::sync::Mutex<AuditHead>,
     /// The seq of `durable_head`, for readers that wait for new durable records.
     durable_seq: tokio::sync::watch::Sender<u64>,
+    /// Set once a group commit failed; the journal then takes no more writes.
+    failed: tokio::sync::watch::Sender<bool>,
+    /// Test hook: the next group commit fails as a disk error would.
+    #[cfg(test)]
+    fail_next_commit: std::sync::atomic::AtomicBool,
 }
 
 struct Request {
@@ -396,6 +401,9 @@ impl Journal {
             largest_group: AtomicU64::new(0),
             durable_head: std::sync::Mutex::new(chain.head),
             durable_seq: tokio::sync::watch::Sender::new(chain.head.seq),
+            failed: tokio::sync::watch::Sender::new(false),
+            #[cfg(test)]
+            fail_next_commit: std::sync::atomic::AtomicBool::new(false),
         });
         let linger = Linger {
             group: config.commit_linger_group,
@@ -562,6 +570,14 @@ impl Journal {
         let mut records = self.audit_after(after_seq, limit)?;
         records.retain(|r| r.seq <= durable);
         Ok(records)
+    }
+
+    /// Resolves once a group commit has failed (a disk error). The journal then refuses every
+    /// write with `Closed`; the owner should stop and let a restart recover from the disk.
+    pub async fn failed(&self) {
+        let mut failed = self.inner.shared.failed.subscribe();
+        // The sender lives in `self`, so the channel cannot close while this waits.
+        let _ = failed.wait_for(|f| *f).await;
     }
 
     /// The head of the audit chain as of the last successful flush: seq 0 and a zero hash when
@@ -741,7 +757,19 @@ impl Committer {
         commit_queue::run_committer(
             queue,
             group_max,
-            |group| self.commit_group(group),
+            |group| {
+                let result = self.commit_group(group);
+                if result.is_err() {
+                    // Fail-stop. After a failed flush or fdatasync, what sled holds in memory
+                    // may be ahead of the disk, and whether the kernel still has the failed
+                    // pages is unknown; so is the actors' memory against the journal. Every
+                    // later write is refused (the waiting ones resolve `Closed`), and the
+                    // daemon stops so that a restart rebuilds everything from the disk.
+                    drop(queue.close_and_take_all());
+                    self.shared.failed.send_replace(true);
+                }
+                result
+            },
             complete_group,
         );
     }
@@ -762,6 +790,12 @@ impl Committer {
     }
 
     fn apply_and_flush(&mut self, group: &mut [Request]) -> Result<Vec<Committed>, StorageError> {
+        #[cfg(test)]
+        if self.shared.fail_next_commit.swap(false, Ordering::SeqCst) {
+            return Err(StorageError::Io(sled::Error::Io(std::io::Error::other(
+                "injected by a test",
+            ))));
+        }
         let (batch, committed, next) = build_group(self.chain, group)?;
         let apply_started = Instant::now();
         self.db.apply_batch(batch)?;
@@ -880,5 +914,40 @@ fn complete_group(group: Vec<Request>, outcome: Result<Vec<Committed>, StorageEr
                 let _ = request.reply.send(Err(error.clone()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A failed group commit fails its writers, refuses every later write and reports the
+    // failure; what was committed before stays readable.
+    #[tokio::test]
+    async fn a_failed_commit_stops_the_journal() {
+        let dir = tempfile::tempdir().expect("dir");
+        let journal = Journal::open(dir.path(), &JournalConfig::default()).expect("journal");
+        let put = |key: &[u8]| {
+            let mut batch = Batch::default();
+            batch.put(key.to_vec(), b"v".to_vec());
+            batch
+        };
+        journal.submit(put(b"before")).await.expect("committed");
+        journal
+            .inner
+            .shared
+            .fail_next_commit
+            .store(true, Ordering::SeqCst);
+        let failed = journal.submit(put(b"failing")).await;
+        assert!(matches!(failed, Err(StorageError::Io(_))), "{failed:?}");
+        tokio::time::timeout(Duration::from_secs(5), journal.failed())
+            .await
+            .expect("the failure is reported");
+        assert!(matches!(
+            journal.try_submit(put(b"after")),
+            Err(StorageError::Closed)
+        ));
+        assert_eq!(journal.get(b"before").expect("read"), Some(b"v".to_vec()));
+        journal.close().expect("closed");
     }
 }
