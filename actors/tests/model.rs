@@ -300,20 +300,29 @@ async fn place_one(
     ship_to: &str,
 ) -> orderd_domain::order::Order {
     let req = OrderRequest {
-        lines: vec![LineRequest {
-            sku: sku.into(),
-            qty,
-            note: None,
-            warehouse: None,
-            quoted_unit_price: None,
-        }],
+        lines: vec![line(sku, qty, None)],
         ship_to: Some(ship_to.into()),
         ..OrderRequest::default()
     };
+    place_as(engine, acct, world::buyer(acct), None, req)
+        .await
+        .expect("placed")
+        .order
+}
+
+/// Places `req` (submitted, not from the cart) for account `acct` as `caller`, with
+/// Idempotency-Key `key`.
+async fn place_as(
+    engine: &Engine,
+    acct: usize,
+    caller: Caller,
+    key: Option<&str>,
+    req: OrderRequest,
+) -> Result<Placed, orderd_domain::rejection::Rejection> {
     ask(engine, acct, |reply| AccountMsg::Place {
         span: tracing::Span::none(),
-        caller: world::buyer(acct),
-        key: None,
+        caller,
+        key: key.map(|k| IdempotencyKey::parse(k).expect("valid key")),
         req,
         from_cart: false,
         channel: Channel::Api,
@@ -322,8 +331,17 @@ async fn place_one(
     })
     .await
     .expect("actor")
-    .expect("placed")
-    .order
+}
+
+/// A line of `qty` × `sku`, from `warehouse` if given.
+fn line(sku: &str, qty: u32, warehouse: Option<&str>) -> LineRequest {
+    LineRequest {
+        sku: sku.into(),
+        qty,
+        note: None,
+        warehouse: warehouse.map(Into::into),
+        quoted_unit_price: None,
+    }
 }
 
 /// Approves order `id` of account `acct`, whole, as its approver.
@@ -794,31 +812,14 @@ async fn place_in_two_warehouses(
     engine: &Engine,
     acct: usize,
 ) -> Result<orderd_domain::order::Order, orderd_domain::rejection::Rejection> {
-    let line = |sku: &str, qty, w: &str| LineRequest {
-        sku: sku.into(),
-        qty,
-        note: None,
-        warehouse: Some(w.into()),
-        quoted_unit_price: None,
-    };
     let req = OrderRequest {
-        lines: vec![line("A", 1, "W1"), line("B", 6, "W2")],
+        lines: vec![line("A", 1, Some("W1")), line("B", 6, Some("W2"))],
         ship_to: Some(world::ACCOUNTS[acct].ship_tos[0].0.into()),
         ..OrderRequest::default()
     };
-    ask(engine, acct, |reply| AccountMsg::Place {
-        span: tracing::Span::none(),
-        caller: world::buyer(acct),
-        key: None,
-        req,
-        from_cart: false,
-        channel: Channel::Api,
-        submit: true,
-        reply,
-    })
-    .await
-    .expect("actor")
-    .map(|p| p.order)
+    place_as(engine, acct, world::buyer(acct), None, req)
+        .await
+        .map(|p| p.order)
 }
 
 // An Idempotency-Key is the sending user's: another user of the account who sends the same
@@ -832,29 +833,13 @@ async fn idempotency_keys_belong_to_their_user() {
     world::seed(&engine).await.expect("seed");
     let buyers = place_keyed(&engine, ACME, Some("po-1")).await;
     let req = OrderRequest {
-        lines: vec![LineRequest {
-            sku: "B".into(),
-            qty: 2,
-            note: None,
-            warehouse: None,
-            quoted_unit_price: None,
-        }],
+        lines: vec![line("B", 2, None)],
         ship_to: Some(world::ACCOUNTS[ACME].ship_tos[0].0.into()),
         ..OrderRequest::default()
     };
-    let approvers = ask(&engine, ACME, |reply| AccountMsg::Place {
-        span: tracing::Span::none(),
-        caller: world::approver(ACME),
-        key: Some(IdempotencyKey::parse("po-1").expect("key")),
-        req,
-        from_cart: false,
-        channel: Channel::Api,
-        submit: true,
-        reply,
-    })
-    .await
-    .expect("actor")
-    .expect("the approver's own order, not a mismatch");
+    let approvers = place_as(&engine, ACME, world::approver(ACME), Some("po-1"), req)
+        .await
+        .expect("the approver's own order, not a mismatch");
     assert!(!approvers.replayed);
     assert_ne!(approvers.order.id, buyers.order.id);
     for round in ["running", "restarted"] {
@@ -871,29 +856,13 @@ async fn idempotency_keys_belong_to_their_user() {
 /// Places a one-line order for account `acct` as its buyer, with Idempotency-Key `key`.
 async fn place_keyed(engine: &Engine, acct: usize, key: Option<&str>) -> Placed {
     let req = OrderRequest {
-        lines: vec![LineRequest {
-            sku: "A".into(),
-            qty: 1,
-            note: None,
-            warehouse: None,
-            quoted_unit_price: None,
-        }],
+        lines: vec![line("A", 1, None)],
         ship_to: Some(world::ACCOUNTS[acct].ship_tos[0].0.into()),
         ..OrderRequest::default()
     };
-    ask(engine, acct, |reply| AccountMsg::Place {
-        span: tracing::Span::none(),
-        caller: world::buyer(acct),
-        key: key.map(|k| IdempotencyKey::parse(k).expect("valid key")),
-        req,
-        from_cart: false,
-        channel: Channel::Api,
-        submit: true,
-        reply,
-    })
-    .await
-    .expect("actor")
-    .expect("placed")
+    place_as(engine, acct, world::buyer(acct), key, req)
+        .await
+        .expect("placed")
 }
 
 /// An engine on a fresh journal in a temporary directory, seeded with the test world.
