@@ -191,6 +191,11 @@ impl Directory {
     }
 
     fn permit(&self, account: &AccountId) -> Result<Permit, ActorError> {
+        // After a failed commit nothing reaches an account: one rebuilt now would read the
+        // failed group from sled's memory as if it were durable (see `Journal::failed`).
+        if self.0.journal.has_failed() {
+            return Err(ActorError::Storage(orderd_storage::StorageError::Closed));
+        }
         let limits = &self.0.limits;
         if self.0.inflight_total.fetch_add(1, Ordering::AcqRel) >= limits.inflight_total_max {
             self.0.inflight_total.fetch_sub(1, Ordering::AcqRel);

@@ -184,6 +184,16 @@ impl Engine {
         Ok(found.filter(|o| placed_by.is_none_or(|u| &o.placed_by == u)))
     }
 
+    /// Who placed order `id` of `account`, read from its record (open or closed), never from
+    /// the account's actor. Blocking (reads sled): for a caller on the blocking pool.
+    pub fn placed_by_blocking(
+        &self,
+        account: &AccountId,
+        id: &OrderId,
+    ) -> Result<Option<UserId>, ActorError> {
+        Ok(records::load_order(&self.journal, account, id)?.map(|s| s.order.placed_by))
+    }
+
     /// A page of `account`'s orders that `filter` matches, placed before `before`, newest
     /// first: the open ones from its actor, the closed ones read from the journal afterwards
     /// (at most `limits.list_scan_max` records; see [`order_reads::page`]).

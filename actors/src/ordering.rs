@@ -332,9 +332,10 @@ async fn hold(
             }
             Err(e) => {
                 // No answer in time: the hold may still be taken there. A new order's whole
-                // holding can go (a warehouse handles its messages in order); an amendment's
-                // growth cannot be told from what the order held before, so it stays held
-                // there until the order closes.
+                // holding can go (a warehouse handles its messages in order). An amendment's
+                // growth cannot be told from what the order held before: it stays reserved
+                // until the order is confirmed (which allocates only what the order's lines
+                // need, see `Stock::allocate`), cancelled or rejected.
                 if matches!(whose, HoldFor::NewOrder { .. }) {
                     done.push(w);
                 }
@@ -355,15 +356,20 @@ fn undo_holds(
     done: &[&WarehouseId],
     whose: HoldFor,
 ) -> Result<(), ActorError> {
+    let mut first_error = Ok(());
     for w in done {
         if let Some(h) = snap.handles.get(*w) {
-            match whose {
-                HoldFor::NewOrder { .. } => h.release_all(order.clone())?,
-                HoldFor::Growth => h.release(order.clone(), grow[*w].clone())?,
+            let undone = match whose {
+                HoldFor::NewOrder { .. } => h.release_all(order.clone()),
+                HoldFor::Growth => h.release(order.clone(), grow[*w].clone()),
+            };
+            // Every warehouse is asked, even after one could not be.
+            if first_error.is_ok() {
+                first_error = undone;
             }
         }
     }
-    Ok(())
+    first_error
 }
 
 fn release(st: &AccountState, order: &OrderId, shrink: &Demand) -> Result<(), ActorError> {
@@ -849,7 +855,12 @@ pub async fn approve(
     release(st, id, &freed)?;
     match order.state {
         OrderState::Allocated => {
-            for_each_warehouse(st, &order.warehouses(), |h| h.allocate(id.clone()))?
+            let snap = st.catalog.load();
+            for (w, demand) in order.stock_demand() {
+                if let Some(h) = snap.handles.get(&w) {
+                    h.allocate(id.clone(), demand)?;
+                }
+            }
         }
         _ => for_each_warehouse(st, &freed.keys().cloned().collect::<Vec<_>>(), |h| {
             h.release_all(id.clone())

@@ -88,7 +88,11 @@ pub enum WarehouseMsg {
     /// Release everything the order holds (cancel, reject).
     ReleaseAll { order: OrderId },
     /// Reserved -> allocated for the order (after its confirmation is durable).
-    Allocate { order: OrderId },
+    Allocate {
+        order: OrderId,
+        /// What the order needs here by its lines: a reservation beyond it is released.
+        demand: Vec<(Sku, u64)>,
+    },
     /// Ship what the order has allocated here: the account's part of the write comes in
     /// `batch`; the warehouse adds the new on-hand figures and submits it as one atomic write.
     Ship {
@@ -164,7 +168,7 @@ impl Actor for WarehouseActor {
                 )
             };
             stock.reserve(&h.order, &h.allocated).map_err(damaged)?;
-            stock.allocate(&h.order);
+            stock.allocate(&h.order, &h.allocated);
             stock.reserve(&h.order, &h.reserved).map_err(damaged)?;
             owners.insert(h.order, h.account);
         }
@@ -207,7 +211,7 @@ impl Actor for WarehouseActor {
                 let r = st.stock.reserve(&order, &demand);
                 if r.is_ok() {
                     if allocate {
-                        st.stock.allocate(&order);
+                        st.stock.allocate(&order, &demand);
                     }
                     st.free.publish(&st.stock, demand.iter().map(|(s, _)| s));
                     st.owners.insert(order, account);
@@ -236,7 +240,7 @@ impl Actor for WarehouseActor {
                 st.forget_if_done(&order);
             }
             // Reserved -> allocated leaves the free units as they are.
-            WarehouseMsg::Allocate { order } => st.stock.allocate(&order),
+            WarehouseMsg::Allocate { order, demand } => st.stock.allocate(&order, &demand),
             WarehouseMsg::Ship {
                 order,
                 batch,
@@ -389,8 +393,8 @@ impl WarehouseHandle {
     pub fn release_all(&self, order: OrderId) -> Result<(), ActorError> {
         self.cast(WarehouseMsg::ReleaseAll { order })
     }
-    pub fn allocate(&self, order: OrderId) -> Result<(), ActorError> {
-        self.cast(WarehouseMsg::Allocate { order })
+    pub fn allocate(&self, order: OrderId, demand: Vec<(Sku, u64)>) -> Result<(), ActorError> {
+        self.cast(WarehouseMsg::Allocate { order, demand })
     }
     pub async fn ship(
         &self,

@@ -188,6 +188,10 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_millis(config.shutdown_grace_ms), p).await;
     }
     engine.shutdown().await.context("closing the journal")?;
+    if journal.has_failed() {
+        // Also when the failure came after a signal had started the shutdown.
+        anyhow::bail!("a journal commit failed; restart orderd to recover from the disk");
+    }
     tracing::info!("shutdown complete");
     if let Ok(Some(task)) = ended.await {
         anyhow::bail!(

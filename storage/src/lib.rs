@@ -572,6 +572,11 @@ impl Journal {
         Ok(records)
     }
 
+    /// Whether a group commit has failed (see [`Journal::failed`]).
+    pub fn has_failed(&self) -> bool {
+        *self.inner.shared.failed.borrow()
+    }
+
     /// Resolves once a group commit has failed (a disk error). The journal then refuses every
     /// write with `Closed`; the owner should stop and let a restart recover from the disk.
     pub async fn failed(&self) {
@@ -747,13 +752,17 @@ impl Committer {
     fn run(&mut self, queue: &CommitQueue<Request>, group_max: usize) {
         /// If this thread ends for any reason (including a panic), refuse new writers and drop
         /// the waiting ones, so their tickets resolve `Closed` instead of hanging.
-        struct CloseOnExit<'a>(&'a CommitQueue<Request>);
+        /// A panic counts as a failed commit (see [`Journal::failed`]).
+        struct CloseOnExit<'a>(&'a CommitQueue<Request>, std::sync::Arc<Shared>);
         impl Drop for CloseOnExit<'_> {
             fn drop(&mut self) {
                 drop(self.0.close_and_take_all());
+                if std::thread::panicking() {
+                    self.1.failed.send_replace(true);
+                }
             }
         }
-        let _close_on_exit = CloseOnExit(queue);
+        let _close_on_exit = CloseOnExit(queue, self.shared.clone());
         commit_queue::run_committer(
             queue,
             group_max,
@@ -943,6 +952,7 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), journal.failed())
             .await
             .expect("the failure is reported");
+        assert!(journal.has_failed());
         assert!(matches!(
             journal.try_submit(put(b"after")),
             Err(StorageError::Closed)

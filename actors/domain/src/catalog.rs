@@ -84,7 +84,8 @@ impl Catalog {
     pub fn new(items: Vec<CatalogItem>) -> Result<Catalog, Vec<CatalogError>> {
         let mut errors = Vec::new();
         let mut map = BTreeMap::new();
-        for item in items {
+        for mut item in items {
+            merge_repeated_components(&mut item);
             if let Err(reason) = check_item(&item) {
                 errors.push(CatalogError {
                     sku: item.sku.to_string(),
@@ -205,6 +206,20 @@ fn tokenize(s: &str) -> impl Iterator<Item = String> + '_ {
         .map(|w| w.to_lowercase())
 }
 
+/// A kit listing a component more than once keeps it once, with the quantities summed: planning
+/// counts the kits a warehouse can make per component row, so a repeated row would count the
+/// same stock twice. (Earlier versions stored such kits, so this also runs on a stored catalog.)
+fn merge_repeated_components(item: &mut CatalogItem) {
+    let mut merged: Vec<KitComponent> = Vec::with_capacity(item.kit.len());
+    for c in item.kit.drain(..) {
+        match merged.iter_mut().find(|m| m.sku == c.sku) {
+            Some(m) => m.qty = m.qty.saturating_add(c.qty),
+            None => merged.push(c),
+        }
+    }
+    item.kit = merged;
+}
+
 fn check_item(item: &CatalogItem) -> Result<(), String> {
     if item.description.trim().is_empty() || item.description.len() > DESCRIPTION_LEN_MAX {
         return Err(format!(
@@ -222,20 +237,6 @@ fn check_item(item: &CatalogItem) -> Result<(), String> {
     }
     if item.kit.iter().any(|c| c.qty == 0 || c.sku == item.sku) {
         return Err("kit components need a quantity of at least 1 and cannot be the kit".into());
-    }
-    // Planning counts the kits a warehouse can make per component row, so a SKU listed twice
-    // would be counted against the same stock twice; one row with the summed quantity says it.
-    if let Some((i, c)) = item
-        .kit
-        .iter()
-        .enumerate()
-        .find(|(i, c)| item.kit[..*i].iter().any(|e| e.sku == c.sku))
-    {
-        return Err(format!(
-            "kit component {} is listed twice (component {}); list it once with the total quantity",
-            c.sku,
-            i + 1
-        ));
     }
     Ok(())
 }
@@ -306,17 +307,17 @@ pub(crate) mod tests {
         }];
         let mut bad = item("BAD", "x");
         bad.pack_size = 0;
-        let mut twice = item("TWICE", "A kit listing A twice");
-        twice.kit = vec![kit.kit[0].clone(), kit.kit[0].clone()];
-        let errs = Catalog::new(vec![kit.clone(), bad, twice]).unwrap_err();
-        assert_eq!(errs.len(), 3);
-        assert!(
-            errs.iter()
-                .any(|e| e.to_string().contains("TWICE") && e.to_string().contains("listed twice")),
-            "{errs:?}"
-        );
-        let cat = Catalog::new(vec![kit, item("A", "Bolt")]).unwrap();
+        let errs = Catalog::new(vec![kit.clone(), bad]).unwrap_err();
+        assert_eq!(errs.len(), 2);
+
+        let cat = Catalog::new(vec![kit.clone(), item("A", "Bolt")]).unwrap();
         let k = cat.get(&Sku::parse("KIT").unwrap()).unwrap();
         assert_eq!(k.stock_demand(3), vec![(Sku::parse("A").unwrap(), 6)]);
+        // A component listed twice is one row with the quantities summed.
+        let mut twice = item("TWICE", "A kit listing A twice");
+        twice.kit = vec![kit.kit[0].clone(), kit.kit[0].clone()];
+        let cat = Catalog::new(vec![kit, twice, item("A", "Bolt")]).unwrap();
+        let t = cat.get(&Sku::parse("TWICE").unwrap()).unwrap();
+        assert_eq!(t.stock_demand(1), vec![(Sku::parse("A").unwrap(), 4)]);
     }
 }

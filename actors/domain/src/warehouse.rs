@@ -205,17 +205,30 @@ impl Stock {
         }
     }
 
-    /// Moves the order's whole reservation to allocated (confirmation).
-    pub fn allocate(&mut self, order: &OrderId) {
+    /// Moves the order's reservation to allocated (confirmation), as much as `demand` (what the
+    /// order needs here, by its own lines) asks for, and releases a reservation beyond it. The
+    /// order's lines are the truth: a hold that timed out for its account but was taken here
+    /// after all leaves such an excess, and it must not be allocated and shipped.
+    pub fn allocate(&mut self, order: &OrderId, demand: &[(Sku, u64)]) {
         let Some(holding) = self.holdings.get_mut(order) else {
             return;
         };
+        let mut wanted: BTreeMap<&Sku, u64> = BTreeMap::new();
+        for (sku, q) in demand {
+            *wanted.entry(sku).or_default() += q;
+        }
         for (sku, q) in std::mem::take(&mut holding.reserved) {
+            let take = wanted.get(&sku).copied().unwrap_or(0).min(q);
             if let Some(level) = self.levels.get_mut(&sku) {
                 level.reserved -= q;
-                level.allocated += q;
+                level.allocated += take;
             }
-            *holding.allocated.entry(sku).or_default() += q;
+            if take > 0 {
+                *holding.allocated.entry(sku).or_default() += take;
+            }
+        }
+        if holding.is_empty() {
+            self.holdings.remove(order);
         }
     }
 
@@ -269,6 +282,27 @@ mod tests {
         OrderId::parse(s).unwrap()
     }
 
+    // Confirmation allocates what the order's lines need and releases a reservation beyond it
+    // (a hold its account gave up on, taken after all).
+    #[test]
+    fn allocate_takes_only_the_orders_demand() {
+        let mut st = Stock::default();
+        st.set_on_hand(&sku("A"), 10).unwrap();
+        st.reserve(&oid("o1"), &[(sku("A"), 3)]).unwrap();
+        st.reserve(&oid("o1"), &[(sku("A"), 2)]).unwrap(); // the stray hold
+        st.allocate(&oid("o1"), &[(sku("A"), 1), (sku("A"), 2)]);
+        let want = StockLevel {
+            on_hand: 10,
+            reserved: 0,
+            allocated: 3,
+        };
+        assert_eq!(st.level(&sku("A")), want);
+        let held = st.holding(&oid("o1")).unwrap();
+        assert!(held.reserved.is_empty());
+        assert_eq!(held.allocated.get(&sku("A")), Some(&3));
+        assert_eq!(st.ship(&oid("o1")).unwrap(), vec![(sku("A"), 7)]);
+    }
+
     // Reserve is all-or-nothing; release, allocate and ship touch only the order's own stock.
     #[test]
     fn stock_lifecycle() {
@@ -306,7 +340,7 @@ mod tests {
         assert!(st.reserve(&oid("o3"), &[(sku("A"), 1)]).is_err());
         st.release(&oid("o3"), &[(sku("A"), 5)]); // holds nothing: no effect
         assert_eq!(st.level(&sku("A")).reserved, 10);
-        st.allocate(&oid("o1"));
+        st.allocate(&oid("o1"), &[(sku("A"), 5)]);
         assert_eq!(
             st.level(&sku("A")),
             StockLevel {

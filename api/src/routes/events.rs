@@ -95,16 +95,18 @@ fn scope(s: &ApiState, auth: &Auth) -> ApiResult<Scope> {
 }
 
 impl Scope {
-    async fn shows(&self, order: &OrderId) -> Result<bool, ApiError> {
+    /// For each of `orders`, whether the caller sees its events.
+    async fn shows(&self, orders: Vec<OrderId>) -> Result<Vec<bool>, ApiError> {
         match &self.own {
-            None => Ok(true),
-            Some(own) => own.placed(order).await,
+            None => Ok(vec![true; orders.len()]),
+            Some(own) => own.placed(orders).await,
         }
     }
 }
 
-/// Which orders of an account one user placed, looked up once per order (who placed an order
-/// never changes).
+/// Which orders of an account one user placed. Read from the orders' records, not from the
+/// account's actor (an event stream never queues behind the account's captures or takes its
+/// permits); each order once, since who placed it never changes.
 struct OwnOrders {
     state: ApiState,
     account: AccountId,
@@ -113,32 +115,52 @@ struct OwnOrders {
     known: Mutex<HashMap<OrderId, bool>>,
 }
 
-/// Orders an event stream remembers the placer of.
+/// Orders an event stream remembers the placer of (about 100 bytes each).
 const OWN_ORDERS_KNOWN_MAX: usize = 10_000;
 
 impl OwnOrders {
-    async fn placed(&self, order: &OrderId) -> Result<bool, ApiError> {
-        let known = |k: &Mutex<HashMap<OrderId, bool>>| {
-            k.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(order)
-                .copied()
+    /// Whether the user placed each of `orders`: the ones not known yet are read in one
+    /// blocking task. An order with an event has a durable record (the record and its event
+    /// are one write), so a missing one is not the user's.
+    async fn placed(self: &Arc<Self>, orders: Vec<OrderId>) -> Result<Vec<bool>, ApiError> {
+        let unknown: Vec<OrderId> = {
+            let known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut unknown: Vec<OrderId> = orders
+                .iter()
+                .filter(|o| !known.contains_key(*o))
+                .cloned()
+                .collect();
+            unknown.sort_unstable();
+            unknown.dedup();
+            unknown
         };
-        if let Some(placed) = known(&self.known) {
-            return Ok(placed);
+        if !unknown.is_empty() {
+            let this = self.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut found = Vec::with_capacity(unknown.len());
+                for o in unknown {
+                    let placer = this.state.engine.placed_by_blocking(&this.account, &o)?;
+                    let placed = placer.is_some_and(|u| u == this.user);
+                    found.push((o, placed));
+                }
+                let mut known = this.known.lock().unwrap_or_else(PoisonError::into_inner);
+                if known.len() + found.len() > OWN_ORDERS_KNOWN_MAX {
+                    known.clear();
+                }
+                known.extend(found);
+                Ok::<_, orderd_actors::ActorError>(())
+            })
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
         }
-        let placed = self
-            .state
-            .engine
-            .order(&self.account, order, Some(&self.user))
-            .await?
-            .is_some();
-        let mut k = self.known.lock().unwrap_or_else(PoisonError::into_inner);
-        if k.len() >= OWN_ORDERS_KNOWN_MAX {
-            k.clear();
-        }
-        k.insert(order.clone(), placed);
-        Ok(placed)
+        let known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        // A lookup just made can only be missing if more than the bound were looked up at
+        // once; such an order counts as not the user's.
+        Ok(orders
+            .iter()
+            .map(|o| known.get(o).copied().unwrap_or(false))
+            .collect())
     }
 }
 
@@ -171,8 +193,11 @@ async fn read_events_async(
         events: Vec::with_capacity(read.events.len()),
         next: read.next,
     };
-    for (seq, ev) in read.events {
-        if !scope.shows(&ev.order).await? {
+    let shown = scope
+        .shows(read.events.iter().map(|(_, ev)| ev.order.clone()).collect())
+        .await?;
+    for ((seq, ev), shown) in read.events.into_iter().zip(shown) {
+        if !shown {
             continue;
         }
         let rendered: serde_json::Value = serde_json::from_slice(&events::render(&ev))
@@ -288,6 +313,15 @@ fn sse_event(seq: u64, json: &[u8]) -> Event {
         .data(String::from_utf8_lossy(json))
 }
 
+/// A progress mark: an `id` without data moves the client's Last-Event-ID past events it was
+/// not shown, and dispatches nothing (HTML's event-stream interpretation).
+fn progress(seq: u64) -> Event {
+    Event::default().id(seq.to_string())
+}
+
+/// Progress marks of the live part come at most this often.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Marks a replay that failed: the stream ends, and the client resumes from its last event.
 const REPLAY_FAILED: u64 = u64::MAX;
 
@@ -330,17 +364,28 @@ impl Replay {
                 if page.next == from {
                     return None;
                 }
-                let mut events = Vec::with_capacity(page.events.len());
-                for (seq, ev) in &page.events {
-                    match this.scope.shows(&ev.order).await {
-                        Ok(true) => events.push(Ok(sse_event(*seq, &events::render(ev)))),
-                        Ok(false) => {}
-                        Err(error) => {
-                            tracing::warn!(%error, "event stream replay failed; the stream ends");
-                            this.to.store(REPLAY_FAILED, Ordering::Release);
-                            return None;
-                        }
+                let orders = page.events.iter().map(|(_, ev)| ev.order.clone()).collect();
+                let shown = match this.scope.shows(orders).await {
+                    Ok(shown) => shown,
+                    Err(error) => {
+                        tracing::warn!(%error, "event stream replay failed; the stream ends");
+                        this.to.store(REPLAY_FAILED, Ordering::Release);
+                        return None;
                     }
+                };
+                let mut events = Vec::with_capacity(page.events.len() + 1);
+                let mut last_shown = None;
+                for ((seq, ev), shown) in page.events.iter().zip(shown) {
+                    if shown {
+                        events.push(Ok(sse_event(*seq, &events::render(ev))));
+                        last_shown = Some(*seq);
+                    }
+                }
+                // The page read past its last shown event (records of other accounts, or
+                // orders the caller may not see): say so, so that a reconnect resumes after
+                // what was read, not after the last event shown.
+                if last_shown != Some(page.next) {
+                    events.push(Ok(progress(page.next)));
                 }
                 this.to.store(page.next, Ordering::Release);
                 let next = (page.next < this.head).then_some((None, page.next));
@@ -359,7 +404,10 @@ fn follow_bus(
     scope: Scope,
     replayed_to: Arc<AtomicU64>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
-    stream::unfold((rx, None), move |(mut rx, after): (_, Option<u64>)| {
+    // State: the receiver, the seq last sent (event or progress mark; `None` until the
+    // replay's end is read), and when the last progress mark went out.
+    let start = (rx, None, None);
+    stream::unfold(start, move |(mut rx, after, marked): Follow| {
         let (scope, replayed_to) = (scope.clone(), replayed_to.clone());
         async move {
             let after = after.unwrap_or_else(|| replayed_to.load(Ordering::Acquire));
@@ -371,16 +419,25 @@ fn follow_bus(
                     Ok(p) if p.seq <= after => continue,
                     Ok(p) if scope.account.as_ref().is_some_and(|a| *a != p.account) => continue,
                     Ok(p) => {
-                        match scope.shows(&p.order).await {
-                            Ok(true) => {}
-                            Ok(false) => continue,
+                        let shown = match scope.shows(vec![p.order.clone()]).await {
+                            Ok(shown) => shown.first().copied().unwrap_or(false),
                             Err(error) => {
                                 tracing::warn!(%error, "event stream lookup failed; the stream ends");
                                 return None;
                             }
+                        };
+                        if shown {
+                            events::record_lag(events::LagStage::Sse, p.changed_at);
+                            let sent = sse_event(p.seq, &p.json);
+                            return Some((Ok(sent), (rx, Some(p.seq), marked)));
                         }
-                        events::record_lag(events::LagStage::Sse, p.changed_at);
-                        return Some((Ok(sse_event(p.seq, &p.json)), (rx, Some(p.seq))));
+                        // Not the caller's: a progress mark now and then, so that a reconnect
+                        // does not replay everything since the caller's last own event.
+                        let now = tokio::time::Instant::now();
+                        if marked.is_none_or(|m: tokio::time::Instant| now - m >= PROGRESS_INTERVAL)
+                        {
+                            return Some((Ok(progress(p.seq)), (rx, Some(p.seq), Some(now))));
+                        }
                     }
                     Err(_) => return None,
                 }
@@ -388,3 +445,10 @@ fn follow_bus(
         }
     })
 }
+
+/// [`follow_bus`]'s state.
+type Follow = (
+    tokio::sync::broadcast::Receiver<std::sync::Arc<events::Published>>,
+    Option<u64>,
+    Option<tokio::time::Instant>,
+);

@@ -20,6 +20,8 @@ struct Sse {
 struct Stream {
     resp: reqwest::Response,
     buf: String,
+    /// The ids of the progress marks read so far (an id without data).
+    marks: Vec<u64>,
 }
 
 impl Stream {
@@ -41,14 +43,21 @@ impl Stream {
         Stream {
             resp,
             buf: String::new(),
+            marks: vec![],
         }
     }
 
-    /// The next `n` events (keep-alive comments skipped), or a failure after `EVENT_WAIT_MAX`.
+    /// The next `n` events (keep-alive comments skipped, progress marks kept in `marks`), or a
+    /// failure after `EVENT_WAIT_MAX`.
     async fn next(&mut self, n: usize) -> Vec<Sse> {
+        self.read_until(n, 0).await
+    }
+
+    /// Reads until `n` events and `marks` progress marks in all have come.
+    async fn read_until(&mut self, n: usize, marks: usize) -> Vec<Sse> {
         let mut out = vec![];
         let deadline = tokio::time::Instant::now() + EVENT_WAIT_MAX;
-        while out.len() < n {
+        while out.len() < n || self.marks.len() < marks {
             while let Some(end) = self.buf.find("\n\n") {
                 let frame: String = self.buf.drain(..end + 2).collect();
                 let mut id = None;
@@ -60,11 +69,13 @@ impl Stream {
                         data = Some(serde_json::from_str(v.trim()).expect("JSON data"));
                     }
                 }
-                if let (Some(id), Some(data)) = (id, data) {
-                    out.push(Sse { id, data });
+                match (id, data) {
+                    (Some(id), Some(data)) => out.push(Sse { id, data }),
+                    (Some(id), None) => self.marks.push(id),
+                    _ => {}
                 }
             }
-            if out.len() >= n {
+            if out.len() >= n && self.marks.len() >= marks {
                 break;
             }
             let chunk = tokio::time::timeout_at(deadline, self.resp.chunk())
@@ -181,7 +192,17 @@ async fn a_buyer_sees_only_the_events_of_their_own_orders() {
     assert_eq!(orders_in(&r), std::slice::from_ref(&alices), "{r}");
     let r = env.get(&bob, "/v1/events?after=0").await;
     assert_eq!(orders_in(&r), [bobs.clone(), alices.clone()], "{r}");
-    // A reconnect replaying from the log skips Bob's order too.
+    // Bob's order was not shown, but its seq was, as a progress mark (an id without data).
+    let seq_of = |r: &orderd_chaos::Reply, i: usize| r.body["events"][i]["seq"].as_u64().unwrap();
+    assert_eq!(stream.marks, [seq_of(&r, 0)]);
+    // A reconnect replaying from the log skips Bob's orders too, and ends its page with a
+    // progress mark past Bob's second order, so that the next reconnect starts after it.
+    let r = env
+        .place(&bob, "own-3", &[("BOLT-0010", 1)], "BERLIN")
+        .await;
+    assert_eq!(r.status, 201, "{r}");
+    let r = env.get(&bob, "/v1/events?after=0").await;
     let mut resumed = Stream::connect(&env, &alice, Some("0")).await;
-    assert_eq!(resumed.next(1).await, live);
+    assert_eq!(resumed.read_until(1, 1).await, live);
+    assert_eq!(resumed.marks, [seq_of(&r, 2)]);
 }
