@@ -186,15 +186,13 @@ pub struct AccountArgs {
 /// order it placed ([`Order::idempotency`]).
 #[derive(Default)]
 pub struct IdempotencyMap {
-    // std SipHash: the client chooses the keys.
-    by_key: HashMap<UserKey, (RequestDigest, OrderId)>,
-    /// The newest orders, oldest first, with their keys.
-    newest: VecDeque<Option<UserKey>>,
+    // std SipHash: the client chooses the keys. Per user, then per key: an Idempotency-Key
+    // belongs to the user who sent it, so two users of one account may use the same key for
+    // different orders, and neither is answered with the other's order.
+    by_user: HashMap<UserId, HashMap<IdempotencyKey, (RequestDigest, OrderId)>>,
+    /// The newest orders, oldest first, with their placer and key.
+    newest: VecDeque<Option<(UserId, IdempotencyKey)>>,
 }
-
-/// An Idempotency-Key belongs to the user who sent it: two users of one account may use the
-/// same key for different orders, and neither is answered with the other's order.
-type UserKey = (UserId, IdempotencyKey);
 
 impl IdempotencyMap {
     /// The keys of the newest `limit` of `orders`. Order ids are UUIDv7, so their order is the
@@ -212,7 +210,7 @@ impl IdempotencyMap {
 
     /// The digest of the request with which `user` sent `key`, and the order it placed.
     pub fn get(&self, user: &UserId, key: &IdempotencyKey) -> Option<&(RequestDigest, OrderId)> {
-        self.by_key.get(&(user.clone(), key.clone()))
+        self.by_user.get(user)?.get(key)
     }
 
     /// Remembers that `order` was just placed by `user`, with its key if it had one, and
@@ -224,19 +222,26 @@ impl IdempotencyMap {
         order: &OrderId,
         limit: usize,
     ) {
-        let key = placed.map(|p| (user.clone(), p.key.clone()));
-        if let (Some(k), Some(p)) = (&key, placed) {
-            self.by_key
-                .insert(k.clone(), (p.request_digest, order.clone()));
+        if let Some(p) = placed {
+            self.by_user
+                .entry(user.clone())
+                .or_default()
+                .insert(p.key.clone(), (p.request_digest, order.clone()));
         }
-        self.newest.push_back(key);
+        self.newest
+            .push_back(placed.map(|p| (user.clone(), p.key.clone())));
         while self.newest.len() > limit.max(1) {
-            if let Some(Some(old)) = self.newest.pop_front() {
-                self.by_key.remove(&old);
+            if let Some(Some((old_user, old_key))) = self.newest.pop_front() {
+                if let Some(keys) = self.by_user.get_mut(&old_user) {
+                    keys.remove(&old_key);
+                    if keys.is_empty() {
+                        self.by_user.remove(&old_user);
+                    }
+                }
             }
         }
         debug_assert_eq!(
-            self.by_key.len(),
+            self.by_user.values().map(HashMap::len).sum::<usize>(),
             self.newest.iter().flatten().count(),
             "each remembered key belongs to one of the newest orders"
         );
