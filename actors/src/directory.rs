@@ -224,6 +224,11 @@ impl Directory {
     }
 
     async fn spawn(&self, id: AccountId) -> Result<ActorRef<AccountMsg>, ActorError> {
+        // Checked again here: a permit taken just before a failure must not rebuild an account
+        // from sled's unflushed memory.
+        if self.0.journal.has_failed() {
+            return Err(ActorError::Storage(orderd_storage::StorageError::Closed));
+        }
         let weak = Arc::downgrade(&self.0);
         let retire_id = id.clone();
         let args = AccountArgs {

@@ -334,8 +334,9 @@ async fn hold(
                 // No answer in time: the hold may still be taken there. A new order's whole
                 // holding can go (a warehouse handles its messages in order). An amendment's
                 // growth cannot be told from what the order held before: it stays reserved
-                // until the order is confirmed (which allocates only what the order's lines
-                // need, see `Stock::allocate`), cancelled or rejected.
+                // until the order is approved (every warehouse then allocates only what the
+                // order's lines need there, see `Stock::allocate`), cancelled or rejected
+                // (every warehouse releases the order).
                 if matches!(whose, HoldFor::NewOrder { .. }) {
                     done.push(w);
                 }
@@ -388,9 +389,21 @@ fn for_each_warehouse(
     f: impl Fn(&crate::warehouse::WarehouseHandle) -> Result<(), ActorError>,
 ) -> Result<(), ActorError> {
     let snap = st.catalog.load();
-    ws.iter()
-        .filter_map(|w| snap.handles.get(w))
-        .try_for_each(f)
+    let mut first_error = Ok(());
+    // Every warehouse is asked, even after one could not be.
+    for h in ws.iter().filter_map(|w| snap.handles.get(w)) {
+        let asked = f(h);
+        if first_error.is_ok() {
+            first_error = asked;
+        }
+    }
+    first_error
+}
+
+/// Every warehouse, for a change that ends what an order holds: besides the warehouses of its
+/// lines, one may hold an amendment's growth whose hold timed out but was taken (see `hold`).
+fn all_warehouses(st: &AccountState) -> Vec<WarehouseId> {
+    st.catalog.load().handles.keys().cloned().collect()
 }
 
 // ---- writing ------------------------------------------------------------------------------
@@ -855,16 +868,15 @@ pub async fn approve(
     release(st, id, &freed)?;
     match order.state {
         OrderState::Allocated => {
-            let snap = st.catalog.load();
-            for (w, demand) in order.stock_demand() {
-                if let Some(h) = snap.handles.get(&w) {
-                    h.allocate(id.clone(), demand)?;
-                }
-            }
+            // Each warehouse allocates what the order's lines need there and releases any
+            // other reservation of the order (nothing, unless a hold timed out).
+            let demand = order.stock_demand();
+            for_each_warehouse(st, &all_warehouses(st), |h| {
+                let here = demand.get(&h.id).cloned().unwrap_or_default();
+                h.allocate(id.clone(), here)
+            })?
         }
-        _ => for_each_warehouse(st, &freed.keys().cloned().collect::<Vec<_>>(), |h| {
-            h.release_all(id.clone())
-        })?,
+        _ => for_each_warehouse(st, &all_warehouses(st), |h| h.release_all(id.clone()))?,
     }
     Ok(Ok(commit_order(st, order, &committed)))
 }
@@ -891,7 +903,6 @@ pub async fn reject(
             order.state.as_str()
         ))));
     }
-    let held = order.warehouses();
     let all: Vec<u32> = order.open_lines().map(|l| l.line_no).collect();
     let freed = match reject_lines(&mut order, if lines.is_empty() { &all } else { lines }) {
         Ok(f) => f,
@@ -924,7 +935,7 @@ pub async fn reject(
     };
     let committed = st.journal.submit(batch).await?;
     if whole {
-        for_each_warehouse(st, &held, |h| h.release_all(id.clone()))?;
+        for_each_warehouse(st, &all_warehouses(st), |h| h.release_all(id.clone()))?;
     } else {
         release(st, id, &freed)?;
     }
@@ -946,7 +957,6 @@ pub async fn cancel(st: &mut AccountState, caller: &Caller, id: &OrderId) -> Flo
             "order {id} is partly shipped and can no longer be cancelled"
         ))));
     }
-    let held = order.warehouses();
     let from = order.state;
     if let Err(e) = order.transition(OrderState::Cancelled) {
         return Ok(Err(e.into()));
@@ -964,7 +974,7 @@ pub async fn cancel(st: &mut AccountState, caller: &Caller, id: &OrderId) -> Flo
         Err(r) => return Ok(Err(r)),
     };
     let committed = st.journal.submit(batch).await?;
-    for_each_warehouse(st, &held, |h| h.release_all(id.clone()))?;
+    for_each_warehouse(st, &all_warehouses(st), |h| h.release_all(id.clone()))?;
     Ok(Ok(commit_order(st, order, &committed)))
 }
 

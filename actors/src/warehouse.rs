@@ -211,7 +211,9 @@ impl Actor for WarehouseActor {
                 let r = st.stock.reserve(&order, &demand);
                 if r.is_ok() {
                     if allocate {
-                        st.stock.allocate(&order, &demand);
+                        // A new order: nothing reserved beyond `demand`, nothing released.
+                        let released = st.stock.allocate(&order, &demand);
+                        debug_assert!(released.is_empty(), "{released:?}");
                     }
                     st.free.publish(&st.stock, demand.iter().map(|(s, _)| s));
                     st.owners.insert(order, account);
@@ -239,8 +241,13 @@ impl Actor for WarehouseActor {
                 st.free.publish(&st.stock, &held);
                 st.forget_if_done(&order);
             }
-            // Reserved -> allocated leaves the free units as they are.
-            WarehouseMsg::Allocate { order, demand } => st.stock.allocate(&order, &demand),
+            // Reserved -> allocated leaves the free units as they are; a reservation released
+            // beyond the order's demand frees them.
+            WarehouseMsg::Allocate { order, demand } => {
+                let released = st.stock.allocate(&order, &demand);
+                st.free.publish(&st.stock, &released);
+                st.forget_if_done(&order);
+            }
             WarehouseMsg::Ship {
                 order,
                 batch,

@@ -806,6 +806,51 @@ async fn a_refused_shipment_leaves_the_stock_as_stored() {
     assert_eq!(after.holding(&order.id), before.holding(&order.id));
 }
 
+// An amendment's hold that timed out for its account may still be taken by the warehouse:
+// a reservation the order's lines do not explain, here made by holding directly, in the
+// order's warehouse and in one it does not use. Approval allocates only what the lines need
+// and every warehouse releases the rest, with the shared free-stock view following.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_releases_reservations_the_lines_do_not_explain() {
+    const ACME: usize = 0;
+    let (_dir, engine) = seeded().await;
+    let ship_to = world::ACCOUNTS[ACME].ship_tos[0].0;
+    // 5 × A at 9.00 is above the buyer's 40.00: pending approval, A reserved in W1.
+    let order = place_one(&engine, ACME, "A", 5, ship_to).await;
+    assert_eq!(order.state, OrderState::PendingApproval);
+    assert_eq!(order.lines[0].allocations[0].warehouse.as_str(), "W1");
+    let sku = |s: &str| orderd_domain::ids::Sku::parse(s).expect("sku");
+    let wh = |w: &str| {
+        engine
+            .warehouse(&orderd_domain::ids::WarehouseId::parse(w).expect("id"))
+            .expect("warehouse")
+    };
+    for (w, s, q) in [("W1", "A", 2), ("W2", "B", 3)] {
+        wh(w)
+            .hold(
+                order.id.clone(),
+                world::account_id(ACME),
+                vec![(sku(s), q)],
+                false,
+            )
+            .await
+            .expect("answered")
+            .expect("held");
+    }
+    let approved = approve_one(&engine, ACME, &order.id).await;
+    assert_eq!(approved.state, OrderState::Allocated);
+    let w1 = wh("W1").snapshot().await.expect("snapshot");
+    let w2 = wh("W2").snapshot().await.expect("snapshot");
+    let a = w1.level(&sku("A"));
+    assert_eq!((a.reserved, a.allocated), (0, 5), "{a:?}");
+    assert_eq!(w2.level(&sku("B")).reserved, 0);
+    assert!(w2.holding(&order.id).is_none());
+    // The free-stock view planning reads agrees (12 on hand - 5 allocated; 10 on hand).
+    assert_eq!(wh("W1").free(&[sku("A")]), [7]);
+    assert_eq!(wh("W2").free(&[sku("B")]), [10]);
+    engine.shutdown().await.expect("shutdown");
+}
+
 /// Places, for account `acct` as its buyer, 1 × A from W1 and 6 × B from W2 (W2 has 10 B, so
 /// only one such order fits at a time).
 async fn place_in_two_warehouses(

@@ -756,10 +756,11 @@ impl Committer {
         struct CloseOnExit<'a>(&'a CommitQueue<Request>, std::sync::Arc<Shared>);
         impl Drop for CloseOnExit<'_> {
             fn drop(&mut self) {
-                drop(self.0.close_and_take_all());
+                // Failed first: a writer woken by the close must find the journal failed.
                 if std::thread::panicking() {
                     self.1.failed.send_replace(true);
                 }
+                drop(self.0.close_and_take_all());
             }
         }
         let _close_on_exit = CloseOnExit(queue, self.shared.clone());
@@ -774,8 +775,8 @@ impl Committer {
                     // pages is unknown; so is the actors' memory against the journal. Every
                     // later write is refused (the waiting ones resolve `Closed`), and the
                     // daemon stops so that a restart rebuilds everything from the disk.
-                    drop(queue.close_and_take_all());
                     self.shared.failed.send_replace(true);
+                    drop(queue.close_and_take_all());
                 }
                 result
             },

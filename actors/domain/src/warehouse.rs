@@ -205,31 +205,43 @@ impl Stock {
         }
     }
 
-    /// Moves the order's reservation to allocated (confirmation), as much as `demand` (what the
-    /// order needs here, by its own lines) asks for, and releases a reservation beyond it. The
-    /// order's lines are the truth: a hold that timed out for its account but was taken here
-    /// after all leaves such an excess, and it must not be allocated and shipped.
-    pub fn allocate(&mut self, order: &OrderId, demand: &[(Sku, u64)]) {
+    /// Moves the order's reservation to allocated (confirmation), up to `demand`: what the
+    /// order needs here in all by its lines (what it has allocated already counts). A
+    /// reservation beyond it is released: a hold its account gave up on (a timeout) but that
+    /// was taken here after all, which must not be allocated and shipped. Returns the SKUs
+    /// whose free units that changed.
+    pub fn allocate(&mut self, order: &OrderId, demand: &[(Sku, u64)]) -> Vec<Sku> {
         let Some(holding) = self.holdings.get_mut(order) else {
-            return;
+            return vec![];
         };
         let mut wanted: BTreeMap<&Sku, u64> = BTreeMap::new();
         for (sku, q) in demand {
             *wanted.entry(sku).or_default() += q;
         }
+        let mut released = Vec::new();
         for (sku, q) in std::mem::take(&mut holding.reserved) {
-            let take = wanted.get(&sku).copied().unwrap_or(0).min(q);
+            let allocated = holding.allocated.get(&sku).copied().unwrap_or(0);
+            let need = wanted
+                .get(&sku)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(allocated);
+            let take = need.min(q);
             if let Some(level) = self.levels.get_mut(&sku) {
                 level.reserved -= q;
                 level.allocated += take;
             }
             if take > 0 {
-                *holding.allocated.entry(sku).or_default() += take;
+                *holding.allocated.entry(sku.clone()).or_default() += take;
+            }
+            if take < q {
+                released.push(sku);
             }
         }
         if holding.is_empty() {
             self.holdings.remove(order);
         }
+        released
     }
 
     /// What [`Stock::ship`] would leave: the SKUs the order has allocated here with their
@@ -290,7 +302,10 @@ mod tests {
         st.set_on_hand(&sku("A"), 10).unwrap();
         st.reserve(&oid("o1"), &[(sku("A"), 3)]).unwrap();
         st.reserve(&oid("o1"), &[(sku("A"), 2)]).unwrap(); // the stray hold
-        st.allocate(&oid("o1"), &[(sku("A"), 1), (sku("A"), 2)]);
+        let released = st.allocate(&oid("o1"), &[(sku("A"), 1), (sku("A"), 2)]);
+        assert_eq!(released, [sku("A")]);
+        // Again with the same demand (what is allocated counts): nothing changes.
+        assert!(st.allocate(&oid("o1"), &[(sku("A"), 3)]).is_empty());
         let want = StockLevel {
             on_hand: 10,
             reserved: 0,
@@ -340,7 +355,7 @@ mod tests {
         assert!(st.reserve(&oid("o3"), &[(sku("A"), 1)]).is_err());
         st.release(&oid("o3"), &[(sku("A"), 5)]); // holds nothing: no effect
         assert_eq!(st.level(&sku("A")).reserved, 10);
-        st.allocate(&oid("o1"), &[(sku("A"), 5)]);
+        assert!(st.allocate(&oid("o1"), &[(sku("A"), 5)]).is_empty());
         assert_eq!(
             st.level(&sku("A")),
             StockLevel {
