@@ -190,12 +190,17 @@ impl Directory {
         call(&actor, timeout, build).await
     }
 
-    fn permit(&self, account: &AccountId) -> Result<Permit, ActorError> {
-        // After a failed commit nothing reaches an account: one rebuilt now would read the
-        // failed group from sled's memory as if it were durable (see `Journal::failed`).
+    /// After a failed commit nothing reaches an account: one rebuilt now would read the failed
+    /// group from sled's memory as if it were durable (see `Journal::failed`).
+    fn refuse_after_a_failed_commit(&self) -> Result<(), ActorError> {
         if self.0.journal.has_failed() {
             return Err(ActorError::Storage(orderd_storage::StorageError::Closed));
         }
+        Ok(())
+    }
+
+    fn permit(&self, account: &AccountId) -> Result<Permit, ActorError> {
+        self.refuse_after_a_failed_commit()?;
         let limits = &self.0.limits;
         if self.0.inflight_total.fetch_add(1, Ordering::AcqRel) >= limits.inflight_total_max {
             self.0.inflight_total.fetch_sub(1, Ordering::AcqRel);
@@ -224,11 +229,8 @@ impl Directory {
     }
 
     async fn spawn(&self, id: AccountId) -> Result<ActorRef<AccountMsg>, ActorError> {
-        // Checked again here: a permit taken just before a failure must not rebuild an account
-        // from sled's unflushed memory.
-        if self.0.journal.has_failed() {
-            return Err(ActorError::Storage(orderd_storage::StorageError::Closed));
-        }
+        // Checked again here: a permit taken just before a failure must not rebuild an account.
+        self.refuse_after_a_failed_commit()?;
         let weak = Arc::downgrade(&self.0);
         let retire_id = id.clone();
         let args = AccountArgs {

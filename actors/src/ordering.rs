@@ -15,6 +15,7 @@ use crate::audit::{today, AuditEntry, Caller};
 use crate::catalog::Snapshot;
 use crate::events::order_event;
 use crate::records;
+use crate::warehouse::WarehouseHandle;
 use crate::ActorError;
 use orderd_domain::account::{Account, Role};
 use orderd_domain::allocation::{plan, Availability, PlanInput};
@@ -351,26 +352,19 @@ async fn hold(
 /// Gives back what [`hold`] took in the warehouses `done`: all a new order holds there
 /// (reserved or allocated), or the amendment's growth.
 fn undo_holds(
-    snap: &crate::catalog::Snapshot,
+    snap: &Snapshot,
     order: &OrderId,
     grow: &Demand,
     done: &[&WarehouseId],
     whose: HoldFor,
 ) -> Result<(), ActorError> {
-    let mut first_error = Ok(());
-    for w in done {
-        if let Some(h) = snap.handles.get(*w) {
-            let undone = match whose {
-                HoldFor::NewOrder { .. } => h.release_all(order.clone()),
-                HoldFor::Growth => h.release(order.clone(), grow[*w].clone()),
-            };
-            // Every warehouse is asked, even after one could not be.
-            if first_error.is_ok() {
-                first_error = undone;
-            }
-        }
-    }
-    first_error
+    ask_each(
+        done.iter().filter_map(|w| snap.handles.get(*w)),
+        |h| match whose {
+            HoldFor::NewOrder { .. } => h.release_all(order.clone()),
+            HoldFor::Growth => h.release(order.clone(), grow[&h.id].clone()),
+        },
+    )
 }
 
 fn release(st: &AccountState, order: &OrderId, shrink: &Demand) -> Result<(), ActorError> {
@@ -383,15 +377,13 @@ fn release(st: &AccountState, order: &OrderId, shrink: &Demand) -> Result<(), Ac
     Ok(())
 }
 
-fn for_each_warehouse(
-    st: &AccountState,
-    ws: &[WarehouseId],
-    f: impl Fn(&crate::warehouse::WarehouseHandle) -> Result<(), ActorError>,
+/// Asks every one of `handles` with `f`, even after one could not be asked; the first error.
+fn ask_each<'a>(
+    handles: impl Iterator<Item = &'a WarehouseHandle>,
+    f: impl Fn(&WarehouseHandle) -> Result<(), ActorError>,
 ) -> Result<(), ActorError> {
-    let snap = st.catalog.load();
     let mut first_error = Ok(());
-    // Every warehouse is asked, even after one could not be.
-    for h in ws.iter().filter_map(|w| snap.handles.get(w)) {
+    for h in handles {
         let asked = f(h);
         if first_error.is_ok() {
             first_error = asked;
@@ -400,10 +392,23 @@ fn for_each_warehouse(
     first_error
 }
 
-/// Every warehouse, for a change that ends what an order holds: besides the warehouses of its
-/// lines, one may hold an amendment's growth whose hold timed out but was taken (see `hold`).
-fn all_warehouses(st: &AccountState) -> Vec<WarehouseId> {
-    st.catalog.load().handles.keys().cloned().collect()
+fn for_each_warehouse(
+    st: &AccountState,
+    ws: &[WarehouseId],
+    f: impl Fn(&WarehouseHandle) -> Result<(), ActorError>,
+) -> Result<(), ActorError> {
+    let snap = st.catalog.load();
+    ask_each(ws.iter().filter_map(|w| snap.handles.get(w)), f)
+}
+
+/// [`for_each_warehouse`] over every warehouse, for a change that ends what an order holds:
+/// besides the warehouses of its lines, one may hold an amendment's growth whose hold timed out
+/// but was taken (see `hold`).
+fn for_every_warehouse(
+    st: &AccountState,
+    f: impl Fn(&WarehouseHandle) -> Result<(), ActorError>,
+) -> Result<(), ActorError> {
+    ask_each(st.catalog.load().handles.values(), f)
 }
 
 // ---- writing ------------------------------------------------------------------------------
@@ -871,12 +876,12 @@ pub async fn approve(
             // Each warehouse allocates what the order's lines need there and releases any
             // other reservation of the order (nothing, unless a hold timed out).
             let demand = order.stock_demand();
-            for_each_warehouse(st, &all_warehouses(st), |h| {
+            for_every_warehouse(st, |h| {
                 let here = demand.get(&h.id).cloned().unwrap_or_default();
                 h.allocate(id.clone(), here)
             })?
         }
-        _ => for_each_warehouse(st, &all_warehouses(st), |h| h.release_all(id.clone()))?,
+        _ => for_every_warehouse(st, |h| h.release_all(id.clone()))?,
     }
     Ok(Ok(commit_order(st, order, &committed)))
 }
@@ -935,7 +940,7 @@ pub async fn reject(
     };
     let committed = st.journal.submit(batch).await?;
     if whole {
-        for_each_warehouse(st, &all_warehouses(st), |h| h.release_all(id.clone()))?;
+        for_every_warehouse(st, |h| h.release_all(id.clone()))?;
     } else {
         release(st, id, &freed)?;
     }
@@ -974,7 +979,7 @@ pub async fn cancel(st: &mut AccountState, caller: &Caller, id: &OrderId) -> Flo
         Err(r) => return Ok(Err(r)),
     };
     let committed = st.journal.submit(batch).await?;
-    for_each_warehouse(st, &all_warehouses(st), |h| h.release_all(id.clone()))?;
+    for_every_warehouse(st, |h| h.release_all(id.clone()))?;
     Ok(Ok(commit_order(st, order, &committed)))
 }
 

@@ -102,6 +102,14 @@ impl Scope {
             Some(own) => own.placed(orders).await,
         }
     }
+
+    /// [`Scope::shows`] for one order; without a lookup (or a copy) when the caller sees all.
+    async fn shows_one(&self, order: &OrderId) -> Result<bool, ApiError> {
+        match &self.own {
+            None => Ok(true),
+            Some(own) => Ok(own.placed(vec![order.clone()]).await?[0]),
+        }
+    }
 }
 
 /// Which orders of an account one user placed. Read from the orders' records, not from the
@@ -164,8 +172,8 @@ impl OwnOrders {
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         }
         let known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
-        // A lookup just made can only be missing if more than the bound were looked up at
-        // once; such an order counts as not the user's.
+        // Every order is known now: a stream's lookups run one at a time (the replay, then the
+        // live part), so nothing emptied the map in between. Absent would read as not shown.
         Ok(orders
             .iter()
             .map(|o| known.get(o).copied().unwrap_or(false))
@@ -430,8 +438,8 @@ fn follow_bus(
                     Ok(p) if p.seq <= after => continue,
                     Ok(p) if scope.account.as_ref().is_some_and(|a| *a != p.account) => continue,
                     Ok(p) => {
-                        let shown = match scope.shows(vec![p.order.clone()]).await {
-                            Ok(shown) => shown.first().copied().unwrap_or(false),
+                        let shown = match scope.shows_one(&p.order).await {
+                            Ok(shown) => shown,
                             Err(error) => {
                                 tracing::warn!(%error, "event stream lookup failed; the stream ends");
                                 return None;
