@@ -678,16 +678,7 @@ async fn idempotency_keys_cover_the_newest_orders_across_restarts() {
         let o = place_keyed(&engine, ACME, None).await.order;
         cancel_one(&engine, ACME, &o.id).await.expect("cancelled");
     }
-    for round in ["running", "restarted"] {
-        let again = place_keyed(&engine, ACME, Some("k1")).await;
-        assert!(again.replayed, "{round}");
-        assert_eq!(again.order.id, first.order.id, "{round}");
-        engine.shutdown().await.expect("shutdown");
-        drop(engine);
-        engine = start_with(dir.path(), limits.clone())
-            .await
-            .expect("restart");
-    }
+    engine = replayed_before_and_after_a_restart(engine, dir.path(), &limits, "k1", &first).await;
     // A fourth order after it: k1 is forgotten by the running actor; the new order it places
     // is what a restarted actor answers k1 with.
     let fourth = place_keyed(&engine, ACME, None).await.order;
@@ -887,15 +878,32 @@ async fn idempotency_keys_belong_to_their_user() {
         .expect("the approver's own order, not a mismatch");
     assert!(!approvers.replayed);
     assert_ne!(approvers.order.id, buyers.order.id);
+    let limits = Limits::default();
+    engine =
+        replayed_before_and_after_a_restart(engine, dir.path(), &limits, "po-1", &buyers).await;
+    engine.shutdown().await.expect("shutdown");
+}
+
+/// Checks that ACME's buyer sending `key` again gets `first` back, replayed, on the running
+/// engine and after a restart (the engine is restarted each time, with `limits`); returns
+/// the restarted engine.
+async fn replayed_before_and_after_a_restart(
+    mut engine: Engine,
+    dir: &std::path::Path,
+    limits: &Limits,
+    key: &str,
+    first: &Placed,
+) -> Engine {
+    const ACME: usize = 0;
     for round in ["running", "restarted"] {
-        let again = place_keyed(&engine, ACME, Some("po-1")).await;
+        let again = place_keyed(&engine, ACME, Some(key)).await;
         assert!(again.replayed, "{round}");
-        assert_eq!(again.order.id, buyers.order.id, "{round}");
+        assert_eq!(again.order.id, first.order.id, "{round}");
         engine.shutdown().await.expect("shutdown");
         drop(engine);
-        engine = start(dir.path()).await.expect("restart");
+        engine = start_with(dir, limits.clone()).await.expect("restart");
     }
-    engine.shutdown().await.expect("shutdown");
+    engine
 }
 
 /// Places a one-line order for account `acct` as its buyer, with Idempotency-Key `key`.
