@@ -12,7 +12,7 @@ use crate::order_reads::OrderFilter;
 use crate::ordering::{self, Amendment, Placed, Preview};
 use crate::records;
 use crate::users::{self, PutMode};
-use crate::{ActorError, Limits};
+use crate::{ActorError, Limits, StorageError};
 use orderd_domain::account::{Account, User};
 use orderd_domain::cart::Cart;
 use orderd_domain::ids::{AccountId, IdempotencyKey, OrderId, Sku, UserId, WarehouseId};
@@ -29,7 +29,9 @@ use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
 
-pub type Reply<T> = RpcReplyPort<Result<T, Rejection>>;
+/// The answer to a request that may change the account: done, refused (a business refusal), or
+/// failed (see [`answer`]).
+pub type Reply<T> = RpcReplyPort<Result<Result<T, Rejection>, ActorError>>;
 
 pub enum AccountMsg {
     GetCart {
@@ -344,11 +346,13 @@ impl Actor for AccountActor {
                 warehouse,
                 reply,
             } => {
-                let r = ordering::cart_change(st, &caller, "cart.add", |c| {
-                    c.add(sku, qty, note, warehouse).map(|_| ())
-                })
-                .await?;
-                let _ = reply.send(r);
+                answer(
+                    reply,
+                    ordering::cart_change(st, &caller, "cart.add", |c| {
+                        c.add(sku, qty, note, warehouse).map(|_| ())
+                    })
+                    .await,
+                )?;
             }
             AccountMsg::CartUpdate {
                 caller,
@@ -357,20 +361,23 @@ impl Actor for AccountActor {
                 note,
                 reply,
             } => {
-                let r = ordering::cart_change(st, &caller, "cart.update", |c| {
-                    c.update(line, qty, note)
-                })
-                .await?;
-                let _ = reply.send(r);
+                answer(
+                    reply,
+                    ordering::cart_change(st, &caller, "cart.update", |c| {
+                        c.update(line, qty, note)
+                    })
+                    .await,
+                )?;
             }
             AccountMsg::CartRemove {
                 caller,
                 line,
                 reply,
             } => {
-                let r =
-                    ordering::cart_change(st, &caller, "cart.remove", |c| c.remove(line)).await?;
-                let _ = reply.send(r);
+                answer(
+                    reply,
+                    ordering::cart_change(st, &caller, "cart.remove", |c| c.remove(line)).await,
+                )?;
             }
             AccountMsg::Validate {
                 caller,
@@ -378,8 +385,7 @@ impl Actor for AccountActor {
                 from_cart,
                 reply,
             } => {
-                let r = ordering::validate(st, &caller, req, from_cart).await?;
-                let _ = reply.send(r);
+                answer(reply, ordering::validate(st, &caller, req, from_cart).await)?;
             }
             AccountMsg::Place {
                 span,
@@ -391,10 +397,12 @@ impl Actor for AccountActor {
                 submit,
                 reply,
             } => {
-                let r = ordering::place(st, &caller, key, req, from_cart, channel, submit)
-                    .instrument(span)
-                    .await?;
-                let _ = reply.send(r);
+                answer(
+                    reply,
+                    ordering::place(st, &caller, key, req, from_cart, channel, submit)
+                        .instrument(span)
+                        .await,
+                )?;
             }
             AccountMsg::Submit {
                 span,
@@ -402,10 +410,12 @@ impl Actor for AccountActor {
                 order,
                 reply,
             } => {
-                let r = ordering::submit_draft(st, &caller, &order)
-                    .instrument(span)
-                    .await?;
-                let _ = reply.send(r);
+                answer(
+                    reply,
+                    ordering::submit_draft(st, &caller, &order)
+                        .instrument(span)
+                        .await,
+                )?;
             }
             AccountMsg::Approve {
                 caller,
@@ -413,8 +423,10 @@ impl Actor for AccountActor {
                 reject_lines,
                 reply,
             } => {
-                let r = ordering::approve(st, &caller, &order, &reject_lines).await?;
-                let _ = reply.send(r);
+                answer(
+                    reply,
+                    ordering::approve(st, &caller, &order, &reject_lines).await,
+                )?;
             }
             AccountMsg::Reject {
                 caller,
@@ -423,16 +435,17 @@ impl Actor for AccountActor {
                 reason,
                 reply,
             } => {
-                let r = ordering::reject(st, &caller, &order, &lines, reason).await?;
-                let _ = reply.send(r);
+                answer(
+                    reply,
+                    ordering::reject(st, &caller, &order, &lines, reason).await,
+                )?;
             }
             AccountMsg::Cancel {
                 caller,
                 order,
                 reply,
             } => {
-                let r = ordering::cancel(st, &caller, &order).await?;
-                let _ = reply.send(r);
+                answer(reply, ordering::cancel(st, &caller, &order).await)?;
             }
             AccountMsg::Amend {
                 caller,
@@ -440,8 +453,7 @@ impl Actor for AccountActor {
                 patch,
                 reply,
             } => {
-                let r = ordering::amend(st, &caller, &order, patch).await?;
-                let _ = reply.send(r);
+                answer(reply, ordering::amend(st, &caller, &order, patch).await)?;
             }
             AccountMsg::Ship {
                 caller,
@@ -449,8 +461,7 @@ impl Actor for AccountActor {
                 warehouse,
                 reply,
             } => {
-                let r = ordering::ship(st, &caller, &order, &warehouse).await?;
-                let _ = reply.send(r);
+                answer(reply, ordering::ship(st, &caller, &order, &warehouse).await)?;
             }
             AccountMsg::OpenOrder { order, reply } => {
                 drop(reply.send(st.orders.get(&order).cloned()));
@@ -479,8 +490,7 @@ impl Actor for AccountActor {
                 account,
                 reply,
             } => {
-                let r = ordering::put_account(st, &caller, *account).await?;
-                let _ = reply.send(r);
+                answer(reply, ordering::put_account(st, &caller, *account).await)?;
             }
             AccountMsg::SetCredit {
                 caller,
@@ -488,8 +498,10 @@ impl Actor for AccountActor {
                 open_receivables,
                 reply,
             } => {
-                let r = ordering::set_credit(st, &caller, credit_limit, open_receivables).await?;
-                let _ = reply.send(r);
+                answer(
+                    reply,
+                    ordering::set_credit(st, &caller, credit_limit, open_receivables).await,
+                )?;
             }
             AccountMsg::PutUser {
                 caller,
@@ -497,16 +509,14 @@ impl Actor for AccountActor {
                 mode,
                 reply,
             } => {
-                let r = users::put_user(st, &caller, user, mode).await?;
-                let _ = reply.send(r);
+                answer(reply, users::put_user(st, &caller, user, mode).await)?;
             }
             AccountMsg::DeleteUser {
                 caller,
                 user,
                 reply,
             } => {
-                let r = users::delete_user(st, &caller, &user).await?;
-                let _ = reply.send(r);
+                answer(reply, users::delete_user(st, &caller, &user).await)?;
             }
             AccountMsg::IdleTick => {
                 let idle =
@@ -518,6 +528,28 @@ impl Actor for AccountActor {
             }
         }
         Ok(())
+    }
+}
+
+/// Sends a flow's outcome to its caller. A failure also stops the actor, so that its next
+/// message rebuilds it from the journal: a flow may have written a change and then failed
+/// before adopting it (a warehouse gone after the commit, a shipment whose warehouse did not
+/// answer in time but may still write it). One failure comes only before a flow writes or
+/// adopts anything: the journal refusing a write at once (`Overloaded`; what the flow held is
+/// given back first). On that one the actor goes on with its memory as stored, and the
+/// requests queued behind it are still answered.
+fn answer<T>(
+    reply: Reply<T>,
+    outcome: Result<Result<T, Rejection>, ActorError>,
+) -> Result<(), ActorProcessingErr> {
+    let stop = match &outcome {
+        Ok(_) | Err(ActorError::Storage(StorageError::Overloaded)) => None,
+        Err(e) => Some(e.to_string()),
+    };
+    let _ = reply.send(outcome);
+    match stop {
+        Some(failure) => Err(failure.into()),
+        None => Ok(()),
     }
 }
 

@@ -3,13 +3,14 @@
 //! so the bound sits here, at the edge: above it callers get `Busy` at once instead of queueing.
 //! (The API also bounds state-changing requests inside the daemon: [`crate::admission`].)
 
-use crate::account::{AccountActor, AccountArgs, AccountMsg};
+use crate::account::{AccountActor, AccountArgs, AccountMsg, Reply};
 use crate::audit::Caller;
 use crate::catalog::CatalogStore;
 use crate::grants::Grants;
 use crate::{call, ActorError, BusyScope, Limits};
 use orderd_domain::account::Account;
 use orderd_domain::ids::AccountId;
+use orderd_domain::rejection::Rejection;
 use orderd_storage::Journal;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use std::collections::{BTreeSet, HashMap};
@@ -146,6 +147,16 @@ impl Directory {
         r
     }
 
+    /// [`call`](Self::call) for a request answered with a [`Reply`]: the actor's failure and
+    /// the call's come as one error.
+    pub async fn ask<T: Send + 'static>(
+        &self,
+        account: &AccountId,
+        build: impl FnOnce(Reply<T>) -> AccountMsg,
+    ) -> Result<Result<T, Rejection>, ActorError> {
+        self.call(account, build).await?
+    }
+
     /// Like [`Directory::call`], then `read(answer)` on the blocking pool: a journal read
     /// outside the actor, so that it does not hold up the account's other requests. The read
     /// still counts in the account's and the daemon's in-flight bounds until it ends, so an
@@ -256,7 +267,7 @@ impl Directory {
         &self,
         caller: &Caller,
         account: Account,
-    ) -> Result<Result<Account, orderd_domain::rejection::Rejection>, ActorError> {
+    ) -> Result<Result<Account, Rejection>, ActorError> {
         if let Err(errs) = account.check() {
             let problems = errs
                 .into_iter()
@@ -267,14 +278,14 @@ impl Directory {
                     )
                 })
                 .collect();
-            return Ok(Err(orderd_domain::rejection::Rejection::Invalid(problems)));
+            return Ok(Err(Rejection::Invalid(problems)));
         }
         let _one_at_a_time = self.0.create_lock.lock().await;
         if self.exists(&account.id) {
             let id = account.id.clone();
             let caller = caller.clone();
             return self
-                .call(&id, |reply| AccountMsg::PutAccount {
+                .ask(&id, |reply| AccountMsg::PutAccount {
                     caller,
                     account: Box::new(account),
                     reply,

@@ -1,7 +1,7 @@
 //! The engine: rebuilds every actor's state from the journal at start and hands out the typed
 //! handles the API and daemon use.
 
-use crate::account::AccountMsg;
+use crate::account::{AccountMsg, Reply};
 use crate::audit::{AuditEntry, Caller};
 use crate::catalog::{self, CatalogStore, Snapshot};
 use crate::directory::Directory;
@@ -150,6 +150,16 @@ impl Engine {
         build: impl FnOnce(RpcReplyPort<T>) -> AccountMsg,
     ) -> Result<T, ActorError> {
         self.accounts.call(account, build).await
+    }
+
+    /// Sends a request that may change the account to its actor: done, refused (`Ok(Err)`),
+    /// or failed.
+    pub async fn ask<T: Send + 'static>(
+        &self,
+        account: &AccountId,
+        build: impl FnOnce(Reply<T>) -> AccountMsg,
+    ) -> Result<Result<T, Rejection>, ActorError> {
+        self.accounts.ask(account, build).await
     }
 
     /// Order `id` of `account` (with `placed_by`: only if that user placed it). The account's

@@ -367,14 +367,13 @@ fn undo_holds(
     )
 }
 
+/// Gives back `shrink` of what the order holds, in each of its warehouses (also after one
+/// could not be asked).
 fn release(st: &AccountState, order: &OrderId, shrink: &Demand) -> Result<(), ActorError> {
     let snap = st.catalog.load();
-    for (w, demand) in shrink {
-        if let Some(h) = snap.handles.get(w) {
-            h.release(order.clone(), demand.clone())?;
-        }
-    }
-    Ok(())
+    ask_each(shrink.keys().filter_map(|w| snap.handles.get(w)), |h| {
+        h.release(order.clone(), shrink[&h.id].clone())
+    })
 }
 
 /// Asks every one of `handles` with `f`, even after one could not be asked; the first error.

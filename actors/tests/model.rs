@@ -40,8 +40,9 @@ use ops::{Header, LineSpec, Op};
 use orderd_actors::account::AccountMsg;
 use orderd_actors::audit::{AuditEntry, Caller};
 use orderd_actors::ordering::Placed;
-use orderd_actors::{Engine, Limits};
+use orderd_actors::{ActorError, Engine, Limits, StorageError};
 use orderd_domain::ids::IdempotencyKey;
+use orderd_domain::ids::WarehouseId;
 use orderd_domain::invariants::states_follow_machine;
 use orderd_domain::order::{Channel, OrderState};
 use orderd_domain::validation::{LineRequest, OrderRequest};
@@ -49,6 +50,8 @@ use orderd_storage::{Journal, JournalConfig};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use reference::state_named;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 const CASES_DEFAULT: u32 = 48;
 const STEPS_MAX: usize = 60;
@@ -782,15 +785,17 @@ async fn a_refused_shipment_leaves_the_stock_as_stored() {
         .expect("join")
         .expect("closed");
     let shipped = engine
-        .account(&world::account_id(ACME), |reply| AccountMsg::Ship {
+        .ask(&world::account_id(ACME), |reply| AccountMsg::Ship {
             caller: world::warehouse_caller(wh.as_str()),
             order: order.id.clone(),
             warehouse: wh.clone(),
             reply,
         })
         .await;
-    // The account actor stops on a storage error (it is rebuilt from the journal).
-    assert!(shipped.is_err(), "{shipped:?}");
+    assert!(
+        matches!(shipped, Err(ActorError::Storage(StorageError::Closed))),
+        "{shipped:?}"
+    );
     let after = warehouse.snapshot().await.expect("snapshot");
     let a = orderd_domain::ids::Sku::parse("A").expect("sku");
     assert_eq!(after.level(&a), before.level(&a));
@@ -801,6 +806,112 @@ async fn a_refused_shipment_leaves_the_stock_as_stored() {
 // a reservation the order's lines do not explain, here made by holding directly, in the
 // order's warehouse and in one it does not use. Approval allocates only what the lines need
 // and every warehouse releases the rest, with the shared free-stock view following.
+// A journal that refuses a write at once (its commit queue is full) leaves the account as
+// stored: its actor answers `Overloaded`, gives back what the refused order held and goes on,
+// so the requests queued behind it are answered too (an actor that stopped on the refusal
+// answered them `Gone`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_the_journal_refuses_at_once_leaves_the_account_running() {
+    const ACME: usize = 0;
+    const BURST: usize = 6;
+    const ROUNDS: usize = 3;
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().to_owned();
+    let config = JournalConfig {
+        queue_max: 1,
+        ..JournalConfig::default()
+    };
+    let journal = tokio::task::spawn_blocking(move || Journal::open(&path, &config))
+        .await
+        .expect("join")
+        .expect("journal");
+    let engine = Engine::start(journal.clone(), Limits::default())
+        .await
+        .expect("engine");
+    world::seed(&engine).await.expect("seed");
+    // Writers outside any account keep the one-place commit queue full most of the time.
+    let flooding = Arc::new(AtomicBool::new(true));
+    let flooders: Vec<_> = (0..4)
+        .map(|_| {
+            let (journal, flooding) = (journal.clone(), flooding.clone());
+            tokio::spawn(async move {
+                while flooding.load(Ordering::Relaxed) {
+                    let mut batch = orderd_storage::Batch::default();
+                    batch.put(b"test:flood".to_vec(), vec![0]);
+                    if journal.submit(batch).await.is_err() {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            })
+        })
+        .collect();
+    let (mut placed, mut refused) = (Vec::new(), 0);
+    for _ in 0..ROUNDS {
+        let burst: Vec<_> = (0..BURST)
+            .map(|_| {
+                let engine = engine.clone();
+                tokio::spawn(async move {
+                    let req = OrderRequest {
+                        lines: vec![line("A", 1, None)],
+                        ship_to: Some(world::ACCOUNTS[ACME].ship_tos[0].0.into()),
+                        ..OrderRequest::default()
+                    };
+                    engine
+                        .ask(&world::account_id(ACME), |reply| AccountMsg::Place {
+                            span: tracing::Span::none(),
+                            caller: world::buyer(ACME),
+                            key: None,
+                            req,
+                            from_cart: false,
+                            channel: Channel::Api,
+                            submit: true,
+                            reply,
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for task in burst {
+            match task.await.expect("placing") {
+                Ok(Ok(p)) => placed.push(p.order),
+                Err(ActorError::Storage(StorageError::Overloaded)) => refused += 1,
+                other => panic!("neither placed nor refused as overloaded: {other:?}"),
+            }
+        }
+        if refused > 0 && !placed.is_empty() {
+            break;
+        }
+    }
+    flooding.store(false, Ordering::Relaxed);
+    for f in flooders {
+        f.await.expect("flooder");
+    }
+    assert!(refused > 0, "the journal never refused a write");
+    // Stock: exactly the placed orders hold A (one unit each), and invariant 2 holds.
+    engine.check_stock().await.expect("stock");
+    let mut held = 0;
+    for w in world::WAREHOUSES {
+        let wh = engine
+            .warehouse(&WarehouseId::parse(w.id).expect("id"))
+            .expect("warehouse");
+        let stock = wh.snapshot().await.expect("snapshot");
+        let a = stock.level(&orderd_domain::ids::Sku::parse("A").expect("sku"));
+        held += a.reserved + a.allocated;
+    }
+    assert_eq!(held, placed.len() as u64, "{refused} refused");
+    // Credit: the account's memory counts exactly the placed orders, and it still places.
+    let credit = engine
+        .account(&world::account_id(ACME), |reply| AccountMsg::Credit {
+            reply,
+        })
+        .await
+        .expect("credit");
+    let placed_value: rust_decimal::Decimal = placed.iter().map(|o| o.total.amount).sum();
+    assert_eq!(credit.exposure.amount, placed_value);
+    let after = place_one(&engine, ACME, "A", 1, world::ACCOUNTS[ACME].ship_tos[0].0).await;
+    assert_eq!(after.state, OrderState::Allocated);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approval_releases_reservations_the_lines_do_not_explain() {
     const ACME: usize = 0;

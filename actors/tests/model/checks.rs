@@ -2,7 +2,7 @@
 //! the restart: a new engine on the same journal must rebuild exactly the same state.
 
 use crate::compare::compare_order;
-use crate::harness::{ask, get_order, list_orders, EventSeen, Harness, Written};
+use crate::harness::{ask, get_order, list_orders, read, EventSeen, Harness, Written};
 use crate::reference::{self, legal, state_named, MOrder};
 use crate::start;
 use crate::world::{self, ACCOUNTS, STOCK_SKUS, WAREHOUSES};
@@ -335,7 +335,7 @@ impl Harness {
         let m = &self.model.accounts[acct];
         let (limit, receivables) = (m.limit, m.receivables);
         let exposure = self.model.exposure(acct, None);
-        let view = ask(engine, acct, |reply| AccountMsg::Credit { reply }).await?;
+        let view = read(engine, acct, |reply| AccountMsg::Credit { reply }).await?;
         if view.exposure.amount != exposure
             || view.open_receivables.amount != receivables
             || view.credit_limit.amount != limit
@@ -355,7 +355,7 @@ impl Harness {
                 a.id
             ));
         }
-        let account = ask(engine, acct, |reply| AccountMsg::GetAccount { reply }).await?;
+        let account = read(engine, acct, |reply| AccountMsg::GetAccount { reply }).await?;
         // Every page, small ones so that the merge of open and closed orders across pages is
         // checked too.
         let mut orders: Vec<Order> = vec![];
@@ -405,7 +405,7 @@ impl Harness {
                 ));
             }
         }
-        let cart = ask(engine, acct, |reply| AccountMsg::GetCart { reply }).await?;
+        let cart = read(engine, acct, |reply| AccountMsg::GetCart { reply }).await?;
         self.compare_cart(acct, &cart)
     }
 

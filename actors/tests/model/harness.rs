@@ -7,7 +7,7 @@ use crate::ops::{Header, LineSpec, Op, OrderPick};
 use crate::reference::{self, MOrder, Model};
 use crate::stats;
 use crate::world::{self, ACCOUNTS};
-use orderd_actors::account::AccountMsg;
+use orderd_actors::account::{AccountMsg, Reply};
 use orderd_actors::audit::Caller;
 use orderd_actors::order_reads::{OrderFilter, OrderList};
 use orderd_actors::ordering::Amendment;
@@ -121,7 +121,20 @@ pub fn header_request(acct: usize, lines: &[LineSpec], h: &Header) -> OrderReque
     }
 }
 
+/// A request that may change account `acct`: done or refused; a failure is an error.
 pub async fn ask<T: Send + 'static>(
+    engine: &Engine,
+    acct: usize,
+    build: impl FnOnce(Reply<T>) -> AccountMsg,
+) -> Result<Result<T, Rejection>, String> {
+    engine
+        .ask(&world::account_id(acct), build)
+        .await
+        .map_err(|e| format!("actor error (never expected here): {e}"))
+}
+
+/// A read of account `acct`'s actor.
+pub async fn read<T: Send + 'static>(
     engine: &Engine,
     acct: usize,
     build: impl FnOnce(ractor::RpcReplyPort<T>) -> AccountMsg,

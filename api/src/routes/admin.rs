@@ -87,7 +87,7 @@ async fn set_credit(
         .map_err(|_| ApiError::NotFound(format!("account {account} not found")))?;
     let view = s
         .engine
-        .account(&id, |reply| AccountMsg::SetCredit {
+        .ask(&id, |reply| AccountMsg::SetCredit {
             caller,
             credit_limit: b.credit_limit,
             open_receivables: b.open_receivables,

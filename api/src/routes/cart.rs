@@ -90,7 +90,7 @@ async fn add_line(
     }
     let cart = s
         .engine
-        .account(auth.account()?, |reply| AccountMsg::CartAdd {
+        .ask(auth.account()?, |reply| AccountMsg::CartAdd {
             caller,
             sku,
             qty: b.qty,
@@ -114,7 +114,7 @@ async fn update_line(
     let caller = auth.require(ACCOUNT_ROLES)?.clone();
     let cart = s
         .engine
-        .account(auth.account()?, |reply| AccountMsg::CartUpdate {
+        .ask(auth.account()?, |reply| AccountMsg::CartUpdate {
             caller,
             line,
             qty: b.qty,
@@ -136,7 +136,7 @@ async fn remove_line(
     let caller = auth.require(ACCOUNT_ROLES)?.clone();
     let cart = s
         .engine
-        .account(auth.account()?, |reply| AccountMsg::CartRemove {
+        .ask(auth.account()?, |reply| AccountMsg::CartRemove {
             caller,
             line,
             reply,
@@ -160,7 +160,7 @@ async fn validate_cart(
         .into_request(vec![]);
     let preview = s
         .engine
-        .account(auth.account()?, |reply| AccountMsg::Validate {
+        .ask(auth.account()?, |reply| AccountMsg::Validate {
             caller,
             req: header,
             from_cart: true,

@@ -162,7 +162,7 @@ async fn place(
     let span = order_span(account, channel, "place");
     let placed = s
         .engine
-        .account(account, |reply| AccountMsg::Place {
+        .ask(account, |reply| AccountMsg::Place {
             span: span.clone(),
             caller,
             key,
@@ -279,7 +279,7 @@ async fn validate_order(
     };
     let preview = s
         .engine
-        .account(auth.account()?, |reply| AccountMsg::Validate {
+        .ask(auth.account()?, |reply| AccountMsg::Validate {
             caller,
             req,
             from_cart: false,
@@ -355,7 +355,7 @@ async fn change(
     let order = order_id(id)?;
     let changed = s
         .engine
-        .account(auth.account()?, |reply| build(caller, order, reply))
+        .ask(auth.account()?, |reply| build(caller, order, reply))
         .await??;
     Ok(axum::Json(OrderBody(changed)))
 }
@@ -435,7 +435,7 @@ async fn submit(
     span.record("order.id", order.as_str());
     let submitted = s
         .engine
-        .account(account, |reply| AccountMsg::Submit {
+        .ask(account, |reply| AccountMsg::Submit {
             span: span.clone(),
             caller,
             order: order.clone(),
@@ -636,7 +636,7 @@ async fn ship(
         };
     Ok(axum::Json(OrderBody(
         s.engine
-            .account(&account, |reply| AccountMsg::Ship {
+            .ask(&account, |reply| AccountMsg::Ship {
                 caller,
                 order,
                 warehouse,

@@ -133,7 +133,7 @@ async fn account_of(s: &ApiState, auth: &Auth) -> ApiResult<Account> {
 async fn put(s: &ApiState, auth: &Auth, user: User, mode: PutMode) -> ApiResult<User> {
     let caller = auth.require(ADMIN)?.clone();
     Ok(s.engine
-        .account(auth.account()?, |reply| AccountMsg::PutUser {
+        .ask(auth.account()?, |reply| AccountMsg::PutUser {
             caller,
             user,
             mode,
@@ -203,7 +203,7 @@ async fn delete_user(
     let id =
         UserId::parse(&user).map_err(|_| ApiError::NotFound(format!("user {user} not found")))?;
     s.engine
-        .account(auth.account()?, |reply| AccountMsg::DeleteUser {
+        .ask(auth.account()?, |reply| AccountMsg::DeleteUser {
             caller,
             user: id,
             reply,
