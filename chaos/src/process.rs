@@ -40,6 +40,10 @@ pub struct DaemonSpec {
     pub env: Vec<(String, String)>,
     /// Extra `serve` arguments, e.g. `--no-demo`.
     pub serve_args: Vec<String>,
+    /// A command line that `serve` runs through, with the binary and its arguments after it
+    /// (e.g. a shell that sets a resource limit and `exec`s them); empty: run directly. The
+    /// offline tools always run directly.
+    pub launcher: Vec<String>,
 }
 
 /// What an offline tool printed and how it exited.
@@ -74,6 +78,7 @@ impl DaemonSpec {
             data_dir: data_dir.into(),
             env: vec![],
             serve_args: vec![],
+            launcher: vec![],
         }
     }
 
@@ -83,10 +88,17 @@ impl DaemonSpec {
         self
     }
 
-    /// A command for the binary with this spec's environment. Inherited `ORDERD_*` settings are
-    /// removed so a developer's shell cannot change what a test runs.
-    fn command(&self) -> Command {
-        let mut cmd = Command::new(&self.bin);
+    /// A command for the binary (through `launcher`, if any) with this spec's environment. Inherited
+    /// `ORDERD_*` settings are removed so a developer's shell cannot change what a test runs.
+    fn command(&self, launcher: &[String]) -> Command {
+        let mut cmd = match launcher.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(&self.bin);
+                cmd
+            }
+            None => Command::new(&self.bin),
+        };
         for (name, _) in std::env::vars_os() {
             let n = name.to_string_lossy();
             if n.starts_with("ORDERD_") && !PASSED_THROUGH_ENV.contains(&n.as_ref()) {
@@ -102,7 +114,7 @@ impl DaemonSpec {
     /// Fails, with the log tail in the message, when the binary cannot be spawned, exits during
     /// startup, or does not log its address within [`STARTUP_TIMEOUT`].
     pub fn start(&self) -> anyhow::Result<Daemon> {
-        let mut cmd = self.command();
+        let mut cmd = self.command(&self.launcher);
         cmd.arg("serve")
             .arg("--data")
             .arg(&self.data_dir)
@@ -156,7 +168,7 @@ impl DaemonSpec {
         I: IntoIterator<Item = S>,
         S: Into<OsString>,
     {
-        let mut cmd = self.command();
+        let mut cmd = self.command(&[]);
         let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
         cmd.args(&args)
             .arg("--data")
@@ -307,6 +319,11 @@ impl Daemon {
                     self.log_tail()
                 )
             })
+    }
+
+    /// The exit status of a daemon that stops on its own, or `None` after `timeout`.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.wait_until(Instant::now() + timeout)
     }
 
     /// Sends a signal by name with the `kill` utility: the workspace forbids `unsafe`, so no

@@ -1,9 +1,10 @@
 //! The crash test of DESIGN invariant 1, with the chaos harness (`orderd-chaos` runs the same
 //! scenario for many more rounds).
 
-use crate::env::{open_journal, BIN};
+use crate::env::{open_journal, str_field, TestEnv, BIN};
 use orderd_chaos::{Harness, RoundEnd, Scenario, SEED_ENV};
 use orderd_storage::layout;
+use serde_json::{json, Value};
 use std::time::Duration;
 
 /// SIGKILLs in one run: enough for kills at different points of the load, small enough to
@@ -99,4 +100,116 @@ async fn harness_reports_a_lost_acknowledged_order() {
         .collect();
     assert_eq!(lost.len(), 1, "{:#?}", h.report.violations);
     assert!(lost[0].contains(&id), "{lost:?}");
+}
+
+/// How far past the journal's current sled segment the daemon may write in
+/// `a_failed_commit_stops_orderd_and_loses_no_acknowledged_order`: room for some drafts.
+const WRITE_ROOM_BYTES: u64 = 256 << 10;
+/// Most drafts that test writes before it gives up waiting for the disk to refuse.
+const DRAFTS_MAX: usize = 3_000;
+
+// A disk that refuses a write: orderd runs under a file-size limit (RLIMIT_FSIZE, with
+// SIGXFSZ ignored so a write past it fails with EFBIG instead of killing the process) a little
+// past its journal's current sled segment, and takes 100-line drafts until a group commit
+// fails. That request is not acknowledged, orderd shuts itself down with a non-zero exit
+// (fail-stop: sled's memory then holds a group the disk does not), and on a restart without
+// the limit every acknowledged draft is there, `orderd check` and `orderd audit verify` pass,
+// and the unacknowledged request sent again with its key is placed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_commit_stops_orderd_and_loses_no_acknowledged_order() {
+    let mut env = TestEnv::start().await;
+    let buyer = env.token("ACME", "alice", &["buyer"]).await;
+    let draft = hundred_line_draft(&env, &buyer).await;
+    assert!(env.terminate().await.success());
+    // sled zero-fills the rest of the segment it recovers into, so the limit lies past that.
+    let segment = orderd_storage::SLED_SEGMENT_BYTES as u64;
+    let used = std::fs::metadata(env.data_dir().join("journal/db"))
+        .expect("the journal's data file")
+        .len();
+    let limit = (used / segment + 1) * segment + WRITE_ROOM_BYTES;
+    env.spec.launcher = vec![
+        "sh".into(),
+        "-c".into(),
+        format!("trap '' XFSZ; exec prlimit --fsize={limit} -- \"$@\""),
+        "sh".into(),
+    ];
+    env.restart().await;
+
+    let mut acknowledged = Vec::new();
+    let refused = loop {
+        assert!(
+            acknowledged.len() < DRAFTS_MAX,
+            "{DRAFTS_MAX} drafts written under a {limit}-byte file limit"
+        );
+        let key = format!("draft-{}", acknowledged.len());
+        let r = env
+            .api()
+            .place(&buyer, &key, &draft)
+            .await
+            .expect("orderd answers until the failed commit");
+        if r.status != 201 {
+            break (key, r);
+        }
+        acknowledged.push((key, str_field(&r.body, "id").to_owned()));
+    };
+    let (refused_key, r) = refused;
+    assert!(
+        r.status == 500 || r.status == 503,
+        "the write the disk refused: {r}"
+    );
+    assert!(!acknowledged.is_empty(), "no draft fitted under the limit");
+    let status = env.wait_for_exit(Duration::from_secs(30)).await;
+    assert!(
+        !status.success(),
+        "orderd exited {status} after a failed commit"
+    );
+
+    env.spec.launcher.clear();
+    let verified = env.audit_verify().await;
+    assert_eq!(verified.code(), Some(0), "{verified}");
+    let checked = env.check().await;
+    assert_eq!(checked.code(), Some(0), "{checked}");
+    env.restart().await;
+    for (key, id) in &acknowledged {
+        let r = env.get(&buyer, &format!("/v1/orders/{id}")).await;
+        assert_eq!(r.status, 200, "acknowledged draft {id} ({key}): {r}");
+        assert_eq!(str_field(&r.body, "state"), "draft", "{r}");
+    }
+    let (last_key, last_id) = acknowledged.last().expect("one draft");
+    let again = env
+        .api()
+        .place(&buyer, last_key, &draft)
+        .await
+        .expect("request");
+    assert_eq!(
+        (again.status, str_field(&again.body, "id")),
+        (200, last_id.as_str())
+    );
+    let again = env
+        .api()
+        .place(&buyer, &refused_key, &draft)
+        .await
+        .expect("request");
+    assert_eq!(again.status, 201, "{again}");
+}
+
+/// A draft (`submit: false`) of the first 100 active catalog items ACME sees, each at its
+/// smallest valid quantity: about 12 KB of order record and audit per draft.
+async fn hundred_line_draft(env: &TestEnv, token: &str) -> Value {
+    let r = env.get(token, "/v1/catalog?limit=200").await;
+    assert_eq!(r.status, 200, "{r}");
+    let lines: Vec<Value> = r.body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| &i["item"])
+        .filter(|i| i["status"] == "active")
+        .take(100)
+        .map(|i| {
+            let qty = i["min_qty"].as_u64().max(i["pack_size"].as_u64());
+            json!({"sku": i["sku"], "qty": qty.expect("a quantity")})
+        })
+        .collect();
+    assert_eq!(lines.len(), 100, "{}", r.body);
+    json!({"submit": false, "ship_to": "MUNICH", "lines": lines})
 }

@@ -101,6 +101,17 @@ impl TestEnv {
             .unwrap_or_else(|e| panic!("stopping orderd: {e:#}"))
     }
 
+    /// The exit status of a daemon that stops on its own within `timeout` (panics otherwise).
+    pub async fn wait_for_exit(&mut self, timeout: std::time::Duration) -> ExitStatus {
+        self.api = None;
+        let mut d = self.daemon.take().expect("the daemon is not running");
+        let (status, log) =
+            tokio::task::spawn_blocking(move || (d.wait_for_exit(timeout), d.log_tail()))
+                .await
+                .expect("wait task");
+        status.unwrap_or_else(|| panic!("orderd still runs after {timeout:?}; log:\n{log}"))
+    }
+
     /// `orderd audit verify` on this directory (stop the daemon first).
     pub async fn audit_verify(&self) -> ToolOutput {
         let spec = self.spec.clone();
