@@ -65,6 +65,9 @@ use std::time::Duration;
 pub struct Limits {
     /// How long a caller waits for an actor's answer.
     pub call_timeout_ms: u64,
+    /// How long an account's actor waits for a warehouse's answer (below `call_timeout_ms`,
+    /// so that the account gives up and undoes a hold before its own caller gives up on it).
+    pub warehouse_call_timeout_ms: u64,
     /// Requests in flight for one account; above it: busy (HTTP 429).
     pub account_inflight_max: usize,
     /// Requests in flight to account actors in the whole daemon, and state-changing API
@@ -94,6 +97,7 @@ impl Default for Limits {
     fn default() -> Limits {
         Limits {
             call_timeout_ms: 10_000,
+            warehouse_call_timeout_ms: 2_000,
             account_inflight_max: 64,
             inflight_total_max: 8_192,
             inflight_total_min: 128,
@@ -125,6 +129,10 @@ impl Limits {
         }
         for (name, zero) in [
             ("call_timeout_ms", self.call_timeout_ms == 0),
+            (
+                "warehouse_call_timeout_ms",
+                self.warehouse_call_timeout_ms == 0,
+            ),
             ("account_inflight_max", self.account_inflight_max == 0),
             ("inflight_total_max", self.inflight_total_max == 0),
             ("inflight_total_min", self.inflight_total_min == 0),
@@ -139,6 +147,11 @@ impl Limits {
             if zero {
                 errs.push(format!("limits.{name} must be above 0"));
             }
+        }
+        if self.warehouse_call_timeout_ms >= self.call_timeout_ms {
+            errs.push(
+                "limits.warehouse_call_timeout_ms must be below limits.call_timeout_ms".into(),
+            );
         }
         if self.inflight_total_min > self.inflight_total_max {
             errs.push("limits.inflight_total_min must not exceed limits.inflight_total_max".into());

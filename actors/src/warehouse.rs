@@ -361,7 +361,7 @@ impl WarehouseHandle {
             id,
             actor,
             free,
-            timeout: Duration::from_millis(limits.call_timeout_ms),
+            timeout: Duration::from_millis(limits.warehouse_call_timeout_ms),
         })
     }
 

@@ -39,7 +39,7 @@ use harness::{ask, get_order, list_orders, Harness, Written};
 use ops::{Header, LineSpec, Op};
 use orderd_actors::account::AccountMsg;
 use orderd_actors::audit::{AuditEntry, Caller};
-use orderd_actors::ordering::Placed;
+use orderd_actors::ordering::{Amendment, Placed};
 use orderd_actors::{ActorError, Engine, Limits, StorageError};
 use orderd_domain::ids::IdempotencyKey;
 use orderd_domain::ids::WarehouseId;
@@ -52,6 +52,7 @@ use proptest::test_runner::TestCaseError;
 use reference::state_named;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 const CASES_DEFAULT: u32 = 48;
 const STEPS_MAX: usize = 60;
@@ -814,7 +815,7 @@ async fn a_refused_shipment_leaves_the_stock_as_stored() {
 async fn a_write_the_journal_refuses_at_once_leaves_the_account_running() {
     const ACME: usize = 0;
     const BURST: usize = 6;
-    const ROUNDS: usize = 3;
+    const ROUNDS: usize = 100;
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().to_owned();
     let config = JournalConfig {
@@ -829,6 +830,23 @@ async fn a_write_the_journal_refuses_at_once_leaves_the_account_running() {
         .await
         .expect("engine");
     world::seed(&engine).await.expect("seed");
+    // Room for every round: stock and credit never refuse an order here.
+    let a = orderd_domain::ids::Sku::parse("A").expect("sku");
+    let restock = world::WAREHOUSES
+        .iter()
+        .map(|w| (WarehouseId::parse(w.id).expect("id"), a.clone(), 10_000))
+        .collect();
+    let restocked = engine.set_stock(&Caller::system(), restock).await;
+    assert!(matches!(restocked, Ok(Ok(2))), "{restocked:?}");
+    let credit = engine
+        .ask(&world::account_id(ACME), |reply| AccountMsg::SetCredit {
+            caller: Caller::system(),
+            credit_limit: Some(rust_decimal::Decimal::new(1_000_000, 0)),
+            open_receivables: None,
+            reply,
+        })
+        .await;
+    assert!(matches!(credit, Ok(Ok(_))), "{credit:?}");
     // Writers outside any account keep the one-place commit queue full most of the time.
     let flooding = Arc::new(AtomicBool::new(true));
     let flooders: Vec<_> = (0..4)
@@ -856,18 +874,7 @@ async fn a_write_the_journal_refuses_at_once_leaves_the_account_running() {
                         ship_to: Some(world::ACCOUNTS[ACME].ship_tos[0].0.into()),
                         ..OrderRequest::default()
                     };
-                    engine
-                        .ask(&world::account_id(ACME), |reply| AccountMsg::Place {
-                            span: tracing::Span::none(),
-                            caller: world::buyer(ACME),
-                            key: None,
-                            req,
-                            from_cart: false,
-                            channel: Channel::Api,
-                            submit: true,
-                            reply,
-                        })
-                        .await
+                    place_raw(&engine, ACME, req).await
                 })
             })
             .collect();
@@ -895,8 +902,8 @@ async fn a_write_the_journal_refuses_at_once_leaves_the_account_running() {
             .warehouse(&WarehouseId::parse(w.id).expect("id"))
             .expect("warehouse");
         let stock = wh.snapshot().await.expect("snapshot");
-        let a = stock.level(&orderd_domain::ids::Sku::parse("A").expect("sku"));
-        held += a.reserved + a.allocated;
+        let level = stock.level(&a);
+        held += level.reserved + level.allocated;
     }
     assert_eq!(held, placed.len() as u64, "{refused} refused");
     // Credit: the account's memory counts exactly the placed orders, and it still places.
@@ -951,6 +958,131 @@ async fn approval_releases_reservations_the_lines_do_not_explain() {
     assert_eq!(wh("W1").free(&[sku("A")]), [7]);
     assert_eq!(wh("W2").free(&[sku("B")]), [10]);
     engine.shutdown().await.expect("shutdown");
+}
+
+// A warehouse that does not answer a hold within `warehouse_call_timeout_ms` (here it is kept
+// busy with lookups) may still take it later. A new order's placement fails with `Timeout` and
+// gives back what it holds everywhere, including what the slow warehouse takes afterwards
+// (its mailbox is ordered). An amendment's growth that times out stays reserved until the
+// order is approved, when every warehouse keeps only what the order's lines need there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_a_warehouse_answers_too_late_is_given_back() {
+    const ACME: usize = 0;
+    let dir = tempfile::tempdir().expect("dir");
+    let limits = Limits {
+        warehouse_call_timeout_ms: WAREHOUSE_TIMEOUT_MS,
+        ..Limits::default()
+    };
+    let engine = start_with(dir.path(), limits).await.expect("engine");
+    world::seed(&engine).await.expect("seed");
+    let sku = |s: &str| orderd_domain::ids::Sku::parse(s).expect("sku");
+    let wh = |w: &str| {
+        engine
+            .warehouse(&WarehouseId::parse(w).expect("id"))
+            .expect("warehouse")
+    };
+    let (w1, w2) = (wh("W1"), wh("W2"));
+
+    // A new order: A held in W1, then W2 does not answer for B in time.
+    keep_busy(&w2).await;
+    let req = OrderRequest {
+        lines: vec![line("A", 1, Some("W1")), line("B", 6, Some("W2"))],
+        ship_to: Some(world::ACCOUNTS[ACME].ship_tos[0].0.into()),
+        ..OrderRequest::default()
+    };
+    let placed = place_raw(&engine, ACME, req.clone()).await;
+    assert!(matches!(placed, Err(ActorError::Timeout)), "{placed:?}");
+    let (s1, s2) = (settled(&w1).await, settled(&w2).await);
+    assert_eq!((s1.holdings().count(), s2.holdings().count()), (0, 0));
+    assert_eq!(w1.free(&[sku("A")]), [12]);
+    assert_eq!(w2.free(&[sku("B")]), [10]);
+    engine.check_stock().await.expect("stock");
+    // The account goes on: the same order now fits.
+    let placed = place_raw(&engine, ACME, req)
+        .await
+        .expect("answered")
+        .expect("placed");
+    assert_eq!(placed.order.state, OrderState::Allocated);
+
+    // An amendment: 5 × A pending approval, then B from W2 added while W2 is busy.
+    let order = place_one(&engine, ACME, "A", 5, world::ACCOUNTS[ACME].ship_tos[0].0).await;
+    assert_eq!(order.state, OrderState::PendingApproval);
+    keep_busy(&w2).await;
+    let amended = engine
+        .ask(&world::account_id(ACME), |reply| AccountMsg::Amend {
+            caller: world::buyer(ACME),
+            order: order.id.clone(),
+            patch: Amendment {
+                lines: Some(vec![line("A", 5, Some("W1")), line("B", 3, Some("W2"))]),
+                ..Amendment::default()
+            },
+            reply,
+        })
+        .await;
+    assert!(matches!(amended, Err(ActorError::Timeout)), "{amended:?}");
+    let held = settled(&w2).await;
+    assert_eq!(held.level(&sku("B")).reserved, 3, "the late hold is taken");
+    let approved = approve_one(&engine, ACME, &order.id).await;
+    assert_eq!(approved.lines.len(), 1, "the amendment did not apply");
+    assert_eq!(approved.state, OrderState::Allocated);
+    let after = settled(&w2).await;
+    assert!(after.holding(&order.id).is_none(), "{after:?}");
+    assert_eq!(after.level(&sku("B")).reserved, 0);
+    engine.check_stock().await.expect("stock");
+    engine.shutdown().await.expect("shutdown");
+}
+
+/// How long an account waits for a warehouse in `a_hold_a_warehouse_answers_too_late_is_given_back`.
+const WAREHOUSE_TIMEOUT_MS: u64 = 100;
+/// Level lookups of unknown SKUs per message that keeps a warehouse busy, and such messages.
+const BUSY_LOOKUPS: usize = 100_000;
+const BUSY_MESSAGES: usize = 10;
+
+/// Queues lookups that keep `warehouse` busy well past [`WAREHOUSE_TIMEOUT_MS`] (nobody waits
+/// for their answers; the warehouse still works through them, in order).
+async fn keep_busy(warehouse: &orderd_actors::warehouse::WarehouseHandle) {
+    let skus: Vec<_> = (0..BUSY_LOOKUPS)
+        .map(|i| orderd_domain::ids::Sku::parse(&format!("NONE-{i}")).expect("sku"))
+        .collect();
+    for _ in 0..BUSY_MESSAGES {
+        // A timeout polls the call once, which queues its message, then gives up on the answer.
+        let queued = tokio::time::timeout(Duration::ZERO, warehouse.levels(skus.clone())).await;
+        assert!(queued.is_err(), "answered at once");
+    }
+}
+
+/// `warehouse`'s stock once it has worked through what was queued before.
+async fn settled(
+    warehouse: &orderd_actors::warehouse::WarehouseHandle,
+) -> orderd_domain::warehouse::Stock {
+    for _ in 0..1_000 {
+        match warehouse.snapshot().await {
+            Ok(stock) => return stock,
+            Err(ActorError::Timeout) => continue,
+            Err(e) => panic!("snapshot: {e}"),
+        }
+    }
+    panic!("the warehouse stayed busy")
+}
+
+/// Places `req` for account `acct` as its buyer: the actor's answer, failures included.
+async fn place_raw(
+    engine: &Engine,
+    acct: usize,
+    req: OrderRequest,
+) -> Result<Result<Placed, orderd_domain::rejection::Rejection>, ActorError> {
+    engine
+        .ask(&world::account_id(acct), |reply| AccountMsg::Place {
+            span: tracing::Span::none(),
+            caller: world::buyer(acct),
+            key: None,
+            req,
+            from_cart: false,
+            channel: Channel::Api,
+            submit: true,
+            reply,
+        })
+        .await
 }
 
 /// Places, for account `acct` as its buyer, 1 × A from W1 and 6 × B from W2 (W2 has 10 B, so
