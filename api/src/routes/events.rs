@@ -308,7 +308,7 @@ async fn stream_events(
         }
         _ => stream::empty().boxed(),
     };
-    let follow = follow_bus(live, scope, replayed_to);
+    let follow = follow_bus(live, s.bus.clone(), scope, replayed_to);
     let max = Duration::from_millis(s.limits.event_stream_max_ms);
     let follow = follow.take_until(tokio::time::sleep(max));
     // At shutdown the stream ends, replay or not (the client resumes from its last event).
@@ -338,7 +338,7 @@ fn progress(seq: u64) -> Event {
     Event::default().id(seq.to_string())
 }
 
-/// Progress marks of the live part come at most this often.
+/// Progress marks of the live part come at most this often (see [`follow_bus`]).
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Marks a replay that failed: the stream ends, and the client resumes from its last event.
@@ -418,56 +418,71 @@ impl Replay {
 /// The live part: events of `account` from the bus after where the replay got to (read when
 /// the live part starts, after the replay), ending when the subscriber lagged (the client
 /// reconnects with Last-Event-ID and replays from the log) or the replay failed.
+///
+/// Once per [`PROGRESS_INTERVAL`], a stream behind the bus's position with nothing of its own
+/// waiting sends a progress mark up to that position: the records it was not shown (other
+/// accounts', other buyers' orders, changes without an event) are behind the client, and a
+/// reconnect replays at most about an interval of them, also on a quiet account of a busy
+/// daemon.
 fn follow_bus(
     rx: tokio::sync::broadcast::Receiver<std::sync::Arc<events::Published>>,
+    bus: events::EventBus,
     scope: Scope,
     replayed_to: Arc<AtomicU64>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
-    // State: the receiver, the seq last sent (event or progress mark; `None` until the
-    // replay's end is read), and when the last progress mark went out.
-    let start = (rx, None, None);
-    stream::unfold(start, move |(mut rx, after, marked): Follow| {
-        let (scope, replayed_to) = (scope.clone(), replayed_to.clone());
-        async move {
-            let after = after.unwrap_or_else(|| replayed_to.load(Ordering::Acquire));
-            if after == REPLAY_FAILED {
-                return None;
-            }
-            loop {
-                match rx.recv().await {
-                    Ok(p) if p.seq <= after => continue,
-                    Ok(p) if scope.account.as_ref().is_some_and(|a| *a != p.account) => continue,
-                    Ok(p) => {
-                        let shown = match scope.shows_one(&p.order).await {
-                            Ok(shown) => shown,
-                            Err(error) => {
-                                tracing::warn!(%error, "event stream lookup failed; the stream ends");
-                                return None;
+    let mut ticks = tokio::time::interval(PROGRESS_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    stream::unfold(
+        (rx, ticks, None),
+        move |(mut rx, mut ticks, after): Follow| {
+            let (bus, scope, replayed_to) = (bus.clone(), scope.clone(), replayed_to.clone());
+            async move {
+                let after = after.unwrap_or_else(|| replayed_to.load(Ordering::Acquire));
+                if after == REPLAY_FAILED {
+                    return None;
+                }
+                loop {
+                    let p = tokio::select! {
+                        received = rx.recv() => match received {
+                            Ok(p) if p.seq <= after => continue,
+                            Ok(p) => p,
+                            Err(_) => return None,
+                        },
+                        _ = ticks.tick() => {
+                            // The bus stores its position after sending the events up to it, so
+                            // with none waiting here every one of this stream's is behind it.
+                            let at = bus.position();
+                            if at > after && rx.is_empty() {
+                                return Some((Ok(progress(at)), (rx, ticks, Some(at))));
                             }
-                        };
-                        if shown {
+                            continue;
+                        }
+                    };
+                    if scope.account.as_ref().is_some_and(|a| *a != p.account) {
+                        continue;
+                    }
+                    match scope.shows_one(&p.order).await {
+                        Ok(true) => {
                             events::record_lag(events::LagStage::Sse, p.changed_at);
                             let sent = sse_event(p.seq, &p.json);
-                            return Some((Ok(sent), (rx, Some(p.seq), marked)));
+                            return Some((Ok(sent), (rx, ticks, Some(p.seq))));
                         }
-                        // Not the caller's: a progress mark now and then, so that a reconnect
-                        // does not replay everything since the caller's last own event.
-                        let now = tokio::time::Instant::now();
-                        if marked.is_none_or(|m: tokio::time::Instant| now - m >= PROGRESS_INTERVAL)
-                        {
-                            return Some((Ok(progress(p.seq)), (rx, Some(p.seq), Some(now))));
+                        Ok(false) => continue,
+                        Err(error) => {
+                            tracing::warn!(%error, "event stream lookup failed; the stream ends");
+                            return None;
                         }
                     }
-                    Err(_) => return None,
                 }
             }
-        }
-    })
+        },
+    )
 }
 
-/// [`follow_bus`]'s state.
+/// [`follow_bus`]'s state: the receiver, the progress-mark ticks, and the seq last sent (event
+/// or progress mark; `None` until the replay's end is read).
 type Follow = (
     tokio::sync::broadcast::Receiver<std::sync::Arc<events::Published>>,
+    tokio::time::Interval,
     Option<u64>,
-    Option<tokio::time::Instant>,
 );

@@ -53,6 +53,13 @@ impl Stream {
         self.read_until(n, 0).await
     }
 
+    /// Reads until a progress mark at or past `seq` has come (events are dropped).
+    async fn read_marks_until(&mut self, seq: u64) {
+        while self.marks.last().is_none_or(|m| *m < seq) {
+            self.read_until(0, self.marks.len() + 1).await;
+        }
+    }
+
     /// Reads until `n` events and `marks` progress marks in all have come.
     async fn read_until(&mut self, n: usize, marks: usize) -> Vec<Sse> {
         let mut out = vec![];
@@ -80,7 +87,13 @@ impl Stream {
             }
             let chunk = tokio::time::timeout_at(deadline, self.resp.chunk())
                 .await
-                .unwrap_or_else(|_| panic!("only {} of {n} events arrived: {out:?}", out.len()))
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "{} of {n} events and {:?} of {marks} progress marks arrived: {out:?}",
+                        out.len(),
+                        self.marks
+                    )
+                })
                 .expect("reading the stream")
                 .expect("the stream ended");
             self.buf.push_str(&String::from_utf8_lossy(&chunk));
@@ -192,17 +205,59 @@ async fn a_buyer_sees_only_the_events_of_their_own_orders() {
     assert_eq!(orders_in(&r), std::slice::from_ref(&alices), "{r}");
     let r = env.get(&bob, "/v1/events?after=0").await;
     assert_eq!(orders_in(&r), [bobs.clone(), alices.clone()], "{r}");
-    // Bob's order was not shown, but its seq was, as a progress mark (an id without data).
-    let seq_of = |r: &orderd_chaos::Reply, i: usize| r.body["events"][i]["seq"].as_u64().unwrap();
-    assert_eq!(stream.marks, [seq_of(&r, 0)]);
-    // A reconnect replaying from the log skips Bob's orders too, and ends its page with a
-    // progress mark past Bob's second order, so that the next reconnect starts after it.
+    // Bob's next order is not shown either, but the stream moves past it with a progress mark
+    // (an id without data).
     let r = env
         .place(&bob, "own-3", &[("BOLT-0010", 1)], "BERLIN")
         .await;
     assert_eq!(r.status, 201, "{r}");
     let r = env.get(&bob, "/v1/events?after=0").await;
+    let seq_of = |r: &orderd_chaos::Reply, i: usize| r.body["events"][i]["seq"].as_u64().unwrap();
+    stream.read_marks_until(seq_of(&r, 2)).await;
+    assert_eq!(stream.marks.last(), Some(&seq_of(&r, 2)));
+    // A reconnect replaying from the log skips Bob's orders too, and ends its page with a
+    // progress mark past Bob's second order, so that the next reconnect starts after it.
     let mut resumed = Stream::connect(&env, &alice, Some("0")).await;
     assert_eq!(resumed.read_until(1, 1).await, live);
     assert_eq!(resumed.marks, [seq_of(&r, 2)]);
+}
+
+// A stream moves on past what it is not shown: Alice's stream on a quiet ACME gets progress
+// marks up to BAUHAUS's last order (within about a second), so that her next reconnect does
+// not replay the daemon's whole log since ACME's last event, and a reconnect from the last
+// mark replays nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_on_a_quiet_account_moves_on_with_progress_marks() {
+    let env = TestEnv::start().await;
+    let alice = env.token("ACME", "alice", &["buyer"]).await;
+    let hans = env.token("BAUHAUS", "hans", &["buyer"]).await;
+    let mut stream = Stream::connect(&env, &alice, None).await;
+    for key in ["quiet-1", "quiet-2"] {
+        let r = env.place(&hans, key, &[("BOLT-0010", 2)], "HAMBURG").await;
+        assert_eq!(r.status, 201, "{r}");
+    }
+    let r = env.get(&hans, "/v1/events?after=0").await;
+    let seqs: Vec<u64> = r.body["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(seqs.len(), 2, "{r}");
+    stream.read_marks_until(seqs[1]).await;
+    assert_eq!(stream.marks.last(), Some(&seqs[1]), "{:?}", stream.marks);
+    assert!(
+        stream.marks.windows(2).all(|w| w[0] < w[1]),
+        "{:?}",
+        stream.marks
+    );
+    drop(stream);
+    let mut resumed = Stream::connect(&env, &alice, Some(&seqs[1].to_string())).await;
+    let r = env
+        .place(&alice, "quiet-3", &[("BOLT-0010", 1)], "BERLIN")
+        .await;
+    assert_eq!(r.status, 201, "{r}");
+    let shown = resumed.next(1).await;
+    assert_eq!(shown[0].data["data"]["order"], r.body["id"], "{shown:?}");
+    assert!(resumed.marks.is_empty(), "{:?}", resumed.marks);
 }
