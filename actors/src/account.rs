@@ -533,11 +533,10 @@ impl Actor for AccountActor {
 
 /// Sends a flow's outcome to its caller. A failure also stops the actor, so that its next
 /// message rebuilds it from the journal: a flow may have written a change and then failed
-/// before adopting it (a warehouse gone after the commit, a shipment whose warehouse did not
-/// answer in time but may still write it). One failure comes only before a flow writes or
-/// adopts anything: the journal refusing a write at once (`Overloaded`; what the flow held is
-/// given back first). On that one the actor goes on with its memory as stored, and the
-/// requests queued behind it are still answered.
+/// before adopting it (a warehouse gone after the commit, a journal that failed). One failure
+/// comes only before a flow writes or adopts anything: the journal refusing a write at once
+/// (`Overloaded`; what the flow held is given back first). On that one the actor goes on with
+/// its memory as stored, and the requests queued behind it are still answered.
 fn answer<T>(
     reply: Reply<T>,
     outcome: Result<Result<T, Rejection>, ActorError>,

@@ -65,8 +65,10 @@ use std::time::Duration;
 pub struct Limits {
     /// How long a caller waits for an actor's answer.
     pub call_timeout_ms: u64,
-    /// How long an account's actor waits for a warehouse's answer (below `call_timeout_ms`,
-    /// so that the account gives up and undoes a hold before its own caller gives up on it).
+    /// How long an account's actor waits for a warehouse to hold an order's stock (below
+    /// `call_timeout_ms`, so that the account gives up and undoes the hold before its own
+    /// caller gives up on it). Other warehouse calls wait `call_timeout_ms`, and a shipment
+    /// waits for its answer (see `WarehouseHandle::ship`).
     pub warehouse_call_timeout_ms: u64,
     /// Requests in flight for one account; above it: busy (HTTP 429).
     pub account_inflight_max: usize,
@@ -197,7 +199,24 @@ pub(crate) async fn call<M: ractor::Message, T: Send + 'static>(
     timeout: Duration,
     build: impl FnOnce(RpcReplyPort<T>) -> M,
 ) -> Result<T, ActorError> {
-    match actor.call(build, Some(timeout)).await {
+    call_within(actor, Some(timeout), build).await
+}
+
+/// `call` that waits for the answer however long it takes: for a request whose effect the
+/// caller must know before it goes on (an actor that stops answers `Gone` at once).
+pub(crate) async fn call_to_the_end<M: ractor::Message, T: Send + 'static>(
+    actor: &ActorRef<M>,
+    build: impl FnOnce(RpcReplyPort<T>) -> M,
+) -> Result<T, ActorError> {
+    call_within(actor, None, build).await
+}
+
+async fn call_within<M: ractor::Message, T: Send + 'static>(
+    actor: &ActorRef<M>,
+    timeout: Option<Duration>,
+    build: impl FnOnce(RpcReplyPort<T>) -> M,
+) -> Result<T, ActorError> {
+    match actor.call(build, timeout).await {
         Ok(CallResult::Success(t)) => Ok(t),
         Ok(CallResult::Timeout) => Err(ActorError::Timeout),
         Ok(CallResult::SenderError) | Err(_) => Err(ActorError::Gone),

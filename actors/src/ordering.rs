@@ -7,8 +7,10 @@
 //! - the account's memory changes only after the write is durable.
 //!
 //! Each flow returns `Result<Result<T, Rejection>, ActorError>`: the inner result is the
-//! business outcome for the caller; the outer error means storage or a warehouse failed and the
-//! actor must stop (it is rebuilt from the journal on its next message).
+//! business outcome for the caller; the outer error means storage or a warehouse failed. The
+//! actor answers it and stops (it is rebuilt from the journal on its next message), except on
+//! a write the journal refused at once, which comes before anything changed (see
+//! `account::answer`).
 
 use crate::account::{AccountState, CreditView};
 use crate::audit::{today, AuditEntry, Caller};

@@ -13,7 +13,7 @@
 
 use crate::audit::{AuditEntry, Caller};
 use crate::records::{self, stock_key};
-use crate::{call, ActorError, Limits};
+use crate::{call, call_to_the_end, ActorError, Limits};
 use orderd_domain::ids::{AccountId, IdMap, OrderId, Sku, WarehouseId};
 use orderd_domain::invariants::stock_is_conserved;
 use orderd_domain::warehouse::{Stock, StockError, StockLevel, Warehouse};
@@ -345,6 +345,8 @@ pub struct WarehouseHandle {
     actor: ActorRef<WarehouseMsg>,
     free: Arc<FreeStock>,
     timeout: Duration,
+    /// How long a hold may take (`Limits::warehouse_call_timeout_ms`).
+    hold_timeout: Duration,
 }
 
 impl WarehouseHandle {
@@ -361,7 +363,8 @@ impl WarehouseHandle {
             id,
             actor,
             free,
-            timeout: Duration::from_millis(limits.warehouse_call_timeout_ms),
+            timeout: Duration::from_millis(limits.call_timeout_ms),
+            hold_timeout: Duration::from_millis(limits.warehouse_call_timeout_ms),
         })
     }
 
@@ -385,7 +388,7 @@ impl WarehouseHandle {
         demand: Vec<(Sku, u64)>,
         allocate: bool,
     ) -> Result<Result<(), StockError>, ActorError> {
-        call(&self.actor, self.timeout, |reply| WarehouseMsg::Hold {
+        call(&self.actor, self.hold_timeout, |reply| WarehouseMsg::Hold {
             order,
             account,
             demand,
@@ -403,12 +406,16 @@ impl WarehouseHandle {
     pub fn allocate(&self, order: OrderId, demand: Vec<(Sku, u64)>) -> Result<(), ActorError> {
         self.cast(WarehouseMsg::Allocate { order, demand })
     }
+    /// Ships the order's stock here and queues `batch` (the order's and account's records)
+    /// for the journal, in this warehouse's message order. Waits for the answer however long it
+    /// takes: a caller that gave up could not tell a shipment written late from one refused,
+    /// and a late write of records from before would overwrite the caller's newer ones.
     pub async fn ship(
         &self,
         order: OrderId,
         batch: Batch,
     ) -> Result<Result<Ticket, StockError>, ActorError> {
-        Ok(call(&self.actor, self.timeout, |reply| WarehouseMsg::Ship {
+        Ok(call_to_the_end(&self.actor, |reply| WarehouseMsg::Ship {
             order,
             batch,
             reply,

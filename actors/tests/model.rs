@@ -803,10 +803,6 @@ async fn a_refused_shipment_leaves_the_stock_as_stored() {
     assert_eq!(after.holding(&order.id), before.holding(&order.id));
 }
 
-// An amendment's hold that timed out for its account may still be taken by the warehouse:
-// a reservation the order's lines do not explain, here made by holding directly, in the
-// order's warehouse and in one it does not use. Approval allocates only what the lines need
-// and every warehouse releases the rest, with the shared free-stock view following.
 // A journal that refuses a write at once (its commit queue is full) leaves the account as
 // stored: its actor answers `Overloaded`, gives back what the refused order held and goes on,
 // so the requests queued behind it are answered too (an actor that stopped on the refusal
@@ -885,7 +881,8 @@ async fn a_write_the_journal_refuses_at_once_leaves_the_account_running() {
                 other => panic!("neither placed nor refused as overloaded: {other:?}"),
             }
         }
-        if refused > 0 && !placed.is_empty() {
+        // Several refusals: one that came last in its burst had nobody queued behind it.
+        if refused >= 3 && !placed.is_empty() {
             break;
         }
     }
@@ -893,7 +890,7 @@ async fn a_write_the_journal_refuses_at_once_leaves_the_account_running() {
     for f in flooders {
         f.await.expect("flooder");
     }
-    assert!(refused > 0, "the journal never refused a write");
+    assert!(refused >= 3, "the journal refused {refused} writes");
     // Stock: exactly the placed orders hold A (one unit each), and invariant 2 holds.
     engine.check_stock().await.expect("stock");
     let mut held = 0;
@@ -919,6 +916,10 @@ async fn a_write_the_journal_refuses_at_once_leaves_the_account_running() {
     assert_eq!(after.state, OrderState::Allocated);
 }
 
+// An amendment's hold that timed out for its account may still be taken by the warehouse:
+// a reservation the order's lines do not explain, here made by holding directly, in the
+// order's warehouse and in one it does not use. Approval allocates only what the lines need
+// and every warehouse releases the rest, with the shared free-stock view following.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approval_releases_reservations_the_lines_do_not_explain() {
     const ACME: usize = 0;
@@ -1034,17 +1035,24 @@ async fn a_hold_a_warehouse_answers_too_late_is_given_back() {
 
 /// How long an account waits for a warehouse in `a_hold_a_warehouse_answers_too_late_is_given_back`.
 const WAREHOUSE_TIMEOUT_MS: u64 = 100;
-/// Level lookups of unknown SKUs per message that keeps a warehouse busy, and such messages.
+/// Level lookups of unknown SKUs per message that keeps a warehouse busy.
 const BUSY_LOOKUPS: usize = 100_000;
-const BUSY_MESSAGES: usize = 10;
+/// How many times [`WAREHOUSE_TIMEOUT_MS`] the queued lookups keep a warehouse busy.
+const BUSY_TIMEOUTS: u32 = 5;
 
-/// Queues lookups that keep `warehouse` busy well past [`WAREHOUSE_TIMEOUT_MS`] (nobody waits
-/// for their answers; the warehouse still works through them, in order).
+/// Queues lookups that keep `warehouse` busy for about [`BUSY_TIMEOUTS`] times
+/// [`WAREHOUSE_TIMEOUT_MS`], measured on this machine and build (nobody waits for their
+/// answers; the warehouse still works through them, in order).
 async fn keep_busy(warehouse: &orderd_actors::warehouse::WarehouseHandle) {
     let skus: Vec<_> = (0..BUSY_LOOKUPS)
         .map(|i| orderd_domain::ids::Sku::parse(&format!("NONE-{i}")).expect("sku"))
         .collect();
-    for _ in 0..BUSY_MESSAGES {
+    let started = std::time::Instant::now();
+    warehouse.levels(skus.clone()).await.expect("levels");
+    let one = started.elapsed().max(Duration::from_micros(100));
+    let busy = Duration::from_millis(WAREHOUSE_TIMEOUT_MS) * BUSY_TIMEOUTS;
+    let messages = busy.as_micros().div_ceil(one.as_micros()).clamp(2, 1_000);
+    for _ in 0..messages {
         // A timeout polls the call once, which queues its message, then gives up on the answer.
         let queued = tokio::time::timeout(Duration::ZERO, warehouse.levels(skus.clone())).await;
         assert!(queued.is_err(), "answered at once");
