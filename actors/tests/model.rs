@@ -764,17 +764,8 @@ async fn a_hold_refused_midway_gives_back_what_it_took() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_shipment_leaves_the_stock_as_stored() {
     const ACME: usize = 0;
-    let dir = tempfile::tempdir().expect("dir");
-    let path = dir.path().to_owned();
-    let journal =
-        tokio::task::spawn_blocking(move || Journal::open(&path, &JournalConfig::default()))
-            .await
-            .expect("join")
-            .expect("journal");
-    let engine = Engine::start(journal.clone(), Limits::default())
-        .await
-        .expect("engine");
-    world::seed(&engine).await.expect("seed");
+    let (_dir, engine) = seeded_on(JournalConfig::default()).await;
+    let journal = engine.journal.clone();
     let order = place_one(&engine, ACME, "A", 2, world::ACCOUNTS[ACME].ship_tos[0].0).await;
     assert_eq!(order.state, OrderState::Allocated);
     let wh = order.lines[0].allocations[0].warehouse.clone();
@@ -812,20 +803,12 @@ async fn a_write_the_journal_refuses_at_once_leaves_the_account_running() {
     const ACME: usize = 0;
     const BURST: usize = 6;
     const ROUNDS: usize = 100;
-    let dir = tempfile::tempdir().expect("dir");
-    let path = dir.path().to_owned();
     let config = JournalConfig {
         queue_max: 1,
         ..JournalConfig::default()
     };
-    let journal = tokio::task::spawn_blocking(move || Journal::open(&path, &config))
-        .await
-        .expect("join")
-        .expect("journal");
-    let engine = Engine::start(journal.clone(), Limits::default())
-        .await
-        .expect("engine");
-    world::seed(&engine).await.expect("seed");
+    let (_dir, engine) = seeded_on(config).await;
+    let journal = engine.journal.clone();
     // Room for every round: stock and credit never refuse an order here.
     let a = orderd_domain::ids::Sku::parse("A").expect("sku");
     let restock = world::WAREHOUSES
@@ -1173,6 +1156,21 @@ async fn place_keyed(engine: &Engine, acct: usize, key: Option<&str>) -> Placed 
 async fn seeded() -> (tempfile::TempDir, Engine) {
     let dir = tempfile::tempdir().expect("dir");
     let engine = start(dir.path()).await.expect("engine");
+    world::seed(&engine).await.expect("seed");
+    (dir, engine)
+}
+
+/// [`seeded`] on a journal opened with `config`.
+async fn seeded_on(config: JournalConfig) -> (tempfile::TempDir, Engine) {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().to_owned();
+    let journal = tokio::task::spawn_blocking(move || Journal::open(&path, &config))
+        .await
+        .expect("join")
+        .expect("journal");
+    let engine = Engine::start(journal, Limits::default())
+        .await
+        .expect("engine");
     world::seed(&engine).await.expect("seed");
     (dir, engine)
 }
