@@ -323,18 +323,31 @@ async fn place_as(
     key: Option<&str>,
     req: OrderRequest,
 ) -> Result<Placed, orderd_domain::rejection::Rejection> {
-    ask(engine, acct, |reply| AccountMsg::Place {
-        span: tracing::Span::none(),
-        caller,
-        key: key.map(|k| IdempotencyKey::parse(k).expect("valid key")),
-        req,
-        from_cart: false,
-        channel: Channel::Api,
-        submit: true,
-        reply,
-    })
-    .await
-    .expect("actor")
+    place_raw(engine, acct, caller, key, req)
+        .await
+        .expect("actor")
+}
+
+/// [`place_as`], with the actor's failures.
+async fn place_raw(
+    engine: &Engine,
+    acct: usize,
+    caller: Caller,
+    key: Option<&str>,
+    req: OrderRequest,
+) -> Result<Result<Placed, orderd_domain::rejection::Rejection>, ActorError> {
+    engine
+        .ask(&world::account_id(acct), |reply| AccountMsg::Place {
+            span: tracing::Span::none(),
+            caller,
+            key: key.map(|k| IdempotencyKey::parse(k).expect("valid key")),
+            req,
+            from_cart: false,
+            channel: Channel::Api,
+            submit: true,
+            reply,
+        })
+        .await
 }
 
 /// A line of `qty` × `sku`, from `warehouse` if given.
@@ -485,19 +498,9 @@ async fn closed_orders_leave_memory_and_stay_readable() {
         let key = key.clone();
         let engine = engine.clone();
         async move {
-            ask(&engine, GAMMA, |reply| AccountMsg::Place {
-                span: tracing::Span::none(),
-                caller: world::buyer(GAMMA),
-                key: Some(key),
-                req,
-                from_cart: false,
-                channel: Channel::Api,
-                submit: true,
-                reply,
-            })
-            .await
-            .expect("actor")
-            .expect("placed")
+            place_as(&engine, GAMMA, world::buyer(GAMMA), Some(key.as_str()), req)
+                .await
+                .expect("placed")
         }
     };
     let keyed = place(&engine).await;
@@ -853,7 +856,7 @@ async fn a_write_the_journal_refuses_at_once_leaves_the_account_running() {
                         ship_to: Some(world::ACCOUNTS[ACME].ship_tos[0].0.into()),
                         ..OrderRequest::default()
                     };
-                    place_raw(&engine, ACME, req).await
+                    place_raw(&engine, ACME, world::buyer(ACME), None, req).await
                 })
             })
             .collect();
@@ -974,7 +977,7 @@ async fn a_hold_a_warehouse_answers_too_late_is_given_back() {
         ship_to: Some(world::ACCOUNTS[ACME].ship_tos[0].0.into()),
         ..OrderRequest::default()
     };
-    let placed = place_raw(&engine, ACME, req.clone()).await;
+    let placed = place_raw(&engine, ACME, world::buyer(ACME), None, req.clone()).await;
     assert!(matches!(placed, Err(ActorError::Timeout)), "{placed:?}");
     let (s1, s2) = (settled(&w1).await, settled(&w2).await);
     assert_eq!((s1.holdings().count(), s2.holdings().count()), (0, 0));
@@ -982,7 +985,7 @@ async fn a_hold_a_warehouse_answers_too_late_is_given_back() {
     assert_eq!(w2.free(&[sku("B")]), [10]);
     engine.check_stock().await.expect("stock");
     // The account goes on: the same order now fits.
-    let placed = place_raw(&engine, ACME, req)
+    let placed = place_raw(&engine, ACME, world::buyer(ACME), None, req)
         .await
         .expect("answered")
         .expect("placed");
@@ -1054,26 +1057,6 @@ async fn settled(
         }
     }
     panic!("the warehouse stayed busy")
-}
-
-/// Places `req` for account `acct` as its buyer: the actor's answer, failures included.
-async fn place_raw(
-    engine: &Engine,
-    acct: usize,
-    req: OrderRequest,
-) -> Result<Result<Placed, orderd_domain::rejection::Rejection>, ActorError> {
-    engine
-        .ask(&world::account_id(acct), |reply| AccountMsg::Place {
-            span: tracing::Span::none(),
-            caller: world::buyer(acct),
-            key: None,
-            req,
-            from_cart: false,
-            channel: Channel::Api,
-            submit: true,
-            reply,
-        })
-        .await
 }
 
 /// Places, for account `acct` as its buyer, 1 × A from W1 and 6 × B from W2 (W2 has 10 B, so
