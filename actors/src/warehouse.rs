@@ -422,13 +422,16 @@ impl WarehouseHandle {
         })
         .await??)
     }
+    /// Sets on-hand stock and queues its write, in this warehouse's message order; waits for
+    /// the answer however long it takes, like [`ship`](Self::ship), so that an import is never
+    /// reported failed while its write is still to come.
     pub async fn set_stock(
         &self,
         rows: Vec<(Sku, u64)>,
         caller: Caller,
     ) -> Result<Result<Ticket, Vec<StockError>>, ActorError> {
         Ok(
-            call(&self.actor, self.timeout, |reply| WarehouseMsg::SetStock {
+            call_to_the_end(&self.actor, |reply| WarehouseMsg::SetStock {
                 rows,
                 caller,
                 reply,

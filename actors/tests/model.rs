@@ -950,8 +950,9 @@ async fn approval_releases_reservations_the_lines_do_not_explain() {
 // A warehouse that does not answer a hold within `warehouse_call_timeout_ms` (here it is kept
 // busy with lookups) may still take it later. A new order's placement fails with `Timeout` and
 // gives back what it holds everywhere, including what the slow warehouse takes afterwards
-// (its mailbox is ordered). An amendment's growth that times out stays reserved until the
-// order is approved, when every warehouse keeps only what the order's lines need there.
+// (its mailbox is ordered). A shipment from the busy warehouse waits and succeeds. An
+// amendment's growth that times out stays reserved until the order is approved, when every
+// warehouse keeps only what the order's lines need there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hold_a_warehouse_answers_too_late_is_given_back() {
     const ACME: usize = 0;
@@ -990,6 +991,20 @@ async fn a_hold_a_warehouse_answers_too_late_is_given_back() {
         .expect("answered")
         .expect("placed");
     assert_eq!(placed.order.state, OrderState::Allocated);
+    // A shipment waits for its warehouse, however busy: it is not a hold.
+    keep_busy(&w2).await;
+    let shipped = engine
+        .ask(&world::account_id(ACME), |reply| AccountMsg::Ship {
+            caller: world::warehouse_caller("W2"),
+            order: placed.order.id.clone(),
+            warehouse: w2.id.clone(),
+            reply,
+        })
+        .await
+        .expect("answered")
+        .expect("shipped");
+    assert!(shipped.lines[1].allocations.iter().all(|a| a.shipped));
+    assert_eq!(settled(&w2).await.level(&sku("B")).on_hand, 4);
 
     // An amendment: 5 × A pending approval, then B from W2 added while W2 is busy.
     let order = place_one(&engine, ACME, "A", 5, world::ACCOUNTS[ACME].ship_tos[0].0).await;

@@ -419,11 +419,11 @@ impl Replay {
 /// the live part starts, after the replay), ending when the subscriber lagged (the client
 /// reconnects with Last-Event-ID and replays from the log) or the replay failed.
 ///
-/// Once per [`PROGRESS_INTERVAL`], a stream behind the bus's position with nothing of its own
-/// waiting sends a progress mark up to that position: the records it was not shown (other
-/// accounts', other buyers' orders, changes without an event) are behind the client, and a
-/// reconnect replays at most about an interval of them, also on a quiet account of a busy
-/// daemon.
+/// Once per [`PROGRESS_INTERVAL`] a stream that is behind sends a progress mark: up to the
+/// bus's position when nothing of its own waits (the records it was not shown, of other
+/// accounts or without an event, are behind the client), else up to the last event it skipped
+/// (another buyer's order; its channel delivers in log order). So a reconnect replays at most
+/// about an interval of the log it was not shown, also on a quiet account of a busy daemon.
 fn follow_bus(
     rx: tokio::sync::broadcast::Receiver<std::sync::Arc<events::Published>>,
     bus: events::EventBus,
@@ -432,57 +432,67 @@ fn follow_bus(
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let mut ticks = tokio::time::interval(PROGRESS_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    stream::unfold(
-        (rx, ticks, None),
-        move |(mut rx, mut ticks, after): Follow| {
-            let (bus, scope, replayed_to) = (bus.clone(), scope.clone(), replayed_to.clone());
-            async move {
-                let after = after.unwrap_or_else(|| replayed_to.load(Ordering::Acquire));
-                if after == REPLAY_FAILED {
-                    return None;
-                }
-                loop {
-                    let p = tokio::select! {
-                        received = rx.recv() => match received {
-                            Ok(p) if p.seq <= after => continue,
-                            Ok(p) => p,
-                            Err(_) => return None,
-                        },
-                        _ = ticks.tick() => {
-                            // The bus stores its position after sending the events up to it, so
-                            // with none waiting here every one of this stream's is behind it.
-                            let at = bus.position();
-                            if at > after && rx.is_empty() {
-                                return Some((Ok(progress(at)), (rx, ticks, Some(at))));
-                            }
-                            continue;
+    let start = Follow {
+        rx,
+        ticks,
+        after: None,
+        skipped: 0,
+    };
+    stream::unfold(start, move |mut f: Follow| {
+        let (bus, scope, replayed_to) = (bus.clone(), scope.clone(), replayed_to.clone());
+        async move {
+            let after = *f
+                .after
+                .get_or_insert_with(|| replayed_to.load(Ordering::Acquire));
+            if after == REPLAY_FAILED {
+                return None;
+            }
+            loop {
+                let p = tokio::select! {
+                    received = f.rx.recv() => match received {
+                        Ok(p) if p.seq <= after => continue,
+                        Ok(p) => p,
+                        Err(_) => return None,
+                    },
+                    _ = f.ticks.tick() => {
+                        // The bus stores its position after sending the events up to it, so
+                        // with none waiting here every one of this stream's is behind it.
+                        let at = bus.position();
+                        let to = if f.rx.is_empty() { at.max(f.skipped) } else { f.skipped };
+                        if to > after {
+                            f.after = Some(to);
+                            return Some((Ok(progress(to)), f));
                         }
-                    };
-                    if scope.account.as_ref().is_some_and(|a| *a != p.account) {
                         continue;
                     }
-                    match scope.shows_one(&p.order).await {
-                        Ok(true) => {
-                            events::record_lag(events::LagStage::Sse, p.changed_at);
-                            let sent = sse_event(p.seq, &p.json);
-                            return Some((Ok(sent), (rx, ticks, Some(p.seq))));
-                        }
-                        Ok(false) => continue,
-                        Err(error) => {
-                            tracing::warn!(%error, "event stream lookup failed; the stream ends");
-                            return None;
-                        }
+                };
+                if scope.account.as_ref().is_some_and(|a| *a != p.account) {
+                    continue;
+                }
+                match scope.shows_one(&p.order).await {
+                    Ok(true) => {
+                        events::record_lag(events::LagStage::Sse, p.changed_at);
+                        f.after = Some(p.seq);
+                        return Some((Ok(sse_event(p.seq, &p.json)), f));
+                    }
+                    Ok(false) => f.skipped = p.seq,
+                    Err(error) => {
+                        tracing::warn!(%error, "event stream lookup failed; the stream ends");
+                        return None;
                     }
                 }
             }
-        },
-    )
+        }
+    })
 }
 
-/// [`follow_bus`]'s state: the receiver, the progress-mark ticks, and the seq last sent (event
-/// or progress mark; `None` until the replay's end is read).
-type Follow = (
-    tokio::sync::broadcast::Receiver<std::sync::Arc<events::Published>>,
-    tokio::time::Interval,
-    Option<u64>,
-);
+/// [`follow_bus`]'s state.
+struct Follow {
+    rx: tokio::sync::broadcast::Receiver<std::sync::Arc<events::Published>>,
+    /// When the next progress mark may go out.
+    ticks: tokio::time::Interval,
+    /// The seq last sent (event or progress mark); `None` until the replay's end is read.
+    after: Option<u64>,
+    /// The seq of the last event received and not shown (0: none).
+    skipped: u64,
+}
