@@ -261,3 +261,45 @@ async fn a_stream_on_a_quiet_account_moves_on_with_progress_marks() {
     assert_eq!(shown[0].data["data"]["order"], r.body["id"], "{shown:?}");
     assert!(resumed.marks.is_empty(), "{:?}", resumed.marks);
 }
+
+// A stream ends after `api.event_stream_max_ms` (here 1 s), so that it cannot outlive its
+// token or its user's removal for long (both are checked when a stream opens); the client
+// reconnects with Last-Event-ID and misses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_ends_after_its_longest_time_and_resumes() {
+    const STREAM_MAX: Duration = Duration::from_secs(1);
+    let env = TestEnv::start_with(&[(
+        "ORDERD_API__EVENT_STREAM_MAX_MS",
+        &STREAM_MAX.as_millis().to_string(),
+    )])
+    .await;
+    let alice = env.token("ACME", "alice", &["buyer"]).await;
+    let opened = Instant::now();
+    let mut stream = Stream::connect(&env, &alice, None).await;
+    let r = env
+        .place(&alice, "short-1", &[("BOLT-0010", 1)], "BERLIN")
+        .await;
+    assert_eq!(r.status, 201, "{r}");
+    let first = stream.next(1).await;
+    let ended = tokio::time::timeout(EVENT_WAIT_MAX, async {
+        while let Some(chunk) = stream.resp.chunk().await.expect("reading the stream") {
+            stream.buf.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the stream was still open after {EVENT_WAIT_MAX:?}"
+    );
+    assert!(
+        opened.elapsed() >= STREAM_MAX,
+        "ended after {:?}",
+        opened.elapsed()
+    );
+    let r = env
+        .place(&alice, "short-2", &[("BOLT-0010", 1)], "BERLIN")
+        .await;
+    let mut resumed = Stream::connect(&env, &alice, Some(&first[0].id.to_string())).await;
+    let next = resumed.next(1).await;
+    assert_eq!(next[0].data["data"]["order"], r.body["id"], "{next:?}");
+}

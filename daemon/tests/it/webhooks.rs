@@ -212,14 +212,22 @@ async fn a_stalled_endpoint_catches_up_from_the_log() {
 // An endpoint registered for one event type gets only events of that type: live from the bus,
 // and again when it catches up from the audit log after kill -9 (its cursor was never stored,
 // so everything since it was registered comes once more, all of it read from the log).
+// Deliveries go direct: the proxy in orderd's environment (one that refuses every connection)
+// is not used, as a proxy would resolve receivers' names past the guarded resolver.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_gets_only_the_event_types_it_registered_for() {
     const ORDERS: usize = 3;
+    const REFUSING_PROXY: &str = "http://127.0.0.1:9";
     let rx = Receiver::start();
     let mut env = TestEnv::start_with(&[
         ("ORDERD_WEBHOOKS__ALLOW_PRIVATE", "true"),
         ("ORDERD_WEBHOOKS__POLL_MS", "50"),
         ("ORDERD_WEBHOOKS__CURSOR_STORE_MS", "3600000"),
+        ("HTTP_PROXY", REFUSING_PROXY),
+        ("http_proxy", REFUSING_PROXY),
+        ("ALL_PROXY", REFUSING_PROXY),
+        ("NO_PROXY", ""),
+        ("no_proxy", ""),
     ])
     .await;
     let admin = env.token("ACME", "ada", &["account_admin"]).await;
