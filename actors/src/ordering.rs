@@ -1145,7 +1145,7 @@ pub async fn ship(
     account.open_receivables = account
         .open_receivables
         .checked_add(value)
-        .map_err(|e| ActorError::Invariant(e.to_string()))?;
+        .map_err(invariant)?;
     let mut batch = match order_batch(
         st,
         caller,

@@ -199,24 +199,35 @@ async fn read_after_async(
     .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
+/// [`read_after_async`] less the events of orders the caller may not see ([`Scope::shows`]);
+/// `next` still says how far the log was read.
+async fn read_shown_async(
+    s: &ApiState,
+    after: u64,
+    scope: &Scope,
+    limit: usize,
+) -> Result<events::EventsRead, ApiError> {
+    let mut read = read_after_async(s, after, scope, limit).await?;
+    let shown = scope
+        .shows(read.events.iter().map(|(_, ev)| ev.order.clone()).collect())
+        .await?;
+    let mut shown = shown.into_iter();
+    read.events.retain(|_| shown.next().unwrap_or(false));
+    Ok(read)
+}
+
 async fn read_events_async(
     s: &ApiState,
     after: u64,
     scope: &Scope,
     limit: usize,
 ) -> Result<EventPage, ApiError> {
-    let read = read_after_async(s, after, scope, limit).await?;
+    let read = read_shown_async(s, after, scope, limit).await?;
     let mut page = EventPage {
         events: Vec::with_capacity(read.events.len()),
         next: read.next,
     };
-    let shown = scope
-        .shows(read.events.iter().map(|(_, ev)| ev.order.clone()).collect())
-        .await?;
-    for ((seq, ev), shown) in read.events.into_iter().zip(shown) {
-        if !shown {
-            continue;
-        }
+    for (seq, ev) in read.events {
         let rendered: serde_json::Value = serde_json::from_slice(&events::render(&ev))
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         page.events
@@ -297,7 +308,7 @@ async fn stream_events(
         Some(after) if after < head => {
             // The first page now, so that a failure is an error answer; the rest as the client
             // takes them.
-            let first = read_after_async(&s, after, &scope, s.limits.page_max).await?;
+            let first = read_shown_async(&s, after, &scope, s.limits.page_max).await?;
             let pages = Replay {
                 state: s.clone(),
                 scope: scope.clone(),
@@ -370,7 +381,7 @@ impl Replay {
                     Some(page) => page,
                     None => {
                         let limit = this.state.limits.page_max;
-                        match read_after_async(&this.state, from, &this.scope, limit).await {
+                        match read_shown_async(&this.state, from, &this.scope, limit).await {
                             Ok(page) => page,
                             Err(error) => {
                                 tracing::warn!(%error, "event stream replay failed; the stream ends");
@@ -383,27 +394,15 @@ impl Replay {
                 if page.next == from {
                     return None;
                 }
-                let orders = page.events.iter().map(|(_, ev)| ev.order.clone()).collect();
-                let shown = match this.scope.shows(orders).await {
-                    Ok(shown) => shown,
-                    Err(error) => {
-                        tracing::warn!(%error, "event stream replay failed; the stream ends");
-                        this.to.store(REPLAY_FAILED, Ordering::Release);
-                        return None;
-                    }
-                };
-                let mut events = Vec::with_capacity(page.events.len() + 1);
-                let mut last_shown = None;
-                for ((seq, ev), shown) in page.events.iter().zip(shown) {
-                    if shown {
-                        events.push(Ok(sse_event(*seq, &events::render(ev))));
-                        last_shown = Some(*seq);
-                    }
-                }
+                let mut events: Vec<_> = page
+                    .events
+                    .iter()
+                    .map(|(seq, ev)| Ok(sse_event(*seq, &events::render(ev))))
+                    .collect();
                 // The page read past its last shown event (records of other accounts, or
                 // orders the caller may not see): say so, so that a reconnect resumes after
                 // what was read, not after the last event shown.
-                if last_shown != Some(page.next) {
+                if page.events.last().map(|(seq, _)| *seq) != Some(page.next) {
                     events.push(Ok(progress(page.next)));
                 }
                 this.to.store(page.next, Ordering::Release);
