@@ -740,10 +740,7 @@ async fn a_hold_refused_midway_gives_back_what_it_took() {
         }
         // Cancelling and undoing are messages the warehouse handles before this snapshot.
         for w in world::WAREHOUSES {
-            let id = orderd_domain::ids::WarehouseId::parse(w.id).expect("id");
-            let stock = engine
-                .warehouse(&id)
-                .expect("warehouse")
+            let stock = world::warehouse(&engine, w.id)
                 .snapshot()
                 .await
                 .expect("snapshot");
@@ -792,7 +789,7 @@ async fn a_refused_shipment_leaves_the_stock_as_stored() {
         "{shipped:?}"
     );
     let after = warehouse.snapshot().await.expect("snapshot");
-    let a = orderd_domain::ids::Sku::parse("A").expect("sku");
+    let a = world::sku("A");
     assert_eq!(after.level(&a), before.level(&a));
     assert_eq!(after.holding(&order.id), before.holding(&order.id));
 }
@@ -813,7 +810,7 @@ async fn a_write_the_journal_refuses_at_once_leaves_the_account_running() {
     let (_dir, engine) = seeded_on(config).await;
     let journal = engine.journal.clone();
     // Room for every round: stock and credit never refuse an order here.
-    let a = orderd_domain::ids::Sku::parse("A").expect("sku");
+    let a = world::sku("A");
     let restock = world::WAREHOUSES
         .iter()
         .map(|w| (WarehouseId::parse(w.id).expect("id"), a.clone(), 10_000))
@@ -881,10 +878,10 @@ async fn a_write_the_journal_refuses_at_once_leaves_the_account_running() {
     engine.check_stock().await.expect("stock");
     let mut held = 0;
     for w in world::WAREHOUSES {
-        let wh = engine
-            .warehouse(&WarehouseId::parse(w.id).expect("id"))
-            .expect("warehouse");
-        let stock = wh.snapshot().await.expect("snapshot");
+        let stock = world::warehouse(&engine, w.id)
+            .snapshot()
+            .await
+            .expect("snapshot");
         let level = stock.level(&a);
         held += level.reserved + level.allocated;
     }
@@ -915,12 +912,7 @@ async fn approval_releases_reservations_the_lines_do_not_explain() {
     let order = place_one(&engine, ACME, "A", 5, ship_to).await;
     assert_eq!(order.state, OrderState::PendingApproval);
     assert_eq!(order.lines[0].allocations[0].warehouse.as_str(), "W1");
-    let sku = |s: &str| orderd_domain::ids::Sku::parse(s).expect("sku");
-    let wh = |w: &str| {
-        engine
-            .warehouse(&orderd_domain::ids::WarehouseId::parse(w).expect("id"))
-            .expect("warehouse")
-    };
+    let (sku, wh) = (world::sku, |w| world::warehouse(&engine, w));
     for (w, s, q) in [("W1", "A", 2), ("W2", "B", 3)] {
         wh(w)
             .hold(
@@ -963,13 +955,11 @@ async fn a_hold_a_warehouse_answers_too_late_is_given_back() {
     };
     let engine = start_with(dir.path(), limits).await.expect("engine");
     world::seed(&engine).await.expect("seed");
-    let sku = |s: &str| orderd_domain::ids::Sku::parse(s).expect("sku");
-    let wh = |w: &str| {
-        engine
-            .warehouse(&WarehouseId::parse(w).expect("id"))
-            .expect("warehouse")
-    };
-    let (w1, w2) = (wh("W1"), wh("W2"));
+    let sku = world::sku;
+    let (w1, w2) = (
+        world::warehouse(&engine, "W1"),
+        world::warehouse(&engine, "W2"),
+    );
 
     // A new order: A held in W1, then W2 does not answer for B in time.
     keep_busy(&w2).await;

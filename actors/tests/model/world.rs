@@ -4,6 +4,7 @@
 //! data through the engine; the reference model reads the same tables with its own rules.
 
 use orderd_actors::audit::Caller;
+use orderd_actors::warehouse::WarehouseHandle;
 use orderd_actors::Engine;
 use orderd_domain::account::{Account, ApprovalRules, Role, ShipTo, User};
 use orderd_domain::catalog::{CatalogItem, ItemStatus, KitComponent};
@@ -196,6 +197,17 @@ fn eur(c: i64) -> Money {
 
 pub fn item(sku: &str) -> Option<&'static Item> {
     ITEMS.iter().find(|i| i.sku == sku)
+}
+
+pub fn sku(s: &str) -> Sku {
+    Sku::parse(s).expect("valid sku")
+}
+
+/// The running warehouse `id` of `engine`.
+pub fn warehouse(engine: &Engine, id: &str) -> WarehouseHandle {
+    engine
+        .warehouse(&WarehouseId::parse(id).expect("valid id"))
+        .expect("a warehouse of the world")
 }
 
 pub fn account_id(acct: usize) -> AccountId {
