@@ -65,7 +65,8 @@ use std::time::Duration;
 pub struct Limits {
     /// How long a caller waits for an actor's answer.
     pub call_timeout_ms: u64,
-    /// How long an account's actor waits for a warehouse to hold an order's stock (below
+    /// How long an account's actor waits for the warehouses, all asked at once, to hold an
+    /// order's stock (below
     /// `call_timeout_ms`, so that the account gives up and undoes the hold before its own
     /// caller gives up on it). Other warehouse calls wait `call_timeout_ms`, and a shipment
     /// waits for its answer (see `WarehouseHandle::ship`).

@@ -299,40 +299,47 @@ enum HoldFor {
     Growth,
 }
 
-/// Takes `grow` for the order in every warehouse, all or nothing. A shortage (stock taken
-/// since planning) undoes what the warehouses before it took and comes back as an
-/// `out_of_stock` problem; so does a warehouse that does not answer, as an error.
+/// Takes `grow` for the order in every warehouse, all or nothing. Every warehouse is asked at
+/// once, so holding takes as long as the slowest warehouse and never longer than one
+/// `warehouse_call_timeout_ms`, however many warehouses the order needs (it must stay below the
+/// time the account's caller waits). A shortage (stock taken since planning) in any warehouse
+/// undoes what the others took and comes back as an `out_of_stock` problem per warehouse; a
+/// warehouse that does not answer undoes the same way and comes back as an error.
 async fn hold(
     st: &AccountState,
     order: &OrderId,
     grow: &Demand,
     whose: HoldFor,
-) -> Result<Result<(), Problem>, ActorError> {
+) -> Result<Result<(), Vec<Problem>>, ActorError> {
     let snap = st.catalog.load();
     let allocate = matches!(whose, HoldFor::NewOrder { allocate: true });
-    let mut done: Vec<&WarehouseId> = Vec::new();
-    for (w, demand) in grow {
-        let handle = snap
-            .handles
-            .get(w)
-            .ok_or_else(|| ActorError::Invariant(format!("no warehouse {w}")))?;
-        let held = handle
-            .hold(
-                order.clone(),
-                st.account.id.clone(),
-                demand.clone(),
-                allocate,
-            )
-            .await;
-        match held {
-            Ok(Ok(())) => done.push(w),
-            Ok(Err(e)) => {
-                undo_holds(&snap, order, grow, &done, whose)?;
-                return Ok(Err(Problem::new(
-                    ProblemCode::OutOfStock,
-                    format!("stock changed while submitting: {e} in {w}"),
-                )));
-            }
+    let handles = grow
+        .keys()
+        .map(|w| {
+            snap.handles
+                .get(w)
+                .ok_or_else(|| ActorError::Invariant(format!("no warehouse {w}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let answers = futures_util::future::join_all(handles.iter().map(|h| {
+        h.hold(
+            order.clone(),
+            st.account.id.clone(),
+            grow[&h.id].clone(),
+            allocate,
+        )
+    }))
+    .await;
+    let mut taken: Vec<&WarehouseId> = Vec::new();
+    let mut shortages = Vec::new();
+    let mut failure = None;
+    for (h, answer) in handles.iter().zip(answers) {
+        match answer {
+            Ok(Ok(())) => taken.push(&h.id),
+            Ok(Err(e)) => shortages.push(Problem::new(
+                ProblemCode::OutOfStock,
+                format!("stock changed while submitting: {e} in {}", h.id),
+            )),
             Err(e) => {
                 // No answer in time: the hold may still be taken there. A new order's whole
                 // holding can go (a warehouse handles its messages in order). An amendment's
@@ -341,27 +348,34 @@ async fn hold(
                 // order's lines need there, see `Stock::allocate`), cancelled or rejected
                 // (every warehouse releases the order).
                 if matches!(whose, HoldFor::NewOrder { .. }) {
-                    done.push(w);
+                    taken.push(&h.id);
                 }
-                undo_holds(&snap, order, grow, &done, whose)?;
-                return Err(e);
+                failure.get_or_insert(e);
             }
         }
     }
-    Ok(Ok(()))
+    if shortages.is_empty() && failure.is_none() {
+        return Ok(Ok(()));
+    }
+    undo_holds(&snap, order, grow, &taken, whose)?;
+    // A shortage is a final answer for this order; a warehouse that did not answer is not.
+    match failure {
+        Some(e) if shortages.is_empty() => Err(e),
+        _ => Ok(Err(shortages)),
+    }
 }
 
-/// Gives back what [`hold`] took in the warehouses `done`: all a new order holds there
+/// Gives back what [`hold`] took in the warehouses `taken`: all a new order holds there
 /// (reserved or allocated), or the amendment's growth.
 fn undo_holds(
     snap: &Snapshot,
     order: &OrderId,
     grow: &Demand,
-    done: &[&WarehouseId],
+    taken: &[&WarehouseId],
     whose: HoldFor,
 ) -> Result<(), ActorError> {
     ask_each(
-        done.iter().filter_map(|w| snap.handles.get(*w)),
+        taken.iter().filter_map(|w| snap.handles.get(*w)),
         |h| match whose {
             HoldFor::NewOrder { .. } => h.release_all(order.clone()),
             HoldFor::Growth => h.release(order.clone(), grow[&h.id].clone()),
@@ -628,7 +642,7 @@ pub async fn place(
     )
     .await?
     {
-        return Ok(Err(Rejection::Invalid(vec![p])));
+        return Ok(Err(Rejection::Invalid(p)));
     }
     if from_cart {
         batch.put(
@@ -783,7 +797,7 @@ pub async fn submit_draft(st: &mut AccountState, caller: &Caller, id: &OrderId) 
     )
     .await?
     {
-        return Ok(Err(Rejection::Invalid(vec![p])));
+        return Ok(Err(Rejection::Invalid(p)));
     }
     let committed = match durable(st, batch).await {
         Ok(c) => c,
@@ -1068,7 +1082,7 @@ pub async fn amend(
         Err(r) => return Ok(Err(r)),
     };
     if let Err(p) = hold(st, id, &grow, HoldFor::Growth).await? {
-        return Ok(Err(Rejection::Invalid(vec![p])));
+        return Ok(Err(Rejection::Invalid(p)));
     }
     let committed = match st.journal.submit(batch).await {
         Ok(c) => c,

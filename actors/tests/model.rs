@@ -1024,6 +1024,49 @@ async fn a_hold_a_warehouse_answers_too_late_is_given_back() {
     engine.shutdown().await.expect("shutdown");
 }
 
+// An order's warehouses are asked to hold its stock at once, not one after another: while W1
+// is kept busy past the hold timeout, W2 already holds the order's B (its free stock drops),
+// and both give it back once W1's timeout fails the placement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orders_warehouses_are_asked_at_once() {
+    const ACME: usize = 0;
+    let dir = tempfile::tempdir().expect("dir");
+    let limits = Limits {
+        warehouse_call_timeout_ms: WAREHOUSE_TIMEOUT_MS,
+        ..Limits::default()
+    };
+    let engine = start_with(dir.path(), limits).await.expect("engine");
+    world::seed(&engine).await.expect("seed");
+    let sku = world::sku;
+    let (w1, w2) = (
+        world::warehouse(&engine, "W1"),
+        world::warehouse(&engine, "W2"),
+    );
+    keep_busy(&w1).await;
+    let req = OrderRequest {
+        lines: vec![line("A", 1, Some("W1")), line("B", 6, Some("W2"))],
+        ship_to: Some(world::ACCOUNTS[ACME].ship_tos[0].0.into()),
+        ..OrderRequest::default()
+    };
+    let placing = tokio::spawn({
+        let engine = engine.clone();
+        async move { place_raw(&engine, ACME, world::buyer(ACME), None, req).await }
+    });
+    let mut lowest_free_b = u64::MAX;
+    while !placing.is_finished() {
+        lowest_free_b = lowest_free_b.min(w2.free(&[sku("B")])[0]);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(lowest_free_b, 4, "W2 held B while W1 was still busy");
+    let placed = placing.await.expect("join");
+    assert!(matches!(placed, Err(ActorError::Timeout)), "{placed:?}");
+    let (s1, s2) = (settled(&w1).await, settled(&w2).await);
+    assert_eq!((s1.holdings().count(), s2.holdings().count()), (0, 0));
+    assert_eq!(w2.free(&[sku("B")]), [10]);
+    engine.check_stock().await.expect("stock");
+    engine.shutdown().await.expect("shutdown");
+}
+
 /// How long an account waits for a warehouse in `a_hold_a_warehouse_answers_too_late_is_given_back`.
 const WAREHOUSE_TIMEOUT_MS: u64 = 100;
 /// Level lookups of unknown SKUs per message that keeps a warehouse busy.
