@@ -16,6 +16,8 @@
 //!
 //! A restart (a command, and always at the end of a case) shuts the engine down, reopens the
 //! journal and compares the rebuilt state, the whole outbox and idempotency replays again.
+//! `refused_writes_change_nothing` runs cases with every command tried first while the journal
+//! refuses every write, and checks that nothing changed.
 //!
 //! Longer runs: `PROPTEST_CASES=2000 cargo test -p orderd-actors --test model`;
 //! `MODEL_STATS=1 ... -- --nocapture` prints how often each command was accepted or refused.
@@ -50,6 +52,7 @@ use orderd_storage::{Journal, JournalConfig};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use reference::state_named;
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -256,7 +259,65 @@ async fn audit_records_walk_the_state_machine() {
     engine.shutdown().await.expect("shutdown");
 }
 
+// Every command, first tried while the journal refuses every write (as it does when its commit
+// queue is full): a command that tried to write fails with `Overloaded` and leaves the carts,
+// orders, stock, credit and audit log exactly as the model has them (the account's actor goes
+// on from its memory, see `account::answer`); run again, it does what the model says. The
+// sequences are proptest's, from a fixed seed, so that the test can require that every kind of
+// writing command met a refusal.
+#[test]
+fn refused_writes_change_nothing() {
+    use proptest::test_runner::{RngAlgorithm, TestRng, TestRunner};
+    const CASES: u32 = 24;
+    const WRITING: [&str; 12] = [
+        "CartAdd",
+        "CartUpdate",
+        "CartRemove",
+        "Place",
+        "Submit",
+        "Approve",
+        "Reject",
+        "Cancel",
+        "Amend",
+        "Ship",
+        "Restock",
+        "SetCredit",
+    ];
+    let config = ProptestConfig {
+        cases: CASES,
+        ..config()
+    };
+    let rng = TestRng::deterministic_rng(RngAlgorithm::ChaCha);
+    let refused = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let outcome = TestRunner::new_with_rng(config, rng).run(&ops::sequence(STEPS_MAX), |ops| {
+        let kinds = run_case_with(&ops, Writes::RefusedFirst).map_err(TestCaseError::fail)?;
+        refused.lock().expect("poisoned").extend(kinds);
+        Ok(())
+    });
+    if let Err(e) = outcome {
+        panic!("{e}");
+    }
+    let refused = refused.into_inner().expect("poisoned");
+    let missed: Vec<_> = WRITING.iter().filter(|k| !refused.contains(**k)).collect();
+    assert!(missed.is_empty(), "no refused write for {missed:?}");
+}
+
+/// How [`run_case_with`] runs each command.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Writes {
+    Allowed,
+    /// Each command is first tried with every write refused, then run as usual.
+    RefusedFirst,
+}
+
 fn run_case(ops: &[Op]) -> Result<(), String> {
+    run_case_with(ops, Writes::Allowed).map(drop)
+}
+
+/// Runs `ops` against a fresh engine and the model, checking everything after each step.
+/// Returns the kinds of command (`Op::kind`) whose writes were refused.
+fn run_case_with(ops: &[Op], writes: Writes) -> Result<BTreeSet<&'static str>, String> {
+    let mut refused = BTreeSet::new();
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -271,6 +332,17 @@ fn run_case(ops: &[Op]) -> Result<(), String> {
             .await
             .map_err(|e| format!("after seeding: {e}"))?;
         for (i, op) in ops.iter().enumerate() {
+            if writes == Writes::RefusedFirst && !matches!(op, Op::Restart) {
+                let was_refused = refusing_its_writes(&h, &engine, op)
+                    .await
+                    .map_err(|e| format!("step {i} {op:?} with writes refused: {e}"))?;
+                h.check_all(&engine, &Written::nothing())
+                    .await
+                    .map_err(|e| format!("after step {i} {op:?} with writes refused: {e}"))?;
+                if was_refused {
+                    refused.insert(op.kind());
+                }
+            }
             let written = match op {
                 Op::Restart => {
                     engine = h.restart(engine, dir.path()).await?;
@@ -292,7 +364,26 @@ fn run_case(ops: &[Op]) -> Result<(), String> {
             .await
             .map_err(|e| format!("after the final restart: {e}"))?;
         engine.shutdown().await.map_err(|e| e.to_string())
-    })
+    })?;
+    Ok(refused)
+}
+
+/// Tries `op` on a copy of the harness while the journal refuses every write. A command that
+/// tried to write must have failed with `Overloaded`; one that did not must have done what the
+/// model says without writing. Returns whether a write was refused.
+async fn refusing_its_writes(h: &Harness, engine: &Engine, op: &Op) -> Result<bool, String> {
+    let journal = &engine.journal;
+    let before = journal.writes_refused();
+    journal.refuse_writes(true);
+    let tried = h.clone().step(engine, op).await;
+    journal.refuse_writes(false);
+    let was_refused = journal.writes_refused() > before;
+    match tried {
+        Ok(w) if w.audit_subject.is_none() => Ok(was_refused),
+        Ok(_) => Err("accepted although its write was refused".into()),
+        Err(e) if was_refused && e.contains(&StorageError::Overloaded.to_string()) => Ok(true),
+        Err(e) => Err(e),
+    }
 }
 
 /// Places one order of `qty` × `sku` for account `acct` as its buyer.
@@ -1234,8 +1325,7 @@ mod stats {
     static COUNTS: Mutex<BTreeMap<String, (u64, u64)>> = Mutex::new(BTreeMap::new());
 
     pub fn record(op: &Op, w: &Written) {
-        let name = format!("{op:?}");
-        let mut kind = name.split([' ', '{']).next().unwrap_or("?").to_owned();
+        let mut kind = op.kind().to_owned();
         if let Some(o) = &w.order {
             kind = format!("{kind} -> {:?}", o.to);
         }

@@ -324,6 +324,12 @@ struct Shared {
     /// Test hook: the next group commit fails as a disk error would.
     #[cfg(test)]
     fail_next_commit: std::sync::atomic::AtomicBool,
+    /// Test hook (feature `test-hooks`): while set, every write is refused `Overloaded`.
+    #[cfg(feature = "test-hooks")]
+    refusing: std::sync::atomic::AtomicBool,
+    /// Test hook (feature `test-hooks`): writes refused because of `refusing`.
+    #[cfg(feature = "test-hooks")]
+    refused: AtomicU64,
 }
 
 struct Request {
@@ -404,6 +410,10 @@ impl Journal {
             failed: tokio::sync::watch::Sender::new(false),
             #[cfg(test)]
             fail_next_commit: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(feature = "test-hooks")]
+            refusing: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(feature = "test-hooks")]
+            refused: AtomicU64::new(0),
         });
         let linger = Linger {
             group: config.commit_linger_group,
@@ -446,12 +456,30 @@ impl Journal {
     /// only once the write is queued (queued writes are applied in submit order).
     pub fn try_submit(&self, batch: Batch) -> Result<Ticket, StorageError> {
         batch.validate()?;
+        #[cfg(feature = "test-hooks")]
+        if self.inner.shared.refusing.load(Ordering::SeqCst) {
+            self.inner.shared.refused.fetch_add(1, Ordering::SeqCst);
+            return Err(StorageError::Overloaded);
+        }
         let (reply, rx) = oneshot::channel();
         match self.inner.queue.push(Request { batch, reply }) {
             Ok(()) => Ok(Ticket(rx)),
             Err(PushError::Full(_)) => Err(StorageError::Overloaded),
             Err(PushError::Closed(_)) => Err(StorageError::Closed),
         }
+    }
+
+    /// Test hook: while `on`, every write is refused `Overloaded` at once, as it is when the
+    /// commit queue is full, so a test can refuse exactly the writes of the steps it chooses.
+    #[cfg(feature = "test-hooks")]
+    pub fn refuse_writes(&self, on: bool) {
+        self.inner.shared.refusing.store(on, Ordering::SeqCst);
+    }
+
+    /// Test hook: how many writes [`Journal::refuse_writes`] has refused so far.
+    #[cfg(feature = "test-hooks")]
+    pub fn writes_refused(&self) -> u64 {
+        self.inner.shared.refused.load(Ordering::SeqCst)
     }
 
     /// The value of a user key.

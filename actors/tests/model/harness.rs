@@ -71,6 +71,7 @@ impl Written {
 }
 
 /// One outbox event of an order, as far as the checks need it.
+#[derive(Clone)]
 pub struct EventSeen {
     pub sequence: u32,
     pub state: String,
@@ -86,6 +87,7 @@ pub struct Placing {
     pub key: Option<u8>,
 }
 
+#[derive(Clone)]
 pub struct Harness {
     pub model: Model,
     /// The newest audit record (and so outbox event) already accounted for.

@@ -128,6 +128,28 @@ pub enum Op {
     Restart,
 }
 
+impl Op {
+    /// The command's name, for counts and reports.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::CartAdd { .. } => "CartAdd",
+            Op::CartUpdate { .. } => "CartUpdate",
+            Op::CartRemove { .. } => "CartRemove",
+            Op::Place { .. } => "Place",
+            Op::Submit { .. } => "Submit",
+            Op::Approve { .. } => "Approve",
+            Op::Reject { .. } => "Reject",
+            Op::Cancel { .. } => "Cancel",
+            Op::Amend { .. } => "Amend",
+            Op::Ship { .. } => "Ship",
+            Op::Restock { .. } => "Restock",
+            Op::SetCredit { .. } => "SetCredit",
+            Op::Validate { .. } => "Validate",
+            Op::Restart => "Restart",
+        }
+    }
+}
+
 fn line() -> impl Strategy<Value = LineSpec> {
     let sku = prop_oneof![
         12 => Just("A"),
