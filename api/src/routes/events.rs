@@ -319,7 +319,7 @@ async fn stream_events(
         }
         _ => stream::empty().boxed(),
     };
-    let follow = follow_bus(live, s.bus.clone(), scope, replayed_to);
+    let follow = follow_bus(live, s.bus.clone(), scope, replayed_to).map(|f| Ok(f.into_sse()));
     let max = Duration::from_millis(s.limits.event_stream_max_ms);
     let follow = follow.take_until(tokio::time::sleep(max));
     // At shutdown the stream ends, replay or not (the client resumes from its last event).
@@ -428,7 +428,7 @@ fn follow_bus(
     bus: events::EventBus,
     scope: Scope,
     replayed_to: Arc<AtomicU64>,
-) -> impl Stream<Item = Result<Event, Infallible>> {
+) -> impl Stream<Item = Live> {
     let mut ticks = tokio::time::interval(PROGRESS_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let start = Follow {
@@ -460,7 +460,7 @@ fn follow_bus(
                         let to = if f.rx.is_empty() { at.max(f.skipped) } else { f.skipped };
                         if to > after {
                             f.after = Some(to);
-                            return Some((Ok(progress(to)), f));
+                            return Some((Live::Progress(to), f));
                         }
                         continue;
                     }
@@ -472,7 +472,7 @@ fn follow_bus(
                     Ok(true) => {
                         events::record_lag(events::LagStage::Sse, p.changed_at);
                         f.after = Some(p.seq);
-                        return Some((Ok(sse_event(p.seq, &p.json)), f));
+                        return Some((Live::Event(p), f));
                     }
                     Ok(false) => f.skipped = p.seq,
                     Err(error) => {
@@ -485,6 +485,23 @@ fn follow_bus(
     })
 }
 
+/// What the live part sends.
+#[derive(Debug)]
+enum Live {
+    Event(std::sync::Arc<events::Published>),
+    /// A progress mark up to this seq.
+    Progress(u64),
+}
+
+impl Live {
+    fn into_sse(self) -> Event {
+        match self {
+            Live::Event(p) => sse_event(p.seq, &p.json),
+            Live::Progress(seq) => progress(seq),
+        }
+    }
+}
+
 /// [`follow_bus`]'s state.
 struct Follow {
     rx: tokio::sync::broadcast::Receiver<std::sync::Arc<events::Published>>,
@@ -494,4 +511,54 @@ struct Follow {
     after: Option<u64>,
     /// The seq of the last event received and not shown (0: none).
     skipped: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orderd_domain::order::OrderState;
+
+    // A progress mark never passes an event of the stream's own that still waits in its
+    // channel: here an own event (seq 50) waits while the bus has moved on to 100 with other
+    // accounts' events. Whichever of the event and the first tick the stream takes first, it
+    // sends the event, then a mark up to 100. (A mark up to 100 first would make the stream
+    // drop the event as already sent.) `select!` picks at random among ready branches, so
+    // every round is a fresh stream.
+    #[tokio::test(start_paused = true)]
+    async fn a_progress_mark_never_passes_a_waiting_event() {
+        const ROUNDS: usize = 64;
+        let account = AccountId::parse("ACME").expect("id");
+        for round in 0..ROUNDS {
+            let bus = events::EventBus::new();
+            let rx = bus.subscribe_account(&account);
+            bus.send(events::Published {
+                seq: 50,
+                account: account.clone(),
+                order: OrderId::parse("o-1").expect("id"),
+                id: "o-1.1".into(),
+                state: OrderState::Confirmed,
+                stock_warehouses: vec![],
+                json: b"{}".to_vec(),
+                changed_at: None,
+            });
+            bus.advance(100);
+            let scope = Scope {
+                account: Some(account.clone()),
+                own: None,
+            };
+            let replayed_to = Arc::new(AtomicU64::new(10));
+            let live = follow_bus(rx, bus.clone(), scope, replayed_to);
+            let sent: Vec<_> = tokio::time::timeout(PROGRESS_INTERVAL * 5, live.take(2).collect())
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: fewer than 2 frames"));
+            let sent: Vec<_> = sent
+                .into_iter()
+                .map(|l| match l {
+                    Live::Event(p) => format!("event {}", p.seq),
+                    Live::Progress(seq) => format!("mark {seq}"),
+                })
+                .collect();
+            assert_eq!(sent, ["event 50", "mark 100"], "round {round}");
+        }
+    }
 }
