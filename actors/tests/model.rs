@@ -1039,26 +1039,12 @@ async fn approval_releases_reservations_the_lines_do_not_explain() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hold_a_warehouse_answers_too_late_is_given_back() {
     const ACME: usize = 0;
-    let dir = tempfile::tempdir().expect("dir");
-    let limits = Limits {
-        warehouse_call_timeout_ms: WAREHOUSE_TIMEOUT_MS,
-        ..Limits::default()
-    };
-    let engine = start_with(dir.path(), limits).await.expect("engine");
-    world::seed(&engine).await.expect("seed");
+    let (_dir, engine, w1, w2) = seeded_with_short_holds().await;
     let sku = world::sku;
-    let (w1, w2) = (
-        world::warehouse(&engine, "W1"),
-        world::warehouse(&engine, "W2"),
-    );
 
-    // A new order: A held in W1, then W2 does not answer for B in time.
+    // A new order: A held in W1 while W2 does not answer for B in time.
     keep_busy(&w2).await;
-    let req = OrderRequest {
-        lines: vec![line("A", 1, Some("W1")), line("B", 6, Some("W2"))],
-        ship_to: Some(world::ACCOUNTS[ACME].ship_tos[0].0.into()),
-        ..OrderRequest::default()
-    };
+    let req = in_two_warehouses(ACME);
     let placed = place_raw(&engine, ACME, world::buyer(ACME), None, req.clone()).await;
     assert!(matches!(placed, Err(ActorError::Timeout)), "{placed:?}");
     let (s1, s2) = (settled(&w1).await, settled(&w2).await);
@@ -1121,24 +1107,10 @@ async fn a_hold_a_warehouse_answers_too_late_is_given_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_orders_warehouses_are_asked_at_once() {
     const ACME: usize = 0;
-    let dir = tempfile::tempdir().expect("dir");
-    let limits = Limits {
-        warehouse_call_timeout_ms: WAREHOUSE_TIMEOUT_MS,
-        ..Limits::default()
-    };
-    let engine = start_with(dir.path(), limits).await.expect("engine");
-    world::seed(&engine).await.expect("seed");
+    let (_dir, engine, w1, w2) = seeded_with_short_holds().await;
     let sku = world::sku;
-    let (w1, w2) = (
-        world::warehouse(&engine, "W1"),
-        world::warehouse(&engine, "W2"),
-    );
     keep_busy(&w1).await;
-    let req = OrderRequest {
-        lines: vec![line("A", 1, Some("W1")), line("B", 6, Some("W2"))],
-        ship_to: Some(world::ACCOUNTS[ACME].ship_tos[0].0.into()),
-        ..OrderRequest::default()
-    };
+    let req = in_two_warehouses(ACME);
     let placing = tokio::spawn({
         let engine = engine.clone();
         async move { place_raw(&engine, ACME, world::buyer(ACME), None, req).await }
@@ -1198,17 +1170,43 @@ async fn settled(
     panic!("the warehouse stayed busy")
 }
 
-/// Places, for account `acct` as its buyer, 1 × A from W1 and 6 × B from W2 (W2 has 10 B, so
-/// only one such order fits at a time).
+/// A seeded engine whose accounts wait [`WAREHOUSE_TIMEOUT_MS`] for holds, and its W1 and W2.
+async fn seeded_with_short_holds() -> (
+    tempfile::TempDir,
+    Engine,
+    orderd_actors::warehouse::WarehouseHandle,
+    orderd_actors::warehouse::WarehouseHandle,
+) {
+    let dir = tempfile::tempdir().expect("dir");
+    let limits = Limits {
+        warehouse_call_timeout_ms: WAREHOUSE_TIMEOUT_MS,
+        ..Limits::default()
+    };
+    let engine = start_with(dir.path(), limits).await.expect("engine");
+    world::seed(&engine).await.expect("seed");
+    let (w1, w2) = (
+        world::warehouse(&engine, "W1"),
+        world::warehouse(&engine, "W2"),
+    );
+    (dir, engine, w1, w2)
+}
+
+/// An order of 1 × A from W1 and 6 × B from W2 (W2 has 10 B, so only one such order fits at a
+/// time) to account `acct`'s first ship-to.
+fn in_two_warehouses(acct: usize) -> OrderRequest {
+    OrderRequest {
+        lines: vec![line("A", 1, Some("W1")), line("B", 6, Some("W2"))],
+        ship_to: Some(world::ACCOUNTS[acct].ship_tos[0].0.into()),
+        ..OrderRequest::default()
+    }
+}
+
+/// Places [`in_two_warehouses`] for account `acct` as its buyer.
 async fn place_in_two_warehouses(
     engine: &Engine,
     acct: usize,
 ) -> Result<orderd_domain::order::Order, orderd_domain::rejection::Rejection> {
-    let req = OrderRequest {
-        lines: vec![line("A", 1, Some("W1")), line("B", 6, Some("W2"))],
-        ship_to: Some(world::ACCOUNTS[acct].ship_tos[0].0.into()),
-        ..OrderRequest::default()
-    };
+    let req = in_two_warehouses(acct);
     place_as(engine, acct, world::buyer(acct), None, req)
         .await
         .map(|p| p.order)
