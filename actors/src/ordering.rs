@@ -304,7 +304,8 @@ enum HoldFor {
 /// `warehouse_call_timeout_ms`, however many warehouses the order needs (it must stay below the
 /// time the account's caller waits). A shortage (stock taken since planning) in any warehouse
 /// undoes what the others took and comes back as an `out_of_stock` problem per warehouse; a
-/// warehouse that does not answer undoes the same way and comes back as an error.
+/// warehouse that does not answer undoes the same way and comes back as an error (also beside
+/// a shortage, for an amendment: its growth may still be taken there, see below).
 async fn hold(
     st: &AccountState,
     order: &OrderId,
@@ -358,9 +359,10 @@ async fn hold(
         return Ok(Ok(()));
     }
     undo_holds(&snap, order, grow, &taken, whose)?;
-    // A shortage is a final answer for this order; a warehouse that did not answer is not.
+    // A shortage is a final answer, unless a warehouse that did not answer may still take an
+    // amendment's growth: the caller must not be told that nothing changed.
     match failure {
-        Some(e) if shortages.is_empty() => Err(e),
+        Some(e) if shortages.is_empty() || matches!(whose, HoldFor::Growth) => Err(e),
         _ => Ok(Err(shortages)),
     }
 }

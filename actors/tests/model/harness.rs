@@ -11,7 +11,7 @@ use orderd_actors::account::{AccountMsg, Reply};
 use orderd_actors::audit::Caller;
 use orderd_actors::order_reads::{OrderFilter, OrderList};
 use orderd_actors::ordering::Amendment;
-use orderd_actors::Engine;
+use orderd_actors::{ActorError, Engine};
 use orderd_domain::cart::Cart;
 use orderd_domain::ids::{OrderId, Sku, WarehouseId};
 use orderd_domain::order::{Order, OrderState};
@@ -123,6 +123,12 @@ pub fn header_request(acct: usize, lines: &[LineSpec], h: &Header) -> OrderReque
     }
 }
 
+/// How a step reports a failure of the actors (never expected, except a write refused while
+/// the journal refuses writes).
+pub fn actor_failure(e: &ActorError) -> String {
+    format!("actor error (never expected here): {e}")
+}
+
 /// A request that may change account `acct`: done or refused; a failure is an error.
 pub async fn ask<T: Send + 'static>(
     engine: &Engine,
@@ -132,7 +138,7 @@ pub async fn ask<T: Send + 'static>(
     engine
         .ask(&world::account_id(acct), build)
         .await
-        .map_err(|e| format!("actor error (never expected here): {e}"))
+        .map_err(|e| actor_failure(&e))
 }
 
 /// A read of account `acct`'s actor.
@@ -144,7 +150,7 @@ pub async fn read<T: Send + 'static>(
     engine
         .account(&world::account_id(acct), build)
         .await
-        .map_err(|e| format!("actor error (never expected here): {e}"))
+        .map_err(|e| actor_failure(&e))
 }
 
 /// Order `id` of account `acct`, open or closed, as the API reads it.
@@ -364,7 +370,7 @@ impl Harness {
         let real = engine
             .set_stock(&Caller::system(), rows)
             .await
-            .map_err(|e| format!("actor error (never expected here): {e}"))?;
+            .map_err(|e| actor_failure(&e))?;
         match (expect, real) {
             (Some(m), Ok(1)) => {
                 self.model = m;
