@@ -44,6 +44,8 @@ pub mod metric_names {
     /// Gauge: audit records an outbox reader has yet to read, label `reader` (`nats`, `bus`,
     /// `webhooks`: the endpoint furthest behind).
     pub const OUTBOX_DEPTH: &str = "orderd_outbox_depth";
+    /// Counter: messages JetStream acknowledged as duplicates of ones its stream holds.
+    pub const NATS_DUPLICATES: &str = "orderd_nats_duplicates_total";
     /// Counter: webhook delivery attempts, label `outcome` (`delivered`, `failed`, `gone`).
     pub const WEBHOOK_ATTEMPTS: &str = "orderd_webhook_attempts_total";
     /// Counter: webhook events that became dead letters.

@@ -395,6 +395,10 @@ fn describe() {
         "audit records an outbox reader has yet to read (label reader: nats, bus, webhooks = furthest-behind endpoint)"
     );
     describe_counter!(
+        orderd_actors::metric_names::NATS_DUPLICATES,
+        "messages JetStream acknowledged as duplicates (expected only for messages sent again after a failed round or a restart)"
+    );
+    describe_counter!(
         orderd_actors::metric_names::WEBHOOK_ATTEMPTS,
         "webhook delivery attempts by outcome (delivered, failed, gone)"
     );

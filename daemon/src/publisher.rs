@@ -186,24 +186,31 @@ fn token(id: &str) -> String {
 }
 
 /// The messages of one event: always its order subject, plus one per warehouse whose stock
-/// the change allocates, ships or releases. They share one payload.
+/// the change allocates, ships or releases. They share one payload. JetStream drops a message
+/// whose `Nats-Msg-Id` its stream already holds, whatever the subject, so each message of the
+/// allocations stream carries its own: the event id, `@`, the warehouse (ids never hold `@`).
 pub fn messages(ev: &Published) -> impl Iterator<Item = Outgoing> + '_ {
     let payload = bytes::Bytes::copy_from_slice(&ev.json);
     let order = token(ev.order.as_str());
-    let to_order = format!(
-        "orderd.orders.{}.{order}.{}",
-        token(ev.account.as_str()),
-        ev.state.as_str()
+    let to_order = (
+        format!(
+            "orderd.orders.{}.{order}.{}",
+            token(ev.account.as_str()),
+            ev.state.as_str()
+        ),
+        ev.id.clone(),
     );
-    let to_warehouses = ev
-        .stock_warehouses
-        .iter()
-        .map(move |w| format!("orderd.allocations.{}.{order}", token(w.as_str())));
+    let to_warehouses = ev.stock_warehouses.iter().map(move |w| {
+        (
+            format!("orderd.allocations.{}.{order}", token(w.as_str())),
+            format!("{}@{w}", ev.id),
+        )
+    });
     std::iter::once(to_order)
         .chain(to_warehouses)
-        .map(move |subject| Outgoing {
+        .map(move |(subject, msg_id)| Outgoing {
             subject,
-            msg_id: ev.id.clone(),
+            msg_id,
             payload: payload.clone(),
         })
 }
@@ -346,15 +353,19 @@ async fn send(
     }))
 }
 
-/// Every PubAck of `acks`, in order.
+/// Every PubAck of `acks`, in order. Counts the ones JetStream marks as duplicates: expected
+/// for messages sent again (after a failed round or a restart), a lost message otherwise.
 async fn all_acked(
     acks: Vec<(String, async_nats::jetstream::context::PublishAckFuture)>,
 ) -> Result<(), PublishError> {
     for (subject, ack) in acks {
-        ack.await.map_err(|e| PublishError::Publish {
+        let ack = ack.await.map_err(|e| PublishError::Publish {
             subject,
             reason: e.to_string(),
         })?;
+        if ack.duplicate {
+            metrics::counter!(orderd_actors::metric_names::NATS_DUPLICATES).increment(1);
+        }
     }
     Ok(())
 }
@@ -723,7 +734,8 @@ mod tests {
     }
 
     // Every change goes to its order subject (dots in ids escaped); stock changes also to each
-    // warehouse involved, once, under the same message id and payload; other changes to no
+    // warehouse involved, once, with the same payload and a message id of its own (JetStream
+    // would drop a second message of one stream with the same id); other changes to no
     // warehouse.
     #[test]
     fn subjects_of_an_event() {
@@ -739,9 +751,9 @@ mod tests {
                 "orderd.allocations.MUC.o-1"
             ]
         );
-        assert!(m
-            .iter()
-            .all(|o| o.msg_id == "o-1.4" && o.payload.as_ref() == ev.json.as_slice()));
+        let ids: Vec<&str> = m.iter().map(|o| o.msg_id.as_str()).collect();
+        assert_eq!(ids, ["o-1.4", "o-1.4@BER", "o-1.4@MUC"]);
+        assert!(m.iter().all(|o| o.payload.as_ref() == ev.json.as_slice()));
         for state in [
             OrderState::Shipped,
             OrderState::Cancelled,

@@ -3,12 +3,17 @@
 official Python client (nats-py), not against orderd's code.
 
 Reads a whole stream with a durable pull consumer, acknowledging every message, until nothing
-new arrives for --idle seconds. Deduplicates by event id (the Nats-Msg-Id header must equal the
-CloudEvent's id), then checks that every order's `sequence` numbers run 1, 2, 3, ... with no gap
-and in delivery order. Prints one JSON object:
+new arrives for --idle seconds. The Nats-Msg-Id header must equal the CloudEvent's id on an
+order subject, and the id followed by "@<warehouse>" on an allocation subject (one event goes to
+every warehouse it moves stock in). Deduplicates by subject and event id, then checks that every
+order's `sequence` numbers run 1, 2, 3, ... with no gap and in delivery order (per subject).
+Prints one JSON object:
 
   {"messages": N, "duplicates": D, "orders": {"<order>": [seq, ...]},
    "subjects": {"<subject>": count}, "problems": ["..."]}
+
+"orders" lists each order's sequences on the order subjects, or with --any-sequence (the
+allocations stream) on the first warehouse subject it was seen on.
 
 Usage: consume.py NATS_URL STREAM DURABLE [--idle SECONDS] [--any-sequence]
 """
@@ -34,8 +39,9 @@ async def main():
     nc = await nats.connect(args.url, connect_timeout=5, max_reconnect_attempts=3)
     js = nc.jetstream()
     sub = await js.pull_subscribe("", durable=args.durable, stream=args.stream)
-    seen_ids = set()
+    seen = set()
     orders = {}
+    order_subject = {}
     subjects = {}
     problems = []
     messages = duplicates = 0
@@ -51,16 +57,24 @@ async def main():
             subjects[msg.subject] = subjects.get(msg.subject, 0) + 1
             event = json.loads(msg.data)
             msg_id = (msg.headers or {}).get("Nats-Msg-Id")
-            if msg_id != event.get("id"):
-                problems.append(f"{msg.subject}: Nats-Msg-Id {msg_id!r} != event id {event.get('id')!r}")
+            expected_id = event.get("id")
+            parts = msg.subject.split(".")
+            if parts[:2] == ["orderd", "allocations"]:
+                expected_id = f"{expected_id}@{parts[2].replace('%2E', '.')}"
+            if msg_id != expected_id:
+                problems.append(f"{msg.subject}: Nats-Msg-Id {msg_id!r}, {expected_id!r} expected")
             await msg.ack()
-            if event["id"] in seen_ids:
+            if (msg.subject, event["id"]) in seen:
                 duplicates += 1
                 continue
-            seen_ids.add(event["id"])
+            seen.add((msg.subject, event["id"]))
             data = event["data"]
             if event.get("specversion") != "1.0" or event.get("type") != f"orderd.order.{data['state']}":
                 problems.append(f"{event['id']}: not a CloudEvents 1.0 orderd.order.<state> event")
+            # An order's changes on the order subjects (one per state) count together; on the
+            # allocations stream, those of the first warehouse subject it came on.
+            if args.any_sequence and order_subject.setdefault(data["order"], msg.subject) != msg.subject:
+                continue
             seqs = orders.setdefault(data["order"], [])
             expected = len(seqs) + 1
             if data["sequence"] != expected and not args.any_sequence:

@@ -166,7 +166,8 @@ fn await_orders(nats: &NatsServer, want: &BTreeMap<String, u64>) -> BTreeMap<Str
 // Orders placed, approved, shipped and cancelled through orderd: the order stream carries
 // every change of every order with sequences 1..=version in order (checked per message by
 // nats-py), with Nats-Msg-Id equal to the event id; the allocation stream carries, on each
-// warehouse's subject, the allocation, the shipment and the release.
+// warehouse's subject, the allocation, the shipment and the release, also for a change that
+// moves stock in two warehouses at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_change_reaches_jetstream_in_order() {
     let nats = NatsServer::start();
@@ -206,6 +207,20 @@ async fn every_change_reaches_jetstream_in_order() {
         .await;
     assert_eq!(str_field(&r.body, "state"), "cancelled", "{r}");
     want.insert(cancelled.clone(), 2);
+    // Stock from two warehouses in one change: each warehouse's subject gets it.
+    let lines = json!([
+        {"sku": "BOLT-0010", "qty": 1, "warehouse": "BER"},
+        {"sku": "NUT-0021", "qty": 1, "warehouse": "MUC"},
+    ]);
+    let r = env
+        .api()
+        .place(&bob, "n-two", &json!({"lines": lines, "ship_to": "BERLIN"}))
+        .await
+        .expect("request");
+    assert_eq!(str_field(&r.body, "state"), "allocated", "{r}");
+    assert_eq!(warehouses_of(&r.body), ["BER", "MUC"], "{r}");
+    let two = str_field(&r.body, "id").to_owned();
+    want.insert(two.clone(), 1);
     for i in 0..20 {
         want.insert(place_one(&env, &bob, &format!("n-more-{i}")).await, 1);
     }
@@ -221,6 +236,17 @@ async fn every_change_reaches_jetstream_in_order() {
     let cancel_subject = format!("orderd.allocations.{}.{cancelled}", cancelled_from[0]);
     assert_eq!(subjects.get(&cancel_subject), Some(&json!(2)), "{alloc}");
     assert_eq!(alloc["orders"][&big], json!([2, 3]), "{alloc}");
+    for w in ["BER", "MUC"] {
+        let subject = format!("orderd.allocations.{w}.{two}");
+        assert_eq!(
+            subjects.get(&subject),
+            Some(&json!(1)),
+            "{subject}: {alloc}"
+        );
+    }
+    // Nothing went out twice here, so JetStream took no message for a duplicate.
+    let duplicates = env.metric("orderd_nats_duplicates_total").await;
+    assert!(duplicates.unwrap_or(0.0) == 0.0, "{duplicates:?}");
 }
 
 // NATS is stopped while clients keep ordering, for longer than a round waits for its PubAcks
