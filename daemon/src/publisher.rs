@@ -264,12 +264,22 @@ enum PublishError {
     Storage(#[from] StorageError),
 }
 
-async fn connect(s: &NatsSettings) -> Result<async_nats::jetstream::Context, PublishError> {
-    let client = async_nats::ConnectOptions::new()
+/// The publisher's one NATS client for its whole run: it reconnects by itself (also when NATS
+/// is not up at start), so a failed round never needs a new one. (A dropped client's task goes
+/// on dialling for as long as NATS is down.)
+async fn connect(s: &NatsSettings) -> Result<async_nats::Client, PublishError> {
+    async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
         .connect(s.url.as_str())
         .await
-        .map_err(|e| PublishError::Connect(e.to_string()))?;
+        .map_err(|e| PublishError::Connect(e.to_string()))
+}
+
+/// A JetStream context on `client`, with orderd's streams created if missing.
+async fn jetstream(
+    client: async_nats::Client,
+    s: &NatsSettings,
+) -> Result<async_nats::jetstream::Context, PublishError> {
     // The client holds at most `acks_in_flight_max` messages waiting for their PubAck, and the
     // publisher's own count keeps it below. With backpressure, a publish above the bound would
     // wait for a PubAck future that only this task polls: for good. Without, it fails (and the
@@ -408,6 +418,7 @@ pub async fn run(
         s,
         bus,
         readers,
+        client: None,
         js: None,
         cursor: None,
         live: None,
@@ -428,10 +439,7 @@ pub async fn run(
         // What was not acknowledged is read from the log again.
         p.live = None;
         p.drop_in_flight();
-        if matches!(
-            error,
-            PublishError::Connect(_) | PublishError::Stream { .. }
-        ) {
+        if matches!(error, PublishError::Stream { .. }) {
             p.js = None;
         }
         let pause = backoff;
@@ -466,6 +474,9 @@ struct Publisher {
     s: NatsSettings,
     bus: EventBus,
     readers: OutboxReaders,
+    /// Made at the first step, kept for the whole run (see [`connect`]).
+    client: Option<async_nats::Client>,
+    /// Made again on the client after a stream could not be created.
     js: Option<async_nats::jetstream::Context>,
     /// Loaded from the journal at the first step.
     cursor: Option<Cursor>,
@@ -499,7 +510,11 @@ impl Publisher {
             self.readers.set(READER, "", at);
         }
         if self.js.is_none() {
-            self.js = Some(connect(&self.s).await?);
+            let client = match &self.client {
+                Some(c) => c.clone(),
+                None => self.client.insert(connect(&self.s).await?).clone(),
+            };
+            self.js = Some(jetstream(client, &self.s).await?);
         }
         match self.live.take() {
             None => self.catch_up(stop).await,
