@@ -334,6 +334,9 @@ pub enum WebhookError {
     Limit(String),
     #[error("{0}")]
     Conflict(String),
+    /// A replay to an endpoint that cannot take the dead letter.
+    #[error("{0}")]
+    BadTarget(String),
     #[error("no randomness for a secret: {0}")]
     Random(String),
     #[error(transparent)]
@@ -695,12 +698,16 @@ impl Webhooks {
             .await
     }
 
-    /// Asks for a dead letter of `account` (any account when `None`) to be sent again.
+    /// Asks for a dead letter of `account` (any account when `None`) to be sent again: to its
+    /// endpoint, or to `to`, another endpoint of the dead letter's account that takes its event
+    /// type (for one whose endpoint was disabled, e.g. by a 410, or deleted: register a new one
+    /// and replay there; the dead letter then belongs to it).
     pub async fn request_replay(
         &self,
         caller: &Caller,
         account: Option<&AccountId>,
         id: &str,
+        to: Option<&str>,
     ) -> Result<DeadLetter, WebhookError> {
         self.with(async |inner, st| {
             let mut dl = st
@@ -709,17 +716,30 @@ impl Webhooks {
                 .filter(|d| account.is_none_or(|a| *a == d.account))
                 .cloned()
                 .ok_or(WebhookError::NotFound)?;
-            match st.endpoints.get(&dl.endpoint) {
-                Some(ep) if ep.disabled.is_some() => {
-                    return Err(WebhookError::Conflict(format!(
-                        "endpoint {} is disabled ({}); register it again",
-                        ep.id,
-                        ep.disabled.as_deref().unwrap_or_default()
-                    )))
-                }
-                Some(_) => {}
-                None => return Err(WebhookError::NotFound),
+            let target = to.unwrap_or(&dl.endpoint);
+            let Some(ep) = st.endpoints.get(target).filter(|e| e.account == dl.account) else {
+                return Err(match to {
+                    Some(_) => WebhookError::BadTarget(format!(
+                        "no endpoint {target} of account {}",
+                        dl.account
+                    )),
+                    None => WebhookError::Conflict(format!(
+                        "endpoint {target} was deleted; replay to another endpoint"
+                    )),
+                });
+            };
+            if let Some(why) = &ep.disabled {
+                return Err(WebhookError::Conflict(format!(
+                    "endpoint {target} is disabled ({why}); register a new endpoint and replay to it"
+                )));
             }
+            if !ep.wants(&dl.event_type) {
+                return Err(WebhookError::BadTarget(format!(
+                    "endpoint {target} does not take {} events",
+                    dl.event_type
+                )));
+            }
+            dl.endpoint = ep.id.clone();
             dl.replay = true;
             let mut batch = Batch::default();
             batch.put(format!("{DEAD}{id}"), json(&dl));

@@ -44,6 +44,7 @@ impl From<WebhookError> for ApiError {
                 ApiError::Invalid(vec![Problem::new(ProblemCode::InvalidField, why)])
             }
             WebhookError::Conflict(why) => ApiError::Conflict(why),
+            WebhookError::BadTarget(why) => invalid("endpoint", why),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -243,20 +244,33 @@ async fn dead_letters(
     Ok(axum::Json(DeadLetterList { dead_letters }))
 }
 
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayBody {
+    /// Another endpoint of the dead letter's account to send it to (it then belongs to that
+    /// endpoint); absent: its own endpoint, which must still be active.
+    pub endpoint: Option<String>,
+}
+
 /// Send a dead letter again (once, before the endpoint's next event); delivered, it leaves
-/// the list (account_admin: own account; operator: any).
+/// the list. A dead letter of a disabled (e.g. by a 410) or deleted endpoint goes to another
+/// active endpoint of its account that takes its event type, named in the body
+/// (account_admin: own account; operator: any).
 #[utoipa::path(post, path = "/v1/webhooks/dead-letters/{id}/replay", tag = "webhooks",
-    params(("id" = String, Path)),
-    responses((status = 202), (status = 404), (status = 409)), security(("bearer" = [])))]
+    params(("id" = String, Path)), request_body = ReplayBody,
+    responses((status = 202), (status = 404), (status = 409), (status = 422)),
+    security(("bearer" = [])))]
 async fn replay(
     State(s): State<ApiState>,
     auth: Auth,
     Path(id): Path<String>,
+    body: Option<Json<ReplayBody>>,
 ) -> ApiResult<(StatusCode, axum::Json<DeadLetter>)> {
     let account = dead_letter_scope(&auth)?;
+    let to = body.and_then(|Json(b)| b.endpoint);
     let dl = s
         .webhooks
-        .request_replay(&auth.0, account.as_ref(), &id)
+        .request_replay(&auth.0, account.as_ref(), &id, to.as_deref())
         .await?;
     Ok((StatusCode::ACCEPTED, axum::Json(dl)))
 }

@@ -376,7 +376,8 @@ async fn wait_for<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
 // - /flaky answers 500 then 200 (retried), then times out, then 429 with Retry-After: 2
 //   (honoured), then 200: every event arrives once answered 2xx, in log order, every request
 //   signed validly; after a secret rotation both the old and the new secret verify;
-// - /gone answers 410: the endpoint is disabled after one request, its event is a dead letter;
+// - /gone answers 410: the endpoint is disabled after one request, its event is a dead letter,
+//   which cannot be replayed there but is delivered by a new endpoint it is replayed to;
 // - /dead always fails: its events become dead letters, and after the receiver recovers a
 //   replay delivers each.
 // orderd is killed -9 while an event waits on a Retry-After, and the event arrives after the
@@ -456,7 +457,8 @@ async fn webhooks_are_signed_ordered_retried_and_dead_lettered() {
         assert_eq!(str_field(e, "signature").split(' ').count(), 2, "{e}");
     }
 
-    // 410: one request, the endpoint is disabled, its event is a dead letter (not replayable).
+    // 410: one request, the endpoint is disabled, its event is a dead letter (not replayable
+    // there).
     let list = wait_for("the 410 endpoint disabled", async || {
         let r = env.get(&admin, "/v1/webhooks").await;
         let eps = r.body["endpoints"].as_array().unwrap().clone();
@@ -609,4 +611,38 @@ async fn webhooks_are_signed_ordered_retried_and_dead_lettered() {
         .await
         .unwrap();
     assert_eq!(r.status, 204, "{r}");
+
+    // The 410 endpoint's dead letter goes to a new endpoint of the account, which takes it
+    // over, signed with the new endpoint's secret; a target that is no endpoint of the
+    // account is refused.
+    let gone_dl = dead_letters(&env, &admin, &gone).await;
+    let replay_gone = format!(
+        "/v1/webhooks/dead-letters/{}/replay",
+        str_field(&gone_dl[0], "id")
+    );
+    let r = env
+        .post(&admin, &replay_gone, json!({"endpoint": "wh_nope"}))
+        .await;
+    assert_eq!(r.status, 422, "{r}");
+    let (again, again_secret) = register(&env, &admin, &rx.url("/gone-again")).await;
+    rx.put("secrets", "/gone-again", json!([again_secret]))
+        .await;
+    let r = env
+        .post(&admin, &replay_gone, json!({"endpoint": again}))
+        .await;
+    assert_eq!(r.status, 202, "{r}");
+    assert_eq!(r.body["endpoint"], again.as_str(), "{r}");
+    let got = rx.await_delivered("/gone-again", &events[..1]).await;
+    assert_eq!(got, events[..1]);
+    assert!(rx
+        .log("/gone-again")
+        .await
+        .iter()
+        .all(|e| e["verified"] == json!([true])));
+    wait_for("the 410 endpoint's dead letter delivered", async || {
+        let left = dead_letters(&env, &admin, &gone).await.len()
+            + dead_letters(&env, &admin, &again).await.len();
+        (left == 0).then_some(())
+    })
+    .await;
 }
