@@ -138,13 +138,16 @@ impl WebhookSettings {
     }
 }
 
-/// Why an address is refused as a webhook target (`None`: a public address).
+/// Why an address is refused as a webhook target (`None`: a public address). An IPv6 address
+/// that carries an IPv4 address a gateway may forward to is judged by that IPv4 address.
 pub fn refused_address(ip: IpAddr) -> Option<&'static str> {
     let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        IpAddr::V6(v6) => embedded_ipv4(v6).map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
     };
     match ip {
+        // Local-use NAT64 (RFC 8215): translated to addresses of the local network.
+        IpAddr::V6(a) if a.segments()[..3] == [0x64, 0xff9b, 1] => Some("private"),
         IpAddr::V4(a) if a.is_loopback() => Some("loopback"),
         IpAddr::V4(a) if a.is_link_local() => Some("link-local"),
         IpAddr::V4(a) if a.is_private() => Some("private"),
@@ -157,6 +160,25 @@ pub fn refused_address(ip: IpAddr) -> Option<&'static str> {
         IpAddr::V6(a) if a.is_unspecified() || a.is_multicast() => Some("not unicast"),
         IpAddr::V6(a) if (a.segments()[0] & 0xffc0) == 0xfe80 => Some("link-local"),
         IpAddr::V6(a) if (a.segments()[0] & 0xfe00) == 0xfc00 => Some("private"),
+        _ => None,
+    }
+}
+
+/// The IPv4 address inside an IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`),
+/// well-known-prefix NAT64 (`64:ff9b::a.b.c.d`) or 6to4 (`2002:aabb:ccdd::/48`) address.
+fn embedded_ipv4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    let s = v6.segments();
+    let v4 = |hi: u16, lo: u16| {
+        let [a, b] = hi.to_be_bytes();
+        let [c, d] = lo.to_be_bytes();
+        std::net::Ipv4Addr::new(a, b, c, d)
+    };
+    match s {
+        [0, 0, 0, 0, 0, 0xffff, hi, lo] => Some(v4(hi, lo)),
+        // `::` and `::1` are IPv6's own unspecified and loopback addresses.
+        [0, 0, 0, 0, 0, 0, hi, lo] if (hi, lo) > (0, 1) => Some(v4(hi, lo)),
+        [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => Some(v4(hi, lo)),
+        [0x2002, hi, lo, ..] => Some(v4(hi, lo)),
         _ => None,
     }
 }
@@ -921,7 +943,8 @@ mod tests {
         assert_eq!(reopened.list(None).await.unwrap().len(), 1);
     }
 
-    // Loopback, link-local and private ranges (also IPv4-mapped) are refused; public ones not.
+    // Loopback, link-local and private ranges (also inside IPv6 addresses that carry IPv4 ones)
+    // are refused; public ones not.
     #[test]
     fn refused_addresses() {
         for (ip, why) in [
@@ -935,6 +958,16 @@ mod tests {
             ("100.64.0.1", Some("private")),
             ("fd00::1", Some("private")),
             ("::ffff:127.0.0.1", Some("loopback")),
+            // NAT64, 6to4 and IPv4-compatible addresses are judged by their IPv4 address.
+            ("64:ff9b::10.0.0.1", Some("private")),
+            ("64:ff9b::169.254.169.254", Some("link-local")),
+            ("64:ff9b:1::a00:1", Some("private")),
+            ("2002:c0a8:101::1", Some("private")),
+            ("2002:7f00:1::", Some("loopback")),
+            ("::10.0.0.1", Some("private")),
+            ("::", Some("not unicast")),
+            ("64:ff9b::93.184.215.14", None),
+            ("2002:5db8:d70e::1", None),
             ("0.0.0.0", Some("not unicast")),
             ("93.184.215.14", None),
             ("2606:4700::1111", None),
