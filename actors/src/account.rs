@@ -33,6 +33,9 @@ use tracing::Instrument;
 /// failed (see [`answer`]).
 pub type Reply<T> = RpcReplyPort<Result<Result<T, Rejection>, ActorError>>;
 
+/// A change of an account's master data, applied in its actor.
+pub type AccountUpdate = Box<dyn FnOnce(&mut Account) + Send>;
+
 pub enum AccountMsg {
     GetCart {
         reply: RpcReplyPort<Cart>,
@@ -135,6 +138,13 @@ pub enum AccountMsg {
     PutAccount {
         caller: Caller,
         account: Box<Account>,
+        reply: Reply<Account>,
+    },
+    /// Change the master data as `update` says, applied to the account as the actor holds it
+    /// (an import that keeps what it does not carry, with nothing changed in between).
+    UpdateAccount {
+        caller: Caller,
+        update: AccountUpdate,
         reply: Reply<Account>,
     },
     SetCredit {
@@ -491,6 +501,15 @@ impl Actor for AccountActor {
                 reply,
             } => {
                 answer(reply, ordering::put_account(st, &caller, *account).await)?;
+            }
+            AccountMsg::UpdateAccount {
+                caller,
+                update,
+                reply,
+            } => {
+                let mut account = st.account.clone();
+                update(&mut account);
+                answer(reply, ordering::put_account(st, &caller, account).await)?;
             }
             AccountMsg::SetCredit {
                 caller,

@@ -262,8 +262,69 @@ impl Directory {
         Ok(actor)
     }
 
+    /// Creates an account, or replaces its master data except its ship-tos and users, which
+    /// it keeps as its actor holds them (the accounts import: they have imports of their own).
+    pub async fn import_account(
+        &self,
+        caller: &Caller,
+        account: Account,
+    ) -> Result<Result<Account, Rejection>, ActorError> {
+        let _one_at_a_time = self.0.create_lock.lock().await;
+        if !self.exists(&account.id) {
+            return self.create(caller, account).await;
+        }
+        let id = account.id.clone();
+        let keep_people = move |current: &mut Account| {
+            let ship_tos = std::mem::take(&mut current.ship_tos);
+            let users = std::mem::take(&mut current.users);
+            *current = Account {
+                ship_tos,
+                users,
+                ..account
+            };
+        };
+        self.update_account(caller, &id, Box::new(keep_people))
+            .await
+    }
+
+    /// Changes an existing account's master data with `update`, in its actor.
+    pub async fn update_account(
+        &self,
+        caller: &Caller,
+        id: &AccountId,
+        update: crate::account::AccountUpdate,
+    ) -> Result<Result<Account, Rejection>, ActorError> {
+        let caller = caller.clone();
+        self.ask(id, |reply| AccountMsg::UpdateAccount {
+            caller,
+            update,
+            reply,
+        })
+        .await
+    }
+
     /// Creates or replaces an account's master data.
     pub async fn put_account(
+        &self,
+        caller: &Caller,
+        account: Account,
+    ) -> Result<Result<Account, Rejection>, ActorError> {
+        let _one_at_a_time = self.0.create_lock.lock().await;
+        if !self.exists(&account.id) {
+            return self.create(caller, account).await;
+        }
+        let id = account.id.clone();
+        let caller = caller.clone();
+        self.ask(&id, |reply| AccountMsg::PutAccount {
+            caller,
+            account: Box::new(account),
+            reply,
+        })
+        .await
+    }
+
+    /// Stores a new account; the caller holds `create_lock`, and the account does not exist.
+    async fn create(
         &self,
         caller: &Caller,
         account: Account,
@@ -279,18 +340,6 @@ impl Directory {
                 })
                 .collect();
             return Ok(Err(Rejection::Invalid(problems)));
-        }
-        let _one_at_a_time = self.0.create_lock.lock().await;
-        if self.exists(&account.id) {
-            let id = account.id.clone();
-            let caller = caller.clone();
-            return self
-                .ask(&id, |reply| AccountMsg::PutAccount {
-                    caller,
-                    account: Box::new(account),
-                    reply,
-                })
-                .await;
         }
         self.0
             .journal

@@ -363,6 +363,25 @@ impl Engine {
         self.accounts.put_account(caller, account).await
     }
 
+    /// See [`Directory::import_account`].
+    pub async fn import_account(
+        &self,
+        caller: &Caller,
+        account: Account,
+    ) -> Result<Result<Account, Rejection>, ActorError> {
+        self.accounts.import_account(caller, account).await
+    }
+
+    /// See [`Directory::update_account`].
+    pub async fn update_account(
+        &self,
+        caller: &Caller,
+        id: &AccountId,
+        update: crate::account::AccountUpdate,
+    ) -> Result<Result<Account, Rejection>, ActorError> {
+        self.accounts.update_account(caller, id, update).await
+    }
+
     /// Up to `limit` durable audit records of `account`'s order `order`, oldest first (none for
     /// an order that is not stored). Its record names them (`records::encode_order`); for a
     /// record of the first layout they are indexed by order id. Blocking (reads sled).

@@ -12,8 +12,8 @@
 //! | warehouses | id, name, lat, lon, speeds (`express:300:1;standard:2000:3` = speed:max km:days)           |
 //! | stock      | warehouse, sku, on_hand                                                                   |
 
-use orderd_actors::account::AccountMsg;
 use orderd_actors::audit::Caller;
+use orderd_actors::ActorError;
 use orderd_actors::Engine;
 use orderd_domain::account::{Account, ApprovalRules, Role, ShipTo, User};
 use orderd_domain::catalog::{CatalogItem, ItemStatus, KitComponent};
@@ -22,6 +22,7 @@ use orderd_domain::geo::GeoPoint;
 use orderd_domain::ids::{AccountId, Segment, ShipToId, Sku, UserId, WarehouseId};
 use orderd_domain::money::{Currency, Money, MONEY_SCALE, UNIT_PRICE_SCALE_MAX};
 use orderd_domain::pricing::{PriceEntry, PriceLevel, Tier};
+use orderd_domain::rejection::Rejection;
 use orderd_domain::warehouse::{SpeedBand, Warehouse};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -107,12 +108,10 @@ pub async fn import(
         Kind::Accounts => {
             let rows = parse(csv, rows_max, account_row)?;
             let n = rows.len();
-            for mut a in rows {
-                if let Some(old) = current(engine, &a.id).await {
-                    a.ship_tos = old.ship_tos;
-                    a.users = old.users;
-                }
-                put(engine, caller, a).await?;
+            for a in rows {
+                // An existing account keeps its ship-tos and users as its actor holds them.
+                let id = a.id.clone();
+                answered(&id, engine.import_account(caller, a).await)?;
             }
             Ok(n)
         }
@@ -131,31 +130,25 @@ pub async fn import(
     }
 }
 
-async fn current(engine: &Engine, id: &AccountId) -> Option<Account> {
-    if !engine.accounts.exists(id) {
-        return None;
-    }
-    engine
-        .account(id, |reply| AccountMsg::GetAccount { reply })
-        .await
-        .ok()
-}
-
-async fn put(engine: &Engine, caller: &Caller, a: Account) -> Result<(), Errors> {
-    let id = a.id.clone();
-    match engine.put_account(caller, a).await {
+/// An account write's answer as the import reports it.
+fn answered(
+    id: &AccountId,
+    r: Result<Result<Account, Rejection>, ActorError>,
+) -> Result<(), Errors> {
+    match r {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(rej)) => Err(vec![format!("account {id}: {rej}")]),
         Err(e) => Err(vec![format!("account {id}: {e}")]),
     }
 }
 
-/// Applies rows that belong to existing accounts; every unknown account is an error.
-async fn merge<T>(
+/// Applies rows that belong to existing accounts, each account's in its actor (to the account
+/// as it holds it); every unknown account is an error.
+async fn merge<T: Send + 'static>(
     engine: &Engine,
     caller: &Caller,
     rows: Vec<(AccountId, T)>,
-    apply: impl Fn(&mut Account, T),
+    apply: impl Fn(&mut Account, T) + Copy + Send + 'static,
 ) -> Result<usize, Errors> {
     let n = rows.len();
     let mut by_account: BTreeMap<AccountId, Vec<T>> = BTreeMap::new();
@@ -171,13 +164,15 @@ async fn merge<T>(
         return Err(missing);
     }
     for (id, items) in by_account {
-        let mut account = current(engine, &id)
-            .await
-            .ok_or_else(|| vec![format!("account {id} could not be read")])?;
-        for t in items {
-            apply(&mut account, t);
-        }
-        put(engine, caller, account).await?;
+        let update = move |account: &mut Account| {
+            for t in items {
+                apply(account, t);
+            }
+        };
+        answered(
+            &id,
+            engine.update_account(caller, &id, Box::new(update)).await,
+        )?;
     }
     Ok(n)
 }

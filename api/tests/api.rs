@@ -4,11 +4,13 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
+use orderd_actors::account::AccountMsg;
 use orderd_actors::audit::{AuditEntry, Caller};
 use orderd_actors::{Engine, Limits};
 use orderd_api::auth::Authenticator;
 use orderd_api::import_csv::{import, Kind};
 use orderd_api::{router, ApiLimits, ApiState};
+use orderd_domain::ids::AccountId;
 use orderd_storage::{Journal, JournalConfig};
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -1948,6 +1950,19 @@ async fn stored_user_roles_govern_what_a_token_may_do() {
     .await
     .unwrap();
     assert_removed(&api, &pat).await;
+    // ... and the account's other users and its ship-tos, as its actor holds them.
+    let r = api.call("GET", "/v1/cart", Some(&ann), None, &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let a = api
+        .state
+        .engine
+        .account(&AccountId::parse("A").unwrap(), |reply| {
+            AccountMsg::GetAccount { reply }
+        })
+        .await
+        .unwrap();
+    let ship_tos: Vec<&str> = a.ship_tos.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ship_tos, ["HQ"]);
 
     // Created again by the admin: exactly the new record's roles.
     let r = api
