@@ -9,28 +9,49 @@ pub fn client_ip(parts: &Parts, trusted_proxies: &[IpAddr]) -> String {
     let Some(peer) = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
+        .map(|c| c.0.ip().to_canonical())
     else {
         return "unknown".into();
     };
-    if !trusted_proxies.contains(&peer) {
+    let trusted = |ip: &IpAddr| trusted_proxies.iter().any(|p| p.to_canonical() == *ip);
+    if !trusted(&peer) {
         return peer.to_string();
     }
-    // Walk from the right: the first hop that is not one of our proxies is the client.
-    let forwarded: Vec<IpAddr> = parts
+    // Walk from the right: the first hop that is not one of our proxies is the client. A hop
+    // that is no address (`unknown`, a typo) ends the walk at the peer: what lies left of it
+    // came from further out, the client itself included, and may be forged.
+    let mut client = peer;
+    let hops = parts
         .headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
+        .map(|v| v.to_str().unwrap_or_default())
         .flat_map(|v| v.split(','))
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
-    forwarded
-        .iter()
-        .rev()
-        .find(|ip| !trusted_proxies.contains(ip))
-        .unwrap_or(&peer)
-        .to_string()
+        .collect::<Vec<_>>();
+    for hop in hops.into_iter().rev() {
+        match parse_hop(hop.trim()) {
+            Some(ip) if trusted(&ip) => client = ip,
+            Some(ip) => return ip.to_string(),
+            None => return peer.to_string(),
+        }
+    }
+    client.to_string()
+}
+
+/// One X-Forwarded-For hop: an address, also with a port (`1.2.3.4:5`, `[2001:db8::1]:443`) or
+/// in brackets (`[2001:db8::1]`), as proxies write them.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    let ip = hop
+        .parse::<IpAddr>()
+        .or_else(|_| hop.parse::<SocketAddr>().map(|s| s.ip()))
+        .or_else(|_| {
+            hop.strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(hop)
+                .parse::<IpAddr>()
+        })
+        .ok()?;
+    Some(ip.to_canonical())
 }
 
 #[cfg(test)]
@@ -69,6 +90,26 @@ mod tests {
         assert_eq!(
             client_ip(&parts("10.0.0.1:5", Some("garbage")), &[proxy]),
             "10.0.0.1"
+        );
+        // A hop the proxy writes with a port or in brackets is the client; a forged hop left of
+        // it is not taken instead.
+        for (xff, client) in [
+            ("6.6.6.6, 9.9.9.9:51234", "9.9.9.9"),
+            ("6.6.6.6, [2001:db8::1]:443", "2001:db8::1"),
+            ("6.6.6.6, [2001:db8::1]", "2001:db8::1"),
+            // A hop that is no address ends the walk: not the forged one left of it.
+            ("6.6.6.6, unknown", "10.0.0.1"),
+        ] {
+            assert_eq!(
+                client_ip(&parts("10.0.0.1:5", Some(xff)), &[proxy]),
+                client,
+                "{xff}"
+            );
+        }
+        // A trusted proxy seen over IPv6 as an IPv4-mapped address is still trusted.
+        assert_eq!(
+            client_ip(&parts("[::ffff:10.0.0.1]:5", Some("9.9.9.9")), &[proxy]),
+            "9.9.9.9"
         );
     }
 }
