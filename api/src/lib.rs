@@ -203,6 +203,13 @@ pub fn router(state: ApiState) -> Router {
             policy::guard,
         ))
         .route_layer(DefaultBodyLimit::max(body_limit.max(import_limit)))
+        // Unknown paths and methods get problem+json like every other error.
+        .fallback(|uri: axum::http::Uri| async move {
+            error::ApiError::NotFound(format!("no route {}", uri.path()))
+        })
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            error::ApiError::MethodNotAllowed(method.to_string())
+        })
         .layer(axum::middleware::from_fn(move |req, next| {
             json::limit_json_body(req, next, body_limit)
         }))

@@ -109,8 +109,14 @@ pub const RULES: &[(&str, &str, Access)] = &[
     ("GET", "/ops/dashboard", OPERATOR),
 ];
 
-/// The rule of a route, if it has one.
+/// The rule of a route, if it has one. HEAD, which axum answers with a route's GET handler,
+/// has the GET rule.
 pub fn rule(method: &str, path: &str) -> Option<Access> {
+    let method = if method.eq_ignore_ascii_case("HEAD") {
+        "GET"
+    } else {
+        method
+    };
     RULES
         .iter()
         .find(|(m, p, _)| m.eq_ignore_ascii_case(method) && *p == path)

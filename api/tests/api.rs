@@ -978,6 +978,33 @@ async fn openapi_lists_routes() {
         api.call("GET", "/readyz", None, None, &[]).await.status,
         StatusCode::OK
     );
+    // HEAD follows GET's rule (a load balancer's probe is no denied route).
+    assert_eq!(
+        api.call("HEAD", "/healthz", None, None, &[]).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.call("HEAD", "/v1/credit", None, None, &[]).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    // Unknown paths and methods are problem+json too.
+    for (method, path, status, code) in [
+        ("GET", "/v1/nope", StatusCode::NOT_FOUND, "not_found"),
+        (
+            "PUT",
+            "/healthz",
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+    ] {
+        let r = api.call(method, path, None, None, &[]).await;
+        assert_eq!(r.status, status, "{method} {path}: {}", r.body);
+        assert_eq!(r.body["code"], code, "{method} {path}: {}", r.body);
+        assert_eq!(
+            r.headers["content-type"], "application/problem+json",
+            "{method} {path}"
+        );
+    }
 }
 
 // A JSON body above the limit is refused whether it declares its length or streams without one.
