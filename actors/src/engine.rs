@@ -318,7 +318,7 @@ impl Engine {
     }
 
     /// Sets on-hand per warehouse and SKU. Per warehouse all rows or none; every refused row
-    /// is reported.
+    /// is reported, and so are the warehouses whose rows were stored.
     pub async fn set_stock(
         &self,
         caller: &Caller,
@@ -336,7 +336,7 @@ impl Engine {
         if !errors.is_empty() {
             return Ok(Err(errors));
         }
-        let mut n = 0;
+        let (mut n, mut stored) = (0, vec![]);
         for (w, rows) in by_wh {
             let count = rows.len();
             let handle = self.warehouse(&w).ok_or(ActorError::Gone)?;
@@ -344,15 +344,21 @@ impl Engine {
                 Ok(ticket) => {
                     ticket.await?;
                     n += count;
+                    stored.push(w.to_string());
                 }
                 Err(errs) => errors.extend(errs.iter().map(|e: &StockError| format!("{w}: {e}"))),
             }
         }
-        Ok(if errors.is_empty() {
-            Ok(n)
-        } else {
-            Err(errors)
-        })
+        if errors.is_empty() {
+            return Ok(Ok(n));
+        }
+        if !stored.is_empty() {
+            errors.push(format!(
+                "the rows of {} were stored (importing the corrected file again is safe)",
+                stored.join(", ")
+            ));
+        }
+        Ok(Err(errors))
     }
 
     pub async fn put_account(

@@ -1,6 +1,10 @@
 //! CSV imports for master data, shared by `POST /v1/admin/import/{kind}` and `orderd import`.
 //! Every row is parsed first; any bad row refuses the whole file and every problem is listed
-//! with its line number, so nothing is half-imported.
+//! with its line number. The rows are then stored account by account (accounts, ship_tos,
+//! users) or warehouse by warehouse (stock), each all or none: one refused as a whole (the
+//! account as merged fails its checks, a count below the stock held, a busy account) is
+//! reported with the accounts or warehouses stored before it. Importing the corrected file
+//! again is safe: every import sets what it names.
 //!
 //! | kind       | columns                                                                                   |
 //! |------------|-------------------------------------------------------------------------------------------|
@@ -108,10 +112,12 @@ pub async fn import(
         Kind::Accounts => {
             let rows = parse(csv, rows_max, account_row)?;
             let n = rows.len();
+            let mut stored = vec![];
             for a in rows {
                 // An existing account keeps its ship-tos and users as its actor holds them.
                 let id = a.id.clone();
-                answered(&id, engine.import_account(caller, a).await)?;
+                answered(&id, engine.import_account(caller, a).await, &stored)?;
+                stored.push(id);
             }
             Ok(n)
         }
@@ -130,16 +136,26 @@ pub async fn import(
     }
 }
 
-/// An account write's answer as the import reports it.
+/// An account write's answer as the import reports it, naming the accounts `stored` before.
 fn answered(
     id: &AccountId,
     r: Result<Result<Account, Rejection>, ActorError>,
+    stored: &[AccountId],
 ) -> Result<(), Errors> {
-    match r {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(rej)) => Err(vec![format!("account {id}: {rej}")]),
-        Err(e) => Err(vec![format!("account {id}: {e}")]),
+    let mut errors = match r {
+        Ok(Ok(_)) => return Ok(()),
+        Ok(Err(Rejection::Invalid(problems))) => problems.into_iter().map(|p| p.message).collect(),
+        Ok(Err(rej)) => vec![format!("account {id}: {rej}")],
+        Err(e) => vec![format!("account {id}: {e}")],
+    };
+    if !stored.is_empty() {
+        let names: Vec<&str> = stored.iter().map(AccountId::as_str).collect();
+        errors.push(format!(
+            "accounts {} were stored before (importing the corrected file again is safe)",
+            names.join(", ")
+        ));
     }
+    Err(errors)
 }
 
 /// Applies rows that belong to existing accounts, each account's in its actor (to the account
@@ -163,16 +179,16 @@ async fn merge<T: Send + 'static>(
     if !missing.is_empty() {
         return Err(missing);
     }
+    let mut stored = vec![];
     for (id, items) in by_account {
         let update = move |account: &mut Account| {
             for t in items {
                 apply(account, t);
             }
         };
-        answered(
-            &id,
-            engine.update_account(caller, &id, Box::new(update)).await,
-        )?;
+        let r = engine.update_account(caller, &id, Box::new(update)).await;
+        answered(&id, r, &stored)?;
+        stored.push(id);
     }
     Ok(n)
 }

@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod client_ip;
 pub mod error;
+pub mod extract;
 pub mod import_csv;
 pub mod json;
 pub mod oauth;

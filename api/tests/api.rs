@@ -987,7 +987,10 @@ async fn openapi_lists_routes() {
         api.call("HEAD", "/v1/credit", None, None, &[]).await.status,
         StatusCode::UNAUTHORIZED
     );
-    // Unknown paths and methods are problem+json too.
+    // Unknown paths and methods, and path or query values of the wrong type, are
+    // problem+json too.
+    let buyer = api.token(Some("A"), "ann", &["buyer"], None).await;
+    let bad = StatusCode::BAD_REQUEST;
     for (method, path, status, code) in [
         ("GET", "/v1/nope", StatusCode::NOT_FOUND, "not_found"),
         (
@@ -996,8 +999,10 @@ async fn openapi_lists_routes() {
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
         ),
+        ("DELETE", "/v1/cart/lines/abc", bad, "invalid_path"),
+        ("GET", "/v1/orders?limit=x", bad, "invalid_query"),
     ] {
-        let r = api.call(method, path, None, None, &[]).await;
+        let r = api.call(method, path, Some(&buyer), None, &[]).await;
         assert_eq!(r.status, status, "{method} {path}: {}", r.body);
         assert_eq!(r.body["code"], code, "{method} {path}: {}", r.body);
         assert_eq!(
@@ -2033,4 +2038,45 @@ async fn stored_user_roles_govern_what_a_token_may_do() {
     .unwrap();
     let r = api.call("GET", "/v1/cart", Some(&pat), None, &[]).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}
+
+// An import stored account by account: a row refused as its account is stored (a user naming a
+// ship-to the account does not have) reports what it refused, with the detail, and the
+// accounts stored before it; importing the corrected file again stores the rest.
+#[tokio::test]
+async fn an_import_refused_midway_names_what_was_stored() {
+    let api = api().await;
+    let sys = Caller::system();
+    let header = "account,id,name,roles,spending_limit,currency,ship_tos\n";
+    let bad = format!("{header}A,amy,Amy,buyer,,,HQ\nB,ben,Ben,buyer,,,NOPE\n");
+    let errors = import(&api.state.engine, &sys, Kind::Users, bad.as_bytes(), 10)
+        .await
+        .unwrap_err();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(errors[0].contains("NOPE"), "{errors:?}");
+    assert!(
+        errors[1].starts_with("accounts A were stored before"),
+        "{errors:?}"
+    );
+    let users = |id: &'static str| {
+        let engine = api.state.engine.clone();
+        async move {
+            let a = engine
+                .account(&AccountId::parse(id).unwrap(), |reply| {
+                    AccountMsg::GetAccount { reply }
+                })
+                .await
+                .unwrap();
+            a.users.iter().map(|u| u.id.to_string()).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(users("A").await, ["amy"]);
+    assert!(users("B").await.is_empty());
+    let fixed = format!("{header}A,amy,Amy,buyer,,,HQ\nB,ben,Ben,buyer,,,HQ\n");
+    let rows = import(&api.state.engine, &sys, Kind::Users, fixed.as_bytes(), 10)
+        .await
+        .unwrap();
+    assert_eq!(rows, 2);
+    assert_eq!(users("A").await, ["amy"]);
+    assert_eq!(users("B").await, ["ben"]);
 }

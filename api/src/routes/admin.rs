@@ -3,11 +3,12 @@
 
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
+use crate::extract::Path;
 use crate::import_csv::{self, Kind};
 use crate::json::Json;
 use crate::ApiState;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use orderd_actors::account::{AccountMsg, CreditView};
 use orderd_domain::account::Role;
 use orderd_domain::ids::AccountId;
@@ -30,7 +31,9 @@ pub struct ImportResult {
 }
 
 /// Import CSV (text/csv body) of one kind: catalog, prices, accounts, ship_tos, users,
-/// warehouses, stock. All rows or none; every bad row is listed (operator).
+/// warehouses, stock. A bad row refuses the file, and every bad row is listed; stored account
+/// by account (warehouse by warehouse for stock), a refusal then names what was stored before
+/// it (operator).
 #[utoipa::path(post, path = "/v1/admin/import/{kind}", tag = "admin", params(("kind" = String, Path)),
     request_body(content = String, content_type = "text/csv"),
     responses((status = 200, body = ImportResult), (status = 422)), security(("bearer" = [])))]

@@ -3,10 +3,11 @@
 use super::ACCOUNT_ROLES;
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
+use crate::extract::Path;
 use crate::json::Json;
 use crate::routes::orders::{OrderHeader, PreviewBody};
 use crate::ApiState;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use orderd_actors::account::AccountMsg;
 use orderd_domain::cart::Cart;
 use orderd_domain::ids::{Sku, WarehouseId};

@@ -4,8 +4,9 @@
 use super::ACCOUNT_ROLES;
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
+use crate::extract::{Path, Query};
 use crate::ApiState;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::Json;
 use orderd_actors::account::AccountMsg;
 use orderd_actors::audit::today;

@@ -15,8 +15,9 @@
 use super::ACCOUNT_ROLES;
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
+use crate::extract::Query;
 use crate::ApiState;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::stream::{self, Stream, StreamExt};

@@ -5,10 +5,11 @@
 use super::ACCOUNT_ROLES;
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
+use crate::extract::{Path, Query};
 use crate::json::Json;
 use crate::telemetry::{self, Outcome};
 use crate::ApiState;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use orderd_actors::account::{AccountMsg, Reply};

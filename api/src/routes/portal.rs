@@ -4,13 +4,14 @@
 use crate::auth::Auth;
 use crate::client_ip::client_ip;
 use crate::error::{ApiError, ApiResult};
+use crate::extract::Query;
 use crate::oauth;
 use crate::session::{
     clear_cookie, cookie, origin, random_token, same_origin, set_cookie, LOGIN_COOKIE,
     SESSION_COOKIE,
 };
 use crate::ApiState;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};

@@ -9,9 +9,10 @@
 
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
+use crate::extract::Path;
 use crate::json::Json;
 use crate::ApiState;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use orderd_actors::account::AccountMsg;

@@ -11,9 +11,10 @@
 
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
+use crate::extract::Path;
 use crate::json::Json;
 use crate::ApiState;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use orderd_actors::webhooks::{self, DeadLetter, EndpointView, WebhookError};
 use orderd_domain::account::Role;
