@@ -2080,3 +2080,38 @@ async fn an_import_refused_midway_names_what_was_stored() {
     assert_eq!(users("A").await, ["amy"]);
     assert_eq!(users("B").await, ["ben"]);
 }
+
+// An import body above `api.import_body_max_bytes` is a problem+json answer like any other.
+#[tokio::test]
+async fn an_oversized_import_is_refused_as_a_problem() {
+    let api = api().await;
+    let limits = ApiLimits {
+        body_max_bytes: 512,
+        import_body_max_bytes: 1024,
+        ..ApiLimits::default()
+    };
+    let small = Api {
+        state: ApiState::new(
+            api.state.engine.clone(),
+            Authenticator::dev(&[7u8; 32]),
+            vec![],
+            limits,
+            true,
+        ),
+    };
+    let op = small.token(None, "olga", &["operator"], None).await;
+    let csv = format!("warehouse,sku,on_hand\n{}", "W1,S1,1\n".repeat(300));
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/admin/import/stock")
+        .header("authorization", format!("Bearer {op}"))
+        .header("content-type", "text/csv")
+        .body(Body::from(csv))
+        .unwrap();
+    let resp = router(small.state.clone()).oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let body: Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["code"], "body_too_large", "{body:?}");
+}

@@ -8,7 +8,9 @@ use crate::import_csv::{self, Kind};
 use crate::json::Json;
 use crate::ApiState;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
+use axum::http::StatusCode;
 use orderd_actors::account::{AccountMsg, CreditView};
 use orderd_domain::account::Role;
 use orderd_domain::ids::AccountId;
@@ -41,14 +43,23 @@ async fn import(
     State(s): State<ApiState>,
     auth: Auth,
     Path(kind): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<axum::Json<ImportResult>> {
     let caller = auth.require(&[Role::Operator])?.clone();
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::bad_request("body_too_large", e.body_text()),
+        _ => ApiError::bad_request("malformed_body", e.body_text()),
+    })?;
     let kind = Kind::parse(&kind).ok_or_else(|| {
         ApiError::NotFound(format!("import kind {kind:?} (known: {})", Kind::names()))
     })?;
-    let rows = import_csv::import(&s.engine, &caller, kind, &body, s.limits.import_rows_max)
+    // In a task of its own, so that a client that gives up does not stop an import between
+    // its write and the swap of the data in memory (the write stands either way).
+    let (engine, rows_max) = (s.engine.clone(), s.limits.import_rows_max);
+    let task = async move { import_csv::import(&engine, &caller, kind, &body, rows_max).await };
+    let rows = tokio::spawn(task)
         .await
+        .map_err(|e| ApiError::Internal(format!("import task: {e}")))?
         .map_err(|errors| {
             ApiError::Invalid(
                 errors
