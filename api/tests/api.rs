@@ -2079,6 +2079,19 @@ async fn an_import_refused_midway_names_what_was_stored() {
     assert_eq!(rows, 2);
     assert_eq!(users("A").await, ["amy"]);
     assert_eq!(users("B").await, ["ben"]);
+    // Imported users get the checks an account admin's do: a role of the account, at least one.
+    for (row, why) in [
+        ("A,olga,Olga,operator,,,", "roles"),
+        ("A,nora,Nora,,,,", "at least one role"),
+        ("A,ugo,Ugo,buyer,100.00,USD,", "not in the account currency"),
+    ] {
+        let csv = format!("{header}{row}\n");
+        let errors = import(&api.state.engine, &sys, Kind::Users, csv.as_bytes(), 10)
+            .await
+            .unwrap_err();
+        assert!(errors.iter().any(|e| e.contains(why)), "{row}: {errors:?}");
+    }
+    assert_eq!(users("A").await, ["amy"]);
 }
 
 // An import body above `api.import_body_max_bytes` is a problem+json answer like any other.

@@ -263,9 +263,10 @@ impl Account {
         if unique.len() != self.ship_tos.len() {
             errs.push("duplicate ship-to id".to_owned());
         }
+        // Every user as an account admin may create them, also when an import wrote them.
         for u in &self.users {
-            if let Some(s) = u.ship_tos.iter().find(|s| !unique.contains(s)) {
-                errs.push(format!("user {} is assigned unknown ship-to {s}", u.id));
+            for e in self.check_user(u) {
+                errs.push(format!("user {} {}: {}", u.id, e.field, e.message));
             }
         }
         if errs.is_empty() {
