@@ -30,7 +30,7 @@ use orderd_domain::rejection::Rejection;
 use orderd_domain::warehouse::{SpeedBand, Warehouse};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -88,29 +88,29 @@ pub async fn import(
     let internal = |e: orderd_actors::ActorError| vec![format!("import failed: {e}")];
     match kind {
         Kind::Catalog => {
-            let items = parse(csv, rows_max, catalog_row)?;
+            let items = parse(csv, rows_max, catalog_row, catalog_sets())?;
             engine
                 .import_catalog(caller, items)
                 .await
                 .map_err(internal)?
         }
         Kind::Prices => {
-            let entries = parse(csv, rows_max, price_row)?;
+            let entries = parse(csv, rows_max, price_row, price_sets())?;
             engine
                 .import_prices(caller, entries)
                 .await
                 .map_err(internal)?
         }
         Kind::Warehouses => {
-            let ws = parse(csv, rows_max, warehouse_row)?;
+            let ws = parse(csv, rows_max, warehouse_row, warehouse_sets())?;
             engine.import_warehouses(caller, ws).await.map_err(internal)
         }
         Kind::Stock => {
-            let rows = parse(csv, rows_max, stock_row)?;
+            let rows = parse(csv, rows_max, stock_row, stock_sets())?;
             engine.set_stock(caller, rows).await.map_err(internal)?
         }
         Kind::Accounts => {
-            let rows = parse(csv, rows_max, account_row)?;
+            let rows = parse(csv, rows_max, account_row, account_sets())?;
             let n = rows.len();
             let mut stored = vec![];
             for a in rows {
@@ -122,14 +122,14 @@ pub async fn import(
             Ok(n)
         }
         Kind::ShipTos => {
-            let rows = parse(csv, rows_max, ship_to_row)?;
+            let rows = parse(csv, rows_max, ship_to_row, ship_to_sets())?;
             merge(engine, caller, rows, |a, s: ShipTo| {
                 upsert(&mut a.ship_tos, s, |x| x.id.clone())
             })
             .await
         }
         Kind::Users => {
-            let rows = parse(csv, rows_max, user_row)?;
+            let rows = parse(csv, rows_max, user_row, user_sets())?;
             // A user removed by the account admin is created again.
             merge(engine, caller, rows, |a, u: User| a.put_user(u)).await
         }
@@ -201,28 +201,60 @@ fn upsert<T, K: PartialEq>(list: &mut Vec<T>, item: T, key: impl Fn(&T) -> K) {
 }
 
 /// Reads every record, converting each; all errors are collected with line numbers.
-fn parse<R: DeserializeOwned, T>(
+fn parse<R: DeserializeOwned, T, K: Eq + std::hash::Hash>(
     csv: &[u8],
     rows_max: usize,
     convert: impl Fn(R) -> Result<T, String>,
+    sets: Sets<T, K>,
 ) -> Result<Vec<T>, Errors> {
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .flexible(false)
         .from_reader(csv);
+    let headers = reader
+        .headers()
+        .map_err(|e| vec![format!("line 1: {e}")])?
+        .clone();
     let (mut out, mut errors) = (Vec::new(), Vec::new());
-    for (i, rec) in reader.deserialize::<R>().enumerate() {
-        if i >= rows_max {
+    // The rows that set each key so far: (line, index in `out`).
+    let mut set_by: HashMap<K, Vec<(u64, usize)>> = HashMap::new();
+    let mut record = csv::StringRecord::new();
+    let mut rows = 0;
+    loop {
+        // Lines as the file has them (a quoted field may span lines).
+        let (line, converted) = match reader.read_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => (
+                record.position().map_or(0, csv::Position::line),
+                record
+                    .deserialize::<R>(Some(&headers))
+                    .map_err(|e| e.to_string())
+                    .and_then(&convert),
+            ),
+            Err(e) => (
+                e.position().map_or(0, csv::Position::line),
+                Err(e.to_string()),
+            ),
+        };
+        rows += 1;
+        if rows > rows_max {
             errors.push(format!("more than {rows_max} rows"));
             break;
         }
-        let line = rec
-            .as_ref()
-            .err()
-            .and_then(|e| e.position())
-            .map_or(i as u64 + 2, |p| p.line());
-        match rec.map_err(|e| e.to_string()).and_then(&convert) {
-            Ok(t) => out.push(t),
+        match converted {
+            Ok(t) => {
+                let earlier = set_by.entry((sets.key)(&t)).or_default();
+                match earlier.iter().find(|(_, i)| (sets.clash)(&out[*i], &t)) {
+                    Some((first, _)) => errors.push(format!(
+                        "line {line}: sets {} again (line {first})",
+                        (sets.what)(&t)
+                    )),
+                    None => {
+                        earlier.push((line, out.len()));
+                        out.push(t);
+                    }
+                }
+            }
             Err(e) => errors.push(format!("line {line}: {e}")),
         }
         if errors.len() >= 100 {
@@ -238,6 +270,82 @@ fn parse<R: DeserializeOwned, T>(
     } else {
         Err(errors)
     }
+}
+
+/// What the rows of a kind set: rows with the same `key` set the same thing, which a file may
+/// do once, unless `clash` says they do not meet (prices: validity windows apart). `what`
+/// names it in an error.
+struct Sets<T, K> {
+    key: fn(&T) -> K,
+    clash: fn(&T, &T) -> bool,
+    what: fn(&T) -> String,
+}
+
+impl<T, K> Sets<T, K> {
+    fn once(key: fn(&T) -> K, what: fn(&T) -> String) -> Sets<T, K> {
+        Sets {
+            key,
+            clash: |_, _| true,
+            what,
+        }
+    }
+}
+
+fn catalog_sets() -> Sets<CatalogItem, Sku> {
+    Sets::once(|i| i.sku.clone(), |i| format!("SKU {}", i.sku))
+}
+
+fn price_sets() -> Sets<PriceEntry, (PriceLevel, Sku, Option<Currency>)> {
+    Sets {
+        key: |e| (e.level.clone(), e.sku.clone(), e.currency()),
+        clash: windows_meet,
+        what: |e| {
+            let level = match &e.level {
+                PriceLevel::List => "list".to_owned(),
+                PriceLevel::Segment(s) => format!("segment {s}"),
+                PriceLevel::Contract(a) => format!("contract {a}"),
+            };
+            format!("the {level} price of {} for days", e.sku)
+        },
+    }
+}
+
+fn warehouse_sets() -> Sets<Warehouse, WarehouseId> {
+    Sets::once(|w| w.id.clone(), |w| format!("warehouse {}", w.id))
+}
+
+fn stock_sets() -> Sets<(WarehouseId, Sku, u64), (WarehouseId, Sku)> {
+    Sets::once(
+        |r| (r.0.clone(), r.1.clone()),
+        |r| format!("the stock of {} in {}", r.1, r.0),
+    )
+}
+
+fn account_sets() -> Sets<Account, AccountId> {
+    Sets::once(|a| a.id.clone(), |a| format!("account {}", a.id))
+}
+
+fn ship_to_sets() -> Sets<(AccountId, ShipTo), (AccountId, ShipToId)> {
+    Sets::once(
+        |r| (r.0.clone(), r.1.id.clone()),
+        |r| format!("ship-to {} of {}", r.1.id, r.0),
+    )
+}
+
+fn user_sets() -> Sets<(AccountId, User), (AccountId, UserId)> {
+    Sets::once(
+        |r| (r.0.clone(), r.1.id.clone()),
+        |r| format!("user {} of {}", r.1.id, r.0),
+    )
+}
+
+/// Whether two price entries' validity windows share a day (an open end reaches any day).
+fn windows_meet(a: &PriceEntry, b: &PriceEntry) -> bool {
+    let starts_before_end = |from: Option<Date>, to: Option<Date>| match (from, to) {
+        (Some(f), Some(t)) => f <= t,
+        _ => true,
+    };
+    starts_before_end(a.valid_from, b.valid_to) && starts_before_end(b.valid_from, a.valid_to)
 }
 
 fn list(s: &str) -> impl Iterator<Item = &str> {
@@ -550,11 +658,11 @@ mod tests {
     #[test]
     fn csv_rows_parse_or_report_every_line() {
         let good = "sku,description,uom,pack_size,min_qty,status,segments,kit\nA,Bolt,EA,1,1,active,,\nK,Kit,EA,1,1,active,retail;wholesale,A*2\n";
-        let items = parse(good.as_bytes(), 10, catalog_row).unwrap();
+        let items = parse(good.as_bytes(), 10, catalog_row, catalog_sets()).unwrap();
         assert_eq!(items[1].kit[0].qty, 2);
         assert_eq!(items[1].segments.len(), 2);
         let bad = "sku,description,uom,pack_size,min_qty,status,segments,kit\nA,Bolt,EA,x,1,active,,\nB,Nut,EA,1,1,sold,,\nC,Pin,EA,1,1,active,,\n";
-        let errs = parse(bad.as_bytes(), 10, catalog_row).unwrap_err();
+        let errs = parse(bad.as_bytes(), 10, catalog_row, catalog_sets()).unwrap_err();
         assert_eq!(errs.len(), 2, "{errs:?}");
         assert!(errs[0].starts_with("line 2:"), "{errs:?}");
         assert!(
@@ -562,16 +670,48 @@ mod tests {
             "{errs:?}"
         );
         let prices = "level,owner,sku,currency,valid_from,valid_to,tiers\nlist,,A,EUR,,,1:10.00;10:9.50\ncontract,ACME,A,EUR,2026-01-01,2026-12-31,1:8\nsegment,,A,EUR,,,1:1\n";
-        let errs = parse(prices.as_bytes(), 10, price_row).unwrap_err();
+        let errs = parse(prices.as_bytes(), 10, price_row, price_sets()).unwrap_err();
         assert_eq!(errs.len(), 1);
         assert!(errs[0].starts_with("line 4:"), "{errs:?}");
         assert!(parse(
             b"sku,description,uom,pack_size,min_qty,status,segments,kit\n",
             10,
-            catalog_row
+            catalog_row,
+            catalog_sets()
         )
         .is_err());
-        let many = format!("warehouse,sku,on_hand\n{}", "W,A,1\n".repeat(3));
-        assert!(parse(many.as_bytes(), 2, stock_row).unwrap_err()[0].contains("more than 2"));
+        let many = "warehouse,sku,on_hand\nW,A,1\nW,B,1\nW,C,1\n";
+        assert!(
+            parse(many.as_bytes(), 2, stock_row, stock_sets()).unwrap_err()[0]
+                .contains("more than 2")
+        );
+    }
+
+    // Lines are the file's own: a quoted field over two lines counts two. A row
+    // that sets what an earlier one set is refused, naming both lines; prices only when their
+    // validity windows share a day.
+    #[test]
+    fn lines_are_the_files_and_a_thing_is_set_once() {
+        let csv = "sku,description,uom,pack_size,min_qty,status,segments,kit\nA,\"Bolt,\nlong\",EA,1,1,active,,\nB,Nut,EA,x,1,active,,\nA,Bolt,EA,1,1,active,,\n";
+        let errs = parse(csv.as_bytes(), 10, catalog_row, catalog_sets()).unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs[0].starts_with("line 4: "), "{errs:?}");
+        assert_eq!(errs[1], "line 5: sets SKU A again (line 2)");
+        let header = "level,owner,sku,currency,valid_from,valid_to,tiers\n";
+        let apart = format!(
+            "{header}list,,A,EUR,,2026-06-30,1:10\nlist,,A,EUR,2026-07-01,,1:11\nlist,,A,USD,,,1:12\n"
+        );
+        let entries = parse(apart.as_bytes(), 10, price_row, price_sets()).unwrap();
+        assert_eq!(entries.len(), 3);
+        let overlap =
+            format!("{header}list,,A,EUR,,2026-07-01,1:10\nlist,,A,EUR,2026-07-01,,1:11\n");
+        let errs = parse(overlap.as_bytes(), 10, price_row, price_sets()).unwrap_err();
+        assert_eq!(
+            errs,
+            ["line 3: sets the list price of A for days again (line 2)"]
+        );
+        let stock = "warehouse,sku,on_hand\nW,A,1\nW,A,2\n";
+        let errs = parse(stock.as_bytes(), 10, stock_row, stock_sets()).unwrap_err();
+        assert_eq!(errs, ["line 3: sets the stock of A in W again (line 2)"]);
     }
 }
