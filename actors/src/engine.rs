@@ -326,12 +326,20 @@ impl Engine {
     ) -> Result<Result<usize, Vec<String>>, ActorError> {
         let mut by_wh: BTreeMap<WarehouseId, Vec<(Sku, u64)>> = BTreeMap::new();
         let mut errors = vec![];
+        let snap = self.catalog.load();
         for (w, s, q) in rows {
             if self.warehouse(&w).is_none() {
                 errors.push(format!("warehouse {w} does not exist"));
                 continue;
             }
-            by_wh.entry(w).or_default().push((s, q));
+            // Stock is counted in the catalog's items (a kit is stocked as its components).
+            match snap.catalog.get(&s) {
+                None => errors.push(format!("SKU {s} is not in the catalog")),
+                Some(item) if !item.kit.is_empty() => {
+                    errors.push(format!("SKU {s} is a kit: its stock is its components'"))
+                }
+                Some(_) => by_wh.entry(w).or_default().push((s, q)),
+            }
         }
         if !errors.is_empty() {
             return Ok(Err(errors));

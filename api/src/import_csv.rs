@@ -614,7 +614,11 @@ fn warehouse_row(r: WarehouseRow) -> Result<Warehouse, String> {
             match parts.as_slice() {
                 [speed, km, days] => Ok(SpeedBand {
                     speed: speed.to_string(),
-                    max_distance_km: km.parse().map_err(|_| format!("distance {km:?}"))?,
+                    max_distance_km: km
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|d| d.is_finite() && *d >= 0.0)
+                        .ok_or_else(|| format!("distance {km:?} is not a number of km"))?,
                     days: days.parse().map_err(|_| format!("days {days:?}"))?,
                 }),
                 _ => Err(format!("speed band {b:?} is not speed:km:days")),

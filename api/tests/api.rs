@@ -2128,3 +2128,32 @@ async fn an_oversized_import_is_refused_as_a_problem() {
         serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(body["code"], "body_too_large", "{body:?}");
 }
+
+// Master data an import cannot store as given is refused with its reason: stock of a SKU the
+// catalog does not have, or of a kit (its stock is its components'); a speed band whose
+// distance is no number of km; a price written with an exponent.
+#[tokio::test]
+async fn imports_refuse_what_cannot_be_stored_as_written() {
+    let api = api().await;
+    let sys = Caller::system();
+    let engine = &api.state.engine;
+    for (kind, csv, why) in [
+        (Kind::Stock, "warehouse,sku,on_hand\nBER,NOPE,5\n", "not in the catalog"),
+        (Kind::Stock, "warehouse,sku,on_hand\nBER,KIT,5\n", "is a kit"),
+        (
+            Kind::Warehouses,
+            "id,name,lat,lon,speeds\nHAM,Hamburg,53.5,10.0,express:NaN:1\n",
+            "not a number of km",
+        ),
+        (
+            Kind::Prices,
+            "level,owner,sku,currency,valid_from,valid_to,tiers\nlist,,PIPE,EUR,2030-01-01,,1:1e1\n",
+            "1e1",
+        ),
+    ] {
+        let errors = import(engine, &sys, kind, csv.as_bytes(), 10)
+            .await
+            .unwrap_err();
+        assert!(errors.iter().any(|e| e.contains(why)), "{kind:?}: {errors:?}");
+    }
+}

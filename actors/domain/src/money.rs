@@ -64,6 +64,9 @@ impl fmt::Display for Currency {
     }
 }
 
+/// Digits a `Decimal` holds exactly (its mantissa is 96 bits: 28 digits always fit).
+pub const DECIMAL_DIGITS_MAX: usize = 28;
+
 /// An amount in one currency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Money {
@@ -81,11 +84,20 @@ impl Money {
     }
 
     /// Parses a non-negative amount such as `"12.50"` with at most `scale_max` decimals.
+    /// Parses a plain decimal (`12`, `-0.5`, `9.99`), as written: no exponent, and no more
+    /// digits than a `Decimal` holds exactly (it would round them away).
     pub fn parse(amount: &str, currency: Currency, scale_max: u32) -> Result<Money, MoneyError> {
-        let amount: Decimal = amount
-            .trim()
-            .parse()
-            .map_err(|_| MoneyError::Amount(amount.to_owned()))?;
+        let text = amount.trim();
+        let digits = text.strip_prefix('-').unwrap_or(text);
+        let plain = digits.chars().filter(|c| *c == '.').count() <= 1
+            && digits.chars().any(|c| c.is_ascii_digit())
+            && digits.chars().all(|c| c.is_ascii_digit() || c == '.')
+            && digits.chars().filter(char::is_ascii_digit).count() <= DECIMAL_DIGITS_MAX;
+        let bad = || MoneyError::Amount(amount.to_owned());
+        if !plain {
+            return Err(bad());
+        }
+        let amount: Decimal = text.parse().map_err(|_| bad())?;
         Money::new(amount, currency, scale_max)
     }
 
@@ -200,6 +212,22 @@ mod tests {
             Money::parse("abc", eur(), 2),
             Err(MoneyError::Amount(_))
         ));
+        // Only plain decimals: no exponent, and no digits a Decimal would round away.
+        for text in [
+            "1e-2",
+            "1E2",
+            ".",
+            "1.2.3",
+            "+1",
+            "1234567890123456789012345678.5",
+        ] {
+            assert!(
+                matches!(Money::parse(text, eur(), 4), Err(MoneyError::Amount(_))),
+                "{text}"
+            );
+        }
+        assert!(Money::parse(" 12.50 ", eur(), 2).is_ok());
+        assert!(Money::parse(".5", eur(), 2).is_ok());
         let usd = Money::zero(Currency::parse("USD").unwrap());
         assert!(matches!(a.checked_add(usd), Err(MoneyError::Mismatch(..))));
         assert!(Currency::parse("eur").is_err());
