@@ -368,7 +368,53 @@ pub enum WebhookError {
 #[derive(Default)]
 struct State {
     endpoints: BTreeMap<String, Endpoint>,
-    dead: BTreeMap<String, DeadLetter>,
+    dead: DeadLetters,
+}
+
+/// The dead letters by id, and which wait for a replay by endpoint: every endpoint's delivery
+/// task asks for its own several times a second, which must not scan every dead letter.
+#[derive(Default)]
+struct DeadLetters {
+    all: BTreeMap<String, DeadLetter>,
+    /// (endpoint, id) of each dead letter with `replay` set.
+    replays: std::collections::BTreeSet<(String, String)>,
+}
+
+impl DeadLetters {
+    /// Adds `dl`, or replaces the dead letter with its id.
+    fn insert(&mut self, dl: DeadLetter) {
+        self.remove(&dl.id);
+        if dl.replay {
+            self.replays.insert((dl.endpoint.clone(), dl.id.clone()));
+        }
+        self.all.insert(dl.id.clone(), dl);
+    }
+
+    fn remove(&mut self, id: &str) -> Option<DeadLetter> {
+        let dl = self.all.remove(id)?;
+        self.replays.remove(&(dl.endpoint.clone(), dl.id.clone()));
+        Some(dl)
+    }
+
+    fn get(&self, id: &str) -> Option<&DeadLetter> {
+        self.all.get(id)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &DeadLetter> {
+        self.all.values()
+    }
+
+    fn len(&self) -> usize {
+        self.all.len()
+    }
+
+    /// The dead letters of `endpoint` waiting for a replay, oldest first (ids are time-ordered).
+    fn replays_of<'a>(&'a self, endpoint: &'a str) -> impl Iterator<Item = &'a DeadLetter> {
+        self.replays
+            .range((endpoint.to_owned(), String::new())..)
+            .take_while(move |(e, _)| e == endpoint)
+            .filter_map(|(_, id)| self.all.get(id))
+    }
 }
 
 struct Inner {
@@ -406,7 +452,7 @@ fn load(journal: &Journal) -> Result<State, StorageError> {
     }
     for (k, v) in journal.scan_prefix(DEAD.as_bytes())? {
         let d: DeadLetter = serde_json::from_slice(&v).map_err(|e| corrupt(&k, e))?;
-        st.dead.insert(d.id.clone(), d);
+        st.dead.insert(d);
     }
     Ok(st)
 }
@@ -688,7 +734,7 @@ impl Webhooks {
             }
             metrics::counter!(crate::metric_names::WEBHOOK_DEAD_LETTERED).increment(1);
             let id = dl.id.clone();
-            st.dead.insert(id.clone(), dl);
+            st.dead.insert(dl);
             Ok(id)
         })
         .await
@@ -770,7 +816,7 @@ impl Webhooks {
                 .audit
                 .push(entry.draft(&format!("webhook:{}", dl.endpoint)));
             inner.journal.submit(batch).await?;
-            st.dead.insert(dl.id.clone(), dl.clone());
+            st.dead.insert(dl.clone());
             Ok(dl)
         })
         .await
@@ -778,15 +824,8 @@ impl Webhooks {
 
     /// Dead letters of an endpoint waiting to be replayed, oldest first.
     pub async fn replays(&self, endpoint: &str) -> Result<Vec<DeadLetter>, WebhookError> {
-        self.with(async |_, st| {
-            Ok(st
-                .dead
-                .values()
-                .filter(|d| d.endpoint == endpoint && d.replay)
-                .cloned()
-                .collect())
-        })
-        .await
+        self.with(async |_, st| Ok(st.dead.replays_of(endpoint).cloned().collect()))
+            .await
     }
 
     /// The outcome of a replay: delivered (the dead letter goes) or failed again (it stays,
@@ -811,7 +850,7 @@ impl Webhooks {
             if dl.replay {
                 st.dead.remove(id);
             } else {
-                st.dead.insert(dl.id.clone(), dl);
+                st.dead.insert(dl);
             }
             Ok(())
         })
@@ -874,6 +913,43 @@ mod tests {
         assert_eq!(ranked[0].account, acct("A"));
         assert_eq!(rank_dead_letters(&all, 1).len(), 1);
         assert!(rank_dead_letters(&[], 10).is_empty());
+    }
+
+    // The replay index follows every insert, replacement and removal, endpoint by endpoint
+    // (also one whose id starts with another's), oldest first.
+    #[test]
+    fn dead_letters_index_their_replays() {
+        let dl = |id: &str, endpoint: &str, replay: bool| DeadLetter {
+            id: id.into(),
+            endpoint: endpoint.into(),
+            account: acct("A"),
+            event_id: "o-1.1".into(),
+            event_type: "orderd.order.confirmed".into(),
+            seq: 1,
+            attempts: 1,
+            last_error: String::new(),
+            failed_at: String::new(),
+            replay,
+            body: String::new(),
+        };
+        let mut dead = DeadLetters::default();
+        dead.insert(dl("dl_2", "ep_a", true));
+        dead.insert(dl("dl_1", "ep_a", true));
+        dead.insert(dl("dl_3", "ep_ab", true));
+        dead.insert(dl("dl_4", "ep_a", false));
+        let replays = |d: &DeadLetters, ep: &'static str| -> Vec<String> {
+            d.replays_of(ep).map(|x| x.id.clone()).collect()
+        };
+        assert_eq!(replays(&dead, "ep_a"), ["dl_1", "dl_2"]);
+        assert_eq!(replays(&dead, "ep_ab"), ["dl_3"]);
+        // Replayed and failed again: no longer waiting. Moved to another endpoint: waits there.
+        dead.insert(dl("dl_1", "ep_a", false));
+        dead.insert(dl("dl_2", "ep_b", true));
+        assert!(replays(&dead, "ep_a").is_empty());
+        assert_eq!(replays(&dead, "ep_b"), ["dl_2"]);
+        assert_eq!(dead.remove("dl_3").map(|d| d.id), Some("dl_3".to_owned()));
+        assert!(replays(&dead, "ep_ab").is_empty());
+        assert_eq!(dead.len(), 3);
     }
 
     // Register, rotate, limits and tenancy, and all of it back after reopening the journal;
