@@ -134,14 +134,9 @@ pub enum AccountMsg {
     GetAccount {
         reply: RpcReplyPort<Account>,
     },
-    /// Replace the master data (import). Receivables come from the import too.
-    PutAccount {
-        caller: Caller,
-        account: Box<Account>,
-        reply: Reply<Account>,
-    },
     /// Change the master data as `update` says, applied to the account as the actor holds it
-    /// (an import that keeps what it does not carry, with nothing changed in between).
+    /// (a replacement, or an import that keeps what it does not carry, with nothing changed in
+    /// between). Receivables come from the update too.
     UpdateAccount {
         caller: Caller,
         update: AccountUpdate,
@@ -495,13 +490,6 @@ impl Actor for AccountActor {
             }
             AccountMsg::Credit { reply } => drop(reply.send(st.credit())),
             AccountMsg::GetAccount { reply } => drop(reply.send(st.account.clone())),
-            AccountMsg::PutAccount {
-                caller,
-                account,
-                reply,
-            } => {
-                answer(reply, ordering::put_account(st, &caller, *account).await)?;
-            }
             AccountMsg::UpdateAccount {
                 caller,
                 update,

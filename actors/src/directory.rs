@@ -3,7 +3,7 @@
 //! so the bound sits here, at the edge: above it callers get `Busy` at once instead of queueing.
 //! (The API also bounds state-changing requests inside the daemon: [`crate::admission`].)
 
-use crate::account::{AccountActor, AccountArgs, AccountMsg, Reply};
+use crate::account::{AccountActor, AccountArgs, AccountMsg, AccountUpdate, Reply};
 use crate::audit::Caller;
 use crate::catalog::CatalogStore;
 use crate::grants::Grants;
@@ -269,36 +269,16 @@ impl Directory {
         caller: &Caller,
         account: Account,
     ) -> Result<Result<Account, Rejection>, ActorError> {
-        let _one_at_a_time = self.0.create_lock.lock().await;
-        if !self.exists(&account.id) {
-            return self.create(caller, account).await;
-        }
-        let id = account.id.clone();
-        let keep_people = move |current: &mut Account| {
-            let ship_tos = std::mem::take(&mut current.ship_tos);
-            let users = std::mem::take(&mut current.users);
-            *current = Account {
-                ship_tos,
-                users,
-                ..account
-            };
-        };
-        self.update_account(caller, &id, Box::new(keep_people))
-            .await
-    }
-
-    /// Changes an existing account's master data with `update`, in its actor.
-    pub async fn update_account(
-        &self,
-        caller: &Caller,
-        id: &AccountId,
-        update: crate::account::AccountUpdate,
-    ) -> Result<Result<Account, Rejection>, ActorError> {
-        let caller = caller.clone();
-        self.ask(id, |reply| AccountMsg::UpdateAccount {
-            caller,
-            update,
-            reply,
+        self.create_or_update(caller, account, |account| {
+            Box::new(move |current: &mut Account| {
+                let ship_tos = std::mem::take(&mut current.ship_tos);
+                let users = std::mem::take(&mut current.users);
+                *current = Account {
+                    ship_tos,
+                    users,
+                    ..account
+                };
+            })
         })
         .await
     }
@@ -309,18 +289,42 @@ impl Directory {
         caller: &Caller,
         account: Account,
     ) -> Result<Result<Account, Rejection>, ActorError> {
+        self.create_or_update(caller, account, |account| {
+            Box::new(move |current: &mut Account| *current = account)
+        })
+        .await
+    }
+
+    /// Changes an existing account's master data with `update`, in its actor.
+    pub async fn update_account(
+        &self,
+        caller: &Caller,
+        id: &AccountId,
+        update: AccountUpdate,
+    ) -> Result<Result<Account, Rejection>, ActorError> {
+        let caller = caller.clone();
+        self.ask(id, |reply| AccountMsg::UpdateAccount {
+            caller,
+            update,
+            reply,
+        })
+        .await
+    }
+
+    /// Creates `account` when it does not exist, else applies `update(account)` to it. One at
+    /// a time, so that two writers never both create it.
+    async fn create_or_update(
+        &self,
+        caller: &Caller,
+        account: Account,
+        update: impl FnOnce(Account) -> AccountUpdate,
+    ) -> Result<Result<Account, Rejection>, ActorError> {
         let _one_at_a_time = self.0.create_lock.lock().await;
         if !self.exists(&account.id) {
             return self.create(caller, account).await;
         }
         let id = account.id.clone();
-        let caller = caller.clone();
-        self.ask(&id, |reply| AccountMsg::PutAccount {
-            caller,
-            account: Box::new(account),
-            reply,
-        })
-        .await
+        self.update_account(caller, &id, update(account)).await
     }
 
     /// Stores a new account; the caller holds `create_lock`, and the account does not exist.
