@@ -1170,60 +1170,103 @@ async fn a_shortage_beside_a_warehouse_that_does_not_answer() {
         })
         .await
         .expect("credit");
+    // The race's timing comes from measuring the warehouses on a machine that other tests share,
+    // so it may not set up as meant: then the attempt is undone and made again.
+    fn stock_changed<T>(r: &Result<Result<T, Rejection>, ActorError>) -> bool {
+        match r {
+            Ok(Err(Rejection::Invalid(p))) => {
+                p.len() == 1
+                    && p[0].code == ProblemCode::OutOfStock
+                    && p[0].message.starts_with("stock changed while submitting")
+                    && p[0].message.ends_with("in W1")
+            }
+            _ => false,
+        }
+    }
+    let undo = async |order: Option<&OrderId>| {
+        settled(&w1).await;
+        settled(&w2).await;
+        w1.release_all(taker.clone()).expect("released");
+        if let Some(o) = order {
+            // Refused when the attempt left nothing to cancel.
+            let _ = cancel_one(&engine, ACME, o).await;
+        }
+    };
 
     // A new order: 1 × A from W1, taken meanwhile, and 6 × B from W2.
-    race(12).await;
-    let placed = place_raw(
-        &engine,
-        ACME,
-        world::buyer(ACME),
-        None,
-        in_two_warehouses(ACME),
-    )
-    .await;
-    match placed {
-        Ok(Err(Rejection::Invalid(problems))) => {
-            assert_eq!(problems.len(), 1, "{problems:?}");
-            assert_eq!(problems[0].code, ProblemCode::OutOfStock);
-            assert!(problems[0].message.ends_with("in W1"), "{problems:?}");
+    for attempt in 1.. {
+        assert!(attempt <= RACE_ATTEMPTS, "the race did not set up");
+        race(12).await;
+        let placed = place_raw(
+            &engine,
+            ACME,
+            world::buyer(ACME),
+            None,
+            in_two_warehouses(ACME),
+        )
+        .await;
+        if stock_changed(&placed) {
+            let (s1, s2) = (settled(&w1).await, settled(&w2).await);
+            let held: Vec<_> = s1.holdings().map(|(o, _)| o).collect();
+            assert_eq!(held, [&taker]);
+            assert_eq!(s2.holdings().count(), 0, "W2's late hold is given back");
+            undo(None).await;
+            break;
         }
-        other => panic!("expected out of stock in W1 when holding: {other:?}"),
+        // Taken before planning, or W1 slow too, or taken after W1's hold: not the race.
+        let placed_id = placed
+            .as_ref()
+            .ok()
+            .and_then(|p| p.as_ref().ok())
+            .map(|p| p.order.id.clone());
+        undo(placed_id.as_ref()).await;
     }
-    let (s1, s2) = (settled(&w1).await, settled(&w2).await);
-    let held: Vec<_> = s1.holdings().map(|(o, _)| o).collect();
-    assert_eq!(held, [&taker]);
-    assert_eq!(s2.holdings().count(), 0, "W2's late hold is given back");
-    w1.release_all(taker.clone()).expect("released");
-    settled(&w1).await;
 
     // An amendment of 5 × A pending approval: 1 × A more, taken meanwhile, and 3 × B from W2.
-    let order = place_one(&engine, ACME, "A", 5, world::ACCOUNTS[ACME].ship_tos[0].0).await;
-    assert_eq!(order.state, OrderState::PendingApproval);
-    race(7).await;
-    let amended = engine
-        .ask(&world::account_id(ACME), |reply| AccountMsg::Amend {
-            caller: world::buyer(ACME),
-            order: order.id.clone(),
-            patch: Amendment {
-                lines: Some(vec![line("A", 6, Some("W1")), line("B", 3, Some("W2"))]),
-                ..Amendment::default()
-            },
-            reply,
-        })
-        .await;
-    assert!(matches!(amended, Err(ActorError::Timeout)), "{amended:?}");
-    assert_eq!(
-        settled(&w2).await.level(&sku("B")).reserved,
-        3,
-        "the late hold"
-    );
-    w1.release_all(taker).expect("released");
-    let approved = approve_one(&engine, ACME, &order.id).await;
-    assert_eq!(approved.lines.len(), 1, "the amendment did not apply");
-    assert_eq!(settled(&w2).await.holdings().count(), 0);
+    for attempt in 1.. {
+        assert!(attempt <= RACE_ATTEMPTS, "the race did not set up");
+        let order = place_one(&engine, ACME, "A", 5, world::ACCOUNTS[ACME].ship_tos[0].0).await;
+        assert_eq!(order.state, OrderState::PendingApproval);
+        race(7).await;
+        let amended = engine
+            .ask(&world::account_id(ACME), |reply| AccountMsg::Amend {
+                caller: world::buyer(ACME),
+                order: order.id.clone(),
+                patch: Amendment {
+                    lines: Some(vec![line("A", 6, Some("W1")), line("B", 3, Some("W2"))]),
+                    ..Amendment::default()
+                },
+                reply,
+            })
+            .await;
+        // W2 still working through its queue: it did not answer in time.
+        let w2_silent = tokio::time::timeout(Duration::from_millis(50), w2.snapshot())
+            .await
+            .is_err();
+        if stock_changed(&amended) && w2_silent {
+            panic!("a shortage was answered while W2 may still take the growth");
+        }
+        if !matches!(amended, Err(ActorError::Timeout)) {
+            undo(Some(&order.id)).await;
+            continue;
+        }
+        assert_eq!(
+            settled(&w2).await.level(&sku("B")).reserved,
+            3,
+            "the late hold"
+        );
+        w1.release_all(taker.clone()).expect("released");
+        let approved = approve_one(&engine, ACME, &order.id).await;
+        assert_eq!(approved.lines.len(), 1, "the amendment did not apply");
+        assert_eq!(settled(&w2).await.holdings().count(), 0);
+        break;
+    }
     engine.check_stock().await.expect("stock");
     engine.shutdown().await.expect("shutdown");
 }
+
+/// How often `a_shortage_beside_a_warehouse_that_does_not_answer` sets up its race at most.
+const RACE_ATTEMPTS: u32 = 5;
 
 /// How long an account waits for a warehouse in `a_hold_a_warehouse_answers_too_late_is_given_back`.
 const WAREHOUSE_TIMEOUT_MS: u64 = 100;
