@@ -333,16 +333,8 @@ impl Directory {
         caller: &Caller,
         account: Account,
     ) -> Result<Result<Account, Rejection>, ActorError> {
-        if let Err(errs) = account.check() {
-            let problems = errs
-                .into_iter()
-                .map(|e| {
-                    orderd_domain::validation::Problem::new(
-                        orderd_domain::validation::ProblemCode::InvalidField,
-                        format!("account {}: {e}", account.id),
-                    )
-                })
-                .collect();
+        let problems = crate::ordering::account_problems(&account, None);
+        if !problems.is_empty() {
             return Ok(Err(Rejection::Invalid(problems)));
         }
         self.0

@@ -24,6 +24,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 type Holdings = Vec<RebuiltHolding>;
 
+/// Most refused rows a stock import lists before it stops looking.
+const SET_STOCK_ERRORS_MAX: usize = 100;
+
 #[derive(Clone)]
 pub struct Engine {
     pub journal: Journal,
@@ -332,13 +335,18 @@ impl Engine {
                 errors.push(format!("warehouse {w} does not exist"));
                 continue;
             }
-            // Stock is counted in the catalog's items (a kit is stocked as its components).
+            // Stock is counted in the catalog's items (a kit is stocked as its components); a
+            // count of 0 may still clear what an item left in the catalog before.
             match snap.catalog.get(&s) {
-                None => errors.push(format!("SKU {s} is not in the catalog")),
-                Some(item) if !item.kit.is_empty() => {
+                None if q > 0 => errors.push(format!("SKU {s} is not in the catalog")),
+                Some(item) if q > 0 && !item.kit.is_empty() => {
                     errors.push(format!("SKU {s} is a kit: its stock is its components'"))
                 }
-                Some(_) => by_wh.entry(w).or_default().push((s, q)),
+                _ => by_wh.entry(w).or_default().push((s, q)),
+            }
+            if errors.len() >= SET_STOCK_ERRORS_MAX {
+                errors.push(format!("stopping after {SET_STOCK_ERRORS_MAX} errors"));
+                return Ok(Err(errors));
             }
         }
         if !errors.is_empty() {

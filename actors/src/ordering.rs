@@ -1237,16 +1237,8 @@ pub async fn put_account(
         )));
     }
     account.keep_removals_of(&st.account);
-    if let Err(errs) = account.check() {
-        let problems = errs
-            .into_iter()
-            .map(|e| {
-                Problem::new(
-                    ProblemCode::InvalidField,
-                    format!("account {}: {e}", account.id),
-                )
-            })
-            .collect();
+    let problems = account_problems(&account, Some(&st.account));
+    if !problems.is_empty() {
         return Ok(Err(Rejection::Invalid(problems)));
     }
     st.journal
@@ -1255,6 +1247,33 @@ pub async fn put_account(
     st.account = account;
     st.grants.publish(&st.account);
     Ok(Ok(st.account.clone()))
+}
+
+/// What is wrong with `account` as it would be stored over `before` (`None`: a new account):
+/// its own rules, and an account admin's for each user that is new or changed (an import
+/// writes users too; a user stored before keeps its record, so an older record never blocks
+/// later changes).
+pub(crate) fn account_problems(account: &Account, before: Option<&Account>) -> Vec<Problem> {
+    let before: BTreeMap<_, _> = before
+        .iter()
+        .flat_map(|b| &b.users)
+        .map(|u| (&u.id, u))
+        .collect();
+    let mut errs = account.check().err().unwrap_or_default();
+    for u in &account.users {
+        if before.get(&u.id) != Some(&u) {
+            let bad = account.check_user_record(u).into_iter();
+            errs.extend(bad.map(|e| format!("user {} {}: {}", u.id, e.field, e.message)));
+        }
+    }
+    errs.into_iter()
+        .map(|e| {
+            Problem::new(
+                ProblemCode::InvalidField,
+                format!("account {}: {e}", account.id),
+            )
+        })
+        .collect()
 }
 
 pub async fn set_credit(

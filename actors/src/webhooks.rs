@@ -768,8 +768,8 @@ impl Webhooks {
 
     /// Asks for a dead letter of `account` (any account when `None`) to be sent again: to its
     /// endpoint, or to `to`, another endpoint of the dead letter's account that takes its event
-    /// type (for one whose endpoint was disabled, e.g. by a 410, or deleted: register a new one
-    /// and replay there; the dead letter then belongs to it).
+    /// type (for one whose endpoint was disabled, e.g. by a 410: register a new one and replay
+    /// there; the dead letter then belongs to it).
     pub async fn request_replay(
         &self,
         caller: &Caller,
@@ -791,9 +791,8 @@ impl Webhooks {
                         "no endpoint {target} of account {}",
                         dl.account
                     )),
-                    None => WebhookError::Conflict(format!(
-                        "endpoint {target} was deleted; replay to another endpoint"
-                    )),
+                    // Deleting an endpoint deletes its dead letters.
+                    None => WebhookError::NotFound,
                 });
             };
             if let Some(why) = &ep.disabled {
@@ -805,6 +804,14 @@ impl Webhooks {
                 return Err(WebhookError::BadTarget(format!(
                     "endpoint {target} does not take {} events",
                     dl.event_type
+                )));
+            }
+            // A replay waiting (or under way) at one endpoint is not moved to another: both
+            // could deliver it, or the first one's failure could cancel the second.
+            if dl.replay && dl.endpoint != ep.id {
+                return Err(WebhookError::Conflict(format!(
+                    "a replay of {id} is already waiting at endpoint {}",
+                    dl.endpoint
                 )));
             }
             dl.endpoint = ep.id.clone();
@@ -828,13 +835,21 @@ impl Webhooks {
             .await
     }
 
-    /// The outcome of a replay: delivered (the dead letter goes) or failed again (it stays,
-    /// with the new error).
-    pub async fn replayed(&self, id: &str, error: Option<String>) -> Result<(), WebhookError> {
+    /// The outcome of a replay at `endpoint`: delivered (the dead letter goes) or failed again
+    /// (it stays, with the new error). Ignored when the dead letter no longer waits there.
+    pub async fn replayed(
+        &self,
+        id: &str,
+        endpoint: &str,
+        error: Option<String>,
+    ) -> Result<(), WebhookError> {
         self.with(async |inner, st| {
             let Some(mut dl) = st.dead.get(id).cloned() else {
                 return Ok(());
             };
+            if dl.endpoint != endpoint || !dl.replay {
+                return Ok(());
+            }
             let mut batch = Batch::default();
             match error {
                 None => batch.remove(format!("{DEAD}{id}")),
@@ -950,6 +965,53 @@ mod tests {
         assert_eq!(dead.remove("dl_3").map(|d| d.id), Some("dl_3".to_owned()));
         assert!(replays(&dead, "ep_ab").is_empty());
         assert_eq!(dead.len(), 3);
+    }
+
+    // A replay waiting at one endpoint is not moved to another, and an outcome reported from
+    // an endpoint the dead letter does not wait at changes nothing.
+    #[tokio::test]
+    async fn a_waiting_replay_stays_where_it_waits() {
+        let journal = Journal::temporary(&JournalConfig::default()).unwrap();
+        let hooks = Webhooks::new(journal, WebhookSettings::default());
+        let sys = Caller::system();
+        let mut endpoints = vec![];
+        for url in ["https://x.example/h", "https://y.example/h"] {
+            let (ep, _) = hooks
+                .register(&sys, &acct("A"), url.into(), vec!["*".into()])
+                .await
+                .unwrap();
+            endpoints.push(ep.id);
+        }
+        let (a, b) = (&endpoints[0], &endpoints[1]);
+        let id = hooks
+            .dead_letter(DeadLetter {
+                id: String::new(),
+                endpoint: a.clone(),
+                account: acct("A"),
+                event_id: "o-1.1".into(),
+                event_type: "orderd.order.confirmed".into(),
+                seq: 1,
+                attempts: 3,
+                last_error: "500".into(),
+                failed_at: String::new(),
+                replay: false,
+                body: "{}".into(),
+            })
+            .await
+            .unwrap();
+        hooks.request_replay(&sys, None, &id, None).await.unwrap();
+        assert!(matches!(
+            hooks
+                .request_replay(&sys, None, &id, Some(b.as_str()))
+                .await,
+            Err(WebhookError::Conflict(_))
+        ));
+        hooks.replayed(&id, b, Some("late".into())).await.unwrap();
+        let waiting = hooks.replays(a).await.unwrap();
+        assert_eq!(waiting.len(), 1, "still waiting at its endpoint");
+        hooks.replayed(&id, a, None).await.unwrap();
+        assert!(hooks.replays(a).await.unwrap().is_empty());
+        assert!(hooks.dead_letters(None).await.unwrap().is_empty());
     }
 
     // Register, rotate, limits and tenancy, and all of it back after reopening the journal;

@@ -30,6 +30,7 @@ use orderd_domain::rejection::Rejection;
 use orderd_domain::warehouse::{SpeedBand, Warehouse};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,8 +131,7 @@ pub async fn import(
         }
         Kind::Users => {
             let rows = parse(csv, rows_max, user_row, user_sets())?;
-            // A user removed by the account admin is created again.
-            merge(engine, caller, rows, |a, u: User| a.put_user(u)).await
+            merge(engine, caller, rows, |a, u: ImportedUser| u.put(a)).await
         }
     }
 }
@@ -216,8 +216,8 @@ fn parse<R: DeserializeOwned, T, K: Eq + std::hash::Hash>(
         .map_err(|e| vec![format!("line 1: {e}")])?
         .clone();
     let (mut out, mut errors) = (Vec::new(), Vec::new());
-    // The rows that set each key so far: (line, index in `out`).
-    let mut set_by: HashMap<K, Vec<(u64, usize)>> = HashMap::new();
+    // The line of the row that set each key.
+    let mut set_by: HashMap<K, u64> = HashMap::new();
     let mut record = csv::StringRecord::new();
     let mut rows = 0;
     loop {
@@ -242,19 +242,17 @@ fn parse<R: DeserializeOwned, T, K: Eq + std::hash::Hash>(
             break;
         }
         match converted {
-            Ok(t) => {
-                let earlier = set_by.entry((sets.key)(&t)).or_default();
-                match earlier.iter().find(|(_, i)| (sets.clash)(&out[*i], &t)) {
-                    Some((first, _)) => errors.push(format!(
-                        "line {line}: sets {} again (line {first})",
-                        (sets.what)(&t)
-                    )),
-                    None => {
-                        earlier.push((line, out.len()));
-                        out.push(t);
-                    }
+            Ok(t) => match set_by.entry((sets.key)(&t)) {
+                Entry::Occupied(first) => errors.push(format!(
+                    "line {line}: sets {} again (line {})",
+                    (sets.what)(&t),
+                    first.get()
+                )),
+                Entry::Vacant(v) => {
+                    v.insert(line);
+                    out.push(t);
                 }
-            }
+            },
             Err(e) => errors.push(format!("line {line}: {e}")),
         }
         if errors.len() >= 100 {
@@ -273,21 +271,15 @@ fn parse<R: DeserializeOwned, T, K: Eq + std::hash::Hash>(
 }
 
 /// What the rows of a kind set: rows with the same `key` set the same thing, which a file may
-/// do once, unless `clash` says they do not meet (prices: validity windows apart). `what`
-/// names it in an error.
+/// do once; `what` names it in an error.
 struct Sets<T, K> {
     key: fn(&T) -> K,
-    clash: fn(&T, &T) -> bool,
     what: fn(&T) -> String,
 }
 
 impl<T, K> Sets<T, K> {
     fn once(key: fn(&T) -> K, what: fn(&T) -> String) -> Sets<T, K> {
-        Sets {
-            key,
-            clash: |_, _| true,
-            what,
-        }
+        Sets { key, what }
     }
 }
 
@@ -295,20 +287,31 @@ fn catalog_sets() -> Sets<CatalogItem, Sku> {
     Sets::once(|i| i.sku.clone(), |i| format!("SKU {}", i.sku))
 }
 
-fn price_sets() -> Sets<PriceEntry, (PriceLevel, Sku, Option<Currency>)> {
-    Sets {
-        key: |e| (e.level.clone(), e.sku.clone(), e.currency()),
-        clash: windows_meet,
-        what: |e| {
+/// Prices: one row per level, SKU, currency and validity window. Windows may overlap (a
+/// promotion over a base price): pricing takes the first valid row in file order.
+fn price_sets() -> Sets<PriceEntry, PriceKey> {
+    Sets::once(
+        |e| {
+            let window = (e.valid_from, e.valid_to);
+            (e.level.clone(), e.sku.clone(), e.currency(), window)
+        },
+        |e| {
             let level = match &e.level {
                 PriceLevel::List => "list".to_owned(),
                 PriceLevel::Segment(s) => format!("segment {s}"),
                 PriceLevel::Contract(a) => format!("contract {a}"),
             };
-            format!("the {level} price of {} for days", e.sku)
+            format!("the {level} price of {} for the same days", e.sku)
         },
-    }
+    )
 }
+
+type PriceKey = (
+    PriceLevel,
+    Sku,
+    Option<Currency>,
+    (Option<Date>, Option<Date>),
+);
 
 fn warehouse_sets() -> Sets<Warehouse, WarehouseId> {
     Sets::once(|w| w.id.clone(), |w| format!("warehouse {}", w.id))
@@ -332,20 +335,11 @@ fn ship_to_sets() -> Sets<(AccountId, ShipTo), (AccountId, ShipToId)> {
     )
 }
 
-fn user_sets() -> Sets<(AccountId, User), (AccountId, UserId)> {
+fn user_sets() -> Sets<(AccountId, ImportedUser), (AccountId, UserId)> {
     Sets::once(
-        |r| (r.0.clone(), r.1.id.clone()),
-        |r| format!("user {} of {}", r.1.id, r.0),
+        |r| (r.0.clone(), r.1.user.id.clone()),
+        |r| format!("user {} of {}", r.1.user.id, r.0),
     )
-}
-
-/// Whether two price entries' validity windows share a day (an open end reaches any day).
-fn windows_meet(a: &PriceEntry, b: &PriceEntry) -> bool {
-    let starts_before_end = |from: Option<Date>, to: Option<Date>| match (from, to) {
-        (Some(f), Some(t)) => f <= t,
-        _ => true,
-    };
-    starts_before_end(a.valid_from, b.valid_to) && starts_before_end(b.valid_from, a.valid_to)
 }
 
 fn list(s: &str) -> impl Iterator<Item = &str> {
@@ -569,31 +563,57 @@ struct UserRow {
     ship_tos: String,
 }
 
-fn user_row(r: UserRow) -> Result<(AccountId, User), String> {
+/// A user row: the user, and whether its spending limit named a currency (without one, the
+/// limit is in the account's currency, set where the account is at hand).
+struct ImportedUser {
+    user: User,
+    limit_currency_given: bool,
+}
+
+fn user_row(r: UserRow) -> Result<(AccountId, ImportedUser), String> {
     let roles = list(&r.roles)
         .map(|x| Role::parse(x).ok_or_else(|| format!("unknown role {x:?}")))
         .collect::<Result<_, _>>()?;
+    let given = opt(&r.currency).map(Currency::parse).transpose();
+    let given = given.map_err(|e| e.to_string())?;
     let spending_limit = match opt(&r.spending_limit) {
         None => None,
+        // A placeholder currency when none is given; `put` sets the account's.
         Some(v) => {
-            let cur =
-                Currency::parse(opt(&r.currency).unwrap_or("EUR")).map_err(|e| e.to_string())?;
+            let cur = given.unwrap_or(Currency::parse("XXX").expect("valid code"));
             Some(Money::parse(v, cur, MONEY_SCALE).map_err(|e| e.to_string())?)
         }
     };
+    let user = User {
+        id: UserId::parse(&r.id).map_err(|e| e.to_string())?,
+        name: r.name,
+        roles,
+        spending_limit,
+        ship_tos: list(&r.ship_tos)
+            .map(ShipToId::parse)
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?,
+    };
     Ok((
         AccountId::parse(&r.account).map_err(|e| e.to_string())?,
-        User {
-            id: UserId::parse(&r.id).map_err(|e| e.to_string())?,
-            name: r.name,
-            roles,
-            spending_limit,
-            ship_tos: list(&r.ship_tos)
-                .map(ShipToId::parse)
-                .collect::<Result<_, _>>()
-                .map_err(|e| e.to_string())?,
+        ImportedUser {
+            user,
+            limit_currency_given: given.is_some(),
         },
     ))
+}
+
+impl ImportedUser {
+    /// Writes the user into `account` (one removed by the account admin is created again).
+    fn put(self, account: &mut Account) {
+        let mut user = self.user;
+        if !self.limit_currency_given {
+            if let Some(limit) = &mut user.spending_limit {
+                limit.currency = account.currency;
+            }
+        }
+        account.put_user(user);
+    }
 }
 
 #[derive(Deserialize)]
@@ -691,9 +711,9 @@ mod tests {
         );
     }
 
-    // Lines are the file's own: a quoted field over two lines counts two. A row
-    // that sets what an earlier one set is refused, naming both lines; prices only when their
-    // validity windows share a day.
+    // Lines are the file's own: a quoted field over two lines counts two. A row that sets
+    // what an earlier one set is refused, naming both lines; prices may overlap in time (a
+    // promotion over a base price), but not repeat one window.
     #[test]
     fn lines_are_the_files_and_a_thing_is_set_once() {
         let csv = "sku,description,uom,pack_size,min_qty,status,segments,kit\nA,\"Bolt,\nlong\",EA,1,1,active,,\nB,Nut,EA,x,1,active,,\nA,Bolt,EA,1,1,active,,\n";
@@ -707,12 +727,15 @@ mod tests {
         );
         let entries = parse(apart.as_bytes(), 10, price_row, price_sets()).unwrap();
         assert_eq!(entries.len(), 3);
-        let overlap =
-            format!("{header}list,,A,EUR,,2026-07-01,1:10\nlist,,A,EUR,2026-07-01,,1:11\n");
-        let errs = parse(overlap.as_bytes(), 10, price_row, price_sets()).unwrap_err();
+        let promotion =
+            format!("{header}list,,A,EUR,2026-07-01,2026-07-31,1:8\nlist,,A,EUR,,,1:10\n");
+        let entries = parse(promotion.as_bytes(), 10, price_row, price_sets()).unwrap();
+        assert_eq!(entries.len(), 2);
+        let again = format!("{header}list,,A,EUR,2026-07-01,,1:10\nlist,,A,EUR,2026-07-01,,1:11\n");
+        let errs = parse(again.as_bytes(), 10, price_row, price_sets()).unwrap_err();
         assert_eq!(
             errs,
-            ["line 3: sets the list price of A for days again (line 2)"]
+            ["line 3: sets the list price of A for the same days again (line 2)"]
         );
         let stock = "warehouse,sku,on_hand\nW,A,1\nW,A,2\n";
         let errs = parse(stock.as_bytes(), 10, stock_row, stock_sets()).unwrap_err();

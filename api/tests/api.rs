@@ -2092,6 +2092,25 @@ async fn an_import_refused_midway_names_what_was_stored() {
         assert!(errors.iter().any(|e| e.contains(why)), "{row}: {errors:?}");
     }
     assert_eq!(users("A").await, ["amy"]);
+    // A spending limit without a currency is in the account's.
+    let usd = "id,name,segment,currency,credit_limit,open_receivables,payment_terms,buyer_limit,approver_limit,restricted_skus,approve_new_ship_to\nU,Uni,retail,USD,5000.00,0.00,NET30,,,,false\n";
+    import(&api.state.engine, &sys, Kind::Accounts, usd.as_bytes(), 10)
+        .await
+        .unwrap();
+    let una = format!("{header}U,una,Una,buyer,100.00,,\n");
+    import(&api.state.engine, &sys, Kind::Users, una.as_bytes(), 10)
+        .await
+        .unwrap();
+    let u = api
+        .state
+        .engine
+        .account(&AccountId::parse("U").unwrap(), |reply| {
+            AccountMsg::GetAccount { reply }
+        })
+        .await
+        .unwrap();
+    let limit = u.users[0].spending_limit.expect("a limit");
+    assert_eq!(limit.to_string(), "100.00 USD");
 }
 
 // An import body above `api.import_body_max_bytes` is a problem+json answer like any other.
@@ -2156,4 +2175,10 @@ async fn imports_refuse_what_cannot_be_stored_as_written() {
             .unwrap_err();
         assert!(errors.iter().any(|e| e.contains(why)), "{kind:?}: {errors:?}");
     }
+    // A count of 0 clears what an item left in the catalog before: not refused.
+    let clear = "warehouse,sku,on_hand\nBER,GONE,0\n";
+    assert_eq!(
+        import(engine, &sys, Kind::Stock, clear.as_bytes(), 10).await,
+        Ok(1)
+    );
 }

@@ -501,7 +501,7 @@ async fn replay_dead_letters(
         };
         tracing::info!(endpoint.id = %ep_id, event.id = %dl.event_id, delivered = error.is_none(), "dead letter replayed");
         hooks
-            .replayed(&dl.id, error)
+            .replayed(&dl.id, ep_id, error)
             .await
             .map_err(|e| e.to_string())?;
     }

@@ -176,6 +176,19 @@ impl Account {
     /// Only the account's own roles may be granted, the spending limit is in the account's
     /// currency, and assigned ship-tos must be the account's.
     pub fn check_user(&self, user: &User) -> Vec<UserFieldError> {
+        let mut errs = self.check_user_record(user);
+        if let Some(s) = user.ship_tos.iter().find(|s| self.ship_to(s).is_none()) {
+            errs.push(UserFieldError {
+                field: "ship_tos",
+                message: format!("ship-to {s} is not one of this account's locations"),
+            });
+        }
+        errs
+    }
+
+    /// [`Account::check_user`] without the ship-tos' membership, which [`Account::check`]
+    /// checks for every user.
+    pub fn check_user_record(&self, user: &User) -> Vec<UserFieldError> {
         let mut errs = Vec::new();
         let mut bad = |field, message: String| errs.push(UserFieldError { field, message });
         let name = user.name.trim();
@@ -208,12 +221,6 @@ impl Account {
         if user.ship_tos.len() > SHIP_TOS_MAX {
             bad("ship_tos", format!("at most {SHIP_TOS_MAX} ship-tos"));
         }
-        if let Some(s) = user.ship_tos.iter().find(|s| self.ship_to(s).is_none()) {
-            bad(
-                "ship_tos",
-                format!("ship-to {s} is not one of this account's locations"),
-            );
-        }
         errs
     }
 
@@ -230,6 +237,8 @@ impl Account {
     }
 
     /// Checks the account's own consistency; every problem is listed.
+    /// The account's own rules. Users are checked as a whole here (ship-tos they name); each
+    /// new or changed user also gets [`Account::check_user`] where it is written.
     pub fn check(&self) -> Result<(), Vec<String>> {
         let mut errs = Vec::new();
         if self.name.trim().is_empty() {
@@ -263,10 +272,9 @@ impl Account {
         if unique.len() != self.ship_tos.len() {
             errs.push("duplicate ship-to id".to_owned());
         }
-        // Every user as an account admin may create them, also when an import wrote them.
         for u in &self.users {
-            for e in self.check_user(u) {
-                errs.push(format!("user {} {}: {}", u.id, e.field, e.message));
+            if let Some(s) = u.ship_tos.iter().find(|s| !unique.contains(s)) {
+                errs.push(format!("user {} is assigned unknown ship-to {s}", u.id));
             }
         }
         if errs.is_empty() {

@@ -83,9 +83,9 @@ impl Money {
         }
     }
 
-    /// Parses a non-negative amount such as `"12.50"` with at most `scale_max` decimals.
-    /// Parses a plain decimal (`12`, `-0.5`, `9.99`), as written: no exponent, and no more
-    /// digits than a `Decimal` holds exactly (it would round them away).
+    /// Parses a non-negative amount such as `"12.50"` with at most `scale_max` decimals, written
+    /// as a plain decimal: digits and at most one point, no sign or exponent, and no more digits
+    /// than a `Decimal` holds exactly (it would round them away).
     pub fn parse(amount: &str, currency: Currency, scale_max: u32) -> Result<Money, MoneyError> {
         let text = amount.trim();
         let digits = text.strip_prefix('-').unwrap_or(text);

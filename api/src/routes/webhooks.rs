@@ -254,9 +254,9 @@ pub struct ReplayBody {
 }
 
 /// Send a dead letter again (once, before the endpoint's next event); delivered, it leaves
-/// the list. A dead letter of a disabled (e.g. by a 410) or deleted endpoint goes to another
-/// active endpoint of its account that takes its event type, named in the body
-/// (account_admin: own account; operator: any).
+/// the list. A dead letter of a disabled endpoint (e.g. by a 410) goes to another active
+/// endpoint of its account that takes its event type, named in the body; one whose replay
+/// already waits at an endpoint stays there (409) (account_admin: own account; operator: any).
 #[utoipa::path(post, path = "/v1/webhooks/dead-letters/{id}/replay", tag = "webhooks",
     params(("id" = String, Path)), request_body = ReplayBody,
     responses((status = 202), (status = 404), (status = 409), (status = 422)),
