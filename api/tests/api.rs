@@ -1985,14 +1985,7 @@ async fn stored_user_roles_govern_what_a_token_may_do() {
     // ... and the account's other users and its ship-tos, as its actor holds them.
     let r = api.call("GET", "/v1/cart", Some(&ann), None, &[]).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    let a = api
-        .state
-        .engine
-        .account(&AccountId::parse("A").unwrap(), |reply| {
-            AccountMsg::GetAccount { reply }
-        })
-        .await
-        .unwrap();
+    let a = stored_account(&api, "A").await;
     let ship_tos: Vec<&str> = a.ship_tos.iter().map(|s| s.id.as_str()).collect();
     assert_eq!(ship_tos, ["HQ"]);
 
@@ -2059,14 +2052,9 @@ async fn an_import_refused_midway_names_what_was_stored() {
         "{errors:?}"
     );
     let users = |id: &'static str| {
-        let engine = api.state.engine.clone();
+        let api = &api;
         async move {
-            let a = engine
-                .account(&AccountId::parse(id).unwrap(), |reply| {
-                    AccountMsg::GetAccount { reply }
-                })
-                .await
-                .unwrap();
+            let a = stored_account(api, id).await;
             a.users.iter().map(|u| u.id.to_string()).collect::<Vec<_>>()
         }
     };
@@ -2101,14 +2089,7 @@ async fn an_import_refused_midway_names_what_was_stored() {
     import(&api.state.engine, &sys, Kind::Users, una.as_bytes(), 10)
         .await
         .unwrap();
-    let u = api
-        .state
-        .engine
-        .account(&AccountId::parse("U").unwrap(), |reply| {
-            AccountMsg::GetAccount { reply }
-        })
-        .await
-        .unwrap();
+    let u = stored_account(&api, "U").await;
     let limit = u.users[0].spending_limit.expect("a limit");
     assert_eq!(limit.to_string(), "100.00 USD");
 }
@@ -2181,4 +2162,15 @@ async fn imports_refuse_what_cannot_be_stored_as_written() {
         import(engine, &sys, Kind::Stock, clear.as_bytes(), 10).await,
         Ok(1)
     );
+}
+
+/// Account `id` as its actor holds it.
+async fn stored_account(api: &Api, id: &str) -> orderd_domain::account::Account {
+    api.state
+        .engine
+        .account(&AccountId::parse(id).unwrap(), |reply| {
+            AccountMsg::GetAccount { reply }
+        })
+        .await
+        .unwrap()
 }
