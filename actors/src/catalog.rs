@@ -59,6 +59,28 @@ impl CatalogStore {
     }
 }
 
+/// A batch that removes every record under `prefix`, then has `build` add the new ones and
+/// the audit entry. Built on the blocking pool: it reads the old keys from sled and encodes
+/// every record, seconds for a million items, which must not hold up a runtime worker.
+async fn replacing_batch(
+    journal: &Journal,
+    prefix: &'static str,
+    build: impl FnOnce(&mut Batch) + Send + 'static,
+) -> Result<Batch, ActorError> {
+    let journal = journal.clone();
+    let building = tokio::task::spawn_blocking(move || -> Result<Batch, ActorError> {
+        let mut batch = Batch::default();
+        for (k, _) in journal.scan_prefix(prefix.as_bytes())? {
+            batch.remove(k);
+        }
+        build(&mut batch);
+        Ok(batch)
+    });
+    building
+        .await
+        .map_err(|e| ActorError::Invariant(format!("building an import's batch: {e}")))?
+}
+
 /// Replaces the whole catalog: items not in `items` are removed. Durable before it is visible.
 pub async fn import_catalog(
     store: &CatalogStore,
@@ -70,18 +92,17 @@ pub async fn import_catalog(
         Ok(c) => c,
         Err(errs) => return Ok(Err(errs.into_iter().map(|e| e.to_string()).collect())),
     };
-    let mut batch = Batch::default();
-    let old: Vec<(Vec<u8>, Vec<u8>)> = journal.scan_prefix(records::CATALOG.as_bytes())?;
-    for (k, _) in old {
-        batch.remove(k);
-    }
-    for item in &items {
-        batch.put(records::catalog_key(&item.sku), records::encode(item));
-    }
-    let digest = records::encode(&items);
-    batch
-        .audit
-        .push(AuditEntry::new(caller, None, "catalog.import", &digest).draft("catalog"));
+    let caller = caller.clone();
+    let batch = replacing_batch(journal, records::CATALOG, move |batch| {
+        for item in &items {
+            batch.put(records::catalog_key(&item.sku), records::encode(item));
+        }
+        let digest = records::encode(&items);
+        batch
+            .audit
+            .push(AuditEntry::new(&caller, None, "catalog.import", &digest).draft("catalog"));
+    })
+    .await?;
     journal.submit(batch).await?;
     let n = catalog.len();
     store.replace(|cur| Snapshot {
@@ -104,18 +125,18 @@ pub async fn import_prices(
         Ok(b) => b,
         Err(errs) => return Ok(Err(errs.into_iter().map(|e| e.to_string()).collect())),
     };
-    let mut batch = Batch::default();
-    for (k, _) in journal.scan_prefix(records::PRICE.as_bytes())? {
-        batch.remove(k);
-    }
-    for (i, e) in entries.iter().enumerate() {
-        batch.put(format!("{}{i:08}", records::PRICE), records::encode(e));
-    }
-    batch.audit.push(
-        AuditEntry::new(caller, None, "prices.import", &records::encode(&entries)).draft("prices"),
-    );
+    let (caller, n) = (caller.clone(), entries.len());
+    let batch = replacing_batch(journal, records::PRICE, move |batch| {
+        for (i, e) in entries.iter().enumerate() {
+            batch.put(format!("{}{i:08}", records::PRICE), records::encode(e));
+        }
+        let digest = records::encode(&entries);
+        batch
+            .audit
+            .push(AuditEntry::new(&caller, None, "prices.import", &digest).draft("prices"));
+    })
+    .await?;
     journal.submit(batch).await?;
-    let n = entries.len();
     store.replace(|cur| Snapshot {
         catalog: cur.catalog.clone(),
         prices: book.clone(),
