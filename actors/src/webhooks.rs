@@ -19,7 +19,7 @@ use crate::audit::{AuditEntry, Caller};
 use base64::Engine as _;
 use orderd_domain::ids::AccountId;
 use orderd_domain::order::OrderState;
-use orderd_storage::{Batch, Journal, StorageError};
+use orderd_storage::{Batch, Journal, StorageError, Ticket};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -498,6 +498,23 @@ impl Webhooks {
         out
     }
 
+    /// [`Webhooks::with`] for a change a delivery task makes: `f` queues its write with
+    /// `try_submit` (in journal order with every other change of the registry) and changes
+    /// memory at once; the flush is awaited after the lock is released, so endpoints do not
+    /// wait for each other's flushes. Memory is ahead of the disk only until that flush, and
+    /// the journal applies writes in order and stops at a failed one: nothing acknowledged
+    /// later can rest on a change that was lost.
+    async fn with_queued<T>(
+        &self,
+        f: impl AsyncFnOnce(&Inner, &mut State) -> Result<(T, Option<Ticket>), WebhookError>,
+    ) -> Result<T, WebhookError> {
+        let (out, ticket) = self.with(f).await?;
+        if let Some(ticket) = ticket {
+            ticket.await?;
+        }
+        Ok(out)
+    }
+
     /// Registers an endpoint of `account`; returns it with its new secret. The URL and event
     /// types are checked by the caller (the API), the per-account limit here. Delivery starts
     /// with the events committed after this call.
@@ -651,15 +668,15 @@ impl Webhooks {
 
     /// Stops deliveries to an endpoint (the receiver answered 410 Gone).
     pub async fn disable(&self, id: &str, reason: &str) -> Result<(), WebhookError> {
-        self.with(async |inner, st| {
+        self.with_queued(async |inner, st| {
             let mut ep = Self::owned(st, None, id)?.clone();
             ep.disabled = Some(reason.to_owned());
             let mut batch = Batch::default();
             batch.put(format!("{ENDPOINT}{id}"), json(&ep));
             audit(&mut batch, &Caller::system(), &ep, "webhook.disable");
-            inner.journal.submit(batch).await?;
+            let ticket = inner.journal.try_submit(batch)?;
             st.endpoints.insert(ep.id.clone(), ep);
-            Ok(())
+            Ok(((), Some(ticket)))
         })
         .await
     }
@@ -700,7 +717,7 @@ impl Webhooks {
     /// Stores a dead letter and moves its endpoint's cursor past it, atomically. Beyond
     /// `webhooks.dead_letters_per_account_max` the account's oldest dead letter is dropped.
     pub async fn dead_letter(&self, mut dl: DeadLetter) -> Result<String, WebhookError> {
-        self.with(async |inner, st| {
+        self.with_queued(async |inner, st| {
             if !st.endpoints.contains_key(&dl.endpoint) {
                 return Err(WebhookError::NotFound);
             }
@@ -728,14 +745,14 @@ impl Webhooks {
             );
             entry.order = dl.event_id.rsplit_once('.').map(|(o, _)| o.to_owned());
             batch.audit.push(entry.draft(&format!("webhook:{}", dl.endpoint)));
-            inner.journal.submit(batch).await?;
+            let ticket = inner.journal.try_submit(batch)?;
             for d in dropped {
                 st.dead.remove(&d);
             }
             metrics::counter!(crate::metric_names::WEBHOOK_DEAD_LETTERED).increment(1);
             let id = dl.id.clone();
             st.dead.insert(dl);
-            Ok(id)
+            Ok((id, Some(ticket)))
         })
         .await
     }
@@ -843,12 +860,12 @@ impl Webhooks {
         endpoint: &str,
         error: Option<String>,
     ) -> Result<(), WebhookError> {
-        self.with(async |inner, st| {
+        self.with_queued(async |inner, st| {
             let Some(mut dl) = st.dead.get(id).cloned() else {
-                return Ok(());
+                return Ok(((), None));
             };
             if dl.endpoint != endpoint || !dl.replay {
-                return Ok(());
+                return Ok(((), None));
             }
             let mut batch = Batch::default();
             match error {
@@ -861,13 +878,13 @@ impl Webhooks {
                     batch.put(format!("{DEAD}{id}"), json(&dl));
                 }
             }
-            inner.journal.submit(batch).await?;
+            let ticket = inner.journal.try_submit(batch)?;
             if dl.replay {
                 st.dead.remove(id);
             } else {
                 st.dead.insert(dl);
             }
-            Ok(())
+            Ok(((), Some(ticket)))
         })
         .await
     }
