@@ -68,10 +68,9 @@ pub struct Limits {
     /// How long a caller waits for an actor's answer.
     pub call_timeout_ms: u64,
     /// How long an account's actor waits for the warehouses, all asked at once, to hold an
-    /// order's stock (below
-    /// `call_timeout_ms`, so that the account gives up and undoes the hold before its own
-    /// caller gives up on it). Other warehouse calls wait `call_timeout_ms`, and a shipment
-    /// waits for its answer (see `WarehouseHandle::ship`).
+    /// order's stock (below `call_timeout_ms`, so that the account gives up and undoes the hold
+    /// before its own caller gives up on it). Other warehouse calls wait `call_timeout_ms`, and
+    /// a shipment waits for its answer (see `WarehouseHandle::ship`).
     pub warehouse_call_timeout_ms: u64,
     /// Requests in flight for one account; above it: busy (HTTP 429).
     pub account_inflight_max: usize,

@@ -697,21 +697,16 @@ impl Webhooks {
 
     /// Moves the endpoint's cursor to `seq` (ignored for a deleted endpoint).
     pub async fn store_cursor(&self, id: &str, seq: u64) -> Result<(), WebhookError> {
-        // Submitted under the lock, so it is ordered before a deletion that removes the cursor;
-        // its flush is awaited outside, so endpoints do not wait for each other's flushes.
-        let ticket = self
-            .with(async |inner, st| {
-                Ok(st.endpoints.contains_key(id).then(|| {
-                    let mut batch = Batch::default();
-                    batch.put(format!("{CURSOR}{id}"), seq.to_be_bytes().to_vec());
-                    inner.journal.submit(batch)
-                }))
-            })
-            .await?;
-        if let Some(ticket) = ticket {
-            ticket.await?;
-        }
-        Ok(())
+        // Queued under the lock, so it is ordered before a deletion that removes the cursor.
+        self.with_queued(async |inner, st| {
+            if !st.endpoints.contains_key(id) {
+                return Ok(((), None));
+            }
+            let mut batch = Batch::default();
+            batch.put(format!("{CURSOR}{id}"), seq.to_be_bytes().to_vec());
+            Ok(((), Some(inner.journal.submit(batch))))
+        })
+        .await
     }
 
     /// Stores a dead letter and moves its endpoint's cursor past it, atomically. Beyond

@@ -236,9 +236,9 @@ impl Account {
             .max_by(|a, b| a.amount.cmp(&b.amount))
     }
 
-    /// Checks the account's own consistency; every problem is listed.
-    /// The account's own rules. Users are checked as a whole here (ship-tos they name); each
-    /// new or changed user also gets [`Account::check_user`] where it is written.
+    /// Checks the account's own consistency; every problem is listed. Of its users only the
+    /// ship-tos they name are checked here; each new or changed user also gets
+    /// [`Account::check_user_record`] where it is written.
     pub fn check(&self) -> Result<(), Vec<String>> {
         let mut errs = Vec::new();
         if self.name.trim().is_empty() {
