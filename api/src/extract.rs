@@ -1,8 +1,11 @@
-//! Path and query extractors whose errors are problem+json (axum's answer in plain text).
+//! Path, query and raw body extractors whose errors are problem+json (axum's answer in plain
+//! text).
 
 use crate::error::ApiError;
-use axum::extract::FromRequestParts;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
+use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
 /// Like `axum::extract::Path`, but a bad segment (`/v1/cart/lines/abc`) is a 400 problem
@@ -34,5 +37,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
             .await
             .map(|axum::extract::Query(v)| Query(v))
             .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
+    }
+}
+
+/// The whole body as bytes, like `axum::body::Bytes`, but a body above the route's limit is a
+/// 400 problem `body_too_large` and one that cannot be read `malformed_body`.
+pub struct Body(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Body, ApiError> {
+        match Bytes::from_request(req, state).await {
+            Ok(bytes) => Ok(Body(bytes)),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::bad_request("body_too_large", e.body_text()))
+            }
+            Err(e) => Err(ApiError::bad_request("malformed_body", e.body_text())),
+        }
     }
 }

@@ -277,25 +277,22 @@ struct Sets<T, K> {
     what: fn(&T) -> String,
 }
 
-impl<T, K> Sets<T, K> {
-    fn once(key: fn(&T) -> K, what: fn(&T) -> String) -> Sets<T, K> {
-        Sets { key, what }
-    }
-}
-
 fn catalog_sets() -> Sets<CatalogItem, Sku> {
-    Sets::once(|i| i.sku.clone(), |i| format!("SKU {}", i.sku))
+    Sets {
+        key: |i| i.sku.clone(),
+        what: |i| format!("SKU {}", i.sku),
+    }
 }
 
 /// Prices: one row per level, SKU, currency and validity window. Windows may overlap (a
 /// promotion over a base price): pricing takes the first valid row in file order.
 fn price_sets() -> Sets<PriceEntry, PriceKey> {
-    Sets::once(
-        |e| {
+    Sets {
+        key: |e| {
             let window = (e.valid_from, e.valid_to);
             (e.level.clone(), e.sku.clone(), e.currency(), window)
         },
-        |e| {
+        what: |e| {
             let level = match &e.level {
                 PriceLevel::List => "list".to_owned(),
                 PriceLevel::Segment(s) => format!("segment {s}"),
@@ -303,7 +300,7 @@ fn price_sets() -> Sets<PriceEntry, PriceKey> {
             };
             format!("the {level} price of {} for the same days", e.sku)
         },
-    )
+    }
 }
 
 type PriceKey = (
@@ -314,32 +311,38 @@ type PriceKey = (
 );
 
 fn warehouse_sets() -> Sets<Warehouse, WarehouseId> {
-    Sets::once(|w| w.id.clone(), |w| format!("warehouse {}", w.id))
+    Sets {
+        key: |w| w.id.clone(),
+        what: |w| format!("warehouse {}", w.id),
+    }
 }
 
 fn stock_sets() -> Sets<(WarehouseId, Sku, u64), (WarehouseId, Sku)> {
-    Sets::once(
-        |r| (r.0.clone(), r.1.clone()),
-        |r| format!("the stock of {} in {}", r.1, r.0),
-    )
+    Sets {
+        key: |r| (r.0.clone(), r.1.clone()),
+        what: |r| format!("the stock of {} in {}", r.1, r.0),
+    }
 }
 
 fn account_sets() -> Sets<Account, AccountId> {
-    Sets::once(|a| a.id.clone(), |a| format!("account {}", a.id))
+    Sets {
+        key: |a| a.id.clone(),
+        what: |a| format!("account {}", a.id),
+    }
 }
 
 fn ship_to_sets() -> Sets<(AccountId, ShipTo), (AccountId, ShipToId)> {
-    Sets::once(
-        |r| (r.0.clone(), r.1.id.clone()),
-        |r| format!("ship-to {} of {}", r.1.id, r.0),
-    )
+    Sets {
+        key: |r| (r.0.clone(), r.1.id.clone()),
+        what: |r| format!("ship-to {} of {}", r.1.id, r.0),
+    }
 }
 
 fn user_sets() -> Sets<(AccountId, ImportedUser), (AccountId, UserId)> {
-    Sets::once(
-        |r| (r.0.clone(), r.1.user.id.clone()),
-        |r| format!("user {} of {}", r.1.user.id, r.0),
-    )
+    Sets {
+        key: |r| (r.0.clone(), r.1.user.id.clone()),
+        what: |r| format!("user {} of {}", r.1.user.id, r.0),
+    }
 }
 
 fn list(s: &str) -> impl Iterator<Item = &str> {

@@ -3,14 +3,11 @@
 
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::Path;
+use crate::extract::{Body, Path};
 use crate::import_csv::{self, Kind};
 use crate::json::Json;
 use crate::ApiState;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::StatusCode;
 use orderd_actors::account::{AccountMsg, CreditView};
 use orderd_domain::account::Role;
 use orderd_domain::ids::AccountId;
@@ -43,13 +40,9 @@ async fn import(
     State(s): State<ApiState>,
     auth: Auth,
     Path(kind): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    Body(body): Body,
 ) -> ApiResult<axum::Json<ImportResult>> {
     let caller = auth.require(&[Role::Operator])?.clone();
-    let body = body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::bad_request("body_too_large", e.body_text()),
-        _ => ApiError::bad_request("malformed_body", e.body_text()),
-    })?;
     let kind = Kind::parse(&kind).ok_or_else(|| {
         ApiError::NotFound(format!("import kind {kind:?} (known: {})", Kind::names()))
     })?;
