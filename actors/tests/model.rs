@@ -1080,17 +1080,8 @@ async fn a_hold_a_warehouse_answers_too_late_is_given_back() {
     let order = place_one(&engine, ACME, "A", 5, world::ACCOUNTS[ACME].ship_tos[0].0).await;
     assert_eq!(order.state, OrderState::PendingApproval);
     keep_busy(&w2).await;
-    let amended = engine
-        .ask(&world::account_id(ACME), |reply| AccountMsg::Amend {
-            caller: world::buyer(ACME),
-            order: order.id.clone(),
-            patch: Amendment {
-                lines: Some(vec![line("A", 5, Some("W1")), line("B", 3, Some("W2"))]),
-                ..Amendment::default()
-            },
-            reply,
-        })
-        .await;
+    let lines = vec![line("A", 5, Some("W1")), line("B", 3, Some("W2"))];
+    let amended = amend_lines(&engine, ACME, &order.id, lines).await;
     assert!(matches!(amended, Err(ActorError::Timeout)), "{amended:?}");
     let held = settled(&w2).await;
     assert_eq!(held.level(&sku("B")).reserved, 3, "the late hold is taken");
@@ -1228,17 +1219,8 @@ async fn a_shortage_beside_a_warehouse_that_does_not_answer() {
         let order = place_one(&engine, ACME, "A", 5, world::ACCOUNTS[ACME].ship_tos[0].0).await;
         assert_eq!(order.state, OrderState::PendingApproval);
         race(7).await;
-        let amended = engine
-            .ask(&world::account_id(ACME), |reply| AccountMsg::Amend {
-                caller: world::buyer(ACME),
-                order: order.id.clone(),
-                patch: Amendment {
-                    lines: Some(vec![line("A", 6, Some("W1")), line("B", 3, Some("W2"))]),
-                    ..Amendment::default()
-                },
-                reply,
-            })
-            .await;
+        let lines = vec![line("A", 6, Some("W1")), line("B", 3, Some("W2"))];
+        let amended = amend_lines(&engine, ACME, &order.id, lines).await;
         // W2 still working through its queue: it did not answer in time.
         let w2_silent = tokio::time::timeout(Duration::from_millis(50), w2.snapshot())
             .await
@@ -1363,6 +1345,26 @@ fn in_two_warehouses(acct: usize) -> OrderRequest {
         ship_to: Some(world::ACCOUNTS[acct].ship_tos[0].0.into()),
         ..OrderRequest::default()
     }
+}
+
+/// Amends order `order` of account `acct`, as its buyer, to `lines`.
+async fn amend_lines(
+    engine: &Engine,
+    acct: usize,
+    order: &orderd_domain::ids::OrderId,
+    lines: Vec<LineRequest>,
+) -> Result<Result<orderd_domain::order::Order, orderd_domain::rejection::Rejection>, ActorError> {
+    engine
+        .ask(&world::account_id(acct), |reply| AccountMsg::Amend {
+            caller: world::buyer(acct),
+            order: order.clone(),
+            patch: Amendment {
+                lines: Some(lines),
+                ..Amendment::default()
+            },
+            reply,
+        })
+        .await
 }
 
 /// Places [`in_two_warehouses`] for account `acct` as its buyer.
