@@ -3,7 +3,8 @@
 # a fixed rate, samples the daemon with perf (call stacks via DWARF), and attributes every
 # sample to a stage of an order (classify_profile.py). Needs perf and the release builds:
 #   cargo build --release -p orderd -p orderd-benches
-# Usage: benches/scripts/profile-orderd.sh [RATE=1500] [SECONDS=10] [AFTER=4]
+# Usage: benches/scripts/profile-orderd.sh [RATE=1500] [SECONDS=10] [AFTER=4] [MIX=1:70,10:25,100:5]
+# (MIX=100:100 shows where the cost per line goes.)
 # Sampling starts AFTER seconds into the run: with AFTER=60 at 3000/s the daemon holds about
 # 180,000 orders by then (how a daemon that has stored more orders spends its CPU).
 set -euo pipefail
@@ -11,9 +12,10 @@ cd "$(dirname "$0")/../.."
 rate=${1:-1500}
 secs=${2:-10}
 after=${3:-4}
+mix=${4:-1:70,10:25,100:5}
 command -v perf >/dev/null || { echo "profile-orderd: perf is missing (apt-get install linux-perf)" >&2; exit 1; }
 out=$(mktemp -d /tmp/orderd-profile-XXXXXX)
-target/release/orderd-bench --orderd target/release/orderd --fixed-rate "$rate" \
+target/release/orderd-bench --orderd target/release/orderd --fixed-rate "$rate" --mix "$mix" \
   --fixed-secs $((after + secs + 2)) --noise-max-cores 100 --out "$out" 2>"$out/bench.err" &
 bench=$!
 for _ in $(seq 1 120); do
