@@ -59,9 +59,10 @@ impl CatalogStore {
     }
 }
 
-/// A batch that removes every record under `prefix`, then has `build` add the new ones and
-/// the audit entry. Built on the blocking pool: it reads the old keys from sled and encodes
-/// every record, seconds for a million items, which must not hold up a runtime worker.
+/// A batch in which `build` writes the new records under `prefix` and the audit entry, and
+/// which removes every old record under `prefix` it does not write again (a batch may not both
+/// write and remove a key). Built on the blocking pool: it reads the old keys from sled and
+/// encodes every record, seconds for a million items, which must not hold up a runtime worker.
 async fn replacing_batch(
     journal: &Journal,
     prefix: &'static str,
@@ -70,10 +71,20 @@ async fn replacing_batch(
     let journal = journal.clone();
     let building = tokio::task::spawn_blocking(move || -> Result<Batch, ActorError> {
         let mut batch = Batch::default();
-        for (k, _) in journal.scan_prefix(prefix.as_bytes())? {
-            batch.remove(k);
-        }
         build(&mut batch);
+        debug_assert!(batch
+            .puts
+            .iter()
+            .all(|(k, _)| k.starts_with(prefix.as_bytes())));
+        let written: std::collections::HashSet<&[u8]> =
+            batch.puts.iter().map(|(k, _)| k.as_slice()).collect();
+        let stale: Vec<Vec<u8>> = journal
+            .scan_prefix(prefix.as_bytes())?
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| !written.contains(k.as_slice()))
+            .collect();
+        batch.removes.extend(stale);
         Ok(batch)
     });
     building

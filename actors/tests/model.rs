@@ -757,6 +757,59 @@ async fn pages_merge_open_and_closed_orders() {
 // An account remembers the Idempotency-Keys of its newest `idempotency_keys_max` orders, placed
 // with a key or not, open or closed, and a restarted account remembers the same ones: a retry
 // within them gets its first order back, one older places a new order.
+// Importing the catalog or the price book again replaces it on disk as in memory. An import
+// once removed every old record and wrote the new ones in one batch, where sled let the removes
+// win: a record imported twice was gone after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_data_imported_again_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("dir");
+    let engine = start(dir.path()).await.expect("engine");
+    world::seed(&engine).await.expect("seed");
+    let sys = Caller::system();
+    let mut items = world::catalog();
+    items[0].description = "imported again".into();
+    let mut added = items[0].clone();
+    added.sku = orderd_domain::ids::Sku::parse("NEW").expect("valid sku");
+    items.push(added);
+    let mut entries = world::prices();
+    let left_out = entries.pop().expect("the world has prices");
+    assert!(entries.len() > 1);
+    engine
+        .import_catalog(&sys, items.clone())
+        .await
+        .expect("import")
+        .expect("valid catalog");
+    engine
+        .import_prices(&sys, entries.clone())
+        .await
+        .expect("import")
+        .expect("valid prices");
+    let stored = |engine: &Engine| {
+        let snap = engine.catalog.load();
+        let mut items: Vec<_> = snap.catalog.items().cloned().collect();
+        items.sort_by(|a, b| a.sku.cmp(&b.sku));
+        let entries: Vec<_> = snap.prices.entries().cloned().collect();
+        (items, entries)
+    };
+    items.sort_by(|a, b| a.sku.cmp(&b.sku));
+    let same_entries = |got: &[orderd_domain::pricing::PriceEntry]| {
+        got.len() == entries.len() && entries.iter().all(|e| got.contains(e))
+    };
+    let (in_memory, priced) = stored(&engine);
+    assert_eq!(in_memory, items);
+    assert!(same_entries(&priced), "{priced:?}");
+    engine.shutdown().await.expect("shutdown");
+    drop(engine);
+    let engine = start(dir.path()).await.expect("restart");
+    let (reloaded, repriced) = stored(&engine);
+    assert_eq!(reloaded, items, "the catalog after a restart");
+    assert!(
+        same_entries(&repriced) && !repriced.contains(&left_out),
+        "the price book after a restart: {repriced:?}"
+    );
+    engine.shutdown().await.expect("shutdown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_keys_cover_the_newest_orders_across_restarts() {
     const ACME: usize = 0;

@@ -170,8 +170,10 @@ impl JournalConfig {
     }
 }
 
-/// One atomic unit of work: everything in it is stored together or not at all.
-/// Within a batch, `removes` are applied after `puts`; batches apply in submit order.
+/// One atomic unit of work: everything in it is stored together or not at all. Batches apply
+/// in submit order. A batch may not both write and remove one key (it is refused as
+/// `Invalid`): sled keeps one operation per key in a batch, so which one wins would depend on
+/// the order they are applied in, not on what the caller meant.
 #[derive(Default, Debug, Clone)]
 pub struct Batch {
     pub puts: Vec<(Vec<u8>, Vec<u8>)>,
@@ -216,6 +218,19 @@ impl Batch {
         for draft in &self.audit {
             // Builds the index prefix only to reuse its length check.
             layout::subject_index_prefix(&draft.subject)?;
+        }
+        if !self.removes.is_empty() {
+            let removed: std::collections::HashSet<&[u8]> =
+                self.removes.iter().map(Vec::as_slice).collect();
+            let written = self.puts.iter().chain(&self.stamped).map(|(k, _)| k);
+            if let Some(k) = written.into_iter().find(|k| removed.contains(k.as_slice())) {
+                return Err(StorageError::Invalid {
+                    reason: format!(
+                        "a batch both writes and removes {}",
+                        String::from_utf8_lossy(k)
+                    ),
+                });
+            }
         }
         let values = self
             .puts
@@ -445,7 +460,8 @@ impl Journal {
     /// Enqueues `batch` without blocking or awaiting. Batches are applied in submit order. The
     /// ticket resolves only after the sled flush that covers this batch has returned; at once
     /// with `Overloaded` when `queue_max` requests are already waiting, `Closed` after `close`,
-    /// or `Invalid` when an audit subject is too long.
+    /// or `Invalid` for a malformed batch (an audit subject too long, a value too large, a key
+    /// both written and removed).
     pub fn submit(&self, batch: Batch) -> Ticket {
         self.try_submit(batch)
             .unwrap_or_else(|e| Ticket::ready(Err(e)))
@@ -958,6 +974,32 @@ fn complete_group(group: Vec<Request>, outcome: Result<Vec<Committed>, StorageEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // A batch that both writes and removes one key is refused whole; a key written in one batch
+    // and removed in the next is gone, and written again after that, is back.
+    #[tokio::test]
+    async fn a_batch_may_not_write_and_remove_one_key() {
+        let journal = Journal::temporary(&JournalConfig::default()).expect("journal");
+        let mut both = Batch::default();
+        both.put(b"other".to_vec(), b"v".to_vec());
+        both.put(b"k".to_vec(), b"v".to_vec());
+        both.remove(b"k".to_vec());
+        let refused = journal.submit(both).await;
+        assert!(
+            matches!(&refused, Err(StorageError::Invalid { reason }) if reason.contains("both writes and removes k")),
+            "{refused:?}"
+        );
+        assert_eq!(journal.get(b"other").expect("read"), None, "refused whole");
+        let mut put = Batch::default();
+        put.put(b"k".to_vec(), b"v1".to_vec());
+        journal.submit(put.clone()).await.expect("put");
+        let mut remove = Batch::default();
+        remove.remove(b"k".to_vec());
+        journal.submit(remove).await.expect("remove");
+        assert_eq!(journal.get(b"k").expect("read"), None);
+        journal.submit(put).await.expect("put again");
+        assert_eq!(journal.get(b"k").expect("read"), Some(b"v1".to_vec()));
+    }
 
     // A failed group commit fails its writers, refuses every later write and reports the
     // failure; what was committed before stays readable.

@@ -242,7 +242,7 @@ pub fn warehouse_caller(wh: &str) -> Caller {
     }
 }
 
-fn catalog() -> Vec<CatalogItem> {
+pub fn catalog() -> Vec<CatalogItem> {
     ITEMS
         .iter()
         .map(|i| CatalogItem {
@@ -269,7 +269,7 @@ fn catalog() -> Vec<CatalogItem> {
         .collect()
 }
 
-fn prices() -> Vec<PriceEntry> {
+pub fn prices() -> Vec<PriceEntry> {
     PRICES
         .iter()
         .map(|PriceRow { sku, level, tiers }| PriceEntry {
