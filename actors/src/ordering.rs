@@ -196,7 +196,15 @@ fn evaluate_untimed(
                 user: &caller.user,
                 roles: &caller.roles,
             };
-            approval::reasons(&st.account, &who, &checked.lines, total, &s.id, used)
+            approval::reasons(
+                &st.account,
+                &who,
+                &checked.lines,
+                &snap.catalog,
+                total,
+                &s.id,
+                used,
+            )
         }
         None => vec![],
     };
@@ -848,6 +856,13 @@ pub async fn approve(
         return Ok(Err(Rejection::Conflict(format!(
             "order {id} is {}, not pending approval",
             order.state.as_str()
+        ))));
+    }
+    // Four eyes: whoever placed the order may withdraw it (reject, cancel), never approve it.
+    if order.placed_by == caller.user {
+        return Ok(Err(Rejection::Forbidden(format!(
+            "order {id} was placed by {}: another approver of the account approves it",
+            caller.user
         ))));
     }
     let freed = match reject_lines(&mut order, reject) {

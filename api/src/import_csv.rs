@@ -285,7 +285,8 @@ fn catalog_sets() -> Sets<CatalogItem, Sku> {
 }
 
 /// Prices: one row per level, SKU, currency and validity window. Windows may overlap (a
-/// promotion over a base price): pricing takes the first valid row in file order.
+/// promotion over a base price): pricing takes the valid row whose window started last, then
+/// the one ending first (`PriceBook::entry_for`).
 fn price_sets() -> Sets<PriceEntry, PriceKey> {
     Sets {
         key: |e| {

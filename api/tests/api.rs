@@ -604,6 +604,27 @@ async fn approval_and_shipment() {
         .status,
         StatusCode::FORBIDDEN
     );
+    // Four eyes: the buyer who placed it may not approve it, even as an approver.
+    let ann_approver = api
+        .token(Some("A"), "ann", &["buyer", "approver"], None)
+        .await;
+    let own = api
+        .call(
+            "POST",
+            &format!("/v1/orders/{id}/approve"),
+            Some(&ann_approver),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(own.status, StatusCode::FORBIDDEN, "{:?}", own.body);
+    assert!(
+        own.body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("placed by ann")),
+        "{:?}",
+        own.body
+    );
     let r = api
         .call(
             "POST",

@@ -224,8 +224,10 @@ impl Account {
         errs
     }
 
-    /// The spending limit of a user acting with `roles`: their own, else the highest of their
-    /// roles' limits, else none (unlimited).
+    /// The spending limit of a user placing an order while acting with `roles`: their own, else
+    /// the highest limit among those roles that have one, else the buyer role's (placing an
+    /// order is buying, whatever role the caller signed in with: an account admin or approver
+    /// without a limit of their role does not order without one), else none (unlimited).
     pub fn spending_limit(&self, user: &UserId, roles: &BTreeSet<Role>) -> Option<Money> {
         if let Some(limit) = self.user(user).and_then(|u| u.spending_limit) {
             return Some(limit);
@@ -234,6 +236,15 @@ impl Account {
             .iter()
             .filter_map(|r| self.rules.role_limits.get(r).copied())
             .max_by(|a, b| a.amount.cmp(&b.amount))
+            .or_else(|| self.rules.role_limits.get(&Role::Buyer).copied())
+    }
+
+    /// The most a user may approve: their own spending limit, else the approver role's, else
+    /// none (any total).
+    pub fn approval_limit(&self, user: &UserId) -> Option<Money> {
+        self.user(user)
+            .and_then(|u| u.spending_limit)
+            .or_else(|| self.rules.role_limits.get(&Role::Approver).copied())
     }
 
     /// Checks the account's own consistency; every problem is listed. Of its users only the

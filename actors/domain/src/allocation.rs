@@ -127,9 +127,12 @@ pub fn plan(
         if let Some(w) = whole {
             allocs.push(((*w).clone(), qty));
         } else if input.allow_split && line.requested_warehouse.is_none() {
+            // Split in whole packs: a line is a pack multiple (validated), so every part is too.
+            let pack = u64::from(item.pack_size.max(1));
+            debug_assert_eq!(qty % pack, 0, "line {} is not in whole packs", line.line_no);
             let mut left = qty;
             for w in &candidates {
-                let take = fillable(&available, w).min(left);
+                let take = fillable(&available, w).min(left) / pack * pack;
                 if take > 0 {
                     allocs.push(((*w).clone(), take));
                     left -= take;

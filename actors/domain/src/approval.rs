@@ -1,6 +1,7 @@
 //! Approval rules: when an order must wait for an approver of the same account.
 
 use crate::account::{Account, Role};
+use crate::catalog::Catalog;
 use crate::ids::{ShipToId, UserId};
 use crate::money::Money;
 use crate::validation::PricedLine;
@@ -17,6 +18,7 @@ pub fn reasons(
     account: &Account,
     who: &Submitter<'_>,
     lines: &[PricedLine],
+    catalog: &Catalog,
     total: Money,
     ship_to: &ShipToId,
     ship_to_used_before: bool,
@@ -29,9 +31,16 @@ pub fn reasons(
             ));
         }
     }
+    // A kit counts as restricted when it or one of its components is.
+    let restricted_skus = &account.rules.restricted_skus;
     let restricted: Vec<&str> = lines
         .iter()
-        .filter(|l| account.rules.restricted_skus.contains(&l.sku))
+        .filter(|l| {
+            restricted_skus.contains(&l.sku)
+                || catalog
+                    .get(&l.sku)
+                    .is_some_and(|i| i.kit.iter().any(|c| restricted_skus.contains(&c.sku)))
+        })
         .map(|l| l.sku.as_str())
         .collect();
     if !restricted.is_empty() {
@@ -47,7 +56,7 @@ pub fn reasons(
 }
 
 /// Whether `approver` may approve an order of `total`: an approver of the account whose own
-/// spending limit (if any) covers it.
+/// approval limit (if any) covers it. Who placed the order is checked where it is approved.
 pub fn may_approve(
     account: &Account,
     approver: &UserId,
@@ -56,6 +65,6 @@ pub fn may_approve(
 ) -> bool {
     roles.contains(&Role::Approver)
         && account
-            .spending_limit(approver, &BTreeSet::from([Role::Approver]))
+            .approval_limit(approver)
             .is_none_or(|limit| total.amount <= limit.amount)
 }

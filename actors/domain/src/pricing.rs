@@ -119,7 +119,10 @@ impl PriceBook {
         self.by_sku.values().flatten()
     }
 
-    /// The entry that applies to this account on `day`, most specific level first.
+    /// The entry that applies to this account on `day`: the most specific level with a valid
+    /// entry and, within it, the entry whose window started last (a promotion inside a
+    /// year-long price), then the one that ends first. The order of the import file does not
+    /// matter.
     pub fn entry_for(
         &self,
         sku: &Sku,
@@ -130,8 +133,20 @@ impl PriceBook {
     ) -> Option<&PriceEntry> {
         let entries = self.by_sku.get(sku)?;
         let usable = |e: &&PriceEntry| e.valid_on(day) && e.currency() == Some(currency);
+        // Smallest first: the latest start (none is the earliest), then the earliest end (none
+        // is the latest); of equal windows the first entry.
+        let precedence = |e: &&PriceEntry| {
+            (
+                std::cmp::Reverse(e.valid_from),
+                (e.valid_to.is_none(), e.valid_to),
+            )
+        };
         let at = |want: &dyn Fn(&PriceLevel) -> bool| {
-            entries.iter().filter(usable).find(|e| want(&e.level))
+            entries
+                .iter()
+                .filter(usable)
+                .filter(|e| want(&e.level))
+                .min_by_key(precedence)
         };
         at(&|l| matches!(l, PriceLevel::Contract(a) if a == account))
             .or_else(|| at(&|l| matches!(l, PriceLevel::Segment(s) if s == segment)))
@@ -280,6 +295,42 @@ mod tests {
                 d("2026-06-15")
             )
             .is_none());
+    }
+
+    // Within a level, overlapping windows resolve to the one that started last, then the one
+    // that ends first, in whatever order the entries came.
+    #[test]
+    fn the_narrowest_window_of_a_level_wins() {
+        let acct = AccountId::parse("ACME").unwrap();
+        let seg = Segment::parse("retail").unwrap();
+        let year = entry(PriceLevel::List, &[(1, "10.00")], None, None);
+        let july = entry(
+            PriceLevel::List,
+            &[(1, "8.00")],
+            Some("2026-07-01"),
+            Some("2026-07-31"),
+        );
+        let first_week = entry(
+            PriceLevel::List,
+            &[(1, "7.00")],
+            Some("2026-07-01"),
+            Some("2026-07-07"),
+        );
+        let all = [year, july, first_week];
+        for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0], [0, 2, 1]] {
+            let book = PriceBook::new(order.iter().map(|i| all[*i].clone()).collect()).unwrap();
+            let sku = Sku::parse("S1").unwrap();
+            let eur_c = Currency::parse("EUR").unwrap();
+            let price = |day| {
+                book.price(&sku, 1, &acct, &seg, eur_c, d(day))
+                    .unwrap()
+                    .unit_price
+            };
+            assert_eq!(price("2026-06-30"), eur("10.00"), "{order:?}");
+            assert_eq!(price("2026-07-03"), eur("7.00"), "{order:?}");
+            assert_eq!(price("2026-07-08"), eur("8.00"), "{order:?}");
+            assert_eq!(price("2026-08-01"), eur("10.00"), "{order:?}");
+        }
     }
 
     // Bad entries are each reported.

@@ -438,6 +438,40 @@ fn plan_for(
     })
 }
 
+// A split line is split in whole packs: PACK comes in 6s, so BER's 5 are no part of it.
+#[test]
+fn a_split_keeps_whole_packs() {
+    let f = fixture();
+    let stock = avail(&[("BER", "PACK", 5), ("HAM", "PACK", 19), ("MUC", "PACK", 10)]);
+    assert_eq!(
+        plan_for(
+            &f,
+            "BERLIN",
+            Some("express"),
+            true,
+            vec![line("PACK", 24)],
+            stock
+        )
+        .unwrap(),
+        vec![vec![("HAM".into(), 18), ("MUC".into(), 6)]]
+    );
+    let short = avail(&[("BER", "PACK", 5), ("HAM", "PACK", 11), ("MUC", "PACK", 11)]);
+    let e = plan_for(
+        &f,
+        "BERLIN",
+        Some("express"),
+        true,
+        vec![line("PACK", 24)],
+        short,
+    )
+    .unwrap_err();
+    assert_eq!(
+        e[0].code,
+        ProblemCode::OutOfStock,
+        "27 units, but 12 in packs"
+    );
+}
+
 // Warehouse choice: buyer's choice, fastest for the speed, nearest with stock, split only when allowed.
 #[test]
 fn warehouse_choice() {
@@ -590,33 +624,47 @@ fn credit_check_figures() {
     assert!(credit::check(eur("1000"), eur("900"), eur("100.00")).is_none());
 }
 
-// Approval rules: user limit beats role limit, restricted SKUs, first order to a ship-to.
+// Approval rules: user limit beats role limit, a role without a limit orders with the buyer
+// role's, restricted SKUs (also inside a kit), first order to a ship-to.
 #[test]
 fn approval_rules() {
     let f = fixture();
     let bob = UserId::parse("bob").unwrap();
     let ann = UserId::parse("ann").unwrap();
     let buyer = BTreeSet::from([Role::Buyer]);
+    let admin = BTreeSet::from([Role::AccountAdmin]);
     let c = check_order(&ctx(&f), &req(vec![line("A", 25)]));
+    let over = check_order(&ctx(&f), &req(vec![line("A", 51)]));
     let berlin = ShipToId::parse("BERLIN").unwrap();
-    let r = |who: &UserId, c: &Checked, used| {
+    let r_as = |who: &UserId, roles: &BTreeSet<Role>, c: &Checked, used| {
         approval::reasons(
             &f.account,
-            &approval::Submitter {
-                user: who,
-                roles: &buyer,
-            },
+            &approval::Submitter { user: who, roles },
             &c.lines,
+            &f.catalog,
             c.total(&f.account),
             &berlin,
             used,
         )
     };
+    let r = |who: &UserId, c: &Checked, used| r_as(who, &buyer, c, used);
     assert_eq!(r(&bob, &c, true).len(), 1, "250 > bob's own 200");
     assert!(r(&ann, &c, true).is_empty(), "250 <= buyer role's 500");
+    assert_eq!(r(&ann, &over, true).len(), 1, "510 > buyer role's 500");
+    assert_eq!(
+        r_as(&ann, &admin, &over, true),
+        r(&ann, &over, true),
+        "an account admin without a limit of the role orders with the buyer role's"
+    );
     assert_eq!(r(&ann, &c, false).len(), 1, "first order to BERLIN");
     let restricted = check_order(&ctx(&f), &req(vec![line("B", 1)]));
     assert!(r(&ann, &restricted, true)[0].contains("restricted"));
+    let kit = check_order(&ctx(&f), &req(vec![line("KIT", 1)]));
+    assert_eq!(
+        r(&ann, &kit, true),
+        vec!["restricted items need approval: KIT".to_owned()],
+        "B is one of the kit's components"
+    );
     let approver = BTreeSet::from([Role::Approver]);
     assert!(approval::may_approve(
         &f.account,
