@@ -188,6 +188,12 @@ impl DaemonSpec {
     pub fn audit_verify(&self) -> anyhow::Result<ToolOutput> {
         self.run(["audit", "verify"], TOOL_TIMEOUT)
     }
+
+    /// `orderd audit verify --expect-head SEQ:HASH`: also exit 1 when the chain no longer
+    /// reaches that head.
+    pub fn audit_verify_expecting(&self, head: &str) -> anyhow::Result<ToolOutput> {
+        self.run(["audit", "verify", "--expect-head", head], TOOL_TIMEOUT)
+    }
 }
 
 type LogTail = Arc<Mutex<VecDeque<String>>>;

@@ -517,14 +517,15 @@ enum Resent {
     Bad(String),
 }
 
-/// `(records, head seq)` from "audit log intact: N records, head seq S".
+/// `(records, head seq)` from "audit log intact: N records, head seq S (head S:HASH)".
 pub fn parse_intact(out: &ToolOutput) -> Option<(u64, u64)> {
     let rest = out
         .stdout
         .lines()
         .find_map(|l| l.strip_prefix("audit log intact: "))?;
     let (records, head) = rest.split_once(" records, head seq ")?;
-    Some((records.trim().parse().ok()?, head.trim().parse().ok()?))
+    let head = head.split_whitespace().next()?;
+    Some((records.trim().parse().ok()?, head.parse().ok()?))
 }
 
 /// Runs blocking process work off the async workers.

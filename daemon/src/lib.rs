@@ -67,6 +67,8 @@ pub async fn run(
         }
     });
     let journal = open_journal(&config)?;
+    // The audit head, logged to be kept outside the store (see `orderd audit verify --expect-head`).
+    tracing::info!(audit_head = %journal.audit_head(), "journal opened");
     let engine = start_engine(&config, journal.clone()).await?;
     let metrics_server = match config.metrics_listen {
         Some(addr) => Some(serve_metrics(addr, engine.clone()).await?),
@@ -192,7 +194,7 @@ pub async fn run(
         // Also when the failure came after a signal had started the shutdown.
         anyhow::bail!("a journal commit failed; restart orderd to recover from the disk");
     }
-    tracing::info!("shutdown complete");
+    tracing::info!(audit_head = %journal.audit_head(), "shutdown complete");
     if let Ok(Some(task)) = ended.await {
         anyhow::bail!(
             "the {task} stopped unexpectedly; restart orderd (events resume from the audit log)"
@@ -241,7 +243,7 @@ async fn serve_metrics(
 pub async fn check(config: &Config) -> anyhow::Result<Vec<String>> {
     let dir = config.data_dir.join("journal");
     let mut problems = vec![];
-    if let Err(e) = Journal::verify_dir(&dir) {
+    if let Err(e) = Journal::verify_dir(&dir, None) {
         problems.push(format!("audit chain: {e}"));
         return Ok(problems);
     }

@@ -81,8 +81,12 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Walk the hash chain; exit 1 naming the first bad sequence number.
+    /// Walk the hash chain; exit 1 naming the first bad sequence number. Prints the head as
+    /// SEQ:HASH: keep it (the daemon also logs it at start and shutdown) and pass it later as
+    /// --expect-head, which also detects a tail cut off together with the store's own head.
     Verify {
+        #[arg(long, value_name = "SEQ:HASH")]
+        expect_head: Option<orderd_storage::AuditHead>,
         #[command(flatten)]
         common: Common,
     },
@@ -262,15 +266,19 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
             }
         }
         Command::Audit {
-            action: AuditCommand::Verify { common },
+            action:
+                AuditCommand::Verify {
+                    expect_head,
+                    common,
+                },
         } => {
             let config = load_config(&common)?;
             let dir = config.data_dir.join("journal");
-            match orderd_storage::Journal::verify_dir(&dir) {
+            match orderd_storage::Journal::verify_dir(&dir, expect_head) {
                 Ok(report) => {
                     println!(
-                        "audit log intact: {} records, head seq {}",
-                        report.records, report.head_seq
+                        "audit log intact: {} records, head seq {} (head {})",
+                        report.records, report.head.seq, report.head
                     );
                     Ok(std::process::ExitCode::SUCCESS)
                 }

@@ -5,7 +5,10 @@
 //! record stores that hash as its `prev_hash`. Seqs start at 1 and are contiguous; the first
 //! record's `prev_hash` is all zeros. The meta key [`layout::META_AUDIT_HEAD`] holds the last
 //! (seq, hash) and is written in the same atomic batch as the records, so it anchors the tail:
-//! deleting the last records is detected too.
+//! deleting the last records is detected too, unless the meta head is rewritten with them (to
+//! the earlier record's own seq and hash, copied bytes). That cut is detected only against a head
+//! recorded outside the store: the daemon logs it at start and at shutdown, and
+//! `orderd audit verify --expect-head SEQ:HASH` checks the chain still reaches it.
 //!
 //! Stored value of `a`+seq (format version 1):
 //!
@@ -58,13 +61,37 @@ impl AuditHead {
     };
 }
 
+/// `SEQ:HEX`, the form `orderd audit verify` prints and `--expect-head` reads: a head recorded
+/// outside the store is what detects a log cut back to an earlier record.
+impl std::fmt::Display for AuditHead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.seq, hex::encode(self.hash))
+    }
+}
+
+impl std::str::FromStr for AuditHead {
+    type Err = String;
+    fn from_str(s: &str) -> Result<AuditHead, String> {
+        let (seq, hash) = s
+            .split_once(':')
+            .ok_or_else(|| format!("{s:?} is not SEQ:HASH"))?;
+        let seq = seq
+            .parse()
+            .map_err(|_| format!("{seq:?} is not a sequence number"))?;
+        let mut out = [0u8; HASH_LEN];
+        hex::decode_to_slice(hash, &mut out)
+            .map_err(|_| format!("{hash:?} is not {HASH_LEN} bytes of hex"))?;
+        Ok(AuditHead { seq, hash: out })
+    }
+}
+
 /// What [`verify_tree`] found on an intact chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuditReport {
     /// Number of records walked.
     pub records: u64,
-    /// The meta head seq the walk ended on.
-    pub head_seq: u64,
+    /// The meta head the walk ended on.
+    pub head: AuditHead,
 }
 
 /// The chain hash of one record.
@@ -218,9 +245,17 @@ pub fn check_tail(tree: &sled::Tree) -> Result<AuditHead, StorageError> {
 /// the chain ends exactly at the meta head. Reports the FIRST bad seq as
 /// `StorageError::ChainBroken`; read failures are `StorageError::Io`.
 ///
+/// The store alone cannot show that its tail was cut off, meta head included (the head is
+/// rewritten to an earlier record's hash, which that record's successor holds). `expect` is a
+/// head recorded outside the store (the daemon logs it at start and at shutdown): the chain must
+/// reach it and the record at its seq must carry its hash.
+///
 /// Safe to run while the journal commits: records appended after the head was read are ignored.
 /// Cost: one sequential read of the whole log.
-pub fn verify_tree(tree: &sled::Tree) -> Result<AuditReport, StorageError> {
+pub fn verify_tree(
+    tree: &sled::Tree,
+    expect: Option<AuditHead>,
+) -> Result<AuditReport, StorageError> {
     let head = read_head(tree)?;
     let mut prev = AuditHead::EMPTY;
     let mut records = 0u64;
@@ -249,6 +284,12 @@ pub fn verify_tree(tree: &sled::Tree) -> Result<AuditReport, StorageError> {
         let record =
             decode_record(seq, &value).map_err(|e| broken(seq, format!("undecodable: {e}")))?;
         audit_chain_links(&prev, &record).map_err(|reason| broken(seq, reason))?;
+        if expect.is_some_and(|e| e.seq == seq && e.hash != record.hash) {
+            return Err(broken(
+                seq,
+                "the record's hash differs from the expected head",
+            ));
+        }
         prev = AuditHead {
             seq,
             hash: record.hash,
@@ -270,6 +311,15 @@ pub fn verify_tree(tree: &sled::Tree) -> Result<AuditReport, StorageError> {
             "last record's hash differs from the meta head",
         ));
     }
+    if let Some(e) = expect.filter(|e| e.seq > head.seq) {
+        return Err(broken(
+            head.seq.saturating_add(1),
+            format!(
+                "record missing: the chain ends at {} before the expected head {} (the tail was cut off)",
+                head.seq, e.seq
+            ),
+        ));
+    }
     if let Some(seq) = beyond_head {
         // A concurrent commit moves the head; only a record beyond an unchanged head is foreign.
         if read_head(tree)? == head {
@@ -279,10 +329,7 @@ pub fn verify_tree(tree: &sled::Tree) -> Result<AuditReport, StorageError> {
             ));
         }
     }
-    Ok(AuditReport {
-        records,
-        head_seq: head.seq,
-    })
+    Ok(AuditReport { records, head })
 }
 
 fn audit_seq_of(key: &[u8]) -> Option<u64> {

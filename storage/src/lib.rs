@@ -392,14 +392,18 @@ impl Journal {
     /// Walks the whole audit chain of the journal in `path` without starting a committer, so a
     /// store that `open` refuses (its tail does not match the head) can still be examined.
     /// Reports the first bad sequence number as `ChainBroken`.
-    pub fn verify_dir(path: &Path) -> Result<AuditReport, StorageError> {
-        if !path.is_dir() {
+    /// `expect`: a head recorded earlier, which the chain must still reach (see
+    /// [`audit_chain::verify_tree`]). A directory without a journal is refused, not reported as
+    /// an empty intact log.
+    pub fn verify_dir(path: &Path, expect: Option<AuditHead>) -> Result<AuditReport, StorageError> {
+        // sled keeps its log in `db` and its settings in `conf`; opening creates both.
+        if !path.join("db").is_file() || !path.join("conf").is_file() {
             return Err(StorageError::Invalid {
-                reason: format!("{} is not a directory", path.display()),
+                reason: format!("{} holds no journal", path.display()),
             });
         }
         let db = open_retrying_lock(&sled_config(&JournalConfig::default()).path(path))?;
-        audit_chain::verify_tree(&db)
+        audit_chain::verify_tree(&db, expect)
     }
 
     /// Opens the journal's sled database in `path` directly, with the settings it was created
@@ -649,7 +653,7 @@ impl Journal {
     /// Walks the whole audit log (see [`audit_chain::verify_tree`]): `ChainBroken { seq }` names
     /// the first bad record. Safe to run while writers commit.
     pub fn verify_audit(&self) -> Result<AuditReport, StorageError> {
-        audit_chain::verify_tree(&self.inner.db)
+        audit_chain::verify_tree(&self.inner.db, None)
     }
 
     /// Batches waiting for the committer right now (at most `queue_max`).

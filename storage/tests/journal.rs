@@ -77,7 +77,7 @@ fn raw_record(db: &sled::Db, seq: u64) -> AuditRecord {
 
 /// Runs the full verification on the raw directory (works even when `Journal::open` refuses).
 fn raw_verify(dir: &Path) -> Result<orderd_storage::AuditReport, StorageError> {
-    audit_chain::verify_tree(&raw_open(dir))
+    audit_chain::verify_tree(&raw_open(dir), None)
 }
 
 // A batch with puts, a remove and audit records is visible as a whole once its ticket
@@ -288,14 +288,14 @@ async fn verify_intact_chain() {
     let journal = Journal::open(dir.path(), &config()).expect("open");
     assert_eq!(journal.audit_head(), AuditHead::EMPTY);
     let report = journal.verify_audit().expect("verify empty");
-    assert_eq!((report.records, report.head_seq), (0, 0));
+    assert_eq!((report.records, report.head), (0, AuditHead::EMPTY));
     journal.close().expect("close");
     drop(journal);
 
     journal_with_records(dir.path(), 5).await;
     let journal = Journal::open(dir.path(), &config()).expect("reopen");
     let report = journal.verify_audit().expect("verify");
-    assert_eq!((report.records, report.head_seq), (5, 5));
+    assert_eq!((report.records, report.head.seq), (5, 5));
     let records = journal.audit_after(0, 10).expect("records");
     assert_eq!(journal.audit_head().hash, records[4].hash);
     for pair in records.windows(2) {
@@ -410,6 +410,50 @@ async fn tamper_truncation_is_detected() {
     });
     assert_eq!(chain_broken_at(Journal::open(dir.path(), &config())), 5);
     assert_eq!(chain_broken_at(raw_verify(dir.path())), 5);
+}
+
+// Records 4 and 5 cut off together with the meta head, rewritten to record 3 (copied bytes, no
+// hashing): the store alone looks intact. Against the head recorded before (`SEQ:HASH`, as the
+// daemon logs it) the walk names 4; a recorded head whose hash differs names its own seq.
+#[tokio::test]
+async fn a_tail_cut_with_its_head_is_detected_against_a_recorded_head() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    journal_with_records(dir.path(), 5).await;
+    let recorded = raw_verify(dir.path()).expect("intact").head;
+    let text = recorded.to_string();
+    assert_eq!(text.parse::<AuditHead>(), Ok(recorded));
+    assert!("5".parse::<AuditHead>().is_err() && "5:zz".parse::<AuditHead>().is_err());
+    tamper(dir.path(), |db| {
+        let third = raw_record(db, 3);
+        db.remove(layout::audit_key(5)).expect("cut");
+        db.remove(layout::audit_key(4)).expect("cut");
+        db.insert(
+            layout::META_AUDIT_HEAD,
+            &layout::encode_audit_head(3, &third.hash)[..],
+        )
+        .expect("rewrite the head");
+    });
+    assert_eq!(raw_verify(dir.path()).expect("looks intact").head.seq, 3);
+    assert_eq!(
+        chain_broken_at(Journal::verify_dir(dir.path(), Some(recorded))),
+        4
+    );
+    let other = AuditHead {
+        seq: 2,
+        hash: [7; 32],
+    };
+    assert_eq!(
+        chain_broken_at(Journal::verify_dir(dir.path(), Some(other))),
+        2
+    );
+    let empty = tempfile::tempdir().expect("tempdir");
+    assert!(
+        matches!(
+            Journal::verify_dir(empty.path(), None),
+            Err(StorageError::Invalid { reason }) if reason.contains("holds no journal")
+        ),
+        "an empty directory is no intact log"
+    );
 }
 
 // A well-linked record appended beyond the meta head is foreign: open refuses, the walk names 6.

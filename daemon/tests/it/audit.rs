@@ -31,6 +31,7 @@ type Tamper = Box<dyn FnOnce(&sled::Db, u64)>;
 async fn verify_tampered(
     env: &TestEnv,
     name: &str,
+    expect_head: Option<String>,
     tamper: impl FnOnce(&sled::Db, u64),
 ) -> ToolOutput {
     let copy = env.data_dir().with_file_name(format!(
@@ -49,10 +50,13 @@ async fn verify_tampered(
     }
     let mut spec = env.spec.clone();
     spec.data_dir = copy.clone();
-    let out = tokio::task::spawn_blocking(move || spec.audit_verify())
-        .await
-        .expect("tool task")
-        .expect("running orderd audit verify");
+    let out = tokio::task::spawn_blocking(move || match expect_head {
+        Some(head) => spec.audit_verify_expecting(&head),
+        None => spec.audit_verify(),
+    })
+    .await
+    .expect("tool task")
+    .expect("running orderd audit verify");
     std::fs::remove_dir_all(&copy).expect("removing the copy");
     out
 }
@@ -210,10 +214,37 @@ async fn audit_verify_finds_every_tampering() {
         ),
     ];
     for (name, expected, tamper) in cases {
-        let out = verify_tampered(&env, name, tamper).await;
+        let out = verify_tampered(&env, name, None, tamper).await;
         assert_eq!(out.code(), Some(1), "{name}: {out}");
         assert_eq!(broken_seq(&out), Some(expected), "{name}: {out}");
     }
+    // The last two records cut off with the meta head moved back to the record before them
+    // (copied bytes): the store alone looks intact; against the head printed before, it is not.
+    let printed = intact
+        .stdout
+        .split_once("(head ")
+        .and_then(|(_, r)| r.split_once(')'))
+        .map(|(h, _)| h.to_owned())
+        .unwrap_or_else(|| panic!("no head printed: {intact}"));
+    let cut = |db: &sled::Db, head: u64| {
+        let kept = record(db, head - 2);
+        for seq in head - 1..=head {
+            db.remove(layout::audit_key(seq)).expect("removing");
+        }
+        db.insert(
+            layout::META_AUDIT_HEAD,
+            &layout::encode_audit_head(head - 2, &kept.hash)[..],
+        )
+        .expect("moving the head back");
+    };
+    let alone = verify_tampered(&env, "cut-with-head", None, cut).await;
+    assert_eq!(alone.code(), Some(0), "{alone}");
+    let anchored =
+        verify_tampered(&env, "cut-with-head-anchored", Some(printed.clone()), cut).await;
+    assert_eq!(anchored.code(), Some(1), "{anchored}");
+    assert_eq!(broken_seq(&anchored), Some(head - 1), "{anchored}");
+    let untouched = verify_tampered(&env, "anchored", Some(printed), |_, _| {}).await;
+    assert_eq!(untouched.code(), Some(0), "{untouched}");
     // The original is untouched by all of that.
     let again = env.audit_verify().await;
     assert_eq!(again.code(), Some(0), "{again}");
