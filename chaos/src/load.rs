@@ -12,10 +12,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// The users a worker acts as, by index: `(user, roles)` of the demo accounts. Alice has a
-/// spending limit of 2000 EUR; Bob may approve.
-pub const USERS: [(&str, &[&str]); 2] = [("alice", &["buyer"]), ("bob", &["buyer", "approver"])];
+/// spending limit of 2000 EUR, Carol (acting as a buyer) the buyer role's 5000 EUR; Bob may
+/// approve. Orders are placed by the first [`PLACERS`] only: nobody approves their own order.
+pub const USERS: [(&str, &[&str]); 3] = [
+    ("alice", &["buyer"]),
+    ("carol", &["buyer"]),
+    ("bob", &["buyer", "approver"]),
+];
+/// How many of [`USERS`], from the first, place orders.
+pub const PLACERS: usize = 2;
 /// Index into [`USERS`] of the user who approves and cancels.
-pub const APPROVER: usize = 1;
+pub const APPROVER: usize = 2;
+const _: () = assert!(APPROVER >= PLACERS, "the approver must not place orders");
 
 /// `(account, ship-to)` of each worker, cycled when there are more workers. Accounts with large
 /// and small credit limits, so some load runs into `credit_limit_exceeded`.
@@ -316,7 +324,7 @@ impl Worker {
         Placement {
             key,
             body: json!({"lines": lines, "ship_to": self.ship_to}),
-            user: self.rng.usize(..USERS.len()),
+            user: self.rng.usize(..PLACERS),
         }
     }
 
