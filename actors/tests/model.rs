@@ -1231,6 +1231,8 @@ async fn a_shortage_beside_a_warehouse_that_does_not_answer() {
         settled(&w1).await;
         settled(&w2).await;
         w1.release_all(taker.clone()).expect("released");
+        // The taker's units are free again before anything plans with W1's stock.
+        settled(&w1).await;
         if let Some(o) = order {
             // Refused when the attempt left nothing to cancel.
             let _ = cancel_one(&engine, ACME, o).await;
@@ -1269,7 +1271,16 @@ async fn a_shortage_beside_a_warehouse_that_does_not_answer() {
     // An amendment of 5 × A pending approval: 1 × A more, taken meanwhile, and 3 × B from W2.
     for attempt in 1.. {
         assert!(attempt <= RACE_ATTEMPTS, "the race did not set up");
-        let order = place_one(&engine, ACME, "A", 5, world::ACCOUNTS[ACME].ship_tos[0].0).await;
+        // In W1 (W2 stocks A too): the order's lines then leave nothing to hold in W2.
+        let req = OrderRequest {
+            lines: vec![line("A", 5, Some("W1"))],
+            ship_to: Some(world::ACCOUNTS[ACME].ship_tos[0].0.into()),
+            ..OrderRequest::default()
+        };
+        let order = place_as(&engine, ACME, world::buyer(ACME), None, req)
+            .await
+            .expect("placed")
+            .order;
         assert_eq!(order.state, OrderState::PendingApproval);
         race(7).await;
         let lines = vec![line("A", 6, Some("W1")), line("B", 3, Some("W2"))];
