@@ -1234,8 +1234,22 @@ async fn a_shortage_beside_a_warehouse_that_does_not_answer() {
         // The taker's units are free again before anything plans with W1's stock.
         settled(&w1).await;
         if let Some(o) = order {
-            // Refused when the attempt left nothing to cancel.
-            let _ = cancel_one(&engine, ACME, o).await;
+            // A pending order cannot be cancelled (DESIGN.md's state machine): it is rejected.
+            if cancel_one(&engine, ACME, o).await.is_err() {
+                ask(&engine, ACME, |reply| AccountMsg::Reject {
+                    caller: world::approver(ACME),
+                    order: o.clone(),
+                    lines: vec![],
+                    reason: None,
+                    reply,
+                })
+                .await
+                .expect("actor")
+                .expect("the attempt's order is withdrawn");
+            }
+            // Its stock is free again before the next attempt plans.
+            settled(&w1).await;
+            settled(&w2).await;
         }
     };
 
