@@ -925,7 +925,7 @@ pub async fn reject(
     lines: &[u32],
     reason: Option<String>,
 ) -> Flow<Order> {
-    let mut order = match find(st, caller, id).await? {
+    let order = match find(st, caller, id).await? {
         Ok(o) => o,
         Err(e) => return Ok(Err(e)),
     };
@@ -940,6 +940,22 @@ pub async fn reject(
             order.state.as_str()
         ))));
     }
+    let note = reason.map(|r| format!("rejected: {}", r.chars().take(200).collect::<String>()));
+    reject_pending(st, caller, order, lines, note, "order.reject").await
+}
+
+/// Rejects `lines` of a pending order (all of its open lines when none are named): the order
+/// ends Rejected once no line is open, and `note` joins its approval reasons.
+async fn reject_pending(
+    st: &mut AccountState,
+    caller: &Caller,
+    mut order: Order,
+    lines: &[u32],
+    note: Option<String>,
+    action: &str,
+) -> Flow<Order> {
+    assert_eq!(order.state, OrderState::PendingApproval, "{}", order.id);
+    let id = order.id.clone();
     let all: Vec<u32> = order.open_lines().map(|l| l.line_no).collect();
     let freed = match reject_lines(&mut order, if lines.is_empty() { &all } else { lines }) {
         Ok(f) => f,
@@ -951,19 +967,14 @@ pub async fn reject(
             return Ok(Err(e.into()));
         }
     }
-    if let Some(r) = reason {
-        order.approval_reasons.push(format!(
-            "rejected: {}",
-            r.chars().take(200).collect::<String>()
-        ));
-    }
+    order.approval_reasons.extend(note);
     touch(&mut order);
     let transitions: &[&'static str] = if whole { &["rejected"] } else { &[] };
     let batch = match order_batch(
         st,
         caller,
         &order,
-        "order.reject",
+        action,
         Some(OrderState::PendingApproval),
         transitions,
     ) {
@@ -974,7 +985,7 @@ pub async fn reject(
     if whole {
         for_every_warehouse(st, |h| h.release_all(id.clone()))?;
     } else {
-        release(st, id, &freed)?;
+        release(st, &id, &freed)?;
     }
     Ok(Ok(commit_order(st, order, &committed)))
 }
@@ -993,6 +1004,12 @@ pub async fn cancel(st: &mut AccountState, caller: &Caller, id: &OrderId) -> Flo
         return Ok(Err(Rejection::Conflict(format!(
             "order {id} is partly shipped and can no longer be cancelled"
         ))));
+    }
+    if order.state == OrderState::PendingApproval {
+        // Withdrawn: DESIGN.md's state machine leads from PendingApproval only to Confirmed
+        // or Rejected, so a pending order that is cancelled ends Rejected, saying by whom.
+        let note = format!("withdrawn by {}", caller.user);
+        return reject_pending(st, caller, order, &[], Some(note), "order.cancel").await;
     }
     let from = order.state;
     if let Err(e) = order.transition(OrderState::Cancelled) {

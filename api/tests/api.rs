@@ -713,6 +713,75 @@ async fn approval_and_shipment() {
     assert_eq!(h.body[2]["entry"]["to"], "shipped");
 }
 
+// A buyer who placed an order that waits for approval withdraws it with cancel: it ends
+// rejected (the state machine's only way out besides approval), saying who withdrew it, and
+// its stock and credit are free again. Another buyer of the account cannot see it to withdraw.
+#[tokio::test]
+async fn a_buyer_withdraws_a_pending_order() {
+    let api = api().await;
+    let buyer = api.token(Some("A"), "ann", &["buyer"], None).await;
+    let other = api.token(Some("A"), "ari", &["buyer"], None).await;
+    let available = || async {
+        api.call("GET", "/v1/catalog/BOLT", Some(&buyer), None, &[])
+            .await
+            .body["available"]["BER"]
+            .clone()
+    };
+    let before = available().await;
+    let o = api
+        .place(&buyer, "w1", json!({"lines":[{"sku":"BOLT","qty":80}]}))
+        .await;
+    assert_eq!(o.body["state"], "pending_approval", "{:?}", o.body);
+    let id = o.body["id"].as_str().unwrap().to_owned();
+    assert_ne!(available().await, before, "the pending order holds stock");
+    let cancel = format!("/v1/orders/{id}/cancel");
+    let r = api.call("POST", &cancel, Some(&other), None, &[]).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{:?}", r.body);
+    let r = api.call("POST", &cancel, Some(&buyer), None, &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["state"], "rejected");
+    assert_eq!(
+        r.body["approval_reasons"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap(),
+        "withdrawn by ann"
+    );
+    assert_eq!(available().await, before, "its stock is free again");
+    let credit = api.call("GET", "/v1/credit", Some(&buyer), None, &[]).await;
+    assert_eq!(
+        credit.body["exposure"]["amount"], "0.00",
+        "{:?}",
+        credit.body
+    );
+    let h = api
+        .call(
+            "GET",
+            &format!("/v1/orders/{id}/history"),
+            Some(&buyer),
+            None,
+            &[],
+        )
+        .await;
+    let last = h.body.as_array().unwrap().last().unwrap()["entry"].clone();
+    assert_eq!(
+        (&last["action"], &last["user"], &last["from"], &last["to"]),
+        (
+            &json!("order.cancel"),
+            &json!("ann"),
+            &json!("pending_approval"),
+            &json!("rejected")
+        )
+    );
+    let again = api.call("POST", &cancel, Some(&buyer), None, &[]).await;
+    assert_eq!(
+        again.status,
+        StatusCode::CONFLICT,
+        "a closed order stays closed"
+    );
+}
+
 // Rejection per line keeps the order pending; rejecting the rest rejects it; amendments are
 // re-validated and refused after allocation.
 #[tokio::test]

@@ -224,7 +224,7 @@ impl Harness {
         let (pick, fitting): (OrderPick, &[OrderState]) = match op {
             Op::Submit { order } => (*order, &[Draft]),
             Op::Approve { order, .. } | Op::Reject { order, .. } => (*order, &[PendingApproval]),
-            Op::Cancel { order } => (*order, &[Draft, Allocated]),
+            Op::Cancel { order } => (*order, &[Draft, PendingApproval, Allocated]),
             Op::Amend { order, .. } => (*order, &[Draft, PendingApproval]),
             Op::Ship { order, .. } => (*order, &[Allocated]),
             other => return self.account_step(engine, other).await,

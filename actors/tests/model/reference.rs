@@ -641,9 +641,13 @@ impl Model {
         Some(o)
     }
 
-    /// Cancel: along the state machine, and never once anything shipped.
+    /// Cancel: along the state machine, and never once anything shipped. A pending order is
+    /// withdrawn: all of it rejected.
     pub fn cancel(&self, i: usize) -> Option<MOrder> {
         let mut o = self.orders[i].clone();
+        if o.state == OrderState::PendingApproval {
+            return self.reject(i, true, &[]);
+        }
         let shipped = o.lines.iter().flat_map(|l| &l.allocs).any(|a| a.shipped);
         if shipped || !legal(o.state, OrderState::Cancelled) {
             return None;

@@ -519,7 +519,9 @@ async fn reject(
 }
 
 /// Cancel a draft, confirmed or allocated order with nothing shipped yet; releases its stock and
-/// credit. A pending order is rejected by an approver instead (buyer, approver, account_admin).
+/// credit. An order pending approval is withdrawn: it ends `rejected` (the state machine has no
+/// way from pending approval to cancelled), its reasons saying who withdrew it (buyer,
+/// approver, account_admin).
 #[utoipa::path(post, path = "/v1/orders/{id}/cancel", tag = "orders", params(("id" = String, Path)), responses((status = 200, body = OrderBody), (status = 404), (status = 409)), security(("bearer" = [])))]
 async fn cancel(
     State(s): State<ApiState>,
