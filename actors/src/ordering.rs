@@ -31,7 +31,9 @@ use orderd_domain::order::{
 use orderd_domain::rejection::Rejection;
 use orderd_domain::validation::{
     check_order, Checked, LineRequest, OrderRequest, PricingContext, Problem, ProblemCode,
+    WarehouseQty,
 };
+use orderd_domain::warehouse::StockError;
 use orderd_domain::{credit, Decimal};
 use orderd_storage::{Batch, Committed};
 use serde::{Deserialize, Serialize};
@@ -307,19 +309,21 @@ enum HoldFor {
     Growth,
 }
 
-/// Takes `grow` for the order in every warehouse, all or nothing. Every warehouse is asked at
+/// Takes `grow` for `order` in every warehouse, all or nothing. Every warehouse is asked at
 /// once, so holding takes as long as the slowest warehouse and never longer than one
 /// `warehouse_call_timeout_ms`, however many warehouses the order needs (it must stay below the
 /// time the account's caller waits). A shortage (stock taken since planning) in any warehouse
-/// undoes what the others took and comes back as an `out_of_stock` problem per warehouse; a
+/// undoes what the others took and comes back as an `out_of_stock` problem for each line of
+/// `order` that needs the short SKU there (see [`late_shortage`]); a
 /// warehouse that does not answer undoes the same way and comes back as an error (also beside
 /// a shortage, for an amendment: its growth may still be taken there, see below).
 async fn hold(
     st: &AccountState,
-    order: &OrderId,
+    order: &Order,
     grow: &Demand,
     whose: HoldFor,
 ) -> Result<Result<(), Vec<Problem>>, ActorError> {
+    let (lines, order) = (order, &order.id);
     let snap = st.catalog.load();
     let allocate = matches!(whose, HoldFor::NewOrder { allocate: true });
     let handles = grow
@@ -345,10 +349,7 @@ async fn hold(
     for (h, answer) in handles.iter().zip(answers) {
         match answer {
             Ok(Ok(())) => taken.push(&h.id),
-            Ok(Err(e)) => shortages.push(Problem::new(
-                ProblemCode::OutOfStock,
-                format!("stock changed while submitting: {e} in {}", h.id),
-            )),
+            Ok(Err(e)) => shortages.extend(late_shortage(lines, &h.id, &e)),
             Err(e) => {
                 // No answer in time: the hold may still be taken there. A new order's whole
                 // holding can go (a warehouse handles its messages in order). An amendment's
@@ -372,6 +373,38 @@ async fn hold(
     match failure {
         Some(e) if shortages.is_empty() || matches!(whose, HoldFor::Growth) => Err(e),
         _ => Ok(Err(shortages)),
+    }
+}
+
+/// The `out_of_stock` problems of a hold that warehouse `w` refused with `e`: one for each open
+/// line of `order` that needs the short SKU from `w` (itself or as a kit component), with what
+/// `w` has free for the line (in the line's units); one without a line if none does.
+fn late_shortage(order: &Order, w: &WarehouseId, e: &StockError) -> Vec<Problem> {
+    let message = format!("stock changed while submitting: {e} in {w}");
+    let StockError::Shortage { sku, available, .. } = e else {
+        return vec![Problem::new(ProblemCode::OutOfStock, message)];
+    };
+    let problems: Vec<Problem> = order
+        .open_lines()
+        .filter_map(|l| {
+            let per_unit = l.takes_from(w, sku)?;
+            let mut p = Problem::new(
+                ProblemCode::OutOfStock,
+                format!("line {}: {message}", l.line_no),
+            )
+            .line(l.line_no)
+            .sku(l.sku.as_str());
+            p.available = vec![WarehouseQty {
+                warehouse: w.clone(),
+                qty: available / per_unit,
+            }];
+            Some(p)
+        })
+        .collect();
+    if problems.is_empty() {
+        vec![Problem::new(ProblemCode::OutOfStock, message).sku(sku.as_str())]
+    } else {
+        problems
     }
 }
 
@@ -646,7 +679,7 @@ pub async fn place(
     let allocate = order.state == OrderState::Allocated;
     if let Err(p) = hold(
         st,
-        &id,
+        &order,
         &order.stock_demand(),
         HoldFor::NewOrder { allocate },
     )
@@ -801,7 +834,7 @@ pub async fn submit_draft(st: &mut AccountState, caller: &Caller, id: &OrderId) 
     let allocate = order.state == OrderState::Allocated;
     if let Err(p) = hold(
         st,
-        id,
+        &order,
         &order.stock_demand(),
         HoldFor::NewOrder { allocate },
     )
@@ -1115,7 +1148,7 @@ pub async fn amend(
         Ok(b) => b,
         Err(r) => return Ok(Err(r)),
     };
-    if let Err(p) = hold(st, id, &grow, HoldFor::Growth).await? {
+    if let Err(p) = hold(st, &order, &grow, HoldFor::Growth).await? {
         return Ok(Err(Rejection::Invalid(p)));
     }
     let committed = match st.journal.submit(batch).await {

@@ -875,10 +875,19 @@ async fn a_hold_refused_midway_gives_back_what_it_took() {
                         .expect("cancelled");
                 }
                 Err(orderd_domain::rejection::Rejection::Invalid(problems)) => {
-                    if problems
+                    let late: Vec<_> = problems
                         .iter()
-                        .any(|p| p.message.starts_with("stock changed while submitting"))
-                    {
+                        .filter(|p| p.message.contains("stock changed while submitting"))
+                        .collect();
+                    if let [p] = late[..] {
+                        // Only W2's 10 B are short: line 2 (6 × B), with the winner's 6 taken.
+                        assert_eq!((p.line, p.sku.as_deref()), (Some(2), Some("B")), "{p:?}");
+                        let available: Vec<_> = p
+                            .available
+                            .iter()
+                            .map(|a| (a.warehouse.as_str(), a.qty))
+                            .collect();
+                        assert_eq!(available, [("W2", 4)], "{p:?}");
                         midway += 1;
                     }
                 }
@@ -1218,10 +1227,18 @@ async fn a_shortage_beside_a_warehouse_that_does_not_answer() {
     // so it may not set up as meant: then the attempt is undone and made again.
     fn stock_changed<T>(r: &Result<Result<T, Rejection>, ActorError>) -> bool {
         match r {
+            // Line 1 (A from W1) names what W1 had left: nothing.
             Ok(Err(Rejection::Invalid(p))) => {
                 p.len() == 1
                     && p[0].code == ProblemCode::OutOfStock
-                    && p[0].message.starts_with("stock changed while submitting")
+                    && p[0].line == Some(1)
+                    && p[0].sku.as_deref() == Some("A")
+                    && p[0].available.len() == 1
+                    && p[0].available[0].warehouse.as_str() == "W1"
+                    && p[0].available[0].qty == 0
+                    && p[0]
+                        .message
+                        .starts_with("line 1: stock changed while submitting")
                     && p[0].message.ends_with("in W1")
             }
             _ => false,

@@ -160,6 +160,28 @@ impl OrderLine {
         }
     }
 
+    /// The units of `sku` one unit of this line takes from warehouse `w` (the item itself, or a
+    /// kit component), when the line holds unshipped units there and needs `sku`.
+    pub fn takes_from(&self, w: &WarehouseId, sku: &Sku) -> Option<u64> {
+        if !self
+            .allocations
+            .iter()
+            .any(|a| &a.warehouse == w && !a.shipped)
+        {
+            return None;
+        }
+        if self.components.is_empty() {
+            return (&self.sku == sku).then_some(1);
+        }
+        let per_unit: u64 = self
+            .components
+            .iter()
+            .filter(|c| &c.sku == sku)
+            .map(|c| u64::from(c.qty))
+            .sum();
+        (per_unit > 0).then_some(per_unit)
+    }
+
     /// Value of the line not yet shipped (zero when rejected): the line total less what the
     /// shipped units were invoiced at, so that a line shipped in parts is invoiced exactly its
     /// total (each part's value is rounded from the units shipped so far, not on its own).
@@ -339,6 +361,59 @@ mod tests {
         for bad in ["\"00\"", not_hex.as_str(), "12"] {
             assert!(serde_json::from_str::<RequestDigest>(bad).is_err(), "{bad}");
         }
+    }
+
+    // What a line takes of a SKU per unit from a warehouse: 1 of its own SKU, a kit's component
+    // quantities (summed when a component appears twice), nothing from a warehouse where it
+    // holds nothing unshipped.
+    #[test]
+    fn what_a_line_takes_from_a_warehouse() {
+        let eur = crate::money::Currency::parse("EUR").unwrap();
+        let price = Money::parse("1", eur, 2).unwrap();
+        let (sku, wh) = (
+            |s: &str| Sku::parse(s).unwrap(),
+            |w: &str| WarehouseId::parse(w).unwrap(),
+        );
+        let component = |s: &str, qty| crate::catalog::KitComponent { sku: sku(s), qty };
+        let mut line = OrderLine {
+            line_no: 1,
+            sku: sku("KIT"),
+            qty: 3,
+            uom: "EA".into(),
+            unit_price: price,
+            price_source: crate::pricing::PriceSource {
+                level: "list".into(),
+                tier_min_qty: 1,
+                valid_from: None,
+                valid_to: None,
+            },
+            line_total: price.times(3).unwrap(),
+            components: vec![component("X", 2), component("Y", 1), component("X", 1)],
+            note: None,
+            requested_warehouse: None,
+            allocations: vec![Allocation {
+                warehouse: wh("W1"),
+                qty: 3,
+                shipped: false,
+            }],
+            status: LineStatus::Open,
+        };
+        assert_eq!(line.takes_from(&wh("W1"), &sku("X")), Some(3));
+        assert_eq!(line.takes_from(&wh("W1"), &sku("Y")), Some(1));
+        assert_eq!(
+            line.takes_from(&wh("W1"), &sku("KIT")),
+            None,
+            "a kit is held as its parts"
+        );
+        assert_eq!(line.takes_from(&wh("W2"), &sku("X")), None);
+        line.components.clear();
+        assert_eq!(line.takes_from(&wh("W1"), &sku("KIT")), Some(1));
+        line.allocations[0].shipped = true;
+        assert_eq!(
+            line.takes_from(&wh("W1"), &sku("KIT")),
+            None,
+            "shipped units are not held"
+        );
     }
 
     // A line shipped in parts is invoiced exactly its total: 4 × 0.0125 = 0.05, split 2 + 2
