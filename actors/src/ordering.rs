@@ -91,8 +91,19 @@ pub async fn cart_change(
     if let Err(e) = change(&mut cart) {
         return Ok(Err(e.into()));
     }
-    if let Some(bad) = cart.lines.iter().find_map(|l| sku_problem(st, &l.sku)) {
-        return Ok(Err(Rejection::Invalid(vec![bad])));
+    // Only lines the change adds or grows are checked (adding a SKU already in the cart grows
+    // its line): a line whose SKU the account stopped seeing after it was added must not block
+    // edits of the others (validation and submission name it; it can always shrink or go).
+    let added = cart.lines.iter().filter(|l| {
+        st.cart
+            .lines
+            .iter()
+            .find(|old| old.id == l.id)
+            .is_none_or(|old| l.qty > old.qty)
+    });
+    let problems: Vec<Problem> = added.filter_map(|l| sku_problem(st, &l.sku)).collect();
+    if !problems.is_empty() {
+        return Ok(Err(Rejection::Invalid(problems)));
     }
     let bytes = records::encode(&cart);
     let mut batch = Batch::default();

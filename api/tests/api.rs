@@ -575,6 +575,90 @@ async fn cart_to_order_with_contract_price() {
     assert_eq!(credit.body["available"], "4920.00");
 }
 
+// A cart line whose SKU the account can no longer see (a catalog import moved it to another
+// segment) does not block the rest of the cart: other lines can still be added and changed,
+// validation names the line, and removing it makes the cart valid again.
+#[tokio::test]
+async fn a_cart_line_hidden_later_blocks_only_itself() {
+    let api = api().await;
+    let a = api.token(Some("A"), "ann", &["buyer"], None).await;
+    let op = api.token(None, "ops", &["operator"], None).await;
+    let add = |sku: &'static str, qty: u32| {
+        let a = a.clone();
+        let api = &api;
+        async move {
+            api.call(
+                "POST",
+                "/v1/cart/lines",
+                Some(&a),
+                Some(json!({"sku":sku,"qty":qty})),
+                &[],
+            )
+            .await
+        }
+    };
+    assert_eq!(add("BOLT", 5).await.status, StatusCode::OK);
+    let hidden = CATALOG.replace(
+        "BOLT,Hex bolt M8,EA,1,1,active,,",
+        "BOLT,Hex bolt M8,EA,1,1,active,wholesale,",
+    );
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/admin/import/catalog")
+        .header("authorization", format!("Bearer {op}"))
+        .header("content-type", "text/csv")
+        .body(Body::from(hidden))
+        .unwrap();
+    let r = router(api.state.clone()).oneshot(req).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = add("NUT", 10).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    for (method, path, body) in [
+        ("POST", "/v1/cart/lines", json!({"sku":"BOLT","qty":1})),
+        ("PATCH", "/v1/cart/lines/1", json!({"qty":6})),
+    ] {
+        let r = api.call(method, path, Some(&a), Some(body), &[]).await;
+        assert_eq!(
+            r.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{method} {path}: a hidden SKU does not grow"
+        );
+    }
+    let r = api
+        .call(
+            "PATCH",
+            "/v1/cart/lines/1",
+            Some(&a),
+            Some(json!({"qty":4})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.body["lines"][0]["qty"], 4, "it may shrink: {:?}", r.body);
+    let r = api
+        .call(
+            "PATCH",
+            "/v1/cart/lines/2",
+            Some(&a),
+            Some(json!({"qty":20})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.body["lines"][1]["qty"], 20, "{:?}", r.body);
+    let v = api
+        .call("POST", "/v1/cart/validate", Some(&a), None, &[])
+        .await;
+    assert_eq!(v.body["valid"], false, "{:?}", v.body);
+    assert_eq!(v.body["problems"][0]["line"], 1, "{:?}", v.body);
+    let r = api
+        .call("DELETE", "/v1/cart/lines/1", Some(&a), None, &[])
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let v = api
+        .call("POST", "/v1/cart/validate", Some(&a), None, &[])
+        .await;
+    assert_eq!(v.body["valid"], true, "{:?}", v.body);
+}
+
 // Approval: above the buyer's limit -> pending; only an approver approves; a warehouse ships;
 // shipped value moves to receivables; the history records each step.
 #[tokio::test]
