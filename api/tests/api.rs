@@ -832,7 +832,16 @@ async fn a_buyer_withdraws_a_pending_order() {
             .unwrap(),
         "withdrawn by ann"
     );
-    assert_eq!(available().await, before, "its stock is free again");
+    // The warehouse frees it after the answer (a message it handles in turn): wait for it.
+    let mut freed = available().await;
+    for _ in 0..200 {
+        if freed == before {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        freed = available().await;
+    }
+    assert_eq!(freed, before, "its stock is free again");
     let credit = api.call("GET", "/v1/credit", Some(&buyer), None, &[]).await;
     assert_eq!(
         credit.body["exposure"]["amount"], "0.00",

@@ -6,9 +6,12 @@
 //
 // Protocol on stdout, one JSON object per line:
 //   {"phase":"before", ...figures}   the page has loaded and rendered its first data;
-//   then it waits for one line on stdin (the test has put orders through);
-//   {"phase":"after", ...figures}    once the page shows more orders than before, or at the
-//                                    deadline (the test then fails on the figures);
+//   then it waits for one line on stdin, {"orders": N, "rejected": R}: the test has put N
+//   orders through and had R refused;
+//   {"phase":"after", ...figures}    once the page shows at least that many orders and
+//                                    rejections in the last minute and latency points (all
+//                                    from one poll made after the load), or at the deadline
+//                                    (the test then fails on the figures);
 //   figures include "console_errors": every console error and uncaught page error seen.
 import { chromium } from "playwright-core";
 import { createInterface } from "node:readline";
@@ -71,27 +74,28 @@ try {
 
   const lines = createInterface({ input: process.stdin });
   // stdin closing first means the test gave up: close the browser and end.
-  const goOn = await new Promise((resolve) => {
-    lines.once("line", () => resolve(true));
-    lines.once("close", () => resolve(false));
+  const load = await new Promise((resolve) => {
+    lines.once("line", (line) => resolve(JSON.parse(line)));
+    lines.once("close", () => resolve(null));
   });
-  if (goOn) await afterLoad(page, before, figures);
+  if (load) await afterLoad(page, load, figures);
   lines.close();
 } finally {
   await browser.close();
 }
 
-async function afterLoad(page, before, figures) {
+async function afterLoad(page, load, figures) {
   try {
     await page.waitForFunction(
-      (n) => Number(document.getElementById("orders-last-minute").textContent.replace(/,/g, "")) > n
-        && document.getElementById("latency-chart").dataset.points !== "0",
-      before.orders_last_minute, { timeout: stepTimeout, polling: 200 });
+      (want) => {
+        const count = (id) => Number(document.getElementById(id).textContent.replace(/,/g, ""));
+        return count("orders-last-minute") >= want.orders && count("rejected") >= want.rejected
+          && document.getElementById("latency-chart").dataset.points !== "0";
+      },
+      load, { timeout: stepTimeout, polling: 200 });
   } catch (e) {
-    errors.push(`the page did not change under load within ${stepTimeout} ms: ${e.message}`);
+    errors.push(`the page did not show the load within ${stepTimeout} ms: ${e.message}`);
   }
-  // One more refresh, so the figures read are from a poll after the load.
-  await page.waitForTimeout(1200);
   const after = await figures();
   console.log(JSON.stringify({ phase: "after", ...after, console_errors: [...errors] }));
 }

@@ -15,11 +15,16 @@ Prints one JSON object:
 "orders" lists each order's sequences on the order subjects, or with --any-sequence (the
 allocations stream) on the first warehouse subject it was seen on.
 
-Usage: consume.py NATS_URL STREAM DURABLE [--idle SECONDS] [--any-sequence]
+A durable consumer goes on where its last run stopped, so an order's events may arrive over
+several runs: with --state FILE the checks go on too (the sequences due, the event ids seen and
+each order's subject are kept in FILE between runs), while the output lists only this run's.
+
+Usage: consume.py NATS_URL STREAM DURABLE [--idle SECONDS] [--any-sequence] [--state FILE]
 """
 import argparse
 import asyncio
 import json
+import os
 import sys
 
 import nats
@@ -34,14 +39,21 @@ async def main():
     ap.add_argument("--idle", type=float, default=2.0)
     ap.add_argument("--any-sequence", action="store_true",
                     help="only some changes per order are on this stream (allocations)")
+    ap.add_argument("--state", help="file keeping the checks' state between runs")
     args = ap.parse_args()
+    state = {"due": {}, "seen": [], "order_subject": {}}
+    if args.state and os.path.exists(args.state):
+        with open(args.state) as f:
+            state = json.load(f)
 
     nc = await nats.connect(args.url, connect_timeout=5, max_reconnect_attempts=3)
     js = nc.jetstream()
     sub = await js.pull_subscribe("", durable=args.durable, stream=args.stream)
-    seen = set()
+    seen = {tuple(k) for k in state["seen"]}
+    # The sequence each order's next event must have (1 for an order not seen yet).
+    due = state["due"]
     orders = {}
-    order_subject = {}
+    order_subject = state["order_subject"]
     subjects = {}
     problems = []
     messages = duplicates = 0
@@ -75,12 +87,17 @@ async def main():
             # allocations stream, those of the first warehouse subject it came on.
             if args.any_sequence and order_subject.setdefault(data["order"], msg.subject) != msg.subject:
                 continue
-            seqs = orders.setdefault(data["order"], [])
-            expected = len(seqs) + 1
+            expected = due.get(data["order"], 1)
             if data["sequence"] != expected and not args.any_sequence:
                 problems.append(f"order {data['order']}: sequence {data['sequence']} where {expected} was due")
-            seqs.append(data["sequence"])
+            due[data["order"]] = data["sequence"] + 1
+            orders.setdefault(data["order"], []).append(data["sequence"])
     await nc.close()
+    if args.state:
+        state["seen"] = sorted(seen)
+        with open(args.state + ".new", "w") as f:
+            json.dump(state, f)
+        os.replace(args.state + ".new", args.state)
     json.dump({"messages": messages, "duplicates": duplicates, "orders": orders,
                "subjects": subjects, "problems": problems}, sys.stdout)
 

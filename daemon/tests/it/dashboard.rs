@@ -99,9 +99,11 @@ impl Driver {
         v
     }
 
-    fn go_on(&mut self) {
+    /// Tells the driver the load is done: `orders` placed, `rejected` refused.
+    fn go_on(&mut self, orders: usize, rejected: usize) {
         let stdin = self.stdin.as_mut().expect("stdin is open until drop");
-        writeln!(stdin, "load done").expect("writing to the browser driver");
+        let load = serde_json::json!({"orders": orders, "rejected": rejected});
+        writeln!(stdin, "{load}").expect("writing to the browser driver");
         stdin.flush().expect("flushing to the browser driver");
     }
 }
@@ -178,7 +180,7 @@ async fn the_dashboard_shows_live_figures_under_load() {
     assert_eq!(refused.status, 422, "{refused}");
 
     let after = tokio::task::spawn_blocking(move || {
-        driver.go_on();
+        driver.go_on(ORDERS, 1);
         driver.next("after")
     })
     .await

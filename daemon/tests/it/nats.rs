@@ -110,7 +110,9 @@ impl Drop for NatsServer {
     }
 }
 
-/// What `ops/nats/consume.py` saw on `stream`, read with the durable consumer `durable`.
+/// What `ops/nats/consume.py` saw on `stream`, read with the durable consumer `durable`: only
+/// what earlier reads did not see, checked against them (their state is kept in the store's
+/// directory, so it lives as long as the consumer's own position).
 fn consume(nats: &NatsServer, stream: &str, durable: &str, any_sequence: bool) -> Value {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let python = root.join(".venv/bin/python");
@@ -121,7 +123,13 @@ fn consume(nats: &NatsServer, stream: &str, durable: &str, any_sequence: bool) -
     );
     let mut cmd = Command::new(python);
     cmd.arg(root.join("ops/nats/consume.py"))
-        .args([nats.url().as_str(), stream, durable]);
+        .args([nats.url().as_str(), stream, durable])
+        .arg("--state")
+        .arg(
+            nats.store
+                .path()
+                .join(format!("consume-{stream}-{durable}.json")),
+        );
     if any_sequence {
         cmd.arg("--any-sequence");
     }

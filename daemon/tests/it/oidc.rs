@@ -690,32 +690,35 @@ async fn mutations_are_rate_limited_per_account_and_token() {
             )
         }
     };
+    // Each burst is sent at once, so that it is checked well within the second that would
+    // refill the allowance by one (sent one after another, each waiting for its durable write,
+    // a loaded machine could take that long).
+    let burst = |t: &String, n: usize| {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            set.spawn(add(t.clone()));
+        }
+        set.join_all()
+    };
     // Token a: its own burst of 3, then 429 (per token).
-    let mut statuses = vec![];
-    for _ in 0..4 {
-        statuses.push(add(a.clone()).await);
-    }
+    let statuses = burst(&a, 4).await;
     assert_eq!(
         statuses.iter().filter(|s| s.0 == 200).count(),
         3,
         "{statuses:?}"
     );
-    let limited = statuses.last().expect("one");
+    let limited = statuses.iter().find(|s| s.0 != 200).expect("one");
     assert_eq!(limited.0, 429, "{statuses:?}");
     assert!(
         limited.1 && limited.2.contains("rate_limited"),
         "{limited:?}"
     );
     // Token b of the same account: the account's burst of 5 is nearly used up.
-    let mut b_ok = 0;
-    for _ in 0..3 {
-        let s = add(b.clone()).await;
-        if s.0 == 200 {
-            b_ok += 1;
-        } else {
-            assert_eq!(s.0, 429, "{s:?}");
-            assert!(s.1, "{s:?}");
-        }
+    let statuses = burst(&b, 3).await;
+    let b_ok = statuses.iter().filter(|s| s.0 == 200).count();
+    for s in statuses.iter().filter(|s| s.0 != 200) {
+        assert_eq!(s.0, 429, "{s:?}");
+        assert!(s.1, "{s:?}");
     }
     assert!(b_ok <= 2, "the account's burst is shared: {b_ok}");
     // Reads are not limited; another account is not affected.
