@@ -582,7 +582,6 @@ async fn cart_to_order_with_contract_price() {
 async fn a_cart_line_hidden_later_blocks_only_itself() {
     let api = api().await;
     let a = api.token(Some("A"), "ann", &["buyer"], None).await;
-    let op = api.token(None, "ops", &["operator"], None).await;
     let add = |sku: &'static str, qty: u32| {
         let a = a.clone();
         let api = &api;
@@ -602,47 +601,38 @@ async fn a_cart_line_hidden_later_blocks_only_itself() {
         "BOLT,Hex bolt M8,EA,1,1,active,,",
         "BOLT,Hex bolt M8,EA,1,1,active,wholesale,",
     );
-    let req = Request::builder()
-        .method("POST")
-        .uri("/v1/admin/import/catalog")
-        .header("authorization", format!("Bearer {op}"))
-        .header("content-type", "text/csv")
-        .body(Body::from(hidden))
-        .unwrap();
-    let r = router(api.state.clone()).oneshot(req).await.unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+    import(
+        &api.state.engine,
+        &Caller::system(),
+        Kind::Catalog,
+        hidden.as_bytes(),
+        1000,
+    )
+    .await
+    .expect("the catalog import");
+    let patch = |line: u32, qty: u32| {
+        let a = a.clone();
+        let api = &api;
+        async move {
+            let path = format!("/v1/cart/lines/{line}");
+            api.call("PATCH", &path, Some(&a), Some(json!({"qty":qty})), &[])
+                .await
+        }
+    };
     let r = add("NUT", 10).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    for (method, path, body) in [
-        ("POST", "/v1/cart/lines", json!({"sku":"BOLT","qty":1})),
-        ("PATCH", "/v1/cart/lines/1", json!({"qty":6})),
-    ] {
-        let r = api.call(method, path, Some(&a), Some(body), &[]).await;
+    // BOLT (line 1) may not grow, by adding more or by a larger quantity.
+    for r in [add("BOLT", 1).await, patch(1, 6).await] {
         assert_eq!(
             r.status,
             StatusCode::UNPROCESSABLE_ENTITY,
-            "{method} {path}: a hidden SKU does not grow"
+            "a hidden SKU does not grow: {:?}",
+            r.body
         );
     }
-    let r = api
-        .call(
-            "PATCH",
-            "/v1/cart/lines/1",
-            Some(&a),
-            Some(json!({"qty":4})),
-            &[],
-        )
-        .await;
+    let r = patch(1, 4).await;
     assert_eq!(r.body["lines"][0]["qty"], 4, "it may shrink: {:?}", r.body);
-    let r = api
-        .call(
-            "PATCH",
-            "/v1/cart/lines/2",
-            Some(&a),
-            Some(json!({"qty":20})),
-            &[],
-        )
-        .await;
+    let r = patch(2, 20).await;
     assert_eq!(r.body["lines"][1]["qty"], 20, "{:?}", r.body);
     let v = api
         .call("POST", "/v1/cart/validate", Some(&a), None, &[])

@@ -170,14 +170,11 @@ impl OrderLine {
         {
             return None;
         }
-        if self.components.is_empty() {
-            return (&self.sku == sku).then_some(1);
-        }
         let per_unit: u64 = self
-            .components
-            .iter()
-            .filter(|c| &c.sku == sku)
-            .map(|c| u64::from(c.qty))
+            .stock_demand(1)
+            .into_iter()
+            .filter(|(s, _)| s == sku)
+            .map(|(_, q)| q)
             .sum();
         (per_unit > 0).then_some(per_unit)
     }

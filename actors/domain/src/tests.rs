@@ -442,29 +442,23 @@ fn plan_for(
 #[test]
 fn a_split_keeps_whole_packs() {
     let f = fixture();
-    let stock = avail(&[("BER", "PACK", 5), ("HAM", "PACK", 19), ("MUC", "PACK", 10)]);
-    assert_eq!(
+    let split_24 = |stock| {
         plan_for(
             &f,
             "BERLIN",
             Some("express"),
             true,
             vec![line("PACK", 24)],
-            stock
+            stock,
         )
-        .unwrap(),
+    };
+    let stock = avail(&[("BER", "PACK", 5), ("HAM", "PACK", 19), ("MUC", "PACK", 10)]);
+    assert_eq!(
+        split_24(stock).unwrap(),
         vec![vec![("HAM".into(), 18), ("MUC".into(), 6)]]
     );
     let short = avail(&[("BER", "PACK", 5), ("HAM", "PACK", 11), ("MUC", "PACK", 11)]);
-    let e = plan_for(
-        &f,
-        "BERLIN",
-        Some("express"),
-        true,
-        vec![line("PACK", 24)],
-        short,
-    )
-    .unwrap_err();
+    let e = split_24(short).unwrap_err();
     assert_eq!(
         e[0].code,
         ProblemCode::OutOfStock,
