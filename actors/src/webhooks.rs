@@ -704,7 +704,7 @@ impl Webhooks {
             }
             let mut batch = Batch::default();
             batch.put(format!("{CURSOR}{id}"), seq.to_be_bytes().to_vec());
-            Ok(((), Some(inner.journal.submit(batch))))
+            Ok(((), Some(inner.journal.try_submit(batch)?)))
         })
         .await
     }
