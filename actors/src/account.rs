@@ -9,7 +9,7 @@ use crate::catalog::CatalogStore;
 use crate::grants::Grants;
 use crate::order_book::OrderBook;
 use crate::order_reads::OrderFilter;
-use crate::ordering::{self, Amendment, Placed, Preview};
+use crate::ordering::{self, Amendment, Placed, Preview, Target};
 use crate::records;
 use crate::users::{self, PutMode};
 use crate::{ActorError, Limits, StorageError};
@@ -82,36 +82,36 @@ pub enum AccountMsg {
         /// The order's span, as in `Place`.
         span: tracing::Span,
         caller: Caller,
-        order: OrderId,
+        order: Target,
         reply: Reply<Order>,
     },
     Approve {
         caller: Caller,
-        order: OrderId,
+        order: Target,
         reject_lines: Vec<u32>,
         reply: Reply<Order>,
     },
     Reject {
         caller: Caller,
-        order: OrderId,
+        order: Target,
         lines: Vec<u32>,
         reason: Option<String>,
         reply: Reply<Order>,
     },
     Cancel {
         caller: Caller,
-        order: OrderId,
+        order: Target,
         reply: Reply<Order>,
     },
     Amend {
         caller: Caller,
-        order: OrderId,
+        order: Target,
         patch: Amendment,
         reply: Reply<Order>,
     },
     Ship {
         caller: Caller,
-        order: OrderId,
+        order: Target,
         warehouse: WarehouseId,
         reply: Reply<Order>,
     },

@@ -61,6 +61,25 @@ pub struct Preview {
     pub lines: Vec<OrderLine>,
 }
 
+/// The order a change is for. With `if_match`, the change applies only while the order is at a
+/// version it accepts (HTTP `If-Match`): an approver's decision is never applied to an order
+/// that was amended after they read it.
+#[derive(Clone)]
+pub struct Target {
+    pub id: OrderId,
+    pub if_match: Option<VersionCheck>,
+}
+
+/// Which versions of an order a change accepts (`Order::version`).
+pub type VersionCheck = std::sync::Arc<dyn Fn(u32) -> bool + Send + Sync>;
+
+impl From<OrderId> for Target {
+    /// A change for whatever version the order is at.
+    fn from(id: OrderId) -> Target {
+        Target { id, if_match: None }
+    }
+}
+
 /// Changes to an order before allocation. Absent fields stay as they are.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Amendment {
@@ -552,14 +571,31 @@ fn touch(order: &mut Order) {
     order.updated_at = crate::audit::now_rfc3339();
 }
 
-/// The order `id` as `caller` may see it: a caller who is only a buyer sees the orders they
-/// placed, and another user's order is not found, like one that does not exist. A closed order
-/// is found too, so that a change to it is refused by the state machine, not as unknown.
-async fn find(st: &AccountState, caller: &Caller, id: &OrderId) -> Flow<Order> {
-    Ok(crate::account::order(st, id)
+/// The order `target` names as `caller` may see it: a caller who is only a buyer sees the
+/// orders they placed, and another user's order is not found, like one that does not exist. A
+/// closed order is found too, so that a change to it is refused by the state machine, not as
+/// unknown. An order no longer at a version the target accepts is refused as stale (checked
+/// after visibility, so a stale answer never reveals an order the caller cannot see).
+async fn find(st: &AccountState, caller: &Caller, target: &Target) -> Flow<Order> {
+    let id = &target.id;
+    let Some(order) = crate::account::order(st, id)
         .await?
         .filter(|o| caller.sees_order_of(&o.placed_by))
-        .ok_or_else(|| Rejection::NotFound(format!("order {id}"))))
+    else {
+        return Ok(Err(Rejection::NotFound(format!("order {id}"))));
+    };
+    if target
+        .if_match
+        .as_ref()
+        .is_some_and(|accepts| !accepts(order.version))
+    {
+        return Ok(Err(Rejection::Stale(format!(
+            "order {id} is at version {v} (ETag \"{v}\"), which If-Match does not name: it \
+             changed since it was read; read it again, then decide",
+            v = order.version
+        ))));
+    }
+    Ok(Ok(order))
 }
 
 /// Moves `order` to PendingApproval, or to Confirmed and on to Allocated.
@@ -807,8 +843,9 @@ fn debug_assert_credit(st: &AccountState, order: &Order) {
     );
 }
 
-pub async fn submit_draft(st: &mut AccountState, caller: &Caller, id: &OrderId) -> Flow<Order> {
-    let mut order = match find(st, caller, id).await? {
+pub async fn submit_draft(st: &mut AccountState, caller: &Caller, target: &Target) -> Flow<Order> {
+    let id = &target.id;
+    let mut order = match find(st, caller, target).await? {
         Ok(o) => o,
         Err(e) => return Ok(Err(e)),
     };
@@ -889,10 +926,11 @@ fn reject_lines(order: &mut Order, lines: &[u32]) -> Result<Demand, Rejection> {
 pub async fn approve(
     st: &mut AccountState,
     caller: &Caller,
-    id: &OrderId,
+    target: &Target,
     reject: &[u32],
 ) -> Flow<Order> {
-    let mut order = match find(st, caller, id).await? {
+    let id = &target.id;
+    let mut order = match find(st, caller, target).await? {
         Ok(o) => o,
         Err(e) => return Ok(Err(e)),
     };
@@ -965,11 +1003,12 @@ pub async fn approve(
 pub async fn reject(
     st: &mut AccountState,
     caller: &Caller,
-    id: &OrderId,
+    target: &Target,
     lines: &[u32],
     reason: Option<String>,
 ) -> Flow<Order> {
-    let order = match find(st, caller, id).await? {
+    let id = &target.id;
+    let order = match find(st, caller, target).await? {
         Ok(o) => o,
         Err(e) => return Ok(Err(e)),
     };
@@ -1034,8 +1073,9 @@ async fn reject_pending(
     Ok(Ok(commit_order(st, order, &committed)))
 }
 
-pub async fn cancel(st: &mut AccountState, caller: &Caller, id: &OrderId) -> Flow<Order> {
-    let mut order = match find(st, caller, id).await? {
+pub async fn cancel(st: &mut AccountState, caller: &Caller, target: &Target) -> Flow<Order> {
+    let id = &target.id;
+    let mut order = match find(st, caller, target).await? {
         Ok(o) => o,
         Err(e) => return Ok(Err(e)),
     };
@@ -1112,10 +1152,11 @@ fn request_of(order: &Order, patch: &Amendment) -> OrderRequest {
 pub async fn amend(
     st: &mut AccountState,
     caller: &Caller,
-    id: &OrderId,
+    target: &Target,
     patch: Amendment,
 ) -> Flow<Order> {
-    let old = match find(st, caller, id).await? {
+    let id = &target.id;
+    let old = match find(st, caller, target).await? {
         Ok(o) => o,
         Err(e) => return Ok(Err(e)),
     };
@@ -1178,10 +1219,11 @@ pub async fn amend(
 pub async fn ship(
     st: &mut AccountState,
     caller: &Caller,
-    id: &OrderId,
+    target: &Target,
     warehouse: &WarehouseId,
 ) -> Flow<Order> {
-    let mut order = match find(st, caller, id).await? {
+    let id = &target.id;
+    let mut order = match find(st, caller, target).await? {
         Ok(o) => o,
         Err(e) => return Ok(Err(e)),
     };

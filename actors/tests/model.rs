@@ -464,7 +464,7 @@ async fn approve_one(
     let order = id.clone();
     ask(engine, acct, |reply| AccountMsg::Approve {
         caller: world::approver(acct),
-        order,
+        order: order.into(),
         reject_lines: vec![],
         reply,
     })
@@ -481,7 +481,7 @@ async fn cancel_one(
 ) -> Result<orderd_domain::order::Order, orderd_domain::rejection::Rejection> {
     ask(engine, acct, |reply| AccountMsg::Cancel {
         caller: world::buyer(acct),
-        order: id.clone(),
+        order: id.clone().into(),
         reply,
     })
     .await
@@ -565,7 +565,7 @@ async fn closed_orders_leave_memory_and_stay_readable() {
     let wh = allocated.lines[0].allocations[0].warehouse.clone();
     let shipped = ask(&engine, GAMMA, |reply| AccountMsg::Ship {
         caller: world::warehouse_caller(wh.as_str()),
-        order: first.id.clone(),
+        order: first.id.clone().into(),
         warehouse: wh,
         reply,
     })
@@ -935,7 +935,7 @@ async fn a_refused_shipment_leaves_the_stock_as_stored() {
     let shipped = engine
         .ask(&world::account_id(ACME), |reply| AccountMsg::Ship {
             caller: world::warehouse_caller(wh.as_str()),
-            order: order.id.clone(),
+            order: order.id.clone().into(),
             warehouse: wh.clone(),
             reply,
         })
@@ -1128,7 +1128,7 @@ async fn a_hold_a_warehouse_answers_too_late_is_given_back() {
     let shipped = engine
         .ask(&world::account_id(ACME), |reply| AccountMsg::Ship {
             caller: world::warehouse_caller("W2"),
-            order: placed.order.id.clone(),
+            order: placed.order.id.clone().into(),
             warehouse: w2.id.clone(),
             reply,
         })
@@ -1449,7 +1449,7 @@ async fn amend_lines(
     engine
         .ask(&world::account_id(acct), |reply| AccountMsg::Amend {
             caller: world::buyer(acct),
-            order: order.clone(),
+            order: order.clone().into(),
             patch: Amendment {
                 lines: Some(lines),
                 ..Amendment::default()

@@ -30,6 +30,9 @@ pub enum ApiError {
     IdempotencyMismatch(String),
     #[error("{0}")]
     Conflict(String),
+    /// `If-Match` named a version the order is no longer at.
+    #[error("{0}")]
+    PreconditionFailed(String),
     #[error("too many requests for this account")]
     TooManyRequests,
     /// The daemon-wide in-flight bound refused the request. Not logged one by one: during a
@@ -80,6 +83,7 @@ impl ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
             }
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::PreconditionFailed(_) => (StatusCode::PRECONDITION_FAILED, "order_changed"),
             ApiError::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "account_busy"),
             ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "daemon_busy"),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
@@ -160,6 +164,7 @@ impl From<Rejection> for ApiError {
                 e.to_string(),
             )]),
             Rejection::Conflict(why) => ApiError::Conflict(why),
+            Rejection::Stale(why) => ApiError::PreconditionFailed(why),
         }
     }
 }

@@ -953,6 +953,169 @@ async fn reject_and_amend() {
     );
 }
 
+// An order is answered with its version as ETag. A change sent with If-Match applies only to
+// that version: an approver who read the order before the buyer amended it gets 412 and
+// nothing changes; with the current ETag (or `*`) the approval goes through. A stale If-Match
+// on an order the caller cannot see is still 404.
+#[tokio::test]
+async fn a_change_with_if_match_applies_only_to_the_version_read() {
+    let api = api().await;
+    let buyer = api.token(Some("A"), "ann", &["buyer"], None).await;
+    let other = api.token(Some("A"), "ari", &["buyer"], None).await;
+    let approver = api.token(Some("A"), "pat", &["approver"], None).await;
+    let etag = |r: &Resp| r.headers["etag"].to_str().unwrap().to_owned();
+    let o = api
+        .place(&buyer, "v1", json!({"lines":[{"sku":"BOLT","qty":80}]}))
+        .await;
+    assert_eq!(o.body["state"], "pending_approval", "{:?}", o.body);
+    let id = o.body["id"].as_str().unwrap().to_owned();
+    let (path, approve) = (
+        format!("/v1/orders/{id}"),
+        format!("/v1/orders/{id}/approve"),
+    );
+    let read = api.call("GET", &path, Some(&approver), None, &[]).await;
+    assert_eq!(etag(&read), format!("\"{}\"", read.body["version"]));
+    assert_eq!(
+        etag(&read),
+        etag(&o),
+        "the placement answered the same version"
+    );
+    let seen = etag(&read);
+    let again = api
+        .call(
+            "GET",
+            &path,
+            Some(&approver),
+            None,
+            &[("if-none-match", &seen)],
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(etag(&again), seen);
+
+    // The buyer grows the order after the approver read it.
+    let am = api
+        .call(
+            "PATCH",
+            &path,
+            Some(&buyer),
+            Some(json!({"lines":[{"sku":"BOLT","qty":95}]})),
+            &[("if-match", &seen)],
+        )
+        .await;
+    assert_eq!(am.status, StatusCode::OK, "{:?}", am.body);
+    let current = etag(&am);
+    assert_ne!(current, seen);
+    let stale = api
+        .call(
+            "POST",
+            &approve,
+            Some(&approver),
+            None,
+            &[("if-match", &seen)],
+        )
+        .await;
+    assert_eq!(
+        stale.status,
+        StatusCode::PRECONDITION_FAILED,
+        "{:?}",
+        stale.body
+    );
+    assert_eq!(stale.body["code"], "order_changed");
+    assert_eq!(
+        stale.headers["content-type"], "application/problem+json",
+        "{:?}",
+        stale.headers
+    );
+    let unchanged = api.call("GET", &path, Some(&approver), None, &[]).await;
+    assert_eq!(
+        (&unchanged.body["state"], etag(&unchanged)),
+        (&json!("pending_approval"), current.clone()),
+        "a refused approval changes nothing"
+    );
+    let changed = api
+        .call(
+            "GET",
+            &path,
+            Some(&approver),
+            None,
+            &[("if-none-match", &seen)],
+        )
+        .await;
+    assert_eq!(
+        changed.status,
+        StatusCode::OK,
+        "a newer version is sent in full"
+    );
+
+    // Tenancy first: another buyer's stale If-Match finds nothing, as without one.
+    let r = api
+        .call(
+            "POST",
+            &format!("{path}/cancel"),
+            Some(&other),
+            None,
+            &[("if-match", &seen)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{:?}", r.body);
+    // A malformed (unquoted) tag names no version either; the answer says which one is current.
+    let r = api
+        .call(
+            "POST",
+            &approve,
+            Some(&approver),
+            None,
+            &[("if-match", "2")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::PRECONDITION_FAILED, "{:?}", r.body);
+    assert!(
+        detail(&r).contains(&format!("ETag {current}")),
+        "{:?}",
+        r.body
+    );
+    // A weak tag never matches (If-Match compares strongly).
+    let weak = format!("W/{current}");
+    let r = api
+        .call(
+            "POST",
+            &approve,
+            Some(&approver),
+            None,
+            &[("if-match", &weak)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::PRECONDITION_FAILED, "{:?}", r.body);
+
+    let ok = api
+        .call(
+            "POST",
+            &approve,
+            Some(&approver),
+            None,
+            &[("if-match", &format!("{seen}, {current}"))],
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::OK, "{:?}", ok.body);
+    assert_eq!(ok.body["state"], "allocated");
+    assert_eq!(
+        ok.body["total"], am.body["total"],
+        "what was approved is what was read"
+    );
+    assert_ne!(etag(&ok), current);
+    let cancel = api
+        .call(
+            "POST",
+            &format!("{path}/cancel"),
+            Some(&buyer),
+            None,
+            &[("if-match", "*")],
+        )
+        .await;
+    assert_eq!(cancel.body["state"], "cancelled", "{:?}", cancel.body);
+}
+
 // Credit: the operator lowers the limit; the next order is refused with the figures.
 #[tokio::test]
 async fn credit_limit_is_enforced() {

@@ -26,4 +26,7 @@ pub enum Rejection {
     /// A request that is well-formed but cannot apply now (e.g. nothing to ship here).
     #[error("{0}")]
     Conflict(String),
+    /// The order is no longer at the version the caller saw (HTTP `If-Match`): nothing changed.
+    #[error("{0}")]
+    Stale(String),
 }

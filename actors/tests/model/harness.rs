@@ -466,7 +466,7 @@ impl Harness {
         let reject_lines = reject.to_vec();
         let real = ask(engine, acct, |reply| AccountMsg::Approve {
             caller,
-            order: id,
+            order: id.into(),
             reject_lines,
             reply,
         })
@@ -491,7 +491,7 @@ impl Harness {
         let lines = lines.to_vec();
         let real = ask(engine, acct, |reply| AccountMsg::Reject {
             caller,
-            order: id,
+            order: id.into(),
             lines,
             reason: Some("model test".into()),
             reply,
@@ -505,7 +505,7 @@ impl Harness {
         let (acct, id) = (self.model.orders[i].acct, self.model.orders[i].id.clone());
         let real = ask(engine, acct, |reply| AccountMsg::Cancel {
             caller: world::buyer(acct),
-            order: id,
+            order: id.into(),
             reply,
         })
         .await?;
@@ -600,7 +600,7 @@ impl Harness {
         let id = OrderId::parse("no-such-order").expect("valid id");
         let real = ask(engine, 0, |reply| AccountMsg::Cancel {
             caller: world::buyer(0),
-            order: id,
+            order: id.into(),
             reply,
         })
         .await?;

@@ -205,7 +205,7 @@ impl Harness {
         let real = ask(engine, o.acct, |reply| AccountMsg::Submit {
             span: tracing::Span::none(),
             caller: world::buyer(o.acct),
-            order: id,
+            order: id.into(),
             reply,
         })
         .await?;
@@ -257,7 +257,7 @@ impl Harness {
         let id = o.id.clone();
         let real = ask(engine, o.acct, |reply| AccountMsg::Amend {
             caller: world::buyer(o.acct),
-            order: id,
+            order: id.into(),
             patch,
             reply,
         })
@@ -324,7 +324,7 @@ impl Harness {
         let warehouse = WarehouseId::parse(&wh).expect("valid id");
         let real = ask(engine, acct, |reply| AccountMsg::Ship {
             caller: world::warehouse_caller(&wh),
-            order: id,
+            order: id.into(),
             warehouse,
             reply,
         })

@@ -12,16 +12,18 @@ use crate::ApiState;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use headers::{ETag, HeaderMapExt, IfMatch, IfNoneMatch};
 use orderd_actors::account::{AccountMsg, Reply};
 use orderd_actors::audit::AuditEntry;
 use orderd_actors::audit::Caller;
 use orderd_actors::order_reads::OrderFilter;
-use orderd_actors::ordering::{Amendment, Preview};
+use orderd_actors::ordering::{Amendment, Preview, Target, VersionCheck};
 use orderd_domain::account::Role;
 use orderd_domain::ids::{AccountId, IdempotencyKey, OrderId, WarehouseId};
 use orderd_domain::order::{Channel, Order, OrderState};
 use orderd_domain::validation::{LineRequest, OrderRequest, Problem, ProblemCode};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 use utoipa::{IntoParams, ToSchema};
@@ -113,6 +115,33 @@ pub struct OrderBody(pub Order);
 #[schema(value_type = Object)]
 pub struct PreviewBody(pub Preview);
 
+/// An order answered with its `ETag`, the order's version, which a client sends back as
+/// `If-Match` so that its next change applies only to the order it read.
+pub struct Versioned(pub Order);
+
+impl IntoResponse for Versioned {
+    fn into_response(self) -> Response {
+        let tag = etag(self.0.version);
+        let mut resp = axum::Json(OrderBody(self.0)).into_response();
+        resp.headers_mut().typed_insert(tag);
+        resp
+    }
+}
+
+/// The entity tag of an order at `version`: `"<version>"`.
+fn etag(version: u32) -> ETag {
+    format!("\"{version}\"")
+        .parse()
+        .expect("a quoted number is an entity tag")
+}
+
+/// The versions a request's `If-Match` accepts (none: any). A tag that is not one of orderd's
+/// (malformed, weak, another version) matches no version, so the change is refused with 412.
+fn if_match(headers: &HeaderMap) -> Option<VersionCheck> {
+    let accepts = headers.typed_get::<IfMatch>()?;
+    Some(Arc::new(move |v| accepts.precondition_passes(&etag(v))))
+}
+
 fn order_id(s: &str) -> ApiResult<OrderId> {
     OrderId::parse(s).map_err(|_| ApiError::NotFound(format!("order {s} not found")))
 }
@@ -194,7 +223,7 @@ async fn place(
     } else {
         StatusCode::CREATED
     };
-    let mut resp = (status, axum::Json(OrderBody(placed.order))).into_response();
+    let mut resp = (status, Versioned(placed.order)).into_response();
     if placed.replayed {
         resp.headers_mut().insert(
             "idempotent-replayed",
@@ -343,22 +372,30 @@ async fn list(
     }))
 }
 
-/// Runs one change of an order of the caller's account, as a caller with one of `roles`, and
-/// answers with the changed order.
+/// Runs one change of an order of the caller's account, as a caller with one of `roles`, for
+/// the versions the request's `If-Match` accepts, and answers with the changed order.
 async fn change(
     s: &ApiState,
     auth: &Auth,
     roles: &[Role],
     id: &str,
-    build: impl FnOnce(Caller, OrderId, Reply<Order>) -> AccountMsg,
-) -> ApiResult<axum::Json<OrderBody>> {
+    headers: &HeaderMap,
+    build: impl FnOnce(Caller, Target, Reply<Order>) -> AccountMsg,
+) -> ApiResult<Versioned> {
     let caller = auth.require(roles)?.clone();
-    let order = order_id(id)?;
+    let target = target(id, headers)?;
     let changed = s
         .engine
-        .ask(auth.account()?, |reply| build(caller, order, reply))
+        .ask(auth.account()?, |reply| build(caller, target, reply))
         .await??;
-    Ok(axum::Json(OrderBody(changed)))
+    Ok(Versioned(changed))
+}
+
+fn target(id: &str, headers: &HeaderMap) -> ApiResult<Target> {
+    Ok(Target {
+        id: order_id(id)?,
+        if_match: if_match(headers),
+    })
 }
 
 /// The order as `caller` may see it (a buyer-only caller: only their own).
@@ -375,16 +412,25 @@ async fn fetch(
 }
 
 /// One order (buyer, approver, account_admin).
-#[utoipa::path(get, path = "/v1/orders/{id}", tag = "orders", params(("id" = String, Path)), responses((status = 200, body = OrderBody), (status = 404)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/orders/{id}", tag = "orders", params(("id" = String, Path), ("If-None-Match" = Option<String>, Header, description = "an ETag the client holds: 304 while the order is still at it")), responses((status = 200, body = OrderBody, headers(("ETag" = String, description = "the order's version, for If-Match"))), (status = 304, description = "unchanged since the ETag sent"), (status = 404)), security(("bearer" = [])))]
 async fn get_order(
     State(s): State<ApiState>,
     auth: Auth,
     Path(id): Path<String>,
-) -> ApiResult<axum::Json<OrderBody>> {
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     let caller = auth.require(ACCOUNT_ROLES)?;
-    Ok(axum::Json(OrderBody(
-        fetch(&s, caller, auth.account()?, &order_id(&id)?).await?,
-    )))
+    let order = fetch(&s, caller, auth.account()?, &order_id(&id)?).await?;
+    let tag = etag(order.version);
+    // A malformed If-None-Match is ignored, as RFC 9110 allows: the client gets the order.
+    if let Some(held) = headers.typed_get::<IfNoneMatch>() {
+        if !held.precondition_passes(&tag) {
+            let mut resp = StatusCode::NOT_MODIFIED.into_response();
+            resp.headers_mut().typed_insert(tag);
+            return Ok(resp);
+        }
+    }
+    Ok(Versioned(order).into_response())
 }
 
 #[derive(Serialize, ToSchema)]
@@ -421,14 +467,16 @@ async fn history(
 }
 
 /// Submit a draft (buyer, approver, account_admin).
-#[utoipa::path(post, path = "/v1/orders/{id}/submit", tag = "orders", params(("id" = String, Path)), responses((status = 200, body = OrderBody), (status = 404), (status = 409), (status = 422)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/orders/{id}/submit", tag = "orders", params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "the ETag the order was read with: the change applies only to that version, else 412")), responses((status = 200, body = OrderBody, headers(("ETag" = String, description = "the order's version, for If-Match"))), (status = 404), (status = 409), (status = 422), (status = 412)), security(("bearer" = [])))]
 async fn submit(
     State(s): State<ApiState>,
     auth: Auth,
     Path(id): Path<String>,
-) -> ApiResult<axum::Json<OrderBody>> {
+    headers: HeaderMap,
+) -> ApiResult<Versioned> {
     let caller = auth.require(ACCOUNT_ROLES)?.clone();
-    let order = order_id(&id)?;
+    let target = target(&id, &headers)?;
+    let order = target.id.clone();
     let account = auth.account()?;
     let started = Instant::now();
     // The draft's channel is known only from the answer; until then it counts as `api`.
@@ -439,7 +487,7 @@ async fn submit(
         .ask(account, |reply| AccountMsg::Submit {
             span: span.clone(),
             caller,
-            order: order.clone(),
+            order: target,
             reply,
         })
         .instrument(span.clone())
@@ -457,7 +505,7 @@ async fn submit(
         &submitted,
         |_| false,
     );
-    Ok(axum::Json(OrderBody(submitted?)))
+    Ok(Versioned(submitted?))
 }
 
 #[derive(Deserialize, Default, ToSchema)]
@@ -469,22 +517,28 @@ pub struct ApproveBody {
 }
 
 /// Approve a pending order, optionally dropping some lines (approver).
-#[utoipa::path(post, path = "/v1/orders/{id}/approve", tag = "orders", params(("id" = String, Path)), request_body = ApproveBody, responses((status = 200, body = OrderBody), (status = 403), (status = 404), (status = 409)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/orders/{id}/approve", tag = "orders", params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "the ETag the order was read with: the change applies only to that version, else 412")), request_body = ApproveBody, responses((status = 200, body = OrderBody, headers(("ETag" = String, description = "the order's version, for If-Match"))), (status = 403), (status = 404), (status = 409), (status = 412)), security(("bearer" = [])))]
 async fn approve(
     State(s): State<ApiState>,
     auth: Auth,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: Option<Json<ApproveBody>>,
-) -> ApiResult<axum::Json<OrderBody>> {
+) -> ApiResult<Versioned> {
     let reject_lines = body.map(|Json(b)| b.reject_lines).unwrap_or_default();
-    change(&s, &auth, &[Role::Approver], &id, |caller, order, reply| {
-        AccountMsg::Approve {
+    change(
+        &s,
+        &auth,
+        &[Role::Approver],
+        &id,
+        &headers,
+        |caller, order, reply| AccountMsg::Approve {
             caller,
             order,
             reject_lines,
             reply,
-        }
-    })
+        },
+    )
     .await
 }
 
@@ -498,23 +552,29 @@ pub struct RejectBody {
 }
 
 /// Reject a pending order, or some of its lines (approver).
-#[utoipa::path(post, path = "/v1/orders/{id}/reject", tag = "orders", params(("id" = String, Path)), request_body = RejectBody, responses((status = 200, body = OrderBody), (status = 403), (status = 404), (status = 409)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/orders/{id}/reject", tag = "orders", params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "the ETag the order was read with: the change applies only to that version, else 412")), request_body = RejectBody, responses((status = 200, body = OrderBody, headers(("ETag" = String, description = "the order's version, for If-Match"))), (status = 403), (status = 404), (status = 409), (status = 412)), security(("bearer" = [])))]
 async fn reject(
     State(s): State<ApiState>,
     auth: Auth,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: Option<Json<RejectBody>>,
-) -> ApiResult<axum::Json<OrderBody>> {
+) -> ApiResult<Versioned> {
     let b = body.map(|Json(b)| b).unwrap_or_default();
-    change(&s, &auth, &[Role::Approver], &id, |caller, order, reply| {
-        AccountMsg::Reject {
+    change(
+        &s,
+        &auth,
+        &[Role::Approver],
+        &id,
+        &headers,
+        |caller, order, reply| AccountMsg::Reject {
             caller,
             order,
             lines: b.lines,
             reason: b.reason,
             reply,
-        }
-    })
+        },
+    )
     .await
 }
 
@@ -522,19 +582,25 @@ async fn reject(
 /// credit. An order pending approval is withdrawn: it ends `rejected` (the state machine has no
 /// way from pending approval to cancelled), its reasons saying who withdrew it (buyer,
 /// approver, account_admin).
-#[utoipa::path(post, path = "/v1/orders/{id}/cancel", tag = "orders", params(("id" = String, Path)), responses((status = 200, body = OrderBody), (status = 404), (status = 409)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/orders/{id}/cancel", tag = "orders", params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "the ETag the order was read with: the change applies only to that version, else 412")), responses((status = 200, body = OrderBody, headers(("ETag" = String, description = "the order's version, for If-Match"))), (status = 404), (status = 409), (status = 412)), security(("bearer" = [])))]
 async fn cancel(
     State(s): State<ApiState>,
     auth: Auth,
     Path(id): Path<String>,
-) -> ApiResult<axum::Json<OrderBody>> {
-    change(&s, &auth, ACCOUNT_ROLES, &id, |caller, order, reply| {
-        AccountMsg::Cancel {
+    headers: HeaderMap,
+) -> ApiResult<Versioned> {
+    change(
+        &s,
+        &auth,
+        ACCOUNT_ROLES,
+        &id,
+        &headers,
+        |caller, order, reply| AccountMsg::Cancel {
             caller,
             order,
             reply,
-        }
-    })
+        },
+    )
     .await
 }
 
@@ -550,13 +616,14 @@ pub struct AmendBody {
 }
 
 /// Amend an order before allocation; it is validated again in full (buyer, approver, account_admin).
-#[utoipa::path(patch, path = "/v1/orders/{id}", tag = "orders", params(("id" = String, Path)), request_body = AmendBody, responses((status = 200, body = OrderBody), (status = 404), (status = 409), (status = 422)), security(("bearer" = [])))]
+#[utoipa::path(patch, path = "/v1/orders/{id}", tag = "orders", params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "the ETag the order was read with: the change applies only to that version, else 412")), request_body = AmendBody, responses((status = 200, body = OrderBody, headers(("ETag" = String, description = "the order's version, for If-Match"))), (status = 404), (status = 409), (status = 422), (status = 412)), security(("bearer" = [])))]
 async fn amend(
     State(s): State<ApiState>,
     auth: Auth,
     Path(id): Path<String>,
+    headers: HeaderMap,
     Json(b): Json<AmendBody>,
-) -> ApiResult<axum::Json<OrderBody>> {
+) -> ApiResult<Versioned> {
     let patch = Amendment {
         lines: b.lines.map(|l| l.into_iter().map(Into::into).collect()),
         ship_to: b.ship_to,
@@ -564,14 +631,19 @@ async fn amend(
         customer_po: b.customer_po,
         allow_split: b.allow_split,
     };
-    change(&s, &auth, ACCOUNT_ROLES, &id, |caller, order, reply| {
-        AccountMsg::Amend {
+    change(
+        &s,
+        &auth,
+        ACCOUNT_ROLES,
+        &id,
+        &headers,
+        |caller, order, reply| AccountMsg::Amend {
             caller,
             order,
             patch,
             reply,
-        }
-    })
+        },
+    )
     .await
 }
 
@@ -585,15 +657,17 @@ pub struct ShipBody {
 }
 
 /// Confirm shipment of what one warehouse holds for the order (warehouse, operator).
-#[utoipa::path(post, path = "/v1/orders/{id}/ship", tag = "orders", params(("id" = String, Path)), request_body = ShipBody, responses((status = 200, body = OrderBody), (status = 404), (status = 409)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/orders/{id}/ship", tag = "orders", params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "the ETag the order was read with: the change applies only to that version, else 412")), request_body = ShipBody, responses((status = 200, body = OrderBody, headers(("ETag" = String, description = "the order's version, for If-Match"))), (status = 404), (status = 409), (status = 412)), security(("bearer" = [])))]
 async fn ship(
     State(s): State<ApiState>,
     auth: Auth,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: Option<Json<ShipBody>>,
-) -> ApiResult<axum::Json<OrderBody>> {
+) -> ApiResult<Versioned> {
     let caller = auth.require(&[Role::Warehouse, Role::Operator])?.clone();
-    let order = order_id(&id)?;
+    let target = target(&id, &headers)?;
+    let order = target.id.clone();
     let b = body.map(|Json(b)| b).unwrap_or_default();
     let not_found = || ApiError::NotFound(format!("order {id} not found"));
     let (warehouse, account) =
@@ -637,14 +711,14 @@ async fn ship(
                 }
             }
         };
-    Ok(axum::Json(OrderBody(
+    Ok(Versioned(
         s.engine
             .ask(&account, |reply| AccountMsg::Ship {
                 caller,
-                order,
+                order: target,
                 warehouse,
                 reply,
             })
             .await??,
-    )))
+    ))
 }
