@@ -38,7 +38,7 @@ use orderd_domain::{credit, Decimal};
 use orderd_storage::{Batch, Committed};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 type Flow<T> = Result<Result<T, Rejection>, ActorError>;
 /// Stock per warehouse, in stock units (kits as components).
@@ -220,14 +220,30 @@ fn evaluate_untimed(
         .checked_sub(own)
         .map_err(|e| ActorError::Invariant(e.to_string()))?;
     problems.extend(credit::check(st.account.credit_limit, exposure, total));
+    // The rules apply to the order's placer: an amended order is judged as its placer would
+    // submit it, whoever amends it (an admin's higher limit must not wave it through). A
+    // placer the account no longer has counts as a buyer.
+    let placer_roles;
+    let who = match exclude {
+        Some(o) if o.placed_by != caller.user => {
+            placer_roles = st
+                .account
+                .user(&o.placed_by)
+                .map_or_else(|| BTreeSet::from([Role::Buyer]), |u| u.roles.clone());
+            Submitter {
+                user: &o.placed_by,
+                roles: &placer_roles,
+            }
+        }
+        _ => Submitter {
+            user: &caller.user,
+            roles: &caller.roles,
+        },
+    };
     let approval_reasons = match &checked.ship_to {
         Some(s) => {
             // An amended order is not yet confirmed, so it never counts as the earlier order.
             let used = st.orders.ship_to_confirmed(&s.id);
-            let who = Submitter {
-                user: &caller.user,
-                roles: &caller.roles,
-            };
             approval::reasons(
                 &st.account,
                 &who,
@@ -986,18 +1002,20 @@ pub async fn approve(
     let committed = st.journal.submit(batch).await?;
     release(st, id, &freed)?;
     match order.state {
-        OrderState::Allocated => {
-            // Each warehouse allocates what the order's lines need there and releases any
-            // other reservation of the order (nothing, unless a hold timed out).
-            let demand = order.stock_demand();
-            for_every_warehouse(st, |h| {
-                let here = demand.get(&h.id).cloned().unwrap_or_default();
-                h.allocate(id.clone(), here)
-            })?
-        }
+        OrderState::Allocated => allocate_held(st, &order)?,
         _ => for_every_warehouse(st, |h| h.release_all(id.clone()))?,
     }
     Ok(Ok(commit_order(st, order, &committed)))
+}
+
+/// Once a pending order is confirmed: each warehouse allocates what the order's lines need
+/// there and releases any other reservation of the order (nothing, unless a hold timed out).
+fn allocate_held(st: &AccountState, order: &Order) -> Result<(), ActorError> {
+    let demand = order.stock_demand();
+    for_every_warehouse(st, |h| {
+        let here = demand.get(&h.id).cloned().unwrap_or_default();
+        h.allocate(order.id.clone(), here)
+    })
 }
 
 pub async fn reject(
@@ -1168,6 +1186,7 @@ pub async fn amend(
     }
     let req = request_of(&old, &patch);
     let mut order = old.clone();
+    let mut transitions = vec![];
     if old.state == OrderState::Draft {
         let checked = check_catalog(st, caller, &req);
         if !checked.problems.is_empty() {
@@ -1190,13 +1209,35 @@ pub async fn amend(
             .map(|s| s.id.clone())
             .unwrap_or(order.ship_to);
         order.lines = build_lines(&snap, &ev.checked, ev.allocations);
+        // The approval rules are applied again: the approver sees why the order waits now,
+        // and an order no rule holds back any longer goes on as if submitted so.
+        if old.state == OrderState::PendingApproval {
+            if ev.approval_reasons.is_empty() {
+                for next in [OrderState::Confirmed, OrderState::Allocated] {
+                    if let Err(e) = order.transition(next) {
+                        return Ok(Err(e.into()));
+                    }
+                }
+                order.approval_reasons.clear();
+                transitions = vec!["confirmed", "allocated"];
+            } else {
+                order.approval_reasons = ev.approval_reasons;
+            }
+        }
     }
     order.delivery_speed = req.delivery_speed;
     order.customer_po = req.customer_po;
     order.allow_split = req.allow_split;
     let (grow, shrink) = deltas(&old.stock_demand(), &order.stock_demand());
     touch(&mut order);
-    let batch = match order_batch(st, caller, &order, "order.amend", Some(old.state), &[]) {
+    let batch = match order_batch(
+        st,
+        caller,
+        &order,
+        "order.amend",
+        Some(old.state),
+        &transitions,
+    ) {
         Ok(b) => b,
         Err(r) => return Ok(Err(r)),
     };
@@ -1211,6 +1252,9 @@ pub async fn amend(
         }
     };
     release(st, id, &shrink)?;
+    if order.state == OrderState::Allocated {
+        allocate_held(st, &order)?;
+    }
     let order = commit_order(st, order, &committed);
     debug_assert_credit(st, &order);
     Ok(Ok(order))

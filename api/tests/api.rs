@@ -1116,6 +1116,91 @@ async fn a_change_with_if_match_applies_only_to_the_version_read() {
     assert_eq!(cancel.body["state"], "cancelled", "{:?}", cancel.body);
 }
 
+// An amended pending order is judged again by the approval rules, as its placer would submit
+// it: its reasons follow the new total, an admin whose own limit is higher does not wave it
+// through, and once no rule holds it back it is confirmed and allocated like a new order.
+#[tokio::test]
+async fn an_amended_pending_order_is_routed_again() {
+    let api = api().await;
+    let buyer = api.token(Some("A"), "ann", &["buyer"], None).await;
+    let admin = api
+        .token(Some("A"), "carol", &["account_admin"], None)
+        .await;
+    let max = json!({"id": "max", "name": "Max", "roles": ["account_admin"], "spending_limit": "5000.00", "ship_tos": []});
+    let r = api
+        .call("POST", "/v1/account/users", Some(&admin), Some(max), &[])
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let max = api.token(Some("A"), "max", &["account_admin"], None).await;
+    let reasons = |r: &Resp| r.body["approval_reasons"].clone();
+    let o = api
+        .place(&buyer, "p1", json!({"lines":[{"sku":"BOLT","qty":80}]}))
+        .await;
+    assert_eq!(o.body["state"], "pending_approval", "{:?}", o.body);
+    assert_eq!(
+        reasons(&o),
+        json!(["order total 640.00 EUR is above the spending limit of 500.00 EUR"])
+    );
+    let path = format!("/v1/orders/{}", o.body["id"].as_str().unwrap());
+    let amend = |token: &str, qty: u32| {
+        let body = json!({"lines":[{"sku":"BOLT","qty":qty}]});
+        let (path, token) = (path.clone(), token.to_owned());
+        let api = &api;
+        async move {
+            let r = api
+                .call("PATCH", &path, Some(&token), Some(body), &[])
+                .await;
+            assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+            r
+        }
+    };
+    let r = amend(&buyer, 95).await;
+    assert_eq!(
+        (&r.body["state"], reasons(&r)),
+        (
+            &json!("pending_approval"),
+            json!(["order total 760.00 EUR is above the spending limit of 500.00 EUR"])
+        )
+    );
+    // Max's own limit covers 720 EUR, ann's does not: the order still waits.
+    let r = amend(&max, 90).await;
+    assert_eq!(
+        (&r.body["state"], reasons(&r)),
+        (
+            &json!("pending_approval"),
+            json!(["order total 720.00 EUR is above the spending limit of 500.00 EUR"])
+        )
+    );
+    let r = amend(&buyer, 50).await;
+    assert_eq!(r.body["state"], "allocated", "{:?}", r.body);
+    assert_eq!(reasons(&r), json!([]));
+    assert_eq!(r.body["lines"][0]["allocations"][0]["qty"], 50);
+    let h = api
+        .call("GET", &format!("{path}/history"), Some(&buyer), None, &[])
+        .await;
+    let last = h.body.as_array().unwrap().last().unwrap()["entry"].clone();
+    assert_eq!(
+        (&last["action"], &last["from"], &last["to"], &last["path"]),
+        (
+            &json!("order.amend"),
+            &json!("pending_approval"),
+            &json!("allocated"),
+            &json!(["confirmed", "allocated"])
+        ),
+        "{last}"
+    );
+    // It now holds 50 allocated (no longer reserved) in its warehouse: shipping takes them.
+    let wh = r.body["lines"][0]["allocations"][0]["warehouse"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let warehouse = api.token(None, "dock", &["warehouse"], Some(&wh)).await;
+    let shipped = api
+        .call("POST", &format!("{path}/ship"), Some(&warehouse), None, &[])
+        .await;
+    assert_eq!(shipped.body["state"], "shipped", "{:?}", shipped.body);
+}
+
 // Credit: the operator lowers the limit; the next order is refused with the figures.
 #[tokio::test]
 async fn credit_limit_is_enforced() {

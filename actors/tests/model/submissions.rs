@@ -235,7 +235,8 @@ impl Harness {
     }
 
     /// Amends an order before allocation: a draft is checked like a draft, a pending order is
-    /// evaluated again (its own stock and credit count as available) and keeps its state.
+    /// evaluated again (its own stock and credit count as available) and routed again: it
+    /// stays pending while a rule holds it back, else it is confirmed and allocated.
     pub async fn amend(
         &mut self,
         engine: &Engine,
@@ -275,17 +276,20 @@ impl Harness {
                 )),
             };
         }
-        let judged = if o.state == OrderState::Draft {
-            judge_draft(o.acct, &req, &real)?
+        let (judged, state) = if o.state == OrderState::Draft {
+            (judge_draft(o.acct, &req, &real)?, o.state)
         } else {
             let ev = self.model.evaluate(o.acct, &req, Some(i));
-            judge_evaluated(&ev, &real, req.allow_split, o.state)?
+            let state = routed(&ev);
+            (judge_evaluated(&ev, &real, req.allow_split, state)?, state)
         };
         let Some(lines) = judged else {
             return Ok(Written::nothing());
         };
         let (_, ship_to, _) = Model::static_check(o.acct, &req);
+        let from = o.state;
         let m = MOrder {
+            state,
             changes: o.changes + 1,
             ship_to: ship_to.ok_or("amended without a ship-to")?,
             speed: req.delivery_speed.clone(),
@@ -294,7 +298,7 @@ impl Harness {
             ..o
         };
         compare_order(&m, real.as_ref().expect("accepted"))?;
-        let w = Written::order(&m, "order.amend", Some(m.state));
+        let w = Written::order(&m, "order.amend", Some(from));
         self.model.store(m);
         Ok(w)
     }
