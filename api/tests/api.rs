@@ -973,6 +973,16 @@ async fn a_change_with_if_match_applies_only_to_the_version_read() {
         format!("/v1/orders/{id}"),
         format!("/v1/orders/{id}/approve"),
     );
+    // The approver's requests, with one precondition header each.
+    let as_approver = |method: &'static str, uri: String, header: &'static str, tag: String| {
+        let (api, approver) = (&api, &approver);
+        async move {
+            api.call(method, &uri, Some(approver), None, &[(header, &tag)])
+                .await
+        }
+    };
+    let read_if_none = |tag: &str| as_approver("GET", path.clone(), "if-none-match", tag.into());
+    let approve_if = |tag: &str| as_approver("POST", approve.clone(), "if-match", tag.into());
     let read = api.call("GET", &path, Some(&approver), None, &[]).await;
     assert_eq!(etag(&read), format!("\"{}\"", read.body["version"]));
     assert_eq!(
@@ -981,15 +991,7 @@ async fn a_change_with_if_match_applies_only_to_the_version_read() {
         "the placement answered the same version"
     );
     let seen = etag(&read);
-    let again = api
-        .call(
-            "GET",
-            &path,
-            Some(&approver),
-            None,
-            &[("if-none-match", &seen)],
-        )
-        .await;
+    let again = read_if_none(&seen).await;
     assert_eq!(again.status, StatusCode::NOT_MODIFIED);
     assert_eq!(etag(&again), seen);
 
@@ -1006,15 +1008,7 @@ async fn a_change_with_if_match_applies_only_to_the_version_read() {
     assert_eq!(am.status, StatusCode::OK, "{:?}", am.body);
     let current = etag(&am);
     assert_ne!(current, seen);
-    let stale = api
-        .call(
-            "POST",
-            &approve,
-            Some(&approver),
-            None,
-            &[("if-match", &seen)],
-        )
-        .await;
+    let stale = approve_if(&seen).await;
     assert_eq!(
         stale.status,
         StatusCode::PRECONDITION_FAILED,
@@ -1033,15 +1027,7 @@ async fn a_change_with_if_match_applies_only_to_the_version_read() {
         (&json!("pending_approval"), current.clone()),
         "a refused approval changes nothing"
     );
-    let changed = api
-        .call(
-            "GET",
-            &path,
-            Some(&approver),
-            None,
-            &[("if-none-match", &seen)],
-        )
-        .await;
+    let changed = read_if_none(&seen).await;
     assert_eq!(
         changed.status,
         StatusCode::OK,
@@ -1060,15 +1046,7 @@ async fn a_change_with_if_match_applies_only_to_the_version_read() {
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{:?}", r.body);
     // A malformed (unquoted) tag names no version either; the answer says which one is current.
-    let r = api
-        .call(
-            "POST",
-            &approve,
-            Some(&approver),
-            None,
-            &[("if-match", "2")],
-        )
-        .await;
+    let r = approve_if("2").await;
     assert_eq!(r.status, StatusCode::PRECONDITION_FAILED, "{:?}", r.body);
     assert!(
         detail(&r).contains(&format!("ETag {current}")),
@@ -1077,26 +1055,10 @@ async fn a_change_with_if_match_applies_only_to_the_version_read() {
     );
     // A weak tag never matches (If-Match compares strongly).
     let weak = format!("W/{current}");
-    let r = api
-        .call(
-            "POST",
-            &approve,
-            Some(&approver),
-            None,
-            &[("if-match", &weak)],
-        )
-        .await;
+    let r = approve_if(&weak).await;
     assert_eq!(r.status, StatusCode::PRECONDITION_FAILED, "{:?}", r.body);
 
-    let ok = api
-        .call(
-            "POST",
-            &approve,
-            Some(&approver),
-            None,
-            &[("if-match", &format!("{seen}, {current}"))],
-        )
-        .await;
+    let ok = approve_if(&format!("{seen}, {current}")).await;
     assert_eq!(ok.status, StatusCode::OK, "{:?}", ok.body);
     assert_eq!(ok.body["state"], "allocated");
     assert_eq!(
