@@ -23,7 +23,8 @@ use orderd_domain::account::{Account, Role};
 use orderd_domain::allocation::{plan, Availability, PlanInput};
 use orderd_domain::approval::{self, Submitter};
 use orderd_domain::cart::{Cart, CartError};
-use orderd_domain::ids::{IdempotencyKey, OrderId, ShipToId, Sku, WarehouseId};
+use orderd_domain::grant::Grant;
+use orderd_domain::ids::{IdempotencyKey, OrderId, ShipToId, Sku, UserId, WarehouseId};
 use orderd_domain::money::Money;
 use orderd_domain::order::{
     Allocation, Channel, LineStatus, Order, OrderLine, OrderState, PlacedWith, RequestDigest,
@@ -38,6 +39,7 @@ use orderd_domain::{credit, Decimal};
 use orderd_storage::{Batch, Committed};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 type Flow<T> = Result<Result<T, Rejection>, ActorError>;
@@ -153,13 +155,52 @@ fn sku_problem(st: &AccountState, sku: &Sku) -> Option<Problem> {
 
 // ---- evaluation -------------------------------------------------------------------------
 
+/// Whose order is judged. Its placer's spending limit and assigned ship-tos apply, whoever
+/// sends the change: an account admin submitting a buyer's draft or amending their pending
+/// order must not wave it through with their own higher limit.
+struct Placer<'a> {
+    user: &'a UserId,
+    roles: Cow<'a, BTreeSet<Role>>,
+    /// The account removed the placer since: no limit of theirs covers the order any more.
+    removed: bool,
+}
+
+impl<'a> Placer<'a> {
+    /// The caller, acting on an order of their own.
+    fn caller(caller: &'a Caller) -> Placer<'a> {
+        Placer {
+            user: &caller.user,
+            roles: Cow::Borrowed(&caller.roles),
+            removed: false,
+        }
+    }
+
+    /// `placed_by` as the account's records know them. A user without a record (their roles
+    /// came from their token when they placed it) counts as a buyer.
+    fn of(st: &AccountState, caller: &'a Caller, placed_by: &'a UserId) -> Placer<'a> {
+        if *placed_by == caller.user {
+            return Placer::caller(caller);
+        }
+        let (roles, removed) = match st.account.grant(placed_by) {
+            Some(Grant::Roles(roles)) => (roles, false),
+            Some(Grant::Removed) => (BTreeSet::from([Role::Buyer]), true),
+            None => (BTreeSet::from([Role::Buyer]), false),
+        };
+        Placer {
+            user: placed_by,
+            roles: Cow::Owned(roles),
+            removed,
+        }
+    }
+}
+
 /// Catalog, visibility, quantity and price checks against today's snapshot. Alone, this is what
 /// a draft needs (it holds no stock and no credit); `evaluate` adds stock, credit and approval.
-fn check_catalog(st: &AccountState, caller: &Caller, req: &OrderRequest) -> Checked {
+fn check_catalog(st: &AccountState, placer: &Placer, req: &OrderRequest) -> Checked {
     let snap = st.catalog.load();
     let ctx = PricingContext {
         account: &st.account,
-        user: &caller.user,
+        user: placer.user,
         catalog: &snap.catalog,
         prices: &snap.prices,
         warehouses: &snap.warehouses,
@@ -171,12 +212,12 @@ fn check_catalog(st: &AccountState, caller: &Caller, req: &OrderRequest) -> Chec
 
 async fn evaluate(
     st: &AccountState,
-    caller: &Caller,
+    placer: &Placer<'_>,
     req: &OrderRequest,
     exclude: Option<&Order>,
 ) -> Result<Evaluation, ActorError> {
     let started = std::time::Instant::now();
-    let ev = evaluate_untimed(st, caller, req, exclude);
+    let ev = evaluate_untimed(st, placer, req, exclude);
     metrics::histogram!(crate::metric_names::VALIDATION_SECONDS)
         .record(started.elapsed().as_secs_f64());
     ev
@@ -185,12 +226,12 @@ async fn evaluate(
 /// Catalog, price, stock plan, credit and approval checks: pure work on the actor's state.
 fn evaluate_untimed(
     st: &AccountState,
-    caller: &Caller,
+    placer: &Placer,
     req: &OrderRequest,
     exclude: Option<&Order>,
 ) -> Result<Evaluation, ActorError> {
     let snap = st.catalog.load();
-    let checked = check_catalog(st, caller, req);
+    let checked = check_catalog(st, placer, req);
     let mut problems = checked.problems.clone();
     let mut allocations = None;
     if let (Some(ship_to), false) = (&checked.ship_to, checked.lines.is_empty()) {
@@ -220,27 +261,11 @@ fn evaluate_untimed(
         .checked_sub(own)
         .map_err(|e| ActorError::Invariant(e.to_string()))?;
     problems.extend(credit::check(st.account.credit_limit, exposure, total));
-    // The rules apply to the order's placer: an amended order is judged as its placer would
-    // submit it, whoever amends it (an admin's higher limit must not wave it through). A
-    // placer the account no longer has counts as a buyer.
-    let placer_roles;
-    let who = match exclude {
-        Some(o) if o.placed_by != caller.user => {
-            placer_roles = st
-                .account
-                .user(&o.placed_by)
-                .map_or_else(|| BTreeSet::from([Role::Buyer]), |u| u.roles.clone());
-            Submitter {
-                user: &o.placed_by,
-                roles: &placer_roles,
-            }
-        }
-        _ => Submitter {
-            user: &caller.user,
-            roles: &caller.roles,
-        },
+    let who = Submitter {
+        user: placer.user,
+        roles: &placer.roles,
     };
-    let approval_reasons = match &checked.ship_to {
+    let mut approval_reasons = match &checked.ship_to {
         Some(s) => {
             // An amended order is not yet confirmed, so it never counts as the earlier order.
             let used = st.orders.ship_to_confirmed(&s.id);
@@ -256,6 +281,12 @@ fn evaluate_untimed(
         }
         None => vec![],
     };
+    if placer.removed {
+        approval_reasons.push(format!(
+            "placed by {}, who is no longer a user of the account",
+            placer.user
+        ));
+    }
     Ok(Evaluation {
         checked,
         allocations,
@@ -640,7 +671,7 @@ pub async fn validate(
     } else {
         req
     };
-    let ev = evaluate(st, caller, &req, None).await?;
+    let ev = evaluate(st, &Placer::caller(caller), &req, None).await?;
     let snap = st.catalog.load();
     let lines = build_lines(&snap, &ev.checked, ev.allocations);
     Ok(Ok(Preview {
@@ -702,7 +733,7 @@ pub async fn place(
     // The caller's `order` span (API handler -> here -> journal commit) learns its id now.
     tracing::Span::current().record("order.id", id.as_str());
     let (mut order, transitions) = if submit {
-        let ev = evaluate(st, caller, &req, None).await?;
+        let ev = evaluate(st, &Placer::caller(caller), &req, None).await?;
         if !ev.problems.is_empty() {
             return Ok(Err(Rejection::Invalid(ev.problems)));
         }
@@ -722,7 +753,7 @@ pub async fn place(
         };
         (order, transitions)
     } else {
-        let checked = check_catalog(st, caller, &req);
+        let checked = check_catalog(st, &Placer::caller(caller), &req);
         if !checked.problems.is_empty() {
             return Ok(Err(Rejection::Invalid(checked.problems)));
         }
@@ -872,7 +903,8 @@ pub async fn submit_draft(st: &mut AccountState, caller: &Caller, target: &Targe
         ))));
     }
     let req = request_of(&order, &Amendment::default());
-    let ev = evaluate(st, caller, &req, None).await?;
+    let placed_by = order.placed_by.clone();
+    let ev = evaluate(st, &Placer::of(st, caller, &placed_by), &req, None).await?;
     if !ev.problems.is_empty() {
         return Ok(Err(Rejection::Invalid(ev.problems)));
     }
@@ -1185,10 +1217,11 @@ pub async fn amend(
         ))));
     }
     let req = request_of(&old, &patch);
+    let placer = Placer::of(st, caller, &old.placed_by);
     let mut order = old.clone();
     let mut transitions = vec![];
     if old.state == OrderState::Draft {
-        let checked = check_catalog(st, caller, &req);
+        let checked = check_catalog(st, &placer, &req);
         if !checked.problems.is_empty() {
             return Ok(Err(Rejection::Invalid(checked.problems)));
         }
@@ -1196,7 +1229,7 @@ pub async fn amend(
         order.lines = build_lines(&st.catalog.load(), &checked, None);
         order.ship_to = checked.ship_to.map(|s| s.id).unwrap_or(order.ship_to);
     } else {
-        let ev = evaluate(st, caller, &req, Some(&old)).await?;
+        let ev = evaluate(st, &placer, &req, Some(&old)).await?;
         if !ev.problems.is_empty() {
             return Ok(Err(Rejection::Invalid(ev.problems)));
         }

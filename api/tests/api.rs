@@ -1163,6 +1163,88 @@ async fn an_amended_pending_order_is_routed_again() {
     assert_eq!(shipped.body["state"], "shipped", "{:?}", shipped.body);
 }
 
+// Whoever submits a draft or amends a pending order, its placer's rules apply: their spending
+// limit and their assigned ship-tos. Once the account removed the placer, the order waits for
+// an approver whatever its total.
+#[tokio::test]
+async fn the_placers_rules_hold_whoever_changes_the_order() {
+    let api = api().await;
+    let sys = Caller::system();
+    let users = "account,id,name,roles,spending_limit,currency,ship_tos
+A,una,Una,buyer,100.00,EUR,HQ
+A,max,Max,account_admin,5000.00,EUR,
+";
+    for (kind, csv) in [
+        (
+            Kind::ShipTos,
+            "account,id,address,lat,lon\nA,PLANT,Potsdam,52.39,13.06\n",
+        ),
+        (Kind::Users, users),
+    ] {
+        import(&api.state.engine, &sys, kind, csv.as_bytes(), 10)
+            .await
+            .unwrap();
+    }
+    let una = api.token(Some("A"), "una", &["buyer"], None).await;
+    let max = api.token(Some("A"), "max", &["account_admin"], None).await;
+    let draft = api
+        .place(
+            &una,
+            "d1",
+            json!({"lines":[{"sku":"BOLT","qty":30}], "submit": false}),
+        )
+        .await;
+    assert_eq!(draft.body["state"], "draft", "{:?}", draft.body);
+    let path = format!("/v1/orders/{}", draft.body["id"].as_str().unwrap());
+    let r = api
+        .call("POST", &format!("{path}/submit"), Some(&max), None, &[])
+        .await;
+    assert_eq!(
+        (&r.body["state"], &r.body["approval_reasons"]),
+        (
+            &json!("pending_approval"),
+            &json!(["order total 240.00 EUR is above the spending limit of 100.00 EUR"])
+        ),
+        "max's own limit does not cover una's order"
+    );
+    let r = api
+        .call(
+            "PATCH",
+            &path,
+            Some(&max),
+            Some(json!({"ship_to": "PLANT"})),
+            &[],
+        )
+        .await;
+    assert_eq!(codes(&r), ["ship_to_not_assigned"], "{:?}", r.body);
+    let carol = api
+        .token(Some("A"), "carol", &["account_admin"], None)
+        .await;
+    let r = api
+        .call("DELETE", "/v1/account/users/una", Some(&carol), None, &[])
+        .await;
+    assert!(r.status.is_success(), "{:?}", r.body);
+    // Without una's own limit the buyer role's 500 EUR would cover it: it waits all the same.
+    let r = api
+        .call(
+            "PATCH",
+            &path,
+            Some(&max),
+            Some(json!({"customer_po": "PO-1"})),
+            &[],
+        )
+        .await;
+    assert_eq!(
+        (&r.body["state"], &r.body["approval_reasons"]),
+        (
+            &json!("pending_approval"),
+            &json!(["placed by una, who is no longer a user of the account"])
+        ),
+        "{:?}",
+        r.body
+    );
+}
+
 // Credit: the operator lowers the limit; the next order is refused with the figures.
 #[tokio::test]
 async fn credit_limit_is_enforced() {

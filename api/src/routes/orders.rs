@@ -150,7 +150,7 @@ fn order_id(s: &str) -> ApiResult<OrderId> {
 /// problem (buyer, approver, account_admin).
 #[utoipa::path(post, path = "/v1/orders", tag = "orders", request_body = PlaceBody,
     params(("Idempotency-Key" = Option<String>, Header, description = "per user: same key + same body returns the first answer; a different body is refused")),
-    responses((status = 201, body = OrderBody), (status = 200, description = "replayed: the key was used before with this body", body = OrderBody), (status = 422), (status = 429), (status = 503)),
+    responses((status = 201, body = OrderBody, headers(("ETag" = String, description = "the order's version, for If-Match"))), (status = 200, description = "replayed: the key was used before with this body", body = OrderBody, headers(("ETag" = String))), (status = 422), (status = 429), (status = 503)),
     security(("bearer" = [])))]
 async fn place(
     State(s): State<ApiState>,
