@@ -28,6 +28,7 @@ use orderd_domain::ids::{IdempotencyKey, OrderId, ShipToId, Sku, UserId, Warehou
 use orderd_domain::money::Money;
 use orderd_domain::order::{
     Allocation, Channel, LineStatus, Order, OrderLine, OrderState, PlacedWith, RequestDigest,
+    TransitionError,
 };
 use orderd_domain::rejection::Rejection;
 use orderd_domain::validation::{
@@ -161,8 +162,6 @@ fn sku_problem(st: &AccountState, sku: &Sku) -> Option<Problem> {
 struct Placer<'a> {
     user: &'a UserId,
     roles: Cow<'a, BTreeSet<Role>>,
-    /// The account removed the placer since: no limit of theirs covers the order any more.
-    removed: bool,
 }
 
 impl<'a> Placer<'a> {
@@ -171,25 +170,23 @@ impl<'a> Placer<'a> {
         Placer {
             user: &caller.user,
             roles: Cow::Borrowed(&caller.roles),
-            removed: false,
         }
     }
 
     /// `placed_by` as the account's records know them. A user without a record (their roles
-    /// came from their token when they placed it) counts as a buyer.
+    /// came from their token when they placed it) counts as a buyer; so does a removed one,
+    /// whose order the approval rules then hold back.
     fn of(st: &AccountState, caller: &'a Caller, placed_by: &'a UserId) -> Placer<'a> {
         if *placed_by == caller.user {
             return Placer::caller(caller);
         }
-        let (roles, removed) = match st.account.grant(placed_by) {
-            Some(Grant::Roles(roles)) => (roles, false),
-            Some(Grant::Removed) => (BTreeSet::from([Role::Buyer]), true),
-            None => (BTreeSet::from([Role::Buyer]), false),
+        let roles = match st.account.grant(placed_by) {
+            Some(Grant::Roles(roles)) => roles,
+            Some(Grant::Removed) | None => BTreeSet::from([Role::Buyer]),
         };
         Placer {
             user: placed_by,
             roles: Cow::Owned(roles),
-            removed,
         }
     }
 }
@@ -265,7 +262,7 @@ fn evaluate_untimed(
         user: placer.user,
         roles: &placer.roles,
     };
-    let mut approval_reasons = match &checked.ship_to {
+    let approval_reasons = match &checked.ship_to {
         Some(s) => {
             // An amended order is not yet confirmed, so it never counts as the earlier order.
             let used = st.orders.ship_to_confirmed(&s.id);
@@ -281,12 +278,6 @@ fn evaluate_untimed(
         }
         None => vec![],
     };
-    if placer.removed {
-        approval_reasons.push(format!(
-            "placed by {}, who is no longer a user of the account",
-            placer.user
-        ));
-    }
     Ok(Evaluation {
         checked,
         allocations,
@@ -648,14 +639,19 @@ async fn find(st: &AccountState, caller: &Caller, target: &Target) -> Flow<Order
 /// Moves `order` to PendingApproval, or to Confirmed and on to Allocated.
 fn route(order: &mut Order, reasons: Vec<String>) -> Result<Vec<&'static str>, Rejection> {
     if reasons.is_empty() {
-        order.transition(OrderState::Confirmed)?;
-        order.transition(OrderState::Allocated)?;
-        Ok(vec!["confirmed", "allocated"])
+        Ok(confirm(order)?)
     } else {
         order.transition(OrderState::PendingApproval)?;
         order.approval_reasons = reasons;
         Ok(vec!["pending_approval"])
     }
+}
+
+/// Moves `order` to Confirmed and on to Allocated (its warehouses allocate once it is durable).
+fn confirm(order: &mut Order) -> Result<Vec<&'static str>, TransitionError> {
+    order.transition(OrderState::Confirmed)?;
+    order.transition(OrderState::Allocated)?;
+    Ok(vec!["confirmed", "allocated"])
 }
 
 // ---- flows --------------------------------------------------------------------------------
@@ -1010,10 +1006,7 @@ pub async fn approve(
             .transition(OrderState::Rejected)
             .map(|_| vec!["rejected"])
     } else {
-        order
-            .transition(OrderState::Confirmed)
-            .and_then(|_| order.transition(OrderState::Allocated))
-            .map(|_| vec!["confirmed", "allocated"])
+        confirm(&mut order)
     };
     let transitions = match transitions {
         Ok(t) => t,
@@ -1246,13 +1239,11 @@ pub async fn amend(
         // and an order no rule holds back any longer goes on as if submitted so.
         if old.state == OrderState::PendingApproval {
             if ev.approval_reasons.is_empty() {
-                for next in [OrderState::Confirmed, OrderState::Allocated] {
-                    if let Err(e) = order.transition(next) {
-                        return Ok(Err(e.into()));
-                    }
-                }
+                transitions = match confirm(&mut order) {
+                    Ok(t) => t,
+                    Err(e) => return Ok(Err(e.into())),
+                };
                 order.approval_reasons.clear();
-                transitions = vec!["confirmed", "allocated"];
             } else {
                 order.approval_reasons = ev.approval_reasons;
             }

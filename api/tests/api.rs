@@ -141,6 +141,19 @@ impl Api {
         r.body["access_token"].as_str().unwrap().to_owned()
     }
 
+    /// The audit entries of order `id`, oldest first, as `token` reads them.
+    async fn history(&self, token: &str, id: &str) -> Vec<Value> {
+        let uri = format!("/v1/orders/{id}/history");
+        let r = self.call("GET", &uri, Some(token), None, &[]).await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        r.body
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|e| e["entry"].clone())
+            .collect()
+    }
+
     async fn place(&self, token: &str, key: &str, body: Value) -> Resp {
         self.call(
             "POST",
@@ -766,25 +779,11 @@ async fn approval_and_shipment() {
         .status,
         StatusCode::CONFLICT
     );
-    let h = api
-        .call(
-            "GET",
-            &format!("/v1/orders/{id}/history"),
-            Some(&buyer),
-            None,
-            &[],
-        )
-        .await;
-    let actions: Vec<&str> = h
-        .body
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["entry"]["action"].as_str().unwrap())
-        .collect();
+    let h = api.history(&buyer, &id).await;
+    let actions: Vec<&str> = h.iter().map(|e| e["action"].as_str().unwrap()).collect();
     assert_eq!(actions, ["order.place", "order.approve", "order.ship"]);
-    assert_eq!(h.body[1]["entry"]["user"], "pat");
-    assert_eq!(h.body[2]["entry"]["to"], "shipped");
+    assert_eq!(h[1]["user"], "pat");
+    assert_eq!(h[2]["to"], "shipped");
 }
 
 // A buyer who placed an order that waits for approval withdraws it with cancel: it ends
@@ -838,16 +837,7 @@ async fn a_buyer_withdraws_a_pending_order() {
         "{:?}",
         credit.body
     );
-    let h = api
-        .call(
-            "GET",
-            &format!("/v1/orders/{id}/history"),
-            Some(&buyer),
-            None,
-            &[],
-        )
-        .await;
-    let last = h.body.as_array().unwrap().last().unwrap()["entry"].clone();
+    let last = api.history(&buyer, &id).await.pop().unwrap();
     assert_eq!(
         (&last["action"], &last["user"], &last["from"], &last["to"]),
         (
@@ -1103,7 +1093,8 @@ async fn an_amended_pending_order_is_routed_again() {
         reasons(&o),
         json!(["order total 640.00 EUR is above the spending limit of 500.00 EUR"])
     );
-    let path = format!("/v1/orders/{}", o.body["id"].as_str().unwrap());
+    let id = o.body["id"].as_str().unwrap();
+    let path = format!("/v1/orders/{id}");
     let amend = |token: &str, qty: u32| {
         let body = json!({"lines":[{"sku":"BOLT","qty":qty}]});
         let (path, token) = (path.clone(), token.to_owned());
@@ -1137,10 +1128,7 @@ async fn an_amended_pending_order_is_routed_again() {
     assert_eq!(r.body["state"], "allocated", "{:?}", r.body);
     assert_eq!(reasons(&r), json!([]));
     assert_eq!(r.body["lines"][0]["allocations"][0]["qty"], 50);
-    let h = api
-        .call("GET", &format!("{path}/history"), Some(&buyer), None, &[])
-        .await;
-    let last = h.body.as_array().unwrap().last().unwrap()["entry"].clone();
+    let last = api.history(&buyer, id).await.pop().unwrap();
     assert_eq!(
         (&last["action"], &last["from"], &last["to"], &last["path"]),
         (
@@ -2393,17 +2381,9 @@ async fn stored_user_roles_govern_what_a_token_may_do() {
     let r = api.call("POST", &approve, Some(&pat), None, &[]).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["state"], "allocated");
-    let h = api
-        .call(
-            "GET",
-            &format!("/v1/orders/{id}/history"),
-            Some(&ann),
-            None,
-            &[],
-        )
-        .await;
-    let entry = &h.body[1]["entry"];
-    assert_eq!(entry["action"], "order.approve", "{}", h.body);
+    let h = api.history(&ann, &id).await;
+    let entry = &h[1];
+    assert_eq!(entry["action"], "order.approve", "{h:?}");
     assert_eq!(entry["user"], "pat");
     assert_eq!(entry["roles"], json!(["buyer", "approver"]));
 

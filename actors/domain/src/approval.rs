@@ -2,6 +2,7 @@
 
 use crate::account::{Account, Role};
 use crate::catalog::Catalog;
+use crate::grant::Grant;
 use crate::ids::{ShipToId, UserId};
 use crate::money::Money;
 use crate::validation::PricedLine;
@@ -51,6 +52,14 @@ pub fn reasons(
     }
     if account.rules.approve_new_ship_to && !ship_to_used_before {
         out.push(format!("first order to ship-to {ship_to}"));
+    }
+    // A placer the account removed since (their order judged again) has no limit of their own
+    // left, so no limit may wave it through.
+    if account.grant(who.user) == Some(Grant::Removed) {
+        out.push(format!(
+            "placed by {}, who is no longer a user of the account",
+            who.user
+        ));
     }
     out
 }

@@ -619,7 +619,7 @@ fn credit_check_figures() {
 }
 
 // Approval rules: user limit beats role limit, a role without a limit orders with the buyer
-// role's, restricted SKUs (also inside a kit), first order to a ship-to.
+// role's, restricted SKUs (also inside a kit), first order to a ship-to, a removed placer.
 #[test]
 fn approval_rules() {
     let f = fixture();
@@ -658,6 +658,21 @@ fn approval_rules() {
         r(&ann, &kit, true),
         vec!["restricted items need approval: KIT".to_owned()],
         "B is one of the kit's components"
+    );
+    let mut removed = f.account.clone();
+    assert!(removed.remove_user(&bob));
+    let bobs = |account| {
+        let who = approval::Submitter {
+            user: &bob,
+            roles: &buyer,
+        };
+        approval::reasons(account, &who, &c.lines, &f.catalog, eur("1"), &berlin, true)
+    };
+    assert!(bobs(&f.account).is_empty(), "1 <= bob's own 200");
+    assert_eq!(
+        bobs(&removed),
+        ["placed by bob, who is no longer a user of the account"],
+        "a removed placer's order waits, whatever its total"
     );
     let approver = BTreeSet::from([Role::Approver]);
     assert!(approval::may_approve(
