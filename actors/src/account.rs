@@ -60,6 +60,11 @@ pub enum AccountMsg {
         line: u32,
         reply: Reply<Cart>,
     },
+    /// Quote every line again at today's price: the buyer accepts the prices that changed.
+    CartReprice {
+        caller: Caller,
+        reply: Reply<Cart>,
+    },
     /// Validate an order request (or the cart, when `from_cart`) without changing anything.
     Validate {
         caller: Caller,
@@ -384,6 +389,16 @@ impl Actor for AccountActor {
                     ordering::cart_change(st, &caller, "cart.remove", |c| c.remove(line)).await,
                 )?;
             }
+            AccountMsg::CartReprice { caller, reply } => {
+                answer(
+                    reply,
+                    ordering::cart_change(st, &caller, "cart.reprice", |c| {
+                        c.forget_quotes();
+                        Ok(())
+                    })
+                    .await,
+                )?;
+            }
             AccountMsg::Validate {
                 caller,
                 req,
@@ -578,7 +593,7 @@ type Loaded = (Account, Cart, OrderBook, IdempotencyMap);
 fn load(journal: &Journal, id: &AccountId, keys_max: usize) -> Result<Loaded, ActorProcessingErr> {
     let account: Account = records::load_account(journal, id)?
         .ok_or_else(|| format!("account {id} has no master record"))?;
-    let cart: Cart = records::load_one(journal, &records::cart_key(id))?.unwrap_or_default();
+    let cart = records::load_cart(journal, id)?;
     // A record of the first layout gets its seqs from the index; its next change writes the
     // current layout with them.
     let orders = records::load_orders(journal, &records::order_prefix(id))?

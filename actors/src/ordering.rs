@@ -127,7 +127,12 @@ pub async fn cart_change(
     if !problems.is_empty() {
         return Ok(Err(Rejection::Invalid(problems)));
     }
-    let bytes = records::encode(&cart);
+    let (snap, a, day) = (st.catalog.load(), &st.account, today());
+    cart.quote(&st.cart, |sku, qty| {
+        snap.prices
+            .price(sku, qty, &a.id, &a.segment, a.currency, day)
+    });
+    let bytes = records::encode_cart(&cart);
     let mut batch = Batch::default();
     batch.audit.push(
         AuditEntry::new(caller, Some(&st.account.id), action, &bytes)
@@ -780,7 +785,7 @@ pub async fn place(
     if from_cart {
         batch.put(
             records::cart_key(&st.account.id),
-            records::encode(&Cart {
+            records::encode_cart(&Cart {
                 lines: vec![],
                 next_id: st.cart.next_id,
             }),
@@ -1159,7 +1164,10 @@ pub async fn cancel(st: &mut AccountState, caller: &Caller, target: &Target) -> 
     Ok(Ok(commit_order(st, order, &committed)))
 }
 
-/// The request an order would be placed with, with `patch` applied.
+/// The request an order would be placed with, with `patch` applied. Lines the patch does not
+/// replace carry the price the order shows as their quote: submitting a draft or amending only
+/// the header never changes a price unseen (`price_changed`); sending the lines prices them
+/// today.
 fn request_of(order: &Order, patch: &Amendment) -> OrderRequest {
     OrderRequest {
         lines: patch.lines.clone().unwrap_or_else(|| {
@@ -1170,7 +1178,7 @@ fn request_of(order: &Order, patch: &Amendment) -> OrderRequest {
                     qty: l.qty,
                     note: l.note.clone(),
                     warehouse: l.requested_warehouse.as_ref().map(|w| w.to_string()),
-                    quoted_unit_price: None,
+                    quoted_unit_price: Some(l.unit_price.amount),
                 })
                 .collect()
         }),

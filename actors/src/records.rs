@@ -4,7 +4,7 @@
 //! | key                         | value                   |
 //! |-----------------------------|-------------------------|
 //! | `acct/<account>`            | `Account`, removed users included (see [`encode_account`]) |
-//! | `cart/<account>`            | `Cart`                  |
+//! | `cart/<account>`            | `Cart` (see [`encode_cart`]) |
 //! | `ord/<account>/<order>`     | an open order: `Order` (with its Idempotency-Key, if any) and the audit seqs of its changes (see [`encode_order`]) |
 //! | `closed/<account>/<order>`  | a closed order (shipped, rejected, cancelled), the same value; it moves here with the change that closes it |
 //! | `shipped/<account>/<ship-to>` | empty: an order to this ship-to has shipped |
@@ -15,6 +15,7 @@
 //! | `meta/<name>`               | daemon metadata         |
 
 use orderd_domain::account::Account;
+use orderd_domain::cart::Cart;
 use orderd_domain::ids::{AccountId, OrderId, ShipToId, Sku, WarehouseId};
 use orderd_domain::order::Order;
 use orderd_storage::StorageError;
@@ -110,6 +111,42 @@ pub fn decode_account(key: &[u8], bytes: &[u8]) -> Result<Account, StorageError>
         }),
         _ => decode::<legacy::Account<legacy::User>>(key, bytes).map(Into::into),
     }
+}
+
+/// Marks a tagged cart record. A record of the first layout starts with the varint count of
+/// its lines, at most `CART_LINES_MAX` (500): these two bytes would say 16,383.
+const CART_LAYOUT_TAG: [u8; 2] = [0xFF, 0x7F];
+/// The current layout: lines carry the price they were quoted.
+const CART_LAYOUT_QUOTED: u8 = 1;
+
+/// A cart record: the tag, the layout, then the postcard `Cart`. Records of the first layout
+/// are still read ([`decode_cart`]).
+pub fn encode_cart(cart: &Cart) -> Vec<u8> {
+    let bytes = [CART_LAYOUT_TAG.as_slice(), &[CART_LAYOUT_QUOTED]].concat();
+    postcard::to_extend(cart, bytes).expect("plain data always encodes")
+}
+
+/// Reads a cart record of any layout (the first has no quotes: its lines are quoted at their
+/// next change, or priced when the cart is submitted).
+pub fn decode_cart(key: &[u8], bytes: &[u8]) -> Result<Cart, StorageError> {
+    match bytes.strip_prefix(CART_LAYOUT_TAG.as_slice()) {
+        Some([CART_LAYOUT_QUOTED, rest @ ..]) => decode(key, rest),
+        Some(_) => Err(StorageError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason: "unknown cart layout".into(),
+        }),
+        None => decode::<legacy::Cart>(key, bytes).map(Into::into),
+    }
+}
+
+/// The account's cart, empty when it has none.
+pub fn load_cart(journal: &orderd_storage::Journal, a: &AccountId) -> Result<Cart, StorageError> {
+    let key = cart_key(a);
+    Ok(journal
+        .get(key.as_bytes())?
+        .map(|v| decode_cart(key.as_bytes(), &v))
+        .transpose()?
+        .unwrap_or_default())
 }
 
 /// Marks an order record of the stamped layout: 0 can never start a record of the first layout,
@@ -267,11 +304,11 @@ pub fn load_account(
         .transpose()
 }
 
-/// The earlier account layouts: the first, before users had assigned ship-tos, and the second,
-/// before the account remembered removed users.
+/// The earlier layouts: of accounts, the first, before users had assigned ship-tos, and the
+/// second, before the account remembered removed users; of carts, the first, before quotes.
 mod legacy {
     use orderd_domain::account::{ApprovalRules, Role, ShipTo};
-    use orderd_domain::ids::{AccountId, Segment, UserId};
+    use orderd_domain::ids::{AccountId, Segment, Sku, UserId, WarehouseId};
     use orderd_domain::money::{Currency, Money};
     use serde::Deserialize;
     use std::collections::BTreeSet;
@@ -326,6 +363,38 @@ mod legacy {
                 users: a.users.into_iter().map(Into::into).collect(),
                 rules: a.rules,
                 removed_users: BTreeSet::new(),
+            }
+        }
+    }
+    /// A cart line of layout 1: no quote.
+    #[derive(Deserialize)]
+    pub struct CartLine {
+        id: u32,
+        sku: Sku,
+        qty: u32,
+        note: Option<String>,
+        warehouse: Option<WarehouseId>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Cart {
+        lines: Vec<CartLine>,
+        next_id: u32,
+    }
+
+    impl From<Cart> for orderd_domain::cart::Cart {
+        fn from(c: Cart) -> Self {
+            let lines = c.lines.into_iter().map(|l| orderd_domain::cart::CartLine {
+                id: l.id,
+                sku: l.sku,
+                qty: l.qty,
+                note: l.note,
+                warehouse: l.warehouse,
+                quote: None,
+            });
+            orderd_domain::cart::Cart {
+                lines: lines.collect(),
+                next_id: c.next_id,
             }
         }
     }
@@ -447,5 +516,63 @@ mod tests {
         let new = encode_account(&account);
         assert_eq!(decode_account(b"k", &new).unwrap(), account);
         assert!(decode_account(b"k", &[0, 9, 1]).is_err());
+    }
+
+    // A cart of the first layout (no quotes) reads with its lines unquoted, also an empty one
+    // and ones of more than 127 lines (a two-byte count; 255 and 383 lines start with 0xFF,
+    // like the tag); the current layout round-trips with its quotes; an unknown layout is
+    // refused.
+    #[test]
+    fn cart_records_of_every_layout_read() {
+        use orderd_domain::cart::CartLine;
+        use orderd_domain::pricing::{PriceSource, Priced};
+        #[derive(serde::Serialize)]
+        struct LineV1<'a>(
+            u32,
+            &'a Sku,
+            u32,
+            &'a Option<String>,
+            &'a Option<WarehouseId>,
+        );
+        let v1 = |c: &Cart| {
+            let lines: Vec<_> = c
+                .lines
+                .iter()
+                .map(|l| LineV1(l.id, &l.sku, l.qty, &l.note, &l.warehouse))
+                .collect();
+            encode(&(lines, c.next_id))
+        };
+        let line = |id: u32| CartLine {
+            id,
+            sku: Sku::parse(&format!("S{id}")).unwrap(),
+            qty: id,
+            note: id.is_multiple_of(2).then(|| "gate 4".into()),
+            warehouse: id
+                .is_multiple_of(3)
+                .then(|| WarehouseId::parse("BER").unwrap()),
+            quote: None,
+        };
+        for n in [0, 1, 200, 255, 383, 500] {
+            let cart = Cart {
+                lines: (1..=n).map(line).collect(),
+                next_id: n + 7,
+            };
+            assert_eq!(decode_cart(b"k", &v1(&cart)).unwrap(), cart, "{n} lines");
+        }
+        let mut cart = Cart {
+            lines: vec![line(1), line(2)],
+            next_id: 2,
+        };
+        cart.lines[1].quote = Some(Priced {
+            unit_price: Money::parse("9.50", Currency::parse("EUR").unwrap(), 4).unwrap(),
+            source: PriceSource {
+                level: "contract".into(),
+                tier_min_qty: 1,
+                valid_from: None,
+                valid_to: None,
+            },
+        });
+        assert_eq!(decode_cart(b"k", &encode_cart(&cart)).unwrap(), cart);
+        assert!(decode_cart(b"k", &[0xFF, 0x7F, 9, 0, 0]).is_err());
     }
 }

@@ -71,6 +71,7 @@ pub const RULES: &[(&str, &str, Access)] = &[
     ("POST", "/v1/cart/lines", ACCOUNT),
     ("PATCH", "/v1/cart/lines/{line}", ACCOUNT),
     ("DELETE", "/v1/cart/lines/{line}", ACCOUNT),
+    ("POST", "/v1/cart/reprice", ACCOUNT),
     ("POST", "/v1/cart/validate", ACCOUNT),
     ("GET", "/v1/orders", ACCOUNT),
     ("POST", "/v1/orders", ACCOUNT),

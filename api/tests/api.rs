@@ -588,6 +588,107 @@ async fn cart_to_order_with_contract_price() {
     assert_eq!(credit.body["available"], "4920.00");
 }
 
+/// Replaces the price book with the test's, account A's contract price for BOLT set to `price`.
+async fn set_contract_price(api: &Api, price: &str) {
+    let csv = PRICES.replace(
+        "contract,A,BOLT,EUR,,,1:8.00",
+        &format!("contract,A,BOLT,EUR,,,1:{price}"),
+    );
+    assert_ne!(csv, PRICES);
+    import(
+        &api.state.engine,
+        &Caller::system(),
+        Kind::Prices,
+        csv.as_bytes(),
+        100,
+    )
+    .await
+    .unwrap();
+}
+
+// No price changes unseen. A cart line keeps the price it was quoted when added; after a price
+// change, validation and submission name it as `price_changed` with today's price, and the cart
+// keeps its lines; a note does not requote it, repricing does, and the order is placed at the
+// new price. A draft is submitted only at the prices it shows, and an amendment that leaves the
+// lines as they are is refused when one changed; sending the lines again accepts today's price.
+#[tokio::test]
+async fn a_price_changes_only_where_the_buyer_saw_it() {
+    let api = api().await;
+    let a = api.token(Some("A"), "ann", &["buyer"], None).await;
+    let add = json!({"sku":"BOLT","qty":5});
+    let r = api
+        .call("POST", "/v1/cart/lines", Some(&a), Some(add), &[])
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let quote = &r.body["lines"][0]["quote"];
+    assert_eq!(quote["unit_price"]["amount"], "8.00", "{:?}", r.body);
+    assert_eq!(quote["source"]["level"], "contract");
+
+    set_contract_price(&api, "8.50").await;
+    let r = api.call("GET", "/v1/cart", Some(&a), None, &[]).await;
+    assert_eq!(r.body["lines"][0]["quote"]["unit_price"]["amount"], "8.00");
+    let changed = |r: &Resp| {
+        let p = &r.body["problems"][0];
+        assert_eq!(p["code"], "price_changed", "{:?}", r.body);
+        assert_eq!(p["line"], 1, "{:?}", r.body);
+        assert!(
+            p["message"].as_str().unwrap().contains("8.50"),
+            "{:?}",
+            r.body
+        );
+    };
+    let v = api
+        .call("POST", "/v1/cart/validate", Some(&a), None, &[])
+        .await;
+    assert_eq!(v.body["valid"], false);
+    changed(&v);
+    let o = api.place(&a, "p1", json!({"ship_to":"HQ"})).await;
+    assert_eq!(o.status, StatusCode::UNPROCESSABLE_ENTITY);
+    changed(&o);
+    let note = json!({"note":"gate 4"});
+    let r = api
+        .call("PATCH", "/v1/cart/lines/1", Some(&a), Some(note), &[])
+        .await;
+    assert_eq!(r.body["lines"][0]["quote"]["unit_price"]["amount"], "8.00");
+    let r = api
+        .call("POST", "/v1/cart/reprice", Some(&a), None, &[])
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["lines"][0]["quote"]["unit_price"]["amount"], "8.50");
+    assert_eq!(r.body["lines"][0]["note"], "gate 4");
+    let o = api.place(&a, "p2", json!({"ship_to":"HQ"})).await;
+    assert_eq!(o.status, StatusCode::CREATED, "{:?}", o.body);
+    assert_eq!(o.body["total"]["amount"], "42.50");
+
+    // A draft shows 8.50; at 9.00 it is not submitted, nor amended as it stands.
+    let lines = json!([{"sku":"BOLT","qty":2}]);
+    let body = json!({"lines": lines, "ship_to":"HQ", "submit": false});
+    let draft = api.place(&a, "p3", body).await;
+    assert_eq!(draft.body["lines"][0]["unit_price"]["amount"], "8.50");
+    let path = format!("/v1/orders/{}", draft.body["id"].as_str().unwrap());
+    set_contract_price(&api, "9.00").await;
+    let submit = format!("{path}/submit");
+    let r = api.call("POST", &submit, Some(&a), None, &[]).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    changed(&r);
+    let po = json!({"customer_po":"PO-7"});
+    let r = api.call("PATCH", &path, Some(&a), Some(po), &[]).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    changed(&r);
+    let r = api.call("GET", &path, Some(&a), None, &[]).await;
+    assert_eq!(r.body["lines"][0]["unit_price"]["amount"], "8.50");
+    assert_eq!(r.body["customer_po"], Value::Null);
+    let r = api
+        .call("PATCH", &path, Some(&a), Some(json!({"lines": lines})), &[])
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["lines"][0]["unit_price"]["amount"], "9.00");
+    let r = api.call("POST", &submit, Some(&a), None, &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["state"], "allocated");
+    assert_eq!(r.body["total"]["amount"], "18.00");
+}
+
 // A cart line whose SKU the account can no longer see (a catalog import moved it to another
 // segment) does not block the rest of the cart: other lines can still be added and changed,
 // validation names the line, and removing it makes the cart valid again.

@@ -1,6 +1,7 @@
 //! The account's cart: lines a buyer collects before submitting.
 
 use crate::ids::{Sku, WarehouseId};
+use crate::pricing::Priced;
 use crate::validation::{LineRequest, OrderRequest, LINE_QTY_MAX, NOTE_LEN_MAX};
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +15,11 @@ pub struct CartLine {
     pub qty: u32,
     pub note: Option<String>,
     pub warehouse: Option<WarehouseId>,
+    /// The unit price the buyer was shown for this quantity, and its source: quoted when the
+    /// line is added, when its quantity changes (another tier may apply) and when the cart is
+    /// repriced. Submitting the cart refuses the line as `price_changed` when the quote no
+    /// longer holds. Absent while the SKU has no price for the account.
+    pub quote: Option<Priced>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -68,8 +74,32 @@ impl Cart {
             qty,
             note,
             warehouse,
+            quote: None,
         });
         Ok(self.next_id)
+    }
+
+    /// Quotes `price` (SKU, quantity -> today's price) for every line that has no quote or
+    /// whose quantity differs from its line in `before` (a line `before` lacks is new). The
+    /// other lines keep the price the buyer was shown.
+    pub fn quote(&mut self, before: &Cart, price: impl Fn(&Sku, u32) -> Option<Priced>) {
+        for line in &mut self.lines {
+            let same_qty = before
+                .lines
+                .iter()
+                .any(|old| old.id == line.id && old.qty == line.qty);
+            if line.quote.is_none() || !same_qty {
+                line.quote = price(&line.sku, line.qty);
+            }
+        }
+    }
+
+    /// Forgets every quote, so that [`Cart::quote`] quotes each line again: how a buyer
+    /// accepts the prices that changed since they were shown.
+    pub fn forget_quotes(&mut self) {
+        for line in &mut self.lines {
+            line.quote = None;
+        }
     }
 
     /// Changes quantity and/or note of a line.
@@ -123,7 +153,7 @@ impl Cart {
                     qty: l.qty,
                     note: l.note.clone(),
                     warehouse: l.warehouse.as_ref().map(|w| w.to_string()),
-                    quoted_unit_price: None,
+                    quoted_unit_price: l.quote.as_ref().map(|q| q.unit_price.amount),
                 })
                 .collect(),
             ..header
@@ -171,5 +201,91 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(c.add(s, 1, None, None), Err(CartError::Full));
+    }
+
+    /// A price of `cents` per unit, tiered at 10 units, for `sku` at `qty`.
+    fn tiered(cents: i64) -> impl Fn(&Sku, u32) -> Option<Priced> {
+        move |sku, qty| {
+            let tier_min_qty = if qty >= 10 { 10 } else { 1 };
+            let cents = if qty >= 10 { cents - 100 } else { cents };
+            (sku.as_str() != "FREE").then(|| Priced {
+                unit_price: crate::money::Money::new(
+                    rust_decimal::Decimal::new(cents, 2),
+                    crate::money::Currency::parse("EUR").unwrap(),
+                    2,
+                )
+                .unwrap(),
+                source: crate::pricing::PriceSource {
+                    level: "list".into(),
+                    tier_min_qty,
+                    valid_from: None,
+                    valid_to: None,
+                },
+            })
+        }
+    }
+
+    fn quoted(c: &Cart) -> Vec<Option<String>> {
+        c.lines
+            .iter()
+            .map(|l| l.quote.as_ref().map(|q| q.unit_price.amount.to_string()))
+            .collect()
+    }
+
+    // A line is quoted when it is added and when its quantity changes (its tier may change),
+    // not when only its note does; the request from the cart carries the quotes; forgetting
+    // them quotes every line again, at the price of the day.
+    #[test]
+    fn cart_lines_keep_the_price_they_were_quoted() {
+        let (a, b) = (Sku::parse("A").unwrap(), Sku::parse("B").unwrap());
+        let mut c = Cart::default();
+        let before = c.clone();
+        c.add(a.clone(), 2, None, None).unwrap();
+        c.quote(&before, tiered(500));
+        assert_eq!(quoted(&c), [Some("5.00".into())]);
+
+        // The price rises to 6.00: a new line and the grown line get it, the note does not.
+        let before = c.clone();
+        c.add(b, 1, None, None).unwrap();
+        c.update(1, None, Some(Some("gate 4".into()))).unwrap();
+        c.quote(&before, tiered(600));
+        assert_eq!(quoted(&c), [Some("5.00".into()), Some("6.00".into())]);
+        let before = c.clone();
+        c.update(1, Some(12), None).unwrap();
+        c.quote(&before, tiered(600));
+        assert_eq!(quoted(&c), [Some("5.00".into()), Some("6.00".into())]);
+        assert_eq!(c.lines[0].quote.as_ref().unwrap().source.tier_min_qty, 10);
+        let req = c.to_request(OrderRequest::default());
+        let sent: Vec<_> = req.lines.iter().map(|l| l.quoted_unit_price).collect();
+        assert_eq!(
+            sent,
+            [Some("5.00".parse().unwrap()), Some("6.00".parse().unwrap())]
+        );
+
+        // The price rises to 7.00; the buyer accepts it.
+        let before = c.clone();
+        c.forget_quotes();
+        c.quote(&before, tiered(700));
+        assert_eq!(quoted(&c), [Some("6.00".into()), Some("7.00".into())]);
+
+        // A SKU without a price has no quote, and is quoted once it has one.
+        let before = c.clone();
+        c.add(Sku::parse("FREE").unwrap(), 1, None, None).unwrap();
+        c.quote(&before, tiered(700));
+        assert_eq!(quoted(&c)[2], None);
+        assert_eq!(
+            c.to_request(OrderRequest::default()).lines[2].quoted_unit_price,
+            None
+        );
+        let before = c.clone();
+        c.quote(&before, |_, _| tiered(800)(&Sku::parse("X").unwrap(), 1));
+        assert_eq!(
+            quoted(&c),
+            [
+                Some("6.00".into()),
+                Some("7.00".into()),
+                Some("8.00".into())
+            ]
+        );
     }
 }

@@ -74,7 +74,8 @@ pub struct PriceSource {
     pub valid_to: Option<Date>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A unit price and where it came from: what a line is priced at, and what a cart line quotes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Priced {
     pub unit_price: Money,
     pub source: PriceSource,

@@ -535,9 +535,12 @@ impl Harness {
         }
     }
 
+    /// The cart's lines, each with the price it quotes: prices never change during a run, so
+    /// every line quotes the price of its quantity.
     pub fn compare_cart(&self, acct: usize, cart: &Cart) -> Result<(), String> {
+        type Line = (u32, String, u32, Option<String>, Option<Decimal>);
         let m = &self.model.accounts[acct];
-        let real: Vec<(u32, String, u32, Option<String>)> = cart
+        let real: Vec<Line> = cart
             .lines
             .iter()
             .map(|l| {
@@ -546,13 +549,17 @@ impl Harness {
                     l.sku.to_string(),
                     l.qty,
                     l.warehouse.as_ref().map(|w| w.to_string()),
+                    l.quote.as_ref().map(|q| q.unit_price.amount),
                 )
             })
             .collect();
-        let model: Vec<(u32, String, u32, Option<String>)> = m
+        let model: Vec<Line> = m
             .cart
             .iter()
-            .map(|l| (l.id, l.sku.clone(), l.qty, l.wh.clone()))
+            .map(|l| {
+                let quote = Model::unit_price(acct, &l.sku, l.qty);
+                (l.id, l.sku.clone(), l.qty, l.wh.clone(), Some(quote))
+            })
             .collect();
         if real != model || cart.next_id != m.cart_next {
             return Err(format!(

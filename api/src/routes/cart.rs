@@ -21,6 +21,7 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(get_cart))
         .routes(routes!(add_line))
         .routes(routes!(update_line, remove_line))
+        .routes(routes!(reprice_cart))
         .routes(routes!(validate_cart))
 }
 
@@ -63,7 +64,8 @@ async fn get_cart(State(s): State<ApiState>, auth: Auth) -> ApiResult<axum::Json
     ))
 }
 
-/// Add a line; the same SKU (and warehouse) adds to its line (buyer, approver, account_admin).
+/// Add a line, quoted at today's price for its quantity; the same SKU (and warehouse) adds to
+/// its line (buyer, approver, account_admin).
 #[utoipa::path(post, path = "/v1/cart/lines", tag = "cart", request_body = AddLine,
     responses((status = 200, body = Object), (status = 422)), security(("bearer" = [])))]
 async fn add_line(
@@ -103,7 +105,8 @@ async fn add_line(
     Ok(axum::Json(cart))
 }
 
-/// Change a line's quantity or note (buyer, approver, account_admin).
+/// Change a line's quantity (quoted again: another tier may apply) or note (buyer, approver,
+/// account_admin).
 #[utoipa::path(patch, path = "/v1/cart/lines/{line}", tag = "cart", params(("line" = u32, Path)), request_body = UpdateLine,
     responses((status = 200, body = Object), (status = 404), (status = 422)), security(("bearer" = [])))]
 async fn update_line(
@@ -140,6 +143,22 @@ async fn remove_line(
         .ask(auth.account()?, |reply| AccountMsg::CartRemove {
             caller,
             line,
+            reply,
+        })
+        .await??;
+    Ok(axum::Json(cart))
+}
+
+/// Quote every line again at today's price: how a buyer accepts the prices that validation or
+/// submission reported as `price_changed` (buyer, approver, account_admin).
+#[utoipa::path(post, path = "/v1/cart/reprice", tag = "cart",
+    responses((status = 200, body = Object)), security(("bearer" = [])))]
+async fn reprice_cart(State(s): State<ApiState>, auth: Auth) -> ApiResult<axum::Json<Cart>> {
+    let caller = auth.require(ACCOUNT_ROLES)?.clone();
+    let cart = s
+        .engine
+        .ask(auth.account()?, |reply| AccountMsg::CartReprice {
+            caller,
             reply,
         })
         .await??;
