@@ -25,14 +25,14 @@ use orderd_domain::approval::{self, Submitter};
 use orderd_domain::cart::{Cart, CartError};
 use orderd_domain::grant::Grant;
 use orderd_domain::ids::{IdempotencyKey, OrderId, ShipToId, Sku, UserId, WarehouseId};
-use orderd_domain::money::Money;
+use orderd_domain::money::{Currency, Money};
 use orderd_domain::order::{
     Allocation, Channel, LineStatus, Order, OrderLine, OrderState, PlacedWith, RequestDigest,
     TransitionError,
 };
 use orderd_domain::rejection::Rejection;
 use orderd_domain::validation::{
-    check_order, Checked, LineRequest, OrderRequest, PricingContext, Problem, ProblemCode,
+    check_order, Checked, LineRequest, OrderRequest, PricingContext, Problem, ProblemCode, Rebuilt,
     WarehouseQty,
 };
 use orderd_domain::warehouse::StockError;
@@ -461,12 +461,9 @@ fn late_shortage(order: &Order, w: &WarehouseId, e: &StockError) -> Vec<Problem>
         .open_lines()
         .filter_map(|l| {
             let per_unit = l.takes_from(w, sku)?;
-            let mut p = Problem::new(
-                ProblemCode::OutOfStock,
-                format!("line {}: {message}", l.line_no),
-            )
-            .line(l.line_no)
-            .sku(l.sku.as_str());
+            let mut p = Problem::new(ProblemCode::OutOfStock, &message)
+                .line(l.line_no)
+                .sku(l.sku.as_str());
             p.available = vec![WarehouseQty {
                 warehouse: w.clone(),
                 qty: available / per_unit,
@@ -661,23 +658,29 @@ fn confirm(order: &mut Order) -> Result<Vec<&'static str>, TransitionError> {
 
 // ---- flows --------------------------------------------------------------------------------
 
+/// The request as sent, or the cart's lines under its header.
+fn rebuild(st: &AccountState, req: OrderRequest, from_cart: bool) -> Rebuilt {
+    if from_cart {
+        st.cart.to_request(req, st.account.currency)
+    } else {
+        Rebuilt::as_sent(req)
+    }
+}
+
 pub async fn validate(
     st: &AccountState,
     caller: &Caller,
     req: OrderRequest,
     from_cart: bool,
 ) -> Flow<Preview> {
-    let req = if from_cart {
-        st.cart.to_request(req)
-    } else {
-        req
-    };
-    let ev = evaluate(st, &Placer::caller(caller), &req, None).await?;
+    let rebuilt = rebuild(st, req, from_cart);
+    let ev = evaluate(st, &Placer::caller(caller), &rebuilt.req, None).await?;
     let snap = st.catalog.load();
     let lines = build_lines(&snap, &ev.checked, ev.allocations);
+    let problems = rebuilt.problems(ev.problems);
     Ok(Ok(Preview {
-        valid: ev.problems.is_empty(),
-        problems: ev.problems,
+        valid: problems.is_empty(),
+        problems,
         total: ev.total,
         approval_reasons: ev.approval_reasons,
         lines,
@@ -724,25 +727,23 @@ pub async fn place(
             }));
         }
     }
-    let req = if from_cart {
-        st.cart.to_request(req)
-    } else {
-        req
-    };
+    let rebuilt = rebuild(st, req, from_cart);
+    let req = &rebuilt.req;
     let id = OrderId::parse(&uuid::Uuid::now_v7().to_string())
         .map_err(|e| ActorError::Invariant(e.to_string()))?;
     // The caller's `order` span (API handler -> here -> journal commit) learns its id now.
     tracing::Span::current().record("order.id", id.as_str());
     let (mut order, transitions) = if submit {
-        let ev = evaluate(st, &Placer::caller(caller), &req, None).await?;
-        if !ev.problems.is_empty() {
-            return Ok(Err(Rejection::Invalid(ev.problems)));
+        let ev = evaluate(st, &Placer::caller(caller), req, None).await?;
+        let problems = rebuilt.problems(ev.problems);
+        if !problems.is_empty() {
+            return Ok(Err(Rejection::Invalid(problems)));
         }
         let mut order = new_order(
             st,
             caller,
             id.clone(),
-            &req,
+            req,
             &ev.checked,
             ev.allocations,
             ev.total,
@@ -754,13 +755,14 @@ pub async fn place(
         };
         (order, transitions)
     } else {
-        let checked = check_catalog(st, &Placer::caller(caller), &req);
-        if !checked.problems.is_empty() {
-            return Ok(Err(Rejection::Invalid(checked.problems)));
+        let checked = check_catalog(st, &Placer::caller(caller), req);
+        let problems = rebuilt.problems(checked.problems.clone());
+        if !problems.is_empty() {
+            return Ok(Err(Rejection::Invalid(problems)));
         }
         let total = checked.total(&st.account);
         (
-            new_order(st, caller, id.clone(), &req, &checked, None, total, channel),
+            new_order(st, caller, id.clone(), req, &checked, None, total, channel),
             vec!["draft"],
         )
     };
@@ -780,7 +782,7 @@ pub async fn place(
     )
     .await?
     {
-        return Ok(Err(Rejection::Invalid(p)));
+        return Ok(Err(Rejection::Invalid(rebuilt.problems(p))));
     }
     if from_cart {
         batch.put(
@@ -903,11 +905,12 @@ pub async fn submit_draft(st: &mut AccountState, caller: &Caller, target: &Targe
             order.state.as_str()
         ))));
     }
-    let req = request_of(&order, &Amendment::default());
+    let rebuilt = request_of(&order, &Amendment::default(), st.account.currency);
     let placed_by = order.placed_by.clone();
-    let ev = evaluate(st, &Placer::of(st, caller, &placed_by), &req, None).await?;
-    if !ev.problems.is_empty() {
-        return Ok(Err(Rejection::Invalid(ev.problems)));
+    let ev = evaluate(st, &Placer::of(st, caller, &placed_by), &rebuilt.req, None).await?;
+    let problems = rebuilt.problems(ev.problems);
+    if !problems.is_empty() {
+        return Ok(Err(Rejection::Invalid(problems)));
     }
     let snap = st.catalog.load();
     order.lines = build_lines(&snap, &ev.checked, ev.allocations);
@@ -937,7 +940,7 @@ pub async fn submit_draft(st: &mut AccountState, caller: &Caller, target: &Targe
     )
     .await?
     {
-        return Ok(Err(Rejection::Invalid(p)));
+        return Ok(Err(Rejection::Invalid(rebuilt.problems(p))));
     }
     let committed = match durable(st, batch).await {
         Ok(c) => c,
@@ -1165,23 +1168,12 @@ pub async fn cancel(st: &mut AccountState, caller: &Caller, target: &Target) -> 
 }
 
 /// The request an order would be placed with, with `patch` applied. Lines the patch does not
-/// replace carry the price the order shows as their quote: submitting a draft or amending only
-/// the header never changes a price unseen (`price_changed`); sending the lines prices them
-/// today.
-fn request_of(order: &Order, patch: &Amendment) -> OrderRequest {
-    OrderRequest {
-        lines: patch.lines.clone().unwrap_or_else(|| {
-            order
-                .open_lines()
-                .map(|l| LineRequest {
-                    sku: l.sku.to_string(),
-                    qty: l.qty,
-                    note: l.note.clone(),
-                    warehouse: l.requested_warehouse.as_ref().map(|w| w.to_string()),
-                    quoted_unit_price: Some(l.unit_price.amount),
-                })
-                .collect()
-        }),
+/// replace carry the price the order shows as their quote, and problems name them by their
+/// line number: submitting a draft or amending only the header never changes a price unseen
+/// (`price_changed`). Sending the lines prices them as sent.
+fn request_of(order: &Order, patch: &Amendment, currency: Currency) -> Rebuilt {
+    let header = OrderRequest {
+        lines: vec![],
         ship_to: Some(
             patch
                 .ship_to
@@ -1197,6 +1189,46 @@ fn request_of(order: &Order, patch: &Amendment) -> OrderRequest {
             .clone()
             .or_else(|| order.customer_po.clone()),
         allow_split: patch.allow_split.unwrap_or(order.allow_split),
+    };
+    if let Some(lines) = &patch.lines {
+        return Rebuilt::as_sent(OrderRequest {
+            lines: lines.clone(),
+            ..header
+        });
+    }
+    // An order priced in another currency than the account's now: its prices are no quote.
+    let unquoted = order
+        .open_lines()
+        .filter(|l| l.unit_price.currency != currency)
+        .map(|l| {
+            Problem::new(
+                ProblemCode::PriceChanged,
+                format!(
+                    "{}: the order shows a price in {}, the account now buys in {currency}; send \
+                 the lines again to price them today",
+                    l.sku, l.unit_price.currency
+                ),
+            )
+            .line(l.line_no)
+            .sku(l.sku.as_str())
+        });
+    Rebuilt {
+        unquoted: unquoted.collect(),
+        line_ids: order.open_lines().map(|l| l.line_no).collect(),
+        req: OrderRequest {
+            lines: order
+                .open_lines()
+                .map(|l| LineRequest {
+                    sku: l.sku.to_string(),
+                    qty: l.qty,
+                    note: l.note.clone(),
+                    warehouse: l.requested_warehouse.as_ref().map(|w| w.to_string()),
+                    quoted_unit_price: Some(l.unit_price.amount)
+                        .filter(|_| l.unit_price.currency == currency),
+                })
+                .collect(),
+            ..header
+        },
     }
 }
 
@@ -1217,22 +1249,25 @@ pub async fn amend(
             old.state.as_str()
         ))));
     }
-    let req = request_of(&old, &patch);
+    let rebuilt = request_of(&old, &patch, st.account.currency);
+    let req = &rebuilt.req;
     let placer = Placer::of(st, caller, &old.placed_by);
     let mut order = old.clone();
     let mut transitions = vec![];
     if old.state == OrderState::Draft {
-        let checked = check_catalog(st, &placer, &req);
-        if !checked.problems.is_empty() {
-            return Ok(Err(Rejection::Invalid(checked.problems)));
+        let checked = check_catalog(st, &placer, req);
+        let problems = rebuilt.problems(checked.problems.clone());
+        if !problems.is_empty() {
+            return Ok(Err(Rejection::Invalid(problems)));
         }
         order.total = checked.total(&st.account);
         order.lines = build_lines(&st.catalog.load(), &checked, None);
         order.ship_to = checked.ship_to.map(|s| s.id).unwrap_or(order.ship_to);
     } else {
-        let ev = evaluate(st, &placer, &req, Some(&old)).await?;
-        if !ev.problems.is_empty() {
-            return Ok(Err(Rejection::Invalid(ev.problems)));
+        let ev = evaluate(st, &placer, req, Some(&old)).await?;
+        let problems = rebuilt.problems(ev.problems);
+        if !problems.is_empty() {
+            return Ok(Err(Rejection::Invalid(problems)));
         }
         let snap = st.catalog.load();
         order.total = ev.total;
@@ -1257,9 +1292,9 @@ pub async fn amend(
             }
         }
     }
-    order.delivery_speed = req.delivery_speed;
-    order.customer_po = req.customer_po;
-    order.allow_split = req.allow_split;
+    order.delivery_speed = rebuilt.req.delivery_speed.clone();
+    order.customer_po = rebuilt.req.customer_po.clone();
+    order.allow_split = rebuilt.req.allow_split;
     let (grow, shrink) = deltas(&old.stock_demand(), &order.stock_demand());
     touch(&mut order);
     let batch = match order_batch(
@@ -1274,7 +1309,7 @@ pub async fn amend(
         Err(r) => return Ok(Err(r)),
     };
     if let Err(p) = hold(st, &order, &grow, HoldFor::Growth).await? {
-        return Ok(Err(Rejection::Invalid(p)));
+        return Ok(Err(Rejection::Invalid(rebuilt.problems(p))));
     }
     let committed = match st.journal.submit(batch).await {
         Ok(c) => c,

@@ -1,6 +1,7 @@
 //! Model test (STYLE §6 and the property test): random sequences of cart, place,
-//! submit, approve, reject, amend, cancel and ship commands (plus stock counts, credit changes
-//! by an operator, previews and restarts) over three accounts and two warehouses, run against a
+//! submit, approve, reject, amend, cancel and ship commands (plus cart repricing, stock counts,
+//! price imports and credit changes by an operator, previews and restarts) over three accounts
+//! and two warehouses, run against a
 //! real `Engine` on a sled journal and against the naive reference model in
 //! `model/reference.rs`. After every step it checks:
 //! - the outcome against the model: accepted or refused as predicted (a refused `Invalid` lists
@@ -270,10 +271,12 @@ async fn audit_records_walk_the_state_machine() {
 fn refused_writes_change_nothing() {
     use proptest::test_runner::{RngAlgorithm, TestRng, TestRunner};
     const CASES: u32 = 24;
-    const WRITING: [&str; 12] = [
+    const WRITING: [&str; 14] = [
         "CartAdd",
         "CartUpdate",
         "CartRemove",
+        "CartReprice",
+        "SetPrices",
         "Place",
         "Submit",
         "Approve",
@@ -768,7 +771,7 @@ async fn master_data_imported_again_survives_a_restart() {
     let mut added = items[0].clone();
     added.sku = orderd_domain::ids::Sku::parse("NEW").expect("valid sku");
     items.push(added);
-    let mut entries = world::prices();
+    let mut entries = world::prices(0);
     let left_out = entries.pop().expect("the world has prices");
     assert!(entries.len() > 1);
     engine
@@ -1236,9 +1239,7 @@ async fn a_shortage_beside_a_warehouse_that_does_not_answer() {
                     && p[0].available.len() == 1
                     && p[0].available[0].warehouse.as_str() == "W1"
                     && p[0].available[0].qty == 0
-                    && p[0]
-                        .message
-                        .starts_with("line 1: stock changed while submitting")
+                    && p[0].message.starts_with("stock changed while submitting")
                     && p[0].message.ends_with("in W1")
             }
             _ => false,

@@ -588,12 +588,9 @@ async fn cart_to_order_with_contract_price() {
     assert_eq!(credit.body["available"], "4920.00");
 }
 
-/// Replaces the price book with the test's, account A's contract price for BOLT set to `price`.
-async fn set_contract_price(api: &Api, price: &str) {
-    let csv = PRICES.replace(
-        "contract,A,BOLT,EUR,,,1:8.00",
-        &format!("contract,A,BOLT,EUR,,,1:{price}"),
-    );
+/// Replaces the price book with the test's, its row `from` replaced by `to` (may be empty).
+async fn change_prices(api: &Api, from: &str, to: &str) {
+    let csv = PRICES.replace(from, to);
     assert_ne!(csv, PRICES);
     import(
         &api.state.engine,
@@ -606,48 +603,69 @@ async fn set_contract_price(api: &Api, price: &str) {
     .unwrap();
 }
 
-// No price changes unseen. A cart line keeps the price it was quoted when added; after a price
-// change, validation and submission name it as `price_changed` with today's price, and the cart
-// keeps its lines; a note does not requote it, repricing does, and the order is placed at the
-// new price. A draft is submitted only at the prices it shows, and an amendment that leaves the
-// lines as they are is refused when one changed; sending the lines again accepts today's price.
+/// Imports accounts A and B as `csv` has them.
+async fn import_accounts(api: &Api, csv: &str) {
+    let sys = Caller::system();
+    let r = import(&api.state.engine, &sys, Kind::Accounts, csv.as_bytes(), 10).await;
+    assert_eq!(r, Ok(2));
+}
+
+/// Account A's contract price for BOLT (8.00 in the test's price book) becomes `price`.
+async fn set_contract_price(api: &Api, price: &str) {
+    let to = format!("contract,A,BOLT,EUR,,,1:{price}\n");
+    change_prices(api, "contract,A,BOLT,EUR,,,1:8.00\n", &to).await;
+}
+
+/// Asserts that `r` is refused for a price the buyer did not see, on line `line`, and that its
+/// message contains `says`.
+fn price_changed(r: &Resp, line: u32, says: &str) {
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", r.body);
+    let p = &r.body["problems"][0];
+    assert_eq!(p["code"], "price_changed", "{:?}", r.body);
+    assert_eq!(p["line"], line, "{:?}", r.body);
+    let message = p["message"].as_str().unwrap();
+    assert!(message.contains(says), "{:?}", r.body);
+}
+
+// No price changes in the cart unseen. A line keeps the price it was quoted when added; after a
+// price change, validation and submission name it (by its cart line id) as `price_changed` with
+// today's price, and the cart keeps its lines; a note does not requote it, repricing does, and
+// the order is placed at the new price. A line added while its SKU had no price is not ordered
+// before the buyer has seen one.
 #[tokio::test]
-async fn a_price_changes_only_where_the_buyer_saw_it() {
+async fn a_cart_orders_only_the_prices_it_showed() {
     let api = api().await;
     let a = api.token(Some("A"), "ann", &["buyer"], None).await;
-    let add = json!({"sku":"BOLT","qty":5});
+    let add = |body: Value| api.call("POST", "/v1/cart/lines", Some(&a), Some(body), &[]);
+    add(json!({"sku":"NUT","qty":10})).await;
     let r = api
-        .call("POST", "/v1/cart/lines", Some(&a), Some(add), &[])
+        .call("DELETE", "/v1/cart/lines/1", Some(&a), None, &[])
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    let quote = &r.body["lines"][0]["quote"];
-    assert_eq!(quote["unit_price"]["amount"], "8.00", "{:?}", r.body);
-    assert_eq!(quote["source"]["level"], "contract");
+    let r = add(json!({"sku":"BOLT","qty":5})).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let line = &r.body["lines"][0];
+    assert_eq!(line["id"], 2);
+    assert_eq!(
+        line["quote"]["unit_price"]["amount"], "8.00",
+        "{:?}",
+        r.body
+    );
+    assert_eq!(line["quote"]["source"]["level"], "contract");
 
     set_contract_price(&api, "8.50").await;
     let r = api.call("GET", "/v1/cart", Some(&a), None, &[]).await;
     assert_eq!(r.body["lines"][0]["quote"]["unit_price"]["amount"], "8.00");
-    let changed = |r: &Resp| {
-        let p = &r.body["problems"][0];
-        assert_eq!(p["code"], "price_changed", "{:?}", r.body);
-        assert_eq!(p["line"], 1, "{:?}", r.body);
-        assert!(
-            p["message"].as_str().unwrap().contains("8.50"),
-            "{:?}",
-            r.body
-        );
-    };
-    let v = api
-        .call("POST", "/v1/cart/validate", Some(&a), None, &[])
-        .await;
+    let validate = || api.call("POST", "/v1/cart/validate", Some(&a), None, &[]);
+    let mut v = validate().await;
     assert_eq!(v.body["valid"], false);
-    changed(&v);
+    v.status = StatusCode::UNPROCESSABLE_ENTITY;
+    price_changed(&v, 2, "8.50");
     let o = api.place(&a, "p1", json!({"ship_to":"HQ"})).await;
-    assert_eq!(o.status, StatusCode::UNPROCESSABLE_ENTITY);
-    changed(&o);
+    price_changed(&o, 2, "8.50");
     let note = json!({"note":"gate 4"});
     let r = api
-        .call("PATCH", "/v1/cart/lines/1", Some(&a), Some(note), &[])
+        .call("PATCH", "/v1/cart/lines/2", Some(&a), Some(note), &[])
         .await;
     assert_eq!(r.body["lines"][0]["quote"]["unit_price"]["amount"], "8.00");
     let r = api
@@ -660,23 +678,69 @@ async fn a_price_changes_only_where_the_buyer_saw_it() {
     assert_eq!(o.status, StatusCode::CREATED, "{:?}", o.body);
     assert_eq!(o.body["total"]["amount"], "42.50");
 
-    // A draft shows 8.50; at 9.00 it is not submitted, nor amended as it stands.
+    // KIT has no price for a while: its line is added without a quote and not ordered until
+    // the buyer has seen the price that came meanwhile.
+    change_prices(&api, "list,,KIT,EUR,,,1:30.00\n", "").await;
+    let r = add(json!({"sku":"KIT","qty":1})).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["lines"][0]["quote"], Value::Null, "{:?}", r.body);
+    change_prices(
+        &api,
+        "list,,KIT,EUR,,,1:30.00\n",
+        "list,,KIT,EUR,,,1:31.00\n",
+    )
+    .await;
+    let mut v = validate().await;
+    v.status = StatusCode::UNPROCESSABLE_ENTITY;
+    price_changed(&v, 3, "shows no price in EUR");
+    price_changed(
+        &api.place(&a, "p3", json!({"ship_to":"HQ"})).await,
+        3,
+        "reprice",
+    );
+    let r = api
+        .call("POST", "/v1/cart/reprice", Some(&a), None, &[])
+        .await;
+    assert_eq!(r.body["lines"][0]["quote"]["unit_price"]["amount"], "31.00");
+    let o = api.place(&a, "p4", json!({"ship_to":"HQ"})).await;
+    assert_eq!(o.status, StatusCode::CREATED, "{:?}", o.body);
+    assert_eq!(o.body["total"]["amount"], "31.00");
+}
+
+// An order keeps the prices it shows. A draft is submitted only at them, and an amendment that
+// leaves the lines as they are is refused when one changed, naming the order's line number
+// (after a line was rejected, not the line's position); sending the lines again accepts
+// today's price.
+#[tokio::test]
+async fn an_order_keeps_its_prices_until_its_lines_are_sent() {
+    let api = api().await;
+    let a = api.token(Some("A"), "ann", &["buyer"], None).await;
     let lines = json!([{"sku":"BOLT","qty":2}]);
     let body = json!({"lines": lines, "ship_to":"HQ", "submit": false});
-    let draft = api.place(&a, "p3", body).await;
-    assert_eq!(draft.body["lines"][0]["unit_price"]["amount"], "8.50");
+    let draft = api.place(&a, "d1", body).await;
+    assert_eq!(draft.body["lines"][0]["unit_price"]["amount"], "8.00");
     let path = format!("/v1/orders/{}", draft.body["id"].as_str().unwrap());
-    set_contract_price(&api, "9.00").await;
     let submit = format!("{path}/submit");
+    // The account moves to CHF, where its contract price is 8.00 too: the draft's 8.00 EUR is no
+    // quote of that.
+    import_accounts(
+        &api,
+        &ACCOUNTS.replace("A,Alpha,retail,EUR", "A,Alpha,retail,CHF"),
+    )
+    .await;
+    let chf = "contract,A,BOLT,EUR,,,1:8.00\ncontract,A,BOLT,CHF,,,1:8.00\n";
+    change_prices(&api, "contract,A,BOLT,EUR,,,1:8.00\n", chf).await;
     let r = api.call("POST", &submit, Some(&a), None, &[]).await;
-    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
-    changed(&r);
+    price_changed(&r, 1, "the account now buys in CHF");
+    import_accounts(&api, ACCOUNTS).await;
+    set_contract_price(&api, "9.00").await;
+    let r = api.call("POST", &submit, Some(&a), None, &[]).await;
+    price_changed(&r, 1, "9.00");
     let po = json!({"customer_po":"PO-7"});
     let r = api.call("PATCH", &path, Some(&a), Some(po), &[]).await;
-    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
-    changed(&r);
+    price_changed(&r, 1, "9.00");
     let r = api.call("GET", &path, Some(&a), None, &[]).await;
-    assert_eq!(r.body["lines"][0]["unit_price"]["amount"], "8.50");
+    assert_eq!(r.body["lines"][0]["unit_price"]["amount"], "8.00");
     assert_eq!(r.body["customer_po"], Value::Null);
     let r = api
         .call("PATCH", &path, Some(&a), Some(json!({"lines": lines})), &[])
@@ -687,6 +751,29 @@ async fn a_price_changes_only_where_the_buyer_saw_it() {
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(r.body["state"], "allocated");
     assert_eq!(r.body["total"]["amount"], "18.00");
+
+    // A pending order (above ann's 500 EUR limit) loses its line 1 to the approver; BOLT's
+    // price changes; a new PO alone is refused for line 2, as the order numbers it.
+    let lines = json!([{"sku":"NUT","qty":10},{"sku":"BOLT","qty":60}]);
+    let o = api.place(&a, "p1", json!({"lines": lines})).await;
+    assert_eq!(o.body["state"], "pending_approval", "{:?}", o.body);
+    let path = format!("/v1/orders/{}", o.body["id"].as_str().unwrap());
+    let approver = api.token(Some("A"), "pat", &["approver"], None).await;
+    let reject = json!({"lines":[1],"reason":"no nuts"});
+    let r = api
+        .call(
+            "POST",
+            &format!("{path}/reject"),
+            Some(&approver),
+            Some(reject),
+            &[],
+        )
+        .await;
+    assert_eq!(r.body["state"], "pending_approval", "{:?}", r.body);
+    set_contract_price(&api, "9.50").await;
+    let po = json!({"customer_po":"PO-8"});
+    let r = api.call("PATCH", &path, Some(&a), Some(po), &[]).await;
+    price_changed(&r, 2, "9.50");
 }
 
 // A cart line whose SKU the account can no longer see (a catalog import moved it to another

@@ -1,8 +1,11 @@
 //! The account's cart: lines a buyer collects before submitting.
 
 use crate::ids::{Sku, WarehouseId};
+use crate::money::Currency;
 use crate::pricing::Priced;
-use crate::validation::{LineRequest, OrderRequest, LINE_QTY_MAX, NOTE_LEN_MAX};
+use crate::validation::{
+    LineRequest, OrderRequest, Problem, ProblemCode, Rebuilt, LINE_QTY_MAX, NOTE_LEN_MAX,
+};
 use serde::{Deserialize, Serialize};
 
 /// Most lines a cart may hold.
@@ -142,21 +145,44 @@ impl Cart {
         self.lines.clear();
     }
 
-    /// The cart as an order request with the given header.
-    pub fn to_request(&self, header: OrderRequest) -> OrderRequest {
-        OrderRequest {
-            lines: self
-                .lines
-                .iter()
-                .map(|l| LineRequest {
-                    sku: l.sku.to_string(),
-                    qty: l.qty,
-                    note: l.note.clone(),
-                    warehouse: l.warehouse.as_ref().map(|w| w.to_string()),
-                    quoted_unit_price: l.quote.as_ref().map(|q| q.unit_price.amount),
-                })
-                .collect(),
-            ..header
+    /// The cart as an order request with the given header: each line with its quote, when it
+    /// has one in `currency` (the account's), and named by its id in problems.
+    pub fn to_request(&self, header: OrderRequest, currency: Currency) -> Rebuilt {
+        let quote = |l: &CartLine| {
+            l.quote
+                .as_ref()
+                .filter(|q| q.unit_price.currency == currency)
+                .map(|q| q.unit_price.amount)
+        };
+        let unquoted = self.lines.iter().filter(|l| quote(l).is_none()).map(|l| {
+            Problem::new(
+                ProblemCode::PriceChanged,
+                format!(
+                    "{}: the cart shows no price in {currency} for this line; reprice the cart \
+                     to see today's price before ordering it",
+                    l.sku
+                ),
+            )
+            .line(l.id)
+            .sku(l.sku.as_str())
+        });
+        Rebuilt {
+            unquoted: unquoted.collect(),
+            line_ids: self.lines.iter().map(|l| l.id).collect(),
+            req: OrderRequest {
+                lines: self
+                    .lines
+                    .iter()
+                    .map(|l| LineRequest {
+                        sku: l.sku.to_string(),
+                        qty: l.qty,
+                        note: l.note.clone(),
+                        warehouse: l.warehouse.as_ref().map(|w| w.to_string()),
+                        quoted_unit_price: quote(l),
+                    })
+                    .collect(),
+                ..header
+            },
         }
     }
 }
@@ -255,8 +281,10 @@ mod tests {
         c.quote(&before, tiered(600));
         assert_eq!(quoted(&c), [Some("5.00".into()), Some("6.00".into())]);
         assert_eq!(c.lines[0].quote.as_ref().unwrap().source.tier_min_qty, 10);
-        let req = c.to_request(OrderRequest::default());
-        let sent: Vec<_> = req.lines.iter().map(|l| l.quoted_unit_price).collect();
+        let eur = Currency::parse("EUR").unwrap();
+        let req = c.to_request(OrderRequest::default(), eur);
+        assert!(req.unquoted.is_empty());
+        let sent: Vec<_> = req.req.lines.iter().map(|l| l.quoted_unit_price).collect();
         assert_eq!(
             sent,
             [Some("5.00".parse().unwrap()), Some("6.00".parse().unwrap())]
@@ -273,10 +301,19 @@ mod tests {
         c.add(Sku::parse("FREE").unwrap(), 1, None, None).unwrap();
         c.quote(&before, tiered(700));
         assert_eq!(quoted(&c)[2], None);
+        let req = c.to_request(OrderRequest::default(), eur);
+        assert_eq!(req.req.lines[2].quoted_unit_price, None);
+        assert_eq!(req.line_ids, [1, 2, 3]);
+        assert_eq!(req.unquoted.len(), 1);
+        assert_eq!(req.unquoted[0].line, Some(3));
         assert_eq!(
-            c.to_request(OrderRequest::default()).lines[2].quoted_unit_price,
-            None
+            req.unquoted[0].code,
+            crate::validation::ProblemCode::PriceChanged
         );
+        // A quote in another currency (the account changed its currency) counts as none.
+        let chf = c.to_request(OrderRequest::default(), Currency::parse("CHF").unwrap());
+        assert_eq!(chf.unquoted.len(), 3);
+        assert!(chf.req.lines.iter().all(|l| l.quoted_unit_price.is_none()));
         let before = c.clone();
         c.quote(&before, |_, _| tiered(800)(&Sku::parse("X").unwrap(), 1));
         assert_eq!(

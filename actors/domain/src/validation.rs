@@ -157,6 +157,44 @@ pub struct OrderRequest {
     pub allow_split: bool,
 }
 
+/// A request rebuilt from lines the caller already holds (the cart's, an order's own), with
+/// what it takes to report on them in the caller's terms.
+#[derive(Debug, Clone, Default)]
+pub struct Rebuilt {
+    pub req: OrderRequest,
+    /// The number the caller knows each request line by, in order: the cart line's id, the
+    /// order's line number.
+    pub line_ids: Vec<u32>,
+    /// Lines without a quote in the account's currency: their price was never shown, so they
+    /// are not ordered until it is.
+    pub unquoted: Vec<Problem>,
+}
+
+impl Rebuilt {
+    /// A request as its sender wrote it: its lines are numbered as sent.
+    pub fn as_sent(req: OrderRequest) -> Rebuilt {
+        Rebuilt {
+            req,
+            ..Rebuilt::default()
+        }
+    }
+
+    /// `problems` of checking the request, each line named by the caller's number, and the
+    /// unquoted lines.
+    pub fn problems(&self, mut problems: Vec<Problem>) -> Vec<Problem> {
+        for p in &mut problems {
+            let id = p
+                .line
+                .and_then(|n| self.line_ids.get(n.checked_sub(1)? as usize));
+            if let Some(id) = id {
+                p.line = Some(*id);
+            }
+        }
+        problems.extend(self.unquoted.iter().cloned());
+        problems
+    }
+}
+
 /// A line that passed catalog, quantity and price checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PricedLine {

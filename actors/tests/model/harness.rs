@@ -311,6 +311,17 @@ impl Harness {
                 };
                 self.place(engine, *acct, lines, header, how).await
             }
+            Op::CartReprice { acct } => {
+                let acct = *acct;
+                let expect = Some(self.model.cart_reprice(acct));
+                let real = ask(engine, acct, |reply| AccountMsg::CartReprice {
+                    caller: world::buyer(acct),
+                    reply,
+                })
+                .await?;
+                self.cart_outcome(acct, expect, real)
+            }
+            Op::SetPrices { book } => self.set_prices(engine, *book).await,
             Op::Restock { wh, sku, on_hand } => self.restock(engine, wh, sku, *on_hand).await,
             Op::SetCredit {
                 acct,
@@ -352,6 +363,17 @@ impl Harness {
         })
         .await?;
         self.cart_outcome(acct, expect, real)
+    }
+
+    /// An operator imports price book `book`: carts and orders keep the prices they show.
+    async fn set_prices(&mut self, engine: &Engine, book: usize) -> Result<Written, String> {
+        engine
+            .import_prices(&Caller::system(), world::prices(book))
+            .await
+            .map_err(|e| actor_failure(&e))?
+            .map_err(|e| format!("price import refused: {e:?}"))?;
+        self.model.book = book;
+        Ok(Written::other("prices".into()))
     }
 
     async fn restock(
@@ -535,8 +557,7 @@ impl Harness {
         }
     }
 
-    /// The cart's lines, each with the price it quotes: prices never change during a run, so
-    /// every line quotes the price of its quantity.
+    /// The cart's lines, each with the price it quotes.
     pub fn compare_cart(&self, acct: usize, cart: &Cart) -> Result<(), String> {
         type Line = (u32, String, u32, Option<String>, Option<Decimal>);
         let m = &self.model.accounts[acct];
@@ -556,10 +577,7 @@ impl Harness {
         let model: Vec<Line> = m
             .cart
             .iter()
-            .map(|l| {
-                let quote = Model::unit_price(acct, &l.sku, l.qty);
-                (l.id, l.sku.clone(), l.qty, l.wh.clone(), Some(quote))
-            })
+            .map(|l| (l.id, l.sku.clone(), l.qty, l.wh.clone(), Some(l.quote)))
             .collect();
         if real != model || cart.next_id != m.cart_next {
             return Err(format!(

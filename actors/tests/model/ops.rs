@@ -2,7 +2,7 @@
 //! recent they are (0 = the newest order of any account), so a shrunk sequence stays readable
 //! and most commands hit an order that was just placed.
 
-use super::world::{SPEEDS, UNKNOWN_SHIP_TO, UNKNOWN_SKU, UNKNOWN_WAREHOUSE};
+use super::world::{PRICE_BOOKS, SPEEDS, UNKNOWN_SHIP_TO, UNKNOWN_SKU, UNKNOWN_WAREHOUSE};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -70,6 +70,10 @@ pub enum Op {
         acct: usize,
         pick: u8,
     },
+    /// The buyer accepts today's prices for the whole cart.
+    CartReprice {
+        acct: usize,
+    },
     Place {
         acct: usize,
         lines: Vec<LineSpec>,
@@ -105,6 +109,10 @@ pub enum Op {
         order: OrderPick,
         wh: WhPick,
     },
+    /// An operator imports one of the world's price books.
+    SetPrices {
+        book: usize,
+    },
     /// A stock count sets on-hand of one SKU in one warehouse.
     Restock {
         wh: &'static str,
@@ -135,6 +143,8 @@ impl Op {
             Op::CartAdd { .. } => "CartAdd",
             Op::CartUpdate { .. } => "CartUpdate",
             Op::CartRemove { .. } => "CartRemove",
+            Op::CartReprice { .. } => "CartReprice",
+            Op::SetPrices { .. } => "SetPrices",
             Op::Place { .. } => "Place",
             Op::Submit { .. } => "Submit",
             Op::Approve { .. } => "Approve",
@@ -220,6 +230,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (acct.clone(), 0u8..4, prop_oneof![4 => 1u32..=4, 1 => Just(0u32)])
             .prop_map(|(acct, pick, qty)| Op::CartUpdate { acct, pick, qty }),
         1 => (acct.clone(), 0u8..4).prop_map(|(acct, pick)| Op::CartRemove { acct, pick }),
+        1 => acct.clone().prop_map(|acct| Op::CartReprice { acct }),
+        1 => (0..PRICE_BOOKS.len()).prop_map(|book| Op::SetPrices { book }),
         9 => (
             acct.clone(),
             lines(),

@@ -6,7 +6,7 @@
 //! plausible (right quantities, the requested warehouse, no split unless allowed) — invariant 2
 //! is then checked against the stock those allocations hold (see `compare.rs`).
 
-use super::world::{self, Level, ACCOUNTS, PRICES, STOCK, STOCK_SKUS, WAREHOUSES};
+use super::world::{self, Level, ACCOUNTS, PRICE_BOOKS, STOCK, STOCK_SKUS, WAREHOUSES};
 use orderd_domain::ids::OrderId;
 use orderd_domain::order::OrderState;
 use orderd_domain::validation::{LineRequest, OrderRequest, ProblemCode};
@@ -103,7 +103,8 @@ impl MOrder {
         self.open_lines().map(MLine::total).sum()
     }
 
-    /// The request this order would be placed with now (amendments start from it).
+    /// The request this order would be placed with now (amendments start from it): its
+    /// prices are quotes.
     pub fn request(&self) -> OrderRequest {
         OrderRequest {
             lines: self
@@ -113,7 +114,7 @@ impl MOrder {
                     qty: l.qty,
                     note: None,
                     warehouse: l.wh.clone(),
-                    quoted_unit_price: None,
+                    quoted_unit_price: Some(l.unit),
                 })
                 .collect(),
             ship_to: Some(self.ship_to.clone()),
@@ -160,6 +161,9 @@ pub struct MCartLine {
     pub sku: String,
     pub qty: u32,
     pub wh: Option<String>,
+    /// The unit price quoted when the line was added, its quantity changed or the cart was
+    /// repriced (every SKU of the world has a price in every book).
+    pub quote: Decimal,
 }
 
 /// What an idempotency key remembers: the request as sent, and the order it created.
@@ -222,6 +226,8 @@ pub struct Model {
     /// In creation order.
     pub orders: Vec<MOrder>,
     pub on_hand: BTreeMap<(String, String), u64>,
+    /// The price book in force, an index into [`PRICE_BOOKS`].
+    pub book: usize,
 }
 
 impl Model {
@@ -240,6 +246,7 @@ impl Model {
                 .iter()
                 .map(|(w, s, q)| (((*w).to_owned(), (*s).to_owned()), *q))
                 .collect(),
+            book: 0,
         }
     }
 
@@ -250,9 +257,12 @@ impl Model {
     // ---- master data rules ---------------------------------------------------------------
 
     /// The most specific price level with an entry, then its largest tier not above `qty`.
-    pub fn unit_price(acct: usize, sku: &str, qty: u32) -> Decimal {
+    pub fn unit_price(&self, acct: usize, sku: &str, qty: u32) -> Decimal {
         let a = &ACCOUNTS[acct];
-        let entries: Vec<_> = PRICES.iter().filter(|p| p.sku == sku).collect();
+        let entries: Vec<_> = PRICE_BOOKS[self.book]
+            .iter()
+            .filter(|p| p.sku == sku)
+            .collect();
         let pick = |want: &dyn Fn(&Level) -> bool| entries.iter().find(|p| want(&p.level));
         let entry = pick(&|l| matches!(l, Level::Contract(x) if *x == a.id))
             .or_else(|| pick(&|l| matches!(l, Level::Segment(s) if *s == a.segment)))
@@ -279,6 +289,7 @@ impl Model {
     /// Header and line checks that need neither stock nor credit. Returns the codes, the
     /// ship-to and the lines that passed.
     pub fn static_check(
+        &self,
         acct: usize,
         req: &OrderRequest,
     ) -> (BTreeSet<ProblemCode>, Option<String>, Vec<MLine>) {
@@ -329,12 +340,16 @@ impl Model {
                     bad.push(ProblemCode::UnknownWarehouse);
                 }
             }
+            let unit = self.unit_price(acct, &l.sku, l.qty);
+            if l.quoted_unit_price.is_some_and(|q| q != unit) {
+                bad.push(ProblemCode::PriceChanged);
+            }
             if bad.is_empty() {
                 valid.push(MLine {
                     line_no: u32::try_from(i + 1).expect("few lines"),
                     sku: l.sku.clone(),
                     qty: l.qty,
-                    unit: Model::unit_price(acct, &l.sku, l.qty),
+                    unit,
                     wh: l.warehouse.clone(),
                     open: true,
                     allocs: vec![],
@@ -497,7 +512,7 @@ impl Model {
 
     /// Everything submitting `req` for `acct` (by its buyer) would meet.
     pub fn evaluate(&self, acct: usize, req: &OrderRequest, exclude: Option<usize>) -> Eval {
-        let (mut codes, ship_to, lines) = Model::static_check(acct, req);
+        let (mut codes, ship_to, lines) = self.static_check(acct, req);
         let total: Decimal = lines.iter().map(MLine::total).sum();
         let oos = if ship_to.is_some() && !lines.is_empty() {
             self.oos(&self.free(exclude), &lines, req.allow_split)
@@ -542,7 +557,10 @@ impl Model {
             .iter_mut()
             .find(|l| l.sku == sku && l.wh.as_deref() == wh)
         {
-            Some(l) => l.qty += qty,
+            Some(l) => {
+                l.qty += qty;
+                l.quote = self.unit_price(acct, sku, l.qty);
+            }
             None => {
                 a.cart_next += 1;
                 a.cart.push(MCartLine {
@@ -550,6 +568,7 @@ impl Model {
                     sku: sku.to_owned(),
                     qty,
                     wh: wh.map(str::to_owned),
+                    quote: self.unit_price(acct, sku, qty),
                 });
             }
         }
@@ -562,8 +581,20 @@ impl Model {
         if qty == 0 {
             return None;
         }
-        line.qty = qty;
+        if line.qty != qty {
+            line.qty = qty;
+            line.quote = self.unit_price(acct, &line.sku, qty);
+        }
         Some(a)
+    }
+
+    /// The cart with every line quoted at today's price.
+    pub fn cart_reprice(&self, acct: usize) -> MAccount {
+        let mut a = self.accounts[acct].clone();
+        for l in &mut a.cart {
+            l.quote = self.unit_price(acct, &l.sku, l.qty);
+        }
+        a
     }
 
     pub fn cart_remove(&self, acct: usize, id: u32) -> Option<MAccount> {
@@ -592,7 +623,7 @@ impl Model {
                     qty: l.qty,
                     note: None,
                     warehouse: l.wh.clone(),
-                    quoted_unit_price: None,
+                    quoted_unit_price: Some(l.quote),
                 })
                 .collect(),
             ..req.clone()

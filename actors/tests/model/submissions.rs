@@ -60,8 +60,13 @@ fn judge_evaluated(
 }
 
 /// Checks the outcome of a draft request (catalog checks only; no stock, no allocations).
-fn judge_draft(acct: usize, req: &OrderRequest, real: &Result<Order, Rejection>) -> Judged {
-    let (codes, _, lines) = Model::static_check(acct, req);
+fn judge_draft(
+    model: &Model,
+    acct: usize,
+    req: &OrderRequest,
+    real: &Result<Order, Rejection>,
+) -> Judged {
+    let (codes, _, lines) = model.static_check(acct, req);
     match real {
         Ok(order) if codes.is_empty() => {
             if order.lines.iter().any(|l| !l.allocations.is_empty()) {
@@ -139,7 +144,10 @@ impl Harness {
             let state = routed(&ev);
             (judge_evaluated(&ev, &real, full.allow_split, state)?, state)
         } else {
-            (judge_draft(acct, &full, &real)?, OrderState::Draft)
+            (
+                judge_draft(&self.model, acct, &full, &real)?,
+                OrderState::Draft,
+            )
         };
         let (Some(lines), Ok(order)) = (judged, real) else {
             return Ok(Written::nothing());
@@ -277,7 +285,7 @@ impl Harness {
             };
         }
         let (judged, state) = if o.state == OrderState::Draft {
-            (judge_draft(o.acct, &req, &real)?, o.state)
+            (judge_draft(&self.model, o.acct, &req, &real)?, o.state)
         } else {
             let ev = self.model.evaluate(o.acct, &req, Some(i));
             let state = routed(&ev);
@@ -286,7 +294,7 @@ impl Harness {
         let Some(lines) = judged else {
             return Ok(Written::nothing());
         };
-        let (_, ship_to, _) = Model::static_check(o.acct, &req);
+        let (_, ship_to, _) = self.model.static_check(o.acct, &req);
         let from = o.state;
         let m = MOrder {
             state,

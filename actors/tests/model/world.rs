@@ -81,13 +81,26 @@ const fn price(sku: &'static str, level: Level, tiers: &'static [(u32, i64)]) ->
     PriceRow { sku, level, tiers }
 }
 
-pub const PRICES: [PriceRow; 6] = [
-    price("A", Level::List, &[(1, 1000), (5, 900)]),
-    price("A", Level::Contract("BETA"), &[(1, 800)]),
-    price("B", Level::List, &[(1, 450)]),
-    price("B", Level::Segment("wholesale"), &[(1, 400)]),
-    price("K", Level::List, &[(1, 2500)]),
-    price("P", Level::List, &[(1, 725)]),
+/// The price books an operator switches between (`Op::SetPrices`); the run starts with the
+/// first. The second changes some levels and tiers and keeps others, so that a quote may
+/// still hold or no longer.
+pub const PRICE_BOOKS: [&[PriceRow]; 2] = [
+    &[
+        price("A", Level::List, &[(1, 1000), (5, 900)]),
+        price("A", Level::Contract("BETA"), &[(1, 800)]),
+        price("B", Level::List, &[(1, 450)]),
+        price("B", Level::Segment("wholesale"), &[(1, 400)]),
+        price("K", Level::List, &[(1, 2500)]),
+        price("P", Level::List, &[(1, 725)]),
+    ],
+    &[
+        price("A", Level::List, &[(1, 1100), (5, 900)]),
+        price("A", Level::Contract("BETA"), &[(1, 800)]),
+        price("B", Level::List, &[(1, 480)]),
+        price("B", Level::Segment("wholesale"), &[(1, 400)]),
+        price("K", Level::List, &[(1, 2400)]),
+        price("P", Level::List, &[(1, 725)]),
+    ],
 ];
 
 pub struct Wh {
@@ -269,8 +282,9 @@ pub fn catalog() -> Vec<CatalogItem> {
         .collect()
 }
 
-pub fn prices() -> Vec<PriceEntry> {
-    PRICES
+/// Price book `book` of [`PRICE_BOOKS`] as an import.
+pub fn prices(book: usize) -> Vec<PriceEntry> {
+    PRICE_BOOKS[book]
         .iter()
         .map(|PriceRow { sku, level, tiers }| PriceEntry {
             level: match level {
@@ -365,7 +379,7 @@ pub async fn seed(engine: &Engine) -> Result<(), String> {
         .map_err(|e| fail("catalog", e.to_string()))?
         .map_err(|e| fail("catalog", e.join("; ")))?;
     engine
-        .import_prices(&sys, prices())
+        .import_prices(&sys, prices(0))
         .await
         .map_err(|e| fail("prices", e.to_string()))?
         .map_err(|e| fail("prices", e.join("; ")))?;
