@@ -2605,15 +2605,7 @@ async fn stored_user_roles_govern_what_a_token_may_do() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 
     // An operator's account import replaces the master data but keeps the removal.
-    import(
-        &api.state.engine,
-        &Caller::system(),
-        Kind::Accounts,
-        ACCOUNTS.as_bytes(),
-        10,
-    )
-    .await
-    .unwrap();
+    import_accounts(&api, ACCOUNTS).await;
     assert_removed(&api, &pat).await;
     // ... and the account's other users and its ship-tos, as its actor holds them.
     let r = api.call("GET", "/v1/cart", Some(&ann), None, &[]).await;
