@@ -782,7 +782,7 @@ pub async fn place(
     )
     .await?
     {
-        return Ok(Err(Rejection::Invalid(rebuilt.problems(p))));
+        return Ok(Err(Rejection::Invalid(rebuilt.renumber(p))));
     }
     if from_cart {
         batch.put(
@@ -940,7 +940,7 @@ pub async fn submit_draft(st: &mut AccountState, caller: &Caller, target: &Targe
     )
     .await?
     {
-        return Ok(Err(Rejection::Invalid(rebuilt.problems(p))));
+        return Ok(Err(Rejection::Invalid(rebuilt.renumber(p))));
     }
     let committed = match durable(st, batch).await {
         Ok(c) => c,
@@ -1309,7 +1309,7 @@ pub async fn amend(
         Err(r) => return Ok(Err(r)),
     };
     if let Err(p) = hold(st, &order, &grow, HoldFor::Growth).await? {
-        return Ok(Err(Rejection::Invalid(rebuilt.problems(p))));
+        return Ok(Err(Rejection::Invalid(rebuilt.renumber(p))));
     }
     let committed = match st.journal.submit(batch).await {
         Ok(c) => c,

@@ -126,8 +126,8 @@ pub fn encode_cart(cart: &Cart) -> Vec<u8> {
     postcard::to_extend(cart, bytes).expect("plain data always encodes")
 }
 
-/// Reads a cart record of any layout (the first has no quotes: its lines are quoted at their
-/// next change, or priced when the cart is submitted).
+/// Reads a cart record of any layout (the first has no quotes: its lines are quoted at the
+/// cart's next change, and are `price_changed` until then).
 pub fn decode_cart(key: &[u8], bytes: &[u8]) -> Result<Cart, StorageError> {
     match bytes.strip_prefix(CART_LAYOUT_TAG.as_slice()) {
         Some([CART_LAYOUT_QUOTED, rest @ ..]) => decode(key, rest),

@@ -684,6 +684,15 @@ async fn a_cart_orders_only_the_prices_it_showed() {
     let r = add(json!({"sku":"KIT","qty":1})).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(r.body["lines"][0]["quote"], Value::Null, "{:?}", r.body);
+    // While it has no price, that is its one problem.
+    let v = validate().await;
+    let codes: Vec<_> = v.body["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (&p["code"], &p["line"]))
+        .collect();
+    assert_eq!(codes, [(&json!("no_price"), &json!(3))], "{:?}", v.body);
     change_prices(
         &api,
         "list,,KIT,EUR,,,1:30.00\n",

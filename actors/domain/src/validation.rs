@@ -180,8 +180,20 @@ impl Rebuilt {
     }
 
     /// `problems` of checking the request, each line named by the caller's number, and the
-    /// unquoted lines.
-    pub fn problems(&self, mut problems: Vec<Problem>) -> Vec<Problem> {
+    /// unquoted lines that have no other problem (a line without a price, or not in the
+    /// catalog, says so already).
+    pub fn problems(&self, problems: Vec<Problem>) -> Vec<Problem> {
+        let mut problems = self.renumber(problems);
+        let unquoted: Vec<Problem> = (self.unquoted.iter())
+            .filter(|u| !problems.iter().any(|p| p.line == u.line))
+            .cloned()
+            .collect();
+        problems.extend(unquoted);
+        problems
+    }
+
+    /// `problems` with each line named by the caller's number.
+    pub fn renumber(&self, mut problems: Vec<Problem>) -> Vec<Problem> {
         for p in &mut problems {
             let id = p
                 .line
@@ -190,7 +202,6 @@ impl Rebuilt {
                 p.line = Some(*id);
             }
         }
-        problems.extend(self.unquoted.iter().cloned());
         problems
     }
 }
