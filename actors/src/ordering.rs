@@ -1232,6 +1232,24 @@ fn request_of(order: &Order, patch: &Amendment, currency: Currency) -> Rebuilt {
     }
 }
 
+/// An amendment without `lines` leaves the lines as they were: the lines rebuilt from `old`'s
+/// open lines get their numbers back (`ids`, in order) and the lines an approver rejected stay,
+/// so a line's number is stable for the life of the order. (With `lines`, every line is new.)
+fn keep_line_numbers(order: &mut Order, old: &Order, ids: &[u32]) {
+    assert_eq!(
+        order.lines.len(),
+        ids.len(),
+        "order {}: one rebuilt line per open line",
+        order.id
+    );
+    for (line, id) in order.lines.iter_mut().zip(ids) {
+        line.line_no = *id;
+    }
+    let rejected = old.lines.iter().filter(|l| l.status != LineStatus::Open);
+    order.lines.extend(rejected.cloned());
+    order.lines.sort_by_key(|l| l.line_no);
+}
+
 pub async fn amend(
     st: &mut AccountState,
     caller: &Caller,
@@ -1295,6 +1313,9 @@ pub async fn amend(
     order.delivery_speed = rebuilt.req.delivery_speed.clone();
     order.customer_po = rebuilt.req.customer_po.clone();
     order.allow_split = rebuilt.req.allow_split;
+    if patch.lines.is_none() {
+        keep_line_numbers(&mut order, &old, &rebuilt.line_ids);
+    }
     let (grow, shrink) = deltas(&old.stock_demand(), &order.stock_demand());
     touch(&mut order);
     let batch = match order_batch(

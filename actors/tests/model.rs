@@ -201,6 +201,41 @@ fn found_sequences() {
                 },
             ],
         ),
+        (
+            // An amendment without lines rebuilt the order's lines from its open ones: a line an
+            // approver had rejected vanished and the others were numbered anew.
+            "an amendment without lines keeps the rejected line and the numbers",
+            vec![
+                Op::Place {
+                    acct: 0,
+                    lines: vec![line("B", 1, None), line("A", 5, None)],
+                    header: first_ship_to(),
+                    from_cart: false,
+                    submit: true,
+                    key: None,
+                },
+                Op::Reject {
+                    order: newest,
+                    by_approver: true,
+                    lines: vec![1],
+                },
+                Op::Amend {
+                    order: newest,
+                    lines: None,
+                    ship_to: None,
+                    speed: Some("standard"),
+                    split: None,
+                },
+                Op::SetPrices { book: 1 },
+                Op::Amend {
+                    order: newest,
+                    lines: None,
+                    ship_to: None,
+                    speed: None,
+                    split: None,
+                },
+            ],
+        ),
     ];
     for (name, ops) in cases {
         if let Err(e) = run_case(&ops) {

@@ -719,7 +719,7 @@ async fn a_cart_orders_only_the_prices_it_showed() {
 // An order keeps the prices it shows. A draft is submitted only at them, and an amendment that
 // leaves the lines as they are is refused when one changed, naming the order's line number
 // (after a line was rejected, not the line's position); sending the lines again accepts
-// today's price.
+// today's price. An amendment without lines keeps the lines' numbers and the rejected ones.
 #[tokio::test]
 async fn an_order_keeps_its_prices_until_its_lines_are_sent() {
     let api = api().await;
@@ -781,8 +781,23 @@ async fn an_order_keeps_its_prices_until_its_lines_are_sent() {
     assert_eq!(r.body["state"], "pending_approval", "{:?}", r.body);
     set_contract_price(&api, "9.50").await;
     let po = json!({"customer_po":"PO-8"});
-    let r = api.call("PATCH", &path, Some(&a), Some(po), &[]).await;
+    let r = api
+        .call("PATCH", &path, Some(&a), Some(po.clone()), &[])
+        .await;
     price_changed(&r, 2, "9.50");
+    // At the order's price again, the new PO applies and the lines stay as they were: the
+    // rejected NUT line 1, BOLT line 2.
+    set_contract_price(&api, "9.00").await;
+    let r = api.call("PATCH", &path, Some(&a), Some(po), &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["customer_po"], "PO-8");
+    let lines: Vec<_> = (r.body["lines"].as_array().unwrap().iter())
+        .map(|l| (l["line_no"].clone(), l["sku"].clone(), l["status"].clone()))
+        .collect();
+    let want = [(1, "NUT", "rejected"), (2, "BOLT", "open")]
+        .map(|(n, sku, status)| (json!(n), json!(sku), json!(status)));
+    assert_eq!(lines, want, "{:?}", r.body);
+    assert_eq!(r.body["total"]["amount"], "540.00");
 }
 
 // A cart line whose SKU the account can no longer see (a catalog import moved it to another

@@ -5,17 +5,18 @@ use crate::reference::{MAlloc, MLine, MOrder};
 use crate::world::{self, WAREHOUSES};
 use orderd_domain::order::{LineStatus, Order};
 
-/// Adopts the allocations the real system chose for `lines`, after checking they are
-/// plausible. `real` is the order as the system returned it.
+/// Adopts the allocations the real system chose for `lines` (its open lines), after checking
+/// they are plausible. `real` is the order as the system returned it.
 pub fn adopt_allocations(lines: &mut [MLine], real: &Order, split: bool) -> Result<(), String> {
-    if real.lines.len() != lines.len() {
+    let open: Vec<_> = real.open_lines().collect();
+    if open.len() != lines.len() {
         return Err(format!(
-            "real order has {} lines, model {}",
-            real.lines.len(),
+            "real order has {} open lines, model {}",
+            open.len(),
             lines.len()
         ));
     }
-    for (m, r) in lines.iter_mut().zip(&real.lines) {
+    for (m, r) in lines.iter_mut().zip(open) {
         let allocs: Vec<MAlloc> = r
             .allocations
             .iter()

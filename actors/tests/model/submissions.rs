@@ -263,6 +263,7 @@ impl Harness {
             req.delivery_speed = Some(s.clone());
         }
         req.allow_split = patch.allow_split.unwrap_or(req.allow_split);
+        let header_only = patch.lines.is_none();
         let id = o.id.clone();
         let real = ask(engine, o.acct, |reply| AccountMsg::Amend {
             caller: world::buyer(o.acct),
@@ -291,9 +292,17 @@ impl Harness {
             let state = routed(&ev);
             (judge_evaluated(&ev, &real, req.allow_split, state)?, state)
         };
-        let Some(lines) = judged else {
+        let Some(mut lines) = judged else {
             return Ok(Written::nothing());
         };
+        if header_only {
+            // The lines stay as they were: their numbers, and the rejected ones.
+            for (l, old) in lines.iter_mut().zip(o.open_lines()) {
+                l.line_no = old.line_no;
+            }
+            lines.extend(o.lines.iter().filter(|l| !l.open).cloned());
+            lines.sort_by_key(|l| l.line_no);
+        }
         let (_, ship_to, _) = self.model.static_check(o.acct, &req);
         let from = o.state;
         let m = MOrder {

@@ -94,7 +94,7 @@ pub const PRICE_BOOKS: [&[PriceRow]; 2] = [
         price("P", Level::List, &[(1, 725)]),
     ],
     &[
-        price("A", Level::List, &[(1, 1100), (5, 900)]),
+        price("A", Level::List, &[(1, 1100), (5, 950)]),
         price("A", Level::Contract("BETA"), &[(1, 800)]),
         price("B", Level::List, &[(1, 480)]),
         price("B", Level::Segment("wholesale"), &[(1, 400)]),
