@@ -617,12 +617,17 @@ async fn set_contract_price(api: &Api, price: &str) {
 }
 
 /// Asserts that `r` is refused for a price the buyer did not see, on line `line`, and that its
-/// message contains `says`.
+/// message contains `says`. When `says` is a price, it is today's, which the problem also
+/// carries as `unit_price`; otherwise the line had no quote, and the problem has no price.
 fn price_changed(r: &Resp, line: u32, says: &str) {
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", r.body);
     let p = &r.body["problems"][0];
     assert_eq!(p["code"], "price_changed", "{:?}", r.body);
     assert_eq!(p["line"], line, "{:?}", r.body);
+    match says.parse::<f64>() {
+        Ok(_) => assert_eq!(p["unit_price"]["amount"], says, "{:?}", r.body),
+        Err(_) => assert_eq!(p.get("unit_price"), None, "{:?}", r.body),
+    }
     let message = p["message"].as_str().unwrap();
     assert!(message.contains(says), "{:?}", r.body);
 }

@@ -100,6 +100,10 @@ pub struct Problem {
     /// For `credit_limit_exceeded`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credit: Option<CreditFigures>,
+    /// For `price_changed` of a quoted line: the unit price that holds today, for the buyer to
+    /// see (and send as the new quote).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit_price: Option<Money>,
 }
 
 impl Problem {
@@ -112,6 +116,7 @@ impl Problem {
             sku: None,
             available: vec![],
             credit: None,
+            unit_price: None,
         }
     }
     pub fn line(mut self, line: u32) -> Problem {
@@ -446,13 +451,15 @@ fn check_line(
     };
     if let Some(quoted) = req.quoted_unit_price {
         if quoted != priced.unit_price.amount {
-            problems.push(p(
+            let mut changed = p(
                 ProblemCode::PriceChanged,
                 format!(
                     "{sku}: the quoted price {quoted} is no longer valid; the price now is {}",
                     priced.unit_price
                 ),
-            ));
+            );
+            changed.unit_price = Some(priced.unit_price);
+            problems.push(changed);
         }
     }
     if !problems.is_empty() {
