@@ -32,8 +32,8 @@ use orderd_domain::order::{
 };
 use orderd_domain::rejection::Rejection;
 use orderd_domain::validation::{
-    check_order, Checked, LineRequest, OrderRequest, PricingContext, Problem, ProblemCode, Rebuilt,
-    WarehouseQty,
+    check_order, Checked, HeldLine, LineRequest, OrderRequest, PricingContext, Problem,
+    ProblemCode, Rebuilt, WarehouseQty,
 };
 use orderd_domain::warehouse::StockError;
 use orderd_domain::{credit, Decimal};
@@ -1196,40 +1196,26 @@ fn request_of(order: &Order, patch: &Amendment, currency: Currency) -> Rebuilt {
             ..header
         });
     }
-    // An order priced in another currency than the account's now: its prices are no quote.
-    let unquoted = order
-        .open_lines()
-        .filter(|l| l.unit_price.currency != currency)
-        .map(|l| {
-            Problem::new(
-                ProblemCode::PriceChanged,
-                format!(
-                    "{}: the order shows a price in {}, the account now buys in {currency}; send \
-                 the lines again to price them today",
-                    l.sku, l.unit_price.currency
-                ),
-            )
-            .line(l.line_no)
-            .sku(l.sku.as_str())
-        });
-    Rebuilt {
-        unquoted: unquoted.collect(),
-        line_ids: order.open_lines().map(|l| l.line_no).collect(),
-        req: OrderRequest {
-            lines: order
-                .open_lines()
-                .map(|l| LineRequest {
-                    sku: l.sku.to_string(),
-                    qty: l.qty,
-                    note: l.note.clone(),
-                    warehouse: l.requested_warehouse.as_ref().map(|w| w.to_string()),
-                    quoted_unit_price: Some(l.unit_price.amount)
-                        .filter(|_| l.unit_price.currency == currency),
-                })
-                .collect(),
-            ..header
+    let held = order.open_lines().map(|l| HeldLine {
+        id: l.line_no,
+        line: LineRequest {
+            sku: l.sku.to_string(),
+            qty: l.qty,
+            note: l.note.clone(),
+            warehouse: l.requested_warehouse.as_ref().map(|w| w.to_string()),
+            quoted_unit_price: None,
         },
-    }
+        shown: Some(l.unit_price),
+    });
+    // Only an order priced in another currency than the account's now shows no quote.
+    Rebuilt::from_held(header, held, currency, |l, shown| {
+        let shown = shown.map_or_else(String::new, |m| m.currency.to_string());
+        format!(
+            "{}: the order shows a price in {shown}, the account now buys in {currency}; send \
+             the lines again to price them today",
+            l.sku
+        )
+    })
 }
 
 /// An amendment without `lines` leaves the lines as they were: the lines rebuilt from `old`'s

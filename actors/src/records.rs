@@ -141,12 +141,7 @@ pub fn decode_cart(key: &[u8], bytes: &[u8]) -> Result<Cart, StorageError> {
 
 /// The account's cart, empty when it has none.
 pub fn load_cart(journal: &orderd_storage::Journal, a: &AccountId) -> Result<Cart, StorageError> {
-    let key = cart_key(a);
-    Ok(journal
-        .get(key.as_bytes())?
-        .map(|v| decode_cart(key.as_bytes(), &v))
-        .transpose()?
-        .unwrap_or_default())
+    Ok(load_decoded_one(journal, &cart_key(a), decode_cart)?.unwrap_or_default())
 }
 
 /// Marks an order record of the stamped layout: 0 can never start a record of the first layout,
@@ -244,8 +239,8 @@ pub fn load_order(
     o: &OrderId,
 ) -> Result<Option<StoredOrder>, StorageError> {
     for key in [order_key(a, o), closed_key(a, o)] {
-        if let Some(v) = journal.get(key.as_bytes())? {
-            return decode_order(key.as_bytes(), &v).map(Some);
+        if let Some(order) = load_decoded_one(journal, &key, decode_order)? {
+            return Ok(Some(order));
         }
     }
     Ok(None)
@@ -297,11 +292,7 @@ pub fn load_account(
     journal: &orderd_storage::Journal,
     id: &AccountId,
 ) -> Result<Option<Account>, StorageError> {
-    let key = account_key(id);
-    journal
-        .get(key.as_bytes())?
-        .map(|v| decode_account(key.as_bytes(), &v))
-        .transpose()
+    load_decoded_one(journal, &account_key(id), decode_account)
 }
 
 /// The earlier layouts: of accounts, the first, before users had assigned ship-tos, and the
@@ -424,6 +415,15 @@ fn load_decoded<T>(
 pub fn load_one<T: DeserializeOwned>(
     journal: &orderd_storage::Journal,
     key: &str,
+) -> Result<Option<T>, StorageError> {
+    load_decoded_one(journal, key, decode)
+}
+
+/// The record under `key`, if stored, decoded by `decode` (given its key and value).
+fn load_decoded_one<T>(
+    journal: &orderd_storage::Journal,
+    key: &str,
+    decode: impl Fn(&[u8], &[u8]) -> Result<T, StorageError>,
 ) -> Result<Option<T>, StorageError> {
     journal
         .get(key.as_bytes())?

@@ -3,9 +3,7 @@
 use crate::ids::{Sku, WarehouseId};
 use crate::money::Currency;
 use crate::pricing::Priced;
-use crate::validation::{
-    LineRequest, OrderRequest, Problem, ProblemCode, Rebuilt, LINE_QTY_MAX, NOTE_LEN_MAX,
-};
+use crate::validation::{HeldLine, LineRequest, OrderRequest, Rebuilt, LINE_QTY_MAX, NOTE_LEN_MAX};
 use serde::{Deserialize, Serialize};
 
 /// Most lines a cart may hold.
@@ -19,8 +17,8 @@ pub struct CartLine {
     pub note: Option<String>,
     pub warehouse: Option<WarehouseId>,
     /// The unit price the buyer was shown for this quantity, and its source: quoted when the
-    /// line is added, when its quantity changes (another tier may apply) and when the cart is
-    /// repriced. Submitting the cart refuses the line as `price_changed` when the quote no
+    /// line is added, when its quantity changes (another tier may apply), at any change of the
+    /// cart while it has none, and when the cart is repriced. Submitting the cart refuses the line as `price_changed` when the quote no
     /// longer holds. Absent while the SKU has no price for the account.
     pub quote: Option<Priced>,
 }
@@ -148,42 +146,24 @@ impl Cart {
     /// The cart as an order request with the given header: each line with its quote, when it
     /// has one in `currency` (the account's), and named by its id in problems.
     pub fn to_request(&self, header: OrderRequest, currency: Currency) -> Rebuilt {
-        let quote = |l: &CartLine| {
-            l.quote
-                .as_ref()
-                .filter(|q| q.unit_price.currency == currency)
-                .map(|q| q.unit_price.amount)
-        };
-        let unquoted = self.lines.iter().filter(|l| quote(l).is_none()).map(|l| {
-            Problem::new(
-                ProblemCode::PriceChanged,
-                format!(
-                    "{}: the cart shows no price in {currency} for this line; reprice the cart \
-                     to see today's price before ordering it",
-                    l.sku
-                ),
-            )
-            .line(l.id)
-            .sku(l.sku.as_str())
-        });
-        Rebuilt {
-            unquoted: unquoted.collect(),
-            line_ids: self.lines.iter().map(|l| l.id).collect(),
-            req: OrderRequest {
-                lines: self
-                    .lines
-                    .iter()
-                    .map(|l| LineRequest {
-                        sku: l.sku.to_string(),
-                        qty: l.qty,
-                        note: l.note.clone(),
-                        warehouse: l.warehouse.as_ref().map(|w| w.to_string()),
-                        quoted_unit_price: quote(l),
-                    })
-                    .collect(),
-                ..header
+        let held = self.lines.iter().map(|l| HeldLine {
+            id: l.id,
+            line: LineRequest {
+                sku: l.sku.to_string(),
+                qty: l.qty,
+                note: l.note.clone(),
+                warehouse: l.warehouse.as_ref().map(|w| w.to_string()),
+                quoted_unit_price: None,
             },
-        }
+            shown: l.quote.as_ref().map(|q| q.unit_price),
+        });
+        Rebuilt::from_held(header, held, currency, |l, _| {
+            format!(
+                "{}: the cart shows no price in {currency} for this line; reprice the cart to \
+                 see today's price before ordering it",
+                l.sku
+            )
+        })
     }
 }
 

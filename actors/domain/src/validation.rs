@@ -5,7 +5,7 @@ use crate::account::{Account, ShipTo};
 use crate::catalog::{Catalog, ItemStatus};
 use crate::date::Date;
 use crate::ids::{ShipToId, Sku, UserId, WarehouseId};
-use crate::money::Money;
+use crate::money::{Currency, Money};
 use crate::pricing::{PriceBook, PriceSource};
 use crate::warehouse::Warehouse;
 use rust_decimal::Decimal;
@@ -175,6 +175,14 @@ pub struct Rebuilt {
     pub unquoted: Vec<Problem>,
 }
 
+/// A line the caller already holds (in the cart, in an order): the number they know it by, the
+/// request it makes, and the unit price it shows them, if any.
+pub struct HeldLine {
+    pub id: u32,
+    pub line: LineRequest,
+    pub shown: Option<Money>,
+}
+
 impl Rebuilt {
     /// A request as its sender wrote it: its lines are numbered as sent.
     pub fn as_sent(req: OrderRequest) -> Rebuilt {
@@ -182,6 +190,33 @@ impl Rebuilt {
             req,
             ..Rebuilt::default()
         }
+    }
+
+    /// The request of lines the caller holds, under `header`. A line quotes the price it shows
+    /// when that is in `currency` (the account's); one that shows none in it is unquoted, its
+    /// problem saying `why` (given the line and the price it shows).
+    pub fn from_held(
+        header: OrderRequest,
+        held: impl IntoIterator<Item = HeldLine>,
+        currency: Currency,
+        why: impl Fn(&LineRequest, Option<&Money>) -> String,
+    ) -> Rebuilt {
+        let mut rebuilt = Rebuilt::as_sent(header);
+        for HeldLine {
+            id,
+            mut line,
+            shown,
+        } in held
+        {
+            line.quoted_unit_price = shown.filter(|m| m.currency == currency).map(|m| m.amount);
+            if line.quoted_unit_price.is_none() {
+                let problem = Problem::new(ProblemCode::PriceChanged, why(&line, shown.as_ref()));
+                rebuilt.unquoted.push(problem.line(id).sku(&line.sku));
+            }
+            rebuilt.line_ids.push(id);
+            rebuilt.req.lines.push(line);
+        }
+        rebuilt
     }
 
     /// `problems` of checking the request, each line named by the caller's number, and the
