@@ -322,6 +322,45 @@ mod tests {
         );
     }
 
+    // NATS sign-in settings: a user goes with a password (which Debug never shows), a
+    // client certificate with its key, and TLS files must exist.
+    #[test]
+    fn nats_sign_in() {
+        let load = |file: &str, vars: &[(&str, &str)]| Config::load(file, &env(vars));
+        let nats = "[nats]\nurl = \"nats://127.0.0.1:4222\"\n";
+        let with = |more: &str| format!("{nats}{more}");
+        let c = load(
+            &with("user = \"orderd\"\n"),
+            &[("ORDERD_NATS__PASSWORD", "s3cret")],
+        )
+        .expect("a user with a password");
+        assert_eq!(c.nats.password.0, "s3cret");
+        assert!(!format!("{c:?}").contains("s3cret"), "{c:?}");
+        let problems = |file: &str| match load(file, &[]) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("{file} was taken"),
+        };
+        let user_alone = problems(&with("user = \"orderd\"\n"));
+        assert!(
+            user_alone.contains("nats.user and nats.password go together"),
+            "{user_alone}"
+        );
+        let cert_alone = problems(&with("tls_cert_file = \"Cargo.toml\"\n"));
+        assert!(
+            cert_alone.contains("nats.tls_cert_file and nats.tls_key_file go together"),
+            "{cert_alone}"
+        );
+        let missing = problems(&with("tls_ca_file = \"/nonexistent/ca.pem\"\n"));
+        assert!(
+            missing.contains("nats.tls_ca_file: no such file \"/nonexistent/ca.pem\""),
+            "{missing}"
+        );
+        assert!(
+            load("[nats]\nuser = \"orderd\"\n", &[]).is_ok(),
+            "without NATS its settings are not checked"
+        );
+    }
+
     // Identity providers from the file and the environment; the development sign-in is off
     // with them, and asking for both is refused.
     #[test]

@@ -108,8 +108,9 @@ fn load_config(common: &Common) -> anyhow::Result<Config> {
 }
 
 /// The log filter without `ORDERD_LOG`. ractor's own per-actor spans are left out: with span
-/// close events on, each would log a line whenever an idle account actor stops.
-const DEFAULT_LOG_FILTER: &str = "info,ractor=warn";
+/// close events on, each would log a line whenever an idle account actor stops. The NATS
+/// client's info lines repeat what the publisher logs of its connection.
+const DEFAULT_LOG_FILTER: &str = "info,ractor=warn,async_nats=warn";
 
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ORDERD_LOG")

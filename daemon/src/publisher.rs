@@ -34,11 +34,20 @@
 //! | `orderd.allocations.<warehouse>.<order>`      | `nats.allocations_stream`| a change of an order holding stock there that allocates, ships or releases it |
 //!
 //! Both streams are created at start (when missing) with the age and size limits of the config.
+//! With `nats.warehouse_consumers`, each warehouse also gets a durable pull consumer on the
+//! allocations stream, `warehouse-<warehouse>`, filtered to its subject and created before its
+//! first event goes out: a warehouse client then needs no right to create consumers, only to
+//! fetch from and acknowledge its own (`ops/nats/nats-server.conf`).
+//!
+//! Signing in: `nats.user` and `nats.password`, TLS with `nats.tls_ca_file` (and a client
+//! certificate for servers that verify clients). What the connection goes through (connected,
+//! disconnected, refused sign-in) is logged, never the password.
 
 use orderd_actors::events::{self, BusReceiver, EventBus, LagStage, OutboxReaders, Published};
+use orderd_api::oidc::Secret;
 use orderd_storage::{Batch, Journal, StorageError};
 use serde::Deserialize;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -60,6 +69,23 @@ const _: () = assert!(SUBSCRIBE_WITHIN < events::BUS_CAPACITY as u64);
 pub struct NatsSettings {
     /// Server URL, e.g. `nats://127.0.0.1:4222`. Empty: no NATS (the in-process bus only).
     pub url: String,
+    /// The NATS user orderd signs in as, with `password`. Empty: no user.
+    pub user: String,
+    /// That user's password (its Debug is redacted; `ORDERD_NATS__PASSWORD` keeps it out of
+    /// the config file).
+    pub password: Secret,
+    /// PEM file of the certificate authorities the server's certificate must chain to. Empty:
+    /// the system's roots.
+    pub tls_ca_file: String,
+    /// orderd's client certificate and its key (PEM), for a server that verifies clients.
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
+    /// Insist on TLS also with a `nats://` URL (a `tls://` URL always does, and so does a
+    /// server that requires it).
+    pub tls_required: bool,
+    /// Create a durable pull consumer `warehouse-<warehouse>` on the allocations stream for
+    /// every warehouse, filtered to its subject, before its first event goes out.
+    pub warehouse_consumers: bool,
     /// Stream of the order events (`orderd.orders.>`).
     pub orders_stream: String,
     /// Stream of the warehouse events (`orderd.allocations.>`).
@@ -96,6 +122,13 @@ impl Default for NatsSettings {
     fn default() -> NatsSettings {
         NatsSettings {
             url: String::new(),
+            user: String::new(),
+            password: Secret::default(),
+            tls_ca_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            tls_required: false,
+            warehouse_consumers: true,
             orders_stream: "ORDERD_ORDERS".into(),
             allocations_stream: "ORDERD_ALLOCATIONS".into(),
             max_age_s: 7 * 24 * 3600,
@@ -161,6 +194,14 @@ impl NatsSettings {
                 self.cursor_store_ms == 0,
                 "nats.cursor_store_ms must be above 0",
             ),
+            (
+                self.user.is_empty() != self.password.0.is_empty(),
+                "nats.user and nats.password go together",
+            ),
+            (
+                self.tls_cert_file.is_empty() != self.tls_key_file.is_empty(),
+                "nats.tls_cert_file and nats.tls_key_file go together",
+            ),
         ];
         out.extend(
             checks
@@ -168,7 +209,52 @@ impl NatsSettings {
                 .filter(|(bad, _)| *bad)
                 .map(|(_, m)| (*m).to_owned()),
         );
+        for (key, file) in [
+            ("nats.tls_ca_file", &self.tls_ca_file),
+            ("nats.tls_cert_file", &self.tls_cert_file),
+            ("nats.tls_key_file", &self.tls_key_file),
+        ] {
+            if !file.is_empty() && !std::path::Path::new(file).is_file() {
+                out.push(format!("{key}: no such file {file:?}"));
+            }
+        }
         out
+    }
+
+    /// How the client signs in and what TLS it speaks.
+    fn connect_options(&self) -> async_nats::ConnectOptions {
+        let mut o = async_nats::ConnectOptions::new()
+            .name("orderd")
+            .retry_on_initial_connect()
+            .require_tls(self.tls_required)
+            .event_callback(|event| async move { log_connection(&event) });
+        if !self.user.is_empty() {
+            o = o.user_and_password(self.user.clone(), self.password.0.clone());
+        }
+        if !self.tls_ca_file.is_empty() {
+            o = o.add_root_certificates(self.tls_ca_file.clone().into());
+        }
+        if !self.tls_cert_file.is_empty() {
+            o = o.add_client_certificate(
+                self.tls_cert_file.clone().into(),
+                self.tls_key_file.clone().into(),
+            );
+        }
+        o
+    }
+}
+
+/// Logs what the NATS connection goes through: the client reconnects by itself, so this is
+/// where an operator sees why events wait (a refused sign-in, a TLS failure, NATS down).
+fn log_connection(event: &async_nats::Event) {
+    use async_nats::Event;
+    match event {
+        Event::Connected => tracing::info!("connected to NATS"),
+        Event::Disconnected => tracing::warn!("disconnected from NATS; reconnecting"),
+        Event::ServerError(e) => tracing::error!(error = %e, "NATS refused orderd"),
+        Event::ClientError(e) => tracing::error!(error = %e, "NATS connection failed"),
+        Event::LameDuckMode => tracing::warn!("NATS server is shutting down (lame duck mode)"),
+        other => tracing::debug!(event = %other, "NATS connection event"),
     }
 }
 
@@ -256,6 +342,8 @@ enum PublishError {
     Connect(String),
     #[error("creating stream {stream}: {reason}")]
     Stream { stream: String, reason: String },
+    #[error("creating the warehouse consumer {name}: {reason}")]
+    Consumer { name: String, reason: String },
     #[error("publishing {subject}: {reason}")]
     Publish { subject: String, reason: String },
     #[error("no PubAck within {0} ms")]
@@ -268,8 +356,7 @@ enum PublishError {
 /// is not up at start), so a failed round never needs a new one. (A dropped client's task goes
 /// on dialling for as long as NATS is down.)
 async fn connect(s: &NatsSettings) -> Result<async_nats::Client, PublishError> {
-    async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
+    s.connect_options()
         .connect(s.url.as_str())
         .await
         .map_err(|e| PublishError::Connect(e.to_string()))
@@ -313,6 +400,43 @@ async fn jetstream(
         })?;
     }
     Ok(js)
+}
+
+/// The durable consumer of a warehouse's events on the allocations stream.
+pub fn warehouse_consumer_name(warehouse: &str) -> String {
+    format!("warehouse-{}", token(warehouse))
+}
+
+/// Creates the durable pull consumer of `warehouse` on `stream` unless it exists: it
+/// delivers every message of the warehouse's subject, from the stream's first, and wants each
+/// acknowledged. An existing consumer of that name is left as it is.
+async fn warehouse_consumer(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    warehouse: &str,
+) -> Result<(), PublishError> {
+    use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+    let name = warehouse_consumer_name(warehouse);
+    let failed = |e: &dyn std::fmt::Display| PublishError::Consumer {
+        name: name.clone(),
+        reason: e.to_string(),
+    };
+    let stream = js.get_stream(stream).await.map_err(|e| failed(&e))?;
+    stream
+        .get_or_create_consumer(
+            &name,
+            pull::Config {
+                durable_name: Some(name.clone()),
+                filter_subject: format!("orderd.allocations.{}.>", token(warehouse)),
+                deliver_policy: DeliverPolicy::All,
+                ack_policy: AckPolicy::Explicit,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| failed(&e))?;
+    tracing::info!(consumer = %name, "warehouse consumer ready on NATS");
+    Ok(())
 }
 
 /// What a published round waits for: every PubAck of its messages, within the ack timeout.
@@ -424,6 +548,7 @@ pub async fn run(
         live: None,
         in_flight: VecDeque::new(),
         in_flight_messages: 0,
+        consumers: HashSet::new(),
     };
     loop {
         let error = match p.step(&mut stop).await {
@@ -489,6 +614,9 @@ struct Publisher {
     /// The messages of the rounds in flight (at most `acks_in_flight_max`, unless a lone round
     /// larger than that is out, in parts).
     in_flight_messages: usize,
+    /// Warehouses whose durable consumer was created (or found) in this run, with
+    /// `nats.warehouse_consumers`.
+    consumers: HashSet<String>,
 }
 
 impl Publisher {
@@ -642,6 +770,14 @@ impl Publisher {
         let Some(js) = &self.js else {
             return Err(PublishError::Connect("not connected".into()));
         };
+        if self.s.warehouse_consumers {
+            for w in events.iter().flat_map(|ev| &ev.stock_warehouses) {
+                if !self.consumers.contains(w.as_str()) {
+                    warehouse_consumer(js, &self.s.allocations_stream, w.as_str()).await?;
+                    self.consumers.insert(w.as_str().to_owned());
+                }
+            }
+        }
         let room = self.s.acks_in_flight_max - self.in_flight_messages;
         send(
             js,

@@ -19,7 +19,14 @@ A durable consumer goes on where its last run stopped, so an order's events may 
 several runs: with --state FILE the checks go on too (the sequences due, the event ids seen and
 each order's subject are kept in FILE between runs), while the output lists only this run's.
 
+With --bind it reads a consumer that exists (a warehouse's, which orderd creates) instead of
+creating one. --user signs in as that NATS user with the password in $NATS_PASSWORD, and
+--inbox-prefix sets the subjects replies come on (a user may only subscribe to its own). A
+refused sign-in or subscription, or a fetch the server does not allow, ends it with exit code 3
+and {"error": "..."} on stdout.
+
 Usage: consume.py NATS_URL STREAM DURABLE [--idle SECONDS] [--any-sequence] [--state FILE]
+                  [--bind] [--user USER] [--inbox-prefix PREFIX]
 """
 import argparse
 import asyncio
@@ -28,6 +35,7 @@ import os
 import sys
 
 import nats
+import nats.js.errors
 from nats.errors import TimeoutError as NatsTimeout
 
 
@@ -40,15 +48,41 @@ async def main():
     ap.add_argument("--any-sequence", action="store_true",
                     help="only some changes per order are on this stream (allocations)")
     ap.add_argument("--state", help="file keeping the checks' state between runs")
+    ap.add_argument("--bind", action="store_true", help="read an existing consumer")
+    ap.add_argument("--user", help="NATS user; the password is read from $NATS_PASSWORD")
+    ap.add_argument("--inbox-prefix", default="_INBOX")
     args = ap.parse_args()
+    try:
+        await consume(args)
+    except (nats.errors.Error, nats.js.errors.Error) as e:
+        # A request the server refuses times out; the refusal itself came as an error.
+        why = ERRORS[0] if ERRORS else e
+        json.dump({"error": f"{type(why).__name__}: {why}"}, sys.stdout)
+        sys.exit(3)
+
+
+# What the server refused (permission violations), in order.
+ERRORS = []
+
+
+async def consume(args):
     state = {"due": {}, "seen": [], "order_subject": {}}
     if args.state and os.path.exists(args.state):
         with open(args.state) as f:
             state = json.load(f)
 
-    nc = await nats.connect(args.url, connect_timeout=5, max_reconnect_attempts=3)
+    async def error_cb(e):
+        ERRORS.append(e)
+
+    auth = {"user": args.user, "password": os.environ["NATS_PASSWORD"]} if args.user else {}
+    nc = await nats.connect(args.url, connect_timeout=5, max_reconnect_attempts=3,
+                            inbox_prefix=args.inbox_prefix,
+                            error_cb=error_cb, **auth)
     js = nc.jetstream()
-    sub = await js.pull_subscribe("", durable=args.durable, stream=args.stream)
+    if args.bind:
+        sub = await js.pull_subscribe_bind(args.durable, stream=args.stream)
+    else:
+        sub = await js.pull_subscribe("", durable=args.durable, stream=args.stream)
     seen = {tuple(k) for k in state["seen"]}
     # The sequence each order's next event must have (1 for an order not seen yet).
     due = state["due"]
@@ -63,6 +97,8 @@ async def main():
         # nats-py raises its own TimeoutError when nothing came at all, and asyncio's when a
         # batch ended early; both mean the stream is idle.
         except (NatsTimeout, asyncio.TimeoutError):
+            if ERRORS:
+                raise nats.errors.Error(str(ERRORS[0]))
             break
         for msg in batch:
             messages += 1

@@ -21,15 +21,57 @@ const NATS_START_MAX: Duration = Duration::from_secs(10);
 /// How long events may take to reach the stream once NATS is reachable.
 const DELIVERY_MAX: Duration = Duration::from_secs(30);
 
+/// Passwords of the users of `ops/nats/nats-server.conf` in the tests, by the environment
+/// variable the file reads each from.
+const PASSWORDS: [(&str, &str); 4] = [
+    ("ORDERD_NATS_PASSWORD", "orderd-test-password"),
+    ("WAREHOUSE_BER_NATS_PASSWORD", "ber-test-password"),
+    ("WAREHOUSE_MUC_NATS_PASSWORD", "muc-test-password"),
+    ("WAREHOUSE_HAM_NATS_PASSWORD", "ham-test-password"),
+];
+
+/// The test password of a user of the shipped config.
+fn password(var: &str) -> &'static str {
+    PASSWORDS
+        .iter()
+        .find(|(v, _)| *v == var)
+        .map(|(_, p)| *p)
+        .expect("a user of ops/nats/nats-server.conf")
+}
+
 pub struct NatsServer {
     child: Option<Child>,
     port: u16,
     store: TempDir,
+    /// The server's config file: the shipped one with its store in `store`, or none (no users).
+    config: Option<PathBuf>,
+    /// More arguments of nats-server (TLS).
+    extra: Vec<String>,
 }
 
 impl NatsServer {
-    /// A JetStream server on a free port with an empty store.
+    /// A JetStream server without users on a free port with an empty store.
     pub fn start() -> NatsServer {
+        NatsServer::started(false)
+    }
+
+    /// The same with the shipped `ops/nats/nats-server.conf`, its users' passwords from
+    /// [`PASSWORDS`] (only the store directory differs from the file).
+    pub fn start_shipped() -> NatsServer {
+        NatsServer::started(true)
+    }
+
+    /// A server without users that speaks only TLS, with the certificate `certs` made for
+    /// 127.0.0.1, and takes only clients with a certificate signed by `certs`' CA.
+    pub fn start_tls(certs: &Certificates) -> NatsServer {
+        NatsServer::started_with(false, certs.server_args())
+    }
+
+    fn started(shipped: bool) -> NatsServer {
+        NatsServer::started_with(shipped, Vec::new())
+    }
+
+    fn started_with(shipped: bool, extra: Vec<String>) -> NatsServer {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -38,10 +80,26 @@ impl NatsServer {
             .prefix("orderd-nats-")
             .tempdir()
             .expect("a temporary store");
+        let config = shipped.then(|| {
+            let file = workspace().join("ops/nats/nats-server.conf");
+            let text = std::fs::read_to_string(&file).expect("ops/nats/nats-server.conf");
+            let shipped_store = "store_dir: /var/lib/nats";
+            assert!(
+                text.contains(shipped_store),
+                "{} moved its store",
+                file.display()
+            );
+            let path = store.path().join("nats-server.conf");
+            let store_dir = format!("store_dir: {:?}", store.path().join("js"));
+            std::fs::write(&path, text.replace(shipped_store, &store_dir)).expect("config");
+            path
+        });
         let mut server = NatsServer {
             child: None,
             port,
             store,
+            config,
+            extra,
         };
         server.resume();
         server
@@ -54,16 +112,14 @@ impl NatsServer {
     /// Starts the server again on the same port and store.
     pub fn resume(&mut self) {
         assert!(self.child.is_none(), "nats-server is already running");
-        let child = Command::new("nats-server")
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-sd",
-            ])
-            .arg(self.store.path())
+        let mut cmd = Command::new("nats-server");
+        cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
+        match &self.config {
+            Some(config) => cmd.arg("-c").arg(config).envs(PASSWORDS),
+            None => cmd.arg("-js").arg("-sd").arg(self.store.path()),
+        };
+        cmd.args(&self.extra);
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -104,6 +160,106 @@ impl NatsServer {
     }
 }
 
+/// A CA, a server certificate for 127.0.0.1 and a client certificate it signed, made with
+/// openssl(1) into a temporary directory (PEM; keys in PKCS#8).
+pub struct Certificates {
+    dir: TempDir,
+}
+
+impl Certificates {
+    pub fn make() -> Certificates {
+        let dir = tempfile::Builder::new()
+            .prefix("orderd-nats-tls-")
+            .tempdir()
+            .expect("a temporary directory");
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .unwrap_or_else(|e| panic!("running openssl ({e}); ops/test installs it"));
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let key = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509", "-days", "1", "-subj", "/CN=orderd test CA"][..],
+                &key,
+                &["-keyout", "ca.key", "-out", "ca.crt"],
+            ]
+            .concat(),
+        );
+        for (name, ext) in [
+            (
+                "server",
+                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+            ),
+            ("client", "extendedKeyUsage=clientAuth\n"),
+        ] {
+            std::fs::write(dir.path().join(format!("{name}.ext")), ext).expect("extensions");
+            let (csr, k, crt, extfile) = (
+                format!("{name}.csr"),
+                format!("{name}.key"),
+                format!("{name}.crt"),
+                format!("{name}.ext"),
+            );
+            let subject = format!("/CN=orderd test {name}");
+            openssl(
+                &[
+                    &["req", "-subj", &subject][..],
+                    &key,
+                    &["-keyout", &k, "-out", &csr],
+                ]
+                .concat(),
+            );
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-extfile",
+                &extfile,
+                "-out",
+                &crt,
+            ]);
+        }
+        Certificates { dir }
+    }
+
+    pub fn path(&self, file: &str) -> String {
+        self.dir.path().join(file).to_string_lossy().into_owned()
+    }
+
+    fn server_args(&self) -> Vec<String> {
+        [
+            ("--tlscert", "server.crt"),
+            ("--tlskey", "server.key"),
+            ("--tlscacert", "ca.crt"),
+        ]
+        .into_iter()
+        .flat_map(|(flag, file)| [flag.to_owned(), self.path(file)])
+        .chain(["--tls".to_owned(), "--tlsverify".to_owned()])
+        .collect()
+    }
+}
+
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
@@ -114,22 +270,12 @@ impl Drop for NatsServer {
 /// what earlier reads did not see, checked against them (their state is kept in the store's
 /// directory, so it lives as long as the consumer's own position).
 fn consume(nats: &NatsServer, stream: &str, durable: &str, any_sequence: bool) -> Value {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let python = root.join(".venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: ops/test creates it and installs nats-py (ops/nats/requirements.txt)",
-        python.display()
+    let mut cmd = consume_py(nats, stream, durable);
+    cmd.arg("--state").arg(
+        nats.store
+            .path()
+            .join(format!("consume-{stream}-{durable}.json")),
     );
-    let mut cmd = Command::new(python);
-    cmd.arg(root.join("ops/nats/consume.py"))
-        .args([nats.url().as_str(), stream, durable])
-        .arg("--state")
-        .arg(
-            nats.store
-                .path()
-                .join(format!("consume-{stream}-{durable}.json")),
-        );
     if any_sequence {
         cmd.arg("--any-sequence");
     }
@@ -140,6 +286,74 @@ fn consume(nats: &NatsServer, stream: &str, durable: &str, any_sequence: bool) -
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("consume.py prints JSON")
+}
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `ops/nats/consume.py` reading `durable` on `stream` (see its usage).
+fn consume_py(nats: &NatsServer, stream: &str, durable: &str) -> Command {
+    let python = workspace().join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: ops/test creates it and installs nats-py (ops/nats/requirements.txt)",
+        python.display()
+    );
+    let mut cmd = Command::new(python);
+    cmd.arg(workspace().join("ops/nats/consume.py"))
+        .args([nats.url().as_str(), stream, durable]);
+    cmd
+}
+
+/// What warehouse `wh` reads from `durable` on `stream`, signed in as its user of the shipped
+/// config, with replies on its own inbox prefix; `bind`: read an existing consumer. Ok: what
+/// consume.py printed; Err: why NATS refused.
+fn consume_as(
+    nats: &NatsServer,
+    wh: &str,
+    stream: &str,
+    durable: &str,
+    bind: bool,
+) -> Result<Value, String> {
+    consume_with_inbox(nats, wh, &format!("_INBOX_{wh}"), stream, durable, bind)
+}
+
+/// The same with replies on `inbox`.
+fn consume_with_inbox(
+    nats: &NatsServer,
+    wh: &str,
+    inbox: &str,
+    stream: &str,
+    durable: &str,
+    bind: bool,
+) -> Result<Value, String> {
+    let mut cmd = consume_py(nats, stream, durable);
+    cmd.args(["--idle", "1", "--any-sequence", "--user"])
+        .arg(format!("warehouse-{wh}"))
+        .args(["--inbox-prefix", inbox])
+        .env(
+            "NATS_PASSWORD",
+            password(&format!("WAREHOUSE_{wh}_NATS_PASSWORD")),
+        );
+    if bind {
+        cmd.arg("--bind");
+    }
+    let out = cmd.output().expect("running the nats-py consumer");
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "consume.py printed no JSON: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    match out.status.code() {
+        Some(0) => Ok(printed),
+        Some(3) => Err(printed["error"].as_str().unwrap_or_default().to_owned()),
+        _ => panic!(
+            "consume.py failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
 }
 
 /// Reads the order stream until every order of `want` (order id -> its version) has all its
@@ -255,6 +469,180 @@ async fn every_change_reaches_jetstream_in_order() {
     // Nothing went out twice here, so JetStream took no message for a duplicate.
     let duplicates = env.metric("orderd_nats_duplicates_total").await;
     assert!(duplicates.unwrap_or(0.0) == 0.0, "{duplicates:?}");
+}
+
+// With the shipped server config (`ops/nats/nats-server.conf`): orderd signs in as its user,
+// creates its streams and a durable consumer per warehouse. A warehouse, signed in as its own
+// user, reads its consumer's events (only its own subject) and acknowledges them, so a second
+// read gets nothing. It is refused another warehouse's consumer, a consumer of its own on the
+// order stream, and replies on anyone's inbox but its own (where other clients' answers go).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warehouses_read_only_their_own_events() {
+    let nats = NatsServer::start_shipped();
+    let env = TestEnv::start_with(&[
+        ("ORDERD_NATS__URL", &nats.url()),
+        ("ORDERD_NATS__USER", "orderd"),
+        ("ORDERD_NATS__PASSWORD", password("ORDERD_NATS_PASSWORD")),
+    ])
+    .await;
+    let bob = env.token("ACME", "bob", &["buyer", "approver"]).await;
+    let lines = json!([
+        {"sku": "BOLT-0010", "qty": 1, "warehouse": "BER"},
+        {"sku": "NUT-0021", "qty": 1, "warehouse": "MUC"},
+    ]);
+    let r = env
+        .api()
+        .place(&bob, "both", &json!({"lines": lines, "ship_to": "BERLIN"}))
+        .await
+        .expect("request");
+    assert_eq!(warehouses_of(&r.body), ["BER", "MUC"], "{r}");
+    let both = str_field(&r.body, "id").to_owned();
+    let lines = json!([{"sku": "NUT-0021", "qty": 2, "warehouse": "MUC"}]);
+    let r = env
+        .api()
+        .place(&bob, "muc", &json!({"lines": lines, "ship_to": "BERLIN"}))
+        .await
+        .expect("request");
+    assert_eq!(str_field(&r.body, "state"), "allocated", "{r}");
+    let muc = str_field(&r.body, "id").to_owned();
+    let r = env
+        .post(&bob, &format!("/v1/orders/{muc}/cancel"), json!({}))
+        .await;
+    assert_eq!(str_field(&r.body, "state"), "cancelled", "{r}");
+    await_published(&env).await;
+
+    let subjects = |got: &Value| -> BTreeMap<String, u64> {
+        assert_eq!(got["problems"], json!([]), "{got}");
+        let s = got["subjects"].as_object().expect("subjects");
+        s.iter()
+            .map(|(k, v)| (k.clone(), v.as_u64().expect("a count")))
+            .collect()
+    };
+    let read = consume_as(&nats, "MUC", "ORDERD_ALLOCATIONS", "warehouse-MUC", true)
+        .expect("MUC reads its consumer");
+    let want = BTreeMap::from([
+        (format!("orderd.allocations.MUC.{both}"), 1),
+        (format!("orderd.allocations.MUC.{muc}"), 2),
+    ]);
+    assert_eq!(subjects(&read), want, "{read}");
+    let read = consume_as(&nats, "BER", "ORDERD_ALLOCATIONS", "warehouse-BER", true)
+        .expect("BER reads its consumer");
+    let want = BTreeMap::from([(format!("orderd.allocations.BER.{both}"), 1)]);
+    assert_eq!(subjects(&read), want, "{read}");
+    // Acknowledged: read again, nothing is left.
+    let again = consume_as(&nats, "MUC", "ORDERD_ALLOCATIONS", "warehouse-MUC", true)
+        .expect("MUC reads its consumer");
+    assert_eq!(again["messages"], json!(0), "{again}");
+
+    // (nats-py reports the server's refusal in lower case.)
+    let refused = [
+        (
+            consume_as(&nats, "MUC", "ORDERD_ALLOCATIONS", "warehouse-BER", true),
+            "publish to \"$js.api.consumer.msg.next.orderd_allocations.warehouse-ber\"",
+        ),
+        (
+            consume_as(&nats, "MUC", "ORDERD_ORDERS", "muc-orders", false),
+            "publish to \"$js.api.consumer.info.orderd_orders.muc-orders\"",
+        ),
+        (
+            consume_with_inbox(
+                &nats,
+                "MUC",
+                "_INBOX",
+                "ORDERD_ALLOCATIONS",
+                "warehouse-MUC",
+                true,
+            ),
+            "subscription to \"_inbox.",
+        ),
+    ];
+    for (r, what) in refused {
+        let why = r.expect_err("NATS refuses it").to_lowercase();
+        assert!(why.contains("permissions violation"), "{why}");
+        assert!(why.contains(what), "{why}");
+    }
+}
+
+// orderd with a wrong NATS password: capture goes on, the events wait in the audit log, and
+// the log says that NATS refused the sign-in, without the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_nats_sign_in_is_logged_without_the_password() {
+    let nats = NatsServer::start_shipped();
+    let wrong = "not-the-orderd-test-password";
+    let env = TestEnv::start_with(&[
+        ("ORDERD_NATS__URL", &nats.url()),
+        ("ORDERD_NATS__USER", "orderd"),
+        ("ORDERD_NATS__PASSWORD", wrong),
+    ])
+    .await;
+    let bob = env.token("ACME", "bob", &["buyer", "approver"]).await;
+    place_one(&env, &bob, "refused-0").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // orderd's own line, not only the NATS client's.
+    let refused =
+        |line: &str| line.contains("orderd::publisher") && line.contains("authorization violation");
+    while !env.log_tail().lines().any(refused) {
+        assert!(
+            Instant::now() < deadline,
+            "no refused sign-in logged: {}",
+            env.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let depth = env.metric(r#"orderd_outbox_depth{reader="nats"}"#).await;
+    assert!(depth.is_some_and(|d| d >= 1.0), "outbox depth {depth:?}");
+    assert!(!env.log_tail().contains(wrong), "{}", env.log_tail());
+}
+
+// A NATS that speaks only TLS and verifies its clients' certificates: orderd, given the CA
+// and its client certificate, publishes (every event acknowledged by JetStream). Without its
+// certificate it is refused, capture goes on, and the log says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orderd_publishes_over_tls_with_its_client_certificate() {
+    let certs = Certificates::make();
+    let nats = NatsServer::start_tls(&certs);
+    let (ca, cert, key) = (
+        certs.path("ca.crt"),
+        certs.path("client.crt"),
+        certs.path("client.key"),
+    );
+    let env = TestEnv::start_with(&[
+        ("ORDERD_NATS__URL", &nats.url()),
+        ("ORDERD_NATS__TLS_CA_FILE", &ca),
+        ("ORDERD_NATS__TLS_CERT_FILE", &cert),
+        ("ORDERD_NATS__TLS_KEY_FILE", &key),
+    ])
+    .await;
+    let bob = env.token("ACME", "bob", &["buyer", "approver"]).await;
+    place_one(&env, &bob, "tls-0").await;
+    await_published(&env).await;
+    let published = env
+        .metric(r#"orderd_event_lag_seconds_count{stage="nats"}"#)
+        .await;
+    assert!(published.is_some_and(|n| n >= 1.0), "{published:?}");
+
+    let without = TestEnv::start_with(&[
+        ("ORDERD_NATS__URL", &nats.url()),
+        ("ORDERD_NATS__TLS_CA_FILE", &ca),
+    ])
+    .await;
+    let bob = without.token("ACME", "bob", &["buyer", "approver"]).await;
+    place_one(&without, &bob, "tls-1").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let failed =
+        |line: &str| line.contains("orderd::publisher") && line.contains("NATS connection failed");
+    while !without.log_tail().lines().any(failed) {
+        assert!(
+            Instant::now() < deadline,
+            "no failed connection logged: {}",
+            without.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let depth = without
+        .metric(r#"orderd_outbox_depth{reader="nats"}"#)
+        .await;
+    assert!(depth.is_some_and(|d| d >= 1.0), "outbox depth {depth:?}");
 }
 
 // NATS is stopped while clients keep ordering, for longer than a round waits for its PubAcks
