@@ -1136,8 +1136,13 @@ pub async fn cancel(st: &mut AccountState, caller: &Caller, target: &Target) -> 
         .flat_map(|l| &l.allocations)
         .any(|a| a.shipped)
     {
+        let how = if order.state == OrderState::Shipped {
+            "shipped"
+        } else {
+            "partly shipped"
+        };
         return Ok(Err(Rejection::Conflict(format!(
-            "order {id} is partly shipped and can no longer be cancelled"
+            "order {id} is {how} and can no longer be cancelled"
         ))));
     }
     if order.state == OrderState::PendingApproval {

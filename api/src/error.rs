@@ -24,6 +24,9 @@ pub enum ApiError {
     MethodNotAllowed(String),
     #[error("{detail}")]
     BadRequest { code: &'static str, detail: String },
+    /// The body is above the route's limit (413 Content Too Large).
+    #[error("{0}")]
+    TooLarge(String),
     #[error("the request has {} problem(s)", .0.len())]
     Invalid(Vec<Problem>),
     #[error("{0}")]
@@ -39,7 +42,7 @@ pub enum ApiError {
     /// spike there are thousands a second (`orderd_http_refusals_total` counts them).
     #[error("orderd is serving all the requests it can within its latency target; retry shortly")]
     Overloaded,
-    #[error("rate limit of this {scope:?} reached; retry after {retry_after_s} s")]
+    #[error("rate limit of this {} reached; retry after {retry_after_s} s", scope.noun())]
     RateLimited {
         scope: crate::rate_limit::Scope,
         retry_after_s: u32,
@@ -78,6 +81,7 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             ApiError::IdempotencyMismatch(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")

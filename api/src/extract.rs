@@ -41,7 +41,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
 }
 
 /// The whole body as bytes, like `axum::body::Bytes`, but a body above the route's limit is a
-/// 400 problem `body_too_large` and one that cannot be read `malformed_body`.
+/// 413 problem `body_too_large` and one that cannot be read `malformed_body`.
 pub struct Body(pub Bytes);
 
 impl<S: Send + Sync> FromRequest<S> for Body {
@@ -51,7 +51,7 @@ impl<S: Send + Sync> FromRequest<S> for Body {
         match Bytes::from_request(req, state).await {
             Ok(bytes) => Ok(Body(bytes)),
             Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Err(ApiError::bad_request("body_too_large", e.body_text()))
+                Err(ApiError::TooLarge(e.body_text()))
             }
             Err(e) => Err(ApiError::bad_request("malformed_body", e.body_text())),
         }

@@ -19,7 +19,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(Json(v)),
             Err(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
-                Err(ApiError::bad_request("body_too_large", e.body_text()))
+                Err(ApiError::TooLarge(e.body_text()))
             }
             Err(e) => Err(body_error(e.body_text())),
         }
@@ -70,11 +70,7 @@ pub async fn limit_json_body(req: Request, next: Next, max: usize) -> Response {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if !is_import && declared.is_some_and(|n| n > max) {
-        return ApiError::bad_request(
-            "body_too_large",
-            format!("the body is larger than {max} bytes"),
-        )
-        .into_response();
+        return ApiError::TooLarge(format!("the body is larger than {max} bytes")).into_response();
     }
     if is_import {
         return next.run(req).await;

@@ -72,6 +72,17 @@ pub enum Scope {
     Login,
 }
 
+impl Scope {
+    /// What the limit counts, for messages.
+    pub fn noun(self) -> &'static str {
+        match self {
+            Scope::Account => "account",
+            Scope::Token => "token",
+            Scope::Login => "sign-in",
+        }
+    }
+}
+
 pub struct RateLimiter {
     account: DefaultKeyedRateLimiter<String>,
     token: DefaultKeyedRateLimiter<String>,

@@ -16,8 +16,37 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// The dashboard page: HTML, CSS and its own canvas charts in one file, no external resources.
 const DASHBOARD_HTML: &str = include_str!("ops/dashboard.html");
-/// The page runs only its own inline script and talks only to orderd.
-const DASHBOARD_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+/// The page runs only its own inline script (named by its SHA-256, so no other inline script
+/// or event handler runs) and talks only to orderd.
+static DASHBOARD_CSP: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "default-src 'none'; script-src '{}'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        script_hash(DASHBOARD_HTML)
+    )
+});
+
+/// The CSP source of the one inline `<script>` of `page`: `sha256-` and the base64 of the
+/// SHA-256 of its text.
+fn script_hash(page: &str) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let script = page
+        .split_once("<script>")
+        .and_then(|(_, rest)| rest.split_once("</script>"))
+        .map(|(script, rest)| {
+            assert!(
+                !rest.contains("<script"),
+                "the dashboard has one inline script"
+            );
+            script
+        })
+        .expect("the dashboard has an inline script");
+    let digest = sha2::Sha256::digest(script.as_bytes());
+    format!(
+        "sha256-{}",
+        base64::engine::general_purpose::STANDARD.encode(digest)
+    )
+}
 /// The content type of the Prometheus text exposition format.
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -134,7 +163,7 @@ async fn dashboard() -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CONTENT_SECURITY_POLICY, DASHBOARD_CSP),
+            (header::CONTENT_SECURITY_POLICY, DASHBOARD_CSP.as_str()),
             (header::CACHE_CONTROL, "no-store"),
         ],
         DASHBOARD_HTML,
