@@ -117,7 +117,7 @@ impl Authenticator {
             .ok_or_else(|| ApiError::Unauthorized("invalid bearer token".into()))?;
         jsonwebtoken::decode::<Claims>(token, &dev.decoding, &dev.validation)
             .map(|d| d.claims)
-            .map_err(|e| ApiError::Unauthorized(format!("invalid bearer token: {e}")))
+            .map_err(|e| ApiError::Unauthorized(refused_token(&e)))
     }
 
     /// The caller a bearer token stands for (401 when it is not acceptable).
@@ -226,7 +226,7 @@ impl FromRequestParts<ApiState> for Auth {
             .get::<Caller>()
             .cloned()
             .map(Auth)
-            .ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))
+            .ok_or(ApiError::MissingToken)
     }
 }
 
@@ -250,4 +250,23 @@ impl Auth {
             ApiError::Forbidden("this route acts on the token's account; the token has none".into())
         })
     }
+}
+
+/// Why a bearer token was refused, in words (jsonwebtoken's own Display names its enum).
+pub(crate) fn refused_token(e: &jsonwebtoken::errors::Error) -> String {
+    use jsonwebtoken::errors::ErrorKind as K;
+    let why = match e.kind() {
+        K::InvalidToken | K::Base64(_) | K::Json(_) | K::Utf8(_) => {
+            "it is not a well-formed JWT".to_owned()
+        }
+        K::InvalidSignature => "its signature does not verify".to_owned(),
+        K::ExpiredSignature => "it has expired".to_owned(),
+        K::ImmatureSignature => "it is not valid yet (nbf)".to_owned(),
+        K::InvalidAudience => "it is not meant for orderd (aud)".to_owned(),
+        K::InvalidIssuer => "its issuer is not accepted".to_owned(),
+        K::InvalidAlgorithm | K::InvalidAlgorithmName => "its algorithm is not accepted".to_owned(),
+        K::MissingRequiredClaim(c) => format!("it lacks the claim {c}"),
+        _ => e.to_string(),
+    };
+    format!("invalid bearer token: {why}")
 }

@@ -14,6 +14,9 @@ pub const RETRY_AFTER_S: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// The request carries no credentials at all.
+    #[error("missing bearer token")]
+    MissingToken,
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
@@ -76,7 +79,9 @@ impl ApiError {
 
     fn parts(&self) -> (StatusCode, &'static str) {
         match self {
-            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::MissingToken | ApiError::Unauthorized(_) => {
+                (StatusCode::UNAUTHORIZED, "unauthorized")
+            }
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
@@ -101,6 +106,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         crate::telemetry::global().record_error(&self);
         let (status, code) = self.parts();
+        let missing_token = matches!(self, ApiError::MissingToken);
         let detail = match &self {
             ApiError::Internal(cause) => {
                 tracing::error!(error = %cause, "request failed");
@@ -141,9 +147,15 @@ impl IntoResponse for ApiError {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
         }
         if status == StatusCode::UNAUTHORIZED {
+            // RFC 6750 section 3: a request without credentials gets the challenge alone.
+            let challenge = if missing_token {
+                "Bearer"
+            } else {
+                "Bearer error=\"invalid_token\""
+            };
             headers.insert(
                 header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                HeaderValue::from_static(challenge),
             );
         }
         resp

@@ -228,7 +228,7 @@ fn parse<R: DeserializeOwned, T, K: Eq + std::hash::Hash>(
                 record.position().map_or(0, csv::Position::line),
                 record
                     .deserialize::<R>(Some(&headers))
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| field_error(&e, &headers))
                     .and_then(&convert),
             ),
             Err(e) => (
@@ -267,6 +267,23 @@ fn parse<R: DeserializeOwned, T, K: Eq + std::hash::Hash>(
         Ok(out)
     } else {
         Err(errors)
+    }
+}
+
+/// A row that does not fit its kind's columns, said without the CSV reader's own position
+/// (the caller names the line): the column and what is wrong with its value.
+fn field_error(e: &csv::Error, headers: &csv::StringRecord) -> String {
+    match e.kind() {
+        csv::ErrorKind::Deserialize { err, .. } => {
+            let column = err
+                .field()
+                .and_then(|i| headers.get(usize::try_from(i).ok()?));
+            match column {
+                Some(c) => format!("column {c}: {}", err.kind()),
+                None => err.kind().to_string(),
+            }
+        }
+        _ => e.to_string(),
     }
 }
 
@@ -692,7 +709,10 @@ mod tests {
         let bad = "sku,description,uom,pack_size,min_qty,status,segments,kit\nA,Bolt,EA,x,1,active,,\nB,Nut,EA,1,1,sold,,\nC,Pin,EA,1,1,active,,\n";
         let errs = parse(bad.as_bytes(), 10, catalog_row, catalog_sets()).unwrap_err();
         assert_eq!(errs.len(), 2, "{errs:?}");
-        assert!(errs[0].starts_with("line 2:"), "{errs:?}");
+        assert_eq!(
+            errs[0], "line 2: column pack_size: invalid digit found in string",
+            "{errs:?}"
+        );
         assert!(
             errs[1].starts_with("line 3:") && errs[1].contains("sold"),
             "{errs:?}"

@@ -226,8 +226,7 @@ pub fn same_origin(s: &ApiState, headers: &HeaderMap) -> bool {
 /// The caller of a request without a bearer token: its browser session, if it has one. A
 /// state-changing request must come from orderd's origin.
 pub fn caller_of(s: &ApiState, req: &Request, ip: String) -> Result<(Caller, String), ApiError> {
-    let id = cookie(req.headers(), SESSION_COOKIE)
-        .ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?;
+    let id = cookie(req.headers(), SESSION_COOKIE).ok_or(ApiError::MissingToken)?;
     let mut caller = s
         .sessions
         .touch(&id)

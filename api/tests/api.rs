@@ -190,16 +190,22 @@ async fn tokens_are_required_and_verified() {
     ] {
         let r = api.call(m, uri, None, None, &[]).await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{m} {uri}");
-        assert!(r.headers.get("www-authenticate").is_some());
+        // No credentials: the challenge without an error code (RFC 6750 section 3).
+        assert_eq!(r.headers["www-authenticate"], "Bearer", "{m} {uri}");
         assert_eq!(r.headers["content-type"], "application/problem+json");
     }
     let good = api.token(Some("A"), "ann", &["buyer"], None).await;
     let forged = format!("{}x", &good[..good.len() - 1]);
+    let r = api.call("GET", "/v1/cart", Some(&forged), None, &[]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(
-        api.call("GET", "/v1/cart", Some(&forged), None, &[])
-            .await
-            .status,
-        StatusCode::UNAUTHORIZED
+        r.headers["www-authenticate"],
+        "Bearer error=\"invalid_token\""
+    );
+    let r = api.call("GET", "/v1/cart", Some("x.y"), None, &[]).await;
+    assert_eq!(
+        r.body["detail"],
+        "invalid bearer token: it is not a well-formed JWT"
     );
     let other_key = Authenticator::dev(&[9u8; 32]);
     let claims = orderd_api::auth::Claims {
@@ -213,11 +219,11 @@ async fn tokens_are_required_and_verified() {
         warehouse_id: None,
     };
     let foreign = other_key.issue(&claims).unwrap();
+    let r = api.call("GET", "/v1/cart", Some(&foreign), None, &[]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(
-        api.call("GET", "/v1/cart", Some(&foreign), None, &[])
-            .await
-            .status,
-        StatusCode::UNAUTHORIZED
+        r.body["detail"],
+        "invalid bearer token: its signature does not verify"
     );
     // The dev sign-in refuses unknown accounts and roles.
     let r = api

@@ -177,14 +177,26 @@ impl Config {
                 self.log_format
             ));
         }
-        if self.api.body_max_bytes == 0
-            || self.api.page_max == 0
-            || self.api.import_rows_max == 0
-            || self.api.event_streams_max == 0
-            || self.api.event_stream_max_ms == 0
-            || self.api.event_stream_keepalive_ms == 0
-        {
-            errs.push("api limits must be above 0".into());
+        for (key, value) in [
+            ("api.body_max_bytes", self.api.body_max_bytes),
+            ("api.page_max", self.api.page_max),
+            ("api.import_rows_max", self.api.import_rows_max),
+            ("api.event_streams_max", self.api.event_streams_max),
+        ] {
+            if value == 0 {
+                errs.push(format!("{key} must be above 0"));
+            }
+        }
+        for (key, value) in [
+            ("api.event_stream_max_ms", self.api.event_stream_max_ms),
+            (
+                "api.event_stream_keepalive_ms",
+                self.api.event_stream_keepalive_ms,
+            ),
+        ] {
+            if value == 0 {
+                errs.push(format!("{key} must be above 0"));
+            }
         }
         errs.extend(self.api.rate_limit.validate());
         errs.extend(self.nats.problems());
@@ -319,6 +331,22 @@ mod tests {
         assert!(
             load("shutdown_grace_ms = 5000\n").is_ok(),
             "no NATS, no PubAcks to wait for"
+        );
+    }
+
+    // A limit of 0 is refused by its key, every one at once.
+    #[test]
+    fn zero_limits_are_named() {
+        let err = Config::load(
+            "[api]\npage_max = 0\nevent_stream_keepalive_ms = 0\n",
+            &env(&[]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("api.page_max must be above 0"), "{err}");
+        assert!(
+            err.contains("api.event_stream_keepalive_ms must be above 0"),
+            "{err}"
         );
     }
 
