@@ -789,7 +789,7 @@ pub async fn place(
             records::cart_key(&st.account.id),
             records::encode_cart(&Cart {
                 lines: vec![],
-                next_id: st.cart.next_id,
+                last_id: st.cart.last_id,
             }),
         );
     }

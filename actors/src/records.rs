@@ -385,7 +385,7 @@ mod legacy {
             });
             orderd_domain::cart::Cart {
                 lines: lines.collect(),
-                next_id: c.next_id,
+                last_id: c.next_id,
             }
         }
     }
@@ -540,7 +540,7 @@ mod tests {
                 .iter()
                 .map(|l| LineV1(l.id, &l.sku, l.qty, &l.note, &l.warehouse))
                 .collect();
-            encode(&(lines, c.next_id))
+            encode(&(lines, c.last_id))
         };
         let line = |id: u32| CartLine {
             id,
@@ -555,13 +555,13 @@ mod tests {
         for n in [0, 1, 200, 255, 383, 500] {
             let cart = Cart {
                 lines: (1..=n).map(line).collect(),
-                next_id: n + 7,
+                last_id: n + 7,
             };
             assert_eq!(decode_cart(b"k", &v1(&cart)).unwrap(), cart, "{n} lines");
         }
         let mut cart = Cart {
             lines: vec![line(1), line(2)],
-            next_id: 2,
+            last_id: 2,
         };
         cart.lines[1].quote = Some(Priced {
             unit_price: Money::parse("9.50", Currency::parse("EUR").unwrap(), 4).unwrap(),

@@ -26,7 +26,9 @@ pub struct CartLine {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Cart {
     pub lines: Vec<CartLine>,
-    pub next_id: u32,
+    /// The id of the line added last (0 before any): ids are never used twice, also after a
+    /// line was removed or the cart cleared.
+    pub last_id: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -68,16 +70,16 @@ impl Cart {
         if self.lines.len() >= CART_LINES_MAX {
             return Err(CartError::Full);
         }
-        self.next_id += 1;
+        self.last_id += 1;
         self.lines.push(CartLine {
-            id: self.next_id,
+            id: self.last_id,
             sku,
             qty,
             note,
             warehouse,
             quote: None,
         });
-        Ok(self.next_id)
+        Ok(self.last_id)
     }
 
     /// Quotes `price` (SKU, quantity -> today's price) for every line that has no quote or

@@ -579,10 +579,10 @@ impl Harness {
             .iter()
             .map(|l| (l.id, l.sku.clone(), l.qty, l.wh.clone(), Some(l.quote)))
             .collect();
-        if real != model || cart.next_id != m.cart_next {
+        if real != model || cart.last_id != m.cart_next {
             return Err(format!(
                 "cart of {}: model {model:?} next {}, real {real:?} next {}",
-                ACCOUNTS[acct].id, m.cart_next, cart.next_id
+                ACCOUNTS[acct].id, m.cart_next, cart.last_id
             ));
         }
         Ok(())
