@@ -952,15 +952,39 @@ pub async fn submit_draft(st: &mut AccountState, caller: &Caller, target: &Targe
     Ok(Ok(commit_order(st, order, &committed)))
 }
 
-/// Marks `lines` rejected; returns the stock they held (to release once durable).
-fn reject_lines(order: &mut Order, lines: &[u32]) -> Result<Demand, Rejection> {
+/// Marks `lines` rejected; returns the stock they held (to release once durable). A number
+/// that names no open line refuses the whole change, listing every such number (`field`: the
+/// body field that named them).
+fn reject_lines(order: &mut Order, lines: &[u32], field: &str) -> Result<Demand, Rejection> {
+    // A number named twice rejects its line once.
+    let lines: std::collections::BTreeSet<u32> = lines.iter().copied().collect();
+    let unknown: Vec<Problem> = lines
+        .iter()
+        .filter(|n| {
+            !order
+                .lines
+                .iter()
+                .any(|l| l.line_no == **n && l.status == LineStatus::Open)
+        })
+        .map(|n| {
+            Problem::new(
+                ProblemCode::InvalidField,
+                format!("the order has no open line {n}"),
+            )
+            .line(*n)
+            .field(field)
+        })
+        .collect();
+    if !unknown.is_empty() {
+        return Err(Rejection::Invalid(unknown));
+    }
     let mut freed = Demand::new();
-    for n in lines {
+    for n in &lines {
         let line = order
             .lines
             .iter_mut()
             .find(|l| l.line_no == *n && l.status == LineStatus::Open)
-            .ok_or_else(|| Rejection::NotFound(format!("open line {n}")))?;
+            .expect("every named line was found open above");
         line.status = LineStatus::Rejected;
         for a in &line.allocations {
             freed
@@ -999,7 +1023,7 @@ pub async fn approve(
             caller.user
         ))));
     }
-    let freed = match reject_lines(&mut order, reject) {
+    let freed = match reject_lines(&mut order, reject, "reject_lines") {
         Ok(f) => f,
         Err(e) => return Ok(Err(e)),
     };
@@ -1091,7 +1115,8 @@ async fn reject_pending(
     assert_eq!(order.state, OrderState::PendingApproval, "{}", order.id);
     let id = order.id.clone();
     let all: Vec<u32> = order.open_lines().map(|l| l.line_no).collect();
-    let freed = match reject_lines(&mut order, if lines.is_empty() { &all } else { lines }) {
+    let lines = if lines.is_empty() { &all } else { lines };
+    let freed = match reject_lines(&mut order, lines, "lines") {
         Ok(f) => f,
         Err(e) => return Ok(Err(e)),
     };

@@ -935,12 +935,38 @@ async fn approval_and_shipment() {
         "{:?}",
         own.body
     );
+    // Lines that are not the order's open ones refuse the approval, each named.
     let r = api
         .call(
             "POST",
             &format!("/v1/orders/{id}/approve"),
             Some(&approver),
-            Some(json!({"reject_lines":[2]})),
+            Some(json!({"reject_lines":[2, 5, 9]})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", r.body);
+    let named: Vec<(&Value, &Value, &Value)> = r.body["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (&p["code"], &p["line"], &p["field"]))
+        .collect();
+    assert_eq!(
+        named,
+        [
+            (&json!("invalid_field"), &json!(5), &json!("reject_lines")),
+            (&json!("invalid_field"), &json!(9), &json!("reject_lines")),
+        ],
+        "{:?}",
+        r.body
+    );
+    let r = api
+        .call(
+            "POST",
+            &format!("/v1/orders/{id}/approve"),
+            Some(&approver),
+            Some(json!({"reject_lines":[2, 2]})),
             &[],
         )
         .await;
@@ -981,6 +1007,23 @@ async fn approval_and_shipment() {
         )
         .await;
     assert_eq!(s.body["state"], "shipped", "{:?}", s.body);
+    // A retried shipment: the warehouse no longer holds the order, and is told so.
+    let again = api
+        .call(
+            "POST",
+            &format!("/v1/orders/{id}/ship"),
+            Some(&warehouse),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        again.body["detail"],
+        format!(
+            "order {id} holds no stock in {wh} (an order shipped in full from {wh} no longer does)"
+        )
+    );
     let after = api
         .call("GET", "/v1/credit", Some(&buyer), None, &[])
         .await

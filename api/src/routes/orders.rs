@@ -670,47 +670,54 @@ async fn ship(
     let order = target.id.clone();
     let b = body.map(|Json(b)| b).unwrap_or_default();
     let not_found = || ApiError::NotFound(format!("order {id} not found"));
-    let (warehouse, account) =
-        if let (true, Some(w)) = (caller.has(Role::Warehouse), caller.warehouse.clone()) {
-            // A warehouse ships from its own warehouse; naming another one or an account is
-            // refused, never silently ignored.
-            if let Some(field) = [("warehouse", &b.warehouse), ("account", &b.account)]
-                .into_iter()
-                .find_map(|(f, v)| v.is_some().then_some(f))
-            {
-                return Err(ApiError::Invalid(vec![Problem::new(
-                    ProblemCode::InvalidField,
-                    format!("a warehouse token cannot set {field:?}"),
-                )
-                .field(field)]));
+    let (warehouse, account) = if let (true, Some(w)) =
+        (caller.has(Role::Warehouse), caller.warehouse.clone())
+    {
+        // A warehouse ships from its own warehouse; naming another one or an account is
+        // refused, never silently ignored.
+        if let Some(field) = [("warehouse", &b.warehouse), ("account", &b.account)]
+            .into_iter()
+            .find_map(|(f, v)| v.is_some().then_some(f))
+        {
+            return Err(ApiError::Invalid(vec![Problem::new(
+                ProblemCode::InvalidField,
+                format!("a warehouse token cannot set {field:?}"),
+            )
+            .field(field)]));
+        }
+        // A warehouse sees only orders holding stock in it. The answer says so, so that a
+        // client retrying a shipment that went through can tell (and nothing about other
+        // warehouses' orders shows).
+        let handle = s.engine.warehouse(&w).ok_or_else(not_found)?;
+        let account = handle.owner(order.clone()).await?.ok_or_else(|| {
+                ApiError::NotFound(format!(
+                    "order {id} holds no stock in {w} (an order shipped in full from {w} no longer does)"
+                ))
+            })?;
+        (w, account)
+    } else {
+        let w = b
+            .warehouse
+            .as_deref()
+            .map(WarehouseId::parse)
+            .transpose()
+            .map_err(|e| ApiError::bad_request("invalid_field", e.to_string()))?;
+        let a = b
+            .account
+            .as_deref()
+            .map(AccountId::parse)
+            .transpose()
+            .map_err(|e| ApiError::bad_request("invalid_field", e.to_string()))?;
+        match (w, a) {
+            (Some(w), Some(a)) => (w, a),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "missing_field",
+                    "an operator names the warehouse and the account",
+                ))
             }
-            // A warehouse sees only orders holding stock in it.
-            let handle = s.engine.warehouse(&w).ok_or_else(not_found)?;
-            let account = handle.owner(order.clone()).await?.ok_or_else(not_found)?;
-            (w, account)
-        } else {
-            let w = b
-                .warehouse
-                .as_deref()
-                .map(WarehouseId::parse)
-                .transpose()
-                .map_err(|e| ApiError::bad_request("invalid_field", e.to_string()))?;
-            let a = b
-                .account
-                .as_deref()
-                .map(AccountId::parse)
-                .transpose()
-                .map_err(|e| ApiError::bad_request("invalid_field", e.to_string()))?;
-            match (w, a) {
-                (Some(w), Some(a)) => (w, a),
-                _ => {
-                    return Err(ApiError::bad_request(
-                        "missing_field",
-                        "an operator names the warehouse and the account",
-                    ))
-                }
-            }
-        };
+        }
+    };
     Ok(Versioned(
         s.engine
             .ask(&account, |reply| AccountMsg::Ship {
