@@ -30,6 +30,9 @@ pub enum ApiError {
     /// The body is above the route's limit (413 Content Too Large).
     #[error("{0}")]
     TooLarge(String),
+    /// The body is not of the media type the route reads (415).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     #[error("the request has {} problem(s)", .0.len())]
     Invalid(Vec<Problem>),
     #[error("{0}")]
@@ -87,6 +90,9 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
             ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             ApiError::IdempotencyMismatch(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")

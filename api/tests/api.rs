@@ -1651,6 +1651,43 @@ async fn csv_imports() {
         .as_str()
         .unwrap()
         .starts_with("line 2:"));
+    // Only a CSV body is an import; a JSON route takes only JSON.
+    for (path, content_type) in [
+        ("/v1/admin/import/stock", Some("application/json")),
+        ("/v1/admin/import/stock", None),
+        ("/v1/cart/lines", None),
+        ("/v1/cart/lines", Some("text/plain")),
+    ] {
+        let token = if path.starts_with("/v1/cart") {
+            &buyer
+        } else {
+            &op
+        };
+        let mut req = Request::builder()
+            .method("POST")
+            .uri(path)
+            .header("authorization", format!("Bearer {token}"));
+        if let Some(t) = content_type {
+            req = req.header("content-type", t);
+        }
+        let body = if path.starts_with("/v1/cart") {
+            r#"{"sku":"BOLT","qty":1}"#
+        } else {
+            "warehouse,sku,on_hand\nBER,BOLT,7\n"
+        };
+        let resp = router(api.state.clone())
+            .oneshot(req.body(Body::from(body)).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "{path} {content_type:?}"
+        );
+        let problem: Value =
+            serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert_eq!(problem["code"], "unsupported_media_type", "{problem}");
+    }
     let ok = send(&op, "stock", "warehouse,sku,on_hand\nBER,BOLT,7\n")
         .await
         .unwrap();

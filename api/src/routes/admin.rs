@@ -35,17 +35,28 @@ pub struct ImportResult {
 /// it (operator).
 #[utoipa::path(post, path = "/v1/admin/import/{kind}", tag = "admin", params(("kind" = String, Path)),
     request_body(content = String, content_type = "text/csv"),
-    responses((status = 200, body = ImportResult), (status = 422)), security(("bearer" = [])))]
+    responses((status = 200, body = ImportResult), (status = 415), (status = 422)), security(("bearer" = [])))]
 async fn import(
     State(s): State<ApiState>,
     auth: Auth,
     Path(kind): Path<String>,
+    headers: axum::http::HeaderMap,
     Body(body): Body,
 ) -> ApiResult<axum::Json<ImportResult>> {
     let caller = auth.require(&[Role::Operator])?.clone();
     let kind = Kind::parse(&kind).ok_or_else(|| {
         ApiError::NotFound(format!("import kind {kind:?} (known: {})", Kind::names()))
     })?;
+    let csv = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/csv"));
+    if !csv {
+        return Err(ApiError::UnsupportedMediaType(
+            "an import is a CSV file (Content-Type: text/csv)".into(),
+        ));
+    }
     // In a task of its own, so that a client that gives up does not stop an import between
     // its write and the swap of the data in memory (the write stands either way).
     let (engine, rows_max) = (s.engine.clone(), s.limits.import_rows_max);
