@@ -57,3 +57,19 @@ impl<S: Send + Sync> FromRequest<S> for Body {
         }
     }
 }
+
+/// A list's page size: `limit` when given (above `max` it is `max`), else `default` (or
+/// `max`, if lower). A limit of 0 asks for nothing and is refused.
+pub fn page_limit(limit: Option<usize>, default: usize, max: usize) -> Result<usize, ApiError> {
+    match limit {
+        Some(0) => Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be 1 or more (at most {max} are returned)"),
+        )),
+        Some(n) => Ok(n.min(max)),
+        None => Ok(default.min(max)),
+    }
+}
+
+/// A page of orders or catalog items when the caller names no size.
+pub const PAGE_DEFAULT: usize = 50;

@@ -1759,6 +1759,9 @@ async fn openapi_lists_routes() {
         ),
         ("DELETE", "/v1/cart/lines/abc", bad, "invalid_path"),
         ("GET", "/v1/orders?limit=x", bad, "invalid_query"),
+        ("GET", "/v1/orders?limit=0", bad, "invalid_query"),
+        ("GET", "/v1/catalog?limit=0", bad, "invalid_query"),
+        ("GET", "/v1/events?limit=0", bad, "invalid_query"),
     ] {
         let r = api.call(method, path, Some(&buyer), None, &[]).await;
         assert_eq!(r.status, status, "{method} {path}: {}", r.body);

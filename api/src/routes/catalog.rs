@@ -62,7 +62,8 @@ async fn search(
 ) -> ApiResult<Json<SearchPage>> {
     auth.require(ACCOUNT_ROLES)?;
     let account = account_of(&s, &auth).await?;
-    let limit = q.limit.unwrap_or(50).clamp(1, s.limits.page_max);
+    let limit =
+        crate::extract::page_limit(q.limit, crate::extract::PAGE_DEFAULT, s.limits.page_max)?;
     let after = q
         .cursor
         .as_deref()

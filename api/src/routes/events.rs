@@ -247,10 +247,7 @@ async fn list(
 ) -> ApiResult<axum::Json<EventPage>> {
     let scope = scope(&s, &auth)?;
     let after = q.after.unwrap_or(0);
-    let limit = q
-        .limit
-        .unwrap_or(EVENTS_PAGE_DEFAULT)
-        .clamp(1, s.limits.page_max);
+    let limit = crate::extract::page_limit(q.limit, EVENTS_PAGE_DEFAULT, s.limits.page_max)?;
     let page = read_events_async(&s, after, &scope, limit).await?;
     Ok(axum::Json(page))
 }

@@ -360,7 +360,8 @@ async fn list(
         .map(OrderId::parse)
         .transpose()
         .map_err(|e| ApiError::bad_request("invalid_cursor", e.to_string()))?;
-    let limit = q.limit.unwrap_or(50).clamp(1, s.limits.page_max);
+    let limit =
+        crate::extract::page_limit(q.limit, crate::extract::PAGE_DEFAULT, s.limits.page_max)?;
     let filter = OrderFilter { placed_by, state };
     let list = s
         .engine
