@@ -2181,6 +2181,20 @@ async fn metrics_and_the_live_window_follow_orders() {
     assert!(r.body.as_str().unwrap().contains("/v1/ops/live"));
 }
 
+// Without an identity provider the start page says how to sign in (the development sign-in),
+// instead of linking to a browser sign-in that is not there.
+#[tokio::test]
+async fn the_start_page_names_the_development_sign_in() {
+    let api = api().await;
+    let r = api.call("GET", "/", None, None, &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let page = r.body.as_str().unwrap();
+    assert!(page.contains("development sign-in"), "{page}");
+    assert!(!page.contains("/auth/login"), "{page}");
+    let login = api.call("GET", "/auth/login", None, None, &[]).await;
+    assert_eq!(login.status, StatusCode::NOT_FOUND);
+}
+
 // The separate metrics listener answers /metrics without a token, and nothing else.
 #[tokio::test]
 async fn the_metrics_router_serves_only_metrics() {

@@ -81,14 +81,28 @@ async fn page(State(s): State<ApiState>, headers: HeaderMap) -> Html<String> {
                 me.account.as_deref().unwrap_or("(none)"),
             )
         }
-        None => {
+        None if browser_sign_in(&s) => {
             "<p>Not signed in. <a href=\"/auth/login\">Sign in with your company account</a></p>"
                 .to_owned()
+        }
+        None if s.auth.can_issue() => "<p>Not signed in. No identity provider is configured: \
+             this orderd runs with the development sign-in, whose tokens \
+             (<code>POST /v1/dev/token</code>) API clients send as a bearer token.</p>"
+            .to_owned(),
+        None => {
+            "<p>Not signed in. No identity provider offers browser sign-in here.</p>".to_owned()
         }
     };
     Html(format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>orderd</title></head><body><h1>orderd</h1>{body}</body></html>"
     ))
+}
+
+/// Whether some identity provider has a client for the browser sign-in (`/auth/login`).
+fn browser_sign_in(s: &ApiState) -> bool {
+    s.auth
+        .identity_providers()
+        .is_some_and(|o| o.issuers().any(|i| !i.settings.client_id.is_empty()))
 }
 
 fn redirect(to: &str) -> Response {
