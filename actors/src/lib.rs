@@ -129,7 +129,7 @@ impl Limits {
         let mut errs = vec![];
         let max = orderd_domain::validation::ORDER_LINES_MAX;
         if self.order_lines_max == 0 || self.order_lines_max > max {
-            errs.push(format!("limits.order_lines_max must be 1..={max}"));
+            errs.push(format!("limits.order_lines_max must be 1 to {max}"));
         }
         for (name, zero) in [
             ("call_timeout_ms", self.call_timeout_ms == 0),

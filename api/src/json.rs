@@ -60,8 +60,18 @@ fn body_error(text: String) -> ApiError {
             format!("the field {field:?} cannot be set here"),
         )
         .field(&field)]),
-        None => ApiError::bad_request("malformed_body", text),
+        None => ApiError::bad_request("malformed_body", readable(&text)),
     }
+}
+
+/// serde's message with the Rust type it expected (`expected struct PlaceBody with 7
+/// elements`) said as what a client sends: a JSON object.
+fn readable(text: &str) -> String {
+    let Some((before, after)) = text.split_once("expected struct ") else {
+        return text.to_owned();
+    };
+    let position = after.find(" at line ").map_or("", |i| &after[i..]);
+    format!("{before}expected a JSON object{position}")
 }
 
 /// Refuses JSON bodies above `max`: at once by their declared length, and a body without one

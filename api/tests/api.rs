@@ -2181,6 +2181,18 @@ async fn metrics_and_the_live_window_follow_orders() {
     assert!(r.body.as_str().unwrap().contains("/v1/ops/live"));
 }
 
+// A body of the wrong JSON shape is told what to send, in JSON's words, not Rust's.
+#[tokio::test]
+async fn a_body_that_is_no_object_is_told_so() {
+    let api = api().await;
+    let a = api.token(Some("A"), "ann", &["buyer"], None).await;
+    let r = api.place(&a, "arr", json!([])).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let detail = r.body["detail"].as_str().unwrap();
+    assert!(detail.contains("expected a JSON object"), "{detail}");
+    assert!(!detail.contains("PlaceBody"), "{detail}");
+}
+
 // Without an identity provider the start page says how to sign in (the development sign-in),
 // instead of linking to a browser sign-in that is not there.
 #[tokio::test]

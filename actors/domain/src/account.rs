@@ -195,7 +195,7 @@ impl Account {
         if name.is_empty() || name.chars().count() > USER_NAME_LEN_MAX {
             bad(
                 "name",
-                format!("a name is 1..={USER_NAME_LEN_MAX} characters"),
+                format!("a name is 1 to {USER_NAME_LEN_MAX} characters"),
             );
         }
         if user.roles.is_empty() {

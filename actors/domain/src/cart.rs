@@ -37,7 +37,7 @@ pub enum CartError {
     Full,
     #[error("cart line {0} does not exist")]
     NoSuchLine(u32),
-    #[error("quantity must be 1..={LINE_QTY_MAX}")]
+    #[error("quantity must be 1 to {LINE_QTY_MAX}")]
     Quantity,
     #[error("a note is at most {NOTE_LEN_MAX} characters")]
     Note,

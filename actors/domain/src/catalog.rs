@@ -223,11 +223,11 @@ fn merge_repeated_components(item: &mut CatalogItem) {
 fn check_item(item: &CatalogItem) -> Result<(), String> {
     if item.description.trim().is_empty() || item.description.len() > DESCRIPTION_LEN_MAX {
         return Err(format!(
-            "description must be 1..={DESCRIPTION_LEN_MAX} characters"
+            "description must be 1 to {DESCRIPTION_LEN_MAX} characters"
         ));
     }
     if item.uom.trim().is_empty() || item.uom.len() > 8 {
-        return Err("unit of measure must be 1..=8 characters".into());
+        return Err("unit of measure must be 1 to 8 characters".into());
     }
     if item.pack_size == 0 || item.min_qty == 0 {
         return Err("pack size and minimum quantity must be at least 1".into());

@@ -15,7 +15,7 @@ pub const ID_LEN_MAX: usize = 64;
 
 /// Why an identifier was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{kind} must be 1..={ID_LEN_MAX} characters of A-Z a-z 0-9 . _ - : (got {got:?})")]
+#[error("{kind} must be 1 to {ID_LEN_MAX} characters of A-Z a-z 0-9 . _ - : (got {got:?})")]
 pub struct IdError {
     pub kind: &'static str,
     pub got: String,

@@ -180,7 +180,7 @@ impl PriceBook {
 
 fn check_entry(e: &PriceEntry) -> Result<(), String> {
     if e.tiers.is_empty() || e.tiers.len() > TIERS_MAX {
-        return Err(format!("needs 1..={TIERS_MAX} tiers"));
+        return Err(format!("needs 1 to {TIERS_MAX} tiers"));
     }
     if e.tiers[0].min_qty != 1 {
         return Err("the first tier must start at quantity 1".into());

@@ -426,7 +426,7 @@ fn check_line(
     if qty == 0 || qty > LINE_QTY_MAX {
         problems.push(p(
             ProblemCode::InvalidQuantity,
-            format!("quantity must be 1..={LINE_QTY_MAX}, got {qty}"),
+            format!("quantity must be 1 to {LINE_QTY_MAX}, got {qty}"),
         ));
     } else {
         if qty < item.min_qty {

@@ -168,7 +168,7 @@ async fn place(
                 .ok_or_else(|| {
                     ApiError::bad_request(
                         "invalid_idempotency_key",
-                        "Idempotency-Key must be 1..=64 characters of A-Z a-z 0-9 . _ - :",
+                        "Idempotency-Key must be 1 to 64 characters of A-Z a-z 0-9 . _ - :",
                     )
                 })?,
         ),
