@@ -236,6 +236,26 @@ fn found_sequences() {
                 },
             ],
         ),
+        (
+            // An approver naming line 2 twice: the line is rejected once, and the approval
+            // goes through (the real system and the model once disagreed on it).
+            "a line named twice is rejected once",
+            vec![
+                Op::Place {
+                    acct: 0,
+                    lines: vec![line("K", 1, None), line("A", 1, None)],
+                    header: first_ship_to(),
+                    from_cart: false,
+                    submit: true,
+                    key: None,
+                },
+                Op::Approve {
+                    order: newest,
+                    by_approver: true,
+                    reject: vec![2, 2],
+                },
+            ],
+        ),
     ];
     for (name, ops) in cases {
         if let Err(e) = run_case(&ops) {

@@ -638,7 +638,8 @@ impl Model {
         if o.state != OrderState::PendingApproval || !by_approver {
             return None;
         }
-        for n in reject {
+        // A number named twice rejects its line once.
+        for n in reject.iter().collect::<std::collections::BTreeSet<_>>() {
             let line = o.lines.iter_mut().find(|l| l.line_no == *n && l.open)?;
             line.open = false;
         }
@@ -661,7 +662,8 @@ impl Model {
             return None;
         }
         let all: Vec<u32> = o.open_lines().map(|l| l.line_no).collect();
-        for n in if lines.is_empty() { &all } else { lines } {
+        let named = if lines.is_empty() { &all } else { lines };
+        for n in named.iter().collect::<std::collections::BTreeSet<_>>() {
             let line = o.lines.iter_mut().find(|l| l.line_no == *n && l.open)?;
             line.open = false;
         }
