@@ -334,6 +334,26 @@ mod tests {
         );
     }
 
+    // The example production config in ops/ is valid, with its secrets from the environment
+    // as it says, and turns the development sign-in off.
+    #[test]
+    fn the_example_config_is_valid() {
+        let file = include_str!("../../ops/orderd.example.toml");
+        let c = Config::load(
+            file,
+            &env(&[
+                ("ORDERD_NATS__PASSWORD", "from-the-environment"),
+                ("ORDERD_OIDC__CLIENT_SECRET", "from-the-environment"),
+            ]),
+        )
+        .unwrap_or_else(|e| panic!("ops/orderd.example.toml: {e}"));
+        assert!(c.nats.enabled() && !c.demo_data && !c.dev_signin_on());
+        assert!(
+            Config::load(file, &env(&[])).is_err(),
+            "without its secrets"
+        );
+    }
+
     // A limit of 0 is refused by its key, every one at once.
     #[test]
     fn zero_limits_are_named() {
