@@ -46,6 +46,9 @@ pub mod metric_names {
     pub const OUTBOX_DEPTH: &str = "orderd_outbox_depth";
     /// Counter: messages JetStream acknowledged as duplicates of ones its stream holds.
     pub const NATS_DUPLICATES: &str = "orderd_nats_duplicates_total";
+    /// Counter: failed attempts to create or check a warehouse's durable consumer on NATS,
+    /// label `warehouse`.
+    pub const NATS_CONSUMER_FAILURES: &str = "orderd_nats_consumer_failures_total";
     /// Counter: webhook delivery attempts, label `outcome` (`delivered`, `failed`, `gone`).
     pub const WEBHOOK_ATTEMPTS: &str = "orderd_webhook_attempts_total";
     /// Counter: webhook events that became dead letters.

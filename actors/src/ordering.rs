@@ -33,7 +33,7 @@ use orderd_domain::order::{
 use orderd_domain::rejection::Rejection;
 use orderd_domain::validation::{
     check_order, Checked, HeldLine, LineRequest, OrderRequest, PricingContext, Problem,
-    ProblemCode, Rebuilt, WarehouseQty,
+    ProblemCode, Rebuilt, WarehouseQty, ORDER_LINES_MAX,
 };
 use orderd_domain::warehouse::StockError;
 use orderd_domain::{credit, Decimal};
@@ -956,16 +956,28 @@ pub async fn submit_draft(st: &mut AccountState, caller: &Caller, target: &Targe
 /// that names no open line refuses the whole change, listing every such number (`field`: the
 /// body field that named them).
 fn reject_lines(order: &mut Order, lines: &[u32], field: &str) -> Result<Demand, Rejection> {
+    // An order has at most ORDER_LINES_MAX lines: a longer list is refused before it is read.
+    if lines.len() > ORDER_LINES_MAX {
+        return Err(Rejection::Invalid(vec![Problem::new(
+            ProblemCode::InvalidField,
+            format!(
+                "at most {ORDER_LINES_MAX} line numbers, {} given",
+                lines.len()
+            ),
+        )
+        .field(field)]));
+    }
     // A number named twice rejects its line once.
     let lines: std::collections::BTreeSet<u32> = lines.iter().copied().collect();
+    let open: std::collections::BTreeSet<u32> = order
+        .lines
+        .iter()
+        .filter(|l| l.status == LineStatus::Open)
+        .map(|l| l.line_no)
+        .collect();
     let unknown: Vec<Problem> = lines
         .iter()
-        .filter(|n| {
-            !order
-                .lines
-                .iter()
-                .any(|l| l.line_no == **n && l.status == LineStatus::Open)
-        })
+        .filter(|n| !open.contains(n))
         .map(|n| {
             Problem::new(
                 ProblemCode::InvalidField,

@@ -256,9 +256,8 @@ impl Auth {
 pub(crate) fn refused_token(e: &jsonwebtoken::errors::Error) -> String {
     use jsonwebtoken::errors::ErrorKind as K;
     let why = match e.kind() {
-        K::InvalidToken | K::Base64(_) | K::Json(_) | K::Utf8(_) => {
-            "it is not a well-formed JWT".to_owned()
-        }
+        K::InvalidToken | K::Base64(_) | K::Utf8(_) => "it is not a well-formed JWT".to_owned(),
+        K::Json(e) => format!("its header or claims do not fit ({e})"),
         K::InvalidSignature => "its signature does not verify".to_owned(),
         K::ExpiredSignature => "it has expired".to_owned(),
         K::ImmatureSignature => "it is not valid yet (nbf)".to_owned(),

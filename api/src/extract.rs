@@ -58,6 +58,30 @@ impl<S: Send + Sync> FromRequest<S> for Body {
     }
 }
 
+/// A CSV body (`Content-Type: text/csv`), like [`Body`]; any other type is refused with 415
+/// before the body is read.
+pub struct CsvBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for CsvBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<CsvBody, ApiError> {
+        let csv = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/csv"));
+        if !csv {
+            return Err(ApiError::UnsupportedMediaType(
+                "an import is a CSV file (Content-Type: text/csv)".into(),
+            ));
+        }
+        let Body(bytes) = Body::from_request(req, state).await?;
+        Ok(CsvBody(bytes))
+    }
+}
+
 /// A list's page size: `limit` when given (above `max` it is `max`), else `default` (or
 /// `max`, if lower). A limit of 0 asks for nothing and is refused.
 pub fn page_limit(limit: Option<usize>, default: usize, max: usize) -> Result<usize, ApiError> {

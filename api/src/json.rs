@@ -22,9 +22,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
                 Err(ApiError::TooLarge(e.body_text()))
             }
             Err(e) if e.status() == axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-                Err(ApiError::UnsupportedMediaType(
-                    "the body must be JSON (Content-Type: application/json)".into(),
-                ))
+                Err(not_json())
             }
             Err(e) => Err(body_error(e.body_text())),
         }
@@ -36,14 +34,36 @@ impl<S: Send + Sync, T: DeserializeOwned> axum::extract::OptionalFromRequest<S> 
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Option<Json<T>>, ApiError> {
+        let json = is_json(req.headers());
         let crate::extract::Body(bytes) = crate::extract::Body::from_request(req, state).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(None);
+        }
+        if !json {
+            return Err(not_json());
         }
         serde_json::from_slice(&bytes)
             .map(|v| Some(Json(v)))
             .map_err(|e| body_error(format!("invalid JSON body: {e}")))
     }
+}
+
+/// Whether the request says its body is JSON (`application/json`, or `application/*+json`),
+/// as axum's own `Json` decides.
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    let Some(t) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+    else {
+        return false;
+    };
+    let t = t.trim().to_ascii_lowercase();
+    t == "application/json" || (t.starts_with("application/") && t.ends_with("+json"))
+}
+
+fn not_json() -> ApiError {
+    ApiError::UnsupportedMediaType("the body must be JSON (Content-Type: application/json)".into())
 }
 
 /// A body that names a field the route does not let the caller set (an account, a price, a

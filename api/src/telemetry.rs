@@ -399,6 +399,10 @@ fn describe() {
         "messages JetStream acknowledged as duplicates (expected only for messages sent again after a failed round or a restart)"
     );
     describe_counter!(
+        orderd_actors::metric_names::NATS_CONSUMER_FAILURES,
+        "failed attempts to create or check a warehouse's durable consumer on NATS (label warehouse); its events still go to the stream"
+    );
+    describe_counter!(
         orderd_actors::metric_names::WEBHOOK_ATTEMPTS,
         "webhook delivery attempts by outcome (delivered, failed, gone)"
     );

@@ -961,6 +961,32 @@ async fn approval_and_shipment() {
         "{:?}",
         r.body
     );
+    let many: Vec<u32> = (1..=1_001).collect();
+    let r = api
+        .call(
+            "POST",
+            &format!("/v1/orders/{id}/approve"),
+            Some(&approver),
+            Some(json!({ "reject_lines": many })),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", r.body);
+    assert_eq!(
+        r.body["problems"][0]["message"], "at most 1000 line numbers, 1001 given",
+        "{:?}",
+        r.body
+    );
+    // An optional body is JSON too, when there is one.
+    let req = Request::builder()
+        .method("POST")
+        .uri(format!("/v1/orders/{id}/approve"))
+        .header("authorization", format!("Bearer {approver}"))
+        .header("content-type", "text/plain")
+        .body(Body::from(r#"{"reject_lines":[2]}"#))
+        .unwrap();
+    let resp = router(api.state.clone()).oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
     let r = api
         .call(
             "POST",

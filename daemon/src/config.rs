@@ -403,6 +403,12 @@ mod tests {
             missing.contains("nats.tls_ca_file: no such file \"/nonexistent/ca.pem\""),
             "{missing}"
         );
+        let in_url = problems("[nats]\nurl = \"nats://orderd:s3cret@127.0.0.1:4222\"\n");
+        assert!(
+            in_url.contains("nats.url must not carry a user or password"),
+            "{in_url}"
+        );
+        assert!(!in_url.contains("s3cret"), "{in_url}");
         assert!(
             load("[nats]\nuser = \"orderd\"\n", &[]).is_ok(),
             "without NATS its settings are not checked"

@@ -47,7 +47,7 @@ use orderd_actors::events::{self, BusReceiver, EventBus, LagStage, OutboxReaders
 use orderd_api::oidc::Secret;
 use orderd_storage::{Batch, Journal, StorageError};
 use serde::Deserialize;
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -199,6 +199,10 @@ impl NatsSettings {
                 "nats.user and nats.password go together",
             ),
             (
+                self.url.contains('@'),
+                "nats.url must not carry a user or password (it is logged): use nats.user and nats.password",
+            ),
+            (
                 self.tls_cert_file.is_empty() != self.tls_key_file.is_empty(),
                 "nats.tls_cert_file and nats.tls_key_file go together",
             ),
@@ -227,7 +231,13 @@ impl NatsSettings {
             .name("orderd")
             .retry_on_initial_connect()
             .require_tls(self.tls_required)
-            .event_callback(|event| async move { log_connection(&event) });
+            .event_callback({
+                let last = Arc::new(std::sync::Mutex::new(None));
+                move |event| {
+                    let last = Arc::clone(&last);
+                    async move { log_connection(&event, &last) }
+                }
+            });
         if !self.user.is_empty() {
             o = o.user_and_password(self.user.clone(), self.password.0.clone());
         }
@@ -245,16 +255,40 @@ impl NatsSettings {
 }
 
 /// Logs what the NATS connection goes through: the client reconnects by itself, so this is
-/// where an operator sees why events wait (a refused sign-in, a TLS failure, NATS down).
-fn log_connection(event: &async_nats::Event) {
+/// where an operator sees why events wait (a refused sign-in, a TLS failure, NATS down). An
+/// error is logged when it differs from the last one logged (the client retries every few
+/// seconds); connecting again clears it.
+fn log_connection(event: &async_nats::Event, last: &std::sync::Mutex<Option<String>>) {
     use async_nats::Event;
-    match event {
-        Event::Connected => tracing::info!("connected to NATS"),
-        Event::Disconnected => tracing::warn!("disconnected from NATS; reconnecting"),
-        Event::ServerError(e) => tracing::error!(error = %e, "NATS refused orderd"),
-        Event::ClientError(e) => tracing::error!(error = %e, "NATS connection failed"),
-        Event::LameDuckMode => tracing::warn!("NATS server is shutting down (lame duck mode)"),
-        other => tracing::debug!(event = %other, "NATS connection event"),
+    let mut last = last
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let (what, error) = match event {
+        Event::Connected => {
+            *last = None;
+            tracing::info!("connected to NATS");
+            return;
+        }
+        Event::Disconnected => {
+            tracing::warn!("disconnected from NATS; reconnecting");
+            return;
+        }
+        Event::LameDuckMode => {
+            tracing::warn!("NATS server is shutting down (lame duck mode)");
+            return;
+        }
+        Event::ServerError(e) => ("NATS refused orderd", e.to_string()),
+        Event::ClientError(e) => ("NATS connection failed", e.to_string()),
+        other => {
+            tracing::debug!(event = %other, "NATS connection event");
+            return;
+        }
+    };
+    if last.as_deref() == Some(error.as_str()) {
+        tracing::debug!(%error, "{what} (again)");
+    } else {
+        tracing::error!(%error, "{what}");
+        *last = Some(error);
     }
 }
 
@@ -421,13 +455,14 @@ async fn warehouse_consumer(
         name: name.clone(),
         reason: e.to_string(),
     };
+    let filter = format!("orderd.allocations.{}.>", token(warehouse));
     let stream = js.get_stream(stream).await.map_err(|e| failed(&e))?;
-    stream
+    let mut consumer = stream
         .get_or_create_consumer(
             &name,
             pull::Config {
                 durable_name: Some(name.clone()),
-                filter_subject: format!("orderd.allocations.{}.>", token(warehouse)),
+                filter_subject: filter.clone(),
                 deliver_policy: DeliverPolicy::All,
                 ack_policy: AckPolicy::Explicit,
                 ..Default::default()
@@ -435,6 +470,15 @@ async fn warehouse_consumer(
         )
         .await
         .map_err(|e| failed(&e))?;
+    // One found under that name may have been made otherwise (by hand, or by an older setup):
+    // with another filter it would show the warehouse other warehouses' events.
+    let info = consumer.info().await.map_err(|e| failed(&e))?;
+    if info.config.filter_subject != filter || info.config.ack_policy != AckPolicy::Explicit {
+        return Err(failed(&format!(
+            "a consumer of that name exists with filter {:?} and {:?} acks, not {filter:?} and explicit ones; delete it (orderd makes it again)",
+            info.config.filter_subject, info.config.ack_policy
+        )));
+    }
     tracing::info!(consumer = %name, "warehouse consumer ready on NATS");
     Ok(())
 }
@@ -548,7 +592,7 @@ pub async fn run(
         live: None,
         in_flight: VecDeque::new(),
         in_flight_messages: 0,
-        consumers: HashSet::new(),
+        consumers: HashMap::new(),
     };
     loop {
         let error = match p.step(&mut stop).await {
@@ -564,9 +608,10 @@ pub async fn run(
         // What was not acknowledged is read from the log again.
         p.live = None;
         p.drop_in_flight();
-        if matches!(error, PublishError::Stream { .. }) {
-            p.js = None;
-        }
+        // NATS may have come back without its store (or someone deleted a stream or a
+        // consumer): the next round makes sure of the streams and consumers again.
+        p.js = None;
+        p.consumers.clear();
         let pause = backoff;
         backoff = (backoff * 2).min(Duration::from_millis(p.s.retry_max_ms));
         tokio::select! {
@@ -614,9 +659,17 @@ struct Publisher {
     /// The messages of the rounds in flight (at most `acks_in_flight_max`, unless a lone round
     /// larger than that is out, in parts).
     in_flight_messages: usize,
-    /// Warehouses whose durable consumer was created (or found) in this run, with
-    /// `nats.warehouse_consumers`.
-    consumers: HashSet<String>,
+    /// With `nats.warehouse_consumers`: the warehouses whose durable consumer was created or
+    /// checked since the JetStream context was made, or whose last attempt failed.
+    consumers: HashMap<String, ConsumerState>,
+}
+
+/// Where a warehouse's durable consumer stands.
+#[derive(Debug, Clone, Copy)]
+enum ConsumerState {
+    Ready,
+    /// The last attempt failed then; the next comes `retry_max_ms` later.
+    FailedAt(Instant),
 }
 
 impl Publisher {
@@ -771,11 +824,35 @@ impl Publisher {
             return Err(PublishError::Connect("not connected".into()));
         };
         if self.s.warehouse_consumers {
+            let retry = Duration::from_millis(self.s.retry_max_ms);
             for w in events.iter().flat_map(|ev| &ev.stock_warehouses) {
-                if !self.consumers.contains(w.as_str()) {
-                    warehouse_consumer(js, &self.s.allocations_stream, w.as_str()).await?;
-                    self.consumers.insert(w.as_str().to_owned());
+                let due = match self.consumers.get(w.as_str()) {
+                    Some(ConsumerState::Ready) => false,
+                    Some(ConsumerState::FailedAt(at)) => at.elapsed() >= retry,
+                    None => true,
+                };
+                if !due {
+                    continue;
                 }
+                // A warehouse without its consumer must not hold up every other event: the
+                // failure is logged and counted, the events go to the stream (a consumer made
+                // later still delivers what the stream holds), and it is tried again after
+                // `retry_max_ms`.
+                let state = match warehouse_consumer(js, &self.s.allocations_stream, w.as_str())
+                    .await
+                {
+                    Ok(()) => ConsumerState::Ready,
+                    Err(error) => {
+                        tracing::error!(%error, warehouse = %w, "the warehouse's NATS consumer is not ready; its events still go to the stream");
+                        metrics::counter!(
+                            orderd_actors::metric_names::NATS_CONSUMER_FAILURES,
+                            "warehouse" => w.to_string()
+                        )
+                        .increment(1);
+                        ConsumerState::FailedAt(Instant::now())
+                    }
+                };
+                self.consumers.insert(w.as_str().to_owned(), state);
             }
         }
         let room = self.s.acks_in_flight_max - self.in_flight_messages;

@@ -25,8 +25,12 @@ creating one. --user signs in as that NATS user with the password in $NATS_PASSW
 refused sign-in or subscription, or a fetch the server does not allow, ends it with exit code 3
 and {"error": "..."} on stdout.
 
+--create FILTER first creates the consumer DURABLE itself, filtered to FILTER; --get SEQ only
+fetches message SEQ of the stream directly and prints {"subject": ...} (both are what a
+warehouse must not be allowed to do).
+
 Usage: consume.py NATS_URL STREAM DURABLE [--idle SECONDS] [--any-sequence] [--state FILE]
-                  [--bind] [--user USER] [--inbox-prefix PREFIX]
+                  [--bind] [--user USER] [--inbox-prefix PREFIX] [--create FILTER] [--get SEQ]
 """
 import argparse
 import asyncio
@@ -51,6 +55,8 @@ async def main():
     ap.add_argument("--bind", action="store_true", help="read an existing consumer")
     ap.add_argument("--user", help="NATS user; the password is read from $NATS_PASSWORD")
     ap.add_argument("--inbox-prefix", default="_INBOX")
+    ap.add_argument("--create", metavar="FILTER", help="create the consumer first")
+    ap.add_argument("--get", type=int, metavar="SEQ", help="only get message SEQ directly")
     args = ap.parse_args()
     try:
         await consume(args)
@@ -79,7 +85,15 @@ async def consume(args):
                             inbox_prefix=args.inbox_prefix,
                             error_cb=error_cb, **auth)
     js = nc.jetstream()
-    if args.bind:
+    if args.get is not None:
+        msg = await js.get_msg(args.stream, seq=args.get)
+        json.dump({"subject": msg.subject}, sys.stdout)
+        await nc.close()
+        return
+    if args.create:
+        await js.add_consumer(args.stream, durable_name=args.durable,
+                              filter_subject=args.create, ack_policy="explicit")
+    if args.bind or args.create:
         sub = await js.pull_subscribe_bind(args.durable, stream=args.stream)
     else:
         sub = await js.pull_subscribe("", durable=args.durable, stream=args.stream)

@@ -3,7 +3,7 @@
 
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Body, Path};
+use crate::extract::{CsvBody, Path};
 use crate::import_csv::{self, Kind};
 use crate::json::Json;
 use crate::ApiState;
@@ -40,23 +40,12 @@ async fn import(
     State(s): State<ApiState>,
     auth: Auth,
     Path(kind): Path<String>,
-    headers: axum::http::HeaderMap,
-    Body(body): Body,
+    CsvBody(body): CsvBody,
 ) -> ApiResult<axum::Json<ImportResult>> {
     let caller = auth.require(&[Role::Operator])?.clone();
     let kind = Kind::parse(&kind).ok_or_else(|| {
         ApiError::NotFound(format!("import kind {kind:?} (known: {})", Kind::names()))
     })?;
-    let csv = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/csv"));
-    if !csv {
-        return Err(ApiError::UnsupportedMediaType(
-            "an import is a CSV file (Content-Type: text/csv)".into(),
-        ));
-    }
     // In a task of its own, so that a client that gives up does not stop an import between
     // its write and the swap of the data in memory (the write stands either way).
     let (engine, rows_max) = (s.engine.clone(), s.limits.import_rows_max);

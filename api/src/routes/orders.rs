@@ -518,7 +518,7 @@ pub struct ApproveBody {
 }
 
 /// Approve a pending order, optionally dropping some lines (approver).
-#[utoipa::path(post, path = "/v1/orders/{id}/approve", tag = "orders", params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "the ETag the order was read with: the change applies only to that version, else 412")), request_body = ApproveBody, responses((status = 200, body = OrderBody, headers(("ETag" = String, description = "the order's version, for If-Match"))), (status = 403), (status = 404), (status = 409), (status = 412)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/orders/{id}/approve", tag = "orders", params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "the ETag the order was read with: the change applies only to that version, else 412")), request_body = ApproveBody, responses((status = 200, body = OrderBody, headers(("ETag" = String, description = "the order's version, for If-Match"))), (status = 403), (status = 404), (status = 409), (status = 412), (status = 422, description = "a line number that is no open line of the order")), security(("bearer" = [])))]
 async fn approve(
     State(s): State<ApiState>,
     auth: Auth,
@@ -553,7 +553,7 @@ pub struct RejectBody {
 }
 
 /// Reject a pending order, or some of its lines (approver).
-#[utoipa::path(post, path = "/v1/orders/{id}/reject", tag = "orders", params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "the ETag the order was read with: the change applies only to that version, else 412")), request_body = RejectBody, responses((status = 200, body = OrderBody, headers(("ETag" = String, description = "the order's version, for If-Match"))), (status = 403), (status = 404), (status = 409), (status = 412)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/orders/{id}/reject", tag = "orders", params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "the ETag the order was read with: the change applies only to that version, else 412")), request_body = RejectBody, responses((status = 200, body = OrderBody, headers(("ETag" = String, description = "the order's version, for If-Match"))), (status = 403), (status = 404), (status = 409), (status = 412), (status = 422, description = "a line number that is no open line of the order")), security(("bearer" = [])))]
 async fn reject(
     State(s): State<ApiState>,
     auth: Auth,

@@ -328,7 +328,21 @@ fn consume_with_inbox(
     durable: &str,
     bind: bool,
 ) -> Result<Value, String> {
+    consume_py_as(nats, wh, inbox, stream, durable, bind, &[])
+}
+
+/// consume.py signed in as warehouse `wh`'s user, with `more` arguments.
+fn consume_py_as(
+    nats: &NatsServer,
+    wh: &str,
+    inbox: &str,
+    stream: &str,
+    durable: &str,
+    bind: bool,
+    more: &[&str],
+) -> Result<Value, String> {
     let mut cmd = consume_py(nats, stream, durable);
+    cmd.args(more);
     cmd.args(["--idle", "1", "--any-sequence", "--user"])
         .arg(format!("warehouse-{wh}"))
         .args(["--inbox-prefix", inbox])
@@ -544,6 +558,32 @@ async fn warehouses_read_only_their_own_events() {
             consume_as(&nats, "MUC", "ORDERD_ORDERS", "muc-orders", false),
             "publish to \"$js.api.consumer.info.orderd_orders.muc-orders\"",
         ),
+        // Making a consumer of its own, even over its own subject, or reading the stream
+        // directly.
+        (
+            consume_py_as(
+                &nats,
+                "MUC",
+                "_INBOX_MUC",
+                "ORDERD_ALLOCATIONS",
+                "muc-own",
+                false,
+                &["--create", "orderd.allocations.MUC.>"],
+            ),
+            "publish to \"$js.api.consumer.durable.create.orderd_allocations.muc-own\"",
+        ),
+        (
+            consume_py_as(
+                &nats,
+                "MUC",
+                "_INBOX_MUC",
+                "ORDERD_ALLOCATIONS",
+                "warehouse-MUC",
+                false,
+                &["--get", "1"],
+            ),
+            "publish to \"$js.api.stream.msg.get.orderd_allocations\"",
+        ),
         (
             consume_with_inbox(
                 &nats,
@@ -561,6 +601,60 @@ async fn warehouses_read_only_their_own_events() {
         assert!(why.contains("permissions violation"), "{why}");
         assert!(why.contains(what), "{why}");
     }
+}
+
+// A consumer named like a warehouse's but made otherwise (here: by a client, over the whole
+// stream) is not taken for it: orderd logs and counts the failure for that warehouse, and
+// still publishes every event, also that warehouse's, and the other warehouses' consumers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warehouse_consumer_made_otherwise_holds_up_nothing() {
+    let nats = NatsServer::start();
+    let env = TestEnv::start_with(&[("ORDERD_NATS__URL", &nats.url())]).await;
+    let bob = env.token("ACME", "bob", &["buyer", "approver"]).await;
+    place_one(&env, &bob, "first").await;
+    await_published(&env).await;
+    // The streams exist now; this read makes "warehouse-MUC" without a filter.
+    let all = consume(&nats, "ORDERD_ALLOCATIONS", "warehouse-MUC", true);
+    assert_eq!(all["problems"], json!([]), "{all}");
+    let lines = json!([
+        {"sku": "BOLT-0010", "qty": 1, "warehouse": "BER"},
+        {"sku": "NUT-0021", "qty": 1, "warehouse": "MUC"},
+    ]);
+    let r = env
+        .api()
+        .place(&bob, "both", &json!({"lines": lines, "ship_to": "BERLIN"}))
+        .await
+        .expect("request");
+    assert_eq!(warehouses_of(&r.body), ["BER", "MUC"], "{r}");
+    let both = str_field(&r.body, "id").to_owned();
+    await_published(&env).await;
+    let failures = env
+        .metric(r#"orderd_nats_consumer_failures_total{warehouse="MUC"}"#)
+        .await;
+    assert!(failures.is_some_and(|n| n >= 1.0), "{failures:?}");
+    assert!(
+        env.log_tail()
+            .lines()
+            .any(|l| l.contains("consumer is not ready") && l.contains("MUC")),
+        "{}",
+        env.log_tail()
+    );
+    // BER's consumer was made, and both warehouses' events are on the stream.
+    let ber = consume(&nats, "ORDERD_ALLOCATIONS", "warehouse-BER", true);
+    let subjects = ber["subjects"].as_object().expect("subjects");
+    assert!(
+        subjects.contains_key(&format!("orderd.allocations.BER.{both}"))
+            && subjects
+                .keys()
+                .all(|s| s.starts_with("orderd.allocations.BER.")),
+        "{ber}"
+    );
+    let all = consume(&nats, "ORDERD_ALLOCATIONS", "warehouse-MUC", true);
+    let subjects = all["subjects"].as_object().expect("subjects");
+    assert!(
+        subjects.contains_key(&format!("orderd.allocations.MUC.{both}")),
+        "{all}"
+    );
 }
 
 // orderd with a wrong NATS password: capture goes on, the events wait in the audit log, and
