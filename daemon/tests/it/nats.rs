@@ -671,21 +671,25 @@ async fn a_refused_nats_sign_in_is_logged_without_the_password() {
     .await;
     let bob = env.token("ACME", "bob", &["buyer", "approver"]).await;
     place_one(&env, &bob, "refused-0").await;
+    logged_while_events_wait(&env, "authorization violation").await;
+    assert!(!env.log_tail().contains(wrong), "{}", env.log_tail());
+}
+
+/// Waits until orderd's publisher (not only the NATS client) logged a line containing `what`,
+/// then checks that the events wait in the audit log.
+async fn logged_while_events_wait(env: &TestEnv, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    // orderd's own line, not only the NATS client's.
-    let refused =
-        |line: &str| line.contains("orderd::publisher") && line.contains("authorization violation");
-    while !env.log_tail().lines().any(refused) {
+    let logged = |line: &str| line.contains("orderd::publisher") && line.contains(what);
+    while !env.log_tail().lines().any(logged) {
         assert!(
             Instant::now() < deadline,
-            "no refused sign-in logged: {}",
+            "no {what:?} logged: {}",
             env.log_tail()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let depth = env.metric(r#"orderd_outbox_depth{reader="nats"}"#).await;
     assert!(depth.is_some_and(|d| d >= 1.0), "outbox depth {depth:?}");
-    assert!(!env.log_tail().contains(wrong), "{}", env.log_tail());
 }
 
 // A NATS that speaks only TLS and verifies its clients' certificates: orderd, given the CA
@@ -722,21 +726,7 @@ async fn orderd_publishes_over_tls_with_its_client_certificate() {
     .await;
     let bob = without.token("ACME", "bob", &["buyer", "approver"]).await;
     place_one(&without, &bob, "tls-1").await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let failed =
-        |line: &str| line.contains("orderd::publisher") && line.contains("NATS connection failed");
-    while !without.log_tail().lines().any(failed) {
-        assert!(
-            Instant::now() < deadline,
-            "no failed connection logged: {}",
-            without.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let depth = without
-        .metric(r#"orderd_outbox_depth{reader="nats"}"#)
-        .await;
-    assert!(depth.is_some_and(|d| d >= 1.0), "outbox depth {depth:?}");
+    logged_while_events_wait(&without, "NATS connection failed").await;
 }
 
 // NATS is stopped while clients keep ordering, for longer than a round waits for its PubAcks
