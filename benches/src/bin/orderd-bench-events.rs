@@ -32,6 +32,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+/// Each of orderd's streams keeps at most this much in a run (a full run stores less).
+const STREAM_BYTES_MAX: u64 = 256 << 20;
 /// Event lag p99 the issue asks for, at the SSE client and the NATS subscriber.
 const LAG_P99_TARGET_MS: f64 = 50.0;
 /// Capture p99 with NATS over without, at most.
@@ -259,6 +261,13 @@ async fn one_run(
     let mut env = server::daemon_env(a.connections);
     if let Some(n) = &nats {
         env.push(("ORDERD_NATS__URL".to_owned(), n.url()));
+        // JetStream reserves each stream's byte limit from the store's disk (at most 75% of
+        // what is free): the default 1 GiB per stream fails to create on a nearly full disk,
+        // and a run stores far less.
+        env.push((
+            "ORDERD_NATS__MAX_BYTES".to_owned(),
+            STREAM_BYTES_MAX.to_string(),
+        ));
     }
     if a.webhooks > 0 {
         // The receiver is on loopback.

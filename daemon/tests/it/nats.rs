@@ -18,6 +18,9 @@ use tempfile::TempDir;
 
 /// How long a started nats-server may take to accept connections.
 const NATS_START_MAX: Duration = Duration::from_secs(10);
+/// orderd's streams' byte limit in the tests: JetStream reserves it from the store's disk, and
+/// the default (1 GiB per stream) cannot be created on a nearly full disk.
+const STREAM_BYTES: (&str, &str) = ("ORDERD_NATS__MAX_BYTES", "67108864");
 /// How long events may take to reach the stream once NATS is reachable.
 const DELIVERY_MAX: Duration = Duration::from_secs(30);
 
@@ -407,7 +410,7 @@ fn await_orders(nats: &NatsServer, want: &BTreeMap<String, u64>) -> BTreeMap<Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_change_reaches_jetstream_in_order() {
     let nats = NatsServer::start();
-    let env = TestEnv::start_with(&[("ORDERD_NATS__URL", &nats.url())]).await;
+    let env = TestEnv::start_with(&[("ORDERD_NATS__URL", &nats.url()), STREAM_BYTES]).await;
     let alice = env.token("ACME", "alice", &["buyer"]).await;
     let bob = env.token("ACME", "bob", &["buyer", "approver"]).await;
 
@@ -495,6 +498,7 @@ async fn warehouses_read_only_their_own_events() {
     let nats = NatsServer::start_shipped();
     let env = TestEnv::start_with(&[
         ("ORDERD_NATS__URL", &nats.url()),
+        STREAM_BYTES,
         ("ORDERD_NATS__USER", "orderd"),
         ("ORDERD_NATS__PASSWORD", password("ORDERD_NATS_PASSWORD")),
     ])
@@ -609,7 +613,7 @@ async fn warehouses_read_only_their_own_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_warehouse_consumer_made_otherwise_holds_up_nothing() {
     let nats = NatsServer::start();
-    let env = TestEnv::start_with(&[("ORDERD_NATS__URL", &nats.url())]).await;
+    let env = TestEnv::start_with(&[("ORDERD_NATS__URL", &nats.url()), STREAM_BYTES]).await;
     let bob = env.token("ACME", "bob", &["buyer", "approver"]).await;
     place_one(&env, &bob, "first").await;
     await_published(&env).await;
@@ -665,6 +669,7 @@ async fn a_refused_nats_sign_in_is_logged_without_the_password() {
     let wrong = "not-the-orderd-test-password";
     let env = TestEnv::start_with(&[
         ("ORDERD_NATS__URL", &nats.url()),
+        STREAM_BYTES,
         ("ORDERD_NATS__USER", "orderd"),
         ("ORDERD_NATS__PASSWORD", wrong),
     ])
@@ -706,6 +711,7 @@ async fn orderd_publishes_over_tls_with_its_client_certificate() {
     );
     let env = TestEnv::start_with(&[
         ("ORDERD_NATS__URL", &nats.url()),
+        STREAM_BYTES,
         ("ORDERD_NATS__TLS_CA_FILE", &ca),
         ("ORDERD_NATS__TLS_CERT_FILE", &cert),
         ("ORDERD_NATS__TLS_KEY_FILE", &key),
@@ -721,6 +727,7 @@ async fn orderd_publishes_over_tls_with_its_client_certificate() {
 
     let without = TestEnv::start_with(&[
         ("ORDERD_NATS__URL", &nats.url()),
+        STREAM_BYTES,
         ("ORDERD_NATS__TLS_CA_FILE", &ca),
     ])
     .await;
@@ -740,6 +747,7 @@ async fn nats_outage_and_a_crash_lose_no_event() {
     let mut nats = NatsServer::start();
     let mut env = TestEnv::start_with(&[
         ("ORDERD_NATS__URL", &nats.url()),
+        STREAM_BYTES,
         ("ORDERD_NATS__RETRY_MAX_MS", "200"),
         ("ORDERD_NATS__ACK_TIMEOUT_MS", "500"),
         // Far below a catch-up round's messages: rounds go out in parts and wait for each other.
