@@ -990,13 +990,13 @@ fn reject_lines(order: &mut Order, lines: &[u32], field: &str) -> Result<Demand,
     if !unknown.is_empty() {
         return Err(Rejection::Invalid(unknown));
     }
+    // Every named line is open (checked above), so these are exactly the named lines.
     let mut freed = Demand::new();
-    for n in &lines {
-        let line = order
-            .lines
-            .iter_mut()
-            .find(|l| l.line_no == *n && l.status == LineStatus::Open)
-            .expect("every named line was found open above");
+    for line in order
+        .lines
+        .iter_mut()
+        .filter(|l| l.status == LineStatus::Open && lines.contains(&l.line_no))
+    {
         line.status = LineStatus::Rejected;
         for a in &line.allocations {
             freed

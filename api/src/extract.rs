@@ -66,13 +66,7 @@ impl<S: Send + Sync> FromRequest<S> for CsvBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<CsvBody, ApiError> {
-        let csv = req
-            .headers()
-            .get(axum::http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/csv"));
-        if !csv {
+        if media_type(req.headers()).as_deref() != Some("text/csv") {
             return Err(ApiError::UnsupportedMediaType(
                 "an import is a CSV file (Content-Type: text/csv)".into(),
             ));
@@ -80,6 +74,17 @@ impl<S: Send + Sync> FromRequest<S> for CsvBody {
         let Body(bytes) = Body::from_request(req, state).await?;
         Ok(CsvBody(bytes))
     }
+}
+
+/// The media type a request's `Content-Type` names, lower case and without its parameters
+/// (`application/json; charset=utf-8` is `application/json`).
+pub fn media_type(headers: &axum::http::HeaderMap) -> Option<String> {
+    let value = headers
+        .get(axum::http::header::CONTENT_TYPE)?
+        .to_str()
+        .ok()?;
+    let essence = value.split(';').next()?;
+    Some(essence.trim().to_ascii_lowercase())
 }
 
 /// A list's page size: `limit` when given (above `max` it is `max`), else `default` (or

@@ -51,15 +51,9 @@ impl<S: Send + Sync, T: DeserializeOwned> axum::extract::OptionalFromRequest<S> 
 /// Whether the request says its body is JSON (`application/json`, or `application/*+json`),
 /// as axum's own `Json` decides.
 fn is_json(headers: &axum::http::HeaderMap) -> bool {
-    let Some(t) = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-    else {
-        return false;
-    };
-    let t = t.trim().to_ascii_lowercase();
-    t == "application/json" || (t.starts_with("application/") && t.ends_with("+json"))
+    crate::extract::media_type(headers).is_some_and(|t| {
+        t == "application/json" || (t.starts_with("application/") && t.ends_with("+json"))
+    })
 }
 
 fn not_json() -> ApiError {

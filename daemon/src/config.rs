@@ -177,24 +177,18 @@ impl Config {
                 self.log_format
             ));
         }
-        for (key, value) in [
-            ("api.body_max_bytes", self.api.body_max_bytes),
-            ("api.page_max", self.api.page_max),
-            ("api.import_rows_max", self.api.import_rows_max),
-            ("api.event_streams_max", self.api.event_streams_max),
-        ] {
-            if value == 0 {
-                errs.push(format!("{key} must be above 0"));
-            }
-        }
-        for (key, value) in [
-            ("api.event_stream_max_ms", self.api.event_stream_max_ms),
+        for (key, zero) in [
+            ("api.body_max_bytes", self.api.body_max_bytes == 0),
+            ("api.page_max", self.api.page_max == 0),
+            ("api.import_rows_max", self.api.import_rows_max == 0),
+            ("api.event_streams_max", self.api.event_streams_max == 0),
+            ("api.event_stream_max_ms", self.api.event_stream_max_ms == 0),
             (
                 "api.event_stream_keepalive_ms",
-                self.api.event_stream_keepalive_ms,
+                self.api.event_stream_keepalive_ms == 0,
             ),
         ] {
-            if value == 0 {
+            if zero {
                 errs.push(format!("{key} must be above 0"));
             }
         }

@@ -436,28 +436,24 @@ async fn jetstream(
     Ok(js)
 }
 
-/// The durable consumer of a warehouse's events on the allocations stream.
-pub fn warehouse_consumer_name(warehouse: &str) -> String {
-    format!("warehouse-{}", token(warehouse))
-}
-
-/// Creates the durable pull consumer of `warehouse` on `stream` unless it exists: it
+/// Creates the durable pull consumer `warehouse-<warehouse>` on `stream` unless it exists: it
 /// delivers every message of the warehouse's subject, from the stream's first, and wants each
-/// acknowledged. An existing consumer of that name is left as it is.
+/// acknowledged. An existing consumer of that name is checked, never changed: made with
+/// another filter or other acks, it is an error.
 async fn warehouse_consumer(
     js: &async_nats::jetstream::Context,
     stream: &str,
     warehouse: &str,
 ) -> Result<(), PublishError> {
     use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
-    let name = warehouse_consumer_name(warehouse);
+    let name = format!("warehouse-{}", token(warehouse));
     let failed = |e: &dyn std::fmt::Display| PublishError::Consumer {
         name: name.clone(),
         reason: e.to_string(),
     };
     let filter = format!("orderd.allocations.{}.>", token(warehouse));
     let stream = js.get_stream(stream).await.map_err(|e| failed(&e))?;
-    let mut consumer = stream
+    let consumer = stream
         .get_or_create_consumer(
             &name,
             pull::Config {
@@ -471,8 +467,9 @@ async fn warehouse_consumer(
         .await
         .map_err(|e| failed(&e))?;
     // One found under that name may have been made otherwise (by hand, or by an older setup):
-    // with another filter it would show the warehouse other warehouses' events.
-    let info = consumer.info().await.map_err(|e| failed(&e))?;
+    // with another filter it would show the warehouse other warehouses' events. (The info is
+    // the one the lookup or the creation answered.)
+    let info = consumer.cached_info();
     if info.config.filter_subject != filter || info.config.ack_policy != AckPolicy::Explicit {
         return Err(failed(&format!(
             "a consumer of that name exists with filter {:?} and {:?} acks, not {filter:?} and explicit ones; delete it (orderd makes it again)",

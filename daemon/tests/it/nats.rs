@@ -55,26 +55,22 @@ pub struct NatsServer {
 impl NatsServer {
     /// A JetStream server without users on a free port with an empty store.
     pub fn start() -> NatsServer {
-        NatsServer::started(false)
+        NatsServer::started(false, Vec::new())
     }
 
     /// The same with the shipped `ops/nats/nats-server.conf`, its users' passwords from
     /// [`PASSWORDS`] (only the store directory differs from the file).
     pub fn start_shipped() -> NatsServer {
-        NatsServer::started(true)
+        NatsServer::started(true, Vec::new())
     }
 
     /// A server without users that speaks only TLS, with the certificate `certs` made for
     /// 127.0.0.1, and takes only clients with a certificate signed by `certs`' CA.
     pub fn start_tls(certs: &Certificates) -> NatsServer {
-        NatsServer::started_with(false, certs.server_args())
+        NatsServer::started(false, certs.server_args())
     }
 
-    fn started(shipped: bool) -> NatsServer {
-        NatsServer::started_with(shipped, Vec::new())
-    }
-
-    fn started_with(shipped: bool, extra: Vec<String>) -> NatsServer {
+    fn started(shipped: bool, extra: Vec<String>) -> NatsServer {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -319,29 +315,17 @@ fn consume_as(
     durable: &str,
     bind: bool,
 ) -> Result<Value, String> {
-    consume_with_inbox(nats, wh, &format!("_INBOX_{wh}"), stream, durable, bind)
+    let more: &[&str] = if bind { &["--bind"] } else { &[] };
+    consume_py_as(nats, wh, &format!("_INBOX_{wh}"), stream, durable, more)
 }
 
-/// The same with replies on `inbox`.
-fn consume_with_inbox(
-    nats: &NatsServer,
-    wh: &str,
-    inbox: &str,
-    stream: &str,
-    durable: &str,
-    bind: bool,
-) -> Result<Value, String> {
-    consume_py_as(nats, wh, inbox, stream, durable, bind, &[])
-}
-
-/// consume.py signed in as warehouse `wh`'s user, with `more` arguments.
+/// The same with replies on `inbox` and `more` arguments of consume.py.
 fn consume_py_as(
     nats: &NatsServer,
     wh: &str,
     inbox: &str,
     stream: &str,
     durable: &str,
-    bind: bool,
     more: &[&str],
 ) -> Result<Value, String> {
     let mut cmd = consume_py(nats, stream, durable);
@@ -353,9 +337,6 @@ fn consume_py_as(
             "NATS_PASSWORD",
             password(&format!("WAREHOUSE_{wh}_NATS_PASSWORD")),
         );
-    if bind {
-        cmd.arg("--bind");
-    }
     let out = cmd.output().expect("running the nats-py consumer");
     let printed: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
         panic!(
@@ -447,18 +428,7 @@ async fn every_change_reaches_jetstream_in_order() {
     assert_eq!(str_field(&r.body, "state"), "cancelled", "{r}");
     want.insert(cancelled.clone(), 2);
     // Stock from two warehouses in one change: each warehouse's subject gets it.
-    let lines = json!([
-        {"sku": "BOLT-0010", "qty": 1, "warehouse": "BER"},
-        {"sku": "NUT-0021", "qty": 1, "warehouse": "MUC"},
-    ]);
-    let r = env
-        .api()
-        .place(&bob, "n-two", &json!({"lines": lines, "ship_to": "BERLIN"}))
-        .await
-        .expect("request");
-    assert_eq!(str_field(&r.body, "state"), "allocated", "{r}");
-    assert_eq!(warehouses_of(&r.body), ["BER", "MUC"], "{r}");
-    let two = str_field(&r.body, "id").to_owned();
+    let two = place_in_ber_and_muc(&env, &bob, "n-two").await;
     want.insert(two.clone(), 1);
     for i in 0..20 {
         want.insert(place_one(&env, &bob, &format!("n-more-{i}")).await, 1);
@@ -504,17 +474,7 @@ async fn warehouses_read_only_their_own_events() {
     ])
     .await;
     let bob = env.token("ACME", "bob", &["buyer", "approver"]).await;
-    let lines = json!([
-        {"sku": "BOLT-0010", "qty": 1, "warehouse": "BER"},
-        {"sku": "NUT-0021", "qty": 1, "warehouse": "MUC"},
-    ]);
-    let r = env
-        .api()
-        .place(&bob, "both", &json!({"lines": lines, "ship_to": "BERLIN"}))
-        .await
-        .expect("request");
-    assert_eq!(warehouses_of(&r.body), ["BER", "MUC"], "{r}");
-    let both = str_field(&r.body, "id").to_owned();
+    let both = place_in_ber_and_muc(&env, &bob, "both").await;
     let lines = json!([{"sku": "NUT-0021", "qty": 2, "warehouse": "MUC"}]);
     let r = env
         .api()
@@ -571,7 +531,6 @@ async fn warehouses_read_only_their_own_events() {
                 "_INBOX_MUC",
                 "ORDERD_ALLOCATIONS",
                 "muc-own",
-                false,
                 &["--create", "orderd.allocations.MUC.>"],
             ),
             "publish to \"$js.api.consumer.durable.create.orderd_allocations.muc-own\"",
@@ -583,19 +542,18 @@ async fn warehouses_read_only_their_own_events() {
                 "_INBOX_MUC",
                 "ORDERD_ALLOCATIONS",
                 "warehouse-MUC",
-                false,
                 &["--get", "1"],
             ),
             "publish to \"$js.api.stream.msg.get.orderd_allocations\"",
         ),
         (
-            consume_with_inbox(
+            consume_py_as(
                 &nats,
                 "MUC",
                 "_INBOX",
                 "ORDERD_ALLOCATIONS",
                 "warehouse-MUC",
-                true,
+                &["--bind"],
             ),
             "subscription to \"_inbox.",
         ),
@@ -620,17 +578,7 @@ async fn a_warehouse_consumer_made_otherwise_holds_up_nothing() {
     // The streams exist now; this read makes "warehouse-MUC" without a filter.
     let all = consume(&nats, "ORDERD_ALLOCATIONS", "warehouse-MUC", true);
     assert_eq!(all["problems"], json!([]), "{all}");
-    let lines = json!([
-        {"sku": "BOLT-0010", "qty": 1, "warehouse": "BER"},
-        {"sku": "NUT-0021", "qty": 1, "warehouse": "MUC"},
-    ]);
-    let r = env
-        .api()
-        .place(&bob, "both", &json!({"lines": lines, "ship_to": "BERLIN"}))
-        .await
-        .expect("request");
-    assert_eq!(warehouses_of(&r.body), ["BER", "MUC"], "{r}");
-    let both = str_field(&r.body, "id").to_owned();
+    let both = place_in_ber_and_muc(&env, &bob, "both").await;
     await_published(&env).await;
     let failures = env
         .metric(r#"orderd_nats_consumer_failures_total{warehouse="MUC"}"#)
@@ -830,6 +778,22 @@ fn assert_all_delivered(nats: &NatsServer, want: &BTreeMap<String, u64>) {
     for (order, version) in want {
         assert_eq!(seen[order], (1..=*version).collect::<Vec<_>>(), "{order}");
     }
+}
+
+/// Places an order with one line held in BER and one in MUC, allocated at once; its id.
+async fn place_in_ber_and_muc(env: &TestEnv, token: &str, key: &str) -> String {
+    let lines = json!([
+        {"sku": "BOLT-0010", "qty": 1, "warehouse": "BER"},
+        {"sku": "NUT-0021", "qty": 1, "warehouse": "MUC"},
+    ]);
+    let r = env
+        .api()
+        .place(token, key, &json!({"lines": lines, "ship_to": "BERLIN"}))
+        .await
+        .expect("request");
+    assert_eq!(str_field(&r.body, "state"), "allocated", "{r}");
+    assert_eq!(warehouses_of(&r.body), ["BER", "MUC"], "{r}");
+    str_field(&r.body, "id").to_owned()
 }
 
 /// Places a one-line order that must be acknowledged; its id.
