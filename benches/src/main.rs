@@ -187,6 +187,10 @@ struct RunArgs {
     /// up and counted as refused (`timeout`), as a caller with a deadline would.
     #[arg(long, default_value_t = 2_000)]
     spike_timeout_ms: u64,
+    /// During the spike profile, most requests in flight: the pool grows beyond --connections
+    /// on demand, as many callers would (see `spike.rs`).
+    #[arg(long, default_value_t = 4_096)]
+    spike_connections_max: usize,
     /// Skip the spike profile.
     #[arg(long)]
     skip_spike: bool,
@@ -362,6 +366,24 @@ struct Bench {
     log_errors: u64,
 }
 
+/// The spike profile opens up to `--spike-connections-max` connections: lifts the soft limit of
+/// open files to the hard one (usually 1,024 -> far more), as orderd does for its side.
+fn raise_open_files_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let (Some(hard), Some(soft)) = (limit.maximum, limit.current) {
+        if soft < hard {
+            let raised = Rlimit {
+                current: Some(hard),
+                maximum: Some(hard),
+            };
+            if let Err(e) = setrlimit(Resource::Nofile, raised) {
+                eprintln!("could not raise the open files limit from {soft} to {hard}: {e}");
+            }
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(Command::Ceiling {
@@ -373,6 +395,7 @@ fn main() -> anyhow::Result<()> {
         return serve_ceiling(listen, sled, records.as_deref());
     }
     let args = cli.run;
+    raise_open_files_limit();
     let rt = if args.client_threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -694,6 +717,7 @@ impl Bench {
         let cfg = ProfileConfig {
             phases,
             connections: self.args.connections,
+            connections_max: self.args.spike_connections_max,
             timeout: Duration::from_millis(self.args.spike_timeout_ms),
             expect: StatusCode::CREATED,
             seq_base: self.step_no << 32,

@@ -686,13 +686,14 @@ impl Report {
         writeln!(s, "## Spike profile (orderd)\n")?;
         writeln!(
             s,
-            "Phases: {}; {} connections; a request unanswered {:.0} ms after its due time counts as refused (`timeout`). Latency is of accepted orders (201), from the due time.\n",
+            "Phases: {}; {} connections at the start, more opened on demand up to {} requests in flight; a request unanswered {:.0} ms after its due time counts as refused (`timeout`). Latency is of accepted orders (201), from the due time.\n",
             sp.phases
                 .iter()
                 .map(|p| format!("{} {} /s for {} s", p.name, p.rate, p.secs))
                 .collect::<Vec<_>>()
                 .join(", "),
             sp.connections,
+            sp.connections_max,
             sp.timeout_ms
         )?;
         for p in self.plots.iter().filter(|p| p.starts_with("spike")) {

@@ -8,6 +8,13 @@
 //! counted as `timeout`, as a caller with a deadline would. Each second of the profile (by due
 //! time) records the requests due, the accepted ones (the expected status) with their latency
 //! percentiles, and the refused ones by kind (HTTP status, `io`, `timeout`).
+//!
+//! The pool opens `connections` at the start and more on demand, up to `connections_max` in
+//! flight: a spike comes from many callers, so its excess must reach the server, whose admission
+//! bounds decide what to refuse. With a fixed pool the excess would wait in this process, and
+//! the oldest waiter would get each freed connection with almost none of its deadline left:
+//! sent, then given up in flight (its connection dropped, the server's work wasted), so that
+//! hardly anything is answered in time however fast the server refuses.
 
 use crate::loadgen::{call, connect, Conn, RequestSource};
 use hdrhistogram::Histogram;
@@ -34,7 +41,10 @@ pub struct Phase {
 #[derive(Debug, Clone)]
 pub struct ProfileConfig {
     pub phases: Vec<Phase>,
+    /// Connections opened before the profile starts.
     pub connections: usize,
+    /// Most requests in flight, each on a connection of its own (at least `connections`).
+    pub connections_max: usize,
     /// A request not answered this long after its due time is given up (`timeout`).
     pub timeout: Duration,
     pub expect: StatusCode,
@@ -69,6 +79,7 @@ pub struct Second {
 pub struct ProfileResult {
     pub phases: Vec<Phase>,
     pub connections: usize,
+    pub connections_max: usize,
     pub timeout_ms: f64,
     pub seconds: Vec<Second>,
 }
@@ -181,7 +192,7 @@ pub async fn run_profile(
         start,
         timeout: cfg.timeout,
         conns: Mutex::new(conns),
-        permits: Semaphore::new(cfg.connections),
+        permits: Semaphore::new(cfg.connections_max.max(cfg.connections)),
         buckets: Mutex::new(
             (0..total_secs)
                 .map(|_| Bucket {
@@ -259,6 +270,7 @@ pub async fn run_profile(
     Ok(ProfileResult {
         phases: cfg.phases.clone(),
         connections: cfg.connections,
+        connections_max: cfg.connections_max.max(cfg.connections),
         timeout_ms: cfg.timeout.as_secs_f64() * 1000.0,
         seconds,
     })

@@ -152,6 +152,33 @@ fn no_huge_pages() {
     }
 }
 
+/// Raises the soft limit of open files to the hard one. Each client connection holds a file,
+/// and the usual soft limit (1,024) is far below what a spike of portal backends opens; at the
+/// limit the listener cannot accept, and clients wait in the kernel's backlog instead of getting
+/// an answer (`503` from the admission bounds, or their order). A service manager's
+/// `LimitNOFILE=` sets both limits; this only lifts the soft one to what is allowed anyway.
+fn raise_open_files_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let limit = getrlimit(Resource::Nofile);
+    let Some(hard) = limit.maximum else {
+        // No hard limit: leave the soft one as it is (raising it to "unlimited" is refused).
+        return;
+    };
+    if limit.current.is_some_and(|soft| soft >= hard) {
+        return;
+    }
+    let raised = rustix::process::Rlimit {
+        current: Some(hard),
+        maximum: Some(hard),
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::info!(from = ?limit.current, to = hard, "open files limit raised"),
+        Err(error) => {
+            tracing::warn!(%error, soft = ?limit.current, hard, "could not raise the open files limit");
+        }
+    }
+}
+
 /// Transparent huge pages are a Linux feature.
 #[cfg(not(target_os = "linux"))]
 fn no_huge_pages() {}
@@ -201,6 +228,7 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
             config.demo_data &= !no_demo;
             init_logging(log_json || config.log_format == "json");
             no_huge_pages();
+            raise_open_files_limit();
             let grace = std::time::Duration::from_millis(config.shutdown_grace_ms);
             let served = rt.block_on(async {
                 let listener = tokio::net::TcpListener::bind(config.listen)

@@ -59,6 +59,11 @@ impl TestEnv {
             .log_tail()
     }
 
+    /// The running daemon's process.
+    pub fn daemon(&self) -> &Daemon {
+        self.daemon.as_ref().expect("the daemon is not running")
+    }
+
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
     }

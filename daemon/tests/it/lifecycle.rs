@@ -16,6 +16,11 @@ const BAD_CONFIG_EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 const BURST_REQUESTS: usize = 24;
 /// How long the 429 and 503 tests keep sending bursts before they give up on seeing one.
 const BUSY_DEADLINE: Duration = Duration::from_secs(20);
+/// The open-files limits orderd is started with in `more_clients_than_the_soft_open_files_limit`.
+const NOFILE_SOFT: usize = 128;
+const NOFILE_HARD: usize = 2_048;
+/// Connections held open at once there: well past the soft limit.
+const CONNECTIONS_HELD: usize = 3 * NOFILE_SOFT;
 
 // Four clients place, approve, reject, ship and cancel; SIGTERM arrives while they keep
 // sending. The daemon must answer what it accepted and exit 0; after a restart every
@@ -370,5 +375,57 @@ async fn bursts_until_refused(env: &TestEnv, status: u16, code: &str) {
     for id in &created {
         let r = env.get(&token, &format!("/v1/orders/{id}")).await;
         assert_eq!(r.status, 200, "{r}");
+    }
+}
+
+// Started with a soft open-files limit of 128 (hard: 2,048), orderd lifts the soft one to the
+// hard one, so that it still answers when more clients are connected at once than 128 files
+// allow: every one of 384 connections held open together gets its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_clients_than_the_soft_open_files_limit() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut env = TestEnv::start().await;
+    env.spec.launcher = vec![
+        "prlimit".into(),
+        format!("--nofile={NOFILE_SOFT}:{NOFILE_HARD}"),
+        "--".into(),
+    ];
+    env.restart().await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", env.daemon().pid()))
+        .expect("the daemon's /proc limits");
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        open_files[3..5],
+        [NOFILE_HARD.to_string(), NOFILE_HARD.to_string()],
+        "{limits}"
+    );
+
+    let addr = env.daemon().addr();
+    let mut held = Vec::with_capacity(CONNECTIONS_HELD);
+    for _ in 0..CONNECTIONS_HELD {
+        held.push(
+            tokio::net::TcpStream::connect(addr)
+                .await
+                .expect("connecting"),
+        );
+    }
+    for stream in &mut held {
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: orderd\r\n\r\n")
+            .await
+            .expect("sending");
+    }
+    for (i, stream) in held.iter_mut().enumerate() {
+        let mut head = [0u8; 12];
+        tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut head))
+            .await
+            .unwrap_or_else(|_| panic!("connection {i} got no answer"))
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        assert_eq!(&head, b"HTTP/1.1 200", "connection {i}");
     }
 }
