@@ -58,7 +58,7 @@ pub mod metric_names {
 }
 
 /// Carried by [`ActorError::Storage`].
-pub use orderd_storage::StorageError;
+pub use orderd_storage::{StorageError, Unhealthy};
 use ractor::rpc::CallResult;
 use ractor::{ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};

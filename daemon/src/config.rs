@@ -75,6 +75,9 @@ pub struct StorageSettings {
     pub cache_capacity_bytes: u64,
     /// fdatasync sled's data file after every group flush (power-loss durability).
     pub sync_data: bool,
+    /// A group commit running longer than this: `/readyz` answers 503 and the systemd
+    /// watchdog is no longer pinged.
+    pub commit_stall_ms: u64,
 }
 
 impl Default for StorageSettings {
@@ -87,6 +90,7 @@ impl Default for StorageSettings {
             queue_max: d.queue_max,
             cache_capacity_bytes: d.cache_capacity_bytes,
             sync_data: d.sync_data,
+            commit_stall_ms: d.commit_stall_ms,
         }
     }
 }
@@ -100,6 +104,7 @@ impl StorageSettings {
             queue_max: self.queue_max,
             cache_capacity_bytes: self.cache_capacity_bytes,
             sync_data: self.sync_data,
+            commit_stall_ms: self.commit_stall_ms,
         }
     }
 }

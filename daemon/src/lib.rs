@@ -9,6 +9,7 @@ pub mod critical;
 pub mod demo;
 pub mod outbox;
 pub mod publisher;
+pub mod systemd;
 pub mod webhooks;
 
 use anyhow::Context;
@@ -170,14 +171,18 @@ pub async fn run(
             _ = shutdown => None,
             name = critical.first_ended() => Some(name),
         };
+        systemd::stopping();
         let _ = ended_tx.send(ended);
         bus.close();
     };
     let app = orderd_api::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let server = axum::serve(no_delay(listener), app).with_graceful_shutdown(shutdown);
+    systemd::ready(addr);
+    let watchdog = tokio::spawn(systemd::watchdog(journal.clone(), stop_tx.subscribe()));
     server.await.context("serving HTTP")?;
     tracing::info!("shutting down: stopping actors and flushing the journal");
     upkeep.abort();
+    watchdog.abort();
     if let Some(m) = metrics_server {
         m.abort();
     }

@@ -59,6 +59,9 @@ pub const DEFAULT_COMMIT_LINGER_US: u64 = 1_000;
 pub const COMMIT_LINGER_US_MAX: u64 = 20_000;
 /// Default [`JournalConfig::queue_max`].
 pub const DEFAULT_QUEUE_MAX: usize = 65_536;
+/// Default [`JournalConfig::commit_stall_ms`]: a group commit (apply, flush, fdatasync) takes
+/// milliseconds; one still running after 10 s is stuck on the disk or in sled.
+pub const DEFAULT_COMMIT_STALL_MS: u64 = 10_000;
 /// Default [`JournalConfig::cache_capacity_bytes`]: 256 MiB.
 pub const DEFAULT_CACHE_CAPACITY_BYTES: u64 = 256 * 1024 * 1024;
 /// How long [`Journal::open`] keeps retrying while the directory's sled lock is held. sled
@@ -129,6 +132,9 @@ pub struct JournalConfig {
     /// acknowledged writes. Costs one fdatasync per group (about 0.2 ms median on the team's
     /// machines), shared by every writer of the group.
     pub sync_data: bool,
+    /// A group commit running longer than this makes [`Journal::health`] report the journal
+    /// stalled (at least 1).
+    pub commit_stall_ms: u64,
 }
 
 impl Default for JournalConfig {
@@ -140,6 +146,7 @@ impl Default for JournalConfig {
             queue_max: DEFAULT_QUEUE_MAX,
             cache_capacity_bytes: DEFAULT_CACHE_CAPACITY_BYTES,
             sync_data: true,
+            commit_stall_ms: DEFAULT_COMMIT_STALL_MS,
         }
     }
 }
@@ -160,6 +167,9 @@ impl JournalConfig {
         if self.commit_linger_group > self.commit_batch_max {
             problems.push("commit_linger_group must be at most commit_batch_max");
         }
+        if self.commit_stall_ms == 0 {
+            problems.push("commit_stall_ms must be at least 1");
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -168,6 +178,17 @@ impl JournalConfig {
             })
         }
     }
+}
+
+/// Why the journal cannot take writes now (see [`Journal::health`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unhealthy {
+    /// A group commit failed; the journal refuses every write until a restart.
+    #[error("a group commit failed: restart to recover from the disk")]
+    Failed,
+    /// The group commit in progress has run longer than `commit_stall_ms`.
+    #[error("a group commit has been running for {running:?} (commit_stall_ms: {limit:?})")]
+    Stalled { running: Duration, limit: Duration },
 }
 
 /// One atomic unit of work: everything in it is stored together or not at all. Batches apply
@@ -322,6 +343,8 @@ struct Inner {
     queue: sync::Arc<CommitQueue<Request>>,
     committer: std::sync::Mutex<Option<JoinHandle<()>>>,
     shared: std::sync::Arc<Shared>,
+    /// `commit_stall_ms`.
+    commit_stall: Duration,
 }
 
 /// What the committer publishes for readers.
@@ -336,9 +359,16 @@ struct Shared {
     durable_seq: tokio::sync::watch::Sender<u64>,
     /// Set once a group commit failed; the journal then takes no more writes.
     failed: tokio::sync::watch::Sender<bool>,
+    /// When the group commit in progress started, in nanoseconds after `epoch` plus 1; 0 while
+    /// the committer is not committing (waiting for writers or lingering).
+    commit_started: AtomicU64,
+    epoch: Instant,
     /// Test hook: the next group commit fails as a disk error would.
     #[cfg(test)]
     fail_next_commit: std::sync::atomic::AtomicBool,
+    /// Test hook: while set, a group commit waits before it applies, as one stuck on the disk.
+    #[cfg(any(test, feature = "test-hooks"))]
+    hold_commits: std::sync::atomic::AtomicBool,
     /// Test hook (feature `test-hooks`): while set, every write is refused `Overloaded`.
     #[cfg(feature = "test-hooks")]
     refusing: std::sync::atomic::AtomicBool,
@@ -427,8 +457,12 @@ impl Journal {
             durable_head: std::sync::Mutex::new(chain.head),
             durable_seq: tokio::sync::watch::Sender::new(chain.head.seq),
             failed: tokio::sync::watch::Sender::new(false),
+            commit_started: AtomicU64::new(0),
+            epoch: Instant::now(),
             #[cfg(test)]
             fail_next_commit: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(any(test, feature = "test-hooks"))]
+            hold_commits: std::sync::atomic::AtomicBool::new(false),
             #[cfg(feature = "test-hooks")]
             refusing: std::sync::atomic::AtomicBool::new(false),
             #[cfg(feature = "test-hooks")]
@@ -457,6 +491,7 @@ impl Journal {
                 queue,
                 committer: std::sync::Mutex::new(Some(handle)),
                 shared,
+                commit_stall: Duration::from_millis(config.commit_stall_ms),
             }),
         })
     }
@@ -494,6 +529,13 @@ impl Journal {
     #[cfg(feature = "test-hooks")]
     pub fn refuse_writes(&self, on: bool) {
         self.inner.shared.refusing.store(on, Ordering::SeqCst);
+    }
+
+    /// Test hook: while `on`, each group commit waits before it applies, as one stuck on the
+    /// disk would (see [`Journal::health`]); turning it off lets the held commit go on.
+    #[cfg(feature = "test-hooks")]
+    pub fn hold_commits(&self, on: bool) {
+        self.inner.shared.hold_commits.store(on, Ordering::SeqCst);
     }
 
     /// Test hook: how many writes [`Journal::refuse_writes`] has refused so far.
@@ -656,6 +698,35 @@ impl Journal {
         audit_chain::verify_tree(&self.inner.db, None)
     }
 
+    /// How long the group commit in progress has been running; `None` while the committer is
+    /// not committing.
+    pub fn commit_running_for(&self) -> Option<Duration> {
+        let shared = &self.inner.shared;
+        match shared.commit_started.load(Ordering::Acquire) {
+            0 => None,
+            started => {
+                let started = Duration::from_nanos(started - 1);
+                Some(shared.epoch.elapsed().saturating_sub(started))
+            }
+        }
+    }
+
+    /// Whether the journal can take writes: not after a failed group commit, nor while a group
+    /// commit has been running for longer than `commit_stall_ms` (stuck on the disk or in
+    /// sled). For readiness checks and the service manager's watchdog.
+    pub fn health(&self) -> Result<(), Unhealthy> {
+        if self.has_failed() {
+            return Err(Unhealthy::Failed);
+        }
+        match self.commit_running_for() {
+            Some(running) if running > self.inner.commit_stall => Err(Unhealthy::Stalled {
+                running,
+                limit: self.inner.commit_stall,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Batches waiting for the committer right now (at most `queue_max`).
     pub fn queued(&self) -> usize {
         self.inner.queue.len()
@@ -816,7 +887,11 @@ impl Committer {
             queue,
             group_max,
             |group| {
+                let started = self.shared.epoch.elapsed().as_nanos();
+                let started = u64::try_from(started).unwrap_or(u64::MAX - 1) + 1;
+                self.shared.commit_started.store(started, Ordering::Release);
                 let result = self.commit_group(group);
+                self.shared.commit_started.store(0, Ordering::Release);
                 if result.is_err() {
                     // Fail-stop. After a failed flush or fdatasync, what sled holds in memory
                     // may be ahead of the disk, and whether the kernel still has the failed
@@ -853,6 +928,10 @@ impl Committer {
             return Err(StorageError::Io(sled::Error::Io(std::io::Error::other(
                 "injected by a test",
             ))));
+        }
+        #[cfg(any(test, feature = "test-hooks"))]
+        while self.shared.hold_commits.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
         }
         let (batch, committed, next) = build_group(self.chain, group)?;
         let apply_started = Instant::now();
@@ -1028,11 +1107,60 @@ mod tests {
             .await
             .expect("the failure is reported");
         assert!(journal.has_failed());
+        assert_eq!(journal.health(), Err(Unhealthy::Failed));
         assert!(matches!(
             journal.try_submit(put(b"after")),
             Err(StorageError::Closed)
         ));
         assert_eq!(journal.get(b"before").expect("read"), Some(b"v".to_vec()));
         journal.close().expect("closed");
+    }
+
+    // A group commit that does not finish shows as running, for ever longer; past
+    // `commit_stall_ms` the journal reports itself stalled. Once it completes the journal is
+    // healthy again and nothing is running.
+    #[tokio::test]
+    async fn a_stuck_commit_is_reported_stalled() {
+        const STALL_MS: u64 = 50;
+        let journal = Journal::temporary(&JournalConfig {
+            commit_stall_ms: STALL_MS,
+            ..JournalConfig::default()
+        })
+        .expect("journal");
+        assert_eq!(journal.commit_running_for(), None);
+        assert_eq!(journal.health(), Ok(()));
+        // Released on every way out, or dropping the journal would wait for the held commit.
+        struct Held(std::sync::Arc<Shared>);
+        impl Drop for Held {
+            fn drop(&mut self) {
+                self.0.hold_commits.store(false, Ordering::SeqCst);
+            }
+        }
+        let held = Held(journal.inner.shared.clone());
+        held.0.hold_commits.store(true, Ordering::SeqCst);
+        let mut batch = Batch::default();
+        batch.put(b"k".to_vec(), b"v".to_vec());
+        let ticket = journal.submit(batch);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let stalled = loop {
+            match journal.health() {
+                Err(stalled) => break stalled,
+                Ok(()) => {
+                    assert!(Instant::now() < deadline, "never reported stalled");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        let Unhealthy::Stalled { running, limit } = stalled else {
+            panic!("{stalled:?}");
+        };
+        assert_eq!(limit, Duration::from_millis(STALL_MS));
+        assert!(running > limit, "{running:?}");
+        let later = journal.commit_running_for().expect("still running");
+        assert!(later >= running, "{later:?} after {running:?}");
+        drop(held);
+        ticket.await.expect("committed once released");
+        assert_eq!(journal.commit_running_for(), None);
+        assert_eq!(journal.health(), Ok(()));
     }
 }

@@ -18,6 +18,8 @@
 //!   dead letters and replay, secret rotation, a crash, tenancy.
 //! - `dashboard`: the operators' live dashboard in headless Chromium under load; the metrics
 //!   listener; the per-order spans in the JSON log.
+//! - `systemd`: the notify protocol (ready, watchdog, stopping), the unit file as
+//!   systemd-analyze reads it, and `ops/setup` installing what the unit runs.
 
 mod audit;
 mod crash;
@@ -29,4 +31,5 @@ mod lifecycle;
 mod nats;
 mod oidc;
 mod provider;
+mod systemd;
 mod webhooks;
