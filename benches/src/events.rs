@@ -184,17 +184,26 @@ pub struct NatsServer {
     _store: tempfile::TempDir,
 }
 
+/// The client port in a nats-server ports file (`{"nats":["nats://127.0.0.1:PORT"]}`); `None`
+/// while it is missing or not completely written.
+fn client_port(ports_file: &Path) -> Option<u16> {
+    let ports: serde_json::Value = serde_json::from_slice(&std::fs::read(ports_file).ok()?).ok()?;
+    let url = ports["nats"].get(0)?.as_str()?;
+    url.rsplit(':').next()?.parse().ok()
+}
+
 impl NatsServer {
     /// Starts `bin` (e.g. `nats-server` from Debian's package) under `data_root`.
     pub fn start(bin: &Path, data_root: &Path) -> anyhow::Result<NatsServer> {
         let store = tempfile::Builder::new()
             .prefix("orderd-bench-nats-")
             .tempdir_in(data_root)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        // nats-server picks a free port itself and names it in its ports file once it
+        // listens: nothing else can take the port between choosing and binding it.
         let child = Command::new(bin)
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .args(["-js", "-a", "127.0.0.1", "-p", "-1", "--ports_file_dir"])
+            .arg(store.path())
+            .arg("-sd")
             .arg(store.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -206,21 +215,29 @@ impl NatsServer {
                     bin.display()
                 )
             })?;
+        let ports_file = store.path().join(format!(
+            "{}_{}.ports",
+            bin.file_name().unwrap_or_default().to_string_lossy(),
+            child.id()
+        ));
         let mut server = NatsServer {
             child,
-            port,
+            port: 0,
             _store: store,
         };
         let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        server.port = loop {
+            if let Some(port) = client_port(&ports_file) {
+                break port;
+            }
             if let Ok(Some(status)) = server.child.try_wait() {
                 bail!("nats-server exited at start: {status}");
             }
             if started.elapsed() > NATS_START_MAX {
-                bail!("nats-server did not listen on {port} within {NATS_START_MAX:?}");
+                bail!("nats-server did not listen within {NATS_START_MAX:?}");
             }
             std::thread::sleep(Duration::from_millis(20));
-        }
+        };
         Ok(server)
     }
 

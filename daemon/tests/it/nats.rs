@@ -10,7 +10,6 @@
 use crate::env::{str_field, warehouses_of, TestEnv};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -44,12 +43,21 @@ fn password(var: &str) -> &'static str {
 
 pub struct NatsServer {
     child: Option<Child>,
+    /// 0 until the first start has picked one.
     port: u16,
     store: TempDir,
     /// The server's config file: the shipped one with its store in `store`, or none (no users).
     config: Option<PathBuf>,
     /// More arguments of nats-server (TLS).
     extra: Vec<String>,
+}
+
+/// The client port in a nats-server ports file (`{"nats":["nats://127.0.0.1:PORT"], ...}`);
+/// `None` while it is missing or not completely written.
+fn client_port(ports_file: &std::path::Path) -> Option<u16> {
+    let ports: Value = serde_json::from_slice(&std::fs::read(ports_file).ok()?).ok()?;
+    let url = ports["nats"].get(0)?.as_str()?;
+    url.rsplit(':').next()?.parse().ok()
 }
 
 impl NatsServer {
@@ -71,10 +79,6 @@ impl NatsServer {
     }
 
     fn started(shipped: bool, extra: Vec<String>) -> NatsServer {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
         let store = tempfile::Builder::new()
             .prefix("orderd-nats-")
             .tempdir()
@@ -95,7 +99,7 @@ impl NatsServer {
         });
         let mut server = NatsServer {
             child: None,
-            port,
+            port: 0,
             store,
             config,
             extra,
@@ -108,11 +112,21 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    /// Starts the server again on the same port and store.
+    /// Starts the server again on the same store and port. The first start lets nats-server
+    /// pick a free port itself (`-p -1`) and reads it from the ports file nats-server writes
+    /// once it listens, so no other process can take the port between choosing and binding it.
     pub fn resume(&mut self) {
         assert!(self.child.is_none(), "nats-server is already running");
+        let ports_dir = self.store.path().join("ports");
+        std::fs::create_dir_all(&ports_dir).expect("the ports file directory");
+        let port = match self.port {
+            0 => "-1".to_owned(),
+            p => p.to_string(),
+        };
         let mut cmd = Command::new("nats-server");
-        cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
+        cmd.args(["-a", "127.0.0.1", "-p", &port])
+            .arg("--ports_file_dir")
+            .arg(&ports_dir);
         match &self.config {
             Some(config) => cmd.arg("-c").arg(config).envs(PASSWORDS),
             None => cmd.arg("-js").arg("-sd").arg(self.store.path()),
@@ -125,15 +139,30 @@ impl NatsServer {
             .unwrap_or_else(|e| {
                 panic!("starting nats-server ({e}); ops/test installs Debian's nats-server package")
             });
-        self.child = Some(child);
+        let ports_file = ports_dir.join(format!("nats-server_{}.ports", child.id()));
+        let child = self.child.insert(child);
         let deadline = Instant::now() + NATS_START_MAX;
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        let listening = loop {
+            if let Some(port) = client_port(&ports_file) {
+                break port;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "nats-server exited at start ({status}); asked for port {port} (-1: any free one)"
+                );
+            }
             assert!(
                 Instant::now() < deadline,
                 "nats-server did not start listening"
             );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(
+            self.port == 0 || listening == self.port,
+            "nats-server listens on {listening}, not on {}",
+            self.port
+        );
+        self.port = listening;
     }
 
     /// Stops the server with SIGTERM (a clean shutdown, which writes its store out) and waits
