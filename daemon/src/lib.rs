@@ -166,19 +166,20 @@ pub async fn run(
     // Open event streams would hold the graceful shutdown up for as long as they last: end them.
     let bus = state.bus.clone();
     let (ended_tx, ended) = tokio::sync::oneshot::channel();
+    // Everything is up; connections wait in the listen backlog until `server` runs, just below.
+    let notifier = systemd::Notifier::ready(addr);
+    let watchdog = tokio::spawn(notifier.clone().watchdog(journal.clone()));
     let shutdown = async move {
         let ended = tokio::select! {
             _ = shutdown => None,
             name = critical.first_ended() => Some(name),
         };
-        systemd::stopping();
+        notifier.stopping();
         let _ = ended_tx.send(ended);
         bus.close();
     };
     let app = orderd_api::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let server = axum::serve(no_delay(listener), app).with_graceful_shutdown(shutdown);
-    systemd::ready(addr);
-    let watchdog = tokio::spawn(systemd::watchdog(journal.clone(), stop_tx.subscribe()));
     server.await.context("serving HTTP")?;
     tracing::info!("shutting down: stopping actors and flushing the journal");
     upkeep.abort();

@@ -367,7 +367,7 @@ struct Shared {
     #[cfg(test)]
     fail_next_commit: std::sync::atomic::AtomicBool,
     /// Test hook: while set, a group commit waits before it applies, as one stuck on the disk.
-    #[cfg(any(test, feature = "test-hooks"))]
+    #[cfg(test)]
     hold_commits: std::sync::atomic::AtomicBool,
     /// Test hook (feature `test-hooks`): while set, every write is refused `Overloaded`.
     #[cfg(feature = "test-hooks")]
@@ -461,7 +461,7 @@ impl Journal {
             epoch: Instant::now(),
             #[cfg(test)]
             fail_next_commit: std::sync::atomic::AtomicBool::new(false),
-            #[cfg(any(test, feature = "test-hooks"))]
+            #[cfg(test)]
             hold_commits: std::sync::atomic::AtomicBool::new(false),
             #[cfg(feature = "test-hooks")]
             refusing: std::sync::atomic::AtomicBool::new(false),
@@ -529,13 +529,6 @@ impl Journal {
     #[cfg(feature = "test-hooks")]
     pub fn refuse_writes(&self, on: bool) {
         self.inner.shared.refusing.store(on, Ordering::SeqCst);
-    }
-
-    /// Test hook: while `on`, each group commit waits before it applies, as one stuck on the
-    /// disk would (see [`Journal::health`]); turning it off lets the held commit go on.
-    #[cfg(feature = "test-hooks")]
-    pub fn hold_commits(&self, on: bool) {
-        self.inner.shared.hold_commits.store(on, Ordering::SeqCst);
     }
 
     /// Test hook: how many writes [`Journal::refuse_writes`] has refused so far.
@@ -929,7 +922,7 @@ impl Committer {
                 "injected by a test",
             ))));
         }
-        #[cfg(any(test, feature = "test-hooks"))]
+        #[cfg(test)]
         while self.shared.hold_commits.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(1));
         }
