@@ -262,23 +262,16 @@ impl Directory {
         Ok(actor)
     }
 
-    /// Creates an account, or replaces its master data except its ship-tos and users, which
-    /// it keeps as its actor holds them (the accounts import: they have imports of their own).
+    /// Creates an account, or merges it into the existing one with `merge(current, account)`
+    /// in its actor (the accounts import, which decides what an existing account keeps).
     pub async fn import_account(
         &self,
         caller: &Caller,
         account: Account,
+        merge: impl FnOnce(&mut Account, Account) + Send + 'static,
     ) -> Result<Result<Account, Rejection>, ActorError> {
         self.create_or_update(caller, account, |account| {
-            Box::new(move |current: &mut Account| {
-                let ship_tos = std::mem::take(&mut current.ship_tos);
-                let users = std::mem::take(&mut current.users);
-                *current = Account {
-                    ship_tos,
-                    users,
-                    ..account
-                };
-            })
+            Box::new(move |current: &mut Account| merge(current, account))
         })
         .await
     }

@@ -390,8 +390,9 @@ impl Engine {
         &self,
         caller: &Caller,
         account: Account,
+        merge: impl FnOnce(&mut Account, Account) + Send + 'static,
     ) -> Result<Result<Account, Rejection>, ActorError> {
-        self.accounts.import_account(caller, account).await
+        self.accounts.import_account(caller, account, merge).await
     }
 
     /// See [`Directory::update_account`].

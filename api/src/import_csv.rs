@@ -6,6 +6,11 @@
 //! reported with the accounts or warehouses stored before it. Importing the corrected file
 //! again is safe: every import sets what it names.
 //!
+//! A column that its kind does not have refuses the file (a misspelled optional column would
+//! otherwise be read as empty). Accounts and users are merged into what exists: an optional
+//! column the file does not have leaves that field of an existing account or user as it is;
+//! an empty value in a column the file has clears it.
+//!
 //! | kind       | columns                                                                                   |
 //! |------------|-------------------------------------------------------------------------------------------|
 //! | catalog    | sku, description, uom, pack_size, min_qty, status, segments (`a;b`), kit (`SKU*2;SKU*1`)  |
@@ -89,49 +94,54 @@ pub async fn import(
     let internal = |e: orderd_actors::ActorError| vec![format!("import failed: {e}")];
     match kind {
         Kind::Catalog => {
-            let items = parse(csv, rows_max, catalog_row, catalog_sets())?;
+            let items = parse(csv, rows_max, catalog_row, catalog_sets())?.rows;
             engine
                 .import_catalog(caller, items)
                 .await
                 .map_err(internal)?
         }
         Kind::Prices => {
-            let entries = parse(csv, rows_max, price_row, price_sets())?;
+            let entries = parse(csv, rows_max, price_row, price_sets())?.rows;
             engine
                 .import_prices(caller, entries)
                 .await
                 .map_err(internal)?
         }
         Kind::Warehouses => {
-            let ws = parse(csv, rows_max, warehouse_row, warehouse_sets())?;
+            let ws = parse(csv, rows_max, warehouse_row, warehouse_sets())?.rows;
             engine.import_warehouses(caller, ws).await.map_err(internal)
         }
         Kind::Stock => {
-            let rows = parse(csv, rows_max, stock_row, stock_sets())?;
+            let rows = parse(csv, rows_max, stock_row, stock_sets())?.rows;
             engine.set_stock(caller, rows).await.map_err(internal)?
         }
         Kind::Accounts => {
-            let rows = parse(csv, rows_max, account_row, account_sets())?;
+            let Parsed { rows, columns } = parse(csv, rows_max, account_row, account_sets())?;
+            let carried = AccountColumns::of(&columns);
             let n = rows.len();
             let mut stored = vec![];
             for a in rows {
-                // An existing account keeps its ship-tos and users as its actor holds them.
                 let id = a.id.clone();
-                answered(&id, engine.import_account(caller, a).await, &stored)?;
+                let merge = move |current: &mut Account, imported| carried.merge(current, imported);
+                answered(&id, engine.import_account(caller, a, merge).await, &stored)?;
                 stored.push(id);
             }
             Ok(n)
         }
         Kind::ShipTos => {
-            let rows = parse(csv, rows_max, ship_to_row, ship_to_sets())?;
+            let rows = parse(csv, rows_max, ship_to_row, ship_to_sets())?.rows;
             merge(engine, caller, rows, |a, s: ShipTo| {
                 upsert(&mut a.ship_tos, s, |x| x.id.clone())
             })
             .await
         }
         Kind::Users => {
-            let rows = parse(csv, rows_max, user_row, user_sets())?;
-            merge(engine, caller, rows, |a, u: ImportedUser| u.put(a)).await
+            let Parsed { rows, columns } = parse(csv, rows_max, user_row, user_sets())?;
+            let carried = UserColumns::of(&columns);
+            merge(engine, caller, rows, move |a, u: ImportedUser| {
+                u.put(a, carried)
+            })
+            .await
         }
     }
 }
@@ -200,13 +210,51 @@ fn upsert<T, K: PartialEq>(list: &mut Vec<T>, item: T, key: impl Fn(&T) -> K) {
     }
 }
 
+/// The rows of a file, and the columns its header names.
+#[derive(Debug)]
+struct Parsed<T> {
+    rows: Vec<T>,
+    columns: Columns,
+}
+
+/// The columns a file's header names, each known to its kind and named once.
+#[derive(Debug)]
+struct Columns(csv::StringRecord);
+
+impl Columns {
+    /// The header of a file of rows `R`: every column must be one of `R`'s fields.
+    fn check<R: DeserializeOwned>(headers: csv::StringRecord) -> Result<Columns, Errors> {
+        let known = serde_aux::serde_introspection::serde_introspect::<R>();
+        let mut errors = vec![];
+        for (i, h) in headers.iter().enumerate() {
+            if !known.contains(&h) {
+                errors.push(format!(
+                    "line 1: unknown column {h:?} (the columns are {})",
+                    known.join(", ")
+                ));
+            } else if headers.iter().take(i).any(|earlier| earlier == h) {
+                errors.push(format!("line 1: column {h:?} appears twice"));
+            }
+        }
+        if errors.is_empty() {
+            Ok(Columns(headers))
+        } else {
+            Err(errors)
+        }
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|h| h == name)
+    }
+}
+
 /// Reads every record, converting each; all errors are collected with line numbers.
 fn parse<R: DeserializeOwned, T, K: Eq + std::hash::Hash>(
     csv: &[u8],
     rows_max: usize,
     convert: impl Fn(R) -> Result<T, String>,
     sets: Sets<T, K>,
-) -> Result<Vec<T>, Errors> {
+) -> Result<Parsed<T>, Errors> {
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .flexible(false)
@@ -215,6 +263,8 @@ fn parse<R: DeserializeOwned, T, K: Eq + std::hash::Hash>(
         .headers()
         .map_err(|e| vec![format!("line 1: {e}")])?
         .clone();
+    let columns = Columns::check::<R>(headers)?;
+    let headers = &columns.0;
     let (mut out, mut errors) = (Vec::new(), Vec::new());
     // The line of the row that set each key.
     let mut set_by: HashMap<K, u64> = HashMap::new();
@@ -227,8 +277,8 @@ fn parse<R: DeserializeOwned, T, K: Eq + std::hash::Hash>(
             Ok(true) => (
                 record.position().map_or(0, csv::Position::line),
                 record
-                    .deserialize::<R>(Some(&headers))
-                    .map_err(|e| field_error(&e, &headers))
+                    .deserialize::<R>(Some(headers))
+                    .map_err(|e| field_error(&e, headers))
                     .and_then(&convert),
             ),
             Err(e) => (
@@ -264,7 +314,7 @@ fn parse<R: DeserializeOwned, T, K: Eq + std::hash::Hash>(
         errors.push("the file has no rows".into());
     }
     if errors.is_empty() {
-        Ok(out)
+        Ok(Parsed { rows: out, columns })
     } else {
         Err(errors)
     }
@@ -547,6 +597,57 @@ fn account_row(r: AccountRow) -> Result<Account, String> {
     })
 }
 
+/// Which of the optional columns of an accounts file it has.
+#[derive(Clone, Copy)]
+struct AccountColumns {
+    buyer_limit: bool,
+    approver_limit: bool,
+    restricted_skus: bool,
+    approve_new_ship_to: bool,
+}
+
+impl AccountColumns {
+    fn of(columns: &Columns) -> Self {
+        AccountColumns {
+            buyer_limit: columns.has("buyer_limit"),
+            approver_limit: columns.has("approver_limit"),
+            restricted_skus: columns.has("restricted_skus"),
+            approve_new_ship_to: columns.has("approve_new_ship_to"),
+        }
+    }
+
+    /// An existing account as the import leaves it: `imported`, but with the account's own
+    /// ship-tos and users (they have imports of their own) and every approval rule the file has
+    /// no column for.
+    fn merge(self, current: &mut Account, imported: Account) {
+        let mut merged = Account {
+            ship_tos: std::mem::take(&mut current.ship_tos),
+            users: std::mem::take(&mut current.users),
+            removed_users: std::mem::take(&mut current.removed_users),
+            ..imported
+        };
+        let (rules, kept) = (&mut merged.rules, &mut current.rules);
+        for (role, carried) in [
+            (Role::Buyer, self.buyer_limit),
+            (Role::Approver, self.approver_limit),
+        ] {
+            if !carried {
+                match kept.role_limits.remove(&role) {
+                    Some(limit) => rules.role_limits.insert(role, limit),
+                    None => rules.role_limits.remove(&role),
+                };
+            }
+        }
+        if !self.restricted_skus {
+            rules.restricted_skus = std::mem::take(&mut kept.restricted_skus);
+        }
+        if !self.approve_new_ship_to {
+            rules.approve_new_ship_to = kept.approve_new_ship_to;
+        }
+        *current = merged;
+    }
+}
+
 #[derive(Deserialize)]
 struct ShipToRow {
     account: String,
@@ -624,10 +725,35 @@ fn user_row(r: UserRow) -> Result<(AccountId, ImportedUser), String> {
     ))
 }
 
+/// Which of the optional columns of a users file it has.
+#[derive(Clone, Copy)]
+struct UserColumns {
+    spending_limit: bool,
+    ship_tos: bool,
+}
+
+impl UserColumns {
+    fn of(columns: &Columns) -> Self {
+        UserColumns {
+            spending_limit: columns.has("spending_limit"),
+            ship_tos: columns.has("ship_tos"),
+        }
+    }
+}
+
 impl ImportedUser {
-    /// Writes the user into `account` (one removed by the account admin is created again).
-    fn put(self, account: &mut Account) {
+    /// Writes the user into `account` (one removed by the account admin is created again). An
+    /// existing user keeps the spending limit and ship-tos the file has no column for.
+    fn put(self, account: &mut Account, carried: UserColumns) {
         let mut user = self.user;
+        if let Some(existing) = account.user(&user.id) {
+            if !carried.spending_limit {
+                user.spending_limit = existing.spending_limit;
+            }
+            if !carried.ship_tos {
+                user.ship_tos = existing.ship_tos.clone();
+            }
+        }
         if !self.limit_currency_given {
             if let Some(limit) = &mut user.spending_limit {
                 limit.currency = account.currency;
@@ -703,7 +829,9 @@ mod tests {
     #[test]
     fn csv_rows_parse_or_report_every_line() {
         let good = "sku,description,uom,pack_size,min_qty,status,segments,kit\nA,Bolt,EA,1,1,active,,\nK,Kit,EA,1,1,active,retail;wholesale,A*2\n";
-        let items = parse(good.as_bytes(), 10, catalog_row, catalog_sets()).unwrap();
+        let items = parse(good.as_bytes(), 10, catalog_row, catalog_sets())
+            .unwrap()
+            .rows;
         assert_eq!(items[1].kit[0].qty, 2);
         assert_eq!(items[1].segments.len(), 2);
         let bad = "sku,description,uom,pack_size,min_qty,status,segments,kit\nA,Bolt,EA,x,1,active,,\nB,Nut,EA,1,1,sold,,\nC,Pin,EA,1,1,active,,\n";
@@ -750,11 +878,11 @@ mod tests {
             "{header}list,,A,EUR,,2026-06-30,1:10\nlist,,A,EUR,2026-07-01,,1:11\nlist,,A,USD,,,1:12\n"
         );
         let entries = parse(apart.as_bytes(), 10, price_row, price_sets()).unwrap();
-        assert_eq!(entries.len(), 3);
+        assert_eq!(entries.rows.len(), 3);
         let promotion =
             format!("{header}list,,A,EUR,2026-07-01,2026-07-31,1:8\nlist,,A,EUR,,,1:10\n");
         let entries = parse(promotion.as_bytes(), 10, price_row, price_sets()).unwrap();
-        assert_eq!(entries.len(), 2);
+        assert_eq!(entries.rows.len(), 2);
         let again = format!("{header}list,,A,EUR,2026-07-01,,1:10\nlist,,A,EUR,2026-07-01,,1:11\n");
         let errs = parse(again.as_bytes(), 10, price_row, price_sets()).unwrap_err();
         assert_eq!(

@@ -10,7 +10,7 @@ use orderd_actors::{Engine, Limits};
 use orderd_api::auth::Authenticator;
 use orderd_api::import_csv::{import, Kind};
 use orderd_api::{router, ApiLimits, ApiState};
-use orderd_domain::ids::AccountId;
+use orderd_domain::ids::{AccountId, Sku, UserId};
 use orderd_storage::{Journal, JournalConfig};
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -2978,4 +2978,101 @@ async fn stored_account(api: &Api, id: &str) -> orderd_domain::account::Account 
         })
         .await
         .unwrap()
+}
+
+// An accounts or users import sets what its columns name: an optional column the file does not
+// have leaves an existing account's rules and a user's limit and ship-tos as they are, an empty
+// value in a column it has clears them, and a column no kind has refuses the file.
+#[tokio::test]
+async fn imports_set_only_the_columns_they_have() {
+    let api = api().await;
+    let engine = &api.state.engine;
+    let run = async |kind: Kind, csv: &str| {
+        import(engine, &Caller::system(), kind, csv.as_bytes(), 10).await
+    };
+    let limits = |a: &orderd_domain::account::Account| -> Vec<String> {
+        a.rules
+            .role_limits
+            .iter()
+            .map(|(role, m)| format!("{role:?} {m}"))
+            .collect()
+    };
+    let head = "id,name,segment,currency,credit_limit,open_receivables,payment_terms";
+    let rules = format!(
+        "{head},buyer_limit,approver_limit,restricted_skus,approve_new_ship_to\n\
+         A,Alpha,retail,EUR,5000.00,0.00,NET30,500.00,900.00,BOLT,true\n"
+    );
+    assert_eq!(run(Kind::Accounts, &rules).await, Ok(1));
+
+    // Only the required columns: the credit limit changes, every approval rule stays.
+    let plain = format!("{head}\nA,Alpha,retail,EUR,7000.00,0.00,NET30\n");
+    assert_eq!(run(Kind::Accounts, &plain).await, Ok(1));
+    let a = stored_account(&api, "A").await;
+    assert_eq!(a.credit_limit.amount.to_string(), "7000.00");
+    assert_eq!(limits(&a), ["Buyer 500.00 EUR", "Approver 900.00 EUR"]);
+    let restricted: Vec<&str> = a.rules.restricted_skus.iter().map(Sku::as_str).collect();
+    assert_eq!(restricted, ["BOLT"]);
+    assert!(a.rules.approve_new_ship_to);
+    assert_eq!(a.ship_tos.len(), 1, "ship-tos are kept: {:?}", a.ship_tos);
+
+    // A column the file has, left empty, clears what it names; the others stay.
+    let cleared =
+        format!("{head},buyer_limit,restricted_skus\nA,Alpha,retail,EUR,7000.00,0.00,NET30,,\n");
+    assert_eq!(run(Kind::Accounts, &cleared).await, Ok(1));
+    let a = stored_account(&api, "A").await;
+    assert_eq!(limits(&a), ["Approver 900.00 EUR"]);
+    assert!(a.rules.restricted_skus.is_empty());
+    assert!(a.rules.approve_new_ship_to);
+
+    // A misspelled or repeated column refuses the file before anything is stored.
+    let typo = format!("{head},restricted_sku\nA,Alpha,retail,EUR,1.00,0.00,NET30,BOLT\n");
+    let errors = run(Kind::Accounts, &typo).await.unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("line 1: unknown column \"restricted_sku\" (the columns are id, "),
+        "{errors:?}"
+    );
+    let twice = format!("{head},name\nA,Alpha,retail,EUR,1.00,0.00,NET30,Alpha\n");
+    let errors = run(Kind::Accounts, &twice).await.unwrap_err();
+    assert_eq!(errors, ["line 1: column \"name\" appears twice"]);
+    let typo = "sku,description,uom,pack_size,min_qty,status,segment\nX,x,pc,1,1,active,a\n";
+    let errors = run(Kind::Catalog, typo).await.unwrap_err();
+    assert!(
+        errors[0].contains("unknown column \"segment\""),
+        "{errors:?}"
+    );
+    assert_eq!(
+        stored_account(&api, "A")
+            .await
+            .credit_limit
+            .amount
+            .to_string(),
+        "7000.00"
+    );
+
+    // Users: without the optional columns a user keeps its limit and ship-tos.
+    let full =
+        "account,id,name,roles,spending_limit,currency,ship_tos\nA,una,Una,buyer,100.00,,HQ\n";
+    assert_eq!(run(Kind::Users, full).await, Ok(1));
+    let roles_only = "account,id,name,roles\nA,una,Una R.,buyer;approver\n";
+    assert_eq!(run(Kind::Users, roles_only).await, Ok(1));
+    let a = stored_account(&api, "A").await;
+    let una = a.user(&UserId::parse("una").unwrap()).unwrap();
+    assert_eq!(una.name, "Una R.");
+    assert_eq!(una.roles.len(), 2);
+    assert_eq!(
+        una.spending_limit
+            .as_ref()
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("100.00 EUR")
+    );
+    let ship_tos: Vec<&str> = una.ship_tos.iter().map(|s| s.as_str()).collect();
+    assert_eq!(ship_tos, ["HQ"]);
+    // ... and with them, empty, both are cleared.
+    let cleared = "account,id,name,roles,spending_limit,ship_tos\nA,una,Una,buyer,,\n";
+    assert_eq!(run(Kind::Users, cleared).await, Ok(1));
+    let a = stored_account(&api, "A").await;
+    let una = a.user(&UserId::parse("una").unwrap()).unwrap();
+    assert_eq!((una.spending_limit.as_ref(), una.ship_tos.len()), (None, 0));
 }
