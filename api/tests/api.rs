@@ -1775,6 +1775,7 @@ async fn openapi_lists_routes() {
     // problem+json too.
     let buyer = api.token(Some("A"), "ann", &["buyer"], None).await;
     let bad = StatusCode::BAD_REQUEST;
+    let long_query = format!("/v1/catalog?q={}", "a".repeat(201));
     for (method, path, status, code) in [
         ("GET", "/v1/nope", StatusCode::NOT_FOUND, "not_found"),
         (
@@ -1787,6 +1788,13 @@ async fn openapi_lists_routes() {
         ("GET", "/v1/orders?limit=x", bad, "invalid_query"),
         ("GET", "/v1/orders?limit=0", bad, "invalid_query"),
         ("GET", "/v1/catalog?limit=0", bad, "invalid_query"),
+        (
+            "GET",
+            "/v1/catalog?q=a+b+c+d+e+f+g+h+i",
+            bad,
+            "invalid_query",
+        ),
+        ("GET", &long_query, bad, "invalid_query"),
         ("GET", "/v1/events?limit=0", bad, "invalid_query"),
     ] {
         let r = api.call(method, path, Some(&buyer), None, &[]).await;

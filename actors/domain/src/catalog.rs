@@ -154,50 +154,108 @@ impl Catalog {
         &self.items[start..]
     }
 
-    /// Items visible to `segment` matching `query` (a SKU prefix, or every word found in the
-    /// description), in SKU order, strictly after `after`, at most `limit`.
+    /// Items visible to `segment` matching `query` (a SKU prefix, ASCII case ignored, or
+    /// every word a prefix of some word of the description), in SKU order, strictly after
+    /// `after`, at most `limit`. A query is refused when it is longer than
+    /// [`SEARCH_QUERY_BYTES_MAX`] or has more than [`SEARCH_WORDS_MAX`] distinct words.
+    ///
+    /// The cost stays near what the answer needs: the SKUs of the query's rarest word come
+    /// from the word index, and the other words are checked on those items' descriptions; a
+    /// word so common that walking the items in SKU order finds `limit` matches sooner is
+    /// checked on the walk instead.
     pub fn search(
         &self,
         segment: &Segment,
         query: &str,
         after: Option<&Sku>,
         limit: usize,
-    ) -> Vec<&CatalogItem> {
+    ) -> Result<Vec<&CatalogItem>, SearchError> {
         let q = query.trim();
+        if q.len() > SEARCH_QUERY_BYTES_MAX {
+            return Err(SearchError::TooLong);
+        }
+        let mut terms: Vec<String> = tokenize(q).collect();
+        terms.sort_unstable();
+        terms.dedup();
+        if terms.len() > SEARCH_WORDS_MAX {
+            return Err(SearchError::TooManyWords);
+        }
         let visible = |it: &&CatalogItem| it.visible_to(segment);
+        let items = self.items_after(after);
         if q.is_empty() {
-            return self
-                .items_after(after)
+            return Ok(items.iter().filter(visible).take(limit).collect());
+        }
+        let sku_matches = |it: &CatalogItem| {
+            it.sku
+                .as_str()
+                .as_bytes()
+                .get(..q.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(q.as_bytes()))
+        };
+        let words_match = |it: &CatalogItem| {
+            !terms.is_empty()
+                && terms
+                    .iter()
+                    .all(|t| tokenize(&it.description).any(|w| w.starts_with(t.as_str())))
+        };
+        let matches = |it: &&CatalogItem| sku_matches(it) || words_match(it);
+        let rarest = terms
+            .iter()
+            .map(|t| (self.word_hits(t).map(BTreeSet::len).sum::<usize>(), t))
+            .min();
+        match rarest {
+            // Walking the items finds `limit` matches after about limit * items / hits of
+            // them; the index costs about `hits`.
+            Some((hits, t)) if hits.saturating_mul(hits) < limit.saturating_mul(items.len()) => {
+                // Both in SKU order: the first `limit` of the SKU prefix matches suffice.
+                let by_sku = items.iter().filter(|it| sku_matches(it)).filter(visible);
+                let mut found: Vec<&CatalogItem> = self
+                    .word_hits(t)
+                    .flatten()
+                    .filter(|sku| after.is_none_or(|a| *sku > a))
+                    .filter_map(|sku| self.get(sku))
+                    .filter(|it| words_match(it))
+                    .filter(visible)
+                    .chain(by_sku.take(limit))
+                    .collect();
+                found.sort_unstable_by(|a, b| a.sku.cmp(&b.sku));
+                found.dedup_by(|a, b| a.sku == b.sku);
+                found.truncate(limit);
+                Ok(found)
+            }
+            _ => Ok(items
                 .iter()
+                .filter(matches)
                 .filter(visible)
                 .take(limit)
-                .collect();
+                .collect()),
         }
-        let q_upper = q.to_ascii_uppercase();
-        let terms: Vec<String> = tokenize(q).collect();
-        // Every term must prefix-match some word of the description.
-        let word_hits: Option<BTreeSet<Sku>> = terms.iter().fold(None, |acc, t| {
-            let hits: BTreeSet<Sku> = self
-                .words
-                .range(t.clone()..)
-                .take_while(|(w, _)| w.starts_with(t.as_str()))
-                .flat_map(|(_, s)| s.iter().cloned())
-                .collect();
-            Some(match acc {
-                None => hits,
-                Some(prev) => &prev & &hits,
-            })
-        });
-        self.items_after(after)
-            .iter()
-            .filter(|it| {
-                it.sku.as_str().to_ascii_uppercase().starts_with(&q_upper)
-                    || word_hits.as_ref().is_some_and(|h| h.contains(&it.sku))
-            })
-            .filter(visible)
-            .take(limit)
-            .collect()
     }
+
+    /// The SKUs of every description word that `prefix` begins, word by word.
+    fn word_hits<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a BTreeSet<Sku>> + 'a {
+        self.words
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(move |(w, _)| w.starts_with(prefix))
+            .map(|(_, skus)| skus)
+    }
+}
+
+/// The longest search query, in bytes.
+pub const SEARCH_QUERY_BYTES_MAX: usize = 200;
+/// The most distinct words in a search query.
+pub const SEARCH_WORDS_MAX: usize = 8;
+
+/// A search query refused for its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SearchError {
+    #[error("the query is longer than {SEARCH_QUERY_BYTES_MAX} bytes")]
+    TooLong,
+    #[error("the query has more than {SEARCH_WORDS_MAX} distinct words")]
+    TooManyWords,
 }
 
 fn tokenize(s: &str) -> impl Iterator<Item = String> + '_ {
@@ -271,7 +329,12 @@ pub(crate) mod tests {
         .unwrap();
         let retail = Segment::parse("retail").unwrap();
         let wholesale = Segment::parse("wholesale").unwrap();
-        let skus = |v: Vec<&CatalogItem>| v.iter().map(|i| i.sku.to_string()).collect::<Vec<_>>();
+        let skus = |v: Result<Vec<&CatalogItem>, SearchError>| {
+            v.unwrap()
+                .iter()
+                .map(|i| i.sku.to_string())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(skus(cat.search(&retail, "bolt", None, 10)), ["A-1"]);
         assert_eq!(
             skus(cat.search(&wholesale, "steel bo", None, 10)),
@@ -288,13 +351,111 @@ pub(crate) mod tests {
             ["B-2"]
         );
         let last = Sku::parse("C-3").unwrap();
-        assert!(cat.search(&retail, "", Some(&last), 10).is_empty());
+        assert!(skus(cat.search(&retail, "", Some(&last), 10)).is_empty());
         assert_eq!(
             cat.get(&a1).map(|i| i.description.as_str()),
             Some("Steel bolt M8")
         );
         assert!(cat.get(&between).is_none());
-        assert!(cat.search(&retail, "nothing", None, 10).is_empty());
+        assert!(skus(cat.search(&retail, "nothing", None, 10)).is_empty());
+    }
+
+    // Whichever way a search finds its items (the rarest word's index entries, or a walk in
+    // SKU order), it answers what checking every item would: the same items, in SKU order,
+    // after the cursor, at most `limit`.
+    #[test]
+    fn search_answers_what_checking_every_item_would() {
+        let vocabulary = [
+            "steel",
+            "stainless",
+            "bolt",
+            "bracket",
+            "pipe",
+            "copper",
+            "m8",
+        ];
+        let hidden = Segment::parse("wholesale").unwrap();
+        let items: Vec<CatalogItem> = (0..400usize)
+            .map(|i| {
+                // Word k is in the description of every (k+2)-th item: common to rare words.
+                let words: Vec<&str> = (0..vocabulary.len())
+                    .filter(|k| i % (k * 7 + 2) == 0)
+                    .map(|k| vocabulary[k])
+                    .collect();
+                let mut it = item(
+                    &format!("S{i:03}"),
+                    &format!("part {} {i}", words.join(" ")),
+                );
+                if i % 5 == 0 {
+                    it.segments.insert(hidden.clone());
+                }
+                it
+            })
+            .collect();
+        let cat = Catalog::new(items.clone()).unwrap();
+        let retail = Segment::parse("retail").unwrap();
+        let reference = |q: &str, after: Option<&Sku>, limit: usize| -> Vec<String> {
+            let terms: Vec<String> = tokenize(q).collect();
+            items
+                .iter()
+                .filter(|it| after.is_none_or(|a| &it.sku > a) && it.visible_to(&retail))
+                .filter(|it| {
+                    it.sku
+                        .as_str()
+                        .to_ascii_uppercase()
+                        .starts_with(&q.to_ascii_uppercase())
+                        || (!terms.is_empty()
+                            && terms.iter().all(|t| {
+                                tokenize(&it.description).any(|w| w.starts_with(t.as_str()))
+                            }))
+                })
+                .take(limit)
+                .map(|it| it.sku.to_string())
+                .collect()
+        };
+        let cursor = Sku::parse("S150").unwrap();
+        for q in [
+            "st", "steel", "bolt st", "cop", "m8 pipe", "s1", "S2", "br bolt", "zinc", "part 12",
+            "1",
+        ] {
+            for after in [None, Some(&cursor)] {
+                for limit in [1, 3, 20, 1000] {
+                    let got: Vec<String> = cat
+                        .search(&retail, q, after, limit)
+                        .unwrap()
+                        .iter()
+                        .map(|it| it.sku.to_string())
+                        .collect();
+                    assert_eq!(
+                        got,
+                        reference(q, after, limit),
+                        "{q:?} after {after:?} limit {limit}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn search_refuses_queries_beyond_its_limits() {
+        let cat = Catalog::new(vec![item("A-1", "Steel bolt")]).unwrap();
+        let retail = Segment::parse("retail").unwrap();
+        let long = "a".repeat(SEARCH_QUERY_BYTES_MAX + 1);
+        assert_eq!(
+            cat.search(&retail, &long, None, 10),
+            Err(SearchError::TooLong)
+        );
+        let many = "a b c d e f g h i";
+        assert_eq!(
+            cat.search(&retail, many, None, 10),
+            Err(SearchError::TooManyWords)
+        );
+        // Repeated words count once.
+        let repeated = "bolt ".repeat(30);
+        assert_eq!(
+            cat.search(&retail, &repeated, None, 10).map(|v| v.len()),
+            Ok(1)
+        );
     }
 
     // Kits must reference existing, non-kit components; every bad item is reported.

@@ -70,18 +70,17 @@ async fn search(
         .map(Sku::parse)
         .transpose()
         .map_err(|e| ApiError::bad_request("invalid_cursor", e.to_string()))?;
+    // Off the runtime's workers: a search may walk a large catalog.
     let snap = s.engine.catalog.load();
-    let items: Vec<CatalogItem> = snap
-        .catalog
-        .search(
-            &account.segment,
-            q.q.as_deref().unwrap_or(""),
-            after.as_ref(),
-            limit,
-        )
-        .into_iter()
-        .cloned()
-        .collect();
+    let segment = account.segment.clone();
+    let items: Vec<CatalogItem> = tokio::task::spawn_blocking(move || {
+        let query = q.q.as_deref().unwrap_or("");
+        let found = snap.catalog.search(&segment, query, after.as_ref(), limit);
+        found.map(|items| items.into_iter().cloned().collect())
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("catalog search: {e}")))?
+    .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?;
     let next_cursor = (items.len() == limit)
         .then(|| items.last().map(|i| i.sku.to_string()))
         .flatten();
