@@ -99,6 +99,18 @@ pub fn backoff(s: &WebhookSettings, attempt: u32, random: u64) -> Duration {
     Duration::from_millis(half + random % (cap - half + 1))
 }
 
+/// The pause after `attempt` failures: the receiver's `Retry-After` when it asks for one, but
+/// never less than the backoff: a `Retry-After: 0`, or a date already past (a receiver's clock
+/// behind ours), would otherwise spend every attempt at once.
+fn pause(
+    s: &WebhookSettings,
+    attempt: u32,
+    retry_after: Option<Duration>,
+    random: u64,
+) -> Duration {
+    backoff(s, attempt, random).max(retry_after.unwrap_or_default())
+}
+
 /// `Retry-After` as seconds or an HTTP date (any of RFC 9110's three forms), relative to now.
 pub fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
     let v = value.trim();
@@ -235,7 +247,7 @@ async fn deliver(
             Attempt::Gone => return Outcome::Gone { attempts: n },
             Attempt::Retry { error, after } => (error, after),
         };
-        let pause = after.unwrap_or_else(|| backoff(s, n, random_u64()));
+        let pause = pause(s, n, after, random_u64());
         let too_old = first.elapsed() + pause > Duration::from_millis(s.attempt_age_max_ms);
         tracing::warn!(endpoint.id = %ep_id, event.id = %id, attempt = n, %error, retry_in_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX), "webhook delivery failed");
         if n >= attempts_max || too_old {
@@ -607,6 +619,32 @@ async fn disable(hooks: &Webhooks, ep_id: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // A Retry-After longer than the backoff is waited out; a shorter one, zero or past, is not
+    // a reason to retry sooner than the backoff.
+    #[test]
+    fn retry_after_never_shortens_the_backoff() {
+        let s = WebhookSettings {
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 60_000,
+            ..WebhookSettings::default()
+        };
+        let secs = |d: Duration| d.as_secs_f64();
+        let long = Some(Duration::from_secs(30));
+        assert_eq!(secs(pause(&s, 1, long, 0)), 30.0);
+        for told in [None, Some(Duration::ZERO), Some(Duration::from_millis(10))] {
+            // The backoff of the third attempt: 4 s, jittered within its upper half.
+            let p = secs(pause(&s, 3, told, 7));
+            assert!((2.0..=4.0).contains(&p), "{told:?}: {p}");
+            assert_eq!(pause(&s, 3, told, 7), backoff(&s, 3, 7));
+        }
+        let past = retry_after(
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            std::time::SystemTime::now(),
+        );
+        assert_eq!(past, Some(Duration::ZERO));
+        assert_eq!(pause(&s, 1, past, 0), backoff(&s, 1, 0));
+    }
 
     // Backoff doubles from the base up to the cap, with jitter in the upper half.
     #[test]
