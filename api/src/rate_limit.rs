@@ -114,10 +114,12 @@ impl RateLimiter {
         }
     }
 
-    /// One state-changing request of `account` (or user) with `token` (a digest of it).
+    /// One state-changing request of `account` (or user) with `token` (a digest of it). The
+    /// token is charged first, so that requests it is refused do not use up the account's budget:
+    /// one runaway client then cannot lock the account's other users out.
     pub fn mutation(&self, account: &str, token: &str) -> Result<(), ApiError> {
-        self.check(&self.account, account, Scope::Account)?;
-        self.check(&self.token, token, Scope::Token)
+        self.check(&self.token, token, Scope::Token)?;
+        self.check(&self.account, account, Scope::Account)
     }
 
     /// One sign-in attempt from `client`.

@@ -713,14 +713,15 @@ async fn mutations_are_rate_limited_per_account_and_token() {
         limited.1 && limited.2.contains("rate_limited"),
         "{limited:?}"
     );
-    // Token b of the same account: the account's burst of 5 is nearly used up.
+    // Token b of the same account.
     let statuses = burst(&b, 3).await;
     let b_ok = statuses.iter().filter(|s| s.0 == 200).count();
     for s in statuses.iter().filter(|s| s.0 != 200) {
         assert_eq!(s.0, 429, "{s:?}");
         assert!(s.1, "{s:?}");
     }
-    assert!(b_ok <= 2, "the account's burst is shared: {b_ok}");
+    // The account's burst is shared: a's 3 left 2 of it. a's refused 4th did not use one.
+    assert_eq!(b_ok, 2, "{statuses:?}");
     // Reads are not limited; another account is not affected.
     for _ in 0..10 {
         assert_eq!(
