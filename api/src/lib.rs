@@ -173,7 +173,57 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         "B2B order processing: catalog, cart, orders, credit. Errors are RFC 9457 problem+json."
             .into(),
     );
+    declare_security(&mut doc);
     doc
+}
+
+/// Declares the schemes the operations name (`bearer`) and the browser session that every
+/// bearer-authenticated route accepts as well (`session`), so that clients generated from the
+/// document send credentials.
+fn declare_security(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::security::{
+        ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+    };
+    let components = doc.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "bearer",
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .bearer_format("JWT")
+                .description(Some(
+                    "An access token of the identity provider, or of POST /v1/dev/token in \
+                     development mode",
+                ))
+                .build(),
+        ),
+    );
+    components.add_security_scheme(
+        "session",
+        SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+            session::SESSION_COOKIE,
+            "The portal's browser session (GET /auth/login); a state-changing request must \
+             come from orderd's own origin",
+        ))),
+    );
+    let bearer = SecurityRequirement::new("bearer", Vec::<String>::new());
+    let session = SecurityRequirement::new("session", Vec::<String>::new());
+    for item in doc.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for op in operations.into_iter().flatten() {
+            if let Some(security) = &mut op.security {
+                if security.contains(&bearer) && !security.contains(&session) {
+                    security.push(session.clone());
+                }
+            }
+        }
+    }
 }
 
 /// `GET /metrics` alone, without authentication: for a separate listen address that only

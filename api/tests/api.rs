@@ -1754,6 +1754,31 @@ async fn openapi_lists_routes() {
         );
     }
     assert!(paths["/v1/orders/{id}"].get("patch").is_some());
+    // Every scheme an operation names is declared; the /v1 routes take a bearer token or the
+    // portal's session cookie.
+    let schemes = r.body["components"]["securitySchemes"].as_object().unwrap();
+    assert_eq!(schemes["bearer"]["type"], "http", "{schemes:?}");
+    assert_eq!(schemes["bearer"]["scheme"], "bearer", "{schemes:?}");
+    assert_eq!(schemes["session"]["in"], "cookie", "{schemes:?}");
+    let mut secured = 0;
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            let Some(security) = op.get("security").and_then(Value::as_array) else {
+                continue;
+            };
+            secured += 1;
+            let names: Vec<&str> = security
+                .iter()
+                .flat_map(|req| req.as_object().unwrap().keys())
+                .map(String::as_str)
+                .collect();
+            for name in &names {
+                assert!(schemes.contains_key(*name), "{method} {path}: {name}");
+            }
+            assert_eq!(names, ["bearer", "session"], "{method} {path}");
+        }
+    }
+    assert!(secured > 30, "{secured} operations name a scheme");
     assert_eq!(
         api.call("GET", "/healthz", None, None, &[]).await.status,
         StatusCode::OK
