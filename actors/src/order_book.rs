@@ -141,7 +141,8 @@ impl OrderBook {
     }
 }
 
-/// An order's exposure; amounts are bounded (quantity and price limits), so it cannot overflow.
+/// An order's exposure; amounts are bounded (`LINE_QTY_MAX` and `AMOUNT_MAX`), so it cannot
+/// overflow.
 fn contribution(order: &Order) -> Decimal {
     order.exposure().map(|m| m.amount).unwrap_or(Decimal::ZERO)
 }

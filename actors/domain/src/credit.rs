@@ -17,7 +17,11 @@ pub fn exposure<'a>(
 
 /// A problem when `exposure + amount` would exceed `limit`.
 pub fn check(limit: Money, exposure: Money, amount: Money) -> Option<Problem> {
-    let after = exposure.amount + amount.amount;
+    // Entered amounts are bounded (`AMOUNT_MAX`), so this sum fits; one that did not would be
+    // above any limit.
+    let after = exposure.amount.checked_add(amount.amount);
+    debug_assert!(after.is_some(), "exposure {exposure} + {amount} overflows");
+    let after = after.unwrap_or(rust_decimal::Decimal::MAX);
     if after <= limit.amount {
         return None;
     }

@@ -35,7 +35,15 @@ pub enum MoneyError {
     Mismatch(Currency, Currency),
     #[error("amount overflow")]
     Overflow,
+    #[error("amount must be at most {AMOUNT_MAX}, got {0}")]
+    TooLarge(Decimal),
 }
+
+/// The largest amount orderd takes in (a price, a credit limit, receivables, a spending
+/// limit): 10^15. It keeps every sum orderd forms far inside a `Decimal` (about 7.9 * 10^28):
+/// a line is at most 10^6 units (10^21), an order at most 1,000 lines (10^24), and what counts
+/// towards credit exposure stays near the credit limit (invariant 3).
+pub const AMOUNT_MAX: Decimal = Decimal::from_parts(2_764_472_320, 232_830, 0, false, 0);
 
 impl Currency {
     pub fn parse(s: &str) -> Result<Currency, MoneyError> {
@@ -104,6 +112,9 @@ impl Money {
     pub fn new(amount: Decimal, currency: Currency, scale_max: u32) -> Result<Money, MoneyError> {
         if amount.is_sign_negative() && !amount.is_zero() {
             return Err(MoneyError::Negative(amount));
+        }
+        if amount > AMOUNT_MAX {
+            return Err(MoneyError::TooLarge(amount));
         }
         if amount.normalize().scale() > scale_max {
             return Err(MoneyError::Scale {
@@ -191,6 +202,12 @@ mod tests {
     // Parsing, scale limits and arithmetic behave like an accountant expects.
     #[test]
     fn money_arithmetic_is_exact() {
+        assert_eq!(AMOUNT_MAX, Decimal::from(10u64.pow(15)));
+        assert!(Money::parse("1000000000000000", eur(), 2).is_ok());
+        assert!(matches!(
+            Money::parse("1000000000000000.01", eur(), 2),
+            Err(MoneyError::TooLarge(_))
+        ));
         let p = Money::parse("0.0125", eur(), UNIT_PRICE_SCALE_MAX).unwrap();
         assert_eq!(p.times(3).unwrap().amount.to_string(), "0.04"); // 0.0375 -> 0.04
         let a = Money::parse("0.10", eur(), 2).unwrap();

@@ -283,7 +283,8 @@ pub struct Checked {
 
 impl Checked {
     pub fn total(&self, account: &Account) -> Money {
-        // Line totals are bounded (qty and price limits), so the sum cannot overflow a Decimal.
+        // Line totals are bounded (`LINE_QTY_MAX` and `AMOUNT_MAX`), so the sum cannot overflow a
+        // Decimal.
         Money::sum(account.currency, self.lines.iter().map(|l| &l.line_total))
             .unwrap_or(Money::zero(account.currency))
     }
