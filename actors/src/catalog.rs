@@ -59,6 +59,14 @@ impl CatalogStore {
     }
 }
 
+/// `f` on the blocking pool: building the snapshot of a large import (its checks, the word
+/// index) takes seconds, which must not hold up a runtime worker.
+async fn apart<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ActorError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ActorError::Invariant(format!("building an import: {e}")))
+}
+
 /// A batch in which `build` writes the new records under `prefix` and the audit entry, and
 /// which removes every old record under `prefix` it does not write again (a batch may not both
 /// write and remove a key). Built on the blocking pool: it reads the old keys from sled and
@@ -69,7 +77,7 @@ async fn replacing_batch(
     build: impl FnOnce(&mut Batch) + Send + 'static,
 ) -> Result<Batch, ActorError> {
     let journal = journal.clone();
-    let building = tokio::task::spawn_blocking(move || -> Result<Batch, ActorError> {
+    apart(move || -> Result<Batch, ActorError> {
         let mut batch = Batch::default();
         build(&mut batch);
         debug_assert!(batch
@@ -86,10 +94,8 @@ async fn replacing_batch(
             .collect();
         batch.removes.extend(stale);
         Ok(batch)
-    });
-    building
-        .await
-        .map_err(|e| ActorError::Invariant(format!("building an import's batch: {e}")))?
+    })
+    .await?
 }
 
 /// Replaces the whole catalog: items not in `items` are removed. Durable before it is visible.
@@ -99,7 +105,8 @@ pub async fn import_catalog(
     caller: &Caller,
     items: Vec<CatalogItem>,
 ) -> Result<Result<usize, Vec<String>>, ActorError> {
-    let catalog = match Catalog::new(items.clone()) {
+    let (built, items) = apart(move || (Catalog::new(items.clone()), items)).await?;
+    let catalog = match built {
         Ok(c) => c,
         Err(errs) => return Ok(Err(errs.into_iter().map(|e| e.to_string()).collect())),
     };
@@ -132,7 +139,8 @@ pub async fn import_prices(
     caller: &Caller,
     entries: Vec<PriceEntry>,
 ) -> Result<Result<usize, Vec<String>>, ActorError> {
-    let book = match PriceBook::new(entries.clone()) {
+    let (built, entries) = apart(move || (PriceBook::new(entries.clone()), entries)).await?;
+    let book = match built {
         Ok(b) => b,
         Err(errs) => return Ok(Err(errs.into_iter().map(|e| e.to_string()).collect())),
     };

@@ -94,29 +94,38 @@ pub async fn import(
     let internal = |e: orderd_actors::ActorError| vec![format!("import failed: {e}")];
     match kind {
         Kind::Catalog => {
-            let items = parse(csv, rows_max, catalog_row, catalog_sets())?.rows;
+            let items = parse_apart(csv, rows_max, catalog_row, catalog_sets())
+                .await?
+                .rows;
             engine
                 .import_catalog(caller, items)
                 .await
                 .map_err(internal)?
         }
         Kind::Prices => {
-            let entries = parse(csv, rows_max, price_row, price_sets())?.rows;
+            let entries = parse_apart(csv, rows_max, price_row, price_sets())
+                .await?
+                .rows;
             engine
                 .import_prices(caller, entries)
                 .await
                 .map_err(internal)?
         }
         Kind::Warehouses => {
-            let ws = parse(csv, rows_max, warehouse_row, warehouse_sets())?.rows;
+            let ws = parse_apart(csv, rows_max, warehouse_row, warehouse_sets())
+                .await?
+                .rows;
             engine.import_warehouses(caller, ws).await.map_err(internal)
         }
         Kind::Stock => {
-            let rows = parse(csv, rows_max, stock_row, stock_sets())?.rows;
+            let rows = parse_apart(csv, rows_max, stock_row, stock_sets())
+                .await?
+                .rows;
             engine.set_stock(caller, rows).await.map_err(internal)?
         }
         Kind::Accounts => {
-            let Parsed { rows, columns } = parse(csv, rows_max, account_row, account_sets())?;
+            let Parsed { rows, columns } =
+                parse_apart(csv, rows_max, account_row, account_sets()).await?;
             let carried = AccountColumns::of(&columns);
             let n = rows.len();
             let mut stored = vec![];
@@ -129,14 +138,17 @@ pub async fn import(
             Ok(n)
         }
         Kind::ShipTos => {
-            let rows = parse(csv, rows_max, ship_to_row, ship_to_sets())?.rows;
+            let rows = parse_apart(csv, rows_max, ship_to_row, ship_to_sets())
+                .await?
+                .rows;
             merge(engine, caller, rows, |a, s: ShipTo| {
                 upsert(&mut a.ship_tos, s, |x| x.id.clone())
             })
             .await
         }
         Kind::Users => {
-            let Parsed { rows, columns } = parse(csv, rows_max, user_row, user_sets())?;
+            let Parsed { rows, columns } =
+                parse_apart(csv, rows_max, user_row, user_sets()).await?;
             let carried = UserColumns::of(&columns);
             merge(engine, caller, rows, move |a, u: ImportedUser| {
                 u.put(a, carried)
@@ -246,6 +258,25 @@ impl Columns {
     fn has(&self, name: &str) -> bool {
         self.0.iter().any(|h| h == name)
     }
+}
+
+/// [`parse`] on the blocking pool: a large file takes seconds, which must not stall the
+/// runtime's workers (and the orders they capture).
+async fn parse_apart<R, T, K>(
+    csv: &[u8],
+    rows_max: usize,
+    convert: fn(R) -> Result<T, String>,
+    sets: Sets<T, K>,
+) -> Result<Parsed<T>, Errors>
+where
+    R: DeserializeOwned + 'static,
+    T: Send + 'static,
+    K: Eq + std::hash::Hash + 'static,
+{
+    let csv = csv.to_vec();
+    tokio::task::spawn_blocking(move || parse(&csv, rows_max, convert, sets))
+        .await
+        .map_err(|e| vec![format!("import failed: {e}")])?
 }
 
 /// Reads every record, converting each; all errors are collected with line numbers.
