@@ -1069,11 +1069,14 @@ pub async fn approve(
         Err(r) => return Ok(Err(r)),
     };
     let committed = st.journal.submit(batch).await?;
-    release(st, id, &freed)?;
-    match order.state {
-        OrderState::Allocated => allocate_held(st, &order)?,
-        _ => for_every_warehouse(st, |h| h.release_all(id.clone()))?,
-    }
+    // Both, even when a warehouse cannot be asked: the others must not keep the order's stock
+    // reserved (as `ask_each` does within one step); the first error after both.
+    let released = release(st, id, &freed);
+    let settled = match order.state {
+        OrderState::Allocated => allocate_held(st, &order),
+        _ => for_every_warehouse(st, |h| h.release_all(id.clone())),
+    };
+    released.and(settled)?;
     Ok(Ok(commit_order(st, order, &committed)))
 }
 
@@ -1358,7 +1361,13 @@ pub async fn amend(
         Err(r) => return Ok(Err(r)),
     };
     if let Err(p) = hold(st, &order, &grow, HoldFor::Growth).await? {
-        return Ok(Err(Rejection::Invalid(rebuilt.renumber(p))));
+        // Kept lines already carry the caller's numbers (`keep_line_numbers`).
+        let p = if patch.lines.is_none() {
+            p
+        } else {
+            rebuilt.renumber(p)
+        };
+        return Ok(Err(Rejection::Invalid(p)));
     }
     let committed = match st.journal.submit(batch).await {
         Ok(c) => c,
@@ -1367,10 +1376,14 @@ pub async fn amend(
             return Err(e.into());
         }
     };
-    release(st, id, &shrink)?;
-    if order.state == OrderState::Allocated {
-        allocate_held(st, &order)?;
-    }
+    // Both, even when a warehouse cannot be asked (see `approve`).
+    let released = release(st, id, &shrink);
+    let settled = if order.state == OrderState::Allocated {
+        allocate_held(st, &order)
+    } else {
+        Ok(())
+    };
+    released.and(settled)?;
     let order = commit_order(st, order, &committed);
     debug_assert_credit(st, &order);
     Ok(Ok(order))
