@@ -666,16 +666,32 @@ impl Webhooks {
         .await
     }
 
-    /// Stops deliveries to an endpoint (the receiver answered 410 Gone).
+    /// Stops deliveries to an endpoint (the receiver answered 410 Gone). Replays waiting there
+    /// will not run: they stop waiting, so that they can be replayed to another endpoint.
     pub async fn disable(&self, id: &str, reason: &str) -> Result<(), WebhookError> {
         self.with_queued(async |inner, st| {
             let mut ep = Self::owned(st, None, id)?.clone();
             ep.disabled = Some(reason.to_owned());
             let mut batch = Batch::default();
             batch.put(format!("{ENDPOINT}{id}"), json(&ep));
+            let stranded: Vec<DeadLetter> = st
+                .dead
+                .replays_of(id)
+                .map(|dl| DeadLetter {
+                    replay: false,
+                    last_error: format!("not replayed: endpoint {id} was disabled ({reason})"),
+                    ..dl.clone()
+                })
+                .collect();
+            for dl in &stranded {
+                batch.put(format!("{DEAD}{}", dl.id), json(dl));
+            }
             audit(&mut batch, &Caller::system(), &ep, "webhook.disable");
             let ticket = inner.journal.try_submit(batch)?;
             st.endpoints.insert(ep.id.clone(), ep);
+            for dl in stranded {
+                st.dead.insert(dl);
+            }
             Ok(((), Some(ticket)))
         })
         .await
@@ -1024,6 +1040,56 @@ mod tests {
         hooks.replayed(&id, a, None).await.unwrap();
         assert!(hooks.replays(a).await.unwrap().is_empty());
         assert!(hooks.dead_letters(None).await.unwrap().is_empty());
+    }
+
+    // A replay waiting at an endpoint that is then disabled (its receiver answered 410) stops
+    // waiting, says why, and can be replayed to another endpoint; after a restart too.
+    #[tokio::test]
+    async fn a_replay_waiting_at_a_disabled_endpoint_can_move() {
+        let journal = Journal::temporary(&JournalConfig::default()).unwrap();
+        let hooks = Webhooks::new(journal.clone(), WebhookSettings::default());
+        let sys = Caller::system();
+        let mut endpoints = vec![];
+        for url in ["https://x.example/h", "https://y.example/h"] {
+            let (ep, _) = hooks
+                .register(&sys, &acct("A"), url.into(), vec!["*".into()])
+                .await
+                .unwrap();
+            endpoints.push(ep.id);
+        }
+        let (a, b) = (&endpoints[0], &endpoints[1]);
+        let id = hooks
+            .dead_letter(DeadLetter {
+                id: String::new(),
+                endpoint: a.clone(),
+                account: acct("A"),
+                event_id: "o-1.1".into(),
+                event_type: "orderd.order.confirmed".into(),
+                seq: 1,
+                attempts: 3,
+                last_error: "500".into(),
+                failed_at: String::new(),
+                replay: false,
+                body: "{}".into(),
+            })
+            .await
+            .unwrap();
+        hooks.request_replay(&sys, None, &id, None).await.unwrap();
+        hooks.disable(a, "410 Gone").await.unwrap();
+        assert!(hooks.replays(a).await.unwrap().is_empty());
+        let reopened = Webhooks::new(journal, WebhookSettings::default());
+        for h in [&hooks, &reopened] {
+            let dl = h.dead_letters(None).await.unwrap();
+            assert_eq!(dl.len(), 1);
+            assert!(!dl[0].replay);
+            assert!(dl[0].last_error.contains("disabled (410 Gone)"), "{dl:?}");
+        }
+        let moved = hooks
+            .request_replay(&sys, None, &id, Some(b.as_str()))
+            .await
+            .unwrap();
+        assert_eq!((&moved.endpoint, moved.replay), (b, true));
+        assert_eq!(hooks.replays(b).await.unwrap().len(), 1);
     }
 
     // Register, rotate, limits and tenancy, and all of it back after reopening the journal;
