@@ -995,12 +995,8 @@ mod tests {
         assert_eq!(dead.len(), 3);
     }
 
-    // A replay waiting at one endpoint is not moved to another, and an outcome reported from
-    // an endpoint the dead letter does not wait at changes nothing.
-    #[tokio::test]
-    async fn a_waiting_replay_stays_where_it_waits() {
-        let journal = Journal::temporary(&JournalConfig::default()).unwrap();
-        let hooks = Webhooks::new(journal, WebhookSettings::default());
+    /// Two endpoints of account A taking every event, and a dead letter of the first.
+    async fn two_endpoints_and_a_dead_letter(hooks: &Webhooks) -> ([String; 2], String) {
         let sys = Caller::system();
         let mut endpoints = vec![];
         for url in ["https://x.example/h", "https://y.example/h"] {
@@ -1010,11 +1006,10 @@ mod tests {
                 .unwrap();
             endpoints.push(ep.id);
         }
-        let (a, b) = (&endpoints[0], &endpoints[1]);
         let id = hooks
             .dead_letter(DeadLetter {
                 id: String::new(),
-                endpoint: a.clone(),
+                endpoint: endpoints[0].clone(),
                 account: acct("A"),
                 event_id: "o-1.1".into(),
                 event_type: "orderd.order.confirmed".into(),
@@ -1027,6 +1022,18 @@ mod tests {
             })
             .await
             .unwrap();
+        (endpoints.try_into().expect("two endpoints"), id)
+    }
+
+    // A replay waiting at one endpoint is not moved to another, and an outcome reported from
+    // an endpoint the dead letter does not wait at changes nothing.
+    #[tokio::test]
+    async fn a_waiting_replay_stays_where_it_waits() {
+        let journal = Journal::temporary(&JournalConfig::default()).unwrap();
+        let hooks = Webhooks::new(journal, WebhookSettings::default());
+        let sys = Caller::system();
+        let ([a, b], id) = two_endpoints_and_a_dead_letter(&hooks).await;
+        let (a, b) = (&a, &b);
         hooks.request_replay(&sys, None, &id, None).await.unwrap();
         assert!(matches!(
             hooks
@@ -1049,31 +1056,8 @@ mod tests {
         let journal = Journal::temporary(&JournalConfig::default()).unwrap();
         let hooks = Webhooks::new(journal.clone(), WebhookSettings::default());
         let sys = Caller::system();
-        let mut endpoints = vec![];
-        for url in ["https://x.example/h", "https://y.example/h"] {
-            let (ep, _) = hooks
-                .register(&sys, &acct("A"), url.into(), vec!["*".into()])
-                .await
-                .unwrap();
-            endpoints.push(ep.id);
-        }
-        let (a, b) = (&endpoints[0], &endpoints[1]);
-        let id = hooks
-            .dead_letter(DeadLetter {
-                id: String::new(),
-                endpoint: a.clone(),
-                account: acct("A"),
-                event_id: "o-1.1".into(),
-                event_type: "orderd.order.confirmed".into(),
-                seq: 1,
-                attempts: 3,
-                last_error: "500".into(),
-                failed_at: String::new(),
-                replay: false,
-                body: "{}".into(),
-            })
-            .await
-            .unwrap();
+        let ([a, b], id) = two_endpoints_and_a_dead_letter(&hooks).await;
+        let (a, b) = (&a, &b);
         hooks.request_replay(&sys, None, &id, None).await.unwrap();
         hooks.disable(a, "410 Gone").await.unwrap();
         assert!(hooks.replays(a).await.unwrap().is_empty());
