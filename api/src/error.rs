@@ -178,13 +178,21 @@ impl From<Rejection> for ApiError {
             Rejection::IdempotencyMismatch(k) => ApiError::IdempotencyMismatch(format!(
                 "Idempotency-Key {k} was already used with a different request body"
             )),
-            Rejection::Cart(e @ orderd_domain::cart::CartError::NoSuchLine(_)) => {
-                ApiError::NotFound(e.to_string())
+            Rejection::Cart(e) => {
+                use orderd_domain::cart::CartError;
+                use orderd_domain::validation::ProblemCode;
+                let problem = match e {
+                    CartError::NoSuchLine(_) => return ApiError::NotFound(e.to_string()),
+                    CartError::Full => Problem::new(ProblemCode::TooManyLines, e.to_string()),
+                    CartError::Quantity => {
+                        Problem::new(ProblemCode::InvalidQuantity, e.to_string()).field("qty")
+                    }
+                    CartError::Note => {
+                        Problem::new(ProblemCode::InvalidField, e.to_string()).field("note")
+                    }
+                };
+                ApiError::Invalid(vec![problem])
             }
-            Rejection::Cart(e) => ApiError::Invalid(vec![Problem::new(
-                orderd_domain::validation::ProblemCode::InvalidField,
-                e.to_string(),
-            )]),
             Rejection::Conflict(why) => ApiError::Conflict(why),
             Rejection::Stale(why) => ApiError::PreconditionFailed(why),
         }

@@ -557,6 +557,22 @@ async fn cart_to_order_with_contract_price() {
         )
         .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    // A cart change refused for its quantity or note says so with the README's codes.
+    for (body, code, field) in [
+        (json!({"sku":"BOLT","qty":0}), "invalid_quantity", "qty"),
+        (
+            json!({"sku":"BOLT","qty":1,"note":"n".repeat(501)}),
+            "invalid_field",
+            "note",
+        ),
+    ] {
+        let r = api
+            .call("POST", "/v1/cart/lines", Some(&a), Some(body), &[])
+            .await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", r.body);
+        assert_eq!(r.body["problems"][0]["code"], code, "{:?}", r.body);
+        assert_eq!(r.body["problems"][0]["field"], field, "{:?}", r.body);
+    }
     let line = api.call("GET", "/v1/cart", Some(&a), None, &[]).await.body["lines"][0]["id"]
         .as_u64()
         .unwrap();
