@@ -21,8 +21,9 @@ use orderd_domain::ids::AccountId;
 use orderd_domain::order::OrderState;
 use orderd_storage::{Batch, Journal, StorageError, Ticket};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::ops::Bound;
 use std::sync::Arc;
 
 const ENDPOINT: &str = "hook/";
@@ -371,13 +372,17 @@ struct State {
     dead: DeadLetters,
 }
 
-/// The dead letters by id, and which wait for a replay by endpoint: every endpoint's delivery
-/// task asks for its own several times a second, which must not scan every dead letter.
+/// The dead letters by id, which wait for a replay by endpoint (every endpoint's delivery task
+/// asks for its own several times a second), and by account (an account's page, and its cap,
+/// are found without scanning every account's). Ids are time-ordered (UUIDv7), so each index
+/// is oldest first.
 #[derive(Default)]
 struct DeadLetters {
     all: BTreeMap<String, DeadLetter>,
     /// (endpoint, id) of each dead letter with `replay` set.
-    replays: std::collections::BTreeSet<(String, String)>,
+    replays: BTreeSet<(String, String)>,
+    /// (account, id) of each dead letter.
+    by_account: BTreeSet<(AccountId, String)>,
 }
 
 impl DeadLetters {
@@ -387,13 +392,57 @@ impl DeadLetters {
         if dl.replay {
             self.replays.insert((dl.endpoint.clone(), dl.id.clone()));
         }
+        self.by_account.insert((dl.account.clone(), dl.id.clone()));
         self.all.insert(dl.id.clone(), dl);
+        debug_assert_eq!(self.by_account.len(), self.all.len());
     }
 
     fn remove(&mut self, id: &str) -> Option<DeadLetter> {
         let dl = self.all.remove(id)?;
         self.replays.remove(&(dl.endpoint.clone(), dl.id.clone()));
+        self.by_account.remove(&(dl.account.clone(), dl.id.clone()));
         Some(dl)
+    }
+
+    /// The ids of `account`'s dead letters after `after`, oldest first.
+    fn ids_of<'a>(
+        &'a self,
+        account: &'a AccountId,
+        after: Option<&str>,
+    ) -> impl Iterator<Item = &'a String> {
+        let from = (account.clone(), after.unwrap_or_default().to_owned());
+        self.by_account
+            .range((Bound::Excluded(from), Bound::Unbounded))
+            .take_while(move |(a, _)| a == account)
+            .map(|(_, id)| id)
+    }
+
+    /// A page of dead letters after `after` (an id), oldest first: `account`'s, or every
+    /// account's when `None`.
+    fn page(
+        &self,
+        account: Option<&AccountId>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Vec<DeadLetter> {
+        match account {
+            Some(a) => self
+                .ids_of(a, after)
+                .filter_map(|id| self.all.get(id))
+                .take(limit)
+                .cloned()
+                .collect(),
+            None => self
+                .all
+                .range::<str, _>((
+                    after.map_or(Bound::Unbounded, Bound::Excluded),
+                    Bound::Unbounded,
+                ))
+                .map(|(_, d)| d)
+                .take(limit)
+                .cloned()
+                .collect(),
+        }
     }
 
     fn get(&self, id: &str) -> Option<&DeadLetter> {
@@ -420,7 +469,8 @@ impl DeadLetters {
 struct Inner {
     journal: Journal,
     settings: WebhookSettings,
-    /// Loaded on first use; every change holds the lock across its journal write.
+    /// Loaded on first use; every change queues its journal write and changes it under the lock
+    /// (see [`Webhooks::with_queued`]).
     state: tokio::sync::Mutex<Option<State>>,
 }
 
@@ -498,12 +548,18 @@ impl Webhooks {
         out
     }
 
-    /// [`Webhooks::with`] for a change a delivery task makes: `f` queues its write with
-    /// `try_submit` (in journal order with every other change of the registry) and changes
-    /// memory at once; the flush is awaited after the lock is released, so endpoints do not
-    /// wait for each other's flushes. Memory is ahead of the disk only until that flush, and
-    /// the journal applies writes in order and stops at a failed one: nothing acknowledged
-    /// later can rest on a change that was lost.
+    /// [`Webhooks::with`] for a change, which every change of the registry goes through: `f`
+    /// queues its write with `try_submit` (in journal order with every other change) and
+    /// changes memory at once, with no await in between; the flush is awaited after the lock
+    /// is released.
+    ///
+    /// - Nobody waits for another's flush: not endpoints' delivery tasks, not an account
+    ///   admin's change.
+    /// - A caller that goes away (a client disconnecting from a registration) cannot leave the
+    ///   write queued and memory without it: both happen, or neither.
+    /// - Memory is ahead of the disk only until that flush, and the journal applies writes in
+    ///   order and stops at a failed one: nothing acknowledged later can rest on a change that
+    ///   was lost.
     async fn with_queued<T>(
         &self,
         f: impl AsyncFnOnce(&Inner, &mut State) -> Result<(T, Option<Ticket>), WebhookError>,
@@ -525,7 +581,7 @@ impl Webhooks {
         url: String,
         event_types: Vec<String>,
     ) -> Result<(EndpointView, Secret), WebhookError> {
-        self.with(async |inner, st| {
+        self.with_queued(async |inner, st| {
             let have = st
                 .endpoints
                 .values()
@@ -555,10 +611,10 @@ impl Webhooks {
             let head = inner.journal.audit_head().seq;
             batch.put(format!("{CURSOR}{}", ep.id), head.to_be_bytes().to_vec());
             audit(&mut batch, caller, &ep, "webhook.register");
-            inner.journal.submit(batch).await?;
+            let ticket = inner.journal.try_submit(batch)?;
             let view = ep.view();
             st.endpoints.insert(ep.id.clone(), ep);
-            Ok((view, secret))
+            Ok(((view, secret), Some(ticket)))
         })
         .await
     }
@@ -608,7 +664,7 @@ impl Webhooks {
         account: &AccountId,
         id: &str,
     ) -> Result<(), WebhookError> {
-        self.with(async |inner, st| {
+        self.with_queued(async |inner, st| {
             let ep = Self::owned(st, Some(account), id)?.clone();
             let mut batch = Batch::default();
             batch.remove(format!("{ENDPOINT}{id}"));
@@ -623,12 +679,12 @@ impl Webhooks {
                 batch.remove(format!("{DEAD}{d}"));
             }
             audit(&mut batch, caller, &ep, "webhook.delete");
-            inner.journal.submit(batch).await?;
+            let ticket = inner.journal.try_submit(batch)?;
             st.endpoints.remove(id);
             for d in dead {
                 st.dead.remove(&d);
             }
-            Ok(())
+            Ok(((), Some(ticket)))
         })
         .await
     }
@@ -641,7 +697,7 @@ impl Webhooks {
         account: &AccountId,
         id: &str,
     ) -> Result<(EndpointView, Secret), WebhookError> {
-        self.with(async |inner, st| {
+        self.with_queued(async |inner, st| {
             let mut ep = Self::owned(st, Some(account), id)?.clone();
             let secret = Secret::generate()?;
             let now = now_ms();
@@ -658,10 +714,10 @@ impl Webhooks {
             let mut batch = Batch::default();
             batch.put(format!("{ENDPOINT}{id}"), json(&ep));
             audit(&mut batch, caller, &ep, "webhook.rotate_secret");
-            inner.journal.submit(batch).await?;
+            let ticket = inner.journal.try_submit(batch)?;
             let view = ep.view();
             st.endpoints.insert(ep.id.clone(), ep);
-            Ok((view, secret))
+            Ok(((view, secret), Some(ticket)))
         })
         .await
     }
@@ -739,11 +795,9 @@ impl Webhooks {
                 format!("{CURSOR}{}", dl.endpoint),
                 dl.seq.to_be_bytes().to_vec(),
             );
-            let mine: Vec<&DeadLetter> =
-                st.dead.values().filter(|d| d.account == dl.account).collect();
-            let over = (mine.len() + 1).saturating_sub(inner.settings.dead_letters_per_account_max);
-            // Ids are time-ordered (UUIDv7), so the map's order is oldest first.
-            let dropped: Vec<String> = mine.iter().take(over).map(|d| d.id.clone()).collect();
+            let mine = st.dead.ids_of(&dl.account, None).count();
+            let over = (mine + 1).saturating_sub(inner.settings.dead_letters_per_account_max);
+            let dropped: Vec<String> = st.dead.ids_of(&dl.account, None).take(over).cloned().collect();
             for d in &dropped {
                 tracing::warn!(dead_letter.id = %d, account.id = %dl.account, "dead letter dropped: webhooks.dead_letters_per_account_max reached");
                 batch.remove(format!("{DEAD}{d}"));
@@ -768,20 +822,16 @@ impl Webhooks {
         .await
     }
 
-    /// Dead letters of `account` (every account's when `None`), oldest first.
+    /// At most `limit` dead letters after the one with id `after`, oldest first: `account`'s,
+    /// or every account's when `None`.
     pub async fn dead_letters(
         &self,
         account: Option<&AccountId>,
+        after: Option<&str>,
+        limit: usize,
     ) -> Result<Vec<DeadLetter>, WebhookError> {
-        self.with(async |_, st| {
-            Ok(st
-                .dead
-                .values()
-                .filter(|d| account.is_none_or(|a| *a == d.account))
-                .cloned()
-                .collect())
-        })
-        .await
+        self.with(async |_, st| Ok(st.dead.page(account, after, limit)))
+            .await
     }
 
     /// Every account's dead letters: how many, and the `max` endpoints with the most
@@ -805,7 +855,7 @@ impl Webhooks {
         id: &str,
         to: Option<&str>,
     ) -> Result<DeadLetter, WebhookError> {
-        self.with(async |inner, st| {
+        self.with_queued(async |inner, st| {
             let mut dl = st
                 .dead
                 .get(id)
@@ -850,9 +900,9 @@ impl Webhooks {
             batch
                 .audit
                 .push(entry.draft(&format!("webhook:{}", dl.endpoint)));
-            inner.journal.submit(batch).await?;
+            let ticket = inner.journal.try_submit(batch)?;
             st.dead.insert(dl.clone());
-            Ok(dl)
+            Ok((dl, Some(ticket)))
         })
         .await
     }
@@ -1025,6 +1075,107 @@ mod tests {
         (endpoints.try_into().expect("two endpoints"), id)
     }
 
+    // A change whose caller goes away before its flush (a client disconnecting during a
+    // registration) is not half done: polled once and dropped, the endpoint is in memory, and
+    // on disk after the flush, as a reopened registry shows.
+    #[tokio::test]
+    async fn a_change_whose_caller_left_is_whole() {
+        let journal = Journal::temporary(&JournalConfig::default()).unwrap();
+        let hooks = Webhooks::new(journal.clone(), WebhookSettings::default());
+        let sys = Caller::system();
+        assert!(
+            hooks.list(None).await.unwrap().is_empty(),
+            "loads the registry"
+        );
+        let a = acct("A");
+        let register = hooks.register(&sys, &a, "https://x.example/h".into(), vec!["*".into()]);
+        drop(futures_util::FutureExt::now_or_never(register));
+        let listed = hooks.list(None).await.unwrap();
+        assert_eq!(listed.len(), 1, "the queued registration is in memory");
+        // Writes are applied in order: once a later one is flushed, so is the registration.
+        hooks.store_cursor(&listed[0].id, 1).await.unwrap();
+        let reopened = Webhooks::new(journal, WebhookSettings::default());
+        assert_eq!(reopened.list(None).await.unwrap(), listed);
+    }
+
+    // Dead letters come a page at a time, oldest first, an account's without another's; the
+    // per-account cap drops the account's oldest only.
+    #[tokio::test]
+    async fn dead_letters_page_by_account() {
+        let journal = Journal::temporary(&JournalConfig::default()).unwrap();
+        let settings = WebhookSettings {
+            dead_letters_per_account_max: 4,
+            ..WebhookSettings::default()
+        };
+        let hooks = Webhooks::new(journal, settings);
+        let sys = Caller::system();
+        let mut made: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for account in ["A", "B"] {
+            let (ep, _) = hooks
+                .register(
+                    &sys,
+                    &acct(account),
+                    "https://x.example/h".into(),
+                    vec!["*".into()],
+                )
+                .await
+                .unwrap();
+            for seq in 1..=5 {
+                let id = hooks
+                    .dead_letter(DeadLetter {
+                        id: String::new(),
+                        endpoint: ep.id.clone(),
+                        account: acct(account),
+                        event_id: format!("o-{seq}.1"),
+                        event_type: "orderd.order.confirmed".into(),
+                        seq,
+                        attempts: 1,
+                        last_error: "500".into(),
+                        failed_at: String::new(),
+                        replay: false,
+                        body: "{}".into(),
+                    })
+                    .await
+                    .unwrap();
+                made.entry(account).or_default().push(id);
+            }
+        }
+        // Read a page at a time, as a client following the cursor does.
+        let read = |account: Option<AccountId>| {
+            let hooks = hooks.clone();
+            async move {
+                let (mut all, mut after) = (Vec::new(), None::<String>);
+                loop {
+                    let page = hooks
+                        .dead_letters(account.as_ref(), after.as_deref(), 3)
+                        .await
+                        .unwrap();
+                    assert!(page.len() <= 3);
+                    let Some(last) = page.last() else { break };
+                    after = Some(last.id.clone());
+                    all.extend(page.into_iter().map(|d| (d.account, d.id)));
+                }
+                all
+            }
+        };
+        for account in ["A", "B"] {
+            let kept: Vec<(AccountId, String)> = made[account][1..]
+                .iter()
+                .map(|id| (acct(account), id.clone()))
+                .collect();
+            assert_eq!(
+                read(Some(acct(account))).await,
+                kept,
+                "the oldest of {account} dropped"
+            );
+        }
+        let mut everyone = read(Some(acct("A"))).await;
+        everyone.extend(read(Some(acct("B"))).await);
+        everyone.sort_by(|a, b| a.1.cmp(&b.1));
+        assert_eq!(read(None).await, everyone);
+        assert!(read(Some(acct("C"))).await.is_empty());
+    }
+
     // A replay waiting at one endpoint is not moved to another, and an outcome reported from
     // an endpoint the dead letter does not wait at changes nothing.
     #[tokio::test]
@@ -1046,7 +1197,7 @@ mod tests {
         assert_eq!(waiting.len(), 1, "still waiting at its endpoint");
         hooks.replayed(&id, a, None).await.unwrap();
         assert!(hooks.replays(a).await.unwrap().is_empty());
-        assert!(hooks.dead_letters(None).await.unwrap().is_empty());
+        assert!(hooks.dead_letters(None, None, 10).await.unwrap().is_empty());
     }
 
     // A replay waiting at an endpoint that is then disabled (its receiver answered 410) stops
@@ -1063,7 +1214,7 @@ mod tests {
         assert!(hooks.replays(a).await.unwrap().is_empty());
         let reopened = Webhooks::new(journal, WebhookSettings::default());
         for h in [&hooks, &reopened] {
-            let dl = h.dead_letters(None).await.unwrap();
+            let dl = h.dead_letters(None, None, 10).await.unwrap();
             assert_eq!(dl.len(), 1);
             assert!(!dl[0].replay);
             assert!(dl[0].last_error.contains("disabled (410 Gone)"), "{dl:?}");

@@ -11,7 +11,7 @@
 
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::Path;
+use crate::extract::{Path, Query};
 use crate::json::Json;
 use crate::ApiState;
 use axum::extract::State;
@@ -22,7 +22,7 @@ use orderd_domain::ids::AccountId;
 use orderd_domain::validation::{Problem, ProblemCode};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// How long resolving an endpoint's host may take at registration.
@@ -80,6 +80,16 @@ pub struct EndpointList {
 pub struct DeadLetterList {
     #[schema(value_type = Vec<Object>)]
     pub dead_letters: Vec<DeadLetter>,
+    /// Where the next page starts (`cursor=`); null after the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct DeadLetterQuery {
+    /// Most dead letters in the answer (default 50, at most the API's page limit).
+    pub limit: Option<usize>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
 }
 
 fn invalid(field: &str, message: String) -> ApiError {
@@ -232,17 +242,31 @@ fn dead_letter_scope(auth: &Auth) -> ApiResult<Option<AccountId>> {
     own_account(auth).map(Some)
 }
 
-/// Events that could not be delivered, oldest first (account_admin: own account; operator:
-/// every account).
-#[utoipa::path(get, path = "/v1/webhooks/dead-letters", tag = "webhooks",
+/// Events that could not be delivered, oldest first, a page at a time (account_admin: own
+/// account; operator: every account).
+#[utoipa::path(get, path = "/v1/webhooks/dead-letters", tag = "webhooks", params(DeadLetterQuery),
     responses((status = 200, body = DeadLetterList)), security(("bearer" = [])))]
 async fn dead_letters(
     State(s): State<ApiState>,
     auth: Auth,
+    Query(q): Query<DeadLetterQuery>,
 ) -> ApiResult<axum::Json<DeadLetterList>> {
     let account = dead_letter_scope(&auth)?;
-    let dead_letters = s.webhooks.dead_letters(account.as_ref()).await?;
-    Ok(axum::Json(DeadLetterList { dead_letters }))
+    let limit =
+        crate::extract::page_limit(q.limit, crate::extract::PAGE_DEFAULT, s.limits.page_max)?;
+    // One more than the page tells whether another page follows.
+    let mut dead_letters = s
+        .webhooks
+        .dead_letters(account.as_ref(), q.cursor.as_deref(), limit + 1)
+        .await?;
+    let next_cursor = (dead_letters.len() > limit).then(|| {
+        dead_letters.truncate(limit);
+        dead_letters.last().map(|d| d.id.clone())
+    });
+    Ok(axum::Json(DeadLetterList {
+        dead_letters,
+        next_cursor: next_cursor.flatten(),
+    }))
 }
 
 #[derive(Deserialize, Default, ToSchema)]

@@ -350,16 +350,22 @@ async fn register_for(
     (str_field(&r.body, "id").to_owned(), secret)
 }
 
+/// The dead letters of `endpoint` the caller sees, read two at a time following the cursor.
 async fn dead_letters(env: &TestEnv, token: &str, endpoint: &str) -> Vec<Value> {
-    let r = env.get(token, "/v1/webhooks/dead-letters").await;
-    assert_eq!(r.status, 200, "{r}");
-    r.body["dead_letters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|d| d["endpoint"] == endpoint)
-        .cloned()
-        .collect()
+    let (mut all, mut cursor) = (Vec::new(), String::new());
+    loop {
+        let r = env
+            .get(token, &format!("/v1/webhooks/dead-letters?limit=2{cursor}"))
+            .await;
+        assert_eq!(r.status, 200, "{r}");
+        let page = r.body["dead_letters"].as_array().unwrap();
+        assert!(page.len() <= 2, "{r}");
+        all.extend(page.iter().filter(|d| d["endpoint"] == endpoint).cloned());
+        match r.body["next_cursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => return all,
+        }
+    }
 }
 
 async fn wait_for<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
