@@ -405,13 +405,15 @@ impl Engine {
         self.accounts.update_account(caller, id, update).await
     }
 
-    /// Up to `limit` durable audit records of `account`'s order `order`, oldest first (none for
-    /// an order that is not stored). Its record names them (`records::encode_order`); for a
-    /// record of the first layout they are indexed by order id. Blocking (reads sled).
+    /// Up to `limit` durable audit records of `account`'s order `order` after seq `after`,
+    /// oldest first (none for an order that is not stored). Its record names them
+    /// (`records::encode_order`); for a record of the first layout they are indexed by order
+    /// id. Blocking (reads sled).
     pub fn history(
         &self,
         account: &AccountId,
         order: &OrderId,
+        after: u64,
         limit: usize,
     ) -> Result<Vec<(u64, AuditEntry)>, ActorError> {
         let Some(stored) = records::load_order(&self.journal, account, order)? else {
@@ -421,6 +423,7 @@ impl Engine {
         // Only what a flush covers: sled shows an applied batch before its flush.
         let durable = self.journal.audit_head().seq;
         seqs.into_iter()
+            .skip_while(|seq| *seq <= after)
             .take_while(|seq| *seq <= durable)
             .take(limit)
             .map(|seq| {

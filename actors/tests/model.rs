@@ -283,7 +283,7 @@ async fn audit_records_walk_the_state_machine() {
     assert_eq!(direct.state, OrderState::Allocated);
     for order in [&approved, &direct] {
         let history = engine
-            .history(&order.account, &order.id, 100)
+            .history(&order.account, &order.id, 0, 100)
             .expect("audit");
         assert!(
             !history.is_empty(),
@@ -578,7 +578,7 @@ async fn orders_of_the_first_layout_keep_their_history() {
     let engine = start(dir.path()).await.expect("restart");
     let seqs = |engine: &Engine| -> Vec<u64> {
         engine
-            .history(&pending.account, &pending.id, 100)
+            .history(&pending.account, &pending.id, 0, 100)
             .expect("history")
             .into_iter()
             .map(|(seq, _)| seq)
@@ -717,7 +717,9 @@ async fn closed_orders_leave_memory_and_stay_readable() {
         let replayed = place(&engine).await;
         assert!(replayed.replayed, "{round}");
         assert_eq!(replayed.order, cancelled, "{round}");
-        let history = engine.history(&account, &first.id, 100).expect("history");
+        let history = engine
+            .history(&account, &first.id, 0, 100)
+            .expect("history");
         assert_eq!(history.len(), 3, "{round}: placed, approved, shipped");
         let again = place_one(&engine, GAMMA, "A", 1, "G1").await;
         assert_eq!(

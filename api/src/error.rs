@@ -44,6 +44,9 @@ pub enum ApiError {
     PreconditionFailed(String),
     #[error("too many requests for this account")]
     TooManyRequests,
+    /// The account has as many event streams open as it may.
+    #[error("{0}")]
+    TooManyStreams(String),
     /// The daemon-wide in-flight bound refused the request. Not logged one by one: during a
     /// spike there are thousands a second (`orderd_http_refusals_total` counts them).
     #[error("orderd is serving all the requests it can within its latency target; retry shortly")]
@@ -100,6 +103,7 @@ impl ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::PreconditionFailed(_) => (StatusCode::PRECONDITION_FAILED, "order_changed"),
             ApiError::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "account_busy"),
+            ApiError::TooManyStreams(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_streams"),
             ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "daemon_busy"),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),

@@ -46,6 +46,9 @@ pub struct ApiLimits {
     pub rate_limit: rate_limit::RateLimits,
     /// Server-sent-event streams open at once (above: 503).
     pub event_streams_max: usize,
+    /// Server-sent-event streams of one account open at once (above: 429), so that one
+    /// account's sessions cannot take the slots of every other.
+    pub event_streams_per_account_max: usize,
     /// An event stream ends after this long; the client reconnects with Last-Event-ID and
     /// misses nothing. Access is checked when a stream opens, so this also bounds how long a
     /// stream outlives its token or its user's removal.
@@ -66,6 +69,7 @@ impl Default for ApiLimits {
             page_max: 200,
             rate_limit: rate_limit::RateLimits::default(),
             event_streams_max: 10_000,
+            event_streams_per_account_max: 200,
             event_stream_max_ms: 300_000,
             event_stream_keepalive_ms: 15_000,
             slow_order_log_ms: 1_000,
@@ -98,8 +102,9 @@ pub struct ApiShared {
     pub sessions: Arc<session::Sessions>,
     /// Durable events in log order, fed by the daemon's outbox relay (for event streams).
     pub bus: orderd_actors::events::EventBus,
-    /// Event streams open now (bounded by `limits.event_streams_max`).
-    pub event_streams: Arc<std::sync::atomic::AtomicUsize>,
+    /// Event streams open now (bounded by `limits.event_streams_max` and
+    /// `limits.event_streams_per_account_max`).
+    pub event_streams: Arc<routes::events::OpenStreams>,
     /// Webhook endpoints and dead letters (the daemon delivers).
     pub webhooks: orderd_actors::webhooks::Webhooks,
 }

@@ -54,6 +54,10 @@ struct Api {
 }
 
 async fn api() -> Api {
+    api_with(ApiLimits::default()).await
+}
+
+async fn api_with(limits: ApiLimits) -> Api {
     let journal = Journal::temporary(&JournalConfig::default()).unwrap();
     let engine = Engine::start(journal, Limits::default()).await.unwrap();
     let sys = Caller::system();
@@ -69,13 +73,7 @@ async fn api() -> Api {
             .await
             .unwrap_or_else(|e| panic!("{kind:?}: {e:?}"));
     }
-    let state = ApiState::new(
-        engine,
-        Authenticator::dev(&[7u8; 32]),
-        vec![],
-        ApiLimits::default(),
-        true,
-    );
+    let state = ApiState::new(engine, Authenticator::dev(&[7u8; 32]), vec![], limits, true);
     Api { state }
 }
 
@@ -141,17 +139,30 @@ impl Api {
         r.body["access_token"].as_str().unwrap().to_owned()
     }
 
-    /// The audit entries of order `id`, oldest first, as `token` reads them.
+    /// The audit entries of order `id`, oldest first, as `token` reads them: in one page, and
+    /// two at a time following the cursor, which must give the same.
     async fn history(&self, token: &str, id: &str) -> Vec<Value> {
-        let uri = format!("/v1/orders/{id}/history");
-        let r = self.call("GET", &uri, Some(token), None, &[]).await;
-        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-        r.body
-            .as_array()
-            .expect("a list")
-            .iter()
-            .map(|e| e["entry"].clone())
-            .collect()
+        let page = |query: String| async move {
+            let uri = format!("/v1/orders/{id}/history{query}");
+            let r = self.call("GET", &uri, Some(token), None, &[]).await;
+            assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+            let entries = r.body["entries"].as_array().expect("a list").clone();
+            let next = r.body["next_cursor"].as_str().map(str::to_owned);
+            (entries, next)
+        };
+        let (whole, next) = page(String::new()).await;
+        assert_eq!(next, None, "one page holds a short history");
+        let (mut paged, mut next) = page("?limit=2".into()).await;
+        while let Some(cursor) = next {
+            let (more, after) = page(format!("?limit=2&cursor={cursor}")).await;
+            assert!(!more.is_empty() && more.len() <= 2, "{more:?}");
+            paged.extend(more);
+            next = after;
+        }
+        assert_eq!(paged, whole);
+        let seqs: Vec<u64> = whole.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+        whole.iter().map(|e| e["entry"].clone()).collect()
     }
 
     async fn place(&self, token: &str, key: &str, body: Value) -> Resp {
@@ -426,6 +437,82 @@ async fn events_replay_per_account() {
         "{:?}",
         all.body
     );
+}
+
+// One account's event streams are bounded (429, with Retry-After) without touching another
+// account's; a stream that ends frees its slot. A stream ends at its longest time also while it
+// still replays: here one event a page, read slower than the stream may live.
+#[tokio::test]
+async fn event_streams_are_bounded_per_account_and_in_time() {
+    let api = api_with(ApiLimits {
+        page_max: 1,
+        event_streams_per_account_max: 2,
+        event_stream_max_ms: 500,
+        ..ApiLimits::default()
+    })
+    .await;
+    let a = api.token(Some("A"), "ann", &["buyer"], None).await;
+    let b = api.token(Some("B"), "bea", &["buyer"], None).await;
+    for key in ["s-1", "s-2", "s-3"] {
+        let r = api
+            .place(&a, key, json!({"lines":[{"sku":"BOLT","qty":1}]}))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    }
+    let open = |token: &str, last_event_id: &str| {
+        let req = Request::builder()
+            .uri("/v1/events/stream")
+            .header("authorization", format!("Bearer {token}"))
+            .header("last-event-id", last_event_id)
+            .body(Body::empty())
+            .unwrap();
+        router(api.state.clone()).oneshot(req)
+    };
+    let replaying = open(&a, "0").await.unwrap();
+    assert_eq!(replaying.status(), StatusCode::OK);
+    let second = open(&a, "0").await.unwrap();
+    assert_eq!(second.status(), StatusCode::OK);
+    let refused = api
+        .call("GET", "/v1/events/stream", Some(&a), None, &[])
+        .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{:?}",
+        refused.body
+    );
+    assert_eq!(refused.body["code"], "too_many_streams");
+    assert!(refused.headers.contains_key("retry-after"));
+    let other = open(&b, "0").await.unwrap();
+    assert_eq!(
+        other.status(),
+        StatusCode::OK,
+        "another account is not held back"
+    );
+    drop(second);
+    let again = open(&a, "0").await.unwrap();
+    assert_eq!(
+        again.status(),
+        StatusCode::OK,
+        "a closed stream frees its slot"
+    );
+
+    // The first event, then a pause past the stream's longest time: the stream ends without
+    // replaying the rest (the client resumes from the event it has).
+    let mut body = replaying.into_body();
+    let mut text = String::new();
+    while !text.contains("data:") {
+        let frame = body.frame().await.expect("an event").unwrap();
+        text.push_str(&String::from_utf8_lossy(&frame.into_data().unwrap()));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let rest = tokio::time::timeout(std::time::Duration::from_secs(5), body.collect())
+        .await
+        .expect("the stream ended")
+        .unwrap()
+        .to_bytes();
+    text.push_str(&String::from_utf8_lossy(&rest));
+    assert_eq!(text.matches("data:").count(), 1, "{text}");
 }
 
 // Same key + same body replays the first answer; a different body is refused with 422.
@@ -1837,6 +1924,12 @@ async fn openapi_lists_routes() {
         ),
         ("GET", &long_query, bad, "invalid_query"),
         ("GET", "/v1/events?limit=0", bad, "invalid_query"),
+        (
+            "GET",
+            "/v1/orders/01900000-0000-7000-8000-000000000000/history?cursor=x",
+            bad,
+            "invalid_cursor",
+        ),
     ] {
         let r = api.call(method, path, Some(&buyer), None, &[]).await;
         assert_eq!(r.status, status, "{method} {path}: {}", r.body);

@@ -187,6 +187,10 @@ impl Config {
             ("api.page_max", self.api.page_max == 0),
             ("api.import_rows_max", self.api.import_rows_max == 0),
             ("api.event_streams_max", self.api.event_streams_max == 0),
+            (
+                "api.event_streams_per_account_max",
+                self.api.event_streams_per_account_max == 0,
+            ),
             ("api.event_stream_max_ms", self.api.event_stream_max_ms == 0),
             (
                 "api.event_stream_keepalive_ms",

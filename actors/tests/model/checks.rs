@@ -416,7 +416,7 @@ impl Harness {
         for m in &self.model.orders {
             let account = AccountId::parse(ACCOUNTS[m.acct].id).map_err(|e| e.to_string())?;
             let records = engine
-                .history(&account, &m.id, 10_000)
+                .history(&account, &m.id, 0, 10_000)
                 .map_err(|e| e.to_string())?;
             let no_events = vec![];
             let events = self.events.get(m.id.as_str()).unwrap_or(&no_events);

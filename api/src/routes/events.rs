@@ -7,7 +7,8 @@
 //!   seq of the last event received) it first replays what was missed from the log, a page at
 //!   a time as the client reads it, then follows the in-process bus; a subscriber that lags
 //!   behind the bus is cut off and simply reconnects. A stream ends after
-//!   `api.event_stream_max_ms`; at most `api.event_streams_max` are open at once (above: 503).
+//!   `api.event_stream_max_ms`, replay included; at most `api.event_streams_max` are open at
+//!   once (above: 503), and `api.event_streams_per_account_max` of one account (above: 429).
 //!
 //! Both show the caller's account (an operator: every account); a caller who is only a buyer
 //! sees the events of the orders they placed, like `GET /v1/orders`.
@@ -252,12 +253,74 @@ async fn list(
     Ok(axum::Json(page))
 }
 
+/// The event streams open now: in all, and per account (an operator's count in all only).
+#[derive(Default)]
+pub struct OpenStreams(Mutex<OpenCounts>);
+
+#[derive(Default)]
+struct OpenCounts {
+    all: usize,
+    by_account: HashMap<AccountId, usize>,
+}
+
+impl OpenStreams {
+    /// A slot for one more stream of `account`, or why there is none: 503 when
+    /// `api.event_streams_max` are open, 429 when the account has
+    /// `api.event_streams_per_account_max` (one account's sessions cannot take every slot).
+    fn open(
+        self: &Arc<Self>,
+        account: Option<&AccountId>,
+        limits: &crate::ApiLimits,
+    ) -> Result<StreamSlot, ApiError> {
+        let mut c = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if c.all >= limits.event_streams_max {
+            return Err(ApiError::Unavailable(format!(
+                "{} event streams are open, the most allowed (api.event_streams_max)",
+                c.all
+            )));
+        }
+        if let Some(a) = account {
+            let mine = c.by_account.entry(a.clone()).or_default();
+            if *mine >= limits.event_streams_per_account_max {
+                return Err(ApiError::TooManyStreams(format!(
+                    "account {a} has {mine} event streams open, the most allowed (api.event_streams_per_account_max); close one or retry later"
+                )));
+            }
+            *mine += 1;
+        }
+        c.all += 1;
+        Ok(StreamSlot {
+            streams: self.clone(),
+            account: account.cloned(),
+        })
+    }
+
+    fn close(&self, account: Option<&AccountId>) {
+        let mut c = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        assert!(c.all > 0, "an event stream closed that was never counted");
+        c.all -= 1;
+        if let Some(a) = account {
+            let mine = c
+                .by_account
+                .get_mut(a)
+                .expect("an open stream's account is counted");
+            *mine -= 1;
+            if *mine == 0 {
+                c.by_account.remove(a);
+            }
+        }
+    }
+}
+
 /// Counts an open event stream; dropping it (the stream ended) frees the slot.
-struct StreamSlot(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+struct StreamSlot {
+    streams: Arc<OpenStreams>,
+    account: Option<AccountId>,
+}
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.streams.close(self.account.as_ref());
     }
 }
 
@@ -287,13 +350,7 @@ async fn stream_events(
                 })?,
         ),
     };
-    let open = s.event_streams.fetch_add(1, Ordering::SeqCst);
-    let slot = StreamSlot(s.event_streams.clone());
-    if open >= s.limits.event_streams_max {
-        return Err(ApiError::Unavailable(format!(
-            "{open} event streams are open, the most allowed"
-        )));
-    }
+    let slot = s.event_streams.open(scope.account.as_ref(), &s.limits)?;
     // Subscribe before reading the log, so nothing falls between the replay and the live part.
     let live = match &scope.account {
         Some(a) => s.bus.subscribe_account(a),
@@ -318,11 +375,13 @@ async fn stream_events(
         _ => stream::empty().boxed(),
     };
     let follow = follow_bus(live, s.bus.clone(), scope, replayed_to).map(|f| Ok(f.into_sse()));
+    // The longest time covers the replay too: a client reading a long gap slowly holds its
+    // slot no longer than any other. At shutdown the stream ends, replay or not. Either way
+    // the client resumes from its last event.
     let max = Duration::from_millis(s.limits.event_stream_max_ms);
-    let follow = follow.take_until(tokio::time::sleep(max));
-    // At shutdown the stream ends, replay or not (the client resumes from its last event).
     let all = replayed
         .chain(follow)
+        .take_until(tokio::time::sleep(max))
         .take_until(s.bus.closed())
         .map(move |e| {
             let _ = &slot; // held for as long as the stream lives

@@ -441,30 +441,63 @@ pub struct HistoryEntry {
     pub entry: AuditEntry,
 }
 
-/// The order's audit trail: who did what, from where, when (buyer, approver, account_admin).
-#[utoipa::path(get, path = "/v1/orders/{id}/history", tag = "orders", params(("id" = String, Path)), responses((status = 200, body = Vec<HistoryEntry>), (status = 404)), security(("bearer" = [])))]
+#[derive(Deserialize, IntoParams)]
+pub struct HistoryQuery {
+    /// Most entries in the answer (default and most: the API's page limit).
+    pub limit: Option<usize>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct HistoryPage {
+    pub entries: Vec<HistoryEntry>,
+    /// Where the next page starts (`cursor=`); null after the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// The order's audit trail, oldest first, a page at a time: who did what, from where, when
+/// (buyer, approver, account_admin).
+#[utoipa::path(get, path = "/v1/orders/{id}/history", tag = "orders", params(("id" = String, Path), HistoryQuery), responses((status = 200, body = HistoryPage), (status = 404)), security(("bearer" = [])))]
 async fn history(
     State(s): State<ApiState>,
     auth: Auth,
     Path(id): Path<String>,
-) -> ApiResult<axum::Json<Vec<HistoryEntry>>> {
+    Query(q): Query<HistoryQuery>,
+) -> ApiResult<axum::Json<HistoryPage>> {
     let caller = auth.require(ACCOUNT_ROLES)?;
     let id = order_id(&id)?;
+    let after = match q.cursor.as_deref() {
+        None => 0,
+        Some(c) => c.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(
+                "invalid_cursor",
+                format!("{c:?} is not a cursor of this list (the next_cursor of a page)"),
+            )
+        })?,
+    };
+    let limit = crate::extract::page_limit(q.limit, s.limits.page_max, s.limits.page_max)?;
     // Tenancy: the order must be this account's (and, for a buyer, their own).
     let account = auth.account()?;
     fetch(&s, caller, account, &id).await?;
     let engine = s.engine.clone();
-    let limit = s.limits.page_max * 10;
     let account = account.clone();
-    let entries = tokio::task::spawn_blocking(move || engine.history(&account, &id, limit))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
-    Ok(axum::Json(
-        entries
+    // One more than the page tells whether another page follows.
+    let mut entries =
+        tokio::task::spawn_blocking(move || engine.history(&account, &id, after, limit + 1))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let next_cursor = (entries.len() > limit).then(|| {
+        entries.truncate(limit);
+        entries.last().map(|(seq, _)| seq.to_string())
+    });
+    Ok(axum::Json(HistoryPage {
+        entries: entries
             .into_iter()
             .map(|(seq, entry)| HistoryEntry { seq, entry })
             .collect(),
-    ))
+        next_cursor: next_cursor.flatten(),
+    }))
 }
 
 /// Submit a draft (buyer, approver, account_admin).

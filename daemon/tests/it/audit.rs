@@ -321,7 +321,10 @@ async fn order_history_shows_who_did_what_from_where() {
 
     let h = env.get(&alice, &format!("/v1/orders/{id}/history")).await;
     assert_eq!(h.status, 200, "{h}");
-    let entries = h.body.as_array().unwrap_or_else(|| panic!("{h}"));
+    assert!(h.body["next_cursor"].is_null(), "{h}");
+    let entries = h.body["entries"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{h}"));
     let expected = [
         ("order.place", "alice", Value::Null, "pending_approval"),
         (
