@@ -462,7 +462,9 @@ pub fn read_after(
         events: vec![],
         next: after,
     };
-    for r in journal.durable_audit_after(after, scan_max)? {
+    // Read one record at a time: a page that fills early reads no further.
+    for r in journal.durable_audit_iter(after).take(scan_max) {
+        let r = r?;
         out.next = r.seq;
         let event = event_or_skip(&r);
         if let Some(ev) = event.filter(|ev| account.is_none_or(|a| *a == ev.account)) {

@@ -42,6 +42,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 type Flow<T> = Result<Result<T, Rejection>, ActorError>;
 /// Stock per warehouse, in stock units (kits as components).
@@ -94,6 +95,8 @@ pub struct Amendment {
 }
 
 struct Evaluation {
+    /// The catalog snapshot every check ran on; the order's lines are built from it too.
+    snap: Arc<Snapshot>,
     checked: Checked,
     allocations: Option<Vec<Vec<Allocation>>>,
     problems: Vec<Problem>,
@@ -196,9 +199,16 @@ impl<'a> Placer<'a> {
     }
 }
 
-/// Catalog, visibility, quantity and price checks against today's snapshot. Alone, this is what
-/// a draft needs (it holds no stock and no credit); `evaluate` adds stock, credit and approval.
-fn check_catalog(st: &AccountState, placer: &Placer, req: &OrderRequest) -> Checked {
+/// Catalog, visibility, quantity and price checks against today's snapshot, returned with it:
+/// whoever builds the order's lines builds them from the snapshot that was checked (an import
+/// landing meanwhile cannot give a kit the components of another definition). Alone, this is
+/// what a draft needs (it holds no stock and no credit); `evaluate` adds stock, credit and
+/// approval.
+fn check_catalog(
+    st: &AccountState,
+    placer: &Placer,
+    req: &OrderRequest,
+) -> (Arc<Snapshot>, Checked) {
     let snap = st.catalog.load();
     let ctx = PricingContext {
         account: &st.account,
@@ -209,7 +219,8 @@ fn check_catalog(st: &AccountState, placer: &Placer, req: &OrderRequest) -> Chec
         today: today(),
         lines_max: st.limits.order_lines_max,
     };
-    check_order(&ctx, req)
+    let checked = check_order(&ctx, req);
+    (snap, checked)
 }
 
 async fn evaluate(
@@ -232,8 +243,7 @@ fn evaluate_untimed(
     req: &OrderRequest,
     exclude: Option<&Order>,
 ) -> Result<Evaluation, ActorError> {
-    let snap = st.catalog.load();
-    let checked = check_catalog(st, placer, req);
+    let (snap, checked) = check_catalog(st, placer, req);
     let mut problems = checked.problems.clone();
     let mut allocations = None;
     if let (Some(ship_to), false) = (&checked.ship_to, checked.lines.is_empty()) {
@@ -284,6 +294,7 @@ fn evaluate_untimed(
         None => vec![],
     };
     Ok(Evaluation {
+        snap,
         checked,
         allocations,
         problems,
@@ -675,8 +686,7 @@ pub async fn validate(
 ) -> Flow<Preview> {
     let rebuilt = rebuild(st, req, from_cart);
     let ev = evaluate(st, &Placer::caller(caller), &rebuilt.req, None).await?;
-    let snap = st.catalog.load();
-    let lines = build_lines(&snap, &ev.checked, ev.allocations);
+    let lines = build_lines(&ev.snap, &ev.checked, ev.allocations);
     let problems = rebuilt.problems(ev.problems);
     Ok(Ok(Preview {
         valid: problems.is_empty(),
@@ -739,13 +749,14 @@ pub async fn place(
         if !problems.is_empty() {
             return Ok(Err(Rejection::Invalid(problems)));
         }
+        let lines = build_lines(&ev.snap, &ev.checked, ev.allocations);
         let mut order = new_order(
             st,
             caller,
             id.clone(),
             req,
             &ev.checked,
-            ev.allocations,
+            lines,
             ev.total,
             channel,
         );
@@ -755,14 +766,15 @@ pub async fn place(
         };
         (order, transitions)
     } else {
-        let checked = check_catalog(st, &Placer::caller(caller), req);
+        let (snap, checked) = check_catalog(st, &Placer::caller(caller), req);
         let problems = rebuilt.problems(checked.problems.clone());
         if !problems.is_empty() {
             return Ok(Err(Rejection::Invalid(problems)));
         }
         let total = checked.total(&st.account);
+        let lines = build_lines(&snap, &checked, None);
         (
-            new_order(st, caller, id.clone(), req, &checked, None, total, channel),
+            new_order(st, caller, id.clone(), req, &checked, lines, total, channel),
             vec!["draft"],
         )
     };
@@ -821,11 +833,10 @@ fn new_order(
     id: OrderId,
     req: &OrderRequest,
     checked: &Checked,
-    allocations: Option<Vec<Vec<Allocation>>>,
+    lines: Vec<OrderLine>,
     total: Money,
     channel: Channel,
 ) -> Order {
-    let snap = st.catalog.load();
     let now = crate::audit::now_rfc3339();
     Order {
         id,
@@ -841,7 +852,7 @@ fn new_order(
         delivery_speed: req.delivery_speed.clone(),
         customer_po: req.customer_po.clone(),
         allow_split: req.allow_split,
-        lines: build_lines(&snap, checked, allocations),
+        lines,
         total,
         approval_reasons: vec![],
         created_at: now.clone(),
@@ -912,8 +923,7 @@ pub async fn submit_draft(st: &mut AccountState, caller: &Caller, target: &Targe
     if !problems.is_empty() {
         return Ok(Err(Rejection::Invalid(problems)));
     }
-    let snap = st.catalog.load();
-    order.lines = build_lines(&snap, &ev.checked, ev.allocations);
+    order.lines = build_lines(&ev.snap, &ev.checked, ev.allocations);
     order.total = ev.total;
     let transitions = match route(&mut order, ev.approval_reasons) {
         Ok(t) => t,
@@ -1304,13 +1314,13 @@ pub async fn amend(
     let mut order = old.clone();
     let mut transitions = vec![];
     if old.state == OrderState::Draft {
-        let checked = check_catalog(st, &placer, req);
+        let (snap, checked) = check_catalog(st, &placer, req);
         let problems = rebuilt.problems(checked.problems.clone());
         if !problems.is_empty() {
             return Ok(Err(Rejection::Invalid(problems)));
         }
         order.total = checked.total(&st.account);
-        order.lines = build_lines(&st.catalog.load(), &checked, None);
+        order.lines = build_lines(&snap, &checked, None);
         order.ship_to = checked.ship_to.map(|s| s.id).unwrap_or(order.ship_to);
     } else {
         let ev = evaluate(st, &placer, req, Some(&old)).await?;
@@ -1318,7 +1328,6 @@ pub async fn amend(
         if !problems.is_empty() {
             return Ok(Err(Rejection::Invalid(problems)));
         }
-        let snap = st.catalog.load();
         order.total = ev.total;
         order.ship_to = ev
             .checked
@@ -1326,7 +1335,7 @@ pub async fn amend(
             .as_ref()
             .map(|s| s.id.clone())
             .unwrap_or(order.ship_to);
-        order.lines = build_lines(&snap, &ev.checked, ev.allocations);
+        order.lines = build_lines(&ev.snap, &ev.checked, ev.allocations);
         // The approval rules are applied again: the approver sees why the order waits now,
         // and an order no rule holds back any longer goes on as if submitted so.
         if old.state == OrderState::PendingApproval {

@@ -635,10 +635,7 @@ impl Journal {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<AuditRecord>, StorageError> {
-        self.seq_range_after(layout::AUDIT, after_seq, limit)?
-            .into_iter()
-            .map(|(seq, value)| audit_chain::decode_record(seq, &value))
-            .collect()
+        self.audit_iter(after_seq, u64::MAX).take(limit).collect()
     }
 
     /// Like [`Journal::audit_after`], but only records the last successful flush covers. Readers
@@ -649,10 +646,27 @@ impl Journal {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<AuditRecord>, StorageError> {
-        let durable = self.audit_head().seq;
-        let mut records = self.audit_after(after_seq, limit)?;
-        records.retain(|r| r.seq <= durable);
-        Ok(records)
+        self.durable_audit_iter(after_seq).take(limit).collect()
+    }
+
+    /// The durable audit records with seq > `after_seq`, in seq order, read one at a time as
+    /// the caller takes them: a reader that stops early (a page filled) reads no further. The
+    /// durable head is taken when this is called.
+    pub fn durable_audit_iter(
+        &self,
+        after_seq: u64,
+    ) -> impl Iterator<Item = Result<AuditRecord, StorageError>> + use<> {
+        self.audit_iter(after_seq, self.audit_head().seq)
+    }
+
+    /// The audit records with `after_seq` < seq <= `last_seq`, in seq order, read lazily.
+    fn audit_iter(
+        &self,
+        after_seq: u64,
+        last_seq: u64,
+    ) -> impl Iterator<Item = Result<AuditRecord, StorageError>> + use<> {
+        self.seq_range(layout::AUDIT, after_seq, last_seq)
+            .map(|item| item.and_then(|(seq, value)| audit_chain::decode_record(seq, &value)))
     }
 
     /// Whether a group commit has failed (see [`Journal::failed`]).
@@ -758,35 +772,36 @@ impl Journal {
         Ok(())
     }
 
-    /// `(seq, value)` of up to `limit` keys `prefix`+seq with seq > `after_seq`.
-    fn seq_range_after(
+    /// `(seq, value)` of the keys `prefix`+seq with `after_seq` < seq <= `last_seq`, in seq
+    /// order, read lazily.
+    fn seq_range(
         &self,
         prefix: u8,
         after_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
-        let Some(first) = after_seq.checked_add(1) else {
-            return Ok(Vec::new());
-        };
-        let start = layout::seq_key(prefix, first);
-        let mut out = Vec::new();
-        for item in self
-            .inner
-            .db
-            .range(&start[..]..&layout::prefix_end(prefix)[..])
-            .take(limit)
-        {
+        last_seq: u64,
+    ) -> impl Iterator<Item = Result<(u64, sled::IVec), StorageError>> + use<> {
+        let range = after_seq
+            .checked_add(1)
+            .filter(|first| *first <= last_seq)
+            .map(|first| {
+                let start = layout::seq_key(prefix, first);
+                let end = match last_seq.checked_add(1) {
+                    Some(past) => layout::seq_key(prefix, past).to_vec(),
+                    None => layout::prefix_end(prefix).to_vec(),
+                };
+                self.inner.db.range(start.to_vec()..end)
+            });
+        range.into_iter().flatten().map(move |item| {
             let (key, value) = item?;
-            let seq = (key.len() == start.len())
+            let seq = (key.len() == 1 + layout::SEQ_LEN)
                 .then(|| layout::seq_of_key(&key))
                 .flatten()
                 .ok_or_else(|| StorageError::Corrupt {
                     key: layout::describe_key(&key),
                     reason: "undecodable seq key".to_owned(),
                 })?;
-            out.push((seq, value.to_vec()));
-        }
-        Ok(out)
+            Ok((seq, value))
+        })
     }
 }
 

@@ -528,6 +528,22 @@ async fn audit_after_pages_in_seq_order() {
     assert_eq!(rest.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![5, 6]);
     assert!(journal.audit_after(6, 10).expect("none").is_empty());
     assert!(journal.audit_after(u64::MAX, 10).expect("none").is_empty());
+    // Read lazily, up to the durable head (every batch above was flushed).
+    let seqs = |after: u64| -> Vec<u64> {
+        journal
+            .durable_audit_iter(after)
+            .map(|r| r.expect("record").seq)
+            .collect()
+    };
+    assert_eq!(seqs(0), [1, 2, 3, 4, 5, 6]);
+    assert_eq!(seqs(4), [5, 6]);
+    assert!(seqs(6).is_empty() && seqs(u64::MAX).is_empty());
+    let mut lazy = journal.durable_audit_iter(1);
+    assert_eq!(lazy.next().expect("one").expect("record").payload, b"b");
+    assert_eq!(
+        journal.durable_audit_after(1, 1).expect("one")[0].payload,
+        b"b"
+    );
 }
 
 // 64 concurrent writers x 50 batches on a real directory: every ticket resolves, seqs are

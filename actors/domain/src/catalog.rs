@@ -192,11 +192,15 @@ impl Catalog {
                 .get(..q.len())
                 .is_some_and(|p| p.eq_ignore_ascii_case(q.as_bytes()))
         };
+        // The description is split once, however many words the query has.
         let words_match = |it: &CatalogItem| {
-            !terms.is_empty()
-                && terms
-                    .iter()
-                    .all(|t| tokenize(&it.description).any(|w| w.starts_with(t.as_str())))
+            if terms.is_empty() {
+                return false;
+            }
+            let words: Vec<String> = tokenize(&it.description).collect();
+            terms
+                .iter()
+                .all(|t| words.iter().any(|w| w.starts_with(t.as_str())))
         };
         let matches = |it: &&CatalogItem| sku_matches(it) || words_match(it);
         let rarest = terms
