@@ -136,7 +136,8 @@ pub struct OidcSettings {
     pub http_timeout_ms: u64,
     /// An unknown `kid` refetches the JWKS at most once per this interval.
     pub jwks_refetch_interval_min_ms: u64,
-    /// Keys older than this are refreshed in the background (removed keys stop working).
+    /// Keys are refreshed in the background once half this old (removed keys stop working);
+    /// while the provider is unreachable, the cached keys stay in use.
     pub jwks_max_age_ms: u64,
     /// Most keys kept per issuer; a larger JWKS is refused (the cached keys stay).
     pub jwks_keys_max: usize,
@@ -401,13 +402,41 @@ impl Oidc {
         })
     }
 
-    /// Fetches every issuer's discovery document and keys once (failures are logged; requests
-    /// retry, rate-limited).
-    pub async fn warm_up(&self) {
-        for name in &self.order {
-            if let Some(i) = self.issuers.get(name) {
-                self.refresh(i, "start-up").await;
-            }
+    /// Keeps every issuer's keys fresh for as long as the process runs, in the background, so
+    /// that no request waits for a provider while there are keys to check with: at once (the
+    /// start-up fetch of discovery and keys), then each issuer's again once half of
+    /// `jwks_max_age_ms` has passed since its keys were fetched, and after a failure once
+    /// `jwks_refetch_interval_min_ms` has passed (the cached keys stay in use meanwhile).
+    /// Issuers are refreshed side by side: a provider that hangs delays no other. Spawn it
+    /// once.
+    pub async fn keep_keys_fresh(self: Arc<Self>) {
+        let fresh_for = Duration::from_millis(self.limits.jwks_max_age_ms / 2);
+        let retry = Duration::from_millis(self.limits.jwks_refetch_interval_min_ms);
+        loop {
+            let waits = futures_util::future::join_all(self.order.iter().filter_map(|name| {
+                let issuer = self.issuers.get(name)?;
+                Some(async {
+                    let age = issuer.keys.load().fetched.map(|t| t.elapsed());
+                    if let Some(age) = age.filter(|a| *a < fresh_for) {
+                        return fresh_for - age;
+                    }
+                    self.refresh(
+                        issuer,
+                        "keys missing or half their oidc.jwks_max_age_ms old",
+                    )
+                    .await;
+                    match issuer.keys.load().fetched {
+                        Some(t) if t.elapsed() < fresh_for => fresh_for - t.elapsed(),
+                        _ => retry,
+                    }
+                })
+            }))
+            .await;
+            let Some(next) = waits.into_iter().min() else {
+                return;
+            };
+            // Never spin, whatever the settings.
+            tokio::time::sleep(next.max(Duration::from_millis(100))).await;
         }
     }
 
@@ -517,8 +546,7 @@ impl Oidc {
     }
 
     /// Whether a cached token may still be served: its time claims hold now, and its issuer's
-    /// current keys (refreshed like on a full check when older than `jwks_max_age_ms`) still
-    /// hold the key that verified it.
+    /// current keys (see [`Oidc::keep_keys_fresh`]) still hold the key that verified it.
     async fn still_valid(&self, hit: &Verified) -> bool {
         let Some(issuer) = self.issuers.get(&hit.issuer) else {
             return false;
@@ -621,19 +649,13 @@ impl Oidc {
         Ok(key)
     }
 
-    /// The issuer's keys, refreshed first when never fetched or older than `jwks_max_age_ms`
-    /// (keys removed at the provider must stop working). The refresh is rate-limited, and a
-    /// failure keeps the cached keys.
+    /// The issuer's keys. Only when there are none yet (the provider was unreachable so far)
+    /// does a request fetch them itself (rate-limited); keys that aged are refreshed by
+    /// [`Oidc::keep_keys_fresh`] in the background, so that a slow or hanging provider never
+    /// holds up requests whose keys are known.
     async fn current_keys(&self, issuer: &Issuer) -> Arc<KeySet> {
-        let max_age = Duration::from_millis(self.limits.jwks_max_age_ms);
-        if issuer
-            .keys
-            .load()
-            .fetched
-            .is_none_or(|t| t.elapsed() > max_age)
-        {
-            self.refresh(issuer, "keys missing or older than oidc.jwks_max_age_ms")
-                .await;
+        if issuer.keys.load().fetched.is_none() {
+            self.refresh(issuer, "no keys yet").await;
         }
         issuer.keys.load_full()
     }
@@ -882,14 +904,24 @@ mod tests {
 
     /// orderd trusting [`ISSUER`], with no clock leeway and `token_cache_max` entries.
     fn oidc(token_cache_max: usize) -> Oidc {
-        let settings = OidcSettings {
-            issuer: ISSUER.into(),
+        oidc_with(OidcSettings {
+            token_cache_max,
+            ..settings(ISSUER)
+        })
+    }
+
+    /// Settings trusting `issuer`, with no clock leeway and no refetch for an hour.
+    fn settings(issuer: &str) -> OidcSettings {
+        OidcSettings {
+            issuer: issuer.into(),
             audience: AUDIENCE.into(),
             leeway_s: 0,
             jwks_refetch_interval_min_ms: 3_600_000,
-            token_cache_max,
             ..OidcSettings::default()
-        };
+        }
+    }
+
+    fn oidc_with(settings: OidcSettings) -> Oidc {
         assert_eq!(settings.validate(), Vec::<String>::new());
         Oidc::new(&settings).expect("oidc")
     }
@@ -906,12 +938,18 @@ mod tests {
         serde_json::from_value(json!({ "keys": keys })).expect("jwks")
     }
 
-    /// An access token for buyer `user` of ACME, signed with key `key` and naming `kid`.
+    /// An access token of [`ISSUER`] for buyer `user` of ACME, signed with key `key` and naming
+    /// `kid`.
     fn token(kid: &str, key: usize, user: &str, exp: u64) -> String {
+        token_of(ISSUER, kid, key, user, exp)
+    }
+
+    /// [`token`] of `issuer`.
+    fn token_of(issuer: &str, kid: &str, key: usize, user: &str, exp: u64) -> String {
         let mut header = Header::new(Algorithm::EdDSA);
         header.typ = Some("at+jwt".into());
         header.kid = Some(kid.into());
-        let claims = json!({"iss": ISSUER, "aud": AUDIENCE, "sub": user, "account_id": "ACME",
+        let claims = json!({"iss": issuer, "aud": AUDIENCE, "sub": user, "account_id": "ACME",
                             "roles": ["buyer"], "iat": now_s(), "exp": exp});
         let der = hex::decode(KEYS[key].0).expect("hex");
         jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ed_der(&der)).expect("sign")
@@ -952,6 +990,89 @@ mod tests {
         }
         assert_eq!(off.signature_checks(), 3);
         assert_eq!(off.token_cache_len(), 0);
+    }
+
+    // Keys older than `jwks_max_age_ms` while the provider hangs (it accepts connections and
+    // never answers) hold no request up: tokens of a known key are answered at once, cached
+    // or not. Refreshing is the background task's.
+    #[tokio::test]
+    async fn aged_keys_do_not_wait_for_a_hanging_provider() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let issuer = format!("http://{}", listener.local_addr().unwrap());
+        let hang = tokio::spawn(async move {
+            let mut held = vec![];
+            while let Ok((conn, _)) = listener.accept().await {
+                held.push(conn);
+            }
+        });
+        for cache in [100, 0] {
+            let o = oidc_with(OidcSettings {
+                http_timeout_ms: 2_000,
+                jwks_max_age_ms: 1,
+                jwks_refetch_interval_min_ms: 1,
+                token_cache_max: cache,
+                ..settings(&issuer)
+            });
+            o.install_keys(&issuer, &jwks(&[("k1", 0)]));
+            let t = token_of(&issuer, "k1", 0, "bob", in_an_hour());
+            o.verify(&t, "ip".into()).await.expect("fresh keys");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let again = tokio::time::timeout(Duration::from_millis(500), o.verify(&t, "ip".into()))
+                .await
+                .unwrap_or_else(|_| panic!("cache {cache}: the request waited for the provider"));
+            again.expect("aged keys still check");
+        }
+        hang.abort();
+    }
+
+    // The background task refetches aged keys by itself: a key the provider stopped publishing
+    // stops verifying without any request asking for a refetch (none names an unknown key).
+    #[tokio::test]
+    async fn the_background_task_retires_unpublished_keys() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let issuer = format!("http://{}", listener.local_addr().unwrap());
+        let published = Arc::new(std::sync::Mutex::new(
+            serde_json::to_value(jwks(&[("k1", 0)])).unwrap(),
+        ));
+        let discovery = json!({"issuer": issuer, "jwks_uri": format!("{issuer}/jwks")});
+        let keys = published.clone();
+        let app = axum::Router::new()
+            .route(
+                DISCOVERY_PATH,
+                axum::routing::get(move || async move { axum::Json(discovery) }),
+            )
+            .route(
+                "/jwks",
+                axum::routing::get(move || async move { axum::Json(keys.lock().unwrap().clone()) }),
+            );
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let o = Arc::new(oidc_with(OidcSettings {
+            jwks_max_age_ms: 400,
+            jwks_refetch_interval_min_ms: 100,
+            token_cache_max: 100,
+            ..settings(&issuer)
+        }));
+        let fresh = tokio::spawn(o.clone().keep_keys_fresh());
+        let t = token_of(&issuer, "k1", 0, "bob", in_an_hour());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while o.verify(&t, "ip".into()).await.is_err() {
+            assert!(Instant::now() < deadline, "the first fetch never came");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        *published.lock().unwrap() = serde_json::to_value(jwks(&[("k2", 1)])).unwrap();
+        while o.verify(&t, "ip".into()).await.is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "the unpublished key still verifies"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let newer = token_of(&issuer, "k2", 1, "bob", in_an_hour());
+        o.verify(&newer, "ip".into())
+            .await
+            .expect("the published key");
+        fresh.abort();
+        server.abort();
     }
 
     // A cached token whose exp passes (no leeway here) is refused, and its entry is gone.

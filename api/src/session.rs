@@ -13,8 +13,9 @@ use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue};
 use cookie::{Cookie, SameSite};
 use orderd_actors::audit::Caller;
+use orderd_domain::ids::AccountId;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -43,8 +44,83 @@ pub struct Pending {
 /// Live sessions and sign-ins under way, in memory (a restart signs everyone out).
 pub struct Sessions {
     settings: SessionSettings,
-    live: Mutex<HashMap<String, Session>>,
-    pending: Mutex<HashMap<String, Pending>>,
+    live: Mutex<Live>,
+    pending: Mutex<PendingLogins>,
+}
+
+/// Live sessions by id, and how many each account has.
+#[derive(Default)]
+struct Live {
+    by_id: HashMap<String, Session>,
+    per_account: HashMap<AccountId, usize>,
+}
+
+impl Live {
+    fn insert(&mut self, id: String, s: Session) {
+        if let Some(a) = &s.caller.account {
+            *self.per_account.entry(a.clone()).or_default() += 1;
+        }
+        if let Some(replaced) = self.by_id.insert(id, s) {
+            self.forget_account_of(&replaced);
+        }
+    }
+
+    fn remove(&mut self, id: &str) -> Option<Session> {
+        let s = self.by_id.remove(id)?;
+        self.forget_account_of(&s);
+        Some(s)
+    }
+
+    fn forget_account_of(&mut self, s: &Session) {
+        let Some(a) = &s.caller.account else { return };
+        let n = self
+            .per_account
+            .get_mut(a)
+            .expect("a live session's account is counted");
+        *n -= 1;
+        if *n == 0 {
+            self.per_account.remove(a);
+        }
+    }
+
+    fn of_account(&self, account: &AccountId) -> usize {
+        self.per_account.get(account).copied().unwrap_or(0)
+    }
+
+    /// Ends the sessions of `account` (every account's when `None`) that `keep` refuses.
+    fn end_where(&mut self, account: Option<&AccountId>, keep: impl Fn(&Session) -> bool) {
+        let ending: Vec<String> = self
+            .by_id
+            .iter()
+            .filter(|(_, s)| account.is_none_or(|a| s.caller.account.as_ref() == Some(a)))
+            .filter(|(_, s)| !keep(s))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ending {
+            self.remove(&id);
+        }
+    }
+
+    /// Ends the earliest started session of `account` (of all when `None`).
+    fn end_oldest(&mut self, account: Option<&AccountId>) {
+        let oldest = self
+            .by_id
+            .iter()
+            .filter(|(_, s)| account.is_none_or(|a| s.caller.account.as_ref() == Some(a)))
+            .min_by_key(|(_, s)| s.created)
+            .map(|(id, _)| id.clone());
+        if let Some(id) = oldest {
+            self.remove(&id);
+        }
+    }
+}
+
+/// Sign-ins under way by state, and their states oldest first (finished ones leave the queue
+/// when they reach its front, or when it is compacted).
+#[derive(Default)]
+struct PendingLogins {
+    by_state: HashMap<String, Pending>,
+    order: VecDeque<String>,
 }
 
 /// A random URL-safe token.
@@ -62,8 +138,8 @@ impl Sessions {
     pub fn new(settings: &SessionSettings) -> Sessions {
         Sessions {
             settings: settings.clone(),
-            live: Mutex::new(HashMap::new()),
-            pending: Mutex::new(HashMap::new()),
+            live: Mutex::default(),
+            pending: Mutex::default(),
         }
     }
 
@@ -78,6 +154,11 @@ impl Sessions {
     }
 
     /// Starts a session for `caller`, ending `previous` (rotation at sign-in); its id.
+    ///
+    /// Room is made first within the caller's account: at `sessions_per_account_max` its
+    /// ended sessions go, then its earliest started one, so that one company signing in
+    /// without end cannot sign another company's users out. Then in all: at `sessions_max` the
+    /// ended sessions go, then the earliest started one.
     pub fn start(&self, caller: Caller, previous: Option<&str>) -> Result<String, ApiError> {
         let id = random_token()?;
         let now = Instant::now();
@@ -85,18 +166,20 @@ impl Sessions {
         if let Some(p) = previous {
             live.remove(p);
         }
-        if live.len() >= self.settings.sessions_max {
-            live.retain(|_, s| self.alive(s, now));
-        }
-        if live.len() >= self.settings.sessions_max {
-            // Still full: the oldest session makes room.
-            if let Some(oldest) = live
-                .iter()
-                .min_by_key(|(_, s)| s.created)
-                .map(|(k, _)| k.clone())
-            {
-                live.remove(&oldest);
+        if let Some(a) = &caller.account {
+            let max = self.settings.sessions_per_account_max;
+            if live.of_account(a) >= max {
+                live.end_where(Some(a), |s| self.alive(s, now));
             }
+            if live.of_account(a) >= max {
+                live.end_oldest(Some(a));
+            }
+        }
+        if live.by_id.len() >= self.settings.sessions_max {
+            live.end_where(None, |s| self.alive(s, now));
+        }
+        if live.by_id.len() >= self.settings.sessions_max {
+            live.end_oldest(None);
         }
         live.insert(
             id.clone(),
@@ -113,12 +196,12 @@ impl Sessions {
     pub fn touch(&self, id: &str) -> Option<Caller> {
         let now = Instant::now();
         let mut live = lock(&self.live);
-        let alive = live.get(id).map(|s| self.alive(s, now))?;
+        let alive = live.by_id.get(id).map(|s| self.alive(s, now))?;
         if !alive {
             live.remove(id);
             return None;
         }
-        let s = live.get_mut(id)?;
+        let s = live.by_id.get_mut(id)?;
         s.last_used = now;
         Some(s.caller.clone())
     }
@@ -127,7 +210,10 @@ impl Sessions {
         lock(&self.live).remove(id);
     }
 
-    /// Remembers a sign-in under way under its `state`.
+    /// Remembers a sign-in under way under its `state`. At `logins_pending_max` the timed-out
+    /// ones go, then the oldest: anyone may start a sign-in, so a full table must not refuse
+    /// new ones (that would lock every user out for as long as someone keeps it full); a
+    /// user's sign-in takes seconds, far less than it takes to push it out.
     pub fn begin_login(
         &self,
         state: String,
@@ -135,19 +221,25 @@ impl Sessions {
         verifier: String,
         nonce: String,
         redirect_uri: String,
-    ) -> Result<(), ApiError> {
-        let mut pending = lock(&self.pending);
+    ) {
+        let max = self.settings.logins_pending_max;
         let ttl = Duration::from_millis(self.settings.login_pending_timeout_ms);
-        if pending.len() >= self.settings.logins_pending_max {
-            pending.retain(|_, p| p.created.elapsed() < ttl);
+        let mut guard = lock(&self.pending);
+        let p = &mut *guard;
+        while let Some(oldest) = p.order.front() {
+            let gone = match p.by_state.get(oldest) {
+                None => true,
+                Some(x) => x.created.elapsed() >= ttl || p.by_state.len() >= max,
+            };
+            if !gone {
+                break;
+            }
+            if let Some(state) = p.order.pop_front() {
+                p.by_state.remove(&state);
+            }
         }
-        if pending.len() >= self.settings.logins_pending_max {
-            return Err(ApiError::Unavailable(
-                "too many sign-ins under way; retry shortly".into(),
-            ));
-        }
-        pending.insert(
-            state,
+        p.by_state.insert(
+            state.clone(),
             Pending {
                 issuer,
                 verifier,
@@ -156,12 +248,18 @@ impl Sessions {
                 created: Instant::now(),
             },
         );
-        Ok(())
+        p.order.push_back(state);
+        // Finished sign-ins leave the queue lazily; it never holds more than twice the live.
+        if p.order.len() > 2 * max {
+            let live = &p.by_state;
+            p.order.retain(|s| live.contains_key(s));
+        }
+        assert!(p.by_state.len() <= max && p.order.len() <= 2 * max + 1);
     }
 
     /// Takes the sign-in of `state` (once), if it has not timed out.
     pub fn finish_login(&self, state: &str) -> Option<Pending> {
-        let p = lock(&self.pending).remove(state)?;
+        let p = lock(&self.pending).by_state.remove(state)?;
         (p.created.elapsed() < Duration::from_millis(self.settings.login_pending_timeout_ms))
             .then_some(p)
     }
@@ -260,8 +358,10 @@ pub struct SessionSettings {
     pub idle_timeout_ms: u64,
     /// A session ends this long after sign-in, used or not.
     pub absolute_timeout_ms: u64,
-    /// Most live sessions; the one closest to its end is dropped for a new one.
+    /// Most live sessions; the earliest started is dropped for a new one.
     pub sessions_max: usize,
+    /// Most live sessions of one account; its earliest started is dropped for a new one.
+    pub sessions_per_account_max: usize,
     /// Most sign-ins under way (between `/auth/login` and `/auth/callback`).
     pub logins_pending_max: usize,
     /// How long a sign-in may stay under way.
@@ -275,6 +375,7 @@ impl Default for SessionSettings {
             idle_timeout_ms: 30 * 60 * 1000,
             absolute_timeout_ms: 12 * 3600 * 1000,
             sessions_max: 100_000,
+            sessions_per_account_max: 10_000,
             logins_pending_max: 10_000,
             login_pending_timeout_ms: 10 * 60 * 1000,
         }
@@ -296,8 +397,11 @@ impl SessionSettings {
         if self.idle_timeout_ms > self.absolute_timeout_ms {
             errs.push("session.idle_timeout_ms must not exceed session.absolute_timeout_ms".into());
         }
-        if self.sessions_max == 0 || self.logins_pending_max == 0 {
-            errs.push("session.sessions_max and session.logins_pending_max must be above 0".into());
+        if self.sessions_max == 0
+            || self.sessions_per_account_max == 0
+            || self.logins_pending_max == 0
+        {
+            errs.push("session.sessions_max, session.sessions_per_account_max and session.logins_pending_max must be above 0".into());
         }
         if !self.public_url.is_empty() && reqwest::Url::parse(&self.public_url).is_err() {
             errs.push(format!(
@@ -306,5 +410,96 @@ impl SessionSettings {
             ));
         }
         errs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orderd_domain::ids::UserId;
+    use std::collections::BTreeMap;
+
+    fn caller(account: &str, user: &str) -> Caller {
+        Caller {
+            account: Some(AccountId::parse(account).unwrap()),
+            user: UserId::parse(user).unwrap(),
+            roles: Default::default(),
+            warehouse: None,
+            ip: "10.0.0.1".into(),
+        }
+    }
+
+    fn begin(s: &Sessions, state: &str) {
+        s.begin_login(
+            state.into(),
+            "issuer".into(),
+            "verifier".into(),
+            "nonce".into(),
+            "https://orders.example.com/auth/callback".into(),
+        );
+    }
+
+    // A full table of sign-ins under way takes a new one by pushing out the oldest, so whoever
+    // keeps starting sign-ins cannot lock users out; finished ones leave it.
+    #[test]
+    fn a_full_sign_in_table_takes_new_sign_ins() {
+        let s = Sessions::new(&SessionSettings {
+            logins_pending_max: 3,
+            ..SessionSettings::default()
+        });
+        for state in ["a", "b", "c", "d"] {
+            begin(&s, state);
+        }
+        assert!(s.finish_login("a").is_none(), "the oldest made room");
+        assert!(s.finish_login("c").is_some());
+        for state in ["e", "f", "g", "h", "i", "j", "k"] {
+            begin(&s, state);
+        }
+        assert!(s.finish_login("b").is_none() && s.finish_login("d").is_none());
+        for state in ["i", "j", "k"] {
+            assert!(s.finish_login(state).is_some(), "{state}");
+        }
+        let p = lock(&s.pending);
+        assert!(
+            p.by_state.is_empty() && p.order.len() <= 7,
+            "{}",
+            p.order.len()
+        );
+    }
+
+    // One account at its cap of sessions pushes out its own earliest, not another account's;
+    // the cap in all still holds, and the counts follow every session that ends.
+    #[test]
+    fn an_account_at_its_cap_signs_out_its_own_earliest() {
+        let s = Sessions::new(&SessionSettings {
+            sessions_max: 4,
+            sessions_per_account_max: 2,
+            ..SessionSettings::default()
+        });
+        let bauhaus = s.start(caller("BAUHAUS", "hans"), None).unwrap();
+        let acme: Vec<String> = (0..5)
+            .map(|i| s.start(caller("ACME", &format!("u{i}")), None).unwrap())
+            .collect();
+        assert!(
+            s.touch(&bauhaus).is_some(),
+            "another account's session stays"
+        );
+        let live: Vec<bool> = acme.iter().map(|id| s.touch(id).is_some()).collect();
+        assert_eq!(live, [false, false, false, true, true]);
+        let others: Vec<String> = ["C1", "C2"]
+            .iter()
+            .map(|a| s.start(caller(a, "x"), None).unwrap())
+            .collect();
+        assert!(s.touch(&bauhaus).is_none(), "the earliest in all made room");
+        assert!(others.iter().all(|id| s.touch(id).is_some()));
+        s.end(&acme[4]);
+        let live = lock(&s.live);
+        assert_eq!(live.by_id.len(), 3);
+        let counts: BTreeMap<&str, usize> = live
+            .per_account
+            .iter()
+            .map(|(a, n)| (a.as_str(), *n))
+            .collect();
+        assert_eq!(counts, BTreeMap::from([("ACME", 1), ("C1", 1), ("C2", 1)]));
     }
 }

@@ -80,9 +80,9 @@ pub async fn run(
         for i in oidc.issuers() {
             tracing::info!(issuer = %i.settings.issuer, accounts = ?i.settings.accounts, roles = ?i.settings.roles, "trusting identity provider");
         }
-        // Keys are fetched now; a provider that is down is retried on requests (rate-limited).
-        let warm = oidc.clone();
-        tokio::spawn(async move { warm.warm_up().await });
+        // Keys are fetched now and kept fresh in the background; a provider that is down is
+        // retried (rate-limited) while the cached keys stay in use.
+        tokio::spawn(oidc.clone().keep_keys_fresh());
         Authenticator::oidc(oidc)
     } else if config.dev_signin_on() {
         tracing::warn!("DEVELOPMENT SIGN-IN IS ON: POST /v1/dev/token signs a token for any account, user and role. Never expose this daemon like this.");

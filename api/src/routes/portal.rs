@@ -149,7 +149,7 @@ async fn login(
         auth.verifier,
         nonce,
         redirect_uri,
-    )?;
+    );
     let mut resp = redirect(&auth.url);
     resp.headers_mut().append(
         header::SET_COOKIE,
