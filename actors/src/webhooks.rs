@@ -295,7 +295,11 @@ pub struct DeadLetter {
     pub failed_at: String,
     /// A replay was asked for and not yet tried.
     pub replay: bool,
-    /// The body as sent.
+    /// The body as sent: the event's CloudEvents JSON. Rendered again from the event in the
+    /// audit log (at `seq`) when the dead letter is listed or replayed, and held neither in
+    /// memory nor in its record: an account's dead letters would otherwise hold up to
+    /// `dead_letters_per_account_max` x `payload_bytes_max` (2.5 GiB by default) in memory.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub body: String,
 }
 
@@ -386,8 +390,9 @@ struct DeadLetters {
 }
 
 impl DeadLetters {
-    /// Adds `dl`, or replaces the dead letter with its id.
-    fn insert(&mut self, dl: DeadLetter) {
+    /// Adds `dl` (without its body), or replaces the dead letter with its id.
+    fn insert(&mut self, mut dl: DeadLetter) {
+        dl.body = String::new();
         self.remove(&dl.id);
         if dl.replay {
             self.replays.insert((dl.endpoint.clone(), dl.id.clone()));
@@ -789,6 +794,7 @@ impl Webhooks {
                 return Err(WebhookError::NotFound);
             }
             dl.id = new_id("dl");
+            dl.body = String::new();
             let mut batch = Batch::default();
             batch.put(format!("{DEAD}{}", dl.id), json(&dl));
             batch.put(
@@ -830,8 +836,41 @@ impl Webhooks {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, WebhookError> {
-        self.with(async |_, st| Ok(st.dead.page(account, after, limit)))
-            .await
+        let page = self
+            .with(async |_, st| Ok(st.dead.page(account, after, limit)))
+            .await?;
+        self.with_bodies(page)
+    }
+
+    /// `dead` with their bodies, rendered again from their events in the audit log (read after
+    /// the registry's lock is released: a dead letter's event is durable before it exists).
+    fn with_bodies(&self, mut dead: Vec<DeadLetter>) -> Result<Vec<DeadLetter>, WebhookError> {
+        for dl in &mut dead {
+            let corrupt = |reason: String| StorageError::Corrupt {
+                key: format!("audit seq {}", dl.seq),
+                reason,
+            };
+            let record = self.0.journal.audit_record(dl.seq)?.ok_or_else(|| {
+                corrupt(format!(
+                    "dead letter {} names a missing audit record",
+                    dl.id
+                ))
+            })?;
+            // An unreadable record (a damaged store) is logged and leaves the body empty.
+            let Some(event) = crate::events::event_or_skip(&record) else {
+                continue;
+            };
+            let id = crate::events::event_id(&event);
+            if id != dl.event_id {
+                return Err(corrupt(format!(
+                    "dead letter {} is of event {}, the record holds {id}",
+                    dl.id, dl.event_id
+                ))
+                .into());
+            }
+            dl.body = String::from_utf8_lossy(&crate::events::render(&event)).into_owned();
+        }
+        Ok(dead)
     }
 
     /// Every account's dead letters: how many, and the `max` endpoints with the most
@@ -855,7 +894,8 @@ impl Webhooks {
         id: &str,
         to: Option<&str>,
     ) -> Result<DeadLetter, WebhookError> {
-        self.with_queued(async |inner, st| {
+        let dl = self
+            .with_queued(async |inner, st| {
             let mut dl = st
                 .dead
                 .get(id)
@@ -904,13 +944,17 @@ impl Webhooks {
             st.dead.insert(dl.clone());
             Ok((dl, Some(ticket)))
         })
-        .await
+        .await?;
+        let mut dl = self.with_bodies(vec![dl])?;
+        Ok(dl.remove(0))
     }
 
     /// Dead letters of an endpoint waiting to be replayed, oldest first.
     pub async fn replays(&self, endpoint: &str) -> Result<Vec<DeadLetter>, WebhookError> {
-        self.with(async |_, st| Ok(st.dead.replays_of(endpoint).cloned().collect()))
-            .await
+        let waiting = self
+            .with(async |_, st| Ok(st.dead.replays_of(endpoint).cloned().collect()))
+            .await?;
+        self.with_bodies(waiting)
     }
 
     /// The outcome of a replay at `endpoint`: delivered (the dead letter goes) or failed again
@@ -965,6 +1009,7 @@ pub fn unix_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::OrderChanged;
     use orderd_storage::JournalConfig;
 
     fn acct(a: &str) -> AccountId {
@@ -1045,6 +1090,30 @@ mod tests {
         assert_eq!(dead.len(), 3);
     }
 
+    /// Commits an audit record carrying an event of order `order` of `account`: its seq and
+    /// the event.
+    async fn logged_event(journal: &Journal, account: &str, order: &str) -> (u64, OrderChanged) {
+        let event = OrderChanged {
+            account: acct(account),
+            order: orderd_domain::ids::OrderId::parse(order).unwrap(),
+            state: OrderState::Confirmed,
+            sequence: 1,
+            transitions: vec!["confirmed".into()],
+            time: "2026-11-24T10:00:00Z".into(),
+            total: orderd_domain::money::Money::zero(
+                orderd_domain::money::Currency::parse("EUR").unwrap(),
+            ),
+            lines: vec![],
+        };
+        let mut entry =
+            AuditEntry::new(&Caller::system(), Some(&acct(account)), "order.place", b"");
+        entry.event = Some(event.clone());
+        let mut batch = Batch::default();
+        batch.audit.push(entry.draft(&format!("order:{order}")));
+        let committed = journal.submit(batch).await.unwrap();
+        (committed.audit_seqs.start, event)
+    }
+
     /// Two endpoints of account A taking every event, and a dead letter of the first.
     async fn two_endpoints_and_a_dead_letter(hooks: &Webhooks) -> ([String; 2], String) {
         let sys = Caller::system();
@@ -1056,19 +1125,20 @@ mod tests {
                 .unwrap();
             endpoints.push(ep.id);
         }
+        let (seq, event) = logged_event(hooks.journal(), "A", "o-1").await;
         let id = hooks
             .dead_letter(DeadLetter {
                 id: String::new(),
                 endpoint: endpoints[0].clone(),
                 account: acct("A"),
-                event_id: "o-1.1".into(),
+                event_id: crate::events::event_id(&event),
                 event_type: "orderd.order.confirmed".into(),
-                seq: 1,
+                seq,
                 attempts: 3,
                 last_error: "500".into(),
                 failed_at: String::new(),
                 replay: false,
-                body: "{}".into(),
+                body: String::from_utf8(crate::events::render(&event)).unwrap(),
             })
             .await
             .unwrap();
@@ -1174,6 +1244,47 @@ mod tests {
         everyone.sort_by(|a, b| a.1.cmp(&b.1));
         assert_eq!(read(None).await, everyone);
         assert!(read(Some(acct("C"))).await.is_empty());
+    }
+
+    // A dead letter's body is its event as rendered for delivery, read again from the audit
+    // log when it is listed or replayed: neither memory nor its record holds it.
+    #[tokio::test]
+    async fn dead_letter_bodies_come_from_the_log() {
+        let journal = Journal::temporary(&JournalConfig::default()).unwrap();
+        let hooks = Webhooks::new(journal.clone(), WebhookSettings::default());
+        let ([a, _], id) = two_endpoints_and_a_dead_letter(&hooks).await;
+        let listed = hooks.dead_letters(None, None, 10).await.unwrap();
+        let event = crate::events::from_audit(
+            &journal
+                .audit_record(listed[0].seq)
+                .unwrap()
+                .unwrap()
+                .payload,
+        )
+        .unwrap()
+        .unwrap();
+        let body = String::from_utf8(crate::events::render(&event)).unwrap();
+        assert!(body.contains("\"o-1\""), "{body}");
+        assert_eq!(listed[0].body, body);
+        let replay = hooks
+            .request_replay(&Caller::system(), None, &id, None)
+            .await
+            .unwrap();
+        assert_eq!(replay.body, body);
+        assert_eq!(hooks.replays(&a).await.unwrap()[0].body, body);
+        let stored = journal
+            .get(format!("{DEAD}{id}").as_bytes())
+            .unwrap()
+            .unwrap();
+        let stored: DeadLetter = serde_json::from_slice(&stored).unwrap();
+        assert_eq!((stored.body.as_str(), stored.replay), ("", true));
+        let state = hooks.0.state.lock().await;
+        assert!(state
+            .as_ref()
+            .unwrap()
+            .dead
+            .values()
+            .all(|d| d.body.is_empty()));
     }
 
     // A replay waiting at one endpoint is not moved to another, and an outcome reported from

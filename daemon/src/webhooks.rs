@@ -551,7 +551,8 @@ async fn deliver_all(
             last_error: error,
             failed_at: orderd_actors::audit::now_rfc3339(),
             replay: false,
-            body: String::from_utf8_lossy(&ev.json).into_owned(),
+            // Rendered again from the log when listed or replayed (see `DeadLetter::body`).
+            body: String::new(),
         };
         match outcome {
             Outcome::Delivered => {
