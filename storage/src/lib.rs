@@ -68,8 +68,10 @@ pub const DEFAULT_CACHE_CAPACITY_BYTES: u64 = 256 * 1024 * 1024;
 /// releases the lock only when its background I/O threads let go of the files, a moment after
 /// the previous `Db` in this process was dropped; another process holding it fails after this.
 pub const OPEN_LOCK_WAIT_MAX_MS: u64 = 2_000;
-/// sled's log segment size. sled stores a value larger than a quarter of a segment as a separate
-/// blob file and never syncs those, so segments are large enough for every value we allow.
+/// sled's log segment size. sled logs an entry larger than a quarter of a segment as a separate
+/// blob file: one value never is (see [`VALUE_BYTES_MAX`]), but a page of several large values
+/// can be when sled logs it whole. sled 0.34.7 never synced blob files; the vendored copy syncs
+/// each one and its folder before the log entry pointing at it is written (vendor/README.md).
 pub const SLED_SEGMENT_BYTES: usize = 8 << 20;
 /// The largest value one record may have; `submit` refuses larger ones. Half of sled's inline
 /// limit (a quarter segment), leaving room for sled's own headers.
