@@ -13,6 +13,7 @@ use orderd_domain::money::{Currency, Money};
 use orderd_domain::pricing::{PriceEntry, PriceLevel, Tier};
 use orderd_domain::warehouse::{SpeedBand, Warehouse};
 use orderd_domain::Decimal;
+use orderd_storage::Batch;
 use std::collections::BTreeSet;
 
 pub const SKUS: usize = 300;
@@ -307,8 +308,37 @@ fn stock(items: &[CatalogItem], whs: &[Warehouse]) -> Vec<(WarehouseId, Sku, u64
     rows
 }
 
-/// Loads the demo set through the same paths as imports (so it is audited like one).
-pub async fn load(engine: &Engine) -> anyhow::Result<()> {
+/// Journal key present while the demo set is being loaded: a load that a crash cut short (it is
+/// several commits) is finished at the next start, since its steps are imports that may run
+/// again. Without it, a store holding a catalog but no accounts would stay that way for good.
+const LOADING_KEY: &[u8] = b"meta/demo_loading";
+
+/// Loads the demo set into an empty store, or finishes a load that was cut short; whether it
+/// loaded. A store with data of its own is left alone.
+pub async fn load_if_wanted(engine: &Engine) -> anyhow::Result<bool> {
+    let journal = &engine.journal;
+    let resuming = journal.get(LOADING_KEY)?.is_some();
+    let empty = engine.accounts.accounts().is_empty() && engine.catalog.load().catalog.is_empty();
+    if !resuming && !empty {
+        return Ok(false);
+    }
+    if resuming {
+        tracing::warn!("the demo data load of an earlier start was cut short; loading it again");
+    } else {
+        let mut mark = Batch::default();
+        mark.put(LOADING_KEY, Vec::new());
+        journal.submit(mark).await?;
+    }
+    load(engine).await?;
+    let mut done = Batch::default();
+    done.remove(LOADING_KEY);
+    journal.submit(done).await?;
+    Ok(true)
+}
+
+/// Loads the demo set through the same paths as imports (so it is audited like one). Every
+/// step replaces what it loads, so a load may run again over a part of itself.
+async fn load(engine: &Engine) -> anyhow::Result<()> {
     let caller = Caller::system();
     let items = catalog();
     let whs = warehouses();
@@ -339,4 +369,49 @@ pub async fn load(engine: &Engine) -> anyhow::Result<()> {
         "demo data loaded"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orderd_actors::Limits;
+    use orderd_storage::{Journal, JournalConfig};
+
+    // A first start cut short after the demo catalog went in (the load is several commits)
+    // finishes the load at the next start; once loaded, nothing is loaded again.
+    #[tokio::test]
+    async fn a_demo_load_cut_short_is_finished_at_the_next_start() {
+        let journal = Journal::temporary(&JournalConfig::default()).unwrap();
+        let engine = Engine::start(journal.clone(), Limits::default())
+            .await
+            .unwrap();
+        let mut mark = Batch::default();
+        mark.put(LOADING_KEY, Vec::new());
+        journal.submit(mark).await.unwrap();
+        engine
+            .import_catalog(&Caller::system(), catalog())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(load_if_wanted(&engine).await.unwrap());
+        assert_eq!(engine.accounts.accounts().len(), ACCOUNTS.len());
+        assert_eq!(engine.catalog.load().warehouses.len(), warehouses().len());
+        assert!(journal.get(LOADING_KEY).unwrap().is_none());
+        assert!(!load_if_wanted(&engine).await.unwrap());
+    }
+
+    // A store with data of its own (a catalog, no accounts yet) gets no demo data.
+    #[tokio::test]
+    async fn a_store_with_data_of_its_own_is_left_alone() {
+        let journal = Journal::temporary(&JournalConfig::default()).unwrap();
+        let engine = Engine::start(journal, Limits::default()).await.unwrap();
+        engine
+            .import_catalog(&Caller::system(), catalog()[..3].to_vec())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!load_if_wanted(&engine).await.unwrap());
+        assert!(engine.accounts.accounts().is_empty());
+        assert_eq!(engine.catalog.load().catalog.len(), 3);
+    }
 }

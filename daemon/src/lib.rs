@@ -41,11 +41,10 @@ pub async fn start_engine(config: &Config, journal: Journal) -> anyhow::Result<E
     let engine = Engine::start(journal, config.limits.clone())
         .await
         .context("rebuilding state from the journal")?;
-    if config.demo_data
-        && engine.accounts.accounts().is_empty()
-        && engine.catalog.load().catalog.is_empty()
-    {
-        demo::load(&engine).await.context("loading demo data")?;
+    if config.demo_data {
+        demo::load_if_wanted(&engine)
+            .await
+            .context("loading demo data")?;
     }
     Ok(engine)
 }
