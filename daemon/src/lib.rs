@@ -18,7 +18,7 @@ use orderd_actors::Engine;
 use orderd_api::auth::Authenticator;
 use orderd_api::oidc::Oidc;
 use orderd_api::ApiState;
-use orderd_storage::Journal;
+use orderd_storage::{Journal, StorageError};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -243,27 +243,47 @@ async fn serve_metrics(
     }))
 }
 
+/// What `orderd check` found: broken invariants, and states that hold but deserve a look.
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    pub broken: Vec<String>,
+    pub notes: Vec<String>,
+}
+
 /// Rebuilds state from the data directory (the daemon must not be running on it) and lists
-/// every broken invariant: 2 (stock), 3 (credit), 5 (audit chain).
-pub async fn check(config: &Config) -> anyhow::Result<Vec<String>> {
+/// every broken invariant: 2 (stock), 5 (audit chain), and anything the rebuild refuses. An
+/// account above its credit limit is a note, not a break: invariant 3 bounds submissions, and
+/// an operator may lower the limit (or raise receivables) below what is already open. A
+/// journal that cannot be read at all (another process holds it, a disk error) is an error,
+/// not a finding.
+pub async fn check(config: &Config) -> anyhow::Result<CheckReport> {
     let dir = config.data_dir.join("journal");
-    let mut problems = vec![];
-    if let Err(e) = Journal::verify_dir(&dir, None) {
-        problems.push(format!("audit chain: {e}"));
-        return Ok(problems);
+    let mut report = CheckReport::default();
+    match Journal::verify_dir(&dir, None) {
+        Ok(_) => {}
+        Err(e @ (StorageError::ChainBroken { .. } | StorageError::Corrupt { .. })) => {
+            report.broken.push(format!("audit chain: {e}"));
+            return Ok(report);
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "reading {} (is orderd running on it?)",
+                dir.display()
+            )))
+        }
     }
     let journal = open_journal(config)?;
     // Starting rebuilds every warehouse from the orders and refuses over-allocated stock.
     let engine = match Engine::start(journal.clone(), config.limits.clone()).await {
         Ok(e) => e,
         Err(e) => {
-            problems.push(format!("rebuild: {e}"));
+            report.broken.push(format!("rebuild: {e}"));
             journal.close()?;
-            return Ok(problems);
+            return Ok(report);
         }
     };
     if let Err(e) = engine.check_stock().await {
-        problems.push(format!("stock: {e}"));
+        report.broken.push(format!("stock: {e}"));
     }
     for account in engine.accounts.accounts() {
         let credit = engine
@@ -271,18 +291,15 @@ pub async fn check(config: &Config) -> anyhow::Result<Vec<String>> {
                 orderd_actors::account::AccountMsg::Credit { reply }
             })
             .await?;
-        let orders_exposure = credit.exposure.amount - credit.open_receivables.amount;
-        if orders_exposure > orderd_domain::Decimal::ZERO
-            && credit.exposure.amount > credit.credit_limit.amount
-        {
-            problems.push(format!(
-                "credit: account {account} exposure {} above limit {}",
+        if credit.exposure.amount > credit.credit_limit.amount {
+            report.notes.push(format!(
+                "credit: account {account} exposure {} is above its limit {} (the limit was lowered or receivables raised after its orders; new orders are refused until it is back under)",
                 credit.exposure, credit.credit_limit
             ));
         }
     }
     engine.shutdown().await?;
-    Ok(problems)
+    Ok(report)
 }
 
 /// The development signing key, created on first start (mode 0600) so tokens survive restarts.

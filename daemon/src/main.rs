@@ -283,11 +283,14 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
         Command::Check { common } => {
             let config = load_config(&common)?;
             init_logging(false);
-            let problems = rt.block_on(orderd::check(&config))?;
-            for p in &problems {
+            let report = rt.block_on(orderd::check(&config))?;
+            for n in &report.notes {
+                println!("NOTE: {n}");
+            }
+            for p in &report.broken {
                 println!("BROKEN: {p}");
             }
-            if problems.is_empty() {
+            if report.broken.is_empty() {
                 println!("all invariants hold");
                 Ok(std::process::ExitCode::SUCCESS)
             } else {
