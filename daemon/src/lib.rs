@@ -314,16 +314,21 @@ fn dev_key(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
         return Ok(key);
     }
     let key = random_key()?;
+    // Whole or not at all: written to a temporary file, synced, then renamed into place, so a
+    // crash cannot leave a short key that every later start refuses.
+    let tmp = data_dir.join("dev-signing.key.tmp");
+    let _ = std::fs::remove_file(&tmp);
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    std::io::Write::write_all(
-        &mut opts
-            .open(&path)
-            .with_context(|| format!("creating {}", path.display()))?,
-        &key,
-    )?;
+    let mut file = opts
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    std::io::Write::write_all(&mut file, &key)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("creating {}", path.display()))?;
+    std::fs::File::open(data_dir)?.sync_all()?;
     Ok(key)
 }
 
@@ -332,4 +337,27 @@ fn random_key() -> anyhow::Result<Vec<u8>> {
     getrandom::fill(&mut key)
         .map_err(|e| anyhow::anyhow!("no randomness for the signing key: {e}"))?;
     Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The development key is made once (0600, whole), read back the same on every later start,
+    // and a temporary file a crash left behind is no obstacle.
+    #[test]
+    fn the_dev_key_is_made_whole_once() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("dev-signing.key.tmp"), b"short").unwrap();
+        let key = dev_key(dir.path()).unwrap();
+        assert_eq!(key.len(), DEV_KEY_LEN);
+        assert_eq!(dev_key(dir.path()).unwrap(), key);
+        assert!(!dir.path().join("dev-signing.key.tmp").exists());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let meta = std::fs::metadata(dir.path().join("dev-signing.key")).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        }
+    }
 }
