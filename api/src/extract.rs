@@ -100,5 +100,20 @@ pub fn page_limit(limit: Option<usize>, default: usize, max: usize) -> Result<us
     }
 }
 
+/// Cuts `items`, read as one more than the page of `limit` (which tells whether another page
+/// follows), to the page; returns where the next page starts: the cursor of its last item, or
+/// `None` after the last page.
+pub fn cut_page<T>(
+    items: &mut Vec<T>,
+    limit: usize,
+    cursor: impl Fn(&T) -> String,
+) -> Option<String> {
+    if items.len() <= limit {
+        return None;
+    }
+    items.truncate(limit);
+    items.last().map(cursor)
+}
+
 /// A page of orders or catalog items when the caller names no size.
 pub const PAGE_DEFAULT: usize = 50;

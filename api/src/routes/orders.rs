@@ -487,16 +487,13 @@ async fn history(
         tokio::task::spawn_blocking(move || engine.history(&account, &id, after, limit + 1))
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))??;
-    let next_cursor = (entries.len() > limit).then(|| {
-        entries.truncate(limit);
-        entries.last().map(|(seq, _)| seq.to_string())
-    });
+    let next_cursor = crate::extract::cut_page(&mut entries, limit, |(seq, _)| seq.to_string());
     Ok(axum::Json(HistoryPage {
         entries: entries
             .into_iter()
             .map(|(seq, entry)| HistoryEntry { seq, entry })
             .collect(),
-        next_cursor: next_cursor.flatten(),
+        next_cursor,
     }))
 }
 

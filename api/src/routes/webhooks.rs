@@ -259,13 +259,10 @@ async fn dead_letters(
         .webhooks
         .dead_letters(account.as_ref(), q.cursor.as_deref(), limit + 1)
         .await?;
-    let next_cursor = (dead_letters.len() > limit).then(|| {
-        dead_letters.truncate(limit);
-        dead_letters.last().map(|d| d.id.clone())
-    });
+    let next_cursor = crate::extract::cut_page(&mut dead_letters, limit, |d| d.id.clone());
     Ok(axum::Json(DeadLetterList {
         dead_letters,
-        next_cursor: next_cursor.flatten(),
+        next_cursor,
     }))
 }
 
