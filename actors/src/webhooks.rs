@@ -801,9 +801,9 @@ impl Webhooks {
                 format!("{CURSOR}{}", dl.endpoint),
                 dl.seq.to_be_bytes().to_vec(),
             );
-            let mine = st.dead.ids_of(&dl.account, None).count();
-            let over = (mine + 1).saturating_sub(inner.settings.dead_letters_per_account_max);
-            let dropped: Vec<String> = st.dead.ids_of(&dl.account, None).take(over).cloned().collect();
+            let mine: Vec<&String> = st.dead.ids_of(&dl.account, None).collect();
+            let over = (mine.len() + 1).saturating_sub(inner.settings.dead_letters_per_account_max);
+            let dropped: Vec<String> = mine[..over].iter().map(|d| d.to_string()).collect();
             for d in &dropped {
                 tracing::warn!(dead_letter.id = %d, account.id = %dl.account, "dead letter dropped: webhooks.dead_letters_per_account_max reached");
                 batch.remove(format!("{DEAD}{d}"));
@@ -839,38 +839,36 @@ impl Webhooks {
         let page = self
             .with(async |_, st| Ok(st.dead.page(account, after, limit)))
             .await?;
-        self.with_bodies(page)
+        page.into_iter().map(|dl| self.with_body(dl)).collect()
     }
 
-    /// `dead` with their bodies, rendered again from their events in the audit log (read after
-    /// the registry's lock is released: a dead letter's event is durable before it exists).
-    fn with_bodies(&self, mut dead: Vec<DeadLetter>) -> Result<Vec<DeadLetter>, WebhookError> {
-        for dl in &mut dead {
-            let corrupt = |reason: String| StorageError::Corrupt {
-                key: format!("audit seq {}", dl.seq),
-                reason,
-            };
-            let record = self.0.journal.audit_record(dl.seq)?.ok_or_else(|| {
-                corrupt(format!(
-                    "dead letter {} names a missing audit record",
-                    dl.id
-                ))
-            })?;
-            // An unreadable record (a damaged store) is logged and leaves the body empty.
-            let Some(event) = crate::events::event_or_skip(&record) else {
-                continue;
-            };
-            let id = crate::events::event_id(&event);
-            if id != dl.event_id {
-                return Err(corrupt(format!(
-                    "dead letter {} is of event {}, the record holds {id}",
-                    dl.id, dl.event_id
-                ))
-                .into());
-            }
-            dl.body = String::from_utf8_lossy(&crate::events::render(&event)).into_owned();
+    /// `dl` with its body, rendered again from its event in the audit log (read after the
+    /// registry's lock is released: a dead letter's event is durable before it exists).
+    fn with_body(&self, mut dl: DeadLetter) -> Result<DeadLetter, WebhookError> {
+        let corrupt = |reason: String| StorageError::Corrupt {
+            key: format!("audit seq {}", dl.seq),
+            reason,
+        };
+        let record = self.0.journal.audit_record(dl.seq)?.ok_or_else(|| {
+            corrupt(format!(
+                "dead letter {} names a missing audit record",
+                dl.id
+            ))
+        })?;
+        // An unreadable record (a damaged store) is logged and leaves the body empty.
+        let Some(event) = crate::events::event_or_skip(&record) else {
+            return Ok(dl);
+        };
+        let id = crate::events::event_id(&event);
+        if id != dl.event_id {
+            return Err(corrupt(format!(
+                "dead letter {} is of event {}, the record holds {id}",
+                dl.id, dl.event_id
+            ))
+            .into());
         }
-        Ok(dead)
+        dl.body = String::from_utf8_lossy(&crate::events::render(&event)).into_owned();
+        Ok(dl)
     }
 
     /// Every account's dead letters: how many, and the `max` endpoints with the most
@@ -894,8 +892,7 @@ impl Webhooks {
         id: &str,
         to: Option<&str>,
     ) -> Result<DeadLetter, WebhookError> {
-        let dl = self
-            .with_queued(async |inner, st| {
+        self.with_queued(async |inner, st| {
             let mut dl = st
                 .dead
                 .get(id)
@@ -944,17 +941,16 @@ impl Webhooks {
             st.dead.insert(dl.clone());
             Ok((dl, Some(ticket)))
         })
-        .await?;
-        let mut dl = self.with_bodies(vec![dl])?;
-        Ok(dl.remove(0))
+        .await
+        .and_then(|dl| self.with_body(dl))
     }
 
     /// Dead letters of an endpoint waiting to be replayed, oldest first.
     pub async fn replays(&self, endpoint: &str) -> Result<Vec<DeadLetter>, WebhookError> {
-        let waiting = self
+        let waiting: Vec<DeadLetter> = self
             .with(async |_, st| Ok(st.dead.replays_of(endpoint).cloned().collect()))
             .await?;
-        self.with_bodies(waiting)
+        waiting.into_iter().map(|dl| self.with_body(dl)).collect()
     }
 
     /// The outcome of a replay at `endpoint`: delivered (the dead letter goes) or failed again
