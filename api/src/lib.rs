@@ -14,6 +14,7 @@ pub mod import_csv;
 pub mod json;
 pub mod oauth;
 pub mod oidc;
+mod per_account;
 pub mod policy;
 pub mod rate_limit;
 pub mod routes;

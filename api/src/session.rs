@@ -52,13 +52,13 @@ pub struct Sessions {
 #[derive(Default)]
 struct Live {
     by_id: HashMap<String, Session>,
-    per_account: HashMap<AccountId, usize>,
+    per_account: crate::per_account::PerAccount,
 }
 
 impl Live {
     fn insert(&mut self, id: String, s: Session) {
         if let Some(a) = &s.caller.account {
-            *self.per_account.entry(a.clone()).or_default() += 1;
+            self.per_account.add(a);
         }
         if let Some(replaced) = self.by_id.insert(id, s) {
             self.forget_account_of(&replaced);
@@ -72,19 +72,9 @@ impl Live {
     }
 
     fn forget_account_of(&mut self, s: &Session) {
-        let Some(a) = &s.caller.account else { return };
-        let n = self
-            .per_account
-            .get_mut(a)
-            .expect("a live session's account is counted");
-        *n -= 1;
-        if *n == 0 {
-            self.per_account.remove(a);
+        if let Some(a) = &s.caller.account {
+            self.per_account.sub(a);
         }
-    }
-
-    fn of_account(&self, account: &AccountId) -> usize {
-        self.per_account.get(account).copied().unwrap_or(0)
     }
 
     /// Ends the sessions of `account` (every account's when `None`) that `keep` refuses.
@@ -168,10 +158,10 @@ impl Sessions {
         }
         if let Some(a) = &caller.account {
             let max = self.settings.sessions_per_account_max;
-            if live.of_account(a) >= max {
+            if live.per_account.of(a) >= max {
                 live.end_where(Some(a), |s| self.alive(s, now));
             }
-            if live.of_account(a) >= max {
+            if live.per_account.of(a) >= max {
                 live.end_oldest(Some(a));
             }
         }
@@ -497,6 +487,7 @@ mod tests {
         assert_eq!(live.by_id.len(), 3);
         let counts: BTreeMap<&str, usize> = live
             .per_account
+            .counts()
             .iter()
             .map(|(a, n)| (a.as_str(), *n))
             .collect();

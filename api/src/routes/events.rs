@@ -260,7 +260,7 @@ pub struct OpenStreams(Mutex<OpenCounts>);
 #[derive(Default)]
 struct OpenCounts {
     all: usize,
-    by_account: HashMap<AccountId, usize>,
+    by_account: crate::per_account::PerAccount,
 }
 
 impl OpenStreams {
@@ -280,13 +280,13 @@ impl OpenStreams {
             )));
         }
         if let Some(a) = account {
-            let mine = c.by_account.entry(a.clone()).or_default();
-            if *mine >= limits.event_streams_per_account_max {
+            let mine = c.by_account.of(a);
+            if mine >= limits.event_streams_per_account_max {
                 return Err(ApiError::TooManyStreams(format!(
                     "account {a} has {mine} event streams open, the most allowed (api.event_streams_per_account_max); close one or retry later"
                 )));
             }
-            *mine += 1;
+            c.by_account.add(a);
         }
         c.all += 1;
         Ok(StreamSlot {
@@ -300,14 +300,7 @@ impl OpenStreams {
         assert!(c.all > 0, "an event stream closed that was never counted");
         c.all -= 1;
         if let Some(a) = account {
-            let mine = c
-                .by_account
-                .get_mut(a)
-                .expect("an open stream's account is counted");
-            *mine -= 1;
-            if *mine == 0 {
-                c.by_account.remove(a);
-            }
+            c.by_account.sub(a);
         }
     }
 }
