@@ -410,25 +410,21 @@ impl Oidc {
     /// Issuers are refreshed side by side: a provider that hangs delays no other. Spawn it
     /// once.
     pub async fn keep_keys_fresh(self: Arc<Self>) {
-        let fresh_for = Duration::from_millis(self.limits.jwks_max_age_ms / 2);
+        let refresh_after = Duration::from_millis(self.limits.jwks_max_age_ms / 2);
         let retry = Duration::from_millis(self.limits.jwks_refetch_interval_min_ms);
         loop {
             let waits = futures_util::future::join_all(self.order.iter().filter_map(|name| {
                 let issuer = self.issuers.get(name)?;
                 Some(async {
-                    let age = issuer.keys.load().fetched.map(|t| t.elapsed());
-                    if let Some(age) = age.filter(|a| *a < fresh_for) {
-                        return fresh_for - age;
+                    if let Some(left) = issuer.fresh_left(refresh_after) {
+                        return left;
                     }
                     self.refresh(
                         issuer,
                         "keys missing or half their oidc.jwks_max_age_ms old",
                     )
                     .await;
-                    match issuer.keys.load().fetched {
-                        Some(t) if t.elapsed() < fresh_for => fresh_for - t.elapsed(),
-                        _ => retry,
-                    }
+                    issuer.fresh_left(refresh_after).unwrap_or(retry)
                 })
             }))
             .await;
@@ -833,6 +829,15 @@ fn now_s() -> u64 {
 }
 
 impl Issuer {
+    /// How long until its keys are due, when keys are refreshed `refresh_after` their fetch
+    /// (`None`: no keys yet, or due now).
+    fn fresh_left(&self, refresh_after: Duration) -> Option<Duration> {
+        let fetched = self.keys.load().fetched?;
+        refresh_after
+            .checked_sub(fetched.elapsed())
+            .filter(|left| !left.is_zero())
+    }
+
     /// Maps verified claims to a caller, within what this issuer may speak for.
     fn caller(&self, claims: &Map<String, Value>, ip: String) -> Result<Caller, ApiError> {
         let s = &self.settings;
