@@ -10,7 +10,7 @@ use crate::grants::Grants;
 use crate::order_book::OrderBook;
 use crate::order_reads::OrderFilter;
 use crate::ordering::{self, Amendment, Placed, Preview, Target};
-use crate::records;
+use crate::records::{self, OrderHead};
 use crate::users::{self, PutMode};
 use crate::{ActorError, Limits, StorageError};
 use orderd_domain::account::{Account, User};
@@ -209,8 +209,8 @@ pub struct IdempotencyMap {
 impl IdempotencyMap {
     /// The keys of the newest `limit` of `orders`. Order ids are UUIDv7, so their order is the
     /// order in which the orders were placed.
-    pub fn from_orders<'a>(orders: impl Iterator<Item = &'a Order>, limit: usize) -> Self {
-        let mut placed: Vec<&Order> = orders.collect();
+    pub fn from_orders(orders: impl Iterator<Item = OrderHead>, limit: usize) -> Self {
+        let mut placed: Vec<OrderHead> = orders.collect();
         placed.sort_unstable_by(|a, b| a.id.cmp(&b.id));
         let mut map = IdempotencyMap::default();
         let skip = placed.len().saturating_sub(limit);
@@ -602,9 +602,10 @@ fn load(journal: &Journal, id: &AccountId, keys_max: usize) -> Result<Loaded, Ac
         .collect::<Result<Vec<_>, _>>()?;
     let shipped_to = records::shipped_ship_tos(journal, id)?;
     let book = OrderBook::new(orders, shipped_to);
-    let recent_closed = records::closed_orders_before(journal, id, None, keys_max)?;
+    // Only the front of each closed record: a closed order's lines stay undecoded.
+    let recent_closed = records::newest_closed_heads(journal, id, keys_max)?;
     let idempotency = IdempotencyMap::from_orders(
-        book.values().chain(recent_closed.iter().map(|s| &s.order)),
+        book.values().map(OrderHead::from).chain(recent_closed),
         keys_max,
     );
     Ok((account, cart, book, idempotency))

@@ -6,7 +6,7 @@
 //! | `acct/<account>`            | `Account`, removed users included (see [`encode_account`]) |
 //! | `cart/<account>`            | `Cart` (see [`encode_cart`]) |
 //! | `ord/<account>/<order>`     | an open order: `Order` (with its Idempotency-Key, if any) and the audit seqs of its changes (see [`encode_order`]) |
-//! | `closed/<account>/<order>`  | a closed order (shipped, rejected, cancelled), the same value; it moves here with the change that closes it |
+//! | `closed/<account>/<order>`  | a closed order (shipped, rejected, cancelled): its [`OrderHead`] (id, placer, Idempotency-Key), then the same value; it moves here with the change that closes it |
 //! | `shipped/<account>/<ship-to>` | empty: an order to this ship-to has shipped |
 //! | `wh/<warehouse>`            | `Warehouse`             |
 //! | `stock/<warehouse>/<sku>`   | on hand, `u64`          |
@@ -16,8 +16,8 @@
 
 use orderd_domain::account::Account;
 use orderd_domain::cart::Cart;
-use orderd_domain::ids::{AccountId, OrderId, ShipToId, Sku, WarehouseId};
-use orderd_domain::order::Order;
+use orderd_domain::ids::{AccountId, OrderId, ShipToId, Sku, UserId, WarehouseId};
+use orderd_domain::order::{Order, PlacedWith};
 use orderd_storage::StorageError;
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -76,10 +76,7 @@ pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 pub fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StorageError> {
-    postcard::from_bytes(bytes).map_err(|e| StorageError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
-        reason: e.to_string(),
-    })
+    postcard::from_bytes(bytes).map_err(|e| corrupt(key, &e.to_string()))
 }
 
 /// Marks a tagged account record: 0 can never start a record of the first layout, whose first
@@ -105,10 +102,7 @@ pub fn decode_account(key: &[u8], bytes: &[u8]) -> Result<Account, StorageError>
         [ACCOUNT_LAYOUT_TAG, ACCOUNT_LAYOUT_SHIP_TOS, rest @ ..] => {
             decode::<legacy::Account<orderd_domain::account::User>>(key, rest).map(Into::into)
         }
-        [ACCOUNT_LAYOUT_TAG, ..] => Err(StorageError::Corrupt {
-            key: String::from_utf8_lossy(key).into_owned(),
-            reason: "unknown account layout".into(),
-        }),
+        [ACCOUNT_LAYOUT_TAG, ..] => Err(corrupt(key, "unknown account layout")),
         _ => decode::<legacy::Account<legacy::User>>(key, bytes).map(Into::into),
     }
 }
@@ -131,10 +125,7 @@ pub fn encode_cart(cart: &Cart) -> Vec<u8> {
 pub fn decode_cart(key: &[u8], bytes: &[u8]) -> Result<Cart, StorageError> {
     match bytes.strip_prefix(CART_LAYOUT_TAG.as_slice()) {
         Some([CART_LAYOUT_QUOTED, rest @ ..]) => decode(key, rest),
-        Some(_) => Err(StorageError::Corrupt {
-            key: String::from_utf8_lossy(key).into_owned(),
-            reason: "unknown cart layout".into(),
-        }),
+        Some(_) => Err(corrupt(key, "unknown cart layout")),
         None => decode::<legacy::Cart>(key, bytes).map(Into::into),
     }
 }
@@ -144,19 +135,48 @@ pub fn load_cart(journal: &orderd_storage::Journal, a: &AccountId) -> Result<Car
     Ok(load_decoded_one(journal, &cart_key(a), decode_cart)?.unwrap_or_default())
 }
 
-/// Marks an order record of the stamped layout: 0 can never start a record of the first layout,
-/// whose first byte is the length (1..=64) of the order id.
+/// Marks an order record of the stamped layouts: 0 can never start a record of the first
+/// layout, whose first byte is the length (1..=64) of the order id.
 const ORDER_LAYOUT_TAG: u8 = 0;
-/// The current layout: the record knows the audit records of its order's changes.
+/// The layout of an open order: the record knows the audit records of its order's changes.
 const ORDER_LAYOUT_STAMPED: u8 = 1;
+/// The layout of a closed order: the stamped layout behind an [`OrderHead`], so that a starting
+/// account reads its newest closed orders' Idempotency-Keys without decoding their lines.
+const ORDER_LAYOUT_HEADED: u8 = 2;
 
-/// An order record: a tag, the layout, the postcard `(Order, earlier)` where `earlier` are the
-/// audit seqs of the order's earlier changes, and then the seq of this change's audit record,
-/// which the journal appends (written with `Batch::put_stamped`, in the batch of that audit
-/// record). So the order's history needs no index key per change.
+/// An order record: a tag, the layout, for a closed order its [`OrderHead`], the postcard
+/// `(Order, earlier)` where `earlier` are the audit seqs of the order's earlier changes, and
+/// then the seq of this change's audit record, which the journal appends (written with
+/// `Batch::put_stamped`, in the batch of that audit record). So the order's history needs no
+/// index key per change.
 pub fn encode_order(order: &Order, earlier: &[u64]) -> Vec<u8> {
-    let bytes = vec![ORDER_LAYOUT_TAG, ORDER_LAYOUT_STAMPED];
-    postcard::to_extend(&(order, earlier), bytes).expect("plain data always encodes")
+    if order.state.is_closed() {
+        let head = (&order.id, &order.placed_by, &order.idempotency);
+        let bytes = vec![ORDER_LAYOUT_TAG, ORDER_LAYOUT_HEADED];
+        postcard::to_extend(&(head, order, earlier), bytes).expect("plain data always encodes")
+    } else {
+        let bytes = vec![ORDER_LAYOUT_TAG, ORDER_LAYOUT_STAMPED];
+        postcard::to_extend(&(order, earlier), bytes).expect("plain data always encodes")
+    }
+}
+
+/// What a starting account needs of a closed order (see `account::IdempotencyMap`): who placed
+/// it, with which Idempotency-Key. Read from the front of its record.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct OrderHead {
+    pub id: OrderId,
+    pub placed_by: UserId,
+    pub idempotency: Option<PlacedWith>,
+}
+
+impl From<&Order> for OrderHead {
+    fn from(o: &Order) -> OrderHead {
+        OrderHead {
+            id: o.id.clone(),
+            placed_by: o.placed_by.clone(),
+            idempotency: o.idempotency.clone(),
+        }
+    }
 }
 
 /// A stored order.
@@ -198,29 +218,48 @@ impl StoredOrder {
 
 /// Reads an order record of any layout.
 pub fn decode_order(key: &[u8], bytes: &[u8]) -> Result<StoredOrder, StorageError> {
-    let corrupt = |reason: &str| StorageError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
-        reason: reason.to_owned(),
-    };
-    match bytes {
-        [ORDER_LAYOUT_TAG, ORDER_LAYOUT_STAMPED, rest @ ..] => {
-            let (rest, last) = orderd_storage::layout::split_stamp(rest)
-                .ok_or_else(|| corrupt("order record without its audit stamp"))?;
-            let (order, mut seqs): (Order, Vec<u64>) = decode(key, rest)?;
-            if seqs.last().is_some_and(|s| *s >= last) {
-                return Err(corrupt("audit seqs out of order"));
-            }
-            seqs.push(last);
-            Ok(StoredOrder {
-                order,
-                audit_seqs: Some(seqs),
+    let rest = match bytes {
+        [ORDER_LAYOUT_TAG, ORDER_LAYOUT_STAMPED, rest @ ..] => rest,
+        [ORDER_LAYOUT_TAG, ORDER_LAYOUT_HEADED, rest @ ..] => take_head(key, rest)?.1,
+        [ORDER_LAYOUT_TAG, ..] => return Err(corrupt(key, "unknown order layout")),
+        _ => {
+            return Ok(StoredOrder {
+                order: decode(key, bytes)?,
+                audit_seqs: None,
             })
         }
-        [ORDER_LAYOUT_TAG, ..] => Err(corrupt("unknown order layout")),
-        _ => Ok(StoredOrder {
-            order: decode(key, bytes)?,
-            audit_seqs: None,
-        }),
+    };
+    let (rest, last) = orderd_storage::layout::split_stamp(rest)
+        .ok_or_else(|| corrupt(key, "order record without its audit stamp"))?;
+    let (order, mut seqs): (Order, Vec<u64>) = decode(key, rest)?;
+    if seqs.last().is_some_and(|s| *s >= last) {
+        return Err(corrupt(key, "audit seqs out of order"));
+    }
+    seqs.push(last);
+    Ok(StoredOrder {
+        order,
+        audit_seqs: Some(seqs),
+    })
+}
+
+/// The [`OrderHead`] of an order record of any layout: read from the front of a closed order's
+/// record, decoded from the whole order for the earlier layouts.
+pub fn decode_order_head(key: &[u8], bytes: &[u8]) -> Result<OrderHead, StorageError> {
+    match bytes {
+        [ORDER_LAYOUT_TAG, ORDER_LAYOUT_HEADED, rest @ ..] => Ok(take_head(key, rest)?.0),
+        _ => Ok(OrderHead::from(&decode_order(key, bytes)?.order)),
+    }
+}
+
+/// Splits a headed record (after its layout bytes) into its head and the rest.
+fn take_head<'b>(key: &[u8], bytes: &'b [u8]) -> Result<(OrderHead, &'b [u8]), StorageError> {
+    postcard::take_from_bytes(bytes).map_err(|e| corrupt(key, &e.to_string()))
+}
+
+fn corrupt(key: &[u8], reason: &str) -> StorageError {
+    StorageError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: reason.to_owned(),
     }
 }
 
@@ -255,11 +294,16 @@ pub fn closed_orders_before(
     max: usize,
 ) -> Result<Vec<StoredOrder>, StorageError> {
     let before = before.map(|o| o.as_str().as_bytes());
-    journal
-        .scan_prefix_rev(closed_prefix(a).as_bytes(), before, max)?
-        .into_iter()
-        .map(|(k, v)| decode_order(&k, &v))
-        .collect()
+    journal.scan_prefix_rev(closed_prefix(a).as_bytes(), before, max, decode_order)
+}
+
+/// The heads of the newest `max` closed orders of account `a`, newest first. Blocking.
+pub fn newest_closed_heads(
+    journal: &orderd_storage::Journal,
+    a: &AccountId,
+    max: usize,
+) -> Result<Vec<OrderHead>, StorageError> {
+    journal.scan_prefix_rev(closed_prefix(a).as_bytes(), None, max, decode_order_head)
 }
 
 /// The ship-tos of account `a` that an order has shipped to. Blocking (reads sled).
@@ -274,10 +318,7 @@ pub fn shipped_ship_tos(
         .map(|(k, _)| {
             let id = std::str::from_utf8(&k[prefix.len()..]).ok();
             id.and_then(|id| ShipToId::parse(id).ok())
-                .ok_or_else(|| StorageError::Corrupt {
-                    key: String::from_utf8_lossy(&k).into_owned(),
-                    reason: "not a ship-to id".into(),
-                })
+                .ok_or_else(|| corrupt(&k, "not a ship-to id"))
         })
         .collect()
 }
@@ -574,5 +615,67 @@ mod tests {
         });
         assert_eq!(decode_cart(b"k", &encode_cart(&cart)).unwrap(), cart);
         assert!(decode_cart(b"k", &[0xFF, 0x7F, 9, 0, 0]).is_err());
+    }
+
+    // A closed order's record leads with its head, which reads alone; the whole record reads
+    // back with its audit seqs. An open order keeps the stamped layout, and the head of a
+    // record of any layout still reads (from the whole order).
+    #[test]
+    fn closed_order_records_lead_with_their_head() {
+        use orderd_domain::ids::{IdempotencyKey, ShipToId};
+        use orderd_domain::money::{Currency, Money};
+        use orderd_domain::order::{Channel, OrderState, RequestDigest};
+        let stamped = |order: &Order| {
+            let mut bytes = encode_order(order, &[3, 5]);
+            bytes.extend_from_slice(&9u64.to_be_bytes());
+            bytes
+        };
+        let mut order = Order {
+            id: OrderId::parse("o-1").unwrap(),
+            account: AccountId::parse("ACME").unwrap(),
+            state: OrderState::Confirmed,
+            channel: Channel::Api,
+            placed_by: UserId::parse("buyer").unwrap(),
+            ship_to: ShipToId::parse("MUNICH").unwrap(),
+            delivery_speed: None,
+            customer_po: Some("PO-1".into()),
+            allow_split: false,
+            lines: vec![],
+            total: Money::zero(Currency::parse("EUR").unwrap()),
+            approval_reasons: vec![],
+            created_at: "2026-11-24T10:00:00Z".into(),
+            updated_at: "2026-11-24T10:00:00Z".into(),
+            version: 3,
+            idempotency: Some(PlacedWith {
+                key: IdempotencyKey::parse("k-1").unwrap(),
+                request_digest: RequestDigest([7; 32]),
+            }),
+        };
+        let head = OrderHead::from(&order);
+        let open = stamped(&order);
+        assert_eq!(open[..2], [ORDER_LAYOUT_TAG, ORDER_LAYOUT_STAMPED]);
+        assert_eq!(decode_order_head(b"k", &open).unwrap(), head);
+
+        order.state = OrderState::Cancelled;
+        let closed = stamped(&order);
+        assert_eq!(closed[..2], [ORDER_LAYOUT_TAG, ORDER_LAYOUT_HEADED]);
+        assert_eq!(decode_order_head(b"k", &closed).unwrap(), head);
+        // The head alone: the record cut right after it still gives it.
+        let head_len = 2 + encode(&(&order.id, &order.placed_by, &order.idempotency)).len();
+        assert_eq!(decode_order_head(b"k", &closed[..head_len]).unwrap(), head);
+        let read = decode_order(b"k", &closed).unwrap();
+        assert_eq!(
+            (read.order, read.audit_seqs),
+            (order.clone(), Some(vec![3, 5, 9]))
+        );
+        assert!(decode_order(b"k", &closed[..head_len]).is_err());
+
+        // A closed order written before closed records led with their head.
+        let mut earlier = vec![ORDER_LAYOUT_TAG, ORDER_LAYOUT_STAMPED];
+        earlier.extend(encode(&(&order, &[3u64, 5][..])));
+        earlier.extend_from_slice(&9u64.to_be_bytes());
+        assert_eq!(decode_order_head(b"k", &earlier).unwrap(), head);
+        assert_eq!(decode_order(b"k", &earlier).unwrap().order, order);
+        assert!(decode_order_head(b"k", &[ORDER_LAYOUT_TAG, 9, 1]).is_err());
     }
 }

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Start-up, an account's first request and memory on a store full of closed orders.
 
-usage: benches/scripts/closed-orders.py BIN DATA_DIR [--fill N] [--runs R]
+usage: benches/scripts/closed-orders.py BIN DATA_DIR [--fill N] [--lines L] [--runs R]
 
---fill N starts BIN on DATA_DIR (demo data) and has ACME place and cancel N orders (8 clients).
+--fill N starts BIN on DATA_DIR (demo data) and has ACME place and cancel N orders of L lines
+(1 unless given; each line a different SKU of the demo catalog, 8 clients).
 Then R times: start BIN, time until /readyz answers, time ACME's first request (GET /v1/credit,
 which starts its account actor), read the daemon's RSS now and at its peak, stop it with SIGTERM. To compare two
 builds, fill one directory, copy it, and run each build on its own copy (a build of the
@@ -61,11 +62,24 @@ def stop(p):
 def token(base, account):
     return req(base, "POST", "/v1/dev/token", body={"account": account, "user": "bob", "roles": ["buyer", "approver"]})[1]["access_token"]
 
-def fill(base, n):
+def order_lines(base, tok, n):
+    """n lines of different active SKUs, each at the smallest quantity it may be ordered in."""
+    if n == 1:
+        return [{"sku": "BOLT-0010", "qty": 1}]
+    found = req(base, "GET", "/v1/catalog?limit=200", tok)[1]["items"]
+    def qty(i):
+        return -(-i["min_qty"] // i["pack_size"]) * i["pack_size"]
+    items = [v["item"] for v in found if v["item"]["status"] == "active" and not v["item"].get("components")
+             and max(v["available"].values(), default=0) >= qty(v["item"])][:n]
+    if len(items) < n: sys.exit(f"the catalog has {len(items)} orderable items, not {n}")
+    return [{"sku": i["sku"], "qty": qty(i)} for i in items]
+
+def fill(base, n, lines):
     tok = token(base, "ACME")
+    body = {"lines": order_lines(base, tok, lines), "ship_to": "BERLIN"}
     def worker(w):
         for i in range(w, n, 8):
-            _, o = req(base, "POST", "/v1/orders", tok, {"lines": [{"sku": "BOLT-0010", "qty": 1}], "ship_to": "BERLIN"}, {"idempotency-key": f"fill-{i}"})
+            _, o = req(base, "POST", "/v1/orders", tok, body, {"idempotency-key": f"fill-{i}"})
             req(base, "POST", f"/v1/orders/{o['id']}/cancel", tok, {})
     ts = [threading.Thread(target=worker, args=(w,)) for w in range(8)]
     [t.start() for t in ts]; [t.join() for t in ts]
@@ -75,9 +89,10 @@ def main():
     args = sys.argv[3:]
     n = int(args[args.index("--fill") + 1]) if "--fill" in args else 0
     runs = int(args[args.index("--runs") + 1]) if "--runs" in args else 3
+    lines = int(args[args.index("--lines") + 1]) if "--lines" in args else 1
     if n:
         p, base, _ = start(binary, data)
-        t = time.monotonic(); fill(base, n); print(f"filled {n} closed orders in {time.monotonic()-t:.1f}s", flush=True)
+        t = time.monotonic(); fill(base, n, lines); print(f"filled {n} closed orders of {lines} line(s) in {time.monotonic()-t:.1f}s", flush=True)
         stop(p)
     starts, firsts, rss = [], [], []
     for r in range(runs):

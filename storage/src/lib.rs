@@ -564,15 +564,15 @@ impl Journal {
     }
 
     /// Up to `max` user entries under `prefix` whose key after the prefix is below `before` (every
-    /// entry under `prefix` when `None`), the highest key first, as `(key, value)` with the
-    /// caller's keys.
-    #[allow(clippy::type_complexity)]
-    pub fn scan_prefix_rev(
+    /// entry under `prefix` when `None`), the highest key first, each read by `read(key, value)`
+    /// with the caller's key, in place: a reader that needs only part of a value copies no more.
+    pub fn scan_prefix_rev<T>(
         &self,
         prefix: &[u8],
         before: Option<&[u8]>,
         max: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        mut read: impl FnMut(&[u8], &[u8]) -> Result<T, StorageError>,
+    ) -> Result<Vec<T>, StorageError> {
         let start = layout::data_key(prefix);
         let end = match before {
             Some(b) => layout::data_key(&[prefix, b].concat()),
@@ -585,7 +585,7 @@ impl Journal {
             .take(max)
             .map(|item| {
                 let (key, value) = item?;
-                Ok((key[1..].to_vec(), value.to_vec()))
+                read(&key[1..], &value)
             })
             .collect()
     }
