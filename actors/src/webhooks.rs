@@ -674,11 +674,12 @@ impl Webhooks {
             let mut batch = Batch::default();
             batch.remove(format!("{ENDPOINT}{id}"));
             batch.remove(format!("{CURSOR}{id}"));
+            // Only the account's dead letters (its index), not every account's.
             let dead: Vec<String> = st
                 .dead
-                .values()
-                .filter(|d| d.endpoint == id)
-                .map(|d| d.id.clone())
+                .ids_of(account, None)
+                .filter(|d| st.dead.all.get(*d).is_some_and(|d| d.endpoint == id))
+                .cloned()
                 .collect();
             for d in &dead {
                 batch.remove(format!("{DEAD}{d}"));
@@ -1176,6 +1177,7 @@ mod tests {
         let hooks = Webhooks::new(journal, settings);
         let sys = Caller::system();
         let mut made: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        let mut endpoints: BTreeMap<&str, String> = BTreeMap::new();
         for account in ["A", "B"] {
             let (ep, _) = hooks
                 .register(
@@ -1205,6 +1207,7 @@ mod tests {
                     .unwrap();
                 made.entry(account).or_default().push(id);
             }
+            endpoints.insert(account, ep.id);
         }
         // Read a page at a time, as a client following the cursor does.
         let read = |account: Option<AccountId>| {
@@ -1240,6 +1243,14 @@ mod tests {
         everyone.sort_by(|a, b| a.1.cmp(&b.1));
         assert_eq!(read(None).await, everyone);
         assert!(read(Some(acct("C"))).await.is_empty());
+        // Deleting A's endpoint deletes its dead letters, and no other account's.
+        let b = read(Some(acct("B"))).await;
+        hooks
+            .delete(&sys, &acct("A"), &endpoints["A"])
+            .await
+            .unwrap();
+        assert!(read(Some(acct("A"))).await.is_empty());
+        assert_eq!(read(None).await, b);
     }
 
     // A dead letter's body is its event as rendered for delivery, read again from the audit
