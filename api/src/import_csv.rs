@@ -777,17 +777,20 @@ impl ImportedUser {
     /// existing user keeps the spending limit and ship-tos the file has no column for.
     fn put(self, account: &mut Account, carried: UserColumns) {
         let mut user = self.user;
+        // The file's amount without a currency is in the account's. A limit kept from the
+        // stored user keeps its own currency (`Account::check` refuses one the account's
+        // currency no longer matches, instead of reading it in another currency).
+        if !self.limit_currency_given {
+            if let Some(limit) = &mut user.spending_limit {
+                limit.currency = account.currency;
+            }
+        }
         if let Some(existing) = account.user(&user.id) {
             if !carried.spending_limit {
                 user.spending_limit = existing.spending_limit;
             }
             if !carried.ship_tos {
                 user.ship_tos = existing.ship_tos.clone();
-            }
-        }
-        if !self.limit_currency_given {
-            if let Some(limit) = &mut user.spending_limit {
-                limit.currency = account.currency;
             }
         }
         account.put_user(user);

@@ -3218,3 +3218,53 @@ async fn imports_set_only_the_columns_they_have() {
     let una = a.user(&UserId::parse("una").unwrap()).unwrap();
     assert_eq!((una.spending_limit.as_ref(), una.ship_tos.len()), (None, 0));
 }
+
+// Approval compares an order's total with the spending limits, so every limit stays in the
+// account's currency: a currency change that would keep a limit in the old one is refused,
+// naming each, until the file sets the role limits and the users' own limits are cleared.
+#[tokio::test]
+async fn a_currency_change_takes_every_limit_with_it() {
+    let api = api().await;
+    let engine = &api.state.engine;
+    let run = async |kind: Kind, csv: &str| {
+        import(engine, &Caller::system(), kind, csv.as_bytes(), 10).await
+    };
+    let head = "id,name,segment,currency,credit_limit,open_receivables,payment_terms";
+    let eur = format!("{head},buyer_limit\nA,Alpha,retail,EUR,5000.00,0.00,NET30,500.00\n");
+    assert_eq!(run(Kind::Accounts, &eur).await, Ok(1));
+    let una = "account,id,name,roles,spending_limit\nA,una,Una,buyer,100.00\n";
+    assert_eq!(run(Kind::Users, una).await, Ok(1));
+
+    let usd = format!("{head}\nA,Alpha,retail,USD,5000.00,0.00,NET30\n");
+    let errors = run(Kind::Accounts, &usd).await.unwrap_err();
+    let joined = errors.join("\n");
+    assert!(
+        joined.contains("the buyer limit 500.00 EUR is not in the account currency USD")
+            && joined.contains(
+                "user una's spending limit 100.00 EUR is not in the account currency USD"
+            ),
+        "{errors:?}"
+    );
+    assert_eq!(stored_account(&api, "A").await.currency.to_string(), "EUR");
+
+    // Clearing una's limit, then an accounts file with the role limits, pass; the users file
+    // then sets una's limit in the new currency.
+    let cleared = "account,id,name,roles,spending_limit\nA,una,Una,buyer,\n";
+    assert_eq!(run(Kind::Users, cleared).await, Ok(1));
+    let usd = format!("{head},buyer_limit\nA,Alpha,retail,USD,5000.00,0.00,NET30,600.00\n");
+    assert_eq!(run(Kind::Accounts, &usd).await, Ok(1));
+    assert_eq!(run(Kind::Users, una).await, Ok(1));
+    let a = stored_account(&api, "A").await;
+    let una = a.user(&UserId::parse("una").unwrap()).unwrap();
+    let limits: Vec<String> = a
+        .rules
+        .role_limits
+        .values()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(limits, ["600.00 USD"]);
+    assert_eq!(
+        una.spending_limit.map(|m| m.to_string()).as_deref(),
+        Some("100.00 USD")
+    );
+}

@@ -263,6 +263,26 @@ impl Account {
                 ));
             }
         }
+        // Approval compares an order's total with these limits: every one must be in the
+        // account's currency, also after the currency changed (an import that changes it must
+        // set the role limits again, and users' own limits must be cleared or set first).
+        for (role, m) in &self.rules.role_limits {
+            if m.currency != self.currency {
+                errs.push(format!(
+                    "the {} limit {m} is not in the account currency {}",
+                    role.as_str(),
+                    self.currency
+                ));
+            }
+        }
+        for u in &self.users {
+            if let Some(m) = u.spending_limit.filter(|m| m.currency != self.currency) {
+                errs.push(format!(
+                    "user {}'s spending limit {m} is not in the account currency {}",
+                    u.id, self.currency
+                ));
+            }
+        }
         if self.ship_tos.len() > SHIP_TOS_MAX {
             errs.push(format!("more than {SHIP_TOS_MAX} ship-tos"));
         }

@@ -26,7 +26,14 @@ pub fn reasons(
 ) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(limit) = account.spending_limit(who.user, who.roles) {
-        if total.amount > limit.amount {
+        // `Account::check` keeps limits in the account's currency; a limit in another one
+        // cannot be compared, so the order waits for an approver rather than pass unchecked.
+        if limit.currency != total.currency {
+            out.push(format!(
+                "the spending limit {limit} is not in the order's currency {}",
+                total.currency
+            ));
+        } else if total.amount > limit.amount {
             out.push(format!(
                 "order total {total} is above the spending limit of {limit}"
             ));
@@ -75,5 +82,5 @@ pub fn may_approve(
     roles.contains(&Role::Approver)
         && account
             .approval_limit(approver)
-            .is_none_or(|limit| total.amount <= limit.amount)
+            .is_none_or(|limit| limit.currency == total.currency && total.amount <= limit.amount)
 }

@@ -681,6 +681,34 @@ fn approval_rules() {
         &approver,
         eur("10000")
     ));
+    // A limit in another currency than the order's is never read as a number in it (the
+    // account's check refuses to store one): the order waits, and no one approves it on it.
+    let mut usd = f.account.clone();
+    let limit = Money::parse("200", Currency::parse("USD").unwrap(), 2).unwrap();
+    usd.users
+        .iter_mut()
+        .for_each(|u| u.spending_limit = Some(limit));
+    usd.rules.role_limits.values_mut().for_each(|m| *m = limit);
+    let errs = usd.check().unwrap_err();
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("user bob's spending limit 200 USD")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter().any(|e| e.contains("the buyer limit 200 USD")),
+        "{errs:?}"
+    );
+    let who = approval::Submitter {
+        user: &bob,
+        roles: &buyer,
+    };
+    let r = approval::reasons(&usd, &who, &c.lines, &f.catalog, eur("1"), &berlin, true);
+    assert_eq!(
+        r,
+        ["the spending limit 200 USD is not in the order's currency EUR"]
+    );
+    assert!(!approval::may_approve(&usd, &bob, &approver, eur("1")));
     assert!(
         !approval::may_approve(&f.account, &bob, &approver, eur("201")),
         "bob's own limit"
