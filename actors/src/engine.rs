@@ -299,6 +299,7 @@ impl Engine {
                 .draft("warehouses"),
         );
         self.journal.submit(batch).await?;
+        let n = list.len();
         let snap = self.catalog.load();
         let mut all: BTreeMap<WarehouseId, Warehouse> = snap
             .warehouses
@@ -315,7 +316,6 @@ impl Engine {
             }
             all.insert(w.id.clone(), w);
         }
-        let n = all.len();
         catalog::set_warehouses(&self.catalog, all.into_values().collect(), handles);
         Ok(n)
     }
@@ -356,13 +356,25 @@ impl Engine {
         for (w, rows) in by_wh {
             let count = rows.len();
             let handle = self.warehouse(&w).ok_or(ActorError::Gone)?;
-            match handle.set_stock(rows, caller.clone()).await? {
-                Ok(ticket) => {
-                    ticket.await?;
+            let outcome = match handle.set_stock(rows, caller.clone()).await {
+                Ok(Ok(ticket)) => ticket.await.map(Ok).map_err(ActorError::from),
+                Ok(Err(refused)) => Ok(Err(refused)),
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(Ok(_)) => {
                     n += count;
                     stored.push(w.to_string());
                 }
-                Err(errs) => errors.extend(errs.iter().map(|e: &StockError| format!("{w}: {e}"))),
+                Ok(Err(errs)) => {
+                    errors.extend(errs.iter().map(|e: &StockError| format!("{w}: {e}")))
+                }
+                // Not answered (a busy journal, a timeout): the warehouses after it are not
+                // tried, and the ones stored before are named below.
+                Err(e) => {
+                    errors.push(format!("{w}: {e}"));
+                    break;
+                }
             }
         }
         if errors.is_empty() {

@@ -4,7 +4,8 @@
 //! users) or warehouse by warehouse (stock), each all or none: one refused as a whole (the
 //! account as merged fails its checks, a count below the stock held, a busy account) is
 //! reported with the accounts or warehouses stored before it. Importing the corrected file
-//! again is safe: every import sets what it names.
+//! again is safe: every import sets what it names. A catalog or prices file is the whole
+//! catalog or price book: what it does not have is removed (`catalog::import_catalog`).
 //!
 //! A column that its kind does not have refuses the file (a misspelled optional column would
 //! otherwise be read as empty). Accounts and users are merged into what exists: an optional
@@ -24,15 +25,19 @@
 use orderd_actors::audit::Caller;
 use orderd_actors::ActorError;
 use orderd_actors::Engine;
-use orderd_domain::account::{Account, ApprovalRules, Role, ShipTo, User};
-use orderd_domain::catalog::{CatalogItem, ItemStatus, KitComponent};
+use orderd_domain::account::{
+    Account, ApprovalRules, Role, ShipTo, User, ACCOUNT_NAME_LEN_MAX, ADDRESS_LEN_MAX,
+    PAYMENT_TERMS_LEN_MAX,
+};
+use orderd_domain::catalog::{check_item, CatalogItem, ItemStatus, KitComponent};
 use orderd_domain::date::Date;
 use orderd_domain::geo::GeoPoint;
 use orderd_domain::ids::{AccountId, Segment, ShipToId, Sku, UserId, WarehouseId};
 use orderd_domain::money::{Currency, Money, MONEY_SCALE, UNIT_PRICE_SCALE_MAX};
-use orderd_domain::pricing::{PriceEntry, PriceLevel, Tier};
+use orderd_domain::pricing::{check_entry, PriceEntry, PriceLevel, Tier};
 use orderd_domain::rejection::Rejection;
-use orderd_domain::warehouse::{SpeedBand, Warehouse};
+use orderd_domain::validation::DELIVERY_SPEED_LEN_MAX;
+use orderd_domain::warehouse::{SpeedBand, Warehouse, WAREHOUSE_NAME_LEN_MAX};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::collections::hash_map::Entry;
@@ -83,6 +88,26 @@ impl Kind {
 
 type Errors = Vec<String>;
 
+/// Most problems one import reports; the rest are left for the next attempt.
+const ERRORS_MAX: usize = 100;
+
+/// `value` when it is at most `max` characters; else what is wrong, naming `column`.
+fn text(column: &str, value: String, max: usize) -> Result<String, String> {
+    if value.chars().count() > max {
+        return Err(format!("column {column}: at most {max} characters"));
+    }
+    Ok(value)
+}
+
+/// `errors` with at most [`ERRORS_MAX`] of them, and a last one saying so when cut.
+fn capped(mut errors: Errors) -> Errors {
+    if errors.len() > ERRORS_MAX {
+        errors.truncate(ERRORS_MAX);
+        errors.push(format!("stopping after {ERRORS_MAX} errors"));
+    }
+    errors
+}
+
 /// Parses and applies one import. Returns the number of rows applied.
 pub async fn import(
     engine: &Engine,
@@ -97,10 +122,12 @@ pub async fn import(
             let items = parse_apart(csv, rows_max, catalog_row, catalog_sets())
                 .await?
                 .rows;
+            // Checks across items (a kit's components) come back from building the catalog.
             engine
                 .import_catalog(caller, items)
                 .await
                 .map_err(internal)?
+                .map_err(capped)
         }
         Kind::Prices => {
             let entries = parse_apart(csv, rows_max, price_row, price_sets())
@@ -110,6 +137,7 @@ pub async fn import(
                 .import_prices(caller, entries)
                 .await
                 .map_err(internal)?
+                .map_err(capped)
         }
         Kind::Warehouses => {
             let ws = parse_apart(csv, rows_max, warehouse_row, warehouse_sets())
@@ -199,7 +227,7 @@ async fn merge<T: Send + 'static>(
         .map(|a| format!("account {a} does not exist"))
         .collect();
     if !missing.is_empty() {
-        return Err(missing);
+        return Err(capped(missing));
     }
     let mut stored = vec![];
     for (id, items) in by_account {
@@ -336,8 +364,7 @@ fn parse<R: DeserializeOwned, T, K: Eq + std::hash::Hash>(
             },
             Err(e) => errors.push(format!("line {line}: {e}")),
         }
-        if errors.len() >= 100 {
-            errors.push("stopping after 100 errors".into());
+        if errors.len() > ERRORS_MAX {
             break;
         }
     }
@@ -347,7 +374,7 @@ fn parse<R: DeserializeOwned, T, K: Eq + std::hash::Hash>(
     if errors.is_empty() {
         Ok(Parsed { rows: out, columns })
     } else {
-        Err(errors)
+        Err(capped(errors))
     }
 }
 
@@ -495,7 +522,7 @@ fn catalog_row(r: CatalogRow) -> Result<CatalogItem, String> {
             })
         })
         .collect::<Result<_, String>>()?;
-    Ok(CatalogItem {
+    let item = CatalogItem {
         sku: Sku::parse(&r.sku).map_err(|e| e.to_string())?,
         description: r.description,
         uom: r.uom,
@@ -504,7 +531,9 @@ fn catalog_row(r: CatalogRow) -> Result<CatalogItem, String> {
         status,
         segments,
         kit,
-    })
+    };
+    check_item(&item)?;
+    Ok(item)
 }
 
 #[derive(Deserialize)]
@@ -556,13 +585,16 @@ fn price_row(r: PriceRow) -> Result<PriceEntry, String> {
             })
         })
         .collect::<Result<_, String>>()?;
-    Ok(PriceEntry {
+    let mut entry = PriceEntry {
         level,
         sku: Sku::parse(&r.sku).map_err(|e| e.to_string())?,
         valid_from: date(&r.valid_from)?,
         valid_to: date(&r.valid_to)?,
         tiers,
-    })
+    };
+    entry.tiers.sort_by_key(|t| t.min_qty);
+    check_entry(&entry)?;
+    Ok(entry)
 }
 
 #[derive(Deserialize)]
@@ -607,12 +639,12 @@ fn account_row(r: AccountRow) -> Result<Account, String> {
     };
     Ok(Account {
         id: AccountId::parse(&r.id).map_err(|e| e.to_string())?,
-        name: r.name,
+        name: text("name", r.name, ACCOUNT_NAME_LEN_MAX)?,
         segment: Segment::parse(&r.segment).map_err(|e| e.to_string())?,
         currency,
         credit_limit: money(&r.credit_limit)?,
         open_receivables: money(&r.open_receivables)?,
-        payment_terms: r.payment_terms,
+        payment_terms: text("payment_terms", r.payment_terms, PAYMENT_TERMS_LEN_MAX)?,
         ship_tos: vec![],
         users: vec![],
         rules: ApprovalRules {
@@ -695,7 +727,7 @@ fn ship_to_row(r: ShipToRow) -> Result<(AccountId, ShipTo), String> {
         AccountId::parse(&r.account).map_err(|e| e.to_string())?,
         ShipTo {
             id: ShipToId::parse(&r.id).map_err(|e| e.to_string())?,
-            address: r.address,
+            address: text("address", r.address, ADDRESS_LEN_MAX)?,
             location,
         },
     ))
@@ -814,7 +846,12 @@ fn warehouse_row(r: WarehouseRow) -> Result<Warehouse, String> {
             let parts: Vec<&str> = b.split(':').collect();
             match parts.as_slice() {
                 [speed, km, days] => Ok(SpeedBand {
-                    speed: speed.to_string(),
+                    // Orders name a speed of at most this many bytes.
+                    speed: (!speed.is_empty() && speed.len() <= DELIVERY_SPEED_LEN_MAX)
+                        .then(|| speed.to_string())
+                        .ok_or_else(|| {
+                            format!("speed {speed:?}: 1 to {DELIVERY_SPEED_LEN_MAX} bytes")
+                        })?,
                     max_distance_km: km
                         .parse::<f64>()
                         .ok()
@@ -834,7 +871,7 @@ fn warehouse_row(r: WarehouseRow) -> Result<Warehouse, String> {
     }
     Ok(Warehouse {
         id: WarehouseId::parse(&r.id).map_err(|e| e.to_string())?,
-        name: r.name,
+        name: text("name", r.name, WAREHOUSE_NAME_LEN_MAX)?,
         location,
         speeds,
     })

@@ -3111,6 +3111,78 @@ async fn imports_refuse_what_cannot_be_stored_as_written() {
     );
 }
 
+// What an import refuses is said row by row with its line, also a price or item that only a
+// check of the whole entry finds; no import answers with more than 100 problems; texts and
+// speed names are bounded; a warehouses import counts the rows it applied.
+#[tokio::test]
+async fn import_problems_name_their_line_and_stay_bounded() {
+    let api = api().await;
+    let sys = Caller::system();
+    let engine = &api.state.engine;
+    let run =
+        async |kind: Kind, csv: String| import(engine, &sys, kind, csv.as_bytes(), 1000).await;
+    let prices = "level,owner,sku,currency,valid_from,valid_to,tiers\n\
+                  list,,PIPE,EUR,,,1:2.00\nlist,,PIPE,EUR,2030-01-01,,2:1.50\n";
+    assert_eq!(
+        run(Kind::Prices, prices.into()).await,
+        Err(vec![
+            "line 3: the first tier must start at quantity 1".to_owned()
+        ])
+    );
+    let catalog = "sku,description,uom,pack_size,min_qty,status\nX,x,pc,0,1,active\n";
+    assert_eq!(
+        run(Kind::Catalog, catalog.into()).await,
+        Err(vec![
+            "line 2: pack size and minimum quantity must be at least 1".to_owned()
+        ])
+    );
+    // 150 kits of a component the catalog lacks: found only once the whole catalog is built.
+    let kits: String = (0..150)
+        .map(|i| format!("K{i},kit,pc,1,1,active,NOPE*1\n"))
+        .collect();
+    let errors = run(
+        Kind::Catalog,
+        format!("sku,description,uom,pack_size,min_qty,status,kit\n{kits}"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(errors.len(), 101, "{errors:?}");
+    assert!(
+        errors[0].contains("kit component NOPE is not in the catalog"),
+        "{errors:?}"
+    );
+    assert_eq!(errors[100], "stopping after 100 errors");
+    let users: String = (0..150).map(|i| format!("NOBODY{i},u,U,buyer\n")).collect();
+    let errors = run(Kind::Users, format!("account,id,name,roles\n{users}"))
+        .await
+        .unwrap_err();
+    assert_eq!(errors.len(), 101, "{errors:?}");
+    assert_eq!(errors[100], "stopping after 100 errors");
+
+    let long = "x".repeat(201);
+    let head = "id,name,segment,currency,credit_limit,open_receivables,payment_terms";
+    let errors = run(
+        Kind::Accounts,
+        format!("{head}\nL,{long},retail,EUR,1.00,0.00,NET30\n"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(errors, ["line 2: column name: at most 200 characters"]);
+    let speed = "s".repeat(33);
+    let errors = run(
+        Kind::Warehouses,
+        format!("id,name,lat,lon,speeds\nHAM,Hamburg,53.5,10.0,{speed}:300:1\n"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(errors, [format!("line 2: speed {speed:?}: 1 to 32 bytes")]);
+    let before = engine.catalog.load().warehouses.len();
+    assert!(before > 0);
+    let one = "id,name,lat,lon,speeds\nHAM,Hamburg,53.5,10.0,standard:900:2\n";
+    assert_eq!(run(Kind::Warehouses, one.into()).await, Ok(1));
+    assert_eq!(engine.catalog.load().warehouses.len(), before + 1);
+}
+
 /// Account `id` as its actor holds it.
 async fn stored_account(api: &Api, id: &str) -> orderd_domain::account::Account {
     api.state

@@ -14,6 +14,12 @@ pub const USERS_MAX: usize = 10_000;
 pub const REMOVED_USERS_MAX: usize = 10_000;
 /// Longest user name.
 pub const USER_NAME_LEN_MAX: usize = 200;
+/// Longest account name, in characters.
+pub const ACCOUNT_NAME_LEN_MAX: usize = 200;
+/// Longest payment terms (`NET30`, ...), in characters.
+pub const PAYMENT_TERMS_LEN_MAX: usize = 64;
+/// Longest ship-to address, in characters.
+pub const ADDRESS_LEN_MAX: usize = 500;
 /// Roles an account admin may grant: those that act inside the account.
 pub const ACCOUNT_ROLES: [Role; 3] = [Role::Buyer, Role::Approver, Role::AccountAdmin];
 

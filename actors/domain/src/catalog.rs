@@ -282,7 +282,9 @@ fn merge_repeated_components(item: &mut CatalogItem) {
     item.kit = merged;
 }
 
-fn check_item(item: &CatalogItem) -> Result<(), String> {
+/// Checks one item on its own (what a catalog import can report on the item's line); a
+/// catalog also checks its kits' components ([`Catalog::new`]).
+pub fn check_item(item: &CatalogItem) -> Result<(), String> {
     if item.description.trim().is_empty() || item.description.len() > DESCRIPTION_LEN_MAX {
         return Err(format!(
             "description must be 1 to {DESCRIPTION_LEN_MAX} characters"

@@ -178,7 +178,9 @@ impl PriceBook {
     }
 }
 
-fn check_entry(e: &PriceEntry) -> Result<(), String> {
+/// Checks one entry on its own, its tiers sorted by `min_qty` (what a price import can report
+/// on the entry's line).
+pub fn check_entry(e: &PriceEntry) -> Result<(), String> {
     if e.tiers.is_empty() || e.tiers.len() > TIERS_MAX {
         return Err(format!("needs 1 to {TIERS_MAX} tiers"));
     }

@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 
 /// Most speed bands one warehouse may declare.
 pub const SPEED_BANDS_MAX: usize = 16;
+/// Longest warehouse name, in characters.
+pub const WAREHOUSE_NAME_LEN_MAX: usize = 200;
 
 /// A delivery speed a warehouse can serve within a distance: e.g. "express" within 300 km in
 /// 1 day, "standard" within 1500 km in 3 days.
