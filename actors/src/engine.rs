@@ -356,25 +356,16 @@ impl Engine {
         for (w, rows) in by_wh {
             let count = rows.len();
             let handle = self.warehouse(&w).ok_or(ActorError::Gone)?;
-            let outcome = match handle.set_stock(rows, caller.clone()).await {
-                Ok(Ok(ticket)) => ticket.await.map(Ok).map_err(ActorError::from),
-                Ok(Err(refused)) => Ok(Err(refused)),
-                Err(e) => Err(e),
-            };
-            match outcome {
-                Ok(Ok(_)) => {
+            // A write the journal refuses (a full queue) fails the whole request as overloaded,
+            // also after earlier warehouses were stored: the client sends the file again, which
+            // sets the same counts.
+            match handle.set_stock(rows, caller.clone()).await? {
+                Ok(ticket) => {
+                    ticket.await?;
                     n += count;
                     stored.push(w.to_string());
                 }
-                Ok(Err(errs)) => {
-                    errors.extend(errs.iter().map(|e: &StockError| format!("{w}: {e}")))
-                }
-                // Not answered (a busy journal, a timeout): the warehouses after it are not
-                // tried, and the ones stored before are named below.
-                Err(e) => {
-                    errors.push(format!("{w}: {e}"));
-                    break;
-                }
+                Err(errs) => errors.extend(errs.iter().map(|e: &StockError| format!("{w}: {e}"))),
             }
         }
         if errors.is_empty() {

@@ -1010,44 +1010,6 @@ async fn a_refused_shipment_leaves_the_stock_as_stored() {
     assert_eq!(after.holding(&order.id), before.holding(&order.id));
 }
 
-// A stock import whose write the journal refuses (a full commit queue) is answered with the
-// warehouse it stopped at, as a problem of the import, not as a failed request; the warehouses
-// after it are not tried, and nothing is stored.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stock_import_the_journal_refuses_names_its_warehouse() {
-    let (_dir, engine) = seeded().await;
-    let a = world::sku("A");
-    let rows: Vec<_> = world::WAREHOUSES
-        .iter()
-        .map(|w| (WarehouseId::parse(w.id).expect("id"), a.clone(), 7))
-        .collect();
-    let before = world::warehouse(&engine, world::WAREHOUSES[1].id)
-        .snapshot()
-        .await;
-    engine.journal.refuse_writes(true);
-    let refused = engine.set_stock(&Caller::system(), rows).await;
-    engine.journal.refuse_writes(false);
-    let errors = match refused {
-        Ok(Err(errors)) => errors,
-        other => panic!("expected the import's problems, got {other:?}"),
-    };
-    assert_eq!(errors.len(), 1, "{errors:?}");
-    assert!(
-        errors[0].starts_with(&format!("{}: ", world::WAREHOUSES[0].id)),
-        "{errors:?}"
-    );
-    assert_eq!(
-        engine.journal.writes_refused(),
-        1,
-        "the second warehouse was not tried"
-    );
-    let after = world::warehouse(&engine, world::WAREHOUSES[1].id)
-        .snapshot()
-        .await;
-    assert_eq!(format!("{before:?}"), format!("{after:?}"));
-    engine.shutdown().await.expect("shutdown");
-}
-
 // A journal that refuses a write at once (its commit queue is full) leaves the account as
 // stored: its actor answers `Overloaded`, gives back what the refused order held and goes on,
 // so the requests queued behind it are answered too (an actor that stopped on the refusal
