@@ -1100,6 +1100,9 @@ fn allocate_held(st: &AccountState, order: &Order) -> Result<(), ActorError> {
     })
 }
 
+/// Longest reason an approver gives for a rejection (it joins the order's approval reasons).
+pub const REJECT_REASON_LEN_MAX: usize = 200;
+
 pub async fn reject(
     st: &mut AccountState,
     caller: &Caller,
@@ -1123,7 +1126,17 @@ pub async fn reject(
             order.state.as_str()
         ))));
     }
-    let note = reason.map(|r| format!("rejected: {}", r.chars().take(200).collect::<String>()));
+    if reason
+        .as_ref()
+        .is_some_and(|r| r.chars().count() > REJECT_REASON_LEN_MAX)
+    {
+        return Ok(Err(Rejection::Invalid(vec![Problem::new(
+            ProblemCode::InvalidField,
+            format!("a reason is at most {REJECT_REASON_LEN_MAX} characters"),
+        )
+        .field("reason")])));
+    }
+    let note = reason.map(|r| format!("rejected: {r}"));
     reject_pending(st, caller, order, lines, note, "order.reject").await
 }
 

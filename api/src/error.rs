@@ -209,14 +209,28 @@ impl From<ActorError> for ApiError {
             ActorError::Busy(BusyScope::Account) => ApiError::TooManyRequests,
             ActorError::Busy(BusyScope::Daemon) => ApiError::Overloaded,
             ActorError::NoSuchAccount => ApiError::NotFound("account not found".into()),
-            ActorError::Timeout => ApiError::Unavailable("no answer within the call timeout; the request may still complete, retry with the same Idempotency-Key".into()),
-            ActorError::Gone => ApiError::Unavailable("the account was restarting; retry with the same Idempotency-Key".into()),
+            // Said for every route: only an order placed with an Idempotency-Key is safe to
+            // send again as it is; any other change (a cart line added) may have applied.
+            ActorError::Timeout => ApiError::Unavailable("no answer within the call timeout; the change may still apply: read the current state before retrying (an order with the same Idempotency-Key may be sent again)".into()),
+            ActorError::Gone => ApiError::Unavailable("the account was restarting; the change may have applied: read the current state before retrying (an order with the same Idempotency-Key may be sent again)".into()),
             // A full commit queue is load, like the in-flight bound; a closed journal is a
             // daemon shutting down. Neither is a fault of the server: the client retries.
             ActorError::Storage(StorageError::Overloaded) => ApiError::Overloaded,
             ActorError::Storage(StorageError::Closed) => ApiError::Unavailable("orderd is shutting down; retry with the same Idempotency-Key".into()),
             other => ApiError::Internal(other.to_string()),
         }
+    }
+}
+
+/// How much of a value from the request an error repeats: enough to recognise it, never a
+/// whole oversized path segment or cursor.
+pub const ECHO_CHARS_MAX: usize = 80;
+
+/// `s` as an error message repeats it: its first [`ECHO_CHARS_MAX`] characters, `…` when cut.
+pub fn echo(s: &str) -> String {
+    match s.char_indices().nth(ECHO_CHARS_MAX) {
+        Some((cut, _)) => format!("{}…", &s[..cut]),
+        None => s.to_owned(),
     }
 }
 

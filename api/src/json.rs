@@ -64,8 +64,12 @@ fn not_json() -> ApiError {
 /// state, a credit limit...) is refused with 422 naming the field, never silently ignored;
 /// any other bad body is a 400.
 fn body_error(text: String) -> ApiError {
+    // serde's message begins `unknown field `: after the reader's prefix and the field's path
+    // (`lines[0]: `), with no quoted value before it (a string value that reads "unknown
+    // field `x" is some other error about that value).
     let unknown = text
         .split_once("unknown field `")
+        .filter(|(before, _)| before.ends_with(": ") && !before.contains('`'))
         .and_then(|(_, rest)| rest.split_once('`'))
         .map(|(field, _)| field.to_owned());
     match unknown {

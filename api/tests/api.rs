@@ -644,6 +644,55 @@ async fn cart_to_order_with_contract_price() {
         )
         .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    // A field the caller may not set is named (also inside a line); a value that merely reads
+    // like serde's message about one is a malformed body, not a field.
+    for (path, body, status, field) in [
+        (
+            "/v1/cart/lines",
+            json!({"sku":"BOLT","qty":1,"price":"1.00"}),
+            422,
+            "price",
+        ),
+        (
+            "/v1/orders",
+            json!({"lines":[{"sku":"BOLT","qty":1,"unit_price":"1"}]}),
+            422,
+            "unit_price",
+        ),
+        (
+            "/v1/orders",
+            json!({"lines":[{"sku":"BOLT","qty":1}],"channel":"unknown field `price"}),
+            400,
+            "",
+        ),
+    ] {
+        let r = api
+            .call(
+                "POST",
+                path,
+                Some(&a),
+                Some(body),
+                &[("idempotency-key", "f-1")],
+            )
+            .await;
+        assert_eq!(r.status.as_u16(), status, "{path}: {:?}", r.body);
+        if status == 422 {
+            assert_eq!(r.body["problems"][0]["field"], field, "{:?}", r.body);
+        }
+    }
+    // An id from the path is repeated only in part.
+    let r = api
+        .call(
+            "GET",
+            &format!("/v1/orders/{}", "x".repeat(300)),
+            Some(&a),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let detail = r.body["detail"].as_str().unwrap();
+    assert!(detail.chars().count() < 100, "{detail}");
     // A cart change refused for its quantity or note says so with the README's codes.
     for (body, code, field) in [
         (json!({"sku":"BOLT","qty":0}), "invalid_quantity", "qty"),
@@ -1287,6 +1336,18 @@ async fn reject_and_amend() {
     assert_eq!(am.status, StatusCode::OK, "{:?}", am.body);
     assert_eq!(am.body["customer_po"], "PO-9");
     assert_eq!(am.body["version"], 2);
+    // A reason longer than the limit is refused, not cut short.
+    let r = api
+        .call(
+            "POST",
+            &format!("/v1/orders/{id}/reject"),
+            Some(&approver),
+            Some(json!({"lines":[1],"reason":"r".repeat(201)})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", r.body);
+    assert_eq!(r.body["problems"][0]["field"], "reason", "{:?}", r.body);
     let r = api
         .call(
             "POST",

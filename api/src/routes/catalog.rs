@@ -3,7 +3,7 @@
 
 use super::ACCOUNT_ROLES;
 use crate::auth::Auth;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{echo, ApiError, ApiResult};
 use crate::extract::{Path, Query};
 use crate::ApiState;
 use axum::extract::State;
@@ -98,7 +98,7 @@ async fn item(
 ) -> ApiResult<Json<ItemView>> {
     auth.require(ACCOUNT_ROLES)?;
     let account = account_of(&s, &auth).await?;
-    let not_found = || ApiError::NotFound(format!("SKU {sku} not found"));
+    let not_found = || ApiError::NotFound(format!("SKU {} not found", echo(&sku)));
     let sku = Sku::parse(&sku).map_err(|_| not_found())?;
     let item = s
         .engine

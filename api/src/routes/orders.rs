@@ -4,7 +4,7 @@
 
 use super::ACCOUNT_ROLES;
 use crate::auth::Auth;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{echo, ApiError, ApiResult};
 use crate::extract::{Path, Query};
 use crate::json::Json;
 use crate::telemetry::{self, Outcome};
@@ -143,7 +143,7 @@ fn if_match(headers: &HeaderMap) -> Option<VersionCheck> {
 }
 
 fn order_id(s: &str) -> ApiResult<OrderId> {
-    OrderId::parse(s).map_err(|_| ApiError::NotFound(format!("order {s} not found")))
+    OrderId::parse(s).map_err(|_| ApiError::NotFound(format!("order {} not found", echo(s))))
 }
 
 /// Place an order with an `Idempotency-Key` header: 201 with the order, or 422 with every
@@ -472,7 +472,10 @@ async fn history(
         Some(c) => c.parse::<u64>().map_err(|_| {
             ApiError::bad_request(
                 "invalid_cursor",
-                format!("{c:?} is not a cursor of this list (the next_cursor of a page)"),
+                format!(
+                    "{:?} is not a cursor of this list (the next_cursor of a page)",
+                    echo(c)
+                ),
             )
         })?,
     };
@@ -700,7 +703,7 @@ async fn ship(
     let target = target(&id, &headers)?;
     let order = target.id.clone();
     let b = body.map(|Json(b)| b).unwrap_or_default();
-    let not_found = || ApiError::NotFound(format!("order {id} not found"));
+    let not_found = || ApiError::NotFound(format!("order {} not found", echo(&id)));
     let (warehouse, account) = if let (true, Some(w)) =
         (caller.has(Role::Warehouse), caller.warehouse.clone())
     {
