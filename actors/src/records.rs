@@ -151,7 +151,7 @@ const ORDER_LAYOUT_HEADED: u8 = 2;
 /// index key per change.
 pub fn encode_order(order: &Order, earlier: &[u64]) -> Vec<u8> {
     if order.state.is_closed() {
-        let head = (&order.id, &order.placed_by, &order.idempotency);
+        let head = OrderHead::from(order);
         let bytes = vec![ORDER_LAYOUT_TAG, ORDER_LAYOUT_HEADED];
         postcard::to_extend(&(head, order, earlier), bytes).expect("plain data always encodes")
     } else {
@@ -161,8 +161,9 @@ pub fn encode_order(order: &Order, earlier: &[u64]) -> Vec<u8> {
 }
 
 /// What a starting account needs of a closed order (see `account::IdempotencyMap`): who placed
-/// it, with which Idempotency-Key. Read from the front of its record.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+/// it, with which Idempotency-Key. Written and read as the front of its record, by this one
+/// definition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct OrderHead {
     pub id: OrderId,
     pub placed_by: UserId,
@@ -661,7 +662,7 @@ mod tests {
         assert_eq!(closed[..2], [ORDER_LAYOUT_TAG, ORDER_LAYOUT_HEADED]);
         assert_eq!(decode_order_head(b"k", &closed).unwrap(), head);
         // The head alone: the record cut right after it still gives it.
-        let head_len = 2 + encode(&(&order.id, &order.placed_by, &order.idempotency)).len();
+        let head_len = 2 + encode(&head).len();
         assert_eq!(decode_order_head(b"k", &closed[..head_len]).unwrap(), head);
         let read = decode_order(b"k", &closed).unwrap();
         assert_eq!(
