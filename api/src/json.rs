@@ -6,8 +6,9 @@ use axum::extract::{FromRequest, Request};
 use axum::http::header::CONTENT_LENGTH;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use orderd_domain::validation::{Problem, ProblemCode};
+use orderd_domain::validation::{Problem, ProblemCode, LINE_QTY_MAX};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
 
 /// Like `axum::Json`, but a bad body is a 400 problem naming what is wrong.
 pub struct Json<T>(pub T);
@@ -110,4 +111,65 @@ pub async fn limit_json_body(req: Request, next: Next, max: usize) -> Response {
     }
     let req = req.map(|body| axum::body::Body::new(http_body_util::Limited::new(body, max)));
     next.run(req).await
+}
+
+/// A line's quantity as a client sent it: any JSON value. A whole number that fits a `u32`
+/// goes on to the domain, which checks its range with every other problem of the order; any
+/// other value (negative, fractional, too large, not a number) is refused as
+/// `invalid_quantity` naming the field (and the line), not as a malformed body.
+#[derive(Debug, Clone)]
+pub struct Quantity(Result<u32, BadQuantity>);
+
+/// What was sent instead of a whole number (cut to a bounded echo).
+#[derive(Debug, Clone)]
+pub struct BadQuantity(String);
+
+impl Quantity {
+    pub fn get(self) -> Result<u32, BadQuantity> {
+        self.0
+    }
+}
+
+impl BadQuantity {
+    pub fn problem(&self) -> Problem {
+        Problem::new(
+            ProblemCode::InvalidQuantity,
+            format!(
+                "quantity must be a whole number from 1 to {LINE_QTY_MAX}, got {}",
+                self.0
+            ),
+        )
+        .field("qty")
+    }
+}
+
+impl From<BadQuantity> for ApiError {
+    fn from(q: BadQuantity) -> ApiError {
+        ApiError::Invalid(vec![q.problem()])
+    }
+}
+
+impl<'de> Deserialize<'de> for Quantity {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Quantity, D::Error> {
+        let value = serde_json::Value::deserialize(d)?;
+        let whole = match &value {
+            // JSON has one number type: `2.0` is the whole number 2, as JSON Schema's
+            // `integer` says.
+            serde_json::Value::Number(n) => n.as_u64().or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(f))
+                    // Whole and within `u32`'s range: the cast is exact.
+                    .map(
+                        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                        |f| f as u64,
+                    )
+            }),
+            _ => None,
+        };
+        Ok(Quantity(
+            whole
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| BadQuantity(crate::error::echo(&value.to_string()))),
+        ))
+    }
 }

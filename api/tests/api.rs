@@ -605,6 +605,40 @@ async fn validation_lists_every_problem() {
         .await;
     assert_eq!(malformed.status, StatusCode::BAD_REQUEST);
     assert_eq!(malformed.body["code"], "malformed_body");
+    // A quantity no line can hold is a problem of its line, each one named, not a bad body;
+    // `2.0` is the whole number 2.
+    let lines = json!([
+        {"sku":"BOLT","qty":-1},
+        {"sku":"BOLT","qty":2.0},
+        {"sku":"BOLT","qty":1.5},
+        {"sku":"BOLT","qty":5_000_000_000u64},
+        {"sku":"BOLT","qty":null},
+    ]);
+    let bad = api.place(&a, "v3", json!({ "lines": lines })).await;
+    assert_eq!(
+        bad.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{:?}",
+        bad.body
+    );
+    let named: Vec<_> = bad.body["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["code"].as_str().unwrap(), p["line"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        named,
+        [
+            ("invalid_quantity", 1),
+            ("invalid_quantity", 3),
+            ("invalid_quantity", 4),
+            ("invalid_quantity", 5)
+        ]
+    );
+    let said = bad.body["problems"][0]["message"].as_str().unwrap();
+    assert!(said.ends_with("got -1"), "{said}");
+    assert_eq!(bad.body["problems"][0]["field"], "qty");
     // Validate says the same without placing anything.
     let v = api
         .call(
@@ -696,6 +730,9 @@ async fn cart_to_order_with_contract_price() {
     // A cart change refused for its quantity or note says so with the README's codes.
     for (body, code, field) in [
         (json!({"sku":"BOLT","qty":0}), "invalid_quantity", "qty"),
+        (json!({"sku":"BOLT","qty":-1}), "invalid_quantity", "qty"),
+        (json!({"sku":"BOLT","qty":1.5}), "invalid_quantity", "qty"),
+        (json!({"sku":"BOLT","qty":"2"}), "invalid_quantity", "qty"),
         (
             json!({"sku":"BOLT","qty":1,"note":"n".repeat(501)}),
             "invalid_field",
@@ -712,6 +749,17 @@ async fn cart_to_order_with_contract_price() {
     let line = api.call("GET", "/v1/cart", Some(&a), None, &[]).await.body["lines"][0]["id"]
         .as_u64()
         .unwrap();
+    let r = api
+        .call(
+            "PATCH",
+            &format!("/v1/cart/lines/{line}"),
+            Some(&a),
+            Some(json!({"qty":-3})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", r.body);
+    assert_eq!(r.body["problems"][0]["code"], "invalid_quantity");
     let r = api
         .call(
             "PATCH",

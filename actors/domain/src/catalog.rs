@@ -285,12 +285,13 @@ fn merge_repeated_components(item: &mut CatalogItem) {
 /// Checks one item on its own (what a catalog import can report on the item's line); a
 /// catalog also checks its kits' components ([`Catalog::new`]).
 pub fn check_item(item: &CatalogItem) -> Result<(), String> {
-    if item.description.trim().is_empty() || item.description.len() > DESCRIPTION_LEN_MAX {
+    if item.description.trim().is_empty() || item.description.chars().count() > DESCRIPTION_LEN_MAX
+    {
         return Err(format!(
             "description must be 1 to {DESCRIPTION_LEN_MAX} characters"
         ));
     }
-    if item.uom.trim().is_empty() || item.uom.len() > 8 {
+    if item.uom.trim().is_empty() || item.uom.chars().count() > 8 {
         return Err("unit of measure must be 1 to 8 characters".into());
     }
     if item.pack_size == 0 || item.min_qty == 0 {

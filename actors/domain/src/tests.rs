@@ -189,6 +189,14 @@ fn line(s: &str, qty: u32) -> LineRequest {
     }
 }
 
+/// A line of "A" whose note is `chars` characters of two bytes each.
+fn noted(chars: usize) -> LineRequest {
+    LineRequest {
+        note: Some("é".repeat(chars)),
+        ..line("A", 1)
+    }
+}
+
 fn req(lines: Vec<LineRequest>) -> OrderRequest {
     OrderRequest {
         lines,
@@ -229,6 +237,11 @@ fn every_validation_code_is_reported_on_its_line() {
             vec![(NotPackMultiple, Some(1))],
         ),
         (req(vec![line("A", 0)]), vec![(InvalidQuantity, Some(1))]),
+        (
+            req(vec![noted(NOTE_LEN_MAX + 1)]),
+            vec![(InvalidField, Some(1))],
+        ),
+        (req(vec![noted(NOTE_LEN_MAX)]), vec![]),
         (req(vec![line("NOPRICE", 1)]), vec![(NoPrice, Some(1))]),
         (req(vec![quoted]), vec![(PriceChanged, Some(1))]),
         (req(vec![bad_wh]), vec![(UnknownWarehouse, Some(1))]),

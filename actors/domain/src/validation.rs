@@ -362,12 +362,12 @@ fn check_header(ctx: &PricingContext<'_>, req: &OrderRequest, out: &mut Checked)
     if req
         .customer_po
         .as_ref()
-        .is_some_and(|p| p.len() > CUSTOMER_PO_LEN_MAX)
+        .is_some_and(|p| p.chars().count() > CUSTOMER_PO_LEN_MAX)
     {
         out.problems.push(
             Problem::new(
                 ProblemCode::InvalidField,
-                format!("customer PO is longer than {CUSTOMER_PO_LEN_MAX}"),
+                format!("a customer PO is at most {CUSTOMER_PO_LEN_MAX} characters"),
             )
             .field("customer_po"),
         );
@@ -449,11 +449,15 @@ fn check_line(
             ));
         }
     }
-    if req.note.as_ref().is_some_and(|n| n.len() > NOTE_LEN_MAX) {
+    if req
+        .note
+        .as_ref()
+        .is_some_and(|n| n.chars().count() > NOTE_LEN_MAX)
+    {
         problems.push(
             p(
                 ProblemCode::InvalidField,
-                format!("line note is longer than {NOTE_LEN_MAX}"),
+                format!("a line note is at most {NOTE_LEN_MAX} characters"),
             )
             .field("note"),
         );

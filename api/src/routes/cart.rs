@@ -4,7 +4,7 @@ use super::ACCOUNT_ROLES;
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Path;
-use crate::json::Json;
+use crate::json::{Json, Quantity};
 use crate::routes::orders::{OrderHeader, PreviewBody};
 use crate::ApiState;
 use axum::extract::State;
@@ -29,7 +29,8 @@ pub fn routes() -> OpenApiRouter<ApiState> {
 #[serde(deny_unknown_fields)]
 pub struct AddLine {
     pub sku: String,
-    pub qty: u32,
+    #[schema(value_type = u32)]
+    pub qty: Quantity,
     pub note: Option<String>,
     pub warehouse: Option<String>,
 }
@@ -37,7 +38,8 @@ pub struct AddLine {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateLine {
-    pub qty: Option<u32>,
+    #[schema(value_type = Option<u32>)]
+    pub qty: Option<Quantity>,
     /// `null` clears the note; absent leaves it.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
@@ -74,6 +76,7 @@ async fn add_line(
     Json(b): Json<AddLine>,
 ) -> ApiResult<axum::Json<Cart>> {
     let caller = auth.require(ACCOUNT_ROLES)?.clone();
+    let qty = b.qty.get()?;
     let sku =
         Sku::parse(&b.sku).map_err(|e| invalid(ProblemCode::UnknownSku, "sku", e.to_string()))?;
     let warehouse = b
@@ -96,7 +99,7 @@ async fn add_line(
         .ask(auth.account()?, |reply| AccountMsg::CartAdd {
             caller,
             sku,
-            qty: b.qty,
+            qty,
             note: b.note,
             warehouse,
             reply,
@@ -116,12 +119,13 @@ async fn update_line(
     Json(b): Json<UpdateLine>,
 ) -> ApiResult<axum::Json<Cart>> {
     let caller = auth.require(ACCOUNT_ROLES)?.clone();
+    let qty = b.qty.map(Quantity::get).transpose()?;
     let cart = s
         .engine
         .ask(auth.account()?, |reply| AccountMsg::CartUpdate {
             caller,
             line,
-            qty: b.qty,
+            qty,
             note: b.note,
             reply,
         })

@@ -6,7 +6,7 @@ use super::ACCOUNT_ROLES;
 use crate::auth::Auth;
 use crate::error::{echo, ApiError, ApiResult};
 use crate::extract::{Path, Query};
-use crate::json::Json;
+use crate::json::{Json, Quantity};
 use crate::telemetry::{self, Outcome};
 use crate::ApiState;
 use axum::extract::State;
@@ -21,7 +21,7 @@ use orderd_actors::ordering::{Amendment, Preview, Target, VersionCheck};
 use orderd_domain::account::Role;
 use orderd_domain::ids::{AccountId, IdempotencyKey, OrderId, WarehouseId};
 use orderd_domain::order::{Channel, Order, OrderState};
-use orderd_domain::validation::{LineRequest, OrderRequest, Problem, ProblemCode};
+use orderd_domain::validation::{LineRequest, OrderRequest, Problem, ProblemCode, ORDER_LINES_MAX};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,7 +69,8 @@ impl OrderHeader {
 #[serde(deny_unknown_fields)]
 pub struct LineBody {
     pub sku: String,
-    pub qty: u32,
+    #[schema(value_type = u32)]
+    pub qty: Quantity,
     pub note: Option<String>,
     pub warehouse: Option<String>,
     /// The unit price the buyer saw; refused as `price_changed` when it no longer holds.
@@ -77,15 +78,28 @@ pub struct LineBody {
     pub quoted_unit_price: Option<orderd_domain::Decimal>,
 }
 
-impl From<LineBody> for LineRequest {
-    fn from(l: LineBody) -> LineRequest {
-        LineRequest {
-            sku: l.sku,
-            qty: l.qty,
-            note: l.note,
-            warehouse: l.warehouse,
-            quoted_unit_price: l.quoted_unit_price,
+/// The lines of a body as the domain takes them, or every quantity that is not a whole number
+/// a line can hold (at most `ORDER_LINES_MAX` of them: more lines are too many anyway).
+fn line_requests(lines: Vec<LineBody>) -> Result<Vec<LineRequest>, ApiError> {
+    let mut problems = Vec::new();
+    let mut requests = Vec::with_capacity(lines.len());
+    for (n, l) in (1..).zip(lines) {
+        match l.qty.get() {
+            Ok(qty) => requests.push(LineRequest {
+                sku: l.sku,
+                qty,
+                note: l.note,
+                warehouse: l.warehouse,
+                quoted_unit_price: l.quoted_unit_price,
+            }),
+            Err(bad) if problems.len() < ORDER_LINES_MAX => problems.push(bad.problem().line(n)),
+            Err(_) => {}
         }
+    }
+    if problems.is_empty() {
+        Ok(requests)
+    } else {
+        Err(ApiError::Invalid(problems))
     }
 }
 
@@ -175,12 +189,7 @@ async fn place(
     };
     let from_cart = b.lines.is_none();
     let req = OrderRequest {
-        lines: b
-            .lines
-            .unwrap_or_default()
-            .into_iter()
-            .map(Into::into)
-            .collect(),
+        lines: line_requests(b.lines.unwrap_or_default())?,
         ship_to: b.ship_to,
         delivery_speed: b.delivery_speed,
         customer_po: b.customer_po,
@@ -301,7 +310,7 @@ async fn validate_order(
 ) -> ApiResult<axum::Json<PreviewBody>> {
     let caller = auth.require(ACCOUNT_ROLES)?.clone();
     let req = OrderRequest {
-        lines: b.lines.into_iter().map(Into::into).collect(),
+        lines: line_requests(b.lines)?,
         ship_to: b.ship_to,
         delivery_speed: b.delivery_speed,
         customer_po: b.customer_po,
@@ -659,7 +668,7 @@ async fn amend(
     Json(b): Json<AmendBody>,
 ) -> ApiResult<Versioned> {
     let patch = Amendment {
-        lines: b.lines.map(|l| l.into_iter().map(Into::into).collect()),
+        lines: b.lines.map(line_requests).transpose()?,
         ship_to: b.ship_to,
         delivery_speed: b.delivery_speed,
         customer_po: b.customer_po,
