@@ -1218,6 +1218,44 @@ async fn approval_and_shipment() {
         .status,
         StatusCode::NOT_FOUND
     );
+    // An operator names the warehouse and the account; each one missing, malformed or
+    // unknown is a problem of its field, all at once.
+    let op = api.token(None, "ops", &["operator"], None).await;
+    for (body, named) in [
+        (
+            json!({}),
+            vec![("invalid_field", "warehouse"), ("invalid_field", "account")],
+        ),
+        (
+            json!({"warehouse":"NOPE","account":"bad account"}),
+            vec![
+                ("unknown_warehouse", "warehouse"),
+                ("invalid_field", "account"),
+            ],
+        ),
+        (
+            json!({"warehouse":"no such!","account":"A"}),
+            vec![("unknown_warehouse", "warehouse")],
+        ),
+    ] {
+        let r = api
+            .call(
+                "POST",
+                &format!("/v1/orders/{id}/ship"),
+                Some(&op),
+                Some(body),
+                &[],
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", r.body);
+        let got: Vec<_> = r.body["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["code"].as_str().unwrap(), p["field"].as_str().unwrap()))
+            .collect();
+        assert_eq!(got, named, "{:?}", r.body);
+    }
     let warehouse = api.token(None, "w1", &["warehouse"], Some(&wh)).await;
     let before = api
         .call("GET", "/v1/credit", Some(&buyer), None, &[])

@@ -700,7 +700,7 @@ pub struct ShipBody {
 }
 
 /// Confirm shipment of what one warehouse holds for the order (warehouse, operator).
-#[utoipa::path(post, path = "/v1/orders/{id}/ship", tag = "orders", params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "the ETag the order was read with: the change applies only to that version, else 412")), request_body = ShipBody, responses((status = 200, body = OrderBody, headers(("ETag" = String, description = "the order's version, for If-Match"))), (status = 404), (status = 409), (status = 412)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/orders/{id}/ship", tag = "orders", params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "the ETag the order was read with: the change applies only to that version, else 412")), request_body = ShipBody, responses((status = 200, body = OrderBody, headers(("ETag" = String, description = "the order's version, for If-Match"))), (status = 404), (status = 409), (status = 412), (status = 422)), security(("bearer" = [])))]
 async fn ship(
     State(s): State<ApiState>,
     auth: Auth,
@@ -739,26 +739,52 @@ async fn ship(
             })?;
         (w, account)
     } else {
-        let w = b
-            .warehouse
-            .as_deref()
-            .map(WarehouseId::parse)
-            .transpose()
-            .map_err(|e| ApiError::bad_request("invalid_field", e.to_string()))?;
-        let a = b
-            .account
-            .as_deref()
-            .map(AccountId::parse)
-            .transpose()
-            .map_err(|e| ApiError::bad_request("invalid_field", e.to_string()))?;
+        // An operator names both; every missing, malformed or unknown one is listed at once.
+        let mut problems = Vec::new();
+        let mut bad = |code, field: &str, message: String| {
+            problems.push(Problem::new(code, message).field(field));
+        };
+        let w = match b.warehouse.as_deref().map(WarehouseId::parse) {
+            None => {
+                bad(
+                    ProblemCode::InvalidField,
+                    "warehouse",
+                    "an operator names the warehouse shipping".into(),
+                );
+                None
+            }
+            Some(Err(e)) => {
+                bad(ProblemCode::UnknownWarehouse, "warehouse", e.to_string());
+                None
+            }
+            Some(Ok(w)) if s.engine.warehouse(&w).is_none() => {
+                bad(
+                    ProblemCode::UnknownWarehouse,
+                    "warehouse",
+                    format!("warehouse {w} does not exist"),
+                );
+                None
+            }
+            Some(Ok(w)) => Some(w),
+        };
+        let a = match b.account.as_deref().map(AccountId::parse) {
+            None => {
+                bad(
+                    ProblemCode::InvalidField,
+                    "account",
+                    "an operator names the order's account".into(),
+                );
+                None
+            }
+            Some(Err(e)) => {
+                bad(ProblemCode::InvalidField, "account", e.to_string());
+                None
+            }
+            Some(Ok(a)) => Some(a),
+        };
         match (w, a) {
             (Some(w), Some(a)) => (w, a),
-            _ => {
-                return Err(ApiError::bad_request(
-                    "missing_field",
-                    "an operator names the warehouse and the account",
-                ))
-            }
+            _ => return Err(ApiError::Invalid(problems)),
         }
     };
     Ok(Versioned(
