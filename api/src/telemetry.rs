@@ -399,6 +399,10 @@ fn describe() {
         "messages JetStream acknowledged as duplicates (expected only for messages sent again after a failed round or a restart)"
     );
     describe_counter!(
+        orderd_actors::metric_names::NATS_EVENTS_TRIMMED,
+        "events published without their lines, being larger than the NATS server takes (each attempt counts)"
+    );
+    describe_counter!(
         orderd_actors::metric_names::NATS_CONSUMER_FAILURES,
         "failed attempts to create or check a warehouse's durable consumer on NATS (label warehouse); its events still go to the stream"
     );

@@ -305,12 +305,49 @@ fn token(id: &str) -> String {
     id.replace('.', "%2E")
 }
 
-/// The messages of one event: always its order subject, plus one per warehouse whose stock
-/// the change allocates, ships or releases. They share one payload. JetStream drops a message
-/// whose `Nats-Msg-Id` its stream already holds, whatever the subject, so each message of the
-/// allocations stream carries its own: the event id, `@`, the warehouse (ids never hold `@`).
-pub fn messages(ev: &Published) -> impl Iterator<Item = Outgoing> + '_ {
-    let payload = bytes::Bytes::copy_from_slice(&ev.json);
+/// Room a message leaves for its headers (`Nats-Msg-Id` and NATS's header line) besides its
+/// payload, when checked against the server's `max_payload`.
+const HEADER_ROOM: usize = 512;
+
+/// The payload `ev` goes out with to a server that takes messages of at most `max_payload`
+/// bytes (headers included). An event too large for it would be refused by every attempt and
+/// hold up every later event of every account, so it goes out without its lines instead
+/// (`data.lines_omitted`: how many there were). The audit log, `GET /v1/events` and SSE keep
+/// the whole event. (An event's line is small, about 300 bytes and 60 per allocation, so only
+/// a server set below NATS's default 1 MiB meets one in practice.)
+pub fn payload(ev: &Published, max_payload: usize) -> bytes::Bytes {
+    if ev.json.len().saturating_add(HEADER_ROOM) <= max_payload {
+        return bytes::Bytes::copy_from_slice(&ev.json);
+    }
+    let mut event: serde_json::Value =
+        serde_json::from_slice(&ev.json).expect("orderd renders its events as JSON");
+    let data = event
+        .get_mut("data")
+        .and_then(serde_json::Value::as_object_mut)
+        .expect("an event has its data");
+    let lines = data
+        .remove("lines")
+        .and_then(|l| l.as_array().map(Vec::len))
+        .unwrap_or(0);
+    data.insert("lines_omitted".into(), lines.into());
+    let smaller = serde_json::to_vec(&event).expect("JSON values encode");
+    tracing::warn!(
+        event = %ev.id,
+        bytes = ev.json.len(),
+        sent = smaller.len(),
+        max_payload,
+        "an event is larger than the NATS server takes: it goes out without its lines (the audit log, GET /v1/events and SSE have it whole)"
+    );
+    metrics::counter!(orderd_actors::metric_names::NATS_EVENTS_TRIMMED).increment(1);
+    bytes::Bytes::from(smaller)
+}
+
+/// The messages of one event, with `payload`: always its order subject, plus one per
+/// warehouse whose stock the change allocates, ships or releases. They share the payload.
+/// JetStream drops a message whose `Nats-Msg-Id` its stream already holds, whatever the
+/// subject, so each message of the allocations stream carries its own: the event id, `@`, the
+/// warehouse (ids never hold `@`).
+pub fn messages(ev: &Published, payload: bytes::Bytes) -> impl Iterator<Item = Outgoing> + '_ {
     let order = token(ev.order.as_str());
     let to_order = (
         format!(
@@ -503,7 +540,11 @@ async fn send(
     let ms = u64::try_from(ack_timeout.as_millis()).unwrap_or(u64::MAX);
     let deadline = tokio::time::Instant::now() + ack_timeout;
     let mut acks = Vec::with_capacity(events.len().min(room));
-    for m in events.iter().flat_map(|ev| messages(ev)) {
+    let max_payload = js.client().max_payload();
+    for m in events
+        .iter()
+        .flat_map(|ev| messages(ev, payload(ev, max_payload)))
+    {
         if acks.len() == room {
             tokio::time::timeout_at(deadline, all_acked(std::mem::take(&mut acks)))
                 .await
@@ -958,6 +999,28 @@ mod tests {
         }
     }
 
+    /// NATS's default `max_payload`.
+    const MIB: usize = 1 << 20;
+
+    // An event goes out whole when the server takes it. One the server would refuse goes out
+    // without its lines, saying how many there were, instead of holding every later event up.
+    #[test]
+    fn an_event_too_large_for_the_server_goes_out_without_its_lines() {
+        let ev = Published::of(7, &event(OrderState::Allocated, &["BER", "MUC"]));
+        let whole = payload(&ev, MIB);
+        assert_eq!(whole.as_ref(), ev.json.as_slice());
+        let max = ev.json.len() + HEADER_ROOM;
+        assert_eq!(payload(&ev, max).as_ref(), ev.json.as_slice(), "just fits");
+        let cut = payload(&ev, max - 1);
+        assert!(cut.len() + HEADER_ROOM < max, "{} bytes", cut.len());
+        let sent: serde_json::Value = serde_json::from_slice(&cut).unwrap();
+        let mut expected: serde_json::Value = serde_json::from_slice(&ev.json).unwrap();
+        let data = expected["data"].as_object_mut().unwrap();
+        assert_eq!(data.remove("lines").unwrap().as_array().unwrap().len(), 2);
+        data.insert("lines_omitted".into(), 2.into());
+        assert_eq!(sent, expected, "everything else is the event's");
+    }
+
     // Every change goes to its order subject (dots in ids escaped); stock changes also to each
     // warehouse involved, once, with the same payload and a message id of its own (JetStream
     // would drop a second message of one stream with the same id); other changes to no
@@ -966,7 +1029,8 @@ mod tests {
     fn subjects_of_an_event() {
         let of = |state, warehouses: &[&str]| Published::of(7, &event(state, warehouses));
         let ev = of(OrderState::Allocated, &["MUC", "BER", "MUC"]);
-        let m: Vec<Outgoing> = messages(&ev).collect();
+        let whole = bytes::Bytes::copy_from_slice(&ev.json);
+        let m: Vec<Outgoing> = messages(&ev, whole).collect();
         let subjects: Vec<&str> = m.iter().map(|o| o.subject.as_str()).collect();
         assert_eq!(
             subjects,
@@ -984,14 +1048,16 @@ mod tests {
             OrderState::Cancelled,
             OrderState::Rejected,
         ] {
-            assert_eq!(messages(&of(state, &["BER"])).count(), 2, "{state:?}");
+            let ev = of(state, &["BER"]);
+            assert_eq!(messages(&ev, payload(&ev, MIB)).count(), 2, "{state:?}");
         }
         for state in [
             OrderState::PendingApproval,
             OrderState::Confirmed,
             OrderState::Draft,
         ] {
-            assert_eq!(messages(&of(state, &["BER"])).count(), 1, "{state:?}");
+            let ev = of(state, &["BER"]);
+            assert_eq!(messages(&ev, payload(&ev, MIB)).count(), 1, "{state:?}");
         }
         // The publisher's count of messages in flight is what `messages` yields.
         let mixed: Vec<Arc<Published>> = [
@@ -1002,7 +1068,10 @@ mod tests {
         .into_iter()
         .map(Arc::new)
         .collect();
-        let built: usize = mixed.iter().map(|ev| messages(ev).count()).sum();
+        let built: usize = mixed
+            .iter()
+            .map(|ev| messages(ev, payload(ev, MIB)).count())
+            .sum();
         assert_eq!((built, message_count(&mixed)), (6, 6));
     }
 

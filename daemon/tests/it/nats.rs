@@ -78,6 +78,23 @@ impl NatsServer {
         NatsServer::started(false, certs.server_args())
     }
 
+    /// A JetStream server without users that takes messages of at most `bytes` (NATS's
+    /// `max_payload`; its default is 1 MiB).
+    pub fn start_with_max_payload(bytes: usize) -> NatsServer {
+        let mut server = NatsServer::started(false, Vec::new());
+        server.stop();
+        let path = server.store.path().join("nats-server.conf");
+        let store_dir = server.store.path().join("js");
+        std::fs::write(
+            &path,
+            format!("max_payload: {bytes}\njetstream {{\n  store_dir: {store_dir:?}\n}}\n"),
+        )
+        .expect("config");
+        server.config = Some(path);
+        server.resume();
+        server
+    }
+
     fn started(shipped: bool, extra: Vec<String>) -> NatsServer {
         let store = tempfile::Builder::new()
             .prefix("orderd-nats-")
@@ -485,6 +502,50 @@ async fn every_change_reaches_jetstream_in_order() {
     // Nothing went out twice here, so JetStream took no message for a duplicate.
     let duplicates = env.metric("orderd_nats_duplicates_total").await;
     assert!(duplicates.unwrap_or(0.0) == 0.0, "{duplicates:?}");
+}
+
+// A server that takes smaller messages than an event: the event goes out without its lines
+// (saying how many), and every event after it still follows, instead of the publisher trying
+// the one it cannot send for good. The HTTP replay keeps the whole event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_larger_than_nats_takes_holds_nothing_up() {
+    const MAX_PAYLOAD: usize = 8 << 10;
+    let nats = NatsServer::start_with_max_payload(MAX_PAYLOAD);
+    let env = TestEnv::start_with(&[("ORDERD_NATS__URL", &nats.url()), STREAM_BYTES]).await;
+    let bob = env.token("ACME", "bob", &["buyer", "approver"]).await;
+    // 60 lines of items any account may order one of: an event of about 20 KB.
+    let skus: Vec<String> = (0..orderd::demo::SKUS)
+        .filter(|i| i % 10 != 2 && i % 17 != 3 && i % 29 != 7 && ![13, 41].contains(&(i % 97)))
+        .take(60)
+        .map(orderd::demo::sku_code)
+        .collect();
+    let lines: Vec<(&str, u32)> = skus.iter().map(|s| (s.as_str(), 1)).collect();
+    let r = env.place(&bob, "big-1", &lines, "BERLIN").await;
+    assert_eq!(r.status, 201, "{r}");
+    let big = str_field(&r.body, "id").to_owned();
+    let mut want = BTreeMap::from([(big.clone(), 1)]);
+    for i in 0..3 {
+        want.insert(place_one(&env, &bob, &format!("small-{i}")).await, 1);
+    }
+    assert_all_delivered(&nats, &want);
+    let trimmed = env.metric("orderd_nats_events_trimmed_total").await;
+    assert!(trimmed.is_some_and(|n| n >= 1.0), "{trimmed:?}");
+    // The whole event stays readable over HTTP.
+    let replay = env.get(&bob, "/v1/events?after=0&limit=100").await;
+    let whole = replay.body["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .find(|e| e["event"]["data"]["order"] == big.as_str())
+        .unwrap_or_else(|| panic!("{big} in {replay}"));
+    assert_eq!(
+        whole["event"]["data"]["lines"].as_array().map(Vec::len),
+        Some(60)
+    );
+    assert!(
+        whole["event"].to_string().len() > MAX_PAYLOAD,
+        "the event must be larger than the server takes for this test to mean anything"
+    );
 }
 
 // With the shipped server config (`ops/nats/nats-server.conf`): orderd signs in as its user,
