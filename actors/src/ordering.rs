@@ -1103,6 +1103,13 @@ fn allocate_held(st: &AccountState, order: &Order) -> Result<(), ActorError> {
 /// Longest reason an approver gives for a rejection (it joins the order's approval reasons).
 pub const REJECT_REASON_LEN_MAX: usize = 200;
 
+/// The most changes an order may have before amendments are refused (`409`). Each change adds
+/// its audit seq to the order's record, which is written whole on every change: without a
+/// bound, amending one order in a loop would grow each write until the record is too large to
+/// store, when not even a cancellation could be written. The other changes (submit, approve,
+/// reject, ship per warehouse, cancel) are few per order and always allowed.
+pub const ORDER_CHANGES_MAX: usize = 1_000;
+
 pub async fn reject(
     st: &mut AccountState,
     caller: &Caller,
@@ -1319,6 +1326,11 @@ pub async fn amend(
         return Ok(Err(Rejection::Conflict(format!(
             "order {id} is {}: only orders not yet allocated can be amended",
             old.state.as_str()
+        ))));
+    }
+    if st.orders.audit_seqs(id).len() >= ORDER_CHANGES_MAX {
+        return Ok(Err(Rejection::Conflict(format!(
+            "order {id} has had {ORDER_CHANGES_MAX} changes, the most an order may have: cancel it and place a new one"
         ))));
     }
     let rebuilt = request_of(&old, &patch, st.account.currency);

@@ -1387,6 +1387,63 @@ async fn a_buyer_withdraws_a_pending_order() {
     );
 }
 
+// Amending one order in a loop stops at ORDER_CHANGES_MAX changes (the record of an order
+// holds the seq of each of its changes); the order can still be cancelled.
+#[tokio::test]
+async fn an_order_takes_a_bounded_number_of_amendments() {
+    use orderd_actors::ordering::ORDER_CHANGES_MAX;
+    // Faster than a token's rate limit allows.
+    let burst = u32::try_from(2 * ORDER_CHANGES_MAX).unwrap();
+    let rate_limit = orderd_api::rate_limit::RateLimits {
+        token_mutations_burst: burst,
+        account_mutations_burst: burst,
+        ..Default::default()
+    };
+    let api = api_with(ApiLimits {
+        rate_limit,
+        ..ApiLimits::default()
+    })
+    .await;
+    let buyer = api.token(Some("A"), "ann", &["buyer"], None).await;
+    let o = api
+        .place(
+            &buyer,
+            "d1",
+            json!({"lines":[{"sku":"BOLT","qty":1}],"submit":false}),
+        )
+        .await;
+    assert_eq!(o.body["state"], "draft", "{:?}", o.body);
+    let path = format!("/v1/orders/{}", o.body["id"].as_str().unwrap());
+    let amend = |po: String| {
+        api.call(
+            "PATCH",
+            &path,
+            Some(&buyer),
+            Some(json!({ "customer_po": po })),
+            &[],
+        )
+    };
+    // The placement was the first change.
+    for i in 1..ORDER_CHANGES_MAX {
+        let r = amend(format!("po-{i}")).await;
+        assert_eq!(r.status, StatusCode::OK, "amendment {i}: {:?}", r.body);
+    }
+    let refused = amend("one too many".into()).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{:?}", refused.body);
+    let detail = refused.body["detail"].as_str().unwrap();
+    assert!(detail.contains("cancel it and place a new one"), "{detail}");
+    let read = api.call("GET", &path, Some(&buyer), None, &[]).await;
+    assert_eq!(
+        read.body["customer_po"],
+        format!("po-{}", ORDER_CHANGES_MAX - 1)
+    );
+    let cancelled = api
+        .call("POST", &format!("{path}/cancel"), Some(&buyer), None, &[])
+        .await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{:?}", cancelled.body);
+    assert_eq!(cancelled.body["state"], "cancelled");
+}
+
 // Rejection per line keeps the order pending; rejecting the rest rejects it; amendments are
 // re-validated and refused after allocation.
 #[tokio::test]
