@@ -740,51 +740,41 @@ async fn ship(
         (w, account)
     } else {
         // An operator names both; every missing, malformed or unknown one is listed at once.
-        let mut problems = Vec::new();
-        let mut bad = |code, field: &str, message: String| {
-            problems.push(Problem::new(code, message).field(field));
-        };
+        let problem = |code, field: &str, message: String| Problem::new(code, message).field(field);
         let w = match b.warehouse.as_deref().map(WarehouseId::parse) {
-            None => {
-                bad(
-                    ProblemCode::InvalidField,
-                    "warehouse",
-                    "an operator names the warehouse shipping".into(),
-                );
-                None
-            }
-            Some(Err(e)) => {
-                bad(ProblemCode::UnknownWarehouse, "warehouse", e.to_string());
-                None
-            }
-            Some(Ok(w)) if s.engine.warehouse(&w).is_none() => {
-                bad(
-                    ProblemCode::UnknownWarehouse,
-                    "warehouse",
-                    format!("warehouse {w} does not exist"),
-                );
-                None
-            }
-            Some(Ok(w)) => Some(w),
+            None => Err(problem(
+                ProblemCode::InvalidField,
+                "warehouse",
+                "an operator names the warehouse shipping".into(),
+            )),
+            Some(Err(e)) => Err(problem(
+                ProblemCode::UnknownWarehouse,
+                "warehouse",
+                e.to_string(),
+            )),
+            Some(Ok(w)) if s.engine.warehouse(&w).is_none() => Err(problem(
+                ProblemCode::UnknownWarehouse,
+                "warehouse",
+                format!("warehouse {w} does not exist"),
+            )),
+            Some(Ok(w)) => Ok(w),
         };
         let a = match b.account.as_deref().map(AccountId::parse) {
-            None => {
-                bad(
-                    ProblemCode::InvalidField,
-                    "account",
-                    "an operator names the order's account".into(),
-                );
-                None
+            None => Err(problem(
+                ProblemCode::InvalidField,
+                "account",
+                "an operator names the order's account".into(),
+            )),
+            Some(parsed) => {
+                parsed.map_err(|e| problem(ProblemCode::InvalidField, "account", e.to_string()))
             }
-            Some(Err(e)) => {
-                bad(ProblemCode::InvalidField, "account", e.to_string());
-                None
-            }
-            Some(Ok(a)) => Some(a),
         };
         match (w, a) {
-            (Some(w), Some(a)) => (w, a),
-            _ => return Err(ApiError::Invalid(problems)),
+            (Ok(w), Ok(a)) => (w, a),
+            (w, a) => {
+                let problems = [w.err(), a.err()].into_iter().flatten().collect();
+                return Err(ApiError::Invalid(problems));
+            }
         }
     };
     Ok(Versioned(
