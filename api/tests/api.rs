@@ -605,15 +605,39 @@ async fn validation_lists_every_problem() {
         .await;
     assert_eq!(malformed.status, StatusCode::BAD_REQUEST);
     assert_eq!(malformed.body["code"], "malformed_body");
-    // A quantity no line can hold is a problem of its line, each one named, not a bad body;
-    // `2.0` is the whole number 2.
+    // A quantity no line can hold is a problem of its line, each one named, listed with the
+    // order's other problems, not a bad body; `2.0` is the whole number 2.
     let lines = json!([
         {"sku":"BOLT","qty":-1},
         {"sku":"BOLT","qty":2.0},
         {"sku":"BOLT","qty":1.5},
         {"sku":"BOLT","qty":5_000_000_000u64},
         {"sku":"BOLT","qty":null},
+        {"sku":"NOPE","qty":1},
     ]);
+    let named = |body: &Value| -> Vec<(String, u64)> {
+        body["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["code"].as_str().unwrap().to_owned(),
+                    p["line"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let expected: Vec<(String, u64)> = [
+        ("invalid_quantity", 1),
+        ("invalid_quantity", 3),
+        ("invalid_quantity", 4),
+        ("invalid_quantity", 5),
+        ("unknown_sku", 6),
+    ]
+    .into_iter()
+    .map(|(c, l)| (c.to_owned(), l))
+    .collect();
     let bad = api.place(&a, "v3", json!({ "lines": lines })).await;
     assert_eq!(
         bad.status,
@@ -621,24 +645,29 @@ async fn validation_lists_every_problem() {
         "{:?}",
         bad.body
     );
-    let named: Vec<_> = bad.body["problems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p["code"].as_str().unwrap(), p["line"].as_u64().unwrap()))
-        .collect();
-    assert_eq!(
-        named,
-        [
-            ("invalid_quantity", 1),
-            ("invalid_quantity", 3),
-            ("invalid_quantity", 4),
-            ("invalid_quantity", 5)
-        ]
-    );
+    assert_eq!(named(&bad.body), expected);
     let said = bad.body["problems"][0]["message"].as_str().unwrap();
     assert!(said.ends_with("got -1"), "{said}");
     assert_eq!(bad.body["problems"][0]["field"], "qty");
+    let said = bad.body["problems"][2]["message"].as_str().unwrap();
+    assert!(said.ends_with("got 5000000000"), "{said}");
+    // Validate says the same as a preview.
+    let v = api
+        .call(
+            "POST",
+            "/v1/orders/validate",
+            Some(&a),
+            Some(json!({ "lines": lines })),
+            &[],
+        )
+        .await;
+    assert_eq!(v.status, StatusCode::OK, "{:?}", v.body);
+    assert_eq!(v.body["valid"], false);
+    assert_eq!(named(&v.body), expected);
+    assert_eq!(
+        v.body["problems"][1]["message"],
+        bad.body["problems"][1]["message"]
+    );
     // Validate says the same without placing anything.
     let v = api
         .call(
@@ -1236,6 +1265,10 @@ async fn approval_and_shipment() {
         (
             json!({"warehouse":"no such!","account":"A"}),
             vec![("unknown_warehouse", "warehouse")],
+        ),
+        (
+            json!({"warehouse":"BER","account":"NOBODY"}),
+            vec![("invalid_field", "account")],
         ),
     ] {
         let r = api

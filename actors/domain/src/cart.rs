@@ -39,7 +39,7 @@ pub enum CartError {
     NoSuchLine(u32),
     #[error("quantity must be 1 to {LINE_QTY_MAX}")]
     Quantity,
-    #[error("a note is at most {NOTE_LEN_MAX} characters")]
+    #[error("a note is at most {NOTE_LEN_MAX} bytes of UTF-8")]
     Note,
 }
 
@@ -178,7 +178,7 @@ fn check_qty(q: u32) -> Result<(), CartError> {
 }
 
 fn check_note(n: Option<&str>) -> Result<(), CartError> {
-    if n.is_some_and(|n| n.chars().count() > NOTE_LEN_MAX) {
+    if n.is_some_and(|n| n.len() > NOTE_LEN_MAX) {
         Err(CartError::Note)
     } else {
         Ok(())
@@ -202,10 +202,10 @@ mod tests {
         assert_eq!((c.lines[0].qty, c.lines[0].note.clone()), (7, None));
         assert_eq!(c.update(99, Some(1), None), Err(CartError::NoSuchLine(99)));
         assert_eq!(c.add(s.clone(), 0, None, None), Err(CartError::Quantity));
-        // A note is bounded in characters, not bytes ("é" is two bytes).
-        let longest = "é".repeat(NOTE_LEN_MAX);
+        // A note is bounded in bytes, which bound a cart's record ("é" is two bytes).
+        let longest = "é".repeat(NOTE_LEN_MAX / 2);
         c.update(id, None, Some(Some(longest))).unwrap();
-        let over = "é".repeat(NOTE_LEN_MAX + 1);
+        let over = "é".repeat(NOTE_LEN_MAX / 2 + 1);
         assert_eq!(c.update(id, None, Some(Some(over))), Err(CartError::Note));
         c.remove(id).unwrap();
         assert!(c.remove(id).is_err());

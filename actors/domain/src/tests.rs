@@ -189,7 +189,7 @@ fn line(s: &str, qty: u32) -> LineRequest {
     }
 }
 
-/// A line of "A" whose note is `chars` characters of two bytes each.
+/// A line of "A" whose note is `chars` characters of two bytes each (notes are bounded in bytes).
 fn noted(chars: usize) -> LineRequest {
     LineRequest {
         note: Some("é".repeat(chars)),
@@ -238,10 +238,10 @@ fn every_validation_code_is_reported_on_its_line() {
         ),
         (req(vec![line("A", 0)]), vec![(InvalidQuantity, Some(1))]),
         (
-            req(vec![noted(NOTE_LEN_MAX + 1)]),
+            req(vec![noted(NOTE_LEN_MAX / 2 + 1)]),
             vec![(InvalidField, Some(1))],
         ),
-        (req(vec![noted(NOTE_LEN_MAX)]), vec![]),
+        (req(vec![noted(NOTE_LEN_MAX / 2)]), vec![]),
         (req(vec![line("NOPRICE", 1)]), vec![(NoPrice, Some(1))]),
         (req(vec![quoted]), vec![(PriceChanged, Some(1))]),
         (req(vec![bad_wh]), vec![(UnknownWarehouse, Some(1))]),

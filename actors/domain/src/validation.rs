@@ -449,15 +449,11 @@ fn check_line(
             ));
         }
     }
-    if req
-        .note
-        .as_ref()
-        .is_some_and(|n| n.chars().count() > NOTE_LEN_MAX)
-    {
+    if req.note.as_ref().is_some_and(|n| n.len() > NOTE_LEN_MAX) {
         problems.push(
             p(
                 ProblemCode::InvalidField,
-                format!("a line note is at most {NOTE_LEN_MAX} characters"),
+                format!("a line note is at most {NOTE_LEN_MAX} bytes of UTF-8"),
             )
             .field("note"),
         );

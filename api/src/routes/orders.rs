@@ -6,7 +6,7 @@ use super::ACCOUNT_ROLES;
 use crate::auth::Auth;
 use crate::error::{echo, ApiError, ApiResult};
 use crate::extract::{Path, Query};
-use crate::json::{Json, Quantity};
+use crate::json::{BadQuantity, Json, Quantity};
 use crate::telemetry::{self, Outcome};
 use crate::ApiState;
 use axum::extract::State;
@@ -21,7 +21,7 @@ use orderd_actors::ordering::{Amendment, Preview, Target, VersionCheck};
 use orderd_domain::account::Role;
 use orderd_domain::ids::{AccountId, IdempotencyKey, OrderId, WarehouseId};
 use orderd_domain::order::{Channel, Order, OrderState};
-use orderd_domain::validation::{LineRequest, OrderRequest, Problem, ProblemCode, ORDER_LINES_MAX};
+use orderd_domain::validation::{LineRequest, OrderRequest, Problem, ProblemCode};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,28 +78,55 @@ pub struct LineBody {
     pub quoted_unit_price: Option<orderd_domain::Decimal>,
 }
 
-/// The lines of a body as the domain takes them, or every quantity that is not a whole number
-/// a line can hold (at most `ORDER_LINES_MAX` of them: more lines are too many anyway).
-fn line_requests(lines: Vec<LineBody>) -> Result<Vec<LineRequest>, ApiError> {
-    let mut problems = Vec::new();
-    let mut requests = Vec::with_capacity(lines.len());
-    for (n, l) in (1..).zip(lines) {
-        match l.qty.get() {
-            Ok(qty) => requests.push(LineRequest {
-                sku: l.sku,
-                qty,
-                note: l.note,
-                warehouse: l.warehouse,
-                quoted_unit_price: l.quoted_unit_price,
+/// The lines of a body as the domain takes them. A line whose quantity is no whole number
+/// (negative, fractional, above `u32`, not a number) goes as quantity 0, which the domain
+/// refuses as `invalid_quantity` on that line along with every other problem of the order;
+/// [`BadQuantities::explain`] then says what was sent.
+fn line_requests(lines: Vec<LineBody>) -> (Vec<LineRequest>, BadQuantities) {
+    let mut bad = BadQuantities::default();
+    let requests = (1..)
+        .zip(lines)
+        .map(|(n, l)| LineRequest {
+            sku: l.sku,
+            qty: l.qty.get().unwrap_or_else(|sent| {
+                bad.0.push((n, sent));
+                0
             }),
-            Err(bad) if problems.len() < ORDER_LINES_MAX => problems.push(bad.problem().line(n)),
-            Err(_) => {}
+            note: l.note,
+            warehouse: l.warehouse,
+            quoted_unit_price: l.quoted_unit_price,
+        })
+        .collect();
+    (requests, bad)
+}
+
+/// The lines sent with a quantity that is no whole number, by line number.
+#[derive(Default)]
+struct BadQuantities(Vec<(u32, BadQuantity)>);
+
+impl BadQuantities {
+    /// `problems` with the domain's `invalid_quantity` of each such line (it saw a 0) saying
+    /// what was sent instead.
+    fn explain(&self, problems: &mut [Problem]) {
+        for p in problems
+            .iter_mut()
+            .filter(|p| p.code == ProblemCode::InvalidQuantity)
+        {
+            if let Some((n, sent)) = self.0.iter().find(|(n, _)| p.line == Some(*n)) {
+                *p = sent.problem().line(*n);
+            }
         }
     }
-    if problems.is_empty() {
-        Ok(requests)
-    } else {
-        Err(ApiError::Invalid(problems))
+
+    /// The same for a refusal.
+    fn explain_error(&self, e: ApiError) -> ApiError {
+        match e {
+            ApiError::Invalid(mut problems) => {
+                self.explain(&mut problems);
+                ApiError::Invalid(problems)
+            }
+            other => other,
+        }
     }
 }
 
@@ -188,8 +215,9 @@ async fn place(
         ),
     };
     let from_cart = b.lines.is_none();
+    let (lines, bad) = line_requests(b.lines.unwrap_or_default());
     let req = OrderRequest {
-        lines: line_requests(b.lines.unwrap_or_default())?,
+        lines,
         ship_to: b.ship_to,
         delivery_speed: b.delivery_speed,
         customer_po: b.customer_po,
@@ -214,7 +242,8 @@ async fn place(
         .instrument(span.clone())
         .await
         .map_err(ApiError::from)
-        .and_then(|r| r.map_err(ApiError::from));
+        .and_then(|r| r.map_err(ApiError::from))
+        .map_err(|e| bad.explain_error(e));
     let order_id = placed.as_ref().ok().map(|p| &p.order.id);
     capture_done(
         &s,
@@ -309,8 +338,9 @@ async fn validate_order(
     Json(b): Json<ValidateBody>,
 ) -> ApiResult<axum::Json<PreviewBody>> {
     let caller = auth.require(ACCOUNT_ROLES)?.clone();
+    let (lines, bad) = line_requests(b.lines);
     let req = OrderRequest {
-        lines: line_requests(b.lines)?,
+        lines,
         ship_to: b.ship_to,
         delivery_speed: b.delivery_speed,
         customer_po: b.customer_po,
@@ -325,6 +355,8 @@ async fn validate_order(
             reply,
         })
         .await??;
+    let mut preview = preview;
+    bad.explain(&mut preview.problems);
     Ok(axum::Json(PreviewBody(preview)))
 }
 
@@ -667,8 +699,12 @@ async fn amend(
     headers: HeaderMap,
     Json(b): Json<AmendBody>,
 ) -> ApiResult<Versioned> {
+    let (lines, bad) = match b.lines.map(line_requests) {
+        Some((lines, bad)) => (Some(lines), bad),
+        None => (None, BadQuantities::default()),
+    };
     let patch = Amendment {
-        lines: b.lines.map(line_requests).transpose()?,
+        lines,
         ship_to: b.ship_to,
         delivery_speed: b.delivery_speed,
         customer_po: b.customer_po,
@@ -688,6 +724,7 @@ async fn amend(
         },
     )
     .await
+    .map_err(|e| bad.explain_error(e))
 }
 
 #[derive(Deserialize, Default, ToSchema)]
@@ -765,9 +802,13 @@ async fn ship(
                 "account",
                 "an operator names the order's account".into(),
             )),
-            Some(parsed) => {
-                parsed.map_err(|e| problem(ProblemCode::InvalidField, "account", e.to_string()))
-            }
+            Some(Err(e)) => Err(problem(ProblemCode::InvalidField, "account", e.to_string())),
+            Some(Ok(a)) if !s.engine.accounts.exists(&a) => Err(problem(
+                ProblemCode::InvalidField,
+                "account",
+                format!("account {a} does not exist"),
+            )),
+            Some(Ok(a)) => Ok(a),
         };
         match (w, a) {
             (Ok(w), Ok(a)) => (w, a),
