@@ -1,6 +1,6 @@
 //! The caller's account cart.
 
-use super::ACCOUNT_ROLES;
+use super::{known_warehouse, ACCOUNT_ROLES};
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Path;
@@ -10,7 +10,7 @@ use crate::ApiState;
 use axum::extract::State;
 use orderd_actors::account::AccountMsg;
 use orderd_domain::cart::Cart;
-use orderd_domain::ids::{Sku, WarehouseId};
+use orderd_domain::ids::Sku;
 use orderd_domain::validation::{Problem, ProblemCode};
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -82,18 +82,9 @@ async fn add_line(
     let warehouse = b
         .warehouse
         .as_deref()
-        .map(WarehouseId::parse)
+        .map(|w| known_warehouse(&s, w))
         .transpose()
-        .map_err(|e| invalid(ProblemCode::UnknownWarehouse, "warehouse", e.to_string()))?;
-    if let Some(w) = &warehouse {
-        if s.engine.warehouse(w).is_none() {
-            return Err(invalid(
-                ProblemCode::UnknownWarehouse,
-                "warehouse",
-                format!("warehouse {w} does not exist"),
-            ));
-        }
-    }
+        .map_err(|why| invalid(ProblemCode::UnknownWarehouse, "warehouse", why))?;
     let cart = s
         .engine
         .ask(auth.account()?, |reply| AccountMsg::CartAdd {

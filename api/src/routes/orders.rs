@@ -2,7 +2,7 @@
 //! reject, cancel, amend, ship. The account is the token's; another account's order id gives
 //! the same 404 as an id that does not exist.
 
-use super::ACCOUNT_ROLES;
+use super::{known_warehouse, ACCOUNT_ROLES};
 use crate::auth::Auth;
 use crate::error::{echo, ApiError, ApiResult};
 use crate::extract::{Path, Query};
@@ -19,7 +19,7 @@ use orderd_actors::audit::Caller;
 use orderd_actors::order_reads::OrderFilter;
 use orderd_actors::ordering::{Amendment, Preview, Target, VersionCheck};
 use orderd_domain::account::Role;
-use orderd_domain::ids::{AccountId, IdempotencyKey, OrderId, WarehouseId};
+use orderd_domain::ids::{AccountId, IdempotencyKey, OrderId};
 use orderd_domain::order::{Channel, Order, OrderState};
 use orderd_domain::validation::{LineRequest, OrderRequest, Problem, ProblemCode};
 use serde::{Deserialize, Serialize};
@@ -346,7 +346,7 @@ async fn validate_order(
         customer_po: b.customer_po,
         allow_split: b.allow_split,
     };
-    let preview = s
+    let mut preview = s
         .engine
         .ask(auth.account()?, |reply| AccountMsg::Validate {
             caller,
@@ -355,7 +355,6 @@ async fn validate_order(
             reply,
         })
         .await??;
-    let mut preview = preview;
     bad.explain(&mut preview.problems);
     Ok(axum::Json(PreviewBody(preview)))
 }
@@ -699,10 +698,8 @@ async fn amend(
     headers: HeaderMap,
     Json(b): Json<AmendBody>,
 ) -> ApiResult<Versioned> {
-    let (lines, bad) = match b.lines.map(line_requests) {
-        Some((lines, bad)) => (Some(lines), bad),
-        None => (None, BadQuantities::default()),
-    };
+    let (lines, bad) = b.lines.map(line_requests).unzip();
+    let bad = bad.unwrap_or_default();
     let patch = Amendment {
         lines,
         ship_to: b.ship_to,
@@ -778,23 +775,14 @@ async fn ship(
     } else {
         // An operator names both; every missing, malformed or unknown one is listed at once.
         let problem = |code, field: &str, message: String| Problem::new(code, message).field(field);
-        let w = match b.warehouse.as_deref().map(WarehouseId::parse) {
+        let w = match b.warehouse.as_deref() {
             None => Err(problem(
                 ProblemCode::InvalidField,
                 "warehouse",
                 "an operator names the warehouse shipping".into(),
             )),
-            Some(Err(e)) => Err(problem(
-                ProblemCode::UnknownWarehouse,
-                "warehouse",
-                e.to_string(),
-            )),
-            Some(Ok(w)) if s.engine.warehouse(&w).is_none() => Err(problem(
-                ProblemCode::UnknownWarehouse,
-                "warehouse",
-                format!("warehouse {w} does not exist"),
-            )),
-            Some(Ok(w)) => Ok(w),
+            Some(w) => known_warehouse(&s, w)
+                .map_err(|why| problem(ProblemCode::UnknownWarehouse, "warehouse", why)),
         };
         let a = match b.account.as_deref().map(AccountId::parse) {
             None => Err(problem(
