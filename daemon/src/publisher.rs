@@ -309,67 +309,96 @@ fn token(id: &str) -> String {
 /// payload, when checked against the server's `max_payload`.
 const HEADER_ROOM: usize = 512;
 
-/// The payload `ev` goes out with to a server that takes messages of at most `max_payload`
-/// bytes (headers included). An event too large for it would be refused by every attempt and
-/// hold up every later event of every account, so it goes out without its lines instead
-/// (`data.lines_omitted`: how many there were). The audit log, `GET /v1/events` and SSE keep
-/// the whole event. (An event's line is small, about 300 bytes and 60 per allocation, so only
-/// a server set below NATS's default 1 MiB meets one in practice.)
-pub fn payload(ev: &Published, max_payload: usize) -> bytes::Bytes {
-    if ev.json.len().saturating_add(HEADER_ROOM) <= max_payload {
-        return bytes::Bytes::copy_from_slice(&ev.json);
-    }
-    let mut event: serde_json::Value =
-        serde_json::from_slice(&ev.json).expect("orderd renders its events as JSON");
-    let data = event
-        .get_mut("data")
-        .and_then(serde_json::Value::as_object_mut)
-        .expect("an event has its data");
-    let lines = data
-        .remove("lines")
-        .and_then(|l| l.as_array().map(Vec::len))
-        .unwrap_or(0);
-    data.insert("lines_omitted".into(), lines.into());
-    let smaller = serde_json::to_vec(&event).expect("JSON values encode");
-    tracing::warn!(
-        event = %ev.id,
-        bytes = ev.json.len(),
-        sent = smaller.len(),
-        max_payload,
-        "an event is larger than the NATS server takes: it goes out without its lines (the audit log, GET /v1/events and SSE have it whole)"
-    );
-    metrics::counter!(orderd_actors::metric_names::NATS_EVENTS_TRIMMED).increment(1);
-    bytes::Bytes::from(smaller)
-}
-
-/// The messages of one event, with `payload`: always its order subject, plus one per
-/// warehouse whose stock the change allocates, ships or releases. They share the payload.
-/// JetStream drops a message whose `Nats-Msg-Id` its stream already holds, whatever the
-/// subject, so each message of the allocations stream carries its own: the event id, `@`, the
-/// warehouse (ids never hold `@`).
-pub fn messages(ev: &Published, payload: bytes::Bytes) -> impl Iterator<Item = Outgoing> + '_ {
+/// The messages of one event to a server that takes messages of at most `max_payload` bytes
+/// (headers included): always its order subject, plus one per warehouse whose stock the change
+/// allocates, ships or releases. JetStream drops a message whose `Nats-Msg-Id` its stream
+/// already holds, whatever the subject, so each message of the allocations stream carries its
+/// own: the event id, `@`, the warehouse (ids never hold `@`).
+///
+/// They share the event's JSON when the server takes it, as it does unless set below its
+/// default 1 MiB (an event's line is about 300 bytes and 60 per allocation). Sent whole, an
+/// event too large would be refused by every attempt and hold up every later event of every
+/// account, so it is cut instead ([`cut`]): on the order subject, to the event without its
+/// lines; on a warehouse's subject, to the lines with stock in that warehouse, or to none if
+/// even those are too many. `data.lines_omitted` says how many lines a cut message leaves out.
+/// The audit log, `GET /v1/events` and SSE keep the whole event.
+pub fn messages(ev: &Published, max_payload: usize) -> Vec<Outgoing> {
     let order = token(ev.order.as_str());
-    let to_order = (
-        format!(
+    let to_order = Outgoing {
+        subject: format!(
             "orderd.orders.{}.{order}.{}",
             token(ev.account.as_str()),
             ev.state.as_str()
         ),
-        ev.id.clone(),
-    );
-    let to_warehouses = ev.stock_warehouses.iter().map(move |w| {
-        (
-            format!("orderd.allocations.{}.{order}", token(w.as_str())),
-            format!("{}@{w}", ev.id),
-        )
+        msg_id: ev.id.clone(),
+        payload: bytes::Bytes::new(),
+    };
+    let to_warehouses = ev.stock_warehouses.iter().map(|w| Outgoing {
+        subject: format!("orderd.allocations.{}.{order}", token(w.as_str())),
+        msg_id: format!("{}@{w}", ev.id),
+        payload: bytes::Bytes::new(),
     });
-    std::iter::once(to_order)
-        .chain(to_warehouses)
-        .map(move |(subject, msg_id)| Outgoing {
-            subject,
-            msg_id,
-            payload: payload.clone(),
-        })
+    let mut out: Vec<Outgoing> = std::iter::once(to_order).chain(to_warehouses).collect();
+    if fits(ev.json.len(), max_payload) {
+        let whole = bytes::Bytes::copy_from_slice(&ev.json);
+        for m in &mut out {
+            m.payload = whole.clone();
+        }
+        return out;
+    }
+    let event: serde_json::Value =
+        serde_json::from_slice(&ev.json).expect("orderd renders its events as JSON");
+    let none = cut(&event, |_| false);
+    let mut sent = vec![none.len()];
+    for (m, w) in out.iter_mut().skip(1).zip(&ev.stock_warehouses) {
+        let own = cut(&event, |line| {
+            line["allocations"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|a| a["warehouse"] == w.as_str()))
+        });
+        m.payload = if fits(own.len(), max_payload) {
+            own
+        } else {
+            none.clone()
+        };
+        sent.push(m.payload.len());
+    }
+    out[0].payload = none;
+    tracing::warn!(
+        event = %ev.id,
+        bytes = ev.json.len(),
+        ?sent,
+        max_payload,
+        "an event is larger than the NATS server takes: it goes out without its lines, to a warehouse with its own lines if they fit (the audit log, GET /v1/events and SSE have it whole)"
+    );
+    metrics::counter!(orderd_actors::metric_names::NATS_EVENTS_TRIMMED).increment(1);
+    out
+}
+
+/// Whether a payload of `len` bytes and its headers fit in `max_payload`.
+fn fits(len: usize, max_payload: usize) -> bool {
+    len.saturating_add(HEADER_ROOM) <= max_payload
+}
+
+/// `event` (CloudEvents JSON) with only the lines `keep` accepts, and `data.lines_omitted`:
+/// how many it left out.
+fn cut(event: &serde_json::Value, keep: impl Fn(&serde_json::Value) -> bool) -> bytes::Bytes {
+    let mut event = event.clone();
+    let data = event
+        .get_mut("data")
+        .and_then(serde_json::Value::as_object_mut)
+        .expect("an event has its data");
+    let lines = match data.remove("lines") {
+        Some(serde_json::Value::Array(lines)) => lines,
+        _ => Vec::new(),
+    };
+    let all = lines.len();
+    let kept: Vec<serde_json::Value> = lines.into_iter().filter(|l| keep(l)).collect();
+    data.insert("lines_omitted".into(), (all - kept.len()).into());
+    if !kept.is_empty() {
+        data.insert("lines".into(), kept.into());
+    }
+    bytes::Bytes::from(serde_json::to_vec(&event).expect("JSON values encode"))
 }
 
 /// The stored cursor (0 when nothing was ever published).
@@ -541,10 +570,7 @@ async fn send(
     let deadline = tokio::time::Instant::now() + ack_timeout;
     let mut acks = Vec::with_capacity(events.len().min(room));
     let max_payload = js.client().max_payload();
-    for m in events
-        .iter()
-        .flat_map(|ev| messages(ev, payload(ev, max_payload)))
-    {
+    for m in events.iter().flat_map(|ev| messages(ev, max_payload)) {
         if acks.len() == room {
             tokio::time::timeout_at(deadline, all_acked(std::mem::take(&mut acks)))
                 .await
@@ -1002,23 +1028,69 @@ mod tests {
     /// NATS's default `max_payload`.
     const MIB: usize = 1 << 20;
 
-    // An event goes out whole when the server takes it. One the server would refuse goes out
-    // without its lines, saying how many there were, instead of holding every later event up.
+    /// What a message carries: its lines' warehouses (in order) and `data.lines_omitted`,
+    /// after checking that everything else is the event's.
+    fn carried(m: &Outgoing, ev: &Published) -> (Vec<String>, Option<u64>) {
+        let mut sent: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        let mut whole: serde_json::Value = serde_json::from_slice(&ev.json).unwrap();
+        let data = sent["data"].as_object_mut().unwrap();
+        let lines = data.remove("lines").unwrap_or_default();
+        let omitted = data.remove("lines_omitted").map(|n| n.as_u64().unwrap());
+        whole["data"].as_object_mut().unwrap().remove("lines");
+        assert_eq!(sent, whole, "{}: everything else is the event's", m.subject);
+        let warehouses = lines
+            .as_array()
+            .map(|l| {
+                l.iter()
+                    .map(|l| l["allocations"][0]["warehouse"].to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        (warehouses, omitted)
+    }
+
+    // An event goes out whole on every subject when the server takes it. One the server would
+    // refuse is cut instead of holding every later event up: the order subject gets it without
+    // lines, a warehouse its own lines when they fit and none when they do not, each saying
+    // how many lines it leaves out.
     #[test]
-    fn an_event_too_large_for_the_server_goes_out_without_its_lines() {
-        let ev = Published::of(7, &event(OrderState::Allocated, &["BER", "MUC"]));
-        let whole = payload(&ev, MIB);
-        assert_eq!(whole.as_ref(), ev.json.as_slice());
+    fn an_event_too_large_for_the_server_is_cut_per_subject() {
+        let ev = Published::of(7, &event(OrderState::Allocated, &["BER", "MUC", "MUC"]));
         let max = ev.json.len() + HEADER_ROOM;
-        assert_eq!(payload(&ev, max).as_ref(), ev.json.as_slice(), "just fits");
-        let cut = payload(&ev, max - 1);
-        assert!(cut.len() + HEADER_ROOM < max, "{} bytes", cut.len());
-        let sent: serde_json::Value = serde_json::from_slice(&cut).unwrap();
-        let mut expected: serde_json::Value = serde_json::from_slice(&ev.json).unwrap();
-        let data = expected["data"].as_object_mut().unwrap();
-        assert_eq!(data.remove("lines").unwrap().as_array().unwrap().len(), 2);
-        data.insert("lines_omitted".into(), 2.into());
-        assert_eq!(sent, expected, "everything else is the event's");
+        for max in [MIB, max] {
+            let m = messages(&ev, max);
+            assert_eq!(m.len(), 3);
+            for m in &m {
+                assert_eq!(m.payload.as_ref(), ev.json.as_slice(), "{}", m.subject);
+            }
+        }
+        // MUC's two lines do not fit (one byte short), BER's one does.
+        let whole: serde_json::Value = serde_json::from_slice(&ev.json).unwrap();
+        let muc_only = cut(&whole, |l| l["allocations"][0]["warehouse"] == "MUC");
+        let m = messages(&ev, muc_only.len() + HEADER_ROOM - 1);
+        let got: Vec<(&str, (Vec<String>, Option<u64>))> = m
+            .iter()
+            .map(|m| (m.subject.as_str(), carried(m, &ev)))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("orderd.orders.ACME%2EDE.o-1.allocated", (vec![], Some(3))),
+                (
+                    "orderd.allocations.BER.o-1",
+                    (vec!["\"BER\"".into()], Some(2))
+                ),
+                ("orderd.allocations.MUC.o-1", (vec![], Some(3))),
+            ]
+        );
+        assert!(m
+            .iter()
+            .all(|m| fits(m.payload.len(), muc_only.len() + HEADER_ROOM - 1)));
+        // With room for MUC's lines, MUC gets them.
+        let m = messages(&ev, muc_only.len() + HEADER_ROOM);
+        let muc = carried(&m[2], &ev);
+        assert_eq!(muc, (vec!["\"MUC\"".into(), "\"MUC\"".into()], Some(1)));
+        assert_eq!(m[2].payload, muc_only);
     }
 
     // Every change goes to its order subject (dots in ids escaped); stock changes also to each
@@ -1029,8 +1101,7 @@ mod tests {
     fn subjects_of_an_event() {
         let of = |state, warehouses: &[&str]| Published::of(7, &event(state, warehouses));
         let ev = of(OrderState::Allocated, &["MUC", "BER", "MUC"]);
-        let whole = bytes::Bytes::copy_from_slice(&ev.json);
-        let m: Vec<Outgoing> = messages(&ev, whole).collect();
+        let m = messages(&ev, MIB);
         let subjects: Vec<&str> = m.iter().map(|o| o.subject.as_str()).collect();
         assert_eq!(
             subjects,
@@ -1049,7 +1120,7 @@ mod tests {
             OrderState::Rejected,
         ] {
             let ev = of(state, &["BER"]);
-            assert_eq!(messages(&ev, payload(&ev, MIB)).count(), 2, "{state:?}");
+            assert_eq!(messages(&ev, MIB).len(), 2, "{state:?}");
         }
         for state in [
             OrderState::PendingApproval,
@@ -1057,7 +1128,7 @@ mod tests {
             OrderState::Draft,
         ] {
             let ev = of(state, &["BER"]);
-            assert_eq!(messages(&ev, payload(&ev, MIB)).count(), 1, "{state:?}");
+            assert_eq!(messages(&ev, MIB).len(), 1, "{state:?}");
         }
         // The publisher's count of messages in flight is what `messages` yields.
         let mixed: Vec<Arc<Published>> = [
@@ -1068,10 +1139,7 @@ mod tests {
         .into_iter()
         .map(Arc::new)
         .collect();
-        let built: usize = mixed
-            .iter()
-            .map(|ev| messages(ev, payload(ev, MIB)).count())
-            .sum();
+        let built: usize = mixed.iter().map(|ev| messages(ev, MIB).len()).sum();
         assert_eq!((built, message_count(&mixed)), (6, 6));
     }
 

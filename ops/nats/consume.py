@@ -12,6 +12,10 @@ Prints one JSON object:
   {"messages": N, "duplicates": D, "orders": {"<order>": [seq, ...]},
    "subjects": {"<subject>": count}, "problems": ["..."]}
 
+With --lines, "lines": {"<subject>": {"lines": N, "omitted": K, "warehouses": [...]}} also says
+what the last message on each subject carried: how many lines, `data.lines_omitted` (0 when
+absent) and the warehouses its lines' allocations name.
+
 "orders" lists each order's sequences on the order subjects, or with --any-sequence (the
 allocations stream) on the first warehouse subject it was seen on.
 
@@ -31,6 +35,7 @@ warehouse must not be allowed to do).
 
 Usage: consume.py NATS_URL STREAM DURABLE [--idle SECONDS] [--any-sequence] [--state FILE]
                   [--bind] [--user USER] [--inbox-prefix PREFIX] [--create FILTER] [--get SEQ]
+                  [--lines]
 """
 import argparse
 import asyncio
@@ -57,6 +62,7 @@ async def main():
     ap.add_argument("--inbox-prefix", default="_INBOX")
     ap.add_argument("--create", metavar="FILTER", help="create the consumer first")
     ap.add_argument("--get", type=int, metavar="SEQ", help="only get message SEQ directly")
+    ap.add_argument("--lines", action="store_true", help="say what lines each subject carried")
     args = ap.parse_args()
     try:
         await consume(args)
@@ -103,6 +109,7 @@ async def consume(args):
     orders = {}
     order_subject = state["order_subject"]
     subjects = {}
+    lines = {}
     problems = []
     messages = duplicates = 0
     while True:
@@ -131,6 +138,14 @@ async def consume(args):
                 continue
             seen.add((msg.subject, event["id"]))
             data = event["data"]
+            if args.lines:
+                carried = data.get("lines", [])
+                lines[msg.subject] = {
+                    "lines": len(carried),
+                    "omitted": data.get("lines_omitted", 0),
+                    "warehouses": sorted({a["warehouse"] for line in carried
+                                          for a in line["allocations"]}),
+                }
             if event.get("specversion") != "1.0" or event.get("type") != f"orderd.order.{data['state']}":
                 problems.append(f"{event['id']}: not a CloudEvents 1.0 orderd.order.<state> event")
             # An order's changes on the order subjects (one per state) count together; on the
@@ -148,8 +163,11 @@ async def consume(args):
         with open(args.state + ".new", "w") as f:
             json.dump(state, f)
         os.replace(args.state + ".new", args.state)
-    json.dump({"messages": messages, "duplicates": duplicates, "orders": orders,
-               "subjects": subjects, "problems": problems}, sys.stdout)
+    out = {"messages": messages, "duplicates": duplicates, "orders": orders,
+           "subjects": subjects, "problems": problems}
+    if args.lines:
+        out["lines"] = lines
+    json.dump(out, sys.stdout)
 
 
 if __name__ == "__main__":

@@ -504,24 +504,55 @@ async fn every_change_reaches_jetstream_in_order() {
     assert!(duplicates.unwrap_or(0.0) == 0.0, "{duplicates:?}");
 }
 
-// A server that takes smaller messages than an event: the event goes out without its lines
-// (saying how many), and every event after it still follows, instead of the publisher trying
-// the one it cannot send for good. The HTTP replay keeps the whole event.
+// A server that takes smaller messages than an event: the event goes out cut (saying how many
+// lines each message leaves out), and every event after it still follows, instead of the
+// publisher trying the one it cannot send for good. The order subject gets it without lines;
+// a warehouse gets the lines it holds stock for when they fit (MUC's 10), none when they do
+// not (BER's 50). The HTTP replay keeps the whole event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_larger_than_nats_takes_holds_nothing_up() {
     const MAX_PAYLOAD: usize = 8 << 10;
     let nats = NatsServer::start_with_max_payload(MAX_PAYLOAD);
     let env = TestEnv::start_with(&[("ORDERD_NATS__URL", &nats.url()), STREAM_BYTES]).await;
     let bob = env.token("ACME", "bob", &["buyer", "approver"]).await;
-    // 60 lines of items any account may order one of: an event of about 20 KB.
-    let skus: Vec<String> = (0..orderd::demo::SKUS)
-        .filter(|i| i % 10 != 2 && i % 17 != 3 && i % 29 != 7 && ![13, 41].contains(&(i % 97)))
-        .take(60)
-        .map(orderd::demo::sku_code)
+    // 60 lines of items any account may order one of, 50 held in BER and 10 in MUC: an event
+    // of about 20 KB, MUC's part about 4 KB.
+    let page = env.get(&bob, "/v1/catalog?limit=200").await;
+    let in_stock = |view: &Value, w: &str| view["available"][w].as_u64().is_some_and(|n| n > 0);
+    let orderable: Vec<&Value> = page.body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|v| {
+            let item = &v["item"];
+            item["status"] == "active" && item["min_qty"] == 1 && item["pack_size"] == 1
+        })
         .collect();
-    let lines: Vec<(&str, u32)> = skus.iter().map(|s| (s.as_str(), 1)).collect();
-    let r = env.place(&bob, "big-1", &lines, "BERLIN").await;
-    assert_eq!(r.status, 201, "{r}");
+    let take = |w: &'static str, n: usize, skip: &[String]| -> Vec<String> {
+        orderable
+            .iter()
+            .filter(|i| in_stock(i, w))
+            .map(|v| str_field(&v["item"], "sku").to_owned())
+            .filter(|s| !skip.contains(s))
+            .take(n)
+            .collect()
+    };
+    let ber = take("BER", 50, &[]);
+    let muc = take("MUC", 10, &ber);
+    assert_eq!((ber.len(), muc.len()), (50, 10), "{page}");
+    let lines: Vec<Value> = [("BER", &ber), ("MUC", &muc)]
+        .iter()
+        .flat_map(|(w, skus)| {
+            skus.iter()
+                .map(move |s| json!({"sku": s, "qty": 1, "warehouse": w}))
+        })
+        .collect();
+    let r = env
+        .api()
+        .place(&bob, "big-1", &json!({"lines": lines, "ship_to": "BERLIN"}))
+        .await
+        .expect("request");
+    assert_eq!(str_field(&r.body, "state"), "allocated", "{r}");
     let big = str_field(&r.body, "id").to_owned();
     let mut want = BTreeMap::from([(big.clone(), 1)]);
     for i in 0..3 {
@@ -530,6 +561,38 @@ async fn an_event_larger_than_nats_takes_holds_nothing_up() {
     assert_all_delivered(&nats, &want);
     let trimmed = env.metric("orderd_nats_events_trimmed_total").await;
     assert!(trimmed.is_some_and(|n| n >= 1.0), "{trimmed:?}");
+    // What each subject carried of the big order.
+    let lines_on = |stream: &str| -> Value {
+        let out = consume_py(&nats, stream, &format!("test-lines-{stream}"))
+            .arg("--lines")
+            .output()
+            .expect("running the nats-py consumer");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let read: Value = serde_json::from_slice(&out.stdout).expect("consume.py prints JSON");
+        read["lines"].clone()
+    };
+    let none = json!({"lines": 0, "omitted": 60, "warehouses": []});
+    let orders = lines_on("ORDERD_ORDERS");
+    assert_eq!(
+        orders[format!("orderd.orders.ACME.{big}.allocated")],
+        none,
+        "{orders}"
+    );
+    let warehouses = lines_on("ORDERD_ALLOCATIONS");
+    assert_eq!(
+        warehouses[format!("orderd.allocations.MUC.{big}")],
+        json!({"lines": 10, "omitted": 50, "warehouses": ["MUC"]}),
+        "{warehouses}"
+    );
+    assert_eq!(
+        warehouses[format!("orderd.allocations.BER.{big}")],
+        none,
+        "{warehouses}"
+    );
     // The whole event stays readable over HTTP.
     let replay = env.get(&bob, "/v1/events?after=0&limit=100").await;
     let whole = replay.body["events"]
