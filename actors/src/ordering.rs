@@ -1103,6 +1103,13 @@ fn allocate_held(st: &AccountState, order: &Order) -> Result<(), ActorError> {
 /// Longest reason an approver gives for a rejection (it joins the order's approval reasons).
 pub const REJECT_REASON_LEN_MAX: usize = 200;
 
+/// The most approval reasons an order keeps (its rules' reasons and rejection notes). Each
+/// partial rejection with a reason adds one, and the order's record is written whole on every
+/// change: without a bound, a 1,000-line order rejected line by line could outgrow what a
+/// record may hold. Beyond it, a partial rejection must come without a reason (`409`); the
+/// rejection that ends the order may always give one.
+pub const APPROVAL_REASONS_MAX: usize = 100;
+
 /// The most changes an order may have before amendments are refused (`409`). Each change adds
 /// its audit seq to the order's record, which is written whole on every change: without a
 /// bound, amending one order in a loop would grow each write until the record is too large to
@@ -1142,6 +1149,12 @@ pub async fn reject(
             format!("a reason is at most {REJECT_REASON_LEN_MAX} characters"),
         )
         .field("reason")])));
+    }
+    let ends = lines.is_empty() || order.open_lines().all(|l| lines.contains(&l.line_no));
+    if reason.is_some() && !ends && order.approval_reasons.len() >= APPROVAL_REASONS_MAX {
+        return Ok(Err(Rejection::Conflict(format!(
+            "order {id} already keeps {APPROVAL_REASONS_MAX} approval reasons, the most it may: reject these lines without a reason, or the whole order with one"
+        ))));
     }
     let note = reason.map(|r| format!("rejected: {r}"));
     reject_pending(st, caller, order, lines, note, "order.reject").await

@@ -1577,6 +1577,57 @@ async fn reject_and_amend() {
     );
 }
 
+// Rejecting line by line with reasons stops at APPROVAL_REASONS_MAX reasons (the order's
+// record holds them all): a further partial rejection must come without a reason, and the
+// rejection that ends the order may still give one.
+#[tokio::test]
+async fn an_order_keeps_a_bounded_number_of_rejection_notes() {
+    use orderd_actors::ordering::APPROVAL_REASONS_MAX;
+    let lines = APPROVAL_REASONS_MAX + 3;
+    let burst = u32::try_from(2 * lines).unwrap();
+    let rate_limit = orderd_api::rate_limit::RateLimits {
+        token_mutations_burst: burst,
+        account_mutations_burst: burst,
+        ..Default::default()
+    };
+    let api = api_with(ApiLimits {
+        rate_limit,
+        ..ApiLimits::default()
+    })
+    .await;
+    let buyer = api.token(Some("A"), "ann", &["buyer"], None).await;
+    let approver = api.token(Some("A"), "pat", &["approver"], None).await;
+    let body: Vec<_> = (0..lines)
+        .map(|_| json!({"sku": "BOLT", "qty": 1}))
+        .collect();
+    let o = api.place(&buyer, "many", json!({ "lines": body })).await;
+    assert_eq!(o.body["state"], "pending_approval", "{:?}", o.body);
+    let reject = format!("/v1/orders/{}/reject", o.body["id"].as_str().unwrap());
+    let reject = |body: Value| api.call("POST", &reject, Some(&approver), Some(body), &[]);
+    let mut line = 1;
+    let mut kept = o.body["approval_reasons"].as_array().unwrap().len();
+    assert!(kept > 0, "the rule that made it pending says why");
+    while kept < APPROVAL_REASONS_MAX {
+        let r = reject(json!({"lines": [line], "reason": format!("line {line}")})).await;
+        assert_eq!(r.status, StatusCode::OK, "line {line}: {:?}", r.body);
+        kept = r.body["approval_reasons"].as_array().unwrap().len();
+        line += 1;
+    }
+    let r = reject(json!({"lines": [line], "reason": "one too many"})).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{:?}", r.body);
+    let detail = r.body["detail"].as_str().unwrap();
+    assert!(detail.contains("without a reason"), "{detail}");
+    let r = reject(json!({"lines": [line]})).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["state"], "pending_approval");
+    let r = reject(json!({"reason": "the rest"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["state"], "rejected");
+    let reasons = r.body["approval_reasons"].as_array().unwrap();
+    assert_eq!(reasons.len(), APPROVAL_REASONS_MAX + 1);
+    assert_eq!(reasons.last().unwrap(), "rejected: the rest");
+}
+
 // An order is answered with its version as ETag. A change sent with If-Match applies only to
 // that version: an approver who read the order before the buyer amended it gets 412 and
 // nothing changes; with the current ETag (or `*`) the approval goes through. A stale If-Match
