@@ -283,13 +283,33 @@ impl Engine {
         catalog::import_prices(&self.catalog, &self.journal, caller, entries).await
     }
 
-    /// Creates or updates warehouses; new ones start with no stock.
+    /// Creates or updates warehouses; new ones start with no stock. The actors of new ones are
+    /// started before the import is stored, so a start that fails leaves nothing stored (and
+    /// stops those already started), and a stored import always has its actors in memory.
     pub async fn import_warehouses(
         &self,
         caller: &Caller,
         list: Vec<Warehouse>,
     ) -> Result<usize, ActorError> {
         let _one = self.import_lock.lock().await;
+        let snap = self.catalog.load();
+        let mut handles = snap.handles.clone();
+        let mut started = vec![];
+        for w in &list {
+            if handles.contains_key(&w.id) {
+                continue;
+            }
+            match spawn_warehouse(&self.journal, w.clone(), vec![], &self.limits).await {
+                Ok(h) => {
+                    started.push(h.clone());
+                    handles.insert(w.id.clone(), h);
+                }
+                Err(e) => {
+                    started.iter().for_each(WarehouseHandle::stop);
+                    return Err(e);
+                }
+            }
+        }
         let mut batch = Batch::default();
         for w in &list {
             batch.put(records::warehouse_key(&w.id), records::encode(w));
@@ -298,24 +318,17 @@ impl Engine {
             AuditEntry::new(caller, None, "warehouses.import", &records::encode(&list))
                 .draft("warehouses"),
         );
-        self.journal.submit(batch).await?;
+        if let Err(e) = self.journal.submit(batch).await {
+            started.iter().for_each(WarehouseHandle::stop);
+            return Err(e.into());
+        }
         let n = list.len();
-        let snap = self.catalog.load();
         let mut all: BTreeMap<WarehouseId, Warehouse> = snap
             .warehouses
             .iter()
             .map(|w| (w.id.clone(), w.clone()))
             .collect();
-        let mut handles = snap.handles.clone();
-        for w in list {
-            if !handles.contains_key(&w.id) {
-                handles.insert(
-                    w.id.clone(),
-                    spawn_warehouse(&self.journal, w.clone(), vec![], &self.limits).await?,
-                );
-            }
-            all.insert(w.id.clone(), w);
-        }
+        all.extend(list.into_iter().map(|w| (w.id.clone(), w)));
         catalog::set_warehouses(&self.catalog, all.into_values().collect(), handles);
         Ok(n)
     }
