@@ -315,44 +315,6 @@ pub struct DeadLetterGroup {
     pub last_error: String,
 }
 
-/// Dead letters grouped by endpoint and ranked by impact: most dead letters (events a customer
-/// system has not received) first, then the oldest; at most `max` groups.
-pub fn rank_dead_letters<'a>(
-    all: impl IntoIterator<Item = &'a DeadLetter>,
-    max: usize,
-) -> Vec<DeadLetterGroup> {
-    // Per endpoint: the group and when its latest dead letter failed.
-    let mut groups: BTreeMap<&str, (DeadLetterGroup, &str)> = BTreeMap::new();
-    for d in all {
-        let (g, latest) = groups.entry(d.endpoint.as_str()).or_insert_with(|| {
-            let g = DeadLetterGroup {
-                account: d.account.clone(),
-                endpoint: d.endpoint.clone(),
-                count: 0,
-                oldest_failed_at: d.failed_at.clone(),
-                last_error: d.last_error.clone(),
-            };
-            (g, d.failed_at.as_str())
-        });
-        g.count += 1;
-        if d.failed_at < g.oldest_failed_at {
-            g.oldest_failed_at.clone_from(&d.failed_at);
-        }
-        if d.failed_at.as_str() > *latest {
-            *latest = d.failed_at.as_str();
-            g.last_error.clone_from(&d.last_error);
-        }
-    }
-    let mut ranked: Vec<DeadLetterGroup> = groups.into_values().map(|(g, _)| g).collect();
-    ranked.sort_by(|a, b| {
-        b.count
-            .cmp(&a.count)
-            .then_with(|| a.oldest_failed_at.cmp(&b.oldest_failed_at))
-    });
-    ranked.truncate(max);
-    ranked
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
     #[error("not found")]
@@ -377,9 +339,10 @@ struct State {
 }
 
 /// The dead letters by id, which wait for a replay by endpoint (every endpoint's delivery task
-/// asks for its own several times a second), and by account (an account's page, and its cap,
-/// are found without scanning every account's). Ids are time-ordered (UUIDv7), so each index
-/// is oldest first.
+/// asks for its own several times a second), by account (an account's page, and its cap, are
+/// found without scanning every account's) and by endpoint and failure time (the operators'
+/// ranking reads one entry per endpoint, not every dead letter, while the registry waits).
+/// Ids are time-ordered (UUIDv7), so each index is oldest first.
 #[derive(Default)]
 struct DeadLetters {
     all: BTreeMap<String, DeadLetter>,
@@ -387,6 +350,8 @@ struct DeadLetters {
     replays: BTreeSet<(String, String)>,
     /// (account, id) of each dead letter.
     by_account: BTreeSet<(AccountId, String)>,
+    /// Per endpoint with dead letters: (failed_at, id) of each.
+    by_endpoint: BTreeMap<String, BTreeSet<(String, String)>>,
 }
 
 impl DeadLetters {
@@ -398,6 +363,10 @@ impl DeadLetters {
             self.replays.insert((dl.endpoint.clone(), dl.id.clone()));
         }
         self.by_account.insert((dl.account.clone(), dl.id.clone()));
+        self.by_endpoint
+            .entry(dl.endpoint.clone())
+            .or_default()
+            .insert((dl.failed_at.clone(), dl.id.clone()));
         self.all.insert(dl.id.clone(), dl);
         debug_assert_eq!(self.by_account.len(), self.all.len());
     }
@@ -406,7 +375,49 @@ impl DeadLetters {
         let dl = self.all.remove(id)?;
         self.replays.remove(&(dl.endpoint.clone(), dl.id.clone()));
         self.by_account.remove(&(dl.account.clone(), dl.id.clone()));
+        if let Some(times) = self.by_endpoint.get_mut(&dl.endpoint) {
+            times.remove(&(dl.failed_at.clone(), dl.id.clone()));
+            if times.is_empty() {
+                self.by_endpoint.remove(&dl.endpoint);
+            }
+        }
         Some(dl)
+    }
+
+    /// The ids of `endpoint`'s dead letters.
+    fn of_endpoint<'a>(&'a self, endpoint: &str) -> impl Iterator<Item = &'a String> {
+        self.by_endpoint
+            .get(endpoint)
+            .into_iter()
+            .flat_map(|times| times.iter().map(|(_, id)| id))
+    }
+
+    /// Dead letters grouped by endpoint and ranked by impact: most dead letters (events a
+    /// customer system has not received) first, then the oldest; at most `max` groups.
+    fn ranking(&self, max: usize) -> Vec<DeadLetterGroup> {
+        let mut ranked: Vec<DeadLetterGroup> = self
+            .by_endpoint
+            .iter()
+            .filter_map(|(endpoint, times)| {
+                let (oldest, _) = times.first()?;
+                let (_, latest) = times.last()?;
+                let latest = self.all.get(latest)?;
+                Some(DeadLetterGroup {
+                    account: latest.account.clone(),
+                    endpoint: endpoint.clone(),
+                    count: times.len(),
+                    oldest_failed_at: oldest.clone(),
+                    last_error: latest.last_error.clone(),
+                })
+            })
+            .collect();
+        ranked.sort_by(|a, b| {
+            b.count
+                .cmp(&a.count)
+                .then_with(|| a.oldest_failed_at.cmp(&b.oldest_failed_at))
+        });
+        ranked.truncate(max);
+        ranked
     }
 
     /// The ids of `account`'s dead letters after `after`, oldest first.
@@ -452,10 +463,6 @@ impl DeadLetters {
 
     fn get(&self, id: &str) -> Option<&DeadLetter> {
         self.all.get(id)
-    }
-
-    fn values(&self) -> impl Iterator<Item = &DeadLetter> {
-        self.all.values()
     }
 
     fn len(&self) -> usize {
@@ -674,13 +681,8 @@ impl Webhooks {
             let mut batch = Batch::default();
             batch.remove(format!("{ENDPOINT}{id}"));
             batch.remove(format!("{CURSOR}{id}"));
-            // Only the account's dead letters (its index), not every account's.
-            let dead: Vec<String> = st
-                .dead
-                .ids_of(account, None)
-                .filter(|d| st.dead.all.get(*d).is_some_and(|d| d.endpoint == id))
-                .cloned()
-                .collect();
+            // Only the endpoint's dead letters (its index), not every account's.
+            let dead: Vec<String> = st.dead.of_endpoint(id).cloned().collect();
             for d in &dead {
                 batch.remove(format!("{DEAD}{d}"));
             }
@@ -872,13 +874,13 @@ impl Webhooks {
         Ok(dl)
     }
 
-    /// Every account's dead letters: how many, and the `max` endpoints with the most
-    /// (see [`rank_dead_letters`]).
+    /// Every account's dead letters: how many, and the `max` endpoints with the most, each
+    /// with when its oldest failed and the error of its latest.
     pub async fn dead_letter_ranking(
         &self,
         max: usize,
     ) -> Result<(usize, Vec<DeadLetterGroup>), WebhookError> {
-        self.with(async |_, st| Ok((st.dead.len(), rank_dead_letters(st.dead.values(), max))))
+        self.with(async |_, st| Ok((st.dead.len(), st.dead.ranking(max))))
             .await
     }
 
@@ -1014,11 +1016,12 @@ mod tests {
     }
 
     // Dead letters group by endpoint, the endpoint with the most first (ties: the oldest),
-    // each group with its oldest time and its latest error; `max` bounds the list.
+    // each group with its oldest time and its latest error; `max` bounds the list. Removing
+    // dead letters (replayed, or the account's oldest beyond its cap) updates the groups.
     #[test]
     fn dead_letters_rank_by_endpoint() {
-        let dl = |endpoint: &str, account: &str, at: &str, error: &str| DeadLetter {
-            id: String::new(),
+        let dl = |id: &str, endpoint: &str, account: &str, at: &str, error: &str| DeadLetter {
+            id: id.into(),
             endpoint: endpoint.into(),
             account: acct(account),
             event_id: "o-1.1".into(),
@@ -1030,24 +1033,47 @@ mod tests {
             replay: false,
             body: String::new(),
         };
-        let all = [
-            dl("ep_a", "A", "2026-11-22T10:00:02Z", "a2"),
-            dl("ep_b", "B", "2026-11-22T10:00:01Z", "b1"),
-            dl("ep_a", "A", "2026-11-22T10:00:03Z", "a3"),
-            dl("ep_c", "C", "2026-11-22T10:00:00Z", "c0"),
-            dl("ep_a", "A", "2026-11-22T10:00:01Z", "a1"),
-        ];
-        let ranked = rank_dead_letters(&all, 10);
-        let order: Vec<(&str, usize)> = ranked
-            .iter()
-            .map(|g| (g.endpoint.as_str(), g.count))
-            .collect();
-        assert_eq!(order, [("ep_a", 3), ("ep_c", 1), ("ep_b", 1)]);
+        let mut dead = DeadLetters::default();
+        assert!(dead.ranking(10).is_empty());
+        for d in [
+            dl("1", "ep_a", "A", "2026-11-22T10:00:02Z", "a2"),
+            dl("2", "ep_b", "B", "2026-11-22T10:00:01Z", "b1"),
+            dl("3", "ep_a", "A", "2026-11-22T10:00:03Z", "a3"),
+            dl("4", "ep_c", "C", "2026-11-22T10:00:00Z", "c0"),
+            dl("5", "ep_a", "A", "2026-11-22T10:00:01Z", "a1"),
+        ] {
+            dead.insert(d);
+        }
+        let order = |ranked: &[DeadLetterGroup]| -> Vec<(String, usize)> {
+            ranked
+                .iter()
+                .map(|g| (g.endpoint.clone(), g.count))
+                .collect()
+        };
+        let ranked = dead.ranking(10);
+        let want = |w: &[(&str, usize)]| -> Vec<(String, usize)> {
+            w.iter().map(|(e, n)| ((*e).to_owned(), *n)).collect()
+        };
+        assert_eq!(
+            order(&ranked),
+            want(&[("ep_a", 3), ("ep_c", 1), ("ep_b", 1)])
+        );
         assert_eq!(ranked[0].oldest_failed_at, "2026-11-22T10:00:01Z");
         assert_eq!(ranked[0].last_error, "a3");
         assert_eq!(ranked[0].account, acct("A"));
-        assert_eq!(rank_dead_letters(&all, 1).len(), 1);
-        assert!(rank_dead_letters(&[], 10).is_empty());
+        assert_eq!(dead.ranking(1).len(), 1);
+        // The latest and the oldest of ep_a go, and all of ep_c.
+        for id in ["3", "5", "4"] {
+            assert!(dead.remove(id).is_some(), "{id}");
+        }
+        let ranked = dead.ranking(10);
+        assert_eq!(order(&ranked), want(&[("ep_b", 1), ("ep_a", 1)]));
+        assert_eq!(ranked[1].oldest_failed_at, "2026-11-22T10:00:02Z");
+        assert_eq!(ranked[1].last_error, "a2");
+        assert!(
+            !dead.by_endpoint.contains_key("ep_c"),
+            "no empty group stays"
+        );
     }
 
     // The replay index follows every insert, replacement and removal, endpoint by endpoint
@@ -1290,6 +1316,7 @@ mod tests {
             .as_ref()
             .unwrap()
             .dead
+            .all
             .values()
             .all(|d| d.body.is_empty()));
     }
