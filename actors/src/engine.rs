@@ -24,9 +24,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 type Holdings = Vec<RebuiltHolding>;
 
-/// Most refused rows a stock import lists before it stops looking.
-const SET_STOCK_ERRORS_MAX: usize = 100;
-
 #[derive(Clone)]
 pub struct Engine {
     pub journal: Journal,
@@ -334,7 +331,8 @@ impl Engine {
     }
 
     /// Sets on-hand per warehouse and SKU. Per warehouse all rows or none; every refused row
-    /// is reported, and so are the warehouses whose rows were stored.
+    /// is reported, after a first line naming the warehouses whose rows were stored, if any
+    /// (so it survives a caller listing only the first errors).
     pub async fn set_stock(
         &self,
         caller: &Caller,
@@ -356,10 +354,6 @@ impl Engine {
                     errors.push(format!("SKU {s} is a kit: its stock is its components'"))
                 }
                 _ => by_wh.entry(w).or_default().push((s, q)),
-            }
-            if errors.len() >= SET_STOCK_ERRORS_MAX {
-                errors.push(format!("stopping after {SET_STOCK_ERRORS_MAX} errors"));
-                return Ok(Err(errors));
             }
         }
         if !errors.is_empty() {
@@ -385,10 +379,13 @@ impl Engine {
             return Ok(Ok(n));
         }
         if !stored.is_empty() {
-            errors.push(format!(
-                "the rows of {} were stored (importing the corrected file again is safe)",
-                stored.join(", ")
-            ));
+            errors.insert(
+                0,
+                format!(
+                    "the rows of {} were stored (importing the corrected file again is safe)",
+                    stored.join(", ")
+                ),
+            );
         }
         Ok(Err(errors))
     }

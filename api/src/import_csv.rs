@@ -149,7 +149,11 @@ pub async fn import(
             let rows = parse_apart(csv, rows_max, stock_row, stock_sets())
                 .await?
                 .rows;
-            engine.set_stock(caller, rows).await.map_err(internal)?
+            engine
+                .set_stock(caller, rows)
+                .await
+                .map_err(internal)?
+                .map_err(capped)
         }
         Kind::Accounts => {
             let Parsed { rows, columns } =

@@ -3399,6 +3399,42 @@ async fn imports_refuse_what_cannot_be_stored_as_written() {
     );
 }
 
+// A stock import stores each warehouse's rows or none of them. When one warehouse refuses
+// (below what orders hold) after another's were stored, the answer says first which were
+// stored, so that line is never among the problems a long list cuts.
+#[tokio::test]
+async fn a_stock_import_says_first_which_warehouses_it_stored() {
+    let api = api().await;
+    let buyer = api.token(Some("A"), "ann", &["buyer"], None).await;
+    let o = api
+        .place(
+            &buyer,
+            "held",
+            json!({"lines":[{"sku":"BOLT","qty":10,"warehouse":"BER"}]}),
+        )
+        .await;
+    assert_eq!(o.status, StatusCode::CREATED, "{:?}", o.body);
+    let csv = "warehouse,sku,on_hand\nBER,BOLT,0\nMUC,NUT,5\n";
+    let errors = import(
+        &api.state.engine,
+        &Caller::system(),
+        Kind::Stock,
+        csv.as_bytes(),
+        10,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors[0].starts_with("the rows of MUC were stored"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[1].starts_with("BER: BOLT: on hand 0 would be below"),
+        "{errors:?}"
+    );
+}
+
 // What an import refuses is said row by row with its line, also a price or item that only a
 // check of the whole entry finds; no import answers with more than 100 problems; texts and
 // speed names are bounded; a warehouses import counts the rows it applied.
@@ -3439,6 +3475,12 @@ async fn import_problems_name_their_line_and_stay_bounded() {
         errors[0].contains("kit component NOPE is not in the catalog"),
         "{errors:?}"
     );
+    assert_eq!(errors[100], "stopping after 100 errors");
+    let stock: String = (0..150).map(|i| format!("BER,NOPE{i},1\n")).collect();
+    let errors = run(Kind::Stock, format!("warehouse,sku,on_hand\n{stock}"))
+        .await
+        .unwrap_err();
+    assert_eq!(errors.len(), 101, "{errors:?}");
     assert_eq!(errors[100], "stopping after 100 errors");
     let users: String = (0..150).map(|i| format!("NOBODY{i},u,U,buyer\n")).collect();
     let errors = run(Kind::Users, format!("account,id,name,roles\n{users}"))
