@@ -57,6 +57,22 @@ async fn api() -> Api {
     api_with(ApiLimits::default()).await
 }
 
+/// An API whose rate limits let one token and one account make `changes` changes at once
+/// (tests that make more of them than a client would).
+async fn api_allowing_bursts_of(changes: usize) -> Api {
+    let burst = u32::try_from(changes).unwrap();
+    let rate_limit = orderd_api::rate_limit::RateLimits {
+        token_mutations_burst: burst,
+        account_mutations_burst: burst,
+        ..Default::default()
+    };
+    api_with(ApiLimits {
+        rate_limit,
+        ..ApiLimits::default()
+    })
+    .await
+}
+
 async fn api_with(limits: ApiLimits) -> Api {
     let journal = Journal::temporary(&JournalConfig::default()).unwrap();
     let engine = Engine::start(journal, Limits::default()).await.unwrap();
@@ -1425,18 +1441,7 @@ async fn a_buyer_withdraws_a_pending_order() {
 #[tokio::test]
 async fn an_order_takes_a_bounded_number_of_amendments() {
     use orderd_actors::ordering::ORDER_CHANGES_MAX;
-    // Faster than a token's rate limit allows.
-    let burst = u32::try_from(2 * ORDER_CHANGES_MAX).unwrap();
-    let rate_limit = orderd_api::rate_limit::RateLimits {
-        token_mutations_burst: burst,
-        account_mutations_burst: burst,
-        ..Default::default()
-    };
-    let api = api_with(ApiLimits {
-        rate_limit,
-        ..ApiLimits::default()
-    })
-    .await;
+    let api = api_allowing_bursts_of(2 * ORDER_CHANGES_MAX).await;
     let buyer = api.token(Some("A"), "ann", &["buyer"], None).await;
     let o = api
         .place(
@@ -1584,17 +1589,7 @@ async fn reject_and_amend() {
 async fn an_order_keeps_a_bounded_number_of_rejection_notes() {
     use orderd_actors::ordering::APPROVAL_REASONS_MAX;
     let lines = APPROVAL_REASONS_MAX + 3;
-    let burst = u32::try_from(2 * lines).unwrap();
-    let rate_limit = orderd_api::rate_limit::RateLimits {
-        token_mutations_burst: burst,
-        account_mutations_burst: burst,
-        ..Default::default()
-    };
-    let api = api_with(ApiLimits {
-        rate_limit,
-        ..ApiLimits::default()
-    })
-    .await;
+    let api = api_allowing_bursts_of(2 * lines).await;
     let buyer = api.token(Some("A"), "ann", &["buyer"], None).await;
     let approver = api.token(Some("A"), "pat", &["approver"], None).await;
     let body: Vec<_> = (0..lines)
