@@ -1103,18 +1103,26 @@ fn allocate_held(st: &AccountState, order: &Order) -> Result<(), ActorError> {
 /// Longest reason an approver gives for a rejection (it joins the order's approval reasons).
 pub const REJECT_REASON_LEN_MAX: usize = 200;
 
-/// The most approval reasons an order keeps (its rules' reasons and rejection notes). Each
-/// partial rejection with a reason adds one, and the order's record is written whole on every
-/// change: without a bound, a 1,000-line order rejected line by line could outgrow what a
-/// record may hold. Beyond it, a partial rejection must come without a reason (`409`); the
-/// rejection that ends the order may always give one.
+/// The most approval reasons a pending order keeps (its rules' reasons and rejection notes).
+/// Each partial rejection with a reason adds one, and the order's record is written whole on
+/// every change: without a bound, a 1,000-line order rejected line by line could outgrow what
+/// a record may hold. Beyond it, a partial rejection must come without a reason (`409`); the
+/// rejection or withdrawal that ends the order adds one more.
 pub const APPROVAL_REASONS_MAX: usize = 100;
+
+// Rejection notes (a reason of 4-byte characters and its prefix) fill at most an eighth of
+// what a record may hold; the order's lines have the rest.
+const _: () = assert!(
+    APPROVAL_REASONS_MAX * (REJECT_REASON_LEN_MAX * 4 + 16) <= orderd_storage::VALUE_BYTES_MAX / 8
+);
 
 /// The most changes an order may have before amendments are refused (`409`). Each change adds
 /// its audit seq to the order's record, which is written whole on every change: without a
 /// bound, amending one order in a loop would grow each write until the record is too large to
-/// store, when not even a cancellation could be written. The other changes (submit, approve,
-/// reject, ship per warehouse, cancel) are few per order and always allowed.
+/// store, when not even a cancellation could be written. The other changes are bounded by
+/// the order itself (submit, approve, cancel once; ship once per warehouse; reject once per
+/// line at most) and always allowed, though a partial rejection may have to come without a
+/// reason ([`APPROVAL_REASONS_MAX`]).
 pub const ORDER_CHANGES_MAX: usize = 1_000;
 
 pub async fn reject(
@@ -1150,12 +1158,6 @@ pub async fn reject(
         )
         .field("reason")])));
     }
-    let ends = lines.is_empty() || order.open_lines().all(|l| lines.contains(&l.line_no));
-    if reason.is_some() && !ends && order.approval_reasons.len() >= APPROVAL_REASONS_MAX {
-        return Ok(Err(Rejection::Conflict(format!(
-            "order {id} already keeps {APPROVAL_REASONS_MAX} approval reasons, the most it may: reject these lines without a reason, or the whole order with one"
-        ))));
-    }
     let note = reason.map(|r| format!("rejected: {r}"));
     reject_pending(st, caller, order, lines, note, "order.reject").await
 }
@@ -1179,6 +1181,11 @@ async fn reject_pending(
         Err(e) => return Ok(Err(e)),
     };
     let whole = order.open_lines().next().is_none();
+    if note.is_some() && !whole && order.approval_reasons.len() >= APPROVAL_REASONS_MAX {
+        return Ok(Err(Rejection::Conflict(format!(
+            "order {id} already has {APPROVAL_REASONS_MAX} approval reasons, the most it keeps while pending: reject these lines without a reason, or every open line with one"
+        ))));
+    }
     if whole {
         if let Err(e) = order.transition(OrderState::Rejected) {
             return Ok(Err(e.into()));

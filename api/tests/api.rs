@@ -1597,7 +1597,8 @@ async fn an_order_keeps_a_bounded_number_of_rejection_notes() {
         .collect();
     let o = api.place(&buyer, "many", json!({ "lines": body })).await;
     assert_eq!(o.body["state"], "pending_approval", "{:?}", o.body);
-    let reject = format!("/v1/orders/{}/reject", o.body["id"].as_str().unwrap());
+    let path = format!("/v1/orders/{}", o.body["id"].as_str().unwrap());
+    let reject = format!("{path}/reject");
     let reject = |body: Value| api.call("POST", &reject, Some(&approver), Some(body), &[]);
     let mut line = 1;
     let mut kept = o.body["approval_reasons"].as_array().unwrap().len();
@@ -1608,14 +1609,23 @@ async fn an_order_keeps_a_bounded_number_of_rejection_notes() {
         kept = r.body["approval_reasons"].as_array().unwrap().len();
         line += 1;
     }
+    let version = api.call("GET", &path, Some(&buyer), None, &[]).await.body["version"].clone();
     let r = reject(json!({"lines": [line], "reason": "one too many"})).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{:?}", r.body);
     let detail = r.body["detail"].as_str().unwrap();
     assert!(detail.contains("without a reason"), "{detail}");
+    let read = api.call("GET", &path, Some(&buyer), None, &[]).await;
+    assert_eq!(read.body["version"], version, "a refusal changes nothing");
+    // A line that is no open line is still named as such, reason or not.
+    let r = reject(json!({"lines": [line, 9999], "reason": "which line?"})).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", r.body);
+    assert_eq!(r.body["problems"][0]["line"], 9999, "{:?}", r.body);
     let r = reject(json!({"lines": [line]})).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(r.body["state"], "pending_approval");
-    let r = reject(json!({"reason": "the rest"})).await;
+    // Naming every open line ends the order, so its reason is kept.
+    let rest: Vec<usize> = (line + 1..=lines).collect();
+    let r = reject(json!({"lines": rest, "reason": "the rest"})).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(r.body["state"], "rejected");
     let reasons = r.body["approval_reasons"].as_array().unwrap();
@@ -3265,7 +3275,8 @@ async fn stored_user_roles_govern_what_a_token_may_do() {
 
 // An import stored account by account: a row refused as its account is stored (a user naming a
 // ship-to the account does not have) reports what it refused, with the detail, and the
-// accounts stored before it; importing the corrected file again stores the rest.
+// accounts stored before it (first, as every import that stores part of a file says what it
+// stored); importing the corrected file again stores the rest.
 #[tokio::test]
 async fn an_import_refused_midway_names_what_was_stored() {
     let api = api().await;
@@ -3276,11 +3287,11 @@ async fn an_import_refused_midway_names_what_was_stored() {
         .await
         .unwrap_err();
     assert_eq!(errors.len(), 2, "{errors:?}");
-    assert!(errors[0].contains("NOPE"), "{errors:?}");
     assert!(
-        errors[1].starts_with("accounts A were stored before"),
+        errors[0].starts_with("accounts A were stored before"),
         "{errors:?}"
     );
+    assert!(errors[1].contains("NOPE"), "{errors:?}");
     let users = |id: &'static str| {
         let api = &api;
         async move {
@@ -3395,7 +3406,7 @@ async fn imports_refuse_what_cannot_be_stored_as_written() {
 }
 
 // A stock import stores each warehouse's rows or none of them. When one warehouse refuses
-// (below what orders hold) after another's were stored, the answer says first which were
+// (below what orders hold) and another's rows were stored, the answer says first which were
 // stored, so that line is never among the problems a long list cuts.
 #[tokio::test]
 async fn a_stock_import_says_first_which_warehouses_it_stored() {
