@@ -24,6 +24,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 type Holdings = Vec<RebuiltHolding>;
 
+/// Most problems an import reports; the rest are left for the next attempt. The API cuts every
+/// import's list to this many (with a last line saying so); checks that can stop early stop
+/// once they have found one more.
+pub const IMPORT_ERRORS_MAX: usize = 100;
+
 #[derive(Clone)]
 pub struct Engine {
     pub journal: Journal,
@@ -290,9 +295,12 @@ impl Engine {
     ) -> Result<usize, ActorError> {
         let _one = self.import_lock.lock().await;
         let snap = self.catalog.load();
+        // One per id, the last given.
+        let imported: BTreeMap<WarehouseId, Warehouse> =
+            list.iter().map(|w| (w.id.clone(), w.clone())).collect();
         let mut handles = snap.handles.clone();
         let mut started = vec![];
-        for w in &list {
+        for w in imported.values() {
             if handles.contains_key(&w.id) {
                 continue;
             }
@@ -308,7 +316,7 @@ impl Engine {
             }
         }
         let mut batch = Batch::default();
-        for w in &list {
+        for w in imported.values() {
             batch.put(records::warehouse_key(&w.id), records::encode(w));
         }
         batch.audit.push(
@@ -325,14 +333,15 @@ impl Engine {
             .iter()
             .map(|w| (w.id.clone(), w.clone()))
             .collect();
-        all.extend(list.into_iter().map(|w| (w.id.clone(), w)));
+        all.extend(imported);
         catalog::set_warehouses(&self.catalog, all.into_values().collect(), handles);
         Ok(n)
     }
 
-    /// Sets on-hand per warehouse and SKU. Per warehouse all rows or none; every refused row
-    /// is reported, after a first line naming the warehouses whose rows were stored, if any
-    /// (so it survives a caller listing only the first errors).
+    /// Sets on-hand per warehouse and SKU. Per warehouse all rows or none. Refused rows are
+    /// reported (more than [`IMPORT_ERRORS_MAX`] of a file that stores nothing: the first
+    /// beyond it ends the check), after a first line naming the warehouses whose rows were
+    /// stored, if any (so it survives a caller listing only the first errors).
     pub async fn set_stock(
         &self,
         caller: &Caller,
@@ -354,6 +363,9 @@ impl Engine {
                     errors.push(format!("SKU {s} is a kit: its stock is its components'"))
                 }
                 _ => by_wh.entry(w).or_default().push((s, q)),
+            }
+            if errors.len() > IMPORT_ERRORS_MAX {
+                break;
             }
         }
         if !errors.is_empty() {

@@ -447,6 +447,51 @@ async fn refusing_its_writes(h: &Harness, engine: &Engine, op: &Op) -> Result<bo
     }
 }
 
+// A warehouses import whose write is refused changes nothing in memory either: no new
+// warehouse (its actor, started first, is stopped: one left running would keep the store open
+// and the restart below would fail), no changed one. The same import then stores and starts
+// them, and a restart finds them as stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_warehouses_import_changes_nothing() {
+    let (dir, engine) = seeded().await;
+    let sys = Caller::system();
+    let before = engine.catalog.load().warehouses.clone();
+    let mut renamed = before[0].clone();
+    renamed.name = "Renamed".into();
+    let mut new = before[0].clone();
+    new.id = WarehouseId::parse("W9").expect("id");
+    let import = vec![renamed.clone(), new.clone()];
+    engine.journal.refuse_writes(true);
+    let refused = engine.import_warehouses(&sys, import.clone()).await;
+    engine.journal.refuse_writes(false);
+    assert!(
+        matches!(refused, Err(ActorError::Storage(StorageError::Overloaded))),
+        "{refused:?}"
+    );
+    assert_eq!(engine.catalog.load().warehouses, before);
+    assert!(engine.warehouse(&new.id).is_none());
+    assert_eq!(
+        engine
+            .import_warehouses(&sys, import)
+            .await
+            .expect("stored"),
+        2
+    );
+    let has_both = |engine: &Engine| {
+        let now = engine.catalog.load().warehouses.clone();
+        now.contains(&renamed) && now.contains(&new)
+    };
+    assert!(has_both(&engine));
+    let w9 = engine.warehouse(&new.id).expect("W9 started");
+    w9.snapshot().await.expect("W9 answers");
+    engine.shutdown().await.expect("shutdown");
+    drop((w9, engine));
+    let engine = start(dir.path()).await.expect("restart");
+    assert!(has_both(&engine));
+    let w9 = engine.warehouse(&new.id).expect("W9 started again");
+    w9.snapshot().await.expect("W9 answers");
+}
+
 /// Places one order of `qty` × `sku` for account `acct` as its buyer.
 async fn place_one(
     engine: &Engine,

@@ -23,6 +23,7 @@
 //! | stock      | warehouse, sku, on_hand                                                                   |
 
 use orderd_actors::audit::Caller;
+use orderd_actors::engine::IMPORT_ERRORS_MAX as ERRORS_MAX;
 use orderd_actors::ActorError;
 use orderd_actors::Engine;
 use orderd_domain::account::{
@@ -87,9 +88,6 @@ impl Kind {
 }
 
 type Errors = Vec<String>;
-
-/// Most problems one import reports; the rest are left for the next attempt.
-const ERRORS_MAX: usize = 100;
 
 /// `value` when it is at most `max` characters; else what is wrong, naming `column`.
 fn text(column: &str, value: String, max: usize) -> Result<String, String> {
@@ -190,7 +188,8 @@ pub async fn import(
     }
 }
 
-/// An account write's answer as the import reports it, naming the accounts `stored` before.
+/// An account write's answer as the import reports it, naming first the accounts `stored`
+/// before.
 fn answered(
     id: &AccountId,
     r: Result<Result<Account, Rejection>, ActorError>,
@@ -204,12 +203,15 @@ fn answered(
     };
     if !stored.is_empty() {
         let names: Vec<&str> = stored.iter().map(AccountId::as_str).collect();
-        errors.push(format!(
-            "accounts {} were stored before (importing the corrected file again is safe)",
-            names.join(", ")
-        ));
+        errors.insert(
+            0,
+            format!(
+                "accounts {} were stored before (importing the corrected file again is safe)",
+                names.join(", ")
+            ),
+        );
     }
-    Err(errors)
+    Err(capped(errors))
 }
 
 /// Applies rows that belong to existing accounts, each account's in its actor (to the account

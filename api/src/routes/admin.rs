@@ -30,9 +30,9 @@ pub struct ImportResult {
 }
 
 /// Import CSV (text/csv body) of one kind: catalog, prices, accounts, ship_tos, users,
-/// warehouses, stock. A bad row refuses the file, and every bad row is listed; stored account
-/// by account (warehouse by warehouse for stock), a refusal then names what was stored before
-/// it (operator).
+/// warehouses, stock. A bad row refuses the file, and every bad row is listed (at most 100);
+/// stored account by account (warehouse by warehouse for stock), a refusal then names first
+/// what was stored (operator).
 #[utoipa::path(post, path = "/v1/admin/import/{kind}", tag = "admin", params(("kind" = String, Path)),
     request_body(content = String, content_type = "text/csv"),
     responses((status = 200, body = ImportResult), (status = 415), (status = 422)), security(("bearer" = [])))]
