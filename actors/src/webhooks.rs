@@ -368,7 +368,16 @@ impl DeadLetters {
             .or_default()
             .insert((dl.failed_at.clone(), dl.id.clone()));
         self.all.insert(dl.id.clone(), dl);
+        self.debug_check();
+    }
+
+    /// Every index holds each dead letter once (debug builds).
+    fn debug_check(&self) {
         debug_assert_eq!(self.by_account.len(), self.all.len());
+        debug_assert_eq!(
+            self.by_endpoint.values().map(BTreeSet::len).sum::<usize>(),
+            self.all.len()
+        );
     }
 
     fn remove(&mut self, id: &str) -> Option<DeadLetter> {
@@ -381,6 +390,7 @@ impl DeadLetters {
                 self.by_endpoint.remove(&dl.endpoint);
             }
         }
+        self.debug_check();
         Some(dl)
     }
 
@@ -1074,6 +1084,15 @@ mod tests {
             !dead.by_endpoint.contains_key("ep_c"),
             "no empty group stays"
         );
+        assert_eq!(dead.of_endpoint("ep_a").collect::<Vec<_>>(), ["1"]);
+        assert_eq!(dead.of_endpoint("ep_c").count(), 0);
+        // A dead letter stored again (a replay that failed, or one sent to another endpoint)
+        // moves in the groups: here ep_b's goes to ep_a, failing later.
+        dead.insert(dl("2", "ep_a", "A", "2026-11-22T10:00:09Z", "moved"));
+        let ranked = dead.ranking(10);
+        assert_eq!(order(&ranked), want(&[("ep_a", 2)]));
+        assert_eq!(ranked[0].last_error, "moved");
+        assert_eq!(ranked[0].oldest_failed_at, "2026-11-22T10:00:02Z");
     }
 
     // The replay index follows every insert, replacement and removal, endpoint by endpoint

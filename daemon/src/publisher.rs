@@ -346,12 +346,19 @@ pub fn messages(ev: &Published, max_payload: usize) -> Vec<Outgoing> {
         }
         return out;
     }
-    let event: serde_json::Value =
+    let mut event: serde_json::Value =
         serde_json::from_slice(&ev.json).expect("orderd renders its events as JSON");
-    let none = cut(&event, |_| false);
+    let lines = match event["data"]
+        .as_object_mut()
+        .and_then(|d| d.remove("lines"))
+    {
+        Some(serde_json::Value::Array(lines)) => lines,
+        _ => Vec::new(),
+    };
+    let none = cut(&event, &lines, |_| false);
     let mut sent = vec![none.len()];
     for (m, w) in out.iter_mut().skip(1).zip(&ev.stock_warehouses) {
-        let own = cut(&event, |line| {
+        let own = cut(&event, &lines, |line| {
             line["allocations"]
                 .as_array()
                 .is_some_and(|a| a.iter().any(|a| a["warehouse"] == w.as_str()))
@@ -380,21 +387,21 @@ fn fits(len: usize, max_payload: usize) -> bool {
     len.saturating_add(HEADER_ROOM) <= max_payload
 }
 
-/// `event` (CloudEvents JSON) with only the lines `keep` accepts, and `data.lines_omitted`:
-/// how many it left out.
-fn cut(event: &serde_json::Value, keep: impl Fn(&serde_json::Value) -> bool) -> bytes::Bytes {
+/// `event` (CloudEvents JSON, its `data.lines` taken out as `lines`) with only the lines
+/// `keep` accepts, and `data.lines_omitted`: how many it left out. Only the event's head and
+/// the kept lines are copied.
+fn cut(
+    event: &serde_json::Value,
+    lines: &[serde_json::Value],
+    keep: impl Fn(&serde_json::Value) -> bool,
+) -> bytes::Bytes {
     let mut event = event.clone();
     let data = event
         .get_mut("data")
         .and_then(serde_json::Value::as_object_mut)
         .expect("an event has its data");
-    let lines = match data.remove("lines") {
-        Some(serde_json::Value::Array(lines)) => lines,
-        _ => Vec::new(),
-    };
-    let all = lines.len();
-    let kept: Vec<serde_json::Value> = lines.into_iter().filter(|l| keep(l)).collect();
-    data.insert("lines_omitted".into(), (all - kept.len()).into());
+    let kept: Vec<serde_json::Value> = lines.iter().filter(|l| keep(l)).cloned().collect();
+    data.insert("lines_omitted".into(), (lines.len() - kept.len()).into());
     if !kept.is_empty() {
         data.insert("lines".into(), kept.into());
     }
@@ -1072,8 +1079,11 @@ mod tests {
             }
         }
         // MUC's two lines do not fit (one byte short), BER's one does.
-        let whole: serde_json::Value = serde_json::from_slice(&ev.json).unwrap();
-        let muc_only = cut(&whole, |l| l["allocations"][0]["warehouse"] == "MUC");
+        let mut head: serde_json::Value = serde_json::from_slice(&ev.json).unwrap();
+        let lines = head["data"]["lines"].take();
+        head["data"].as_object_mut().unwrap().remove("lines");
+        let lines = lines.as_array().unwrap();
+        let muc_only = cut(&head, lines, |l| l["allocations"][0]["warehouse"] == "MUC");
         let m = messages(&ev, muc_only.len() + HEADER_ROOM - 1);
         let got: Vec<(&str, Carried)> = m
             .iter()
