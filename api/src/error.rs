@@ -222,17 +222,7 @@ impl From<ActorError> for ApiError {
     }
 }
 
-/// How much of a value from the request an error repeats: enough to recognise it, never a
-/// whole oversized path segment or cursor.
-pub const ECHO_CHARS_MAX: usize = 80;
-
-/// `s` as an error message repeats it: its first [`ECHO_CHARS_MAX`] characters, `…` when cut.
-pub fn echo(s: &str) -> String {
-    match s.char_indices().nth(ECHO_CHARS_MAX) {
-        Some((cut, _)) => format!("{}…", &s[..cut]),
-        None => s.to_owned(),
-    }
-}
+pub use orderd_domain::ids::echo;
 
 /// Lets handlers write `engine_call.await??`.
 pub type ApiResult<T> = Result<T, ApiError>;

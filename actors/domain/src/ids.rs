@@ -13,6 +13,18 @@ pub type IdMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomSta
 /// Longest identifier we accept anywhere (SKU, account, user, warehouse, ship-to, key).
 pub const ID_LEN_MAX: usize = 64;
 
+/// How much of a value from a request an error message repeats: enough to recognise it, never
+/// a whole oversized path segment, cursor or identifier.
+pub const ECHO_CHARS_MAX: usize = 80;
+
+/// `s` as an error message repeats it: its first [`ECHO_CHARS_MAX`] characters, `…` when cut.
+pub fn echo(s: &str) -> String {
+    match s.char_indices().nth(ECHO_CHARS_MAX) {
+        Some((cut, _)) => format!("{}…", &s[..cut]),
+        None => s.to_owned(),
+    }
+}
+
 /// Why an identifier was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{kind} must be 1 to {ID_LEN_MAX} characters of A-Z a-z 0-9 . _ - : (got {got:?})")]
@@ -48,7 +60,7 @@ macro_rules! id_type {
                 if valid_id(s) {
                     Ok(Self(s.to_owned()))
                 } else {
-                    Err(IdError { kind: $kind, got: s.chars().take(80).collect() })
+                    Err(IdError { kind: $kind, got: echo(s) })
                 }
             }
             pub fn as_str(&self) -> &str {
@@ -107,6 +119,10 @@ mod tests {
         }
         let e = AccountId::parse("a b").unwrap_err();
         assert_eq!(e.kind, "account id");
+        assert_eq!(e.got, "a b");
+        // A long refused value is repeated cut, and says so.
+        let e = Sku::parse(&"ü".repeat(200)).unwrap_err();
+        assert_eq!(e.got, format!("{}…", "ü".repeat(ECHO_CHARS_MAX)));
         let json: Result<Sku, _> = serde_json::from_str("\"bad sku\"");
         assert!(json.is_err());
     }
