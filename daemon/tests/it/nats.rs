@@ -8,6 +8,7 @@
 //! JetStream on a free port and a temporary store, and stops it afterwards.
 
 use crate::env::{str_field, warehouses_of, TestEnv};
+use orderd_chaos::Reply;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -547,13 +548,7 @@ async fn an_event_larger_than_nats_takes_holds_nothing_up() {
                 .map(move |s| json!({"sku": s, "qty": 1, "warehouse": w}))
         })
         .collect();
-    let r = env
-        .api()
-        .place(&bob, "big-1", &json!({"lines": lines, "ship_to": "BERLIN"}))
-        .await
-        .expect("request");
-    assert_eq!(str_field(&r.body, "state"), "allocated", "{r}");
-    let big = str_field(&r.body, "id").to_owned();
+    let (big, _) = place_allocated(&env, &bob, "big-1", Value::from(lines)).await;
     let mut want = BTreeMap::from([(big.clone(), 1)]);
     for i in 0..3 {
         want.insert(place_one(&env, &bob, &format!("small-{i}")).await, 1);
@@ -629,13 +624,7 @@ async fn warehouses_read_only_their_own_events() {
     let bob = env.token("ACME", "bob", &["buyer", "approver"]).await;
     let both = place_in_ber_and_muc(&env, &bob, "both").await;
     let lines = json!([{"sku": "NUT-0021", "qty": 2, "warehouse": "MUC"}]);
-    let r = env
-        .api()
-        .place(&bob, "muc", &json!({"lines": lines, "ship_to": "BERLIN"}))
-        .await
-        .expect("request");
-    assert_eq!(str_field(&r.body, "state"), "allocated", "{r}");
-    let muc = str_field(&r.body, "id").to_owned();
+    let (muc, _) = place_allocated(&env, &bob, "muc", lines).await;
     let r = env
         .post(&bob, &format!("/v1/orders/{muc}/cancel"), json!({}))
         .await;
@@ -939,14 +928,21 @@ async fn place_in_ber_and_muc(env: &TestEnv, token: &str, key: &str) -> String {
         {"sku": "BOLT-0010", "qty": 1, "warehouse": "BER"},
         {"sku": "NUT-0021", "qty": 1, "warehouse": "MUC"},
     ]);
+    let (id, r) = place_allocated(env, token, key, lines).await;
+    assert_eq!(warehouses_of(&r.body), ["BER", "MUC"], "{r}");
+    id
+}
+
+/// Places an order of `lines` (JSON, each naming its warehouse) to BERLIN, which must be
+/// allocated at once; its id and the answer.
+async fn place_allocated(env: &TestEnv, token: &str, key: &str, lines: Value) -> (String, Reply) {
     let r = env
         .api()
         .place(token, key, &json!({"lines": lines, "ship_to": "BERLIN"}))
         .await
         .expect("request");
     assert_eq!(str_field(&r.body, "state"), "allocated", "{r}");
-    assert_eq!(warehouses_of(&r.body), ["BER", "MUC"], "{r}");
-    str_field(&r.body, "id").to_owned()
+    (str_field(&r.body, "id").to_owned(), r)
 }
 
 /// Places a one-line order that must be acknowledged; its id.
