@@ -76,7 +76,7 @@ pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 pub fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StorageError> {
-    postcard::from_bytes(bytes).map_err(|e| corrupt(key, &e.to_string()))
+    postcard::from_bytes(bytes).map_err(|e| StorageError::corrupt(key, e.to_string()))
 }
 
 /// Marks a tagged account record: 0 can never start a record of the first layout, whose first
@@ -102,7 +102,7 @@ pub fn decode_account(key: &[u8], bytes: &[u8]) -> Result<Account, StorageError>
         [ACCOUNT_LAYOUT_TAG, ACCOUNT_LAYOUT_SHIP_TOS, rest @ ..] => {
             decode::<legacy::Account<orderd_domain::account::User>>(key, rest).map(Into::into)
         }
-        [ACCOUNT_LAYOUT_TAG, ..] => Err(corrupt(key, "unknown account layout")),
+        [ACCOUNT_LAYOUT_TAG, ..] => Err(StorageError::corrupt(key, "unknown account layout")),
         _ => decode::<legacy::Account<legacy::User>>(key, bytes).map(Into::into),
     }
 }
@@ -125,7 +125,7 @@ pub fn encode_cart(cart: &Cart) -> Vec<u8> {
 pub fn decode_cart(key: &[u8], bytes: &[u8]) -> Result<Cart, StorageError> {
     match bytes.strip_prefix(CART_LAYOUT_TAG.as_slice()) {
         Some([CART_LAYOUT_QUOTED, rest @ ..]) => decode(key, rest),
-        Some(_) => Err(corrupt(key, "unknown cart layout")),
+        Some(_) => Err(StorageError::corrupt(key, "unknown cart layout")),
         None => decode::<legacy::Cart>(key, bytes).map(Into::into),
     }
 }
@@ -222,7 +222,7 @@ pub fn decode_order(key: &[u8], bytes: &[u8]) -> Result<StoredOrder, StorageErro
     let rest = match bytes {
         [ORDER_LAYOUT_TAG, ORDER_LAYOUT_STAMPED, rest @ ..] => rest,
         [ORDER_LAYOUT_TAG, ORDER_LAYOUT_HEADED, rest @ ..] => take_head(key, rest)?.1,
-        [ORDER_LAYOUT_TAG, ..] => return Err(corrupt(key, "unknown order layout")),
+        [ORDER_LAYOUT_TAG, ..] => return Err(StorageError::corrupt(key, "unknown order layout")),
         _ => {
             return Ok(StoredOrder {
                 order: decode(key, bytes)?,
@@ -231,10 +231,10 @@ pub fn decode_order(key: &[u8], bytes: &[u8]) -> Result<StoredOrder, StorageErro
         }
     };
     let (rest, last) = orderd_storage::layout::split_stamp(rest)
-        .ok_or_else(|| corrupt(key, "order record without its audit stamp"))?;
+        .ok_or_else(|| StorageError::corrupt(key, "order record without its audit stamp"))?;
     let (order, mut seqs): (Order, Vec<u64>) = decode(key, rest)?;
     if seqs.last().is_some_and(|s| *s >= last) {
-        return Err(corrupt(key, "audit seqs out of order"));
+        return Err(StorageError::corrupt(key, "audit seqs out of order"));
     }
     seqs.push(last);
     Ok(StoredOrder {
@@ -254,14 +254,7 @@ pub fn decode_order_head(key: &[u8], bytes: &[u8]) -> Result<OrderHead, StorageE
 
 /// Splits a headed record (after its layout bytes) into its head and the rest.
 fn take_head<'b>(key: &[u8], bytes: &'b [u8]) -> Result<(OrderHead, &'b [u8]), StorageError> {
-    postcard::take_from_bytes(bytes).map_err(|e| corrupt(key, &e.to_string()))
-}
-
-fn corrupt(key: &[u8], reason: &str) -> StorageError {
-    StorageError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
-        reason: reason.to_owned(),
-    }
+    postcard::take_from_bytes(bytes).map_err(|e| StorageError::corrupt(key, e.to_string()))
 }
 
 /// Every order record under `prefix`.
@@ -319,7 +312,7 @@ pub fn shipped_ship_tos(
         .map(|(k, _)| {
             let id = std::str::from_utf8(&k[prefix.len()..]).ok();
             id.and_then(|id| ShipToId::parse(id).ok())
-                .ok_or_else(|| corrupt(&k, "not a ship-to id"))
+                .ok_or_else(|| StorageError::corrupt(&k, "not a ship-to id"))
         })
         .collect()
 }

@@ -514,10 +514,7 @@ fn json<T: Serialize>(v: &T) -> Vec<u8> {
 
 fn load(journal: &Journal) -> Result<State, StorageError> {
     let mut st = State::default();
-    let corrupt = |k: &[u8], e: serde_json::Error| StorageError::Corrupt {
-        key: String::from_utf8_lossy(k).into_owned(),
-        reason: e.to_string(),
-    };
+    let corrupt = |k: &[u8], e: serde_json::Error| StorageError::corrupt(k, e.to_string());
     for (k, v) in journal.scan_prefix(ENDPOINT.as_bytes())? {
         let e: Endpoint = serde_json::from_slice(&v).map_err(|e| corrupt(&k, e))?;
         st.endpoints.insert(e.id.clone(), e);
@@ -774,15 +771,7 @@ impl Webhooks {
     /// The endpoint's cursor: the last audit seq it is done with.
     pub fn cursor(&self, id: &str) -> Result<u64, StorageError> {
         let key = format!("{CURSOR}{id}");
-        match self.0.journal.get(key.as_bytes())? {
-            None => Ok(0),
-            Some(v) => <[u8; 8]>::try_from(v.as_slice())
-                .map(u64::from_be_bytes)
-                .map_err(|_| StorageError::Corrupt {
-                    key,
-                    reason: format!("expected 8 bytes, found {}", v.len()),
-                }),
-        }
+        Ok(self.0.journal.get_u64(key.as_bytes())?.unwrap_or(0))
     }
 
     /// Moves the endpoint's cursor to `seq` (ignored for a deleted endpoint).

@@ -410,15 +410,7 @@ fn cut(
 
 /// The stored cursor (0 when nothing was ever published).
 pub fn load_cursor(journal: &Journal) -> Result<u64, StorageError> {
-    match journal.get(CURSOR_KEY)? {
-        None => Ok(0),
-        Some(v) => <[u8; 8]>::try_from(v.as_slice())
-            .map(u64::from_be_bytes)
-            .map_err(|_| StorageError::Corrupt {
-                key: String::from_utf8_lossy(CURSOR_KEY).into_owned(),
-                reason: format!("expected 8 bytes, found {}", v.len()),
-            }),
-    }
+    Ok(journal.get_u64(CURSOR_KEY)?.unwrap_or(0))
 }
 
 async fn store_cursor(journal: &Journal, seq: u64) -> Result<(), StorageError> {

@@ -101,9 +101,11 @@ pub fn encode_audit_head(seq: u64, hash: &[u8; HASH_LEN]) -> [u8; AUDIT_HEAD_LEN
 
 /// Decodes the value of [`META_AUDIT_HEAD`].
 pub fn decode_audit_head(value: &[u8]) -> Result<(u64, [u8; HASH_LEN]), StorageError> {
-    let corrupt = || StorageError::Corrupt {
-        key: String::from_utf8_lossy(META_AUDIT_HEAD).into_owned(),
-        reason: format!("expected {AUDIT_HEAD_LEN} bytes, found {}", value.len()),
+    let corrupt = || {
+        StorageError::corrupt(
+            META_AUDIT_HEAD,
+            format!("expected {AUDIT_HEAD_LEN} bytes, found {}", value.len()),
+        )
     };
     let seq: [u8; SEQ_LEN] = value
         .get(..SEQ_LEN)

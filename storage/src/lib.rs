@@ -86,6 +86,17 @@ const OPEN_LOCK_RETRY_MS: u64 = 10;
 // A group can never be larger than the queue it is taken from.
 const _: () = assert!(DEFAULT_COMMIT_BATCH_MAX <= DEFAULT_QUEUE_MAX);
 
+impl StorageError {
+    /// The value under `key` (shown as text, any bytes that are not UTF-8 replaced) does not
+    /// read as it should, for `reason`.
+    pub fn corrupt(key: &[u8], reason: impl Into<String>) -> StorageError {
+        StorageError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
 /// Real failures of the journal. Business outcomes never travel here.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StorageError {
@@ -546,6 +557,20 @@ impl Journal {
             .db
             .get(layout::data_key(key))?
             .map(|value| value.to_vec()))
+    }
+
+    /// The value of a user key that holds a `u64` (8 bytes, big-endian, as a cursor is
+    /// stored); any other length is `Corrupt`.
+    pub fn get_u64(&self, key: &[u8]) -> Result<Option<u64>, StorageError> {
+        self.get(key)?
+            .map(|v| {
+                <[u8; 8]>::try_from(v.as_slice())
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| {
+                        StorageError::corrupt(key, format!("expected 8 bytes, found {}", v.len()))
+                    })
+            })
+            .transpose()
     }
 
     /// Every user key starting with `prefix` (keys returned without the internal prefix), in key

@@ -153,6 +153,26 @@ async fn seqs_contiguous_across_restart() {
     assert_eq!(journal.verify_audit().expect("verify").records, 4);
 }
 
+// A u64 value (a cursor) reads back; an absent key is None; a value of another length is
+// Corrupt, naming its key and length.
+#[tokio::test]
+async fn get_u64_reads_cursors() {
+    let journal = Journal::temporary(&config()).expect("open");
+    let mut batch = Batch::default();
+    batch.put("cursor/a", 42u64.to_be_bytes().to_vec());
+    batch.put("cursor/b", vec![1, 2, 3]);
+    journal.submit(batch).await.expect("commit");
+    assert_eq!(journal.get_u64(b"cursor/a").expect("read"), Some(42));
+    assert_eq!(journal.get_u64(b"cursor/none").expect("read"), None);
+    match journal.get_u64(b"cursor/b") {
+        Err(StorageError::Corrupt { key, reason }) => {
+            assert_eq!(key, "cursor/b");
+            assert_eq!(reason, "expected 8 bytes, found 3");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 // get and scan_prefix see only user data, with the internal prefix stripped, in key order.
 #[tokio::test]
 async fn get_and_scan_prefix() {
