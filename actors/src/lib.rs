@@ -46,8 +46,8 @@ pub mod metric_names {
     pub const OUTBOX_DEPTH: &str = "orderd_outbox_depth";
     /// Counter: messages JetStream acknowledged as duplicates of ones its stream holds.
     pub const NATS_DUPLICATES: &str = "orderd_nats_duplicates_total";
-    /// Counter: events published without their lines, being larger than the NATS server
-    /// takes (each attempt counts).
+    /// Counter: events published cut (without their lines; to a warehouse, with only its
+    /// own), being larger than the NATS server takes (each attempt counts).
     pub const NATS_EVENTS_TRIMMED: &str = "orderd_nats_events_trimmed_total";
     /// Counter: failed attempts to create or check a warehouse's durable consumer on NATS,
     /// label `warehouse`.

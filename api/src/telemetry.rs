@@ -400,7 +400,7 @@ fn describe() {
     );
     describe_counter!(
         orderd_actors::metric_names::NATS_EVENTS_TRIMMED,
-        "events published without their lines, being larger than the NATS server takes (each attempt counts)"
+        "events published cut (without their lines; to a warehouse, with only its own), being larger than the NATS server takes (each attempt counts)"
     );
     describe_counter!(
         orderd_actors::metric_names::NATS_CONSUMER_FAILURES,
