@@ -29,6 +29,37 @@ type Holdings = Vec<RebuiltHolding>;
 /// once they have found one more.
 pub const IMPORT_ERRORS_MAX: usize = 100;
 
+/// An import refused after it stored part of its file: what it stored (account or warehouse
+/// ids, in the order stored) and why it stopped. Importing the corrected file again is safe:
+/// every import sets what it names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportRefusal {
+    /// The accounts or warehouses stored before the refusal; empty when nothing was.
+    pub stored: Vec<String>,
+    /// Every problem found, each a readable sentence naming what it concerns.
+    pub errors: Vec<String>,
+}
+
+impl std::fmt::Display for ImportRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.errors.join("; "))?;
+        if !self.stored.is_empty() {
+            write!(f, " (stored before: {})", self.stored.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+impl From<Vec<String>> for ImportRefusal {
+    /// A refusal that stored nothing.
+    fn from(errors: Vec<String>) -> ImportRefusal {
+        ImportRefusal {
+            stored: vec![],
+            errors,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Engine {
     pub journal: Journal,
@@ -340,13 +371,12 @@ impl Engine {
 
     /// Sets on-hand per warehouse and SKU. Per warehouse all rows or none. Refused rows are
     /// reported (more than [`IMPORT_ERRORS_MAX`] of a file that stores nothing: the first
-    /// beyond it ends the check), after a first line naming the warehouses whose rows were
-    /// stored, if any (so it survives a caller listing only the first errors).
+    /// beyond it ends the check), with the warehouses whose rows were stored, if any.
     pub async fn set_stock(
         &self,
         caller: &Caller,
         rows: Vec<(WarehouseId, Sku, u64)>,
-    ) -> Result<Result<usize, Vec<String>>, ActorError> {
+    ) -> Result<Result<usize, ImportRefusal>, ActorError> {
         let mut by_wh: BTreeMap<WarehouseId, Vec<(Sku, u64)>> = BTreeMap::new();
         let mut errors = vec![];
         let snap = self.catalog.load();
@@ -369,7 +399,7 @@ impl Engine {
             }
         }
         if !errors.is_empty() {
-            return Ok(Err(errors));
+            return Ok(Err(errors.into()));
         }
         let (mut n, mut stored) = (0, vec![]);
         for (w, rows) in by_wh {
@@ -390,16 +420,7 @@ impl Engine {
         if errors.is_empty() {
             return Ok(Ok(n));
         }
-        if !stored.is_empty() {
-            errors.insert(
-                0,
-                format!(
-                    "the rows of {} were stored (importing the corrected file again is safe)",
-                    stored.join(", ")
-                ),
-            );
-        }
-        Ok(Err(errors))
+        Ok(Err(ImportRefusal { stored, errors }))
     }
 
     pub async fn put_account(

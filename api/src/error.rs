@@ -35,6 +35,13 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("the request has {} problem(s)", .0.len())]
     Invalid(Vec<Problem>),
+    /// An import refused after storing part of its file: `stored` names the accounts or
+    /// warehouses it stored (the body's `stored`), `problems` why it stopped.
+    #[error("the import has {} problem(s); {}", .problems.len(), stored_part(.stored))]
+    ImportRefused {
+        stored: Vec<String>,
+        problems: Vec<Problem>,
+    },
     #[error("{0}")]
     IdempotencyMismatch(String),
     #[error("{0}")]
@@ -62,6 +69,16 @@ pub enum ApiError {
     Internal(String),
 }
 
+fn stored_part(stored: &[String]) -> String {
+    if stored.is_empty() {
+        return "nothing was stored".into();
+    }
+    format!(
+        "stored before it stopped: {} (importing the corrected file again is safe)",
+        stored.join(", ")
+    )
+}
+
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ProblemBody {
     #[serde(rename = "type")]
@@ -73,6 +90,9 @@ pub struct ProblemBody {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     #[schema(value_type = Vec<Object>)]
     pub problems: Vec<Problem>,
+    /// An import refused after storing part of its file: the accounts or warehouses stored.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stored: Vec<String>,
 }
 
 impl ApiError {
@@ -96,7 +116,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
-            ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+            ApiError::Invalid(_) | ApiError::ImportRefused { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed")
+            }
             ApiError::IdempotencyMismatch(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
             }
@@ -132,9 +154,10 @@ impl IntoResponse for ApiError {
             ApiError::RateLimited { retry_after_s, .. } => *retry_after_s,
             _ => RETRY_AFTER_S,
         };
-        let problems = match self {
-            ApiError::Invalid(p) => p,
-            _ => vec![],
+        let (problems, stored) = match self {
+            ApiError::Invalid(p) => (p, vec![]),
+            ApiError::ImportRefused { stored, problems } => (problems, stored),
+            _ => (vec![], vec![]),
         };
         let body = ProblemBody {
             kind: format!("urn:orderd:problem:{code}"),
@@ -143,6 +166,7 @@ impl IntoResponse for ApiError {
             detail,
             code: code.to_owned(),
             problems,
+            stored,
         };
         let mut resp = (status, axum::Json(body)).into_response();
         let headers = resp.headers_mut();

@@ -23,7 +23,7 @@
 //! | stock      | warehouse, sku, on_hand                                                                   |
 
 use orderd_actors::audit::Caller;
-use orderd_actors::engine::IMPORT_ERRORS_MAX as ERRORS_MAX;
+use orderd_actors::engine::{ImportRefusal, IMPORT_ERRORS_MAX as ERRORS_MAX};
 use orderd_actors::ActorError;
 use orderd_actors::Engine;
 use orderd_domain::account::{
@@ -106,14 +106,30 @@ fn capped(mut errors: Errors) -> Errors {
     errors
 }
 
-/// Parses and applies one import. Returns the number of rows applied.
+/// Parses and applies one import. Returns the number of rows applied; a refusal lists at most
+/// [`ERRORS_MAX`] problems (and a last line saying so when there were more).
 pub async fn import(
     engine: &Engine,
     caller: &Caller,
     kind: Kind,
     csv: &[u8],
     rows_max: usize,
-) -> Result<usize, Errors> {
+) -> Result<usize, ImportRefusal> {
+    imported(engine, caller, kind, csv, rows_max)
+        .await
+        .map_err(|r| ImportRefusal {
+            errors: capped(r.errors),
+            ..r
+        })
+}
+
+async fn imported(
+    engine: &Engine,
+    caller: &Caller,
+    kind: Kind,
+    csv: &[u8],
+    rows_max: usize,
+) -> Result<usize, ImportRefusal> {
     let internal = |e: orderd_actors::ActorError| vec![format!("import failed: {e}")];
     match kind {
         Kind::Catalog => {
@@ -121,37 +137,34 @@ pub async fn import(
                 .await?
                 .rows;
             // Checks across items (a kit's components) come back from building the catalog.
-            engine
+            Ok(engine
                 .import_catalog(caller, items)
                 .await
-                .map_err(internal)?
-                .map_err(capped)
+                .map_err(internal)??)
         }
         Kind::Prices => {
             let entries = parse_apart(csv, rows_max, price_row, price_sets())
                 .await?
                 .rows;
-            engine
+            Ok(engine
                 .import_prices(caller, entries)
                 .await
-                .map_err(internal)?
-                .map_err(capped)
+                .map_err(internal)??)
         }
         Kind::Warehouses => {
             let ws = parse_apart(csv, rows_max, warehouse_row, warehouse_sets())
                 .await?
                 .rows;
-            engine.import_warehouses(caller, ws).await.map_err(internal)
+            Ok(engine
+                .import_warehouses(caller, ws)
+                .await
+                .map_err(internal)?)
         }
         Kind::Stock => {
             let rows = parse_apart(csv, rows_max, stock_row, stock_sets())
                 .await?
                 .rows;
-            engine
-                .set_stock(caller, rows)
-                .await
-                .map_err(internal)?
-                .map_err(capped)
+            engine.set_stock(caller, rows).await.map_err(internal)?
         }
         Kind::Accounts => {
             let Parsed { rows, columns } =
@@ -188,30 +201,22 @@ pub async fn import(
     }
 }
 
-/// An account write's answer as the import reports it, naming first the accounts `stored`
-/// before.
+/// An account write's answer as the import reports it, with the accounts `stored` before.
 fn answered(
     id: &AccountId,
     r: Result<Result<Account, Rejection>, ActorError>,
     stored: &[AccountId],
-) -> Result<(), Errors> {
-    let mut errors = match r {
+) -> Result<(), ImportRefusal> {
+    let errors = match r {
         Ok(Ok(_)) => return Ok(()),
         Ok(Err(Rejection::Invalid(problems))) => problems.into_iter().map(|p| p.message).collect(),
         Ok(Err(rej)) => vec![format!("account {id}: {rej}")],
         Err(e) => vec![format!("account {id}: {e}")],
     };
-    if !stored.is_empty() {
-        let names: Vec<&str> = stored.iter().map(AccountId::as_str).collect();
-        errors.insert(
-            0,
-            format!(
-                "accounts {} were stored before (importing the corrected file again is safe)",
-                names.join(", ")
-            ),
-        );
-    }
-    Err(capped(errors))
+    Err(ImportRefusal {
+        stored: stored.iter().map(AccountId::to_string).collect(),
+        errors,
+    })
 }
 
 /// Applies rows that belong to existing accounts, each account's in its actor (to the account
@@ -221,7 +226,7 @@ async fn merge<T: Send + 'static>(
     caller: &Caller,
     rows: Vec<(AccountId, T)>,
     apply: impl Fn(&mut Account, T) + Copy + Send + 'static,
-) -> Result<usize, Errors> {
+) -> Result<usize, ImportRefusal> {
     let n = rows.len();
     let mut by_account: BTreeMap<AccountId, Vec<T>> = BTreeMap::new();
     for (a, t) in rows {
@@ -233,7 +238,7 @@ async fn merge<T: Send + 'static>(
         .map(|a| format!("account {a} does not exist"))
         .collect();
     if !missing.is_empty() {
-        return Err(capped(missing));
+        return Err(missing.into());
     }
     let mut stored = vec![];
     for (id, items) in by_account {
@@ -380,7 +385,7 @@ fn parse<R: DeserializeOwned, T, K: Eq + std::hash::Hash>(
     if errors.is_empty() {
         Ok(Parsed { rows: out, columns })
     } else {
-        Err(capped(errors))
+        Err(errors)
     }
 }
 

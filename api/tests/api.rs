@@ -122,6 +122,22 @@ impl Api {
             None => req.body(Body::empty()),
         }
         .unwrap();
+        self.send(req).await
+    }
+
+    /// `POST /v1/admin/import/{kind}` with `csv` as its `text/csv` body.
+    async fn import_csv(&self, token: &str, kind: &str, csv: &str) -> Resp {
+        let req = Request::builder()
+            .method("POST")
+            .uri(format!("/v1/admin/import/{kind}"))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "text/csv")
+            .body(Body::from(csv.to_owned()))
+            .unwrap();
+        self.send(req).await
+    }
+
+    async fn send(&self, req: Request<Body>) -> Resp {
         let resp = router(self.state.clone()).oneshot(req).await.unwrap();
         let (parts, body) = resp.into_parts();
         // An event stream does not end by itself: its status and headers are the answer.
@@ -2040,30 +2056,19 @@ async fn csv_imports() {
     let api = api().await;
     let op = api.token(None, "ops", &["operator"], None).await;
     let buyer = api.token(Some("A"), "ann", &["buyer"], None).await;
-    let send = |token: &str, kind: &str, csv: &str| {
-        let req = Request::builder()
-            .method("POST")
-            .uri(format!("/v1/admin/import/{kind}"))
-            .header("authorization", format!("Bearer {token}"))
-            .header("content-type", "text/csv")
-            .body(Body::from(csv.to_owned()))
-            .unwrap();
-        router(api.state.clone()).oneshot(req)
-    };
     assert_eq!(
-        send(&buyer, "stock", STOCK).await.unwrap().status(),
+        api.import_csv(&buyer, "stock", STOCK).await.status,
         StatusCode::FORBIDDEN
     );
-    let bad = send(
-        &op,
-        "stock",
-        "warehouse,sku,on_hand\nBER,BOLT,x\nNOWH,BOLT,1\nBER,BOLT,5\n",
-    )
-    .await
-    .unwrap();
-    assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let body: Value =
-        serde_json::from_slice(&bad.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let bad = api
+        .import_csv(
+            &op,
+            "stock",
+            "warehouse,sku,on_hand\nBER,BOLT,x\nNOWH,BOLT,1\nBER,BOLT,5\n",
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let body = bad.body;
     assert_eq!(
         body["problems"].as_array().unwrap().len(),
         1,
@@ -2110,16 +2115,16 @@ async fn csv_imports() {
             serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
         assert_eq!(problem["code"], "unsupported_media_type", "{problem}");
     }
-    let ok = send(&op, "stock", "warehouse,sku,on_hand\nBER,BOLT,7\n")
-        .await
-        .unwrap();
-    assert_eq!(ok.status(), StatusCode::OK);
+    let ok = api
+        .import_csv(&op, "stock", "warehouse,sku,on_hand\nBER,BOLT,7\n")
+        .await;
+    assert_eq!(ok.status, StatusCode::OK);
     let r = api
         .call("GET", "/v1/catalog/BOLT", Some(&buyer), None, &[])
         .await;
     assert_eq!(r.body["available"]["BER"], 7);
     assert_eq!(
-        send(&op, "nonsense", "a\n1\n").await.unwrap().status(),
+        api.import_csv(&op, "nonsense", "a\n1\n").await.status,
         StatusCode::NOT_FOUND
     );
 }
@@ -3275,23 +3280,19 @@ async fn stored_user_roles_govern_what_a_token_may_do() {
 
 // An import stored account by account: a row refused as its account is stored (a user naming a
 // ship-to the account does not have) reports what it refused, with the detail, and the
-// accounts stored before it (first, as every import that stores part of a file says what it
-// stored); importing the corrected file again stores the rest.
+// accounts stored before it; importing the corrected file again stores the rest.
 #[tokio::test]
 async fn an_import_refused_midway_names_what_was_stored() {
     let api = api().await;
     let sys = Caller::system();
     let header = "account,id,name,roles,spending_limit,currency,ship_tos\n";
     let bad = format!("{header}A,amy,Amy,buyer,,,HQ\nB,ben,Ben,buyer,,,NOPE\n");
-    let errors = import(&api.state.engine, &sys, Kind::Users, bad.as_bytes(), 10)
+    let refusal = import(&api.state.engine, &sys, Kind::Users, bad.as_bytes(), 10)
         .await
         .unwrap_err();
-    assert_eq!(errors.len(), 2, "{errors:?}");
-    assert!(
-        errors[0].starts_with("accounts A were stored before"),
-        "{errors:?}"
-    );
-    assert!(errors[1].contains("NOPE"), "{errors:?}");
+    assert_eq!(refusal.stored, ["A"], "{refusal:?}");
+    assert_eq!(refusal.errors.len(), 1, "{refusal:?}");
+    assert!(refusal.errors[0].contains("NOPE"), "{refusal:?}");
     let users = |id: &'static str| {
         let api = &api;
         async move {
@@ -3317,7 +3318,8 @@ async fn an_import_refused_midway_names_what_was_stored() {
         let csv = format!("{header}{row}\n");
         let errors = import(&api.state.engine, &sys, Kind::Users, csv.as_bytes(), 10)
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .errors;
         assert!(errors.iter().any(|e| e.contains(why)), "{row}: {errors:?}");
     }
     assert_eq!(users("A").await, ["amy"]);
@@ -3355,19 +3357,10 @@ async fn an_oversized_import_is_refused_as_a_problem() {
     };
     let op = small.token(None, "olga", &["operator"], None).await;
     let csv = format!("warehouse,sku,on_hand\n{}", "W1,S1,1\n".repeat(300));
-    let req = Request::builder()
-        .method("POST")
-        .uri("/v1/admin/import/stock")
-        .header("authorization", format!("Bearer {op}"))
-        .header("content-type", "text/csv")
-        .body(Body::from(csv))
-        .unwrap();
-    let resp = router(small.state.clone()).oneshot(req).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(resp.headers()["content-type"], "application/problem+json");
-    let body: Value =
-        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
-    assert_eq!(body["code"], "body_too_large", "{body:?}");
+    let resp = small.import_csv(&op, "stock", &csv).await;
+    assert_eq!(resp.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(resp.headers["content-type"], "application/problem+json");
+    assert_eq!(resp.body["code"], "body_too_large", "{:?}", resp.body);
 }
 
 // Master data an import cannot store as given is refused with its reason: stock of a SKU the
@@ -3394,7 +3387,7 @@ async fn imports_refuse_what_cannot_be_stored_as_written() {
     ] {
         let errors = import(engine, &sys, kind, csv.as_bytes(), 10)
             .await
-            .unwrap_err();
+            .unwrap_err().errors;
         assert!(errors.iter().any(|e| e.contains(why)), "{kind:?}: {errors:?}");
     }
     // A count of 0 clears what an item left in the catalog before: not refused.
@@ -3406,8 +3399,8 @@ async fn imports_refuse_what_cannot_be_stored_as_written() {
 }
 
 // A stock import stores each warehouse's rows or none of them. When one warehouse refuses
-// (below what orders hold) and another's rows were stored, the answer says first which were
-// stored, so that line is never among the problems a long list cuts.
+// (below what orders hold) and another's rows were stored, the problem answer names the stored
+// ones in `stored`, apart from the problems (which a long list cuts).
 #[tokio::test]
 async fn a_stock_import_says_first_which_warehouses_it_stored() {
     let api = api().await;
@@ -3420,25 +3413,35 @@ async fn a_stock_import_says_first_which_warehouses_it_stored() {
         )
         .await;
     assert_eq!(o.status, StatusCode::CREATED, "{:?}", o.body);
+    let op = api.token(None, "ops", &["operator"], None).await;
     let csv = "warehouse,sku,on_hand\nBER,BOLT,0\nMUC,NUT,5\n";
-    let errors = import(
-        &api.state.engine,
-        &Caller::system(),
-        Kind::Stock,
-        csv.as_bytes(),
-        10,
-    )
-    .await
-    .unwrap_err();
-    assert_eq!(errors.len(), 2, "{errors:?}");
+    let r = api.import_csv(&op, "stock", csv).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", r.body);
+    assert_eq!(r.body["code"], "validation_failed", "{:?}", r.body);
+    assert_eq!(r.body["stored"], json!(["MUC"]), "{:?}", r.body);
+    let detail = r.body["detail"].as_str().unwrap();
+    assert!(detail.contains("stored before it stopped: MUC"), "{detail}");
+    let problems = r.body["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    let message = problems[0]["message"].as_str().unwrap();
     assert!(
-        errors[0].starts_with("the rows of MUC were stored"),
-        "{errors:?}"
+        message.starts_with("BER: BOLT: on hand 0 would be below"),
+        "{message}"
     );
-    assert!(
-        errors[1].starts_with("BER: BOLT: on hand 0 would be below"),
-        "{errors:?}"
-    );
+    let nut = api
+        .call("GET", "/v1/catalog/NUT", Some(&buyer), None, &[])
+        .await;
+    assert_eq!(nut.body["available"]["MUC"], 5, "MUC's rows were stored");
+    // A refusal that stored nothing has no `stored`.
+    let r = api
+        .import_csv(&op, "stock", "warehouse,sku,on_hand\nBER,BOLT,0\n")
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", r.body);
+    assert!(r.body.get("stored").is_none(), "{:?}", r.body);
+    assert!(r.body["detail"]
+        .as_str()
+        .unwrap()
+        .ends_with("nothing was stored"));
 }
 
 // What an import refuses is said row by row with its line, also a price or item that only a
@@ -3455,16 +3458,12 @@ async fn import_problems_name_their_line_and_stay_bounded() {
                   list,,PIPE,EUR,,,1:2.00\nlist,,PIPE,EUR,2030-01-01,,2:1.50\n";
     assert_eq!(
         run(Kind::Prices, prices.into()).await,
-        Err(vec![
-            "line 3: the first tier must start at quantity 1".to_owned()
-        ])
+        Err(vec!["line 3: the first tier must start at quantity 1".to_owned()].into())
     );
     let catalog = "sku,description,uom,pack_size,min_qty,status\nX,x,pc,0,1,active\n";
     assert_eq!(
         run(Kind::Catalog, catalog.into()).await,
-        Err(vec![
-            "line 2: pack size and minimum quantity must be at least 1".to_owned()
-        ])
+        Err(vec!["line 2: pack size and minimum quantity must be at least 1".to_owned()].into())
     );
     // 150 kits of a component the catalog lacks: found only once the whole catalog is built.
     let kits: String = (0..150)
@@ -3475,7 +3474,8 @@ async fn import_problems_name_their_line_and_stay_bounded() {
         format!("sku,description,uom,pack_size,min_qty,status,kit\n{kits}"),
     )
     .await
-    .unwrap_err();
+    .unwrap_err()
+    .errors;
     assert_eq!(errors.len(), 101, "{errors:?}");
     assert!(
         errors[0].contains("kit component NOPE is not in the catalog"),
@@ -3485,13 +3485,15 @@ async fn import_problems_name_their_line_and_stay_bounded() {
     let stock: String = (0..150).map(|i| format!("BER,NOPE{i},1\n")).collect();
     let errors = run(Kind::Stock, format!("warehouse,sku,on_hand\n{stock}"))
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .errors;
     assert_eq!(errors.len(), 101, "{errors:?}");
     assert_eq!(errors[100], "stopping after 100 errors");
     let users: String = (0..150).map(|i| format!("NOBODY{i},u,U,buyer\n")).collect();
     let errors = run(Kind::Users, format!("account,id,name,roles\n{users}"))
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .errors;
     assert_eq!(errors.len(), 101, "{errors:?}");
     assert_eq!(errors[100], "stopping after 100 errors");
 
@@ -3502,7 +3504,8 @@ async fn import_problems_name_their_line_and_stay_bounded() {
         format!("{head}\nL,{long},retail,EUR,1.00,0.00,NET30\n"),
     )
     .await
-    .unwrap_err();
+    .unwrap_err()
+    .errors;
     assert_eq!(errors, ["line 2: column name: at most 200 characters"]);
     let speed = "s".repeat(33);
     let errors = run(
@@ -3510,7 +3513,8 @@ async fn import_problems_name_their_line_and_stay_bounded() {
         format!("id,name,lat,lon,speeds\nHAM,Hamburg,53.5,10.0,{speed}:300:1\n"),
     )
     .await
-    .unwrap_err();
+    .unwrap_err()
+    .errors;
     assert_eq!(errors, [format!("line 2: speed {speed:?}: 1 to 32 bytes")]);
     let before = engine.catalog.load().warehouses.len();
     assert!(before > 0);
@@ -3576,17 +3580,17 @@ async fn imports_set_only_the_columns_they_have() {
 
     // A misspelled or repeated column refuses the file before anything is stored.
     let typo = format!("{head},restricted_sku\nA,Alpha,retail,EUR,1.00,0.00,NET30,BOLT\n");
-    let errors = run(Kind::Accounts, &typo).await.unwrap_err();
+    let errors = run(Kind::Accounts, &typo).await.unwrap_err().errors;
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(
         errors[0].starts_with("line 1: unknown column \"restricted_sku\" (the columns are id, "),
         "{errors:?}"
     );
     let twice = format!("{head},name\nA,Alpha,retail,EUR,1.00,0.00,NET30,Alpha\n");
-    let errors = run(Kind::Accounts, &twice).await.unwrap_err();
+    let errors = run(Kind::Accounts, &twice).await.unwrap_err().errors;
     assert_eq!(errors, ["line 1: column \"name\" appears twice"]);
     let typo = "sku,description,uom,pack_size,min_qty,status,segment\nX,x,pc,1,1,active,a\n";
-    let errors = run(Kind::Catalog, typo).await.unwrap_err();
+    let errors = run(Kind::Catalog, typo).await.unwrap_err().errors;
     assert!(
         errors[0].contains("unknown column \"segment\""),
         "{errors:?}"
@@ -3644,7 +3648,7 @@ async fn a_currency_change_takes_every_limit_with_it() {
     assert_eq!(run(Kind::Users, una).await, Ok(1));
 
     let usd = format!("{head}\nA,Alpha,retail,USD,5000.00,0.00,NET30\n");
-    let errors = run(Kind::Accounts, &usd).await.unwrap_err();
+    let errors = run(Kind::Accounts, &usd).await.unwrap_err().errors;
     let joined = errors.join("\n");
     assert!(
         joined.contains("the buyer limit 500.00 EUR is not in the account currency USD")

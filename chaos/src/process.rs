@@ -184,6 +184,15 @@ impl DaemonSpec {
         self.run(["check"], TOOL_TIMEOUT)
     }
 
+    /// `orderd import KIND FILE`: exit 0 and "imported N KIND rows", or 1 and the refusal on
+    /// stderr.
+    pub fn import(&self, kind: &str, file: &Path) -> anyhow::Result<ToolOutput> {
+        self.run(
+            [OsString::from("import"), kind.into(), file.into()],
+            TOOL_TIMEOUT,
+        )
+    }
+
     /// `orderd audit verify`: exit 0 on an intact chain, 1 naming the first bad seq.
     pub fn audit_verify(&self) -> anyhow::Result<ToolOutput> {
         self.run(["audit", "verify"], TOOL_TIMEOUT)

@@ -4,6 +4,7 @@
 //! warehouses in different cities with stock. Deterministic, so the README's walk-through works.
 
 use orderd_actors::audit::Caller;
+use orderd_actors::engine::ImportRefusal;
 use orderd_actors::Engine;
 use orderd_domain::account::{Account, ApprovalRules, Role, ShipTo, User};
 use orderd_domain::catalog::{CatalogItem, ItemStatus, KitComponent};
@@ -342,15 +343,15 @@ async fn load(engine: &Engine) -> anyhow::Result<()> {
     let caller = Caller::system();
     let items = catalog();
     let whs = warehouses();
-    let fail = |what: &str, e: Vec<String>| anyhow::anyhow!("demo {what}: {}", e.join("; "));
+    let fail = |what: &str, e: ImportRefusal| anyhow::anyhow!("demo {what}: {e}");
     engine
         .import_catalog(&caller, items.clone())
         .await?
-        .map_err(|e| fail("catalog", e))?;
+        .map_err(|e| fail("catalog", e.into()))?;
     engine
         .import_prices(&caller, prices(&items))
         .await?
-        .map_err(|e| fail("prices", e))?;
+        .map_err(|e| fail("prices", e.into()))?;
     engine.import_warehouses(&caller, whs.clone()).await?;
     engine
         .set_stock(&caller, stock(&items, &whs))

@@ -271,8 +271,14 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
                         println!("imported {n} {} rows", kind.name());
                         Ok(std::process::ExitCode::SUCCESS)
                     }
-                    Err(errors) => {
-                        for e in errors {
+                    Err(refusal) => {
+                        if !refusal.stored.is_empty() {
+                            eprintln!(
+                                "stored before the refusal: {} (importing the corrected file again is safe)",
+                                refusal.stored.join(", ")
+                            );
+                        }
+                        for e in refusal.errors {
                             eprintln!("{e}");
                         }
                         Ok(std::process::ExitCode::from(1))

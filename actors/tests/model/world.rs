@@ -401,7 +401,7 @@ pub async fn seed(engine: &Engine) -> Result<(), String> {
         .set_stock(&sys, rows)
         .await
         .map_err(|e| fail("stock", e.to_string()))?
-        .map_err(|e| fail("stock", e.join("; ")))?;
+        .map_err(|e| fail("stock", e.to_string()))?;
     for a in &ACCOUNTS {
         engine
             .put_account(&sys, account(a))

@@ -31,8 +31,8 @@ pub struct ImportResult {
 
 /// Import CSV (text/csv body) of one kind: catalog, prices, accounts, ship_tos, users,
 /// warehouses, stock. A bad row refuses the file, and every bad row is listed (at most 100);
-/// stored account by account (warehouse by warehouse for stock), a refusal then names first
-/// what was stored (operator).
+/// stored account by account (warehouse by warehouse for stock), a refusal then names in
+/// `stored` the accounts or warehouses stored before it (operator).
 #[utoipa::path(post, path = "/v1/admin/import/{kind}", tag = "admin", params(("kind" = String, Path)),
     request_body(content = String, content_type = "text/csv"),
     responses((status = 200, body = ImportResult), (status = 415), (status = 422)), security(("bearer" = [])))]
@@ -53,13 +53,13 @@ async fn import(
     let rows = tokio::spawn(task)
         .await
         .map_err(|e| ApiError::Internal(format!("import task: {e}")))?
-        .map_err(|errors| {
-            ApiError::Invalid(
-                errors
-                    .into_iter()
-                    .map(|e| Problem::new(ProblemCode::InvalidField, e))
-                    .collect(),
-            )
+        .map_err(|refusal| ApiError::ImportRefused {
+            stored: refusal.stored,
+            problems: refusal
+                .errors
+                .into_iter()
+                .map(|e| Problem::new(ProblemCode::InvalidField, e))
+                .collect(),
         })?;
     Ok(axum::Json(ImportResult {
         kind: kind.name().into(),

@@ -135,6 +135,17 @@ impl TestEnv {
             .expect("running orderd check")
     }
 
+    /// `orderd import KIND` of `csv` into this directory (stop the daemon first).
+    pub async fn import(&self, kind: &str, csv: &str) -> ToolOutput {
+        let file = self.data_dir().join(format!("import-{kind}.csv"));
+        std::fs::write(&file, csv).expect("writing the import file");
+        let (spec, kind) = (self.spec.clone(), kind.to_owned());
+        tokio::task::spawn_blocking(move || spec.import(&kind, &file))
+            .await
+            .expect("tool task")
+            .expect("running orderd import")
+    }
+
     /// A token of `user` of `account` with `roles`.
     pub async fn token(&self, account: &str, user: &str, roles: &[&str]) -> String {
         self.api()

@@ -429,3 +429,62 @@ async fn more_clients_than_the_soft_open_files_limit() {
         assert_eq!(&head, b"HTTP/1.1 200", "connection {i}");
     }
 }
+
+// `orderd import` into a stopped daemon's data directory: a stock file refused after one
+// warehouse's rows were stored exits 1, naming on stderr the warehouse stored and why the
+// other was refused; after a restart the stored rows are there and the refused warehouse is
+// unchanged. The corrected file exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_import_command_says_what_it_stored_and_why_it_stopped() {
+    let mut env = TestEnv::start().await;
+    let alice = env.token("ACME", "alice", &["buyer"]).await;
+    let body =
+        json!({"lines": [{"sku": "BOLT-0010", "qty": 5, "warehouse": "BER"}], "ship_to": "BERLIN"});
+    let r = env
+        .api()
+        .place(&alice, "held", &body)
+        .await
+        .expect("request");
+    assert_eq!(r.status, 201, "{r}");
+    assert_eq!(str_field(&r.body, "state"), "allocated", "{r}");
+    let (ber, _) = bolt_available(&env).await;
+    assert!(env.terminate().await.success());
+
+    let refused = env
+        .import(
+            "stock",
+            "warehouse,sku,on_hand\nBER,BOLT-0010,0\nMUC,BOLT-0010,42\n",
+        )
+        .await;
+    assert_eq!(refused.code(), Some(1), "{refused}");
+    assert!(
+        refused.stderr.contains("stored before the refusal: MUC"),
+        "{refused}"
+    );
+    assert!(
+        refused
+            .stderr
+            .contains("BER: BOLT-0010: on hand 0 would be below"),
+        "{refused}"
+    );
+    env.restart().await;
+    assert_eq!(bolt_available(&env).await, (ber, json!(42)));
+    assert!(env.terminate().await.success());
+
+    let fixed = env
+        .import("stock", "warehouse,sku,on_hand\nBER,BOLT-0010,5\n")
+        .await;
+    assert_eq!(fixed.code(), Some(0), "{fixed}");
+    assert!(fixed.stdout.contains("imported 1 stock rows"), "{fixed}");
+    env.restart().await;
+    assert_eq!(bolt_available(&env).await, (json!(0), json!(42)));
+}
+
+/// What a buyer of ACME sees available of BOLT-0010 in BER and MUC.
+async fn bolt_available(env: &TestEnv) -> (Value, Value) {
+    let alice = env.token("ACME", "alice", &["buyer"]).await;
+    let r = env.get(&alice, "/v1/catalog/BOLT-0010").await;
+    assert_eq!(r.status, 200, "{r}");
+    let available = &r.body["available"];
+    (available["BER"].clone(), available["MUC"].clone())
+}
