@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use orderd_actors::StorageError;
 use orderd_actors::{ActorError, BusyScope};
 use orderd_domain::rejection::Rejection;
-use orderd_domain::validation::Problem;
+use orderd_domain::validation::{Problem, ProblemCode};
 use serde::Serialize;
 
 /// Seconds a client should wait after 429/503.
@@ -101,6 +101,13 @@ impl ApiError {
             code,
             detail: detail.into(),
         }
+    }
+
+    /// A `422` with one `invalid_field` problem naming `field`.
+    pub fn invalid_field(field: &str, message: impl Into<String>) -> ApiError {
+        ApiError::Invalid(vec![
+            Problem::new(ProblemCode::InvalidField, message).field(field)
+        ])
     }
 
     fn parts(&self) -> (StatusCode, &'static str) {
@@ -208,16 +215,13 @@ impl From<Rejection> for ApiError {
             )),
             Rejection::Cart(e) => {
                 use orderd_domain::cart::CartError;
-                use orderd_domain::validation::ProblemCode;
                 let problem = match e {
                     CartError::NoSuchLine(_) => return ApiError::NotFound(e.to_string()),
                     CartError::Full => Problem::new(ProblemCode::TooManyLines, e.to_string()),
                     CartError::Quantity => {
                         Problem::new(ProblemCode::InvalidQuantity, e.to_string()).field("qty")
                     }
-                    CartError::Note => {
-                        Problem::new(ProblemCode::InvalidField, e.to_string()).field("note")
-                    }
+                    CartError::Note => return ApiError::invalid_field("note", e.to_string()),
                 };
                 ApiError::Invalid(vec![problem])
             }

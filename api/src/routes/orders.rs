@@ -756,11 +756,10 @@ async fn ship(
             .into_iter()
             .find_map(|(f, v)| v.is_some().then_some(f))
         {
-            return Err(ApiError::Invalid(vec![Problem::new(
-                ProblemCode::InvalidField,
+            return Err(ApiError::invalid_field(
+                field,
                 format!("a warehouse token cannot set {field:?}"),
-            )
-            .field(field)]));
+            ));
         }
         // A warehouse sees only orders holding stock in it. The answer says so, so that a
         // client retrying a shipment that went through can tell (and nothing about other

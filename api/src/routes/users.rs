@@ -20,7 +20,6 @@ use orderd_actors::users::PutMode;
 use orderd_domain::account::{Account, Role, User};
 use orderd_domain::ids::{ShipToId, UserId};
 use orderd_domain::money::{Money, MONEY_SCALE};
-use orderd_domain::validation::{Problem, ProblemCode};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -86,27 +85,24 @@ pub struct NewUser {
     pub ship_tos: Vec<String>,
 }
 
-fn invalid(field: &str, message: String) -> ApiError {
-    ApiError::Invalid(vec![
-        Problem::new(ProblemCode::InvalidField, message).field(field)
-    ])
-}
-
 /// Parses the fields at the edge; the account's rules (roles it may grant, its ship-tos and
 /// currency) are checked by the account itself.
 fn user_of(id: UserId, f: UserFields, account: &Account) -> ApiResult<User> {
     let roles = f
         .roles
         .iter()
-        .map(|r| Role::parse(r).ok_or_else(|| invalid("roles", format!("unknown role {r:?}"))))
+        .map(|r| {
+            Role::parse(r)
+                .ok_or_else(|| ApiError::invalid_field("roles", format!("unknown role {r:?}")))
+        })
         .collect::<ApiResult<_>>()?;
     let spending_limit = f
         .spending_limit
         .map(|d| Money::new(d, account.currency, MONEY_SCALE))
         .transpose()
-        .map_err(|e| invalid("spending_limit", e.to_string()))?;
+        .map_err(|e| ApiError::invalid_field("spending_limit", e.to_string()))?;
     if f.ship_tos.len() > orderd_domain::account::SHIP_TOS_MAX {
-        return Err(invalid(
+        return Err(ApiError::invalid_field(
             "ship_tos",
             format!("at most {} ship-tos", orderd_domain::account::SHIP_TOS_MAX),
         ));
@@ -114,7 +110,7 @@ fn user_of(id: UserId, f: UserFields, account: &Account) -> ApiResult<User> {
     let ship_tos = f
         .ship_tos
         .iter()
-        .map(|s| ShipToId::parse(s).map_err(|e| invalid("ship_tos", e.to_string())))
+        .map(|s| ShipToId::parse(s).map_err(|e| ApiError::invalid_field("ship_tos", e.to_string())))
         .collect::<ApiResult<_>>()?;
     Ok(User {
         id,
@@ -162,7 +158,7 @@ async fn create_user(
     Json(b): Json<NewUser>,
 ) -> ApiResult<Response> {
     auth.require(ADMIN)?;
-    let id = UserId::parse(&b.id).map_err(|e| invalid("id", e.to_string()))?;
+    let id = UserId::parse(&b.id).map_err(|e| ApiError::invalid_field("id", e.to_string()))?;
     let account = account_of(&s, &auth).await?;
     let fields = UserFields {
         name: b.name,

@@ -45,7 +45,7 @@ impl From<WebhookError> for ApiError {
                 ApiError::Invalid(vec![Problem::new(ProblemCode::InvalidField, why)])
             }
             WebhookError::Conflict(why) => ApiError::Conflict(why),
-            WebhookError::BadTarget(why) => invalid("endpoint", why),
+            WebhookError::BadTarget(why) => ApiError::invalid_field("endpoint", why),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -90,12 +90,6 @@ pub struct DeadLetterQuery {
     pub limit: Option<usize>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
-}
-
-fn invalid(field: &str, message: String) -> ApiError {
-    ApiError::Invalid(vec![
-        Problem::new(ProblemCode::InvalidField, message).field(field)
-    ])
 }
 
 /// Checks a URL and where it resolves to now; the message names what is wrong.
@@ -165,7 +159,7 @@ async fn register(
     types.sort();
     types.dedup();
     if types.is_empty() || types.len() > settings.event_types_max {
-        return Err(invalid(
+        return Err(ApiError::invalid_field(
             "event_types",
             format!(
                 "name 1 to {} event types (webhooks.event_types_max)",
@@ -174,14 +168,14 @@ async fn register(
         ));
     }
     if let Some(t) = types.iter().find(|t| !webhooks::event_type_known(t)) {
-        return Err(invalid(
+        return Err(ApiError::invalid_field(
             "event_types",
             format!("unknown event type {t:?}: use \"*\" or orderd.order.<state>"),
         ));
     }
     check_url(&body.url, settings)
         .await
-        .map_err(|why| invalid("url", why))?;
+        .map_err(|why| ApiError::invalid_field("url", why))?;
     let (endpoint, secret) = s
         .webhooks
         .register(&auth.0, &account, body.url, types)
