@@ -35,19 +35,19 @@ impl Caller {
         self.roles.contains(&role)
     }
 
-    /// Whether this caller sees the orders `placed_by` placed. A caller who is only a buyer
-    /// sees only their own orders; approvers and account admins see all of their account's,
-    /// operators and warehouses those their routes reach.
+    /// Whether this caller sees the orders `placed_by` placed. A buyer sees only their own
+    /// orders, unless they are also an approver or account admin, who see all of their
+    /// account's; an operator sees those its routes reach. The warehouse role lifts nothing
+    /// here: a warehouse reaches an order only through its stock (`ship`), so a buyer who also
+    /// ships for a warehouse still sees only their own orders on the account's routes.
     pub fn sees_order_of(&self, placed_by: &UserId) -> bool {
         self.placed_by_filter().is_none_or(|me| me == placed_by)
     }
 
     /// The user whose orders are all this caller may see, or `None` for every order.
     pub fn placed_by_filter(&self) -> Option<&UserId> {
-        self.roles
-            .iter()
-            .all(|r| *r == Role::Buyer)
-            .then_some(&self.user)
+        let sees_all = [Role::Approver, Role::AccountAdmin, Role::Operator];
+        (self.has(Role::Buyer) && !sees_all.iter().any(|r| self.has(*r))).then_some(&self.user)
     }
 
     /// A caller for work orderd does on its own (demo seeding, recovery).

@@ -13,6 +13,7 @@ use orderd_api::{router, ApiLimits, ApiState};
 use orderd_domain::ids::{AccountId, Sku, UserId};
 use orderd_storage::{Journal, JournalConfig};
 use serde_json::{json, Value};
+use std::collections::BTreeSet;
 use tower::ServiceExt;
 
 const CATALOG: &str = "sku,description,uom,pack_size,min_qty,status,segments,kit
@@ -2992,6 +2993,10 @@ async fn a_buyer_sees_only_their_own_orders() {
     let r = api.place(&ben, "o3", json!({"lines": line})).await;
     let bens = r.body["id"].as_str().unwrap().to_owned();
     let ghost = "01900000-0000-7000-8000-000000000000";
+    // Ben also shipping for a warehouse is still a buyer on the account's routes.
+    let ben_shipping = api
+        .token(Some("A"), "ben", &["buyer", "warehouse"], Some("BER"))
+        .await;
     for (m, path, body) in [
         ("GET", "/v1/orders/{id}", None),
         ("GET", "/v1/orders/{id}/history", None),
@@ -3003,15 +3008,18 @@ async fn a_buyer_sees_only_their_own_orders() {
         ("POST", "/v1/orders/{id}/cancel", None),
         ("POST", "/v1/orders/{id}/submit", None),
     ] {
-        for id in [&anns, &anns_draft] {
+        for (id, ben) in [&anns, &anns_draft]
+            .into_iter()
+            .flat_map(|id| [(id, &ben), (id, &ben_shipping)])
+        {
             let theirs = api
-                .call(m, &path.replace("{id}", id), Some(&ben), body.clone(), &[])
+                .call(m, &path.replace("{id}", id), Some(ben), body.clone(), &[])
                 .await;
             let none = api
                 .call(
                     m,
                     &path.replace("{id}", ghost),
-                    Some(&ben),
+                    Some(ben),
                     body.clone(),
                     &[],
                 )
@@ -3037,8 +3045,21 @@ async fn a_buyer_sees_only_their_own_orders() {
             .map(|o| o["id"].as_str().unwrap().to_owned())
             .collect()
     };
-    let r = api.call("GET", "/v1/orders", Some(&ben), None, &[]).await;
-    assert_eq!(ids(&r), [bens.as_str()]);
+    let orders_in_events = |r: &Resp| -> BTreeSet<String> {
+        r.body["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event"]["data"]["order"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    for ben in [&ben, &ben_shipping] {
+        let r = api.call("GET", "/v1/orders", Some(ben), None, &[]).await;
+        assert_eq!(ids(&r), [bens.as_str()]);
+        let r = api.call("GET", "/v1/events", Some(ben), None, &[]).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert_eq!(orders_in_events(&r), BTreeSet::from([bens.clone()]));
+    }
     let r = api.call("GET", "/v1/orders", Some(&ann), None, &[]).await;
     assert_eq!(ids(&r), [anns_draft.clone(), anns.clone()]);
     // Ann's orders are untouched and hers to change.
@@ -3076,6 +3097,30 @@ async fn a_buyer_sees_only_their_own_orders() {
             .await;
         assert_eq!(r.status, StatusCode::OK, "{roles:?}: {}", r.body);
     }
+    // Shipping for BER, Ben reaches Ann's order holding stock there, and only through that.
+    let r = api
+        .place(
+            &ann,
+            "o4",
+            json!({"lines": [{"sku": "BOLT", "qty": 1, "warehouse": "BER"}]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let from_ber = r.body["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/orders/{from_ber}");
+    let r = api.call("GET", &path, Some(&ben_shipping), None, &[]).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    let r = api
+        .call(
+            "POST",
+            &format!("{path}/ship"),
+            Some(&ben_shipping),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["state"], "shipped", "{}", r.body);
 }
 
 fn detail(r: &Resp) -> &str {
