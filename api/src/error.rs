@@ -241,10 +241,21 @@ impl From<ActorError> for ApiError {
             // send again as it is; any other change (a cart line added) may have applied.
             ActorError::Timeout => ApiError::Unavailable("no answer within the call timeout; the change may still apply: read the current state before retrying (an order with the same Idempotency-Key may be sent again)".into()),
             ActorError::Gone => ApiError::Unavailable("the account was restarting; the change may have applied: read the current state before retrying (an order with the same Idempotency-Key may be sent again)".into()),
+            ActorError::Storage(e) => e.into(),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> ApiError {
+        match e {
             // A full commit queue is load, like the in-flight bound; a closed journal is a
             // daemon shutting down. Neither is a fault of the server: the client retries.
-            ActorError::Storage(StorageError::Overloaded) => ApiError::Overloaded,
-            ActorError::Storage(StorageError::Closed) => ApiError::Unavailable("orderd is shutting down; retry with the same Idempotency-Key".into()),
+            StorageError::Overloaded => ApiError::Overloaded,
+            StorageError::Closed => ApiError::Unavailable(
+                "orderd is shutting down; retry with the same Idempotency-Key".into(),
+            ),
             other => ApiError::Internal(other.to_string()),
         }
     }

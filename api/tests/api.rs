@@ -2549,6 +2549,22 @@ async fn webhook_registration_checks_and_tenancy() {
         let r = api.call(m, &uri, Some(&b), None, &[]).await;
         assert_eq!(r.status, 404, "{m} {uri}: {}", r.body);
     }
+    // A write the journal turns away (a full commit queue) is load, not a fault: 503 with
+    // Retry-After, and nothing changed.
+    let journal = &api.state.engine.journal;
+    journal.refuse_writes(true);
+    for (m, uri) in [
+        ("DELETE", format!("/v1/webhooks/{id}")),
+        ("POST", format!("/v1/webhooks/{id}/rotate")),
+    ] {
+        let r = api.call(m, &uri, Some(&a), None, &[]).await;
+        assert_eq!(r.status, 503, "{m} {uri}: {}", r.body);
+        assert_eq!(r.body["code"], "daemon_busy", "{}", r.body);
+        assert!(r.headers.contains_key("retry-after"), "{m} {uri}");
+    }
+    journal.refuse_writes(false);
+    let r = api.call("GET", "/v1/webhooks", Some(&a), None, &[]).await;
+    assert_eq!(r.body["endpoints"][0]["id"], id.as_str(), "{}", r.body);
     let r = api
         .call("DELETE", &format!("/v1/webhooks/{id}"), Some(&a), None, &[])
         .await;

@@ -46,6 +46,7 @@ impl From<WebhookError> for ApiError {
             }
             WebhookError::Conflict(why) => ApiError::Conflict(why),
             WebhookError::BadTarget(why) => ApiError::invalid_field("endpoint", why),
+            WebhookError::Storage(e) => e.into(),
             other => ApiError::Internal(other.to_string()),
         }
     }
