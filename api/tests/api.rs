@@ -3741,3 +3741,71 @@ async fn a_currency_change_takes_every_limit_with_it() {
         Some("100.00 USD")
     );
 }
+
+// A value a client sent is repeated in an error message only in part (the first 80
+// characters, then `…`), however long it was: a state filter, a role, a user or account in the
+// path, an import kind, an event type.
+#[tokio::test]
+async fn errors_repeat_only_the_start_of_what_was_sent() {
+    use orderd_domain::ids::ECHO_CHARS_MAX;
+    let api = api().await;
+    let buyer = api.token(Some("A"), "ann", &["buyer"], None).await;
+    let admin = api.token(Some("A"), "max", &["account_admin"], None).await;
+    let op = api.token(None, "ops", &["operator"], None).await;
+    let long = "x".repeat(20_000);
+    let user = json!({"name": "Long", "roles": ["buyer"]});
+    let cases = [
+        ("GET", format!("/v1/orders?state={long}"), &buyer, None, 400),
+        (
+            "POST",
+            "/v1/account/users".into(),
+            &admin,
+            Some(json!({"id": "lou", "name": "Lou", "roles": [long.clone()]})),
+            422,
+        ),
+        (
+            "PUT",
+            format!("/v1/account/users/{long}"),
+            &admin,
+            Some(user),
+            404,
+        ),
+        (
+            "DELETE",
+            format!("/v1/account/users/{long}"),
+            &admin,
+            None,
+            404,
+        ),
+        (
+            "PUT",
+            format!("/v1/admin/accounts/{long}/credit"),
+            &op,
+            Some(json!({"credit_limit": "1.00"})),
+            404,
+        ),
+        (
+            "POST",
+            "/v1/webhooks".into(),
+            &admin,
+            Some(json!({"url": "https://93.184.215.14/h", "event_types": [long.clone()]})),
+            422,
+        ),
+    ];
+    for (m, uri, token, body, status) in cases {
+        let r = api.call(m, &uri, Some(token), body, &[]).await;
+        let uri: String = uri.chars().take(40).collect();
+        assert_eq!(r.status.as_u16(), status, "{m} {}: {}", uri, r.body);
+        let said = format!("{}{}", detail(&r), r.body["problems"]);
+        assert!(said.contains('…'), "{m} {}: {said}", uri);
+        assert!(
+            said.len() < 2 * ECHO_CHARS_MAX + 200,
+            "{m} {}: {} bytes",
+            uri,
+            said.len()
+        );
+    }
+    let r = api.import_csv(&op, &long, "a\n1\n").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    assert!(detail(&r).len() < ECHO_CHARS_MAX + 200, "{}", detail(&r));
+}

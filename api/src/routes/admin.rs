@@ -2,7 +2,7 @@
 //! operator role may call them.
 
 use crate::auth::Auth;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{echo, ApiError, ApiResult};
 use crate::extract::{CsvBody, Path};
 use crate::import_csv::{self, Kind};
 use crate::json::Json;
@@ -44,7 +44,11 @@ async fn import(
 ) -> ApiResult<axum::Json<ImportResult>> {
     let caller = auth.require(&[Role::Operator])?.clone();
     let kind = Kind::parse(&kind).ok_or_else(|| {
-        ApiError::NotFound(format!("import kind {kind:?} (known: {})", Kind::names()))
+        ApiError::NotFound(format!(
+            "import kind {:?} (known: {})",
+            echo(&kind),
+            Kind::names()
+        ))
     })?;
     // In a task of its own, so that a client that gives up does not stop an import between
     // its write and the swap of the data in memory (the write stands either way).
@@ -91,7 +95,7 @@ async fn set_credit(
 ) -> ApiResult<axum::Json<CreditBody>> {
     let caller = auth.require(&[Role::Operator])?.clone();
     let id = AccountId::parse(&account)
-        .map_err(|_| ApiError::NotFound(format!("account {account} not found")))?;
+        .map_err(|_| ApiError::NotFound(format!("account {} not found", echo(&account))))?;
     let view = s
         .engine
         .ask(&id, |reply| AccountMsg::SetCredit {

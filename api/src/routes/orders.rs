@@ -390,7 +390,10 @@ async fn list(
                 .into_iter()
                 .find(|st| st.as_str() == name)
                 .ok_or_else(|| {
-                    ApiError::bad_request("invalid_state", format!("unknown state {name:?}"))
+                    ApiError::bad_request(
+                        "invalid_state",
+                        format!("unknown state {:?}", echo(name)),
+                    )
                 })?,
         ),
     };

@@ -8,7 +8,7 @@
 //! created again.
 
 use crate::auth::Auth;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{echo, ApiError, ApiResult};
 use crate::extract::Path;
 use crate::json::Json;
 use crate::ApiState;
@@ -92,8 +92,9 @@ fn user_of(id: UserId, f: UserFields, account: &Account) -> ApiResult<User> {
         .roles
         .iter()
         .map(|r| {
-            Role::parse(r)
-                .ok_or_else(|| ApiError::invalid_field("roles", format!("unknown role {r:?}")))
+            Role::parse(r).ok_or_else(|| {
+                ApiError::invalid_field("roles", format!("unknown role {:?}", echo(r)))
+            })
         })
         .collect::<ApiResult<_>>()?;
     let spending_limit = f
@@ -180,8 +181,8 @@ async fn update_user(
     Json(b): Json<UserFields>,
 ) -> ApiResult<axum::Json<UserBody>> {
     auth.require(ADMIN)?;
-    let id =
-        UserId::parse(&user).map_err(|_| ApiError::NotFound(format!("user {user} not found")))?;
+    let id = UserId::parse(&user)
+        .map_err(|_| ApiError::NotFound(format!("user {} not found", echo(&user))))?;
     let account = account_of(&s, &auth).await?;
     let user = put(&s, &auth, user_of(id, b, &account)?, PutMode::Update).await?;
     Ok(axum::Json(UserBody::from(&user)))
@@ -197,8 +198,8 @@ async fn delete_user(
     Path(user): Path<String>,
 ) -> ApiResult<StatusCode> {
     let caller = auth.require(ADMIN)?.clone();
-    let id =
-        UserId::parse(&user).map_err(|_| ApiError::NotFound(format!("user {user} not found")))?;
+    let id = UserId::parse(&user)
+        .map_err(|_| ApiError::NotFound(format!("user {} not found", echo(&user))))?;
     s.engine
         .ask(auth.account()?, |reply| AccountMsg::DeleteUser {
             caller,
