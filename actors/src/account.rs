@@ -15,8 +15,8 @@ use crate::users::{self, PutMode};
 use crate::{ActorError, Limits, StorageError};
 use orderd_domain::account::{Account, User};
 use orderd_domain::cart::Cart;
-use orderd_domain::ids::{AccountId, IdempotencyKey, OrderId, Sku, UserId, WarehouseId};
-use orderd_domain::money::Money;
+use orderd_domain::ids::{AccountId, IdempotencyKey, OrderId, Segment, Sku, UserId, WarehouseId};
+use orderd_domain::money::{Currency, Money};
 use orderd_domain::order::{Channel, Order, PlacedWith, RequestDigest};
 use orderd_domain::rejection::Rejection;
 use orderd_domain::validation::OrderRequest;
@@ -35,6 +35,25 @@ pub type Reply<T> = RpcReplyPort<Result<Result<T, Rejection>, ActorError>>;
 
 /// A change of an account's master data, applied in its actor.
 pub type AccountUpdate = Box<dyn FnOnce(&mut Account) + Send>;
+
+/// Whom a catalog read prices for and what it may show: the account's id, segment and
+/// currency.
+#[derive(Debug, Clone)]
+pub struct Shopper {
+    pub id: AccountId,
+    pub segment: Segment,
+    pub currency: Currency,
+}
+
+impl Shopper {
+    pub fn of(account: &Account) -> Shopper {
+        Shopper {
+            id: account.id.clone(),
+            segment: account.segment.clone(),
+            currency: account.currency,
+        }
+    }
+}
 
 pub enum AccountMsg {
     GetCart {
@@ -138,6 +157,10 @@ pub enum AccountMsg {
     },
     GetAccount {
         reply: RpcReplyPort<Account>,
+    },
+    /// What a catalog read needs of the account, without copying its users and ship-tos.
+    GetShopper {
+        reply: RpcReplyPort<Shopper>,
     },
     /// Change the master data as `update` says, applied to the account as the actor holds it
     /// (a replacement, or an import that keeps what it does not carry, with nothing changed in
@@ -505,6 +528,7 @@ impl Actor for AccountActor {
             }
             AccountMsg::Credit { reply } => drop(reply.send(st.credit())),
             AccountMsg::GetAccount { reply } => drop(reply.send(st.account.clone())),
+            AccountMsg::GetShopper { reply } => drop(reply.send(Shopper::of(&st.account))),
             AccountMsg::UpdateAccount {
                 caller,
                 update,

@@ -8,9 +8,8 @@ use crate::extract::{Path, Query};
 use crate::ApiState;
 use axum::extract::State;
 use axum::Json;
-use orderd_actors::account::AccountMsg;
+use orderd_actors::account::{AccountMsg, Shopper};
 use orderd_actors::audit::today;
-use orderd_domain::account::Account;
 use orderd_domain::catalog::CatalogItem;
 use orderd_domain::ids::Sku;
 use orderd_domain::pricing::Tier;
@@ -113,16 +112,16 @@ async fn item(
     v.pop().map(Json).ok_or_else(not_found)
 }
 
-async fn account_of(s: &ApiState, auth: &Auth) -> ApiResult<Account> {
+async fn account_of(s: &ApiState, auth: &Auth) -> ApiResult<Shopper> {
     let id = auth.account()?;
     Ok(s.engine
-        .account(id, |reply| AccountMsg::GetAccount { reply })
+        .account(id, |reply| AccountMsg::GetShopper { reply })
         .await?)
 }
 
 async fn views(
     s: &ApiState,
-    account: &Account,
+    account: &Shopper,
     items: Vec<CatalogItem>,
 ) -> ApiResult<Vec<ItemView>> {
     let snap = s.engine.catalog.load();
