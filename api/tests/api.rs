@@ -3809,3 +3809,47 @@ async fn errors_repeat_only_the_start_of_what_was_sent() {
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
     assert!(detail(&r).len() < ECHO_CHARS_MAX + 200, "{}", detail(&r));
 }
+
+// An operator lowers the credit limit below what a pending order holds. The buyer may still
+// shrink the order or change its PO (no new credit), but not grow it back above the limit.
+#[tokio::test]
+async fn an_amendment_that_adds_no_credit_passes_a_lowered_limit() {
+    let api = api().await;
+    let ann = api.token(Some("A"), "ann", &["buyer"], None).await;
+    let op = api.token(None, "ops", &["operator"], None).await;
+    let o = api
+        .place(&ann, "big", json!({"lines":[{"sku":"BOLT","qty":80}]}))
+        .await;
+    assert_eq!(o.body["state"], "pending_approval", "{:?}", o.body);
+    assert_eq!(o.body["total"]["amount"], "640.00", "{:?}", o.body);
+    let path = format!("/v1/orders/{}", o.body["id"].as_str().unwrap());
+    let r = api
+        .call(
+            "PUT",
+            "/v1/admin/accounts/A/credit",
+            Some(&op),
+            Some(json!({"credit_limit": "100.00"})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let amend = |body: Value| api.call("PATCH", &path, Some(&ann), Some(body), &[]);
+    let r = amend(json!({"lines":[{"sku":"BOLT","qty":70}]})).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["total"]["amount"], "560.00", "{:?}", r.body);
+    let r = amend(json!({"customer_po": "PO-7"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let r = amend(json!({"lines":[{"sku":"BOLT","qty":71}]})).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", r.body);
+    assert_eq!(
+        r.body["problems"][0]["code"], "credit_limit_exceeded",
+        "{:?}",
+        r.body
+    );
+    let credit = api.call("GET", "/v1/credit", Some(&ann), None, &[]).await;
+    assert_eq!(
+        credit.body["exposure"]["amount"], "560.00",
+        "{:?}",
+        credit.body
+    );
+}

@@ -323,8 +323,9 @@ impl Harness {
         Ok(())
     }
 
-    /// Invariant 3 and the account's orders and cart. Exposure must be within the limit after
-    /// every accepted order, and at all times unless an operator moved the limit below it.
+    /// Invariant 3 and the account's orders and cart. Exposure must be within the limit at all
+    /// times unless an operator moved the limit below it; then an accepted order change must
+    /// not have raised it.
     async fn check_account(
         &mut self,
         engine: &Engine,
@@ -348,7 +349,11 @@ impl Harness {
         if exposure <= limit {
             self.model.accounts[acct].over_by_operator = false;
         }
-        let must_hold = ordered || !self.model.accounts[acct].over_by_operator;
+        // Over a limit an operator lowered, an accepted change may only keep or lower the
+        // exposure (a shrinking amendment).
+        let before = std::mem::replace(&mut self.model.accounts[acct].exposure_checked, exposure);
+        let must_hold =
+            !self.model.accounts[acct].over_by_operator || (ordered && exposure > before);
         if must_hold && exposure > limit {
             return Err(format!(
                 "invariant 3: {} exposure {exposure} above limit {limit}",

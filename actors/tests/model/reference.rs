@@ -183,6 +183,8 @@ pub struct MAccount {
     /// An operator lowered the limit (or raised receivables) below the exposure: invariant 3
     /// holds again only once exposure is back within the limit.
     pub over_by_operator: bool,
+    /// The exposure the last check found: what a step started from.
+    pub exposure_checked: Decimal,
     pub keys: BTreeMap<String, (Keyed, OrderId)>,
 }
 
@@ -519,7 +521,13 @@ impl Model {
         } else {
             Tri::No
         };
-        if self.exposure(acct, exclude) + total > self.accounts[acct].limit {
+        // An amendment that does not raise what its order counts adds no credit to check.
+        let own = exclude.map_or(Decimal::ZERO, |_| {
+            self.exposure(acct, None) - self.exposure(acct, exclude)
+        });
+        if (exclude.is_none() || total > own)
+            && self.exposure(acct, exclude) + total > self.accounts[acct].limit
+        {
             codes.insert(ProblemCode::CreditLimitExceeded);
         }
         let a = &ACCOUNTS[acct];
