@@ -115,7 +115,7 @@ pub async fn import(
     csv: &[u8],
     rows_max: usize,
 ) -> Result<usize, ImportRefusal> {
-    imported(engine, caller, kind, csv, rows_max)
+    apply_import(engine, caller, kind, csv, rows_max)
         .await
         .map_err(|r| ImportRefusal {
             errors: capped(r.errors),
@@ -123,7 +123,8 @@ pub async fn import(
         })
 }
 
-async fn imported(
+/// [`import`], its problems not yet capped.
+async fn apply_import(
     engine: &Engine,
     caller: &Caller,
     kind: Kind,
