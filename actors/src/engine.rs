@@ -29,12 +29,13 @@ type Holdings = Vec<RebuiltHolding>;
 /// once they have found one more.
 pub const IMPORT_ERRORS_MAX: usize = 100;
 
-/// An import refused after it stored part of its file: what it stored (account or warehouse
-/// ids, in the order stored) and why it stopped. Importing the corrected file again is safe:
-/// every import sets what it names.
+/// An import refused, perhaps after it stored part of its file: what it stored (account or
+/// warehouse ids, in the order stored; a stock import goes on past a refused warehouse) and
+/// why it was refused. Importing the corrected file again is safe: every import sets what it
+/// names.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImportRefusal {
-    /// The accounts or warehouses stored before the refusal; empty when nothing was.
+    /// The accounts or warehouses stored; empty when nothing was.
     pub stored: Vec<String>,
     /// Every problem found, each a readable sentence naming what it concerns.
     pub errors: Vec<String>,
@@ -44,7 +45,7 @@ impl std::fmt::Display for ImportRefusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.errors.join("; "))?;
         if !self.stored.is_empty() {
-            write!(f, " (stored before: {})", self.stored.join(", "))?;
+            write!(f, " (stored all the same: {})", self.stored.join(", "))?;
         }
         Ok(())
     }
@@ -404,23 +405,45 @@ impl Engine {
         let (mut n, mut stored) = (0, vec![]);
         for (w, rows) in by_wh {
             let count = rows.len();
-            let handle = self.warehouse(&w).ok_or(ActorError::Gone)?;
-            // A write the journal refuses (a full queue) fails the whole request as overloaded,
-            // also after earlier warehouses were stored: the client sends the file again, which
-            // sets the same counts.
-            match handle.set_stock(rows, caller.clone()).await? {
-                Ok(ticket) => {
-                    ticket.await?;
+            match self.store_stock(&w, rows, caller).await {
+                Ok(Ok(())) => {
                     n += count;
                     stored.push(w.to_string());
                 }
-                Err(errs) => errors.extend(errs.iter().map(|e: &StockError| format!("{w}: {e}"))),
+                Ok(Err(errs)) => {
+                    errors.extend(errs.iter().map(|e: &StockError| format!("{w}: {e}")))
+                }
+                // A write the journal turns away (a full queue) ends the import; after other
+                // warehouses were stored it is reported with them, since the client needs to
+                // know (sending the file again sets the same counts).
+                Err(e) if stored.is_empty() && errors.is_empty() => return Err(e),
+                Err(e) => {
+                    errors.push(format!("{w}: {e}"));
+                    break;
+                }
             }
         }
         if errors.is_empty() {
             return Ok(Ok(n));
         }
         Ok(Err(ImportRefusal { stored, errors }))
+    }
+
+    /// One warehouse's rows of a stock import, durable: stored, or refused with every reason.
+    async fn store_stock(
+        &self,
+        w: &WarehouseId,
+        rows: Vec<(Sku, u64)>,
+        caller: &Caller,
+    ) -> Result<Result<(), Vec<StockError>>, ActorError> {
+        let handle = self.warehouse(w).ok_or(ActorError::Gone)?;
+        match handle.set_stock(rows, caller.clone()).await? {
+            Ok(ticket) => {
+                ticket.await?;
+                Ok(Ok(()))
+            }
+            Err(errs) => Ok(Err(errs)),
+        }
     }
 
     pub async fn put_account(

@@ -15,7 +15,7 @@ use std::collections::HashSet;
 /// Which orders a read wants.
 #[derive(Debug, Clone, Default)]
 pub struct OrderFilter {
-    /// Only the orders this user placed (a buyer-only caller).
+    /// Only the orders this user placed (a buyer who is not also an approver or account admin).
     pub placed_by: Option<UserId>,
     /// Only the orders in this state.
     pub state: Option<OrderState>,

@@ -627,11 +627,12 @@ fn touch(order: &mut Order) {
     order.updated_at = crate::audit::now_rfc3339();
 }
 
-/// The order `target` names as `caller` may see it: a caller who is only a buyer sees the
-/// orders they placed, and another user's order is not found, like one that does not exist. A
-/// closed order is found too, so that a change to it is refused by the state machine, not as
-/// unknown. An order no longer at a version the target accepts is refused as stale (checked
-/// after visibility, so a stale answer never reveals an order the caller cannot see).
+/// The order `target` names as `caller` may see it: a buyer who is not also an approver or
+/// account admin sees the orders they placed, and another user's order is not found, like one
+/// that does not exist. A closed order is found too, so that a change to it is refused by the
+/// state machine, not as unknown. An order no longer at a version the target accepts is
+/// refused as stale (checked after visibility, so a stale answer never reveals an order the
+/// caller cannot see).
 async fn find(st: &AccountState, caller: &Caller, target: &Target) -> Flow<Order> {
     find_seen_by(st, target, |o| caller.sees_order_of(&o.placed_by)).await
 }

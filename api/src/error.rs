@@ -35,8 +35,8 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("the request has {} problem(s)", .0.len())]
     Invalid(Vec<Problem>),
-    /// An import refused after storing part of its file: `stored` names the accounts or
-    /// warehouses it stored (the body's `stored`), `problems` why it stopped.
+    /// An import refused, perhaps after storing part of its file: `stored` names the accounts
+    /// or warehouses it stored (the body's `stored`), `problems` why it was refused.
     #[error("the import has {} problem(s); {}", .problems.len(), stored_part(.stored))]
     ImportRefused {
         stored: Vec<String>,
@@ -74,7 +74,7 @@ fn stored_part(stored: &[String]) -> String {
         return "nothing was stored".into();
     }
     format!(
-        "stored before it stopped: {} (importing the corrected file again is safe)",
+        "stored all the same: {} (importing the corrected file again is safe)",
         stored.join(", ")
     )
 }
@@ -254,7 +254,8 @@ impl From<StorageError> for ApiError {
             // daemon shutting down. Neither is a fault of the server: the client retries.
             StorageError::Overloaded => ApiError::Overloaded,
             StorageError::Closed => ApiError::Unavailable(
-                "orderd is shutting down; retry with the same Idempotency-Key".into(),
+                "orderd is shutting down; retry shortly (an order with the same Idempotency-Key)"
+                    .into(),
             ),
             other => ApiError::Internal(other.to_string()),
         }

@@ -274,7 +274,7 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
                     Err(refusal) => {
                         if !refusal.stored.is_empty() {
                             eprintln!(
-                                "stored before the refusal: {} (importing the corrected file again is safe)",
+                                "stored all the same: {} (importing the corrected file again is safe)",
                                 refusal.stored.join(", ")
                             );
                         }

@@ -10,8 +10,8 @@
 //!   `api.event_stream_max_ms`, replay included; at most `api.event_streams_max` are open at
 //!   once (above: 503), and `api.event_streams_per_account_max` of one account (above: 429).
 //!
-//! Both show the caller's account (an operator: every account); a caller who is only a buyer
-//! sees the events of the orders they placed, like `GET /v1/orders`.
+//! Both show the caller's account (an operator: every account); a buyer who is not also an
+//! approver or account admin sees the events of the orders they placed, like `GET /v1/orders`.
 
 use super::ACCOUNT_ROLES;
 use crate::auth::Auth;
@@ -69,7 +69,7 @@ pub struct EventPage {
 struct Scope {
     /// The caller's account (`None`: every account, for an operator).
     account: Option<AccountId>,
-    /// For a caller who is only a buyer: the orders they placed, as `GET /v1/orders` shows.
+    /// For a buyer who is not also an approver or account admin: the orders they placed, as `GET /v1/orders` shows.
     own: Option<Arc<OwnOrders>>,
 }
 

@@ -374,8 +374,8 @@ pub struct OrderPage {
     pub next_cursor: Option<String>,
 }
 
-/// The account's orders, newest first; a caller who is only a buyer sees the orders they placed
-/// (buyer, approver, account_admin).
+/// The account's orders, newest first; a buyer who is not also an approver or account admin
+/// sees the orders they placed (buyer, approver, account_admin).
 #[utoipa::path(get, path = "/v1/orders", tag = "orders", params(ListQuery), responses((status = 200, body = OrderPage)), security(("bearer" = [])))]
 async fn list(
     State(s): State<ApiState>,
@@ -442,7 +442,8 @@ fn target(id: &str, headers: &HeaderMap) -> ApiResult<Target> {
     })
 }
 
-/// The order as `caller` may see it (a buyer-only caller: only their own).
+/// The order as `caller` may see it (a buyer who is not also an approver or account admin:
+/// only their own).
 async fn fetch(
     s: &ApiState,
     caller: &Caller,

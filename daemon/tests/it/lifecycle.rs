@@ -458,7 +458,7 @@ async fn the_import_command_says_what_it_stored_and_why_it_stopped() {
         .await;
     assert_eq!(refused.code(), Some(1), "{refused}");
     assert!(
-        refused.stderr.contains("stored before the refusal: MUC"),
+        refused.stderr.contains("stored all the same: MUC"),
         "{refused}"
     );
     assert!(
