@@ -768,10 +768,12 @@ impl Webhooks {
         .await
     }
 
-    /// The endpoint's cursor: the last audit seq it is done with.
-    pub fn cursor(&self, id: &str) -> Result<u64, StorageError> {
+    /// The endpoint's cursor: the last audit seq it is done with. `None` until the
+    /// registration that writes it is applied: memory lists a new endpoint as soon as its write
+    /// is queued, and a delivery that started from 0 would send the account's whole history.
+    pub fn cursor(&self, id: &str) -> Result<Option<u64>, StorageError> {
         let key = format!("{CURSOR}{id}");
-        Ok(self.0.journal.get_u64(key.as_bytes())?.unwrap_or(0))
+        self.0.journal.get_u64(key.as_bytes())
     }
 
     /// Moves the endpoint's cursor to `seq` (ignored for a deleted endpoint).
@@ -1197,6 +1199,45 @@ mod tests {
         hooks.store_cursor(&listed[0].id, 1).await.unwrap();
         let reopened = Webhooks::new(journal, WebhookSettings::default());
         assert_eq!(reopened.list(None).await.unwrap(), listed);
+    }
+
+    // A new endpoint is in memory once its registration is queued, before the write is
+    // applied; until then it has no cursor (not 0, from which a delivery would send the
+    // account's whole history), and then the audit head at its registration.
+    #[tokio::test]
+    async fn a_new_endpoint_has_no_cursor_until_its_registration_is_applied() {
+        let journal = Journal::temporary(&JournalConfig::default()).unwrap();
+        let hooks = Webhooks::new(journal.clone(), WebhookSettings::default());
+        let (sys, a) = (Caller::system(), acct("A"));
+        let url = |u: &str| u.to_owned();
+        let first = hooks
+            .register(&sys, &a, url("https://x.example/h"), vec!["*".into()])
+            .await
+            .unwrap()
+            .0;
+        let head = journal.audit_head().seq;
+        assert!(head > 0, "the first registration is in the log");
+        assert_eq!(hooks.cursor(&first.id).unwrap(), Some(head - 1));
+        journal.hold_commits(true);
+        let registering = tokio::spawn({
+            let (hooks, sys, a) = (hooks.clone(), sys.clone(), a.clone());
+            async move {
+                hooks
+                    .register(&sys, &a, url("https://y.example/h"), vec!["*".into()])
+                    .await
+            }
+        });
+        let second = loop {
+            let listed = hooks.list(None).await.unwrap();
+            if let Some(e) = listed.into_iter().find(|e| e.id != first.id) {
+                break e;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        };
+        assert_eq!(hooks.cursor(&second.id).unwrap(), None, "not applied yet");
+        journal.hold_commits(false);
+        registering.await.unwrap().unwrap();
+        assert_eq!(hooks.cursor(&second.id).unwrap(), Some(head));
     }
 
     // Dead letters come a page at a time, oldest first, an account's without another's; the

@@ -414,7 +414,14 @@ async fn endpoint_round(
             d
         }
         None => {
-            let at = hooks.cursor(ep_id).map_err(|e| e.to_string())?;
+            let Some(at) = hooks.cursor(ep_id).map_err(|e| e.to_string())? else {
+                // Registered, its cursor not yet applied (a commit away): next round.
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until.into()) => {}
+                    _ = stop.changed() => {}
+                }
+                return Ok(true);
+            };
             state.insert(Delivery {
                 ep,
                 cursor: Cursor::stored(at),

@@ -380,7 +380,7 @@ struct Shared {
     #[cfg(test)]
     fail_next_commit: std::sync::atomic::AtomicBool,
     /// Test hook: while set, a group commit waits before it applies, as one stuck on the disk.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "test-hooks"))]
     hold_commits: std::sync::atomic::AtomicBool,
     /// Test hook (feature `test-hooks`): while set, every write is refused `Overloaded`.
     #[cfg(feature = "test-hooks")]
@@ -474,7 +474,7 @@ impl Journal {
             epoch: Instant::now(),
             #[cfg(test)]
             fail_next_commit: std::sync::atomic::AtomicBool::new(false),
-            #[cfg(test)]
+            #[cfg(any(test, feature = "test-hooks"))]
             hold_commits: std::sync::atomic::AtomicBool::new(false),
             #[cfg(feature = "test-hooks")]
             refusing: std::sync::atomic::AtomicBool::new(false),
@@ -542,6 +542,13 @@ impl Journal {
     #[cfg(feature = "test-hooks")]
     pub fn refuse_writes(&self, on: bool) {
         self.inner.shared.refusing.store(on, Ordering::SeqCst);
+    }
+
+    /// Test hook: while `on`, group commits wait before they apply, as one stuck on the disk:
+    /// what is queued stays unapplied (and its callers unanswered) until it is off again.
+    #[cfg(feature = "test-hooks")]
+    pub fn hold_commits(&self, on: bool) {
+        self.inner.shared.hold_commits.store(on, Ordering::SeqCst);
     }
 
     /// Test hook: how many writes [`Journal::refuse_writes`] has refused so far.
@@ -964,7 +971,7 @@ impl Committer {
                 "injected by a test",
             ))));
         }
-        #[cfg(test)]
+        #[cfg(any(test, feature = "test-hooks"))]
         while self.shared.hold_commits.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(1));
         }
