@@ -847,8 +847,10 @@ impl Webhooks {
     }
 
     /// `dl` with its body, rendered again from its event in the audit log (read after the
-    /// registry's lock is released: a dead letter's event is durable before it exists).
-    fn with_body(&self, mut dl: DeadLetter) -> Result<DeadLetter, WebhookError> {
+    /// registry's lock is released: a dead letter's event is durable before it exists). The
+    /// body stays empty when the record cannot be read (logged); an error when it is missing
+    /// or holds another event.
+    pub fn with_body(&self, mut dl: DeadLetter) -> Result<DeadLetter, WebhookError> {
         let corrupt = |reason: String| StorageError::Corrupt {
             key: format!("audit seq {}", dl.seq),
             reason,
@@ -949,12 +951,16 @@ impl Webhooks {
         .and_then(|dl| self.with_body(dl))
     }
 
-    /// Dead letters of an endpoint waiting to be replayed, oldest first.
-    pub async fn replays(&self, endpoint: &str) -> Result<Vec<DeadLetter>, WebhookError> {
-        let waiting: Vec<DeadLetter> = self
-            .with(async |_, st| Ok(st.dead.replays_of(endpoint).cloned().collect()))
-            .await?;
-        waiting.into_iter().map(|dl| self.with_body(dl)).collect()
+    /// Dead letters of an endpoint waiting to be replayed, oldest first, at most `max`, without
+    /// their bodies: the sender renders each in turn ([`Webhooks::with_body`]), so that a
+    /// thousand replays never hold a thousand bodies.
+    pub async fn replays(
+        &self,
+        endpoint: &str,
+        max: usize,
+    ) -> Result<Vec<DeadLetter>, WebhookError> {
+        self.with(async |_, st| Ok(st.dead.replays_of(endpoint).take(max).cloned().collect()))
+            .await
     }
 
     /// The outcome of a replay at `endpoint`: delivered (the dead letter goes) or failed again
@@ -1353,7 +1359,9 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(replay.body, body);
-        assert_eq!(hooks.replays(&a).await.unwrap()[0].body, body);
+        let waiting = hooks.replays(&a, 10).await.unwrap();
+        assert_eq!(waiting[0].body, "", "a replay comes without its body");
+        assert_eq!(hooks.with_body(waiting[0].clone()).unwrap().body, body);
         let stored = journal
             .get(format!("{DEAD}{id}").as_bytes())
             .unwrap()
@@ -1387,10 +1395,11 @@ mod tests {
             Err(WebhookError::Conflict(_))
         ));
         hooks.replayed(&id, b, Some("late".into())).await.unwrap();
-        let waiting = hooks.replays(a).await.unwrap();
+        let waiting = hooks.replays(a, 10).await.unwrap();
         assert_eq!(waiting.len(), 1, "still waiting at its endpoint");
+        assert!(hooks.replays(a, 0).await.unwrap().is_empty(), "at most 0");
         hooks.replayed(&id, a, None).await.unwrap();
-        assert!(hooks.replays(a).await.unwrap().is_empty());
+        assert!(hooks.replays(a, 10).await.unwrap().is_empty());
         assert!(hooks.dead_letters(None, None, 10).await.unwrap().is_empty());
     }
 
@@ -1405,7 +1414,7 @@ mod tests {
         let (a, b) = (&a, &b);
         hooks.request_replay(&sys, None, &id, None).await.unwrap();
         hooks.disable(a, "410 Gone").await.unwrap();
-        assert!(hooks.replays(a).await.unwrap().is_empty());
+        assert!(hooks.replays(a, 10).await.unwrap().is_empty());
         let reopened = Webhooks::new(journal, WebhookSettings::default());
         for h in [&hooks, &reopened] {
             let dl = h.dead_letters(None, None, 10).await.unwrap();
@@ -1418,7 +1427,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((&moved.endpoint, moved.replay), (b, true));
-        assert_eq!(hooks.replays(b).await.unwrap().len(), 1);
+        assert_eq!(hooks.replays(b, 10).await.unwrap().len(), 1);
     }
 
     // Register, rotate, limits and tenancy, and all of it back after reopening the journal;

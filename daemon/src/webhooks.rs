@@ -490,7 +490,15 @@ async fn endpoint_round(
     }
 }
 
-/// Sends the dead letters an operator or admin asked to replay, once each. `Ok(false)`: the
+/// Replays sent in one round of an endpoint at most; the rest wait for the next round, so
+/// that live delivery goes on between them.
+const REPLAYS_PER_ROUND: usize = 100;
+
+/// Sends the dead letters an operator or admin asked to replay, once each, at most
+/// [`REPLAYS_PER_ROUND`]. One the receiver refuses ends the round's replays: a receiver that is
+/// down (or answers 429) costs one attempt a round, not one per dead letter. One whose event
+/// can no longer be read from the log is not sent (an empty body under its id would let a
+/// receiver that deduplicates drop the real event): it fails, saying why. `Ok(false)`: the
 /// task ends.
 async fn replay_dead_letters(
     hooks: &Webhooks,
@@ -498,7 +506,27 @@ async fn replay_dead_letters(
     ep_id: &str,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<bool, String> {
-    for dl in hooks.replays(ep_id).await.map_err(|e| e.to_string())? {
+    let waiting = hooks
+        .replays(ep_id, REPLAYS_PER_ROUND)
+        .await
+        .map_err(|e| e.to_string())?;
+    for dl in waiting {
+        let id = dl.id.clone();
+        let dl = match hooks.with_body(dl) {
+            Ok(dl) if !dl.body.is_empty() => dl,
+            unreadable => {
+                let why = match unreadable {
+                    Err(e) => format!("not sent: its event cannot be read from the log: {e}"),
+                    Ok(_) => "not sent: its event cannot be read from the log".to_owned(),
+                };
+                tracing::warn!(endpoint.id = %ep_id, dead_letter.id = %id, reason = %why, "dead letter not replayed");
+                hooks
+                    .replayed(&id, ep_id, Some(why))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                continue;
+            }
+        };
         let error = match deliver(
             hooks,
             client,
@@ -519,10 +547,14 @@ async fn replay_dead_letters(
             Outcome::Dead { error, .. } => Some(error),
         };
         tracing::info!(endpoint.id = %ep_id, event.id = %dl.event_id, delivered = error.is_none(), "dead letter replayed");
+        let refused = error.is_some();
         hooks
             .replayed(&dl.id, ep_id, error)
             .await
             .map_err(|e| e.to_string())?;
+        if refused {
+            break;
+        }
     }
     Ok(true)
 }
