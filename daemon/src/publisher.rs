@@ -24,7 +24,11 @@
 //!   published after the stored cursor (at most `cursor_store_ms` of events, and the rounds not
 //!   yet acknowledged) is published again, which JetStream drops inside its duplicate window and
 //!   consumers drop by event id after it;
-//! - only durable records go out (up to the head of the last group flush).
+//! - only durable records go out (up to the head of the last group flush);
+//! - at most one event of an order waits for its PubAck at a time (see [`waves`]): a broken
+//!   connection loses what is still in the client's write buffer, while the publishes queued
+//!   behind it go out on the new connection, and an order's later event would land in the
+//!   stream ahead of its earlier one.
 //!
 //! Subjects (ids are subject tokens with `.` written as `%2E`):
 //!
@@ -45,6 +49,7 @@
 
 use orderd_actors::events::{self, BusReceiver, EventBus, LagStage, OutboxReaders, Published};
 use orderd_api::oidc::Secret;
+use orderd_domain::ids::OrderId;
 use orderd_storage::{Batch, Journal, StorageError};
 use serde::Deserialize;
 use std::collections::{HashMap, VecDeque};
@@ -554,10 +559,32 @@ fn message_count(events: &[Arc<Published>]) -> usize {
     events.iter().map(|ev| 1 + ev.stock_warehouses.len()).sum()
 }
 
+/// `events` (in log order) cut into consecutive waves in which no order has two events: a
+/// wave is published only once every PubAck of the wave before it is in, so at most one event
+/// of an order waits for its PubAck. (When a connection breaks, the client drops what is
+/// still in its write buffer and sends the publishes queued behind it on the new connection:
+/// two events of one order in flight at once could be stored in the wrong order.)
+fn waves(events: &[Arc<Published>]) -> Vec<&[Arc<Published>]> {
+    let mut out = vec![];
+    let (mut start, mut orders) = (0, std::collections::HashSet::new());
+    for (i, ev) in events.iter().enumerate() {
+        if !orders.insert(&ev.order) {
+            out.push(&events[start..i]);
+            start = i;
+            orders.clear();
+            orders.insert(&ev.order);
+        }
+    }
+    if start < events.len() {
+        out.push(&events[start..]);
+    }
+    out
+}
+
 /// Publishes the messages of `events` in order and returns the wait for their PubAcks, all
 /// within `ack_timeout` from now. `room`: how many more messages the client may hold waiting
 /// for a PubAck (at least 1); once that many of this round wait, their PubAcks are awaited
-/// before it goes on.
+/// before it goes on. So are they before an event of an order that has one waiting ([`waves`]).
 async fn send(
     js: &async_nats::jetstream::Context,
     events: &[Arc<Published>],
@@ -569,29 +596,34 @@ async fn send(
     let deadline = tokio::time::Instant::now() + ack_timeout;
     let mut acks = Vec::with_capacity(events.len().min(room));
     let max_payload = js.client().max_payload();
-    for m in events.iter().flat_map(|ev| messages(ev, max_payload)) {
-        if acks.len() == room {
-            tokio::time::timeout_at(deadline, all_acked(std::mem::take(&mut acks)))
-                .await
-                .map_err(|_| PublishError::AckTimeout(ms))??;
-        }
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", m.msg_id.as_str());
-        let ack = js
-            .publish_with_headers(m.subject.clone(), headers, m.payload)
-            .await
-            .map_err(|e| PublishError::Publish {
-                subject: m.subject.clone(),
-                reason: e.to_string(),
-            })?;
-        acks.push((m.subject, ack));
-    }
-    // From the start of the round, not from when it becomes the oldest waiting.
-    Ok(Box::pin(async move {
+    let acked = |acks: Vec<_>| async move {
         tokio::time::timeout_at(deadline, all_acked(acks))
             .await
             .map_err(|_| PublishError::AckTimeout(ms))?
-    }))
+    };
+    for wave in waves(events) {
+        // The wave before is acknowledged in full first.
+        if !acks.is_empty() {
+            acked(std::mem::take(&mut acks)).await?;
+        }
+        for m in wave.iter().flat_map(|ev| messages(ev, max_payload)) {
+            if acks.len() == room {
+                acked(std::mem::take(&mut acks)).await?;
+            }
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", m.msg_id.as_str());
+            let ack = js
+                .publish_with_headers(m.subject.clone(), headers, m.payload)
+                .await
+                .map_err(|e| PublishError::Publish {
+                    subject: m.subject.clone(),
+                    reason: e.to_string(),
+                })?;
+            acks.push((m.subject, ack));
+        }
+    }
+    // From the start of the round, not from when it becomes the oldest waiting.
+    Ok(Box::pin(acked(acks)))
 }
 
 /// Every PubAck of `acks`, in order. Counts the ones JetStream marks as duplicates: expected
@@ -630,6 +662,11 @@ impl Round {
     /// The audit seq of its last event.
     fn last(&self) -> u64 {
         self.events.last().map_or(0, |ev| ev.seq)
+    }
+
+    /// Whether it has an event of one of `orders`.
+    fn has_any(&self, orders: &std::collections::HashSet<&OrderId>) -> bool {
+        self.events.iter().any(|ev| orders.contains(&ev.order))
     }
 }
 
@@ -853,9 +890,14 @@ impl Publisher {
         let (got, behind) = events::take_waiting(&mut live, first, self.s.batch_max, published);
         if !got.is_empty() {
             let messages = message_count(&got);
-            // Older rounds settle first while this one would take the client above its bound.
-            while !self.in_flight.is_empty()
-                && self.in_flight_messages + messages > self.s.acks_in_flight_max
+            // Older rounds settle first while this one would take the client above its bound,
+            // and while one has an event of an order this one has (one event of an order
+            // waits for its PubAck at a time, see `waves`).
+            let orders: std::collections::HashSet<&OrderId> =
+                got.iter().map(|ev| &ev.order).collect();
+            while self.in_flight.iter().any(|r| r.has_any(&orders))
+                || (!self.in_flight.is_empty()
+                    && self.in_flight_messages + messages > self.s.acks_in_flight_max)
             {
                 self.settle_oldest().await?;
             }
@@ -991,7 +1033,7 @@ impl Publisher {
 mod tests {
     use super::*;
     use orderd_actors::events::{LineChanged, OrderChanged};
-    use orderd_domain::ids::{AccountId, OrderId, Sku, WarehouseId};
+    use orderd_domain::ids::{AccountId, Sku, WarehouseId};
     use orderd_domain::money::{Currency, Money};
     use orderd_domain::order::OrderState;
     use orderd_domain::order::{Allocation, LineStatus};
@@ -1053,6 +1095,34 @@ mod tests {
             })
             .unwrap_or_default();
         (warehouses, omitted)
+    }
+
+    // A round is published in waves with one event of an order each, in log order: a second
+    // event of an order starts a new wave, which goes out once the one before is acknowledged.
+    #[test]
+    fn a_round_goes_out_in_waves_of_one_event_per_order() {
+        let of = |seq: u64, order: &str| {
+            let mut ev = event(OrderState::Allocated, &["BER"]);
+            ev.order = OrderId::parse(order).unwrap();
+            Arc::new(Published::of(seq, &ev))
+        };
+        let round = [
+            of(1, "a"),
+            of(2, "b"),
+            of(3, "a"),
+            of(4, "c"),
+            of(5, "b"),
+            of(6, "b"),
+        ];
+        let seqs = |waves: Vec<&[Arc<Published>]>| -> Vec<Vec<u64>> {
+            waves
+                .iter()
+                .map(|w| w.iter().map(|ev| ev.seq).collect())
+                .collect()
+        };
+        assert_eq!(seqs(waves(&round)), [vec![1, 2], vec![3, 4, 5], vec![6]]);
+        assert_eq!(seqs(waves(&round[..2])), [vec![1, 2]]);
+        assert!(waves(&[]).is_empty());
     }
 
     // An event goes out whole on every subject when the server takes it. One the server would
