@@ -1021,9 +1021,18 @@ impl Publisher {
         c.at = c.at.max(to);
         self.readers.set(READER, "", c.at);
         if c.stored < c.at && c.stored_at.elapsed() >= every {
-            store_cursor(&self.journal, c.at).await?;
-            c.stored = c.at;
-            c.stored_at = Instant::now();
+            match store_cursor(&self.journal, c.at).await {
+                Ok(()) => {
+                    c.stored = c.at;
+                    c.stored_at = Instant::now();
+                }
+                // A full commit queue is load, not an outage: the cursor stays in memory and
+                // is written at the next move (failing the round would publish it again).
+                Err(StorageError::Overloaded) => {
+                    tracing::debug!(at = c.at, "the NATS cursor waits for room in the journal")
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(())
     }
