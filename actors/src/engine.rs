@@ -41,13 +41,22 @@ pub struct ImportRefusal {
     pub errors: Vec<String>,
 }
 
+impl ImportRefusal {
+    /// What the refusal stored, as the API's detail and `orderd import` say it.
+    pub fn stored_note(&self) -> String {
+        if self.stored.is_empty() {
+            return "nothing was stored".into();
+        }
+        format!(
+            "stored all the same: {} (importing the corrected file again is safe)",
+            self.stored.join(", ")
+        )
+    }
+}
+
 impl std::fmt::Display for ImportRefusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.errors.join("; "))?;
-        if !self.stored.is_empty() {
-            write!(f, " (stored all the same: {})", self.stored.join(", "))?;
-        }
-        Ok(())
+        write!(f, "{}; {}", self.errors.join("; "), self.stored_note())
     }
 }
 

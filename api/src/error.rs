@@ -3,6 +3,7 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use orderd_actors::engine::ImportRefusal;
 use orderd_actors::StorageError;
 use orderd_actors::{ActorError, BusyScope};
 use orderd_domain::rejection::Rejection;
@@ -35,13 +36,10 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("the request has {} problem(s)", .0.len())]
     Invalid(Vec<Problem>),
-    /// An import refused, perhaps after storing part of its file: `stored` names the accounts
-    /// or warehouses it stored (the body's `stored`), `problems` why it was refused.
-    #[error("the import has {} problem(s); {}", .problems.len(), stored_part(.stored))]
-    ImportRefused {
-        stored: Vec<String>,
-        problems: Vec<Problem>,
-    },
+    /// An import refused, perhaps after storing part of its file: its errors become the
+    /// `problems`, and the accounts or warehouses it stored the body's `stored`.
+    #[error("the import has {} problem(s); {}", .0.errors.len(), .0.stored_note())]
+    ImportRefused(ImportRefusal),
     #[error("{0}")]
     IdempotencyMismatch(String),
     #[error("{0}")]
@@ -67,16 +65,6 @@ pub enum ApiError {
     Unavailable(String),
     #[error("internal error")]
     Internal(String),
-}
-
-fn stored_part(stored: &[String]) -> String {
-    if stored.is_empty() {
-        return "nothing was stored".into();
-    }
-    format!(
-        "stored all the same: {} (importing the corrected file again is safe)",
-        stored.join(", ")
-    )
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -123,7 +111,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
-            ApiError::Invalid(_) | ApiError::ImportRefused { .. } => {
+            ApiError::Invalid(_) | ApiError::ImportRefused(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed")
             }
             ApiError::IdempotencyMismatch(_) => {
@@ -163,7 +151,13 @@ impl IntoResponse for ApiError {
         };
         let (problems, stored) = match self {
             ApiError::Invalid(p) => (p, vec![]),
-            ApiError::ImportRefused { stored, problems } => (problems, stored),
+            ApiError::ImportRefused(r) => (
+                r.errors
+                    .into_iter()
+                    .map(|e| Problem::new(ProblemCode::InvalidField, e))
+                    .collect(),
+                r.stored,
+            ),
             _ => (vec![], vec![]),
         };
         let body = ProblemBody {

@@ -273,10 +273,7 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
                     }
                     Err(refusal) => {
                         if !refusal.stored.is_empty() {
-                            eprintln!(
-                                "stored all the same: {} (importing the corrected file again is safe)",
-                                refusal.stored.join(", ")
-                            );
+                            eprintln!("{}", refusal.stored_note());
                         }
                         for e in refusal.errors {
                             eprintln!("{e}");

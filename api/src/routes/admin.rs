@@ -11,7 +11,6 @@ use axum::extract::State;
 use orderd_actors::account::{AccountMsg, CreditView};
 use orderd_domain::account::Role;
 use orderd_domain::ids::AccountId;
-use orderd_domain::validation::{Problem, ProblemCode};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -57,14 +56,7 @@ async fn import(
     let rows = tokio::spawn(task)
         .await
         .map_err(|e| ApiError::Internal(format!("import task: {e}")))?
-        .map_err(|refusal| ApiError::ImportRefused {
-            stored: refusal.stored,
-            problems: refusal
-                .errors
-                .into_iter()
-                .map(|e| Problem::new(ProblemCode::InvalidField, e))
-                .collect(),
-        })?;
+        .map_err(ApiError::ImportRefused)?;
     Ok(axum::Json(ImportResult {
         kind: kind.name().into(),
         rows,
