@@ -443,6 +443,24 @@ impl DeadLetters {
             .map(|(_, id)| id)
     }
 
+    /// The ids of the dead letters of `account` to drop so that one more fits under `cap`:
+    /// the oldest, those not waiting for a replay first. A replay someone asked for and was
+    /// told would happen is dropped only when every dead letter of the account waits for one.
+    fn beyond_cap(&self, account: &AccountId, cap: usize) -> Vec<String> {
+        let mine: Vec<&DeadLetter> = self
+            .ids_of(account, None)
+            .filter_map(|id| self.all.get(id))
+            .collect();
+        let over = (mine.len() + 1).saturating_sub(cap);
+        let (waiting, idle): (Vec<&DeadLetter>, Vec<&DeadLetter>) =
+            mine.into_iter().partition(|d| d.replay);
+        idle.into_iter()
+            .chain(waiting)
+            .take(over)
+            .map(|d| d.id.clone())
+            .collect()
+    }
+
     /// A page of dead letters after `after` (an id), oldest first: `account`'s, or every
     /// account's when `None`.
     fn page(
@@ -791,7 +809,8 @@ impl Webhooks {
     }
 
     /// Stores a dead letter and moves its endpoint's cursor past it, atomically. Beyond
-    /// `webhooks.dead_letters_per_account_max` the account's oldest dead letter is dropped.
+    /// `webhooks.dead_letters_per_account_max` the account's oldest dead letter is dropped,
+    /// one waiting for a replay only when every other is.
     pub async fn dead_letter(&self, mut dl: DeadLetter) -> Result<String, WebhookError> {
         self.with_queued(async |inner, st| {
             if !st.endpoints.contains_key(&dl.endpoint) {
@@ -805,9 +824,9 @@ impl Webhooks {
                 format!("{CURSOR}{}", dl.endpoint),
                 dl.seq.to_be_bytes().to_vec(),
             );
-            let mine: Vec<&String> = st.dead.ids_of(&dl.account, None).collect();
-            let over = (mine.len() + 1).saturating_sub(inner.settings.dead_letters_per_account_max);
-            let dropped: Vec<String> = mine[..over].iter().map(|d| d.to_string()).collect();
+            let dropped = st
+                .dead
+                .beyond_cap(&dl.account, inner.settings.dead_letters_per_account_max);
             for d in &dropped {
                 tracing::warn!(dead_letter.id = %d, account.id = %dl.account, "dead letter dropped: webhooks.dead_letters_per_account_max reached");
                 batch.remove(format!("{DEAD}{d}"));
@@ -1332,6 +1351,75 @@ mod tests {
             .unwrap();
         assert!(read(Some(acct("A"))).await.is_empty());
         assert_eq!(read(None).await, b);
+    }
+
+    // At the per-account cap, a dead letter waiting for the replay someone asked for stays
+    // while one not waiting can go instead; only when all wait does the oldest of them go.
+    #[tokio::test]
+    async fn the_cap_spares_dead_letters_waiting_for_a_replay() {
+        let journal = Journal::temporary(&JournalConfig::default()).unwrap();
+        let settings = WebhookSettings {
+            dead_letters_per_account_max: 3,
+            ..WebhookSettings::default()
+        };
+        let hooks = Webhooks::new(journal, settings);
+        let (sys, a) = (Caller::system(), acct("A"));
+        let (ep, _) = hooks
+            .register(&sys, &a, "https://x.example/h".into(), vec!["*".into()])
+            .await
+            .unwrap();
+        let dead_letter = async |seq: u64| -> String {
+            hooks
+                .dead_letter(DeadLetter {
+                    id: String::new(),
+                    endpoint: ep.id.clone(),
+                    account: a.clone(),
+                    event_id: format!("o-{seq}.1"),
+                    event_type: "orderd.order.confirmed".into(),
+                    seq,
+                    attempts: 1,
+                    last_error: "500".into(),
+                    failed_at: String::new(),
+                    replay: false,
+                    body: String::new(),
+                })
+                .await
+                .unwrap()
+        };
+        let replay = async |id: &str| {
+            hooks.request_replay(&sys, None, id, None).await.unwrap();
+        };
+        let kept = async || -> Vec<String> {
+            let page = hooks.dead_letters(Some(&a), None, 10).await.unwrap();
+            page.into_iter().map(|d| d.id).collect()
+        };
+        let mut d = Vec::new();
+        for seq in 1..=3 {
+            d.push(dead_letter(seq).await);
+        }
+        replay(&d[0]).await;
+        d.push(dead_letter(4).await);
+        assert_eq!(
+            kept().await,
+            [&*d[0], &d[2], &d[3]],
+            "the oldest idle one went"
+        );
+        replay(&d[2]).await;
+        replay(&d[3]).await;
+        d.push(dead_letter(5).await);
+        assert_eq!(
+            kept().await,
+            [&*d[2], &d[3], &d[4]],
+            "with every one waiting, the oldest went"
+        );
+        let waiting: Vec<String> = hooks
+            .replays(&ep.id, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(waiting, [&*d[2], &d[3]]);
     }
 
     // A dead letter's body is its event as rendered for delivery, read again from the audit
