@@ -15,17 +15,18 @@ use oauth2::basic::{
 use oauth2::{
     AsyncHttpClient, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet,
     EndpointSet, ExtraTokenFields, HttpRequest, HttpResponse, PkceCodeChallenge, PkceCodeVerifier,
-    RedirectUrl, RequestTokenError, Scope, StandardRevocableToken, StandardTokenResponse,
-    TokenResponse, TokenUrl,
+    RedirectUrl, RefreshToken, RequestTokenError, Scope, StandardRevocableToken,
+    StandardTokenResponse, TokenResponse, TokenUrl,
 };
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::pin::Pin;
 
-/// The OpenID Connect part of the token answer.
+/// The OpenID Connect part of the token answer (a refresh's answer may lack it).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IdToken {
-    pub id_token: String,
+    #[serde(default)]
+    pub id_token: Option<String>,
 }
 impl ExtraTokenFields for IdToken {}
 
@@ -55,9 +56,32 @@ pub struct Authorization {
 pub struct Tokens {
     pub access_token: String,
     pub id_token: String,
+    /// When the provider gives one (see `oidc.scopes`: many want `offline_access`).
+    pub refresh_token: Option<String>,
 }
 
-fn client(issuer: &Issuer, d: &Discovery, redirect_uri: &str) -> Result<SignInClient, ApiError> {
+/// The tokens a refresh gave: a new access token, and a new refresh token when the provider
+/// rotates them.
+pub struct Refreshed {
+    pub access_token: String,
+    pub refresh_token: Option<String>,
+}
+
+/// Why a refresh failed.
+#[derive(Debug)]
+pub enum RefreshError {
+    /// The provider refused it (`invalid_grant`: the user disabled, the grant revoked or
+    /// expired): the session is over.
+    Refused(String),
+    /// The provider could not be asked, or answered what is not a token answer.
+    Unavailable(String),
+}
+
+fn client(
+    issuer: &Issuer,
+    d: &Discovery,
+    redirect_uri: Option<&str>,
+) -> Result<SignInClient, ApiError> {
     let bad = |what: &str, e: String| ApiError::Unavailable(format!("bad {what}: {e}"));
     let auth = d.authorization_endpoint.clone().ok_or_else(|| {
         ApiError::Unavailable("the identity provider has no authorization endpoint".into())
@@ -65,18 +89,17 @@ fn client(issuer: &Issuer, d: &Discovery, redirect_uri: &str) -> Result<SignInCl
     let token = d.token_endpoint.clone().ok_or_else(|| {
         ApiError::Unavailable("the identity provider has no token endpoint".into())
     })?;
-    Ok(
-        oauth2::Client::new(ClientId::new(issuer.settings.client_id.clone()))
-            .set_client_secret(ClientSecret::new(issuer.settings.client_secret.0.clone()))
-            .set_auth_uri(
-                AuthUrl::new(auth).map_err(|e| bad("authorization endpoint", e.to_string()))?,
-            )
-            .set_token_uri(TokenUrl::new(token).map_err(|e| bad("token endpoint", e.to_string()))?)
-            .set_redirect_uri(
-                RedirectUrl::new(redirect_uri.to_owned())
-                    .map_err(|e| ApiError::bad_request("no_host", e.to_string()))?,
-            ),
-    )
+    let client = oauth2::Client::new(ClientId::new(issuer.settings.client_id.clone()))
+        .set_client_secret(ClientSecret::new(issuer.settings.client_secret.0.clone()))
+        .set_auth_uri(AuthUrl::new(auth).map_err(|e| bad("authorization endpoint", e.to_string()))?)
+        .set_token_uri(TokenUrl::new(token).map_err(|e| bad("token endpoint", e.to_string()))?);
+    Ok(match redirect_uri {
+        None => client,
+        Some(uri) => client.set_redirect_uri(
+            RedirectUrl::new(uri.to_owned())
+                .map_err(|e| ApiError::bad_request("no_host", e.to_string()))?,
+        ),
+    })
 }
 
 /// The authorization URL of a sign-in with this `state` and `nonce` (code flow, PKCE S256,
@@ -89,7 +112,7 @@ pub fn authorize(
     nonce: &str,
 ) -> Result<Authorization, ApiError> {
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-    let client = client(issuer, d, redirect_uri)?;
+    let client = client(issuer, d, Some(redirect_uri))?;
     let (url, _) = client
         .authorize_url(|| CsrfToken::new(state.to_owned()))
         .add_scopes(issuer.settings.scopes.iter().cloned().map(Scope::new))
@@ -112,7 +135,7 @@ pub async fn redeem(
     code: &str,
     verifier: String,
 ) -> Result<Tokens, ApiError> {
-    let client = client(issuer, d, redirect_uri)?;
+    let client = client(issuer, d, Some(redirect_uri))?;
     let http = Bounded(oidc);
     let answer = client
         .exchange_code(AuthorizationCode::new(code.to_owned()))
@@ -129,7 +152,38 @@ pub async fn redeem(
         })?;
     Ok(Tokens {
         access_token: answer.access_token().secret().clone(),
-        id_token: answer.extra_fields().id_token.clone(),
+        id_token: answer.extra_fields().id_token.clone().ok_or_else(|| {
+            ApiError::Unauthorized("the token answer has no id_token (is openid a scope?)".into())
+        })?,
+        refresh_token: answer.refresh_token().map(|t| t.secret().clone()),
+    })
+}
+
+/// Asks the token endpoint for a new access token with `refresh_token` (client
+/// authentication: HTTP Basic; resource = the issuer's audience, as at sign-in).
+pub async fn refresh(
+    oidc: &Oidc,
+    issuer: &Issuer,
+    d: &Discovery,
+    refresh_token: &str,
+) -> Result<Refreshed, RefreshError> {
+    let client = client(issuer, d, None).map_err(|e| RefreshError::Unavailable(e.to_string()))?;
+    let http = Bounded(oidc);
+    let answer = client
+        .exchange_refresh_token(&RefreshToken::new(refresh_token.to_owned()))
+        .add_extra_param("resource", &issuer.settings.audience)
+        .request_async(&http)
+        .await
+        .map_err(|e| match e {
+            RequestTokenError::ServerResponse(e) => RefreshError::Refused(e.to_string()),
+            RequestTokenError::Request(e) => {
+                RefreshError::Unavailable(format!("token endpoint: {e}"))
+            }
+            other => RefreshError::Unavailable(format!("unexpected token answer: {other}")),
+        })?;
+    Ok(Refreshed {
+        access_token: answer.access_token().secret().clone(),
+        refresh_token: answer.refresh_token().map(|t| t.secret().clone()),
     })
 }
 

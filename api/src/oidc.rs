@@ -530,6 +530,21 @@ impl Oidc {
         Ok(caller)
     }
 
+    /// Verifies the access token of a browser sign-in or of a session's refresh, in full (no
+    /// cache): the caller it names and until when, with `refresh_token` to keep.
+    pub async fn verify_vouched(
+        &self,
+        token: &str,
+        refresh_token: Option<String>,
+    ) -> Result<crate::session::Vouched, ApiError> {
+        let verified = self.verify_signed(token).await?;
+        Ok(crate::session::Vouched {
+            expires_at: verified.exp,
+            caller: verified.caller_at(String::new()),
+            refresh_token,
+        })
+    }
+
     /// Access tokens whose signature was checked so far (every request without the cache;
     /// with it, the first request of each token and those after an entry was dropped).
     pub fn signature_checks(&self) -> u64 {

@@ -178,7 +178,7 @@ async fn admit(s: &ApiState, req: &mut Request) -> Result<Option<Ticket>, ApiErr
                     s.auth.authenticate(token, ip).await?,
                     hex::encode(Sha256::digest(token.as_bytes())),
                 ),
-                None => crate::session::caller_of(s, req, ip)?,
+                None => crate::session::caller_of(s, req.headers(), &method, ip).await?,
             };
             let (caller, withheld) = effective_caller(s, caller)?;
             if !roles.iter().any(|r| caller.has(*r)) {

@@ -4,20 +4,25 @@
 //! the cookie `__Host-orderd_session` (Secure, HttpOnly, SameSite=Lax, Path=/). A new id is
 //! issued at every sign-in (the old session ends), sessions end after `idle_timeout_ms` unused
 //! and `absolute_timeout_ms` after sign-in, and `/auth/logout` ends them server-side.
+//!
+//! A session acts on the provider's word only while the access token of its sign-in holds.
+//! Then it asks the provider again with the refresh token, if the provider gave one (one
+//! refresh at a time per session), and goes on as the new token says; a provider that refuses
+//! (the user was disabled, the grant revoked) ends it. Without a refresh token the session ends
+//! with its access token.
 //! State-changing requests authenticated by the cookie must come from orderd's own origin
 //! (Origin header), which stops cross-site request forgery.
 
 use crate::error::ApiError;
 use crate::ApiState;
-use axum::extract::Request;
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue, Method};
 use cookie::{Cookie, SameSite};
 use orderd_actors::audit::Caller;
 use orderd_domain::ids::AccountId;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The session cookie (the `__Host-` prefix: Secure, Path=/, no Domain).
 pub const SESSION_COOKIE: &str = "__Host-orderd_session";
@@ -30,6 +35,41 @@ struct Session {
     caller: Caller,
     created: Instant,
     last_used: Instant,
+    /// Until when the identity provider vouches for `caller`: the expiry of the access token of
+    /// the sign-in or of the latest refresh.
+    vouched_until: Instant,
+    /// How to ask the provider again after `vouched_until`; `None` when it gave no refresh
+    /// token, and the session then ends there.
+    renewal: Option<Arc<Renewal>>,
+}
+
+/// What a sign-in or a refresh established: who, until when (the access token's `exp`, Unix
+/// seconds), and the refresh token, if the provider gave one.
+pub struct Vouched {
+    pub caller: Caller,
+    pub expires_at: u64,
+    pub refresh_token: Option<String>,
+}
+
+/// A session's way back to its provider. The lock makes one session's refreshes go one at a
+/// time: a provider that rotates refresh tokens takes a second use of one as theft, and
+/// revokes the whole grant.
+pub struct Renewal {
+    /// The issuer that signed the session in.
+    pub issuer: String,
+    /// The latest refresh token (a secret: never logged).
+    pub token: tokio::sync::Mutex<String>,
+}
+
+/// A live session, as [`Sessions::touch`] finds it.
+pub enum Touched {
+    /// Vouched for: its caller.
+    Live(Caller),
+    /// Its access token has expired: refresh through `renewal` before acting as `caller`.
+    Stale {
+        caller: Caller,
+        renewal: Arc<Renewal>,
+    },
 }
 
 /// A sign-in between `/auth/login` and `/auth/callback`.
@@ -143,15 +183,32 @@ impl Sessions {
                 < Duration::from_millis(self.settings.idle_timeout_ms)
     }
 
-    /// Starts a session for `caller`, ending `previous` (rotation at sign-in); its id.
+    /// Starts a session for `vouched.caller` as signed in at `issuer`, ending `previous`
+    /// (rotation at sign-in); its id.
     ///
     /// Room is made first within the caller's account: at `sessions_per_account_max` its
     /// ended sessions go, then its earliest started one, so that one company signing in
     /// without end cannot sign another company's users out. Then in all: at `sessions_max` the
     /// ended sessions go, then the earliest started one.
-    pub fn start(&self, caller: Caller, previous: Option<&str>) -> Result<String, ApiError> {
+    pub fn start(
+        &self,
+        issuer: &str,
+        vouched: Vouched,
+        previous: Option<&str>,
+    ) -> Result<String, ApiError> {
         let id = random_token()?;
         let now = Instant::now();
+        let Vouched {
+            caller,
+            expires_at,
+            refresh_token,
+        } = vouched;
+        let renewal = refresh_token.map(|token| {
+            Arc::new(Renewal {
+                issuer: issuer.to_owned(),
+                token: tokio::sync::Mutex::new(token),
+            })
+        });
         let mut live = lock(&self.live);
         if let Some(p) = previous {
             live.remove(p);
@@ -177,23 +234,50 @@ impl Sessions {
                 caller,
                 created: now,
                 last_used: now,
+                vouched_until: instant_of(now, expires_at),
+                renewal,
             },
         );
         Ok(id)
     }
 
-    /// The caller of a live session, marking it used.
-    pub fn touch(&self, id: &str) -> Option<Caller> {
+    /// A live session: vouched for (marked used), or due for a refresh. `None` when it has
+    /// ended, also when its access token expired and it has no refresh token.
+    pub fn touch(&self, id: &str) -> Option<Touched> {
         let now = Instant::now();
         let mut live = lock(&self.live);
         let alive = live.by_id.get(id).map(|s| self.alive(s, now))?;
-        if !alive {
-            live.remove(id);
-            return None;
+        let s = live.by_id.get_mut(id).filter(|_| alive);
+        let touched = match s {
+            Some(s) if now < s.vouched_until => {
+                s.last_used = now;
+                Touched::Live(s.caller.clone())
+            }
+            Some(Session {
+                caller,
+                renewal: Some(renewal),
+                ..
+            }) => Touched::Stale {
+                caller: caller.clone(),
+                renewal: renewal.clone(),
+            },
+            _ => {
+                live.remove(id);
+                return None;
+            }
+        };
+        Some(touched)
+    }
+
+    /// Records a refresh of session `id` (if it still lives): the caller as the new access
+    /// token says, until it expires.
+    pub fn renewed(&self, id: &str, caller: Caller, expires_at: u64) {
+        let now = Instant::now();
+        if let Some(s) = lock(&self.live).by_id.get_mut(id) {
+            s.caller = caller;
+            s.vouched_until = instant_of(now, expires_at);
+            s.last_used = now;
         }
-        let s = live.by_id.get_mut(id)?;
-        s.last_used = now;
-        Some(s.caller.clone())
     }
 
     pub fn end(&self, id: &str) {
@@ -255,6 +339,86 @@ impl Sessions {
     }
 }
 
+/// The instant (taken at `now`) at which Unix time reaches `unix_s`; `now` when it has passed.
+fn instant_of(now: Instant, unix_s: u64) -> Instant {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    now + Duration::from_secs(unix_s).saturating_sub(since_epoch)
+}
+
+/// The caller of session `id`, refreshed at its provider when its access token has expired.
+/// The provider refusing (or naming another user) ends the session; a provider that cannot be
+/// reached leaves it for the next request to try again.
+pub async fn resume(s: &ApiState, id: &str) -> Result<Caller, ApiError> {
+    let ended = || ApiError::Unauthorized("the session has ended; sign in again".into());
+    let Touched::Stale { renewal, .. } = s.sessions.touch(id).ok_or_else(ended)? else {
+        return live(s, id);
+    };
+    let mut token = renewal.token.lock().await;
+    // The request before this one may have refreshed the session while this one waited.
+    let Touched::Stale { caller: was, .. } = s.sessions.touch(id).ok_or_else(ended)? else {
+        return live(s, id);
+    };
+    let refused = |why: String| {
+        s.sessions.end(id);
+        tracing::info!(user = %was.user, reason = %why, "browser session ended: the identity provider refused to refresh it");
+        ApiError::Unauthorized(format!(
+            "the identity provider no longer vouches for this session ({why}); sign in again"
+        ))
+    };
+    let oidc = s
+        .auth
+        .identity_providers()
+        .ok_or_else(|| refused("no identity provider is configured".into()))?;
+    let issuer = oidc
+        .issuer(&renewal.issuer)
+        .ok_or_else(|| refused(format!("issuer {} is no longer configured", renewal.issuer)))?;
+    let d = oidc
+        .discovery(issuer)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("the identity provider is unreachable: {e}")))?;
+    let fresh = match crate::oauth::refresh(oidc, issuer, &d, &token).await {
+        Ok(fresh) => fresh,
+        Err(crate::oauth::RefreshError::Refused(why)) => return Err(refused(why)),
+        Err(crate::oauth::RefreshError::Unavailable(why)) => {
+            return Err(ApiError::Unavailable(format!(
+                "the identity provider could not refresh this session: {why}"
+            )))
+        }
+    };
+    let vouched = match oidc
+        .verify_vouched(&fresh.access_token, fresh.refresh_token)
+        .await
+    {
+        Ok(v) => v,
+        Err(ApiError::Unauthorized(why)) => return Err(refused(why)),
+        Err(e) => return Err(e),
+    };
+    if vouched.caller.user != was.user || vouched.caller.account != was.account {
+        return Err(refused(format!(
+            "the refreshed token names user {}",
+            vouched.caller.user
+        )));
+    }
+    if let Some(t) = vouched.refresh_token {
+        *token = t;
+    }
+    s.sessions
+        .renewed(id, vouched.caller.clone(), vouched.expires_at);
+    Ok(vouched.caller)
+}
+
+/// The caller of session `id` once it is vouched for.
+fn live(s: &ApiState, id: &str) -> Result<Caller, ApiError> {
+    match s.sessions.touch(id) {
+        Some(Touched::Live(caller)) => Ok(caller),
+        _ => Err(ApiError::Unauthorized(
+            "the session has ended; sign in again".into(),
+        )),
+    }
+}
+
 /// A cookie of the request.
 pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
@@ -313,13 +477,16 @@ pub fn same_origin(s: &ApiState, headers: &HeaderMap) -> bool {
 
 /// The caller of a request without a bearer token: its browser session, if it has one. A
 /// state-changing request must come from orderd's origin.
-pub fn caller_of(s: &ApiState, req: &Request, ip: String) -> Result<(Caller, String), ApiError> {
-    let id = cookie(req.headers(), SESSION_COOKIE).ok_or(ApiError::MissingToken)?;
-    let mut caller = s
-        .sessions
-        .touch(&id)
-        .ok_or_else(|| ApiError::Unauthorized("the session has ended; sign in again".into()))?;
-    if crate::policy::changes_state(req.method()) && !same_origin(s, req.headers()) {
+pub async fn caller_of(
+    s: &ApiState,
+    headers: &HeaderMap,
+    method: &Method,
+    ip: String,
+) -> Result<(Caller, String), ApiError> {
+    let id = cookie(headers, SESSION_COOKIE).ok_or(ApiError::MissingToken)?;
+    let cross_site = crate::policy::changes_state(method) && !same_origin(s, headers);
+    let mut caller = resume(s, &id).await?;
+    if cross_site {
         return Err(ApiError::Forbidden(
             "cross-site request refused (Origin is not orderd's)".into(),
         ));
@@ -332,8 +499,8 @@ pub fn caller_of(s: &ApiState, req: &Request, ip: String) -> Result<(Caller, Str
 }
 
 /// The caller of the browser's session, if it has a live one (for pages that only read).
-pub fn signed_in(s: &ApiState, headers: &HeaderMap) -> Option<Caller> {
-    s.sessions.touch(&cookie(headers, SESSION_COOKIE)?)
+pub async fn signed_in(s: &ApiState, headers: &HeaderMap) -> Option<Caller> {
+    resume(s, &cookie(headers, SESSION_COOKIE)?).await.ok()
 }
 
 /// Limits of browser sessions.
@@ -419,6 +586,22 @@ mod tests {
         }
     }
 
+    fn unix_now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    /// `caller` vouched for an hour, without a refresh token.
+    fn hour(caller: Caller) -> Vouched {
+        Vouched {
+            caller,
+            expires_at: unix_now() + 3600,
+            refresh_token: None,
+        }
+    }
+
     fn begin(s: &Sessions, state: &str) {
         s.begin_login(
             state.into(),
@@ -466,9 +649,14 @@ mod tests {
             sessions_per_account_max: 2,
             ..SessionSettings::default()
         });
-        let bauhaus = s.start(caller("BAUHAUS", "hans"), None).unwrap();
+        let bauhaus = s
+            .start("issuer", hour(caller("BAUHAUS", "hans")), None)
+            .unwrap();
         let acme: Vec<String> = (0..5)
-            .map(|i| s.start(caller("ACME", &format!("u{i}")), None).unwrap())
+            .map(|i| {
+                s.start("issuer", hour(caller("ACME", &format!("u{i}"))), None)
+                    .unwrap()
+            })
             .collect();
         assert!(
             s.touch(&bauhaus).is_some(),
@@ -478,7 +666,7 @@ mod tests {
         assert_eq!(live, [false, false, false, true, true]);
         let others: Vec<String> = ["C1", "C2"]
             .iter()
-            .map(|a| s.start(caller(a, "x"), None).unwrap())
+            .map(|a| s.start("issuer", hour(caller(a, "x")), None).unwrap())
             .collect();
         assert!(s.touch(&bauhaus).is_none(), "the earliest in all made room");
         assert!(others.iter().all(|id| s.touch(id).is_some()));
@@ -492,5 +680,40 @@ mod tests {
             .map(|(a, n)| (a.as_str(), *n))
             .collect();
         assert_eq!(counts, BTreeMap::from([("ACME", 1), ("C1", 1), ("C2", 1)]));
+    }
+
+    // A session acts on its provider's word only while the access token holds: without a
+    // refresh token it ends with it; with one it is due for a refresh (the caller it had is
+    // not served), and a refresh makes it live again as the new token says.
+    #[test]
+    fn a_session_ends_or_refreshes_when_its_access_token_expires() {
+        let s = Sessions::new(&SessionSettings::default());
+        let expired = |refresh_token: Option<&str>| Vouched {
+            caller: caller("ACME", "alice"),
+            expires_at: unix_now().saturating_sub(1),
+            refresh_token: refresh_token.map(str::to_owned),
+        };
+        let bare = s.start("issuer", expired(None), None).unwrap();
+        assert!(s.touch(&bare).is_none(), "no refresh token: over");
+        assert!(!lock(&s.live).by_id.contains_key(&bare), "and gone");
+
+        let id = s.start("issuer", expired(Some("rt-1")), None).unwrap();
+        let Some(Touched::Stale {
+            caller: was,
+            renewal,
+        }) = s.touch(&id)
+        else {
+            panic!("an expired session with a refresh token is due for a refresh");
+        };
+        assert_eq!(was.user.as_str(), "alice");
+        assert_eq!(renewal.issuer, "issuer");
+        assert_eq!(*renewal.token.try_lock().unwrap(), "rt-1");
+        let mut now_approver = caller("ACME", "alice");
+        now_approver.ip = "10.0.0.2".into();
+        s.renewed(&id, now_approver.clone(), unix_now() + 60);
+        match s.touch(&id) {
+            Some(Touched::Live(c)) => assert_eq!(c, now_approver),
+            _ => panic!("a refreshed session is live"),
+        }
     }
 }

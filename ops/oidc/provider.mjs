@@ -8,7 +8,8 @@
 //   OIDC_USERS      JSON: login -> extra access-token claims, e.g.
 //                   {"acme-alice": {"account_id": "ACME", "roles": ["buyer"]}}
 //                   (the dev login form accepts any login; `sub` is the login)
-//   OIDC_CLIENTS    JSON: [{client_id, client_secret, redirect_uris}] for the code flow
+//   OIDC_CLIENTS    JSON: [{client_id, client_secret, redirect_uris, refresh}] for the code flow;
+//                   a client with "refresh": true also gets refresh tokens (rotated at each use)
 //   OIDC_TOKEN_TTL  access-token lifetime in seconds (default 600)
 //
 // Test-only endpoints (not part of OpenID Connect; they exist so tests can exercise orderd):
@@ -17,8 +18,10 @@
 //   POST /_test/jwks          body {"down": true|false}: the JWKS endpoint answers 503 while down
 //   POST /_test/sign          body {"header": {...}, "payload": {...}, "key": "current"|"stranger"}:
 //                             a JWS signed with the provider's current key or a key it never published
-//   GET  /_test/stats         {"jwks_requests": N}
-//   POST /_test/clients       body [{client_id, client_secret, redirect_uris}]: replaces the clients
+//   GET  /_test/stats         {"jwks_requests": N, "refreshes": N (refresh grants that succeeded)}
+//   POST /_test/clients       body [{client_id, client_secret, redirect_uris, refresh}]: replaces the clients
+//   POST /_test/disable       body {"login": L, "disabled": true|false}: a disabled login has no
+//                             account, so refreshing its tokens fails with invalid_grant
 import http from 'node:http';
 import crypto from 'node:crypto';
 import Provider from 'oidc-provider';
@@ -39,6 +42,8 @@ let keys = [newKey()];
 const stranger = newKey();
 let jwksDown = false;
 let jwksRequests = 0;
+let refreshes = 0;
+const disabled = new Set();
 let provider;
 let issuer;
 
@@ -47,7 +52,7 @@ function clientConfig(c) {
     client_id: c.client_id,
     client_secret: c.client_secret,
     redirect_uris: c.redirect_uris,
-    grant_types: ['authorization_code'],
+    grant_types: c.refresh ? ['authorization_code', 'refresh_token'] : ['authorization_code'],
     response_types: ['code'],
     token_endpoint_auth_method: 'client_secret_basic',
   };
@@ -58,7 +63,12 @@ function build() {
     jwks: { keys },
     clients: clients.map(clientConfig),
     pkce: { required: () => true },
-    findAccount: async (_ctx, id) => ({ accountId: id, claims: async () => ({ sub: id }) }),
+    findAccount: async (_ctx, id) => (disabled.has(id)
+      ? undefined
+      : { accountId: id, claims: async () => ({ sub: id }) }),
+    // Refresh tokens for every client allowed the grant, without asking for offline_access.
+    issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
+    rotateRefreshToken: true,
     extraTokenClaims: async (_ctx, token) => users[token.accountId] || undefined,
     ttl: { AccessToken: tokenTtl, IdToken: tokenTtl },
     features: {
@@ -81,6 +91,9 @@ function build() {
     },
   });
   p.proxy = false;
+  p.on('grant.success', (ctx) => {
+    if (ctx.oidc.params.grant_type === 'refresh_token') refreshes += 1;
+  });
   return p;
 }
 
@@ -98,7 +111,7 @@ function reply(res, status, body) {
 
 async function testEndpoint(req, res, path) {
   if (req.method === 'GET' && path === '/_test/stats') {
-    return reply(res, 200, { jwks_requests: jwksRequests });
+    return reply(res, 200, { jwks_requests: jwksRequests, refreshes });
   }
   const body = await readJson(req);
   switch (path) {
@@ -109,6 +122,9 @@ async function testEndpoint(req, res, path) {
     case '/_test/jwks':
       jwksDown = !!body.down;
       return reply(res, 200, { down: jwksDown });
+    case '/_test/disable':
+      if (body.disabled) disabled.add(body.login); else disabled.delete(body.login);
+      return reply(res, 200, {});
     case '/_test/clients':
       clients = body;
       provider = build();

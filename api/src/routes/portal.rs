@@ -59,7 +59,7 @@ async fn me(auth: Auth) -> ApiResult<axum::Json<Me>> {
 /// The portal's start page: who is signed in, for which account, with which roles (public).
 #[utoipa::path(get, path = "/", tag = "session", responses((status = 200, description = "HTML page", content_type = "text/html")))]
 async fn page(State(s): State<ApiState>, headers: HeaderMap) -> Html<String> {
-    let who = crate::session::signed_in(&s, &headers);
+    let who = crate::session::signed_in(&s, &headers).await;
     // Every shown value is an id already parsed to [A-Za-z0-9._:-], so nothing needs escaping.
     let body = match who {
         Some(mut c) => {
@@ -220,10 +220,16 @@ async fn callback(
     oidc.verify_id_token(issuer, &tokens.id_token, &pending.nonce)
         .await?;
     let ip = client_ip(&parts, &s.trusted_proxies);
-    let caller = oidc.verify(&tokens.access_token, ip).await?;
-    tracing::info!(user = %caller.user, account = ?caller.account.as_ref().map(|a| a.to_string()), "browser sign-in");
+    let mut vouched = oidc
+        .verify_vouched(&tokens.access_token, tokens.refresh_token)
+        .await?;
+    vouched.caller.ip = ip;
+    let caller = &vouched.caller;
+    tracing::info!(user = %caller.user, account = ?caller.account.as_ref().map(|a| a.to_string()), refresh = vouched.refresh_token.is_some(), "browser sign-in");
     let previous = cookie(headers, SESSION_COOKIE);
-    let id = s.sessions.start(caller, previous.as_deref())?;
+    let id = s
+        .sessions
+        .start(&issuer.settings.issuer, vouched, previous.as_deref())?;
     let mut resp = redirect("/");
     let h = resp.headers_mut();
     h.append(header::SET_COOKIE, set_cookie(SESSION_COOKIE, &id, None));

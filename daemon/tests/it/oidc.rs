@@ -954,6 +954,93 @@ async fn browser_sign_in_with_sessions() {
     assert!(ended <= after + absolute + margin + SESSION_KEEPALIVE);
 }
 
+/// Lifetime of the provider's tokens in the refresh test: short, so that sessions outlive it.
+const SHORT_TOKEN_TTL_S: u64 = 3;
+
+// A browser session acts on the provider's word only while its access token holds. Without a
+// refresh token it ends with the token. With one, orderd refreshes it at the provider once the
+// token has expired, one refresh at a time (the provider rotates refresh tokens and revokes the
+// grant when a used one comes back), and keeps the rotated token for the next refresh. Once
+// the provider disables the user, the next refresh fails and the session ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_sessions_last_as_long_as_the_provider_vouches() {
+    let p = Provider::start_with_token_ttl(
+        &json!({"acme-dana": user(Some("ACME"), &["buyer"], None)}),
+        &[],
+        SHORT_TOKEN_TTL_S,
+    );
+    let secret = "portal-secret-portal-secret-portal-secret";
+    let env = TestEnv::start_with_args(
+        &[
+            ("ORDERD_OIDC__CLIENT_ID", "portal"),
+            ("ORDERD_OIDC__CLIENT_SECRET", secret),
+            ("ORDERD_OIDC__SCOPES", "[\"openid\", \"orders\"]"),
+        ],
+        &["--oidc-issuer", &p.issuer, "--oidc-audience", AUDIENCE],
+    )
+    .await;
+    let base = env.api().base().to_owned();
+    let portal = |refresh: bool| json!({"client_id": "portal", "client_secret": secret, "redirect_uris": [format!("{base}/auth/callback")], "refresh": refresh});
+    let http = reqwest::Client::new();
+    let me = |session: &str| {
+        let req = http
+            .get(format!("{base}/v1/me"))
+            .header("cookie", format!("__Host-orderd_session={session}"));
+        async move {
+            let r = req.send().await.expect("me");
+            let status = r.status().as_u16();
+            (status, r.text().await.expect("body"))
+        }
+    };
+    // Past the expiry of every token issued before (exp is in whole seconds).
+    let outlive_tokens =
+        || tokio::time::sleep(Duration::from_millis(SHORT_TOKEN_TTL_S * 1_000 + 1_200));
+
+    // No refresh token: the session ends with its access token.
+    p.set_clients(&[portal(false)]).await;
+    let bare = browser_sign_in(&env, "acme-dana", None).await;
+    assert_eq!(me(&bare).await.0, 200);
+    outlive_tokens().await;
+    let (status, body) = me(&bare).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("the session has ended"), "{body}");
+
+    // With one, expired sessions are refreshed: a burst of requests after the expiry all pass.
+    p.set_clients(&[portal(true)]).await;
+    let session = browser_sign_in(&env, "acme-dana", None).await;
+    assert_eq!(me(&session).await.0, 200);
+    assert_eq!(p.refreshes().await, 0);
+    for round in 1..=2 {
+        outlive_tokens().await;
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            set.spawn(me(&session));
+        }
+        let burst = set.join_all().await;
+        for (status, body) in &burst {
+            assert_eq!(*status, 200, "round {round}: {body}");
+            assert!(body.contains("acme-dana"), "{body}");
+        }
+        // A second refresh with the rotated-away token would have revoked the grant, so every
+        // round refreshed with the token the one before it got.
+        assert!(
+            p.refreshes().await >= round,
+            "round {round}: {} refreshes",
+            p.refreshes().await
+        );
+    }
+
+    // The provider disables the user: the next refresh fails, and the session is over.
+    p.set_disabled("acme-dana", true).await;
+    outlive_tokens().await;
+    let (status, body) = me(&session).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("no longer vouches"), "{body}");
+    let (status, body) = me(&session).await;
+    assert_eq!(status, 401);
+    assert!(body.contains("the session has ended"), "{body}");
+}
+
 // The roles ACME's account admin stores narrow real provider tokens and browser sessions
 // alike. The provider says acme-pat is a buyer and an approver; the admin stores acme-pat as a
 // buyer only. Pat's access token and Pat's session act as a buyer (/v1/me, the page at /, 403

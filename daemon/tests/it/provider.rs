@@ -19,6 +19,8 @@ const PROVIDER_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 const SIGN_IN_HOPS_MAX: usize = 12;
 /// Timeout of one request to the provider.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// Lifetime of access and ID tokens unless a test asks for another.
+const DEFAULT_TOKEN_TTL_S: u64 = 600;
 /// The audience (resource indicator) of orderd's access tokens in the tests.
 pub const AUDIENCE: &str = "urn:orderd";
 /// The tests' own client at the provider, and where its codes go (never contacted).
@@ -58,6 +60,11 @@ impl Provider {
     /// Starts the provider with `users` (login -> extra claims) and the tests' client plus
     /// `clients`. Panics, loudly, when Node or the installed package is missing: run `ops/test`.
     pub fn start(users: &Value, clients: &[Value]) -> Provider {
+        Provider::start_with_token_ttl(users, clients, DEFAULT_TOKEN_TTL_S)
+    }
+
+    /// As [`Provider::start`], with access and ID tokens valid for `ttl_s` seconds.
+    pub fn start_with_token_ttl(users: &Value, clients: &[Value], ttl_s: u64) -> Provider {
         let modules = script()
             .with_file_name("node_modules")
             .join("oidc-provider");
@@ -75,6 +82,7 @@ impl Provider {
             .env("OIDC_AUDIENCE", AUDIENCE)
             .env("OIDC_USERS", users.to_string())
             .env("OIDC_CLIENTS", Value::from(all).to_string())
+            .env("OIDC_TOKEN_TTL", ttl_s.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             // Its warnings (unsupported Node version, development adapter) are expected.
@@ -156,17 +164,36 @@ impl Provider {
             .to_owned()
     }
 
-    /// How often the JWKS was requested.
-    pub async fn jwks_requests(&self) -> u64 {
+    /// A count of the provider's test statistics.
+    async fn stat(&self, name: &str) -> u64 {
         let r = self
             .http
             .get(format!("{}/_test/stats", self.issuer))
             .send()
             .await
             .expect("stats");
-        r.json::<Value>().await.expect("JSON")["jwks_requests"]
+        r.json::<Value>().await.expect("JSON")[name]
             .as_u64()
-            .expect("count")
+            .unwrap_or_else(|| panic!("no count {name}"))
+    }
+
+    /// How often the JWKS was requested.
+    pub async fn jwks_requests(&self) -> u64 {
+        self.stat("jwks_requests").await
+    }
+
+    /// How many refresh grants succeeded.
+    pub async fn refreshes(&self) -> u64 {
+        self.stat("refreshes").await
+    }
+
+    /// Disables `login` (its refresh tokens stop working), or enables it again.
+    pub async fn set_disabled(&self, login: &str, disabled: bool) {
+        self.test_call(
+            "/_test/disable",
+            json!({"login": login, "disabled": disabled}),
+        )
+        .await;
     }
 
     /// The provider's published keys.
