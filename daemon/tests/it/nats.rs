@@ -2,7 +2,8 @@
 //! without gaps, as seen by an independent consumer (the Python client nats-py,
 //! `ops/nats/consume.py`); warehouses get their allocation, shipment and release events on
 //! their own subjects. Stopping NATS under load, and killing orderd during the outage, loses
-//! nothing: capture goes on, events wait in the audit log and follow once NATS is back.
+//! nothing: capture goes on, events wait in the audit log and follow once NATS is back. A
+//! connection broken at an order's publish keeps the order's events in order.
 //!
 //! Each test starts its own `nats-server` (Debian's package; `ops/test` installs it) with
 //! JetStream on a free port and a temporary store, and stops it afterwards.
@@ -13,6 +14,8 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
@@ -905,6 +908,144 @@ async fn nats_outage_and_a_crash_lose_no_event() {
     assert!(published.is_some_and(|n| n >= 1.0), "{published:?}");
 }
 
+/// A TCP proxy in front of nats-server that breaks orderd's connection once, when armed, at
+/// the next publish to the order stream, which it does not pass on: what a broken connection
+/// does to the message still in the client's write buffer.
+struct CuttingProxy {
+    port: u16,
+    armed: Arc<AtomicBool>,
+    /// Connections accepted so far (a reconnect makes one more).
+    connections: Arc<AtomicUsize>,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+/// Bytes of one connection's stream kept from one read to the next, so that a protocol line
+/// split across two reads is still seen whole.
+const CUT_WINDOW: usize = 256;
+
+impl CuttingProxy {
+    async fn start(upstream: u16) -> CuttingProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("proxy listener");
+        let port = listener.local_addr().expect("proxy address").port();
+        let armed = Arc::new(AtomicBool::new(false));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepting = tokio::spawn({
+            let (armed, connections) = (armed.clone(), connections.clone());
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    connections.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(Self::relay(client, upstream, armed.clone()));
+                }
+            }
+        });
+        CuttingProxy {
+            port,
+            armed,
+            connections,
+            accepting,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Breaks the connection at the next publish to the order stream.
+    fn arm(&self) {
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
+    fn has_cut(&self) -> bool {
+        !self.armed.load(Ordering::SeqCst)
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    async fn relay(client: tokio::net::TcpStream, upstream: u16, armed: Arc<AtomicBool>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
+            return;
+        };
+        let (mut from_client, mut to_client) = client.into_split();
+        let (mut from_server, mut to_server) = server.into_split();
+        let down = tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+        });
+        let (mut buf, mut window) = (vec![0u8; 64 * 1024], Vec::new());
+        while let Ok(n) = from_client.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            window.extend_from_slice(&buf[..n]);
+            let publish = window
+                .windows(b"HPUB orderd.orders.".len())
+                .any(|w| w == b"HPUB orderd.orders.");
+            if publish && armed.swap(false, Ordering::SeqCst) {
+                break;
+            }
+            if to_server.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+            let keep = window.len().saturating_sub(CUT_WINDOW);
+            window.drain(..keep);
+        }
+        // Both directions close: the client sees its connection end.
+        down.abort();
+    }
+}
+
+impl Drop for CuttingProxy {
+    fn drop(&mut self) {
+        self.accepting.abort();
+    }
+}
+
+// The case `waves` in the publisher guards against. A connection breaks with an order's event
+// in the client's write buffer: the event is lost, the client reconnects at once, and the
+// order's next change comes while the lost event still waits for its PubAck. Were the next
+// event published then, JetStream would store it first and the lost one after it, once its
+// PubAck timed out and it went again. nats-py sees each order's events in order, without gaps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_lost_in_a_reconnect_stays_ahead_of_its_order_next() {
+    let nats = NatsServer::start();
+    let proxy = CuttingProxy::start(nats.port).await;
+    let env = TestEnv::start_with(&[
+        ("ORDERD_NATS__URL", &proxy.url()),
+        STREAM_BYTES,
+        ("ORDERD_NATS__RETRY_MAX_MS", "200"),
+        ("ORDERD_NATS__ACK_TIMEOUT_MS", "2000"),
+    ])
+    .await;
+    let bob = env.token("ACME", "bob", &["buyer", "approver"]).await;
+    let mut want = BTreeMap::new();
+    want.insert(place_one(&env, &bob, "before").await, 1);
+    await_published(&env).await;
+    let before = proxy.connections();
+
+    proxy.arm();
+    let cut = place_one(&env, &bob, "cut").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !(proxy.has_cut() && proxy.connections() > before) {
+        assert!(
+            Instant::now() < deadline,
+            "the connection was not cut and made again"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // On the new connection, before the lost event's PubAck times out.
+    let r = env
+        .post(&bob, &format!("/v1/orders/{cut}/cancel"), json!({}))
+        .await;
+    assert_eq!(str_field(&r.body, "state"), "cancelled", "{r}");
+    want.insert(cut, 2);
+    assert_all_delivered(&nats, &want);
+}
+
+/// Waits until the publisher has every event acknowledged (its outbox depth is 0).
 /// Waits until the publisher has every event acknowledged (its outbox depth is 0).
 async fn await_published(env: &TestEnv) {
     let deadline = Instant::now() + Duration::from_secs(10);
