@@ -9,7 +9,7 @@ use crate::grants::Grants;
 use crate::order_reads::{self, OrderFilter, OrderList};
 use crate::records;
 use crate::warehouse::{RebuiltHolding, WarehouseArgs, WarehouseHandle};
-use crate::{ActorError, Limits};
+use crate::{ActorError, Limits, StorageError};
 use orderd_domain::account::Account;
 use orderd_domain::catalog::CatalogItem;
 use orderd_domain::ids::{AccountId, OrderId, Sku, UserId, WarehouseId};
@@ -31,31 +31,79 @@ pub const IMPORT_ERRORS_MAX: usize = 100;
 
 /// An import refused, perhaps after it stored part of its file: what it stored (account or
 /// warehouse ids, in the order stored; a stock import goes on past a refused warehouse) and
-/// why it was refused. Importing the corrected file again is safe: every import sets what it
-/// names.
+/// why it was refused. Importing the file again (corrected, when its rows were the reason) is
+/// safe: every import sets what it names.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImportRefusal {
     /// The accounts or warehouses stored; empty when nothing was.
     pub stored: Vec<String>,
     /// Every problem found, each a readable sentence naming what it concerns.
     pub errors: Vec<String>,
+    /// Set when the import stopped on orderd's state rather than on its rows; the last error
+    /// says where.
+    pub interrupted: Option<Interruption>,
+}
+
+/// Why an import stopped that its rows did not stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interruption {
+    /// orderd was too busy (a full commit queue, a busy account): send the file again shortly.
+    Busy,
+    /// orderd is shutting down, or an actor did not answer: send the file again shortly.
+    Unavailable,
+    /// A fault (storage failed): the error is for the log, not for the client.
+    Failed,
+}
+
+impl Interruption {
+    pub fn of(e: &ActorError) -> Interruption {
+        match e {
+            ActorError::Busy(_) | ActorError::Storage(StorageError::Overloaded) => {
+                Interruption::Busy
+            }
+            ActorError::Timeout | ActorError::Gone | ActorError::Storage(StorageError::Closed) => {
+                Interruption::Unavailable
+            }
+            _ => Interruption::Failed,
+        }
+    }
 }
 
 impl ImportRefusal {
+    /// An import that stopped on `e` while storing `what`, after storing `stored`, with the
+    /// problems its rows had before that (`errors`).
+    pub fn interrupted(
+        stored: Vec<String>,
+        mut errors: Vec<String>,
+        what: &str,
+        e: &ActorError,
+    ) -> ImportRefusal {
+        errors.push(format!("{what}: {e}"));
+        ImportRefusal {
+            stored,
+            errors,
+            interrupted: Some(Interruption::of(e)),
+        }
+    }
+
     /// What the refusal stored, as the API's detail and `orderd import` say it.
     pub fn stored_note(&self) -> String {
         if self.stored.is_empty() {
             return "nothing was stored".into();
         }
-        format!(
-            "stored all the same: {} (importing the corrected file again is safe)",
-            self.stored.join(", ")
-        )
+        let again = match self.interrupted {
+            None => "importing the corrected file again is safe",
+            Some(_) => "importing the file again is safe",
+        };
+        format!("stored all the same: {} ({again})", self.stored.join(", "))
     }
 }
 
 impl std::fmt::Display for ImportRefusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.interrupted.is_some() {
+            f.write_str("the import stopped before its end: ")?;
+        }
         write!(f, "{}; {}", self.errors.join("; "), self.stored_note())
     }
 }
@@ -66,6 +114,7 @@ impl From<Vec<String>> for ImportRefusal {
         ImportRefusal {
             stored: vec![],
             errors,
+            interrupted: None,
         }
     }
 }
@@ -386,7 +435,7 @@ impl Engine {
         &self,
         caller: &Caller,
         rows: Vec<(WarehouseId, Sku, u64)>,
-    ) -> Result<Result<usize, ImportRefusal>, ActorError> {
+    ) -> Result<usize, ImportRefusal> {
         let mut by_wh: BTreeMap<WarehouseId, Vec<(Sku, u64)>> = BTreeMap::new();
         let mut errors = vec![];
         let snap = self.catalog.load();
@@ -409,7 +458,7 @@ impl Engine {
             }
         }
         if !errors.is_empty() {
-            return Ok(Err(errors.into()));
+            return Err(errors.into());
         }
         let (mut n, mut stored) = (0, vec![]);
         for (w, rows) in by_wh {
@@ -422,20 +471,20 @@ impl Engine {
                 Ok(Err(errs)) => {
                     errors.extend(errs.iter().map(|e: &StockError| format!("{w}: {e}")))
                 }
-                // A write the journal turns away (a full queue) ends the import; after other
-                // warehouses were stored it is reported with them, since the client needs to
-                // know (sending the file again sets the same counts).
-                Err(e) if stored.is_empty() && errors.is_empty() => return Err(e),
-                Err(e) => {
-                    errors.push(format!("{w}: {e}"));
-                    break;
-                }
+                // A write the journal turns away (a full queue) ends the import, reported
+                // with the warehouses stored before it, since the client needs to know
+                // (sending the file again sets the same counts).
+                Err(e) => return Err(ImportRefusal::interrupted(stored, errors, w.as_str(), &e)),
             }
         }
         if errors.is_empty() {
-            return Ok(Ok(n));
+            return Ok(n);
         }
-        Ok(Err(ImportRefusal { stored, errors }))
+        Err(ImportRefusal {
+            stored,
+            errors,
+            interrupted: None,
+        })
     }
 
     /// One warehouse's rows of a stock import, durable: stored, or refused with every reason.

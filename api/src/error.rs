@@ -3,7 +3,7 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use orderd_actors::engine::ImportRefusal;
+use orderd_actors::engine::{ImportRefusal, Interruption};
 use orderd_actors::StorageError;
 use orderd_actors::{ActorError, BusyScope};
 use orderd_domain::rejection::Rejection;
@@ -37,8 +37,10 @@ pub enum ApiError {
     #[error("the request has {} problem(s)", .0.len())]
     Invalid(Vec<Problem>),
     /// An import refused, perhaps after storing part of its file: its errors become the
-    /// `problems`, and the accounts or warehouses it stored the body's `stored`.
-    #[error("the import has {} problem(s); {}", .0.errors.len(), .0.stored_note())]
+    /// `problems`, and the accounts or warehouses it stored the body's `stored`. One that
+    /// orderd's state interrupted (load, a shutdown, a fault) answers as that would, 503 or
+    /// 500, with its `stored` all the same.
+    #[error("{}", import_detail(.0))]
     ImportRefused(ImportRefusal),
     #[error("{0}")]
     IdempotencyMismatch(String),
@@ -111,9 +113,13 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
-            ApiError::Invalid(_) | ApiError::ImportRefused(_) => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed")
-            }
+            ApiError::ImportRefused(r) => match r.interrupted {
+                None => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+                Some(Interruption::Busy) => (StatusCode::SERVICE_UNAVAILABLE, "daemon_busy"),
+                Some(Interruption::Unavailable) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+                Some(Interruption::Failed) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            },
+            ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             ApiError::IdempotencyMismatch(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
             }
@@ -143,6 +149,13 @@ impl IntoResponse for ApiError {
                 tracing::warn!(reason = %cause, "answering 503");
                 cause.clone()
             }
+            ApiError::ImportRefused(r) if r.interrupted == Some(Interruption::Failed) => {
+                tracing::error!(error = %r, "import failed");
+                format!(
+                    "an internal error occurred; it has been logged; {}",
+                    r.stored_note()
+                )
+            }
             other => other.to_string(),
         };
         let retry_after = match &self {
@@ -151,13 +164,22 @@ impl IntoResponse for ApiError {
         };
         let (problems, stored) = match self {
             ApiError::Invalid(p) => (p, vec![]),
-            ApiError::ImportRefused(r) => (
-                r.errors
-                    .into_iter()
-                    .map(|e| Problem::new(ProblemCode::InvalidField, e))
-                    .collect(),
-                r.stored,
-            ),
+            ApiError::ImportRefused(mut r) => {
+                // What interrupted an import is in the detail; the problems are its rows'.
+                if r.interrupted.is_some() {
+                    r.errors.pop();
+                }
+                if r.interrupted == Some(Interruption::Failed) {
+                    r.errors.clear();
+                }
+                let problems = r.errors.into_iter();
+                (
+                    problems
+                        .map(|e| Problem::new(ProblemCode::InvalidField, e))
+                        .collect(),
+                    r.stored,
+                )
+            }
             _ => (vec![], vec![]),
         };
         let body = ProblemBody {
@@ -253,6 +275,19 @@ impl From<StorageError> for ApiError {
             ),
             other => ApiError::Internal(other.to_string()),
         }
+    }
+}
+
+/// The detail of a refused import: how many problems its rows had, or what interrupted it;
+/// then what it stored.
+fn import_detail(r: &ImportRefusal) -> String {
+    match r.interrupted {
+        None => format!(
+            "the import has {} problem(s); {}",
+            r.errors.len(),
+            r.stored_note()
+        ),
+        Some(_) => r.to_string(),
     }
 }
 

@@ -3,8 +3,10 @@
 //! with its line number. The rows are then stored account by account (accounts, ship_tos,
 //! users) or warehouse by warehouse (stock), each all or none: one refused as a whole (the
 //! account as merged fails its checks, a count below the stock held, a busy account) is
-//! reported with the accounts or warehouses stored before it. Importing the corrected file
-//! again is safe: every import sets what it names. A catalog or prices file is the whole
+//! reported with the accounts or warehouses stored before it; so is one that orderd's state
+//! interrupts (a write turned away, a shutdown), marked as such (`ImportRefusal::interrupted`:
+//! the API answers 503 or 500, not 422). Importing the (corrected) file again is safe: every
+//! import sets what it names. A catalog or prices file is the whole
 //! catalog or price book: what it does not have is removed (`catalog::import_catalog`).
 //!
 //! A column that its kind does not have refuses the file (a misspelled optional column would
@@ -131,7 +133,8 @@ async fn apply_import(
     csv: &[u8],
     rows_max: usize,
 ) -> Result<usize, ImportRefusal> {
-    let internal = |e: orderd_actors::ActorError| vec![format!("import failed: {e}")];
+    let internal =
+        |e: orderd_actors::ActorError| ImportRefusal::interrupted(vec![], vec![], "import", &e);
     match kind {
         Kind::Catalog => {
             let items = parse_apart(csv, rows_max, catalog_row, catalog_sets())
@@ -165,7 +168,7 @@ async fn apply_import(
             let rows = parse_apart(csv, rows_max, stock_row, stock_sets())
                 .await?
                 .rows;
-            engine.set_stock(caller, rows).await.map_err(internal)?
+            engine.set_stock(caller, rows).await
         }
         Kind::Accounts => {
             let Parsed { rows, columns } =
@@ -208,15 +211,20 @@ fn answered(
     r: Result<Result<Account, Rejection>, ActorError>,
     stored: &[AccountId],
 ) -> Result<(), ImportRefusal> {
+    let stored = stored.iter().map(AccountId::to_string).collect();
     let errors = match r {
         Ok(Ok(_)) => return Ok(()),
         Ok(Err(Rejection::Invalid(problems))) => problems.into_iter().map(|p| p.message).collect(),
         Ok(Err(rej)) => vec![format!("account {id}: {rej}")],
-        Err(e) => vec![format!("account {id}: {e}")],
+        Err(e) => {
+            let what = format!("account {id}");
+            return Err(ImportRefusal::interrupted(stored, vec![], &what, &e));
+        }
     };
     Err(ImportRefusal {
-        stored: stored.iter().map(AccountId::to_string).collect(),
+        stored,
         errors,
+        interrupted: None,
     })
 }
 

@@ -18,6 +18,7 @@ pub mod live;
 use crate::error::ApiError;
 use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use orderd_actors::engine::{ImportRefusal, Interruption};
 use orderd_actors::Engine;
 use orderd_domain::order::Channel;
 use orderd_domain::validation::{Problem, ProblemCode};
@@ -273,11 +274,19 @@ impl Telemetry {
                 self.rate_limited_429.increment(1);
                 self.live.record_status(429);
             }
-            ApiError::Unavailable(_) => {
+            ApiError::Unavailable(_)
+            | ApiError::ImportRefused(ImportRefusal {
+                interrupted: Some(Interruption::Unavailable),
+                ..
+            }) => {
                 self.unavailable_503.increment(1);
                 self.live.record_status(503);
             }
-            ApiError::Overloaded => {
+            ApiError::Overloaded
+            | ApiError::ImportRefused(ImportRefusal {
+                interrupted: Some(Interruption::Busy),
+                ..
+            }) => {
                 self.daemon_busy_503.increment(1);
                 self.live.record_status(503);
             }

@@ -3514,6 +3514,65 @@ async fn a_stock_import_says_first_which_warehouses_it_stored() {
         .ends_with("nothing was stored"));
 }
 
+// An import that orderd's load interrupts is not the file's fault: 503 daemon_busy with
+// Retry-After (not 422), what it stored before in `stored`, and no problems of its rows.
+// Sending the file again completes it. One turned away at its first write stored nothing.
+#[tokio::test]
+async fn an_import_interrupted_by_load_answers_503_with_what_it_stored() {
+    let api = api().await;
+    let op = api.token(None, "ops", &["operator"], None).await;
+    let buyer = api.token(Some("A"), "ann", &["buyer"], None).await;
+    let available = async |sku: &str, wh: &str| {
+        let r = api
+            .call(
+                "GET",
+                &format!("/v1/catalog/{sku}"),
+                Some(&buyer),
+                None,
+                &[],
+            )
+            .await;
+        r.body["available"][wh].clone()
+    };
+    let journal = &api.state.engine.journal;
+    let csv = "warehouse,sku,on_hand\nBER,BOLT,70\nMUC,BOLT,50\n";
+    // BER's write is accepted, MUC's turned away.
+    journal.refuse_writes_after(1);
+    let r = api.import_csv(&op, "stock", csv).await;
+    journal.refuse_writes(false);
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    assert_eq!(r.body["code"], "daemon_busy", "{:?}", r.body);
+    assert!(r.headers.contains_key("retry-after"));
+    assert_eq!(r.body["stored"], json!(["BER"]), "{:?}", r.body);
+    assert!(r.body.get("problems").is_none(), "{:?}", r.body);
+    let detail = r.body["detail"].as_str().unwrap();
+    assert!(detail.contains("stopped before its end: MUC:"), "{detail}");
+    assert!(
+        detail.ends_with("stored all the same: BER (importing the file again is safe)"),
+        "{detail}"
+    );
+    assert_eq!(available("BOLT", "BER").await, 70);
+    assert_eq!(
+        available("BOLT", "MUC").await,
+        100,
+        "MUC's row was not stored"
+    );
+    let r = api.import_csv(&op, "stock", csv).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(available("BOLT", "MUC").await, 50);
+
+    journal.refuse_writes(true);
+    let r = api.import_csv(&op, "catalog", CATALOG).await;
+    journal.refuse_writes(false);
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    assert_eq!(r.body["code"], "daemon_busy", "{:?}", r.body);
+    assert!(r.body.get("stored").is_none(), "{:?}", r.body);
+    assert!(r.body["detail"]
+        .as_str()
+        .unwrap()
+        .ends_with("nothing was stored"));
+}
+
 // What an import refuses is said row by row with its line, also a price or item that only a
 // check of the whole entry finds; no import answers with more than 100 problems; texts and
 // speed names are bounded; a warehouses import counts the rows it applied.

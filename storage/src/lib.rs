@@ -360,6 +360,10 @@ struct Inner {
     commit_stall: Duration,
 }
 
+/// The test hooks' allowance of writes when none are refused.
+#[cfg(feature = "test-hooks")]
+const NO_REFUSALS: u64 = u64::MAX;
+
 /// What the committer publishes for readers.
 struct Shared {
     groups: AtomicU64,
@@ -382,9 +386,10 @@ struct Shared {
     /// Test hook: while set, a group commit waits before it applies, as one stuck on the disk.
     #[cfg(any(test, feature = "test-hooks"))]
     hold_commits: std::sync::atomic::AtomicBool,
-    /// Test hook (feature `test-hooks`): while set, every write is refused `Overloaded`.
+    /// Test hook (feature `test-hooks`): how many more writes are accepted before every
+    /// further one is refused `Overloaded` ([`NO_REFUSALS`]: no limit).
     #[cfg(feature = "test-hooks")]
-    refusing: std::sync::atomic::AtomicBool,
+    allowance: AtomicU64,
     /// Test hook (feature `test-hooks`): writes refused because of `refusing`.
     #[cfg(feature = "test-hooks")]
     refused: AtomicU64,
@@ -477,7 +482,7 @@ impl Journal {
             #[cfg(any(test, feature = "test-hooks"))]
             hold_commits: std::sync::atomic::AtomicBool::new(false),
             #[cfg(feature = "test-hooks")]
-            refusing: std::sync::atomic::AtomicBool::new(false),
+            allowance: AtomicU64::new(NO_REFUSALS),
             #[cfg(feature = "test-hooks")]
             refused: AtomicU64::new(0),
         });
@@ -525,9 +530,16 @@ impl Journal {
     pub fn try_submit(&self, batch: Batch) -> Result<Ticket, StorageError> {
         batch.validate()?;
         #[cfg(feature = "test-hooks")]
-        if self.inner.shared.refusing.load(Ordering::SeqCst) {
-            self.inner.shared.refused.fetch_add(1, Ordering::SeqCst);
-            return Err(StorageError::Overloaded);
+        {
+            let spent = self.inner.shared.allowance.fetch_update(
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+                |left| (left != NO_REFUSALS && left > 0).then(|| left - 1),
+            );
+            if spent == Err(0) {
+                self.inner.shared.refused.fetch_add(1, Ordering::SeqCst);
+                return Err(StorageError::Overloaded);
+            }
         }
         let (reply, rx) = oneshot::channel();
         match self.inner.queue.push(Request { batch, reply }) {
@@ -541,7 +553,19 @@ impl Journal {
     /// commit queue is full, so a test can refuse exactly the writes of the steps it chooses.
     #[cfg(feature = "test-hooks")]
     pub fn refuse_writes(&self, on: bool) {
-        self.inner.shared.refusing.store(on, Ordering::SeqCst);
+        let allowance = if on { 0 } else { NO_REFUSALS };
+        self.inner
+            .shared
+            .allowance
+            .store(allowance, Ordering::SeqCst);
+    }
+
+    /// Test hook: the next `n` writes are accepted, every one after them refused as by
+    /// [`Journal::refuse_writes`] (until that is turned off): a step that fails midway.
+    #[cfg(feature = "test-hooks")]
+    pub fn refuse_writes_after(&self, n: u64) {
+        assert!(n < NO_REFUSALS);
+        self.inner.shared.allowance.store(n, Ordering::SeqCst);
     }
 
     /// Test hook: while `on`, group commits wait before they apply, as one stuck on the disk:

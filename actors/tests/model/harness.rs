@@ -9,9 +9,10 @@ use crate::stats;
 use crate::world::{self, ACCOUNTS};
 use orderd_actors::account::{AccountMsg, Reply};
 use orderd_actors::audit::Caller;
+use orderd_actors::engine::Interruption;
 use orderd_actors::order_reads::{OrderFilter, OrderList};
 use orderd_actors::ordering::Amendment;
-use orderd_actors::{ActorError, Engine};
+use orderd_actors::{ActorError, Engine, StorageError};
 use orderd_domain::cart::Cart;
 use orderd_domain::ids::{OrderId, Sku, WarehouseId};
 use orderd_domain::order::{Order, OrderState};
@@ -389,11 +390,16 @@ impl Harness {
             Sku::parse(sku).expect("valid sku"),
             on_hand,
         )];
-        let real = engine
-            .set_stock(&Caller::system(), rows)
-            .await
-            .map_err(|e| actor_failure(&e))?;
+        let real = engine.set_stock(&Caller::system(), rows).await;
         match (expect, real) {
+            // Only the journal interrupts a stock import (warehouses have no busy bound):
+            // a refused write, told as the other commands tell it.
+            (_, Err(r)) if r.interrupted == Some(Interruption::Busy) => Err(actor_failure(
+                &ActorError::Storage(StorageError::Overloaded),
+            )),
+            (_, Err(r)) if r.interrupted.is_some() => Err(format!(
+                "stock import interrupted (never expected here): {r}"
+            )),
             (Some(m), Ok(1)) => {
                 self.model = m;
                 Ok(Written::other(format!("warehouse:{wh}")))

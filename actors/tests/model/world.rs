@@ -400,7 +400,6 @@ pub async fn seed(engine: &Engine) -> Result<(), String> {
     engine
         .set_stock(&sys, rows)
         .await
-        .map_err(|e| fail("stock", e.to_string()))?
         .map_err(|e| fail("stock", e.to_string()))?;
     for a in &ACCOUNTS {
         engine
