@@ -758,6 +758,30 @@ fn cookie_value(set_cookie: &str) -> String {
         .unwrap_or_default()
 }
 
+/// orderd's client at the provider for the browser sign-in.
+const PORTAL: &str = "portal";
+const PORTAL_SECRET: &str = "portal-secret-portal-secret-portal-secret";
+
+/// orderd trusting `p` with browser sign-in through the client [`PORTAL`] (plus `env`), and
+/// that client registered at `p` (with refresh tokens when `refresh`).
+async fn orderd_with_portal(p: &Provider, env: &[(&str, &str)], refresh: bool) -> TestEnv {
+    let mut all = vec![
+        ("ORDERD_OIDC__CLIENT_ID", PORTAL),
+        ("ORDERD_OIDC__CLIENT_SECRET", PORTAL_SECRET),
+        ("ORDERD_OIDC__SCOPES", "[\"openid\", \"orders\"]"),
+    ];
+    all.extend_from_slice(env);
+    let orderd = orderd_for(p, &all).await;
+    p.set_clients(&[portal_client(&orderd, refresh)]).await;
+    orderd
+}
+
+/// The provider's record of orderd's client, redirecting to `env`.
+fn portal_client(env: &TestEnv, refresh: bool) -> Value {
+    json!({"client_id": PORTAL, "client_secret": PORTAL_SECRET,
+           "redirect_uris": [format!("{}/auth/callback", env.api().base())], "refresh": refresh})
+}
+
 /// Signs `login` in through orderd's `/auth/login` as a browser would; the session cookie.
 async fn browser_sign_in(env: &TestEnv, login: &str, session: Option<&str>) -> String {
     let base = env.api().base().to_owned();
@@ -821,22 +845,14 @@ async fn browser_sign_in_with_sessions() {
         &json!({"acme-carol": user(Some("ACME"), &["buyer", "account_admin"], None)}),
         &[],
     );
-    let secret = "portal-secret-portal-secret-portal-secret";
     let idle = SESSION_IDLE_MS.to_string();
     let absolute = SESSION_ABSOLUTE_MS.to_string();
-    let env = TestEnv::start_with_args(
-        &[
-            ("ORDERD_OIDC__CLIENT_ID", "portal"),
-            ("ORDERD_OIDC__CLIENT_SECRET", secret),
-            ("ORDERD_OIDC__SCOPES", "[\"openid\", \"orders\"]"),
-            ("ORDERD_SESSION__IDLE_TIMEOUT_MS", &idle),
-            ("ORDERD_SESSION__ABSOLUTE_TIMEOUT_MS", &absolute),
-        ],
-        &["--oidc-issuer", &p.issuer, "--oidc-audience", AUDIENCE],
-    )
-    .await;
+    let timeouts = [
+        ("ORDERD_SESSION__IDLE_TIMEOUT_MS", idle.as_str()),
+        ("ORDERD_SESSION__ABSOLUTE_TIMEOUT_MS", absolute.as_str()),
+    ];
+    let env = orderd_with_portal(&p, &timeouts, false).await;
     let base = env.api().base().to_owned();
-    p.set_clients(&[json!({"client_id": "portal", "client_secret": secret, "redirect_uris": [format!("{base}/auth/callback")]})]).await;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -969,18 +985,8 @@ async fn browser_sessions_last_as_long_as_the_provider_vouches() {
         &[],
         SHORT_TOKEN_TTL_S,
     );
-    let secret = "portal-secret-portal-secret-portal-secret";
-    let env = TestEnv::start_with_args(
-        &[
-            ("ORDERD_OIDC__CLIENT_ID", "portal"),
-            ("ORDERD_OIDC__CLIENT_SECRET", secret),
-            ("ORDERD_OIDC__SCOPES", "[\"openid\", \"orders\"]"),
-        ],
-        &["--oidc-issuer", &p.issuer, "--oidc-audience", AUDIENCE],
-    )
-    .await;
+    let env = orderd_with_portal(&p, &[], false).await;
     let base = env.api().base().to_owned();
-    let portal = |refresh: bool| json!({"client_id": "portal", "client_secret": secret, "redirect_uris": [format!("{base}/auth/callback")], "refresh": refresh});
     let http = reqwest::Client::new();
     let me = |session: &str| {
         let req = http
@@ -997,7 +1003,6 @@ async fn browser_sessions_last_as_long_as_the_provider_vouches() {
         || tokio::time::sleep(Duration::from_millis(SHORT_TOKEN_TTL_S * 1_000 + 1_200));
 
     // No refresh token: the session ends with its access token.
-    p.set_clients(&[portal(false)]).await;
     let bare = browser_sign_in(&env, "acme-dana", None).await;
     assert_eq!(me(&bare).await.0, 200);
     outlive_tokens().await;
@@ -1006,7 +1011,7 @@ async fn browser_sessions_last_as_long_as_the_provider_vouches() {
     assert!(body.contains("the session has ended"), "{body}");
 
     // With one, expired sessions are refreshed: a burst of requests after the expiry all pass.
-    p.set_clients(&[portal(true)]).await;
+    p.set_clients(&[portal_client(&env, true)]).await;
     let session = browser_sign_in(&env, "acme-dana", None).await;
     assert_eq!(me(&session).await.0, 200);
     assert_eq!(p.refreshes().await, 0);
@@ -1052,18 +1057,8 @@ async fn stored_roles_narrow_provider_tokens_and_sessions() {
                 "acme-pat": user(Some("ACME"), &["buyer", "approver"], None)}),
         &[],
     );
-    let secret = "portal-secret-portal-secret-portal-secret";
-    let env = TestEnv::start_with_args(
-        &[
-            ("ORDERD_OIDC__CLIENT_ID", "portal"),
-            ("ORDERD_OIDC__CLIENT_SECRET", secret),
-            ("ORDERD_OIDC__SCOPES", "[\"openid\", \"orders\"]"),
-        ],
-        &["--oidc-issuer", &p.issuer, "--oidc-audience", AUDIENCE],
-    )
-    .await;
+    let env = orderd_with_portal(&p, &[], false).await;
     let base = env.api().base().to_owned();
-    p.set_clients(&[json!({"client_id": "portal", "client_secret": secret, "redirect_uris": [format!("{base}/auth/callback")]})]).await;
     let admin = p.access_token("acme-admin").await;
     env.create_user(
         &admin,
