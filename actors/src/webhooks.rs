@@ -1041,6 +1041,24 @@ mod tests {
         AccountId::parse(a).unwrap()
     }
 
+    /// A dead letter of `account`'s event `o-<seq>.1` at audit seq `seq`, failed with a 500 and
+    /// not waiting for a replay; tests set what they look at.
+    fn dead(endpoint: &str, account: &str, seq: u64) -> DeadLetter {
+        DeadLetter {
+            id: String::new(),
+            endpoint: endpoint.into(),
+            account: acct(account),
+            event_id: format!("o-{seq}.1"),
+            event_type: "orderd.order.confirmed".into(),
+            seq,
+            attempts: 1,
+            last_error: "500".into(),
+            failed_at: String::new(),
+            replay: false,
+            body: String::new(),
+        }
+    }
+
     // Dead letters group by endpoint, the endpoint with the most first (ties: the oldest),
     // each group with its oldest time and its latest error; `max` bounds the list. Removing
     // dead letters (replayed, or the account's oldest beyond its cap) updates the groups.
@@ -1048,16 +1066,9 @@ mod tests {
     fn dead_letters_rank_by_endpoint() {
         let dl = |id: &str, endpoint: &str, account: &str, at: &str, error: &str| DeadLetter {
             id: id.into(),
-            endpoint: endpoint.into(),
-            account: acct(account),
-            event_id: "o-1.1".into(),
-            event_type: "orderd.order.confirmed".into(),
-            seq: 1,
-            attempts: 3,
             last_error: error.into(),
             failed_at: at.into(),
-            replay: false,
-            body: String::new(),
+            ..dead(endpoint, account, 1)
         };
         let mut dead = DeadLetters::default();
         assert!(dead.ranking(10).is_empty());
@@ -1117,16 +1128,8 @@ mod tests {
     fn dead_letters_index_their_replays() {
         let dl = |id: &str, endpoint: &str, replay: bool| DeadLetter {
             id: id.into(),
-            endpoint: endpoint.into(),
-            account: acct("A"),
-            event_id: "o-1.1".into(),
-            event_type: "orderd.order.confirmed".into(),
-            seq: 1,
-            attempts: 1,
-            last_error: String::new(),
-            failed_at: String::new(),
             replay,
-            body: String::new(),
+            ..dead(endpoint, "A", 1)
         };
         let mut dead = DeadLetters::default();
         dead.insert(dl("dl_2", "ep_a", true));
@@ -1186,17 +1189,10 @@ mod tests {
         let (seq, event) = logged_event(hooks.journal(), "A", "o-1").await;
         let id = hooks
             .dead_letter(DeadLetter {
-                id: String::new(),
-                endpoint: endpoints[0].clone(),
-                account: acct("A"),
                 event_id: crate::events::event_id(&event),
-                event_type: "orderd.order.confirmed".into(),
-                seq,
                 attempts: 3,
-                last_error: "500".into(),
-                failed_at: String::new(),
-                replay: false,
                 body: String::from_utf8(crate::events::render(&event)).unwrap(),
+                ..dead(&endpoints[0], "A", seq)
             })
             .await
             .unwrap();
@@ -1289,22 +1285,7 @@ mod tests {
                 .await
                 .unwrap();
             for seq in 1..=5 {
-                let id = hooks
-                    .dead_letter(DeadLetter {
-                        id: String::new(),
-                        endpoint: ep.id.clone(),
-                        account: acct(account),
-                        event_id: format!("o-{seq}.1"),
-                        event_type: "orderd.order.confirmed".into(),
-                        seq,
-                        attempts: 1,
-                        last_error: "500".into(),
-                        failed_at: String::new(),
-                        replay: false,
-                        body: "{}".into(),
-                    })
-                    .await
-                    .unwrap();
+                let id = hooks.dead_letter(dead(&ep.id, account, seq)).await.unwrap();
                 made.entry(account).or_default().push(id);
             }
             endpoints.insert(account, ep.id);
@@ -1368,24 +1349,8 @@ mod tests {
             .register(&sys, &a, "https://x.example/h".into(), vec!["*".into()])
             .await
             .unwrap();
-        let dead_letter = async |seq: u64| -> String {
-            hooks
-                .dead_letter(DeadLetter {
-                    id: String::new(),
-                    endpoint: ep.id.clone(),
-                    account: a.clone(),
-                    event_id: format!("o-{seq}.1"),
-                    event_type: "orderd.order.confirmed".into(),
-                    seq,
-                    attempts: 1,
-                    last_error: "500".into(),
-                    failed_at: String::new(),
-                    replay: false,
-                    body: String::new(),
-                })
-                .await
-                .unwrap()
-        };
+        let dead_letter =
+            async |seq: u64| -> String { hooks.dead_letter(dead(&ep.id, "A", seq)).await.unwrap() };
         let replay = async |id: &str| {
             hooks.request_replay(&sys, None, id, None).await.unwrap();
         };
