@@ -9,8 +9,8 @@
 use crate::error::ApiError;
 use crate::oidc::{Discovery, Issuer, Oidc};
 use oauth2::basic::{
-    BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse,
-    BasicTokenType,
+    BasicErrorResponse, BasicErrorResponseType, BasicRevocationErrorResponse,
+    BasicTokenIntrospectionResponse, BasicTokenType,
 };
 use oauth2::{
     AsyncHttpClient, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet,
@@ -175,7 +175,16 @@ pub async fn refresh(
         .request_async(&http)
         .await
         .map_err(|e| match e {
-            RequestTokenError::ServerResponse(e) => RefreshError::Refused(e.to_string()),
+            // Only `invalid_grant` says the grant is over; `temporarily_unavailable` and the
+            // like say nothing about the user.
+            RequestTokenError::ServerResponse(e)
+                if *e.error() == BasicErrorResponseType::InvalidGrant =>
+            {
+                RefreshError::Refused(e.to_string())
+            }
+            RequestTokenError::ServerResponse(e) => {
+                RefreshError::Unavailable(format!("the token endpoint answered {e}"))
+            }
             RequestTokenError::Request(e) => {
                 RefreshError::Unavailable(format!("token endpoint: {e}"))
             }

@@ -537,10 +537,18 @@ impl Oidc {
         token: &str,
         refresh_token: Option<String>,
     ) -> Result<crate::session::Vouched, ApiError> {
-        let verified = self.verify_signed(token).await?;
+        let verified = self.verify_signed(token).await;
+        let result = if verified.is_ok() {
+            "verified"
+        } else {
+            "refused"
+        };
+        metrics::counter!(crate::telemetry::TOKEN_CHECKS, "result" => result).increment(1);
+        let verified = verified?;
         Ok(crate::session::Vouched {
-            expires_at: verified.exp,
             caller: verified.caller_at(String::new()),
+            issuer: verified.issuer,
+            expires_at: verified.exp,
             refresh_token,
         })
     }

@@ -14,6 +14,7 @@
 //! (Origin header), which stops cross-site request forgery.
 
 use crate::error::ApiError;
+use crate::oauth::RefreshError;
 use crate::ApiState;
 use axum::http::{header, HeaderMap, HeaderValue, Method};
 use cookie::{Cookie, SameSite};
@@ -43,13 +44,18 @@ struct Session {
     renewal: Option<Arc<Renewal>>,
 }
 
-/// What a sign-in or a refresh established: who, until when (the access token's `exp`, Unix
-/// seconds), and the refresh token, if the provider gave one.
+/// What a sign-in or a refresh established: who, by which issuer, until when (the access
+/// token's `exp`, Unix seconds), and the refresh token, if the provider gave one.
 pub struct Vouched {
     pub caller: Caller,
+    pub issuer: String,
     pub expires_at: u64,
     pub refresh_token: Option<String>,
 }
+
+/// After a refresh that got no answer (the provider unreachable), the session's requests in
+/// this long are answered `503` at once instead of each waiting for its own attempt.
+const REFRESH_RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 /// A session's way back to its provider. The lock makes one session's refreshes go one at a
 /// time: a provider that rotates refresh tokens takes a second use of one as theft, and
@@ -57,8 +63,14 @@ pub struct Vouched {
 pub struct Renewal {
     /// The issuer that signed the session in.
     pub issuer: String,
+    state: tokio::sync::Mutex<RenewalState>,
+}
+
+struct RenewalState {
     /// The latest refresh token (a secret: never logged).
-    pub token: tokio::sync::Mutex<String>,
+    token: String,
+    /// When and why the last refresh got no answer (see [`REFRESH_RETRY_PAUSE`]).
+    failed: Option<(Instant, String)>,
 }
 
 /// A live session, as [`Sessions::touch`] finds it.
@@ -177,36 +189,36 @@ impl Sessions {
         &self.settings
     }
 
+    /// Whether `s` has not ended: within its timeouts, and vouched for or able to refresh.
     fn alive(&self, s: &Session, now: Instant) -> bool {
         now.duration_since(s.created) < Duration::from_millis(self.settings.absolute_timeout_ms)
             && now.duration_since(s.last_used)
                 < Duration::from_millis(self.settings.idle_timeout_ms)
+            && (now < s.vouched_until || s.renewal.is_some())
     }
 
-    /// Starts a session for `vouched.caller` as signed in at `issuer`, ending `previous`
-    /// (rotation at sign-in); its id.
+    /// Starts a session for `vouched.caller`, ending `previous` (rotation at sign-in); its id.
     ///
     /// Room is made first within the caller's account: at `sessions_per_account_max` its
     /// ended sessions go, then its earliest started one, so that one company signing in
     /// without end cannot sign another company's users out. Then in all: at `sessions_max` the
     /// ended sessions go, then the earliest started one.
-    pub fn start(
-        &self,
-        issuer: &str,
-        vouched: Vouched,
-        previous: Option<&str>,
-    ) -> Result<String, ApiError> {
+    pub fn start(&self, vouched: Vouched, previous: Option<&str>) -> Result<String, ApiError> {
         let id = random_token()?;
         let now = Instant::now();
         let Vouched {
             caller,
+            issuer,
             expires_at,
             refresh_token,
         } = vouched;
         let renewal = refresh_token.map(|token| {
             Arc::new(Renewal {
-                issuer: issuer.to_owned(),
-                token: tokio::sync::Mutex::new(token),
+                issuer,
+                state: tokio::sync::Mutex::new(RenewalState {
+                    token,
+                    failed: None,
+                }),
             })
         });
         let mut live = lock(&self.live);
@@ -261,6 +273,7 @@ impl Sessions {
                 caller: caller.clone(),
                 renewal: renewal.clone(),
             },
+            // Ended (`alive` also ends a session past its token without a refresh token).
             _ => {
                 live.remove(id);
                 return None;
@@ -340,82 +353,120 @@ impl Sessions {
 }
 
 /// The instant (taken at `now`) at which Unix time reaches `unix_s`; `now` when it has passed.
+/// An `exp` years away counts as a year: the session's own timeouts end it long before.
 fn instant_of(now: Instant, unix_s: u64) -> Instant {
+    const FAR: Duration = Duration::from_secs(365 * 24 * 3600);
     let since_epoch = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    now + Duration::from_secs(unix_s).saturating_sub(since_epoch)
+    now + Duration::from_secs(unix_s)
+        .saturating_sub(since_epoch)
+        .min(FAR)
+}
+
+fn session_ended() -> ApiError {
+    ApiError::Unauthorized("the session has ended; sign in again".into())
 }
 
 /// The caller of session `id`, refreshed at its provider when its access token has expired.
-/// The provider refusing (or naming another user) ends the session; a provider that cannot be
-/// reached leaves it for the next request to try again.
+/// The provider refusing the refresh (or naming another user) ends the session; a provider
+/// that cannot be reached leaves it for a later request to try again.
 pub async fn resume(s: &ApiState, id: &str) -> Result<Caller, ApiError> {
-    let ended = || ApiError::Unauthorized("the session has ended; sign in again".into());
-    let Touched::Stale { renewal, .. } = s.sessions.touch(id).ok_or_else(ended)? else {
+    let Touched::Stale { renewal, .. } = s.sessions.touch(id).ok_or_else(session_ended)? else {
         return live(s, id);
     };
-    let mut token = renewal.token.lock().await;
+    // A task of its own: a request that goes away midway (the browser gave up) must not lose
+    // a refresh token the provider has already rotated.
+    let (s, id) = (s.clone(), id.to_owned());
+    tokio::spawn(async move { refresh(&s, &id, &renewal).await })
+        .await
+        .map_err(|e| ApiError::Internal(format!("refreshing a session: {e}")))?
+}
+
+/// Refreshes session `id` through `renewal`, one refresh at a time.
+async fn refresh(s: &ApiState, id: &str, renewal: &Renewal) -> Result<Caller, ApiError> {
+    let mut state = renewal.state.lock().await;
     // The request before this one may have refreshed the session while this one waited.
-    let Touched::Stale { caller: was, .. } = s.sessions.touch(id).ok_or_else(ended)? else {
+    let Touched::Stale { caller: was, .. } = s.sessions.touch(id).ok_or_else(session_ended)? else {
         return live(s, id);
     };
-    let refused = |why: String| {
-        s.sessions.end(id);
-        tracing::info!(user = %was.user, reason = %why, "browser session ended: the identity provider refused to refresh it");
-        ApiError::Unauthorized(format!(
-            "the identity provider no longer vouches for this session ({why}); sign in again"
+    let unavailable = |why: &str| {
+        ApiError::Unavailable(format!(
+            "the identity provider could not refresh this session: {why}"
         ))
     };
+    if let Some((at, why)) = &state.failed {
+        if at.elapsed() < REFRESH_RETRY_PAUSE {
+            return Err(unavailable(why));
+        }
+    }
+    match vouched_again(s, renewal, &state.token, &was).await {
+        Ok(vouched) => {
+            state.failed = None;
+            if let Some(t) = vouched.refresh_token {
+                state.token = t;
+            }
+            s.sessions
+                .renewed(id, vouched.caller.clone(), vouched.expires_at);
+            Ok(vouched.caller)
+        }
+        Err(RefreshError::Refused(why)) => {
+            s.sessions.end(id);
+            tracing::info!(user = %was.user, reason = %why, "browser session ended: the identity provider refused to refresh it");
+            Err(ApiError::Unauthorized(format!(
+                "the identity provider no longer vouches for this session ({why}); sign in again"
+            )))
+        }
+        Err(RefreshError::Unavailable(why)) => {
+            let answer = unavailable(&why);
+            state.failed = Some((Instant::now(), why));
+            Err(answer)
+        }
+    }
+}
+
+/// Asks the issuer of `renewal` to vouch again for `was` with refresh token `token`.
+async fn vouched_again(
+    s: &ApiState,
+    renewal: &Renewal,
+    token: &str,
+    was: &Caller,
+) -> Result<Vouched, RefreshError> {
     let oidc = s
         .auth
         .identity_providers()
-        .ok_or_else(|| refused("no identity provider is configured".into()))?;
-    let issuer = oidc
-        .issuer(&renewal.issuer)
-        .ok_or_else(|| refused(format!("issuer {} is no longer configured", renewal.issuer)))?;
+        .ok_or_else(|| RefreshError::Refused("no identity provider is configured".into()))?;
+    let issuer = oidc.issuer(&renewal.issuer).ok_or_else(|| {
+        RefreshError::Refused(format!("issuer {} is no longer configured", renewal.issuer))
+    })?;
     let d = oidc
         .discovery(issuer)
         .await
-        .map_err(|e| ApiError::Unavailable(format!("the identity provider is unreachable: {e}")))?;
-    let fresh = match crate::oauth::refresh(oidc, issuer, &d, &token).await {
-        Ok(fresh) => fresh,
-        Err(crate::oauth::RefreshError::Refused(why)) => return Err(refused(why)),
-        Err(crate::oauth::RefreshError::Unavailable(why)) => {
-            return Err(ApiError::Unavailable(format!(
-                "the identity provider could not refresh this session: {why}"
-            )))
-        }
-    };
-    let vouched = match oidc
+        .map_err(|e| RefreshError::Unavailable(format!("the provider is unreachable: {e}")))?;
+    let fresh = crate::oauth::refresh(oidc, issuer, &d, token).await?;
+    let vouched = oidc
         .verify_vouched(&fresh.access_token, fresh.refresh_token)
         .await
-    {
-        Ok(v) => v,
-        Err(ApiError::Unauthorized(why)) => return Err(refused(why)),
-        Err(e) => return Err(e),
-    };
-    if vouched.caller.user != was.user || vouched.caller.account != was.account {
-        return Err(refused(format!(
-            "the refreshed token names user {}",
-            vouched.caller.user
+        .map_err(|e| {
+            RefreshError::Unavailable(format!("its new access token did not verify: {e}"))
+        })?;
+    let same = vouched.issuer == renewal.issuer
+        && vouched.caller.user == was.user
+        && vouched.caller.account == was.account;
+    if !same {
+        return Err(RefreshError::Refused(format!(
+            "the refreshed token names user {} of issuer {}",
+            vouched.caller.user, vouched.issuer
         )));
     }
-    if let Some(t) = vouched.refresh_token {
-        *token = t;
-    }
-    s.sessions
-        .renewed(id, vouched.caller.clone(), vouched.expires_at);
-    Ok(vouched.caller)
+    Ok(vouched)
 }
 
 /// The caller of session `id` once it is vouched for.
 fn live(s: &ApiState, id: &str) -> Result<Caller, ApiError> {
     match s.sessions.touch(id) {
         Some(Touched::Live(caller)) => Ok(caller),
-        _ => Err(ApiError::Unauthorized(
-            "the session has ended; sign in again".into(),
-        )),
+        _ => Err(session_ended()),
     }
 }
 
@@ -484,13 +535,13 @@ pub async fn caller_of(
     ip: String,
 ) -> Result<(Caller, String), ApiError> {
     let id = cookie(headers, SESSION_COOKIE).ok_or(ApiError::MissingToken)?;
-    let cross_site = crate::policy::changes_state(method) && !same_origin(s, headers);
-    let mut caller = resume(s, &id).await?;
-    if cross_site {
+    // Before the session is looked at: a cross-site request never refreshes (or ends) it.
+    if crate::policy::changes_state(method) && !same_origin(s, headers) {
         return Err(ApiError::Forbidden(
             "cross-site request refused (Origin is not orderd's)".into(),
         ));
     }
+    let mut caller = resume(s, &id).await?;
     caller.ip = ip;
     Ok((
         caller,
@@ -597,6 +648,7 @@ mod tests {
     fn hour(caller: Caller) -> Vouched {
         Vouched {
             caller,
+            issuer: "issuer".into(),
             expires_at: unix_now() + 3600,
             refresh_token: None,
         }
@@ -649,12 +701,10 @@ mod tests {
             sessions_per_account_max: 2,
             ..SessionSettings::default()
         });
-        let bauhaus = s
-            .start("issuer", hour(caller("BAUHAUS", "hans")), None)
-            .unwrap();
+        let bauhaus = s.start(hour(caller("BAUHAUS", "hans")), None).unwrap();
         let acme: Vec<String> = (0..5)
             .map(|i| {
-                s.start("issuer", hour(caller("ACME", &format!("u{i}"))), None)
+                s.start(hour(caller("ACME", &format!("u{i}"))), None)
                     .unwrap()
             })
             .collect();
@@ -666,7 +716,7 @@ mod tests {
         assert_eq!(live, [false, false, false, true, true]);
         let others: Vec<String> = ["C1", "C2"]
             .iter()
-            .map(|a| s.start("issuer", hour(caller(a, "x")), None).unwrap())
+            .map(|a| s.start(hour(caller(a, "x")), None).unwrap())
             .collect();
         assert!(s.touch(&bauhaus).is_none(), "the earliest in all made room");
         assert!(others.iter().all(|id| s.touch(id).is_some()));
@@ -690,14 +740,15 @@ mod tests {
         let s = Sessions::new(&SessionSettings::default());
         let expired = |refresh_token: Option<&str>| Vouched {
             caller: caller("ACME", "alice"),
+            issuer: "issuer".into(),
             expires_at: unix_now().saturating_sub(1),
             refresh_token: refresh_token.map(str::to_owned),
         };
-        let bare = s.start("issuer", expired(None), None).unwrap();
+        let bare = s.start(expired(None), None).unwrap();
         assert!(s.touch(&bare).is_none(), "no refresh token: over");
         assert!(!lock(&s.live).by_id.contains_key(&bare), "and gone");
 
-        let id = s.start("issuer", expired(Some("rt-1")), None).unwrap();
+        let id = s.start(expired(Some("rt-1")), None).unwrap();
         let Some(Touched::Stale {
             caller: was,
             renewal,
@@ -707,7 +758,7 @@ mod tests {
         };
         assert_eq!(was.user.as_str(), "alice");
         assert_eq!(renewal.issuer, "issuer");
-        assert_eq!(*renewal.token.try_lock().unwrap(), "rt-1");
+        assert_eq!(renewal.state.try_lock().unwrap().token, "rt-1");
         let mut now_approver = caller("ACME", "alice");
         now_approver.ip = "10.0.0.2".into();
         s.renewed(&id, now_approver.clone(), unix_now() + 60);

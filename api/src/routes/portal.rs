@@ -227,9 +227,7 @@ async fn callback(
     let caller = &vouched.caller;
     tracing::info!(user = %caller.user, account = ?caller.account.as_ref().map(|a| a.to_string()), refresh = vouched.refresh_token.is_some(), "browser sign-in");
     let previous = cookie(headers, SESSION_COOKIE);
-    let id = s
-        .sessions
-        .start(&issuer.settings.issuer, vouched, previous.as_deref())?;
+    let id = s.sessions.start(vouched, previous.as_deref())?;
     let mut resp = redirect("/");
     let h = resp.headers_mut();
     h.append(header::SET_COOKIE, set_cookie(SESSION_COOKIE, &id, None));

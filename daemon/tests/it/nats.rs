@@ -919,9 +919,8 @@ struct CuttingProxy {
     accepting: tokio::task::JoinHandle<()>,
 }
 
-/// Bytes of one connection's stream kept from one read to the next, so that a protocol line
-/// split across two reads is still seen whole.
-const CUT_WINDOW: usize = 256;
+/// What the proxy cuts at: a publish to the order stream.
+const CUT_AT: &[u8] = b"HPUB orderd.orders.";
 
 impl CuttingProxy {
     async fn start(upstream: u16) -> CuttingProxy {
@@ -980,17 +979,17 @@ impl CuttingProxy {
             if n == 0 {
                 break;
             }
+            // The end of the read before, so that a line split across two reads is seen
+            // whole, but not so much that a publish passed on before is seen again.
             window.extend_from_slice(&buf[..n]);
-            let publish = window
-                .windows(b"HPUB orderd.orders.".len())
-                .any(|w| w == b"HPUB orderd.orders.");
+            let publish = window.windows(CUT_AT.len()).any(|w| w == CUT_AT);
             if publish && armed.swap(false, Ordering::SeqCst) {
                 break;
             }
             if to_server.write_all(&buf[..n]).await.is_err() {
                 break;
             }
-            let keep = window.len().saturating_sub(CUT_WINDOW);
+            let keep = window.len().saturating_sub(CUT_AT.len() - 1);
             window.drain(..keep);
         }
         // Both directions close: the client sees its connection end.
@@ -1003,6 +1002,10 @@ impl Drop for CuttingProxy {
         self.accepting.abort();
     }
 }
+
+/// How long orderd waits for a PubAck in the reconnect test: the order's next change must
+/// come within it.
+const ACK_TIMEOUT: Duration = Duration::from_secs(8);
 
 // The case `waves` in the publisher guards against. A connection breaks with an order's event
 // in the client's write buffer: the event is lost, the client reconnects at once, and the
@@ -1017,7 +1020,10 @@ async fn an_event_lost_in_a_reconnect_stays_ahead_of_its_order_next() {
         ("ORDERD_NATS__URL", &proxy.url()),
         STREAM_BYTES,
         ("ORDERD_NATS__RETRY_MAX_MS", "200"),
-        ("ORDERD_NATS__ACK_TIMEOUT_MS", "2000"),
+        (
+            "ORDERD_NATS__ACK_TIMEOUT_MS",
+            &ACK_TIMEOUT.as_millis().to_string(),
+        ),
     ])
     .await;
     let bob = env.token("ACME", "bob", &["buyer", "approver"]).await;
@@ -1027,6 +1033,7 @@ async fn an_event_lost_in_a_reconnect_stays_ahead_of_its_order_next() {
     let before = proxy.connections();
 
     proxy.arm();
+    let placed = Instant::now();
     let cut = place_one(&env, &bob, "cut").await;
     let deadline = Instant::now() + Duration::from_secs(5);
     while !(proxy.has_cut() && proxy.connections() > before) {
@@ -1041,11 +1048,16 @@ async fn an_event_lost_in_a_reconnect_stays_ahead_of_its_order_next() {
         .post(&bob, &format!("/v1/orders/{cut}/cancel"), json!({}))
         .await;
     assert_eq!(str_field(&r.body, "state"), "cancelled", "{r}");
+    // Otherwise the lost event went again before the next one came, and this tests nothing.
+    assert!(
+        placed.elapsed() < ACK_TIMEOUT,
+        "the next change came {:?} after the lost event, past its PubAck timeout",
+        placed.elapsed()
+    );
     want.insert(cut, 2);
     assert_all_delivered(&nats, &want);
 }
 
-/// Waits until the publisher has every event acknowledged (its outbox depth is 0).
 /// Waits until the publisher has every event acknowledged (its outbox depth is 0).
 async fn await_published(env: &TestEnv) {
     let deadline = Instant::now() + Duration::from_secs(10);
