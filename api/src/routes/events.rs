@@ -144,10 +144,11 @@ impl OwnOrders {
             unknown.dedup();
             unknown
         };
+        let mut found: HashMap<OrderId, bool> = HashMap::new();
         if !unknown.is_empty() {
             let this = self.clone();
-            tokio::task::spawn_blocking(move || {
-                let mut found = Vec::with_capacity(unknown.len());
+            found = tokio::task::spawn_blocking(move || {
+                let mut found = HashMap::with_capacity(unknown.len());
                 for o in unknown {
                     let placed = match this.state.engine.placed_by_blocking(&this.account, &o) {
                         Ok(placer) => placer.is_some_and(|u| u == this.user),
@@ -160,26 +161,33 @@ impl OwnOrders {
                             false
                         }
                     };
-                    found.push((o, placed));
+                    found.insert(o, placed);
                 }
-                let mut known = this.known.lock().unwrap_or_else(PoisonError::into_inner);
-                if known.len() + found.len() > OWN_ORDERS_KNOWN_MAX {
-                    known.clear();
-                }
-                known.extend(found);
-                Ok::<_, ActorError>(())
+                Ok::<_, ActorError>(found)
             })
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         }
-        let known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
-        // Every order is known now: a stream's lookups run one at a time (the replay, then the
-        // live part), so nothing emptied the map in between. Absent would read as not shown.
-        Ok(orders
+        let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        // The answer comes first, from what was known and what was found: emptying the map
+        // below must not hide an order of this very call (a stream's lookups run one at a
+        // time, so nothing else changed the map since `unknown` was taken).
+        let answer = orders
             .iter()
-            .map(|o| known.get(o).copied().unwrap_or(false))
-            .collect())
+            .map(|o| {
+                found
+                    .get(o)
+                    .or_else(|| known.get(o))
+                    .copied()
+                    .unwrap_or(false)
+            })
+            .collect();
+        if known.len() + found.len() > OWN_ORDERS_KNOWN_MAX {
+            known.clear();
+        }
+        known.extend(found);
+        Ok(answer)
     }
 }
 
@@ -610,5 +618,39 @@ mod tests {
                 .collect();
             assert_eq!(sent, ["event 50", "mark 100"], "round {round}");
         }
+    }
+
+    // The lookup that takes a buyer stream's full cache of placers over its bound empties it,
+    // and still answers for an order it held: the buyer's own order is shown, not dropped
+    // (which would move the stream's Last-Event-ID past it for good).
+    #[tokio::test]
+    async fn emptying_the_cache_of_placers_hides_none_of_the_lookup() {
+        let journal = orderd_storage::Journal::temporary(&Default::default()).expect("journal");
+        let engine = orderd_actors::Engine::start(journal, Default::default())
+            .await
+            .expect("engine");
+        let auth = crate::auth::Authenticator::dev(&[7u8; 32]);
+        let state = ApiState::new(engine, auth, vec![], Default::default(), true);
+        let own = Arc::new(OwnOrders {
+            state,
+            account: AccountId::parse("ACME").expect("id"),
+            user: UserId::parse("bob").expect("id"),
+            known: Mutex::new(HashMap::new()),
+        });
+        let id = |s: &str| OrderId::parse(s).expect("id");
+        {
+            let mut known = own.known.lock().expect("lock");
+            for i in 1..OWN_ORDERS_KNOWN_MAX {
+                known.insert(id(&format!("filler-{i}")), false);
+            }
+            known.insert(id("mine"), true);
+        }
+        let asked = vec![id("mine"), id("new-1"), id("new-2")];
+        assert_eq!(
+            own.placed(asked).await.expect("placed"),
+            [true, false, false]
+        );
+        let known = own.known.lock().expect("lock");
+        assert_eq!(known.len(), 2, "emptied, then the orders just read");
     }
 }
