@@ -1131,6 +1131,39 @@ const _: () = assert!(
     APPROVAL_REASONS_MAX * (REJECT_REASON_LEN_MAX * 4 + 16) <= orderd_storage::VALUE_BYTES_MAX / 8
 );
 
+/// What an approver's rejection note starts with among a pending order's approval reasons.
+pub const REJECTION_NOTE_PREFIX: &str = "rejected: ";
+
+/// The approval reason a pending order keeps, through every amendment, once an approver
+/// rejected some of its lines: it waits for an approver again whatever the rules say of it
+/// now. (Otherwise the buyer could amend it, even only its PO number, and have it confirmed
+/// unseen, or amend the rejected lines back in.)
+pub const REAPPROVAL: &str =
+    "an approver rejected lines of this order before it was amended: it needs an approver again";
+
+/// The approval reasons of pending order `old` after an amendment: `now` (what the rules say
+/// of it as amended) and, once an approver has rejected some of its lines, the approvers'
+/// notes and [`REAPPROVAL`]. Empty: nothing holds it back.
+fn approval_after_amendment(old: &Order, now: Vec<String>) -> Vec<String> {
+    let acted = old.lines.iter().any(|l| l.status == LineStatus::Rejected)
+        || old.approval_reasons.iter().any(|r| r == REAPPROVAL);
+    if !acted {
+        return now;
+    }
+    let notes = old
+        .approval_reasons
+        .iter()
+        .filter(|r| r.starts_with(REJECTION_NOTE_PREFIX))
+        .cloned();
+    let mut reasons: Vec<String> = now
+        .into_iter()
+        .chain(notes)
+        .take(APPROVAL_REASONS_MAX - 1)
+        .collect();
+    reasons.push(REAPPROVAL.to_owned());
+    reasons
+}
+
 /// The most changes an order may have before amendments are refused (`409`). Each change adds
 /// its audit seq to the order's record, which is written whole on every change: without a
 /// bound, amending one order in a loop would grow each write until the record is too large to
@@ -1173,7 +1206,7 @@ pub async fn reject(
         )
         .field("reason")])));
     }
-    let note = reason.map(|r| format!("rejected: {r}"));
+    let note = reason.map(|r| format!("{REJECTION_NOTE_PREFIX}{r}"));
     reject_pending(st, caller, order, lines, note, "order.reject").await
 }
 
@@ -1397,16 +1430,17 @@ pub async fn amend(
             .unwrap_or(order.ship_to);
         order.lines = build_lines(&ev.snap, &ev.checked, ev.allocations);
         // The approval rules are applied again: the approver sees why the order waits now,
-        // and an order no rule holds back any longer goes on as if submitted so.
+        // and an order nothing holds back any longer goes on as if submitted so.
         if old.state == OrderState::PendingApproval {
-            if ev.approval_reasons.is_empty() {
+            let reasons = approval_after_amendment(&old, ev.approval_reasons);
+            if reasons.is_empty() {
                 transitions = match confirm(&mut order) {
                     Ok(t) => t,
                     Err(e) => return Ok(Err(e.into())),
                 };
                 order.approval_reasons.clear();
             } else {
-                order.approval_reasons = ev.approval_reasons;
+                order.approval_reasons = reasons;
             }
         }
     }

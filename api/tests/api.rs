@@ -3878,6 +3878,64 @@ async fn errors_repeat_only_the_start_of_what_was_sent() {
     assert!(detail(&r).len() < ECHO_CHARS_MAX + 200, "{}", detail(&r));
 }
 
+// Once an approver rejected lines of a pending order, no amendment confirms it unseen: not a
+// new PO number on what is left (now under the buyer's limit), nor the rejected lines amended
+// back in under the limit. It waits for an approver, who sees why and approves it.
+#[tokio::test]
+async fn an_amendment_after_a_partial_rejection_still_needs_an_approver() {
+    let api = api().await;
+    let ann = api.token(Some("A"), "ann", &["buyer"], None).await;
+    let approver = api.token(Some("A"), "apu", &["approver"], None).await;
+    // 50 × 8.00 + 200 × 1.00 = 600.00, above ann's limit of 500.00.
+    let o = api
+        .place(
+            &ann,
+            "partly-rejected",
+            json!({"lines":[{"sku":"BOLT","qty":50},{"sku":"NUT","qty":200}]}),
+        )
+        .await;
+    assert_eq!(o.body["state"], "pending_approval", "{:?}", o.body);
+    let path = format!("/v1/orders/{}", o.body["id"].as_str().unwrap());
+    let r = api
+        .call(
+            "POST",
+            &format!("{path}/reject"),
+            Some(&approver),
+            Some(json!({"lines":[2],"reason":"no nuts this month"})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.body["state"], "pending_approval", "{:?}", r.body);
+    assert_eq!(r.body["total"]["amount"], "400.00", "{:?}", r.body);
+    let amend = |body: Value| api.call("PATCH", &path, Some(&ann), Some(body), &[]);
+    for body in [
+        json!({"customer_po": "PO-1"}),
+        json!({"lines":[{"sku":"BOLT","qty":50},{"sku":"NUT","qty":10}]}),
+        json!({"customer_po": "PO-2"}),
+    ] {
+        let r = amend(body.clone()).await;
+        assert_eq!(r.status, StatusCode::OK, "{body}: {:?}", r.body);
+        assert_eq!(r.body["state"], "pending_approval", "{body}: {:?}", r.body);
+        let reasons = r.body["approval_reasons"].to_string();
+        assert!(reasons.contains("needs an approver again"), "{reasons}");
+        assert!(
+            reasons.contains("rejected: no nuts this month"),
+            "{reasons}"
+        );
+    }
+    let r = api
+        .call(
+            "POST",
+            &format!("{path}/approve"),
+            Some(&approver),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_ne!(r.body["state"], "pending_approval", "{:?}", r.body);
+}
+
 // An operator lowers the credit limit below what a pending order holds. The buyer may still
 // shrink the order or change its PO (no new credit), but not grow it back above the limit.
 #[tokio::test]

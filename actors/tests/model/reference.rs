@@ -92,6 +92,9 @@ pub struct MOrder {
     pub speed: Option<String>,
     pub split: bool,
     pub lines: Vec<MLine>,
+    /// Pending, and an approver rejected some of its lines before it was amended: it waits
+    /// for an approver whatever the rules say (`ordering::REAPPROVAL`).
+    pub reapproval: bool,
 }
 
 impl MOrder {

@@ -161,6 +161,7 @@ impl Harness {
             speed: full.delivery_speed,
             split: full.allow_split,
             lines,
+            reapproval: false,
         };
         compare_order(&m, &order)?;
         let action = if how.submit {
@@ -285,11 +286,18 @@ impl Harness {
                 )),
             };
         }
+        // Once an approver rejected lines of a pending order, it waits for one again.
+        let reapproval = o.state == OrderState::PendingApproval
+            && (o.reapproval || o.lines.iter().any(|l| !l.open));
         let (judged, state) = if o.state == OrderState::Draft {
             (judge_draft(&self.model, o.acct, &req, &real)?, o.state)
         } else {
             let ev = self.model.evaluate(o.acct, &req, Some(i));
-            let state = routed(&ev);
+            let state = if reapproval {
+                OrderState::PendingApproval
+            } else {
+                routed(&ev)
+            };
             (judge_evaluated(&ev, &real, req.allow_split, state)?, state)
         };
         let Some(mut lines) = judged else {
@@ -312,6 +320,7 @@ impl Harness {
             speed: req.delivery_speed.clone(),
             split: req.allow_split,
             lines,
+            reapproval,
             ..o
         };
         compare_order(&m, real.as_ref().expect("accepted"))?;
