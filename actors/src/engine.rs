@@ -37,27 +37,38 @@ pub const IMPORT_ERRORS_MAX: usize = 100;
 pub struct ImportRefusal {
     /// The accounts or warehouses stored; empty when nothing was.
     pub stored: Vec<String>,
-    /// Every problem found, each a readable sentence naming what it concerns.
+    /// Every problem its rows had, each a readable sentence naming what it concerns.
     pub errors: Vec<String>,
-    /// Set when the import stopped on orderd's state rather than on its rows; the last error
-    /// says where.
-    pub interrupted: Option<Interruption>,
+    /// Set when the import stopped on orderd's state rather than on its rows.
+    pub interrupted: Option<Interrupted>,
 }
 
-/// Why an import stopped that its rows did not stop.
+/// What stopped an import that its rows did not stop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interrupted {
+    pub kind: Interruption,
+    /// Where it stopped and why (for a [`Interruption::Failed`], for the log only).
+    pub cause: String,
+}
+
+/// The kinds of [`Interrupted`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Interruption {
-    /// orderd was too busy (a full commit queue, a busy account): send the file again shortly.
+    /// orderd was too busy (a full commit queue): send the file again shortly.
     Busy,
-    /// orderd is shutting down, or an actor did not answer: send the file again shortly.
+    /// The account was too busy (its bound of requests in flight): send it again shortly.
+    AccountBusy,
+    /// orderd is shutting down, or an actor did not answer (what it was storing may have
+    /// been stored): send the file again shortly.
     Unavailable,
-    /// A fault (storage failed): the error is for the log, not for the client.
+    /// A fault (storage failed).
     Failed,
 }
 
 impl Interruption {
     pub fn of(e: &ActorError) -> Interruption {
         match e {
+            ActorError::Busy(crate::BusyScope::Account) => Interruption::AccountBusy,
             ActorError::Busy(_) | ActorError::Storage(StorageError::Overloaded) => {
                 Interruption::Busy
             }
@@ -74,16 +85,23 @@ impl ImportRefusal {
     /// problems its rows had before that (`errors`).
     pub fn interrupted(
         stored: Vec<String>,
-        mut errors: Vec<String>,
+        errors: Vec<String>,
         what: &str,
         e: &ActorError,
     ) -> ImportRefusal {
-        errors.push(format!("{what}: {e}"));
         ImportRefusal {
             stored,
             errors,
-            interrupted: Some(Interruption::of(e)),
+            interrupted: Some(Interrupted {
+                kind: Interruption::of(e),
+                cause: format!("{what}: {e}"),
+            }),
         }
+    }
+
+    /// The kind of what interrupted it, if something did.
+    pub fn interruption(&self) -> Option<Interruption> {
+        self.interrupted.as_ref().map(|i| i.kind)
     }
 
     /// What the refusal stored, as the API's detail and `orderd import` say it.
@@ -101,10 +119,13 @@ impl ImportRefusal {
 
 impl std::fmt::Display for ImportRefusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.interrupted.is_some() {
-            f.write_str("the import stopped before its end: ")?;
+        if let Some(i) = &self.interrupted {
+            write!(f, "the import stopped before its end: {}; ", i.cause)?;
         }
-        write!(f, "{}; {}", self.errors.join("; "), self.stored_note())
+        for e in &self.errors {
+            write!(f, "{e}; ")?;
+        }
+        f.write_str(&self.stored_note())
     }
 }
 

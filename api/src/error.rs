@@ -113,9 +113,10 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
-            ApiError::ImportRefused(r) => match r.interrupted {
+            ApiError::ImportRefused(r) => match r.interruption() {
                 None => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
                 Some(Interruption::Busy) => (StatusCode::SERVICE_UNAVAILABLE, "daemon_busy"),
+                Some(Interruption::AccountBusy) => (StatusCode::TOO_MANY_REQUESTS, "account_busy"),
                 Some(Interruption::Unavailable) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
                 Some(Interruption::Failed) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             },
@@ -149,7 +150,7 @@ impl IntoResponse for ApiError {
                 tracing::warn!(reason = %cause, "answering 503");
                 cause.clone()
             }
-            ApiError::ImportRefused(r) if r.interrupted == Some(Interruption::Failed) => {
+            ApiError::ImportRefused(r) if r.interruption() == Some(Interruption::Failed) => {
                 tracing::error!(error = %r, "import failed");
                 format!(
                     "an internal error occurred; it has been logged; {}",
@@ -164,22 +165,14 @@ impl IntoResponse for ApiError {
         };
         let (problems, stored) = match self {
             ApiError::Invalid(p) => (p, vec![]),
-            ApiError::ImportRefused(mut r) => {
-                // What interrupted an import is in the detail; the problems are its rows'.
-                if r.interrupted.is_some() {
-                    r.errors.pop();
-                }
-                if r.interrupted == Some(Interruption::Failed) {
-                    r.errors.clear();
-                }
-                let problems = r.errors.into_iter();
-                (
-                    problems
-                        .map(|e| Problem::new(ProblemCode::InvalidField, e))
-                        .collect(),
-                    r.stored,
-                )
-            }
+            // What interrupted an import is in the detail; the problems are its rows'.
+            ApiError::ImportRefused(r) => (
+                r.errors
+                    .into_iter()
+                    .map(|e| Problem::new(ProblemCode::InvalidField, e))
+                    .collect(),
+                r.stored,
+            ),
             _ => (vec![], vec![]),
         };
         let body = ProblemBody {
@@ -281,13 +274,17 @@ impl From<StorageError> for ApiError {
 /// The detail of a refused import: how many problems its rows had, or what interrupted it;
 /// then what it stored.
 fn import_detail(r: &ImportRefusal) -> String {
-    match r.interrupted {
+    match &r.interrupted {
         None => format!(
             "the import has {} problem(s); {}",
             r.errors.len(),
             r.stored_note()
         ),
-        Some(_) => r.to_string(),
+        Some(i) => format!(
+            "the import stopped before its end: {}; {}",
+            i.cause,
+            r.stored_note()
+        ),
     }
 }
 

@@ -18,7 +18,7 @@ pub mod live;
 use crate::error::ApiError;
 use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use orderd_actors::engine::{ImportRefusal, Interruption};
+use orderd_actors::engine::{ImportRefusal, Interrupted, Interruption};
 use orderd_actors::Engine;
 use orderd_domain::order::Channel;
 use orderd_domain::validation::{Problem, ProblemCode};
@@ -266,7 +266,15 @@ impl Telemetry {
     /// An error answer: 429/503 and the problems of a 422 are counted.
     pub fn record_error(&self, error: &ApiError) {
         match error {
-            ApiError::TooManyRequests => {
+            ApiError::TooManyRequests
+            | ApiError::ImportRefused(ImportRefusal {
+                interrupted:
+                    Some(Interrupted {
+                        kind: Interruption::AccountBusy,
+                        ..
+                    }),
+                ..
+            }) => {
                 self.busy_429.increment(1);
                 self.live.record_status(429);
             }
@@ -276,7 +284,11 @@ impl Telemetry {
             }
             ApiError::Unavailable(_)
             | ApiError::ImportRefused(ImportRefusal {
-                interrupted: Some(Interruption::Unavailable),
+                interrupted:
+                    Some(Interrupted {
+                        kind: Interruption::Unavailable,
+                        ..
+                    }),
                 ..
             }) => {
                 self.unavailable_503.increment(1);
@@ -284,7 +296,11 @@ impl Telemetry {
             }
             ApiError::Overloaded
             | ApiError::ImportRefused(ImportRefusal {
-                interrupted: Some(Interruption::Busy),
+                interrupted:
+                    Some(Interrupted {
+                        kind: Interruption::Busy,
+                        ..
+                    }),
                 ..
             }) => {
                 self.daemon_busy_503.increment(1);

@@ -390,7 +390,7 @@ struct Shared {
     /// further one is refused `Overloaded` ([`NO_REFUSALS`]: no limit).
     #[cfg(feature = "test-hooks")]
     allowance: AtomicU64,
-    /// Test hook (feature `test-hooks`): writes refused because of `refusing`.
+    /// Test hook (feature `test-hooks`): writes refused because of `allowance`.
     #[cfg(feature = "test-hooks")]
     refused: AtomicU64,
 }

@@ -394,7 +394,7 @@ impl Harness {
         match (expect, real) {
             // Only the journal interrupts a stock import (warehouses have no busy bound):
             // a refused write, told as the other commands tell it.
-            (_, Err(r)) if r.interrupted == Some(Interruption::Busy) => Err(actor_failure(
+            (_, Err(r)) if r.interruption() == Some(Interruption::Busy) => Err(actor_failure(
                 &ActorError::Storage(StorageError::Overloaded),
             )),
             (_, Err(r)) if r.interrupted.is_some() => Err(format!(

@@ -31,10 +31,14 @@ pub struct ImportResult {
 /// Import CSV (text/csv body) of one kind: catalog, prices, accounts, ship_tos, users,
 /// warehouses, stock. A bad row refuses the file, and every bad row is listed (at most 100);
 /// stored account by account (warehouse by warehouse for stock), a refusal then names in
-/// `stored` the accounts or warehouses stored before it (operator).
+/// `stored` the accounts or warehouses stored before it (operator). An import that orderd's
+/// load, a shutdown or a fault stopped answers 429, 503 or 500, with `stored` all the same.
 #[utoipa::path(post, path = "/v1/admin/import/{kind}", tag = "admin", params(("kind" = String, Path)),
     request_body(content = String, content_type = "text/csv"),
-    responses((status = 200, body = ImportResult), (status = 415), (status = 422)), security(("bearer" = [])))]
+    responses((status = 200, body = ImportResult), (status = 415), (status = 422, description = "rows refused"),
+        (status = 429, description = "an account was busy: send the file again"),
+        (status = 503, description = "orderd was busy or shutting down: send the file again"),
+        (status = 500, description = "a fault, logged")), security(("bearer" = [])))]
 async fn import(
     State(s): State<ApiState>,
     auth: Auth,
