@@ -3,7 +3,7 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use orderd_actors::engine::{ImportRefusal, Interruption};
+use orderd_actors::engine::{ImportRefusal, Interrupted, Interruption};
 use orderd_actors::StorageError;
 use orderd_actors::{ActorError, BusyScope};
 use orderd_domain::rejection::Rejection;
@@ -113,12 +113,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
-            ApiError::ImportRefused(r) => match r.interruption() {
+            ApiError::ImportRefused(r) => match r.interrupted.as_ref().map(interrupted_as) {
                 None => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
-                Some(Interruption::Busy) => (StatusCode::SERVICE_UNAVAILABLE, "daemon_busy"),
-                Some(Interruption::AccountBusy) => (StatusCode::TOO_MANY_REQUESTS, "account_busy"),
-                Some(Interruption::Unavailable) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-                Some(Interruption::Failed) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+                Some(same) => same.parts(),
             },
             ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             ApiError::IdempotencyMismatch(_) => {
@@ -268,6 +265,17 @@ impl From<StorageError> for ApiError {
             ),
             other => ApiError::Internal(other.to_string()),
         }
+    }
+}
+
+/// The answer an import interrupted by `i` gives, as any other request stopped by the same:
+/// its status, code and counters (the import keeps its own detail and `stored`).
+pub fn interrupted_as(i: &Interrupted) -> ApiError {
+    match i.kind {
+        Interruption::Busy => ApiError::Overloaded,
+        Interruption::AccountBusy => ApiError::TooManyRequests,
+        Interruption::Unavailable => ApiError::Unavailable(i.cause.clone()),
+        Interruption::Failed => ApiError::Internal(i.cause.clone()),
     }
 }
 

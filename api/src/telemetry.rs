@@ -18,7 +18,7 @@ pub mod live;
 use crate::error::ApiError;
 use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use orderd_actors::engine::{ImportRefusal, Interrupted, Interruption};
+use orderd_actors::engine::ImportRefusal;
 use orderd_actors::Engine;
 use orderd_domain::order::Channel;
 use orderd_domain::validation::{Problem, ProblemCode};
@@ -266,15 +266,7 @@ impl Telemetry {
     /// An error answer: 429/503 and the problems of a 422 are counted.
     pub fn record_error(&self, error: &ApiError) {
         match error {
-            ApiError::TooManyRequests
-            | ApiError::ImportRefused(ImportRefusal {
-                interrupted:
-                    Some(Interrupted {
-                        kind: Interruption::AccountBusy,
-                        ..
-                    }),
-                ..
-            }) => {
+            ApiError::TooManyRequests => {
                 self.busy_429.increment(1);
                 self.live.record_status(429);
             }
@@ -282,31 +274,20 @@ impl Telemetry {
                 self.rate_limited_429.increment(1);
                 self.live.record_status(429);
             }
-            ApiError::Unavailable(_)
-            | ApiError::ImportRefused(ImportRefusal {
-                interrupted:
-                    Some(Interrupted {
-                        kind: Interruption::Unavailable,
-                        ..
-                    }),
-                ..
-            }) => {
+            ApiError::Unavailable(_) => {
                 self.unavailable_503.increment(1);
                 self.live.record_status(503);
             }
-            ApiError::Overloaded
-            | ApiError::ImportRefused(ImportRefusal {
-                interrupted:
-                    Some(Interrupted {
-                        kind: Interruption::Busy,
-                        ..
-                    }),
-                ..
-            }) => {
+            ApiError::Overloaded => {
                 self.daemon_busy_503.increment(1);
                 self.live.record_status(503);
             }
             ApiError::Invalid(problems) => self.record_problems(problems),
+            // Counted as the error that stopped it (a full queue as any other 503).
+            ApiError::ImportRefused(ImportRefusal {
+                interrupted: Some(i),
+                ..
+            }) => self.record_error(&crate::error::interrupted_as(i)),
             _ => {}
         }
     }
