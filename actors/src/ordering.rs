@@ -246,17 +246,19 @@ fn evaluate_untimed(
     let (snap, checked) = check_catalog(st, placer, req);
     let mut problems = checked.problems.clone();
     let mut allocations = None;
-    if let (Some(ship_to), false) = (&checked.ship_to, checked.lines.is_empty()) {
+    // Also without a ship-to (refused already): the buyer learns about the stock at once. Such
+    // a plan only says whether the stock is there; its warehouses are not shown.
+    if !checked.lines.is_empty() {
         let available = availability(&snap, &checked, exclude);
         let input = PlanInput {
             catalog: &snap.catalog,
             warehouses: &snap.warehouses,
-            ship_to: ship_to.location,
+            ship_to: checked.ship_to.as_ref().map(|s| s.location),
             delivery_speed: req.delivery_speed.as_deref(),
             allow_split: req.allow_split,
         };
         match plan(&input, &checked.lines, available) {
-            Ok(p) => allocations = Some(p),
+            Ok(p) => allocations = checked.ship_to.is_some().then_some(p),
             Err(mut p) => problems.append(&mut p),
         }
     }
@@ -466,29 +468,34 @@ async fn hold(
 }
 
 /// The `out_of_stock` problems of a hold that warehouse `w` refused with `e`: one for each open
-/// line of `order` that needs the short SKU from `w` (itself or as a kit component), with what
-/// `w` has free for the line (in the line's units); one without a line if none does.
+/// line of `order` that needs a short SKU from `w` (itself or as a kit component), with what
+/// `w` has free for the line (in the line's units: the fewest its short SKUs allow); one per
+/// short SKU without a line if no line needs one.
 fn late_shortage(order: &Order, w: &WarehouseId, e: &StockError) -> Vec<Problem> {
     let message = format!("stock changed while submitting: {e} in {w}");
-    let StockError::Shortage { sku, available, .. } = e else {
+    let StockError::Shortage(short) = e else {
         return vec![Problem::new(ProblemCode::OutOfStock, message)];
     };
     let problems: Vec<Problem> = order
         .open_lines()
         .filter_map(|l| {
-            let per_unit = l.takes_from(w, sku)?;
+            let fits = (short.iter())
+                .filter_map(|s| Some(s.available / l.takes_from(w, &s.sku)?))
+                .min()?;
             let mut p = Problem::new(ProblemCode::OutOfStock, &message)
                 .line(l.line_no)
                 .sku(l.sku.as_str());
             p.available = vec![WarehouseQty {
                 warehouse: w.clone(),
-                qty: available / per_unit,
+                qty: fits,
             }];
             Some(p)
         })
         .collect();
     if problems.is_empty() {
-        vec![Problem::new(ProblemCode::OutOfStock, message).sku(sku.as_str())]
+        (short.iter())
+            .map(|s| Problem::new(ProblemCode::OutOfStock, &message).sku(s.sku.as_str()))
+            .collect()
     } else {
         problems
     }

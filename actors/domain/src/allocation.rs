@@ -93,22 +93,29 @@ impl Availability {
 pub struct PlanInput<'a> {
     pub catalog: &'a Catalog,
     pub warehouses: &'a [Warehouse],
-    pub ship_to: GeoPoint,
+    /// Where the order goes; `None` when it names no ship-to of the account (the plan then
+    /// only tells whether the stock is there, ranking the warehouses by id).
+    pub ship_to: Option<GeoPoint>,
     pub delivery_speed: Option<&'a str>,
     pub allow_split: bool,
 }
 
 /// Plans every line. Availability is consumed as lines are planned, so two lines of one SKU
-/// cannot both count the same units. Returns allocations per line (same order as `lines`).
+/// cannot both count the same units. Lines that name their warehouse are planned first: they
+/// can take stock from nowhere else, while a line without a choice may go elsewhere. Returns
+/// allocations per line (same order as `lines`), or the problems in line order.
 pub fn plan(
     input: &PlanInput<'_>,
     lines: &[PricedLine],
     mut available: Availability,
 ) -> Result<Vec<Vec<Allocation>>, Vec<Problem>> {
     let order = preference(input);
-    let mut plans = Vec::with_capacity(lines.len());
+    let mut plans: Vec<Option<Vec<Allocation>>> = vec![None; lines.len()];
     let mut problems = Vec::new();
-    for line in lines {
+    let mut turns: Vec<usize> = (0..lines.len()).collect();
+    turns.sort_by_key(|&i| lines[i].requested_warehouse.is_none());
+    for i in turns {
+        let line = &lines[i];
         let Some(item) = input.catalog.get(&line.sku) else {
             problems.push(
                 Problem::new(ProblemCode::UnknownSku, "not in the catalog").line(line.line_no),
@@ -167,7 +174,7 @@ pub fn plan(
                 available.take(w, sku, q * units);
             }
         }
-        plans.push(
+        plans[i] = Some(
             allocs
                 .into_iter()
                 .map(|(warehouse, units)| Allocation {
@@ -180,20 +187,28 @@ pub fn plan(
         );
     }
     if problems.is_empty() {
+        let plans: Vec<Vec<Allocation>> = plans.into_iter().flatten().collect();
+        assert_eq!(plans.len(), lines.len(), "a plan for every line");
         Ok(plans)
     } else {
+        problems.sort_by_key(|p| p.line);
         Err(problems)
     }
 }
 
 /// Warehouses in order of preference: those serving the requested speed to the ship-to, fastest
-/// first, then by distance; then all others by distance.
+/// first, then by distance; then all others by distance. Without a ship-to: by id.
 fn preference(input: &PlanInput<'_>) -> Vec<WarehouseId> {
+    let Some(ship_to) = input.ship_to else {
+        let mut ids: Vec<WarehouseId> = input.warehouses.iter().map(|w| w.id.clone()).collect();
+        ids.sort_unstable();
+        return ids;
+    };
     let mut ranked: Vec<(bool, u32, f64, &WarehouseId)> = input
         .warehouses
         .iter()
         .map(|w| {
-            let dist = w.location.distance_km(input.ship_to);
+            let dist = w.location.distance_km(ship_to);
             match w.days_for(input.delivery_speed, dist) {
                 Some(days) => (false, days, dist, &w.id),
                 None => (true, u32::MAX, dist, &w.id),

@@ -7,6 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Largest number of components a kit may have.
 pub const KIT_COMPONENTS_MAX: usize = 50;
+/// Most units of one component per kit (a repeated component counts its rows summed).
+pub const KIT_COMPONENT_QTY_MAX: u32 = 1_000_000;
 /// Longest description accepted.
 pub const DESCRIPTION_LEN_MAX: usize = 500;
 
@@ -275,6 +277,7 @@ fn merge_repeated_components(item: &mut CatalogItem) {
     let mut merged: Vec<KitComponent> = Vec::with_capacity(item.kit.len());
     for c in item.kit.drain(..) {
         match merged.iter_mut().find(|m| m.sku == c.sku) {
+            // Saturating: a sum past the bound is refused by `check_item` either way.
             Some(m) => m.qty = m.qty.saturating_add(c.qty),
             None => merged.push(c),
         }
@@ -300,8 +303,14 @@ pub fn check_item(item: &CatalogItem) -> Result<(), String> {
     if item.kit.len() > KIT_COMPONENTS_MAX {
         return Err(format!("a kit has at most {KIT_COMPONENTS_MAX} components"));
     }
-    if item.kit.iter().any(|c| c.qty == 0 || c.sku == item.sku) {
-        return Err("kit components need a quantity of at least 1 and cannot be the kit".into());
+    if item.kit.iter().any(|c| c.sku == item.sku) {
+        return Err("a kit cannot be its own component".into());
+    }
+    if let Some(c) = (item.kit.iter()).find(|c| !(1..=KIT_COMPONENT_QTY_MAX).contains(&c.qty)) {
+        return Err(format!(
+            "kit component {} needs 1 to {KIT_COMPONENT_QTY_MAX} units per kit, got {}",
+            c.sku, c.qty
+        ));
     }
     Ok(())
 }
@@ -484,8 +493,21 @@ pub(crate) mod tests {
         // A component listed twice is one row with the quantities summed.
         let mut twice = item("TWICE", "A kit listing A twice");
         twice.kit = vec![kit.kit[0].clone(), kit.kit[0].clone()];
-        let cat = Catalog::new(vec![kit, twice, item("A", "Bolt")]).unwrap();
+        let cat = Catalog::new(vec![kit, twice.clone(), item("A", "Bolt")]).unwrap();
         let t = cat.get(&Sku::parse("TWICE").unwrap()).unwrap();
         assert_eq!(t.stock_demand(1), vec![(Sku::parse("A").unwrap(), 4)]);
+        // Rows that are each within the bound but not together are refused, not capped.
+        let half = KitComponent {
+            qty: KIT_COMPONENT_QTY_MAX / 2 + 1,
+            ..twice.kit[0].clone()
+        };
+        twice.kit = vec![half.clone(), half];
+        assert!(
+            check_item(&twice).is_ok(),
+            "each row alone is within the bound"
+        );
+        let errs = Catalog::new(vec![twice, item("A", "Bolt")]).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].reason.contains("1 to 1000000"), "{errs:?}");
     }
 }

@@ -68,7 +68,23 @@ fn fixture() -> Fixture {
             qty: 1,
         },
     ];
+    // Kits of an orderable item and one that is not.
+    let kit_of = |code: &str, component: &str| CatalogItem {
+        kit: vec![
+            KitComponent {
+                sku: sku("A"),
+                qty: 1,
+            },
+            KitComponent {
+                sku: sku(component),
+                qty: 1,
+            },
+        ],
+        ..item(code)
+    };
     let catalog = Catalog::new(vec![
+        kit_of("OLDKIT", "OLD"),
+        kit_of("BLKKIT", "BLK"),
         item("A"),
         item("B"),
         item("NOPRICE"),
@@ -97,6 +113,8 @@ fn fixture() -> Fixture {
         list("OLD", "1.00"),
         list("BLK", "1.00"),
         list("KIT", "20.00"),
+        list("OLDKIT", "11.00"),
+        list("BLKKIT", "11.00"),
     ])
     .unwrap();
     let account = Account {
@@ -231,6 +249,8 @@ fn every_validation_code_is_reported_on_its_line() {
         (req(vec![line("HIDDEN", 1)]), vec![(NotVisible, Some(1))]),
         (req(vec![line("OLD", 1)]), vec![(Discontinued, Some(1))]),
         (req(vec![line("BLK", 1)]), vec![(Blocked, Some(1))]),
+        (req(vec![line("OLDKIT", 1)]), vec![(Discontinued, Some(1))]),
+        (req(vec![line("BLKKIT", 1)]), vec![(Blocked, Some(1))]),
         (req(vec![line("PACK", 6)]), vec![(BelowMinimum, Some(1))]),
         (
             req(vec![line("PACK", 13)]),
@@ -247,6 +267,20 @@ fn every_validation_code_is_reported_on_its_line() {
         (req(vec![bad_wh]), vec![(UnknownWarehouse, Some(1))]),
         (req(vec![]), vec![(EmptyOrder, None)]),
         (req(vec![line("A", 1); 4]), vec![(TooManyLines, None)]),
+        // Its lines are checked too, up to the hard ceiling.
+        (
+            req(vec![
+                line("A", 1),
+                line("A", 1),
+                line("ZZZ", 1),
+                line("A", 1),
+            ]),
+            vec![(TooManyLines, None), (UnknownSku, Some(3))],
+        ),
+        (
+            req(vec![line("ZZZ", 1); ORDER_LINES_MAX + 1]),
+            vec![(TooManyLines, None)],
+        ),
         (
             OrderRequest {
                 ship_to: Some("PARIS".into()),
@@ -435,7 +469,7 @@ fn plan_for(
     let input = PlanInput {
         catalog: &f.catalog,
         warehouses: &f.warehouses,
-        ship_to: c.ship_to.as_ref().unwrap().location,
+        ship_to: c.ship_to.as_ref().map(|s| s.location),
         delivery_speed: speed,
         allow_split: split,
     };
@@ -593,6 +627,24 @@ fn warehouse_choice() {
     )
     .unwrap_err();
     assert_eq!((e[0].code, e[0].line), (ProblemCode::OutOfStock, Some(2)));
+    // A line naming its warehouse is planned first: the line before it, free to go anywhere,
+    // does not take the stock only the named warehouse has.
+    let named = LineRequest {
+        warehouse: Some("BER".into()),
+        ..line("A", 5)
+    };
+    assert_eq!(
+        plan_for(
+            &f,
+            "BERLIN",
+            None,
+            false,
+            vec![line("A", 5), named],
+            avail(&[("BER", "A", 5), ("MUC", "A", 5)])
+        )
+        .unwrap(),
+        vec![vec![("MUC".into(), 5)], vec![("BER".into(), 5)]]
+    );
     // A kit is filled from its components: 2xA + 1xB per kit.
     let kit_stock = avail(&[
         ("BER", "A", 4),
@@ -616,6 +668,34 @@ fn warehouse_choice() {
         plan_for(&f, "BERLIN", None, false, vec![line("KIT", 3)], kit_stock).unwrap(),
         vec![vec![("MUC".into(), 3)]]
     );
+}
+
+// Without a ship-to, planning still tells what stock is missing (warehouses ranked by id).
+#[test]
+fn stock_is_checked_without_a_ship_to() {
+    let f = fixture();
+    let c = check_order(&ctx(&f), &req(vec![line("A", 15), line("B", 1)]));
+    assert!(c.problems.is_empty(), "{:?}", c.problems);
+    let input = PlanInput {
+        catalog: &f.catalog,
+        warehouses: &f.warehouses,
+        ship_to: None,
+        delivery_speed: None,
+        allow_split: true,
+    };
+    let stock = avail(&[("MUC", "A", 10), ("BER", "A", 4), ("HAM", "B", 1)]);
+    let e = plan(&input, &c.lines, stock.clone()).unwrap_err();
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!((e[0].code, e[0].line), (ProblemCode::OutOfStock, Some(1)));
+    let available: Vec<(String, u64)> = (e[0].available.iter())
+        .map(|w| (w.warehouse.to_string(), w.qty))
+        .collect();
+    assert_eq!(
+        available,
+        vec![("BER".into(), 4), ("HAM".into(), 0), ("MUC".into(), 10)]
+    );
+    let enough = avail(&[("MUC", "A", 11), ("BER", "A", 4), ("HAM", "B", 1)]);
+    assert!(plan(&input, &c.lines, enough).is_ok());
 }
 
 // Credit: refused above the limit with the figures; exactly at the limit is fine.

@@ -303,7 +303,11 @@ pub fn check_order(ctx: &PricingContext<'_>, req: &OrderRequest) -> Checked {
                 req.lines.len()
             ),
         ));
-        return out;
+        // The lines are still checked, so that the parts the buyer splits it into come back
+        // with no surprise, up to the hard ceiling: past it, the work is not worth doing.
+        if req.lines.len() > ORDER_LINES_MAX {
+            return out;
+        }
     }
     for (i, line) in req.lines.iter().enumerate() {
         let line_no = u32::try_from(i + 1).unwrap_or(u32::MAX);
@@ -412,16 +416,24 @@ fn check_line(
         )]);
     }
     let mut problems = Vec::new();
-    match item.status {
-        ItemStatus::Active => {}
-        ItemStatus::Discontinued => problems.push(p(
+    let unorderable = |status, what: String| match status {
+        ItemStatus::Active => None,
+        ItemStatus::Discontinued => Some(p(
             ProblemCode::Discontinued,
-            format!("{sku} is discontinued"),
+            format!("{what} is discontinued"),
         )),
-        ItemStatus::Blocked => problems.push(p(
+        ItemStatus::Blocked => Some(p(
             ProblemCode::Blocked,
-            format!("{sku} is blocked for ordering"),
+            format!("{what} is blocked for ordering"),
         )),
+    };
+    match unorderable(item.status, sku.to_string()) {
+        Some(problem) => problems.push(problem),
+        // A kit is shipped as its components: one that may not be ordered holds the kit back.
+        None => problems.extend(item.kit.iter().filter_map(|c| {
+            let component = ctx.catalog.get(&c.sku)?;
+            unorderable(component.status, format!("{sku}: its component {}", c.sku))
+        })),
     }
     let qty = req.qty;
     if qty == 0 || qty > LINE_QTY_MAX {

@@ -68,12 +68,9 @@ impl Holding {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StockError {
-    #[error("not enough {sku}: wanted {wanted}, available {available}")]
-    Shortage {
-        sku: Sku,
-        wanted: u64,
-        available: u64,
-    },
+    /// Every SKU of the demand that is short, in SKU order.
+    #[error("{}", Short::list(.0))]
+    Shortage(Vec<Short>),
     #[error(
         "{sku}: on hand {on_hand} would be below the {committed} already reserved or allocated"
     )]
@@ -84,6 +81,23 @@ pub enum StockError {
     },
     #[error("order {0} has nothing allocated here")]
     NothingAllocated(OrderId),
+}
+
+/// One SKU a reservation wants more of than is free.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Short {
+    pub sku: Sku,
+    pub wanted: u64,
+    pub available: u64,
+}
+
+impl Short {
+    fn list(shorts: &[Short]) -> String {
+        let each: Vec<String> = (shorts.iter())
+            .map(|s| format!("{}: wanted {}, available {}", s.sku, s.wanted, s.available))
+            .collect();
+        format!("not enough {}", each.join("; "))
+    }
 }
 
 /// Stock of one warehouse.
@@ -148,15 +162,16 @@ impl Stock {
             }
             same
         });
-        for &(sku, q) in &wanted {
-            let available = self.level(sku).available();
-            if q > available {
-                return Err(StockError::Shortage {
-                    sku: sku.clone(),
-                    wanted: q,
-                    available,
-                });
-            }
+        let short: Vec<Short> = (wanted.iter())
+            .map(|&(sku, q)| Short {
+                sku: sku.clone(),
+                wanted: q,
+                available: self.level(sku).available(),
+            })
+            .filter(|s| s.wanted > s.available)
+            .collect();
+        if !short.is_empty() {
+            return Err(StockError::Shortage(short));
         }
         for &(sku, q) in &wanted {
             self.level_mut(sku).reserved += q;
@@ -329,14 +344,12 @@ mod tests {
         let err = st
             .reserve(&oid("o1"), &[(sku("A"), 5), (sku("B"), 2)])
             .unwrap_err();
-        assert_eq!(
-            err,
-            StockError::Shortage {
-                sku: sku("B"),
-                wanted: 2,
-                available: 1
-            }
-        );
+        let short = |s: &str, wanted, available| Short {
+            sku: sku(s),
+            wanted,
+            available,
+        };
+        assert_eq!(err, StockError::Shortage(vec![short("B", 2, 1)]));
         assert_eq!(
             st.level(&sku("A")).reserved,
             0,
@@ -345,11 +358,19 @@ mod tests {
         // Two lines of one SKU count together.
         assert_eq!(
             st.reserve(&oid("o1"), &[(sku("A"), 6), (sku("B"), 1), (sku("A"), 6)]),
-            Err(StockError::Shortage {
-                sku: sku("A"),
-                wanted: 12,
-                available: 10
-            })
+            Err(StockError::Shortage(vec![short("A", 12, 10)]))
+        );
+        // Every short SKU is named, in SKU order.
+        let both = st
+            .reserve(&oid("o1"), &[(sku("B"), 3), (sku("A"), 11)])
+            .unwrap_err();
+        assert_eq!(
+            both,
+            StockError::Shortage(vec![short("A", 11, 10), short("B", 3, 1)])
+        );
+        assert_eq!(
+            both.to_string(),
+            "not enough A: wanted 11, available 10; B: wanted 3, available 1"
         );
         assert_eq!(st.level(&sku("B")).reserved, 0);
         st.reserve(&oid("o1"), &[(sku("A"), 5)]).unwrap();

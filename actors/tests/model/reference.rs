@@ -519,7 +519,8 @@ impl Model {
     pub fn evaluate(&self, acct: usize, req: &OrderRequest, exclude: Option<usize>) -> Eval {
         let (mut codes, ship_to, lines) = self.static_check(acct, req);
         let total: Decimal = lines.iter().map(MLine::total).sum();
-        let oos = if ship_to.is_some() && !lines.is_empty() {
+        // Stock is checked also without a ship-to (the naive model ranks no warehouses anyway).
+        let oos = if !lines.is_empty() {
             self.oos(&self.free(exclude), &lines, req.allow_split)
         } else {
             Tri::No
