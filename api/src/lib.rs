@@ -31,6 +31,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use utoipa_axum::router::OpenApiRouter;
 
+/// Longest `event_stream_max_ms`: a stream holds its slot no longer than an hour.
+pub const EVENT_STREAM_MAX_MS: u64 = 3_600_000;
+/// Longest `event_stream_recheck_ms`: a stream outlives what admitted it by at most a minute.
+pub const EVENT_STREAM_RECHECK_MAX_MS: u64 = 60_000;
+
 /// Bounds of the HTTP layer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -50,10 +55,13 @@ pub struct ApiLimits {
     /// Server-sent-event streams of one account open at once (above: 429), so that one
     /// account's sessions cannot take the slots of every other.
     pub event_streams_per_account_max: usize,
-    /// An event stream ends after this long; the client reconnects with Last-Event-ID and
-    /// misses nothing. Access is checked when a stream opens, so this also bounds how long a
-    /// stream outlives its token or its user's removal.
+    /// An event stream ends after this long (at most [`EVENT_STREAM_MAX_MS`]); the client
+    /// reconnects with Last-Event-ID and misses nothing.
     pub event_stream_max_ms: u64,
+    /// How often an open event stream checks that its credential still admits its caller
+    /// (token not expired, session not ended, roles not changed); it ends when not. At most
+    /// [`EVENT_STREAM_RECHECK_MAX_MS`].
+    pub event_stream_recheck_ms: u64,
     /// Keep-alive comment interval of an idle event stream.
     pub event_stream_keepalive_ms: u64,
     /// A capture request slower than this is logged at WARN with its order id, account and
@@ -72,6 +80,7 @@ impl Default for ApiLimits {
             event_streams_max: 10_000,
             event_streams_per_account_max: 200,
             event_stream_max_ms: 300_000,
+            event_stream_recheck_ms: 5_000,
             event_stream_keepalive_ms: 15_000,
             slow_order_log_ms: 1_000,
         }

@@ -15,7 +15,7 @@ use crate::client_ip::client_ip;
 use crate::error::ApiError;
 use crate::ApiState;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::Method;
+use axum::http::{HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use orderd_actors::admission::Ticket;
@@ -221,6 +221,34 @@ pub fn effective_caller(
     match s.engine.grants.narrow(&mut caller) {
         Ok(withheld) => Ok((caller, withheld)),
         Err(why) => Err(ApiError::Forbidden(not_granted(&caller, &why))),
+    }
+}
+
+/// Whether the credential of a request that opened a long answer (an event stream) still
+/// admits the caller it admitted then: its bearer token still verifies (not expired, its key
+/// still published) or its browser session is still vouched for (not signed out, expired or
+/// ended), and the account's user records still grant the same roles.
+pub async fn still_admits(s: &ApiState, headers: &HeaderMap, opened: &Caller) -> bool {
+    let claimed = match crate::auth::bearer(headers) {
+        Ok(Some(token)) => s.auth.authenticate(token, String::new()).await.ok(),
+        Ok(None) => crate::session::cookie(headers, crate::session::SESSION_COOKIE)
+            .and_then(|id| s.sessions.vouches(&id)),
+        Err(_) => None,
+    };
+    let Some(claimed) = claimed else {
+        return false;
+    };
+    match effective_caller(s, claimed) {
+        Ok((now, _)) => {
+            (&now.user, &now.account, &now.roles, &now.warehouse)
+                == (
+                    &opened.user,
+                    &opened.account,
+                    &opened.roles,
+                    &opened.warehouse,
+                )
+        }
+        Err(_) => false,
     }
 }
 

@@ -282,6 +282,15 @@ impl Sessions {
         Some(touched)
     }
 
+    /// The caller of session `id` while it lives and its access token vouches for it, without
+    /// marking it used: what an open event stream asks, not its user.
+    pub fn vouches(&self, id: &str) -> Option<Caller> {
+        let now = Instant::now();
+        let live = lock(&self.live);
+        let s = live.by_id.get(id)?;
+        (self.alive(s, now) && now < s.vouched_until).then(|| s.caller.clone())
+    }
+
     /// Records a refresh of session `id` (if it still lives): the caller as the new access
     /// token says, until it expires.
     pub fn renewed(&self, id: &str, caller: Caller, expires_at: u64) {

@@ -548,6 +548,84 @@ async fn event_streams_are_bounded_per_account_and_in_time() {
     assert_eq!(text.matches("data:").count(), 1, "{text}");
 }
 
+// An open stream ends once what admitted it no longer does: the account admin narrows one
+// user's roles, then removes another; until then each stream stays open.
+#[tokio::test]
+async fn event_streams_end_when_their_caller_is_no_longer_admitted() {
+    use std::time::Duration;
+    let api = api_with(ApiLimits {
+        event_stream_recheck_ms: 50,
+        ..ApiLimits::default()
+    })
+    .await;
+    let admin = api
+        .token(Some("A"), "carol", &["account_admin"], None)
+        .await;
+    for (id, roles) in [
+        ("ann", json!(["buyer", "approver"])),
+        ("abe", json!(["buyer"])),
+    ] {
+        let user = json!({"id": id, "name": id, "roles": roles});
+        let r = api
+            .call("POST", "/v1/account/users", Some(&admin), Some(user), &[])
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+    let ann = api
+        .token(Some("A"), "ann", &["buyer", "approver"], None)
+        .await;
+    let abe = api.token(Some("A"), "abe", &["buyer"], None).await;
+    let open = |token: &str| {
+        let req = Request::builder()
+            .uri("/v1/events/stream")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        let app = router(api.state.clone());
+        async move {
+            let r = app.oneshot(req).await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            r.into_body()
+        }
+    };
+    // The next frame within `wait`: `Some(None)` when the stream ended, `None` when it is
+    // still open with nothing to send.
+    async fn next_frame(body: &mut Body, wait: Duration) -> Option<Option<String>> {
+        let frame = tokio::time::timeout(wait, body.frame()).await.ok()?;
+        Some(frame.map(|f| String::from_utf8_lossy(&f.unwrap().into_data().unwrap()).into()))
+    }
+    let (mut ann_stream, mut abe_stream) = (open(&ann).await, open(&abe).await);
+    let narrowed = json!({"name": "ann", "roles": ["buyer"]});
+    let r = api
+        .call(
+            "PUT",
+            "/v1/account/users/ann",
+            Some(&admin),
+            Some(narrowed),
+            &[],
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.body);
+    let ended = async |body: &mut Body, who: &str| loop {
+        match next_frame(body, Duration::from_secs(5)).await {
+            Some(None) => break,
+            Some(Some(_)) => continue, // an event or a keep-alive before the end
+            None => panic!("{who}'s stream is still open"),
+        }
+    };
+    ended(&mut ann_stream, "ann").await;
+    assert_eq!(
+        next_frame(&mut abe_stream, Duration::from_millis(300)).await,
+        None,
+        "abe's stream stays open while abe is admitted as before"
+    );
+    let r = api
+        .call("DELETE", "/v1/account/users/abe", Some(&admin), None, &[])
+        .await;
+    assert!(r.status.is_success(), "{}", r.body);
+    ended(&mut abe_stream, "abe").await;
+}
+
 // Same key + same body replays the first answer; a different body is refused with 422.
 #[tokio::test]
 async fn idempotency_keys() {

@@ -191,7 +191,6 @@ impl Config {
                 "api.event_streams_per_account_max",
                 self.api.event_streams_per_account_max == 0,
             ),
-            ("api.event_stream_max_ms", self.api.event_stream_max_ms == 0),
             (
                 "api.event_stream_keepalive_ms",
                 self.api.event_stream_keepalive_ms == 0,
@@ -199,6 +198,22 @@ impl Config {
         ] {
             if zero {
                 errs.push(format!("{key} must be above 0"));
+            }
+        }
+        for (key, value, max) in [
+            (
+                "api.event_stream_max_ms",
+                self.api.event_stream_max_ms,
+                orderd_api::EVENT_STREAM_MAX_MS,
+            ),
+            (
+                "api.event_stream_recheck_ms",
+                self.api.event_stream_recheck_ms,
+                orderd_api::EVENT_STREAM_RECHECK_MAX_MS,
+            ),
+        ] {
+            if !(1..=max).contains(&value) {
+                errs.push(format!("{key} must be 1 to {max}, got {value}"));
             }
         }
         errs.extend(self.api.rate_limit.validate());
@@ -311,6 +326,26 @@ mod tests {
         assert_eq!(errs.len(), 4, "{errs:?}");
         assert!(Config::load("nonsense = 1", &env(&[])).is_err());
         assert!(Config::load("", &env(&[("ORDERD_LISTEN", "not an address")])).is_err());
+    }
+
+    // An event stream's longest time and its recheck interval are bounded both ways.
+    #[test]
+    fn event_stream_bounds() {
+        let load = |file: &str| Config::load(file, &env(&[]));
+        assert!(
+            load("[api]\nevent_stream_max_ms = 3600000\nevent_stream_recheck_ms = 60000\n").is_ok()
+        );
+        for bad in [
+            "event_stream_max_ms = 0",
+            "event_stream_max_ms = 3600001",
+            "event_stream_recheck_ms = 0",
+            "event_stream_recheck_ms = 60001",
+        ] {
+            let Err(ConfigError::Invalid(errs)) = load(&format!("[api]\n{bad}\n")) else {
+                panic!("{bad} should be refused")
+            };
+            assert!(errs[0].contains("must be 1 to"), "{bad}: {errs:?}");
+        }
     }
 
     // The relay's stall limit leaves room for an idle relay's wait and a busy round.

@@ -7,7 +7,8 @@
 //!   seq of the last event received) it first replays what was missed from the log, a page at
 //!   a time as the client reads it, then follows the in-process bus; a subscriber that lags
 //!   behind the bus is cut off and simply reconnects. A stream ends after
-//!   `api.event_stream_max_ms`, replay included; at most `api.event_streams_max` are open at
+//!   `api.event_stream_max_ms`, replay included, or once its credential no longer admits its
+//!   caller with the same roles (see [`revoked`]); at most `api.event_streams_max` are open at
 //!   once (above: 503), and `api.event_streams_per_account_max` of one account (above: 429).
 //!
 //! Both show the caller's account (an operator: every account); a buyer who is not also an
@@ -22,6 +23,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::stream::{self, Stream, StreamExt};
+use orderd_actors::audit::Caller;
 use orderd_actors::{events, ActorError, StorageError};
 use orderd_domain::account::Role;
 use orderd_domain::ids::{AccountId, OrderId, UserId};
@@ -358,6 +360,9 @@ async fn stream_events(
         None => s.bus.subscribe(),
     };
     let head = s.engine.journal.audit_head().seq;
+    // A Last-Event-ID past the head (of another data directory, or made up) resumes from the
+    // head: taken as is, the stream would skip every event until the log got that far.
+    let resume = resume.map(|after| after.min(head));
     // Where the replay from the log got to: the live part sends only what comes after it.
     let replayed_to = Arc::new(AtomicU64::new(resume.unwrap_or(head)));
     let replayed = match resume {
@@ -384,6 +389,7 @@ async fn stream_events(
         .chain(follow)
         .take_until(tokio::time::sleep(max))
         .take_until(s.bus.closed())
+        .take_until(revoked(s.clone(), headers, auth.0))
         .map(move |e| {
             let _ = &slot; // held for as long as the stream lives
             e
@@ -391,6 +397,21 @@ async fn stream_events(
     Ok(Sse::new(all).keep_alive(
         KeepAlive::new().interval(Duration::from_millis(s.limits.event_stream_keepalive_ms)),
     ))
+}
+
+/// Resolves once the credential that opened a stream no longer admits its caller as it did
+/// (checked every `api.event_stream_recheck_ms`): its token expired, its session ended, or the
+/// account admin removed the user or changed their roles. The stream then ends; a reconnect
+/// is answered as any new request would be.
+async fn revoked(s: ApiState, headers: HeaderMap, opened: Caller) {
+    let every = Duration::from_millis(s.limits.event_stream_recheck_ms);
+    loop {
+        tokio::time::sleep(every).await;
+        if !crate::policy::still_admits(&s, &headers, &opened).await {
+            tracing::debug!(user = %opened.user, "event stream ended: its credential no longer admits it");
+            return;
+        }
+    }
 }
 
 /// One event on the stream: `id` is its log seq, the data its CloudEvents JSON.

@@ -156,6 +156,16 @@ async fn event_stream_is_per_account_and_resumes() {
         Some(3.0)
     );
 
+    // A Last-Event-ID past the log's head (of another data directory, or made up) resumes
+    // from the head: the next change still comes.
+    let mut ahead = Stream::connect(&env, &alice, Some(&u64::MAX.to_string())).await;
+    let r = env
+        .post(&alice, &format!("/v1/orders/{second}/cancel"), json!({}))
+        .await;
+    assert_eq!(str_field(&r.body, "state"), "cancelled", "{r}");
+    assert_eq!(order_and_seq(&ahead.next(1).await[0]), (second.clone(), 2));
+    drop(ahead);
+
     let bad = Stream::open(&env, &alice, Some("yesterday")).await;
     assert_eq!(bad.status(), 400);
     let body: Value = bad.json().await.expect("problem");

@@ -985,7 +985,8 @@ async fn browser_sessions_last_as_long_as_the_provider_vouches() {
         &[],
         SHORT_TOKEN_TTL_S,
     );
-    let env = orderd_with_portal(&p, &[], false).await;
+    let env =
+        orderd_with_portal(&p, &[("ORDERD_API__EVENT_STREAM_RECHECK_MS", "200")], false).await;
     let base = env.api().base().to_owned();
     let http = reqwest::Client::new();
     let me = |session: &str| {
@@ -1002,10 +1003,21 @@ async fn browser_sessions_last_as_long_as_the_provider_vouches() {
     let outlive_tokens =
         || tokio::time::sleep(Duration::from_millis(SHORT_TOKEN_TTL_S * 1_000 + 1_200));
 
-    // No refresh token: the session ends with its access token.
+    // No refresh token: the session ends with its access token, and so does its event stream.
     let bare = browser_sign_in(&env, "acme-dana", None).await;
     assert_eq!(me(&bare).await.0, 200);
+    let stream = http
+        .get(format!("{base}/v1/events/stream"))
+        .header("cookie", format!("__Host-orderd_session={bare}"))
+        .send()
+        .await
+        .expect("event stream");
+    assert_eq!(stream.status(), 200);
     outlive_tokens().await;
+    tokio::time::timeout(Duration::from_secs(2), stream.bytes())
+        .await
+        .expect("the stream ended with the session's access token")
+        .expect("a stream that ends cleanly");
     let (status, body) = me(&bare).await;
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("the session has ended"), "{body}");
