@@ -258,6 +258,16 @@ impl OidcSettings {
                     errs.push(format!("{at}: unknown role {r:?}"));
                 }
             }
+            // Operators and warehouses act across accounts: an issuer bound to some accounts
+            // must not make one (its tokens would speak for accounts it was not bound to).
+            let global = (s.roles.iter())
+                .filter(|r| matches!(Role::parse(r), Some(Role::Operator | Role::Warehouse)))
+                .collect::<Vec<_>>();
+            if !global.is_empty() && !s.accounts.iter().any(|a| a == ANY_ACCOUNT) {
+                errs.push(format!(
+                    "{at}: may grant {global:?} only with accounts = [\"*\"]: those roles act across accounts"
+                ));
+            }
             for (name, v) in [
                 ("account_claim", &s.account_claim),
                 ("user_claim", &s.user_claim),
@@ -1195,6 +1205,32 @@ mod tests {
             "1 valid + 2 x 2 refused, each checked"
         );
         assert_eq!(o.token_cache_len(), 1, "only the valid token");
+    }
+
+    // An issuer bound to some accounts cannot grant the roles that act across accounts.
+    #[test]
+    fn only_an_issuer_of_every_account_grants_operator_or_warehouse() {
+        let bound = |accounts: &[&str], roles: &[&str]| OidcSettings {
+            issuers: vec![IssuerSettings {
+                issuer: "https://idp.example".into(),
+                audience: AUDIENCE.into(),
+                accounts: accounts.iter().map(|a| a.to_string()).collect(),
+                roles: roles.iter().map(|r| r.to_string()).collect(),
+                ..IssuerSettings::default()
+            }],
+            ..OidcSettings::default()
+        };
+        assert!(bound(&["ACME"], &["buyer", "account_admin"])
+            .validate()
+            .is_empty());
+        assert!(bound(&["*"], &["operator", "warehouse"])
+            .validate()
+            .is_empty());
+        for roles in [&["buyer", "operator"][..], &["warehouse"]] {
+            let errs = bound(&["ACME", "BETA"], roles).validate();
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert!(errs[0].contains("act across accounts"), "{errs:?}");
+        }
     }
 
     // The capacity is a limit like the others: too large is reported, 0 is allowed (off).
