@@ -20,13 +20,15 @@ pub fn client_ip(parts: &Parts, trusted_proxies: &[IpAddr]) -> String {
     // Walk from the right: the first hop that is not one of our proxies is the client. A hop
     // that is no address (`unknown`, a typo) ends the walk at the peer: what lies left of it
     // came from further out, the client itself included, and may be forged.
+    // Split as bytes: a hop that is not text (a client may send anything to the left of what
+    // our proxies append) spoils only itself, not the hops our proxies wrote right of it.
     let mut client = peer;
     let hops = parts
         .headers
         .get_all("x-forwarded-for")
         .iter()
-        .map(|v| v.to_str().unwrap_or_default())
-        .flat_map(|v| v.split(','))
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|hop| std::str::from_utf8(hop).unwrap_or_default())
         .collect::<Vec<_>>();
     for hop in hops.into_iter().rev() {
         match parse_hop(hop.trim()) {
@@ -105,6 +107,19 @@ mod tests {
                 client,
                 "{xff}"
             );
+        }
+        // Bytes that are not text spoil only their own hop: the hop the proxy appended right
+        // of them is the client; a non-text hop on the right ends the walk at the peer.
+        let mut bytes = parts("10.0.0.1:5", None);
+        for (value, client) in [
+            (&b"\xff\xfe, 9.9.9.9"[..], "9.9.9.9"),
+            (b"9.9.9.9, \xff", "10.0.0.1"),
+        ] {
+            bytes.headers.insert(
+                "x-forwarded-for",
+                axum::http::HeaderValue::from_bytes(value).unwrap(),
+            );
+            assert_eq!(client_ip(&bytes, &[proxy]), client, "{value:?}");
         }
         // A trusted proxy seen over IPv6 as an IPv4-mapped address is still trusted.
         assert_eq!(
