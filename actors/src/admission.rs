@@ -1,7 +1,8 @@
 //! The daemon-wide admission bound: how many state-changing API requests may be inside orderd
 //! at once. The API's access guard lets each one in through [`Admission::enter`] before it
-//! checks the token or reads the body, and the [`Ticket`] it holds until its answer is ready
-//! measures its time inside.
+//! checks a bearer token or reads the body (a browser session's request after its session is
+//! looked up, which may wait for the identity provider to refresh it), and the [`Ticket`] it
+//! holds until its answer is ready measures its time inside.
 //!
 //! A fixed bound (`limits.inflight_total_max`) protects memory, not latency: during a spike
 //! three times above what orderd can serve, requests queued for CPU (the runtime's run queue,

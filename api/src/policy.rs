@@ -165,20 +165,33 @@ async fn admit(s: &ApiState, req: &mut Request) -> Result<Option<Ticket>, ApiErr
         Access::SignIn => s.rate.login(&ip).map(|()| None),
         Access::Roles(roles) => {
             let changes = changes_state(&method);
-            // Refused before the token is checked and the body read: during a spike this
-            // answer must cost far less than the work it turns away.
-            let ticket = if changes {
-                let entered = s.engine.admission.enter(std::time::Instant::now());
-                Some(entered.ok_or(ApiError::Overloaded)?)
-            } else {
-                None
+            let enter = || match changes {
+                true => (s.engine.admission.enter(std::time::Instant::now()))
+                    .map(Some)
+                    .ok_or(ApiError::Overloaded),
+                false => Ok(None),
             };
-            let (caller, credential) = match crate::auth::bearer(req.headers())? {
-                Some(token) => (
-                    s.auth.authenticate(token, ip).await?,
-                    hex::encode(Sha256::digest(token.as_bytes())),
-                ),
-                None => crate::session::caller_of(s, req.headers(), &method, ip).await?,
+            let (caller, credential, ticket) = match crate::auth::bearer(req.headers())? {
+                Some(token) => {
+                    // Refused before the token is checked and the body read: during a spike
+                    // this answer must cost far less than the work it turns away.
+                    let ticket = enter()?;
+                    let caller = s.auth.authenticate(token, ip).await?;
+                    (
+                        caller,
+                        hex::encode(Sha256::digest(token.as_bytes())),
+                        ticket,
+                    )
+                }
+                None => {
+                    // The session first: a lookup, unless its access token expired and the
+                    // identity provider refreshes it. That wait is the provider's, and the
+                    // ticket measures orderd's time (a slow provider must not read as an
+                    // overloaded orderd).
+                    let (caller, key) =
+                        crate::session::caller_of(s, req.headers(), &method, ip).await?;
+                    (caller, key, enter()?)
+                }
             };
             let (caller, withheld) = effective_caller(s, caller)?;
             if !roles.iter().any(|r| caller.has(*r)) {
