@@ -8,6 +8,7 @@ use crate::error::ApiError;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +62,21 @@ impl RateLimits {
             errs.push("api.rate_limit.keys_max must be above 0".into());
         }
         errs
+    }
+}
+
+/// The key a sign-in from `client` counts under: an IPv4 address itself, an IPv6 address its
+/// /64. One site or host is usually handed a whole /64, so counting per IPv6 address would give
+/// it 2^64 allowances, and the addresses of one /64 could fill the limiter's `keys_max` and
+/// lock every new client out of signing in. Anything else (no address known) is one key.
+pub fn login_key(client: &str) -> String {
+    match client.parse::<IpAddr>().map(|ip| ip.to_canonical()) {
+        Ok(IpAddr::V6(v6)) => {
+            let prefix = u128::from(v6) & !(u128::MAX >> 64);
+            format!("{}/64", Ipv6Addr::from(prefix))
+        }
+        Ok(IpAddr::V4(v4)) => v4.to_string(),
+        Err(_) => client.to_owned(),
     }
 }
 
@@ -122,9 +138,9 @@ impl RateLimiter {
         self.check(&self.account, account, Scope::Account)
     }
 
-    /// One sign-in attempt from `client`.
+    /// One sign-in attempt from `client` (an address; see [`login_key`]).
     pub fn login(&self, client: &str) -> Result<(), ApiError> {
-        self.check(&self.login, client, Scope::Login)
+        self.check(&self.login, &login_key(client), Scope::Login)
     }
 
     fn check(
@@ -150,5 +166,33 @@ impl RateLimiter {
                 retry_after_s: u32::try_from(wait.as_secs().saturating_add(1)).unwrap_or(u32::MAX),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Sign-ins count per IPv4 address and per IPv6 /64: the addresses of one /64 share one
+    // allowance, another /64 has its own.
+    #[test]
+    fn sign_ins_count_per_ipv6_prefix() {
+        assert_eq!(login_key("203.0.113.7"), "203.0.113.7");
+        assert_eq!(login_key("::ffff:203.0.113.7"), "203.0.113.7");
+        assert_eq!(login_key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
+        assert_eq!(login_key("unknown"), "unknown");
+        let limiter = RateLimiter::new(&RateLimits {
+            logins_burst: 2,
+            logins_per_min: 1,
+            ..RateLimits::default()
+        });
+        assert!(limiter.login("2001:db8:1:2::1").is_ok());
+        assert!(limiter.login("2001:db8:1:2::2").is_ok());
+        assert!(
+            limiter.login("2001:db8:1:2:ffff::3").is_err(),
+            "a third address of the same /64 shares its allowance"
+        );
+        assert!(limiter.login("2001:db8:1:3::1").is_ok(), "another /64");
+        assert!(limiter.login("203.0.113.7").is_ok());
     }
 }
