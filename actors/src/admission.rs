@@ -2,7 +2,9 @@
 //! at once. The API's access guard lets each one in through [`Admission::enter`] before it
 //! checks a bearer token or reads the body (a browser session's request after its session is
 //! looked up, which may wait for the identity provider to refresh it), and the [`Ticket`] it
-//! holds until its answer is ready measures its time inside.
+//! holds until its answer is ready measures its time inside. (A bearer token signed by a key
+//! its issuer's key set lacks still fetches the key set inside: rare, and bounded by
+//! `oidc.http_timeout_ms`.)
 //!
 //! A fixed bound (`limits.inflight_total_max`) protects memory, not latency: during a spike
 //! three times above what orderd can serve, requests queued for CPU (the runtime's run queue,

@@ -168,7 +168,7 @@ pub async fn import_prices(
 /// Reads the stored catalog and price book.
 pub fn load_master(journal: &Journal) -> Result<(Catalog, PriceBook, Vec<Warehouse>), ActorError> {
     let items: Vec<CatalogItem> = records::load_all(journal, records::CATALOG)?;
-    let catalog = Catalog::new(items)
+    let catalog = Catalog::restore(items)
         .map_err(|e| ActorError::Invariant(format!("stored catalog is invalid: {e:?}")))?;
     let prices: Vec<PriceEntry> = records::load_all(journal, records::PRICE)?;
     let prices = PriceBook::new(prices)

@@ -405,7 +405,7 @@ enum HoldFor {
 /// `warehouse_call_timeout_ms`, however many warehouses the order needs (it must stay below the
 /// time the account's caller waits). A shortage (stock taken since planning) in any warehouse
 /// undoes what the others took and comes back as an `out_of_stock` problem for each line of
-/// `order` that needs the short SKU there (see [`late_shortage`]); a
+/// `order` that needs a short SKU there (see [`late_shortage`]); a
 /// warehouse that does not answer undoes the same way and comes back as an error (also beside
 /// a shortage, for an amendment: its growth may still be taken there, see below).
 async fn hold(
@@ -472,7 +472,7 @@ async fn hold(
 /// `w` has free for the line (in the line's units: the fewest its short SKUs allow); one per
 /// short SKU without a line if no line needs one.
 fn late_shortage(order: &Order, w: &WarehouseId, e: &StockError) -> Vec<Problem> {
-    let message = format!("stock changed while submitting: {e} in {w}");
+    let message = format!("stock changed while submitting: in {w}, {e}");
     let StockError::Shortage(short) = e else {
         return vec![Problem::new(ProblemCode::OutOfStock, message)];
     };

@@ -1342,7 +1342,7 @@ async fn a_shortage_beside_a_warehouse_that_does_not_answer() {
                     && p[0].available[0].warehouse.as_str() == "W1"
                     && p[0].available[0].qty == 0
                     && p[0].message.starts_with("stock changed while submitting")
-                    && p[0].message.ends_with("in W1")
+                    && p[0].message.contains("in W1, not enough A")
             }
             _ => false,
         }

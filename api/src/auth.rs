@@ -120,6 +120,15 @@ impl Authenticator {
             .map_err(|e| ApiError::Unauthorized(refused_token(&e)))
     }
 
+    /// The caller a bearer token still stands for, asked by an open event stream (not a
+    /// request: the token-check counter is left alone).
+    pub async fn recheck(&self, token: &str) -> Result<Caller, ApiError> {
+        match (&self.oidc, &self.dev) {
+            (Some(oidc), _) => oidc.recheck(token).await,
+            _ => self.authenticate(token, String::new()).await,
+        }
+    }
+
     /// The caller a bearer token stands for (401 when it is not acceptable).
     pub async fn authenticate(&self, token: &str, ip: String) -> Result<Caller, ApiError> {
         match (&self.oidc, &self.dev) {

@@ -243,7 +243,7 @@ pub fn effective_caller(
 /// ended), and the account's user records still grant the same roles.
 pub async fn still_admits(s: &ApiState, headers: &HeaderMap, opened: &Caller) -> bool {
     let claimed = match crate::auth::bearer(headers) {
-        Ok(Some(token)) => s.auth.authenticate(token, String::new()).await.ok(),
+        Ok(Some(token)) => s.auth.recheck(token).await.ok(),
         Ok(None) => crate::session::cookie(headers, crate::session::SESSION_COOKIE)
             .and_then(|id| s.sessions.vouches(&id)),
         Err(_) => None,

@@ -82,13 +82,29 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// Builds a snapshot; every item is checked and every problem reported.
+    /// Builds a snapshot of an import; every item is checked and every problem reported.
     pub fn new(items: Vec<CatalogItem>) -> Result<Catalog, Vec<CatalogError>> {
+        Catalog::build(items, Bounds::Import)
+    }
+
+    /// The snapshot of a stored catalog: checked as [`Catalog::new`] does, except for bounds
+    /// added since earlier versions stored it (`KIT_COMPONENT_QTY_MAX`). A stored catalog
+    /// refused by a newer rule would stop orderd from starting, with no way to import a
+    /// better one; the next import meets today's rules.
+    pub fn restore(items: Vec<CatalogItem>) -> Result<Catalog, Vec<CatalogError>> {
+        Catalog::build(items, Bounds::Stored)
+    }
+
+    fn build(items: Vec<CatalogItem>, bounds: Bounds) -> Result<Catalog, Vec<CatalogError>> {
         let mut errors = Vec::new();
         let mut map = BTreeMap::new();
         for mut item in items {
             merge_repeated_components(&mut item);
-            if let Err(reason) = check_item(&item) {
+            let checked = match bounds {
+                Bounds::Import => check_item(&item),
+                Bounds::Stored => check_lasting(&item),
+            };
+            if let Err(reason) = checked {
                 errors.push(CatalogError {
                     sku: item.sku.to_string(),
                     reason,
@@ -288,6 +304,13 @@ fn merge_repeated_components(item: &mut CatalogItem) {
 /// Checks one item on its own (what a catalog import can report on the item's line); a
 /// catalog also checks its kits' components ([`Catalog::new`]).
 pub fn check_item(item: &CatalogItem) -> Result<(), String> {
+    check_lasting(item)?;
+    check_kit_bound(item)
+}
+
+/// The rules a stored item met when it was imported, also under earlier versions: what the
+/// rest of orderd relies on (a pack size to divide by, components to hold).
+fn check_lasting(item: &CatalogItem) -> Result<(), String> {
     if item.description.trim().is_empty() || item.description.chars().count() > DESCRIPTION_LEN_MAX
     {
         return Err(format!(
@@ -303,16 +326,31 @@ pub fn check_item(item: &CatalogItem) -> Result<(), String> {
     if item.kit.len() > KIT_COMPONENTS_MAX {
         return Err(format!("a kit has at most {KIT_COMPONENTS_MAX} components"));
     }
-    if item.kit.iter().any(|c| c.sku == item.sku) {
-        return Err("a kit cannot be its own component".into());
-    }
-    if let Some(c) = (item.kit.iter()).find(|c| !(1..=KIT_COMPONENT_QTY_MAX).contains(&c.qty)) {
-        return Err(format!(
-            "kit component {} needs 1 to {KIT_COMPONENT_QTY_MAX} units per kit, got {}",
-            c.sku, c.qty
-        ));
+    if item.kit.iter().any(|c| c.qty == 0 || c.sku == item.sku) {
+        return Err("kit components need a quantity of at least 1 and cannot be the kit".into());
     }
     Ok(())
+}
+
+/// Which checks a catalog is built under.
+#[derive(Clone, Copy)]
+enum Bounds {
+    /// An import: every rule of this version.
+    Import,
+    /// A stored catalog: the rules it was imported under (see [`Catalog::restore`]).
+    Stored,
+}
+
+/// Each kit component at most `KIT_COMPONENT_QTY_MAX` units per kit (rows of a repeated
+/// component summed, once merged).
+fn check_kit_bound(item: &CatalogItem) -> Result<(), String> {
+    match item.kit.iter().find(|c| c.qty > KIT_COMPONENT_QTY_MAX) {
+        Some(c) => Err(format!(
+            "kit component {} needs 1 to {KIT_COMPONENT_QTY_MAX} units per kit, got {}",
+            c.sku, c.qty
+        )),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -506,8 +544,13 @@ pub(crate) mod tests {
             check_item(&twice).is_ok(),
             "each row alone is within the bound"
         );
-        let errs = Catalog::new(vec![twice, item("A", "Bolt")]).unwrap_err();
+        let errs = Catalog::new(vec![twice.clone(), item("A", "Bolt")]).unwrap_err();
         assert_eq!(errs.len(), 1);
         assert!(errs[0].reason.contains("1 to 1000000"), "{errs:?}");
+        // A catalog an earlier version stored with such a kit still loads.
+        let stored = Catalog::restore(vec![twice, item("A", "Bolt")]).unwrap();
+        let t = stored.get(&Sku::parse("TWICE").unwrap()).unwrap();
+        let units = u64::from(KIT_COMPONENT_QTY_MAX + 2);
+        assert_eq!(t.stock_demand(1), vec![(Sku::parse("A").unwrap(), units)]);
     }
 }

@@ -645,6 +645,22 @@ fn warehouse_choice() {
         .unwrap(),
         vec![vec![("MUC".into(), 5)], vec![("BER".into(), 5)]]
     );
+    // Planned out of turn, their problems still come in line order.
+    let named = LineRequest {
+        warehouse: Some("BER".into()),
+        ..line("A", 50)
+    };
+    let e = plan_for(
+        &f,
+        "BERLIN",
+        None,
+        false,
+        vec![line("A", 50), named],
+        avail(&[("BER", "A", 5)]),
+    )
+    .unwrap_err();
+    let lines: Vec<Option<u32>> = e.iter().map(|p| p.line).collect();
+    assert_eq!(lines, [Some(1), Some(2)], "{e:?}");
     // A kit is filled from its components: 2xA + 1xB per kit.
     let kit_stock = avail(&[
         ("BER", "A", 4),

@@ -985,8 +985,16 @@ async fn browser_sessions_last_as_long_as_the_provider_vouches() {
         &[],
         SHORT_TOKEN_TTL_S,
     );
-    let env =
-        orderd_with_portal(&p, &[("ORDERD_API__EVENT_STREAM_RECHECK_MS", "200")], false).await;
+    // No clock leeway: a bearer token's stream ends at its exp, like a session's.
+    let env = orderd_with_portal(
+        &p,
+        &[
+            ("ORDERD_API__EVENT_STREAM_RECHECK_MS", "200"),
+            ("ORDERD_OIDC__LEEWAY_S", "0"),
+        ],
+        false,
+    )
+    .await;
     let base = env.api().base().to_owned();
     let http = reqwest::Client::new();
     let me = |session: &str| {
@@ -1003,21 +1011,30 @@ async fn browser_sessions_last_as_long_as_the_provider_vouches() {
     let outlive_tokens =
         || tokio::time::sleep(Duration::from_millis(SHORT_TOKEN_TTL_S * 1_000 + 1_200));
 
-    // No refresh token: the session ends with its access token, and so does its event stream.
+    // No refresh token: the session ends with its access token, and so does its event stream;
+    // a stream opened with an access token (served from the token cache) ends with it too.
     let bare = browser_sign_in(&env, "acme-dana", None).await;
     assert_eq!(me(&bare).await.0, 200);
-    let stream = http
-        .get(format!("{base}/v1/events/stream"))
-        .header("cookie", format!("__Host-orderd_session={bare}"))
-        .send()
-        .await
-        .expect("event stream");
-    assert_eq!(stream.status(), 200);
+    let stream = |credential: reqwest::RequestBuilder| async move {
+        let r = credential.send().await.expect("event stream");
+        assert_eq!(r.status(), 200);
+        r
+    };
+    let events = format!("{base}/v1/events/stream");
+    let by_session = stream(
+        http.get(&events)
+            .header("cookie", format!("__Host-orderd_session={bare}")),
+    )
+    .await;
+    let token = p.access_token("acme-dana").await;
+    let by_token = stream(http.get(&events).bearer_auth(&token)).await;
     outlive_tokens().await;
-    tokio::time::timeout(Duration::from_secs(2), stream.bytes())
-        .await
-        .expect("the stream ended with the session's access token")
-        .expect("a stream that ends cleanly");
+    for (r, what) in [(by_session, "session"), (by_token, "bearer token")] {
+        tokio::time::timeout(Duration::from_secs(2), r.bytes())
+            .await
+            .unwrap_or_else(|_| panic!("the {what}'s stream outlived its access token"))
+            .expect("a stream that ends cleanly");
+    }
     let (status, body) = me(&bare).await;
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("the session has ended"), "{body}");
