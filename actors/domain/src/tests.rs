@@ -207,6 +207,14 @@ fn line(s: &str, qty: u32) -> LineRequest {
     }
 }
 
+/// A line naming its warehouse.
+fn line_at(s: &str, qty: u32, warehouse: &str) -> LineRequest {
+    LineRequest {
+        warehouse: Some(warehouse.into()),
+        ..line(s, qty)
+    }
+}
+
 /// A line of "A" whose note is `chars` characters of two bytes each (notes are bounded in bytes).
 fn noted(chars: usize) -> LineRequest {
     LineRequest {
@@ -517,6 +525,8 @@ fn a_split_keeps_whole_packs() {
 #[test]
 fn warehouse_choice() {
     let f = fixture();
+    // No delivery speed, no split, to Berlin.
+    let berlin = |lines, stock| plan_for(&f, "BERLIN", None, false, lines, stock);
     let all = avail(&[("BER", "A", 10), ("MUC", "A", 10), ("HAM", "A", 10)]);
     // Express to Munich: MUC is next-day.
     assert_eq!(
@@ -545,10 +555,7 @@ fn warehouse_choice() {
         vec![vec![("HAM".into(), 5)]]
     );
     // Buyer's choice wins.
-    let chosen = LineRequest {
-        warehouse: Some("MUC".into()),
-        ..line("A", 5)
-    };
+    let chosen = line_at("A", 5, "MUC");
     assert_eq!(
         plan_for(
             &f,
@@ -578,7 +585,7 @@ fn warehouse_choice() {
     );
     // No speed: nearest to Berlin with stock is BER... when it has enough.
     assert_eq!(
-        plan_for(&f, "BERLIN", None, false, vec![line("A", 2)], short.clone()).unwrap(),
+        berlin(vec![line("A", 2)], short.clone()).unwrap(),
         vec![vec![("BER".into(), 2)]]
     );
     // Nobody can fill 15 alone: refused without split, split across by preference with it.
@@ -617,28 +624,13 @@ fn warehouse_choice() {
     );
     // Two lines of one SKU cannot count the same units.
     let one = avail(&[("BER", "A", 5)]);
-    let e = plan_for(
-        &f,
-        "BERLIN",
-        None,
-        false,
-        vec![line("A", 3), line("A", 3)],
-        one,
-    )
-    .unwrap_err();
+    let e = berlin(vec![line("A", 3), line("A", 3)], one).unwrap_err();
     assert_eq!((e[0].code, e[0].line), (ProblemCode::OutOfStock, Some(2)));
     // A line naming its warehouse is planned first: the line before it, free to go anywhere,
     // does not take the stock only the named warehouse has.
-    let named = LineRequest {
-        warehouse: Some("BER".into()),
-        ..line("A", 5)
-    };
+    let named = line_at("A", 5, "BER");
     assert_eq!(
-        plan_for(
-            &f,
-            "BERLIN",
-            None,
-            false,
+        berlin(
             vec![line("A", 5), named],
             avail(&[("BER", "A", 5), ("MUC", "A", 5)])
         )
@@ -646,19 +638,8 @@ fn warehouse_choice() {
         vec![vec![("MUC".into(), 5)], vec![("BER".into(), 5)]]
     );
     // Planned out of turn, their problems still come in line order.
-    let named = LineRequest {
-        warehouse: Some("BER".into()),
-        ..line("A", 50)
-    };
-    let e = plan_for(
-        &f,
-        "BERLIN",
-        None,
-        false,
-        vec![line("A", 50), named],
-        avail(&[("BER", "A", 5)]),
-    )
-    .unwrap_err();
+    let named = line_at("A", 50, "BER");
+    let e = berlin(vec![line("A", 50), named], avail(&[("BER", "A", 5)])).unwrap_err();
     let lines: Vec<Option<u32>> = e.iter().map(|p| p.line).collect();
     assert_eq!(lines, [Some(1), Some(2)], "{e:?}");
     // A kit is filled from its components: 2xA + 1xB per kit.
@@ -669,19 +650,11 @@ fn warehouse_choice() {
         ("MUC", "B", 100),
     ]);
     assert_eq!(
-        plan_for(
-            &f,
-            "BERLIN",
-            None,
-            false,
-            vec![line("KIT", 2)],
-            kit_stock.clone()
-        )
-        .unwrap(),
+        berlin(vec![line("KIT", 2)], kit_stock.clone()).unwrap(),
         vec![vec![("BER".into(), 2)]]
     );
     assert_eq!(
-        plan_for(&f, "BERLIN", None, false, vec![line("KIT", 3)], kit_stock).unwrap(),
+        berlin(vec![line("KIT", 3)], kit_stock).unwrap(),
         vec![vec![("MUC".into(), 3)]]
     );
 }
