@@ -36,6 +36,14 @@ pub const EVENT_STREAM_MAX_MS: u64 = 3_600_000;
 /// Longest `event_stream_recheck_ms`: a stream outlives what admitted it by at most a minute.
 pub const EVENT_STREAM_RECHECK_MAX_MS: u64 = 60_000;
 
+/// A random number for jitter (spreading retries and periodic checks over time). Without
+/// randomness it is 0: a pause it spreads then starts its range, still bounded.
+pub fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    u64::from_le_bytes(b)
+}
+
 /// Bounds of the HTTP layer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -121,13 +121,6 @@ pub fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> 
     Some(at.duration_since(now).unwrap_or_default())
 }
 
-fn random_u64() -> u64 {
-    let mut b = [0u8; 8];
-    // Jitter only: without randomness the pause is the upper half's start, still bounded.
-    let _ = getrandom::fill(&mut b);
-    u64::from_le_bytes(b)
-}
-
 /// What one attempt came to.
 enum Attempt {
     Delivered,
@@ -247,7 +240,7 @@ async fn deliver(
             Attempt::Gone => return Outcome::Gone { attempts: n },
             Attempt::Retry { error, after } => (error, after),
         };
-        let pause = pause(s, n, after, random_u64());
+        let pause = pause(s, n, after, orderd_api::random_u64());
         let too_old = first.elapsed() + pause > Duration::from_millis(s.attempt_age_max_ms);
         tracing::warn!(endpoint.id = %ep_id, event.id = %id, attempt = n, %error, retry_in_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX), "webhook delivery failed");
         if n >= attempts_max || too_old {

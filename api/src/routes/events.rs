@@ -407,11 +407,7 @@ async fn revoked(s: ApiState, headers: HeaderMap, opened: Caller) {
     let every = Duration::from_millis(s.limits.event_stream_recheck_ms);
     // The first check at a random point of the interval: streams opened together (a reconnect
     // storm after a restart) do not all check in the same instant.
-    let mut random = [0u8; 8];
-    let offset = match getrandom::fill(&mut random) {
-        Ok(()) => u64::from_le_bytes(random) % s.limits.event_stream_recheck_ms.max(1),
-        Err(_) => 0,
-    };
+    let offset = crate::random_u64() % s.limits.event_stream_recheck_ms.max(1);
     let mut wait = Duration::from_millis(offset);
     loop {
         tokio::time::sleep(wait).await;
