@@ -110,6 +110,11 @@ pub const RULES: &[(&str, &str, Access)] = &[
     ("GET", "/ops/dashboard", OPERATOR),
 ];
 
+/// Routes a page calls by itself rather than its user (the portal's event stream, reconnecting;
+/// the dashboard's poll): a browser session's use of them does not keep it from ending after
+/// `session.idle_timeout_ms` unused (see [`crate::session::Activity`]).
+pub const BACKGROUND: &[&str] = &["/v1/events/stream", "/v1/ops/live"];
+
 /// The rule of a route, if it has one. HEAD, which axum answers with a route's GET handler,
 /// has the GET rule.
 pub fn rule(method: &str, path: &str) -> Option<Access> {
@@ -188,8 +193,12 @@ async fn admit(s: &ApiState, req: &mut Request) -> Result<Option<Ticket>, ApiErr
                     // identity provider refreshes it. That wait is the provider's, and the
                     // ticket measures orderd's time (a slow provider must not read as an
                     // overloaded orderd).
+                    let activity = match BACKGROUND.contains(&path.as_str()) {
+                        true => crate::session::Activity::Background,
+                        false => crate::session::Activity::User,
+                    };
                     let (caller, key) =
-                        crate::session::caller_of(s, req.headers(), &method, ip).await?;
+                        crate::session::caller_of(s, req.headers(), &method, ip, activity).await?;
                     (caller, key, enter()?)
                 }
             };

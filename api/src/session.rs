@@ -73,6 +73,16 @@ struct RenewalState {
     failed: Option<(Instant, String)>,
 }
 
+/// Whether a request is its user's doing, or the page's own in the background. Only the
+/// user's keep a session from ending after `idle_timeout_ms` unused: an unattended portal or
+/// dashboard, its event stream reconnecting and its dashboard polling, is signed out like any
+/// other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activity {
+    User,
+    Background,
+}
+
 /// A live session, as [`Sessions::touch`] finds it.
 pub enum Touched {
     /// Vouched for: its caller.
@@ -253,16 +263,19 @@ impl Sessions {
         Ok(id)
     }
 
-    /// A live session: vouched for (marked used), or due for a refresh. `None` when it has
-    /// ended, also when its access token expired and it has no refresh token.
-    pub fn touch(&self, id: &str) -> Option<Touched> {
+    /// A live session: vouched for (marked used, for the user's `activity`), or due for a
+    /// refresh. `None` when it has ended, also when its access token expired and it has no
+    /// refresh token.
+    pub fn touch(&self, id: &str, activity: Activity) -> Option<Touched> {
         let now = Instant::now();
         let mut live = lock(&self.live);
         let alive = live.by_id.get(id).map(|s| self.alive(s, now))?;
         let s = live.by_id.get_mut(id).filter(|_| alive);
         let touched = match s {
             Some(s) if now < s.vouched_until => {
-                s.last_used = now;
+                if activity == Activity::User {
+                    s.last_used = now;
+                }
                 Touched::Live(s.caller.clone())
             }
             Some(Session {
@@ -291,14 +304,16 @@ impl Sessions {
         (self.alive(s, now) && now < s.vouched_until).then(|| s.caller.clone())
     }
 
-    /// Records a refresh of session `id` (if it still lives): the caller as the new access
-    /// token says, until it expires.
-    pub fn renewed(&self, id: &str, caller: Caller, expires_at: u64) {
+    /// Records a refresh of session `id` (if it still lives) for a request of `activity`: the
+    /// caller as the new access token says, until it expires.
+    pub fn renewed(&self, id: &str, caller: Caller, expires_at: u64, activity: Activity) {
         let now = Instant::now();
         if let Some(s) = lock(&self.live).by_id.get_mut(id) {
             s.caller = caller;
             s.vouched_until = instant_of(now, expires_at);
-            s.last_used = now;
+            if activity == Activity::User {
+                s.last_used = now;
+            }
         }
     }
 
@@ -380,24 +395,33 @@ fn session_ended() -> ApiError {
 /// The caller of session `id`, refreshed at its provider when its access token has expired.
 /// The provider refusing the refresh (or naming another user) ends the session; a provider
 /// that cannot be reached leaves it for a later request to try again.
-pub async fn resume(s: &ApiState, id: &str) -> Result<Caller, ApiError> {
-    let Touched::Stale { renewal, .. } = s.sessions.touch(id).ok_or_else(session_ended)? else {
-        return live(s, id);
+pub async fn resume(s: &ApiState, id: &str, activity: Activity) -> Result<Caller, ApiError> {
+    let Touched::Stale { renewal, .. } =
+        s.sessions.touch(id, activity).ok_or_else(session_ended)?
+    else {
+        return live(s, id, activity);
     };
     // A task of its own: a request that goes away midway (the browser gave up) must not lose
     // a refresh token the provider has already rotated.
     let (s, id) = (s.clone(), id.to_owned());
-    tokio::spawn(async move { refresh(&s, &id, &renewal).await })
+    tokio::spawn(async move { refresh(&s, &id, &renewal, activity).await })
         .await
         .map_err(|e| ApiError::Internal(format!("refreshing a session: {e}")))?
 }
 
 /// Refreshes session `id` through `renewal`, one refresh at a time.
-async fn refresh(s: &ApiState, id: &str, renewal: &Renewal) -> Result<Caller, ApiError> {
+async fn refresh(
+    s: &ApiState,
+    id: &str,
+    renewal: &Renewal,
+    activity: Activity,
+) -> Result<Caller, ApiError> {
     let mut state = renewal.state.lock().await;
     // The request before this one may have refreshed the session while this one waited.
-    let Touched::Stale { caller: was, .. } = s.sessions.touch(id).ok_or_else(session_ended)? else {
-        return live(s, id);
+    let Touched::Stale { caller: was, .. } =
+        s.sessions.touch(id, activity).ok_or_else(session_ended)?
+    else {
+        return live(s, id, activity);
     };
     let unavailable = |why: &str| {
         ApiError::Unavailable(format!(
@@ -416,7 +440,7 @@ async fn refresh(s: &ApiState, id: &str, renewal: &Renewal) -> Result<Caller, Ap
                 state.token = t;
             }
             s.sessions
-                .renewed(id, vouched.caller.clone(), vouched.expires_at);
+                .renewed(id, vouched.caller.clone(), vouched.expires_at, activity);
             Ok(vouched.caller)
         }
         Err(RefreshError::Refused(why)) => {
@@ -472,8 +496,8 @@ async fn vouched_again(
 }
 
 /// The caller of session `id` once it is vouched for.
-fn live(s: &ApiState, id: &str) -> Result<Caller, ApiError> {
-    match s.sessions.touch(id) {
+fn live(s: &ApiState, id: &str, activity: Activity) -> Result<Caller, ApiError> {
+    match s.sessions.touch(id, activity) {
         Some(Touched::Live(caller)) => Ok(caller),
         _ => Err(session_ended()),
     }
@@ -542,6 +566,7 @@ pub async fn caller_of(
     headers: &HeaderMap,
     method: &Method,
     ip: String,
+    activity: Activity,
 ) -> Result<(Caller, String), ApiError> {
     let id = cookie(headers, SESSION_COOKIE).ok_or(ApiError::MissingToken)?;
     // Before the session is looked at: a cross-site request never refreshes (or ends) it.
@@ -550,7 +575,7 @@ pub async fn caller_of(
             "cross-site request refused (Origin is not orderd's)".into(),
         ));
     }
-    let mut caller = resume(s, &id).await?;
+    let mut caller = resume(s, &id, activity).await?;
     caller.ip = ip;
     Ok((
         caller,
@@ -560,7 +585,9 @@ pub async fn caller_of(
 
 /// The caller of the browser's session, if it has a live one (for pages that only read).
 pub async fn signed_in(s: &ApiState, headers: &HeaderMap) -> Option<Caller> {
-    resume(s, &cookie(headers, SESSION_COOKIE)?).await.ok()
+    resume(s, &cookie(headers, SESSION_COOKIE)?, Activity::User)
+        .await
+        .ok()
 }
 
 /// Limits of browser sessions.
@@ -701,6 +728,33 @@ mod tests {
         );
     }
 
+    // Only the user's requests keep a session from idling out: one used in the background
+    // alone (an event stream reconnecting) ends `idle_timeout_ms` after its user's last request.
+    #[test]
+    fn background_requests_do_not_keep_a_session_alive() {
+        let idle = Duration::from_millis(300);
+        let s = Sessions::new(&SessionSettings {
+            idle_timeout_ms: 300,
+            ..SessionSettings::default()
+        });
+        let used = s.start(hour(caller("ACME", "alice")), None).unwrap();
+        let watched = s.start(hour(caller("ACME", "bob")), None).unwrap();
+        let started = Instant::now();
+        for _ in 0..2 {
+            std::thread::sleep(idle * 2 / 3);
+            assert!(s.touch(&used, Activity::User).is_some());
+            if started.elapsed() < idle {
+                assert!(s.touch(&watched, Activity::Background).is_some());
+            }
+        }
+        assert!(started.elapsed() >= idle);
+        assert!(
+            s.touch(&watched, Activity::Background).is_none(),
+            "background requests kept the session alive"
+        );
+        assert!(s.touch(&used, Activity::User).is_some());
+    }
+
     // One account at its cap of sessions pushes out its own earliest, not another account's;
     // the cap in all still holds, and the counts follow every session that ends.
     #[test]
@@ -718,17 +772,25 @@ mod tests {
             })
             .collect();
         assert!(
-            s.touch(&bauhaus).is_some(),
+            s.touch(&bauhaus, Activity::User).is_some(),
             "another account's session stays"
         );
-        let live: Vec<bool> = acme.iter().map(|id| s.touch(id).is_some()).collect();
+        let live: Vec<bool> = acme
+            .iter()
+            .map(|id| s.touch(id, Activity::User).is_some())
+            .collect();
         assert_eq!(live, [false, false, false, true, true]);
         let others: Vec<String> = ["C1", "C2"]
             .iter()
             .map(|a| s.start(hour(caller(a, "x")), None).unwrap())
             .collect();
-        assert!(s.touch(&bauhaus).is_none(), "the earliest in all made room");
-        assert!(others.iter().all(|id| s.touch(id).is_some()));
+        assert!(
+            s.touch(&bauhaus, Activity::User).is_none(),
+            "the earliest in all made room"
+        );
+        assert!(others
+            .iter()
+            .all(|id| s.touch(id, Activity::User).is_some()));
         s.end(&acme[4]);
         let live = lock(&s.live);
         assert_eq!(live.by_id.len(), 3);
@@ -754,14 +816,17 @@ mod tests {
             refresh_token: refresh_token.map(str::to_owned),
         };
         let bare = s.start(expired(None), None).unwrap();
-        assert!(s.touch(&bare).is_none(), "no refresh token: over");
+        assert!(
+            s.touch(&bare, Activity::User).is_none(),
+            "no refresh token: over"
+        );
         assert!(!lock(&s.live).by_id.contains_key(&bare), "and gone");
 
         let id = s.start(expired(Some("rt-1")), None).unwrap();
         let Some(Touched::Stale {
             caller: was,
             renewal,
-        }) = s.touch(&id)
+        }) = s.touch(&id, Activity::User)
         else {
             panic!("an expired session with a refresh token is due for a refresh");
         };
@@ -770,8 +835,8 @@ mod tests {
         assert_eq!(renewal.state.try_lock().unwrap().token, "rt-1");
         let mut now_approver = caller("ACME", "alice");
         now_approver.ip = "10.0.0.2".into();
-        s.renewed(&id, now_approver.clone(), unix_now() + 60);
-        match s.touch(&id) {
+        s.renewed(&id, now_approver.clone(), unix_now() + 60, Activity::User);
+        match s.touch(&id, Activity::User) {
             Some(Touched::Live(c)) => assert_eq!(c, now_approver),
             _ => panic!("a refreshed session is live"),
         }

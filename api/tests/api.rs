@@ -2398,6 +2398,12 @@ fn every_route_has_an_access_rule() {
             "rule {method} {path} names no route of the OpenAPI document"
         );
     }
+    for path in orderd_api::policy::BACKGROUND {
+        assert!(
+            operations.contains(&("GET".to_owned(), path.to_string())),
+            "background route {path} is no GET route of the OpenAPI document"
+        );
+    }
 }
 
 // Each role (and no token) against every route of the OpenAPI document: a role the rule does

@@ -782,6 +782,14 @@ fn portal_client(env: &TestEnv, refresh: bool) -> Value {
            "redirect_uris": [format!("{}/auth/callback", env.api().base())], "refresh": refresh})
 }
 
+/// Waits for an open event stream to end (within a few rechecks), because its session `why`.
+async fn ended_soon(stream: reqwest::Response, why: &str) {
+    tokio::time::timeout(Duration::from_secs(2), stream.bytes())
+        .await
+        .unwrap_or_else(|_| panic!("a stream outlived its session ({why})"))
+        .expect("a stream that ends cleanly");
+}
+
 /// Signs `login` in through orderd's `/auth/login` as a browser would; the session cookie.
 async fn browser_sign_in(env: &TestEnv, login: &str, session: Option<&str>) -> String {
     let base = env.api().base().to_owned();
@@ -850,6 +858,7 @@ async fn browser_sign_in_with_sessions() {
     let timeouts = [
         ("ORDERD_SESSION__IDLE_TIMEOUT_MS", idle.as_str()),
         ("ORDERD_SESSION__ABSOLUTE_TIMEOUT_MS", absolute.as_str()),
+        ("ORDERD_API__EVENT_STREAM_RECHECK_MS", "200"),
     ];
     let env = orderd_with_portal(&p, &timeouts, false).await;
     let base = env.api().base().to_owned();
@@ -916,7 +925,16 @@ async fn browser_sign_in_with_sessions() {
     );
     assert_eq!(status(second.clone()).await, 200);
 
-    // Logout needs orderd's Origin too, then ends the session on the server.
+    // Logout needs orderd's Origin too, then ends the session on the server, and with it the
+    // session's event stream.
+    let stream = |s: &str| {
+        let req = http
+            .get(format!("{base}/v1/events/stream"))
+            .header("cookie", with(s));
+        async move { req.send().await.expect("event stream") }
+    };
+    let open = stream(&second).await;
+    assert_eq!(open.status(), 200);
     let out = |origin: &str| {
         http.post(format!("{base}/auth/logout"))
             .header("cookie", with(&second))
@@ -935,12 +953,30 @@ async fn browser_sign_in_with_sessions() {
         401,
         "logout must end the session server-side"
     );
+    ended_soon(open, "signed out").await;
 
-    // An idle session ends by itself.
+    // An idle session ends by itself. Event streams are the page's doing, not its user's:
+    // reconnecting them does not keep the session alive, and the open one ends with it.
     let third = browser_sign_in(&env, "acme-carol", None).await;
     assert_eq!(status(third.clone()).await, 200);
-    tokio::time::sleep(Duration::from_millis(SESSION_IDLE_MS + 500)).await;
-    assert_eq!(status(third).await, 401, "idle session");
+    let used = Instant::now();
+    let open = stream(&third).await;
+    assert_eq!(open.status(), 200);
+    while used.elapsed() < Duration::from_millis(SESSION_IDLE_MS + 500) {
+        let again = stream(&third).await.status().as_u16();
+        assert!(
+            again == 200 || used.elapsed() >= Duration::from_millis(SESSION_IDLE_MS),
+            "reconnect {:?} after the last use answered {again}",
+            used.elapsed()
+        );
+        tokio::time::sleep(SESSION_KEEPALIVE).await;
+    }
+    assert_eq!(
+        status(third).await,
+        401,
+        "an idle session (its reconnecting streams kept it alive)"
+    );
+    ended_soon(open, "idle").await;
 
     // A session in constant use still ends the absolute timeout after its sign-in.
     let before = Instant::now();
@@ -1029,12 +1065,8 @@ async fn browser_sessions_last_as_long_as_the_provider_vouches() {
     let token = p.access_token("acme-dana").await;
     let by_token = stream(http.get(&events).bearer_auth(&token)).await;
     outlive_tokens().await;
-    for (r, what) in [(by_session, "session"), (by_token, "bearer token")] {
-        tokio::time::timeout(Duration::from_secs(2), r.bytes())
-            .await
-            .unwrap_or_else(|_| panic!("the {what}'s stream outlived its access token"))
-            .expect("a stream that ends cleanly");
-    }
+    ended_soon(by_session, "its access token expired").await;
+    ended_soon(by_token, "the bearer token expired").await;
     let (status, body) = me(&bare).await;
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("the session has ended"), "{body}");
@@ -1061,9 +1093,27 @@ async fn browser_sessions_last_as_long_as_the_provider_vouches() {
         assert!(refreshes >= round, "round {round}: {refreshes} refreshes");
     }
 
+    // The stream of a session whose access token expired ends (it does not refresh the
+    // session), and its reconnect refreshes the session like any request.
+    let refreshed = p.refreshes().await;
+    let open = stream(
+        http.get(&events)
+            .header("cookie", format!("__Host-orderd_session={session}")),
+    )
+    .await;
+    outlive_tokens().await;
+    ended_soon(open, "its access token expired").await;
+    let reopened = stream(
+        http.get(&events)
+            .header("cookie", format!("__Host-orderd_session={session}")),
+    )
+    .await;
+    assert!(p.refreshes().await > refreshed, "the reconnect refreshed");
+
     // The provider disables the user: the next refresh fails, and the session is over.
     p.set_disabled("acme-dana", true).await;
     outlive_tokens().await;
+    ended_soon(reopened, "its access token expired").await;
     let (status, body) = me(&session).await;
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("no longer vouches"), "{body}");
