@@ -36,6 +36,10 @@ pub const EVENT_STREAM_MAX_MS: u64 = 3_600_000;
 /// Longest `event_stream_recheck_ms`: a stream outlives what admitted it by at most a minute.
 pub const EVENT_STREAM_RECHECK_MAX_MS: u64 = 60_000;
 
+/// Most `event_reads_max`: half of tokio's blocking threads (512), so that reads of the event
+/// log never take them all.
+pub const EVENT_READS_MAX: usize = 256;
+
 /// A random number for jitter (spreading retries and periodic checks over time). Without
 /// randomness it is 0: a pause it spreads then starts its range, still bounded.
 pub fn random_u64() -> u64 {
@@ -72,6 +76,11 @@ pub struct ApiLimits {
     pub event_stream_recheck_ms: u64,
     /// Keep-alive comment interval of an idle event stream.
     pub event_stream_keepalive_ms: u64,
+    /// Reads of the event log running at once (pages of `/v1/events`, stream replays and
+    /// buyer streams' lookups of who placed an order); more wait their turn. A reconnect storm
+    /// after a restart then leaves the blocking threads to the accounts' loads. At most
+    /// [`EVENT_READS_MAX`].
+    pub event_reads_max: usize,
     /// A capture request slower than this is logged at WARN with its order id, account and
     /// latency (0: never).
     pub slow_order_log_ms: u64,
@@ -90,6 +99,7 @@ impl Default for ApiLimits {
             event_stream_max_ms: 300_000,
             event_stream_recheck_ms: 5_000,
             event_stream_keepalive_ms: 15_000,
+            event_reads_max: 4,
             slow_order_log_ms: 1_000,
         }
     }
@@ -123,6 +133,10 @@ pub struct ApiShared {
     /// Event streams open now (bounded by `limits.event_streams_max` and
     /// `limits.event_streams_per_account_max`).
     pub event_streams: Arc<routes::events::OpenStreams>,
+    /// Who placed which order, for buyers' event streams.
+    pub placers: Arc<routes::events::Placers>,
+    /// Turns to read the event log (`limits.event_reads_max` at once).
+    pub event_reads: Arc<tokio::sync::Semaphore>,
     /// Webhook endpoints and dead letters (the daemon delivers).
     pub webhooks: orderd_actors::webhooks::Webhooks,
 }
@@ -145,11 +159,15 @@ impl ApiState {
             auth: Arc::new(auth),
             trusted_proxies: Arc::new(trusted_proxies),
             rate: Arc::new(rate_limit::RateLimiter::new(&limits.rate_limit)),
+            event_reads: Arc::new(tokio::sync::Semaphore::new(
+                limits.event_reads_max.clamp(1, EVENT_READS_MAX),
+            )),
             sessions: Arc::new(session::Sessions::new(&session::SessionSettings::default())),
             limits,
             dev_signin,
             bus: Default::default(),
             event_streams: Default::default(),
+            placers: Default::default(),
         }))
     }
 

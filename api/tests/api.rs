@@ -358,10 +358,15 @@ async fn tenancy_cannot_be_crossed() {
 }
 
 // GET /v1/events replays the caller's account's events only, oldest first, each with its log
-// seq; `next` continues where the page ended; an operator sees every account's.
-#[tokio::test]
+// seq; `next` continues where the page ended; an operator sees every account's. One read of
+// the log at a time (`event_reads_max = 1`) serves requests made at once, each whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_replay_per_account() {
-    let api = api().await;
+    let api = api_with(ApiLimits {
+        event_reads_max: 1,
+        ..ApiLimits::default()
+    })
+    .await;
     let a = api.token(Some("A"), "ann", &["buyer"], None).await;
     let b = api.token(Some("B"), "bea", &["buyer"], None).await;
     let op = api.token(None, "olga", &["operator"], None).await;
@@ -470,6 +475,20 @@ async fn events_replay_per_account() {
         "{:?}",
         all.body
     );
+
+    let at_once = (0..8).map(|i| {
+        let token = [&a, &b, &op][i % 3];
+        api.call("GET", "/v1/events?limit=1", Some(token), None, &[])
+    });
+    for (i, r) in futures_util::future::join_all(at_once)
+        .await
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        let first = &r.body["events"][0]["event"]["data"]["order"];
+        assert_eq!(first, [&placed[0], &placed[1], &placed[0]][i % 3].as_str());
+    }
 }
 
 // One account's event streams are bounded (429, with Retry-After) without touching another

@@ -211,6 +211,11 @@ impl Config {
                 self.api.event_stream_recheck_ms,
                 orderd_api::EVENT_STREAM_RECHECK_MAX_MS,
             ),
+            (
+                "api.event_reads_max",
+                u64::try_from(self.api.event_reads_max).unwrap_or(u64::MAX),
+                u64::try_from(orderd_api::EVENT_READS_MAX).unwrap_or(u64::MAX),
+            ),
         ] {
             if !(1..=max).contains(&value) {
                 errs.push(format!("{key} must be 1 to {max}, got {value}"));
@@ -328,18 +333,22 @@ mod tests {
         assert!(Config::load("", &env(&[("ORDERD_LISTEN", "not an address")])).is_err());
     }
 
-    // An event stream's longest time and its recheck interval are bounded both ways.
+    // An event stream's longest time, its recheck interval and the event log's readers at
+    // once are bounded both ways.
     #[test]
     fn event_stream_bounds() {
         let load = |file: &str| Config::load(file, &env(&[]));
-        assert!(
-            load("[api]\nevent_stream_max_ms = 3600000\nevent_stream_recheck_ms = 60000\n").is_ok()
-        );
+        assert!(load(
+            "[api]\nevent_stream_max_ms = 3600000\nevent_stream_recheck_ms = 60000\nevent_reads_max = 256\n"
+        )
+        .is_ok());
         for bad in [
             "event_stream_max_ms = 0",
             "event_stream_max_ms = 3600001",
             "event_stream_recheck_ms = 0",
             "event_stream_recheck_ms = 60001",
+            "event_reads_max = 0",
+            "event_reads_max = 257",
         ] {
             let Err(ConfigError::Invalid(errs)) = load(&format!("[api]\n{bad}\n")) else {
                 panic!("{bad} should be refused")

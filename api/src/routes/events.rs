@@ -89,7 +89,6 @@ fn scope(s: &ApiState, auth: &Auth) -> ApiResult<Scope> {
             state: s.clone(),
             account: account.clone(),
             user: user.clone(),
-            known: Mutex::new(HashMap::new()),
         })
     });
     Ok(Scope {
@@ -116,81 +115,87 @@ impl Scope {
     }
 }
 
-/// Which orders of an account one user placed. Read from the orders' records, not from the
-/// account's actor (an event stream never queues behind the account's captures or takes its
-/// permits); each order once, since who placed it never changes.
+/// Which orders of an account one user placed, as [`Placers`] knows or the orders' records say.
 struct OwnOrders {
     state: ApiState,
     account: AccountId,
     user: UserId,
-    /// Orders looked up so far; emptied when it reaches [`OWN_ORDERS_KNOWN_MAX`].
-    known: Mutex<HashMap<OrderId, bool>>,
 }
 
-/// Orders an event stream remembers the placer of (about 100 bytes each).
-const OWN_ORDERS_KNOWN_MAX: usize = 10_000;
+/// Orders whose placer the event streams remember, all streams together.
+pub const PLACERS_KNOWN_MAX: usize = 100_000;
+
+/// Who placed which order, read from the orders' records (not from the account's actor: an
+/// event stream never queues behind the account's captures or takes its permits). Who placed
+/// an order never changes, so one cache serves every buyer stream: its memory is bounded
+/// daemon-wide, at most [`PLACERS_KNOWN_MAX`] entries (about 100 bytes each, order ids being
+/// unique across accounts), whatever the number of streams, and the streams of one account
+/// replaying the same log read each record once. Emptied when full.
+#[derive(Default)]
+pub struct Placers(Mutex<HashMap<OrderId, Option<UserId>>>);
 
 impl OwnOrders {
     /// Whether the user placed each of `orders`: the ones not known yet are read in one
     /// blocking task. An order with an event has a durable record (the record and its event
     /// are one write), so a missing one is not the user's.
-    async fn placed(self: &Arc<Self>, orders: Vec<OrderId>) -> Result<Vec<bool>, ApiError> {
-        let unknown: Vec<OrderId> = {
-            let known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
-            let mut unknown: Vec<OrderId> = orders
-                .iter()
-                .filter(|o| !known.contains_key(*o))
-                .cloned()
-                .collect();
-            unknown.sort_unstable();
-            unknown.dedup();
-            unknown
+    async fn placed(&self, orders: Vec<OrderId>) -> Result<Vec<bool>, ApiError> {
+        let placers = &self.state.placers.0;
+        let mine = |placer: &Option<UserId>| placer.as_ref() == Some(&self.user);
+        // The answer for what is known is taken now: another stream may empty the cache
+        // before this lookup is done.
+        let mut answer: Vec<Option<bool>> = {
+            let known = placers.lock().unwrap_or_else(PoisonError::into_inner);
+            orders.iter().map(|o| known.get(o).map(mine)).collect()
         };
-        let mut found: HashMap<OrderId, bool> = HashMap::new();
-        if !unknown.is_empty() {
-            let this = self.clone();
-            found = tokio::task::spawn_blocking(move || {
-                let mut found = HashMap::with_capacity(unknown.len());
-                for o in unknown {
-                    let placed = match this.state.engine.placed_by_blocking(&this.account, &o) {
-                        Ok(placer) => placer.is_some_and(|u| u == this.user),
-                        // A disk error ends the answer; an unreadable record only hides its
-                        // order (as the event readers pass over an unreadable audit record),
-                        // or every reconnect would stop at it again.
-                        Err(e @ ActorError::Storage(StorageError::Io(_))) => return Err(e),
-                        Err(error) => {
-                            tracing::error!(%error, order = %o, "order record unreadable; its events are not shown to the buyer");
-                            false
-                        }
-                    };
-                    found.insert(o, placed);
-                }
-                Ok::<_, ActorError>(found)
-            })
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        }
-        let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
-        // The answer comes first, from what was known and what was found: emptying the map
-        // below must not hide an order of this very call (a stream's lookups run one at a
-        // time, so nothing else changed the map since `unknown` was taken).
-        let answer = orders
-            .iter()
-            .map(|o| {
-                found
-                    .get(o)
-                    .or_else(|| known.get(o))
-                    .copied()
-                    .unwrap_or(false)
-            })
+        let mut unknown: Vec<OrderId> = (orders.iter().zip(&answer))
+            .filter(|(_, a)| a.is_none())
+            .map(|(o, _)| o.clone())
             .collect();
-        if known.len() + found.len() > OWN_ORDERS_KNOWN_MAX {
+        if unknown.is_empty() {
+            return Ok(answer.into_iter().map(|a| a.unwrap_or(false)).collect());
+        }
+        unknown.sort_unstable();
+        unknown.dedup();
+        let (state, account) = (self.state.clone(), self.account.clone());
+        let _turn = read_turn(&self.state).await?;
+        let found = tokio::task::spawn_blocking(move || {
+            let mut found = HashMap::with_capacity(unknown.len());
+            for o in unknown {
+                let placer = match state.engine.placed_by_blocking(&account, &o) {
+                    Ok(placer) => placer,
+                    // A disk error ends the answer; an unreadable record only hides its
+                    // order (as the event readers pass over an unreadable audit record), or
+                    // every reconnect would stop at it again.
+                    Err(e @ ActorError::Storage(StorageError::Io(_))) => return Err(e),
+                    Err(error) => {
+                        tracing::error!(%error, order = %o, "order record unreadable; its events are not shown to the buyer");
+                        None
+                    }
+                };
+                found.insert(o, placer);
+            }
+            Ok::<_, ActorError>(found)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        for (o, a) in orders.iter().zip(&mut answer) {
+            if a.is_none() {
+                *a = found.get(o).map(mine);
+            }
+        }
+        let mut known = placers.lock().unwrap_or_else(PoisonError::into_inner);
+        if known.len() + found.len() > PLACERS_KNOWN_MAX {
             known.clear();
         }
         known.extend(found);
-        Ok(answer)
+        Ok(answer.into_iter().map(|a| a.unwrap_or(false)).collect())
     }
+}
+
+/// A turn to read the event log: at most `api.event_reads_max` reads run at once.
+async fn read_turn(s: &ApiState) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+    (s.event_reads.acquire().await).map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 /// Up to `limit` events of the scope's account after log seq `after`, read on the blocking
@@ -203,6 +208,7 @@ async fn read_after_async(
 ) -> Result<events::EventsRead, ApiError> {
     let journal = s.engine.journal.clone();
     let account = scope.account.clone();
+    let _turn = read_turn(s).await?;
     tokio::task::spawn_blocking(move || {
         events::read_after(&journal, after, account.as_ref(), limit, EVENTS_SCAN_MAX)
     })
@@ -646,37 +652,49 @@ mod tests {
         }
     }
 
-    // The lookup that takes a buyer stream's full cache of placers over its bound empties it,
-    // and still answers for an order it held: the buyer's own order is shown, not dropped
-    // (which would move the stream's Last-Event-ID past it for good).
+    // The buyer streams share one cache of placers: what one stream learned answers another
+    // (here an order with no record, which a read would say nobody placed). The lookup that
+    // takes the cache over its bound empties it, and still answers for an order it held: the
+    // buyer's own order is shown, not dropped (which would move the stream's Last-Event-ID
+    // past it for good).
     #[tokio::test]
-    async fn emptying_the_cache_of_placers_hides_none_of_the_lookup() {
+    async fn one_bounded_cache_of_placers_serves_every_buyer_stream() {
         let journal = orderd_storage::Journal::temporary(&Default::default()).expect("journal");
         let engine = orderd_actors::Engine::start(journal, Default::default())
             .await
             .expect("engine");
         let auth = crate::auth::Authenticator::dev(&[7u8; 32]);
         let state = ApiState::new(engine, auth, vec![], Default::default(), true);
-        let own = Arc::new(OwnOrders {
-            state,
-            account: AccountId::parse("ACME").expect("id"),
-            user: UserId::parse("bob").expect("id"),
-            known: Mutex::new(HashMap::new()),
-        });
         let id = |s: &str| OrderId::parse(s).expect("id");
+        let user = |s: &str| UserId::parse(s).expect("id");
+        let stream_of = |u: &str| OwnOrders {
+            state: state.clone(),
+            account: AccountId::parse("ACME").expect("id"),
+            user: user(u),
+        };
         {
-            let mut known = own.known.lock().expect("lock");
-            for i in 1..OWN_ORDERS_KNOWN_MAX {
-                known.insert(id(&format!("filler-{i}")), false);
+            let mut known = state.placers.0.lock().expect("lock");
+            for i in 1..PLACERS_KNOWN_MAX {
+                known.insert(id(&format!("filler-{i}")), None);
             }
-            known.insert(id("mine"), true);
+            known.insert(id("bobs"), Some(user("bob")));
         }
-        let asked = vec![id("mine"), id("new-1"), id("new-2")];
         assert_eq!(
-            own.placed(asked).await.expect("placed"),
+            stream_of("carol")
+                .placed(vec![id("bobs")])
+                .await
+                .expect("placed"),
+            [false]
+        );
+        assert_eq!(
+            (stream_of("bob")
+                .placed(vec![id("bobs"), id("new-1"), id("new-2")])
+                .await)
+                .expect("placed"),
             [true, false, false]
         );
-        let known = own.known.lock().expect("lock");
+        let known = state.placers.0.lock().expect("lock");
         assert_eq!(known.len(), 2, "emptied, then the orders just read");
+        assert_eq!(known.get(&id("new-1")), Some(&None));
     }
 }
