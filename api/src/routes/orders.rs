@@ -100,7 +100,7 @@ fn line_requests(lines: Vec<LineBody>) -> (Vec<LineRequest>, BadQuantities) {
     (requests, bad)
 }
 
-/// The lines sent with a quantity that is no whole number, by line number.
+/// The lines sent with a quantity that is no whole number, by line number (ascending).
 #[derive(Default)]
 struct BadQuantities(Vec<(u32, BadQuantity)>);
 
@@ -112,7 +112,11 @@ impl BadQuantities {
             .iter_mut()
             .filter(|p| p.code == ProblemCode::InvalidQuantity)
         {
-            if let Some((n, sent)) = self.0.iter().find(|(n, _)| p.line == Some(*n)) {
+            // In line order, as `line_requests` found them.
+            let at = p
+                .line
+                .and_then(|n| self.0.binary_search_by_key(&n, |(n, _)| *n).ok());
+            if let Some((n, sent)) = at.map(|i| &self.0[i]) {
                 *p = sent.problem().line(*n);
             }
         }
