@@ -2,8 +2,9 @@
 //!
 //! A dedicated owner rather than the AccountActor: endpoints are not part of any order's
 //! decision, and the delivery task (in the daemon) reads them constantly. Every change is
-//! serialized by one async lock, written to the journal with its audit record in one batch, and
-//! only then applied to memory, so memory never shows what the journal does not hold.
+//! serialized by one async lock and queued to the journal with its audit record in one batch;
+//! memory then changes at once, and the caller is answered after the flush
+//! (`with_queued`), so nobody is told of a change the journal does not hold.
 //!
 //! | key                 | value                                            |
 //! |---------------------|--------------------------------------------------|
@@ -157,15 +158,29 @@ pub fn refused_address(ip: IpAddr) -> Option<&'static str> {
         IpAddr::V4(a) if a.is_unspecified() || a.is_broadcast() || a.is_multicast() => {
             Some("not unicast")
         }
+        // 0.0.0.0/8 ("this network": Linux connects 0.x.y.z to the host itself), 192.0.0.0/24
+        // (protocol assignments), 198.18.0.0/15 (benchmarking) and 240.0.0.0/4 (reserved):
+        // none is a receiver on the internet.
+        IpAddr::V4(a)
+            if a.octets()[0] == 0
+                || a.octets()[..3] == [192, 0, 0]
+                || (a.octets()[0] == 198 && (a.octets()[1] & 0xfe) == 18)
+                || a.octets()[0] >= 240 =>
+        {
+            Some("reserved")
+        }
         IpAddr::V6(a) if a.is_loopback() => Some("loopback"),
         IpAddr::V6(a) if a.is_unspecified() || a.is_multicast() => Some("not unicast"),
         IpAddr::V6(a) if (a.segments()[0] & 0xffc0) == 0xfe80 => Some("link-local"),
         IpAddr::V6(a) if (a.segments()[0] & 0xfe00) == 0xfc00 => Some("private"),
+        // Site-local (fec0::/10, deprecated but still routed inside some sites).
+        IpAddr::V6(a) if (a.segments()[0] & 0xffc0) == 0xfec0 => Some("private"),
         _ => None,
     }
 }
 
-/// The IPv4 address inside an IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`),
+/// The IPv4 address inside an IPv4-mapped (`::ffff:a.b.c.d`), IPv4-translated
+/// (`::ffff:0:a.b.c.d`), IPv4-compatible (`::a.b.c.d`),
 /// well-known-prefix NAT64 (`64:ff9b::a.b.c.d`) or 6to4 (`2002:aabb:ccdd::/48`) address.
 fn embedded_ipv4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
     let s = v6.segments();
@@ -176,6 +191,8 @@ fn embedded_ipv4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
     };
     match s {
         [0, 0, 0, 0, 0, 0xffff, hi, lo] => Some(v4(hi, lo)),
+        // IPv4-translated (SIIT, `::ffff:0:a.b.c.d`).
+        [0, 0, 0, 0, 0xffff, 0, hi, lo] => Some(v4(hi, lo)),
         // `::` and `::1` are IPv6's own unspecified and loopback addresses.
         [0, 0, 0, 0, 0, 0, hi, lo] if (hi, lo) > (0, 1) => Some(v4(hi, lo)),
         [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => Some(v4(hi, lo)),
@@ -982,13 +999,14 @@ impl Webhooks {
             .await
     }
 
-    /// The outcome of a replay at `endpoint`: delivered (the dead letter goes) or failed again
-    /// (it stays, with the new error). Ignored when the dead letter no longer waits there.
+    /// The outcome of a replay at `endpoint`: delivered (`None`: the dead letter goes) or
+    /// failed again (it stays, with the new error and the attempts the replay made). Ignored
+    /// when the dead letter no longer waits there.
     pub async fn replayed(
         &self,
         id: &str,
         endpoint: &str,
-        error: Option<String>,
+        failed: Option<(String, u32)>,
     ) -> Result<(), WebhookError> {
         self.with_queued(async |inner, st| {
             let Some(mut dl) = st.dead.get(id).cloned() else {
@@ -998,11 +1016,11 @@ impl Webhooks {
                 return Ok(((), None));
             }
             let mut batch = Batch::default();
-            match error {
+            match failed {
                 None => batch.remove(format!("{DEAD}{id}")),
-                Some(e) => {
+                Some((e, attempts)) => {
                     dl.replay = false;
-                    dl.attempts = dl.attempts.saturating_add(1);
+                    dl.attempts = dl.attempts.saturating_add(attempts);
                     dl.last_error = e;
                     dl.failed_at = crate::audit::now_rfc3339();
                     batch.put(format!("{DEAD}{id}"), json(&dl));
@@ -1447,7 +1465,10 @@ mod tests {
                 .await,
             Err(WebhookError::Conflict(_))
         ));
-        hooks.replayed(&id, b, Some("late".into())).await.unwrap();
+        hooks
+            .replayed(&id, b, Some(("late".into(), 1)))
+            .await
+            .unwrap();
         let waiting = hooks.replays(a, 10).await.unwrap();
         assert_eq!(waiting.len(), 1, "still waiting at its endpoint");
         assert!(hooks.replays(a, 0).await.unwrap().is_empty(), "at most 0");
@@ -1576,6 +1597,15 @@ mod tests {
             ("64:ff9b::93.184.215.14", None),
             ("2002:5db8:d70e::1", None),
             ("0.0.0.0", Some("not unicast")),
+            ("0.1.2.3", Some("reserved")),
+            ("192.0.0.8", Some("reserved")),
+            ("198.19.255.1", Some("reserved")),
+            ("240.0.0.1", Some("reserved")),
+            ("fec0::1", Some("private")),
+            ("::ffff:0:127.0.0.1", Some("loopback")),
+            ("::ffff:0:10.0.0.1", Some("private")),
+            ("198.20.0.1", None),
+            ("192.0.1.1", None),
             ("93.184.215.14", None),
             ("2606:4700::1111", None),
         ] {

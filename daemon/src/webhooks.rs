@@ -19,8 +19,8 @@
 //! anything else (other status, timeout, connection error, a refused address) is retried with
 //! exponential backoff and full jitter, or after `Retry-After` on 429 and 503, until
 //! `webhooks.attempts_max` attempts or `webhooks.attempt_age_max_ms`; then the event becomes a
-//! dead letter and the cursor moves past it. A replay asked for over the API is tried once,
-//! before the endpoint's next event.
+//! dead letter and the cursor moves past it. A replay asked for over the API goes before the
+//! endpoint's next event, with the same retries, paced between rounds ([`Replays`]).
 
 use orderd_actors::events::{self, BusReceiver, EventBus, LagStage, OutboxReaders, Published};
 use orderd_actors::metric_names::WEBHOOK_ATTEMPTS;
@@ -134,8 +134,16 @@ enum Attempt {
 /// What an event came to.
 enum Outcome {
     Delivered,
-    Dead { error: String, attempts: u32 },
-    Gone { attempts: u32 },
+    /// Out of attempts (or too large to send): the last error, and the `Retry-After` of the
+    /// last answer if it asked for one.
+    Dead {
+        error: String,
+        attempts: u32,
+        retry_after: Option<Duration>,
+    },
+    Gone {
+        attempts: u32,
+    },
     Stopped,
 }
 
@@ -175,7 +183,7 @@ async fn attempt(
     let resp = match resp {
         Ok(r) => r,
         Err(e) if e.is_timeout() => return retry("timed out".into()),
-        Err(e) => return retry(format!("request failed: {e}")),
+        Err(e) => return retry(format!("request failed: {}", cause(e))),
     };
     let status = resp.status();
     if status.is_success() {
@@ -196,6 +204,21 @@ async fn attempt(
     }
 }
 
+/// What went wrong with a request, without its URL: reqwest's message names the URL, path and
+/// query included, which may carry the receiver's token, and this text is logged and kept in
+/// the dead letter an operator sees. Its causes follow (a refused address, a TLS failure).
+fn cause(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(c) = source {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        source = c.source();
+    }
+    text
+}
+
 /// Sends one event until it is delivered, dead or the endpoint is gone (or orderd stops).
 async fn deliver(
     hooks: &Webhooks,
@@ -214,6 +237,7 @@ async fn deliver(
                 s.payload_bytes_max
             ),
             attempts: 0,
+            retry_after: None,
         };
     }
     let first = Instant::now();
@@ -244,7 +268,11 @@ async fn deliver(
         let too_old = first.elapsed() + pause > Duration::from_millis(s.attempt_age_max_ms);
         tracing::warn!(endpoint.id = %ep_id, event.id = %id, attempt = n, %error, retry_in_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX), "webhook delivery failed");
         if n >= attempts_max || too_old {
-            return Outcome::Dead { error, attempts: n };
+            return Outcome::Dead {
+                error,
+                attempts: n,
+                retry_after: after,
+            };
         }
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
@@ -343,11 +371,21 @@ async fn endpoint_task(
 ) {
     let poll = Duration::from_millis(hooks.settings().poll_ms);
     let mut state = None;
+    let mut replays = Replays::default();
     loop {
         if *stop.borrow() {
             break;
         }
-        let round = endpoint_round(&hooks, &client, &bus, &ep_id, &mut state, &mut stop).await;
+        let round = endpoint_round(
+            &hooks,
+            &client,
+            &bus,
+            &ep_id,
+            &mut state,
+            &mut replays,
+            &mut stop,
+        )
+        .await;
         if let Some(d) = &state {
             readers.set("webhooks", &ep_id, d.cursor.at);
         }
@@ -391,6 +429,7 @@ async fn endpoint_round(
     bus: &EventBus,
     ep_id: &str,
     state: &mut Option<Delivery>,
+    replays: &mut Replays,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<bool, String> {
     let s = hooks.settings();
@@ -398,8 +437,16 @@ async fn endpoint_round(
     let Some(ep) = hooks.endpoint(ep_id).await.map_err(|e| e.to_string())? else {
         return Ok(false);
     };
-    if ep.disabled.is_some() || !replay_dead_letters(hooks, client, ep_id, stop).await? {
+    if ep.disabled.is_some() || !replay_dead_letters(hooks, client, ep_id, replays, stop).await? {
         return Ok(false);
+    }
+    // The receiver answered a replay with Retry-After: nothing goes to it before then.
+    if let Some(at) = replays.asked_until.filter(|at| *at > Instant::now()) {
+        tokio::select! {
+            _ = tokio::time::sleep_until(at.min(until).into()) => {}
+            _ = stop.changed() => return Ok(false),
+        }
+        return Ok(true);
     }
     let d = match state {
         Some(d) => {
@@ -487,18 +534,38 @@ async fn endpoint_round(
 /// that live delivery goes on between them.
 const REPLAYS_PER_ROUND: usize = 100;
 
-/// Sends the dead letters an operator or admin asked to replay, once each, at most
-/// [`REPLAYS_PER_ROUND`]. One the receiver refuses ends the round's replays: a receiver that is
-/// down (or answers 429) costs one attempt a round, not one per dead letter. One whose event
-/// can no longer be read from the log is not sent (an empty body under its id would let a
-/// receiver that deduplicates drop the real event): it fails, saying why. `Ok(false)`: the
-/// task ends.
+/// How an endpoint's replays are paced, kept by its task (a restart starts afresh, as with live
+/// events).
+#[derive(Default)]
+struct Replays {
+    /// No replay goes out before this: the pause after a failed one.
+    not_before: Option<Instant>,
+    /// Nothing at all goes to the receiver before this: it answered a replay with
+    /// `Retry-After`.
+    asked_until: Option<Instant>,
+    /// The replay being retried: its dead letter, its failed attempts, when it was first sent.
+    trying: Option<(String, u32, Instant)>,
+}
+
+/// Sends the dead letters an operator or admin asked to replay, at most [`REPLAYS_PER_ROUND`],
+/// with the retries of a live event: one the receiver refuses ends the round's replays and
+/// stays asked for, and the next is sent after the backoff (or the receiver's `Retry-After`),
+/// until `webhooks.attempts_max` attempts or `attempt_age_max_ms`; then it fails with its
+/// error, and the next waiting replay gets its turn. So a receiver that is down, or asks for a
+/// pause, costs one attempt per backoff, not the waiting replays. One whose event can no longer
+/// be read from the log is not sent (an empty body under its id would let a receiver that
+/// deduplicates drop the real event): it fails, saying why. `Ok(false)`: the task ends.
 async fn replay_dead_letters(
     hooks: &Webhooks,
     client: &reqwest::Client,
     ep_id: &str,
+    replays: &mut Replays,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<bool, String> {
+    if replays.not_before.is_some_and(|at| at > Instant::now()) {
+        return Ok(true);
+    }
+    let s = hooks.settings();
     let waiting = hooks
         .replays(ep_id, REPLAYS_PER_ROUND)
         .await
@@ -514,13 +581,13 @@ async fn replay_dead_letters(
                 };
                 tracing::warn!(endpoint.id = %ep_id, dead_letter.id = %id, reason = %why, "dead letter not replayed");
                 hooks
-                    .replayed(&id, ep_id, Some(why))
+                    .replayed(&id, ep_id, Some((why, 0)))
                     .await
                     .map_err(|e| e.to_string())?;
                 continue;
             }
         };
-        let error = match deliver(
+        let outcome = deliver(
             hooks,
             client,
             ep_id,
@@ -529,25 +596,44 @@ async fn replay_dead_letters(
             1,
             stop,
         )
-        .await
-        {
-            Outcome::Delivered => None,
+        .await;
+        let (tries, first) = match replays.trying.take() {
+            Some((id, n, first)) if id == dl.id => (n + 1, first),
+            _ => (1, Instant::now()),
+        };
+        let (error, retry_after) = match outcome {
+            Outcome::Delivered => {
+                tracing::info!(endpoint.id = %ep_id, event.id = %dl.event_id, "dead letter replayed");
+                (hooks.replayed(&dl.id, ep_id, None).await).map_err(|e| e.to_string())?;
+                continue;
+            }
             Outcome::Stopped => return Ok(false),
             Outcome::Gone { .. } => {
+                // Its outcome first: disabling releases the replays still waiting here.
+                let error = "answered 410 Gone; the endpoint is disabled".to_owned();
+                let failed = Some((error, tries));
+                (hooks.replayed(&dl.id, ep_id, failed).await).map_err(|e| e.to_string())?;
                 disable(hooks, ep_id).await?;
-                Some("answered 410 Gone".to_owned())
+                return Ok(false);
             }
-            Outcome::Dead { error, .. } => Some(error),
+            Outcome::Dead {
+                error, retry_after, ..
+            } => (error, retry_after),
         };
-        tracing::info!(endpoint.id = %ep_id, event.id = %dl.event_id, delivered = error.is_none(), "dead letter replayed");
-        let refused = error.is_some();
-        hooks
-            .replayed(&dl.id, ep_id, error)
-            .await
-            .map_err(|e| e.to_string())?;
-        if refused {
-            break;
+        let pause = pause(s, tries, retry_after, orderd_api::random_u64());
+        let now = Instant::now();
+        replays.not_before = Some(now + pause);
+        replays.asked_until = retry_after.map(|_| now + pause);
+        let spent = tries >= s.attempts_max
+            || first.elapsed() + pause > Duration::from_millis(s.attempt_age_max_ms);
+        tracing::warn!(endpoint.id = %ep_id, event.id = %dl.event_id, attempt = tries, %error, given_up = spent, "dead letter replay failed");
+        if spent {
+            let failed = Some((error, tries));
+            (hooks.replayed(&dl.id, ep_id, failed).await).map_err(|e| e.to_string())?;
+        } else {
+            replays.trying = Some((dl.id, tries, first));
         }
+        break;
     }
     Ok(true)
 }
@@ -593,7 +679,9 @@ async fn deliver_all(
                 d.cursor.delivered = seq;
             }
             Outcome::Stopped => return Ok(false),
-            Outcome::Dead { error, attempts } => {
+            Outcome::Dead {
+                error, attempts, ..
+            } => {
                 tracing::warn!(endpoint.id = %ep_id, event.id = %id, attempts, %error, "webhook event dead-lettered");
                 // Stores the dead letter and the cursor past it together.
                 hooks

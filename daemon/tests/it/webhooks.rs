@@ -581,7 +581,15 @@ async fn webhooks_are_signed_ordered_retried_and_dead_lettered() {
         events.len()
     );
 
-    rx.put("script", "/dead", json!([{"status": 200}])).await;
+    // The receiver recovers, but first asks for a pause: the replay it refuses stays asked
+    // for, nothing goes to it for the Retry-After, then that replay is sent again, first.
+    rx.put(
+        "script",
+        "/dead",
+        json!([{"status": 429, "retry_after": "2"}, {"status": 200}]),
+    )
+    .await;
+    let before_replays = rx.log("/dead").await.len();
     for d in &dls {
         let r = env
             .post(
@@ -594,11 +602,16 @@ async fn webhooks_are_signed_ordered_retried_and_dead_lettered() {
     }
     let got = rx.await_delivered("/dead", &events).await;
     assert_eq!(got, events);
-    assert!(rx
-        .log("/dead")
-        .await
-        .iter()
-        .all(|e| e["verified"] == json!([true])));
+    let log = rx.log("/dead").await;
+    assert!(log.iter().all(|e| e["verified"] == json!([true])));
+    let replayed = &log[before_replays..];
+    assert_eq!(replayed[0]["status"], 429, "{replayed:?}");
+    assert_eq!(replayed[1]["id"], replayed[0]["id"], "{replayed:?}");
+    let waited = replayed[1]["at"].as_f64().unwrap() - replayed[0]["at"].as_f64().unwrap();
+    assert!(
+        waited >= 1.9,
+        "Retry-After: 2 honoured by replays, waited {waited} s"
+    );
     wait_for("replayed dead letters gone", async || {
         dead_letters(&env, &admin, &dead)
             .await
