@@ -274,9 +274,19 @@ async fn deliver(
                 retry_after: after,
             };
         }
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = stop.changed() => return Outcome::Stopped,
+        // In slices of `poll_ms`, so that a deletion or disabling during a long pause (a
+        // Retry-After of up to `retry_after_max_ms`) ends the task within a slice, with its
+        // subscription to the bus, rather than after the pause.
+        let resume = Instant::now() + pause;
+        let slice = Duration::from_millis(s.poll_ms);
+        while let Some(left) = resume.checked_duration_since(Instant::now()) {
+            tokio::select! {
+                _ = tokio::time::sleep(left.min(slice)) => {}
+                _ = stop.changed() => return Outcome::Stopped,
+            }
+            if !matches!(hooks.endpoint(ep_id).await, Ok(Some(ep)) if ep.disabled.is_none()) {
+                return Outcome::Stopped;
+            }
         }
     }
 }

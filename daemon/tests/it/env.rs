@@ -15,6 +15,9 @@ pub struct TestEnv {
     // Declared before `dir` so that, should `Drop` change, the daemon still dies first.
     daemon: Option<Daemon>,
     api: Option<Api>,
+    /// An operator's token for `/metrics`, taken once per start: polling a metric must not
+    /// spend the sign-in rate limit.
+    operator: tokio::sync::OnceCell<String>,
     pub spec: DaemonSpec,
     dir: TempDir,
 }
@@ -44,6 +47,7 @@ impl TestEnv {
         let mut env = TestEnv {
             daemon: None,
             api: None,
+            operator: tokio::sync::OnceCell::new(),
             spec,
             dir,
         };
@@ -82,6 +86,7 @@ impl TestEnv {
             .expect("start task")
             .unwrap_or_else(|e| panic!("starting orderd: {e:#}"));
         self.api = Some(Api::new(&daemon.base_url()).expect("HTTP client"));
+        self.operator = tokio::sync::OnceCell::new();
         self.daemon = Some(daemon);
     }
 
@@ -179,8 +184,10 @@ impl TestEnv {
     /// The value of one series of `/metrics` (e.g. `orderd_outbox_depth{reader="nats"}`), read
     /// with an operator's token; `None` when the series is not there (yet).
     pub async fn metric(&self, series: &str) -> Option<f64> {
-        let op = self.api().operator_token().await.expect("operator token");
-        let r = self.get(&op, "/metrics").await;
+        let op = (self.operator)
+            .get_or_init(async || self.api().operator_token().await.expect("operator token"))
+            .await;
+        let r = self.get(op, "/metrics").await;
         assert_eq!(r.status, 200, "{r:?}");
         let text = r.body.as_str().expect("the metrics text");
         text.lines()

@@ -210,6 +210,69 @@ async fn a_stalled_endpoint_catches_up_from_the_log() {
     assert_eq!(got, expected, "each event once, in log order");
 }
 
+// An endpoint deleted while it waits out its receiver's pause (Retry-After: an hour) stops
+// within a round, not after the pause: it no longer counts behind the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_endpoint_stops_waiting_out_its_pause() {
+    let rx = Receiver::start();
+    let env = TestEnv::start_with(&[
+        ("ORDERD_WEBHOOKS__ALLOW_PRIVATE", "true"),
+        ("ORDERD_WEBHOOKS__POLL_MS", "50"),
+    ])
+    .await;
+    let admin = env.token("ACME", "ada", &["account_admin"]).await;
+    let bob = env.token("ACME", "bob", &["buyer", "approver"]).await;
+    let (stuck, _) = register(&env, &admin, &rx.url("/stuck")).await;
+    rx.put(
+        "script",
+        "/stuck",
+        json!([{"status": 200}, {"status": 429, "retry_after": "3600"}]),
+    )
+    .await;
+    let asked = async |n: usize| {
+        wait_for("/stuck's requests", async || {
+            (rx.log("/stuck").await.len() >= n).then_some(())
+        })
+        .await
+    };
+    place_one(&env, &bob, "paused-0").await;
+    asked(1).await;
+    // A round later where the endpoint got to is known.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    place_one(&env, &bob, "paused-1").await;
+    asked(2).await;
+    let depth = async || {
+        (env.metric(r#"orderd_outbox_depth{reader="webhooks"}"#)
+            .await)
+            .unwrap_or(0.0)
+    };
+    wait_for("the paused endpoint behind the log", async || {
+        (depth().await > 0.0).then_some(())
+    })
+    .await;
+    let r = env
+        .api()
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/v1/webhooks/{stuck}"),
+            Some(&admin),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 204, "{r}");
+    wait_for("the deleted endpoint's task ended", async || {
+        (depth().await == 0.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        rx.log("/stuck").await.len(),
+        2,
+        "nothing sent after the deletion"
+    );
+}
+
 // An endpoint registered for one event type gets only events of that type: live from the bus,
 // and again when it catches up from the audit log after kill -9 (its cursor was never stored,
 // so everything since it was registered comes once more, all of it read from the log).
