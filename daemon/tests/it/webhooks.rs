@@ -250,18 +250,7 @@ async fn a_deleted_endpoint_stops_waiting_out_its_pause() {
         (depth().await > 0.0).then_some(())
     })
     .await;
-    let r = env
-        .api()
-        .send(
-            reqwest::Method::DELETE,
-            &format!("/v1/webhooks/{stuck}"),
-            Some(&admin),
-            None,
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 204, "{r}");
+    delete_endpoint(&env, &admin, &stuck).await;
     wait_for("the deleted endpoint's task ended", async || {
         (depth().await == 0.0).then_some(())
     })
@@ -429,6 +418,16 @@ async fn dead_letters(env: &TestEnv, token: &str, endpoint: &str) -> Vec<Value> 
             None => return all,
         }
     }
+}
+
+/// Deletes endpoint `id` of the admin's account (204).
+async fn delete_endpoint(env: &TestEnv, admin: &str, id: &str) {
+    let path = format!("/v1/webhooks/{id}");
+    let r = (env.api())
+        .send(reqwest::Method::DELETE, &path, Some(admin), None, None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 204, "{r}");
 }
 
 async fn wait_for<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
@@ -682,18 +681,7 @@ async fn webhooks_are_signed_ordered_retried_and_dead_lettered() {
             .then_some(())
     })
     .await;
-    let r = env
-        .api()
-        .send(
-            reqwest::Method::DELETE,
-            &format!("/v1/webhooks/{dead}"),
-            Some(&admin),
-            None,
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 204, "{r}");
+    delete_endpoint(&env, &admin, &dead).await;
 
     // The 410 endpoint's dead letter goes to a new endpoint of the account, which takes it
     // over, signed with the new endpoint's secret; a target that is no endpoint of the
