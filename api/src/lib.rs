@@ -77,7 +77,7 @@ pub struct ApiLimits {
     /// Keep-alive comment interval of an idle event stream.
     pub event_stream_keepalive_ms: u64,
     /// Reads of the event log running at once (pages of `/v1/events`, stream replays and
-    /// buyer streams' lookups of who placed an order); more wait their turn. A reconnect storm
+    /// buyer streams' lookups of who placed a page's orders); more wait their turn. A reconnect storm
     /// after a restart then leaves the blocking threads to the accounts' loads. At most
     /// [`EVENT_READS_MAX`].
     pub event_reads_max: usize,

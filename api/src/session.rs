@@ -732,9 +732,9 @@ mod tests {
     // alone (an event stream reconnecting) ends `idle_timeout_ms` after its user's last request.
     #[test]
     fn background_requests_do_not_keep_a_session_alive() {
-        let idle = Duration::from_millis(300);
+        let idle = Duration::from_millis(1_500);
         let s = Sessions::new(&SessionSettings {
-            idle_timeout_ms: 300,
+            idle_timeout_ms: 1_500,
             ..SessionSettings::default()
         });
         let used = s.start(hour(caller("ACME", "alice")), None).unwrap();

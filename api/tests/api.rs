@@ -358,8 +358,9 @@ async fn tenancy_cannot_be_crossed() {
 }
 
 // GET /v1/events replays the caller's account's events only, oldest first, each with its log
-// seq; `next` continues where the page ended; an operator sees every account's. One read of
-// the log at a time (`event_reads_max = 1`) serves requests made at once, each whole.
+// seq; `next` continues where the page ended; an operator sees every account's. With one turn
+// to read the log (`event_reads_max = 1`), requests made at once all complete, each whole: no
+// read waits for a second turn while holding one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_replay_per_account() {
     let api = api_with(ApiLimits {

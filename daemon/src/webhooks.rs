@@ -20,7 +20,8 @@
 //! exponential backoff and full jitter, or after `Retry-After` on 429 and 503, until
 //! `webhooks.attempts_max` attempts or `webhooks.attempt_age_max_ms`; then the event becomes a
 //! dead letter and the cursor moves past it. A replay asked for over the API goes before the
-//! endpoint's next event, with the same retries, paced between rounds ([`Replays`]).
+//! endpoint's next event, with the same retries, paced between rounds ([`Replays`]): while it
+//! waits out a failed attempt, live events go on.
 
 use orderd_actors::events::{self, BusReceiver, EventBus, LagStage, OutboxReaders, Published};
 use orderd_actors::metric_names::WEBHOOK_ATTEMPTS;
@@ -611,7 +612,7 @@ async fn replay_dead_letters(
             Some((id, n, first)) if id == dl.id => (n + 1, first),
             _ => (1, Instant::now()),
         };
-        let (error, retry_after) = match outcome {
+        let (error, retry_after, sent) = match outcome {
             Outcome::Delivered => {
                 tracing::info!(endpoint.id = %ep_id, event.id = %dl.event_id, "dead letter replayed");
                 (hooks.replayed(&dl.id, ep_id, None).await).map_err(|e| e.to_string())?;
@@ -627,14 +628,18 @@ async fn replay_dead_letters(
                 return Ok(false);
             }
             Outcome::Dead {
-                error, retry_after, ..
-            } => (error, retry_after),
+                error,
+                retry_after,
+                attempts,
+            } => (error, retry_after, attempts),
         };
         let pause = pause(s, tries, retry_after, orderd_api::random_u64());
         let now = Instant::now();
         replays.not_before = Some(now + pause);
-        replays.asked_until = retry_after.map(|_| now + pause);
-        let spent = tries >= s.attempts_max
+        replays.asked_until = retry_after.map(|asked| now + asked);
+        // Not sent at all (too large to send): trying again changes nothing.
+        let spent = sent == 0
+            || tries >= s.attempts_max
             || first.elapsed() + pause > Duration::from_millis(s.attempt_age_max_ms);
         tracing::warn!(endpoint.id = %ep_id, event.id = %dl.event_id, attempt = tries, %error, given_up = spent, "dead letter replay failed");
         if spent {

@@ -275,8 +275,9 @@ pub struct ReplayBody {
     pub endpoint: Option<String>,
 }
 
-/// Send a dead letter again (once, before the endpoint's next event); delivered, it leaves
-/// the list. A dead letter of a disabled endpoint (e.g. by a 410) goes to another active
+/// Send a dead letter again, before the endpoint's next event and with a live event's
+/// retries (live events go on while it waits out a failed attempt); delivered, it leaves the
+/// list. A dead letter of a disabled endpoint (e.g. by a 410) goes to another active
 /// endpoint of its account that takes its event type, named in the body; one whose replay
 /// already waits at an endpoint stays there (409) (account_admin: own account; operator: any).
 #[utoipa::path(post, path = "/v1/webhooks/dead-letters/{id}/replay", tag = "webhooks",

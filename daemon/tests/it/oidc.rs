@@ -958,8 +958,8 @@ async fn browser_sign_in_with_sessions() {
     // An idle session ends by itself. Event streams are the page's doing, not its user's:
     // reconnecting them does not keep the session alive, and the open one ends with it.
     let third = browser_sign_in(&env, "acme-carol", None).await;
-    assert_eq!(status(third.clone()).await, 200);
     let used = Instant::now();
+    assert_eq!(status(third.clone()).await, 200);
     let open = stream(&third).await;
     assert_eq!(open.status(), 200);
     while used.elapsed() < Duration::from_millis(SESSION_IDLE_MS + 500) {
