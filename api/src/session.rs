@@ -44,6 +44,15 @@ struct Session {
     renewal: Option<Arc<Renewal>>,
 }
 
+impl Session {
+    /// Marks the session used at `now` when its user did it (see [`Activity`]).
+    fn used(&mut self, activity: Activity, now: Instant) {
+        if activity == Activity::User {
+            self.last_used = now;
+        }
+    }
+}
+
 /// What a sign-in or a refresh established: who, by which issuer, until when (the access
 /// token's `exp`, Unix seconds), and the refresh token, if the provider gave one.
 pub struct Vouched {
@@ -273,9 +282,7 @@ impl Sessions {
         let s = live.by_id.get_mut(id).filter(|_| alive);
         let touched = match s {
             Some(s) if now < s.vouched_until => {
-                if activity == Activity::User {
-                    s.last_used = now;
-                }
+                s.used(activity, now);
                 Touched::Live(s.caller.clone())
             }
             Some(Session {
@@ -311,9 +318,7 @@ impl Sessions {
         if let Some(s) = lock(&self.live).by_id.get_mut(id) {
             s.caller = caller;
             s.vouched_until = instant_of(now, expires_at);
-            if activity == Activity::User {
-                s.last_used = now;
-            }
+            s.used(activity, now);
         }
     }
 

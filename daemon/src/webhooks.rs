@@ -112,6 +112,31 @@ fn pause(
     backoff(s, attempt, random).max(retry_after.unwrap_or_default())
 }
 
+/// After `attempt` failed attempts at an event (1-based), the first made at `first`: the pause
+/// before the next, and whether the event is spent instead (`attempts_max` attempts made, or
+/// the next would come later than `webhooks.attempt_age_max_ms` after the first). Live events
+/// and replays retry by this one rule.
+fn after_failure(
+    s: &WebhookSettings,
+    attempts_max: u32,
+    attempt: u32,
+    first: Instant,
+    retry_after: Option<Duration>,
+) -> (Duration, bool) {
+    let pause = pause(s, attempt, retry_after, orderd_api::random_u64());
+    let spent = attempt >= attempts_max
+        || first.elapsed() + pause > Duration::from_millis(s.attempt_age_max_ms);
+    (pause, spent)
+}
+
+/// The endpoint while it is registered and not disabled.
+async fn active(hooks: &Webhooks, ep_id: &str) -> Option<Endpoint> {
+    match hooks.endpoint(ep_id).await {
+        Ok(Some(ep)) if ep.disabled.is_none() => Some(ep),
+        _ => None,
+    }
+}
+
 /// `Retry-After` as seconds or an HTTP date (any of RFC 9110's three forms), relative to now.
 pub fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
     let v = value.trim();
@@ -245,9 +270,8 @@ async fn deliver(
     let mut n = 0u32;
     loop {
         // The endpoint as of now: a rotation during retries signs with the new secrets.
-        let ep = match hooks.endpoint(ep_id).await {
-            Ok(Some(ep)) if ep.disabled.is_none() => ep,
-            _ => return Outcome::Stopped,
+        let Some(ep) = active(hooks, ep_id).await else {
+            return Outcome::Stopped;
         };
         n += 1;
         let result = tokio::select! {
@@ -265,16 +289,16 @@ async fn deliver(
             Attempt::Gone => return Outcome::Gone { attempts: n },
             Attempt::Retry { error, after } => (error, after),
         };
-        let pause = pause(s, n, after, orderd_api::random_u64());
-        let too_old = first.elapsed() + pause > Duration::from_millis(s.attempt_age_max_ms);
-        tracing::warn!(endpoint.id = %ep_id, event.id = %id, attempt = n, %error, retry_in_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX), "webhook delivery failed");
-        if n >= attempts_max || too_old {
+        let (pause, spent) = after_failure(s, attempts_max, n, first, after);
+        if spent {
+            // The caller says what becomes of it (a dead letter, a failed replay).
             return Outcome::Dead {
                 error,
                 attempts: n,
                 retry_after: after,
             };
         }
+        tracing::warn!(endpoint.id = %ep_id, event.id = %id, attempt = n, %error, retry_in_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX), "webhook delivery failed");
         // In slices of `poll_ms`, so that a deletion or disabling during a long pause (a
         // Retry-After of up to `retry_after_max_ms`) ends the task within a slice, with its
         // subscription to the bus, rather than after the pause.
@@ -285,7 +309,7 @@ async fn deliver(
                 _ = tokio::time::sleep(left.min(slice)) => {}
                 _ = stop.changed() => return Outcome::Stopped,
             }
-            if !matches!(hooks.endpoint(ep_id).await, Ok(Some(ep)) if ep.disabled.is_none()) {
+            if active(hooks, ep_id).await.is_none() {
                 return Outcome::Stopped;
             }
         }
@@ -633,14 +657,12 @@ async fn replay_dead_letters(
                 attempts,
             } => (error, retry_after, attempts),
         };
-        let pause = pause(s, tries, retry_after, orderd_api::random_u64());
+        let (pause, spent) = after_failure(s, s.attempts_max, tries, first, retry_after);
         let now = Instant::now();
         replays.not_before = Some(now + pause);
         replays.asked_until = retry_after.map(|asked| now + asked);
         // Not sent at all (too large to send): trying again changes nothing.
-        let spent = sent == 0
-            || tries >= s.attempts_max
-            || first.elapsed() + pause > Duration::from_millis(s.attempt_age_max_ms);
+        let spent = spent || sent == 0;
         tracing::warn!(endpoint.id = %ep_id, event.id = %dl.event_id, attempt = tries, %error, given_up = spent, "dead letter replay failed");
         if spent {
             let failed = Some((error, tries));
