@@ -10,6 +10,7 @@
 //! |---------------------|--------------------------------------------------|
 //! | `hook/<id>`         | [`Endpoint`] (JSON, with its secrets)            |
 //! | `hookcur/<id>`      | the endpoint's delivery cursor: audit seq u64 BE |
+//! | `hooktry/<id>`      | [`Tries`] of the event being retried (JSON)      |
 //! | `hookdl/<id>`       | [`DeadLetter`] (JSON)                            |
 //!
 //! Secrets are `whsec_` + base64 of 32 random bytes (Standard Webhooks). They are shown once at
@@ -30,6 +31,7 @@ use std::sync::Arc;
 const ENDPOINT: &str = "hook/";
 const CURSOR: &str = "hookcur/";
 const DEAD: &str = "hookdl/";
+const TRIES: &str = "hooktry/";
 /// Random bytes of a secret (Standard Webhooks: 24 to 64).
 pub const SECRET_BYTES: usize = 32;
 
@@ -310,14 +312,58 @@ pub struct DeadLetter {
     pub attempts: u32,
     pub last_error: String,
     pub failed_at: String,
-    /// A replay was asked for and not yet tried.
+    /// A replay was asked for and has not yet succeeded or been given up.
     pub replay: bool,
+    /// Failed attempts of the replay asked for last (also counted in `attempts`): a replay is
+    /// retried like a live event, and this survives a restart of orderd.
+    #[serde(default)]
+    pub replay_attempts: u32,
+    /// When (Unix ms) the replay asked for last was first attempted, for
+    /// `webhooks.attempt_age_max_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_first_ms: Option<u64>,
+    /// No attempt of the replay before this (Unix ms): its backoff, or the receiver's
+    /// `Retry-After`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_next_ms: Option<u64>,
     /// The body as sent: the event's CloudEvents JSON. Rendered again from the event in the
     /// audit log (at `seq`) when the dead letter is listed or replayed, and held neither in
     /// memory nor in its record: an account's dead letters would otherwise hold up to
     /// `dead_letters_per_account_max` x `payload_bytes_max` (2.5 GiB by default) in memory.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub body: String,
+}
+
+/// The failed attempts at the event an endpoint is retrying, stored after each failure so that
+/// a restart of orderd goes on counting (`webhooks.attempts_max`) and ageing
+/// (`webhooks.attempt_age_max_ms`) rather than starting again: a receiver answering
+/// `Retry-After: 3600` to an orderd that restarts every hour would otherwise hold its endpoint
+/// for good.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tries {
+    /// The event (`webhook-id`).
+    pub event_id: String,
+    pub attempts: u32,
+    /// When (Unix ms) the first attempt was made.
+    pub first_ms: u64,
+    /// No attempt before this (Unix ms): the backoff, or the receiver's `Retry-After`.
+    pub next_ms: u64,
+}
+
+/// What became of a replay's attempt ([`Webhooks::replayed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replayed {
+    /// Delivered: the dead letter goes.
+    Delivered,
+    /// Refused or not sent: `attempts` made (0 when it could not be sent), the first of the
+    /// replay at `first_ms`; `retry_at` (Unix ms) keeps it asked for until then, `None` gives
+    /// it up.
+    Failed {
+        error: String,
+        attempts: u32,
+        first_ms: u64,
+        retry_at: Option<u64>,
+    },
 }
 
 /// The dead letters piling up at one endpoint.
@@ -723,6 +769,7 @@ impl Webhooks {
             let mut batch = Batch::default();
             batch.remove(format!("{ENDPOINT}{id}"));
             batch.remove(format!("{CURSOR}{id}"));
+            batch.remove(format!("{TRIES}{id}"));
             // Only the endpoint's dead letters (its index), not every account's.
             let dead: Vec<String> = st.dead.of_endpoint(id).cloned().collect();
             for d in &dead {
@@ -803,6 +850,49 @@ impl Webhooks {
         .await
     }
 
+    /// Resumes deliveries to a disabled endpoint of `account` (e.g. after its receiver answered
+    /// 410 and was fixed): from where they stopped, so every event since comes from the log in
+    /// order; or, with `skip_missed`, from the head of the log, the events in between not sent.
+    /// Enabling an active endpoint changes nothing; skipping on one is a conflict (its events
+    /// are under way).
+    pub async fn enable(
+        &self,
+        caller: &Caller,
+        account: &AccountId,
+        id: &str,
+        skip_missed: bool,
+    ) -> Result<EndpointView, WebhookError> {
+        self.with_queued(async |inner, st| {
+            let mut ep = Self::owned(st, Some(account), id)?.clone();
+            if ep.disabled.is_none() {
+                if skip_missed {
+                    return Err(WebhookError::Conflict(format!(
+                        "endpoint {id} is active: only a disabled endpoint can skip the events it missed"
+                    )));
+                }
+                return Ok((ep.view(), None));
+            }
+            ep.disabled = None;
+            let mut batch = Batch::default();
+            batch.put(format!("{ENDPOINT}{id}"), json(&ep));
+            if skip_missed {
+                let head = inner.journal.audit_head().seq;
+                batch.put(format!("{CURSOR}{id}"), head.to_be_bytes().to_vec());
+            }
+            let action = if skip_missed {
+                "webhook.enable_skipping_missed"
+            } else {
+                "webhook.enable"
+            };
+            audit(&mut batch, caller, &ep, action);
+            let ticket = inner.journal.try_submit(batch)?;
+            let view = ep.view();
+            st.endpoints.insert(ep.id.clone(), ep);
+            Ok((view, Some(ticket)))
+        })
+        .await
+    }
+
     /// The endpoint's cursor: the last audit seq it is done with. `None` until the
     /// registration that writes it is applied: memory lists a new endpoint as soon as its write
     /// is queued, and a delivery that started from 0 would send the account's whole history.
@@ -811,11 +901,13 @@ impl Webhooks {
         self.0.journal.get_u64(key.as_bytes())
     }
 
-    /// Moves the endpoint's cursor to `seq` (ignored for a deleted endpoint).
+    /// Moves the endpoint's cursor forward to `seq` (ignored for a deleted endpoint, or when
+    /// the cursor is already there: an endpoint re-enabled from the head of the log is not set
+    /// back by the last write of its previous task).
     pub async fn store_cursor(&self, id: &str, seq: u64) -> Result<(), WebhookError> {
         // Queued under the lock, so it is ordered before a deletion that removes the cursor.
         self.with_queued(async |inner, st| {
-            if !st.endpoints.contains_key(id) {
+            if !st.endpoints.contains_key(id) || self.cursor(id)?.is_some_and(|at| at >= seq) {
                 return Ok(((), None));
             }
             let mut batch = Batch::default();
@@ -841,6 +933,8 @@ impl Webhooks {
                 format!("{CURSOR}{}", dl.endpoint),
                 dl.seq.to_be_bytes().to_vec(),
             );
+            // Its tries are over with it.
+            batch.remove(format!("{TRIES}{}", dl.endpoint));
             let dropped = st
                 .dead
                 .beyond_cap(&dl.account, inner.settings.dead_letters_per_account_max);
@@ -925,8 +1019,8 @@ impl Webhooks {
 
     /// Asks for a dead letter of `account` (any account when `None`) to be sent again: to its
     /// endpoint, or to `to`, another endpoint of the dead letter's account that takes its event
-    /// type (for one whose endpoint was disabled, e.g. by a 410: register a new one and replay
-    /// there; the dead letter then belongs to it).
+    /// type (the dead letter then belongs to it): for one whose endpoint was disabled, e.g. by
+    /// a 410, and is not to be enabled again.
     pub async fn request_replay(
         &self,
         caller: &Caller,
@@ -954,7 +1048,7 @@ impl Webhooks {
             };
             if let Some(why) = &ep.disabled {
                 return Err(WebhookError::Conflict(format!(
-                    "endpoint {target} is disabled ({why}); register a new endpoint and replay to it"
+                    "endpoint {target} is disabled ({why}); enable it again (POST /v1/webhooks/{target}/enable) or replay to another endpoint"
                 )));
             }
             if !ep.wants(&dl.event_type) {
@@ -970,6 +1064,11 @@ impl Webhooks {
                     "a replay of {id} is already waiting at endpoint {}",
                     dl.endpoint
                 )));
+            }
+            if !dl.replay {
+                dl.replay_attempts = 0;
+                dl.replay_first_ms = None;
+                dl.replay_next_ms = None;
             }
             dl.endpoint = ep.id.clone();
             dl.replay = true;
@@ -999,14 +1098,14 @@ impl Webhooks {
             .await
     }
 
-    /// The outcome of a replay at `endpoint`: delivered (`None`: the dead letter goes) or
-    /// failed again (it stays, with the new error and the attempts the replay made). Ignored
-    /// when the dead letter no longer waits there.
+    /// The outcome of a replay's attempt at `endpoint` ([`Replayed`]). A failed one adds its
+    /// attempts to the dead letter's, with its error; one given up stops waiting. Ignored when
+    /// the dead letter no longer waits there.
     pub async fn replayed(
         &self,
         id: &str,
         endpoint: &str,
-        failed: Option<(String, u32)>,
+        outcome: Replayed,
     ) -> Result<(), WebhookError> {
         self.with_queued(async |inner, st| {
             let Some(mut dl) = st.dead.get(id).cloned() else {
@@ -1016,23 +1115,66 @@ impl Webhooks {
                 return Ok(((), None));
             }
             let mut batch = Batch::default();
-            match failed {
-                None => batch.remove(format!("{DEAD}{id}")),
-                Some((e, attempts)) => {
-                    dl.replay = false;
+            let delivered = outcome == Replayed::Delivered;
+            match outcome {
+                Replayed::Delivered => batch.remove(format!("{DEAD}{id}")),
+                Replayed::Failed {
+                    error,
+                    attempts,
+                    first_ms,
+                    retry_at,
+                } => {
+                    dl.replay = retry_at.is_some();
+                    dl.replay_next_ms = retry_at;
                     dl.attempts = dl.attempts.saturating_add(attempts);
-                    dl.last_error = e;
+                    dl.replay_attempts = dl.replay_attempts.saturating_add(attempts);
+                    dl.replay_first_ms.get_or_insert(first_ms);
+                    dl.last_error = error;
                     dl.failed_at = crate::audit::now_rfc3339();
                     batch.put(format!("{DEAD}{id}"), json(&dl));
                 }
             }
             let ticket = inner.journal.try_submit(batch)?;
-            if dl.replay {
+            if delivered {
                 st.dead.remove(id);
             } else {
                 st.dead.insert(dl);
             }
             Ok(((), Some(ticket)))
+        })
+        .await
+    }
+
+    /// The stored tries of `endpoint`, if they are of `event_id`.
+    pub fn tries(&self, endpoint: &str, event_id: &str) -> Result<Option<Tries>, WebhookError> {
+        let key = format!("{TRIES}{endpoint}");
+        let Some(v) = self.0.journal.get(key.as_bytes())? else {
+            return Ok(None);
+        };
+        let t: Tries = serde_json::from_slice(&v)
+            .map_err(|e| StorageError::corrupt(key.as_bytes(), e.to_string()))?;
+        Ok((t.event_id == event_id).then_some(t))
+    }
+
+    /// Stores the tries of the event `endpoint` is retrying (ignored for a deleted endpoint).
+    pub async fn store_tries(&self, endpoint: &str, tries: &Tries) -> Result<(), WebhookError> {
+        self.with_queued(async |inner, st| {
+            if !st.endpoints.contains_key(endpoint) {
+                return Ok(((), None));
+            }
+            let mut batch = Batch::default();
+            batch.put(format!("{TRIES}{endpoint}"), json(tries));
+            Ok(((), Some(inner.journal.try_submit(batch)?)))
+        })
+        .await
+    }
+
+    /// Forgets the tries of `endpoint` (its event was delivered after failures).
+    pub async fn clear_tries(&self, endpoint: &str) -> Result<(), WebhookError> {
+        self.with_queued(async |inner, _| {
+            let mut batch = Batch::default();
+            batch.remove(format!("{TRIES}{endpoint}"));
+            Ok(((), Some(inner.journal.try_submit(batch)?)))
         })
         .await
     }
@@ -1073,7 +1215,19 @@ mod tests {
             last_error: "500".into(),
             failed_at: String::new(),
             replay: false,
+            replay_attempts: 0,
+            replay_first_ms: None,
+            replay_next_ms: None,
             body: String::new(),
+        }
+    }
+
+    fn failed(retry_at: Option<u64>) -> Replayed {
+        Replayed::Failed {
+            error: "late".into(),
+            attempts: 1,
+            first_ms: 1_000,
+            retry_at,
         }
     }
 
@@ -1465,16 +1619,150 @@ mod tests {
                 .await,
             Err(WebhookError::Conflict(_))
         ));
-        hooks
-            .replayed(&id, b, Some(("late".into(), 1)))
-            .await
-            .unwrap();
+        hooks.replayed(&id, b, failed(None)).await.unwrap();
         let waiting = hooks.replays(a, 10).await.unwrap();
         assert_eq!(waiting.len(), 1, "still waiting at its endpoint");
         assert!(hooks.replays(a, 0).await.unwrap().is_empty(), "at most 0");
-        hooks.replayed(&id, a, None).await.unwrap();
+        hooks.replayed(&id, a, Replayed::Delivered).await.unwrap();
         assert!(hooks.replays(a, 10).await.unwrap().is_empty());
         assert!(hooks.dead_letters(None, None, 10).await.unwrap().is_empty());
+    }
+
+    // A replay's failed attempts are kept with its dead letter, across a restart: it stays
+    // asked for while retried, counts its attempts and keeps the time of its first; given up,
+    // it stops waiting, and a new replay counts afresh.
+    #[tokio::test]
+    async fn a_replays_tries_survive_a_restart() {
+        let journal = Journal::temporary(&JournalConfig::default()).unwrap();
+        let hooks = Webhooks::new(journal.clone(), WebhookSettings::default());
+        let sys = Caller::system();
+        let ([a, _], id) = two_endpoints_and_a_dead_letter(&hooks).await;
+        let before = hooks.request_replay(&sys, None, &id, None).await.unwrap();
+        let n = before.attempts;
+        hooks.replayed(&id, &a, failed(Some(5_000))).await.unwrap();
+        let second = Replayed::Failed {
+            error: "answered 503".into(),
+            attempts: 1,
+            first_ms: 9_999,
+            retry_at: Some(7_000),
+        };
+        hooks.replayed(&id, &a, second).await.unwrap();
+        let reopened = Webhooks::new(journal, WebhookSettings::default());
+        let waiting = reopened.replays(&a, 10).await.unwrap();
+        assert_eq!(waiting.len(), 1, "still asked for");
+        let dl = &waiting[0];
+        assert_eq!(
+            (
+                dl.attempts,
+                dl.replay_attempts,
+                dl.replay_first_ms,
+                dl.replay_next_ms
+            ),
+            (n + 2, 2, Some(1_000), Some(7_000)),
+            "{dl:?}"
+        );
+        assert_eq!(dl.last_error, "answered 503");
+        reopened.replayed(&id, &a, failed(None)).await.unwrap();
+        assert!(reopened.replays(&a, 10).await.unwrap().is_empty());
+        let dl = reopened
+            .request_replay(&sys, None, &id, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                dl.attempts,
+                dl.replay_attempts,
+                dl.replay_first_ms,
+                dl.replay_next_ms
+            ),
+            (n + 3, 0, None, None),
+            "a new replay counts afresh: {dl:?}"
+        );
+    }
+
+    // An endpoint's tries are of one event: read back for it only, gone with the dead letter
+    // it becomes or with the endpoint, and not stored for a deleted endpoint.
+    #[tokio::test]
+    async fn tries_belong_to_one_event_of_one_endpoint() {
+        let journal = Journal::temporary(&JournalConfig::default()).unwrap();
+        let hooks = Webhooks::new(journal, WebhookSettings::default());
+        let (sys, acme) = (Caller::system(), acct("A"));
+        let (ep, _) = hooks
+            .register(&sys, &acme, "https://x.example/h".into(), vec!["*".into()])
+            .await
+            .unwrap();
+        let tries = Tries {
+            event_id: "o-1.1".into(),
+            attempts: 2,
+            first_ms: 1_000,
+            next_ms: 2_000,
+        };
+        hooks.store_tries(&ep.id, &tries).await.unwrap();
+        assert_eq!(hooks.tries(&ep.id, "o-1.1").unwrap(), Some(tries.clone()));
+        assert_eq!(hooks.tries(&ep.id, "o-2.1").unwrap(), None);
+        hooks.clear_tries(&ep.id).await.unwrap();
+        assert_eq!(hooks.tries(&ep.id, "o-1.1").unwrap(), None);
+        hooks.store_tries(&ep.id, &tries).await.unwrap();
+        hooks.dead_letter(dead(&ep.id, "A", 1)).await.unwrap();
+        assert_eq!(
+            hooks.tries(&ep.id, "o-1.1").unwrap(),
+            None,
+            "a dead letter now"
+        );
+        hooks.store_tries(&ep.id, &tries).await.unwrap();
+        hooks.delete(&sys, &acme, &ep.id).await.unwrap();
+        assert_eq!(hooks.tries(&ep.id, "o-1.1").unwrap(), None);
+        hooks.store_tries(&ep.id, &tries).await.unwrap();
+        assert_eq!(hooks.tries(&ep.id, "o-1.1").unwrap(), None, "deleted");
+    }
+
+    // A disabled endpoint is enabled again by its account's admin only: resuming where it
+    // stopped, or from the head of the log; enabling an active one changes nothing, and
+    // skipping on it is a conflict. The cursor never moves back, so the last write of the
+    // disabled endpoint's task cannot undo a skip.
+    #[tokio::test]
+    async fn a_disabled_endpoint_is_enabled_again() {
+        let journal = Journal::temporary(&JournalConfig::default()).unwrap();
+        let hooks = Webhooks::new(journal.clone(), WebhookSettings::default());
+        let (sys, acme) = (Caller::system(), acct("A"));
+        let (ep, _) = hooks
+            .register(&sys, &acme, "https://x.example/h".into(), vec!["*".into()])
+            .await
+            .unwrap();
+        let id = ep.id.as_str();
+        let at = hooks.cursor(id).unwrap().unwrap();
+        hooks.disable(id, "410 Gone").await.unwrap();
+        assert!(matches!(
+            hooks.enable(&sys, &acct("B"), id, false).await,
+            Err(WebhookError::NotFound)
+        ));
+        let view = hooks.enable(&sys, &acme, id, false).await.unwrap();
+        assert_eq!(view.disabled, None);
+        assert_eq!(
+            hooks.cursor(id).unwrap(),
+            Some(at),
+            "resumes where it stopped"
+        );
+        assert_eq!(hooks.enable(&sys, &acme, id, false).await.unwrap(), view);
+        assert!(matches!(
+            hooks.enable(&sys, &acme, id, true).await,
+            Err(WebhookError::Conflict(_))
+        ));
+        hooks.disable(id, "410 Gone").await.unwrap();
+        let head = journal.audit_head().seq;
+        assert!(
+            head > at,
+            "the registration, disabling and enabling are audited"
+        );
+        hooks.enable(&sys, &acme, id, true).await.unwrap();
+        let skipped_to = hooks.cursor(id).unwrap().unwrap();
+        assert!(skipped_to >= head, "{skipped_to} < {head}");
+        hooks.store_cursor(id, at).await.unwrap();
+        assert_eq!(hooks.cursor(id).unwrap(), Some(skipped_to), "never back");
+        hooks.store_cursor(id, skipped_to + 1).await.unwrap();
+        assert_eq!(hooks.cursor(id).unwrap(), Some(skipped_to + 1));
+        let reopened = Webhooks::new(journal, WebhookSettings::default());
+        assert_eq!(reopened.endpoint(id).await.unwrap().unwrap().disabled, None);
     }
 
     // A replay waiting at an endpoint that is then disabled (its receiver answered 410) stops

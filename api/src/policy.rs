@@ -91,6 +91,7 @@ pub const RULES: &[(&str, &str, Access)] = &[
     ("GET", "/v1/webhooks", HOOKS),
     ("DELETE", "/v1/webhooks/{id}", HOOKS),
     ("POST", "/v1/webhooks/{id}/rotate", HOOKS),
+    ("POST", "/v1/webhooks/{id}/enable", HOOKS),
     ("GET", "/v1/webhooks/dead-letters", DEAD_LETTERS),
     (
         "POST",

@@ -25,7 +25,9 @@
 
 use orderd_actors::events::{self, BusReceiver, EventBus, LagStage, OutboxReaders, Published};
 use orderd_actors::metric_names::WEBHOOK_ATTEMPTS;
-use orderd_actors::webhooks::{self, DeadLetter, Endpoint, WebhookSettings, Webhooks};
+use orderd_actors::webhooks::{
+    self, DeadLetter, Endpoint, Replayed, Tries, WebhookSettings, Webhooks,
+};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -112,21 +114,32 @@ fn pause(
     backoff(s, attempt, random).max(retry_after.unwrap_or_default())
 }
 
-/// After `attempt` failed attempts at an event (1-based), the first made at `first`: the pause
-/// before the next, and whether the event is spent instead (`attempts_max` attempts made, or
-/// the next would come later than `webhooks.attempt_age_max_ms` after the first). Live events
-/// and replays retry by this one rule.
+/// After `attempt` failed attempts at an event (1-based), the first made at `first_ms` (Unix
+/// ms, so that the age survives a restart): the pause before the next, and whether the event
+/// is spent instead (`webhooks.attempts_max` attempts made, or the next would come later than
+/// `webhooks.attempt_age_max_ms` after the first). Live events and replays retry by this one
+/// rule.
 fn after_failure(
     s: &WebhookSettings,
-    attempts_max: u32,
     attempt: u32,
-    first: Instant,
+    first_ms: u64,
     retry_after: Option<Duration>,
 ) -> (Duration, bool) {
     let pause = pause(s, attempt, retry_after, orderd_api::random_u64());
-    let spent = attempt >= attempts_max
-        || first.elapsed() + pause > Duration::from_millis(s.attempt_age_max_ms);
+    let age = Duration::from_millis(webhooks::unix_ms().saturating_sub(first_ms));
+    let spent =
+        attempt >= s.attempts_max || age + pause > Duration::from_millis(s.attempt_age_max_ms);
     (pause, spent)
+}
+
+/// Unix ms `pause` from now.
+fn unix_ms_after(pause: Duration) -> u64 {
+    webhooks::unix_ms().saturating_add(u64::try_from(pause.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// How long until `unix_ms` (zero once past).
+fn until_unix_ms(unix_ms: u64) -> Duration {
+    Duration::from_millis(unix_ms.saturating_sub(webhooks::unix_ms()))
 }
 
 /// The endpoint while it is registered and not disabled.
@@ -160,12 +173,10 @@ enum Attempt {
 /// What an event came to.
 enum Outcome {
     Delivered,
-    /// Out of attempts (or too large to send): the last error, and the `Retry-After` of the
-    /// last answer if it asked for one.
+    /// Out of attempts (or too large to send): the last error.
     Dead {
         error: String,
         attempts: u32,
-        retry_after: Option<Duration>,
     },
     Gone {
         attempts: u32,
@@ -245,74 +256,130 @@ fn cause(e: reqwest::Error) -> String {
     text
 }
 
-/// Sends one event until it is delivered, dead or the endpoint is gone (or orderd stops).
+/// Why `body` is not sent at all: it is larger than `webhooks.payload_bytes_max`.
+fn too_large(s: &WebhookSettings, body: &[u8]) -> Option<String> {
+    (body.len() > s.payload_bytes_max).then(|| {
+        format!(
+            "the event is larger than webhooks.payload_bytes_max ({} bytes)",
+            s.payload_bytes_max
+        )
+    })
+}
+
+/// One attempt at an event while the endpoint is active (`None`: it is not, or orderd stops).
+/// The endpoint is read as of now: a rotation during retries signs with the new secrets.
+async fn attempt_active(
+    hooks: &Webhooks,
+    client: &reqwest::Client,
+    ep_id: &str,
+    id: &str,
+    body: &[u8],
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Attempt> {
+    let ep = active(hooks, ep_id).await?;
+    let result = tokio::select! {
+        r = attempt(client, &ep, id, body, hooks.settings()) => r,
+        _ = stop.changed() => return None,
+    };
+    let outcome = match &result {
+        Attempt::Delivered => "delivered",
+        Attempt::Gone => "gone",
+        Attempt::Retry { .. } => "failed",
+    };
+    metrics::counter!(WEBHOOK_ATTEMPTS, "outcome" => outcome).increment(1);
+    Some(result)
+}
+
+/// Waits `pause` in slices of `webhooks.poll_ms`, so that a deletion or disabling during a long
+/// pause (a Retry-After of up to `retry_after_max_ms`) ends the task within a slice, with its
+/// subscription to the bus, rather than after the pause. `false`: the endpoint is no longer
+/// active, or orderd stops.
+async fn wait_active(
+    hooks: &Webhooks,
+    ep_id: &str,
+    pause: Duration,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    if pause.is_zero() {
+        return true;
+    }
+    let resume = Instant::now() + pause;
+    let slice = Duration::from_millis(hooks.settings().poll_ms);
+    while let Some(left) = resume.checked_duration_since(Instant::now()) {
+        tokio::select! {
+            _ = tokio::time::sleep(left.min(slice)) => {}
+            _ = stop.changed() => return false,
+        }
+        if active(hooks, ep_id).await.is_none() {
+            return false;
+        }
+    }
+    true
+}
+
+/// Sends a live event until it is delivered, dead or the endpoint is gone (or orderd stops).
+/// Its failed attempts are stored after each ([`Tries`]): an event retried before a restart
+/// goes on with its count, its age and its pause.
 async fn deliver(
     hooks: &Webhooks,
     client: &reqwest::Client,
     ep_id: &str,
     id: &str,
     body: &[u8],
-    attempts_max: u32,
     stop: &mut watch::Receiver<bool>,
 ) -> Outcome {
     let s = hooks.settings();
-    if body.len() > s.payload_bytes_max {
-        return Outcome::Dead {
-            error: format!(
-                "the event is larger than webhooks.payload_bytes_max ({} bytes)",
-                s.payload_bytes_max
-            ),
-            attempts: 0,
-            retry_after: None,
-        };
+    if let Some(error) = too_large(s, body) {
+        return Outcome::Dead { error, attempts: 0 };
     }
-    let first = Instant::now();
-    let mut n = 0u32;
+    let stored = hooks.tries(ep_id, id).unwrap_or_else(|error| {
+        tracing::warn!(endpoint.id = %ep_id, event.id = %id, %error, "reading the webhook event's tries failed; counting afresh");
+        None
+    });
+    let mut tries = stored.unwrap_or_else(|| Tries {
+        event_id: id.to_owned(),
+        attempts: 0,
+        first_ms: webhooks::unix_ms(),
+        next_ms: 0,
+    });
     loop {
-        // The endpoint as of now: a rotation during retries signs with the new secrets.
-        let Some(ep) = active(hooks, ep_id).await else {
+        if !wait_active(hooks, ep_id, until_unix_ms(tries.next_ms), stop).await {
+            return Outcome::Stopped;
+        }
+        let Some(result) = attempt_active(hooks, client, ep_id, id, body, stop).await else {
             return Outcome::Stopped;
         };
-        n += 1;
-        let result = tokio::select! {
-            r = attempt(client, &ep, id, body, s) => r,
-            _ = stop.changed() => return Outcome::Stopped,
-        };
-        let outcome = match &result {
-            Attempt::Delivered => "delivered",
-            Attempt::Gone => "gone",
-            Attempt::Retry { .. } => "failed",
-        };
-        metrics::counter!(WEBHOOK_ATTEMPTS, "outcome" => outcome).increment(1);
         let (error, after) = match result {
-            Attempt::Delivered => return Outcome::Delivered,
-            Attempt::Gone => return Outcome::Gone { attempts: n },
+            Attempt::Delivered => {
+                if tries.attempts > 0 {
+                    if let Err(error) = hooks.clear_tries(ep_id).await {
+                        tracing::warn!(endpoint.id = %ep_id, %error, "forgetting a delivered webhook event's tries failed");
+                    }
+                }
+                return Outcome::Delivered;
+            }
+            // The dead letter it becomes forgets its tries.
+            Attempt::Gone => {
+                return Outcome::Gone {
+                    attempts: tries.attempts + 1,
+                }
+            }
             Attempt::Retry { error, after } => (error, after),
         };
-        let (pause, spent) = after_failure(s, attempts_max, n, first, after);
+        tries.attempts += 1;
+        let (pause, spent) = after_failure(s, tries.attempts, tries.first_ms, after);
         if spent {
-            // The caller says what becomes of it (a dead letter, a failed replay).
+            // The caller makes it a dead letter.
             return Outcome::Dead {
                 error,
-                attempts: n,
-                retry_after: after,
+                attempts: tries.attempts,
             };
         }
-        tracing::warn!(endpoint.id = %ep_id, event.id = %id, attempt = n, %error, retry_in_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX), "webhook delivery failed");
-        // In slices of `poll_ms`, so that a deletion or disabling during a long pause (a
-        // Retry-After of up to `retry_after_max_ms`) ends the task within a slice, with its
-        // subscription to the bus, rather than after the pause.
-        let resume = Instant::now() + pause;
-        let slice = Duration::from_millis(s.poll_ms);
-        while let Some(left) = resume.checked_duration_since(Instant::now()) {
-            tokio::select! {
-                _ = tokio::time::sleep(left.min(slice)) => {}
-                _ = stop.changed() => return Outcome::Stopped,
-            }
-            if active(hooks, ep_id).await.is_none() {
-                return Outcome::Stopped;
-            }
+        tries.next_ms = unix_ms_after(pause);
+        if let Err(error) = hooks.store_tries(ep_id, &tries).await {
+            tracing::warn!(endpoint.id = %ep_id, %error, "storing a webhook event's tries failed; a restart would count them afresh");
         }
+        tracing::warn!(endpoint.id = %ep_id, event.id = %id, attempt = tries.attempts, %error, retry_in_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX), "webhook delivery failed");
     }
 }
 
@@ -569,8 +636,9 @@ async fn endpoint_round(
 /// that live delivery goes on between them.
 const REPLAYS_PER_ROUND: usize = 100;
 
-/// How an endpoint's replays are paced, kept by its task (a restart starts afresh, as with live
-/// events).
+/// How an endpoint's replays are paced, kept by its task. Each dead letter keeps its own
+/// tries, age and next attempt ([`DeadLetter::replay_attempts`] and the fields after it), so a
+/// restart goes on where the replay was; this is what holds the endpoint as a whole.
 #[derive(Default)]
 struct Replays {
     /// No replay goes out before this: the pause after a failed one.
@@ -578,8 +646,8 @@ struct Replays {
     /// Nothing at all goes to the receiver before this: it answered a replay with
     /// `Retry-After`.
     asked_until: Option<Instant>,
-    /// The replay being retried: its dead letter, its failed attempts, when it was first sent.
-    trying: Option<(String, u32, Instant)>,
+    /// `not_before` was taken from the stored replays (a new task, e.g. after a restart).
+    resumed: bool,
 }
 
 /// Sends the dead letters an operator or admin asked to replay, at most [`REPLAYS_PER_ROUND`],
@@ -589,7 +657,8 @@ struct Replays {
 /// error, and the next waiting replay gets its turn. So a receiver that is down, or asks for a
 /// pause, costs one attempt per backoff, not the waiting replays. One whose event can no longer
 /// be read from the log is not sent (an empty body under its id would let a receiver that
-/// deduplicates drop the real event): it fails, saying why. `Ok(false)`: the task ends.
+/// deduplicates drop the real event), nor one too large to send: it fails at once, saying why.
+/// `Ok(false)`: the task ends.
 async fn replay_dead_letters(
     hooks: &Webhooks,
     client: &reqwest::Client,
@@ -605,8 +674,23 @@ async fn replay_dead_letters(
         .replays(ep_id, REPLAYS_PER_ROUND)
         .await
         .map_err(|e| e.to_string())?;
+    if !replays.resumed {
+        replays.resumed = true;
+        let next = waiting.iter().filter_map(|d| d.replay_next_ms).max();
+        if let Some(pause) = next.map(until_unix_ms).filter(|p| !p.is_zero()) {
+            replays.not_before = Some(Instant::now() + pause);
+            return Ok(true);
+        }
+    }
     for dl in waiting {
-        let id = dl.id.clone();
+        let (id, tries) = (dl.id.clone(), dl.replay_attempts + 1);
+        let first_ms = dl.replay_first_ms.unwrap_or_else(webhooks::unix_ms);
+        let failed = |error: String, attempts: u32, retry_at: Option<u64>| Replayed::Failed {
+            error,
+            attempts,
+            first_ms,
+            retry_at,
+        };
         let dl = match hooks.with_body(dl) {
             Ok(dl) if !dl.body.is_empty() => dl,
             unreadable => {
@@ -615,61 +699,46 @@ async fn replay_dead_letters(
                     Ok(_) => "not sent: its event cannot be read from the log".to_owned(),
                 };
                 tracing::warn!(endpoint.id = %ep_id, dead_letter.id = %id, reason = %why, "dead letter not replayed");
-                hooks
-                    .replayed(&id, ep_id, Some((why, 0)))
-                    .await
+                (hooks.replayed(&id, ep_id, failed(why, 0, None)).await)
                     .map_err(|e| e.to_string())?;
                 continue;
             }
         };
-        let outcome = deliver(
-            hooks,
-            client,
-            ep_id,
-            &dl.event_id,
-            dl.body.as_bytes(),
-            1,
-            stop,
-        )
-        .await;
-        let (tries, first) = match replays.trying.take() {
-            Some((id, n, first)) if id == dl.id => (n + 1, first),
-            _ => (1, Instant::now()),
+        if let Some(why) = too_large(s, dl.body.as_bytes()) {
+            tracing::warn!(endpoint.id = %ep_id, dead_letter.id = %id, reason = %why, "dead letter not replayed");
+            (hooks.replayed(&id, ep_id, failed(why, 0, None)).await).map_err(|e| e.to_string())?;
+            continue;
+        }
+        let body = dl.body.as_bytes();
+        let Some(result) = attempt_active(hooks, client, ep_id, &dl.event_id, body, stop).await
+        else {
+            return Ok(false);
         };
-        let (error, retry_after, sent) = match outcome {
-            Outcome::Delivered => {
+        let (error, retry_after) = match result {
+            Attempt::Delivered => {
                 tracing::info!(endpoint.id = %ep_id, event.id = %dl.event_id, "dead letter replayed");
-                (hooks.replayed(&dl.id, ep_id, None).await).map_err(|e| e.to_string())?;
+                (hooks.replayed(&id, ep_id, Replayed::Delivered).await)
+                    .map_err(|e| e.to_string())?;
                 continue;
             }
-            Outcome::Stopped => return Ok(false),
-            Outcome::Gone { .. } => {
+            Attempt::Gone => {
                 // Its outcome first: disabling releases the replays still waiting here.
                 let error = "answered 410 Gone; the endpoint is disabled".to_owned();
-                let failed = Some((error, tries));
-                (hooks.replayed(&dl.id, ep_id, failed).await).map_err(|e| e.to_string())?;
+                (hooks.replayed(&id, ep_id, failed(error, 1, None)).await)
+                    .map_err(|e| e.to_string())?;
                 disable(hooks, ep_id).await?;
                 return Ok(false);
             }
-            Outcome::Dead {
-                error,
-                retry_after,
-                attempts,
-            } => (error, retry_after, attempts),
+            Attempt::Retry { error, after } => (error, after),
         };
-        let (pause, spent) = after_failure(s, s.attempts_max, tries, first, retry_after);
+        let (pause, spent) = after_failure(s, tries, first_ms, retry_after);
         let now = Instant::now();
         replays.not_before = Some(now + pause);
         replays.asked_until = retry_after.map(|asked| now + asked);
-        // Not sent at all (too large to send): trying again changes nothing.
-        let spent = spent || sent == 0;
         tracing::warn!(endpoint.id = %ep_id, event.id = %dl.event_id, attempt = tries, %error, given_up = spent, "dead letter replay failed");
-        if spent {
-            let failed = Some((error, tries));
-            (hooks.replayed(&dl.id, ep_id, failed).await).map_err(|e| e.to_string())?;
-        } else {
-            replays.trying = Some((dl.id, tries, first));
-        }
+        let retry_at = (!spent).then(|| unix_ms_after(pause));
+        (hooks.replayed(&id, ep_id, failed(error, 1, retry_at)).await)
+            .map_err(|e| e.to_string())?;
         break;
     }
     Ok(true)
@@ -684,7 +753,6 @@ async fn deliver_all(
     events: &[Arc<Published>],
     stop: &mut watch::Receiver<bool>,
 ) -> Result<bool, String> {
-    let s = hooks.settings();
     let ep_id = d.ep.id.clone();
     let ep_id = ep_id.as_str();
     for ev in events {
@@ -694,7 +762,7 @@ async fn deliver_all(
             d.cursor.at = seq;
             continue;
         }
-        let outcome = deliver(hooks, client, ep_id, id, &ev.json, s.attempts_max, stop).await;
+        let outcome = deliver(hooks, client, ep_id, id, &ev.json, stop).await;
         let dead = |error: String, attempts: u32| DeadLetter {
             id: String::new(),
             endpoint: ep_id.to_owned(),
@@ -706,6 +774,9 @@ async fn deliver_all(
             last_error: error,
             failed_at: orderd_actors::audit::now_rfc3339(),
             replay: false,
+            replay_attempts: 0,
+            replay_first_ms: None,
+            replay_next_ms: None,
             // Rendered again from the log when listed or replayed (see `DeadLetter::body`).
             body: String::new(),
         };
@@ -716,9 +787,7 @@ async fn deliver_all(
                 d.cursor.delivered = seq;
             }
             Outcome::Stopped => return Ok(false),
-            Outcome::Dead {
-                error, attempts, ..
-            } => {
+            Outcome::Dead { error, attempts } => {
                 tracing::warn!(endpoint.id = %ep_id, event.id = %id, attempts, %error, "webhook event dead-lettered");
                 // Stores the dead letter and the cursor past it together.
                 hooks

@@ -1,7 +1,8 @@
 //! Webhook endpoints and dead letters.
 //!
-//! - An account_admin registers, lists, rotates and deletes its own account's endpoints. The
-//!   secret is in the answer of the registration or rotation only.
+//! - An account_admin registers, lists, rotates, enables again (after a 410 disabled it) and
+//!   deletes its own account's endpoints. The secret is in the answer of the registration or
+//!   rotation only.
 //! - An account_admin lists and replays its own account's dead letters; an operator every
 //!   account's.
 //!
@@ -33,6 +34,7 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(register, list))
         .routes(routes!(delete))
         .routes(routes!(rotate))
+        .routes(routes!(enable))
         .routes(routes!(dead_letters))
         .routes(routes!(replay))
 }
@@ -235,6 +237,51 @@ async fn rotate(
     }))
 }
 
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnableBody {
+    /// Resume from the head of the log: the events committed while the endpoint was disabled
+    /// are not sent (default: they are, in log order, before any new one).
+    #[serde(default)]
+    pub skip_missed: bool,
+}
+
+/// Resume deliveries to an endpoint a receiver's 410 disabled (its URL works again): from
+/// where they stopped, every event since in log order, or with `skip_missed` from now on.
+/// Its dead letters stay and can be replayed to it. Enabling an active endpoint changes
+/// nothing (account_admin).
+#[utoipa::path(post, path = "/v1/webhooks/{id}/enable", tag = "webhooks",
+    params(("id" = String, Path)), request_body = EnableBody,
+    responses((status = 200, body = EndpointOut), (status = 404), (status = 409), (status = 422)),
+    security(("bearer" = [])))]
+async fn enable(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    body: Option<Json<EnableBody>>,
+) -> ApiResult<axum::Json<EndpointOut>> {
+    let account = own_account(&auth)?;
+    let skip_missed = body.is_some_and(|Json(b)| b.skip_missed);
+    // Checked again as at registration: DNS may have moved since, or the range be refused now.
+    let ep = s
+        .webhooks
+        .endpoint(&id)
+        .await?
+        .filter(|e| e.account == account)
+        .ok_or_else(|| ApiError::NotFound("not found".into()))?;
+    check_url(&ep.url, s.webhooks.settings())
+        .await
+        .map_err(|why| ApiError::invalid_field("url", why))?;
+    let endpoint = s
+        .webhooks
+        .enable(&auth.0, &account, &id, skip_missed)
+        .await?;
+    Ok(axum::Json(EndpointOut {
+        endpoint,
+        secret: None,
+    }))
+}
+
 /// The account whose dead letters the caller sees (`None`: every account, for an operator).
 fn dead_letter_scope(auth: &Auth) -> ApiResult<Option<AccountId>> {
     if auth.0.has(Role::Operator) {
@@ -277,8 +324,9 @@ pub struct ReplayBody {
 
 /// Send a dead letter again, before the endpoint's next event and with a live event's
 /// retries (live events go on while it waits out a failed attempt); delivered, it leaves the
-/// list. A dead letter of a disabled endpoint (e.g. by a 410) goes to another active
-/// endpoint of its account that takes its event type, named in the body; one whose replay
+/// list. A dead letter of a disabled endpoint (e.g. by a 410) waits for it to be enabled again
+/// or goes to another active endpoint of its account that takes its event type, named in the
+/// body; one whose replay
 /// already waits at an endpoint stays there (409) (account_admin: own account; operator: any).
 #[utoipa::path(post, path = "/v1/webhooks/dead-letters/{id}/replay", tag = "webhooks",
     params(("id" = String, Path)), request_body = ReplayBody,

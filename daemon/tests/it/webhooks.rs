@@ -371,6 +371,130 @@ fn assert_resumed(got: &[String], events: &[String]) {
     );
 }
 
+// An event's failed attempts are counted across kill -9: with `attempts_max` 3, two made
+// before the crash and one after make it a dead letter of 3 attempts, not 3 more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_events_attempts_count_across_a_crash() {
+    let rx = Receiver::start();
+    let mut env = TestEnv::start_with(&[
+        ("ORDERD_WEBHOOKS__ALLOW_PRIVATE", "true"),
+        ("ORDERD_WEBHOOKS__ATTEMPTS_MAX", "3"),
+        ("ORDERD_WEBHOOKS__BACKOFF_BASE_MS", "1500"),
+        ("ORDERD_WEBHOOKS__BACKOFF_MAX_MS", "1500"),
+        ("ORDERD_WEBHOOKS__POLL_MS", "50"),
+    ])
+    .await;
+    let admin = env.token("ACME", "ada", &["account_admin"]).await;
+    let bob = env.token("ACME", "bob", &["buyer", "approver"]).await;
+    let (down, _) = register(&env, &admin, &rx.url("/down")).await;
+    rx.put("script", "/down", json!([{"status": 500}])).await;
+    let event = place_one(&env, &bob, "down-0").await;
+    wait_for("two attempts", async || {
+        (rx.log("/down").await.len() >= 2).then_some(())
+    })
+    .await;
+    // The second failure is stored within a commit; the third attempt is 750 ms or more away.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.kill().await;
+    assert_eq!(rx.log("/down").await.len(), 2, "killed before the third");
+    env.restart().await;
+    let admin = env.token("ACME", "ada", &["account_admin"]).await;
+    let dl = wait_for("the event dead-lettered", async || {
+        dead_letters(&env, &admin, &down).await.pop()
+    })
+    .await;
+    assert_eq!(dl["event_id"], event.as_str(), "{dl}");
+    assert_eq!(dl["attempts"], 3, "{dl}");
+    let log = rx.log("/down").await;
+    assert_eq!(log.len(), 3, "three attempts in all: {log:?}");
+    assert!(log.iter().all(|e| e["id"] == event.as_str()), "{log:?}");
+}
+
+// A receiver's 410 disables its endpoint; once the receiver works again, its account's admin
+// enables it: it gets every event it missed, in log order, and its dead letter can be replayed
+// to it. Enabled with `skip_missed`, it gets only what comes after. Another account's admin
+// cannot enable it, and an active endpoint cannot skip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gone_endpoint_is_enabled_again() {
+    let rx = Receiver::start();
+    let env = TestEnv::start_with(&[
+        ("ORDERD_WEBHOOKS__ALLOW_PRIVATE", "true"),
+        ("ORDERD_WEBHOOKS__POLL_MS", "50"),
+    ])
+    .await;
+    let admin = env.token("ACME", "ada", &["account_admin"]).await;
+    let bob = env.token("ACME", "bob", &["buyer", "approver"]).await;
+    let (ep, secret) = register(&env, &admin, &rx.url("/back")).await;
+    rx.put("secrets", "/back", json!([secret])).await;
+    rx.put("script", "/back", json!([{"status": 410}])).await;
+    let enable = async |token: &str, body: Value| {
+        (env.post(token, &format!("/v1/webhooks/{ep}/enable"), body)).await
+    };
+    let disabled = async || {
+        let r = env.get(&admin, "/v1/webhooks").await;
+        let eps = r.body["endpoints"].as_array().unwrap().clone();
+        eps.iter()
+            .any(|e| e["id"] == ep.as_str() && !e["disabled"].is_null())
+    };
+    let gone = place_one(&env, &bob, "back-0").await;
+    wait_for("the endpoint disabled", async || {
+        disabled().await.then_some(())
+    })
+    .await;
+    let missed = vec![
+        place_one(&env, &bob, "back-1").await,
+        place_one(&env, &bob, "back-2").await,
+    ];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        rx.log("/back").await.len(),
+        1,
+        "nothing sent while disabled"
+    );
+
+    rx.put("script", "/back", json!([{"status": 200}])).await;
+    let other = env.token("BAUHAUS", "otto", &["account_admin"]).await;
+    assert_eq!(enable(&other, json!({})).await.status, 404);
+    let r = enable(&admin, json!({})).await;
+    assert_eq!(r.status, 200, "{r}");
+    assert!(r.body["disabled"].is_null(), "{r}");
+    assert!(r.body.get("secret").is_none(), "{r}");
+    let got = rx.await_delivered("/back", &missed).await;
+    assert_eq!(got, missed, "what it missed, in log order");
+    let r = enable(&admin, json!({"skip_missed": true})).await;
+    assert_eq!(r.status, 409, "{r}");
+    let dl = dead_letters(&env, &admin, &ep).await;
+    assert_eq!(dl.len(), 1, "{dl:?}");
+    assert_eq!(dl[0]["event_id"], gone.as_str());
+    let replay = format!(
+        "/v1/webhooks/dead-letters/{}/replay",
+        str_field(&dl[0], "id")
+    );
+    assert_eq!(env.post(&admin, &replay, json!({})).await.status, 202);
+    let mut all = missed.clone();
+    all.push(gone.clone());
+    assert_eq!(rx.await_delivered("/back", &all).await, all);
+
+    // Gone again; enabled skipping what it missed.
+    rx.put("script", "/back", json!([{"status": 410}])).await;
+    let gone_again = place_one(&env, &bob, "back-3").await;
+    wait_for("the endpoint disabled again", async || {
+        disabled().await.then_some(())
+    })
+    .await;
+    let skipped = place_one(&env, &bob, "back-4").await;
+    rx.put("script", "/back", json!([{"status": 200}])).await;
+    let r = enable(&admin, json!({"skip_missed": true})).await;
+    assert_eq!(r.status, 200, "{r}");
+    let after = place_one(&env, &bob, "back-5").await;
+    all.push(after.clone());
+    let got = rx.await_delivered("/back", &all).await;
+    assert_eq!(
+        got, all,
+        "not {gone_again} (a dead letter) nor {skipped} (skipped)"
+    );
+}
+
 /// Places a one-line order (one event: it is allocated at once); its event id.
 async fn place_one(env: &TestEnv, token: &str, key: &str) -> String {
     let r = env.place(token, key, &[("BOLT-0010", 1)], "BERLIN").await;
@@ -553,11 +677,12 @@ async fn webhooks_are_signed_ordered_retried_and_dead_lettered() {
         .await;
     assert_eq!(r.status, 409, "{r}");
 
-    // A crash while an event waits on Retry-After: after the restart it is sent again.
+    // A crash while an event waits on Retry-After: after the restart it is sent again, once
+    // the pause the receiver asked for is over (it is stored with the event's tries).
     rx.put(
         "script",
         "/flaky",
-        json!([{"status": 503, "retry_after": "30"}, {"status": 200}]),
+        json!([{"status": 503, "retry_after": "6"}, {"status": 200}]),
     )
     .await;
     let crashed = place_one(&env, &bob, "o-crash").await;
@@ -575,6 +700,16 @@ async fn webhooks_are_signed_ordered_retried_and_dead_lettered() {
     let admin = env.token("ACME", "ada", &["account_admin"]).await;
     let got = rx.await_delivered("/flaky", &events).await;
     assert_resumed(&got, &events);
+    let times: Vec<f64> = (rx.log("/flaky").await.iter())
+        .filter(|e| e["id"] == crashed.as_str())
+        .map(|e| e["at"].as_f64().unwrap())
+        .collect();
+    assert!(times.len() >= 2, "{times:?}");
+    let waited = times[1] - times[0];
+    assert!(
+        waited >= 5.9,
+        "Retry-After: 6 honoured across the crash, waited {waited} s"
+    );
 
     // /dead: every event a dead letter (kept across the restart); the receiver recovers and
     // each replay delivers its event, validly signed.
