@@ -152,6 +152,8 @@ pub struct Engine {
     pub admission: std::sync::Arc<crate::admission::Admission>,
     /// Where the outbox readers (NATS publisher, bus relay, webhooks) are in the audit log.
     pub outbox: crate::events::OutboxReaders,
+    /// Warehouse actors that stopped on their own: the daemon stops on the first.
+    pub lost_warehouses: crate::warehouse::LostWarehouses,
     import_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -206,12 +208,14 @@ impl Engine {
             }
         }
         let mut handles = BTreeMap::new();
+        let lost_warehouses = crate::warehouse::LostWarehouses::default();
         for w in &warehouses {
             let handle = spawn_warehouse(
                 &journal,
                 w.clone(),
                 holdings.remove(&w.id).unwrap_or_default(),
                 &limits,
+                &lost_warehouses,
             )
             .await?;
             handles.insert(w.id.clone(), handle);
@@ -255,6 +259,7 @@ impl Engine {
             )),
             limits,
             outbox: Default::default(),
+            lost_warehouses,
             import_lock: Default::default(),
         })
     }
@@ -415,7 +420,14 @@ impl Engine {
             if handles.contains_key(&w.id) {
                 continue;
             }
-            match spawn_warehouse(&self.journal, w.clone(), vec![], &self.limits).await {
+            let spawned = spawn_warehouse(
+                &self.journal,
+                w.clone(),
+                vec![],
+                &self.limits,
+                &self.lost_warehouses,
+            );
+            match spawned.await {
                 Ok(h) => {
                     started.push(h.clone());
                     handles.insert(w.id.clone(), h);
@@ -613,6 +625,7 @@ async fn spawn_warehouse(
     w: Warehouse,
     holdings: Holdings,
     limits: &Limits,
+    lost: &crate::warehouse::LostWarehouses,
 ) -> Result<WarehouseHandle, ActorError> {
     let j = journal.clone();
     let prefix = records::stock_prefix(&w.id);
@@ -637,6 +650,7 @@ async fn spawn_warehouse(
             free: Default::default(),
         },
         limits,
+        lost,
     )
     .await
 }

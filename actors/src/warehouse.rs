@@ -19,8 +19,50 @@ use orderd_domain::invariants::stock_is_conserved;
 use orderd_domain::warehouse::{Stock, StockError, StockLevel, Warehouse};
 use orderd_storage::{Batch, Journal, StorageError, Ticket};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
+
+/// Reports a warehouse actor that stopped on its own (a panic in a handler): its stock in
+/// memory (what each order holds) is gone with it, and every order that reaches it would fail.
+/// It is not restarted in place: what it held is rebuilt from the open orders, which accounts
+/// keep changing meanwhile. The daemon stops instead (like after a failed commit) and its
+/// supervisor restarts it, rebuilding every warehouse from the journal.
+#[derive(Clone)]
+pub struct LostWarehouses(Arc<tokio::sync::watch::Sender<Option<WarehouseId>>>);
+
+impl Default for LostWarehouses {
+    fn default() -> LostWarehouses {
+        LostWarehouses(Arc::new(tokio::sync::watch::channel(None).0))
+    }
+}
+
+impl LostWarehouses {
+    /// Resolves with the first warehouse whose actor stopped without being asked to.
+    pub async fn first(&self) -> WarehouseId {
+        let mut rx = self.0.subscribe();
+        // The sender lives in `self`, so the channel cannot close while this waits.
+        let lost = match rx.wait_for(Option::is_some).await {
+            Ok(lost) => lost.clone(),
+            Err(_) => None,
+        };
+        match lost {
+            Some(id) => id,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn report(&self, id: WarehouseId) {
+        tracing::error!(warehouse.id = %id, "warehouse actor stopped on its own; its stock in memory is lost");
+        self.0.send_if_modified(|lost| {
+            let first = lost.is_none();
+            if first {
+                *lost = Some(id);
+            }
+            first
+        });
+    }
+}
 
 /// Free units (on hand - reserved - allocated) per SKU of one warehouse, written only by its
 /// actor after each change and read by anyone. SKUs never stocked are absent (0 free).
@@ -347,24 +389,41 @@ pub struct WarehouseHandle {
     timeout: Duration,
     /// How long a hold may take (`Limits::warehouse_call_timeout_ms`).
     hold_timeout: Duration,
+    /// Set by [`WarehouseHandle::stop`]: the actor ending then is not lost.
+    stopping: Arc<AtomicBool>,
 }
 
 impl WarehouseHandle {
+    /// Starts the actor; if it ever stops other than by [`WarehouseHandle::stop`], `lost`
+    /// hears of it.
     pub async fn spawn(
         args: WarehouseArgs,
         limits: &Limits,
+        lost: &LostWarehouses,
     ) -> Result<WarehouseHandle, ActorError> {
         let id = args.warehouse.id.clone();
         let free = args.free.clone();
-        let (actor, _) = Actor::spawn(None, WarehouseActor, args)
+        let (actor, ended) = Actor::spawn(None, WarehouseActor, args)
             .await
             .map_err(|e| ActorError::Start(format!("warehouse {id}: {e}")))?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        tokio::spawn({
+            let (stopping, lost, id) = (stopping.clone(), lost.clone(), id.clone());
+            async move {
+                // Ends when the actor does, also after a panic in a handler.
+                let _ = ended.await;
+                if !stopping.load(Ordering::Acquire) {
+                    lost.report(id);
+                }
+            }
+        });
         Ok(WarehouseHandle {
             id,
             actor,
             free,
             timeout: Duration::from_millis(limits.call_timeout_ms),
             hold_timeout: Duration::from_millis(limits.warehouse_call_timeout_ms),
+            stopping,
         })
     }
 
@@ -453,10 +512,58 @@ impl WarehouseHandle {
         .await
     }
     pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
         self.actor.stop(None);
     }
 
     fn cast(&self, msg: WarehouseMsg) -> Result<(), ActorError> {
         self.actor.cast(msg).map_err(|_| ActorError::Gone)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orderd_domain::geo::GeoPoint;
+    use orderd_storage::JournalConfig;
+
+    async fn start(id: &str, journal: &Journal, lost: &LostWarehouses) -> WarehouseHandle {
+        let args = WarehouseArgs {
+            warehouse: Warehouse {
+                id: WarehouseId::parse(id).unwrap(),
+                name: id.into(),
+                location: GeoPoint::new(52.5, 13.4).unwrap(),
+                speeds: vec![],
+            },
+            journal: journal.clone(),
+            on_hand: vec![],
+            holdings: vec![],
+            free: Arc::default(),
+        };
+        WarehouseHandle::spawn(args, &Limits::default(), lost)
+            .await
+            .unwrap()
+    }
+
+    // A warehouse actor that ends without being stopped (killed here, as a panic in a handler
+    // would end it) is reported, the first one only; one stopped on purpose is not.
+    #[tokio::test]
+    async fn a_warehouse_actor_that_ends_on_its_own_is_reported() {
+        let journal = Journal::temporary(&JournalConfig::default()).unwrap();
+        let lost = LostWarehouses::default();
+        let (stopped, killed, later) = (
+            start("W-STOP", &journal, &lost).await,
+            start("W-KILL", &journal, &lost).await,
+            start("W-LATER", &journal, &lost).await,
+        );
+        stopped.stop();
+        let quiet = tokio::time::timeout(Duration::from_millis(200), lost.first()).await;
+        assert!(quiet.is_err(), "a stopped warehouse was reported");
+        killed.actor.kill();
+        let first = tokio::time::timeout(Duration::from_secs(5), lost.first()).await;
+        assert_eq!(first.unwrap().as_str(), "W-KILL");
+        later.actor.kill();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(lost.first().await.as_str(), "W-KILL", "the first stays");
     }
 }

@@ -135,6 +135,15 @@ pub async fn run(
             _ = stopping.wait_for(|stop| *stop) => {}
         }
     });
+    // A warehouse actor that stopped on its own (a panic) lost its stock in memory: stop too,
+    // so that the restart rebuilds it from the journal.
+    let (lost, mut stopping) = (engine.lost_warehouses.clone(), stop_rx.clone());
+    critical.spawn("warehouse actor", async move {
+        tokio::select! {
+            _ = lost.first() => {}
+            _ = stopping.wait_for(|stop| *stop) => {}
+        }
+    });
     if config.webhooks.allow_private {
         tracing::warn!("webhooks.allow_private is on: webhooks may target loopback, link-local and private addresses");
     }
