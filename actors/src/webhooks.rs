@@ -29,7 +29,8 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 const ENDPOINT: &str = "hook/";
-const CURSOR: &str = "hookcur/";
+/// Prefix of the endpoints' delivery cursors (`hookcur/<id>`: an audit seq, u64 BE).
+pub const CURSOR: &str = "hookcur/";
 const DEAD: &str = "hookdl/";
 const TRIES: &str = "hooktry/";
 /// Random bytes of a secret (Standard Webhooks: 24 to 64).

@@ -69,6 +69,9 @@ pub async fn run(
     let journal = open_journal(&config)?;
     // The audit head, logged to be kept outside the store (see `orderd audit verify --expect-head`).
     tracing::info!(audit_head = %journal.audit_head(), "journal opened");
+    outbox::rewind_cursors_past_head(&journal)
+        .await
+        .context("checking the readers' cursors against the audit head")?;
     let engine = start_engine(&config, journal.clone()).await?;
     let metrics_server = match config.metrics_listen {
         Some(addr) => Some(serve_metrics(addr, engine.clone()).await?),

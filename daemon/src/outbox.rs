@@ -17,7 +17,7 @@
 //! (a sled read that hangs, an error on every retry) stops the daemon like a relay that died.
 
 use orderd_actors::events::{self, EventBus, OutboxReaders, Published};
-use orderd_storage::Journal;
+use orderd_storage::{Batch, Journal, StorageError};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -33,6 +33,47 @@ pub fn start(journal: &Journal, bus: &EventBus) -> u64 {
     let head = journal.audit_head().seq;
     bus.advance(head);
     head
+}
+
+/// Sets every stored reader cursor beyond the audit head back to the head, at start before any
+/// reader runs; the keys it set back. Records past a cursor can only be missing after the
+/// log's tail was lost (a damaged or restored-by-hand store: the cursors are written through
+/// the same journal, after the records they pass). Left alone, the NATS publisher and each
+/// webhook endpoint would take the new records written at the reused seqs as sent and skip
+/// their events. Logged as an error: check the log (`orderd audit verify --expect-head`).
+pub async fn rewind_cursors_past_head(journal: &Journal) -> Result<Vec<String>, StorageError> {
+    let head = journal.audit_head().seq;
+    let j = journal.clone();
+    let beyond = tokio::task::spawn_blocking(move || -> Result<_, StorageError> {
+        let mut keys = vec![crate::publisher::CURSOR_KEY.to_vec()];
+        for (k, _) in j.scan_prefix(orderd_actors::webhooks::CURSOR.as_bytes())? {
+            keys.push(k);
+        }
+        let mut beyond = vec![];
+        for k in keys {
+            if let Some(at) = j.get_u64(&k)?.filter(|at| *at > head) {
+                beyond.push((k, at));
+            }
+        }
+        Ok(beyond)
+    })
+    .await
+    .map_err(|e| StorageError::Invalid {
+        reason: e.to_string(),
+    })??;
+    if beyond.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut batch = Batch::default();
+    let mut named = vec![];
+    for (k, at) in beyond {
+        let key = String::from_utf8_lossy(&k).into_owned();
+        tracing::error!(key = %key, cursor = at, audit_head = head, "a reader's cursor is beyond the audit log's head (its tail is missing); set back to the head");
+        batch.put(k, head.to_be_bytes().to_vec());
+        named.push(key);
+    }
+    journal.submit(batch).await?;
+    Ok(named)
 }
 
 /// With nobody subscribed there is nothing to hand on: the head to move the cursor to without
@@ -214,7 +255,7 @@ mod tests {
     use orderd_domain::ids::{AccountId, OrderId};
     use orderd_domain::money::{Currency, Money};
     use orderd_domain::order::OrderState;
-    use orderd_storage::{Batch, JournalConfig};
+    use orderd_storage::JournalConfig;
 
     fn entry(event: Option<(&str, u32)>) -> Batch {
         let mut e = AuditEntry::new(&Caller::system(), None, "test", b"");
@@ -231,6 +272,32 @@ mod tests {
         let mut b = Batch::default();
         b.audit.push(e.draft(event.map_or("other", |(o, _)| o)));
         b
+    }
+
+    // Cursors beyond the audit head (its tail lost) are set back to it; those at or below it,
+    // and the relay's (never stored), are left alone.
+    #[tokio::test]
+    async fn cursors_past_the_head_are_set_back() {
+        let journal = Journal::temporary(&JournalConfig::default()).unwrap();
+        for _ in 0..3 {
+            journal.submit(entry(None)).await.unwrap();
+        }
+        let head = journal.audit_head().seq;
+        assert_eq!(head, 3);
+        let mut batch = Batch::default();
+        let hook = |id: &str| format!("{}{id}", orderd_actors::webhooks::CURSOR);
+        batch.put(crate::publisher::CURSOR_KEY, 9u64.to_be_bytes().to_vec());
+        batch.put(hook("wh_ahead"), 7u64.to_be_bytes().to_vec());
+        batch.put(hook("wh_behind"), 2u64.to_be_bytes().to_vec());
+        journal.submit(batch).await.unwrap();
+        let mut named = rewind_cursors_past_head(&journal).await.unwrap();
+        named.sort();
+        assert_eq!(named, [hook("wh_ahead"), "meta/nats_published".to_owned()]);
+        let at = |k: &str| journal.get_u64(k.as_bytes()).unwrap();
+        assert_eq!(at("meta/nats_published"), Some(3));
+        assert_eq!(at(&hook("wh_ahead")), Some(3));
+        assert_eq!(at(&hook("wh_behind")), Some(2));
+        assert!(rewind_cursors_past_head(&journal).await.unwrap().is_empty());
     }
 
     // Events go out in log order, records without one are passed over, and the next round
