@@ -184,6 +184,12 @@ impl DaemonSpec {
         self.run(["check"], TOOL_TIMEOUT)
     }
 
+    /// `orderd check --expect-head SEQ:HASH`: also broken when the chain no longer reaches that
+    /// head.
+    pub fn check_expecting(&self, head: &str) -> anyhow::Result<ToolOutput> {
+        self.run(["check", "--expect-head", head], TOOL_TIMEOUT)
+    }
+
     /// `orderd import KIND FILE`: exit 0 and "imported N KIND rows", or 1 and the refusal on
     /// stderr.
     pub fn import(&self, kind: &str, file: &Path) -> anyhow::Result<ToolOutput> {

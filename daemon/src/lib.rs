@@ -268,10 +268,13 @@ pub struct CheckReport {
 /// an operator may lower the limit (or raise receivables) below what is already open. A
 /// journal that cannot be read at all (another process holds it, a disk error) is an error,
 /// not a finding.
-pub async fn check(config: &Config) -> anyhow::Result<CheckReport> {
+pub async fn check(
+    config: &Config,
+    expect_head: Option<orderd_storage::AuditHead>,
+) -> anyhow::Result<CheckReport> {
     let dir = config.data_dir.join("journal");
     let mut report = CheckReport::default();
-    match Journal::verify_dir(&dir, None) {
+    match Journal::verify_dir(&dir, expect_head) {
         Ok(_) => {}
         Err(e @ (StorageError::ChainBroken { .. } | StorageError::Corrupt { .. })) => {
             report.broken.push(format!("audit chain: {e}"));
@@ -298,11 +301,20 @@ pub async fn check(config: &Config) -> anyhow::Result<CheckReport> {
         report.broken.push(format!("stock: {e}"));
     }
     for account in engine.accounts.accounts() {
+        // Its first message loads the account from its records: one that cannot be loaded is
+        // broken (the daemon would answer its every request with an error).
         let credit = engine
             .account(&account, |reply| {
                 orderd_actors::account::AccountMsg::Credit { reply }
             })
-            .await?;
+            .await;
+        let credit = match credit {
+            Ok(credit) => credit,
+            Err(e) => {
+                report.broken.push(format!("account {account}: {e}"));
+                continue;
+            }
+        };
         if credit.exposure.amount > credit.credit_limit.amount {
             report.notes.push(format!(
                 "credit: account {account} exposure {} is above its limit {} (the limit was lowered or receivables raised after its orders; new orders are refused until it is back under)",

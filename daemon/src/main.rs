@@ -67,8 +67,11 @@ enum Command {
         common: Common,
     },
     /// Rebuild all state from the data directory and check the invariants (stock never
-    /// over-allocated, credit within limits, audit chain intact); exit 1 naming what is broken.
+    /// over-allocated, credit within limits, audit chain intact, reaching --expect-head when
+    /// given); exit 1 naming what is broken.
     Check {
+        #[arg(long, value_name = "SEQ:HASH")]
+        expect_head: Option<orderd_storage::AuditHead>,
         #[command(flatten)]
         common: Common,
     },
@@ -283,10 +286,13 @@ fn real_main() -> anyhow::Result<std::process::ExitCode> {
                 }
             })
         }
-        Command::Check { common } => {
+        Command::Check {
+            expect_head,
+            common,
+        } => {
             let config = load_config(&common)?;
             init_logging(false);
-            let report = rt.block_on(orderd::check(&config))?;
+            let report = rt.block_on(orderd::check(&config, expect_head))?;
             for n in &report.notes {
                 println!("NOTE: {n}");
             }

@@ -256,7 +256,19 @@ pub fn verify_tree(
     tree: &sled::Tree,
     expect: Option<AuditHead>,
 ) -> Result<AuditReport, StorageError> {
-    let head = read_head(tree)?;
+    // A damaged meta head is a broken chain too: walk every record, then name the last one
+    // (the record the head should name) with why.
+    let (head, damaged) = match read_head(tree) {
+        Ok(head) => (head, None),
+        Err(StorageError::Corrupt { reason, .. }) => (
+            AuditHead {
+                seq: u64::MAX,
+                ..AuditHead::EMPTY
+            },
+            Some(reason),
+        ),
+        Err(e) => return Err(e),
+    };
     let mut prev = AuditHead::EMPTY;
     let mut records = 0u64;
     let mut beyond_head = None;
@@ -295,6 +307,15 @@ pub fn verify_tree(
             hash: record.hash,
         };
         records = records.saturating_add(1);
+    }
+    if let Some(reason) = damaged {
+        return Err(broken(
+            prev.seq,
+            format!(
+                "the meta head is damaged ({reason}); the records link up to seq {}",
+                prev.seq
+            ),
+        ));
     }
     if prev.seq < head.seq {
         return Err(broken(

@@ -3,7 +3,7 @@
 //! history of the API.
 
 use crate::env::{open_journal, str_field, warehouses_of, TestEnv};
-use orderd_chaos::process::copy_dir;
+use orderd_chaos::process::{copy_dir, DaemonSpec};
 use orderd_chaos::ToolOutput;
 use orderd_storage::audit_chain::{
     chain_hash, decode_record, encode_record, next_record, read_head, AuditHead, AuditRecord,
@@ -34,6 +34,20 @@ async fn verify_tampered(
     expect_head: Option<String>,
     tamper: impl FnOnce(&sled::Db, u64),
 ) -> ToolOutput {
+    let tool = move |spec: DaemonSpec| match expect_head {
+        Some(head) => spec.audit_verify_expecting(&head),
+        None => spec.audit_verify(),
+    };
+    tool_on_tampered(env, name, tool, tamper).await
+}
+
+/// `tool` (an orderd command) on a copy of `data_dir` after `tamper` edited its journal.
+async fn tool_on_tampered(
+    env: &TestEnv,
+    name: &str,
+    tool: impl FnOnce(DaemonSpec) -> anyhow::Result<ToolOutput> + Send + 'static,
+    tamper: impl FnOnce(&sled::Db, u64),
+) -> ToolOutput {
     let copy = env.data_dir().with_file_name(format!(
         "{}-{name}",
         env.data_dir()
@@ -50,13 +64,10 @@ async fn verify_tampered(
     }
     let mut spec = env.spec.clone();
     spec.data_dir = copy.clone();
-    let out = tokio::task::spawn_blocking(move || match expect_head {
-        Some(head) => spec.audit_verify_expecting(&head),
-        None => spec.audit_verify(),
-    })
-    .await
-    .expect("tool task")
-    .expect("running orderd audit verify");
+    let out = tokio::task::spawn_blocking(move || tool(spec))
+        .await
+        .expect("tool task")
+        .expect("running orderd");
     std::fs::remove_dir_all(&copy).expect("removing the copy");
     out
 }
@@ -204,6 +215,16 @@ async fn audit_verify_finds_every_tampering() {
             }),
         ),
         (
+            // The meta head overwritten with bytes that do not decode: the records still link,
+            // and the walk names the last one, which the head should name.
+            "damaged-meta-head",
+            head,
+            Box::new(|db, _| {
+                db.insert(layout::META_AUDIT_HEAD, &b"bad"[..])
+                    .expect("writing");
+            }),
+        ),
+        (
             "truncate-tail",
             head - 2,
             Box::new(|db, head| {
@@ -243,8 +264,25 @@ async fn audit_verify_finds_every_tampering() {
         verify_tampered(&env, "cut-with-head-anchored", Some(printed.clone()), cut).await;
     assert_eq!(anchored.code(), Some(1), "{anchored}");
     assert_eq!(broken_seq(&anchored), Some(head - 1), "{anchored}");
-    let untouched = verify_tampered(&env, "anchored", Some(printed), |_, _| {}).await;
+    let untouched = verify_tampered(&env, "anchored", Some(printed.clone()), |_, _| {}).await;
     assert_eq!(untouched.code(), Some(0), "{untouched}");
+    // `orderd check` takes the recorded head too.
+    let recorded = printed.clone();
+    let checked = tool_on_tampered(
+        &env,
+        "cut-with-head-checked",
+        move |spec| spec.check_expecting(&recorded),
+        cut,
+    )
+    .await;
+    assert_eq!(checked.code(), Some(1), "{checked}");
+    assert!(
+        checked.stdout.contains(&format!(
+            "BROKEN: audit chain: audit chain broken at seq {}",
+            head - 1
+        )),
+        "{checked}"
+    );
     // The original is untouched by all of that.
     let again = env.audit_verify().await;
     assert_eq!(again.code(), Some(0), "{again}");
@@ -265,8 +303,8 @@ fn postcard_u64(mut v: u64) -> Vec<u8> {
 }
 
 // `orderd check` passes on a healthy journal and fails (exit 1, a BROKEN line) once the stock
-// on hand of a SKU is edited below what an open order holds of it (invariant 2). An account
-// whose limit an operator lowered below its open orders is a note, not a break; a journal the
+// on hand of a SKU is edited below what an open order holds of it (invariant 2), or an
+// account's records no longer load. An account whose limit an operator lowered below its open orders is a note, not a break; a journal the
 // running daemon holds is an error of the tool (exit 2), not a broken audit chain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_finds_over_allocated_stock() {
@@ -299,6 +337,26 @@ async fn check_finds_over_allocated_stock() {
         ok.stdout.contains("NOTE: credit: account ACME exposure"),
         "{ok}"
     );
+    // An account whose records do not load (its cart's, here) is broken: the daemon would
+    // answer its every request with an error.
+    let cart = layout::data_key(b"cart/BAUHAUS");
+    let edit = |f: &dyn Fn(&sled::Db)| {
+        let db = open_journal(env.data_dir());
+        f(&db);
+        db.flush().expect("flushing");
+    };
+    edit(&|db| {
+        db.insert(&cart, &b"not a cart"[..]).expect("writing");
+    });
+    let unloadable = env.check().await;
+    assert_eq!(unloadable.code(), Some(1), "{unloadable}");
+    assert!(
+        unloadable.stdout.contains("BROKEN: account BAUHAUS"),
+        "{unloadable}"
+    );
+    edit(&|db| {
+        db.remove(&cart).expect("removing");
+    });
     {
         let db = open_journal(env.data_dir());
         let key = layout::data_key(format!("stock/{warehouse}/BOLT-0010").as_bytes());
