@@ -163,18 +163,23 @@ impl Engine {
     /// directory (accounts start lazily).
     pub async fn start(journal: Journal, limits: Limits) -> Result<Engine, ActorError> {
         let j = journal.clone();
-        let (master, (orders, moves), accounts, grants) =
+        let (master, open, accounts, grants) =
             tokio::task::spawn_blocking(move || -> Result<_, ActorError> {
                 let master = catalog::load_master(&j)?;
-                let orders = open_orders(&j)?;
+                let open = open_orders(&j)?;
                 let stored = records::load_accounts(&j)?;
                 // Read anyway for the ids: the grants cost one pass over the users.
                 let grants = Grants::from_accounts(&stored);
                 let accounts: BTreeSet<AccountId> = stored.into_iter().map(|a| a.id).collect();
-                Ok((master, orders, accounts, grants))
+                Ok((master, open, accounts, grants))
             })
             .await
             .map_err(|e| ActorError::Start(e.to_string()))??;
+        let OpenOrders {
+            count,
+            mut holdings,
+            moves,
+        } = open;
         if !moves.is_empty() {
             tracing::info!(
                 orders = moves.len(),
@@ -191,22 +196,6 @@ impl Engine {
             }
         }
         let (cat, prices, warehouses) = master;
-        let mut holdings: BTreeMap<WarehouseId, Holdings> = BTreeMap::new();
-        for o in orders.iter().filter(|o| o.state.holds_stock()) {
-            for (w, demand) in o.stock_demand() {
-                let (reserved, allocated) = if o.state == OrderState::Allocated {
-                    (vec![], demand)
-                } else {
-                    (demand, vec![])
-                };
-                holdings.entry(w).or_default().push(RebuiltHolding {
-                    order: o.id.clone(),
-                    account: o.account.clone(),
-                    reserved,
-                    allocated,
-                });
-            }
-        }
         let mut handles = BTreeMap::new();
         let lost_warehouses = crate::warehouse::LostWarehouses::default();
         for w in &warehouses {
@@ -230,7 +219,7 @@ impl Engine {
             warehouses = warehouses.len(),
             accounts = accounts.len(),
             accounts_with_users = grants.accounts(),
-            orders = orders.len(),
+            orders = count,
             "state rebuilt from the journal"
         );
         let store = CatalogStore::new(Snapshot {
@@ -695,22 +684,54 @@ fn move_batch(
     Ok((batch, moves))
 }
 
-/// The open orders, and the closed orders that an earlier layout kept among them. Blocking.
-fn open_orders(journal: &Journal) -> Result<(Vec<Order>, Vec<Move>), ActorError> {
-    let (mut open, mut moves) = (vec![], vec![]);
-    for (key, value) in journal.scan_prefix(records::ORDER.as_bytes())? {
-        let order = records::decode_order(&key, &value)?.order;
+/// What the open orders come to at start.
+struct OpenOrders {
+    /// How many orders are open.
+    count: usize,
+    /// What they hold, per warehouse.
+    holdings: BTreeMap<WarehouseId, Holdings>,
+    /// The closed orders that an earlier layout kept among them.
+    moves: Vec<Move>,
+}
+
+/// One pass over the open order records, an order at a time: only what each holds is kept, so
+/// a start needs memory for the holdings, not for every open order. Blocking.
+fn open_orders(journal: &Journal) -> Result<OpenOrders, ActorError> {
+    let mut open = OpenOrders {
+        count: 0,
+        holdings: BTreeMap::new(),
+        moves: vec![],
+    };
+    journal.for_each_prefix(records::ORDER.as_bytes(), |key, value| {
+        let order = records::decode_order(key, value)?.order;
         if order.state.is_closed() {
             let (account, id) = (&order.account, &order.id);
-            moves.push(Move {
-                open: key,
+            open.moves.push(Move {
+                open: key.to_vec(),
                 closed: records::closed_key(account, id),
                 shipped: (order.state == OrderState::Shipped)
                     .then(|| records::shipped_key(account, &order.ship_to)),
             });
-        } else {
-            open.push(order);
+            return Ok(());
         }
-    }
-    Ok((open, moves))
+        open.count += 1;
+        if !order.state.holds_stock() {
+            return Ok(());
+        }
+        for (w, demand) in order.stock_demand() {
+            let (reserved, allocated) = if order.state == OrderState::Allocated {
+                (vec![], demand)
+            } else {
+                (demand, vec![])
+            };
+            open.holdings.entry(w).or_default().push(RebuiltHolding {
+                order: order.id.clone(),
+                account: order.account.clone(),
+                reserved,
+                allocated,
+            });
+        }
+        Ok(())
+    })?;
+    Ok(open)
 }

@@ -619,6 +619,22 @@ impl Journal {
             .collect()
     }
 
+    /// Visits every user entry under `prefix` in key order, one at a time (keys without the
+    /// prefix's tag, as [`Journal::scan_prefix`] gives them): for scans over many records, such
+    /// as every open order at start, that must not hold them all at once. Stops at the first
+    /// error of `visit`.
+    pub fn for_each_prefix(
+        &self,
+        prefix: &[u8],
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        for item in self.inner.db.scan_prefix(layout::data_key(prefix)) {
+            let (key, value) = item?;
+            visit(&key[1..], &value)?;
+        }
+        Ok(())
+    }
+
     /// Up to `max` user entries under `prefix` whose key after the prefix is below `before` (every
     /// entry under `prefix` when `None`), the highest key first, each read by `read(key, value)`
     /// with the caller's key, in place: a reader that needs only part of a value copies no more.
