@@ -93,6 +93,20 @@ pub struct IssuerSettings {
     pub scopes: Vec<String>,
 }
 
+impl IssuerSettings {
+    /// Whether this issuer signs in users of accounts (grants an account role), and then
+    /// whether for any account, and the accounts it names.
+    fn account_users(&self) -> Option<(bool, BTreeSet<&str>)> {
+        let users = (self.roles.iter())
+            .filter_map(|r| Role::parse(r))
+            .any(|r| crate::routes::ACCOUNT_ROLES.contains(&r));
+        users.then(|| {
+            let any = self.accounts.iter().any(|a| a == ANY_ACCOUNT);
+            (any, self.accounts.iter().map(String::as_str).collect())
+        })
+    }
+}
+
 impl Default for IssuerSettings {
     fn default() -> IssuerSettings {
         IssuerSettings {
@@ -198,6 +212,40 @@ impl OidcSettings {
             });
         }
         out.extend(self.issuers.iter().cloned());
+        out
+    }
+
+    /// Pairs of issuers that may both sign in users of the same account (both grant an
+    /// account role, and their accounts overlap, `"*"` overlapping every account), each with
+    /// what they share: user ids are the issuers' `user_claim` as is, not keyed by issuer, so
+    /// both issuers' `alice` are one user of that account. Worth a warning at start, not a
+    /// refusal: two providers of one company (or a provider for everyone) are legitimate.
+    pub fn shared_accounts(&self) -> Vec<(String, String, String)> {
+        let issuers = self.all_issuers();
+        let mut out = vec![];
+        for (i, a) in issuers.iter().enumerate() {
+            for b in &issuers[i + 1..] {
+                let (Some((a_any, a_named)), Some((b_any, b_named))) =
+                    (a.account_users(), b.account_users())
+                else {
+                    continue;
+                };
+                let shared: Vec<&str> = match (a_any, b_any) {
+                    (true, true) => vec![ANY_ACCOUNT],
+                    (true, false) => b_named.into_iter().collect(),
+                    (false, true) => a_named.into_iter().collect(),
+                    (false, false) => a_named.intersection(&b_named).copied().collect(),
+                };
+                if !shared.is_empty() {
+                    let shared = if shared == [ANY_ACCOUNT] {
+                        "every account".to_owned()
+                    } else {
+                        shared.join(", ")
+                    };
+                    out.push((a.issuer.clone(), b.issuer.clone(), shared));
+                }
+            }
+        }
         out
     }
 
@@ -1223,6 +1271,52 @@ mod tests {
             "1 valid + 2 x 2 refused, each checked"
         );
         assert_eq!(o.token_cache_len(), 1, "only the valid token");
+    }
+
+    // Issuers that may both sign in an account's users are named with what they share; an
+    // issuer of operators only shares nobody's users.
+    #[test]
+    fn issuers_sharing_an_accounts_users_are_named() {
+        let issuer = |name: &str, accounts: &[&str], roles: &[&str]| IssuerSettings {
+            issuer: format!("https://{name}.example"),
+            audience: "orderd".into(),
+            accounts: accounts.iter().map(|a| a.to_string()).collect(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            ..IssuerSettings::default()
+        };
+        let settings = OidcSettings {
+            issuers: vec![
+                issuer("acme", &["ACME", "ACME-2"], &["buyer"]),
+                issuer("bau", &["BAUHAUS"], &["buyer", "account_admin"]),
+                issuer("acme-admins", &["ACME-2", "BAUHAUS"], &["account_admin"]),
+                issuer("ops", &["*"], &["operator", "warehouse"]),
+            ],
+            ..OidcSettings::default()
+        };
+        let pair = |a: &str, b: &str, shared: &str| {
+            (
+                format!("https://{a}.example"),
+                format!("https://{b}.example"),
+                shared.to_owned(),
+            )
+        };
+        assert_eq!(
+            settings.shared_accounts(),
+            [
+                pair("acme", "acme-admins", "ACME-2"),
+                pair("bau", "acme-admins", "BAUHAUS"),
+            ]
+        );
+        let mut everyone = settings.clone();
+        everyone.issuers[3].roles.push("buyer".into());
+        let shared = everyone.shared_accounts();
+        assert_eq!(shared.len(), 5, "{shared:?}");
+        assert!(shared.contains(&pair("acme", "ops", "ACME, ACME-2")));
+        let mut two_stars = everyone.clone();
+        two_stars.issuers[0].accounts = vec!["*".into()];
+        assert!(two_stars
+            .shared_accounts()
+            .contains(&pair("acme", "ops", "every account")));
     }
 
     // An issuer bound to some accounts cannot grant the roles that act across accounts.

@@ -82,6 +82,9 @@ pub async fn run(
         for i in oidc.issuers() {
             tracing::info!(issuer = %i.settings.issuer, accounts = ?i.settings.accounts, roles = ?i.settings.roles, "trusting identity provider");
         }
+        for (a, b, accounts) in config.oidc.shared_accounts() {
+            tracing::warn!(issuer = %a, other = %b, %accounts, "two identity providers may sign in users of the same accounts, and user ids are not keyed by issuer: both providers' users with the same user_claim are one user there (give them claims that cannot collide, such as e-mail addresses)");
+        }
         // Keys are fetched now and kept fresh in the background; a provider that is down is
         // retried (rate-limited) while the cached keys stay in use.
         tokio::spawn(oidc.clone().keep_keys_fresh());
