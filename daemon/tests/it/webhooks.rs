@@ -495,6 +495,61 @@ async fn a_gone_endpoint_is_enabled_again() {
     );
 }
 
+// A receiver that answers a replay `429 Retry-After: 3` gets nothing for 3 s: the live event
+// placed meanwhile waits too (while a replay waits out a plain backoff, live events go on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_to_a_replay_holds_live_events() {
+    let rx = Receiver::start();
+    let env = TestEnv::start_with(&[
+        ("ORDERD_WEBHOOKS__ALLOW_PRIVATE", "true"),
+        ("ORDERD_WEBHOOKS__ATTEMPTS_MAX", "2"),
+        ("ORDERD_WEBHOOKS__BACKOFF_BASE_MS", "100"),
+        ("ORDERD_WEBHOOKS__BACKOFF_MAX_MS", "100"),
+        ("ORDERD_WEBHOOKS__POLL_MS", "50"),
+    ])
+    .await;
+    let admin = env.token("ACME", "ada", &["account_admin"]).await;
+    let bob = env.token("ACME", "bob", &["buyer", "approver"]).await;
+    let (ep, _) = register(&env, &admin, &rx.url("/hold")).await;
+    rx.put(
+        "script",
+        "/hold",
+        json!([{"status": 500}, {"status": 500}, {"status": 429, "retry_after": "3"}, {"status": 200}]),
+    )
+    .await;
+    let first = place_one(&env, &bob, "hold-0").await;
+    let dl = wait_for("the event dead-lettered", async || {
+        dead_letters(&env, &admin, &ep).await.pop()
+    })
+    .await;
+    let replay = format!("/v1/webhooks/dead-letters/{}/replay", str_field(&dl, "id"));
+    assert_eq!(env.post(&admin, &replay, json!({})).await.status, 202);
+    let refused_at = wait_for("the replay refused", async || {
+        let log = rx.log("/hold").await;
+        log.get(2).map(|e| e["at"].as_f64().unwrap())
+    })
+    .await;
+    let live = place_one(&env, &bob, "hold-1").await;
+    let got = rx
+        .await_delivered("/hold", &[first.clone(), live.clone()])
+        .await;
+    assert_eq!(
+        got,
+        [first, live.clone()],
+        "the replay first, then the live event"
+    );
+    let log = rx.log("/hold").await;
+    let live_at = (log.iter())
+        .find(|e| e["id"] == live.as_str())
+        .map(|e| e["at"].as_f64().unwrap())
+        .unwrap();
+    assert!(
+        live_at - refused_at >= 2.9,
+        "the live event waited for the Retry-After: {} s",
+        live_at - refused_at
+    );
+}
+
 /// Places a one-line order (one event: it is allocated at once); its event id.
 async fn place_one(env: &TestEnv, token: &str, key: &str) -> String {
     let r = env.place(token, key, &[("BOLT-0010", 1)], "BERLIN").await;
