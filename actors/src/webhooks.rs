@@ -399,7 +399,25 @@ pub enum WebhookError {
 #[derive(Default)]
 struct State {
     endpoints: BTreeMap<String, Endpoint>,
+    /// Each endpoint's cursor as last queued (the journal holds it once flushed): read and
+    /// moved here, under the lock, so that no change can act on a value a queued one replaces.
+    cursors: BTreeMap<String, u64>,
+    /// The tries of the event each endpoint is retrying, as last queued.
+    tries: BTreeMap<String, Tries>,
     dead: DeadLetters,
+}
+
+impl State {
+    /// Whether `seq` moves `endpoint`'s cursor forward. A cursor never moves back: an endpoint
+    /// re-enabled from the head of the log is not set back by the last write of its previous
+    /// task, nor by a dead letter that task still makes.
+    fn moves_cursor(&self, endpoint: &str, seq: u64) -> bool {
+        self.cursors.get(endpoint).is_none_or(|at| *at < seq)
+    }
+}
+
+fn put_cursor(batch: &mut Batch, endpoint: &str, seq: u64) {
+    batch.put(format!("{CURSOR}{endpoint}"), seq.to_be_bytes().to_vec());
 }
 
 /// The dead letters by id, which wait for a replay by endpoint (every endpoint's delivery task
@@ -605,6 +623,17 @@ fn load(journal: &Journal) -> Result<State, StorageError> {
         let d: DeadLetter = serde_json::from_slice(&v).map_err(|e| corrupt(&k, e))?;
         st.dead.insert(d);
     }
+    for (k, _) in journal.scan_prefix(CURSOR.as_bytes())? {
+        let id = String::from_utf8_lossy(&k[CURSOR.len()..]).into_owned();
+        if let Some(at) = journal.get_u64(&k)? {
+            st.cursors.insert(id, at);
+        }
+    }
+    for (k, v) in journal.scan_prefix(TRIES.as_bytes())? {
+        let t: Tries = serde_json::from_slice(&v).map_err(|e| corrupt(&k, e))?;
+        st.tries
+            .insert(String::from_utf8_lossy(&k[TRIES.len()..]).into_owned(), t);
+    }
     Ok(st)
 }
 
@@ -710,10 +739,11 @@ impl Webhooks {
             let mut batch = Batch::default();
             batch.put(format!("{ENDPOINT}{}", ep.id), json(&ep));
             let head = inner.journal.audit_head().seq;
-            batch.put(format!("{CURSOR}{}", ep.id), head.to_be_bytes().to_vec());
+            put_cursor(&mut batch, &ep.id, head);
             audit(&mut batch, caller, &ep, "webhook.register");
             let ticket = inner.journal.try_submit(batch)?;
             let view = ep.view();
+            st.cursors.insert(ep.id.clone(), head);
             st.endpoints.insert(ep.id.clone(), ep);
             Ok(((view, secret), Some(ticket)))
         })
@@ -779,6 +809,8 @@ impl Webhooks {
             audit(&mut batch, caller, &ep, "webhook.delete");
             let ticket = inner.journal.try_submit(batch)?;
             st.endpoints.remove(id);
+            st.cursors.remove(id);
+            st.tries.remove(id);
             for d in dead {
                 st.dead.remove(&d);
             }
@@ -833,6 +865,7 @@ impl Webhooks {
                 .replays_of(id)
                 .map(|dl| DeadLetter {
                     replay: false,
+                    replay_next_ms: None,
                     last_error: format!("not replayed: endpoint {id} was disabled ({reason})"),
                     ..dl.clone()
                 })
@@ -876,9 +909,12 @@ impl Webhooks {
             ep.disabled = None;
             let mut batch = Batch::default();
             batch.put(format!("{ENDPOINT}{id}"), json(&ep));
-            if skip_missed {
-                let head = inner.journal.audit_head().seq;
-                batch.put(format!("{CURSOR}{id}"), head.to_be_bytes().to_vec());
+            // Tries left from before (a shutdown mid-retry) would age the first event it sends.
+            batch.remove(format!("{TRIES}{id}"));
+            let head = inner.journal.audit_head().seq;
+            let skip = skip_missed && st.moves_cursor(id, head);
+            if skip {
+                put_cursor(&mut batch, id, head);
             }
             let action = if skip_missed {
                 "webhook.enable_skipping_missed"
@@ -888,32 +924,36 @@ impl Webhooks {
             audit(&mut batch, caller, &ep, action);
             let ticket = inner.journal.try_submit(batch)?;
             let view = ep.view();
+            st.tries.remove(id);
+            if skip {
+                st.cursors.insert(id.to_owned(), head);
+            }
             st.endpoints.insert(ep.id.clone(), ep);
             Ok((view, Some(ticket)))
         })
         .await
     }
 
-    /// The endpoint's cursor: the last audit seq it is done with. `None` until the
-    /// registration that writes it is applied: memory lists a new endpoint as soon as its write
-    /// is queued, and a delivery that started from 0 would send the account's whole history.
-    pub fn cursor(&self, id: &str) -> Result<Option<u64>, StorageError> {
-        let key = format!("{CURSOR}{id}");
-        self.0.journal.get_u64(key.as_bytes())
+    /// The endpoint's cursor: the last audit seq it is done with (as last queued). `None` for
+    /// an endpoint that is not registered.
+    pub async fn cursor(&self, id: &str) -> Result<Option<u64>, WebhookError> {
+        self.with(async |_, st| Ok(st.cursors.get(id).copied()))
+            .await
     }
 
     /// Moves the endpoint's cursor forward to `seq` (ignored for a deleted endpoint, or when
-    /// the cursor is already there: an endpoint re-enabled from the head of the log is not set
-    /// back by the last write of its previous task).
+    /// the cursor is already there: see [`State::moves_cursor`]).
     pub async fn store_cursor(&self, id: &str, seq: u64) -> Result<(), WebhookError> {
         // Queued under the lock, so it is ordered before a deletion that removes the cursor.
         self.with_queued(async |inner, st| {
-            if !st.endpoints.contains_key(id) || self.cursor(id)?.is_some_and(|at| at >= seq) {
+            if !st.endpoints.contains_key(id) || !st.moves_cursor(id, seq) {
                 return Ok(((), None));
             }
             let mut batch = Batch::default();
-            batch.put(format!("{CURSOR}{id}"), seq.to_be_bytes().to_vec());
-            Ok(((), Some(inner.journal.try_submit(batch)?)))
+            put_cursor(&mut batch, id, seq);
+            let ticket = inner.journal.try_submit(batch)?;
+            st.cursors.insert(id.to_owned(), seq);
+            Ok(((), Some(ticket)))
         })
         .await
     }
@@ -930,10 +970,10 @@ impl Webhooks {
             dl.body = String::new();
             let mut batch = Batch::default();
             batch.put(format!("{DEAD}{}", dl.id), json(&dl));
-            batch.put(
-                format!("{CURSOR}{}", dl.endpoint),
-                dl.seq.to_be_bytes().to_vec(),
-            );
+            let moves = st.moves_cursor(&dl.endpoint, dl.seq);
+            if moves {
+                put_cursor(&mut batch, &dl.endpoint, dl.seq);
+            }
             // Its tries are over with it.
             batch.remove(format!("{TRIES}{}", dl.endpoint));
             let dropped = st
@@ -956,6 +996,10 @@ impl Webhooks {
                 st.dead.remove(&d);
             }
             metrics::counter!(crate::metric_names::WEBHOOK_DEAD_LETTERED).increment(1);
+            if moves {
+                st.cursors.insert(dl.endpoint.clone(), dl.seq);
+            }
+            st.tries.remove(&dl.endpoint);
             let id = dl.id.clone();
             st.dead.insert(dl);
             Ok((id, Some(ticket)))
@@ -1129,7 +1173,9 @@ impl Webhooks {
                     dl.replay_next_ms = retry_at;
                     dl.attempts = dl.attempts.saturating_add(attempts);
                     dl.replay_attempts = dl.replay_attempts.saturating_add(attempts);
-                    dl.replay_first_ms.get_or_insert(first_ms);
+                    if attempts > 0 {
+                        dl.replay_first_ms.get_or_insert(first_ms);
+                    }
                     dl.last_error = error;
                     dl.failed_at = crate::audit::now_rfc3339();
                     batch.put(format!("{DEAD}{id}"), json(&dl));
@@ -1146,15 +1192,18 @@ impl Webhooks {
         .await
     }
 
-    /// The stored tries of `endpoint`, if they are of `event_id`.
-    pub fn tries(&self, endpoint: &str, event_id: &str) -> Result<Option<Tries>, WebhookError> {
-        let key = format!("{TRIES}{endpoint}");
-        let Some(v) = self.0.journal.get(key.as_bytes())? else {
-            return Ok(None);
-        };
-        let t: Tries = serde_json::from_slice(&v)
-            .map_err(|e| StorageError::corrupt(key.as_bytes(), e.to_string()))?;
-        Ok((t.event_id == event_id).then_some(t))
+    /// The tries of `endpoint`, if they are of `event_id`.
+    pub async fn tries(
+        &self,
+        endpoint: &str,
+        event_id: &str,
+    ) -> Result<Option<Tries>, WebhookError> {
+        self.with(async |_, st| {
+            Ok((st.tries.get(endpoint))
+                .filter(|t| t.event_id == event_id)
+                .cloned())
+        })
+        .await
     }
 
     /// Stores the tries of the event `endpoint` is retrying (ignored for a deleted endpoint).
@@ -1165,14 +1214,19 @@ impl Webhooks {
             }
             let mut batch = Batch::default();
             batch.put(format!("{TRIES}{endpoint}"), json(tries));
-            Ok(((), Some(inner.journal.try_submit(batch)?)))
+            let ticket = inner.journal.try_submit(batch)?;
+            st.tries.insert(endpoint.to_owned(), tries.clone());
+            Ok(((), Some(ticket)))
         })
         .await
     }
 
     /// Forgets the tries of `endpoint` (its event was delivered after failures).
     pub async fn clear_tries(&self, endpoint: &str) -> Result<(), WebhookError> {
-        self.with_queued(async |inner, _| {
+        self.with_queued(async |inner, st| {
+            if st.tries.remove(endpoint).is_none() {
+                return Ok(((), None));
+            }
             let mut batch = Batch::default();
             batch.remove(format!("{TRIES}{endpoint}"));
             Ok(((), Some(inner.journal.try_submit(batch)?)))
@@ -1396,10 +1450,11 @@ mod tests {
     }
 
     // A new endpoint is in memory once its registration is queued, before the write is
-    // applied; until then it has no cursor (not 0, from which a delivery would send the
-    // account's whole history), and then the audit head at its registration.
+    // applied, and so is its cursor: the audit head at its registration (not 0, from which a
+    // delivery would send the account's whole history). The journal holds the same once
+    // applied.
     #[tokio::test]
-    async fn a_new_endpoint_has_no_cursor_until_its_registration_is_applied() {
+    async fn a_new_endpoint_has_its_cursor_once_its_registration_is_queued() {
         let journal = Journal::temporary(&JournalConfig::default()).unwrap();
         let hooks = Webhooks::new(journal.clone(), WebhookSettings::default());
         let (sys, a) = (Caller::system(), acct("A"));
@@ -1411,7 +1466,7 @@ mod tests {
             .0;
         let head = journal.audit_head().seq;
         assert!(head > 0, "the first registration is in the log");
-        assert_eq!(hooks.cursor(&first.id).unwrap(), Some(head - 1));
+        assert_eq!(hooks.cursor(&first.id).await.unwrap(), Some(head - 1));
         journal.hold_commits(true);
         let registering = tokio::spawn({
             let (hooks, sys, a) = (hooks.clone(), sys.clone(), a.clone());
@@ -1428,10 +1483,18 @@ mod tests {
             }
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         };
-        assert_eq!(hooks.cursor(&second.id).unwrap(), None, "not applied yet");
+        let key = format!("{CURSOR}{}", second.id);
+        assert_eq!(
+            journal.get_u64(key.as_bytes()).unwrap(),
+            None,
+            "not applied yet"
+        );
+        assert_eq!(hooks.cursor(&second.id).await.unwrap(), Some(head));
         journal.hold_commits(false);
         registering.await.unwrap().unwrap();
-        assert_eq!(hooks.cursor(&second.id).unwrap(), Some(head));
+        assert_eq!(journal.get_u64(key.as_bytes()).unwrap(), Some(head));
+        let reopened = Webhooks::new(journal, WebhookSettings::default());
+        assert_eq!(reopened.cursor(&second.id).await.unwrap(), Some(head));
     }
 
     // Dead letters come a page at a time, oldest first, an account's without another's; the
@@ -1699,22 +1762,25 @@ mod tests {
             next_ms: 2_000,
         };
         hooks.store_tries(&ep.id, &tries).await.unwrap();
-        assert_eq!(hooks.tries(&ep.id, "o-1.1").unwrap(), Some(tries.clone()));
-        assert_eq!(hooks.tries(&ep.id, "o-2.1").unwrap(), None);
+        assert_eq!(
+            hooks.tries(&ep.id, "o-1.1").await.unwrap(),
+            Some(tries.clone())
+        );
+        assert_eq!(hooks.tries(&ep.id, "o-2.1").await.unwrap(), None);
         hooks.clear_tries(&ep.id).await.unwrap();
-        assert_eq!(hooks.tries(&ep.id, "o-1.1").unwrap(), None);
+        assert_eq!(hooks.tries(&ep.id, "o-1.1").await.unwrap(), None);
         hooks.store_tries(&ep.id, &tries).await.unwrap();
         hooks.dead_letter(dead(&ep.id, "A", 1)).await.unwrap();
         assert_eq!(
-            hooks.tries(&ep.id, "o-1.1").unwrap(),
+            hooks.tries(&ep.id, "o-1.1").await.unwrap(),
             None,
             "a dead letter now"
         );
         hooks.store_tries(&ep.id, &tries).await.unwrap();
         hooks.delete(&sys, &acme, &ep.id).await.unwrap();
-        assert_eq!(hooks.tries(&ep.id, "o-1.1").unwrap(), None);
+        assert_eq!(hooks.tries(&ep.id, "o-1.1").await.unwrap(), None);
         hooks.store_tries(&ep.id, &tries).await.unwrap();
-        assert_eq!(hooks.tries(&ep.id, "o-1.1").unwrap(), None, "deleted");
+        assert_eq!(hooks.tries(&ep.id, "o-1.1").await.unwrap(), None, "deleted");
     }
 
     // A disabled endpoint is enabled again by its account's admin only: resuming where it
@@ -1731,7 +1797,7 @@ mod tests {
             .await
             .unwrap();
         let id = ep.id.as_str();
-        let at = hooks.cursor(id).unwrap().unwrap();
+        let at = hooks.cursor(id).await.unwrap().unwrap();
         hooks.disable(id, "410 Gone").await.unwrap();
         assert!(matches!(
             hooks.enable(&sys, &acct("B"), id, false).await,
@@ -1740,7 +1806,7 @@ mod tests {
         let view = hooks.enable(&sys, &acme, id, false).await.unwrap();
         assert_eq!(view.disabled, None);
         assert_eq!(
-            hooks.cursor(id).unwrap(),
+            hooks.cursor(id).await.unwrap(),
             Some(at),
             "resumes where it stopped"
         );
@@ -1755,15 +1821,40 @@ mod tests {
             head > at,
             "the registration, disabling and enabling are audited"
         );
-        hooks.enable(&sys, &acme, id, true).await.unwrap();
-        let skipped_to = hooks.cursor(id).unwrap().unwrap();
-        assert!(skipped_to >= head, "{skipped_to} < {head}");
+        // Before the skip is flushed, a delivery task started for the enabled endpoint reads
+        // the skipped-to cursor, and the old task's last write cannot set it back.
+        journal.hold_commits(true);
+        let enabling = tokio::spawn({
+            let (hooks, sys, acme, id) = (hooks.clone(), sys.clone(), acme.clone(), ep.id.clone());
+            async move { hooks.enable(&sys, &acme, &id, true).await }
+        });
+        while hooks
+            .endpoint(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .disabled
+            .is_some()
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        assert_eq!(
+            hooks.cursor(id).await.unwrap(),
+            Some(head),
+            "skipped, not yet flushed"
+        );
         hooks.store_cursor(id, at).await.unwrap();
-        assert_eq!(hooks.cursor(id).unwrap(), Some(skipped_to), "never back");
-        hooks.store_cursor(id, skipped_to + 1).await.unwrap();
-        assert_eq!(hooks.cursor(id).unwrap(), Some(skipped_to + 1));
+        assert_eq!(hooks.cursor(id).await.unwrap(), Some(head), "never back");
+        journal.hold_commits(false);
+        enabling.await.unwrap().unwrap();
+        // Nor does a dead letter the old task still makes of an event before the skip.
+        hooks.dead_letter(dead(id, "A", at + 1)).await.unwrap();
+        assert_eq!(hooks.cursor(id).await.unwrap(), Some(head));
+        hooks.store_cursor(id, head + 1).await.unwrap();
+        assert_eq!(hooks.cursor(id).await.unwrap(), Some(head + 1));
         let reopened = Webhooks::new(journal, WebhookSettings::default());
         assert_eq!(reopened.endpoint(id).await.unwrap().unwrap().disabled, None);
+        assert_eq!(reopened.cursor(id).await.unwrap(), Some(head + 1));
     }
 
     // A replay waiting at an endpoint that is then disabled (its receiver answered 410) stops

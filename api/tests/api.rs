@@ -2649,10 +2649,21 @@ async fn webhook_registration_checks_and_tenancy() {
     for (m, uri) in [
         ("DELETE", format!("/v1/webhooks/{id}")),
         ("POST", format!("/v1/webhooks/{id}/rotate")),
+        ("POST", format!("/v1/webhooks/{id}/enable")),
     ] {
         let r = api.call(m, &uri, Some(&b), None, &[]).await;
         assert_eq!(r.status, 404, "{m} {uri}: {}", r.body);
     }
+    // Enabling an active endpoint changes nothing; skipping what it missed is only for a
+    // disabled one.
+    let enable = format!("/v1/webhooks/{id}/enable");
+    let r = api.call("POST", &enable, Some(&a), None, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body["disabled"].is_null() && r.body.get("secret").is_none());
+    let skip = json!({"skip_missed": true});
+    let r = (api.call("POST", &enable, Some(&a), Some(skip.clone()), &[])).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    api.state.webhooks.disable(&id, "410 Gone").await.unwrap();
     // A write the journal turns away (a full commit queue) is load, not a fault: 503 with
     // Retry-After, and nothing changed.
     let journal = &api.state.engine.journal;
@@ -2662,6 +2673,7 @@ async fn webhook_registration_checks_and_tenancy() {
         ("DELETE", format!("/v1/webhooks/{id}"), None),
         ("POST", format!("/v1/webhooks/{id}/rotate"), None),
         ("POST", "/v1/webhooks".to_owned(), Some(another)),
+        ("POST", enable.clone(), Some(skip.clone())),
     ] {
         let r = api.call(m, &uri, Some(&a), body, &[]).await;
         assert_eq!(r.status, 503, "{m} {uri}: {}", r.body);
@@ -2671,12 +2683,16 @@ async fn webhook_registration_checks_and_tenancy() {
     journal.refuse_writes(false);
     let r = api.call("GET", "/v1/webhooks", Some(&a), None, &[]).await;
     assert_eq!(r.body["endpoints"][0]["id"], id.as_str(), "{}", r.body);
+    assert_eq!(r.body["endpoints"][0]["disabled"], "410 Gone", "{}", r.body);
     assert_eq!(
         r.body["endpoints"].as_array().unwrap().len(),
         1,
         "{}",
         r.body
     );
+    let r = api.call("POST", &enable, Some(&a), Some(skip), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body["disabled"].is_null(), "{}", r.body);
     let r = api
         .call("DELETE", &format!("/v1/webhooks/{id}"), Some(&a), None, &[])
         .await;

@@ -311,11 +311,22 @@ pub async fn check(
                 orderd_actors::account::AccountMsg::Credit { reply }
             })
             .await;
+        use orderd_actors::ActorError;
         let credit = match credit {
             Ok(credit) => credit,
-            Err(e) => {
+            // What its records hold is wrong; anything else (a disk error, a load slower than
+            // the call timeout) is a failure of the tool, not a finding.
+            Err(
+                e @ (ActorError::Start(_)
+                | ActorError::Invariant(_)
+                | ActorError::Storage(StorageError::Corrupt { .. })),
+            ) => {
                 report.broken.push(format!("account {account}: {e}"));
                 continue;
+            }
+            Err(e) => {
+                engine.shutdown().await?;
+                return Err(anyhow::Error::new(e).context(format!("checking account {account}")));
             }
         };
         if credit.exposure.amount > credit.credit_limit.amount {

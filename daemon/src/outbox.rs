@@ -51,8 +51,13 @@ pub async fn rewind_cursors_past_head(journal: &Journal) -> Result<Vec<String>, 
         }
         let mut beyond = vec![];
         for k in keys {
-            if let Some(at) = j.get_u64(&k)?.filter(|at| *at > head) {
-                beyond.push((k, at));
+            match j.get_u64(&k) {
+                Ok(Some(at)) if at > head => beyond.push((k, at)),
+                Ok(_) => {}
+                // Its reader meets the same error and reports it; the others start.
+                Err(error) => {
+                    tracing::error!(key = %String::from_utf8_lossy(&k), %error, "a reader's cursor does not decode; left as it is");
+                }
             }
         }
         Ok(beyond)

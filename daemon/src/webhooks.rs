@@ -137,9 +137,12 @@ fn unix_ms_after(pause: Duration) -> u64 {
     webhooks::unix_ms().saturating_add(u64::try_from(pause.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// How long until `unix_ms` (zero once past).
-fn until_unix_ms(unix_ms: u64) -> Duration {
-    Duration::from_millis(unix_ms.saturating_sub(webhooks::unix_ms()))
+/// How long until `unix_ms` (zero once past), a stored time of the next attempt: at most the
+/// longest pause orderd ever stores, so that a clock set back (or a store restored from
+/// elsewhere) cannot hold an endpoint for longer.
+fn until_unix_ms(s: &WebhookSettings, unix_ms: u64) -> Duration {
+    let longest = s.backoff_max_ms.max(s.retry_after_max_ms);
+    Duration::from_millis(unix_ms.saturating_sub(webhooks::unix_ms()).min(longest))
 }
 
 /// The endpoint while it is registered and not disabled.
@@ -332,7 +335,7 @@ async fn deliver(
     if let Some(error) = too_large(s, body) {
         return Outcome::Dead { error, attempts: 0 };
     }
-    let stored = hooks.tries(ep_id, id).unwrap_or_else(|error| {
+    let stored = hooks.tries(ep_id, id).await.unwrap_or_else(|error| {
         tracing::warn!(endpoint.id = %ep_id, event.id = %id, %error, "reading the webhook event's tries failed; counting afresh");
         None
     });
@@ -343,7 +346,7 @@ async fn deliver(
         next_ms: 0,
     });
     loop {
-        if !wait_active(hooks, ep_id, until_unix_ms(tries.next_ms), stop).await {
+        if !wait_active(hooks, ep_id, until_unix_ms(s, tries.next_ms), stop).await {
             return Outcome::Stopped;
         }
         let Some(result) = attempt_active(hooks, client, ep_id, id, body, stop).await else {
@@ -556,13 +559,10 @@ async fn endpoint_round(
             d
         }
         None => {
-            let Some(at) = hooks.cursor(ep_id).map_err(|e| e.to_string())? else {
-                // Registered, its cursor not yet applied (a commit away): next round.
-                tokio::select! {
-                    _ = tokio::time::sleep_until(until.into()) => {}
-                    _ = stop.changed() => {}
-                }
-                return Ok(true);
+            // The cursor as last queued: a skip of an endpoint enabled again is in it before
+            // it is flushed. None: deleted meanwhile.
+            let Some(at) = hooks.cursor(ep_id).await.map_err(|e| e.to_string())? else {
+                return Ok(false);
             };
             state.insert(Delivery {
                 ep,
@@ -677,7 +677,7 @@ async fn replay_dead_letters(
     if !replays.resumed {
         replays.resumed = true;
         let next = waiting.iter().filter_map(|d| d.replay_next_ms).max();
-        if let Some(pause) = next.map(until_unix_ms).filter(|p| !p.is_zero()) {
+        if let Some(pause) = next.map(|at| until_unix_ms(s, at)).filter(|p| !p.is_zero()) {
             replays.not_before = Some(Instant::now() + pause);
             return Ok(true);
         }
@@ -699,14 +699,13 @@ async fn replay_dead_letters(
                     Ok(_) => "not sent: its event cannot be read from the log".to_owned(),
                 };
                 tracing::warn!(endpoint.id = %ep_id, dead_letter.id = %id, reason = %why, "dead letter not replayed");
-                (hooks.replayed(&id, ep_id, failed(why, 0, None)).await)
-                    .map_err(|e| e.to_string())?;
+                replayed(hooks, &id, ep_id, failed(why, 0, None)).await?;
                 continue;
             }
         };
         if let Some(why) = too_large(s, dl.body.as_bytes()) {
             tracing::warn!(endpoint.id = %ep_id, dead_letter.id = %id, reason = %why, "dead letter not replayed");
-            (hooks.replayed(&id, ep_id, failed(why, 0, None)).await).map_err(|e| e.to_string())?;
+            replayed(hooks, &id, ep_id, failed(why, 0, None)).await?;
             continue;
         }
         let body = dl.body.as_bytes();
@@ -717,15 +716,13 @@ async fn replay_dead_letters(
         let (error, retry_after) = match result {
             Attempt::Delivered => {
                 tracing::info!(endpoint.id = %ep_id, event.id = %dl.event_id, "dead letter replayed");
-                (hooks.replayed(&id, ep_id, Replayed::Delivered).await)
-                    .map_err(|e| e.to_string())?;
+                replayed(hooks, &id, ep_id, Replayed::Delivered).await?;
                 continue;
             }
             Attempt::Gone => {
                 // Its outcome first: disabling releases the replays still waiting here.
                 let error = "answered 410 Gone; the endpoint is disabled".to_owned();
-                (hooks.replayed(&id, ep_id, failed(error, 1, None)).await)
-                    .map_err(|e| e.to_string())?;
+                replayed(hooks, &id, ep_id, failed(error, 1, None)).await?;
                 disable(hooks, ep_id).await?;
                 return Ok(false);
             }
@@ -737,8 +734,7 @@ async fn replay_dead_letters(
         replays.asked_until = retry_after.map(|asked| now + asked);
         tracing::warn!(endpoint.id = %ep_id, event.id = %dl.event_id, attempt = tries, %error, given_up = spent, "dead letter replay failed");
         let retry_at = (!spent).then(|| unix_ms_after(pause));
-        (hooks.replayed(&id, ep_id, failed(error, 1, retry_at)).await)
-            .map_err(|e| e.to_string())?;
+        replayed(hooks, &id, ep_id, failed(error, 1, retry_at)).await?;
         break;
     }
     Ok(true)
@@ -834,6 +830,16 @@ async fn store_cursor(
         c.stored_at = Instant::now();
     }
     Ok(())
+}
+
+/// Stores what became of a replay's attempt ([`Webhooks::replayed`]).
+async fn replayed(
+    hooks: &Webhooks,
+    id: &str,
+    ep_id: &str,
+    outcome: Replayed,
+) -> Result<(), String> {
+    (hooks.replayed(id, ep_id, outcome).await).map_err(|e| e.to_string())
 }
 
 async fn disable(hooks: &Webhooks, ep_id: &str) -> Result<(), String> {

@@ -243,7 +243,9 @@ pub fn check_tail(tree: &sled::Tree) -> Result<AuditHead, StorageError> {
 
 /// Walks every audit record in seq order and checks each link, the contiguity of seqs and that
 /// the chain ends exactly at the meta head. Reports the FIRST bad seq as
-/// `StorageError::ChainBroken`; read failures are `StorageError::Io`.
+/// `StorageError::ChainBroken`; read failures are `StorageError::Io`. A meta head that does not
+/// decode is reported at the last record that links (the one the head should name; 0 when
+/// there is none), after the whole walk.
 ///
 /// The store alone cannot show that its tail was cut off, meta head included (the head is
 /// rewritten to an earlier record's hash, which that record's successor holds). `expect` is a

@@ -609,14 +609,12 @@ impl Journal {
     // The agreed public signature; an alias would only hide what callers get back.
     #[allow(clippy::type_complexity)]
     pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
-        self.inner
-            .db
-            .scan_prefix(layout::data_key(prefix))
-            .map(|item| {
-                let (key, value) = item?;
-                Ok((key[1..].to_vec(), value.to_vec()))
-            })
-            .collect()
+        let mut all = vec![];
+        self.for_each_prefix(prefix, |key, value| {
+            all.push((key.to_vec(), value.to_vec()));
+            Ok(())
+        })?;
+        Ok(all)
     }
 
     /// Visits every user entry under `prefix` in key order, one at a time (keys without the
@@ -774,7 +772,8 @@ impl Journal {
     }
 
     /// Walks the whole audit log (see [`audit_chain::verify_tree`]): `ChainBroken { seq }` names
-    /// the first bad record. Safe to run while writers commit.
+    /// the first bad record (for a damaged meta head, the last record). Safe to run while
+    /// writers commit.
     pub fn verify_audit(&self) -> Result<AuditReport, StorageError> {
         audit_chain::verify_tree(&self.inner.db, None)
     }

@@ -262,16 +262,19 @@ async fn enable(
 ) -> ApiResult<axum::Json<EndpointOut>> {
     let account = own_account(&auth)?;
     let skip_missed = body.is_some_and(|Json(b)| b.skip_missed);
-    // Checked again as at registration: DNS may have moved since, or the range be refused now.
     let ep = s
         .webhooks
         .endpoint(&id)
         .await?
         .filter(|e| e.account == account)
         .ok_or_else(|| ApiError::NotFound("not found".into()))?;
-    check_url(&ep.url, s.webhooks.settings())
-        .await
-        .map_err(|why| ApiError::invalid_field("url", why))?;
+    // Checked again as at registration (DNS may have moved since, or the range be refused
+    // now), when there is something to enable.
+    if ep.disabled.is_some() {
+        check_url(&ep.url, s.webhooks.settings())
+            .await
+            .map_err(|why| ApiError::invalid_field("url", why))?;
+    }
     let endpoint = s
         .webhooks
         .enable(&auth.0, &account, &id, skip_missed)
@@ -324,9 +327,9 @@ pub struct ReplayBody {
 
 /// Send a dead letter again, before the endpoint's next event and with a live event's
 /// retries (live events go on while it waits out a failed attempt); delivered, it leaves the
-/// list. A dead letter of a disabled endpoint (e.g. by a 410) waits for it to be enabled again
-/// or goes to another active endpoint of its account that takes its event type, named in the
-/// body; one whose replay
+/// list. A dead letter of a disabled endpoint (e.g. by a 410) is replayed to it once it is
+/// enabled again, or to another active endpoint of its account that takes its event type,
+/// named in the body; one whose replay
 /// already waits at an endpoint stays there (409) (account_admin: own account; operator: any).
 #[utoipa::path(post, path = "/v1/webhooks/dead-letters/{id}/replay", tag = "webhooks",
     params(("id" = String, Path)), request_body = ReplayBody,
