@@ -214,14 +214,7 @@ async fn a_stalled_endpoint_catches_up_from_the_log() {
 // within a round, not after the pause: it no longer counts behind the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_endpoint_stops_waiting_out_its_pause() {
-    let rx = Receiver::start();
-    let env = TestEnv::start_with(&[
-        ("ORDERD_WEBHOOKS__ALLOW_PRIVATE", "true"),
-        ("ORDERD_WEBHOOKS__POLL_MS", "50"),
-    ])
-    .await;
-    let admin = env.token("ACME", "ada", &["account_admin"]).await;
-    let bob = env.token("ACME", "bob", &["buyer", "approver"]).await;
+    let (rx, env, admin, bob) = with_receiver(&[]).await;
     let (stuck, _) = register(&env, &admin, &rx.url("/stuck")).await;
     rx.put(
         "script",
@@ -271,10 +264,7 @@ async fn a_deleted_endpoint_stops_waiting_out_its_pause() {
 async fn an_endpoint_gets_only_the_event_types_it_registered_for() {
     const ORDERS: usize = 3;
     const REFUSING_PROXY: &str = "http://127.0.0.1:9";
-    let rx = Receiver::start();
-    let mut env = TestEnv::start_with(&[
-        ("ORDERD_WEBHOOKS__ALLOW_PRIVATE", "true"),
-        ("ORDERD_WEBHOOKS__POLL_MS", "50"),
+    let (rx, mut env, admin, bob) = with_receiver(&[
         ("ORDERD_WEBHOOKS__CURSOR_STORE_MS", "3600000"),
         ("HTTP_PROXY", REFUSING_PROXY),
         ("http_proxy", REFUSING_PROXY),
@@ -283,8 +273,6 @@ async fn an_endpoint_gets_only_the_event_types_it_registered_for() {
         ("no_proxy", ""),
     ])
     .await;
-    let admin = env.token("ACME", "ada", &["account_admin"]).await;
-    let bob = env.token("ACME", "bob", &["buyer", "approver"]).await;
     let (_, secret) = register(&env, &admin, &rx.url("/all")).await;
     rx.put("secrets", "/all", json!([secret])).await;
     let (_, secret) = register_for(
@@ -375,17 +363,12 @@ fn assert_resumed(got: &[String], events: &[String]) {
 // before the crash and one after make it a dead letter of 3 attempts, not 3 more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_events_attempts_count_across_a_crash() {
-    let rx = Receiver::start();
-    let mut env = TestEnv::start_with(&[
-        ("ORDERD_WEBHOOKS__ALLOW_PRIVATE", "true"),
+    let (rx, mut env, admin, bob) = with_receiver(&[
         ("ORDERD_WEBHOOKS__ATTEMPTS_MAX", "3"),
         ("ORDERD_WEBHOOKS__BACKOFF_BASE_MS", "1500"),
         ("ORDERD_WEBHOOKS__BACKOFF_MAX_MS", "1500"),
-        ("ORDERD_WEBHOOKS__POLL_MS", "50"),
     ])
     .await;
-    let admin = env.token("ACME", "ada", &["account_admin"]).await;
-    let bob = env.token("ACME", "bob", &["buyer", "approver"]).await;
     let (down, _) = register(&env, &admin, &rx.url("/down")).await;
     rx.put("script", "/down", json!([{"status": 500}])).await;
     let event = place_one(&env, &bob, "down-0").await;
@@ -416,14 +399,7 @@ async fn an_events_attempts_count_across_a_crash() {
 // cannot enable it, and an active endpoint cannot skip.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gone_endpoint_is_enabled_again() {
-    let rx = Receiver::start();
-    let env = TestEnv::start_with(&[
-        ("ORDERD_WEBHOOKS__ALLOW_PRIVATE", "true"),
-        ("ORDERD_WEBHOOKS__POLL_MS", "50"),
-    ])
-    .await;
-    let admin = env.token("ACME", "ada", &["account_admin"]).await;
-    let bob = env.token("ACME", "bob", &["buyer", "approver"]).await;
+    let (rx, env, admin, bob) = with_receiver(&[]).await;
     let (ep, secret) = register(&env, &admin, &rx.url("/back")).await;
     rx.put("secrets", "/back", json!([secret])).await;
     rx.put("script", "/back", json!([{"status": 410}])).await;
@@ -499,17 +475,12 @@ async fn a_gone_endpoint_is_enabled_again() {
 // placed meanwhile waits too (while a replay waits out a plain backoff, live events go on).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_after_to_a_replay_holds_live_events() {
-    let rx = Receiver::start();
-    let env = TestEnv::start_with(&[
-        ("ORDERD_WEBHOOKS__ALLOW_PRIVATE", "true"),
+    let (rx, env, admin, bob) = with_receiver(&[
         ("ORDERD_WEBHOOKS__ATTEMPTS_MAX", "2"),
         ("ORDERD_WEBHOOKS__BACKOFF_BASE_MS", "100"),
         ("ORDERD_WEBHOOKS__BACKOFF_MAX_MS", "100"),
-        ("ORDERD_WEBHOOKS__POLL_MS", "50"),
     ])
     .await;
-    let admin = env.token("ACME", "ada", &["account_admin"]).await;
-    let bob = env.token("ACME", "bob", &["buyer", "approver"]).await;
     let (ep, _) = register(&env, &admin, &rx.url("/hold")).await;
     rx.put(
         "script",
@@ -548,6 +519,22 @@ async fn a_retry_after_to_a_replay_holds_live_events() {
         "the live event waited for the Retry-After: {} s",
         live_at - refused_at
     );
+}
+
+/// A receiver; orderd delivering webhooks to private addresses in rounds of 50 ms, with
+/// `settings` (environment variables) besides; and tokens of ACME's account admin (ada) and of
+/// a buyer and approver (bob).
+async fn with_receiver(settings: &[(&str, &str)]) -> (Receiver, TestEnv, String, String) {
+    let rx = Receiver::start();
+    let mut all = vec![
+        ("ORDERD_WEBHOOKS__ALLOW_PRIVATE", "true"),
+        ("ORDERD_WEBHOOKS__POLL_MS", "50"),
+    ];
+    all.extend_from_slice(settings);
+    let env = TestEnv::start_with(&all).await;
+    let admin = env.token("ACME", "ada", &["account_admin"]).await;
+    let bob = env.token("ACME", "bob", &["buyer", "approver"]).await;
+    (rx, env, admin, bob)
 }
 
 /// Places a one-line order (one event: it is allocated at once); its event id.
@@ -643,19 +630,14 @@ async fn wait_for<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
 // restart. Another account's admin sees none of it (404); an operator sees every dead letter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_are_signed_ordered_retried_and_dead_lettered() {
-    let rx = Receiver::start();
-    let mut env = TestEnv::start_with(&[
-        ("ORDERD_WEBHOOKS__ALLOW_PRIVATE", "true"),
+    let (rx, mut env, admin, bob) = with_receiver(&[
         ("ORDERD_WEBHOOKS__BACKOFF_BASE_MS", "100"),
         ("ORDERD_WEBHOOKS__BACKOFF_MAX_MS", "300"),
         ("ORDERD_WEBHOOKS__ATTEMPTS_MAX", "4"),
         ("ORDERD_WEBHOOKS__REQUEST_TIMEOUT_MS", "2000"),
         ("ORDERD_WEBHOOKS__CONNECT_TIMEOUT_MS", "1000"),
-        ("ORDERD_WEBHOOKS__POLL_MS", "50"),
     ])
     .await;
-    let admin = env.token("ACME", "ada", &["account_admin"]).await;
-    let bob = env.token("ACME", "bob", &["buyer", "approver"]).await;
     let (flaky, old_secret) = register(&env, &admin, &rx.url("/flaky")).await;
     let (gone, gone_secret) = register(&env, &admin, &rx.url("/gone")).await;
     let (dead, dead_secret) = register(&env, &admin, &rx.url("/dead")).await;
