@@ -4,6 +4,9 @@
 //! stop flowing while orders are still taken. So the daemon shuts down instead, gracefully, and
 //! exits non-zero: its supervisor (systemd) restarts it, and every reader resumes from the
 //! audit log, where nothing is lost.
+//!
+//! Faults without a task of their own (a failed group commit, a warehouse actor lost) stop it
+//! the same way, through a watch ([`Critical::on_fault`]).
 
 use std::future::Future;
 use tokio::sync::{mpsc, watch};
@@ -41,6 +44,22 @@ impl Critical {
             // Dropped when the task returns or unwinds from a panic.
             let _watch = watch;
             task.await;
+        })
+    }
+
+    /// Spawns the critical task `name` that ends, stopping the daemon, once `fault` resolves
+    /// before `stop` (a failed commit, a lost warehouse): a watch over a fault that has no task
+    /// of its own.
+    pub fn on_fault<F>(&self, name: &'static str, fault: F) -> JoinHandle<()>
+    where
+        F: Future + Send + 'static,
+    {
+        let mut stop = self.stop.clone();
+        self.spawn(name, async move {
+            tokio::select! {
+                _ = fault => {}
+                _ = stop.wait_for(|stop| *stop) => {}
+            }
         })
     }
 
@@ -89,11 +108,21 @@ mod tests {
         assert_eq!(critical.first_ended().await, "panics");
         critical.spawn("returns", async {});
         assert_eq!(critical.first_ended().await, "returns");
+        let (fault_tx, fault) = tokio::sync::oneshot::channel::<()>();
+        critical.on_fault("fault", fault);
+        let quiet = tokio::time::timeout(Duration::from_millis(50), critical.first_ended()).await;
+        assert!(quiet.is_err(), "a fault watch ended before its fault");
+        fault_tx.send(()).unwrap();
+        assert_eq!(critical.first_ended().await, "fault");
+        // A fault watch still waiting when orderd stops ends as asked.
+        let (_no_fault, never) = tokio::sync::oneshot::channel::<()>();
+        let watching = critical.on_fault("never", never);
         // Nothing else has ended: the polite task is still running.
         let quiet = tokio::time::timeout(Duration::from_millis(50), critical.first_ended()).await;
         assert!(quiet.is_err(), "a running task was reported");
         stop_tx.send(true).unwrap();
         polite.await.unwrap();
+        watching.await.unwrap();
         let after_stop =
             tokio::time::timeout(Duration::from_millis(50), critical.first_ended()).await;
         assert!(

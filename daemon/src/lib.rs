@@ -134,22 +134,14 @@ pub async fn run(
     // A failed group commit (a disk error) stops the journal taking writes (see
     // `Journal::failed`): stop orderd too, non-zero, so that its supervisor restarts it and
     // every actor is rebuilt from what is on disk.
-    let (failing, mut stopping) = (journal.clone(), stop_rx.clone());
-    critical.spawn("journal (a group commit failed)", async move {
-        tokio::select! {
-            () = failing.failed() => {}
-            _ = stopping.wait_for(|stop| *stop) => {}
-        }
+    let failing = journal.clone();
+    critical.on_fault("journal (a group commit failed)", async move {
+        failing.failed().await
     });
     // A warehouse actor that stopped on its own (a panic) lost its stock in memory: stop too,
     // so that the restart rebuilds it from the journal.
-    let (lost, mut stopping) = (engine.lost_warehouses.clone(), stop_rx.clone());
-    critical.spawn("warehouse actor", async move {
-        tokio::select! {
-            _ = lost.first() => {}
-            _ = stopping.wait_for(|stop| *stop) => {}
-        }
-    });
+    let lost = engine.lost_warehouses.clone();
+    critical.on_fault("warehouse actor", async move { lost.first().await });
     if config.webhooks.allow_private {
         tracing::warn!("webhooks.allow_private is on: webhooks may target loopback, link-local and private addresses");
     }
