@@ -623,11 +623,9 @@ fn load(journal: &Journal) -> Result<State, StorageError> {
         let d: DeadLetter = serde_json::from_slice(&v).map_err(|e| corrupt(&k, e))?;
         st.dead.insert(d);
     }
-    for (k, _) in journal.scan_prefix(CURSOR.as_bytes())? {
+    for (k, v) in journal.scan_prefix(CURSOR.as_bytes())? {
         let id = String::from_utf8_lossy(&k[CURSOR.len()..]).into_owned();
-        if let Some(at) = journal.get_u64(&k)? {
-            st.cursors.insert(id, at);
-        }
+        st.cursors.insert(id, Journal::decode_u64(&k, &v)?);
     }
     for (k, v) in journal.scan_prefix(TRIES.as_bytes())? {
         let t: Tries = serde_json::from_slice(&v).map_err(|e| corrupt(&k, e))?;

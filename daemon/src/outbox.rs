@@ -45,14 +45,13 @@ pub async fn rewind_cursors_past_head(journal: &Journal) -> Result<Vec<String>, 
     let head = journal.audit_head().seq;
     let j = journal.clone();
     let beyond = tokio::task::spawn_blocking(move || -> Result<_, StorageError> {
-        let mut keys = vec![crate::publisher::CURSOR_KEY.to_vec()];
-        for (k, _) in j.scan_prefix(orderd_actors::webhooks::CURSOR.as_bytes())? {
-            keys.push(k);
-        }
+        let mut stored = j.scan_prefix(orderd_actors::webhooks::CURSOR.as_bytes())?;
+        let nats = crate::publisher::CURSOR_KEY;
+        stored.extend(j.get(nats)?.map(|v| (nats.to_vec(), v)));
         let mut beyond = vec![];
-        for k in keys {
-            match j.get_u64(&k) {
-                Ok(Some(at)) if at > head => beyond.push((k, at)),
+        for (k, v) in stored {
+            match Journal::decode_u64(&k, &v) {
+                Ok(at) if at > head => beyond.push((k, at)),
                 Ok(_) => {}
                 // Its reader meets the same error and reports it; the others start.
                 Err(error) => {

@@ -594,14 +594,18 @@ impl Journal {
     /// stored); any other length is `Corrupt`.
     pub fn get_u64(&self, key: &[u8]) -> Result<Option<u64>, StorageError> {
         self.get(key)?
-            .map(|v| {
-                <[u8; 8]>::try_from(v.as_slice())
-                    .map(u64::from_be_bytes)
-                    .map_err(|_| {
-                        StorageError::corrupt(key, format!("expected 8 bytes, found {}", v.len()))
-                    })
-            })
+            .map(|v| Journal::decode_u64(key, &v))
             .transpose()
+    }
+
+    /// The `u64` a value of `key` holds (8 bytes, big-endian), as [`Journal::get_u64`] reads it:
+    /// for values a scan already read.
+    pub fn decode_u64(key: &[u8], value: &[u8]) -> Result<u64, StorageError> {
+        <[u8; 8]>::try_from(value)
+            .map(u64::from_be_bytes)
+            .map_err(|_| {
+                StorageError::corrupt(key, format!("expected 8 bytes, found {}", value.len()))
+            })
     }
 
     /// Every user key starting with `prefix` (keys returned without the internal prefix), in key
