@@ -691,23 +691,20 @@ async fn replay_dead_letters(
             first_ms,
             retry_at,
         };
-        let dl = match hooks.with_body(dl) {
-            Ok(dl) if !dl.body.is_empty() => dl,
-            unreadable => {
-                let why = match unreadable {
-                    Err(e) => format!("not sent: its event cannot be read from the log: {e}"),
-                    Ok(_) => "not sent: its event cannot be read from the log".to_owned(),
-                };
+        let unreadable = "not sent: its event cannot be read from the log";
+        let sendable = match hooks.with_body(dl) {
+            Ok(dl) if !dl.body.is_empty() => too_large(s, dl.body.as_bytes()).map_or(Ok(dl), Err),
+            Ok(_) => Err(unreadable.to_owned()),
+            Err(e) => Err(format!("{unreadable}: {e}")),
+        };
+        let dl = match sendable {
+            Ok(dl) => dl,
+            Err(why) => {
                 tracing::warn!(endpoint.id = %ep_id, dead_letter.id = %id, reason = %why, "dead letter not replayed");
                 replayed(hooks, &id, ep_id, failed(why, 0, None)).await?;
                 continue;
             }
         };
-        if let Some(why) = too_large(s, dl.body.as_bytes()) {
-            tracing::warn!(endpoint.id = %ep_id, dead_letter.id = %id, reason = %why, "dead letter not replayed");
-            replayed(hooks, &id, ep_id, failed(why, 0, None)).await?;
-            continue;
-        }
         let body = dl.body.as_bytes();
         let Some(result) = attempt_active(hooks, client, ep_id, &dl.event_id, body, stop).await
         else {
