@@ -528,6 +528,15 @@ mod tests {
     use orderd_storage::JournalConfig;
 
     async fn start(id: &str, journal: &Journal, lost: &LostWarehouses) -> WarehouseHandle {
+        start_with(id, vec![], journal, lost).await
+    }
+
+    async fn start_with(
+        id: &str,
+        on_hand: Vec<(Sku, u64)>,
+        journal: &Journal,
+        lost: &LostWarehouses,
+    ) -> WarehouseHandle {
         let args = WarehouseArgs {
             warehouse: Warehouse {
                 id: WarehouseId::parse(id).unwrap(),
@@ -536,7 +545,7 @@ mod tests {
                 speeds: vec![],
             },
             journal: journal.clone(),
-            on_hand: vec![],
+            on_hand,
             holdings: vec![],
             free: Arc::default(),
         };
@@ -565,5 +574,31 @@ mod tests {
         later.actor.kill();
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(lost.first().await.as_str(), "W-KILL", "the first stays");
+    }
+
+    // A real panic in a handler (here the debug assertion that a new order, confirmed at once,
+    // held nothing before: the account never sends this) ends the actor like a kill, and it is
+    // reported; the caller sees the actor gone, not an answer.
+    #[cfg(debug_assertions)]
+    #[tokio::test]
+    async fn a_panic_in_a_warehouse_handler_is_reported() {
+        let journal = Journal::temporary(&JournalConfig::default()).unwrap();
+        let lost = LostWarehouses::default();
+        let sku = Sku::parse("SKU-1").unwrap();
+        let w = start_with("W-PANIC", vec![(sku.clone(), 10)], &journal, &lost).await;
+        let order = OrderId::parse("o-1").unwrap();
+        let account = AccountId::parse("ACME").unwrap();
+        let held = (w.hold(
+            order.clone(),
+            account.clone(),
+            vec![(sku.clone(), 5)],
+            false,
+        ))
+        .await;
+        assert_eq!(held.unwrap(), Ok(()));
+        let panicked = w.hold(order, account, vec![(sku, 1)], true).await;
+        assert!(panicked.is_err(), "{panicked:?}");
+        let first = tokio::time::timeout(Duration::from_secs(5), lost.first()).await;
+        assert_eq!(first.unwrap().as_str(), "W-PANIC");
     }
 }
