@@ -10,7 +10,7 @@
 //! |---------------------|--------------------------------------------------|
 //! | `hook/<id>`         | [`Endpoint`] (JSON, with its secrets)            |
 //! | `hookcur/<id>`      | the endpoint's delivery cursor: audit seq u64 BE |
-//! | `hooktry/<id>`      | [`Tries`] of the event being retried (JSON)      |
+//! | `hooktry/<id>`      | the event being retried and its [`Tries`] (JSON) |
 //! | `hookdl/<id>`       | [`DeadLetter`] (JSON)                            |
 //!
 //! Secrets are `whsec_` + base64 of 32 random bytes (Standard Webhooks). They are shown once at
@@ -315,18 +315,11 @@ pub struct DeadLetter {
     pub failed_at: String,
     /// A replay was asked for and has not yet succeeded or been given up.
     pub replay: bool,
-    /// Failed attempts of the replay asked for last (also counted in `attempts`): a replay is
-    /// retried like a live event, and this survives a restart of orderd.
-    #[serde(default)]
-    pub replay_attempts: u32,
-    /// When (Unix ms) the replay asked for last was first attempted, for
-    /// `webhooks.attempt_age_max_ms`.
+    /// The failed attempts of the replay asked for last (also counted in `attempts`), none
+    /// before its first: a replay is retried like a live event, and this survives a restart
+    /// of orderd. Its `next_ms` holds while `replay` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replay_first_ms: Option<u64>,
-    /// No attempt of the replay before this (Unix ms): its backoff, or the receiver's
-    /// `Retry-After`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replay_next_ms: Option<u64>,
+    pub replay_tries: Option<Tries>,
     /// The body as sent: the event's CloudEvents JSON. Rendered again from the event in the
     /// audit log (at `seq`) when the dead letter is listed or replayed, and held neither in
     /// memory nor in its record: an account's dead letters would otherwise hold up to
@@ -335,20 +328,44 @@ pub struct DeadLetter {
     pub body: String,
 }
 
-/// The failed attempts at the event an endpoint is retrying, stored after each failure so that
-/// a restart of orderd goes on counting (`webhooks.attempts_max`) and ageing
-/// (`webhooks.attempt_age_max_ms`) rather than starting again: a receiver answering
-/// `Retry-After: 3600` to an orderd that restarts every hour would otherwise hold its endpoint
-/// for good.
+/// The failed attempts at one event (the live event an endpoint is retrying, or a dead
+/// letter's replay), stored after each failure so that a restart of orderd goes on counting
+/// (`webhooks.attempts_max`) and ageing (`webhooks.attempt_age_max_ms`) rather than starting
+/// again: a receiver answering `Retry-After: 3600` to an orderd that restarts every hour would
+/// otherwise hold its endpoint for good.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tries {
-    /// The event (`webhook-id`).
-    pub event_id: String,
     pub attempts: u32,
     /// When (Unix ms) the first attempt was made.
     pub first_ms: u64,
     /// No attempt before this (Unix ms): the backoff, or the receiver's `Retry-After`.
     pub next_ms: u64,
+    /// Until when (Unix ms) the receiver asked for nothing (`Retry-After` to the last
+    /// attempt). A replay's holds the endpoint's live events too; a live event's holds
+    /// everything anyway, as nothing passes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asked_until_ms: Option<u64>,
+}
+
+impl Tries {
+    /// Before the first attempt, made now.
+    pub fn first() -> Tries {
+        Tries {
+            attempts: 0,
+            first_ms: unix_ms(),
+            next_ms: 0,
+            asked_until_ms: None,
+        }
+    }
+}
+
+/// The tries of the live event an endpoint is retrying, as stored at `hooktry/<id>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct EventTries {
+    /// The event (`webhook-id`).
+    event_id: String,
+    #[serde(flatten)]
+    tries: Tries,
 }
 
 /// What became of a replay's attempt ([`Webhooks::replayed`]).
@@ -356,15 +373,16 @@ pub struct Tries {
 pub enum Replayed {
     /// Delivered: the dead letter goes.
     Delivered,
-    /// Refused or not sent: `attempts` made (0 when it could not be sent), the first of the
-    /// replay at `first_ms`; `retry_at` (Unix ms) keeps it asked for until then, `None` gives
-    /// it up.
-    Failed {
+    /// The receiver refused it (or was not reached): `tries` are the replay's with this
+    /// attempt; it stays asked for until `tries.next_ms`, unless `given_up`.
+    Refused {
         error: String,
-        attempts: u32,
-        first_ms: u64,
-        retry_at: Option<u64>,
+        tries: Tries,
+        given_up: bool,
     },
+    /// Not sent (its event cannot be read from the log, or is too large): given up without an
+    /// attempt.
+    NotSent { error: String },
 }
 
 /// The dead letters piling up at one endpoint.
@@ -403,7 +421,7 @@ struct State {
     /// moved here, under the lock, so that no change can act on a value a queued one replaces.
     cursors: BTreeMap<String, u64>,
     /// The tries of the event each endpoint is retrying, as last queued.
-    tries: BTreeMap<String, Tries>,
+    tries: BTreeMap<String, EventTries>,
     dead: DeadLetters,
 }
 
@@ -628,7 +646,7 @@ fn load(journal: &Journal) -> Result<State, StorageError> {
         st.cursors.insert(id, Journal::decode_u64(&k, &v)?);
     }
     for (k, v) in journal.scan_prefix(TRIES.as_bytes())? {
-        let t: Tries = serde_json::from_slice(&v).map_err(|e| corrupt(&k, e))?;
+        let t: EventTries = serde_json::from_slice(&v).map_err(|e| corrupt(&k, e))?;
         st.tries
             .insert(String::from_utf8_lossy(&k[TRIES.len()..]).into_owned(), t);
     }
@@ -863,7 +881,6 @@ impl Webhooks {
                 .replays_of(id)
                 .map(|dl| DeadLetter {
                     replay: false,
-                    replay_next_ms: None,
                     last_error: format!("not replayed: endpoint {id} was disabled ({reason})"),
                     ..dl.clone()
                 })
@@ -1109,9 +1126,7 @@ impl Webhooks {
                 )));
             }
             if !dl.replay {
-                dl.replay_attempts = 0;
-                dl.replay_first_ms = None;
-                dl.replay_next_ms = None;
+                dl.replay_tries = None;
             }
             dl.endpoint = ep.id.clone();
             dl.replay = true;
@@ -1159,21 +1174,26 @@ impl Webhooks {
             }
             let mut batch = Batch::default();
             let delivered = outcome == Replayed::Delivered;
-            match outcome {
-                Replayed::Delivered => batch.remove(format!("{DEAD}{id}")),
-                Replayed::Failed {
+            let error = match outcome {
+                Replayed::Delivered => None,
+                Replayed::Refused {
                     error,
-                    attempts,
-                    first_ms,
-                    retry_at,
+                    tries,
+                    given_up,
                 } => {
-                    dl.replay = retry_at.is_some();
-                    dl.replay_next_ms = retry_at;
-                    dl.attempts = dl.attempts.saturating_add(attempts);
-                    dl.replay_attempts = dl.replay_attempts.saturating_add(attempts);
-                    if attempts > 0 {
-                        dl.replay_first_ms.get_or_insert(first_ms);
-                    }
+                    dl.replay = !given_up;
+                    dl.attempts = dl.attempts.saturating_add(1);
+                    dl.replay_tries = Some(tries);
+                    Some(error)
+                }
+                Replayed::NotSent { error } => {
+                    dl.replay = false;
+                    Some(error)
+                }
+            };
+            match error {
+                None => batch.remove(format!("{DEAD}{id}")),
+                Some(error) => {
                     dl.last_error = error;
                     dl.failed_at = crate::audit::now_rfc3339();
                     batch.put(format!("{DEAD}{id}"), json(&dl));
@@ -1199,21 +1219,31 @@ impl Webhooks {
         self.with(async |_, st| {
             Ok((st.tries.get(endpoint))
                 .filter(|t| t.event_id == event_id)
-                .cloned())
+                .map(|t| t.tries.clone()))
         })
         .await
     }
 
-    /// Stores the tries of the event `endpoint` is retrying (ignored for a deleted endpoint).
-    pub async fn store_tries(&self, endpoint: &str, tries: &Tries) -> Result<(), WebhookError> {
+    /// Stores the tries of the event `event_id` that `endpoint` is retrying (ignored for a
+    /// deleted endpoint).
+    pub async fn store_tries(
+        &self,
+        endpoint: &str,
+        event_id: &str,
+        tries: &Tries,
+    ) -> Result<(), WebhookError> {
         self.with_queued(async |inner, st| {
             if !st.endpoints.contains_key(endpoint) {
                 return Ok(((), None));
             }
+            let stored = EventTries {
+                event_id: event_id.to_owned(),
+                tries: tries.clone(),
+            };
             let mut batch = Batch::default();
-            batch.put(format!("{TRIES}{endpoint}"), json(tries));
+            batch.put(format!("{TRIES}{endpoint}"), json(&stored));
             let ticket = inner.journal.try_submit(batch)?;
-            st.tries.insert(endpoint.to_owned(), tries.clone());
+            st.tries.insert(endpoint.to_owned(), stored);
             Ok(((), Some(ticket)))
         })
         .await
@@ -1268,19 +1298,22 @@ mod tests {
             last_error: "500".into(),
             failed_at: String::new(),
             replay: false,
-            replay_attempts: 0,
-            replay_first_ms: None,
-            replay_next_ms: None,
+            replay_tries: None,
             body: String::new(),
         }
     }
 
-    fn failed(retry_at: Option<u64>) -> Replayed {
-        Replayed::Failed {
+    /// A replay's first attempt, refused; given up or retried at `next_ms`.
+    fn refused(next_ms: Option<u64>) -> Replayed {
+        Replayed::Refused {
             error: "late".into(),
-            attempts: 1,
-            first_ms: 1_000,
-            retry_at,
+            tries: Tries {
+                attempts: 1,
+                first_ms: 1_000,
+                next_ms: next_ms.unwrap_or(0),
+                asked_until_ms: None,
+            },
+            given_up: next_ms.is_none(),
         }
     }
 
@@ -1681,7 +1714,7 @@ mod tests {
                 .await,
             Err(WebhookError::Conflict(_))
         ));
-        hooks.replayed(&id, b, failed(None)).await.unwrap();
+        hooks.replayed(&id, b, refused(None)).await.unwrap();
         let waiting = hooks.replays(a, 10).await.unwrap();
         assert_eq!(waiting.len(), 1, "still waiting at its endpoint");
         assert!(hooks.replays(a, 0).await.unwrap().is_empty(), "at most 0");
@@ -1691,8 +1724,8 @@ mod tests {
     }
 
     // A replay's failed attempts are kept with its dead letter, across a restart: it stays
-    // asked for while retried, counts its attempts and keeps the time of its first; given up,
-    // it stops waiting, and a new replay counts afresh.
+    // asked for while retried, with its tries as last counted; given up, it stops waiting; one
+    // not sent counts no attempt; a new replay counts afresh.
     #[tokio::test]
     async fn a_replays_tries_survive_a_restart() {
         let journal = Journal::temporary(&JournalConfig::default()).unwrap();
@@ -1701,44 +1734,43 @@ mod tests {
         let ([a, _], id) = two_endpoints_and_a_dead_letter(&hooks).await;
         let before = hooks.request_replay(&sys, None, &id, None).await.unwrap();
         let n = before.attempts;
-        hooks.replayed(&id, &a, failed(Some(5_000))).await.unwrap();
-        let second = Replayed::Failed {
-            error: "answered 503".into(),
-            attempts: 1,
-            first_ms: 9_999,
-            retry_at: Some(7_000),
+        hooks.replayed(&id, &a, refused(Some(5_000))).await.unwrap();
+        let second = Tries {
+            attempts: 2,
+            first_ms: 1_000,
+            next_ms: 7_000,
+            asked_until_ms: Some(6_000),
         };
-        hooks.replayed(&id, &a, second).await.unwrap();
+        let refused_again = Replayed::Refused {
+            error: "answered 503".into(),
+            tries: second.clone(),
+            given_up: false,
+        };
+        hooks.replayed(&id, &a, refused_again).await.unwrap();
         let reopened = Webhooks::new(journal, WebhookSettings::default());
         let waiting = reopened.replays(&a, 10).await.unwrap();
         assert_eq!(waiting.len(), 1, "still asked for");
         let dl = &waiting[0];
-        assert_eq!(
-            (
-                dl.attempts,
-                dl.replay_attempts,
-                dl.replay_first_ms,
-                dl.replay_next_ms
-            ),
-            (n + 2, 2, Some(1_000), Some(7_000)),
-            "{dl:?}"
-        );
+        assert_eq!((dl.attempts, &dl.replay_tries), (n + 2, &Some(second)));
         assert_eq!(dl.last_error, "answered 503");
-        reopened.replayed(&id, &a, failed(None)).await.unwrap();
+        reopened.replayed(&id, &a, refused(None)).await.unwrap();
         assert!(reopened.replays(&a, 10).await.unwrap().is_empty());
+        let not_sent = Replayed::NotSent {
+            error: "too large".into(),
+        };
+        reopened
+            .request_replay(&sys, None, &id, None)
+            .await
+            .unwrap();
+        reopened.replayed(&id, &a, not_sent).await.unwrap();
         let dl = reopened
             .request_replay(&sys, None, &id, None)
             .await
             .unwrap();
         assert_eq!(
-            (
-                dl.attempts,
-                dl.replay_attempts,
-                dl.replay_first_ms,
-                dl.replay_next_ms
-            ),
-            (n + 3, 0, None, None),
-            "a new replay counts afresh: {dl:?}"
+            (dl.attempts, dl.replay_tries, dl.last_error.as_str()),
+            (n + 3, None, "too large"),
+            "not sent: no attempt; a new replay counts afresh"
         );
     }
 
@@ -1754,12 +1786,12 @@ mod tests {
             .await
             .unwrap();
         let tries = Tries {
-            event_id: "o-1.1".into(),
             attempts: 2,
             first_ms: 1_000,
             next_ms: 2_000,
+            asked_until_ms: Some(1_500),
         };
-        hooks.store_tries(&ep.id, &tries).await.unwrap();
+        hooks.store_tries(&ep.id, "o-1.1", &tries).await.unwrap();
         assert_eq!(
             hooks.tries(&ep.id, "o-1.1").await.unwrap(),
             Some(tries.clone())
@@ -1767,17 +1799,17 @@ mod tests {
         assert_eq!(hooks.tries(&ep.id, "o-2.1").await.unwrap(), None);
         hooks.clear_tries(&ep.id).await.unwrap();
         assert_eq!(hooks.tries(&ep.id, "o-1.1").await.unwrap(), None);
-        hooks.store_tries(&ep.id, &tries).await.unwrap();
+        hooks.store_tries(&ep.id, "o-1.1", &tries).await.unwrap();
         hooks.dead_letter(dead(&ep.id, "A", 1)).await.unwrap();
         assert_eq!(
             hooks.tries(&ep.id, "o-1.1").await.unwrap(),
             None,
             "a dead letter now"
         );
-        hooks.store_tries(&ep.id, &tries).await.unwrap();
+        hooks.store_tries(&ep.id, "o-1.1", &tries).await.unwrap();
         hooks.delete(&sys, &acme, &ep.id).await.unwrap();
         assert_eq!(hooks.tries(&ep.id, "o-1.1").await.unwrap(), None);
-        hooks.store_tries(&ep.id, &tries).await.unwrap();
+        hooks.store_tries(&ep.id, "o-1.1", &tries).await.unwrap();
         assert_eq!(hooks.tries(&ep.id, "o-1.1").await.unwrap(), None, "deleted");
     }
 

@@ -114,35 +114,36 @@ fn pause(
     backoff(s, attempt, random).max(retry_after.unwrap_or_default())
 }
 
-/// After `attempt` failed attempts at an event (1-based), the first made at `first_ms` (Unix
-/// ms, so that the age survives a restart): the pause before the next, and whether the event
-/// is spent instead (`webhooks.attempts_max` attempts made, or the next would come later than
-/// `webhooks.attempt_age_max_ms` after the first). Live events and replays retry by this one
-/// rule.
-fn after_failure(
+/// Counts a failed attempt at an event into its `tries` (times in Unix ms, so that they
+/// survive a restart): the time of the next attempt and what the receiver asked for
+/// (`retry_after`, already capped). Returns the pause before the next attempt, and whether the
+/// event is spent instead (`webhooks.attempts_max` attempts made, or the next would come later
+/// than `webhooks.attempt_age_max_ms` after the first). Live events and replays retry by this
+/// one rule.
+fn count_failure(
     s: &WebhookSettings,
-    attempt: u32,
-    first_ms: u64,
+    tries: &mut Tries,
     retry_after: Option<Duration>,
 ) -> (Duration, bool) {
-    let pause = pause(s, attempt, retry_after, orderd_api::random_u64());
-    let age = Duration::from_millis(webhooks::unix_ms().saturating_sub(first_ms));
-    let spent =
-        attempt >= s.attempts_max || age + pause > Duration::from_millis(s.attempt_age_max_ms);
+    tries.attempts = tries.attempts.saturating_add(1);
+    let pause = pause(s, tries.attempts, retry_after, orderd_api::random_u64());
+    let now = webhooks::unix_ms();
+    let age = Duration::from_millis(now.saturating_sub(tries.first_ms));
+    let spent = tries.attempts >= s.attempts_max
+        || age + pause > Duration::from_millis(s.attempt_age_max_ms);
+    // From one now: a Retry-After that set the pause ends with it.
+    let after = |d: Duration| now.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    tries.asked_until_ms = retry_after.map(after);
+    tries.next_ms = after(pause);
     (pause, spent)
 }
 
-/// Unix ms `pause` from now.
-fn unix_ms_after(pause: Duration) -> u64 {
-    webhooks::unix_ms().saturating_add(u64::try_from(pause.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// How long until `unix_ms` (zero once past), a stored time of the next attempt: at most the
-/// longest pause orderd ever stores, so that a clock set back (or a store restored from
-/// elsewhere) cannot hold an endpoint for longer.
-fn until_unix_ms(s: &WebhookSettings, unix_ms: u64) -> Duration {
+/// How long from `now` until `unix_ms` (zero once past), a stored time of the next attempt:
+/// at most the longest pause orderd ever stores, so that a clock set back (or a store restored
+/// from elsewhere) cannot hold an endpoint for longer.
+fn until_unix_ms(s: &WebhookSettings, unix_ms: u64, now: u64) -> Duration {
     let longest = s.backoff_max_ms.max(s.retry_after_max_ms);
-    Duration::from_millis(unix_ms.saturating_sub(webhooks::unix_ms()).min(longest))
+    Duration::from_millis(unix_ms.saturating_sub(now).min(longest))
 }
 
 /// The endpoint while it is registered and not disabled.
@@ -339,14 +340,16 @@ async fn deliver(
         tracing::warn!(endpoint.id = %ep_id, event.id = %id, %error, "reading the webhook event's tries failed; counting afresh");
         None
     });
-    let mut tries = stored.unwrap_or_else(|| Tries {
-        event_id: id.to_owned(),
-        attempts: 0,
-        first_ms: webhooks::unix_ms(),
-        next_ms: 0,
-    });
+    let mut tries = stored.unwrap_or_else(Tries::first);
     loop {
-        if !wait_active(hooks, ep_id, until_unix_ms(s, tries.next_ms), stop).await {
+        if !wait_active(
+            hooks,
+            ep_id,
+            until_unix_ms(s, tries.next_ms, webhooks::unix_ms()),
+            stop,
+        )
+        .await
+        {
             return Outcome::Stopped;
         }
         let Some(result) = attempt_active(hooks, client, ep_id, id, body, stop).await else {
@@ -369,8 +372,7 @@ async fn deliver(
             }
             Attempt::Retry { error, after } => (error, after),
         };
-        tries.attempts += 1;
-        let (pause, spent) = after_failure(s, tries.attempts, tries.first_ms, after);
+        let (pause, spent) = count_failure(s, &mut tries, after);
         if spent {
             // The caller makes it a dead letter.
             return Outcome::Dead {
@@ -378,8 +380,7 @@ async fn deliver(
                 attempts: tries.attempts,
             };
         }
-        tries.next_ms = unix_ms_after(pause);
-        if let Err(error) = hooks.store_tries(ep_id, &tries).await {
+        if let Err(error) = hooks.store_tries(ep_id, id, &tries).await {
             tracing::warn!(endpoint.id = %ep_id, %error, "storing a webhook event's tries failed; a restart would count them afresh");
         }
         tracing::warn!(endpoint.id = %ep_id, event.id = %id, attempt = tries.attempts, %error, retry_in_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX), "webhook delivery failed");
@@ -637,8 +638,8 @@ async fn endpoint_round(
 const REPLAYS_PER_ROUND: usize = 100;
 
 /// How an endpoint's replays are paced, kept by its task. Each dead letter keeps its own
-/// tries, age and next attempt ([`DeadLetter::replay_attempts`] and the fields after it), so a
-/// restart goes on where the replay was; this is what holds the endpoint as a whole.
+/// tries ([`DeadLetter::replay_tries`]), so a restart goes on where the replay was; this is
+/// what holds the endpoint as a whole.
 #[derive(Default)]
 struct Replays {
     /// No replay goes out before this: the pause after a failed one.
@@ -646,7 +647,7 @@ struct Replays {
     /// Nothing at all goes to the receiver before this: it answered a replay with
     /// `Retry-After`.
     asked_until: Option<Instant>,
-    /// `not_before` was taken from the stored replays (a new task, e.g. after a restart).
+    /// Both were taken from the stored replays (a new task, e.g. after a restart).
     resumed: bool,
 }
 
@@ -676,21 +677,22 @@ async fn replay_dead_letters(
         .map_err(|e| e.to_string())?;
     if !replays.resumed {
         replays.resumed = true;
-        let next = waiting.iter().filter_map(|d| d.replay_next_ms).max();
-        if let Some(pause) = next.map(|at| until_unix_ms(s, at)).filter(|p| !p.is_zero()) {
-            replays.not_before = Some(Instant::now() + pause);
+        let stored = || waiting.iter().filter_map(|d| d.replay_tries.as_ref());
+        // From one now, so that a Retry-After that set a replay's pause ends with it.
+        let (now, now_ms) = (Instant::now(), webhooks::unix_ms());
+        let wait_for = |unix_ms: Option<u64>| {
+            let pause = until_unix_ms(s, unix_ms?, now_ms);
+            (!pause.is_zero()).then(|| now + pause)
+        };
+        replays.asked_until = wait_for(stored().filter_map(|t| t.asked_until_ms).max());
+        replays.not_before = wait_for(stored().map(|t| t.next_ms).max());
+        if replays.not_before.is_some() {
             return Ok(true);
         }
     }
     for dl in waiting {
-        let (id, tries) = (dl.id.clone(), dl.replay_attempts + 1);
-        let first_ms = dl.replay_first_ms.unwrap_or_else(webhooks::unix_ms);
-        let failed = |error: String, attempts: u32, retry_at: Option<u64>| Replayed::Failed {
-            error,
-            attempts,
-            first_ms,
-            retry_at,
-        };
+        let id = dl.id.clone();
+        let mut tries = dl.replay_tries.clone().unwrap_or_else(Tries::first);
         let unreadable = "not sent: its event cannot be read from the log";
         let sendable = match hooks.with_body(dl) {
             Ok(dl) if !dl.body.is_empty() => too_large(s, dl.body.as_bytes()).map_or(Ok(dl), Err),
@@ -701,7 +703,7 @@ async fn replay_dead_letters(
             Ok(dl) => dl,
             Err(why) => {
                 tracing::warn!(endpoint.id = %ep_id, dead_letter.id = %id, reason = %why, "dead letter not replayed");
-                replayed(hooks, &id, ep_id, failed(why, 0, None)).await?;
+                replayed(hooks, &id, ep_id, Replayed::NotSent { error: why }).await?;
                 continue;
             }
         };
@@ -718,20 +720,32 @@ async fn replay_dead_letters(
             }
             Attempt::Gone => {
                 // Its outcome first: disabling releases the replays still waiting here.
+                tries.attempts = tries.attempts.saturating_add(1);
                 let error = "answered 410 Gone; the endpoint is disabled".to_owned();
-                replayed(hooks, &id, ep_id, failed(error, 1, None)).await?;
+                let gone = Replayed::Refused {
+                    error,
+                    tries,
+                    given_up: true,
+                };
+                replayed(hooks, &id, ep_id, gone).await?;
                 disable(hooks, ep_id).await?;
                 return Ok(false);
             }
             Attempt::Retry { error, after } => (error, after),
         };
-        let (pause, spent) = after_failure(s, tries, first_ms, retry_after);
+        let (pause, spent) = count_failure(s, &mut tries, retry_after);
         let now = Instant::now();
         replays.not_before = Some(now + pause);
         replays.asked_until = retry_after.map(|asked| now + asked);
-        tracing::warn!(endpoint.id = %ep_id, event.id = %dl.event_id, attempt = tries, %error, given_up = spent, "dead letter replay failed");
-        let retry_at = (!spent).then(|| unix_ms_after(pause));
-        replayed(hooks, &id, ep_id, failed(error, 1, retry_at)).await?;
+        let attempt = tries.attempts;
+        let refused = Replayed::Refused {
+            error: error.clone(),
+            tries,
+            given_up: spent,
+        };
+        replayed(hooks, &id, ep_id, refused).await?;
+        // Logged once its tries are stored, as a live event's failure.
+        tracing::warn!(endpoint.id = %ep_id, event.id = %dl.event_id, attempt, %error, given_up = spent, "dead letter replay failed");
         break;
     }
     Ok(true)
@@ -767,9 +781,7 @@ async fn deliver_all(
             last_error: error,
             failed_at: orderd_actors::audit::now_rfc3339(),
             replay: false,
-            replay_attempts: 0,
-            replay_first_ms: None,
-            replay_next_ms: None,
+            replay_tries: None,
             // Rendered again from the log when listed or replayed (see `DeadLetter::body`).
             body: String::new(),
         };
@@ -874,6 +886,46 @@ mod tests {
         );
         assert_eq!(past, Some(Duration::ZERO));
         assert_eq!(pause(&s, 1, past, 0), backoff(&s, 1, 0));
+    }
+
+    // A failure is counted into the tries: the next attempt after the pause and, after a
+    // Retry-After, when the receiver's pause ends (with the next attempt when it set the
+    // pause). The event is spent at `attempts_max`, or when the next attempt would be too old.
+    #[test]
+    fn a_failure_counts_into_the_tries() {
+        let s = WebhookSettings {
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 1_000,
+            attempts_max: 3,
+            attempt_age_max_ms: 60_000,
+            ..WebhookSettings::default()
+        };
+        let mut tries = Tries::first();
+        let (pause, spent) = count_failure(&s, &mut tries, None);
+        assert!(!spent);
+        assert_eq!((tries.attempts, tries.asked_until_ms), (1, None));
+        let next_in = tries.next_ms.saturating_sub(webhooks::unix_ms());
+        assert!(
+            next_in <= 1_000 && u128::from(next_in + 100) >= pause.as_millis(),
+            "{next_in}"
+        );
+        let (pause, spent) = count_failure(&s, &mut tries, Some(Duration::from_secs(5)));
+        assert_eq!(
+            (pause, spent, tries.attempts),
+            (Duration::from_secs(5), false, 2)
+        );
+        assert_eq!(tries.asked_until_ms, Some(tries.next_ms));
+        let (_, spent) = count_failure(&s, &mut tries, None);
+        assert!(spent, "attempts_max reached");
+        let mut old = Tries {
+            first_ms: webhooks::unix_ms() - 59_500,
+            ..Tries::first()
+        };
+        let (_, spent) = count_failure(&s, &mut old, None);
+        assert!(
+            spent,
+            "the next attempt would be more than a minute after the first"
+        );
     }
 
     // Backoff doubles from the base up to the cap, with jitter in the upper half.

@@ -471,11 +471,12 @@ async fn a_gone_endpoint_is_enabled_again() {
     );
 }
 
-// A receiver that answers a replay `429 Retry-After: 3` gets nothing for 3 s: the live event
-// placed meanwhile waits too (while a replay waits out a plain backoff, live events go on).
+// A receiver that answers a replay `429 Retry-After: 6` gets nothing for 6 s, also across a
+// kill -9 of orderd: the replay and the live event placed after the restart both wait (while a
+// replay waits out a plain backoff, live events go on).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retry_after_to_a_replay_holds_live_events() {
-    let (rx, env, admin, bob) = with_receiver(&[
+async fn a_retry_after_to_a_replay_holds_live_events_across_a_crash() {
+    let (rx, mut env, admin, bob) = with_receiver(&[
         ("ORDERD_WEBHOOKS__ATTEMPTS_MAX", "2"),
         ("ORDERD_WEBHOOKS__BACKOFF_BASE_MS", "100"),
         ("ORDERD_WEBHOOKS__BACKOFF_MAX_MS", "100"),
@@ -485,7 +486,7 @@ async fn a_retry_after_to_a_replay_holds_live_events() {
     rx.put(
         "script",
         "/hold",
-        json!([{"status": 500}, {"status": 500}, {"status": 429, "retry_after": "3"}, {"status": 200}]),
+        json!([{"status": 500}, {"status": 500}, {"status": 429, "retry_after": "6"}, {"status": 200}]),
     )
     .await;
     let first = place_one(&env, &bob, "hold-0").await;
@@ -500,7 +501,17 @@ async fn a_retry_after_to_a_replay_holds_live_events() {
         log.get(2).map(|e| e["at"].as_f64().unwrap())
     })
     .await;
+    logged(&env, "dead letter replay failed", &first).await;
+    env.kill().await;
+    env.restart().await;
+    let bob = env.token("ACME", "bob", &["buyer", "approver"]).await;
     let live = place_one(&env, &bob, "hold-1").await;
+    let placed_at = unix_secs();
+    assert!(
+        placed_at - refused_at < 5.0,
+        "restarted and placed {} s after the refusal: too late to tell",
+        placed_at - refused_at
+    );
     let got = rx
         .await_delivered("/hold", &[first.clone(), live.clone()])
         .await;
@@ -510,15 +521,11 @@ async fn a_retry_after_to_a_replay_holds_live_events() {
         "the replay first, then the live event"
     );
     let log = rx.log("/hold").await;
-    let live_at = (log.iter())
-        .find(|e| e["id"] == live.as_str())
-        .map(|e| e["at"].as_f64().unwrap())
-        .unwrap();
-    assert!(
-        live_at - refused_at >= 2.9,
-        "the live event waited for the Retry-After: {} s",
-        live_at - refused_at
-    );
+    assert_eq!(log.len(), 5, "nothing sent during the pause: {log:?}");
+    for e in &log[3..] {
+        let waited = e["at"].as_f64().unwrap() - refused_at;
+        assert!(waited >= 5.9, "{} sent {waited} s after the 429", e["id"]);
+    }
 }
 
 /// A receiver; orderd delivering webhooks to private addresses in rounds of 50 ms, with
@@ -599,12 +606,24 @@ async fn delete_endpoint(env: &TestEnv, admin: &str, id: &str) {
 /// Waits until orderd logged a retried failure whose line holds `needle` (an event id): it logs
 /// it once the event's tries are stored.
 async fn failure_stored(env: &TestEnv, needle: &str) {
-    wait_for("a stored failure", async || {
+    logged(env, "webhook delivery failed", needle).await
+}
+
+/// Waits for orderd to log `message` on a line holding `needle`.
+async fn logged(env: &TestEnv, message: &str, needle: &str) {
+    wait_for(message, async || {
         (env.log_tail().lines())
-            .any(|l| l.contains("webhook delivery failed") && l.contains(needle))
+            .any(|l| l.contains(message) && l.contains(needle))
             .then_some(())
     })
     .await
+}
+
+/// Now, as the receiver's `at` (Unix seconds).
+fn unix_secs() -> f64 {
+    (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH))
+        .unwrap()
+        .as_secs_f64()
 }
 
 async fn wait_for<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
