@@ -58,6 +58,10 @@ pub enum ApiError {
     /// spike there are thousands a second (`orderd_http_refusals_total` counts them).
     #[error("orderd is serving all the requests it can within its latency target; retry shortly")]
     Overloaded,
+    /// No turn to read the event log came within `api.event_read_wait_ms`. Not logged one by
+    /// one either: a reconnect storm makes many.
+    #[error("every turn to read the event log is taken (api.event_reads_max); retry shortly")]
+    ReadsBusy,
     #[error("rate limit of this {} reached; retry after {retry_after_s} s", scope.noun())]
     RateLimited {
         scope: crate::rate_limit::Scope,
@@ -126,6 +130,7 @@ impl ApiError {
             ApiError::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "account_busy"),
             ApiError::TooManyStreams(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_streams"),
             ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "daemon_busy"),
+            ApiError::ReadsBusy => (StatusCode::SERVICE_UNAVAILABLE, "event_reads_busy"),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

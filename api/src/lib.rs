@@ -40,6 +40,9 @@ pub const EVENT_STREAM_RECHECK_MAX_MS: u64 = 60_000;
 /// log never take them all.
 pub const EVENT_READS_MAX: usize = 256;
 
+/// Longest `event_read_wait_ms`: a request waits at most a minute for its turn to read.
+pub const EVENT_READ_WAIT_MAX_MS: u64 = 60_000;
+
 /// A random number for jitter (spreading retries and periodic checks over time). Without
 /// randomness it is 0: a pause it spreads then starts its range, still bounded.
 pub fn random_u64() -> u64 {
@@ -81,6 +84,10 @@ pub struct ApiLimits {
     /// after a restart then leaves the blocking threads to the accounts' loads. At most
     /// [`EVENT_READS_MAX`].
     pub event_reads_max: usize,
+    /// How long a read waits for its turn before the request is answered `503
+    /// event_reads_busy` (or, in the middle of a stream's replay, the stream ends for the
+    /// client to resume). At most [`EVENT_READ_WAIT_MAX_MS`].
+    pub event_read_wait_ms: u64,
     /// A capture request slower than this is logged at WARN with its order id, account and
     /// latency (0: never).
     pub slow_order_log_ms: u64,
@@ -100,6 +107,7 @@ impl Default for ApiLimits {
             event_stream_recheck_ms: 5_000,
             event_stream_keepalive_ms: 15_000,
             event_reads_max: 4,
+            event_read_wait_ms: 10_000,
             slow_order_log_ms: 1_000,
         }
     }

@@ -169,6 +169,7 @@ pub struct Telemetry {
     rate_limited_429: Counter,
     unavailable_503: Counter,
     daemon_busy_503: Counter,
+    reads_busy_503: Counter,
     /// Per-second figures of the last minutes, for the operators' dashboard.
     pub live: live::LiveWindow,
 }
@@ -252,6 +253,7 @@ impl Telemetry {
             rate_limited_429: metrics::counter!(REFUSALS, "status" => "429", "code" => "rate_limited"),
             unavailable_503: metrics::counter!(REFUSALS, "status" => "503", "code" => "unavailable"),
             daemon_busy_503: metrics::counter!(REFUSALS, "status" => "503", "code" => "daemon_busy"),
+            reads_busy_503: metrics::counter!(REFUSALS, "status" => "503", "code" => "event_reads_busy"),
             live: live::LiveWindow::new(),
         }
     }
@@ -280,6 +282,10 @@ impl Telemetry {
             }
             ApiError::Overloaded => {
                 self.daemon_busy_503.increment(1);
+                self.live.record_status(503);
+            }
+            ApiError::ReadsBusy => {
+                self.reads_busy_503.increment(1);
                 self.live.record_status(503);
             }
             ApiError::Invalid(problems) => self.record_problems(problems),

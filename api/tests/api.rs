@@ -357,6 +357,47 @@ async fn tenancy_cannot_be_crossed() {
     );
 }
 
+// A read of the event log waits at most `event_read_wait_ms` for its turn: with the one turn
+// taken, a page of /v1/events and a stream's replay are `503 event_reads_busy` with
+// Retry-After; once the turn is free, both are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_of_the_event_log_waits_for_its_turn_no_longer_than_the_bound() {
+    let api = api_with(ApiLimits {
+        event_reads_max: 1,
+        event_read_wait_ms: 200,
+        ..ApiLimits::default()
+    })
+    .await;
+    let a = api.token(Some("A"), "ann", &["buyer"], None).await;
+    let r = api
+        .place(&a, "w-1", json!({"lines":[{"sku":"BOLT","qty":2}]}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let held = api.state.event_reads.clone().acquire_owned().await.unwrap();
+    let resume = [("last-event-id", "0")];
+    for (uri, extra) in [("/v1/events", &[][..]), ("/v1/events/stream", &resume[..])] {
+        let started = std::time::Instant::now();
+        let r = api.call("GET", uri, Some(&a), None, extra).await;
+        assert_eq!(
+            r.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{uri}: {:?}",
+            r.body
+        );
+        assert_eq!(r.body["code"], "event_reads_busy", "{uri}");
+        assert!(r.headers.contains_key("retry-after"), "{uri}");
+        assert!(
+            started.elapsed() >= std::time::Duration::from_millis(200),
+            "{uri} waited"
+        );
+    }
+    drop(held);
+    for (uri, extra) in [("/v1/events", &[][..]), ("/v1/events/stream", &resume[..])] {
+        let r = api.call("GET", uri, Some(&a), None, extra).await;
+        assert_eq!(r.status, StatusCode::OK, "{uri}: {:?}", r.body);
+    }
+}
+
 // GET /v1/events replays the caller's account's events only, oldest first, each with its log
 // seq; `next` continues where the page ended; an operator sees every account's. With one turn
 // to read the log (`event_reads_max = 1`), requests made at once all complete, each whole: no

@@ -216,6 +216,11 @@ impl Config {
                 u64::try_from(self.api.event_reads_max).unwrap_or(u64::MAX),
                 u64::try_from(orderd_api::EVENT_READS_MAX).unwrap_or(u64::MAX),
             ),
+            (
+                "api.event_read_wait_ms",
+                self.api.event_read_wait_ms,
+                orderd_api::EVENT_READ_WAIT_MAX_MS,
+            ),
         ] {
             if !(1..=max).contains(&value) {
                 errs.push(format!("{key} must be 1 to {max}, got {value}"));
@@ -339,7 +344,7 @@ mod tests {
     fn event_stream_bounds() {
         let load = |file: &str| Config::load(file, &env(&[]));
         assert!(load(
-            "[api]\nevent_stream_max_ms = 3600000\nevent_stream_recheck_ms = 60000\nevent_reads_max = 256\n"
+            "[api]\nevent_stream_max_ms = 3600000\nevent_stream_recheck_ms = 60000\nevent_reads_max = 256\nevent_read_wait_ms = 60000\n"
         )
         .is_ok());
         for bad in [
@@ -349,6 +354,8 @@ mod tests {
             "event_stream_recheck_ms = 60001",
             "event_reads_max = 0",
             "event_reads_max = 257",
+            "event_read_wait_ms = 0",
+            "event_read_wait_ms = 60001",
         ] {
             let Err(ConfigError::Invalid(errs)) = load(&format!("[api]\n{bad}\n")) else {
                 panic!("{bad} should be refused")

@@ -199,11 +199,16 @@ impl OwnOrders {
     }
 }
 
-/// A turn to read the event log: at most `api.event_reads_max` reads run at once. The read's
-/// blocking task holds it: a request that goes away (a stream that ended) does not free the
-/// turn while its read still runs.
+/// A turn to read the event log: at most `api.event_reads_max` reads run at once, and none
+/// waits for its turn longer than `api.event_read_wait_ms` ([`ApiError::ReadsBusy`]). The
+/// read's blocking task holds it: a request that goes away (a stream that ended) does not free
+/// the turn while its read still runs.
 async fn read_turn(s: &ApiState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-    (s.event_reads.clone().acquire_owned().await).map_err(|e| ApiError::Internal(e.to_string()))
+    let wait = Duration::from_millis(s.limits.event_read_wait_ms);
+    match tokio::time::timeout(wait, s.event_reads.clone().acquire_owned()).await {
+        Ok(turn) => turn.map_err(|e| ApiError::Internal(e.to_string())),
+        Err(_) => Err(ApiError::ReadsBusy),
+    }
 }
 
 /// Up to `limit` events of the scope's account after log seq `after`, read on the blocking
