@@ -215,11 +215,13 @@ pub fn bearer(parts: &axum::http::HeaderMap) -> Result<Option<&str>, ApiError> {
     let header = header
         .to_str()
         .map_err(|_| ApiError::Unauthorized("Authorization must be a Bearer token".into()))?;
-    header
-        .strip_prefix("Bearer ")
-        .or_else(|| header.strip_prefix("bearer "))
-        .map(|t| Some(t.trim()))
-        .ok_or_else(|| ApiError::Unauthorized("Authorization must be a Bearer token".into()))
+    // The scheme is case-insensitive (RFC 9110, section 11.1).
+    match header.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(Some(token.trim())),
+        _ => Err(ApiError::Unauthorized(
+            "Authorization must be a Bearer token".into(),
+        )),
+    }
 }
 
 /// Extractor: the verified caller of this request.

@@ -501,6 +501,26 @@ async fn events_replay_per_account() {
         .await;
     assert!(none.body["events"].as_array().unwrap().is_empty());
     assert_eq!(none.body["next"], next);
+    // Past the head (another data directory's cursor): read from the head, not skipped ahead.
+    let beyond = (api.call("GET", "/v1/events?after=999999", Some(&a), None, &[])).await;
+    assert_eq!(beyond.status, StatusCode::OK);
+    assert!(
+        beyond.body["next"].as_u64().unwrap() <= next,
+        "{:?}",
+        beyond.body
+    );
+    // The scheme of Authorization is case-insensitive.
+    let bearer = format!("BEARER {a}");
+    let shouted = api
+        .call(
+            "GET",
+            "/v1/events",
+            None,
+            None,
+            &[("authorization", &bearer)],
+        )
+        .await;
+    assert_eq!(shouted.status, StatusCode::OK, "{:?}", shouted.body);
 
     let only_b = api.call("GET", "/v1/events", Some(&b), None, &[]).await;
     let b_orders: Vec<&str> = only_b.body["events"]

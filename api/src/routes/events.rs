@@ -277,7 +277,10 @@ async fn list(
     Query(q): Query<EventsQuery>,
 ) -> ApiResult<axum::Json<EventPage>> {
     let scope = scope(&s, &auth)?;
-    let after = q.after.unwrap_or(0);
+    // An `after` past the head (another data directory's, or made up) reads from the head, as
+    // a stream's Last-Event-ID does: taken as is, `next` would skip every event until the log
+    // got that far.
+    let after = (q.after.unwrap_or(0)).min(s.engine.journal.audit_head().seq);
     let limit = crate::extract::page_limit(q.limit, EVENTS_PAGE_DEFAULT, s.limits.page_max)?;
     let page = read_events_async(&s, after, &scope, limit).await?;
     Ok(axum::Json(page))
