@@ -1060,10 +1060,17 @@ pub async fn approve(
             order.state.as_str()
         ))));
     }
-    // Four eyes: whoever placed the order may withdraw it (reject, cancel), never approve it.
+    // Four eyes: whoever placed the order may withdraw it (reject, cancel), never approve it;
+    // nor may whoever wrote what it holds now (an approver who amended a colleague's order).
     if order.placed_by == caller.user {
         return Ok(Err(Rejection::Forbidden(format!(
             "order {id} was placed by {}: another approver of the account approves it",
+            caller.user
+        ))));
+    }
+    if let Some(action) = changed_by(st, id, &caller.user)? {
+        return Ok(Err(Rejection::Forbidden(format!(
+            "{} changed order {id} ({action}): another approver of the account approves it",
             caller.user
         ))));
     }
@@ -1110,6 +1117,31 @@ pub async fn approve(
     };
     released.and(settled)?;
     Ok(Ok(commit_order(st, order, &committed)))
+}
+
+/// The first change of what order `id` holds (`order.submit` of a draft, `order.amend`) that
+/// `user` made, from the order's audit records: who changed an order is what the log keeps,
+/// and an approval reads them rarely enough (an order has at most [`ORDER_CHANGES_MAX`]).
+/// Blocking (reads sled, mostly from its cache).
+fn changed_by(
+    st: &AccountState,
+    id: &OrderId,
+    user: &UserId,
+) -> Result<Option<&'static str>, ActorError> {
+    const CONTENT: [&str; 2] = ["order.submit", "order.amend"];
+    for seq in st.orders.audit_seqs(id) {
+        let record = st.journal.audit_record(*seq)?.ok_or_else(|| {
+            ActorError::Invariant(format!("order {id} names missing audit record {seq}"))
+        })?;
+        let entry = AuditEntry::decode(&record.payload)
+            .map_err(|e| ActorError::Invariant(format!("audit record {seq}: {e}")))?;
+        if entry.user == user.as_str() {
+            if let Some(action) = CONTENT.iter().find(|a| **a == entry.action) {
+                return Ok(Some(action));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Once a pending order is confirmed: each warehouse allocates what the order's lines need

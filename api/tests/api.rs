@@ -1356,6 +1356,41 @@ async fn approval_and_shipment() {
         "{:?}",
         own.body
     );
+    // Nor may an approver who changed it: vic amends ann's order (it still waits), then may
+    // not approve what he wrote.
+    let vic = api.token(Some("A"), "vic", &["approver"], None).await;
+    let amended = api
+        .call(
+            "PATCH",
+            &format!("/v1/orders/{id}"),
+            Some(&vic),
+            Some(json!({"customer_po": "PO-VIC"})),
+            &[],
+        )
+        .await;
+    assert_eq!(amended.status, StatusCode::OK, "{:?}", amended.body);
+    assert_eq!(
+        amended.body["state"], "pending_approval",
+        "{:?}",
+        amended.body
+    );
+    let his = api
+        .call(
+            "POST",
+            &format!("/v1/orders/{id}/approve"),
+            Some(&vic),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(his.status, StatusCode::FORBIDDEN, "{:?}", his.body);
+    assert!(
+        his.body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("vic changed order") && d.contains("order.amend")),
+        "{:?}",
+        his.body
+    );
     // Lines that are not the order's open ones refuse the approval, each named.
     let r = api
         .call(
@@ -1538,9 +1573,15 @@ async fn approval_and_shipment() {
     );
     let h = api.history(&buyer, &id).await;
     let actions: Vec<&str> = h.iter().map(|e| e["action"].as_str().unwrap()).collect();
-    assert_eq!(actions, ["order.place", "order.approve", "order.ship"]);
-    assert_eq!(h[1]["user"], "pat");
-    assert_eq!(h[2]["to"], "shipped");
+    assert_eq!(
+        actions,
+        ["order.place", "order.amend", "order.approve", "order.ship"]
+    );
+    assert_eq!(
+        (&h[1]["user"], &h[2]["user"]),
+        (&json!("vic"), &json!("pat"))
+    );
+    assert_eq!(h[3]["to"], "shipped");
 }
 
 // A buyer who placed an order that waits for approval withdraws it with cancel: it ends
