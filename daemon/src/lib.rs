@@ -172,6 +172,7 @@ pub async fn run(
     // Open event streams would hold the graceful shutdown up for as long as they last: end them.
     let bus = state.bus.clone();
     let (ended_tx, ended) = tokio::sync::oneshot::channel();
+    let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
     // Everything is up; connections wait in the listen backlog until `server` runs, just below.
     let notifier = systemd::Notifier::ready(addr);
     let watchdog = tokio::spawn(notifier.clone().watchdog(journal.clone()));
@@ -183,10 +184,27 @@ pub async fn run(
         notifier.stopping();
         let _ = ended_tx.send(ended);
         bus.close();
+        let _ = stopping_tx.send(());
     };
     let app = orderd_api::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let server = axum::serve(no_delay(listener), app).with_graceful_shutdown(shutdown);
-    server.await.context("serving HTTP")?;
+    // Requests under way get `shutdown_grace_ms` to finish. A client that never ends its
+    // request (headers or a body sent byte by byte, or not at all) must not hold the shutdown,
+    // nor the restart after a fault, for as long as it keeps its connection open.
+    let grace = Duration::from_millis(config.shutdown_grace_ms);
+    let overdue = async move {
+        if stopping.await.is_ok() {
+            tokio::time::sleep(grace).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        served = std::future::IntoFuture::into_future(server) => served.context("serving HTTP")?,
+        () = overdue => {
+            tracing::warn!(grace_ms = config.shutdown_grace_ms, "requests still under way after the shutdown grace period; their connections are dropped");
+        }
+    }
     tracing::info!("shutting down: stopping actors and flushing the journal");
     upkeep.abort();
     watchdog.abort();

@@ -59,6 +59,31 @@ async fn sigterm_exits_zero_and_keeps_everything() {
     assert!(h.report.orders_verified > verified);
 }
 
+// A request that never ends (its headers sent in part, and its connection kept open) does not
+// hold up SIGTERM: the daemon waits `shutdown_grace_ms` for it, then exits 0 all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_never_ends_does_not_hold_the_shutdown() {
+    use tokio::io::AsyncWriteExt;
+    let mut env = TestEnv::start_with(&[("ORDERD_SHUTDOWN_GRACE_MS", "1000")]).await;
+    let mut stalled = tokio::net::TcpStream::connect(env.daemon().addr())
+        .await
+        .expect("connecting");
+    stalled
+        .write_all(b"POST /v1/cart/lines HTTP/1.1\r\nHost: orderd\r\nContent-Length: 40\r\n")
+        .await
+        .expect("sending part of a request");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let status = env.terminate().await;
+    assert!(status.success(), "{status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "shutdown took {:?} with a request under way",
+        started.elapsed()
+    );
+    drop(stalled);
+}
+
 // A zero call timeout and an unknown log format are both reported, by name, before the daemon
 // binds anything, and it exits non-zero; so is an unknown setting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
