@@ -93,21 +93,21 @@ fn readable(text: &str) -> String {
     format!("{before}expected a JSON object{position}")
 }
 
-/// Refuses JSON bodies above `max`: at once by their declared length, and a body without one
-/// (chunked) is cut off while it is read, so reading it fails instead of buffering more.
-/// CSV imports have their own, larger limit (the router's `DefaultBodyLimit`).
-pub async fn limit_json_body(req: Request, next: Next, max: usize) -> Response {
-    let is_import = req.uri().path().starts_with("/v1/admin/import/");
+/// Refuses bodies above their limit (`json_max`; a CSV import `import_max`): at once by their
+/// declared length, and a body without one (chunked) is cut off while it is read, so reading
+/// it fails instead of buffering more.
+pub async fn limit_body(req: Request, next: Next, json_max: usize, import_max: usize) -> Response {
+    let max = match req.uri().path().starts_with("/v1/admin/import/") {
+        true => import_max,
+        false => json_max,
+    };
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if !is_import && declared.is_some_and(|n| n > max) {
+    if declared.is_some_and(|n| n > max) {
         return ApiError::TooLarge(format!("the body is larger than {max} bytes")).into_response();
-    }
-    if is_import {
-        return next.run(req).await;
     }
     let req = req.map(|body| axum::body::Body::new(http_body_util::Limited::new(body, max)));
     next.run(req).await

@@ -311,7 +311,7 @@ pub fn router(state: ApiState) -> Router {
             error::ApiError::MethodNotAllowed(method.to_string())
         })
         .layer(axum::middleware::from_fn(move |req, next| {
-            json::limit_json_body(req, next, body_limit)
+            json::limit_body(req, next, body_limit, import_limit)
         }))
         .with_state(state)
 }

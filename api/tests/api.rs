@@ -3629,30 +3629,37 @@ async fn an_import_refused_midway_names_what_was_stored() {
     assert_eq!(limit.to_string(), "100.00 USD");
 }
 
-// An import body above `api.import_body_max_bytes` is a problem+json answer like any other.
+// An import body above `api.import_body_max_bytes` is a problem+json answer like any other,
+// also when the import limit is below the JSON bodies' limit.
 #[tokio::test]
 async fn an_oversized_import_is_refused_as_a_problem() {
     let api = api().await;
-    let limits = ApiLimits {
-        body_max_bytes: 512,
-        import_body_max_bytes: 1024,
-        ..ApiLimits::default()
-    };
-    let small = Api {
-        state: ApiState::new(
-            api.state.engine.clone(),
-            Authenticator::dev(&[7u8; 32]),
-            vec![],
-            limits,
-            true,
-        ),
-    };
-    let op = small.token(None, "olga", &["operator"], None).await;
-    let csv = format!("warehouse,sku,on_hand\n{}", "W1,S1,1\n".repeat(300));
-    let resp = small.import_csv(&op, "stock", &csv).await;
-    assert_eq!(resp.status, StatusCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(resp.headers["content-type"], "application/problem+json");
-    assert_eq!(resp.body["code"], "body_too_large", "{:?}", resp.body);
+    for body_max_bytes in [512, 100_000] {
+        let limits = ApiLimits {
+            body_max_bytes,
+            import_body_max_bytes: 1024,
+            ..ApiLimits::default()
+        };
+        let small = Api {
+            state: ApiState::new(
+                api.state.engine.clone(),
+                Authenticator::dev(&[7u8; 32]),
+                vec![],
+                limits,
+                true,
+            ),
+        };
+        let op = small.token(None, "olga", &["operator"], None).await;
+        let csv = format!("warehouse,sku,on_hand\n{}", "W1,S1,1\n".repeat(300));
+        let resp = small.import_csv(&op, "stock", &csv).await;
+        assert_eq!(
+            resp.status,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "{body_max_bytes}"
+        );
+        assert_eq!(resp.headers["content-type"], "application/problem+json");
+        assert_eq!(resp.body["code"], "body_too_large", "{:?}", resp.body);
+    }
 }
 
 // Master data an import cannot store as given is refused with its reason: stock of a SKU the

@@ -186,6 +186,10 @@ impl Config {
             ("api.body_max_bytes", self.api.body_max_bytes == 0),
             ("api.page_max", self.api.page_max == 0),
             ("api.import_rows_max", self.api.import_rows_max == 0),
+            (
+                "api.import_body_max_bytes",
+                self.api.import_body_max_bytes == 0,
+            ),
             ("api.event_streams_max", self.api.event_streams_max == 0),
             (
                 "api.event_streams_per_account_max",
