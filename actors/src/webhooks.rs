@@ -317,7 +317,7 @@ pub struct DeadLetter {
     pub replay: bool,
     /// The failed attempts of the replay asked for last (also counted in `attempts`), none
     /// before its first: a replay is retried like a live event, and this survives a restart
-    /// of orderd. Its `next_ms` holds while `replay` is set.
+    /// of orderd. Given up, it keeps its count and age (`next_ms` 0, nothing asked for).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay_tries: Option<Tries>,
     /// The body as sent: the event's CloudEvents JSON. Rendered again from the event in the
@@ -432,6 +432,32 @@ impl State {
     fn moves_cursor(&self, endpoint: &str, seq: u64) -> bool {
         self.cursors.get(endpoint).is_none_or(|at| *at < seq)
     }
+}
+
+/// A stored dead letter. One written before replays kept [`Tries`] has its replay's tries in
+/// three fields (`replay_attempts`, `replay_first_ms`, `replay_next_ms`): they become its
+/// `replay_tries`, so a replay under way at an upgrade goes on with its count, age and pause.
+fn decode_dead_letter(bytes: &[u8]) -> Result<DeadLetter, serde_json::Error> {
+    #[derive(Deserialize)]
+    struct Earlier {
+        #[serde(flatten)]
+        dead_letter: DeadLetter,
+        #[serde(default)]
+        replay_attempts: u32,
+        replay_first_ms: Option<u64>,
+        replay_next_ms: Option<u64>,
+    }
+    let e: Earlier = serde_json::from_slice(bytes)?;
+    let mut dl = e.dead_letter;
+    if let (None, Some(first_ms)) = (&dl.replay_tries, e.replay_first_ms) {
+        dl.replay_tries = Some(Tries {
+            attempts: e.replay_attempts,
+            first_ms,
+            next_ms: e.replay_next_ms.unwrap_or(0),
+            asked_until_ms: None,
+        });
+    }
+    Ok(dl)
 }
 
 fn put_cursor(batch: &mut Batch, endpoint: &str, seq: u64) {
@@ -638,8 +664,8 @@ fn load(journal: &Journal) -> Result<State, StorageError> {
         st.endpoints.insert(e.id.clone(), e);
     }
     for (k, v) in journal.scan_prefix(DEAD.as_bytes())? {
-        let d: DeadLetter = serde_json::from_slice(&v).map_err(|e| corrupt(&k, e))?;
-        st.dead.insert(d);
+        st.dead
+            .insert(decode_dead_letter(&v).map_err(|e| corrupt(&k, e))?);
     }
     for (k, v) in journal.scan_prefix(CURSOR.as_bytes())? {
         let id = String::from_utf8_lossy(&k[CURSOR.len()..]).into_owned();
@@ -1178,11 +1204,16 @@ impl Webhooks {
                 Replayed::Delivered => None,
                 Replayed::Refused {
                     error,
-                    tries,
+                    mut tries,
                     given_up,
                 } => {
                     dl.replay = !given_up;
                     dl.attempts = dl.attempts.saturating_add(1);
+                    if given_up {
+                        // No next attempt, and no pause asked for that a restart would keep.
+                        tries.next_ms = 0;
+                        tries.asked_until_ms = None;
+                    }
                     dl.replay_tries = Some(tries);
                     Some(error)
                 }
@@ -1772,6 +1803,34 @@ mod tests {
             (n + 3, None, "too large"),
             "not sent: no attempt; a new replay counts afresh"
         );
+    }
+
+    // A dead letter stored before replays kept `Tries` reads with its replay's tries in them;
+    // one with none, and one of today's shape, read as they are.
+    #[test]
+    fn earlier_dead_letters_keep_their_replays_tries() {
+        let mut dl = dead("wh_1", "A", 3);
+        dl.replay = true;
+        let mut earlier = serde_json::to_value(&dl).unwrap();
+        earlier["replay_attempts"] = 2.into();
+        earlier["replay_first_ms"] = 1_000.into();
+        earlier["replay_next_ms"] = 5_000.into();
+        let read = decode_dead_letter(earlier.to_string().as_bytes()).unwrap();
+        let tries = Tries {
+            attempts: 2,
+            first_ms: 1_000,
+            next_ms: 5_000,
+            asked_until_ms: None,
+        };
+        assert_eq!(read.replay_tries, Some(tries.clone()));
+        assert_eq!(
+            read,
+            DeadLetter {
+                replay_tries: Some(tries),
+                ..dl.clone()
+            }
+        );
+        assert_eq!(decode_dead_letter(&json(&dl)).unwrap(), dl);
     }
 
     // An endpoint's tries are of one event: read back for it only, gone with the dead letter

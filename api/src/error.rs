@@ -12,6 +12,9 @@ use serde::Serialize;
 
 /// Seconds a client should wait after 429/503.
 pub const RETRY_AFTER_S: u32 = 1;
+/// `Retry-After` of `event_reads_busy`: its requests waited `api.event_read_wait_ms` already,
+/// and a reconnect storm should not come straight back.
+pub const READS_BUSY_RETRY_AFTER_S: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -163,6 +166,7 @@ impl IntoResponse for ApiError {
         };
         let retry_after = match &self {
             ApiError::RateLimited { retry_after_s, .. } => *retry_after_s,
+            ApiError::ReadsBusy => READS_BUSY_RETRY_AFTER_S,
             _ => RETRY_AFTER_S,
         };
         let (problems, stored) = match self {

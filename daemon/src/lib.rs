@@ -202,7 +202,7 @@ pub async fn run(
     tokio::select! {
         served = std::future::IntoFuture::into_future(server) => served.context("serving HTTP")?,
         () = overdue => {
-            tracing::warn!(grace_ms = config.shutdown_grace_ms, "requests still under way after the shutdown grace period; their connections are dropped");
+            tracing::warn!(grace_ms = config.shutdown_grace_ms, "requests still under way after the shutdown grace period; orderd stops without waiting for them (their connections close as it exits)");
         }
     }
     tracing::info!("shutting down: stopping actors and flushing the journal");

@@ -918,7 +918,7 @@ mod tests {
         let (_, spent) = count_failure(&s, &mut tries, None);
         assert!(spent, "attempts_max reached");
         let mut old = Tries {
-            first_ms: webhooks::unix_ms() - 59_500,
+            first_ms: webhooks::unix_ms() - 59_900,
             ..Tries::first()
         };
         let (_, spent) = count_failure(&s, &mut old, None);

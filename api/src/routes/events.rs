@@ -490,6 +490,12 @@ impl Replay {
                         let limit = this.state.limits.page_max;
                         match read_shown_async(&this.state, from, &this.scope, limit).await {
                             Ok(page) => page,
+                            // No turn to read: counted, not logged one by one (a storm).
+                            Err(error @ ApiError::ReadsBusy) => {
+                                crate::telemetry::global().record_error(&error);
+                                this.to.store(REPLAY_FAILED, Ordering::Release);
+                                return None;
+                            }
                             Err(error) => {
                                 tracing::warn!(%error, "event stream replay failed; the stream ends");
                                 this.to.store(REPLAY_FAILED, Ordering::Release);
