@@ -166,6 +166,21 @@ impl AuditEntry {
     }
 }
 
+/// The entry of audit record `seq`, one of the records order `order` names as its changes: a
+/// missing or undecodable one is a broken invariant (the order and its record were one write).
+/// Blocking (reads sled).
+pub fn order_entry(
+    journal: &orderd_storage::Journal,
+    order: &OrderId,
+    seq: u64,
+) -> Result<AuditEntry, crate::ActorError> {
+    use crate::ActorError::Invariant;
+    let record = journal
+        .audit_record(seq)?
+        .ok_or_else(|| Invariant(format!("order {order} names missing audit record {seq}")))?;
+    AuditEntry::decode(&record.payload).map_err(|e| Invariant(format!("audit record {seq}: {e}")))
+}
+
 /// The tag byte of a compact (postcard) audit payload. JSON payloads of older journals start
 /// with `{`, so the two never mix up.
 pub const COMPACT_ENTRY: u8 = 0x01;

@@ -575,14 +575,7 @@ impl Engine {
             .skip_while(|seq| *seq <= after)
             .take_while(|seq| *seq <= durable)
             .take(limit)
-            .map(|seq| {
-                let r = self.journal.audit_record(seq)?.ok_or_else(|| {
-                    ActorError::Invariant(format!("order {order} names missing audit record {seq}"))
-                })?;
-                AuditEntry::decode(&r.payload)
-                    .map(|e| (seq, e))
-                    .map_err(|e| ActorError::Invariant(format!("audit record {seq}: {e}")))
-            })
+            .map(|seq| Ok((seq, crate::audit::order_entry(&self.journal, order, seq)?)))
             .collect()
     }
 

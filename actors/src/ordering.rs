@@ -1130,11 +1130,7 @@ fn changed_by(
 ) -> Result<Option<&'static str>, ActorError> {
     const CONTENT: [&str; 2] = ["order.submit", "order.amend"];
     for seq in st.orders.audit_seqs(id) {
-        let record = st.journal.audit_record(*seq)?.ok_or_else(|| {
-            ActorError::Invariant(format!("order {id} names missing audit record {seq}"))
-        })?;
-        let entry = AuditEntry::decode(&record.payload)
-            .map_err(|e| ActorError::Invariant(format!("audit record {seq}: {e}")))?;
+        let entry = crate::audit::order_entry(&st.journal, id, *seq)?;
         if entry.user == user.as_str() {
             if let Some(action) = CONTENT.iter().find(|a| **a == entry.action) {
                 return Ok(Some(action));
