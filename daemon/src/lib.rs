@@ -192,12 +192,10 @@ pub async fn run(
     // request (headers or a body sent byte by byte, or not at all) must not hold the shutdown,
     // nor the restart after a fault, for as long as it keeps its connection open.
     let grace = Duration::from_millis(config.shutdown_grace_ms);
+    // (`stopping` fails only once the server future dropped its shutdown future: it is done.)
     let overdue = async move {
-        if stopping.await.is_ok() {
-            tokio::time::sleep(grace).await;
-        } else {
-            std::future::pending::<()>().await;
-        }
+        let _ = stopping.await;
+        tokio::time::sleep(grace).await;
     };
     tokio::select! {
         served = std::future::IntoFuture::into_future(server) => served.context("serving HTTP")?,
