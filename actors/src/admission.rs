@@ -1,10 +1,10 @@
 //! The daemon-wide admission bound: how many state-changing API requests may be inside orderd
-//! at once. The API's access guard lets each one in through [`Admission::enter`] before it
-//! checks a bearer token or reads the body (a browser session's request after its session is
-//! looked up, which may wait for the identity provider to refresh it), and the [`Ticket`] it
-//! holds until its answer is ready measures its time inside. (A bearer token signed by a key
-//! its issuer's key set lacks still fetches the key set inside: rare, and bounded by
-//! `oidc.http_timeout_ms`.)
+//! at once. The API's access guard refuses a change at once when there is no room
+//! ([`Admission::has_room`]), before it checks the credential; once the caller is
+//! authenticated, allowed and within its rate limits and the whole body has arrived, it lets
+//! the request in through [`Admission::enter`], and the [`Ticket`] it holds until its answer
+//! is ready measures its time inside: orderd's work, not the client's upload nor the identity
+//! provider's answer.
 //!
 //! A fixed bound (`limits.inflight_total_max`) protects memory, not latency: during a spike
 //! three times above what orderd can serve, requests queued for CPU (the runtime's run queue,
@@ -110,6 +110,19 @@ impl Admission {
             admission: Arc::clone(self),
             entered: now,
         })
+    }
+
+    /// Whether [`Admission::enter`] would let a request in now; when not, the refusal is
+    /// counted as `enter`'s is. The API asks this before it authenticates a change and reads
+    /// its body, so that during a spike its refusal costs far less than the work it turns
+    /// away, and takes the ticket only once the body is in: a slow upload holds no place
+    /// inside and its time on the wire is not counted as time inside.
+    pub fn has_room(&self, now: Instant) -> bool {
+        let room = self.inflight.load(Ordering::Acquire) < self.bound(now);
+        if !room {
+            self.refused.store(true, Ordering::Release);
+        }
+        room
     }
 
     /// Requests inside now.
@@ -320,7 +333,8 @@ mod tests {
     }
 
     // enter counts requests inside against the bound and refuses above it; a dropped ticket
-    // lets its request out, and a refusal keeps the overload going.
+    // lets its request out, and a refusal keeps the overload going. has_room answers what
+    // enter would, counting its refusal the same way, and lets nothing in.
     #[test]
     fn tickets_count_against_the_bound() {
         let t0 = Instant::now();
@@ -332,8 +346,16 @@ mod tests {
             },
             t0,
         ));
+        assert!(a.has_room(t0));
         let first = a.enter(t0).expect("room for two");
+        assert!(a.has_room(t0));
+        assert!(!a.refused.load(Ordering::Acquire), "nothing refused yet");
         let second = a.enter(t0).expect("room for two");
+        assert!(!a.has_room(t0), "no room for a third");
+        assert!(
+            a.refused.swap(false, Ordering::AcqRel),
+            "counted as refused"
+        );
         assert!(a.enter(t0).is_none(), "a third is refused");
         assert_eq!(a.inflight(), 2);
         drop(first);

@@ -34,6 +34,10 @@ pub enum ApiError {
     /// The body is above the route's limit (413 Content Too Large).
     #[error("{0}")]
     TooLarge(String),
+    /// The body did not arrive within `api.body_read_timeout_ms` (408; the connection is
+    /// closed).
+    #[error("{0}")]
+    BodyTimeout(String),
     /// The body is not of the media type the route reads (415).
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -117,6 +121,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            ApiError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_read_timeout"),
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
@@ -201,6 +206,11 @@ impl IntoResponse for ApiError {
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
         ) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        }
+        if status == StatusCode::REQUEST_TIMEOUT {
+            // RFC 9110 section 15.5.9: the rest of the body may still come; the connection
+            // cannot carry another request.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if status == StatusCode::UNAUTHORIZED {
             // RFC 6750 section 3: a request without credentials gets the challenge alone.

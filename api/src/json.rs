@@ -96,11 +96,8 @@ fn readable(text: &str) -> String {
 /// Refuses bodies above their limit (`json_max`; a CSV import `import_max`): at once by their
 /// declared length, and a body without one (chunked) is cut off while it is read, so reading
 /// it fails instead of buffering more.
-pub async fn limit_body(req: Request, next: Next, json_max: usize, import_max: usize) -> Response {
-    let max = match req.uri().path().starts_with("/v1/admin/import/") {
-        true => import_max,
-        false => json_max,
-    };
+pub async fn limit_body(req: Request, next: Next, limits: &crate::ApiLimits) -> Response {
+    let max = body_max(req.uri().path(), limits);
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -111,6 +108,27 @@ pub async fn limit_body(req: Request, next: Next, json_max: usize, import_max: u
     }
     let req = req.map(|body| axum::body::Body::new(http_body_util::Limited::new(body, max)));
     next.run(req).await
+}
+
+/// The body limit of the route at `path`: `import_body_max_bytes` for CSV imports,
+/// `body_max_bytes` for the rest.
+pub fn body_max(path: &str, limits: &crate::ApiLimits) -> usize {
+    match path.starts_with("/v1/admin/import/") {
+        true => limits.import_body_max_bytes,
+        false => limits.body_max_bytes,
+    }
+}
+
+/// Why a body limited by [`limit_body`] could not be read: above `max` (413), or cut off.
+pub fn read_error(e: &axum::Error, max: usize) -> ApiError {
+    let too_large = std::iter::successors(Some(e as &dyn std::error::Error), |e| e.source())
+        .any(|e| e.is::<http_body_util::LengthLimitError>());
+    match too_large {
+        true => ApiError::TooLarge(format!("the body is larger than {max} bytes")),
+        false => {
+            ApiError::bad_request("malformed_body", format!("the body could not be read: {e}"))
+        }
+    }
 }
 
 /// A line's quantity as a client sent it: any JSON value. A whole number that fits a `u32`

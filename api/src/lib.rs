@@ -43,6 +43,9 @@ pub const EVENT_READS_MAX: usize = 256;
 /// Longest `event_read_wait_ms`: a request waits at most a minute for its turn to read.
 pub const EVENT_READ_WAIT_MAX_MS: u64 = 60_000;
 
+/// Longest `header_read_timeout_ms` and `body_read_timeout_ms`.
+pub const READ_TIMEOUT_MAX_MS: u64 = 600_000;
+
 /// A random number for jitter (spreading retries and periodic checks over time). Without
 /// randomness it is 0: a pause it spreads then starts its range, still bounded.
 pub fn random_u64() -> u64 {
@@ -88,6 +91,15 @@ pub struct ApiLimits {
     /// event_reads_busy` (or, in the middle of a stream's replay, the stream ends for the
     /// client to resume). At most [`EVENT_READ_WAIT_MAX_MS`].
     pub event_read_wait_ms: u64,
+    /// A connection's request headers must arrive within this long, also the next request's
+    /// on a kept-alive connection: a connection that sends none, or sends them byte by byte,
+    /// is closed after it (at most [`READ_TIMEOUT_MAX_MS`]).
+    pub header_read_timeout_ms: u64,
+    /// A state-changing request's whole body must arrive within this long after its headers
+    /// were checked (`408 body_read_timeout` after it). Its time on the wire does not count as
+    /// time inside orderd: it takes its place in the daemon-wide in-flight bound only once its
+    /// body is in. At most [`READ_TIMEOUT_MAX_MS`].
+    pub body_read_timeout_ms: u64,
     /// A capture request slower than this is logged at WARN with its order id, account and
     /// latency (0: never).
     pub slow_order_log_ms: u64,
@@ -108,6 +120,8 @@ impl Default for ApiLimits {
             event_stream_keepalive_ms: 15_000,
             event_reads_max: 4,
             event_read_wait_ms: 10_000,
+            header_read_timeout_ms: 30_000,
+            body_read_timeout_ms: 60_000,
             slow_order_log_ms: 1_000,
         }
     }
@@ -290,8 +304,9 @@ pub fn metrics_router(engine: Engine) -> Router {
 pub fn router(state: ApiState) -> Router {
     let (router, _) = api_routes(state.dev_signin).split_for_parts();
     let doc = Arc::new(openapi());
-    let import_limit = state.limits.import_body_max_bytes;
-    let body_limit = state.limits.body_max_bytes;
+    let limits = state.limits.clone();
+    let import_limit = limits.import_body_max_bytes;
+    let body_limit = limits.body_max_bytes;
     router
         .route(
             "/openapi.json",
@@ -311,7 +326,8 @@ pub fn router(state: ApiState) -> Router {
             error::ApiError::MethodNotAllowed(method.to_string())
         })
         .layer(axum::middleware::from_fn(move |req, next| {
-            json::limit_body(req, next, body_limit, import_limit)
+            let limits = limits.clone();
+            async move { json::limit_body(req, next, &limits).await }
         }))
         .with_state(state)
 }

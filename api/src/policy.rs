@@ -1,8 +1,9 @@
 //! Who may call what, denied by default: [`RULES`] names the access of every route, and
 //! [`guard`] enforces it before any handler runs. A route without a rule answers 403 (and a
 //! test that walks the OpenAPI document fails the build). The guard also authenticates the
-//! caller (bearer token, or the browser session with an Origin check) and applies the rate
-//! limits of sign-ins and state-changing requests.
+//! caller (bearer token, or the browser session with an Origin check), applies the rate
+//! limits of sign-ins and state-changing requests, and reads a change's body, in time, before
+//! it lets the change into the daemon-wide in-flight bound.
 //!
 //! The roles a caller acts with are the token's (or session's) narrowed by the account's user
 //! records ([`effective_caller`], rule in [`orderd_domain::grant`]): a record keeps only the
@@ -24,6 +25,7 @@ use orderd_domain::account::Role;
 use orderd_domain::grant::NotGranted;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
 /// The access a route needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,8 +138,9 @@ pub fn changes_state(method: &Method) -> bool {
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
-/// Middleware on every matched route: rule lookup, the daemon-wide in-flight bound for changes,
-/// authentication, role check, rate limits.
+/// Middleware on every matched route: rule lookup, authentication, role check; for a change
+/// also its rate limits, its whole body read in time, and the daemon-wide in-flight bound
+/// (see [`orderd_actors::admission`]).
 pub async fn guard(State(s): State<ApiState>, mut req: Request, next: Next) -> Response {
     match admit(&s, &mut req).await {
         Ok(ticket) => {
@@ -150,8 +153,8 @@ pub async fn guard(State(s): State<ApiState>, mut req: Request, next: Next) -> R
     }
 }
 
-/// Checks a request against its route's rule; a change that gets in holds a ticket of the
-/// daemon-wide bound until it is answered.
+/// Checks a request against its route's rule; a change that gets in, with its body read,
+/// holds a ticket of the daemon-wide bound until it is answered.
 async fn admit(s: &ApiState, req: &mut Request) -> Result<Option<Ticket>, ApiError> {
     let path = req
         .extensions()
@@ -171,36 +174,24 @@ async fn admit(s: &ApiState, req: &mut Request) -> Result<Option<Ticket>, ApiErr
         Access::SignIn => s.rate.login(&ip).map(|()| None),
         Access::Roles(roles) => {
             let changes = changes_state(&method);
-            let enter = || match changes {
-                true => (s.engine.admission.enter(std::time::Instant::now()))
-                    .map(Some)
-                    .ok_or(ApiError::Overloaded),
-                false => Ok(None),
-            };
-            let (caller, credential, ticket) = match crate::auth::bearer(req.headers())? {
-                Some(token) => {
-                    // Refused before the token is checked and the body read: during a spike
-                    // this answer must cost far less than the work it turns away.
-                    let ticket = enter()?;
-                    let caller = s.auth.authenticate(token, ip).await?;
-                    (
-                        caller,
-                        hex::encode(Sha256::digest(token.as_bytes())),
-                        ticket,
-                    )
-                }
+            // Refused before the credential is checked and the body read: during a spike this
+            // answer must cost far less than the work it turns away.
+            if changes && !s.engine.admission.has_room(Instant::now()) {
+                return Err(ApiError::Overloaded);
+            }
+            let (caller, credential) = match crate::auth::bearer(req.headers())? {
+                Some(token) => (
+                    s.auth.authenticate(token, ip).await?,
+                    hex::encode(Sha256::digest(token.as_bytes())),
+                ),
                 None => {
-                    // The session first: a lookup, unless its access token expired and the
-                    // identity provider refreshes it. That wait is the provider's, and the
-                    // ticket measures orderd's time (a slow provider must not read as an
-                    // overloaded orderd).
+                    // A lookup, unless the session's access token expired and the identity
+                    // provider refreshes it.
                     let activity = match BACKGROUND.contains(&path.as_str()) {
                         true => crate::session::Activity::Background,
                         false => crate::session::Activity::User,
                     };
-                    let (caller, key) =
-                        crate::session::caller_of(s, req.headers(), &method, ip, activity).await?;
-                    (caller, key, enter()?)
+                    crate::session::caller_of(s, req.headers(), &method, ip, activity).await?
                 }
             };
             let (caller, withheld) = effective_caller(s, caller)?;
@@ -229,9 +220,41 @@ async fn admit(s: &ApiState, req: &mut Request) -> Result<Option<Ticket>, ApiErr
                 s.rate.mutation(&who, &credential)?;
             }
             req.extensions_mut().insert(caller);
-            Ok(ticket)
+            if !changes {
+                return Ok(None);
+            }
+            // The ticket is taken with the whole body in: a slow or stalled upload holds no
+            // place inside, and its time on the wire does not read as an overloaded orderd.
+            buffer_body(s, req).await?;
+            (s.engine.admission.enter(Instant::now()))
+                .map(Some)
+                .ok_or(ApiError::Overloaded)
         }
     }
+}
+
+/// Reads the whole body of a change into memory, within `api.body_read_timeout_ms` (`408
+/// body_read_timeout` after it). Its size is already bounded by the route's limit
+/// ([`crate::json::limit_body`]).
+async fn buffer_body(s: &ApiState, req: &mut Request) -> Result<(), ApiError> {
+    let (parts, body) = std::mem::take(req).into_parts();
+    let wait = Duration::from_millis(s.limits.body_read_timeout_ms);
+    let read = tokio::time::timeout(wait, axum::body::to_bytes(body, usize::MAX));
+    let bytes = match read.await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => {
+            let max = crate::json::body_max(parts.uri.path(), &s.limits);
+            return Err(crate::json::read_error(&e, max));
+        }
+        Err(_) => {
+            return Err(ApiError::BodyTimeout(format!(
+                "the body did not arrive within {} ms (api.body_read_timeout_ms)",
+                s.limits.body_read_timeout_ms
+            )))
+        }
+    };
+    *req = Request::from_parts(parts, axum::body::Body::from(bytes));
+    Ok(())
 }
 
 /// The caller with the roles its account's user records grant (see the module doc), and the

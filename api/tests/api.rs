@@ -398,6 +398,72 @@ async fn a_read_of_the_event_log_waits_for_its_turn_no_longer_than_the_bound() {
     }
 }
 
+// A change takes its place in the daemon-wide in-flight bound only once its whole body is in:
+// while its body stalls, nothing is inside. A body that comes in time is served; one that does
+// not come within `body_read_timeout_ms` is `408 body_read_timeout`, with `Connection: close`,
+// and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_body_holds_no_place_inside_and_has_a_time_limit() {
+    use axum::body::Bytes;
+    use std::time::{Duration, Instant};
+    const READ_MS: u64 = 500;
+    let api = api_with(ApiLimits {
+        body_read_timeout_ms: READ_MS,
+        ..ApiLimits::default()
+    })
+    .await;
+    let a = api.token(Some("A"), "ann", &["buyer"], None).await;
+    // A request whose body is what `tx` sends, sent on its own task.
+    let trickle = |tx_first: &'static str| {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+        let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|chunk| (chunk, rx))
+        });
+        let req = Request::builder()
+            .method("POST")
+            .uri("/v1/cart/lines")
+            .header("authorization", format!("Bearer {a}"))
+            .header("content-type", "application/json")
+            .body(Body::from_stream(chunks))
+            .unwrap();
+        tx.try_send(Ok(Bytes::from_static(tx_first.as_bytes())))
+            .unwrap();
+        let state = api.state.clone();
+        let answer = tokio::spawn(async move {
+            let started = Instant::now();
+            let resp = router(state).oneshot(req).await.unwrap();
+            (resp, started.elapsed())
+        });
+        (tx, answer)
+    };
+    let admission = api.state.engine.admission.clone();
+    let (tx, answer) = trickle(r#"{"sku":"BOLT","#);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(admission.inflight(), 0, "a stalled body holds no ticket");
+    tx.send(Ok(Bytes::from_static(br#""qty":3}"#)))
+        .await
+        .unwrap();
+    drop(tx);
+    let (resp, _) = answer.await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let (tx, answer) = trickle(r#"{"sku":"NUT","#);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(admission.inflight(), 0);
+    let (resp, waited) = answer.await.unwrap();
+    drop(tx);
+    assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
+    assert!(waited >= Duration::from_millis(READ_MS), "{waited:?}");
+    assert_eq!(resp.headers()["connection"], "close");
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["code"], "body_read_timeout", "{body}");
+    let cart = api.call("GET", "/v1/cart", Some(&a), None, &[]).await;
+    let lines = cart.body["lines"].as_array().unwrap();
+    assert_eq!(lines.len(), 1, "{}", cart.body);
+    assert_eq!(lines[0]["sku"], "BOLT", "{}", cart.body);
+    assert_eq!(lines[0]["qty"], 3, "{}", cart.body);
+}
+
 // GET /v1/events replays the caller's account's events only, oldest first, each with its log
 // seq; `next` continues where the page ended; an operator sees every account's. With one turn
 // to read the log (`event_reads_max = 1`), requests made at once all complete, each whole: no

@@ -225,6 +225,16 @@ impl Config {
                 self.api.event_read_wait_ms,
                 orderd_api::EVENT_READ_WAIT_MAX_MS,
             ),
+            (
+                "api.header_read_timeout_ms",
+                self.api.header_read_timeout_ms,
+                orderd_api::READ_TIMEOUT_MAX_MS,
+            ),
+            (
+                "api.body_read_timeout_ms",
+                self.api.body_read_timeout_ms,
+                orderd_api::READ_TIMEOUT_MAX_MS,
+            ),
         ] {
             if !(1..=max).contains(&value) {
                 errs.push(format!("{key} must be 1 to {max}, got {value}"));
@@ -342,13 +352,13 @@ mod tests {
         assert!(Config::load("", &env(&[("ORDERD_LISTEN", "not an address")])).is_err());
     }
 
-    // An event stream's longest time, its recheck interval and the event log's readers at
-    // once are bounded both ways.
+    // An event stream's longest time, its recheck interval, the event log's readers at once
+    // and the request read timeouts are bounded both ways.
     #[test]
     fn event_stream_bounds() {
         let load = |file: &str| Config::load(file, &env(&[]));
         assert!(load(
-            "[api]\nevent_stream_max_ms = 3600000\nevent_stream_recheck_ms = 60000\nevent_reads_max = 256\nevent_read_wait_ms = 60000\n"
+            "[api]\nevent_stream_max_ms = 3600000\nevent_stream_recheck_ms = 60000\nevent_reads_max = 256\nevent_read_wait_ms = 60000\nheader_read_timeout_ms = 600000\nbody_read_timeout_ms = 600000\n"
         )
         .is_ok());
         for bad in [
@@ -360,6 +370,10 @@ mod tests {
             "event_reads_max = 257",
             "event_read_wait_ms = 0",
             "event_read_wait_ms = 60001",
+            "header_read_timeout_ms = 0",
+            "header_read_timeout_ms = 600001",
+            "body_read_timeout_ms = 0",
+            "body_read_timeout_ms = 600001",
         ] {
             let Err(ConfigError::Invalid(errs)) = load(&format!("[api]\n{bad}\n")) else {
                 panic!("{bad} should be refused")

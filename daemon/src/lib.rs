@@ -7,6 +7,7 @@
 pub mod config;
 pub mod critical;
 pub mod demo;
+pub mod http;
 pub mod outbox;
 pub mod publisher;
 pub mod systemd;
@@ -23,7 +24,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 /// Length of the development signing key.
 pub const DEV_KEY_LEN: usize = 32;
@@ -74,7 +75,14 @@ pub async fn run(
         .context("checking the readers' cursors against the audit head")?;
     let engine = start_engine(&config, journal.clone()).await?;
     let metrics_server = match config.metrics_listen {
-        Some(addr) => Some(serve_metrics(addr, engine.clone()).await?),
+        Some(addr) => Some(
+            serve_metrics(
+                addr,
+                engine.clone(),
+                Duration::from_millis(config.api.header_read_timeout_ms),
+            )
+            .await?,
+        ),
         None => None,
     };
     let auth = if config.oidc.enabled() {
@@ -186,11 +194,16 @@ pub async fn run(
         bus.close();
         let _ = stopping_tx.send(());
     };
-    let app = orderd_api::router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let server = axum::serve(no_delay(listener), app).with_graceful_shutdown(shutdown);
-    // Requests under way get `shutdown_grace_ms` to finish. A client that never ends its
-    // request (headers or a body sent byte by byte, or not at all) must not hold the shutdown,
-    // nor the restart after a fault, for as long as it keeps its connection open.
+    let header_read_timeout = Duration::from_millis(config.api.header_read_timeout_ms);
+    let server = http::serve(
+        listener,
+        orderd_api::router(state),
+        header_read_timeout,
+        shutdown,
+    );
+    // Requests under way get `shutdown_grace_ms` to finish. A request still arriving (its
+    // read timeouts are longer by default) or a long CSV import must not hold the shutdown,
+    // nor the restart after a fault, past it.
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     // (`stopping` fails only once the server future dropped its shutdown future: it is done.)
     let overdue = async move {
@@ -198,7 +211,7 @@ pub async fn run(
         tokio::time::sleep(grace).await;
     };
     tokio::select! {
-        served = std::future::IntoFuture::into_future(server) => served.context("serving HTTP")?,
+        () = server => {}
         () = overdue => {
             tracing::warn!(grace_ms = config.shutdown_grace_ms, "requests still under way after the shutdown grace period; orderd stops without waiting for them (their connections close as it exits)");
         }
@@ -231,39 +244,28 @@ pub async fn run(
     Ok(())
 }
 
-/// Sets TCP_NODELAY on every accepted connection. Without it, the small writes of a
-/// server-sent-event stream wait for the client's delayed ACK (Nagle's algorithm): up to 40 ms
-/// per event on Linux.
-fn no_delay(listener: TcpListener) -> axum::serve::TapIo<TcpListener, fn(&mut TcpStream)> {
-    fn set(tcp: &mut TcpStream) {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::warn!(%error, "could not set TCP_NODELAY on a connection");
-        }
-    }
-    axum::serve::ListenerExt::tap_io(listener, set)
-}
-
 /// Binds `addr` and serves the unauthenticated `GET /metrics` there until aborted.
 async fn serve_metrics(
     addr: SocketAddr,
     engine: Engine,
+    header_read_timeout: Duration,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding metrics_listen {addr}"))?;
     let bound = listener.local_addr()?;
-    let listener = no_delay(listener);
     if bound.ip().is_loopback() {
         tracing::info!(addr = %bound, "serving /metrics without authentication");
     } else {
         tracing::warn!(addr = %bound, "serving /metrics WITHOUT AUTHENTICATION on a non-loopback address: make sure only Prometheus can reach it");
     }
     let app = orderd_api::metrics_router(engine);
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "metrics listener failed");
-        }
-    }))
+    Ok(tokio::spawn(http::serve(
+        listener,
+        app,
+        header_read_timeout,
+        std::future::pending(),
+    )))
 }
 
 /// What `orderd check` found: broken invariants, and states that hold but deserve a look.

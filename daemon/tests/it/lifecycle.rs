@@ -84,6 +84,63 @@ async fn a_request_that_never_ends_does_not_hold_the_shutdown() {
     drop(stalled);
 }
 
+// A connection whose request headers do not all come within `api.header_read_timeout_ms` is
+// closed: one that sends part of its headers, one that sends nothing, and one kept alive
+// after its answer that sends no next request. orderd still answers every request sent in
+// time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_without_a_request_in_time_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const TIMEOUT_MS: u64 = 500;
+    let env = TestEnv::start_with(&[(
+        "ORDERD_API__HEADER_READ_TIMEOUT_MS",
+        &TIMEOUT_MS.to_string(),
+    )])
+    .await;
+    let connect = || async {
+        tokio::net::TcpStream::connect(env.daemon().addr())
+            .await
+            .expect("connecting")
+    };
+    let healthz = b"GET /healthz HTTP/1.1\r\nHost: orderd\r\n\r\n";
+    let mut partial = connect().await;
+    partial
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: orderd\r\n")
+        .await
+        .expect("sending part of the headers");
+    let silent = connect().await;
+    let mut kept = connect().await;
+    kept.write_all(healthz).await.expect("sending a request");
+    let started = Instant::now();
+    for (name, mut tcp) in [("partial", partial), ("silent", silent), ("kept", kept)] {
+        // Everything until orderd closes the connection (a reset counts as closed).
+        let mut got = vec![];
+        let read = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut buf = [0u8; 1024];
+            while let Ok(n @ 1..) = tcp.read(&mut buf).await {
+                got.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "{name}: still open after 10 s");
+        let got = String::from_utf8_lossy(&got);
+        match name {
+            "kept" => assert!(got.starts_with("HTTP/1.1 200"), "{name}: {got}"),
+            _ => assert!(!got.contains(" 200 "), "{name}: {got}"),
+        }
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(TIMEOUT_MS),
+        "closed before the timeout: {:?}",
+        started.elapsed()
+    );
+    let mut fresh = connect().await;
+    fresh.write_all(healthz).await.expect("sending a request");
+    let mut buf = [0u8; 64];
+    let n = fresh.read(&mut buf).await.expect("an answer");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+}
+
 // A zero call timeout and an unknown log format are both reported, by name, before the daemon
 // binds anything, and it exits non-zero; so is an unknown setting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
