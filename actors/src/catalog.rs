@@ -6,13 +6,14 @@ use crate::records;
 use crate::warehouse::WarehouseHandle;
 use crate::ActorError;
 use arc_swap::ArcSwap;
+use orderd_domain::account::Account;
 use orderd_domain::allocation::Availability;
 use orderd_domain::catalog::{Catalog, CatalogItem};
-use orderd_domain::ids::WarehouseId;
-use orderd_domain::pricing::{PriceBook, PriceEntry};
+use orderd_domain::ids::{AccountId, Segment, WarehouseId};
+use orderd_domain::pricing::{PriceBook, PriceEntry, PriceLevel};
 use orderd_domain::warehouse::Warehouse;
 use orderd_storage::{Batch, Journal};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 #[derive(Default)]
@@ -132,17 +133,31 @@ pub async fn import_catalog(
     Ok(Ok(n))
 }
 
-/// Replaces the whole price book.
+/// Replaces the whole price book. Its entries must name what exists (see [`dangling`]): the
+/// book replaces the old one whole, so a misspelt SKU, account or segment would otherwise
+/// drop that price without a word.
 pub async fn import_prices(
     store: &CatalogStore,
     journal: &Journal,
     caller: &Caller,
     entries: Vec<PriceEntry>,
 ) -> Result<Result<usize, Vec<String>>, ActorError> {
-    let (built, entries) = apart(move || (PriceBook::new(entries.clone()), entries)).await?;
-    let book = match built {
+    let (snap, j) = (store.load(), journal.clone());
+    let (checked, entries) = apart(move || {
+        let checked = records::load_accounts(&j).map(|accounts| {
+            let dangling = dangling(&snap.catalog, &accounts, &entries);
+            match dangling.is_empty() {
+                true => PriceBook::new(entries.clone())
+                    .map_err(|errs| errs.into_iter().map(|e| e.to_string()).collect()),
+                false => Err(dangling),
+            }
+        });
+        (checked, entries)
+    })
+    .await?;
+    let book = match checked? {
         Ok(b) => b,
-        Err(errs) => return Ok(Err(errs.into_iter().map(|e| e.to_string()).collect())),
+        Err(errors) => return Ok(Err(errors)),
     };
     let (caller, n) = (caller.clone(), entries.len());
     let batch = replacing_batch(journal, records::PRICE, move |batch| {
@@ -163,6 +178,43 @@ pub async fn import_prices(
         handles: cur.handles.clone(),
     });
     Ok(Ok(n))
+}
+
+/// What price entries name that does not exist, each named once with the number of entries
+/// naming it: a SKU not in the catalog, a contract's account that is not stored, a segment
+/// that no account is in and no catalog item is shown to. One more than
+/// [`crate::engine::IMPORT_ERRORS_MAX`] at most (which tells the import's reader there are more).
+pub fn dangling(catalog: &Catalog, accounts: &[Account], entries: &[PriceEntry]) -> Vec<String> {
+    let ids: BTreeSet<&AccountId> = accounts.iter().map(|a| &a.id).collect();
+    let segments: BTreeSet<&Segment> = (accounts.iter().map(|a| &a.segment))
+        .chain(catalog.items().flat_map(|i| &i.segments))
+        .collect();
+    let mut missing: BTreeMap<String, usize> = BTreeMap::new();
+    for e in entries {
+        if catalog.get(&e.sku).is_none() {
+            *missing
+                .entry(format!("SKU {} is not in the catalog", e.sku))
+                .or_default() += 1;
+        }
+        let owner = match &e.level {
+            PriceLevel::Contract(a) if !ids.contains(a) => {
+                format!("contract account {a} does not exist (import accounts before the prices that name them)")
+            }
+            PriceLevel::Segment(s) if !segments.contains(s) => {
+                format!("segment {s} has no account and no catalog item (a misspelt segment?)")
+            }
+            _ => continue,
+        };
+        *missing.entry(owner).or_default() += 1;
+    }
+    missing
+        .into_iter()
+        .take(crate::engine::IMPORT_ERRORS_MAX + 1)
+        .map(|(what, n)| match n {
+            1 => format!("{what}: 1 price row names it"),
+            n => format!("{what}: {n} price rows name it"),
+        })
+        .collect()
 }
 
 /// Reads the stored catalog and price book.

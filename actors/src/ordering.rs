@@ -1078,6 +1078,10 @@ pub async fn approve(
         Ok(f) => f,
         Err(e) => return Ok(Err(e)),
     };
+    let blocked = blocked_since_placed(&order, &st.catalog.load().catalog);
+    if !blocked.is_empty() {
+        return Ok(Err(Rejection::Invalid(blocked)));
+    }
     if !approval::may_approve(&st.account, &caller.user, &caller.roles, order.total) {
         return Ok(Err(Rejection::Forbidden(format!(
             "approving {} needs an approver whose spending limit covers it",
@@ -1117,6 +1121,36 @@ pub async fn approve(
     };
     released.and(settled)?;
     Ok(Ok(commit_order(st, order, &committed)))
+}
+
+/// The open lines of `order` whose item, or a component of whose kit, the catalog blocks now
+/// (a recall, a stop): it may have been blocked while the order waited for approval, and an
+/// approval would send it to the warehouse. The approver rejects those lines, or the order.
+/// (A discontinued item ships from the stock held for it.)
+fn blocked_since_placed(order: &Order, catalog: &orderd_domain::catalog::Catalog) -> Vec<Problem> {
+    let blocked = |sku: &Sku| {
+        catalog
+            .get(sku)
+            .is_some_and(|i| i.status == orderd_domain::catalog::ItemStatus::Blocked)
+    };
+    order
+        .open_lines()
+        .filter_map(|l| {
+            let what = match blocked(&l.sku) {
+                true => l.sku.to_string(),
+                false => {
+                    let c = l.components.iter().find(|c| blocked(&c.sku))?;
+                    format!("{}: its component {}", l.sku, c.sku)
+                }
+            };
+            let message = format!(
+                "{what} is blocked for ordering now: reject line {} (or the order) instead",
+                l.line_no
+            );
+            let problem = Problem::new(ProblemCode::Blocked, message);
+            Some(problem.line(l.line_no).sku(l.sku.as_str()))
+        })
+        .collect()
 }
 
 /// The first change of what order `id` holds (`order.submit` of a draft, `order.amend`) that

@@ -9,6 +9,10 @@
 //! import sets what it names. A catalog or prices file is the whole
 //! catalog or price book: what it does not have is removed (`catalog::import_catalog`).
 //!
+//! What rows name must exist (a stock row's warehouse and SKU, a ship-to's or user's account,
+//! an account's restricted SKUs, a price's SKU, contract account and segment), so files are
+//! imported in this order: catalog, warehouses, stock, accounts, ship_tos, users, prices.
+//!
 //! A column that its kind does not have refuses the file (a misspelled optional column would
 //! otherwise be read as empty). Accounts and users are merged into what exists: an optional
 //! column the file does not have leaves that field of an existing account or user as it is;
@@ -173,6 +177,10 @@ async fn apply_import(
         Kind::Accounts => {
             let Parsed { rows, columns } =
                 parse_apart(csv, rows_max, account_row, account_sets()).await?;
+            let unlisted = unlisted_restrictions(&engine.catalog.load().catalog, &rows);
+            if !unlisted.is_empty() {
+                return Err(unlisted.into());
+            }
             let carried = AccountColumns::of(&columns);
             let n = rows.len();
             let mut stored = vec![];
@@ -203,6 +211,24 @@ async fn apply_import(
             .await
         }
     }
+}
+
+/// The accounts' restricted SKUs that are not in the catalog: such a restriction would hold
+/// nothing back (a misspelt SKU), so the file is refused before any account is stored.
+fn unlisted_restrictions(catalog: &orderd_domain::catalog::Catalog, rows: &[Account]) -> Errors {
+    rows.iter()
+        .flat_map(|a| {
+            (a.rules.restricted_skus.iter())
+                .filter(|sku| catalog.get(sku).is_none())
+                .map(move |sku| {
+                    format!(
+                        "account {}: restricted SKU {sku} is not in the catalog",
+                        a.id
+                    )
+                })
+        })
+        .take(ERRORS_MAX + 1)
+        .collect()
 }
 
 /// An account write's answer as the import reports it, with the accounts `stored` before.
@@ -889,6 +915,17 @@ fn warehouse_row(r: WarehouseRow) -> Result<Warehouse, String> {
             orderd_domain::warehouse::SPEED_BANDS_MAX
         ));
     }
+    if let Some(twice) = (speeds.iter().enumerate()).find_map(|(i, b)| {
+        speeds[..i]
+            .iter()
+            .any(|a| a.speed == b.speed && a.max_distance_km == b.max_distance_km)
+            .then_some(b)
+    }) {
+        return Err(format!(
+            "speed band {}:{} is given twice",
+            twice.speed, twice.max_distance_km
+        ));
+    }
     Ok(Warehouse {
         id: WarehouseId::parse(&r.id).map_err(|e| e.to_string())?,
         name: text("name", r.name, WAREHOUSE_NAME_LEN_MAX)?,
@@ -983,5 +1020,37 @@ mod tests {
         let stock = "warehouse,sku,on_hand\nW,A,1\nW,A,2\n";
         let errs = parse(stock.as_bytes(), 10, stock_row, stock_sets()).unwrap_err();
         assert_eq!(errs, ["line 3: sets the stock of A in W again (line 2)"]);
+    }
+
+    // A warehouse names each speed band (speed and distance) once: the same band twice with
+    // other days would be ambiguous. The same speed over other distances is a band each.
+    // An item is shown to at most ITEM_SEGMENTS_MAX segments.
+    #[test]
+    fn speed_bands_once_and_segments_bounded() {
+        let header = "id,name,lat,lon,speeds\n";
+        let ok = format!("{header}W,West,52.5,13.4,standard:300:2;standard:2000:3\n");
+        let ws = parse(ok.as_bytes(), 10, warehouse_row, warehouse_sets()).unwrap();
+        assert_eq!(ws.rows[0].speeds.len(), 2);
+        let twice =
+            format!("{header}W,West,52.5,13.4,standard:300:2;express:300:1;standard:300:3\n");
+        let errs = parse(twice.as_bytes(), 10, warehouse_row, warehouse_sets()).unwrap_err();
+        assert_eq!(errs, ["line 2: speed band standard:300 is given twice"]);
+        let max = orderd_domain::catalog::ITEM_SEGMENTS_MAX;
+        let segments = |n: usize| {
+            (0..n)
+                .map(|i| format!("s{i}"))
+                .collect::<Vec<_>>()
+                .join(";")
+        };
+        let header = "sku,description,uom,pack_size,min_qty,status,segments,kit\n";
+        let csv = |n| format!("{header}A,Bolt,EA,1,1,active,{},\n", segments(n));
+        assert!(parse(csv(max).as_bytes(), 10, catalog_row, catalog_sets()).is_ok());
+        let errs = parse(csv(max + 1).as_bytes(), 10, catalog_row, catalog_sets()).unwrap_err();
+        assert_eq!(
+            errs,
+            [format!(
+                "line 2: an item is shown to at most {max} segments"
+            )]
+        );
     }
 }

@@ -80,11 +80,11 @@ async fn api_with(limits: ApiLimits) -> Api {
     let sys = Caller::system();
     for (kind, csv) in [
         (Kind::Catalog, CATALOG),
-        (Kind::Prices, PRICES),
         (Kind::Warehouses, WAREHOUSES),
         (Kind::Stock, STOCK),
         (Kind::Accounts, ACCOUNTS),
         (Kind::ShipTos, SHIP_TOS),
+        (Kind::Prices, PRICES),
     ] {
         import(&engine, &sys, kind, csv.as_bytes(), 1000)
             .await
@@ -3866,6 +3866,135 @@ async fn an_import_interrupted_by_load_answers_503_with_what_it_stored() {
         .as_str()
         .unwrap()
         .ends_with("nothing was stored"));
+}
+
+// An item blocked while an order waits for approval (a recall) holds the approval back: the
+// approver is told which line, and approves the rest by rejecting it. A kit whose component
+// was blocked is held back the same way.
+#[tokio::test]
+async fn approval_refuses_lines_blocked_since_the_order_was_placed() {
+    let api = api().await;
+    let ann = api.token(Some("A"), "ann", &["buyer"], None).await;
+    let bea = api.token(Some("A"), "bea", &["approver"], None).await;
+    // 60 x 8.00 + 100 x 1.00 = 580.00, above ann's 500.00: it waits for an approver.
+    let lines =
+        json!({"lines":[{"sku":"BOLT","qty":60},{"sku":"NUT","qty":100},{"sku":"KIT","qty":1}]});
+    let r = api.place(&ann, "blocked-1", lines).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(r.body["state"], "pending_approval", "{:?}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let blocked = CATALOG.replace(
+        "BOLT,Hex bolt M8,EA,1,1,active",
+        "BOLT,Hex bolt M8,EA,1,1,blocked",
+    );
+    let sys = Caller::system();
+    import(
+        &api.state.engine,
+        &sys,
+        Kind::Catalog,
+        blocked.as_bytes(),
+        100,
+    )
+    .await
+    .unwrap();
+    let approve = async |body: Option<Value>| {
+        let uri = format!("/v1/orders/{id}/approve");
+        api.call("POST", &uri, Some(&bea), body, &[]).await
+    };
+    let r = approve(None).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", r.body);
+    let named: Vec<(&Value, &Value)> = r.body["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (&p["code"], &p["line"]))
+        .collect();
+    assert_eq!(
+        named,
+        [
+            (&json!("blocked"), &json!(1)),
+            (&json!("blocked"), &json!(3))
+        ],
+        "{:?}",
+        r.body
+    );
+    assert!(
+        r.body["problems"][1]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("KIT: its component BOLT")),
+        "{:?}",
+        r.body
+    );
+    let r = api
+        .call("GET", &format!("/v1/orders/{id}"), Some(&ann), None, &[])
+        .await;
+    assert_eq!(
+        r.body["state"], "pending_approval",
+        "unchanged: {:?}",
+        r.body
+    );
+    let r = approve(Some(json!({"reject_lines":[1, 3]}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_ne!(r.body["state"], "pending_approval", "{:?}", r.body);
+    assert_eq!(r.body["total"]["amount"], "100.00", "{:?}", r.body);
+}
+
+// A price book names only what exists: a misspelt SKU, contract account or segment refuses the
+// file, each named once with how many rows name it, and the book in force stays (it would
+// otherwise be replaced by one without those prices). So do an account's restricted SKUs: a
+// restriction of a SKU not in the catalog would hold nothing back. A segment that only a
+// catalog item names is known.
+#[tokio::test]
+async fn imports_refuse_references_to_nothing() {
+    let api = api().await;
+    let sys = Caller::system();
+    let engine = &api.state.engine;
+    let run = async |kind: Kind, csv: &str| import(engine, &sys, kind, csv.as_bytes(), 1000).await;
+    let a = api.token(Some("A"), "ann", &["buyer"], None).await;
+    let bolt_price = async || {
+        let r = api
+            .call("GET", "/v1/catalog/BOLT", Some(&a), None, &[])
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        r.body["tiers"][0]["unit_price"]["amount"].clone()
+    };
+    assert_eq!(bolt_price().await, "8.00", "account A's contract price");
+    let typos = format!(
+        "{PRICES}contract,A0,BOLT,EUR,,,1:7.00\ncontract,A0,NUT,EUR,,,1:0.50\n\
+         segment,retial,BOLT,EUR,,,1:9.00\nlist,,BOTL,EUR,,,1:1.00\n"
+    );
+    let errors = run(Kind::Prices, &typos).await.unwrap_err().errors;
+    assert_eq!(
+        errors,
+        [
+            "SKU BOTL is not in the catalog: 1 price row names it",
+            "contract account A0 does not exist (import accounts before the prices that name them): 2 price rows name it",
+            "segment retial has no account and no catalog item (a misspelt segment?): 1 price row names it",
+        ]
+    );
+    assert_eq!(bolt_price().await, "8.00", "the book in force stays");
+    let wholesale = format!("{PRICES}segment,wholesale,PIPE,EUR,,,1:4.00\n");
+    assert_eq!(
+        run(Kind::Prices, &wholesale).await,
+        Ok(7),
+        "a catalog segment"
+    );
+
+    let head =
+        "id,name,segment,currency,credit_limit,open_receivables,payment_terms,restricted_skus";
+    let accounts = format!(
+        "{head}\nA,Alpha,retail,EUR,5000.00,0.00,NET30,PIPE;PIEP\nB,Beta,retail,EUR,5000.00,0.00,NET30,NUTT\n"
+    );
+    let errors = run(Kind::Accounts, &accounts).await.unwrap_err().errors;
+    assert_eq!(
+        errors,
+        [
+            "account A: restricted SKU PIEP is not in the catalog",
+            "account B: restricted SKU NUTT is not in the catalog",
+        ]
+    );
+    let fixed = accounts.replace(";PIEP", "").replace("NUTT", "NUT");
+    assert_eq!(run(Kind::Accounts, &fixed).await, Ok(2));
 }
 
 // What an import refuses is said row by row with its line, also a price or item that only a

@@ -101,14 +101,14 @@ impl Dataset {
     }
 
     /// The imports in the order they must run (warehouses and catalog before stock, accounts
-    /// before their ship-tos): (kind, CSV text).
+    /// before their ship-tos, prices last): (kind, CSV text).
     pub fn imports(&self) -> Vec<(&'static str, String)> {
         vec![
             ("catalog", self.catalog_csv()),
-            ("prices", self.prices_csv()),
             ("warehouses", warehouses_csv()),
             ("accounts", self.accounts_csv()),
             ("ship_tos", self.ship_tos_csv()),
+            ("prices", self.prices_csv()),
         ]
         .into_iter()
         // One stock import per warehouse: a million SKUs in three warehouses would be more

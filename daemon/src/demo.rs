@@ -348,10 +348,6 @@ async fn load(engine: &Engine) -> anyhow::Result<()> {
         .import_catalog(&caller, items.clone())
         .await?
         .map_err(|e| fail("catalog", e.into()))?;
-    engine
-        .import_prices(&caller, prices(&items))
-        .await?
-        .map_err(|e| fail("prices", e.into()))?;
     engine.import_warehouses(&caller, whs.clone()).await?;
     engine
         .set_stock(&caller, stock(&items, &whs))
@@ -363,6 +359,11 @@ async fn load(engine: &Engine) -> anyhow::Result<()> {
             .await?
             .map_err(|e| anyhow::anyhow!("demo account: {e}"))?;
     }
+    // After the accounts and segments its entries name.
+    engine
+        .import_prices(&caller, prices(&items))
+        .await?
+        .map_err(|e| fail("prices", e.into()))?;
     tracing::info!(
         skus = items.len(),
         accounts = ACCOUNTS.len(),

@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Limits on account master data.
 pub const SHIP_TOS_MAX: usize = 1_000;
 pub const USERS_MAX: usize = 10_000;
+/// Most SKUs an account's approval rules restrict.
+pub const RESTRICTED_SKUS_MAX: usize = 10_000;
 /// Removed users an account remembers (see [`Account::removed_users`]).
 pub const REMOVED_USERS_MAX: usize = 10_000;
 /// Longest user name.
@@ -294,6 +296,9 @@ impl Account {
         }
         if self.users.len() > USERS_MAX {
             errs.push(format!("more than {USERS_MAX} users"));
+        }
+        if self.rules.restricted_skus.len() > RESTRICTED_SKUS_MAX {
+            errs.push(format!("more than {RESTRICTED_SKUS_MAX} restricted SKUs"));
         }
         if self.removed_users.len() > REMOVED_USERS_MAX {
             errs.push(format!("more than {REMOVED_USERS_MAX} removed users"));

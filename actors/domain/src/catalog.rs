@@ -11,6 +11,8 @@ pub const KIT_COMPONENTS_MAX: usize = 50;
 pub const KIT_COMPONENT_QTY_MAX: u32 = 1_000_000;
 /// Longest description accepted.
 pub const DESCRIPTION_LEN_MAX: usize = 500;
+/// Most segments one item is shown to (checked at import).
+pub const ITEM_SEGMENTS_MAX: usize = 100;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "snake_case")]
@@ -305,6 +307,11 @@ fn merge_repeated_components(item: &mut CatalogItem) {
 /// catalog also checks its kits' components ([`Catalog::new`]).
 pub fn check_item(item: &CatalogItem) -> Result<(), String> {
     check_lasting(item)?;
+    if item.segments.len() > ITEM_SEGMENTS_MAX {
+        return Err(format!(
+            "an item is shown to at most {ITEM_SEGMENTS_MAX} segments"
+        ));
+    }
     check_kit_bound(item)
 }
 

@@ -430,6 +430,8 @@ fn check_line(
     match unorderable(item.status, sku.to_string()) {
         Some(problem) => problems.push(problem),
         // A kit is shipped as its components: one that may not be ordered holds the kit back.
+        // Their visibility does not: the kit is what is sold, and a part sold only in kits is
+        // hidden from a segment on its own (README, Errors).
         None => problems.extend(item.kit.iter().filter_map(|c| {
             let component = ctx.catalog.get(&c.sku)?;
             unorderable(component.status, format!("{sku}: its component {}", c.sku))

@@ -379,11 +379,6 @@ pub async fn seed(engine: &Engine) -> Result<(), String> {
         .map_err(|e| fail("catalog", e.to_string()))?
         .map_err(|e| fail("catalog", e.join("; ")))?;
     engine
-        .import_prices(&sys, prices(0))
-        .await
-        .map_err(|e| fail("prices", e.to_string()))?
-        .map_err(|e| fail("prices", e.join("; ")))?;
-    engine
         .import_warehouses(&sys, warehouses())
         .await
         .map_err(|e| fail("warehouses", e.to_string()))?;
@@ -408,5 +403,11 @@ pub async fn seed(engine: &Engine) -> Result<(), String> {
             .map_err(|e| fail(a.id, e.to_string()))?
             .map_err(|e| fail(a.id, e.to_string()))?;
     }
+    // After the accounts its contracts name.
+    engine
+        .import_prices(&sys, prices(0))
+        .await
+        .map_err(|e| fail("prices", e.to_string()))?
+        .map_err(|e| fail("prices", e.join("; ")))?;
     Ok(())
 }
