@@ -84,13 +84,14 @@ impl From<OrderId> for Target {
     }
 }
 
-/// Changes to an order before allocation. Absent fields stay as they are.
+/// Changes to an order before allocation. Absent fields (`None`) stay as they are; the
+/// optional ones are cleared by `Some(None)`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Amendment {
     pub lines: Option<Vec<LineRequest>>,
     pub ship_to: Option<String>,
-    pub delivery_speed: Option<String>,
-    pub customer_po: Option<String>,
+    pub delivery_speed: Option<Option<String>>,
+    pub customer_po: Option<Option<String>>,
     pub allow_split: Option<bool>,
 }
 
@@ -1392,14 +1393,9 @@ fn request_of(order: &Order, patch: &Amendment, currency: Currency) -> Rebuilt {
                 .clone()
                 .unwrap_or_else(|| order.ship_to.to_string()),
         ),
-        delivery_speed: patch
-            .delivery_speed
-            .clone()
-            .or_else(|| order.delivery_speed.clone()),
-        customer_po: patch
-            .customer_po
-            .clone()
-            .or_else(|| order.customer_po.clone()),
+        delivery_speed: (patch.delivery_speed.clone())
+            .unwrap_or_else(|| order.delivery_speed.clone()),
+        customer_po: (patch.customer_po.clone()).unwrap_or_else(|| order.customer_po.clone()),
         allow_split: patch.allow_split.unwrap_or(order.allow_split),
     };
     if let Some(lines) = &patch.lines {

@@ -131,6 +131,14 @@ pub fn read_error(e: &axum::Error, max: usize) -> ApiError {
     }
 }
 
+/// A field that may be absent (`None`, with `#[serde(default)]`), `null` (`Some(None)`) or a
+/// value (`Some(Some(v))`), as a JSON merge patch (RFC 7396) tells "keep" from "clear".
+pub fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
 /// A line's quantity as a client sent it: any JSON value. A whole number that fits a `u32`
 /// goes on to the domain, which checks its range with every other problem of the order; any
 /// other value (negative, fractional, too large, not a number) is refused as

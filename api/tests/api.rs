@@ -3868,6 +3868,61 @@ async fn an_import_interrupted_by_load_answers_503_with_what_it_stored() {
         .ends_with("nothing was stored"));
 }
 
+// The identity provider's refusal is repeated in the answer cut to a bounded echo: the
+// callback's query is anyone's to write.
+#[tokio::test]
+async fn a_refused_sign_in_repeats_a_bounded_reason() {
+    let api = api().await;
+    let long = "x".repeat(5_000);
+    let r = api
+        .call(
+            "GET",
+            &format!("/auth/callback?error={long}"),
+            None,
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{:?}", r.body);
+    let detail = r.body["detail"].as_str().unwrap();
+    assert!(detail.contains("refused the sign-in: \"xxx"), "{detail}");
+    assert!(detail.len() < 200, "{detail}");
+}
+
+// An amendment keeps what it does not name, and `null` clears the delivery speed or the PO
+// number (a JSON merge patch): a buyer who asked for express can go back to any speed.
+#[tokio::test]
+async fn an_amendment_clears_what_it_sends_as_null() {
+    let api = api().await;
+    let ann = api.token(Some("A"), "ann", &["buyer"], None).await;
+    let lines = json!({"lines":[{"sku":"BOLT","qty":60},{"sku":"NUT","qty":100}],
+        "delivery_speed":"express","customer_po":"PO-1"});
+    let r = api.place(&ann, "clear-1", lines).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(r.body["state"], "pending_approval", "{:?}", r.body);
+    let path = format!("/v1/orders/{}", r.body["id"].as_str().unwrap());
+    let amend = async |body: Value| {
+        let r = api.call("PATCH", &path, Some(&ann), Some(body), &[]).await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        (
+            r.body["delivery_speed"].clone(),
+            r.body["customer_po"].clone(),
+        )
+    };
+    assert_eq!(
+        amend(json!({"customer_po":"PO-2"})).await,
+        (json!("express"), json!("PO-2"))
+    );
+    assert_eq!(
+        amend(json!({"delivery_speed":null})).await,
+        (Value::Null, json!("PO-2"))
+    );
+    assert_eq!(
+        amend(json!({"customer_po":null})).await,
+        (Value::Null, Value::Null)
+    );
+}
+
 // An item blocked while an order waits for approval (a recall) holds the approval back: the
 // approver is told which line, and approves the rest by rejecting it. A kit whose component
 // was blocked is held back the same way.

@@ -39,7 +39,12 @@ impl Date {
         let err = || DateError(s.to_owned());
         let s = s.trim();
         let b = s.as_bytes();
+        let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
         if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+            return Err(err());
+        }
+        // `u16::from_str` takes a leading `+`: `2026-+6-+1` is not a date.
+        if !(digits(0..4) && digits(5..7) && digits(8..10)) {
             return Err(err());
         }
         let num = |r: std::ops::Range<usize>| s.get(r).and_then(|x| x.parse::<u16>().ok());
@@ -87,6 +92,8 @@ mod tests {
         assert!(Date::parse("2026-02-29").is_err());
         assert!(Date::parse("2024-02-29").is_ok());
         assert!(Date::parse("2026-13-01").is_err());
+        assert!(Date::parse("2026-+6-+1").is_err());
+        assert!(Date::parse("+026-06-01").is_err());
         assert!(Date::parse("26-01-01").is_err());
         assert!(Date::parse("2026-1-011").is_err());
     }

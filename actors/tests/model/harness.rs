@@ -257,7 +257,7 @@ impl Harness {
                         .as_ref()
                         .map(|ls| ls.iter().map(line_request).collect()),
                     ship_to: ship_to.and_then(|s| s.resolve(ACCOUNTS[acct].ship_tos)),
-                    delivery_speed: speed.map(str::to_owned),
+                    delivery_speed: speed.map(|s| Some(s.to_owned())),
                     customer_po: None,
                     allow_split: *split,
                 };

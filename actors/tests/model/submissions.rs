@@ -261,7 +261,7 @@ impl Harness {
             req.ship_to = Some(s.clone());
         }
         if let Some(s) = &patch.delivery_speed {
-            req.delivery_speed = Some(s.clone());
+            req.delivery_speed = s.clone();
         }
         req.allow_split = patch.allow_split.unwrap_or(req.allow_split);
         let header_only = patch.lines.is_none();

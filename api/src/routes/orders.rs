@@ -692,8 +692,14 @@ pub struct AmendBody {
     /// Replaces all lines when present.
     pub lines: Option<Vec<LineBody>>,
     pub ship_to: Option<String>,
-    pub delivery_speed: Option<String>,
-    pub customer_po: Option<String>,
+    /// Absent: kept; `null`: cleared (any speed).
+    #[serde(default, deserialize_with = "crate::json::present")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub delivery_speed: Option<Option<String>>,
+    /// Absent: kept; `null`: cleared.
+    #[serde(default, deserialize_with = "crate::json::present")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub customer_po: Option<Option<String>>,
     pub allow_split: Option<bool>,
 }
 

@@ -175,7 +175,8 @@ async fn callback(
     let headers = &parts.headers;
     if let Some(e) = &q.error {
         return Err(ApiError::Unauthorized(format!(
-            "the identity provider refused the sign-in: {e}"
+            "the identity provider refused the sign-in: {:?}",
+            crate::error::echo(e)
         )));
     }
     let (Some(code), Some(state)) = (&q.code, &q.state) else {
