@@ -1457,6 +1457,48 @@ async fn approval_and_shipment() {
         "{:?}",
         his.body
     );
+    // Nor one who submitted a colleague's draft: what it holds went in under his name.
+    let lines = json!({"lines":[{"sku":"BOLT","qty":60},{"sku":"NUT","qty":100}], "submit": false});
+    let draft = api.place(&buyer, "four-eyes-draft", lines).await;
+    assert_eq!(draft.body["state"], "draft", "{:?}", draft.body);
+    let draft_path = format!("/v1/orders/{}", draft.body["id"].as_str().unwrap());
+    let r = api
+        .call(
+            "POST",
+            &format!("{draft_path}/submit"),
+            Some(&vic),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.body["state"], "pending_approval", "{:?}", r.body);
+    let r = api
+        .call(
+            "POST",
+            &format!("{draft_path}/approve"),
+            Some(&vic),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
+    assert!(
+        r.body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("vic changed order") && d.contains("order.submit")),
+        "{:?}",
+        r.body
+    );
+    let r = api
+        .call(
+            "POST",
+            &format!("{draft_path}/approve"),
+            Some(&approver),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     // Lines that are not the order's open ones refuse the approval, each named.
     let r = api
         .call(
@@ -3696,7 +3738,8 @@ async fn an_import_refused_midway_names_what_was_stored() {
 }
 
 // An import body above `api.import_body_max_bytes` is a problem+json answer like any other,
-// also when the import limit is below the JSON bodies' limit.
+// also when the import limit is below the JSON bodies' limit, and also when it comes without
+// a Content-Length (chunked): then it is cut off where it passes the limit.
 #[tokio::test]
 async fn an_oversized_import_is_refused_as_a_problem() {
     let api = api().await;
@@ -3725,6 +3768,27 @@ async fn an_oversized_import_is_refused_as_a_problem() {
         );
         assert_eq!(resp.headers["content-type"], "application/problem+json");
         assert_eq!(resp.body["code"], "body_too_large", "{:?}", resp.body);
+        let chunks = csv
+            .into_bytes()
+            .chunks(100)
+            .map(|c| Ok::<_, std::io::Error>(axum::body::Bytes::copy_from_slice(c)))
+            .collect::<Vec<_>>();
+        let req = Request::builder()
+            .method("POST")
+            .uri("/v1/admin/import/stock")
+            .header("authorization", format!("Bearer {op}"))
+            .header("content-type", "text/csv")
+            .body(Body::from_stream(futures_util::stream::iter(chunks)))
+            .unwrap();
+        assert!(!req.headers().contains_key("content-length"));
+        let resp = small.send(req).await;
+        assert_eq!(resp.status, StatusCode::PAYLOAD_TOO_LARGE, "chunked");
+        assert_eq!(resp.body["code"], "body_too_large", "{:?}", resp.body);
+        assert!(
+            resp.body["detail"].as_str().unwrap().contains("1024 bytes"),
+            "{:?}",
+            resp.body
+        );
     }
 }
 
