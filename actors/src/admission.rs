@@ -6,7 +6,8 @@
 //! is ready measures its time inside: orderd's work, not the client's upload nor the identity
 //! provider's answer.
 //!
-//! A fixed bound (`limits.inflight_total_max`) protects memory, not latency: during a spike
+//! A fixed bound (`limits.inflight_total_max`) protects memory (of requests let in; the bodies
+//! still arriving have the API's byte budget, `api.body_buffer_bytes_max`), not latency: during a spike
 //! three times above what orderd can serve, requests queued for CPU (the runtime's run queue,
 //! actor mailboxes), each waited seconds, clients gave up on them, and orderd still did their
 //! work, so almost nothing was answered in time (the benchmark's spike profile). So when

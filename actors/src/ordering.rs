@@ -38,7 +38,7 @@ use orderd_domain::validation::{
 use orderd_domain::warehouse::StockError;
 use orderd_domain::{credit, Decimal};
 use orderd_storage::{Batch, Committed};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -86,7 +86,7 @@ impl From<OrderId> for Target {
 
 /// Changes to an order before allocation. Absent fields (`None`) stay as they are; the
 /// optional ones are cleared by `Some(None)`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Amendment {
     pub lines: Option<Vec<LineRequest>>,
     pub ship_to: Option<String>,

@@ -100,6 +100,12 @@ pub struct ApiLimits {
     /// time inside orderd: it takes its place in the daemon-wide in-flight bound only once its
     /// body is in. At most [`READ_TIMEOUT_MAX_MS`].
     pub body_read_timeout_ms: u64,
+    /// The most bytes of state-changing requests' bodies held in memory at once, from the
+    /// moment a body starts to arrive until its request is answered. A body takes its
+    /// declared length (without one, its route's limit) before it is read; when that does not
+    /// fit, the request is refused at once (`503 daemon_busy`). At least the larger of
+    /// `body_max_bytes` and `import_body_max_bytes`.
+    pub body_buffer_bytes_max: usize,
     /// A capture request slower than this is logged at WARN with its order id, account and
     /// latency (0: never).
     pub slow_order_log_ms: u64,
@@ -122,6 +128,7 @@ impl Default for ApiLimits {
             event_read_wait_ms: 10_000,
             header_read_timeout_ms: 30_000,
             body_read_timeout_ms: 60_000,
+            body_buffer_bytes_max: 256 << 20,
             slow_order_log_ms: 1_000,
         }
     }
@@ -159,6 +166,8 @@ pub struct ApiShared {
     pub placers: Arc<routes::events::Placers>,
     /// Turns to read the event log (`limits.event_reads_max` at once).
     pub event_reads: Arc<tokio::sync::Semaphore>,
+    /// The bodies being read or held (`limits.body_buffer_bytes_max`), in KiB.
+    pub body_budget: Arc<tokio::sync::Semaphore>,
     /// Webhook endpoints and dead letters (the daemon delivers).
     pub webhooks: orderd_actors::webhooks::Webhooks,
 }
@@ -183,6 +192,12 @@ impl ApiState {
             rate: Arc::new(rate_limit::RateLimiter::new(&limits.rate_limit)),
             event_reads: Arc::new(tokio::sync::Semaphore::new(
                 limits.event_reads_max.clamp(1, EVENT_READS_MAX),
+            )),
+            body_budget: Arc::new(tokio::sync::Semaphore::new(
+                limits
+                    .body_buffer_bytes_max
+                    .div_ceil(1024)
+                    .min(tokio::sync::Semaphore::MAX_PERMITS),
             )),
             sessions: Arc::new(session::Sessions::new(&session::SessionSettings::default())),
             limits,

@@ -26,6 +26,7 @@ use orderd_domain::grant::NotGranted;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
+use tokio::sync::OwnedSemaphorePermit;
 
 /// The access a route needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,19 +144,26 @@ pub fn changes_state(method: &Method) -> bool {
 /// (see [`orderd_actors::admission`]).
 pub async fn guard(State(s): State<ApiState>, mut req: Request, next: Next) -> Response {
     match admit(&s, &mut req).await {
-        Ok(ticket) => {
+        Ok(inside) => {
             let response = next.run(req).await;
-            // The change is answered: it leaves the daemon-wide bound with its time inside.
-            drop(ticket);
+            // The change is answered: it leaves the daemon-wide bound with its time inside,
+            // and its body's bytes go back to the budget.
+            drop(inside);
             response
         }
         Err(e) => e.into_response(),
     }
 }
 
+/// What a change that got in holds until it is answered.
+struct Inside {
+    _ticket: Ticket,
+    _body: Option<OwnedSemaphorePermit>,
+}
+
 /// Checks a request against its route's rule; a change that gets in, with its body read,
 /// holds a ticket of the daemon-wide bound until it is answered.
-async fn admit(s: &ApiState, req: &mut Request) -> Result<Option<Ticket>, ApiError> {
+async fn admit(s: &ApiState, req: &mut Request) -> Result<Option<Inside>, ApiError> {
     let path = req
         .extensions()
         .get::<MatchedPath>()
@@ -225,18 +233,39 @@ async fn admit(s: &ApiState, req: &mut Request) -> Result<Option<Ticket>, ApiErr
             }
             // The ticket is taken with the whole body in: a slow or stalled upload holds no
             // place inside, and its time on the wire does not read as an overloaded orderd.
-            buffer_body(s, req).await?;
-            (s.engine.admission.enter(Instant::now()))
-                .map(Some)
-                .ok_or(ApiError::Overloaded)
+            let body = buffer_body(s, req).await?;
+            let ticket = s.engine.admission.enter(Instant::now());
+            let ticket = ticket.ok_or(ApiError::Overloaded)?;
+            Ok(Some(Inside {
+                _ticket: ticket,
+                _body: body,
+            }))
         }
     }
 }
 
 /// Reads the whole body of a change into memory, within `api.body_read_timeout_ms` (`408
 /// body_read_timeout` after it). Its size is already bounded by the route's limit
-/// ([`crate::json::limit_body`]).
-async fn buffer_body(s: &ApiState, req: &mut Request) -> Result<(), ApiError> {
+/// ([`crate::json::limit_body`]); first it takes that many bytes of the daemon-wide budget
+/// of bodies in memory (its declared length, or the route's limit when it declares none;
+/// `503 daemon_busy` at once when they are not free), held until the change is answered.
+async fn buffer_body(
+    s: &ApiState,
+    req: &mut Request,
+) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
+    let route_max = crate::json::body_max(req.uri().path(), &s.limits);
+    // Its Content-Length (hyper's size hint of a request that declared one), if any.
+    let declared = axum::body::HttpBody::size_hint(req.body()).upper();
+    let declared = declared.map_or(route_max, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    let reserved = declared.min(route_max);
+    let permit = match u32::try_from(reserved.div_ceil(1024)) {
+        Ok(0) => None,
+        Ok(kib) => Some(
+            (s.body_budget.clone().try_acquire_many_owned(kib))
+                .map_err(|_| ApiError::Overloaded)?,
+        ),
+        Err(_) => return Err(ApiError::Overloaded),
+    };
     let (parts, body) = std::mem::take(req).into_parts();
     let wait = Duration::from_millis(s.limits.body_read_timeout_ms);
     let read = tokio::time::timeout(wait, axum::body::to_bytes(body, usize::MAX));
@@ -254,7 +283,7 @@ async fn buffer_body(s: &ApiState, req: &mut Request) -> Result<(), ApiError> {
         }
     };
     *req = Request::from_parts(parts, axum::body::Body::from(bytes));
-    Ok(())
+    Ok(permit)
 }
 
 /// The caller with the roles its account's user records grant (see the module doc), and the

@@ -94,6 +94,10 @@ async fn api_with(limits: ApiLimits) -> Api {
     Api { state }
 }
 
+/// Where [`Api::trickle`]'s body comes from, and its answer with how long it took.
+type BodySender = tokio::sync::mpsc::Sender<Result<axum::body::Bytes, std::io::Error>>;
+type Answer = tokio::task::JoinHandle<(axum::response::Response, std::time::Duration)>;
+
 struct Resp {
     status: StatusCode,
     headers: axum::http::HeaderMap,
@@ -158,6 +162,32 @@ impl Api {
             headers: parts.headers,
             body,
         }
+    }
+
+    /// `POST /v1/cart/lines` as `token`, on its own task, its body (of no declared length)
+    /// `first` and then what is sent on the returned sender until it is dropped. The task
+    /// answers the response and how long it took.
+    fn trickle(&self, token: &str, first: &'static str) -> (BodySender, Answer) {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|chunk| (chunk, rx))
+        });
+        let req = Request::builder()
+            .method("POST")
+            .uri("/v1/cart/lines")
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(Body::from_stream(chunks))
+            .unwrap();
+        tx.try_send(Ok(axum::body::Bytes::from_static(first.as_bytes())))
+            .unwrap();
+        let state = self.state.clone();
+        let answer = tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let resp = router(state).oneshot(req).await.unwrap();
+            (resp, started.elapsed())
+        });
+        (tx, answer)
     }
 
     async fn token(
@@ -405,7 +435,7 @@ async fn a_read_of_the_event_log_waits_for_its_turn_no_longer_than_the_bound() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_body_holds_no_place_inside_and_has_a_time_limit() {
     use axum::body::Bytes;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     const READ_MS: u64 = 500;
     let api = api_with(ApiLimits {
         body_read_timeout_ms: READ_MS,
@@ -413,31 +443,8 @@ async fn a_slow_body_holds_no_place_inside_and_has_a_time_limit() {
     })
     .await;
     let a = api.token(Some("A"), "ann", &["buyer"], None).await;
-    // A request whose body is what `tx` sends, sent on its own task.
-    let trickle = |tx_first: &'static str| {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-        let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|chunk| (chunk, rx))
-        });
-        let req = Request::builder()
-            .method("POST")
-            .uri("/v1/cart/lines")
-            .header("authorization", format!("Bearer {a}"))
-            .header("content-type", "application/json")
-            .body(Body::from_stream(chunks))
-            .unwrap();
-        tx.try_send(Ok(Bytes::from_static(tx_first.as_bytes())))
-            .unwrap();
-        let state = api.state.clone();
-        let answer = tokio::spawn(async move {
-            let started = Instant::now();
-            let resp = router(state).oneshot(req).await.unwrap();
-            (resp, started.elapsed())
-        });
-        (tx, answer)
-    };
     let admission = api.state.engine.admission.clone();
-    let (tx, answer) = trickle(r#"{"sku":"BOLT","#);
+    let (tx, answer) = api.trickle(&a, r#"{"sku":"BOLT","#);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(admission.inflight(), 0, "a stalled body holds no ticket");
     tx.send(Ok(Bytes::from_static(br#""qty":3}"#)))
@@ -446,7 +453,7 @@ async fn a_slow_body_holds_no_place_inside_and_has_a_time_limit() {
     drop(tx);
     let (resp, _) = answer.await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    let (tx, answer) = trickle(r#"{"sku":"NUT","#);
+    let (tx, answer) = api.trickle(&a, r#"{"sku":"NUT","#);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(admission.inflight(), 0);
     let (resp, waited) = answer.await.unwrap();
@@ -462,6 +469,53 @@ async fn a_slow_body_holds_no_place_inside_and_has_a_time_limit() {
     assert_eq!(lines.len(), 1, "{}", cart.body);
     assert_eq!(lines[0]["sku"], "BOLT", "{}", cart.body);
     assert_eq!(lines[0]["qty"], 3, "{}", cart.body);
+}
+
+// Bodies being read or held take their bytes of `body_buffer_bytes_max` (a chunked one its
+// route's limit) until their change is answered: one that does not fit is `503 daemon_busy`
+// at once, before it is read; one that fits goes on; and the bytes come back with the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_in_memory_are_bounded_in_bytes() {
+    use axum::body::Bytes;
+    let api = api_with(ApiLimits {
+        body_buffer_bytes_max: (1 << 20) + 2048,
+        ..ApiLimits::default()
+    })
+    .await;
+    let a = api.token(Some("A"), "ann", &["buyer"], None).await;
+    let budget = || api.state.body_budget.available_permits();
+    let (tx, stalled) = api.trickle(&a, r#"{"sku":"BOLT","#);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(budget(), 2, "a chunked body holds its route's limit (KiB)");
+    // 2,500 bytes (a valid line, padded) do not fit in the 2 KiB left.
+    let padded = format!(r#"{{"sku":"NUT","qty":10}}{}"#, " ".repeat(2500));
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/cart/lines")
+        .header("authorization", format!("Bearer {a}"))
+        .header("content-type", "application/json")
+        .body(Body::from(padded))
+        .unwrap();
+    let refused = api.send(req).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.body["code"], "daemon_busy", "{:?}", refused.body);
+    assert!(refused.headers.contains_key("retry-after"));
+    let small = api
+        .call(
+            "POST",
+            "/v1/cart/lines",
+            Some(&a),
+            Some(json!({"sku":"NUT","qty":10})),
+            &[],
+        )
+        .await;
+    assert_eq!(small.status, StatusCode::OK, "{:?}", small.body);
+    tx.send(Ok(Bytes::from_static(br#""qty":3}"#)))
+        .await
+        .unwrap();
+    drop(tx);
+    assert_eq!(stalled.await.unwrap().0.status(), StatusCode::OK);
+    assert_eq!(budget(), 1026, "every byte back");
 }
 
 // GET /v1/events replays the caller's account's events only, oldest first, each with its log

@@ -319,11 +319,12 @@ async fn fire(shared: Arc<Shared>, seq: u64, intended: Instant) {
         return;
     };
     let got_conn = Instant::now();
-    let pooled = shared
-        .conns
-        .lock()
+    // A connection idle for longer than orderd's `api.header_read_timeout_ms` was closed by
+    // orderd: that is not an error of the request about to be sent, so it gets a new one.
+    let pooled = (shared.conns.lock())
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .pop();
+        .pop()
+        .filter(|c| !c.is_closed());
     let mut conn = match pooled {
         Some(c) => c,
         None => match connect(shared.addr).await {

@@ -240,6 +240,13 @@ impl Config {
                 errs.push(format!("{key} must be 1 to {max}, got {value}"));
             }
         }
+        let body_largest = self.api.body_max_bytes.max(self.api.import_body_max_bytes);
+        if self.api.body_buffer_bytes_max < body_largest {
+            // A body is refused when it does not fit: one of the largest must.
+            errs.push(format!(
+                "api.body_buffer_bytes_max must be at least api.body_max_bytes and api.import_body_max_bytes ({body_largest})"
+            ));
+        }
         errs.extend(self.api.rate_limit.validate());
         errs.extend(self.nats.problems());
         if self.nats.enabled() && self.nats.ack_timeout_ms >= self.shutdown_grace_ms {
@@ -380,6 +387,18 @@ mod tests {
             };
             assert!(errs[0].contains("must be 1 to"), "{bad}: {errs:?}");
         }
+    }
+
+    // The memory budget of request bodies holds the largest body a route takes.
+    #[test]
+    fn body_budget_holds_the_largest_body() {
+        let load = |file: &str| Config::load(file, &env(&[]));
+        assert!(load("[api]\nbody_buffer_bytes_max = 67108864\n").is_ok());
+        let Err(ConfigError::Invalid(errs)) = load("[api]\nbody_buffer_bytes_max = 67108863\n")
+        else {
+            panic!("below the import limit should be refused")
+        };
+        assert!(errs[0].contains("api.body_buffer_bytes_max"), "{errs:?}");
     }
 
     // The relay's stall limit leaves room for an idle relay's wait and a busy round.

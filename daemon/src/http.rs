@@ -27,8 +27,9 @@ use tower::ServiceExt;
 const ACCEPT_RETRY_MS: u64 = 1_000;
 
 /// Serves `app` on `listener` until `shutdown` completes; then stops accepting, lets each
-/// connection finish the request it is serving (an idle one closes at once), and returns when
-/// every connection has closed. Bounding that wait is the caller's part.
+/// connection finish the request it is serving (an idle one closes at once; one whose headers
+/// are still arriving waits for them or for its header read timeout), and returns when every
+/// connection has closed. Bounding that wait is the caller's part (`shutdown_grace_ms`).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -47,8 +48,11 @@ pub async fn serve(
                 Err(error) if is_connection_error(&error) => continue,
                 Err(error) => {
                     tracing::warn!(%error, retry_ms = ACCEPT_RETRY_MS, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(ACCEPT_RETRY_MS)).await;
-                    continue;
+                    let pause = tokio::time::sleep(Duration::from_millis(ACCEPT_RETRY_MS));
+                    tokio::select! {
+                        () = pause => continue,
+                        () = &mut shutdown => break,
+                    }
                 }
             },
             () = &mut shutdown => break,

@@ -86,17 +86,20 @@ async fn a_request_that_never_ends_does_not_hold_the_shutdown() {
 
 // A connection whose request headers do not all come within `api.header_read_timeout_ms` is
 // closed: one that sends part of its headers, one that sends nothing, and one kept alive
-// after its answer that sends no next request. orderd still answers every request sent in
-// time.
+// after its answer that sends no next request. A change whose body does not come within
+// `api.body_read_timeout_ms` is answered `408` and its connection closed. orderd still
+// answers every request sent in time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_without_a_request_in_time_are_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const TIMEOUT_MS: u64 = 500;
-    let env = TestEnv::start_with(&[(
-        "ORDERD_API__HEADER_READ_TIMEOUT_MS",
-        &TIMEOUT_MS.to_string(),
-    )])
+    let timeout = TIMEOUT_MS.to_string();
+    let env = TestEnv::start_with(&[
+        ("ORDERD_API__HEADER_READ_TIMEOUT_MS", &timeout),
+        ("ORDERD_API__BODY_READ_TIMEOUT_MS", &timeout),
+    ])
     .await;
+    let token = env.token("ACME", "bob", &["buyer"]).await;
     let connect = || async {
         tokio::net::TcpStream::connect(env.daemon().addr())
             .await
@@ -111,8 +114,22 @@ async fn connections_without_a_request_in_time_are_closed() {
     let silent = connect().await;
     let mut kept = connect().await;
     kept.write_all(healthz).await.expect("sending a request");
+    let mut body = connect().await;
+    let head = format!(
+        "POST /v1/cart/lines HTTP/1.1\r\nHost: orderd\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: 40\r\n\r\n{{\"sku\":"
+    );
+    body.write_all(head.as_bytes())
+        .await
+        .expect("sending part of a body");
     let started = Instant::now();
-    for (name, mut tcp) in [("partial", partial), ("silent", silent), ("kept", kept)] {
+    let connections = [
+        ("partial", partial),
+        ("silent", silent),
+        ("kept", kept),
+        ("body", body),
+    ];
+    for (name, mut tcp) in connections {
         // Everything until orderd closes the connection (a reset counts as closed).
         let mut got = vec![];
         let read = tokio::time::timeout(Duration::from_secs(10), async {
@@ -126,6 +143,10 @@ async fn connections_without_a_request_in_time_are_closed() {
         let got = String::from_utf8_lossy(&got);
         match name {
             "kept" => assert!(got.starts_with("HTTP/1.1 200"), "{name}: {got}"),
+            "body" => assert!(
+                got.starts_with("HTTP/1.1 408") && got.contains("body_read_timeout"),
+                "{name}: {got}"
+            ),
             _ => assert!(!got.contains(" 200 "), "{name}: {got}"),
         }
     }
