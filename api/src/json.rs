@@ -104,7 +104,7 @@ pub async fn limit_body(req: Request, next: Next, limits: &crate::ApiLimits) -> 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > max) {
-        return ApiError::TooLarge(format!("the body is larger than {max} bytes")).into_response();
+        return too_large(max).into_response();
     }
     let req = req.map(|body| axum::body::Body::new(http_body_util::Limited::new(body, max)));
     next.run(req).await
@@ -121,14 +121,18 @@ pub fn body_max(path: &str, limits: &crate::ApiLimits) -> usize {
 
 /// Why a body limited by [`limit_body`] could not be read: above `max` (413), or cut off.
 pub fn read_error(e: &axum::Error, max: usize) -> ApiError {
-    let too_large = std::iter::successors(Some(e as &dyn std::error::Error), |e| e.source())
+    let over = std::iter::successors(Some(e as &dyn std::error::Error), |e| e.source())
         .any(|e| e.is::<http_body_util::LengthLimitError>());
-    match too_large {
-        true => ApiError::TooLarge(format!("the body is larger than {max} bytes")),
+    match over {
+        true => too_large(max),
         false => {
             ApiError::bad_request("malformed_body", format!("the body could not be read: {e}"))
         }
     }
+}
+
+fn too_large(max: usize) -> ApiError {
+    ApiError::TooLarge(format!("the body is larger than {max} bytes"))
 }
 
 /// A field that may be absent (`None`, with `#[serde(default)]`), `null` (`Some(None)`) or a

@@ -320,8 +320,6 @@ pub fn router(state: ApiState) -> Router {
     let (router, _) = api_routes(state.dev_signin).split_for_parts();
     let doc = Arc::new(openapi());
     let limits = state.limits.clone();
-    let import_limit = limits.import_body_max_bytes;
-    let body_limit = limits.body_max_bytes;
     router
         .route(
             "/openapi.json",
@@ -332,7 +330,9 @@ pub fn router(state: ApiState) -> Router {
             state.clone(),
             policy::guard,
         ))
-        .route_layer(DefaultBodyLimit::max(body_limit.max(import_limit)))
+        // Each route's body limit is `json::limit_body`'s (below); axum's own default (2 MB)
+        // would cut imports short.
+        .route_layer(DefaultBodyLimit::disable())
         // Unknown paths and methods get problem+json like every other error.
         .fallback(|uri: axum::http::Uri| async move {
             error::ApiError::NotFound(format!("no route {}", uri.path()))

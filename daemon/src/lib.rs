@@ -74,15 +74,9 @@ pub async fn run(
         .await
         .context("checking the readers' cursors against the audit head")?;
     let engine = start_engine(&config, journal.clone()).await?;
+    let header_read_timeout = Duration::from_millis(config.api.header_read_timeout_ms);
     let metrics_server = match config.metrics_listen {
-        Some(addr) => Some(
-            serve_metrics(
-                addr,
-                engine.clone(),
-                Duration::from_millis(config.api.header_read_timeout_ms),
-            )
-            .await?,
-        ),
+        Some(addr) => Some(serve_metrics(addr, engine.clone(), header_read_timeout).await?),
         None => None,
     };
     let auth = if config.oidc.enabled() {
@@ -194,7 +188,6 @@ pub async fn run(
         bus.close();
         let _ = stopping_tx.send(());
     };
-    let header_read_timeout = Duration::from_millis(config.api.header_read_timeout_ms);
     let server = http::serve(
         listener,
         orderd_api::router(state),
